@@ -1,0 +1,1 @@
+"""Collector: receives forwarded batches, deduplicates, stores, baselines TTPHashes (issue 5)."""

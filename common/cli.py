@@ -1,0 +1,165 @@
+"""The ``ttpsensor`` command.
+
+Platform-independent commands live here; platform commands (``run``, ``whatis``, later
+``windows``, ``collect``) are found through the ``ttpsensor.commands`` entry-point group and
+imported only when invoked, so ``common`` never imports a platform package and a Linux-only
+dependency cannot break ``ttpsensor hash`` on Windows.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, TextIO
+
+import click
+
+from common import __version__, ecs, qlog, ttphash
+from common.jsonin import read_documents
+from common.schema import ACTION_PROCESS_CREATE, SchemaError, get_path, validate
+
+ENTRY_POINT_GROUP = "ttpsensor.commands"
+
+
+def _plugins() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+class PluginGroup(click.Group):
+    """A click group that adds commands registered by the installed platform packages."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_plugins()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        entry = _plugins().get(cmd_name)
+        if entry is None:
+            return None
+        try:
+            return entry.load()
+        except ImportError as exc:
+            # e.g. a Linux-only module on another OS: say so instead of a traceback.
+            message = f"'{cmd_name}' is not available here: {exc}"
+
+            @click.command(cmd_name, help=message)
+            def unavailable() -> None:
+                raise click.ClickException(message)
+            return unavailable
+
+
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ttpsensor")
+def main() -> None:
+    """Endpoint process telemetry with a deterministic fingerprint (TTPHash) per event.
+
+    \b
+    Start here:
+      ttpsensor run                 run the Linux sensor with its defaults
+      ttpsensor hash events.jsonl   TTPHash of ECS or QLOG events
+      ttpsensor whatis /usr/bin/ls  digests and owning package of files
+    """
+
+
+# --- hash ---------------------------------------------------------------------------------------
+
+def _load_event(value: Any) -> dict[str, Any]:
+    """An event of our schema from parsed JSON: ours (ECS) or QLOG's."""
+    if qlog.is_qlog(value):
+        return qlog.read_event(value)
+    if isinstance(value, dict) and "schema" in value:
+        event = ecs.parse(value)
+        validate(event)
+        return event
+    raise SchemaError("neither an event of ours (no 'schema') nor a QLOG event (no 'QType')")
+
+
+@main.command("hash")
+@click.argument("source", type=click.File("r", encoding="utf-8", errors="surrogateescape"),
+                default="-")
+@click.option("--explain", is_flag=True,
+              help="Also print the canonical bytes (RFC 8785 JSON) that were hashed.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event, for scripts.")
+def hash_command(source: TextIO, explain: bool, as_json: bool) -> None:
+    """Print the TTPHash of each process-create event in SOURCE (a file or - for stdin).
+
+    SOURCE holds JSON lines of our ECS events or QLOG events; indented documents (as QLOG prints
+    them) work too. Each output line is: the hash, 'complete' or 'incomplete' (some field was
+    unknown), and the line where the event starts. Check a hash by hand:
+
+    \b
+      ttpsensor hash --explain ev.json | sed -n 2p | tr -d '\\n' | sha256sum
+
+    Lines that are not JSON or not events are reported on stderr and the exit code is 2; every
+    other event is still hashed.
+    """
+    failed = False
+    for doc in read_documents(source):
+        if doc.error is not None:
+            click.echo(f"line {doc.line}: {doc.error}", err=True)
+            failed = True
+            continue
+        try:
+            event = _load_event(doc.value)
+        except SchemaError as exc:
+            click.echo(f"line {doc.line}: not an event: {exc}", err=True)
+            failed = True
+            continue
+        action = get_path(event, "event.action")
+        if action != ACTION_PROCESS_CREATE:
+            click.echo(f"line {doc.line}: skipped: event.action {action!r} has no TTPHash "
+                       "(only process_create events have one)", err=True)
+            continue
+        try:
+            result = ttphash.compute(event)
+        except ttphash.TTPHashError as exc:
+            click.echo(f"line {doc.line}: cannot hash: {exc}", err=True)
+            failed = True
+            continue
+        _print_hash(doc.line, result, explain, as_json)
+    if failed:
+        sys.exit(2)
+
+
+def _print_hash(line: int, result: ttphash.TTPHash, explain: bool, as_json: bool) -> None:
+    completeness = "complete" if result.complete else "incomplete"
+    if as_json:
+        out: dict[str, Any] = {"line": line, "ttphash": result.value,
+                               "version": result.version, "complete": result.complete}
+        if explain:
+            out["canonical"] = result.canonical.decode("utf-8")
+        click.echo(json.dumps(out, ensure_ascii=False))
+        return
+    click.echo(f"{result.value}  {completeness}  line {line}")
+    if explain:
+        # JCS output has no raw newline (control characters are escaped), so one line is exact.
+        click.echo(result.canonical.decode("utf-8"))
+
+
+# --- bench --------------------------------------------------------------------------------------
+
+@main.group("bench")
+def bench() -> None:
+    """Benchmarks of the hot paths; each prints figures and a ratio against a reference."""
+
+
+@bench.command("filehash")
+@click.option("--files", "count", default=200, show_default=True,
+              help="How many executables from --dir to hash.")
+@click.option("--dir", "directory", default="/usr/bin", show_default=True)
+@click.option("--rounds", default=5, show_default=True, help="Warm-cache lookups per file.")
+def bench_filehash(count: int, directory: str, rounds: int) -> None:
+    """Cost per event of file identity with a cold and a warm digest cache."""
+    from common import bench as benchmarks
+    benchmarks.print_table(benchmarks.filehash(directory, count, rounds))
+
+
+@bench.command("encode")
+@click.option("--events", "count", default=20000, show_default=True)
+def bench_encode(count: int) -> None:
+    """Cost per event of TTPHash, msgpack and the JSON renderers."""
+    from common import bench as benchmarks
+    benchmarks.print_table(benchmarks.encode(count))

@@ -1,0 +1,84 @@
+"""Read JSON events from a text stream: JSON lines, or pretty-printed documents one after another.
+
+Each yielded item carries the line number where its document starts, so errors can name it.
+A document that is broken is reported once and reading resumes on the line after its first
+line, so one bad line never swallows the good ones behind it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+# A document may span lines (QLOG prints indented JSON); bound how much we hold for one.
+MAX_DOCUMENT_LINES = 10_000
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+
+_decoder = json.JSONDecoder()
+
+
+@dataclass(frozen=True)
+class Document:
+    line: int            # 1-based line where the document starts
+    value: Any = None    # the parsed JSON value, when error is None
+    error: str | None = None
+
+
+def read_documents(lines: Iterable[str]) -> Iterator[Document]:
+    """Yield one :class:`Document` per JSON value or per unparseable stretch."""
+    pending: list[tuple[int, str]] = []  # (line number, text) of an unfinished document
+    size = 0
+    for number, line in enumerate(lines, start=1):
+        if not pending and not line.strip():
+            continue
+        pending.append((number, line))
+        size += len(line)
+        yield from _drain(pending, final=False, over_limit=(
+            len(pending) > MAX_DOCUMENT_LINES or size > MAX_DOCUMENT_BYTES))
+        size = sum(len(text) for _, text in pending)
+    while pending:
+        yield from _drain(pending, final=True, over_limit=False)
+
+
+def _drain(pending: list[tuple[int, str]], *, final: bool, over_limit: bool) -> Iterator[Document]:
+    """Parse as many complete documents from ``pending`` as possible, mutating it."""
+    while pending:
+        text = "".join(t for _, t in pending)
+        start = len(text) - len(text.lstrip())
+        if start == len(text):
+            pending.clear()
+            return
+        try:
+            value, end = _decoder.raw_decode(text, start)
+        except json.JSONDecodeError as exc:
+            incomplete = exc.pos >= len(text.rstrip())
+            if incomplete and not final and not over_limit:
+                return  # wait for more lines
+            first_line = pending[0][0]
+            reason = "document too large" if over_limit else _describe(exc)
+            yield Document(first_line, error=f"not valid JSON ({reason})")
+            del pending[0]  # resume on the next line
+            continue
+        first_line = pending[0][0]
+        rest = text[end:]
+        if rest.strip() and not rest.lstrip().startswith(("{", "[")):
+            yield Document(first_line, error="not valid JSON (trailing data after the value)")
+            pending.clear()
+            return
+        yield Document(first_line, value=value)
+        _drop_consumed(pending, end)
+
+
+def _drop_consumed(pending: list[tuple[int, str]], consumed: int) -> None:
+    """Remove the first ``consumed`` characters from the pending lines."""
+    while pending and consumed >= len(pending[0][1]):
+        consumed -= len(pending[0][1])
+        del pending[0]
+    if pending and consumed:
+        number, text = pending[0]
+        pending[0] = (number, text[consumed:])
+
+
+def _describe(exc: json.JSONDecodeError) -> str:
+    return f"{exc.msg} at column {exc.colno}" if exc.lineno == 1 else exc.msg

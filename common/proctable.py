@@ -1,0 +1,82 @@
+"""The process table: what is known about each live process, for parent context.
+
+Sources record every process they learn about (exec, fork, a /proc scan) and remove it on exit.
+An entry holds the ``process`` map of that process's event, so a child's ``process.parent`` is a
+copy of it. The table is bounded (least recently used entries go first) and guards against PID
+reuse: an entry whose start is later than the child's start cannot be its parent.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_MAX_ENTRIES = 65536
+
+# Fields of a process map that describe the process itself and are copied into a child's parent.
+PARENT_FIELDS = ("pid", "name", "executable", "args", "command_line", "working_directory",
+                 "hash", "on_disk", "user", "real_user", "saved_user", "group", "tty",
+                 "start", "entity_id", "package", "container", "audit", "pe", "code_signature",
+                 "integrity_level", "kernel_image_name")
+
+
+@dataclass
+class Entry:
+    pid: int
+    start_key: float | None     # comparable start (boot ticks on Linux); None when unknown
+    process: dict[str, Any]     # the process map of the event that introduced it
+    event_id: str | None = None
+
+
+class ProcessTable:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if max_entries <= 0:
+            raise ValueError("max_entries must be positive")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[int, Entry] = OrderedDict()
+        self.evicted = 0
+        self.reuse_rejected = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, pid: int) -> bool:
+        return pid in self._entries
+
+    def record(self, entry: Entry) -> None:
+        """Insert or replace the entry for ``entry.pid`` (an exec replaces the image)."""
+        self._entries[entry.pid] = entry
+        self._entries.move_to_end(entry.pid)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+            self.evicted += 1
+
+    def get(self, pid: int) -> Entry | None:
+        return self._entries.get(pid)
+
+    def parent_of(self, ppid: int | None, child_start_key: float | None) -> Entry | None:
+        """The entry for ``ppid`` if it can be the parent of a child started at that key."""
+        if ppid is None:
+            return None
+        entry = self._entries.get(ppid)
+        if entry is None:
+            return None
+        if (entry.start_key is not None and child_start_key is not None
+                and entry.start_key > child_start_key):
+            self.reuse_rejected += 1  # the pid was reused after the child was born
+            return None
+        self._entries.move_to_end(ppid)
+        return entry
+
+    def remove(self, pid: int) -> None:
+        self._entries.pop(pid, None)
+
+
+def parent_context(entry: Entry, running: bool | None) -> dict[str, Any]:
+    """The ``process.parent`` map built from a table entry."""
+    parent = {k: entry.process[k] for k in PARENT_FIELDS if k in entry.process}
+    parent["running"] = running
+    if entry.event_id is not None:
+        parent["event_id"] = entry.event_id
+    return parent

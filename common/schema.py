@@ -1,0 +1,174 @@
+"""The event schema shared by every source and sink (documented in ``docs/schema.md``).
+
+An event is a plain nested ``dict`` whose field names follow the Elastic Common Schema where ECS
+has a name. Dotted names in the docs (``process.parent.executable``) are paths into the nesting.
+Every event carries ``schema`` (:data:`SCHEMA_VERSION`), ``@timestamp``, ``event`` and ``host``.
+
+Value conventions:
+
+* text that came from the kernel (argv, paths, cwd) is ``str`` when it is valid UTF-8 and
+  ``bytes`` when it is not (:mod:`common.percent`), so msgpack keeps it exactly;
+* a field whose value could not be determined is ``None`` or absent; ``""`` means known empty;
+* user and group ids are decimal strings (ECS ``user.id`` is a keyword);
+* times are UTC ISO 8601 strings with microseconds and a ``Z`` suffix.
+
+Process-create event (``event.action == "process_create"``)::
+
+    schema, @timestamp,
+    event:   {id, action, kind, category, type, provider, original_id, module?}
+    host:    {name, id, os: {type}}
+    process: {pid, name, executable, args, command_line, working_directory, exit_code,
+              start, entity_id?, hash: {md5, sha1, sha256}, on_disk, running?,
+              user: {id, name, sid?, domain?}, real_user: {id, name}, saved_user: {id, name},
+              group: {id, name}, tty: {name}, interactive,
+              audit: {login_user: {id, name}, session},            # Linux
+              container: {id}, package: {name, version, verified}, # Linux
+              kernel_image_name, integrity_level, creator_pid,     # Windows
+              pe: {imphash, original_file_name, company, product, file_version},
+              code_signature: {exists, status, subject_name, issuer, thumbprint, digest,
+                               signatures},
+              parent: {the same fields as far as known, plus start, running, event_id}}
+    ttphash: {value, version, complete}
+    audit:   {records: [...]}                                      # audit source only
+
+Generic event (anything that is not a process creation): the common header plus whatever the
+source knows, ``event.action`` named after its record types.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import uuid
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+
+ACTION_PROCESS_CREATE = "process_create"
+
+PROVIDERS = ("auditd", "ebpf", "etw", "procfs")
+
+Event = dict[str, Any]
+
+
+def utc_timestamp(when: float | _dt.datetime | None = None) -> str:
+    """ISO 8601 UTC with microseconds, e.g. ``2026-11-29T20:51:22.123456Z``."""
+    if when is None:
+        moment = _dt.datetime.now(_dt.timezone.utc)
+    elif isinstance(when, _dt.datetime):
+        moment = when.astimezone(_dt.timezone.utc) if when.tzinfo else when.replace(
+            tzinfo=_dt.timezone.utc)
+    else:
+        moment = _dt.datetime.fromtimestamp(when, _dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_event(action: str, provider: str, *, host: dict[str, Any],
+              timestamp: float | _dt.datetime | None = None,
+              original_id: str | None = None, event_id: str | None = None) -> Event:
+    """The header every event carries; sources fill in the rest."""
+    event: Event = {
+        "schema": SCHEMA_VERSION,
+        "@timestamp": utc_timestamp(timestamp),
+        "event": {
+            "id": event_id or str(uuid.uuid4()),
+            "action": action,
+            "kind": "event",
+            "provider": provider,
+        },
+        "host": host,
+    }
+    if original_id is not None:
+        event["event"]["original_id"] = original_id
+    if action == ACTION_PROCESS_CREATE:
+        event["event"]["category"] = ["process"]
+        event["event"]["type"] = ["start"]
+    return event
+
+
+def get_path(event: Event, path: str, default: Any = None) -> Any:
+    """``event["a"]["b"]`` for ``path == "a.b"``; ``default`` when any step is missing."""
+    node: Any = event
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def set_path(event: Event, path: str, value: Any) -> None:
+    """Set ``path`` in ``event``, creating intermediate maps."""
+    keys = path.split(".")
+    node = event
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def iter_leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield ``(dotted_path, value)`` for every non-map value; lists count as values."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from iter_leaves(value, f"{prefix}.{key}" if prefix else key)
+    else:
+        yield prefix, node
+
+
+class SchemaError(ValueError):
+    """An object that is not an event of this schema."""
+
+
+_TEXT = (str, bytes)
+
+
+def validate(event: Any) -> None:
+    """Raise :class:`SchemaError` naming the first problem; return ``None`` when valid.
+
+    Checks the header and, for process creations, the types of the fields that downstream code
+    and the TTPHash rely on. Unknown extra fields are allowed (sources may add their own).
+    """
+    if not isinstance(event, dict):
+        raise SchemaError("an event is a JSON object")
+    schema = event.get("schema")
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        raise SchemaError("missing integer 'schema'")
+    if schema > SCHEMA_VERSION:
+        raise SchemaError(f"schema {schema} is newer than this build understands "
+                          f"({SCHEMA_VERSION})")
+    for path in ("@timestamp", "event.id", "event.action", "event.provider"):
+        if not isinstance(get_path(event, path), str):
+            raise SchemaError(f"missing string '{path}'")
+    if not isinstance(event.get("host"), dict):
+        raise SchemaError("missing map 'host'")
+    if event["event"]["action"] != ACTION_PROCESS_CREATE:
+        return
+    process = event.get("process")
+    if not isinstance(process, dict):
+        raise SchemaError("a process_create event needs a map 'process'")
+    _check_process(process, "process")
+    parent = process.get("parent")
+    if parent is not None:
+        if not isinstance(parent, dict):
+            raise SchemaError("'process.parent' must be a map or null")
+        _check_process(parent, "process.parent")
+
+
+def _check_process(process: dict[str, Any], where: str) -> None:
+    pid = process.get("pid")
+    if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)):
+        raise SchemaError(f"'{where}.pid' must be an integer")
+    args = process.get("args")
+    if args is not None and (not isinstance(args, list)
+                             or not all(isinstance(a, _TEXT) for a in args)):
+        raise SchemaError(f"'{where}.args' must be a list of strings")
+    for key in ("executable", "command_line", "working_directory", "name"):
+        value = process.get(key)
+        if value is not None and not isinstance(value, _TEXT):
+            raise SchemaError(f"'{where}.{key}' must be a string")
+    for key in ("on_disk", "running"):
+        value = process.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise SchemaError(f"'{where}.{key}' must be true, false or null")

@@ -1,0 +1,262 @@
+"""TTPHash version 1: a deterministic fingerprint of a process-create event.
+
+``TTPHash = upper(hex(sha256(utf8(JCS(input)))))`` where JCS is RFC 8785 and ``input`` holds only
+the stable fields of the event and its parent, normalized as ``docs/ttphash.md`` specifies. That
+document is the contract; this module is one implementation of it.
+
+Pipeline: :func:`build_input` (select and normalize fields from an event of our schema) ->
+:func:`canonical_bytes` (RFC 8785, via the ``rfc8785`` library) -> :func:`digest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import rfc8785
+
+from common.percent import percent_encode
+from common.schema import Event, get_path
+
+VERSION = 1
+QTYPE_PROCESS_CREATE = "Process Create"
+
+# ASCII white space stripped from a Windows command line: space, TAB, LF, VT, FF, CR.
+_ASCII_WS = " \t\n\x0b\x0c\r"
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+DeviceMap = dict[str, str] | None  # NT device -> drive letter, e.g. {"\\Device\\HarddiskVolume3": "C:"}
+
+
+class TTPHashError(ValueError):
+    """The event cannot be hashed (unknown OS, a field of the wrong type)."""
+
+
+@dataclass(frozen=True)
+class TTPHash:
+    """A computed hash together with what it was computed from."""
+
+    value: str
+    complete: bool
+    canonical: bytes
+    input: dict[str, Any]
+    version: int = VERSION
+
+    def as_field(self) -> dict[str, Any]:
+        """The ``ttphash`` map stored in events."""
+        return {"value": self.value, "version": self.version, "complete": self.complete}
+
+
+# --- normalizers --------------------------------------------------------------------------------
+
+def ascii_upper(text: str) -> str:
+    """Upper-case ASCII a-z only, so every language produces the same bytes."""
+    return text.translate(_ASCII_UPPER)
+
+
+def map_nt_path(path: str, device_map: dict[str, str] | None = None) -> str:
+    """Map NT namespace paths to Win32 drive-letter paths.
+
+    Host-independent forms are always mapped (``\\??\\C:\\x``, ``\\\\?\\C:\\x``, ``\\Device\\Mup\\``,
+    ``\\??\\UNC\\``). A volume device (``\\Device\\HarddiskVolume3``) needs the host's device map,
+    which the sensor passes in; unmapped device paths are left as they are.
+    """
+    folded = ascii_upper(path)
+    for prefix, replacement in (("\\??\\UNC\\", "\\\\"), ("\\\\?\\UNC\\", "\\\\"),
+                                ("\\DEVICE\\MUP\\", "\\\\"), ("\\??\\", ""), ("\\\\?\\", "")):
+        if folded.startswith(prefix):
+            return replacement + path[len(prefix):]
+    if device_map and folded.startswith("\\DEVICE\\"):
+        for device, drive in device_map.items():
+            dev = ascii_upper(device.rstrip("\\"))
+            if folded == dev or folded.startswith(dev + "\\"):
+                return drive.rstrip("\\") + path[len(dev):]
+    return path
+
+
+def _text(value: Any, field: str, device_map: DeviceMap = None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return percent_encode(value)
+    if isinstance(value, str):
+        return value
+    raise TTPHashError(f"field {field!r} must be a string or null, not {type(value).__name__}")
+
+
+def _bool(value: Any, field: str, device_map: DeviceMap = None) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise TTPHashError(f"field {field!r} must be true, false or null")
+
+
+def _hexdigest(value: Any, field: str, device_map: DeviceMap = None) -> str | None:
+    text = _text(value, field)
+    return None if text is None else ascii_upper(text)
+
+
+def _win_path(value: Any, field: str, device_map: DeviceMap = None) -> str | None:
+    text = _text(value, field)
+    return None if text is None else ascii_upper(map_nt_path(text, device_map))
+
+
+def _win_commandline(value: Any, field: str, device_map: DeviceMap = None) -> str | None:
+    text = _text(value, field)
+    return None if text is None else text.strip(_ASCII_WS)
+
+
+def _linux_path(value: Any, field: str, device_map: DeviceMap = None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, bytes)):
+        raise TTPHashError(f"field {field!r} must be a string or null")
+    return percent_encode(value)
+
+
+def _linux_argv(value: Any, field: str, device_map: DeviceMap = None) -> list[str | None] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise TTPHashError(f"field {field!r} must be a list of strings or null")
+    # An element may be null when the source lost it (a missing EXECVE aN).
+    return [None if arg is None else _linux_path(arg, field) for arg in value]
+
+
+def _user(value: Any, field: str, device_map: DeviceMap = None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _text(value, field)
+
+
+# --- field tables ------------------------------------------------------------------------------
+# One row per TTPHash field: (name, candidate source paths relative to the process map, the first
+# non-null one wins; normalizer). Order does not matter for the hash (JCS sorts keys); it follows
+# docs/ttphash.md so the two can be read side by side.
+
+Normalizer = Callable[[Any, str, "DeviceMap"], Any]
+FieldTable = tuple[tuple[str, tuple[str, ...], Normalizer], ...]
+
+LINUX_PROCESS: FieldTable = (
+    ("User", ("real_user.name", "real_user.id"), _user),
+    ("EffectiveUser", ("user.name", "user.id"), _user),
+    ("Fullpath", ("executable",), _linux_path),
+    ("Argv", ("args",), _linux_argv),
+    ("sha256", ("hash.sha256",), _hexdigest),
+    ("isOndisk", ("on_disk",), _bool),
+    ("Package", ("package.name",), _text),
+)
+LINUX_PARENT: FieldTable = (
+    ("User", ("real_user.name", "real_user.id"), _user),
+    ("Fullpath", ("executable",), _linux_path),
+    ("Argv", ("args",), _linux_argv),
+    ("sha256", ("hash.sha256",), _hexdigest),
+    ("isOndisk", ("on_disk",), _bool),
+    ("isRunning", ("running",), _bool),
+)
+WINDOWS_PROCESS: FieldTable = (
+    ("UsernameSID", ("user.sid",), _text),
+    ("KernelImagefilename", ("kernel_image_name",), _win_path),
+    ("OriginalFilename", ("pe.original_file_name",), _win_path),
+    ("Fullpath", ("executable",), _win_path),
+    ("Commandline", ("command_line",), _win_commandline),
+    ("Imphash", ("pe.imphash",), _hexdigest),
+    ("sha256", ("hash.sha256",), _hexdigest),
+    ("ProcessIntegrityLevel", ("integrity_level",), _text),
+    ("isOndisk", ("on_disk",), _bool),
+    ("AuthenticodeHash", ("code_signature.digest",), _hexdigest),
+)
+WINDOWS_PARENT: FieldTable = (
+    ("UsernameSID", ("user.sid",), _text),
+    ("Imagefilename", ("name",), _win_path),
+    ("KernelImagefilename", ("kernel_image_name",), _win_path),
+    ("OriginalFilename", ("pe.original_file_name",), _win_path),
+    ("Fullpath", ("executable",), _win_path),
+    ("Commandline", ("command_line",), _win_commandline),
+    ("Imphash", ("pe.imphash",), _hexdigest),
+    ("sha256", ("hash.sha256",), _hexdigest),
+    ("ProcessIntegrityLevel", ("integrity_level",), _text),
+    ("isOndisk", ("on_disk",), _bool),
+    ("isRunning", ("running",), _bool),
+    ("AuthenticodeHash", ("code_signature.digest",), _hexdigest),
+)
+
+
+def _take(process: dict[str, Any], table: FieldTable,
+          device_map: dict[str, str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, paths, normalize in table:
+        value = None
+        for path in paths:
+            value = get_path(process, path)
+            if value is not None:
+                break
+        out[name] = normalize(value, name, device_map)
+    return out
+
+
+# --- the three steps ----------------------------------------------------------------------------
+
+def build_input(event: Event, device_map: dict[str, str] | None = None) -> dict[str, Any]:
+    """The normalized TTPHash input map for a process-create event of our schema."""
+    os_type = get_path(event, "host.os.type")
+    if os_type == "linux":
+        own, par = LINUX_PROCESS, LINUX_PARENT
+    elif os_type == "windows":
+        own, par = WINDOWS_PROCESS, WINDOWS_PARENT
+    else:
+        raise TTPHashError(f"host.os.type must be 'linux' or 'windows', not {os_type!r}")
+    process = event.get("process")
+    if not isinstance(process, dict):
+        raise TTPHashError("the event has no 'process' map")
+    result: dict[str, Any] = {"TTPHashVersion": VERSION, "OS": os_type,
+                              "QType": QTYPE_PROCESS_CREATE}
+    result.update(_take(process, own, device_map))
+    parent = process.get("parent")
+    taken = _take(parent, par, device_map) if isinstance(parent, dict) else None
+    # A parent of which nothing stable is known (only its pid, say) hashes like no parent.
+    result["ParentProcess"] = None if taken is None or all(
+        v is None for v in taken.values()) else taken
+    return result
+
+
+def canonical_bytes(hash_input: dict[str, Any]) -> bytes:
+    """RFC 8785 (JCS) serialization of the input, as UTF-8 bytes."""
+    try:
+        return rfc8785.dumps(hash_input)
+    except (rfc8785.CanonicalizationError, UnicodeEncodeError) as exc:
+        raise TTPHashError(f"cannot canonicalize: {exc}") from exc
+
+
+def is_complete(value: Any) -> bool:
+    """False when any value anywhere in ``value`` is ``None``."""
+    if value is None:
+        return False
+    if isinstance(value, dict):
+        return all(is_complete(v) for v in value.values())
+    if isinstance(value, list):
+        return all(is_complete(v) for v in value)
+    return True
+
+
+def digest(canonical: bytes) -> str:
+    """Upper-case hex SHA-256 of the canonical bytes."""
+    return hashlib.sha256(canonical).hexdigest().upper()
+
+
+def compute(event: Event, device_map: dict[str, str] | None = None) -> TTPHash:
+    """Compute the TTPHash of a process-create event."""
+    hash_input = build_input(event, device_map)
+    canonical = canonical_bytes(hash_input)
+    return TTPHash(value=digest(canonical), complete=is_complete(hash_input),
+                   canonical=canonical, input=hash_input)
+
+
+def attach(event: Event, device_map: dict[str, str] | None = None) -> TTPHash:
+    """Compute the hash and store it as ``event["ttphash"]``."""
+    result = compute(event, device_map)
+    event["ttphash"] = result.as_field()
+    return result

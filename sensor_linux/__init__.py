@@ -1,0 +1,1 @@
+"""Linux sensor: /proc, audit and eBPF sources, enrichment into the common schema."""

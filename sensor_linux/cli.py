@@ -1,0 +1,148 @@
+"""Linux commands of ``ttpsensor`` (registered as entry points, loaded lazily by common.cli)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import click
+
+from common.filehash import FileHasher
+from common.render import RENDERERS
+from common.sinks import DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, open_sink
+
+
+@click.command("run")
+@click.option("--source", type=click.Choice(["procfs"]), default="procfs", show_default=True,
+              help="Where process events come from. procfs: running processes, found by "
+                   "scanning /proc (an inventory, ECS event.kind 'state').")
+@click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS)), default="ecs",
+              show_default=True, help="Output format of each JSON line.")
+@click.option("--output", default="-", show_default=True,
+              help="'-' for stdout, or a file path (rotated by size, created 0600).")
+@click.option("--max-bytes", default=DEFAULT_MAX_BYTES, show_default=True,
+              help="Rotate the output file before it would grow past this size.")
+@click.option("--generations", default=DEFAULT_GENERATIONS, show_default=True,
+              help="Rotated files to keep (FILE.1 is the newest).")
+@click.option("--interval", default=1.0, show_default=True,
+              help="Seconds between /proc scans; new processes are reported on each scan.")
+@click.option("--once", is_flag=True, help="Scan once, report, and exit.")
+def run(source: str, fmt: str, output: str, max_bytes: int, generations: int,
+        interval: float, once: bool) -> None:
+    """Run the Linux sensor: enriched process events with their TTPHash, as JSON lines.
+
+    Each event carries the executable's digests (read through /proc/PID/exe, so a deleted
+    binary is hashed as it ran), its owning package and whether the file still matches the
+    package, the user names, the parent's context and the TTPHash. Stop with Ctrl-C or SIGTERM;
+    a summary goes to stderr.
+    """
+    from sensor_linux.enrich import Enricher
+    from sensor_linux.procscan import ProcScan
+
+    render = RENDERERS[fmt]
+    sink = open_sink(output, max_bytes, generations)
+    enricher = Enricher()
+    scanner = ProcScan(enricher)
+    stop = _install_stop_handlers()
+    events = 0
+    started = time.monotonic()
+    try:
+        while True:
+            for event in scanner.scan():
+                sink.write(render(event))
+                events += 1
+            sink.flush()
+            if once or stop.wait(interval):
+                break
+    except BrokenPipeError:
+        # The reader went away (`ttpsensor run | head`): stop quietly, like other filters.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        sink.close()
+        stats = {"events": events, "seconds": round(time.monotonic() - started, 3),
+                 "hash_cache_hits": enricher.hasher.hits,
+                 "hash_cache_misses": enricher.hasher.misses,
+                 "hash_errors": enricher.hasher.errors,
+                 "process_table": len(enricher.table),
+                 "pid_reuse_rejected": enricher.table.reuse_rejected}
+        click.echo(f"ttpsensor: stopped: {json.dumps(stats)}", err=True)
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; ``wait`` sleeps until the timeout or the signal."""
+
+    def __init__(self) -> None:
+        import threading
+        self._event = threading.Event()
+
+    def set(self, *_: Any) -> None:
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+
+def _install_stop_handlers() -> _StopFlag:
+    flag = _StopFlag()
+    signal.signal(signal.SIGTERM, flag.set)
+    signal.signal(signal.SIGINT, flag.set)
+    return flag
+
+
+@click.command("whatis")
+@click.argument("paths", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, allow_dash=False))
+@click.option("--root", default="/", show_default=True,
+              help="Root whose dpkg database to consult; PATHS are then files under it.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+def whatis(paths: tuple[str, ...], root: str, as_json: bool) -> None:
+    """Digests, owning package and package verification of files.
+
+    'verified' means the file's MD5 equals the digest dpkg recorded when the package was
+    installed; 'MODIFIED' means it differs; 'unpackaged' means no package owns the path.
+    Exit code 1 when a file could not be read.
+    """
+    from sensor_linux.packages import DpkgIndex
+
+    index = DpkgIndex(root)
+    hasher = FileHasher()
+    failed = False
+    root_abs = os.path.abspath(root)
+    for path in paths:
+        report: dict[str, Any] = {"path": path}
+        try:
+            report.update(hasher.digests(path).as_field())
+        except OSError as exc:
+            click.echo(f"{path}: cannot read: {exc.strerror or exc}", err=True)
+            failed = True
+            continue
+        inside = os.path.abspath(path)
+        if root_abs != "/":
+            inside = "/" + os.path.relpath(inside, root_abs)
+        found = index.provenance(inside, report["md5"]) if index.available else None
+        if not index.available:
+            report["package"] = None
+            status = "no package database"
+        elif found is None:
+            report["package"] = ""
+            status = "unpackaged"
+        else:
+            report["package"] = found.package
+            report["version"] = found.version
+            report["verified"] = found.verified
+            status = {True: "verified", False: "MODIFIED",
+                      None: "no recorded digest"}[found.verified]
+        report["status"] = status
+        if as_json:
+            click.echo(json.dumps(report))
+        else:
+            owner = (f"{report['package']} {report.get('version') or ''}".strip()
+                     if report.get("package") else "-")
+            click.echo(f"{path}\n  sha256 {report['sha256']}\n  sha1   {report['sha1']}\n"
+                       f"  md5    {report['md5']}\n  package {owner}: {status}")
+    if failed:
+        sys.exit(1)

@@ -1,0 +1,137 @@
+"""Turn :class:`ProcessFacts` into a process-create event of the common schema.
+
+One place that every Linux source goes through, so audit, eBPF and /proc events carry the same
+fields with the same meanings: identity names, file digests of the image as it ran, package
+provenance, parent context from the process table, and the TTPHash.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from common import ttphash
+from common.filehash import FileHasher
+from common.percent import percent_encode
+from common.proctable import Entry, ProcessTable, parent_context
+from common.schema import ACTION_PROCESS_CREATE, Event, new_event, utc_timestamp
+from sensor_linux.packages import UNPACKAGED_FIELD, DpkgIndex
+from sensor_linux.procfs import PROC, UNSET_ID, ProcessFacts, exe_identity
+from sensor_linux.users import UserNames
+
+
+def linux_host(root: str = "/") -> dict[str, Any]:
+    """``host`` map: name, the machine id (stable across reboots) and the OS type."""
+    host: dict[str, Any] = {"name": socket.gethostname(), "os": {"type": "linux"}}
+    try:
+        with open(os.path.join(root, "etc/machine-id")) as f:
+            host["id"] = f.read().strip()
+    except OSError:
+        pass
+    return host
+
+
+def command_line(args: list[str | bytes] | None) -> str | None:
+    """A shell-quoted, readable command line (lossless data stays in ``process.args``)."""
+    if args is None:
+        return None
+    return " ".join(shlex.quote(percent_encode(a)) for a in args)
+
+
+@dataclass
+class Enricher:
+    """Holds the caches enrichment needs; one per sensor process."""
+
+    hasher: FileHasher = field(default_factory=FileHasher)
+    packages: DpkgIndex = field(default_factory=DpkgIndex)
+    users: UserNames = field(default_factory=UserNames)
+    table: ProcessTable = field(default_factory=ProcessTable)
+    host: dict[str, Any] = field(default_factory=linux_host)
+    proc: str = PROC
+
+    def _identity(self, ident: int | None, group: bool = False) -> dict[str, str] | None:
+        if ident is None:
+            return None
+        out = {"id": str(ident)}
+        name = self.users.group(ident) if group else self.users.user(ident)
+        if name is not None:
+            out["name"] = name
+        return out
+
+    def process_map(self, facts: ProcessFacts) -> dict[str, Any]:
+        """The ``process`` map (without parent) for ``facts``; reads the image via /proc."""
+        process: dict[str, Any] = {"pid": facts.pid}
+        if facts.executable is not None:
+            exe = facts.executable
+            name = exe.rsplit(b"/" if isinstance(exe, bytes) else "/", 1)[-1]
+            process["executable"] = exe
+            process["name"] = name
+        elif facts.comm is not None:
+            process["name"] = facts.comm
+        if facts.args is not None:
+            process["args"] = facts.args
+            process["args_count"] = len(facts.args)
+            process["command_line"] = command_line(facts.args)
+        if facts.cwd is not None:
+            process["working_directory"] = facts.cwd
+        if facts.start_time is not None:
+            process["start"] = utc_timestamp(facts.start_time)
+        if facts.uids is not None:
+            process["real_user"] = self._identity(facts.uids[0])
+            process["user"] = self._identity(facts.uids[1])
+            process["saved_user"] = self._identity(facts.uids[2])
+        if facts.gids is not None:
+            process["group"] = self._identity(facts.gids[1], group=True)
+        process["interactive"] = facts.tty is not None
+        if facts.tty is not None:
+            process["tty"] = {"name": facts.tty}
+        audit: dict[str, Any] = {}
+        if facts.login_uid is not None:
+            audit["login_user"] = (None if facts.login_uid == UNSET_ID
+                                   else self._identity(facts.login_uid))
+        if facts.session is not None:
+            audit["session"] = None if facts.session == UNSET_ID else facts.session
+        if audit:
+            process["audit"] = audit
+        if facts.container_id:
+            process["container"] = {"id": facts.container_id}
+        self._add_image(process, facts)
+        return process
+
+    def _add_image(self, process: dict[str, Any], facts: ProcessFacts) -> None:
+        digests, on_disk = exe_identity(facts.pid, facts.executable, self.hasher, self.proc)
+        if facts.exe_deleted:
+            on_disk = False
+        process["on_disk"] = on_disk
+        if digests is not None:
+            process["hash"] = digests.as_field()
+        if facts.executable is None or not self.packages.available:
+            return
+        if on_disk is False:
+            # A deleted or replaced image is not what the package shipped, whatever its path.
+            process["package"] = dict(UNPACKAGED_FIELD)
+            return
+        found = self.packages.provenance(facts.executable, digests.md5 if digests else None)
+        process["package"] = found.as_field() if found else dict(UNPACKAGED_FIELD)
+
+    def process_event(self, facts: ProcessFacts, provider: str, *, kind: str = "event",
+                      original_id: str | None = None, timestamp: float | None = None) -> Event:
+        """A complete process-create event, recorded in the process table."""
+        event = new_event(ACTION_PROCESS_CREATE, provider, host=self.host,
+                          timestamp=timestamp, original_id=original_id)
+        event["event"]["kind"] = kind
+        process = self.process_map(facts)
+        parent = self.table.parent_of(facts.ppid, facts.start_ticks)
+        if parent is not None:
+            running = os.path.exists(f"{self.proc}/{parent.pid}")
+            process["parent"] = parent_context(parent, running)
+        elif facts.ppid is not None:
+            process["parent"] = {"pid": facts.ppid} if facts.ppid else None
+        event["process"] = process
+        self.table.record(Entry(facts.pid, facts.start_ticks, process,
+                                event["event"]["id"]))
+        ttphash.attach(event)
+        return event

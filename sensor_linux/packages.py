@@ -1,0 +1,169 @@
+"""Package provenance: which distribution package owns a file, and is it still as shipped.
+
+The dpkg database (``var/lib/dpkg/info/*.list`` for ownership, ``*.md5sums`` for the digests
+dpkg recorded at install, ``status`` for versions) is indexed once and re-indexed when it changes.
+Lookups go through usr-merge aliases (``/bin`` -> ``/usr/bin``), because the kernel reports the
+canonical ``/usr/bin/ls`` while dpkg may still list ``/bin/ls``. The index can be rooted anywhere,
+so tests point it at a copy of a real database.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+DPKG_DIR = "var/lib/dpkg"
+USRMERGE_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+DEFAULT_RECHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Ownership of one file. ``verified`` is None when the package recorded no digest."""
+
+    package: str
+    version: str | None
+    verified: bool | None
+    manager: str = "dpkg"
+
+    def as_field(self) -> dict[str, object]:
+        field: dict[str, object] = {"name": self.package, "verified": self.verified}
+        if self.version is not None:
+            field["version"] = self.version
+        return field
+
+
+UNPACKAGED_FIELD = {"name": "", "verified": None}
+
+
+class DpkgIndex:
+    """Path -> owning package for a root file system (``/`` by default)."""
+
+    def __init__(self, root: str = "/", recheck_seconds: float = DEFAULT_RECHECK_SECONDS) -> None:
+        self.root = root
+        self.dpkg = os.path.join(root, DPKG_DIR)
+        self.recheck_seconds = recheck_seconds
+        self._owners: dict[str, str] = {}
+        self._versions: dict[str, str] = {}
+        self._md5: dict[str, dict[str, str]] = {}   # package -> path -> md5, loaded lazily
+        self._aliases: list[tuple[str, str]] = []
+        self._stamp: tuple[int, int] | None = None
+        self._checked = 0.0
+        self.builds = 0
+
+    @property
+    def available(self) -> bool:
+        return os.path.isdir(os.path.join(self.dpkg, "info"))
+
+    def _db_stamp(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(os.path.join(self.dpkg, "info")).st_mtime_ns
+            status = os.stat(os.path.join(self.dpkg, "status")).st_mtime_ns
+        except OSError:
+            return None
+        return info, status
+
+    def refresh(self, force: bool = False) -> None:
+        """Re-index when the database changed (checked at most every ``recheck_seconds``)."""
+        now = time.monotonic()
+        if not force and self._stamp is not None and now - self._checked < self.recheck_seconds:
+            return
+        self._checked = now
+        stamp = self._db_stamp()
+        if stamp == self._stamp and not force:
+            return
+        self._build()
+        self._stamp = stamp
+
+    def _build(self) -> None:
+        owners: dict[str, str] = {}
+        info = os.path.join(self.dpkg, "info")
+        try:
+            names = os.listdir(info)
+        except OSError:
+            names = []
+        for name in names:
+            if not name.endswith(".list"):
+                continue
+            package = name[:-5]
+            with open(os.path.join(info, name), "rb") as f:
+                for raw in f:
+                    path = raw.rstrip(b"\n").decode("utf-8", "surrogateescape")
+                    # Directories are listed by many packages; the first owner is as good as any.
+                    owners.setdefault(path, package)
+        self._owners = owners
+        self._versions = self._read_versions()
+        self._md5 = {}
+        self._aliases = [
+            (f"/{d}/", f"/usr/{d}/") for d in USRMERGE_DIRS
+            if os.path.realpath(os.path.join(self.root, d))
+            == os.path.realpath(os.path.join(self.root, "usr", d))
+            and os.path.islink(os.path.join(self.root, d))]
+        self.builds += 1
+
+    def _read_versions(self) -> dict[str, str]:
+        versions: dict[str, str] = {}
+        package = arch = None
+        try:
+            f = open(os.path.join(self.dpkg, "status"), encoding="utf-8", errors="replace")
+        except OSError:
+            return versions
+        with f:
+            for line in f:
+                if line.startswith("Package: "):
+                    package, arch = line[9:].strip(), None
+                elif line.startswith("Architecture: "):
+                    arch = line[14:].strip()
+                elif line.startswith("Version: ") and package:
+                    version = line[9:].strip()
+                    versions.setdefault(package, version)
+                    if arch:
+                        versions[f"{package}:{arch}"] = version
+        return versions
+
+    def _candidates(self, path: str) -> list[str]:
+        paths = [path]
+        for short, full in self._aliases:
+            if path.startswith(full):
+                paths.append(short + path[len(full):])
+            elif path.startswith(short):
+                paths.append(full + path[len(short):])
+        return paths
+
+    def owner(self, path: str) -> tuple[str, str] | None:
+        """``(package, path as dpkg lists it)`` or None when no package owns ``path``."""
+        self.refresh()
+        for candidate in self._candidates(path):
+            package = self._owners.get(candidate)
+            if package is not None:
+                return package, candidate
+        return None
+
+    def recorded_md5(self, package: str, listed_path: str) -> str | None:
+        sums = self._md5.get(package)
+        if sums is None:
+            sums = {}
+            try:
+                with open(os.path.join(self.dpkg, "info", f"{package}.md5sums"), "rb") as f:
+                    for raw in f:
+                        digest, _, rel = raw.rstrip(b"\n").partition(b"  ")
+                        sums["/" + rel.decode("utf-8", "surrogateescape")] = digest.decode()
+            except OSError:
+                pass
+            self._md5[package] = sums
+        return sums.get(listed_path)
+
+    def provenance(self, path: str | bytes, md5: str | None) -> Provenance | None:
+        """Owner of ``path`` and whether ``md5`` (of the file as it ran) matches dpkg's record."""
+        if isinstance(path, bytes):
+            path = path.decode("utf-8", "surrogateescape")
+        found = self.owner(path)
+        if found is None:
+            return None
+        package, listed = found
+        recorded = self.recorded_md5(package, listed)
+        verified = None if recorded is None or md5 is None else recorded.lower() == md5.lower()
+        name = package.split(":", 1)[0]  # "libc6:amd64" -> "libc6"
+        version = self._versions.get(package) or self._versions.get(name)
+        return Provenance(name, version, verified)

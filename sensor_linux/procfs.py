@@ -1,0 +1,173 @@
+"""Facts about live processes, read from ``/proc``.
+
+Everything here is best effort: a process can exit between two reads, so every reader returns
+``None`` for what it could not see instead of raising. Paths and argv are read as bytes and kept
+as ``str`` only when they are valid UTF-8 (:func:`common.percent.as_text`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from common.filehash import FileDigests, FileHasher
+from common.percent import as_text
+
+PROC = "/proc"
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_DELETED = b" (deleted)"
+_CONTAINER_ID = re.compile(rb"[0-9a-f]{64}")
+UNSET_ID = 4294967295  # (uid_t)-1: loginuid and sessionid of processes outside a login session
+
+
+@dataclass
+class ProcessFacts:
+    """What a source knows about one process; every field may be unknown (``None``).
+
+    The audit and eBPF sources fill the same structure from their records, so enrichment and
+    event building do not care where the facts came from.
+    """
+
+    pid: int
+    ppid: int | None = None
+    start_ticks: int | None = None     # clock ticks since boot (stat field 22): PID-reuse guard
+    start_time: float | None = None    # seconds since the epoch
+    executable: str | bytes | None = None
+    exe_deleted: bool = False          # the exe link says "(deleted)" or is a memfd
+    args: list[str | bytes] | None = None
+    cwd: str | bytes | None = None
+    comm: str | bytes | None = None
+    uids: tuple[int, int, int, int] | None = None  # real, effective, saved, filesystem
+    gids: tuple[int, int, int, int] | None = None
+    tty: str | None = None
+    login_uid: int | None = None
+    session: int | None = None
+    container_id: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def boot_time(proc: str = PROC) -> float:
+    with open(f"{proc}/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    raise OSError("no btime in /proc/stat")
+
+
+def list_pids(proc: str = PROC) -> list[int]:
+    return sorted(int(name) for name in os.listdir(proc) if name.isdigit())
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def read_exe(pid: int, proc: str = PROC) -> tuple[str | bytes | None, bool]:
+    """``(path, deleted)`` of the running executable; path ``None`` for kernel threads."""
+    try:
+        link = os.readlink(f"{proc}/{pid}/exe".encode())
+    except OSError:
+        return None, False
+    deleted = link.endswith(_DELETED)
+    if deleted:
+        link = link[: -len(_DELETED)]
+    if link.startswith(b"/memfd:"):
+        deleted = True
+    return as_text(link), deleted
+
+
+def tty_name(tty_nr: int) -> str | None:
+    """Name of a controlling terminal from stat's tty_nr (``None`` when there is none)."""
+    if tty_nr == 0:
+        return None
+    major = (tty_nr >> 8) & 0xFFF
+    minor = (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    if 136 <= major <= 143:
+        return f"pts/{(major - 136) * 256 + minor}"
+    if major == 4:
+        return f"tty{minor}" if minor < 64 else f"ttyS{minor - 64}"
+    return f"char:{major}:{minor}"
+
+
+def read_process(pid: int, proc: str = PROC, btime: float | None = None) -> ProcessFacts | None:
+    """Facts about ``pid``, or ``None`` when it no longer exists."""
+    base = f"{proc}/{pid}"
+    stat = _read(f"{base}/stat")
+    if stat is None:
+        return None
+    # comm may hold spaces and parentheses: split at the last ')'.
+    close = stat.rfind(b")")
+    comm = stat[stat.find(b"(") + 1:close]
+    rest = stat[close + 2:].split()
+    facts = ProcessFacts(pid=pid, comm=as_text(comm))
+    facts.ppid = int(rest[1])
+    facts.tty = tty_name(int(rest[4]))
+    facts.start_ticks = int(rest[19])
+    if btime is not None:
+        facts.start_time = btime + facts.start_ticks / _CLK_TCK
+    facts.executable, facts.exe_deleted = read_exe(pid, proc)
+    cmdline = _read(f"{base}/cmdline")
+    if cmdline is not None:
+        parts = cmdline.split(b"\0")
+        if parts and parts[-1] == b"":
+            parts.pop()
+        facts.args = [as_text(p) for p in parts]
+    try:
+        facts.cwd = as_text(os.readlink(f"{base}/cwd".encode()))
+    except OSError:
+        pass
+    status = _read(f"{base}/status")
+    if status is not None:
+        for line in status.splitlines():
+            if line.startswith(b"Uid:"):
+                facts.uids = tuple(int(x) for x in line.split()[1:5])  # type: ignore[assignment]
+            elif line.startswith(b"Gid:"):
+                facts.gids = tuple(int(x) for x in line.split()[1:5])  # type: ignore[assignment]
+    for name, attr in (("loginuid", "login_uid"), ("sessionid", "session")):
+        raw = _read(f"{base}/{name}")
+        if raw is not None and raw.strip().isdigit():
+            setattr(facts, attr, int(raw))
+    facts.container_id = container_id(_read(f"{base}/cgroup"))
+    return facts
+
+
+def container_id(cgroup: bytes | None) -> str | None:
+    """The first 64-hex path fragment of /proc/PID/cgroup (Docker, containerd, CRI-O, Podman)."""
+    if not cgroup:
+        return None
+    match = _CONTAINER_ID.search(cgroup)
+    return match.group().decode() if match else None
+
+
+def exe_identity(pid: int, executable: str | bytes | None, hasher: FileHasher,
+                 proc: str = PROC) -> tuple[FileDigests | None, bool | None]:
+    """Digests of the image ``pid`` runs, and whether that image is still on disk as it ran.
+
+    Hashes ``/proc/PID/exe``, which reaches the running image even when the file was deleted or
+    replaced. ``on_disk`` is False for deleted and memfd images and for a path that now names a
+    different file; ``None`` when the process is gone and nothing could be checked.
+    """
+    try:
+        fd = os.open(f"{proc}/{pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None, None
+    try:
+        ran = os.fstat(fd)
+        try:
+            digests = hasher.digests_of_fd(fd)
+        except OSError:
+            digests = None
+    finally:
+        os.close(fd)
+    if executable is None:
+        return digests, None
+    try:
+        now = os.stat(executable)
+    except OSError:
+        return digests, False
+    return digests, (now.st_dev, now.st_ino) == (ran.st_dev, ran.st_ino)
