@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Install what ttpsensor needs on Debian 12 and (re)create the virtual environment in .venv.
-# Idempotent: apt-get runs only when a package is missing; pip only when pyproject.toml changed.
-# Usage: packaging/dev/bootstrap.sh [run|test]
+# The README's two commands. On Debian 12 as root: install what ttpsensor needs, (re)create the
+# virtual environment in .venv, then run the sensor or the whole test suite.
+#
+#   bash packaging/dev/bootstrap.sh run [ttpsensor run options]   the sensor, embedded defaults
+#   bash packaging/dev/bootstrap.sh test [pytest options]          the whole test suite
+#   bash packaging/dev/bootstrap.sh setup                          install only
+#
+# Idempotent: apt-get runs only when a package is missing, pip only when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 mode=${1:-run}
+shift || true
+case "$mode" in run|test|setup) ;; *) echo "usage: $0 run|test|setup [args]" >&2; exit 2;; esac
+
 apt_packages=(python3 python3-venv python3-dev gcc)
 if [ "$mode" = test ]; then
+  # dpkg-dev: dpkg-deb for the provenance tests' package fixtures.
   apt_packages+=(dpkg-dev)
 fi
 
@@ -16,7 +25,7 @@ for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "bootstrap: installing ${missing[*]}" >&2
+  echo "bootstrap: apt-get install ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -24,16 +33,21 @@ fi
 
 # Debian's own python3 (not a pyenv or other interpreter on PATH), with the system site-packages
 # visible so that Debian's python3-bpfcc (BCC) can be imported by the eBPF source.
-py=/usr/bin/python3
-stamp=.venv/.installed-$mode
-want="$(sha256sum pyproject.toml | cut -c1-16)-$mode"
+extra=""
+[ "$mode" = test ] && extra="[test]"
+want="$(sha256sum pyproject.toml | cut -c1-16)$extra"
 if [ ! -x .venv/bin/python ]; then
-  "$py" -m venv --system-site-packages .venv
+  echo "bootstrap: creating .venv" >&2
+  /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  extra=""
-  [ "$mode" = test ] && extra="[test]"
+if [ "$(cat .venv/.installed 2>/dev/null)" != "$want" ]; then
+  echo "bootstrap: pip install -e .$extra" >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extra"
-  echo "$want" > "$stamp"
+  echo "$want" > .venv/.installed
 fi
+
+case "$mode" in
+  run) exec .venv/bin/ttpsensor run "$@" ;;
+  test) exec tests/run.sh "$@" ;;
+esac

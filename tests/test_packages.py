@@ -1,0 +1,102 @@
+"""Package provenance against a test root holding a copy of this machine's real dpkg database
+and real package files, and against the live system."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from common.filehash import FileHasher
+from sensor_linux.packages import DpkgIndex
+from tests.conftest import require, run_cli
+
+REAL_DPKG = "/var/lib/dpkg"
+
+
+def _real_owner(path: str) -> str:
+    out = subprocess.run(["dpkg-query", "-S", path], capture_output=True, text=True)
+    return out.stdout.split(":")[0] if out.returncode == 0 else ""
+
+
+@pytest.fixture
+def root(tmp_path):
+    """A root with coreutils' and bash's real database entries and real files, usr-merged."""
+    require(os.path.isdir(f"{REAL_DPKG}/info"), "a dpkg system is needed")
+    require(os.path.exists(f"{REAL_DPKG}/info/coreutils.list"), "coreutils must be installed")
+    dpkg = tmp_path / "var/lib/dpkg"
+    (dpkg / "info").mkdir(parents=True)
+    shutil.copy(f"{REAL_DPKG}/status", dpkg / "status")
+    for package in ("coreutils", "bash"):
+        for suffix in (".list", ".md5sums"):
+            shutil.copy(f"{REAL_DPKG}/info/{package}{suffix}", dpkg / "info")
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    (tmp_path / "usr/local/bin").mkdir(parents=True)
+    os.symlink("usr/bin", tmp_path / "bin")
+    for name in ("ls", "cat", "true", "bash"):
+        shutil.copy2(f"/usr/bin/{name}", tmp_path / "usr/bin" / name)
+    # Tamper with one packaged file, and add a file no package owns.
+    with open(tmp_path / "usr/bin/cat", "ab") as f:
+        f.write(b"\0trojan")
+    shutil.copy2("/usr/bin/true", tmp_path / "usr/local/bin/tool")
+    return tmp_path
+
+
+def _md5(path) -> str:
+    return FileHasher().digests(str(path)).md5
+
+
+def test_verified_modified_and_unpackaged(root) -> None:
+    index = DpkgIndex(str(root))
+    version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "coreutils"],
+                             capture_output=True, text=True, check=True).stdout
+    ls = index.provenance("/usr/bin/ls", _md5(root / "usr/bin/ls"))
+    assert (ls.package, ls.version, ls.verified) == ("coreutils", version, True)
+    cat = index.provenance("/usr/bin/cat", _md5(root / "usr/bin/cat"))
+    assert (cat.package, cat.verified) == ("coreutils", False)
+    assert index.provenance("/usr/local/bin/tool", _md5(root / "usr/local/bin/tool")) is None
+    # dpkg lists /bin/bash; the kernel reports /usr/bin/bash: the usr-merge alias finds it.
+    assert index.owner("/usr/bin/bash") == ("bash", "/bin/bash")
+    assert index.provenance("/bin/bash", _md5(root / "usr/bin/bash")).verified is True
+
+
+def test_index_refreshes_when_the_database_changes(root) -> None:
+    index = DpkgIndex(str(root), recheck_seconds=0)
+    assert index.owner("/usr/local/bin/tool") is None
+    info = root / "var/lib/dpkg/info"
+    (info / "localtool.list").write_text("/usr/local/bin/tool\n")
+    os.utime(info, ns=(1, os.stat(info).st_mtime_ns + 10**9))  # as dpkg's rename would
+    assert index.owner("/usr/local/bin/tool") == ("localtool", "/usr/local/bin/tool")
+    assert index.builds == 2
+    # A package that recorded no digest for the file: owned, verification unknown.
+    assert index.provenance("/usr/local/bin/tool", "00").verified is None
+
+
+def test_whatis_command_on_the_test_root(root) -> None:
+    paths = [str(root / "usr/bin/ls"), str(root / "usr/bin/cat"), str(root / "usr/local/bin/tool")]
+    result = run_cli("whatis", "--json", "--root", str(root), *paths)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["status"] for r in rows] == ["verified", "MODIFIED", "unpackaged"]
+    assert rows[0]["package"] == "coreutils" and rows[2]["package"] == ""
+    assert rows[0]["sha256"] == FileHasher().digests(paths[0]).sha256
+    text = run_cli("whatis", "--root", str(root), paths[1]).stdout
+    assert "coreutils" in text and "MODIFIED" in text
+
+
+def test_whatis_unreadable_file_exits_1() -> None:
+    result = run_cli("whatis", "/nonexistent/file")
+    assert result.returncode == 1 and "cannot read" in result.stderr
+
+
+def test_live_system_agrees_with_dpkg_query() -> None:
+    require(os.path.isdir(f"{REAL_DPKG}/info"), "a dpkg system is needed")
+    index = DpkgIndex()
+    for path in ("/usr/bin/ls", "/usr/bin/bash", "/usr/bin/dpkg", "/usr/bin/python3.11"):
+        found = index.provenance(path, _md5(path))
+        owner = _real_owner(path) or _real_owner(path.replace("/usr/bin/", "/bin/"))
+        assert found is not None and found.package == owner.split(":")[0]
+        assert found.verified is True

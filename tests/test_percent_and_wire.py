@@ -1,0 +1,105 @@
+"""Bytes that are not UTF-8 survive every form: percent text, msgpack, ECS JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from common import ecs, wire
+from common.percent import as_text, percent_decode, percent_encode
+from common.schema import SchemaError, new_event, validate
+
+HOSTILE_ARGV = [
+    b"\xff\xfe", "100%", "", "new\nline", "quote\"s'", "tab\t", "\x00nul?",
+    b"\xc3\xc3\xa4",            # an invalid byte before a valid two-byte sequence
+    b"\xed\xa0\x80",            # an encoded surrogate: not valid UTF-8
+    b"\xc0\xaf",                # overlong '/'
+    "x" * 200_000,              # huge
+    "café", "\u2028", "%FF",    # text that merely looks like an escape
+]
+
+
+@pytest.mark.parametrize("value, expected", [
+    (b"a%\xff\xc3\xa9\n", "a%25%FFé\n"),
+    (b"\xc3\xc3\xa4", "%C3ä"),
+    (b"\xed\xa0\x80", "%ED%A0%80"),
+    (b"\xc0\xaf", "%C0%AF"),
+    ("plain", "plain"),
+    ("%41", "%2541"),
+])
+def test_percent_form(value, expected) -> None:
+    assert percent_encode(value) == expected
+    assert percent_decode(expected) == as_text(value)
+
+
+def test_lone_surrogate_from_hostile_json_is_escaped_not_crashing() -> None:
+    assert percent_encode("a\ud800b") == "a%ED%A0%80b"
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=64))
+def test_percent_form_round_trips_any_bytes(data: bytes) -> None:
+    encoded = percent_encode(data)
+    encoded.encode("utf-8")  # always valid UTF-8 text
+    restored = percent_decode(encoded)
+    assert (restored if isinstance(restored, bytes) else restored.encode()) == data
+
+
+def _event(args) -> dict:
+    event = new_event("process_create", "auditd", host={"name": "h", "os": {"type": "linux"}},
+                      timestamp=0)
+    event["process"] = {"pid": 7, "args": args, "executable": b"/tmp/\xe9", "name": "\xe9"}
+    return event
+
+
+def test_msgpack_round_trip_is_exact_with_hostile_argv() -> None:
+    event = _event([as_text(a) if isinstance(a, bytes) else a for a in HOSTILE_ARGV])
+    back = wire.unpack_event(wire.pack_event(event))
+    assert back == event
+    assert [type(a) for a in back["process"]["args"]] == [type(a) for a in event["process"]["args"]]
+    assert wire.unpack_batch(wire.pack_batch([event, event])) == [event, event]
+
+
+def test_ecs_json_round_trip_is_exact_and_marks_percent_fields() -> None:
+    event = _event([as_text(a) if isinstance(a, bytes) else a for a in HOSTILE_ARGV])
+    line = ecs.render(event)
+    assert "\n" not in line
+    doc = json.loads(line)
+    assert doc["ttpsensor"]["percent_encoded"] == ["process.args", "process.executable"]
+    assert doc["process"]["args"][0] == "%FF%FE"
+    assert doc["process"]["name"] == "\xe9"  # valid text stays readable, unmarked
+    assert ecs.parse(doc) == event
+
+
+def test_ecs_json_of_a_plain_event_has_no_marker() -> None:
+    event = _event(["ls", "-l"])
+    event["process"]["executable"] = "/usr/bin/ls"
+    doc = json.loads(ecs.render(event))
+    assert "ttpsensor" not in doc
+    assert ecs.parse(doc) == event
+
+
+@pytest.mark.parametrize("data", [b"", b"\xc1", b"\x92\x01", b"\x81\xa1a"[:2], b"\xdc\x00\x01"])
+def test_wire_rejects_garbage_with_a_clear_error(data: bytes) -> None:
+    with pytest.raises(wire.WireError):
+        wire.unpack_event(data)
+
+
+@pytest.mark.parametrize("doc, message", [
+    ([], "JSON object"),
+    ({"schema": "1"}, "schema"),
+    ({"schema": 99, "@timestamp": "t", "event": {}, "host": {}}, "newer"),
+    ({"schema": 1, "@timestamp": "t", "event": {"id": "i", "action": "process_create",
+                                                "provider": "p"}, "host": {}}, "process"),
+    ({"schema": 1, "@timestamp": "t", "event": {"id": "i", "action": "process_create",
+                                                "provider": "p"}, "host": {},
+      "process": {"pid": "12"}}, "pid"),
+    ({"schema": 1, "@timestamp": "t", "event": {"id": "i", "action": "process_create",
+                                                "provider": "p"}, "host": {},
+      "process": {"args": "ls -l"}}, "args"),
+])
+def test_validate_names_the_problem(doc, message) -> None:
+    with pytest.raises(SchemaError, match=message):
+        validate(doc)

@@ -1,0 +1,185 @@
+"""Property tests for the invariants of docs/ttphash.md §7."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+
+import jcs  # an independent RFC 8785 implementation, as a peer for rfc8785
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from common import ecs, ttphash
+from common.schema import get_path, set_path
+
+text = st.text(st.characters(codec="utf-8"), max_size=20)
+raw = st.one_of(text, st.binary(max_size=20))
+maybe = lambda s: st.one_of(st.none(), s)  # noqa: E731
+hexdigest = st.text("0123456789abcdefABCDEF", min_size=64, max_size=64)
+
+
+@st.composite
+def linux_events(draw) -> dict:
+    def process(parent: bool) -> dict:
+        p = {
+            "pid": draw(st.integers(1, 2**22)),
+            "executable": draw(maybe(raw)),
+            "args": draw(maybe(st.lists(raw, max_size=5))),
+            "real_user": {"id": str(draw(st.integers(0, 65535))), "name": draw(maybe(text))},
+            "user": {"id": str(draw(st.integers(0, 65535))), "name": draw(maybe(text))},
+            "hash": {"sha256": draw(maybe(hexdigest))},
+            "on_disk": draw(maybe(st.booleans())),
+            "start": "2026-01-01T00:00:00.000000Z",
+        }
+        if parent:
+            p["running"] = draw(maybe(st.booleans()))
+        else:
+            p["package"] = {"name": draw(maybe(text))}
+        return p
+
+    event = {
+        "schema": 1, "@timestamp": "2026-01-01T00:00:00.000000Z",
+        "event": {"id": "e", "action": "process_create", "provider": "auditd"},
+        "host": {"name": "h", "os": {"type": "linux"}},
+        "process": process(False),
+    }
+    event["process"]["parent"] = process(True)
+    return event
+
+
+@st.composite
+def windows_events(draw) -> dict:
+    def process(parent: bool) -> dict:
+        p = {
+            "pid": draw(st.integers(1, 2**22)),
+            "user": {"sid": draw(maybe(text))},
+            "kernel_image_name": draw(maybe(text)),
+            "pe": {"original_file_name": draw(maybe(text)), "imphash": draw(maybe(hexdigest))},
+            "executable": draw(maybe(text)),
+            "command_line": draw(maybe(text)),
+            "hash": {"sha256": draw(maybe(hexdigest))},
+            "integrity_level": draw(maybe(st.sampled_from(["Low", "Medium", "High"]))),
+            "on_disk": draw(maybe(st.booleans())),
+            "code_signature": {"digest": draw(maybe(hexdigest))},
+            "module_count": draw(st.integers(0, 500)),
+        }
+        if parent:
+            p["name"] = draw(maybe(text))
+            p["running"] = draw(maybe(st.booleans()))
+        return p
+
+    event = {
+        "schema": 1, "@timestamp": "2026-01-01T00:00:00.000000Z",
+        "event": {"id": "e", "action": "process_create", "provider": "etw"},
+        "host": {"name": "h", "os": {"type": "windows"}},
+        "process": process(False),
+    }
+    event["process"]["parent"] = process(True)
+    return event
+
+
+events = st.one_of(linux_events(), windows_events())
+VOLATILE = ["@timestamp", "event.id", "event.original_id", "host.name", "host.id",
+            "process.pid", "process.start", "process.parent.pid", "process.parent.start",
+            "process.module_count", "process.parent.module_count", "process.entity_id",
+            "process.parent.event_id", "process.working_directory"]
+SETTINGS = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(events, st.lists(st.tuples(st.sampled_from(VOLATILE), st.text(max_size=8)), max_size=6))
+def test_volatile_fields_never_change_the_hash(event: dict, changes: list) -> None:
+    before = ttphash.compute(event).value
+    other = copy.deepcopy(event)
+    for path, value in changes:
+        set_path(other, path, value)
+    assert ttphash.compute(other).value == before
+
+
+def _stable_sources(event: dict) -> list[tuple[str, object]]:
+    """(our path, a replacement value) for every source of a stable TTPHash member."""
+    linux = event["host"]["os"]["type"] == "linux"
+    own = ttphash.LINUX_PROCESS if linux else ttphash.WINDOWS_PROCESS
+    par = ttphash.LINUX_PARENT if linux else ttphash.WINDOWS_PARENT
+    out = []
+    for prefix, table in (("process", own), ("process.parent", par)):
+        for name, paths, _ in table:
+            out.append((f"{prefix}.{paths[0]}", name))
+    return out
+
+
+def _different(value: object, member: str) -> object:
+    if isinstance(value, bool):
+        return not value
+    if value is None:
+        return True if member.startswith("is") else ["x"] if member == "Argv" else "X"
+    if isinstance(value, list):
+        return value + ["extra"]
+    if isinstance(value, bytes):
+        return value + b"\xff"
+    return "Z" + str(value) if member in ("sha256", "Imphash", "AuthenticodeHash") else str(
+        value) + "\x01z"
+
+
+@SETTINGS
+@given(events, st.data())
+def test_changing_any_stable_field_changes_the_hash(event: dict, data) -> None:
+    path, member = data.draw(st.sampled_from(_stable_sources(event)))
+    before = ttphash.compute(event)
+    other = copy.deepcopy(event)
+    old = get_path(other, path)
+    if path.endswith("real_user.name") or path.endswith("user.name"):
+        # Names fall back to ids when null: change both so the member really changes.
+        set_path(other, path.rsplit(".", 1)[0] + ".id", "424242")
+    set_path(other, path, _different(old, member))
+    after = ttphash.compute(other)
+    assert after.input != before.input
+    assert after.value != before.value
+
+
+@SETTINGS
+@given(events, st.randoms(use_true_random=False), st.sampled_from([None, 0, 2, 5]))
+def test_key_order_and_white_space_of_json_input_never_matter(event: dict, rnd: random.Random,
+                                                              indent) -> None:
+    def shuffled(node):
+        if isinstance(node, dict):
+            items = list(node.items())
+            rnd.shuffle(items)
+            return {k: shuffled(v) for k, v in items}
+        if isinstance(node, list):
+            return [shuffled(v) for v in node]
+        return node
+
+    line = ecs.render(event)
+    reordered = json.dumps(shuffled(json.loads(line)), indent=indent, ensure_ascii=rnd.random() < .5)
+    a = ttphash.compute(ecs.parse(json.loads(line)))
+    b = ttphash.compute(ecs.parse(json.loads(reordered)))
+    assert a.canonical == b.canonical
+    assert a.value == ttphash.compute(event).value
+
+
+@SETTINGS
+@given(events)
+def test_canonical_bytes_agree_with_an_independent_jcs_implementation(event: dict) -> None:
+    hash_input = ttphash.build_input(event)
+    assert ttphash.canonical_bytes(hash_input) == jcs.canonicalize(hash_input)
+
+
+@SETTINGS
+@given(events, st.data())
+def test_an_unknown_stable_field_makes_the_hash_incomplete(event: dict, data) -> None:
+    path, _ = data.draw(st.sampled_from(_stable_sources(event)))
+    other = copy.deepcopy(event)
+    set_path(other, path, None)
+    if path.endswith("user.name"):
+        set_path(other, path.rsplit(".", 1)[0] + ".id", None)  # no name and no id
+    assert ttphash.compute(other).complete is False
+
+
+def test_a_fully_known_event_is_complete() -> None:
+    proc = {"executable": "/bin/x", "args": ["x"], "real_user": {"id": "0"}, "user": {"id": "0"},
+            "hash": {"sha256": "A" * 64}, "on_disk": True}
+    event = {"host": {"os": {"type": "linux"}},
+             "process": dict(proc, package={"name": ""}, parent=dict(proc, running=False))}
+    assert ttphash.compute(event).complete is True
