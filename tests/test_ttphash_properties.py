@@ -6,7 +6,8 @@ import copy
 import json
 import random
 
-import jcs  # an independent RFC 8785 implementation, as a peer for rfc8785
+import jcs  # two independent RFC 8785 implementations, as peers
+import rfc8785
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from common import ecs, ttphash
@@ -161,9 +162,25 @@ def test_key_order_and_white_space_of_json_input_never_matter(event: dict, rnd: 
 
 @SETTINGS
 @given(events)
-def test_canonical_bytes_agree_with_an_independent_jcs_implementation(event: dict) -> None:
+def test_canonical_bytes_agree_with_independent_jcs_implementations(event: dict) -> None:
     hash_input = ttphash.build_input(event)
-    assert ttphash.canonical_bytes(hash_input) == jcs.canonicalize(hash_input)
+    ours = ttphash.canonical_bytes(hash_input)
+    assert ours == jcs.canonicalize(hash_input)
+    assert ours == rfc8785.dumps(hash_input)
+
+
+@SETTINGS
+@given(st.text(st.characters(codec="utf-8", categories=["Cc", "Cf", "Zl", "Zp", "Co", "Lo",
+                                                         "So", "Po"]), max_size=30))
+def test_canonical_escapes_of_any_text_agree_with_rfc8785(value: str) -> None:
+    hash_input = {"TTPHashVersion": 1, "Commandline": value, "Argv": [value, None, ""]}
+    assert ttphash.canonical_bytes(hash_input) == rfc8785.dumps(hash_input)
+
+
+def test_lone_surrogate_is_a_hash_error_not_a_crash() -> None:
+    import pytest
+    with pytest.raises(ttphash.TTPHashError, match="not valid Unicode"):
+        ttphash.canonical_bytes({"Commandline": "a\ud800"})
 
 
 @SETTINGS

@@ -1,0 +1,177 @@
+"""Benchmarks of the hot paths, printed as tables (``ttpsensor bench ...``).
+
+Each figure is the median of several timed repetitions, reported per event, next to a reference
+measured in the same run on the same machine (these machines are shared and noisy, so absolute
+numbers move; ratios move much less). Nothing here asserts a speed: tests never time things.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from common import ecs, qlog, ttphash, wire
+from common.filehash import FileHasher
+from common.schema import new_event
+
+REPEATS = 5
+
+
+@dataclass
+class Row:
+    name: str
+    per_item_us: float
+    reference: str = ""
+    ratio: float | None = None
+
+
+def _median_us(func: Callable[[], None], items: int, repeats: int = REPEATS) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) / items * 1e6
+
+
+def sample_linux_event() -> dict:
+    """A typical exec event: shell parent, a handful of arguments, full enrichment."""
+    event = new_event("process_create", "auditd",
+                      host={"name": "bench", "id": "0" * 32, "os": {"type": "linux"}},
+                      original_id="1764410400.123:4242")
+    proc = {
+        "pid": 4242, "name": "curl", "executable": "/usr/bin/curl",
+        "args": ["curl", "-fsSL", "-o", "/tmp/install.sh", "https://example.org/install.sh"],
+        "command_line": "curl -fsSL -o /tmp/install.sh https://example.org/install.sh",
+        "working_directory": "/home/alice", "start": "2026-11-29T10:00:00.000000Z",
+        "user": {"id": "1000", "name": "alice"}, "real_user": {"id": "1000", "name": "alice"},
+        "saved_user": {"id": "1000", "name": "alice"}, "group": {"id": "1000", "name": "alice"},
+        "hash": {"md5": "A" * 32, "sha1": "B" * 40, "sha256": "C" * 64}, "on_disk": True,
+        "package": {"name": "curl", "version": "7.88.1-10+deb12u8", "verified": True},
+        "audit": {"login_user": {"id": "1000", "name": "alice"}, "session": 3},
+        "tty": {"name": "pts/0"}, "interactive": True,
+    }
+    parent = copy.deepcopy(proc)
+    parent.update(pid=4100, name="bash", executable="/usr/bin/bash", args=["-bash"],
+                  command_line="-bash", running=True)
+    proc["parent"] = parent
+    event["process"] = proc
+    ttphash.attach(event)
+    return event
+
+
+def encode(count: int) -> list[Row]:
+    """TTPHash, msgpack and JSON per event; the reference is plain ``json.dumps``."""
+    event = sample_linux_event()
+    windows = qlog.read_event(_seed_like_qlog())
+    batch = [event] * count
+    packed = [wire.pack_event(event) for _ in range(count)]
+    line = ecs.render(event)
+
+    def loop(func: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(count):
+                func()
+        return run
+
+    reference = _median_us(loop(lambda: json.dumps(event)), count)
+    rows = [Row("json.dumps (reference)", reference)]
+    for name, func in [
+        ("ttphash.compute (linux)", lambda: ttphash.compute(event)),
+        ("ttphash.compute (windows)", lambda: ttphash.compute(windows)),
+        ("ecs.render", lambda: ecs.render(event)),
+        ("ecs.parse(json.loads)", lambda: ecs.parse(json.loads(line))),
+        ("qlog render", lambda: qlog.render(event)),
+        ("wire.pack_event", lambda: wire.pack_event(event)),
+        ("wire.unpack_event", lambda: wire.unpack_event(packed[0])),
+    ]:
+        us = _median_us(loop(func), count)
+        rows.append(Row(name, us, "json.dumps", us / reference))
+    per_batch = _median_us(lambda: wire.pack_batch(batch), count)
+    rows.append(Row(f"wire.pack_batch ({count} events)", per_batch, "json.dumps",
+                    per_batch / reference))
+    return rows
+
+
+def filehash(directory: str, count: int, rounds: int) -> list[Row]:
+    """Per-event cost of file identity: cold cache (hash the file) and warm (stat + lookup).
+
+    The reference is one SHA-256 of the same files with hashlib: the floor of any cold path.
+    """
+    files = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            files.append(path)
+        if len(files) == count:
+            break
+    if not files:
+        raise ValueError(f"no regular files in {directory}")
+    for path in files:  # warm the page cache so both sides measure CPU, not the disk
+        with open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+
+    def sha256_only() -> None:
+        for path in files:
+            with open(path, "rb") as f:
+                hashlib.sha256(f.read()).hexdigest()
+
+    def cold() -> None:
+        hasher = FileHasher()
+        for path in files:
+            hasher.digests(path)
+
+    hasher = FileHasher()
+    for path in files:
+        hasher.digests(path)
+
+    def warm() -> None:
+        for _ in range(rounds):
+            for path in files:
+                hasher.digests(path)
+
+    reference = _median_us(sha256_only, len(files))
+    cold_us = _median_us(cold, len(files))
+    warm_us = _median_us(warm, len(files) * rounds)
+    size = sum(os.path.getsize(p) for p in files) / len(files)
+    return [
+        Row(f"hashlib sha256 only (reference; {len(files)} files, mean {size / 1024:.0f} KiB)",
+            reference),
+        Row("cold cache: md5+sha1+sha256", cold_us, "sha256 only", cold_us / reference),
+        Row("warm cache: open+fstat+lookup", warm_us, "cold cache", warm_us / cold_us),
+    ]
+
+
+def _seed_like_qlog() -> dict:
+    return {"QType": "Process Create", "StartTime": "2021-12-30T09:13:38.0867746+01:00",
+            "UsernameSID": "S-1-5-21-1-2-3-1001", "KernelImagefilename": "NOTEPAD.EXE",
+            "OriginalFilename": "NOTEPAD.EXE", "Fullpath": "C:\\Windows\\notepad.exe",
+            "Commandline": "notepad.exe ", "Imphash": "ca88689695b1e2b1e2a85fc73742e524",
+            "sha256": "D" * 64, "ProcessIntegrityLevel": "Medium", "isOndisk": True,
+            "AuthenticodeHash": "", "ParentProcess": {
+                "UsernameSID": "S-1-5-21-1-2-3-1001", "Imagefilename": "", "Fullpath":
+                "\\Device\\HarddiskVolume3\\Windows\\explorer.exe", "Commandline": "explorer",
+                "isOndisk": True, "isRunning": True, "AuthenticodeHash": "E" * 64}}
+
+
+def print_table(rows: list[Row]) -> None:
+    table = Table(title="per event, median of %d runs" % REPEATS)
+    table.add_column("what")
+    table.add_column("µs/event", justify="right")
+    table.add_column("events/s", justify="right")
+    table.add_column("ratio", justify="right")
+    for row in rows:
+        ratio = f"{row.ratio:.2f}× {row.reference}" if row.ratio is not None else ""
+        table.add_row(row.name, f"{row.per_item_us:.2f}", f"{1e6 / row.per_item_us:,.0f}",
+                      ratio)
+    Console().print(table)
