@@ -102,28 +102,30 @@ def _install_stop_handlers() -> _StopFlag:
 def whatis(paths: tuple[str, ...], root: str, as_json: bool) -> None:
     """Digests, owning package and package verification of files.
 
-    'verified' means the file's MD5 equals the digest dpkg recorded when the package was
-    installed; 'MODIFIED' means it differs; 'unpackaged' means no package owns the path.
+    'verified' means the file's digest equals the one its package manager recorded at install
+    (dpkg: MD5, rpm: usually SHA-256); 'MODIFIED' means it differs; 'unpackaged' means no
+    package owns the path.
     Exit code 1 when a file could not be read.
     """
-    from sensor_linux.packages import DpkgIndex
+    from sensor_linux.packages import PackageIndex
 
-    index = DpkgIndex(root)
+    index = PackageIndex(root)
     hasher = FileHasher()
     failed = False
     root_abs = os.path.abspath(root)
     for path in paths:
         report: dict[str, Any] = {"path": path}
         try:
-            report.update(hasher.digests(path).as_field())
+            digests = hasher.digests(path)
         except OSError as exc:
             click.echo(f"{path}: cannot read: {exc.strerror or exc}", err=True)
             failed = True
             continue
+        report.update(digests.as_field())
         inside = os.path.abspath(path)
         if root_abs != "/":
             inside = "/" + os.path.relpath(inside, root_abs)
-        found = index.provenance(inside, report["md5"]) if index.available else None
+        found = index.provenance(inside, digests) if index.available else None
         if not index.available:
             report["package"] = None
             status = "no package database"
@@ -132,6 +134,7 @@ def whatis(paths: tuple[str, ...], root: str, as_json: bool) -> None:
             status = "unpackaged"
         else:
             report["package"] = found.package
+            report["manager"] = found.manager
             report["version"] = found.version
             report["verified"] = found.verified
             status = {True: "verified", False: "MODIFIED",

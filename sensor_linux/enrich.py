@@ -18,7 +18,7 @@ from common.filehash import FileHasher
 from common.percent import percent_encode
 from common.proctable import Entry, ProcessTable, parent_context
 from common.schema import ACTION_PROCESS_CREATE, Event, new_event, utc_timestamp
-from sensor_linux.packages import UNPACKAGED_FIELD, DpkgIndex
+from sensor_linux.packages import UNPACKAGED_FIELD, PackageIndex
 from sensor_linux.procfs import PROC, UNSET_ID, ProcessFacts, exe_identity
 from sensor_linux.users import UserNames
 
@@ -46,7 +46,7 @@ class Enricher:
     """Holds the caches enrichment needs; one per sensor process."""
 
     hasher: FileHasher = field(default_factory=FileHasher)
-    packages: DpkgIndex = field(default_factory=DpkgIndex)
+    packages: PackageIndex = field(default_factory=PackageIndex)
     users: UserNames = field(default_factory=UserNames)
     table: ProcessTable = field(default_factory=ProcessTable)
     host: dict[str, Any] = field(default_factory=linux_host)
@@ -114,7 +114,7 @@ class Enricher:
             # A deleted or replaced image is not what the package shipped, whatever its path.
             process["package"] = dict(UNPACKAGED_FIELD)
             return
-        found = self.packages.provenance(facts.executable, digests.md5 if digests else None)
+        found = self.packages.provenance(facts.executable, digests)
         process["package"] = found.as_field() if found else dict(UNPACKAGED_FIELD)
 
     def process_event(self, facts: ProcessFacts, provider: str, *, kind: str = "event",

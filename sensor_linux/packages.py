@@ -1,17 +1,27 @@
 """Package provenance: which distribution package owns a file, and is it still as shipped.
 
+:class:`PackageIndex` asks every package manager present on a root (dpkg, then rpm).
+
 The dpkg database (``var/lib/dpkg/info/*.list`` for ownership, ``*.md5sums`` for the digests
 dpkg recorded at install, ``status`` for versions) is indexed once and re-indexed when it changes.
 Lookups go through usr-merge aliases (``/bin`` -> ``/usr/bin``), because the kernel reports the
 canonical ``/usr/bin/ls`` while dpkg may still list ``/bin/ls``. The index can be rooted anywhere,
 so tests point it at a copy of a real database.
+
+The rpm database is read through the ``rpm`` command (its on-disk format is a private sqlite or
+Berkeley DB of binary headers; the command is the supported reader), with ``--root`` and an
+explicit ``--dbpath`` so a test root or a host's real database is what gets read.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import time
 from dataclasses import dataclass
+
+from common.filehash import FileDigests
 
 DPKG_DIR = "var/lib/dpkg"
 USRMERGE_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -154,8 +164,8 @@ class DpkgIndex:
             self._md5[package] = sums
         return sums.get(listed_path)
 
-    def provenance(self, path: str | bytes, md5: str | None) -> Provenance | None:
-        """Owner of ``path`` and whether ``md5`` (of the file as it ran) matches dpkg's record."""
+    def provenance(self, path: str | bytes, digests: FileDigests | None) -> Provenance | None:
+        """Owner of ``path`` and whether the file as it ran matches dpkg's recorded MD5."""
         if isinstance(path, bytes):
             path = path.decode("utf-8", "surrogateescape")
         found = self.owner(path)
@@ -163,7 +173,99 @@ class DpkgIndex:
             return None
         package, listed = found
         recorded = self.recorded_md5(package, listed)
-        verified = None if recorded is None or md5 is None else recorded.lower() == md5.lower()
+        verified = (None if recorded is None or digests is None
+                    else recorded.upper() == digests.md5)
         name = package.split(":", 1)[0]  # "libc6:amd64" -> "libc6"
         version = self._versions.get(package) or self._versions.get(name)
         return Provenance(name, version, verified)
+
+
+# rpm's FILEDIGESTALGO values (PGP hash algorithm ids) for the digests FileDigests holds.
+_RPM_DIGEST_ALGO = {1: "md5", 2: "sha1", 8: "sha256"}
+RPM_DB_PATHS = ("usr/lib/sysimage/rpm", "var/lib/rpm")
+_RPM_QUERY = ("[%{FILENAMES}\t%{FILEDIGESTS}\t%{=FILEDIGESTALGO}\t%{=NAME}\t"
+              "%{=VERSION}-%{=RELEASE}\n]")
+
+
+class RpmIndex:
+    """Path -> owning rpm package, with the per-file digest rpm recorded."""
+
+    def __init__(self, root: str = "/", recheck_seconds: float = DEFAULT_RECHECK_SECONDS,
+                 rpm: str = "rpm") -> None:
+        self.root = root
+        self.rpm = shutil.which(rpm)
+        self.dbpath = next((p for p in RPM_DB_PATHS
+                            if os.path.isdir(os.path.join(root, p))
+                            and any(n.startswith(("rpmdb", "Packages"))
+                                    for n in os.listdir(os.path.join(root, p)))), None)
+        self.recheck_seconds = recheck_seconds
+        self._files: dict[str, tuple[str, str, str, int]] = {}  # path -> (pkg, ver, digest, algo)
+        self._stamp: int | None = None
+        self._checked = 0.0
+        self.builds = 0
+
+    @property
+    def available(self) -> bool:
+        return self.rpm is not None and self.dbpath is not None
+
+    def _db_stamp(self) -> int:
+        directory = os.path.join(self.root, self.dbpath or "")
+        return max((os.stat(os.path.join(directory, n)).st_mtime_ns
+                    for n in os.listdir(directory)), default=0)
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and self._stamp is not None and now - self._checked < self.recheck_seconds:
+            return
+        self._checked = now
+        stamp = self._db_stamp()
+        if stamp != self._stamp or force:
+            self._build()
+            self._stamp = stamp
+
+    def _build(self) -> None:
+        out = subprocess.run(
+            [str(self.rpm), "--root", os.path.abspath(self.root), "--dbpath", "/" + str(self.dbpath),
+             "-qa", "--qf", _RPM_QUERY], capture_output=True, check=True, timeout=300).stdout
+        files: dict[str, tuple[str, str, str, int]] = {}
+        for line in out.splitlines():
+            parts = line.split(b"\t")
+            if len(parts) != 5:
+                continue
+            path, digest, algo, name, version = parts
+            files.setdefault(path.decode("utf-8", "surrogateescape"),
+                             (name.decode(), version.decode(), digest.decode().upper(),
+                              int(algo or 0)))
+        self._files = files
+        self.builds += 1
+
+    def provenance(self, path: str | bytes, digests: FileDigests | None) -> Provenance | None:
+        if isinstance(path, bytes):
+            path = path.decode("utf-8", "surrogateescape")
+        self.refresh()
+        found = self._files.get(path)
+        if found is None:
+            return None
+        name, version, recorded, algo = found
+        ours = getattr(digests, _RPM_DIGEST_ALGO.get(algo, ""), None) if digests else None
+        verified = None if not recorded or ours is None else recorded == ours
+        return Provenance(name, version, verified, manager="rpm")
+
+
+class PackageIndex:
+    """Every package manager present on ``root``, asked in turn (dpkg first)."""
+
+    def __init__(self, root: str = "/") -> None:
+        candidates: list[DpkgIndex | RpmIndex] = [DpkgIndex(root), RpmIndex(root)]
+        self.indexes = [index for index in candidates if index.available]
+
+    @property
+    def available(self) -> bool:
+        return bool(self.indexes)
+
+    def provenance(self, path: str | bytes, digests: FileDigests | None) -> Provenance | None:
+        for index in self.indexes:
+            found = index.provenance(path, digests)
+            if found is not None:
+                return found
+        return None

@@ -16,8 +16,8 @@ case "$mode" in run|test|setup) ;; *) echo "usage: $0 run|test|setup [args]" >&2
 
 apt_packages=(python3 python3-venv python3-dev gcc)
 if [ "$mode" = test ]; then
-  # dpkg-dev: dpkg-deb for the provenance tests' package fixtures.
-  apt_packages+=(dpkg-dev)
+  # rpm: rpmbuild and rpm build and install a real package for the rpm provenance test.
+  apt_packages+=(rpm)
 fi
 
 missing=()
