@@ -1,0 +1,1 @@
+"""Linux audit source: parse records, assemble events, decode, render (LAUREL-compatible)."""

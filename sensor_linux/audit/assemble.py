@@ -1,0 +1,171 @@
+"""Assemble records into events, keyed by ``(node, timestamp:serial)``.
+
+Kernel records of multi-record events (types 1300-2099 and LOGIN) wait for their EOE; user-space
+records are events of their own. Events whose EOE never comes (auditd over the network drops
+them, some types have none, input may be cut) are flushed when the audit clock has moved
+``timeout_ms`` past them, or when they have waited ``wall_timeout`` seconds of real time (so an
+idle system still flushes), or at the end of input. Records may arrive interleaved and in any
+order. Completed ids are remembered for ``done_ms`` of audit time to reject duplicates.
+
+Problems never stop assembly: a duplicate record or an EOE for no open event is set aside in
+:attr:`Assembler.rejected` with its reason, and counted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from sensor_linux.audit.records import EOE, Record, is_multipart
+
+DEFAULT_TIMEOUT_MS = 5_000
+DEFAULT_WALL_TIMEOUT = 5.0
+DEFAULT_DONE_MS = 120_000
+DEFAULT_MAX_INFLIGHT = 100_000
+
+EventKey = tuple[bytes | None, int, int, int]  # node, seconds, milliseconds, serial
+
+
+@dataclass
+class AuditEvent:
+    """All records of one audit event, in arrival order."""
+
+    node: bytes | None
+    sec: int
+    msec: int
+    serial: int
+    records: list[Record] = field(default_factory=list)
+    complete: bool = False          # EOE seen, or a single user-space record
+    arrived: float = 0.0            # monotonic time of the first record
+
+    @property
+    def id(self) -> str:
+        """LAUREL's and ausearch's event id, ``1615114232.375:15558``."""
+        return f"{self.sec}.{self.msec:03d}:{self.serial}"
+
+    @property
+    def timestamp_ms(self) -> int:
+        return self.sec * 1000 + self.msec
+
+
+@dataclass
+class AssemblyStats:
+    events: int = 0
+    completed_by_eoe: int = 0
+    timed_out: int = 0              # flushed by audit-time or wall-time timeout, without EOE
+    flushed_at_end: int = 0
+    evicted: int = 0                # flushed early because too many events were open
+    duplicates: int = 0
+    spurious_eoe: int = 0
+
+
+class Assembler:
+    def __init__(self, timeout_ms: int = DEFAULT_TIMEOUT_MS,
+                 wall_timeout: float = DEFAULT_WALL_TIMEOUT, done_ms: int = DEFAULT_DONE_MS,
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT) -> None:
+        self.timeout_ms = timeout_ms
+        self.wall_timeout = wall_timeout
+        self.done_ms = done_ms
+        self.max_inflight = max_inflight
+        self.stats = AssemblyStats()
+        self.rejected: list[tuple[str, Record]] = []
+        self._inflight: dict[EventKey, AuditEvent] = {}
+        self._done: dict[EventKey, int] = {}      # key -> audit time (ms) it completed
+        self._clock_ms = 0                         # newest audit time seen
+        self._next_expire_ms = 0
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def add(self, record: Record, now: float | None = None) -> list[AuditEvent]:
+        """Take one record; return the events it completed or that timed out meanwhile."""
+        out: list[AuditEvent] = []
+        ts = record.sec * 1000 + record.msec
+        if ts > self._clock_ms:
+            self._clock_ms = ts
+            if ts >= self._next_expire_ms:
+                self._expire_by_audit_time(out)
+                self._next_expire_ms = ts + 1000
+        key = (record.node, record.sec, record.msec, record.serial)
+        rtype = record.rtype
+        if rtype == EOE:
+            event = self._inflight.pop(key, None)
+            if event is None:
+                self._reject("duplicate EOE" if key in self._done else "EOE for no open event",
+                             record)
+                return out
+            event.complete = True
+            self.stats.completed_by_eoe += 1
+            self._finish(key, event, out)
+            return out
+        if key in self._done:
+            self._reject("duplicate event id", record)
+            return out
+        if not is_multipart(rtype):
+            event = AuditEvent(record.node, record.sec, record.msec, record.serial, [record],
+                               complete=True)
+            self._finish(key, event, out)
+            return out
+        event = self._inflight.get(key)
+        if event is None:
+            event = AuditEvent(record.node, record.sec, record.msec, record.serial,
+                               arrived=time.monotonic() if now is None else now)
+            self._inflight[key] = event
+            if len(self._inflight) > self.max_inflight:
+                oldest = min(self._inflight)
+                self.stats.evicted += 1
+                self._finish(oldest, self._inflight.pop(oldest), out)
+        event.records.append(record)
+        return out
+
+    def tick(self, now: float | None = None) -> list[AuditEvent]:
+        """Flush events that have waited ``wall_timeout`` seconds of real time."""
+        now = time.monotonic() if now is None else now
+        stale = [k for k, e in self._inflight.items() if now - e.arrived >= self.wall_timeout]
+        out: list[AuditEvent] = []
+        for key in sorted(stale, key=_sort_key):
+            self.stats.timed_out += 1
+            self._finish(key, self._inflight.pop(key), out)
+        return out
+
+    def flush(self) -> list[AuditEvent]:
+        """End of input: emit every open event, oldest first."""
+        out: list[AuditEvent] = []
+        for key in sorted(self._inflight, key=_sort_key):
+            self.stats.flushed_at_end += 1
+            self._finish(key, self._inflight[key], out)
+        self._inflight.clear()
+        return out
+
+    def take_rejected(self) -> list[tuple[str, Record]]:
+        rejected, self.rejected = self.rejected, []
+        return rejected
+
+    def _expire_by_audit_time(self, out: list[AuditEvent]) -> None:
+        limit = self._clock_ms - self.timeout_ms
+        stale = [k for k, e in self._inflight.items() if e.timestamp_ms < limit]
+        for key in sorted(stale, key=_sort_key):
+            self.stats.timed_out += 1
+            self._finish(key, self._inflight.pop(key), out)
+        done_limit = self._clock_ms - self.done_ms
+        if self._done:
+            for key in [k for k, t in self._done.items() if t < done_limit]:
+                del self._done[key]
+
+    def _finish(self, key: EventKey, event: AuditEvent, out: list[AuditEvent]) -> None:
+        self._done[key] = self._clock_ms
+        self.stats.events += 1
+        out.append(event)
+
+    def _reject(self, reason: str, record: Record) -> None:
+        if reason.startswith("duplicate"):
+            self.stats.duplicates += 1
+        else:
+            self.stats.spurious_eoe += 1
+        self.rejected.append((reason, record))
+
+
+def _sort_key(key: EventKey) -> tuple[bytes, int, int, int]:
+    node, sec, msec, serial = key
+    return (node or b"", sec, msec, serial)

@@ -1,0 +1,260 @@
+"""Parse one audit record line into a :class:`Record`.
+
+Input is auditd's string format (``[node=N ]type=T msg=audit(SEC.MSEC:SERIAL): k=v ...``, with
+the ENRICHED part after ``\\x1d``) or the same text from a netlink payload. Hot path: one
+compiled regex for the header, one that tokenizes the body into key/value pairs, then a typing
+step per field. Values are typed as LAUREL types them, so the ``laurel`` renderer can be exact:
+
+* ``None``: ``(null)``, ``?`` or empty;
+* ``int``: a decimal number; :class:`Hex` and :class:`Oct`: numbers written in that base;
+* ``bytes``: text (quoted, bare, or hex-decoded), kept as raw bytes;
+* ``list`` of bytes: the permission list of an AVC (``{ read write }``).
+
+Duplicated keys are kept, in order. A line that is not a record raises :class:`ParseError`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Union
+
+from sensor_linux.audit import fields
+from sensor_linux.audit.msgtypes import NAMES, NUMBERS
+
+
+class Hex(int):
+    """A number the kernel wrote in hexadecimal (rendered ``"0x1f"``)."""
+
+    __slots__ = ()
+
+
+class Oct(int):
+    """A number the kernel wrote in octal (rendered ``"0o100755"``)."""
+
+    __slots__ = ()
+
+
+Value = Union[None, int, bytes, list]
+
+EOE = NUMBERS["EOE"]
+SYSCALL = NUMBERS["SYSCALL"]
+EXECVE = NUMBERS["EXECVE"]
+PROCTITLE = NUMBERS["PROCTITLE"]
+CWD = NUMBERS["CWD"]
+PATH = NUMBERS["PATH"]
+AVC = NUMBERS["AVC"]
+TTY = NUMBERS["TTY"]
+SOCKADDR = NUMBERS["SOCKADDR"]
+MAC_POLICY_LOAD = NUMBERS["MAC_POLICY_LOAD"]
+LOGIN = NUMBERS["LOGIN"]
+
+
+class ParseError(ValueError):
+    """A line that is not an audit record; ``kind`` names the part that failed."""
+
+    def __init__(self, kind: str, line: bytes) -> None:
+        super().__init__(f"{kind}: {line[:200]!r}")
+        self.kind = kind
+        self.line = line
+
+
+class Record:
+    """One parsed line. ``body`` is a list of ``(key, value)``; ``raw`` is the line as read."""
+
+    __slots__ = ("node", "rtype", "sec", "msec", "serial", "body", "raw")
+
+    def __init__(self, node: bytes | None, rtype: int, sec: int, msec: int, serial: int,
+                 body: list[tuple[str, Value]], raw: bytes) -> None:
+        self.node = node
+        self.rtype = rtype
+        self.sec = sec
+        self.msec = msec
+        self.serial = serial
+        self.body = body
+        self.raw = raw
+
+    @property
+    def type_name(self) -> str:
+        return type_name(self.rtype)
+
+    @property
+    def event_key(self) -> tuple[bytes | None, int, int, int]:
+        return (self.node, self.sec, self.msec, self.serial)
+
+    def get(self, key: str, default: Value = None) -> Value:
+        for k, v in self.body:
+            if k == key:
+                return v
+        return default
+
+    def __repr__(self) -> str:
+        return f"Record({self.type_name} {self.sec}.{self.msec:03d}:{self.serial} {self.body!r})"
+
+
+def type_name(rtype: int) -> str:
+    name = NAMES.get(rtype)
+    return name if name is not None else f"UNKNOWN[{rtype}]"
+
+
+def is_multipart(rtype: int) -> bool:
+    """Kernel records that belong to multi-record events and wait for EOE (as auparse does)."""
+    return 1300 <= rtype < 2100 or rtype == LOGIN
+
+
+_HEADER = re.compile(
+    rb"(?:node=([^ \t\r\n]+) +)?type=(?:([A-Za-z0-9_]+)|UNKNOWN\[(\d+)\]) +"
+    rb"msg=audit\((\d+)\.(\d+):(\d+)\): *")
+
+# key=value, where value is "…", '…', { … } or a bare token. The separator is spaces or the
+# ENRICHED marker \x1d. Anything the pattern cannot consume is garbage.
+_TOKEN = re.compile(
+    rb"[ \x1d]*([A-Za-z][A-Za-z0-9_-]*(?:\[\d+\])?)="
+    rb"(\"[^\"]*\"|'(?:[^'\"]|\"[^\"]*\")*'|'[^']*'|\{ .*? \}|[^ \x1d\n]*)")
+_SUBJ_SUFFIX = re.compile(rb" \([A-Za-z_][A-Za-z0-9_]*\)")
+_UNKNOWN_FAMILY = re.compile(rb" family[^ \x1d\n]*")  # auditd's "SADDR=unknown family(0)"
+_AVC_PERMS = re.compile(rb"avc: *(granted|denied) *\{ *((?:[A-Za-z_][A-Za-z0-9_]* *)+)\} *for *")
+_HEX_PAIRS = re.compile(rb"(?:[0-9A-Fa-f]{2})+")
+_HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]+")
+_DEC = re.compile(rb"[+-]?[0-9]+")
+_OCT = re.compile(rb"[0-7]+")
+# Printable ASCII that the kernel leaves unencoded, minus quotes and braces (a bare token).
+_SAFE_BARE = re.compile(rb"[!#-&(-z|~]+")
+_SAFE_QUOTED = re.compile(rb"[!#-~]*")
+_EXECVE_ARG = re.compile(r"a(\d+)(?:\[(\d+)\]|(_len))?")
+_INT64 = 1 << 63
+
+
+def parse(line: bytes) -> Record:
+    """Parse one record line (with or without its trailing newline)."""
+    header = _HEADER.match(line)
+    if header is None:
+        raise ParseError("cannot parse header", line)
+    node, name, unknown, sec, msec, serial = header.groups()
+    if unknown is not None:
+        rtype = int(unknown)
+    else:
+        rtype = NUMBERS.get(name.decode("ascii"), -1)
+        if rtype < 0:
+            raise ParseError("unknown record type", line)
+    end = len(line)
+    while end and line[end - 1] in b"\r\n":
+        end -= 1
+    body = _parse_body(line, header.end(), end, rtype)
+    return Record(node, rtype, int(sec), int(msec), int(serial), body, line)
+
+
+def _parse_body(line: bytes, pos: int, end: int, rtype: int) -> list[tuple[str, Value]]:
+    trailer: tuple[str, Value] | None = None
+    if rtype == AVC:
+        avc = _AVC_PERMS.match(line, pos)
+        if avc is not None:
+            trailer = (avc.group(1).decode(), avc.group(2).split())
+            pos = avc.end()
+    elif rtype == TTY and line.startswith(b"tty ", pos):
+        pos += 4
+    elif rtype == MAC_POLICY_LOAD and line.startswith(b"policy loaded ", pos):
+        pos += 14
+    elif line.startswith(b"netlabel:", pos):
+        trailer = ("netlabel", None)
+        pos += 9
+    body: list[tuple[str, Value]] = []
+    execve = rtype == EXECVE
+    syscall = rtype == SYSCALL
+    while True:
+        while pos < end and line[pos] in b" \x1d":
+            pos += 1
+        if pos >= end:
+            break
+        token = _TOKEN.match(line, pos, end)
+        if token is None:
+            raise ParseError("cannot parse body", line)
+        key = token.group(1).decode("ascii")
+        raw = token.group(2)
+        pos = token.end()
+        if key == "subj":  # AppArmor: "subj==/usr/bin/man//&man_groff (enforce)"
+            suffix = _SUBJ_SUFFIX.match(line, pos, end)
+            if suffix is not None:
+                raw += suffix.group()
+                pos = suffix.end()
+        elif key == "SADDR" and raw == b"unknown":
+            suffix = _UNKNOWN_FAMILY.match(line, pos, end)
+            if suffix is not None:
+                raw += suffix.group()
+                pos = suffix.end()
+        if pos < end and line[pos] not in b" \x1d":
+            raise ParseError("garbage at end of value", line)
+        if execve and key[0] == "a" and key != "argc":
+            value = _execve_value(key, raw, line)
+        elif syscall and len(key) == 2 and key[0] == "a" and key[1].isdigit():
+            value = Hex(int(raw, 16)) if _HEX_DIGITS.fullmatch(raw) else raw
+        else:
+            value = typed_value(rtype, key, raw)
+        body.append((key, value))
+    if trailer is not None:
+        body.append(trailer)
+    return body
+
+
+def _execve_value(key: str, raw: bytes, line: bytes) -> Value:
+    match = _EXECVE_ARG.fullmatch(key)
+    if match is None:
+        return typed_value(EXECVE, key, raw)
+    if match.group(3):  # aN_len
+        if _DEC.fullmatch(raw):
+            return int(raw)
+        raise ParseError("bad argument length", line)
+    value = _encoded(raw)
+    if value is _NOT_ENCODED:
+        raise ParseError("bad execve argument", line)
+    return value
+
+
+_NOT_ENCODED = object()
+
+
+def _encoded(raw: bytes) -> object:
+    """The encoded forms: "quoted", hex blob, (null) or ?; _NOT_ENCODED otherwise."""
+    if raw[:1] == b'"' and _SAFE_QUOTED.fullmatch(raw, 1, len(raw) - 1) and raw[-1:] == b'"' \
+            and len(raw) >= 2:
+        return raw[1:-1]
+    if _HEX_PAIRS.fullmatch(raw):
+        return bytes.fromhex(raw.decode("ascii"))
+    if raw == b"(null)" or raw == b"?":
+        return None
+    return _NOT_ENCODED
+
+
+def _unspecified(rtype: int, key: str, raw: bytes) -> Value:
+    """Values outside the field's expected format, kept as text."""
+    if not raw:
+        return None
+    first = raw[:1]
+    if first == b'"' and raw[-1:] == b'"' and len(raw) >= 2:
+        return raw[1:-1]
+    if first == b"'" and raw[-1:] == b"'" and len(raw) >= 2:
+        return raw[1:-1]
+    if first == b"{" and raw.startswith(b"{ ") and raw.endswith(b" }"):
+        return b"{" + raw[2:-2] + b"}"
+    return raw
+
+
+def typed_value(rtype: int, key: str, raw: bytes) -> Value:
+    """Type a raw value by its field name, the way the audit field dictionary defines it."""
+    if key in fields.NOT_ENCODED or key.endswith(("uid", "gid")):
+        if key in fields.HEX:
+            if _HEX_DIGITS.fullmatch(raw):
+                number = int(raw, 16)
+                if number < (1 << 64):
+                    return Hex(number)
+        elif key in fields.OCT:
+            if _OCT.fullmatch(raw):
+                return Oct(int(raw, 8))
+        elif _DEC.fullmatch(raw):
+            number = int(raw)
+            if -_INT64 <= number < _INT64:
+                return number
+        return _unspecified(rtype, key, raw)
+    value = _encoded(raw)
+    if value is not _NOT_ENCODED:
+        return value  # type: ignore[return-value]
+    return _unspecified(rtype, key, raw)
