@@ -70,7 +70,10 @@ class Assembler:
         self.stats = AssemblyStats()
         self.rejected: list[tuple[str, Record]] = []
         self._inflight: dict[EventKey, AuditEvent] = {}
-        self._done: dict[EventKey, int] = {}      # key -> audit time (ms) it completed
+        # Completed ids -> audit time (ms). Kept apart for user-space records, because a user
+        # message (SERVICE_START) shares its id with the kernel event of the sendto() carrying it.
+        self._done: dict[EventKey, int] = {}
+        self._done_user: dict[EventKey, int] = {}
         self._clock_ms = 0                         # newest audit time seen
         self._next_expire_ms = 0
 
@@ -99,13 +102,17 @@ class Assembler:
             self.stats.completed_by_eoe += 1
             self._finish(key, event, out)
             return out
+        if not is_multipart(rtype):
+            if key in self._done_user:
+                self._reject("duplicate event id", record)
+                return out
+            self._done_user[key] = self._clock_ms
+            self.stats.events += 1
+            out.append(AuditEvent(record.node, record.sec, record.msec, record.serial, [record],
+                                  complete=True))
+            return out
         if key in self._done:
             self._reject("duplicate event id", record)
-            return out
-        if not is_multipart(rtype):
-            event = AuditEvent(record.node, record.sec, record.msec, record.serial, [record],
-                               complete=True)
-            self._finish(key, event, out)
             return out
         event = self._inflight.get(key)
         if event is None:
@@ -149,9 +156,9 @@ class Assembler:
             self.stats.timed_out += 1
             self._finish(key, self._inflight.pop(key), out)
         done_limit = self._clock_ms - self.done_ms
-        if self._done:
-            for key in [k for k, t in self._done.items() if t < done_limit]:
-                del self._done[key]
+        for done in (self._done, self._done_user):
+            for key in [k for k, t in done.items() if t < done_limit]:
+                del done[key]
 
     def _finish(self, key: EventKey, event: AuditEvent, out: list[AuditEvent]) -> None:
         self._done[key] = self._clock_ms

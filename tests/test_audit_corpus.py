@@ -1,0 +1,161 @@
+"""The audit parser, assembler and LAUREL renderer against the real corpus in ../shared/corpus.
+
+LAUREL's golden files are LAUREL 0.8.2's own output for the same input (a peer, not our output
+pasted back); every corpus file must go through the parser and the assembler.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sensor_linux.audit import laurel
+from sensor_linux.audit.assemble import Assembler, AuditEvent
+from sensor_linux.audit.records import Hex, Oct, ParseError, parse
+from tests.conftest import SHARED, require
+
+CORPUS = SHARED / "corpus"
+LAUREL_DIR = CORPUS / "laurel"
+PARSER_DIR = CORPUS / "linux-audit-parser"
+
+
+def _corpus_files(pattern: str) -> list[Path]:
+    return sorted(CORPUS.glob(pattern))
+
+
+def assemble_file(path: Path) -> tuple[list[AuditEvent], Assembler, list[ParseError]]:
+    assembler = Assembler()
+    events: list[AuditEvent] = []
+    errors: list[ParseError] = []
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.strip() or line.startswith(b"#"):
+                continue
+            try:
+                record = parse(line)
+            except ParseError as exc:
+                errors.append(exc)
+                continue
+            events += assembler.add(record)
+    events += assembler.flush()
+    return events, assembler, errors
+
+
+GOLDEN = sorted(p for p in LAUREL_DIR.glob("record-*.txt") if p.with_suffix(".json").exists())
+
+
+def test_corpus_is_present() -> None:
+    require(LAUREL_DIR.is_dir() and PARSER_DIR.is_dir(), f"{CORPUS} is missing")
+    assert len(GOLDEN) == 14
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
+def test_laurel_renderer_matches_golden_byte_for_byte(path: Path) -> None:
+    events, assembler, errors = assemble_file(path)
+    assert errors == [] and assembler.rejected == []
+    want = path.with_suffix(".json").read_bytes().decode("utf-8").splitlines()
+    assert [laurel.render(e) for e in events] == want
+
+
+ALL_TXT = [p for p in _corpus_files("**/*.txt") if p.name != "README.txt"]
+
+
+@pytest.mark.parametrize("path", ALL_TXT, ids=[str(p.relative_to(CORPUS)) for p in ALL_TXT])
+def test_every_corpus_file_parses_and_assembles(path: Path) -> None:
+    events, assembler, errors = assemble_file(path)
+    assert errors == []
+    # line-eoe.txt is a lone EOE (rejected below); every other file holds events.
+    assert events or path.name == "line-eoe.txt"
+    # Nothing vanishes: every line is in an event, is the EOE that completed one, or was
+    # rejected with a reason.
+    lines = sum(1 for line in path.read_bytes().splitlines()
+                if line.strip() and not line.startswith(b"#"))
+    in_events = sum(len(e.records) for e in events)
+    assert in_events + assembler.stats.completed_by_eoe + len(assembler.rejected) == lines
+    for event in events:
+        laurel.render(event)  # never raises
+
+
+def test_spurious_eoe_is_rejected_with_a_reason() -> None:
+    events, assembler, errors = assemble_file(PARSER_DIR / "line-eoe.txt")
+    assert errors == [] and events == []
+    assert [reason for reason, _ in assembler.rejected] == ["EOE for no open event"]
+    assert assembler.stats.spurious_eoe == 1
+
+
+def test_traces_without_eoe_and_reordered_assemble_to_the_same_events() -> None:
+    plain, _, _ = assemble_file(LAUREL_DIR / "shell-proc-trace.txt")
+    reordered, _, _ = assemble_file(LAUREL_DIR / "shell-proc-trace-reordered.txt")
+    assert sorted(e.id for e in plain) == sorted(e.id for e in reordered)
+    by_id = {e.id: e for e in reordered}
+    for event in plain:
+        assert sorted(r.raw for r in event.records) == sorted(r.raw for r in by_id[event.id].records)
+    no_eoe, assembler, _ = assemble_file(LAUREL_DIR / "proc-trace-dpkg-l.txt")
+    assert len(no_eoe) == 23 and not any(e.complete for e in no_eoe)
+    assert assembler.stats.flushed_at_end + assembler.stats.timed_out == 23
+
+
+def test_audit_time_timeout_flushes_events_without_eoe() -> None:
+    assembler = Assembler(timeout_ms=5000)
+    first = parse(b"type=SYSCALL msg=audit(100.000:1): arch=c000003e syscall=59 success=yes "
+                  b"exit=0 a0=1 a1=2 a2=3 a3=4 items=0 ppid=1 pid=2 comm=\"x\" key=(null)\n")
+    assert assembler.add(first) == []
+    later = parse(b"type=SYSCALL msg=audit(106.000:2): arch=c000003e syscall=59 success=yes "
+                  b"exit=0 a0=1 a1=2 a2=3 a3=4 items=0 ppid=1 pid=3 comm=\"y\" key=(null)\n")
+    flushed = assembler.add(later)
+    assert [e.id for e in flushed] == ["100.000:1"] and not flushed[0].complete
+    assert assembler.stats.timed_out == 1
+    # Wall-clock bound: an idle stream still flushes.
+    assert [e.id for e in assembler.tick(now=10**9)] == ["106.000:2"]
+
+
+def test_duplicate_records_are_rejected_not_merged() -> None:
+    line = (b"type=SYSCALL msg=audit(100.000:1): arch=c000003e syscall=59 success=yes exit=0 "
+            b"a0=1 a1=2 a2=3 a3=4 items=0 ppid=1 pid=2 key=(null)\n")
+    assembler = Assembler()
+    assembler.add(parse(line))
+    assert len(assembler.add(parse(b"type=EOE msg=audit(100.000:1): \n"))) == 1
+    assert assembler.add(parse(line)) == []
+    assert [r for r, _ in assembler.take_rejected()] == ["duplicate event id"]
+
+
+@pytest.mark.parametrize("line, kind", [
+    (b"garbage\n", "cannot parse header"),
+    (b"type=SYSCALL msg=audit(1.2:3\n", "cannot parse header"),
+    (b"type=NOSUCHTYPE msg=audit(1.000:3): a=b\n", "unknown record type"),
+    (b"type=SYSCALL msg=audit(1.000:3): arch=c000003e =oops\n", "cannot parse body"),
+    (b"type=EXECVE msg=audit(1.000:3): argc=1 a0=\"unterminated\n", "bad execve argument"),
+    (b"type=EXECVE msg=audit(1.000:3): argc=1 a0=abc\n", "bad execve argument"),
+    (b"type=EXECVE msg=audit(1.000:3): argc=1 a0_len=x\n", "bad argument length"),
+    (b"type=CWD msg=audit(1.000:3): cwd=\"/a\"b\n", "garbage at end of value"),
+    (b"type=SYSCALL msg=audit(1.000:3): arch=c000003e syscall=59 \xff\xfe\n",
+     "cannot parse body"),
+])
+def test_malformed_lines_raise_parse_errors_naming_the_part(line: bytes, kind: str) -> None:
+    with pytest.raises(ParseError) as info:
+        parse(line)
+    assert info.value.kind == kind and info.value.line == line
+
+
+def test_field_typing_on_edge_cases() -> None:
+    avc = parse((PARSER_DIR / "line-avc-denied.txt").read_bytes())
+    assert avc.body[-1] == ("denied", [b"setuid"])
+    assert avc.get("capability") == 7
+    abend = parse((PARSER_DIR / "line-anom-abend-2.txt").read_bytes())
+    assert abend.get("subj") == b"=/usr/bin/man//&man_groff (enforce)"
+    assert abend.get("AUID") == b"unset"
+    sock = parse((PARSER_DIR / "line-sockaddr-unknown-2.txt").read_bytes())
+    assert sock.get("SADDR") == b"unknown family(0)" and sock.get("saddr") == bytes(16)
+    unix = parse((PARSER_DIR / "line-sockaddr-unix.txt").read_bytes())
+    assert unix.get("SADDR") == b"{fam=local path=/tmp/.{FD2DD8D4-F6AA-4D74-A6E1-AEFAB183DEEB}}"
+    auth = parse((PARSER_DIR / "line-user-auth-2.txt").read_bytes())
+    assert b"system-property('xsl:vendor')" in auth.get("msg")
+    tty = parse((PARSER_DIR / "line-tty.txt").read_bytes())
+    assert tty.get("data") == b"rpm -qa | grep syslog\r"
+    unknown = parse((PARSER_DIR / "line-unknown.txt").read_bytes())
+    assert unknown.rtype == 1334 and unknown.get("prog-id") == 45
+    path = parse(b'type=PATH msg=audit(1.000:2): item=0 name="/x" mode=0100755 '
+                 b'cap_fp=0000000000000000 dev=fd:01 inode=5\n')
+    assert type(path.get("mode")) is Oct and path.get("mode") == 0o100755
+    assert type(path.get("cap_fp")) is Hex and path.get("dev") == b"fd:01"
