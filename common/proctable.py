@@ -4,6 +4,9 @@ Sources record every process they learn about (exec, fork, a /proc scan) and rem
 An entry holds the ``process`` map of that process's event, so a child's ``process.parent`` is a
 copy of it. The table is bounded (least recently used entries go first) and guards against PID
 reuse: an entry whose start is later than the child's start cannot be its parent.
+
+Start keys are seconds since the epoch. /proc derives start times from the boot time, which the
+kernel reports in whole seconds, so comparisons allow :data:`START_TOLERANCE` of slack.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_MAX_ENTRIES = 65536
+START_TOLERANCE = 1.0
 
 # Fields of a process map that describe the process itself and are copied into a child's parent.
 PARENT_FIELDS = ("pid", "name", "executable", "args", "command_line", "working_directory",
@@ -24,7 +28,7 @@ PARENT_FIELDS = ("pid", "name", "executable", "args", "command_line", "working_d
 @dataclass
 class Entry:
     pid: int
-    start_key: float | None     # comparable start (boot ticks on Linux); None when unknown
+    start_key: float | None     # start, seconds since the epoch; None when unknown
     process: dict[str, Any]     # the process map of the event that introduced it
     event_id: str | None = None
 
@@ -63,7 +67,7 @@ class ProcessTable:
         if entry is None:
             return None
         if (entry.start_key is not None and child_start_key is not None
-                and entry.start_key > child_start_key):
+                and entry.start_key > child_start_key + START_TOLERANCE):
             self.reuse_rejected += 1  # the pid was reused after the child was born
             return None
         self._entries.move_to_end(ppid)

@@ -161,8 +161,9 @@ def _check_process(process: dict[str, Any], where: str) -> None:
     if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)):
         raise SchemaError(f"'{where}.pid' must be an integer")
     args = process.get("args")
+    # An element may be null: the source lost that argument (an EXECVE record never came).
     if args is not None and (not isinstance(args, list)
-                             or not all(isinstance(a, _TEXT) for a in args)):
+                             or not all(a is None or isinstance(a, _TEXT) for a in args)):
         raise SchemaError(f"'{where}.args' must be a list of strings")
     for key in ("executable", "command_line", "working_directory", "name"):
         value = process.get(key)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Protocol, TextIO
+from typing import Callable, Protocol, TextIO
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_GENERATIONS = 5
@@ -91,9 +91,66 @@ class RotatingFileSink:
         self._file.close()
 
 
+class FanOut:
+    """The same lines to several sinks (``--output`` given more than once)."""
+
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.sinks = sinks
+
+    def write(self, line: str) -> None:
+        for sink in self.sinks:
+            sink.write(line)
+
+    def flush(self) -> None:
+        for sink in self.sinks:
+            sink.flush()
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
 def open_sink(target: str, max_bytes: int = DEFAULT_MAX_BYTES,
               generations: int = DEFAULT_GENERATIONS) -> Sink:
-    """``-`` is stdout; anything else is a rotated file."""
-    if target == "-":
+    """An output by name: ``-`` or ``stdout``; ``jsonl:PATH`` or a bare ``PATH`` for a rotated
+    file (its directory is created)."""
+    if target in ("-", "stdout"):
         return StreamSink()
-    return RotatingFileSink(target, max_bytes, generations)
+    path = target[len("jsonl:"):] if target.startswith("jsonl:") else target
+    if not path:
+        raise ValueError(f"output {target!r} names no file")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o750, exist_ok=True)
+    return RotatingFileSink(path, max_bytes, generations)
+
+
+def open_sinks(targets: list[str] | tuple[str, ...], max_bytes: int = DEFAULT_MAX_BYTES,
+               generations: int = DEFAULT_GENERATIONS) -> Sink:
+    sinks = [open_sink(t, max_bytes, generations) for t in targets or ["-"]]
+    return sinks[0] if len(sinks) == 1 else FanOut(sinks)
+
+
+class LazySink:
+    """A sink created on its first line: for logs that should exist only when needed (the
+    parse-error log)."""
+
+    def __init__(self, open_fn: "Callable[[], Sink]") -> None:
+        self._open = open_fn
+        self._sink: Sink | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self._sink is not None
+
+    def write(self, line: str) -> None:
+        if self._sink is None:
+            self._sink = self._open()
+        self._sink.write(line)
+
+    def flush(self) -> None:
+        if self._sink is not None:
+            self._sink.flush()
+
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()

@@ -85,6 +85,9 @@ class _StopFlag:
     def wait(self, timeout: float) -> bool:
         return self._event.wait(timeout)
 
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
 
 def _install_stop_handlers() -> _StopFlag:
     flag = _StopFlag()
@@ -149,3 +152,111 @@ def whatis(paths: tuple[str, ...], root: str, as_json: bool) -> None:
                        f"  md5    {report['md5']}\n  package {owner}: {status}")
     if failed:
         sys.exit(1)
+
+
+DEFAULT_ERROR_LOG = "/var/log/ttpsensor/parse-errors.log"
+
+
+@click.command("audisp")
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["ecs", "laurel", "qlog"]), default="ecs",
+              show_default=True,
+              help="ecs: enriched events with TTPHash. laurel: LAUREL's JSON lines (its goldens' "
+                   "settings). qlog: process events with QLOG's field names.")
+@click.option("--output", "outputs", multiple=True, default=["-"], show_default=True,
+              help="'-'/'stdout', or 'jsonl:PATH' / PATH for a rotated file. Repeatable.")
+@click.option("--max-bytes", default=DEFAULT_MAX_BYTES, show_default=True)
+@click.option("--generations", default=DEFAULT_GENERATIONS, show_default=True)
+@click.option("--parse-error-log", default=None,
+              help=f"Where lines that cannot be parsed are kept verbatim (created on the first "
+                   f"one). Default: {DEFAULT_ERROR_LOG} as root, else "
+                   f"./ttpsensor-parse-errors.log.")
+def audisp(file: str | None, fmt: str, outputs: tuple[str, ...], max_bytes: int,
+           generations: int, parse_error_log: str | None) -> None:
+    """Read audit records in auditd's plugin (string) format and write events.
+
+    Without FILE, reads stdin as an auditd plugin: configure it under /etc/audit/plugins.d/
+    (see packaging/audit/ttpsensor.conf); it coexists with auditd's own log and other plugins.
+    With FILE, replays a recorded log (auditd's audit.log has the same format); a replay does
+    not look at this host's /proc, because the log's PIDs are not this host's processes.
+
+    Unparseable lines are kept verbatim in the parse-error log and reported on stderr; they
+    never stop the stream. A summary goes to stderr at the end.
+    """
+    from common.sinks import LazySink, RotatingFileSink
+    from sensor_linux.audit.pipeline import AuditPipeline
+    from sensor_linux.enrich import Enricher
+
+    error_path = parse_error_log or (DEFAULT_ERROR_LOG if os.geteuid() == 0
+                                     else "ttpsensor-parse-errors.log")
+
+    def open_error_log() -> RotatingFileSink:
+        os.makedirs(os.path.dirname(os.path.abspath(error_path)), mode=0o750, exist_ok=True)
+        return RotatingFileSink(error_path, max_bytes, generations)
+
+    from common.sinks import open_sinks
+    try:
+        sink = open_sinks(outputs, max_bytes, generations)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot open output: {exc}") from exc
+    live = file is None
+    enricher = Enricher(live=live) if fmt != "laurel" else None
+    if enricher is not None and live:
+        _seed_process_table(enricher)
+    error_log = LazySink(open_error_log)
+    pipeline = AuditPipeline(fmt, sink, enricher=enricher, error_log=error_log)
+    stop = _install_stop_handlers()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # auditd may send it on reconfiguration
+    try:
+        if live:
+            for line in _read_lines(sys.stdin.fileno(), stop, tick_seconds=1.0):
+                if line is None:
+                    pipeline.tick()
+                    pipeline.sink.flush()
+                else:
+                    pipeline.feed(line)
+        else:
+            with open(file, "rb") as f:  # type: ignore[arg-type]
+                for line in f:
+                    pipeline.feed(line)
+                    if stop.is_set():
+                        break
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        pipeline.close()
+        sink.close()
+        error_log.close()
+        summary = pipeline.summary()
+        if error_log.opened:
+            summary["parse_error_log"] = error_path
+        click.echo(f"ttpsensor audisp: {json.dumps(summary)}", err=True)
+
+
+def _seed_process_table(enricher: Any) -> None:
+    """Learn the running processes first, so the first execs already have their parents."""
+    from sensor_linux.procscan import ProcScan
+    for _ in ProcScan(enricher).scan():
+        pass
+
+
+def _read_lines(fd: int, stop: "_StopFlag", tick_seconds: float):  # type: ignore[no-untyped-def]
+    """Lines from ``fd`` as they arrive; ``None`` whenever ``tick_seconds`` pass without input."""
+    import select
+    pending = b""
+    while not stop.is_set():
+        ready, _, _ = select.select([fd], [], [], tick_seconds)
+        if not ready:
+            yield None
+            continue
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            break
+        pending += chunk
+        cut = pending.rfind(b"\n") + 1
+        if cut:
+            for line in pending[:cut].splitlines(keepends=True):
+                yield line
+            pending = pending[cut:]
+    if pending:
+        yield pending

@@ -19,7 +19,8 @@ from common.percent import percent_encode
 from common.proctable import Entry, ProcessTable, parent_context
 from common.schema import ACTION_PROCESS_CREATE, Event, new_event, utc_timestamp
 from sensor_linux.packages import UNPACKAGED_FIELD, PackageIndex
-from sensor_linux.procfs import PROC, UNSET_ID, ProcessFacts, exe_identity
+from sensor_linux.procfs import (PROC, UNSET_ID, ProcessFacts, boot_time, exe_identity,
+                                 read_process)
 from sensor_linux.users import UserNames
 
 
@@ -51,6 +52,10 @@ class Enricher:
     table: ProcessTable = field(default_factory=ProcessTable)
     host: dict[str, Any] = field(default_factory=linux_host)
     proc: str = PROC
+    # live: events are about processes on this host, now (so /proc may be read for images and
+    # unknown parents); false when replaying a recorded log, whose PIDs mean nothing here.
+    live: bool = True
+    _boot_time: float | None = field(default=None, repr=False)
 
     def _identity(self, ident: int | None, group: bool = False) -> dict[str, str] | None:
         if ident is None:
@@ -102,7 +107,8 @@ class Enricher:
         return process
 
     def _add_image(self, process: dict[str, Any], facts: ProcessFacts) -> None:
-        digests, on_disk = exe_identity(facts.pid, facts.executable, self.hasher, self.proc)
+        digests, on_disk = exe_identity(facts.pid, facts.executable, self.hasher, self.proc,
+                                        use_proc=self.live, image_inodes=facts.image_inodes)
         if facts.exe_deleted:
             on_disk = False
         process["on_disk"] = on_disk
@@ -118,20 +124,42 @@ class Enricher:
         process["package"] = found.as_field() if found else dict(UNPACKAGED_FIELD)
 
     def process_event(self, facts: ProcessFacts, provider: str, *, kind: str = "event",
-                      original_id: str | None = None, timestamp: float | None = None) -> Event:
-        """A complete process-create event, recorded in the process table."""
+                      original_id: str | None = None, timestamp: float | None = None,
+                      record: bool = True) -> Event:
+        """A complete process-create event, recorded in the process table unless ``record``
+        is false (a failed exec does not replace the caller's image)."""
         event = new_event(ACTION_PROCESS_CREATE, provider, host=self.host,
                           timestamp=timestamp, original_id=original_id)
         event["event"]["kind"] = kind
         process = self.process_map(facts)
-        parent = self.table.parent_of(facts.ppid, facts.start_ticks)
-        if parent is not None:
-            running = os.path.exists(f"{self.proc}/{parent.pid}")
-            process["parent"] = parent_context(parent, running)
-        elif facts.ppid is not None:
-            process["parent"] = {"pid": facts.ppid} if facts.ppid else None
+        process["parent"] = self.parent_map(facts.ppid, facts.start_time)
         event["process"] = process
-        self.table.record(Entry(facts.pid, facts.start_ticks, process,
-                                event["event"]["id"]))
+        if record:
+            self.table.record(Entry(facts.pid, facts.start_time, process, event["event"]["id"]))
         ttphash.attach(event)
         return event
+
+    def parent_map(self, ppid: int | None, child_start: float | None) -> dict[str, Any] | None:
+        """``process.parent``: from the table, else (live) from /proc, else just the pid."""
+        if not ppid:
+            return None  # PID 0: the kernel started it; there is no parent process
+        parent = self.table.parent_of(ppid, child_start)
+        if parent is None and self.live:
+            parent = self._learn_from_proc(ppid, child_start)
+        if parent is None:
+            return {"pid": ppid}
+        running = os.path.exists(f"{self.proc}/{parent.pid}") if self.live else None
+        return parent_context(parent, running)
+
+    def _learn_from_proc(self, pid: int, child_start: float | None) -> Entry | None:
+        facts = read_process(pid, self.proc, self._btime())
+        if facts is None or facts.executable is None:
+            return None
+        entry = Entry(pid, facts.start_time, self.process_map(facts))
+        self.table.record(entry)
+        return self.table.parent_of(pid, child_start)
+
+    def _btime(self) -> float:
+        if self._boot_time is None:
+            self._boot_time = boot_time(self.proc)
+        return self._boot_time

@@ -44,6 +44,9 @@ class ProcessFacts:
     login_uid: int | None = None
     session: int | None = None
     container_id: str | None = None
+    # (st_dev, st_ino) of the files the exec touched (audit PATH records): lets enrichment tell
+    # whether the file now at ``executable`` is the one that ran.
+    image_inodes: frozenset[tuple[int, int]] | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -145,27 +148,58 @@ def container_id(cgroup: bytes | None) -> str | None:
 
 
 def exe_identity(pid: int, executable: str | bytes | None, hasher: FileHasher,
-                 proc: str = PROC) -> tuple[FileDigests | None, bool | None]:
-    """Digests of the image ``pid`` runs, and whether that image is still on disk as it ran.
+                 proc: str = PROC, *, use_proc: bool = True,
+                 image_inodes: frozenset[tuple[int, int]] | None = None,
+                 ) -> tuple[FileDigests | None, bool | None]:
+    """Digests of the image ``pid`` ran, and whether that image is still on disk as it ran.
 
-    Hashes ``/proc/PID/exe``, which reaches the running image even when the file was deleted or
-    replaced. ``on_disk`` is False for deleted and memfd images and for a path that now names a
-    different file; ``None`` when the process is gone and nothing could be checked.
+    First choice is ``/proc/PID/exe`` (only with ``use_proc``, and only while it still shows
+    ``executable``): it reaches the running image even when the file was deleted or replaced.
+    Otherwise the file at ``executable`` is hashed, but only if it is the file that ran (its
+    inode is among ``image_inodes`` when those are known); a different file there gives no
+    digests and ``on_disk`` False. ``on_disk`` is None when nothing could be checked.
     """
+    if use_proc and executable is not None:
+        result = _proc_exe_identity(pid, executable, hasher, proc)
+        if result is not None:
+            return result
+    if executable is None:
+        return None, None
+    try:
+        fd = os.open(executable, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None, False
+    try:
+        st = os.fstat(fd)
+        if image_inodes is not None and (st.st_dev, st.st_ino) not in image_inodes:
+            return None, False
+        try:
+            return hasher.digests_of_fd(fd), True
+        except OSError:
+            return None, True
+    finally:
+        os.close(fd)
+
+
+def _proc_exe_identity(pid: int, executable: str | bytes, hasher: FileHasher,
+                       proc: str) -> tuple[FileDigests | None, bool] | None:
+    link, deleted = read_exe(pid, proc)
+    if link is None or link != executable:
+        return None  # gone, or it has exec'd something else since
     try:
         fd = os.open(f"{proc}/{pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return None, None
+        return None
     try:
         ran = os.fstat(fd)
         try:
-            digests = hasher.digests_of_fd(fd)
+            digests: FileDigests | None = hasher.digests_of_fd(fd)
         except OSError:
             digests = None
     finally:
         os.close(fd)
-    if executable is None:
-        return digests, None
+    if deleted:
+        return digests, False
     try:
         now = os.stat(executable)
     except OSError:

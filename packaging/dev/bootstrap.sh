@@ -42,8 +42,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ "$(cat .venv/.installed 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: pip install -e .$extra" >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extra"
+  # pip's build warnings go to a log, shown only when the install fails.
+  if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
+         .venv/bin/python -m pip install --disable-pip-version-check -e ".$extra"; } \
+       > .venv/pip.log 2>&1; then
+    cat .venv/pip.log >&2
+    echo "bootstrap: pip install failed (log above, also in .venv/pip.log)" >&2
+    exit 1
+  fi
   echo "$want" > .venv/.installed
 fi
 

@@ -7,12 +7,18 @@ them, some types have none, input may be cut) are flushed when the audit clock h
 idle system still flushes), or at the end of input. Records may arrive interleaved and in any
 order. Completed ids are remembered for ``done_ms`` of audit time to reject duplicates.
 
+With ``ordered`` (the default), completed events are released in event-id order: one that
+completes while an earlier event is still open waits for it (or for its timeout). Consumers that
+follow processes need this: in a reordered stream a child's exec would otherwise be seen before
+the clone that created the child.
+
 Problems never stop assembly: a duplicate record or an EOE for no open event is set aside in
 :attr:`Assembler.rejected` with its reason, and counted.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from dataclasses import dataclass, field
 
@@ -62,11 +68,14 @@ class AssemblyStats:
 class Assembler:
     def __init__(self, timeout_ms: int = DEFAULT_TIMEOUT_MS,
                  wall_timeout: float = DEFAULT_WALL_TIMEOUT, done_ms: int = DEFAULT_DONE_MS,
-                 max_inflight: int = DEFAULT_MAX_INFLIGHT) -> None:
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT, ordered: bool = True) -> None:
         self.timeout_ms = timeout_ms
         self.wall_timeout = wall_timeout
         self.done_ms = done_ms
         self.max_inflight = max_inflight
+        self.ordered = ordered
+        self._ready: list[tuple[tuple[int, int, int, bytes], int, AuditEvent]] = []  # heap
+        self._released = 0
         self.stats = AssemblyStats()
         self.rejected: list[tuple[str, Record]] = []
         self._inflight: dict[EventKey, AuditEvent] = {}
@@ -81,8 +90,16 @@ class Assembler:
     def inflight(self) -> int:
         return len(self._inflight)
 
+    @property
+    def held(self) -> int:
+        """Completed events waiting for an earlier open event (ordered mode)."""
+        return len(self._ready)
+
     def add(self, record: Record, now: float | None = None) -> list[AuditEvent]:
         """Take one record; return the events it completed or that timed out meanwhile."""
+        return self._release(self._add(record, now))
+
+    def _add(self, record: Record, now: float | None) -> list[AuditEvent]:
         out: list[AuditEvent] = []
         ts = record.sec * 1000 + record.msec
         if ts > self._clock_ms:
@@ -128,6 +145,9 @@ class Assembler:
 
     def tick(self, now: float | None = None) -> list[AuditEvent]:
         """Flush events that have waited ``wall_timeout`` seconds of real time."""
+        return self._release(self._tick(now))
+
+    def _tick(self, now: float | None) -> list[AuditEvent]:
         now = time.monotonic() if now is None else now
         stale = [k for k, e in self._inflight.items() if now - e.arrived >= self.wall_timeout]
         out: list[AuditEvent] = []
@@ -143,6 +163,21 @@ class Assembler:
             self.stats.flushed_at_end += 1
             self._finish(key, self._inflight[key], out)
         self._inflight.clear()
+        return self._release(out)
+
+    def _release(self, done: list[AuditEvent]) -> list[AuditEvent]:
+        """In ordered mode, hold completed events until no earlier event is open."""
+        if not self.ordered:
+            return done
+        for event in done:
+            self._released += 1
+            heapq.heappush(self._ready, (_order(event), self._released, event))
+        if not self._ready:
+            return []
+        oldest_open = min(map(_order_key, self._inflight), default=None)
+        out: list[AuditEvent] = []
+        while self._ready and (oldest_open is None or self._ready[0][0] < oldest_open):
+            out.append(heapq.heappop(self._ready)[2])
         return out
 
     def take_rejected(self) -> list[tuple[str, Record]]:
@@ -171,6 +206,15 @@ class Assembler:
         else:
             self.stats.spurious_eoe += 1
         self.rejected.append((reason, record))
+
+
+def _order(event: AuditEvent) -> tuple[int, int, int, bytes]:
+    return (event.sec, event.msec, event.serial, event.node or b"")
+
+
+def _order_key(key: EventKey) -> tuple[int, int, int, bytes]:
+    node, sec, msec, serial = key
+    return (sec, msec, serial, node or b"")
 
 
 def _sort_key(key: EventKey) -> tuple[bytes, int, int, int]:

@@ -1,0 +1,188 @@
+"""Assembled audit events to events of the common schema.
+
+An exec (execve/execveat, successful or not) becomes a ``process_create`` event with the full
+enrichment of :class:`~sensor_linux.enrich.Enricher`; a successful clone/fork records the child
+in the process table (a copy of its parent, until it execs); everything else passes through as
+a generic event. Every event keeps its original records, losslessly, in ``audit.records``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from common.percent import as_text
+from common.proctable import Entry
+from common.schema import Event, new_event
+from sensor_linux.audit import syscalls
+from sensor_linux.audit.assemble import AuditEvent
+from sensor_linux.audit.decode import execve_argv
+from sensor_linux.audit.records import CWD, EXECVE, PATH, SYSCALL, Record, Value
+from sensor_linux.enrich import Enricher
+from sensor_linux.procfs import ProcessFacts
+
+UNSET = 4294967295
+
+
+def _int(value: Value) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _text(value: Value) -> str | bytes | None:
+    return as_text(value) if isinstance(value, bytes) else None
+
+
+def _tty(value: Value) -> str | None:
+    """auditd's ``pts3`` as /proc's ``pts/3``; ``(none)`` as no terminal."""
+    if not isinstance(value, bytes) or value in (b"(none)", b""):
+        return None
+    text = value.decode("ascii", "replace")
+    if text.startswith("pts") and text[3:].isdigit():
+        return f"pts/{text[3:]}"
+    return text
+
+
+def _device(value: Value) -> int | None:
+    """PATH's ``dev=fd:01`` (hex major:minor) as an st_dev number."""
+    if not isinstance(value, bytes) or b":" not in value:
+        return None
+    major, _, minor = value.partition(b":")
+    try:
+        return os.makedev(int(major, 16), int(minor, 16))
+    except ValueError:
+        return None
+
+
+class AuditEventBuilder:
+    """Turns :class:`AuditEvent` objects into common-schema events, one at a time, in order."""
+
+    def __init__(self, enricher: Enricher) -> None:
+        self.enricher = enricher
+        self.process_events = 0
+        self.generic_events = 0
+
+    def build(self, audit: AuditEvent) -> Event:
+        syscall = next((r for r in audit.records if r.rtype == SYSCALL), None)
+        name = self._syscall_name(syscall) if syscall is not None else None
+        if name in syscalls.EXEC and syscall is not None:
+            event = self._exec_event(audit, syscall, name)
+            self.process_events += 1
+        else:
+            if name in syscalls.CLONE and syscall is not None:
+                self._record_clone(audit, syscall)
+            event = self._generic_event(audit, syscall, name)
+            self.generic_events += 1
+        event["audit"] = self._audit_map(audit, syscall, name)
+        return event
+
+    @staticmethod
+    def _syscall_name(syscall: Record) -> str | None:
+        name = syscalls.syscall_name(_int(syscall.get("arch")), _int(syscall.get("syscall")))
+        if name is None:
+            enriched = syscall.get("SYSCALL")  # auditd ENRICHED: SYSCALL=execve
+            if isinstance(enriched, bytes):
+                return enriched.decode("ascii", "replace")
+        return name
+
+    def _facts(self, audit: AuditEvent, syscall: Record) -> ProcessFacts:
+        get = syscall.get
+        ids = [_int(get(k)) for k in ("uid", "euid", "suid", "fsuid")]
+        gids = [_int(get(k)) for k in ("gid", "egid", "sgid", "fsgid")]
+        facts = ProcessFacts(
+            pid=_int(get("pid")) or 0, ppid=_int(get("ppid")),
+            start_time=audit.sec + audit.msec / 1000,
+            executable=_text(get("exe")), comm=_text(get("comm")), tty=_tty(get("tty")),
+            login_uid=_int(get("auid")), session=_int(get("ses")))
+        if None not in ids:
+            facts.uids = tuple(ids)  # type: ignore[assignment]
+        if None not in gids:
+            facts.gids = tuple(gids)  # type: ignore[assignment]
+        return facts
+
+    def _exec_event(self, audit: AuditEvent, syscall: Record, name: str) -> Event:
+        facts = self._facts(audit, syscall)
+        execve: list[tuple[str, Value]] = []
+        inodes: set[tuple[int, int]] = set()
+        paths: list[Value] = []
+        for record in audit.records:
+            if record.rtype == EXECVE:
+                execve.extend(record.body)
+            elif record.rtype == CWD:
+                facts.cwd = _text(record.get("cwd"))
+            elif record.rtype == PATH:
+                dev, ino = _device(record.get("dev")), _int(record.get("inode"))
+                if dev is not None and ino is not None:
+                    inodes.add((dev, ino))
+                paths.append(record.get("name"))
+        if execve:
+            argv, _ = execve_argv(execve)
+            facts.args = [None if a is None else as_text(a) for a in argv]  # type: ignore[misc]
+        facts.image_inodes = frozenset(inodes) if inodes else None
+        success = syscall.get("success") == b"yes"
+        if not success:
+            # A failed exec leaves the caller's image in place: the event is about the file it
+            # tried to run (the first PATH item), and the table is not changed.
+            facts.executable = _text(paths[0]) if paths else None
+            facts.image_inodes = None
+        event = self.enricher.process_event(
+            facts, "auditd", original_id=audit.id, timestamp=facts.start_time,
+            record=success)
+        event["event"]["outcome"] = "success" if success else "failure"
+        exit_code = _int(syscall.get("exit"))
+        if exit_code is not None:
+            event["process"]["exit_code"] = exit_code
+        if name == "execveat":
+            event["process"]["execveat"] = True
+        return event
+
+    def _record_clone(self, audit: AuditEvent, syscall: Record) -> None:
+        """The child of a successful clone/fork starts as a copy of its parent."""
+        child = _int(syscall.get("exit"))
+        if syscall.get("success") != b"yes" or not child or child < 0:
+            return
+        when = audit.sec + audit.msec / 1000
+        table = self.enricher.table
+        caller = _int(syscall.get("pid")) or -1
+        parent = table.get(caller)
+        if parent is None:
+            # The caller was never seen exec'ing: learn what the SYSCALL record says about it.
+            facts = self._facts(audit, syscall)
+            known = {"pid": facts.pid, "executable": facts.executable, "name": facts.comm}
+            parent = Entry(caller, None, {k: v for k, v in known.items() if v is not None})
+            table.record(parent)
+        process = {k: v for k, v in parent.process.items() if k != "parent"}
+        process["pid"] = child
+        table.record(Entry(child, when, process, parent.event_id))
+
+    def _generic_event(self, audit: AuditEvent, syscall: Record | None,
+                       name: str | None) -> Event:
+        first = audit.records[0].type_name.lower() if audit.records else "unknown"
+        event = new_event(first, "auditd", host=self.enricher.host,
+                          timestamp=audit.sec + audit.msec / 1000, original_id=audit.id)
+        if syscall is not None:
+            pid = _int(syscall.get("pid"))
+            if pid is not None:
+                event["process"] = {"pid": pid, "executable": _text(syscall.get("exe")),
+                                    "name": _text(syscall.get("comm"))}
+            success = syscall.get("success")
+            if isinstance(success, bytes):
+                event["event"]["outcome"] = "success" if success == b"yes" else "failure"
+        return event
+
+    @staticmethod
+    def _audit_map(audit: AuditEvent, syscall: Record | None,
+                   name: str | None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": audit.id,
+            "complete": audit.complete,
+            "records": [as_text(r.raw.rstrip(b"\n")) for r in audit.records],
+        }
+        if audit.node is not None:
+            out["node"] = as_text(audit.node)
+        if syscall is not None:
+            if name is not None:
+                out["syscall"] = name
+            key = syscall.get("key")
+            if isinstance(key, bytes):
+                out["key"] = as_text(key)
+        return out

@@ -1,0 +1,114 @@
+"""From audit text lines to rendered output lines: parse -> assemble -> build -> render.
+
+One object per input stream. The renderer decides how much work is done: ``laurel`` renders the
+assembled records as LAUREL does (no enrichment, as LAUREL's goldens are configured), ``ecs`` and
+``qlog`` build enriched common-schema events with TTPHash. Lines that cannot be parsed and
+records the assembler rejects are kept verbatim in the parse-error log and counted; they never
+stop the stream.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from typing import Callable, TextIO
+
+from common.render import RENDERERS
+from common.schema import ACTION_PROCESS_CREATE, get_path
+from common.sinks import Sink
+from sensor_linux.audit import laurel
+from sensor_linux.audit.assemble import Assembler, AuditEvent
+from sensor_linux.audit.events import AuditEventBuilder
+from sensor_linux.audit.records import ParseError, parse
+from sensor_linux.enrich import Enricher
+
+FORMATS = ("ecs", "laurel", "qlog")
+REPORT_FIRST_ERRORS = 10     # then one message per REPORT_EVERY errors, to keep stderr readable
+REPORT_EVERY = 1000
+
+
+@dataclass
+class PipelineStats:
+    lines: int = 0
+    records: int = 0
+    parse_errors: int = 0
+    rejected: int = 0
+    events: int = 0
+    output_lines: int = 0
+    not_representable: int = 0   # generic events in qlog format (QLOG has process events only)
+
+
+class AuditPipeline:
+    def __init__(self, fmt: str, sink: Sink, *, enricher: Enricher | None = None,
+                 error_log: Sink | None = None, assembler: Assembler | None = None,
+                 messages: TextIO | None = None) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        self.fmt = fmt
+        self.sink = sink
+        self.error_log = error_log
+        self.messages = messages if messages is not None else sys.stderr
+        self.assembler = assembler or Assembler()
+        self.stats = PipelineStats()
+        self.builder = AuditEventBuilder(enricher or Enricher()) if fmt != "laurel" else None
+        self._render: Callable[[AuditEvent], str | None] = (
+            laurel.render if fmt == "laurel" else self._render_event)
+
+    def feed(self, line: bytes) -> None:
+        """One line of auditd's plugin or log format."""
+        self.stats.lines += 1
+        if not line.strip():
+            return
+        try:
+            record = parse(line)
+        except ParseError as exc:
+            self.stats.parse_errors += 1
+            self._keep(f"parse error ({exc.kind})", line)
+            return
+        self.stats.records += 1
+        self._emit(self.assembler.add(record))
+        if self.assembler.rejected:
+            for reason, rejected in self.assembler.take_rejected():
+                self.stats.rejected += 1
+                self._keep(reason, rejected.raw)
+
+    def tick(self) -> None:
+        """Flush events that waited too long in real time (call when input is idle)."""
+        self._emit(self.assembler.tick())
+
+    def close(self) -> None:
+        self._emit(self.assembler.flush())
+        self.sink.flush()
+        if self.error_log is not None:
+            self.error_log.flush()
+
+    def summary(self) -> dict[str, object]:
+        out: dict[str, object] = asdict(self.stats)
+        out["assembly"] = asdict(self.assembler.stats)
+        return out
+
+    def _emit(self, events: list[AuditEvent]) -> None:
+        for event in events:
+            self.stats.events += 1
+            line = self._render(event)
+            if line is None:
+                self.stats.not_representable += 1
+                continue
+            self.sink.write(line)
+            self.stats.output_lines += 1
+
+    def _render_event(self, audit: AuditEvent) -> str | None:
+        assert self.builder is not None
+        event = self.builder.build(audit)
+        if self.fmt == "qlog" and get_path(event, "event.action") != ACTION_PROCESS_CREATE:
+            return None
+        return RENDERERS[self.fmt](event)
+
+    def _keep(self, reason: str, line: bytes) -> None:
+        """Keep the line verbatim (the error log can be replayed) and say why on stderr."""
+        if self.error_log is not None:
+            self.error_log.write(line.rstrip(b"\n").decode("utf-8", "surrogateescape"))
+        count = self.stats.parse_errors + self.stats.rejected
+        if count <= REPORT_FIRST_ERRORS or count % REPORT_EVERY == 0:
+            shown = line[:160].decode("utf-8", "replace").rstrip()
+            self.messages.write(f"ttpsensor: {reason} (#{count}): {shown}\n")

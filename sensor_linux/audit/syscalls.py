@@ -1,0 +1,44 @@
+"""The syscalls the process table follows, per audit architecture.
+
+Only these names matter to the sensor (exec creates a process image, clone/fork creates a
+process, exit ends one); any other syscall keeps its number, or the name auditd's ENRICHED
+format supplies. Numbers from the kernel's syscall tables (arch/*/syscall*.tbl).
+"""
+
+from __future__ import annotations
+
+# AUDIT_ARCH_* values (linux/audit.h) -> name
+ARCHES = {
+    0xC000003E: "x86_64", 0x40000003: "i386", 0xC00000B7: "aarch64", 0x40000028: "arm",
+    0x80000015: "ppc64", 0xC0000015: "ppc64le", 0x80000016: "s390x", 0xC00000F3: "riscv64",
+}
+
+_TABLES: dict[str, dict[int, str]] = {
+    "x86_64": {56: "clone", 57: "fork", 58: "vfork", 59: "execve", 60: "exit",
+               231: "exit_group", 322: "execveat", 435: "clone3"},
+    "i386": {1: "exit", 2: "fork", 11: "execve", 120: "clone", 190: "vfork", 252: "exit_group",
+             358: "execveat", 435: "clone3"},
+    "aarch64": {93: "exit", 94: "exit_group", 220: "clone", 221: "execve", 281: "execveat",
+                435: "clone3"},
+    "riscv64": {93: "exit", 94: "exit_group", 220: "clone", 221: "execve", 281: "execveat",
+                435: "clone3"},
+    "arm": {1: "exit", 2: "fork", 11: "execve", 120: "clone", 190: "vfork", 248: "exit_group",
+            387: "execveat", 435: "clone3"},
+    "ppc64": {1: "exit", 2: "fork", 11: "execve", 120: "clone", 189: "vfork", 234: "exit_group",
+              362: "execveat", 435: "clone3"},
+    "s390x": {1: "exit", 2: "fork", 11: "execve", 120: "clone", 190: "vfork", 248: "exit_group",
+              354: "execveat", 435: "clone3"},
+}
+_TABLES["ppc64le"] = _TABLES["ppc64"]
+
+EXEC = frozenset({"execve", "execveat"})
+CLONE = frozenset({"clone", "clone3", "fork", "vfork"})
+EXIT = frozenset({"exit", "exit_group"})
+
+
+def syscall_name(arch: int | None, number: int | None) -> str | None:
+    """The name of a followed syscall, or None when it is not one of them (or unknown)."""
+    if arch is None or number is None:
+        return None
+    table = _TABLES.get(ARCHES.get(arch, ""))
+    return table.get(number) if table else None

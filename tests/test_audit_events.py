@@ -1,0 +1,128 @@
+"""Audit events to common-schema events: argv and parents on the corpus's process traces."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from common import ecs, ttphash
+from common.schema import validate
+from sensor_linux.audit.events import AuditEventBuilder
+from sensor_linux.enrich import Enricher
+from tests.conftest import run_cli
+from tests.test_audit_corpus import LAUREL_DIR, assemble_file
+
+
+def _process_events(name: str) -> dict[int, dict]:
+    builder = AuditEventBuilder(Enricher(live=False))
+    events, _, errors = assemble_file(LAUREL_DIR / name)
+    assert errors == []
+    built = [builder.build(e) for e in events]
+    for event in built:
+        validate(event)
+    return {e["process"]["pid"]: e for e in built
+            if e["event"]["action"] == "process_create"}
+
+
+def _trace_expectations(by_pid: dict[int, dict]) -> None:
+    script, grep, echo, sed = (by_pid[p]["process"] for p in (71505, 71507, 71508, 71509))
+    assert script["executable"] == "/usr/bin/dash"
+    assert script["parent"]["pid"] == 71432
+    assert script["parent"]["executable"] == "/usr/bin/bash"
+    assert script["args"] == ["/bin/sh", "./src/testdata/double-fork/test-script.sh"]
+    assert grep["args"] == ["grep", "baz"]
+    assert grep["parent"]["pid"] == 71505 and grep["parent"]["executable"] == "/usr/bin/dash"
+    assert grep["parent"]["args"] == script["args"]
+    # echo and sed run in the subshell 71506, a fork of the script: its image is the script's.
+    assert echo["args"] == ["/bin/echo", "foo"] and sed["args"] == ["/bin/sed", "-e", "s/foo/bar/"]
+    for child in (echo, sed):
+        assert child["parent"]["pid"] == 71506
+        assert child["parent"]["executable"] == "/usr/bin/dash"
+        assert child["parent"]["args"] == script["args"]
+
+
+def test_shell_trace_argv_and_parents() -> None:
+    _trace_expectations(_process_events("shell-proc-trace.txt"))
+
+
+def test_reordered_shell_trace_gives_the_same_parents() -> None:
+    _trace_expectations(_process_events("shell-proc-trace-reordered.txt"))
+
+
+def test_pid_reuse_trace_gives_the_forked_shell_not_the_stale_process() -> None:
+    by_pid = _process_events("shell-proc-trace-confusion.txt")
+    event = by_pid[2656]
+    assert event["event"]["original_id"] == "1697091526.357:2638035"
+    assert event["process"]["args"] == ["id"]
+    parent = event["process"]["parent"]
+    assert parent["pid"] == 2655
+    assert parent["executable"] == "/bin/tcsh"  # the fork of tcsh (2542), not the old rm
+    assert parent["executable"] != "/usr/bin/rm"
+
+
+def test_orphan_trace_keeps_empty_argv0_and_init_as_parent() -> None:
+    event = _process_events("fork-sleep-exec.txt")[1578540]
+    assert event["process"]["args"] == [""]
+    assert event["process"]["executable"] == "/usr/bin/true"
+    assert event["process"]["parent"] == {"pid": 1}
+    assert event["ttphash"]["complete"] is False  # replayed: no image could be checked
+
+
+def test_tree_is_one_apt_run_whose_execs_all_descend_from_apt_get() -> None:
+    builder = AuditEventBuilder(Enricher(live=False))
+    execs = []
+    for n in range(17):  # one apt-get run, split into 17 files: replay them as one stream
+        events, _, errors = assemble_file(LAUREL_DIR / "tree" / f"{n:02d}.txt")
+        assert errors == []
+        execs += [e for e in map(builder.build, events) if e["event"]["action"] == "process_create"]
+    assert len(execs) == 17
+    root = execs[0]
+    assert root["process"]["args"] == ["apt-get", "update"]
+    assert root["audit"]["key"] == "software_mgmt"
+    parents = {e["process"]["pid"]: e["process"]["parent"]["pid"] for e in execs}
+    for event in execs[1:]:
+        pid, seen = event["process"]["pid"], set()
+        while pid != root["process"]["pid"]:
+            assert pid not in seen and pid in parents, f"{event['audit']['id']} not under apt-get"
+            seen.add(pid)
+            pid = parents[pid]
+        assert event["audit"]["records"][0].startswith("type=")
+    direct = [e for e in execs[1:] if e["process"]["parent"]["pid"] == root["process"]["pid"]]
+    assert direct and all(e["process"]["parent"]["args"] == ["apt-get", "update"] for e in direct)
+
+
+def test_audisp_cli_replays_a_file_in_every_format(tmp_path) -> None:
+    trace = str(LAUREL_DIR / "shell-proc-trace.txt")
+    errors = tmp_path / "errors.log"
+    ecs_run = run_cli("audisp", trace, "--parse-error-log", str(errors))
+    assert ecs_run.returncode == 0, ecs_run.stderr
+    events = [ecs.parse(json.loads(line)) for line in ecs_run.stdout.splitlines()]
+    assert len(events) == 9
+    creates = [e for e in events if e["event"]["action"] == "process_create"]
+    assert len(creates) == 4
+    for event in creates:
+        assert event["ttphash"] == ttphash.compute(event).as_field()
+    # The trace's comment lines are not records: kept verbatim in the error log, and counted.
+    comments = [line for line in open(trace, "rb").read().splitlines()
+                if line.strip() and not line.startswith(b"type=")]
+    assert errors.read_bytes().splitlines() == comments
+    summary = json.loads(ecs_run.stderr.strip().splitlines()[-1].split(": ", 1)[1])
+    assert summary["parse_errors"] == len(comments) and summary["events"] == 9
+    laurel_run = run_cli("audisp", "--format", "laurel",
+                         str(LAUREL_DIR / "record-perl-reverse-shell.txt"))
+    assert laurel_run.stdout == (LAUREL_DIR / "record-perl-reverse-shell.json").read_text()
+    qlog_run = run_cli("audisp", "--format", "qlog", trace, "--parse-error-log", str(errors))
+    assert [json.loads(x)["QType"] for x in qlog_run.stdout.splitlines()] == ["Process Create"] * 4
+
+
+def test_audisp_reads_stdin_like_an_auditd_plugin(tmp_path) -> None:
+    data = (LAUREL_DIR / "record-execve.txt").read_bytes()
+    proc = subprocess.run(run_cli.__globals__["ttpsensor_command"]() + [
+        "audisp", "--output", f"jsonl:{tmp_path}/out.jsonl", "--parse-error-log",
+        str(tmp_path / "e.log")], input=data, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    [line] = (tmp_path / "out.jsonl").read_text().splitlines()
+    event = ecs.parse(json.loads(line))
+    assert event["process"]["executable"] == "/usr/bin/whoami"
+    assert event["audit"]["node"] == "work"
+    assert not (tmp_path / "e.log").exists()  # created only when needed
