@@ -134,8 +134,9 @@ class LazySink:
     """A sink created on its first line: for logs that should exist only when needed (the
     parse-error log)."""
 
-    def __init__(self, open_fn: "Callable[[], Sink]") -> None:
+    def __init__(self, open_fn: "Callable[[], Sink]", path: str | None = None) -> None:
         self._open = open_fn
+        self.path = path
         self._sink: Sink | None = None
 
     @property

@@ -13,38 +13,66 @@ import click
 
 from common.filehash import FileHasher
 from common.render import RENDERERS
-from common.sinks import DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, open_sink
+from common.sinks import DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, open_sinks
+
+
+SOURCES = ["auto", "audit", "audit-multicast", "procfs"]
 
 
 @click.command("run")
-@click.option("--source", type=click.Choice(["procfs"]), default="procfs", show_default=True,
-              help="Where process events come from. procfs: running processes, found by "
-                   "scanning /proc (an inventory, ECS event.kind 'state').")
-@click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS)), default="ecs",
-              show_default=True, help="Output format of each JSON line.")
-@click.option("--output", default="-", show_default=True,
-              help="'-' for stdout, or a file path (rotated by size, created 0600).")
+@click.option("--source", type=click.Choice(SOURCES), default="auto", show_default=True,
+              help="auto: audit unicast when no audit daemon is registered, else multicast. "
+                   "audit: be the audit daemon (enables audit, loads exec rules, restores "
+                   "everything on exit). audit-multicast: read-only beside auditd. procfs: "
+                   "scan /proc (an inventory of running processes, ECS event.kind 'state').")
+@click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS) + ["laurel"]),
+              default="ecs", show_default=True, help="Output format of each JSON line.")
+@click.option("--output", "outputs", multiple=True, default=["-"], show_default=True,
+              help="'-'/'stdout', or 'jsonl:PATH' / PATH for a file rotated by size (0600). "
+                   "Repeatable.")
 @click.option("--max-bytes", default=DEFAULT_MAX_BYTES, show_default=True,
-              help="Rotate the output file before it would grow past this size.")
+              help="Rotate output files before they would grow past this size.")
 @click.option("--generations", default=DEFAULT_GENERATIONS, show_default=True,
               help="Rotated files to keep (FILE.1 is the newest).")
+@click.option("--rules", "rules_file", type=click.Path(exists=True, dir_okay=False),
+              help="Extra audit rules in auditctl syntax (unicast), loaded after the exec "
+                   "rules.")
+@click.option("--state-file", default="/run/ttpsensor/audit-state.json", show_default=True,
+              help="Where unicast mode writes the audit state it found, to restore it on exit "
+                   "or, after a crash, on the next start.")
+@click.option("--parse-error-log", default=None,
+              help="Where unparseable audit lines are kept verbatim (see 'audisp --help').")
 @click.option("--interval", default=1.0, show_default=True,
-              help="Seconds between /proc scans; new processes are reported on each scan.")
-@click.option("--once", is_flag=True, help="Scan once, report, and exit.")
-def run(source: str, fmt: str, output: str, max_bytes: int, generations: int,
+              help="procfs: seconds between scans.")
+@click.option("--once", is_flag=True, help="procfs: scan once, report, and exit.")
+def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generations: int,
+        rules_file: str | None, state_file: str, parse_error_log: str | None,
         interval: float, once: bool) -> None:
     """Run the Linux sensor: enriched process events with their TTPHash, as JSON lines.
 
-    Each event carries the executable's digests (read through /proc/PID/exe, so a deleted
-    binary is hashed as it ran), its owning package and whether the file still matches the
-    package, the user names, the parent's context and the TTPHash. Stop with Ctrl-C or SIGTERM;
-    a summary goes to stderr.
+    Every exec becomes an event with the executable's digests (of the image as it ran), its
+    owning package and whether the file still matches the package, the user names, the
+    parent's context from the process table, and the TTPHash; other audit events pass through
+    as generic events with their original records. Stop with Ctrl-C or SIGTERM: unicast mode
+    then restores the audit state it found. A summary goes to stderr.
     """
+    try:
+        sink = open_sinks(outputs, max_bytes, generations)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot open output: {exc}") from exc
+    if source == "procfs":
+        if fmt == "laurel":
+            raise click.UsageError("--format laurel needs an audit source")
+        _run_procfs(sink, RENDERERS[fmt], interval, once)
+    else:
+        _run_audit(source, fmt, sink, rules_file, state_file, parse_error_log, max_bytes,
+                   generations)
+
+
+def _run_procfs(sink: Any, render: Any, interval: float, once: bool) -> None:
     from sensor_linux.enrich import Enricher
     from sensor_linux.procscan import ProcScan
 
-    render = RENDERERS[fmt]
-    sink = open_sink(output, max_bytes, generations)
     enricher = Enricher()
     scanner = ProcScan(enricher)
     stop = _install_stop_handlers()
@@ -63,13 +91,68 @@ def run(source: str, fmt: str, output: str, max_bytes: int, generations: int,
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         sink.close()
-        stats = {"events": events, "seconds": round(time.monotonic() - started, 3),
+        stats = {"source": "procfs", "events": events,
+                 "seconds": round(time.monotonic() - started, 3),
                  "hash_cache_hits": enricher.hasher.hits,
                  "hash_cache_misses": enricher.hasher.misses,
                  "hash_errors": enricher.hasher.errors,
                  "process_table": len(enricher.table),
                  "pid_reuse_rejected": enricher.table.reuse_rejected}
         click.echo(f"ttpsensor: stopped: {json.dumps(stats)}", err=True)
+
+
+def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_file: str,
+               parse_error_log: str | None, max_bytes: int, generations: int) -> None:
+    from sensor_linux.audit.netlink import AuditNetlinkError
+    from sensor_linux.audit.pipeline import AuditPipeline
+    from sensor_linux.audit.session import (AuditBusy, AuditLocked, UnicastSession,
+                                            choose_session)
+    from sensor_linux.audit.source import pump
+    from sensor_linux.enrich import Enricher
+
+    stop = _install_stop_handlers()
+    try:
+        session, why = choose_session(source)
+        if isinstance(session, UnicastSession):
+            session.rules_file = rules_file
+            session.state_file = state_file
+        click.echo(f"ttpsensor: source: {why}", err=True)
+        session.open()
+    except (AuditBusy, AuditLocked) as exc:
+        sink.close()
+        raise click.ClickException(str(exc)) from exc
+    except AuditNetlinkError as exc:
+        sink.close()
+        hint = (" (run as root: audit needs CAP_AUDIT_CONTROL, and CAP_AUDIT_READ for "
+                "multicast)" if exc.errno in (1, 13) else "")
+        raise click.ClickException(f"{exc}{hint}") from exc
+    if getattr(session, "repaired", False):
+        click.echo("ttpsensor: restored the audit state left by a sensor that did not exit "
+                   "cleanly", err=True)
+    for warning in getattr(session, "warnings", []):
+        click.echo(f"ttpsensor: warning: {warning}", err=True)
+    enricher = Enricher() if fmt != "laurel" else None
+    if enricher is not None:
+        _seed_process_table(enricher)
+    error_log = _error_log(parse_error_log, max_bytes, generations)
+    pipeline = AuditPipeline(fmt, sink, enricher=enricher, error_log=error_log)
+    overflows = lost = 0
+    try:
+        overflows = pump(session, pipeline, stop)
+    finally:
+        # The audit state is restored first and whatever else fails: it is the whole machine's.
+        try:
+            lost = session.lost()
+        finally:
+            session.close()
+        try:
+            pipeline.close()
+        finally:
+            sink.close()
+            error_log.close()
+        summary = {"source": session.mode, "kernel_lost": lost, "socket_overflows": overflows,
+                   **pipeline.summary()}
+        click.echo(f"ttpsensor: stopped: {json.dumps(summary)}", err=True)
 
 
 class _StopFlag:
@@ -183,18 +266,9 @@ def audisp(file: str | None, fmt: str, outputs: tuple[str, ...], max_bytes: int,
     Unparseable lines are kept verbatim in the parse-error log and reported on stderr; they
     never stop the stream. A summary goes to stderr at the end.
     """
-    from common.sinks import LazySink, RotatingFileSink
     from sensor_linux.audit.pipeline import AuditPipeline
     from sensor_linux.enrich import Enricher
 
-    error_path = parse_error_log or (DEFAULT_ERROR_LOG if os.geteuid() == 0
-                                     else "ttpsensor-parse-errors.log")
-
-    def open_error_log() -> RotatingFileSink:
-        os.makedirs(os.path.dirname(os.path.abspath(error_path)), mode=0o750, exist_ok=True)
-        return RotatingFileSink(error_path, max_bytes, generations)
-
-    from common.sinks import open_sinks
     try:
         sink = open_sinks(outputs, max_bytes, generations)
     except (OSError, ValueError) as exc:
@@ -203,7 +277,7 @@ def audisp(file: str | None, fmt: str, outputs: tuple[str, ...], max_bytes: int,
     enricher = Enricher(live=live) if fmt != "laurel" else None
     if enricher is not None and live:
         _seed_process_table(enricher)
-    error_log = LazySink(open_error_log)
+    error_log = _error_log(parse_error_log, max_bytes, generations)
     pipeline = AuditPipeline(fmt, sink, enricher=enricher, error_log=error_log)
     stop = _install_stop_handlers()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # auditd may send it on reconfiguration
@@ -229,8 +303,20 @@ def audisp(file: str | None, fmt: str, outputs: tuple[str, ...], max_bytes: int,
         error_log.close()
         summary = pipeline.summary()
         if error_log.opened:
-            summary["parse_error_log"] = error_path
+            summary["parse_error_log"] = error_log.path
         click.echo(f"ttpsensor audisp: {json.dumps(summary)}", err=True)
+
+
+def _error_log(path: str | None, max_bytes: int, generations: int) -> Any:
+    """The parse-error log, created on its first line."""
+    from common.sinks import LazySink, RotatingFileSink
+    chosen = path or (DEFAULT_ERROR_LOG if os.geteuid() == 0 else "ttpsensor-parse-errors.log")
+
+    def open_log() -> RotatingFileSink:
+        os.makedirs(os.path.dirname(os.path.abspath(chosen)), mode=0o750, exist_ok=True)
+        return RotatingFileSink(chosen, max_bytes, generations)
+
+    return LazySink(open_log, chosen)
 
 
 def _seed_process_table(enricher: Any) -> None:

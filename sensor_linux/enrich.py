@@ -35,11 +35,12 @@ def linux_host(root: str = "/") -> dict[str, Any]:
     return host
 
 
-def command_line(args: list[str | bytes] | None) -> str | None:
-    """A shell-quoted, readable command line (lossless data stays in ``process.args``)."""
+def command_line(args: list[str | bytes | None] | None) -> str | None:
+    """A shell-quoted, readable command line (lossless data stays in ``process.args``).
+    An argument the source lost (``None``) shows as ``''``."""
     if args is None:
         return None
-    return " ".join(shlex.quote(percent_encode(a)) for a in args)
+    return " ".join(shlex.quote(percent_encode(a if a is not None else "")) for a in args)
 
 
 @dataclass

@@ -36,6 +36,7 @@ class PipelineStats:
     events: int = 0
     output_lines: int = 0
     not_representable: int = 0   # generic events in qlog format (QLOG has process events only)
+    internal_errors: int = 0     # events our own code failed on; their records are kept
 
 
 class AuditPipeline:
@@ -90,7 +91,13 @@ class AuditPipeline:
     def _emit(self, events: list[AuditEvent]) -> None:
         for event in events:
             self.stats.events += 1
-            line = self._render(event)
+            try:
+                line = self._render(event)
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop the audit stream
+                self.stats.internal_errors += 1
+                for record in event.records:
+                    self._keep(f"internal error {type(exc).__name__}: {exc}", record.raw)
+                continue
             if line is None:
                 self.stats.not_representable += 1
                 continue

@@ -1,0 +1,262 @@
+"""The audit netlink protocol: status, rules, registration, and reading records.
+
+Written against ``linux/audit.h`` and ``linux/netlink.h`` with the socket module and struct;
+there is no maintained Python binding for audit netlink (libaudit's Python bindings are not
+packaged for Debian's Python, and go-audit and auditbeat also speak the protocol themselves).
+
+Two sockets are used: the *record* socket, which registers as the audit daemon (unicast) or joins
+the read-only log group (multicast) and only receives; and a *control* socket for requests that
+wait for an acknowledgement, so that no record is ever read and dropped while waiting for one.
+Rules are saved and restored as the kernel's own ``audit_rule_data`` bytes: a restore puts back
+exactly what was there.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+from sensor_linux.audit.msgtypes import NAMES
+
+NETLINK_AUDIT = 9
+AUDIT_NLGRP_READLOG = 1
+
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+
+AUDIT_GET = 1000
+AUDIT_SET = 1001
+AUDIT_ADD_RULE = 1011
+AUDIT_DEL_RULE = 1012
+AUDIT_LIST_RULES = 1013
+AUDIT_FIRST_RECORD = 1100  # below are control messages
+
+AUDIT_STATUS_ENABLED = 0x1
+AUDIT_STATUS_FAILURE = 0x2
+AUDIT_STATUS_PID = 0x4
+AUDIT_STATUS_RATE_LIMIT = 0x8
+AUDIT_STATUS_BACKLOG_LIMIT = 0x10
+AUDIT_STATUS_BACKLOG_WAIT_TIME = 0x20
+
+AUDIT_FILTER_EXIT = 0x04
+AUDIT_ALWAYS = 2
+AUDIT_ARCH = 11
+AUDIT_FILTERKEY = 210
+AUDIT_EQUAL = 0x40000000
+AUDIT_BITMASK_SIZE = 64
+AUDIT_MAX_FIELDS = 64
+
+ARCH_X86_64 = 0xC000003E
+ARCH_I386 = 0x40000003
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_STATUS_FIELDS = ("mask", "enabled", "failure", "pid", "rate_limit", "backlog_limit", "lost",
+                  "backlog", "feature_bitmap", "backlog_wait_time", "backlog_wait_time_actual")
+_RULE_HEAD = struct.Struct("=III")
+_RULE_ARRAYS = 4 * (AUDIT_BITMASK_SIZE + 3 * AUDIT_MAX_FIELDS)
+RECV_BUFFER = 1 << 20
+SOCKET_BUFFER = 16 << 20
+
+
+class AuditNetlinkError(OSError):
+    """The kernel refused a request (errno set), or answered nonsense."""
+
+
+@dataclass
+class AuditStatus:
+    enabled: int
+    failure: int
+    pid: int
+    rate_limit: int
+    backlog_limit: int
+    lost: int
+    backlog: int
+    backlog_wait_time: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+class AuditSocket:
+    """One NETLINK_AUDIT socket."""
+
+    def __init__(self, groups: int = 0) -> None:
+        try:
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                      NETLINK_AUDIT)
+        except OSError as exc:
+            raise AuditNetlinkError(exc.errno, f"cannot open audit netlink socket: {exc}") from exc
+        try:
+            self.sock.bind((0, groups))
+        except OSError as exc:
+            self.sock.close()
+            raise AuditNetlinkError(exc.errno, f"cannot bind audit netlink socket "
+                                    f"(groups={groups}): {exc}") from exc
+        self._seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def enlarge_buffer(self, size: int = SOCKET_BUFFER) -> None:
+        """A big receive buffer absorbs bursts; SO_RCVBUFFORCE passes rmem_max as root."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, 33, size)  # SO_RCVBUFFORCE
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+    def send(self, msg_type: int, payload: bytes = b"", flags: int = NLM_F_REQUEST) -> int:
+        self._seq += 1
+        header = _NLMSGHDR.pack(_NLMSGHDR.size + len(payload), msg_type, flags, self._seq, 0)
+        self.sock.send(header + payload)
+        return self._seq
+
+    def messages(self, data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+        """``(type, flags, seq, payload)`` of each netlink message in one datagram."""
+        offset = 0
+        while offset + _NLMSGHDR.size <= len(data):
+            length, msg_type, flags, seq, _ = _NLMSGHDR.unpack_from(data, offset)
+            if length < _NLMSGHDR.size:
+                break
+            yield msg_type, flags, seq, data[offset + _NLMSGHDR.size:offset + length]
+            offset += _align(length)
+
+    def request(self, msg_type: int, payload: bytes = b"", *, dump: bool = False,
+                reply: bool = False) -> list[bytes]:
+        """Send a request and collect its replies until the ack, or DONE for dumps, or the
+        first reply with ``reply`` (the kernel sends AUDIT_GET's and the rule list's replies
+        from a thread, so they can arrive after the ack)."""
+        seq = self.send(msg_type, payload, NLM_F_REQUEST | (0 if reply else NLM_F_ACK))
+        replies: list[bytes] = []
+        while True:
+            data = self.sock.recv(RECV_BUFFER)
+            for reply_type, flags, reply_seq, body in self.messages(data):
+                if reply_seq != seq:
+                    continue
+                if reply_type == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", body)[0]
+                    if code:
+                        raise AuditNetlinkError(code, f"audit request {msg_type}: "
+                                                f"{os.strerror(code)}")
+                    if not dump:
+                        return replies
+                    continue
+                if reply_type == NLMSG_DONE:
+                    return replies
+                replies.append(body)
+                if reply:
+                    return replies
+
+    # --- status ---------------------------------------------------------------------------
+
+    def status(self) -> AuditStatus:
+        [body] = self.request(AUDIT_GET, reply=True)
+        values = dict(zip(_STATUS_FIELDS, struct.unpack_from(
+            "=%dI" % min(len(_STATUS_FIELDS), len(body) // 4), body)))
+        if "backlog_wait_time" not in values:
+            values["backlog_wait_time"] = 0
+        return AuditStatus(**{k: values.get(k, 0) for k in AuditStatus.__dataclass_fields__})
+
+    def set_status(self, mask: int, *, enabled: int = 0, failure: int = 0, pid: int = 0,
+                   rate_limit: int = 0, backlog_limit: int = 0,
+                   backlog_wait_time: int = 0) -> None:
+        payload = struct.pack("=11I", mask, enabled, failure, pid, rate_limit, backlog_limit,
+                              0, 0, 0, backlog_wait_time, 0)
+        self.request(AUDIT_SET, payload)
+
+    def register(self) -> None:
+        """Become the audit daemon: records are unicast to this socket from now on."""
+        self.set_status(AUDIT_STATUS_PID, pid=os.getpid())
+
+    # --- rules ----------------------------------------------------------------------------
+
+    def list_rules(self) -> list[bytes]:
+        return self.request(AUDIT_LIST_RULES, dump=True)
+
+    def add_rule(self, rule: bytes) -> None:
+        self.request(AUDIT_ADD_RULE, rule)
+
+    def delete_rule(self, rule: bytes) -> None:
+        self.request(AUDIT_DEL_RULE, rule)
+
+    def replace_rules(self, rules: list[bytes]) -> None:
+        """Delete every rule, then add ``rules`` in order."""
+        for rule in self.list_rules():
+            self.delete_rule(rule)
+        for rule in rules:
+            self.add_rule(rule)
+
+    # --- records --------------------------------------------------------------------------
+
+    def read_records(self) -> tuple[list[bytes], int]:
+        """Records of one datagram as auditd's text lines, and how many datagrams the socket
+        lost before it (ENOBUFS: the receive buffer overflowed)."""
+        try:
+            data = self.sock.recv(RECV_BUFFER)
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                return [], 1
+            raise
+        if len(data) < _NLMSGHDR.size:
+            return [], 0
+        msg_type = _NLMSGHDR.unpack_from(data)[1]
+        if msg_type < AUDIT_FIRST_RECORD:
+            return [], 0  # acks and replies to control requests
+        # kauditd sends one record per datagram and sets nlmsg_len to the payload length only
+        # (a long-standing kernel quirk), so the record is the rest of the datagram.
+        return [record_line(msg_type, data[_NLMSGHDR.size:])], 0
+
+
+def record_line(msg_type: int, body: bytes) -> bytes:
+    """A netlink record payload as the line auditd would write (``type=NAME msg=...``)."""
+    name = NAMES.get(msg_type)
+    kind = name.encode() if name else b"UNKNOWN[%d]" % msg_type
+    return b"type=" + kind + b" msg=" + body.rstrip(b"\0\n") + b"\n"
+
+
+def exec_rule(arch: int, syscalls: tuple[int, ...], key: bytes) -> bytes:
+    """``-a always,exit -F arch=ARCH -S <syscalls> -k KEY`` as ``audit_rule_data``."""
+    mask = [0] * AUDIT_BITMASK_SIZE
+    for number in syscalls:
+        mask[number // 32] |= 1 << (number % 32)
+    fields = [0] * AUDIT_MAX_FIELDS
+    values = [0] * AUDIT_MAX_FIELDS
+    flags = [0] * AUDIT_MAX_FIELDS
+    fields[0], values[0], flags[0] = AUDIT_ARCH, arch, AUDIT_EQUAL
+    fields[1], values[1], flags[1] = AUDIT_FILTERKEY, len(key), AUDIT_EQUAL
+    return (_RULE_HEAD.pack(AUDIT_FILTER_EXIT, AUDIT_ALWAYS, 2)
+            + struct.pack("=%dI" % AUDIT_BITMASK_SIZE, *mask)
+            + struct.pack("=%dI" % AUDIT_MAX_FIELDS, *fields)
+            + struct.pack("=%dI" % AUDIT_MAX_FIELDS, *values)
+            + struct.pack("=%dI" % AUDIT_MAX_FIELDS, *flags)
+            + struct.pack("=I", len(key)) + key)
+
+
+EXEC_KEY = b"ttpsensor-exec"
+
+
+ARCH_AARCH64 = 0xC00000B7
+
+
+def default_exec_rules(key: bytes = EXEC_KEY, machine: str | None = None) -> list[bytes]:
+    """execve and execveat for every ABI of this machine (x86_64: 64-bit and 32-bit compat)."""
+    machine = machine or os.uname().machine
+    if machine == "x86_64":
+        return [exec_rule(ARCH_X86_64, (59, 322), key), exec_rule(ARCH_I386, (11, 358), key)]
+    if machine == "aarch64":
+        return [exec_rule(ARCH_AARCH64, (221, 281), key)]
+    raise AuditNetlinkError(errno.ENOTSUP, f"no default exec rules for {machine}; "
+                            "give rules with --rules")

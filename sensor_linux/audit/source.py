@@ -1,0 +1,58 @@
+"""The live audit source: records from a netlink session into an :class:`AuditPipeline`."""
+
+from __future__ import annotations
+
+import select
+import time
+from typing import Callable, Protocol
+
+from sensor_linux.audit.netlink import AuditSocket
+from sensor_linux.audit.pipeline import AuditPipeline
+
+TICK_SECONDS = 1.0
+
+
+class Session(Protocol):
+    mode: str
+    records: AuditSocket | None
+
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+    def lost(self) -> int: ...
+
+
+class StopFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+def pump(session: Session, pipeline: AuditPipeline, stop: StopFlag,
+         on_tick: Callable[[], None] | None = None) -> int:
+    """Read records until ``stop`` is set; return the number of socket overflows (ENOBUFS).
+
+    The record socket is drained without blocking after each wake-up, and the pipeline is
+    ticked at least once a second (timeouts, flushes, status), busy or idle.
+    """
+    assert session.records is not None
+    sock = session.records.sock
+    sock.setblocking(False)
+    overflows = 0
+    next_tick = time.monotonic() + TICK_SECONDS
+    while not stop.is_set():
+        timeout = max(0.0, next_tick - time.monotonic())
+        ready, _, _ = select.select([sock], [], [], timeout)
+        if ready:
+            while True:
+                try:
+                    lines, lost = session.records.read_records()
+                except BlockingIOError:
+                    break
+                overflows += lost
+                for line in lines:
+                    pipeline.feed(line)
+        if time.monotonic() >= next_tick:
+            pipeline.tick()
+            pipeline.sink.flush()
+            if on_tick is not None:
+                on_tick()
+            next_tick = time.monotonic() + TICK_SECONDS
+    return overflows

@@ -1,0 +1,184 @@
+"""The audit netlink sources against the live kernel (unicast and multicast).
+
+Audit state is global to the machine: these tests run serially, compare the state before and
+after with auditctl (an independent reader), and put it back even when they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from common import ecs
+from common.percent import as_text
+from sensor_linux.audit.netlink import AuditNetlinkError, AuditSocket
+from sensor_linux.audit.session import process_name
+from tests.conftest import require, ttpsensor_command
+from tests.workload import run_execs
+
+pytestmark = pytest.mark.kernel
+
+
+def auditctl_state() -> tuple[dict[str, str], str]:
+    status = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, check=True).stdout
+    keep = ("enabled", "failure", "pid", "rate_limit", "backlog_limit", "backlog_wait_time")
+    values = dict(line.split(" ", 1) for line in status.splitlines() if " " in line)
+    rules = subprocess.run(["auditctl", "-l"], capture_output=True, text=True, check=True).stdout
+    return {k: values[k] for k in keep}, rules
+
+
+def kernel_lost() -> int:
+    return AuditSocket().status().lost
+
+
+@pytest.fixture
+def audit_guard():
+    require(os.geteuid() == 0, "root is needed for audit netlink")
+    require(shutil.which("auditctl") is not None, "auditctl (package auditd) is needed")
+    try:
+        status = AuditSocket().status()
+    except AuditNetlinkError as exc:
+        require(False, f"audit netlink unavailable: {exc}")
+    require(not (status.pid and process_name(status.pid)),
+            f"an audit daemon ({process_name(status.pid)}) is already registered")
+    before = auditctl_state()
+    yield before
+    after = auditctl_state()
+    if after != before:
+        # Leave the machine as we found it before failing.
+        subprocess.run(["auditctl", "-D"], capture_output=True)
+        subprocess.run(["auditctl", "-e", before[0]["enabled"], "-b",
+                        before[0]["backlog_limit"]], capture_output=True)
+        pytest.fail(f"audit state changed: {before} -> {after}")
+
+
+class Sensor:
+    """``ttpsensor run`` as a subprocess writing JSON lines to a file."""
+
+    def __init__(self, tmp: Path, name: str, *args: str) -> None:
+        self.out = tmp / f"{name}.jsonl"
+        self.err_path = tmp / f"{name}.err"
+        self.proc = subprocess.Popen(
+            ttpsensor_command() + ["run", "--output", f"jsonl:{self.out}", "--parse-error-log",
+                                   str(tmp / f"{name}-parse-errors.log"), *args],
+            stdout=subprocess.DEVNULL, stderr=open(self.err_path, "w"))
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def wait_for(self, predicate, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.proc.poll() is not None:
+                pytest.fail(f"sensor exited ({self.proc.returncode}) waiting for {what}: "
+                            f"{self.stderr}")
+            time.sleep(0.1)
+        pytest.fail(f"timed out waiting for {what}: {self.stderr}")
+
+    def events(self) -> list[dict]:
+        if not self.out.exists():
+            return []
+        return [ecs.parse(json.loads(line)) for line in self.out.read_text().splitlines()]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+
+def registered(sensor: Sensor) -> bool:
+    return AuditSocket().status().pid == sensor.proc.pid
+
+
+def _captured(events: list[dict], token: str) -> dict[int, list]:
+    found = {}
+    for event in events:
+        args = event.get("process", {}).get("args") or []
+        if event["event"]["action"] == "process_create" and len(args) > 1 \
+                and isinstance(args[1], str) and args[1].startswith(f"ttpw-{token}-"):
+            found[event["process"]["pid"]] = args
+    return found
+
+
+def _assert_complete(events: list[dict], token: str, spawned: dict[int, list[bytes]]) -> None:
+    found = _captured(events, token)
+    assert set(found) == set(spawned), f"missing {len(set(spawned) - set(found))} execs"
+    for pid, argv in spawned.items():
+        assert found[pid] == [as_text(a) for a in argv]
+
+
+def test_unicast_captures_2000_execs_exactly_and_restores_state(audit_guard, tmp_path) -> None:
+    lost_before = kernel_lost()
+    sensor = Sensor(tmp_path, "unicast", "--source", "audit", "--state-file",
+                    str(tmp_path / "state.json"))
+    try:
+        sensor.wait_for(lambda: registered(sensor), "registration")
+        assert auditctl_state()[0]["enabled"] == "1"
+        assert "ttpsensor-exec" in auditctl_state()[1]
+        token, spawned = run_execs(2000)
+        sensor.wait_for(lambda: len(_captured(sensor.events(), token)) == len(spawned),
+                        "all 2000 exec events", timeout=180)
+    finally:
+        assert sensor.stop() == 0, sensor.stderr
+    _assert_complete(sensor.events(), token, spawned)
+    assert kernel_lost() == lost_before
+    summary = json.loads(sensor.stderr.strip().splitlines()[-1].split("stopped: ", 1)[1])
+    assert summary["kernel_lost"] == 0 and summary["socket_overflows"] == 0
+    assert summary["parse_errors"] == 0 and summary["internal_errors"] == 0
+    assert auditctl_state() == audit_guard  # restored exactly
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_multicast_beside_a_registered_daemon_and_refusal_of_a_second_daemon(
+        audit_guard, tmp_path) -> None:
+    daemon = Sensor(tmp_path, "daemon", "--source", "audit", "--state-file",
+                    str(tmp_path / "state.json"))
+    listener = None
+    try:
+        daemon.wait_for(lambda: registered(daemon), "registration")
+        second = subprocess.run(ttpsensor_command() + [
+            "run", "--source", "audit", "--state-file", str(tmp_path / "other.json")],
+            capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert "another audit daemon is registered" in second.stderr
+        assert "audit-multicast" in second.stderr and "audisp" in second.stderr
+        listener = Sensor(tmp_path, "listener")  # --source auto
+        listener.wait_for(lambda: "source:" in listener.stderr, "source choice")
+        assert "multicast" in listener.stderr and f"pid {daemon.proc.pid}" in listener.stderr
+        time.sleep(1.0)  # the listener has joined the group once it has said so; margin
+        token, spawned = run_execs(500)
+        for sensor in (daemon, listener):
+            sensor.wait_for(lambda s=sensor: len(_captured(s.events(), token)) == len(spawned),
+                            "500 exec events")
+    finally:
+        if listener is not None:
+            assert listener.stop() == 0, listener.stderr
+        assert daemon.stop() == 0, daemon.stderr
+    _assert_complete(daemon.events(), token, spawned)
+    _assert_complete(listener.events(), token, spawned)
+    assert auditctl_state() == audit_guard
+
+
+def test_after_sigkill_the_next_start_repairs_the_stale_state(audit_guard, tmp_path) -> None:
+    state = str(tmp_path / "state.json")
+    first = Sensor(tmp_path, "killed", "--source", "audit", "--state-file", state)
+    first.wait_for(lambda: registered(first), "registration")
+    first.stop(signal.SIGKILL)
+    assert auditctl_state() != audit_guard  # the kill left rules and settings behind
+    second = Sensor(tmp_path, "repairer", "--source", "audit", "--state-file", state)
+    try:
+        second.wait_for(lambda: registered(second), "registration of the second sensor")
+        assert "restored the audit state" in second.stderr
+    finally:
+        assert second.stop() == 0, second.stderr
+    assert auditctl_state() == audit_guard
