@@ -62,3 +62,31 @@ def notepad_text() -> str:
 @pytest.fixture
 def notepad(notepad_text: str) -> dict:
     return json.loads(notepad_text)
+
+
+def _audit_snapshot() -> tuple[str, str] | None:
+    """auditctl's view of the machine's audit state, or None where it cannot be read."""
+    auditctl = shutil.which("auditctl")
+    if auditctl is None or os.geteuid() != 0:
+        return None
+    status = subprocess.run([auditctl, "-s"], capture_output=True, text=True)
+    rules = subprocess.run([auditctl, "-l"], capture_output=True, text=True)
+    if status.returncode or rules.returncode:
+        return None
+    keep = [line for line in status.stdout.splitlines()
+            if line.split(" ")[0] in ("enabled", "failure", "pid", "rate_limit",
+                                      "backlog_limit", "backlog_wait_time")]
+    return "\n".join(keep), rules.stdout
+
+
+@pytest.fixture(scope="session", autouse=True)
+def audit_state_is_left_as_found():
+    """Whatever a test does, the machine's audit state at the end equals the start."""
+    before = _audit_snapshot()
+    yield
+    after = _audit_snapshot()
+    if before is not None and after != before:
+        subprocess.run(["auditctl", "-D"], capture_output=True)
+        enabled = next(l.split()[1] for l in before[0].splitlines() if l.startswith("enabled"))
+        subprocess.run(["auditctl", "-e", enabled], capture_output=True)
+        pytest.fail(f"the test run changed the audit state: {before} -> {after}")

@@ -27,7 +27,7 @@ def test_run_once_reports_processes_with_exact_argv_parent_and_ttphash(tmp_path)
     try:
         time.sleep(0.2)
         out = tmp_path / "events.jsonl"
-        result = run_cli("run", "--once", "--output", str(out))
+        result = run_cli("run", "--source", "procfs", "--once", "--output", str(out))
         assert result.returncode == 0, result.stderr
         assert '"events":' in result.stderr.replace(" ", "")
         events = _events(out)
@@ -62,8 +62,9 @@ def test_run_in_qlog_format_and_stops_on_sigterm(tmp_path) -> None:
     require(os.path.exists("/proc/self/exe"), "a Linux /proc is needed")
     from tests.conftest import ttpsensor_command
     out = tmp_path / "q.jsonl"
-    proc = subprocess.Popen(ttpsensor_command() + ["run", "--format", "qlog", "--interval",
-                                                   "0.2", "--output", str(out)],
+    proc = subprocess.Popen(ttpsensor_command() + ["run", "--source", "procfs", "--format",
+                                                   "qlog", "--interval", "0.2", "--output",
+                                                   str(out)],
                             stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)
     late = subprocess.Popen(["/usr/bin/sleep", "7"])  # appears on a later scan
