@@ -14,9 +14,13 @@ import click
 from common.filehash import FileHasher
 from common.render import RENDERERS
 from common.sinks import DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, open_sinks
+from sensor_linux.status import StatusReporter
 
 
 SOURCES = ["auto", "audit", "audit-multicast", "procfs"]
+DATA_DIR = "ttpsensor-data"
+DEFAULT_OUTPUTS = ["-", f"jsonl:{DATA_DIR}/events.jsonl"]
+DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
 
 
 @click.command("run")
@@ -27,13 +31,17 @@ SOURCES = ["auto", "audit", "audit-multicast", "procfs"]
                    "scan /proc (an inventory of running processes, ECS event.kind 'state').")
 @click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS) + ["laurel"]),
               default="ecs", show_default=True, help="Output format of each JSON line.")
-@click.option("--output", "outputs", multiple=True, default=["-"], show_default=True,
+@click.option("--output", "outputs", multiple=True, default=DEFAULT_OUTPUTS, show_default=True,
               help="'-'/'stdout', or 'jsonl:PATH' / PATH for a file rotated by size (0600). "
-                   "Repeatable.")
+                   "Repeatable; giving one replaces the defaults.")
 @click.option("--max-bytes", default=DEFAULT_MAX_BYTES, show_default=True,
               help="Rotate output files before they would grow past this size.")
 @click.option("--generations", default=DEFAULT_GENERATIONS, show_default=True,
               help="Rotated files to keep (FILE.1 is the newest).")
+@click.option("--status-file", default=DEFAULT_STATUS_FILE, show_default=True,
+              help="Where the sensor keeps its counters (read by 'ttpsensor status').")
+@click.option("--status-interval", default=60.0, show_default=True,
+              help="Seconds between status events in the output (and status-file updates).")
 @click.option("--rules", "rules_file", type=click.Path(exists=True, dir_okay=False),
               help="Extra audit rules in auditctl syntax (unicast), loaded after the exec "
                    "rules.")
@@ -46,8 +54,8 @@ SOURCES = ["auto", "audit", "audit-multicast", "procfs"]
               help="procfs: seconds between scans.")
 @click.option("--once", is_flag=True, help="procfs: scan once, report, and exit.")
 def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generations: int,
-        rules_file: str | None, state_file: str, parse_error_log: str | None,
-        interval: float, once: bool) -> None:
+        status_file: str, status_interval: float, rules_file: str | None, state_file: str,
+        parse_error_log: str | None, interval: float, once: bool) -> None:
     """Run the Linux sensor: enriched process events with their TTPHash, as JSON lines.
 
     Every exec becomes an event with the executable's digests (of the image as it ran), its
@@ -66,7 +74,7 @@ def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generat
         _run_procfs(sink, RENDERERS[fmt], interval, once)
     else:
         _run_audit(source, fmt, sink, rules_file, state_file, parse_error_log, max_bytes,
-                   generations)
+                   generations, status_file, status_interval)
 
 
 def _run_procfs(sink: Any, render: Any, interval: float, once: bool) -> None:
@@ -102,7 +110,8 @@ def _run_procfs(sink: Any, render: Any, interval: float, once: bool) -> None:
 
 
 def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_file: str,
-               parse_error_log: str | None, max_bytes: int, generations: int) -> None:
+               parse_error_log: str | None, max_bytes: int, generations: int,
+               status_file: str, status_interval: float) -> None:
     from sensor_linux.audit.netlink import AuditNetlinkError
     from sensor_linux.audit.pipeline import AuditPipeline
     from sensor_linux.audit.session import (AuditBusy, AuditLocked, UnicastSession,
@@ -136,9 +145,11 @@ def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_f
         _seed_process_table(enricher)
     error_log = _error_log(parse_error_log, max_bytes, generations)
     pipeline = AuditPipeline(fmt, sink, enricher=enricher, error_log=error_log)
-    overflows = lost = 0
+    reporter = StatusReporter(session, pipeline, enricher, status_file, status_interval,
+                              emit=fmt == "ecs")
+    lost = 0
     try:
-        overflows = pump(session, pipeline, stop)
+        pump(session, pipeline, stop, on_tick=reporter.tick)
     finally:
         # The audit state is restored first and whatever else fails: it is the whole machine's.
         try:
@@ -150,8 +161,8 @@ def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_f
         finally:
             sink.close()
             error_log.close()
-        summary = {"source": session.mode, "kernel_lost": lost, "socket_overflows": overflows,
-                   **pipeline.summary()}
+        summary = {"source": session.mode, "kernel_lost": lost, **pipeline.summary()}
+        reporter.final(summary)
         click.echo(f"ttpsensor: stopped: {json.dumps(summary)}", err=True)
 
 
@@ -346,3 +357,39 @@ def _read_lines(fd: int, stop: "_StopFlag", tick_seconds: float):  # type: ignor
             pending = pending[cut:]
     if pending:
         yield pending
+
+
+@click.command("status")
+@click.option("--status-file", default=DEFAULT_STATUS_FILE, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="The raw counters as JSON.")
+def status(status_file: str, as_json: bool) -> None:
+    """Show a running (or the last) sensor's counters: events, and everything lost.
+
+    Reads the status file that 'ttpsensor run' updates every --status-interval seconds.
+    """
+    from sensor_linux.status import flatten, read_status
+
+    try:
+        stats = read_status(status_file)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"no status in {status_file}: {exc}; is the sensor "
+                                   f"running with --status-file {status_file}?") from exc
+    alive = stats.get("running") and os.path.exists(f"/proc/{stats.get('pid')}")
+    if as_json:
+        click.echo(json.dumps(dict(stats, alive=bool(alive))))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    age = time.time() - stats.get("updated", 0)
+    state = "running" if alive else ("stopped" if not stats.get("running") else "not running "
+                                     "(it did not exit cleanly)")
+    table = Table(title=f"ttpsensor {state}, source {stats.get('source')}, "
+                        f"updated {age:.0f} s ago")
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    for name, value in flatten(stats):
+        if name in ("pid", "running", "source", "started", "updated"):
+            continue
+        table.add_row(name, str(value))
+    Console().print(table)

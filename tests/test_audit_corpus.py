@@ -159,3 +159,19 @@ def test_field_typing_on_edge_cases() -> None:
                  b'cap_fp=0000000000000000 dev=fd:01 inode=5\n')
     assert type(path.get("mode")) is Oct and path.get("mode") == 0o100755
     assert type(path.get("cap_fp")) is Hex and path.get("dev") == b"fd:01"
+
+
+def _syscall(serial: int) -> bytes:
+    return (b"type=SYSCALL msg=audit(100.000:%d): arch=c000003e syscall=1 success=yes exit=0 "
+            b"a0=1 a1=2 a2=3 a3=4 items=0 ppid=1 pid=2 key=(null)\n" % serial)
+
+
+def test_serial_gaps_are_counted_and_late_records_fill_them() -> None:
+    assembler = Assembler()
+    for serial in (1, 2, 5, 9):
+        assembler.add(parse(_syscall(serial)))
+    assert assembler.stats.serial_gaps == 5  # 3, 4, 6, 7, 8
+    assembler.add(parse(_syscall(3)))         # arrived late: not lost after all
+    assert assembler.stats.serial_gaps == 4
+    assembler.add(parse(b"type=EOE msg=audit(100.000:9): \n"))
+    assert assembler.stats.serial_gaps == 4   # records of one event share a serial

@@ -119,8 +119,10 @@ def _assert_complete(events: list[dict], token: str, spawned: dict[int, list[byt
 
 def test_unicast_captures_2000_execs_exactly_and_restores_state(audit_guard, tmp_path) -> None:
     lost_before = kernel_lost()
+    status_file = tmp_path / "status.json"
     sensor = Sensor(tmp_path, "unicast", "--source", "audit", "--state-file",
-                    str(tmp_path / "state.json"))
+                    str(tmp_path / "state.json"), "--status-file", str(status_file),
+                    "--status-interval", "1")
     try:
         sensor.wait_for(lambda: registered(sensor), "registration")
         assert auditctl_state()[0]["enabled"] == "1"
@@ -128,6 +130,12 @@ def test_unicast_captures_2000_execs_exactly_and_restores_state(audit_guard, tmp
         token, spawned = run_execs(2000)
         sensor.wait_for(lambda: len(_captured(sensor.events(), token)) == len(spawned),
                         "all 2000 exec events", timeout=180)
+        sensor.wait_for(lambda: any(e["event"]["action"] == "sensor_status"
+                                    for e in sensor.events()), "a status event")
+        live = json.loads(subprocess.run(ttpsensor_command() + [
+            "status", "--json", "--status-file", str(status_file)],
+            capture_output=True, text=True, check=True).stdout)
+        assert live["alive"] is True and live["source"] == "audit"
     finally:
         assert sensor.stop() == 0, sensor.stderr
     _assert_complete(sensor.events(), token, spawned)
@@ -137,6 +145,9 @@ def test_unicast_captures_2000_execs_exactly_and_restores_state(audit_guard, tmp
     assert summary["parse_errors"] == 0 and summary["internal_errors"] == 0
     assert auditctl_state() == audit_guard  # restored exactly
     assert not (tmp_path / "state.json").exists()
+    final = json.loads(status_file.read_text())
+    assert final["running"] is False and final["events"] >= 2000
+    assert final["kernel_lost"] == 0 and final["assembly"]["serial_gaps"] == 0
 
 
 def test_multicast_beside_a_registered_daemon_and_refusal_of_a_second_daemon(

@@ -28,6 +28,7 @@ DEFAULT_TIMEOUT_MS = 5_000
 DEFAULT_WALL_TIMEOUT = 5.0
 DEFAULT_DONE_MS = 120_000
 DEFAULT_MAX_INFLIGHT = 100_000
+MAX_TRACKED_GAP = 1000
 
 EventKey = tuple[bytes | None, int, int, int]  # node, seconds, milliseconds, serial
 
@@ -63,6 +64,7 @@ class AssemblyStats:
     evicted: int = 0                # flushed early because too many events were open
     duplicates: int = 0
     spurious_eoe: int = 0
+    serial_gaps: int = 0            # serial numbers never seen (records lost before us)
 
 
 class Assembler:
@@ -84,6 +86,10 @@ class Assembler:
         self._done: dict[EventKey, int] = {}
         self._done_user: dict[EventKey, int] = {}
         self._clock_ms = 0                         # newest audit time seen
+        # Serial-gap accounting per node: the highest serial seen, and recent missing ones (a
+        # late record fills its gap again).
+        self._max_serial: dict[bytes | None, int] = {}
+        self._missing: dict[bytes | None, set[int]] = {}
         self._next_expire_ms = 0
 
     @property
@@ -107,6 +113,7 @@ class Assembler:
             if ts >= self._next_expire_ms:
                 self._expire_by_audit_time(out)
                 self._next_expire_ms = ts + 1000
+        self._track_serial(record.node, record.serial)
         key = (record.node, record.sec, record.msec, record.serial)
         rtype = record.rtype
         if rtype == EOE:
@@ -179,6 +186,25 @@ class Assembler:
         while self._ready and (oldest_open is None or self._ready[0][0] < oldest_open):
             out.append(heapq.heappop(self._ready)[2])
         return out
+
+    def _track_serial(self, node: bytes | None, serial: int) -> None:
+        highest = self._max_serial.get(node)
+        if highest is None or serial > highest:
+            if highest is not None and serial > highest + 1:
+                gap = serial - highest - 1
+                self.stats.serial_gaps += gap
+                if gap <= MAX_TRACKED_GAP:
+                    self._missing.setdefault(node, set()).update(range(highest + 1, serial))
+            self._max_serial[node] = serial
+        elif serial < highest:
+            missing = self._missing.get(node)
+            if missing and serial in missing:
+                missing.discard(serial)
+                self.stats.serial_gaps -= 1
+        missing = self._missing.get(node)
+        if missing and len(missing) > 4 * MAX_TRACKED_GAP:
+            floor = self._max_serial[node] - MAX_TRACKED_GAP
+            self._missing[node] = {s for s in missing if s > floor}
 
     def take_rejected(self) -> list[tuple[str, Record]]:
         rejected, self.rejected = self.rejected, []

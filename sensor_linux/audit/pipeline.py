@@ -37,6 +37,7 @@ class PipelineStats:
     output_lines: int = 0
     not_representable: int = 0   # generic events in qlog format (QLOG has process events only)
     internal_errors: int = 0     # events our own code failed on; their records are kept
+    socket_overflows: int = 0    # netlink receive buffer overflows (live sources)
 
 
 class AuditPipeline:

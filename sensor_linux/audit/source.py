@@ -26,8 +26,9 @@ class StopFlag(Protocol):
 
 
 def pump(session: Session, pipeline: AuditPipeline, stop: StopFlag,
-         on_tick: Callable[[], None] | None = None) -> int:
-    """Read records until ``stop`` is set; return the number of socket overflows (ENOBUFS).
+         on_tick: Callable[[], None] | None = None) -> None:
+    """Read records until ``stop`` is set. Socket overflows (ENOBUFS: the kernel could not
+    deliver because our receive buffer was full) are counted in the pipeline's stats.
 
     The record socket is drained without blocking after each wake-up, and the pipeline is
     ticked at least once a second (timeouts, flushes, status), busy or idle.
@@ -35,7 +36,6 @@ def pump(session: Session, pipeline: AuditPipeline, stop: StopFlag,
     assert session.records is not None
     sock = session.records.sock
     sock.setblocking(False)
-    overflows = 0
     next_tick = time.monotonic() + TICK_SECONDS
     while not stop.is_set():
         timeout = max(0.0, next_tick - time.monotonic())
@@ -46,7 +46,7 @@ def pump(session: Session, pipeline: AuditPipeline, stop: StopFlag,
                     lines, lost = session.records.read_records()
                 except BlockingIOError:
                     break
-                overflows += lost
+                pipeline.stats.socket_overflows += lost
                 for line in lines:
                     pipeline.feed(line)
         if time.monotonic() >= next_tick:
@@ -55,4 +55,3 @@ def pump(session: Session, pipeline: AuditPipeline, stop: StopFlag,
             if on_tick is not None:
                 on_tick()
             next_tick = time.monotonic() + TICK_SECONDS
-    return overflows

@@ -1,0 +1,100 @@
+"""Loss accounting made visible: a status file and periodic status events.
+
+Every counter that says something was lost or degraded is reported, never only logged: the
+kernel's lost counter and backlog, netlink socket overflows, audit serial-number gaps, parse
+errors and rejected records, assemblies flushed without EOE, process-table evictions and PID
+reuse, and internal errors. ``ttpsensor status`` reads the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Protocol
+
+from common.schema import new_event
+from sensor_linux.audit.pipeline import AuditPipeline
+
+
+class _Session(Protocol):
+    mode: str
+
+    def lost(self) -> int: ...
+
+
+class StatusReporter:
+    def __init__(self, session: _Session, pipeline: AuditPipeline, enricher: Any,
+                 path: str | None, interval: float, emit: bool = True) -> None:
+        self.session = session
+        self.pipeline = pipeline
+        self.enricher = enricher
+        self.path = path
+        self.interval = interval
+        self.emit = emit
+        self.started = time.time()
+        self._next = time.monotonic() + interval
+        self.write_file(self.snapshot())
+
+    def snapshot(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {
+            "pid": os.getpid(), "running": True, "source": self.session.mode,
+            "started": self.started, "updated": time.time(),
+            "kernel_lost": self.session.lost(), **self.pipeline.summary(),
+        }
+        control = getattr(self.session, "control", None)
+        if control is not None:
+            stats["kernel_backlog"] = control.status().backlog
+        if self.enricher is not None:
+            table = self.enricher.table
+            stats["process_table"] = {"entries": len(table), "evicted": table.evicted,
+                                      "pid_reuse_rejected": table.reuse_rejected}
+            hasher = self.enricher.hasher
+            stats["file_hash_cache"] = {"hits": hasher.hits, "misses": hasher.misses,
+                                        "errors": hasher.errors}
+        return stats
+
+    def tick(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.interval
+        stats = self.snapshot()
+        self.write_file(stats)
+        if self.emit:
+            event = new_event("sensor_status", "ttpsensor",
+                              host=getattr(self.enricher, "host", {}))
+            event["event"]["kind"] = "metric"
+            event["ttpsensor"] = {"status": stats}
+            self.pipeline.sink.write(json.dumps(event, separators=(",", ":")))
+
+    def final(self, summary: dict[str, Any]) -> None:
+        """The last word, written when the sensor stops."""
+        self.write_file({"pid": os.getpid(), "running": False, "source": self.session.mode,
+                         "started": self.started, "updated": time.time(), **summary})
+
+    def write_file(self, stats: dict[str, Any]) -> None:
+        if not self.path:
+            return
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(stats, f, indent=1)
+        os.replace(tmp, self.path)
+
+
+def read_status(path: str) -> dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
+
+
+def flatten(stats: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in stats.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += flatten(value, f"{name}.")
+        else:
+            rows.append((name, value))
+    return rows
+
