@@ -251,7 +251,39 @@ def whatis(paths: tuple[str, ...], root: str, as_json: bool) -> None:
 DEFAULT_ERROR_LOG = "/var/log/ttpsensor/parse-errors.log"
 
 
+def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) -> None:
+    """Options from a TOML file (auditd passes plugins at most 2 arguments, so the plugin
+    takes ``--config FILE``); command-line options still win."""
+    if path is None:
+        return
+    import tomllib
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}") from exc
+    # Settings are named like the long options ("parse-error-log", "format", "output" or
+    # "outputs"); default_map is keyed by click's parameter names.
+    by_option = {}
+    for param in ctx.command.params:
+        for opt in getattr(param, "opts", []):
+            if opt.startswith("--"):
+                by_option[opt[2:]] = param.name
+        by_option[str(param.name).replace("_", "-")] = param.name
+    unknown = sorted(k for k in values if k not in by_option or k == "config")
+    if unknown:
+        raise click.BadParameter(f"{path}: unknown settings {', '.join(unknown)}")
+    settings = {by_option[k]: v for k, v in values.items()}
+    if isinstance(settings.get("outputs"), str):
+        settings["outputs"] = [settings["outputs"]]
+    ctx.default_map = {**(ctx.default_map or {}), **settings}
+
+
 @click.command("audisp")
+@click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+              callback=_load_config,
+              help="TOML file with these options (format, outputs, max-bytes, generations, "
+                   "parse-error-log); see packaging/audit/audisp.toml.")
 @click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["ecs", "laurel", "qlog"]), default="ecs",
               show_default=True,
@@ -337,15 +369,31 @@ def _seed_process_table(enricher: Any) -> None:
         pass
 
 
+DRAIN_SECONDS = 2.0
+
+
 def _read_lines(fd: int, stop: "_StopFlag", tick_seconds: float):  # type: ignore[no-untyped-def]
-    """Lines from ``fd`` as they arrive; ``None`` whenever ``tick_seconds`` pass without input."""
+    """Lines from ``fd`` as they arrive; ``None`` whenever ``tick_seconds`` pass without input.
+
+    After ``stop`` (auditd sends SIGTERM before closing the pipe), whatever is already in the
+    pipe is still read, until EOF or until it stays empty for a moment: records auditd has
+    handed over are never dropped on shutdown.
+    """
     import select
     pending = b""
-    while not stop.is_set():
-        ready, _, _ = select.select([fd], [], [], tick_seconds)
+    drain_until = None
+    while True:
+        if stop.is_set() and drain_until is None:
+            drain_until = time.monotonic() + DRAIN_SECONDS
+        wait = tick_seconds if drain_until is None else 0.2
+        ready, _, _ = select.select([fd], [], [], wait)
         if not ready:
+            if drain_until is not None:
+                break
             yield None
             continue
+        if drain_until is not None and time.monotonic() > drain_until:
+            break
         chunk = os.read(fd, 1 << 20)
         if not chunk:
             break

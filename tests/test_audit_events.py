@@ -126,3 +126,22 @@ def test_audisp_reads_stdin_like_an_auditd_plugin(tmp_path) -> None:
     assert event["process"]["executable"] == "/usr/bin/whoami"
     assert event["audit"]["node"] == "work"
     assert not (tmp_path / "e.log").exists()  # created only when needed
+
+
+def test_audisp_plugin_entry_point_reads_its_settings_from_toml(tmp_path) -> None:
+    from pathlib import Path
+    from tests.conftest import ttpsensor_command
+    plugin = Path(ttpsensor_command()[0]).with_name("ttpsensor-audisp")
+    out = tmp_path / "out.jsonl"
+    config = tmp_path / "audisp.toml"
+    config.write_text(f'format = "laurel"\noutputs = ["jsonl:{out}"]\n'
+                      f'parse-error-log = "{tmp_path}/e.log"\n')
+    data = (LAUREL_DIR / "record-execve.txt").read_bytes()
+    done = subprocess.run([str(plugin), "--config", str(config)], input=data,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == (LAUREL_DIR / "record-execve.json").read_text()
+    config.write_text('colour = "blue"\n')
+    bad = subprocess.run([str(plugin), "--config", str(config)], input="",
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown settings colour" in bad.stderr

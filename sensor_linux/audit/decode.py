@@ -1,9 +1,8 @@
-"""Decode the parts of audit records that need more than one field: argv and proctitle.
+"""Decode argv, which audit spreads over several fields and records.
 
 EXECVE carries ``argc`` and ``a0``, ``a1``, ... over one or more records; an argument too long
 for one record comes as ``aN_len`` followed by ``aN[0]``, ``aN[1]``, ... chunks. Any argument may
-be hex-encoded (already decoded by the parser). PROCTITLE is the process's argv area, NUL
-separated and cut by the kernel at 128 bytes.
+be hex-encoded (already decoded by the parser).
 """
 
 from __future__ import annotations
@@ -43,12 +42,3 @@ def execve_argv(body: Iterable[tuple[str, Value]]) -> tuple[list[bytes | None], 
         whole[index] = b"".join(parts[i] for i in sorted(parts))
     count = max(max(whole) + 1 if whole else 0, argc or 0)
     return [whole.get(i) for i in range(count)], argc
-
-
-def proctitle_argv(value: Value) -> list[bytes]:
-    """The proctitle split at NULs (a trailing NUL does not make an empty argument)."""
-    if not isinstance(value, bytes):
-        return []
-    if value.endswith(b"\0"):
-        value = value[:-1]
-    return value.split(b"\0")

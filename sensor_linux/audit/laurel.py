@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from sensor_linux.audit.assemble import AuditEvent
-from sensor_linux.audit.decode import execve_argv, is_execve_arg_key, proctitle_argv
+from sensor_linux.audit.decode import execve_argv, is_execve_arg_key
 from sensor_linux.audit.records import (CWD, EXECVE, PROCTITLE, SYSCALL, Hex, Oct, Value,
                                         is_multipart, type_name)
 
@@ -43,6 +43,24 @@ def laurel_string(data: bytes) -> str:
             return '"' + text + '"'
         return '"' + _ESCAPE.sub(_escape_char, text) + '"'
     return '"' + _ESCAPE.sub(_escape_char, data.decode("utf-8", "surrogateescape")) + '"'
+
+
+def laurel_proctitle_argv(value: Value) -> list[bytes]:
+    """PROCTITLE split as LAUREL splits it: a NUL ends the current argument only if that
+    argument is non-empty, so an empty argument's NUL stays at the start of the next one
+    (``a\\0\\0b`` gives ``["a", "\\0b"]``). Seen in the live differential test; our own events
+    take argv from EXECVE, which has no such ambiguity."""
+    if not isinstance(value, bytes):
+        return []
+    argv: list[bytes] = []
+    start = 0
+    for i, byte in enumerate(value):
+        if byte == 0 and i > start:
+            argv.append(value[start:i])
+            start = i + 1
+    if start < len(value):
+        argv.append(value[start:])
+    return argv
 
 
 def _value(value: Value) -> str:
@@ -86,7 +104,8 @@ def _object(pairs: list[tuple[str, Value]], rtype: int) -> str:
                 title = value
             else:
                 parts.append('"%s":%s' % (key, _value(value)))
-        parts.append('"ARGV":[%s]' % ",".join(laurel_string(a) for a in proctitle_argv(title)))
+        parts.append('"ARGV":[%s]' % ",".join(laurel_string(a)
+                                              for a in laurel_proctitle_argv(title)))
     else:
         for key, value in pairs:
             parts.append('"%s":%s' % (key, _value(value)))
