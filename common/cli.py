@@ -20,23 +20,27 @@ from common.jsonin import read_documents
 from common.schema import ACTION_PROCESS_CREATE, SchemaError, get_path, validate
 
 ENTRY_POINT_GROUP = "ttpsensor.commands"
+BENCH_ENTRY_POINT_GROUP = "ttpsensor.bench"
 
 
-def _plugins() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+def _plugins(group: str) -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=group)}
 
 
 class PluginGroup(click.Group):
-    """A click group that adds commands registered by the installed platform packages."""
+    """A click group that adds commands registered by the installed platform packages under
+    the entry-point group ``plugin_group``."""
+
+    plugin_group = ENTRY_POINT_GROUP
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(_plugins()))
+        return sorted(set(super().list_commands(ctx)) | set(_plugins(self.plugin_group)))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
         if command is not None:
             return command
-        entry = _plugins().get(cmd_name)
+        entry = _plugins(self.plugin_group).get(cmd_name)
         if entry is None:
             return None
         try:
@@ -141,7 +145,11 @@ def _print_hash(line: int, result: ttphash.TTPHash, explain: bool, as_json: bool
 
 # --- bench --------------------------------------------------------------------------------------
 
-@main.group("bench")
+class BenchGroup(PluginGroup):
+    plugin_group = BENCH_ENTRY_POINT_GROUP
+
+
+@main.group("bench", cls=BenchGroup)
 def bench() -> None:
     """Benchmarks of the hot paths; each prints figures and a ratio against a reference."""
 

@@ -34,6 +34,7 @@ class FileDigests:
         return {"md5": self.md5, "sha1": self.sha1, "sha256": self.sha256}
 
 
+
 class FileTooLarge(OSError):
     """The file exceeds the hashing size limit."""
 

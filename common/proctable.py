@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-DEFAULT_MAX_ENTRIES = 65536
+# Live processes on a busy host number in the low thousands; the rest are recently exited ones
+# kept as parents of late events. Bounded so that a fork-bomb or a long replay stays small.
+DEFAULT_MAX_ENTRIES = 16384
 START_TOLERANCE = 1.0
 
 # Fields of a process map that describe the process itself and are copied into a child's parent.
@@ -31,6 +33,7 @@ class Entry:
     start_key: float | None     # start, seconds since the epoch; None when unknown
     process: dict[str, Any]     # the process map of the event that introduced it
     event_id: str | None = None
+    gone: bool = False          # found exited by the last prune
 
 
 class ProcessTable:
@@ -41,6 +44,7 @@ class ProcessTable:
         self._entries: OrderedDict[int, Entry] = OrderedDict()
         self.evicted = 0
         self.reuse_rejected = 0
+        self.pruned = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -49,7 +53,11 @@ class ProcessTable:
         return pid in self._entries
 
     def record(self, entry: Entry) -> None:
-        """Insert or replace the entry for ``entry.pid`` (an exec replaces the image)."""
+        """Insert or replace the entry for ``entry.pid`` (an exec replaces the image).
+
+        Only the fields a child's ``process.parent`` uses are kept: an entry must not pin the
+        whole event (and through it its own parent's) in memory."""
+        entry.process = {k: entry.process[k] for k in PARENT_FIELDS if k in entry.process}
         self._entries[entry.pid] = entry
         self._entries.move_to_end(entry.pid)
         while len(self._entries) > self.max_entries:
@@ -75,6 +83,22 @@ class ProcessTable:
 
     def remove(self, pid: int) -> None:
         self._entries.pop(pid, None)
+
+    def prune(self, alive: Callable[[int], bool]) -> int:
+        """Drop entries of processes found gone on two consecutive calls (a grace period for
+        events of a process that arrive after it exited). Returns how many were dropped."""
+        dropped = 0
+        for pid in list(self._entries):
+            entry = self._entries[pid]
+            if alive(pid):
+                entry.gone = False
+            elif entry.gone:
+                del self._entries[pid]
+                dropped += 1
+            else:
+                entry.gone = True
+        self.pruned += dropped
+        return dropped
 
 
 def parent_context(entry: Entry, running: bool | None) -> dict[str, Any]:

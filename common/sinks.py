@@ -113,12 +113,15 @@ class FanOut:
 def open_sink(target: str, max_bytes: int = DEFAULT_MAX_BYTES,
               generations: int = DEFAULT_GENERATIONS) -> Sink:
     """An output by name: ``-`` or ``stdout``; ``jsonl:PATH`` or a bare ``PATH`` for a rotated
-    file (its directory is created)."""
+    file (its directory is created). A path that exists and is not a regular file (/dev/null, a
+    FIFO) is written as it is: never rotated, never chmod-ed."""
     if target in ("-", "stdout"):
         return StreamSink()
     path = target[len("jsonl:"):] if target.startswith("jsonl:") else target
     if not path:
         raise ValueError(f"output {target!r} names no file")
+    if os.path.exists(path) and not os.path.isfile(path):
+        return StreamSink(open(path, "a", encoding="utf-8", errors="surrogateescape"))
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o750, exist_ok=True)
     return RotatingFileSink(path, max_bytes, generations)

@@ -48,6 +48,7 @@ class StatusReporter:
         if self.enricher is not None:
             table = self.enricher.table
             stats["process_table"] = {"entries": len(table), "evicted": table.evicted,
+                                      "pruned_exited": table.pruned,
                                       "pid_reuse_rejected": table.reuse_rejected}
             hasher = self.enricher.hasher
             stats["file_hash_cache"] = {"hits": hasher.hits, "misses": hasher.misses,
@@ -58,6 +59,9 @@ class StatusReporter:
         if time.monotonic() < self._next:
             return
         self._next = time.monotonic() + self.interval
+        if self.enricher is not None and self.enricher.live:
+            proc = self.enricher.proc
+            self.enricher.table.prune(lambda pid: os.path.exists(f"{proc}/{pid}"))
         stats = self.snapshot()
         self.write_file(stats)
         if self.emit:

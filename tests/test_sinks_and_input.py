@@ -61,3 +61,32 @@ def test_reader_resumes_after_an_unterminated_object() -> None:
     assert _docs('{"a": 1\n{"b": 2}\n') == [(1, None, True), (2, {"b": 2}, False)]
     assert _docs('{"a": 1}\n{"b": \n') == [(1, {"a": 1}, False), (2, None, True)]
     assert _docs('{"a": 1} trailing\n') == [(1, None, True)]
+
+
+def test_process_table_is_bounded_slim_and_prunes_exited_processes() -> None:
+    from common.proctable import Entry, ProcessTable
+    table = ProcessTable(max_entries=3)
+    for pid in range(1, 6):
+        table.record(Entry(pid, float(pid), {"pid": pid, "executable": "/x",
+                                             "parent": {"pid": 0, "big": "x" * 1000}}))
+    assert len(table) == 3 and table.evicted == 2
+    assert "parent" not in table.get(5).process  # only parent fields are kept
+    alive = {4}
+    assert table.prune(lambda pid: pid in alive) == 0  # first sighting: grace period
+    assert table.prune(lambda pid: pid in alive) == 2
+    assert [p for p in (3, 4, 5) if table.get(p)] == [4]
+    # PID reuse: an entry that started after the child cannot be its parent.
+    assert table.parent_of(4, 1.0) is None and table.reuse_rejected == 1
+    assert table.parent_of(4, 10.0).pid == 4
+
+
+def test_a_device_output_is_written_not_rotated_or_chmodded() -> None:
+    from common.sinks import StreamSink, open_sink
+    before = os.stat("/dev/null")
+    sink = open_sink("jsonl:/dev/null", max_bytes=10)
+    assert isinstance(sink, StreamSink)
+    for _ in range(5):
+        sink.write("x" * 20)
+    sink.close()
+    after = os.stat("/dev/null")
+    assert stat.S_IMODE(after.st_mode) == stat.S_IMODE(before.st_mode)

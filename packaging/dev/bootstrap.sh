@@ -17,8 +17,9 @@ case "$mode" in run|test|setup) ;; *) echo "usage: $0 run|test|setup [args]" >&2
 apt_packages=(python3 python3-venv python3-dev gcc)
 if [ "$mode" = test ]; then
   # rpm: rpmbuild and rpm build and install a real package for the rpm provenance test.
-  # auditd: auditctl, the independent reader of audit state in the live tests.
-  apt_packages+=(rpm auditd)
+  # auditd: auditctl, the independent reader of audit state, and the daemon of the LAUREL
+  # differential test; laurel: the peer that test and the audit benchmark compare with.
+  apt_packages+=(rpm auditd laurel)
 fi
 
 missing=()

@@ -1,0 +1,210 @@
+"""``ttpsensor bench audit``: replay a recorded audit stream through LAUREL and through us.
+
+1. Record: this sensor's unicast session (audit state restored afterwards) captures the records
+   of N real execs on this kernel into a file, exactly as they came from netlink.
+2. Replay the same file, each engine in a child process, and take each child's CPU time
+   (user + system) and peak RSS from ``wait4``: LAUREL (Debian's laurel 0.5.1, enrichment off
+   as in its goldens), ``ttpsensor audisp --format laurel`` (the same output), and our default
+   pipeline (``ecs`` with enrichment and TTPHash).
+3. Memory: the recording repeated with renumbered event ids up to ``--memory-events``, replayed
+   through the default pipeline, peak RSS printed.
+
+CPU is reported per 10,000 exec events with the ratio to LAUREL measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from sensor_linux.audit.netlink import default_exec_rules
+from sensor_linux.audit.session import UnicastSession
+
+LAUREL_CONFIG = """\
+directory = "{dir}"
+statusreport-period = 0
+[auditlog]
+file = "laurel.log"
+size = 4000000000
+generations = 1
+[transform]
+execve-argv = [ "array" ]
+[translate]
+universal = false
+user-db = false
+[enrich]
+pid = false
+execve-env = []
+container = false
+script = false
+"""
+
+_ID = re.compile(rb"msg=audit\((\d+)\.(\d+):(\d+)\)")
+
+
+@dataclass
+class Result:
+    engine: str
+    cpu_seconds: float
+    peak_rss_mib: float
+    events: int
+    output_lines: int
+
+
+def record(path: Path, execs: int) -> int:
+    """Capture the records of ``execs`` real execs; returns how many exec events were seen."""
+    session = UnicastSession(rules=default_exec_rules(b"ttpsensor-bench"),
+                             state_file=str(path.with_suffix(".state.json")))
+    session.open()
+    assert session.records is not None
+    sock = session.records.sock
+    sock.settimeout(2.0)
+    seen = 0
+    try:
+        with open(path, "wb") as out:
+            child = subprocess.Popen([sys.executable, "-c", _SPAWNER, str(execs)])
+            while True:
+                try:
+                    lines, _ = session.records.read_records()
+                except TimeoutError:
+                    if child.poll() is not None:
+                        break
+                    continue
+                for line in lines:
+                    out.write(line)
+                    if line.startswith(b"type=EXECVE "):
+                        seen += 1
+            child.wait()
+    finally:
+        session.close()
+    return seen
+
+
+_SPAWNER = """
+import os, sys
+for i in range(int(sys.argv[1])):
+    pid = os.posix_spawn("/bin/true", ["/bin/true", "bench-%d" % i, "--flag", "value %d" % i],
+                         {})
+    os.waitpid(pid, 0)
+"""
+
+
+def repeat(source: Path, target: Path, events: int) -> None:
+    """The recording repeated until ``events`` exec events, with fresh event ids each time."""
+    data = source.read_bytes()
+    per_copy = data.count(b"type=EXECVE ")
+    copies = max(1, -(-events // max(1, per_copy)))
+    serial_span = 10_000_000
+    with open(target, "wb") as out:
+        for n in range(copies):
+            def renumber(m: re.Match[bytes]) -> bytes:
+                return b"msg=audit(%d.%s:%d)" % (int(m.group(1)) + 3600 * n, m.group(2),
+                                                 int(m.group(3)) + serial_span * n)
+            out.write(_ID.sub(renumber, data))
+
+
+def run_child(engine: str, argv: list[str], stdin: Path, stdout: Path | None) -> Result:
+    with open(stdin, "rb") as fin, open(stdout or os.devnull, "wb") as fout:
+        proc = subprocess.Popen(argv, stdin=fin, stdout=fout, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise click.ClickException(f"{engine} failed: {err[-2000:]}")
+    return Result(engine, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, 0, 0)
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def _laurel_ids(path: Path) -> dict[str, dict]:
+    out = {}
+    with open(path, errors="surrogateescape") as f:
+        for line in f:
+            doc = json.loads(line)
+            out[doc["ID"]] = doc
+    return out
+
+
+@click.command("audit")
+@click.option("--execs", default=20_000, show_default=True,
+              help="Exec events to record from this kernel and replay.")
+@click.option("--memory-events", default=100_000, show_default=True,
+              help="Exec events in the memory replay (the recording, repeated).")
+@click.option("--keep", type=click.Path(file_okay=False), default=None,
+              help="Keep the recording and the outputs in this directory.")
+def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
+    """Audit replay: CPU per 10,000 exec events, ours against LAUREL, and peak memory.
+
+    Needs root (it records through audit netlink) and Debian's laurel package.
+    """
+    laurel = shutil.which("laurel")
+    if laurel is None:
+        raise click.ClickException("LAUREL is needed as the peer: apt-get install laurel")
+    ours = shutil.which("ttpsensor", path=str(Path(sys.executable).parent)) or "ttpsensor"
+    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="ttpsensor-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    from rich.console import Console
+    from rich.table import Table
+    console = Console(stderr=True)
+    recording = work / "recording.log"
+    with console.status(f"recording {execs} execs through audit netlink"):
+        seen = record(recording, execs)
+    console.print(f"recorded {seen} exec events ({recording.stat().st_size / 1e6:.1f} MB) "
+                  f"in {recording}")
+    (work / "laurel").mkdir(exist_ok=True)
+    (work / "laurel.toml").write_text(LAUREL_CONFIG.format(dir=work / "laurel"))
+    engines = [
+        ("LAUREL 0.5.1", [laurel, "--config", str(work / "laurel.toml")], None),
+        ("ttpsensor audisp --format laurel",
+         [ours, "audisp", "--format", "laurel", "--parse-error-log",
+          str(work / "errors.log")], work / "ours-laurel.jsonl"),
+        ("ttpsensor audisp (ecs + TTPHash)",
+         [ours, "audisp", "--parse-error-log", str(work / "errors.log")], work / "ours-ecs.jsonl"),
+    ]
+    results: list[Result] = []
+    for name, argv, out in engines:
+        with console.status(f"replaying through {name}"):
+            result = run_child(name, argv, recording, out)
+        result.events = seen
+        result.output_lines = _count_lines(out or work / "laurel" / "laurel.log")
+        results.append(result)
+    # Same input, same output content: LAUREL's and our laurel lines describe the same events.
+    theirs, mine = _laurel_ids(work / "laurel" / "laurel.log"), _laurel_ids(
+        work / "ours-laurel.jsonl")
+    same = theirs.keys() == mine.keys() and all(
+        theirs[k].get(t) == mine[k].get(t) for k in theirs for t in ("EXECVE", "PATH", "CWD"))
+    memory_file = work / "memory.log"
+    repeat(recording, memory_file, memory_events)
+    with console.status(f"replaying {memory_events} exec events for peak memory"):
+        memory = run_child("memory", [ours, "audisp", "--parse-error-log",
+                                      str(work / "errors.log")], memory_file, None)
+    base = results[0].cpu_seconds
+    table = Table(title=f"audit replay of {seen} recorded exec events (same input for all)")
+    for column in ("engine", "CPU s", "CPU s / 10k events", "vs LAUREL", "peak RSS MiB",
+                   "output lines"):
+        table.add_column(column, justify="left" if column == "engine" else "right")
+    for r in results:
+        table.add_row(r.engine, f"{r.cpu_seconds:.2f}", f"{r.cpu_seconds / seen * 1e4:.2f}",
+                      f"{r.cpu_seconds / base:.2f}×", f"{r.peak_rss_mib:.0f}",
+                      str(r.output_lines))
+    Console().print(table)
+    Console().print(f"LAUREL and ttpsensor laurel output describe the same events: "
+                    f"{'yes' if same else 'NO'}")
+    Console().print(f"peak RSS over a {memory_events}-event replay (ecs + TTPHash): "
+                    f"{memory.peak_rss_mib:.0f} MiB, CPU {memory.cpu_seconds:.1f} s")
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    if not same:
+        raise click.ClickException("the two laurel outputs differ")
+
