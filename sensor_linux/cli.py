@@ -14,6 +14,7 @@ import click
 from common.filehash import FileHasher
 from common.render import RENDERERS
 from common.sinks import DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, open_sinks
+from sensor_linux.privileges import PrivilegeError, drop_to, sensor_dirs
 from sensor_linux.status import StatusReporter
 
 
@@ -50,12 +51,16 @@ DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
                    "or, after a crash, on the next start.")
 @click.option("--parse-error-log", default=None,
               help="Where unparseable audit lines are kept verbatim (see 'audisp --help').")
+@click.option("--user", default="ttpsensor", show_default=True,
+              help="After opening its audit sockets the sensor becomes this user, keeping only "
+                   "CAP_AUDIT_CONTROL, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH. 'root' keeps "
+                   "root.")
 @click.option("--interval", default=1.0, show_default=True,
               help="procfs: seconds between scans.")
 @click.option("--once", is_flag=True, help="procfs: scan once, report, and exit.")
 def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generations: int,
         status_file: str, status_interval: float, rules_file: str | None, state_file: str,
-        parse_error_log: str | None, interval: float, once: bool) -> None:
+        parse_error_log: str | None, user: str, interval: float, once: bool) -> None:
     """Run the Linux sensor: enriched process events with their TTPHash, as JSON lines.
 
     Every exec becomes an event with the executable's digests (of the image as it ran), its
@@ -74,7 +79,7 @@ def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generat
         _run_procfs(sink, RENDERERS[fmt], interval, once)
     else:
         _run_audit(source, fmt, sink, rules_file, state_file, parse_error_log, max_bytes,
-                   generations, status_file, status_interval)
+                   generations, status_file, status_interval, user, outputs)
 
 
 def _run_procfs(sink: Any, render: Any, interval: float, once: bool) -> None:
@@ -111,7 +116,8 @@ def _run_procfs(sink: Any, render: Any, interval: float, once: bool) -> None:
 
 def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_file: str,
                parse_error_log: str | None, max_bytes: int, generations: int,
-               status_file: str, status_interval: float) -> None:
+               status_file: str, status_interval: float, user: str,
+               outputs: tuple[str, ...]) -> None:
     from sensor_linux.audit.netlink import AuditNetlinkError
     from sensor_linux.audit.pipeline import AuditPipeline
     from sensor_linux.audit.session import (AuditBusy, AuditLocked, UnicastSession,
@@ -141,15 +147,21 @@ def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_f
     for warning in getattr(session, "warnings", []):
         click.echo(f"ttpsensor: warning: {warning}", err=True)
     enricher = Enricher() if fmt != "laurel" else None
-    if enricher is not None:
-        _seed_process_table(enricher)
     error_log = _error_log(parse_error_log, max_bytes, generations)
     pipeline = AuditPipeline(fmt, sink, enricher=enricher, error_log=error_log)
-    reporter = StatusReporter(session, pipeline, enricher, status_file, status_interval,
-                              emit=fmt == "ecs")
     lost = 0
     try:
+        if enricher is not None:
+            _seed_process_table(enricher)
+        files = [o[len("jsonl:"):] if o.startswith("jsonl:") else o for o in outputs
+                 if o not in ("-", "stdout")]
+        files += [status_file, state_file, error_log.path]
+        click.echo(f"ttpsensor: {drop_to(user, sensor_dirs(files))}", err=True)
+        reporter = StatusReporter(session, pipeline, enricher, status_file, status_interval,
+                                  emit=fmt == "ecs")
         pump(session, pipeline, stop, on_tick=reporter.tick)
+    except PrivilegeError as exc:
+        raise click.ClickException(str(exc)) from exc
     finally:
         # The audit state is restored first and whatever else fails: it is the whole machine's.
         try:
@@ -162,7 +174,8 @@ def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_f
             sink.close()
             error_log.close()
         summary = {"source": session.mode, "kernel_lost": lost, **pipeline.summary()}
-        reporter.final(summary)
+        if "reporter" in locals():
+            reporter.final(summary)
         click.echo(f"ttpsensor: stopped: {json.dumps(summary)}", err=True)
 
 

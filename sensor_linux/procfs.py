@@ -147,6 +147,15 @@ def container_id(cgroup: bytes | None) -> str | None:
     return match.group().decode() if match else None
 
 
+def live_container_id(pid: int, executable: str | bytes | None,
+                      proc: str = PROC) -> str | None:
+    """The container id of a live process, if it is still running ``executable``."""
+    link, _ = read_exe(pid, proc)
+    if link is None or link != executable:
+        return None
+    return container_id(_read(f"{proc}/{pid}/cgroup"))
+
+
 def exe_identity(pid: int, executable: str | bytes | None, hasher: FileHasher,
                  proc: str = PROC, *, use_proc: bool = True,
                  image_inodes: frozenset[tuple[int, int]] | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ class StatusReporter:
         self.interval = interval
         self.emit = emit
         self.started = time.time()
+        self.write_failed = False
         self._next = time.monotonic() + interval
         self.write_file(self.snapshot())
 
@@ -77,14 +79,20 @@ class StatusReporter:
                          "started": self.started, "updated": time.time(), **summary})
 
     def write_file(self, stats: dict[str, Any]) -> None:
+        """Replace the status file atomically; a failure is reported once, never fatal."""
         if not self.path:
             return
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, mode=0o750, exist_ok=True)
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(stats, f, indent=1)
-        os.replace(tmp, self.path)
+        try:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(directory, mode=0o750, exist_ok=True)
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(stats, f, indent=1)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            if not self.write_failed:
+                sys.stderr.write(f"ttpsensor: cannot write status file {self.path}: {exc}\n")
+            self.write_failed = True
 
 
 def read_status(path: str) -> dict[str, Any]:

@@ -145,3 +145,20 @@ def test_audisp_plugin_entry_point_reads_its_settings_from_toml(tmp_path) -> Non
     bad = subprocess.run([str(plugin), "--config", str(config)], input="",
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown settings colour" in bad.stderr
+
+
+def test_sockaddr_decoding_on_real_records() -> None:
+    from sensor_linux.audit.decode import sockaddr
+    builder = AuditEventBuilder(Enricher(live=False))
+    events, _, _ = assemble_file(LAUREL_DIR / "record-connect.txt")
+    built = [builder.build(e) for e in events]
+    assert [e["destination"] for e in built] == [{"ip": "127.0.0.1", "port": 11211},
+                                                 {"ip": "::1", "port": 11211}]
+    [nscd] = [builder.build(e) for e in assemble_file(LAUREL_DIR / "record-nscd.txt")[0]]
+    assert nscd["audit"]["sockaddr"]["path"] == "/var/run/nscd/socket"
+    # ppc64 is big-endian: the family is too (LAUREL's golden says port 55555 on 0.0.0.0).
+    [bind] = assemble_file(LAUREL_DIR / "record-bind-ipv4-bigendian.txt")[0]
+    assert builder.build(bind)["source"] == {"ip": "0.0.0.0", "port": 55555}  # bind: this end
+    record = next(r for r in bind.records if r.type_name == "SOCKADDR")
+    assert sockaddr(record.get("saddr"), 0x80000015) == {
+        "family": "inet", "port": 55555, "address": "0.0.0.0"}

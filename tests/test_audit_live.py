@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from common import ecs
+from common.filehash import FileHasher
 from common.percent import as_text
 from sensor_linux.audit.netlink import AuditNetlinkError, AuditSocket
 from sensor_linux.audit.session import process_name
@@ -63,6 +64,10 @@ class Sensor:
     """``ttpsensor run`` as a subprocess writing JSON lines to a file."""
 
     def __init__(self, tmp: Path, name: str, *args: str) -> None:
+        # The sensor drops to the ttpsensor user after opening its sockets; it may write only
+        # in directories named for it.
+        tmp = tmp / "ttpsensor-files"
+        tmp.mkdir(exist_ok=True)
         self.out = tmp / f"{name}.jsonl"
         self.err_path = tmp / f"{name}.err"
         self.proc = subprocess.Popen(
@@ -119,12 +124,22 @@ def _assert_complete(events: list[dict], token: str, spawned: dict[int, list[byt
 
 def test_unicast_captures_2000_execs_exactly_and_restores_state(audit_guard, tmp_path) -> None:
     lost_before = kernel_lost()
-    status_file = tmp_path / "status.json"
-    sensor = Sensor(tmp_path, "unicast", "--source", "audit", "--state-file",
-                    str(tmp_path / "state.json"), "--status-file", str(status_file),
-                    "--status-interval", "1")
+    files = tmp_path / "ttpsensor-files"
+    status_file, state_file = files / "status.json", files / "state.json"
+    sensor = Sensor(tmp_path, "unicast", "--source", "audit", "--state-file", str(state_file),
+                    "--status-file", str(status_file), "--status-interval", "1")
+    secret = tmp_path / "root-only-true"
+    shutil.copy("/bin/true", secret)
+    secret.chmod(0o700)
     try:
         sensor.wait_for(lambda: registered(sensor), "registration")
+        sensor.wait_for(lambda: "running as ttpsensor" in sensor.stderr, "privilege drop")
+        status = Path(f"/proc/{sensor.proc.pid}/status").read_text()
+        assert "\nUid:\t0\t" not in status
+        cap_eff = int(next(l.split()[1] for l in status.splitlines() if l.startswith("CapEff")),
+                      16)
+        assert cap_eff == (1 << 30) | (1 << 19) | (1 << 2)  # AUDIT_CONTROL, SYS_PTRACE, DAC_R_S
+        subprocess.run([str(secret), "ttpw-secret"], check=True)
         assert auditctl_state()[0]["enabled"] == "1"
         assert "ttpsensor-exec" in auditctl_state()[1]
         token, spawned = run_execs(2000)
@@ -139,12 +154,16 @@ def test_unicast_captures_2000_execs_exactly_and_restores_state(audit_guard, tmp
     finally:
         assert sensor.stop() == 0, sensor.stderr
     _assert_complete(sensor.events(), token, spawned)
+    [hidden] = [e for e in sensor.events() if "ttpw-secret" in (e.get("process", {}).get("args")
+                                                               or [])]
+    # Unreadable to the sensor's user, hashed all the same (CAP_DAC_READ_SEARCH).
+    assert hidden["process"]["hash"]["sha256"] == FileHasher().digests("/bin/true").sha256
     assert kernel_lost() == lost_before
     summary = json.loads(sensor.stderr.strip().splitlines()[-1].split("stopped: ", 1)[1])
     assert summary["kernel_lost"] == 0 and summary["socket_overflows"] == 0
     assert summary["parse_errors"] == 0 and summary["internal_errors"] == 0
     assert auditctl_state() == audit_guard  # restored exactly
-    assert not (tmp_path / "state.json").exists()
+    assert not state_file.exists()
     final = json.loads(status_file.read_text())
     assert final["running"] is False and final["events"] >= 2000
     assert final["kernel_lost"] == 0 and final["assembly"]["serial_gaps"] == 0
@@ -153,7 +172,7 @@ def test_unicast_captures_2000_execs_exactly_and_restores_state(audit_guard, tmp
 def test_multicast_beside_a_registered_daemon_and_refusal_of_a_second_daemon(
         audit_guard, tmp_path) -> None:
     daemon = Sensor(tmp_path, "daemon", "--source", "audit", "--state-file",
-                    str(tmp_path / "state.json"))
+                    str(tmp_path / "ttpsensor-files" / "state.json"))
     listener = None
     try:
         daemon.wait_for(lambda: registered(daemon), "registration")
@@ -167,10 +186,10 @@ def test_multicast_beside_a_registered_daemon_and_refusal_of_a_second_daemon(
         listener.wait_for(lambda: "source:" in listener.stderr, "source choice")
         assert "multicast" in listener.stderr and f"pid {daemon.proc.pid}" in listener.stderr
         time.sleep(1.0)  # the listener has joined the group once it has said so; margin
-        token, spawned = run_execs(500)
+        token, spawned = run_execs(2000)
         for sensor in (daemon, listener):
             sensor.wait_for(lambda s=sensor: len(_captured(s.events(), token)) == len(spawned),
-                            "500 exec events")
+                            "2000 exec events", timeout=180)
     finally:
         if listener is not None:
             assert listener.stop() == 0, listener.stderr
@@ -181,7 +200,7 @@ def test_multicast_beside_a_registered_daemon_and_refusal_of_a_second_daemon(
 
 
 def test_after_sigkill_the_next_start_repairs_the_stale_state(audit_guard, tmp_path) -> None:
-    state = str(tmp_path / "state.json")
+    state = str(tmp_path / "ttpsensor-files" / "state.json")
     first = Sensor(tmp_path, "killed", "--source", "audit", "--state-file", state)
     first.wait_for(lambda: registered(first), "registration")
     first.stop(signal.SIGKILL)

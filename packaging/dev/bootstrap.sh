@@ -33,6 +33,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The unprivileged user the sensor becomes once its audit sockets are open.
+if ! getent passwd ttpsensor >/dev/null; then
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ttpsensor
+fi
+
 # Debian's own python3 (not a pyenv or other interpreter on PATH), with the system site-packages
 # visible so that Debian's python3-bpfcc (BCC) can be imported by the eBPF source.
 extra=""

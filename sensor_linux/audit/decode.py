@@ -1,4 +1,4 @@
-"""Decode argv, which audit spreads over several fields and records.
+"""Decode what audit spreads over several fields or encodes in binary: argv and sockaddr.
 
 EXECVE carries ``argc`` and ``a0``, ``a1``, ... over one or more records; an argument too long
 for one record comes as ``aN_len`` followed by ``aN[0]``, ``aN[1]``, ... chunks. Any argument may
@@ -7,6 +7,7 @@ be hex-encoded (already decoded by the parser).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Iterable
 
@@ -42,3 +43,33 @@ def execve_argv(body: Iterable[tuple[str, Value]]) -> tuple[list[bytes | None], 
         whole[index] = b"".join(parts[i] for i in sorted(parts))
     count = max(max(whole) + 1 if whole else 0, argc or 0)
     return [whole.get(i) for i in range(count)], argc
+
+
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+_AUDIT_ARCH_LE = 0x40000000
+
+
+def sockaddr(raw: bytes, arch: int | None = None) -> dict[str, object]:
+    """A SOCKADDR record's ``saddr`` as ``{family, address?, port?, path?}``.
+
+    The family is in the audited machine's byte order (the arch's little-endian bit says which);
+    ports are in network order. Unknown families keep only their number.
+    """
+    if len(raw) < 2:
+        return {"family": None}
+    little = arch is None or bool(arch & _AUDIT_ARCH_LE)
+    family = int.from_bytes(raw[:2], "little" if little else "big")
+    out: dict[str, object] = {"family": family}
+    if family == AF_INET and len(raw) >= 8:
+        out.update(family="inet", port=int.from_bytes(raw[2:4], "big"),
+                   address=".".join(str(b) for b in raw[4:8]))
+    elif family == AF_INET6 and len(raw) >= 24:
+        out.update(family="inet6", port=int.from_bytes(raw[2:4], "big"),
+                   address=str(ipaddress.IPv6Address(raw[8:24])))
+    elif family == AF_UNIX:
+        path = raw[2:]
+        abstract = path[:1] == b"\0"
+        path = path[1:] if abstract else path.split(b"\0", 1)[0]
+        out.update(family="local", path=path.rstrip(b"\0") if abstract else path,
+                   abstract=abstract)
+    return out

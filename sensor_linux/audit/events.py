@@ -16,10 +16,10 @@ from common.proctable import Entry
 from common.schema import Event, new_event
 from sensor_linux.audit import syscalls
 from sensor_linux.audit.assemble import AuditEvent
-from sensor_linux.audit.decode import execve_argv
-from sensor_linux.audit.records import CWD, EXECVE, PATH, SYSCALL, Record, Value
+from sensor_linux.audit.decode import execve_argv, sockaddr
+from sensor_linux.audit.records import CWD, EXECVE, PATH, SOCKADDR, SYSCALL, Record, Value
 from sensor_linux.enrich import Enricher
-from sensor_linux.procfs import ProcessFacts
+from sensor_linux.procfs import ProcessFacts, live_container_id
 
 UNSET = 4294967295
 
@@ -70,9 +70,11 @@ class AuditEventBuilder:
         else:
             if name in syscalls.CLONE and syscall is not None:
                 self._record_clone(audit, syscall)
+            elif name in syscalls.EXIT and syscall is not None:
+                self._record_exit(syscall)
             event = self._generic_event(audit, syscall, name)
             self.generic_events += 1
-        event["audit"] = self._audit_map(audit, syscall, name)
+        event.setdefault("audit", {}).update(self._audit_map(audit, syscall, name))
         return event
 
     @staticmethod
@@ -118,6 +120,9 @@ class AuditEventBuilder:
             argv, _ = execve_argv(execve)
             facts.args = [None if a is None else as_text(a) for a in argv]  # type: ignore[misc]
         facts.image_inodes = frozenset(inodes) if inodes else None
+        if self.enricher.live:
+            facts.container_id = live_container_id(facts.pid, facts.executable,
+                                                   self.enricher.proc)
         success = syscall.get("success") == b"yes"
         if not success:
             # A failed exec leaves the caller's image in place: the event is about the file it
@@ -154,6 +159,13 @@ class AuditEventBuilder:
         process["pid"] = child
         table.record(Entry(child, when, process, parent.event_id))
 
+    def _record_exit(self, syscall: Record) -> None:
+        """The process is gone: its entry goes at the table's next prune (late events of it
+        may still arrive and need it as a parent)."""
+        entry = self.enricher.table.get(_int(syscall.get("pid")) or -1)
+        if entry is not None:
+            entry.gone = True
+
     def _generic_event(self, audit: AuditEvent, syscall: Record | None,
                        name: str | None) -> Event:
         first = audit.records[0].type_name.lower() if audit.records else "unknown"
@@ -167,6 +179,18 @@ class AuditEventBuilder:
             success = syscall.get("success")
             if isinstance(success, bytes):
                 event["event"]["outcome"] = "success" if success == b"yes" else "failure"
+        arch = _int(syscall.get("arch")) if syscall is not None else None
+        addresses = [sockaddr(r.get("saddr"), arch) for r in audit.records
+                     if r.rtype == SOCKADDR and isinstance(r.get("saddr"), bytes)]
+        if addresses:
+            address = addresses[0]
+            if "path" in address:
+                address["path"] = as_text(address["path"])  # type: ignore[arg-type]
+            # connect/sendto name the peer; bind/accept name this end.
+            side = "source" if name in ("bind", "accept", "accept4") else "destination"
+            if "address" in address:
+                event[side] = {"ip": address["address"], "port": address["port"]}
+            event.setdefault("audit", {})["sockaddr"] = address
         return event
 
     @staticmethod

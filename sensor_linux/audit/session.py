@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 
 from sensor_linux.audit import netlink
@@ -155,6 +156,10 @@ class UnicastSession:
                 os.unlink(self.state_file)
             except FileNotFoundError:
                 pass
+            except OSError as exc:
+                # The state is restored; a stale file only makes the next start restore the
+                # same state again, which is harmless.
+                sys.stderr.write(f"ttpsensor: cannot remove {self.state_file}: {exc}\n")
             self.saved = None
         for sock in (self.records, self.control):
             if sock is not None:

@@ -1,8 +1,9 @@
-"""The syscalls the process table follows, per audit architecture.
+"""The syscalls the sensor needs to recognize, per audit architecture.
 
-Only these names matter to the sensor (exec creates a process image, clone/fork creates a
-process, exit ends one); any other syscall keeps its number, or the name auditd's ENRICHED
-format supplies. Numbers from the kernel's syscall tables (arch/*/syscall*.tbl).
+Exec creates a process image, clone/fork a process, exit ends one; bind/accept versus connect
+tells which end a socket address describes. Any other syscall keeps its number, or the name
+auditd's ENRICHED format supplies. Numbers from the kernel's syscall tables
+(arch/*/syscall*.tbl).
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ _TABLES: dict[str, dict[int, str]] = {
     "s390x": {1: "exit", 2: "fork", 11: "execve", 120: "clone", 190: "vfork", 248: "exit_group",
               354: "execveat", 435: "clone3"},
 }
+_SOCKETS = {
+    "x86_64": {42: "connect", 43: "accept", 49: "bind", 288: "accept4"},
+    "aarch64": {200: "bind", 202: "accept", 203: "connect", 242: "accept4"},
+    "riscv64": {200: "bind", 202: "accept", 203: "connect", 242: "accept4"},
+    "ppc64": {327: "bind", 328: "connect", 330: "accept", 344: "accept4"},
+    "i386": {361: "bind", 362: "connect", 364: "accept4"},
+    "arm": {282: "bind", 283: "connect", 285: "accept", 366: "accept4"},
+    "s390x": {361: "bind", 362: "connect", 364: "accept4"},
+}
+for _arch, _names in _SOCKETS.items():
+    _TABLES[_arch].update(_names)
 _TABLES["ppc64le"] = _TABLES["ppc64"]
 
 EXEC = frozenset({"execve", "execveat"})
