@@ -47,20 +47,45 @@ class Provenance:
 UNPACKAGED_FIELD = {"name": "", "verified": None}
 
 
-class DpkgIndex:
+class _RefreshingIndex:
+    """An index rebuilt when its database changes, checked at most every ``recheck_seconds``.
+    Subclasses say how to stamp the database (``_db_stamp``) and how to build (``_build``)."""
+
+    def __init__(self, recheck_seconds: float) -> None:
+        self.recheck_seconds = recheck_seconds
+        self._stamp: object = None
+        self._checked = 0.0
+        self.builds = 0
+
+    def _db_stamp(self) -> object:
+        raise NotImplementedError
+
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and self.builds and now - self._checked < self.recheck_seconds:
+            return
+        self._checked = now
+        stamp = self._db_stamp()
+        if force or not self.builds or stamp != self._stamp:
+            self._build()
+            self.builds += 1
+            self._stamp = stamp
+
+
+class DpkgIndex(_RefreshingIndex):
     """Path -> owning package for a root file system (``/`` by default)."""
 
     def __init__(self, root: str = "/", recheck_seconds: float = DEFAULT_RECHECK_SECONDS) -> None:
+        super().__init__(recheck_seconds)
         self.root = root
         self.dpkg = os.path.join(root, DPKG_DIR)
-        self.recheck_seconds = recheck_seconds
         self._owners: dict[str, str] = {}
         self._versions: dict[str, str] = {}
         self._md5: dict[str, dict[str, str]] = {}   # package -> path -> md5, loaded lazily
         self._aliases: list[tuple[str, str]] = []
-        self._stamp: tuple[int, int] | None = None
-        self._checked = 0.0
-        self.builds = 0
 
     @property
     def available(self) -> bool:
@@ -73,18 +98,6 @@ class DpkgIndex:
         except OSError:
             return None
         return info, status
-
-    def refresh(self, force: bool = False) -> None:
-        """Re-index when the database changed (checked at most every ``recheck_seconds``)."""
-        now = time.monotonic()
-        if not force and self._stamp is not None and now - self._checked < self.recheck_seconds:
-            return
-        self._checked = now
-        stamp = self._db_stamp()
-        if stamp == self._stamp and not force:
-            return
-        self._build()
-        self._stamp = stamp
 
     def _build(self) -> None:
         owners: dict[str, str] = {}
@@ -110,7 +123,6 @@ class DpkgIndex:
             if os.path.realpath(os.path.join(self.root, d))
             == os.path.realpath(os.path.join(self.root, "usr", d))
             and os.path.islink(os.path.join(self.root, d))]
-        self.builds += 1
 
     def _read_versions(self) -> dict[str, str]:
         versions: dict[str, str] = {}
@@ -187,22 +199,19 @@ _RPM_QUERY = ("[%{FILENAMES}\t%{FILEDIGESTS}\t%{=FILEDIGESTALGO}\t%{=NAME}\t"
               "%{=VERSION}-%{=RELEASE}\n]")
 
 
-class RpmIndex:
+class RpmIndex(_RefreshingIndex):
     """Path -> owning rpm package, with the per-file digest rpm recorded."""
 
     def __init__(self, root: str = "/", recheck_seconds: float = DEFAULT_RECHECK_SECONDS,
                  rpm: str = "rpm") -> None:
+        super().__init__(recheck_seconds)
         self.root = root
         self.rpm = shutil.which(rpm)
         self.dbpath = next((p for p in RPM_DB_PATHS
                             if os.path.isdir(os.path.join(root, p))
                             and any(n.startswith(("rpmdb", "Packages"))
                                     for n in os.listdir(os.path.join(root, p)))), None)
-        self.recheck_seconds = recheck_seconds
         self._files: dict[str, tuple[str, str, str, int]] = {}  # path -> (pkg, ver, digest, algo)
-        self._stamp: int | None = None
-        self._checked = 0.0
-        self.builds = 0
 
     @property
     def available(self) -> bool:
@@ -212,16 +221,6 @@ class RpmIndex:
         directory = os.path.join(self.root, self.dbpath or "")
         return max((os.stat(os.path.join(directory, n)).st_mtime_ns
                     for n in os.listdir(directory)), default=0)
-
-    def refresh(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and self._stamp is not None and now - self._checked < self.recheck_seconds:
-            return
-        self._checked = now
-        stamp = self._db_stamp()
-        if stamp != self._stamp or force:
-            self._build()
-            self._stamp = stamp
 
     def _build(self) -> None:
         out = subprocess.run(
@@ -237,7 +236,6 @@ class RpmIndex:
                              (name.decode(), version.decode(), digest.decode().upper(),
                               int(algo or 0)))
         self._files = files
-        self.builds += 1
 
     def provenance(self, path: str | bytes, digests: FileDigests | None) -> Provenance | None:
         if isinstance(path, bytes):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from sensor_linux.audit.laurel import PEER_CONFIG
 from sensor_linux.audit.netlink import AuditSocket
 from sensor_linux.audit.session import process_name
 from tests.conftest import require, ttpsensor_command
@@ -67,24 +68,6 @@ args = {args}
 format = string
 """
 
-LAUREL_TOML = """\
-directory = "{dir}/laurel"
-statusreport-period = 0
-[auditlog]
-file = "laurel.log"
-size = 500000000
-generations = 2
-[transform]
-execve-argv = [ "array" ]
-[translate]
-universal = false
-user-db = false
-[enrich]
-pid = false
-execve-env = []
-container = false
-script = false
-"""
 
 
 def _json_lines(path: Path) -> list[dict]:
@@ -137,7 +120,7 @@ def auditd_with_two_plugins(tmp_path):
     plugins.mkdir()
     (tmp_path / "laurel").mkdir()
     (tmp_path / "auditd.conf").write_text(AUDITD_CONF.format(dir=tmp_path))
-    (tmp_path / "laurel.toml").write_text(LAUREL_TOML.format(dir=tmp_path))
+    (tmp_path / "laurel.toml").write_text(PEER_CONFIG.format(directory=tmp_path / "laurel"))
     (plugins / "laurel.conf").write_text(PLUGIN.format(
         path=shutil.which("laurel"), args=f"--config {tmp_path}/laurel.toml"))
     plugin = Path(ttpsensor_command()[0]).with_name("ttpsensor-audisp")

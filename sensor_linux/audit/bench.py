@@ -26,27 +26,10 @@ from pathlib import Path
 
 import click
 
+from sensor_linux.audit.laurel import PEER_CONFIG
 from sensor_linux.audit.netlink import default_exec_rules
 from sensor_linux.audit.session import UnicastSession
 
-LAUREL_CONFIG = """\
-directory = "{dir}"
-statusreport-period = 0
-[auditlog]
-file = "laurel.log"
-size = 4000000000
-generations = 1
-[transform]
-execve-argv = [ "array" ]
-[translate]
-universal = false
-user-db = false
-[enrich]
-pid = false
-execve-env = []
-container = false
-script = false
-"""
 
 _ID = re.compile(rb"msg=audit\((\d+)\.(\d+):(\d+)\)")
 
@@ -103,7 +86,9 @@ def repeat(source: Path, target: Path, events: int) -> None:
     data = source.read_bytes()
     per_copy = data.count(b"type=EXECVE ")
     copies = max(1, -(-events // max(1, per_copy)))
-    serial_span = 10_000_000
+    serials = [int(m.group(3)) for m in _ID.finditer(data)]
+    # Each copy continues the serial sequence, so the replay shows no artificial gaps.
+    serial_span = max(serials) - min(serials) + 1 if serials else 0
     with open(target, "wb") as out:
         for n in range(copies):
             def renumber(m: re.Match[bytes]) -> bytes:
@@ -113,10 +98,20 @@ def repeat(source: Path, target: Path, events: int) -> None:
 
 
 def run_child(engine: str, argv: list[str], stdin: Path, stdout: Path | None) -> Result:
-    with open(stdin, "rb") as fin, open(stdout or os.devnull, "wb") as fout:
-        proc = subprocess.Popen(argv, stdin=fin, stdout=fout, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    """Run one engine and take its CPU time and peak RSS from wait4.
+
+    posix_spawn, not fork: a forked child counts its parent's memory in its peak RSS until it
+    execs, and this process can be large (it holds outputs to compare).
+    """
+    err_path = stdin.with_name(f"{stdin.stem}.{os.getpid()}.stderr")
+    with open(stdin, "rb") as fin, open(stdout or os.devnull, "wb") as fout, \
+            open(err_path, "wb") as ferr:
+        pid = os.posix_spawnp(argv[0], argv, dict(os.environ), file_actions=[
+            (os.POSIX_SPAWN_DUP2, fin.fileno(), 0), (os.POSIX_SPAWN_DUP2, fout.fileno(), 1),
+            (os.POSIX_SPAWN_DUP2, ferr.fileno(), 2)])
+        _, status, usage = os.wait4(pid, 0)
+    err = err_path.read_text(errors="replace")
+    err_path.unlink()
     if os.waitstatus_to_exitcode(status) != 0:
         raise click.ClickException(f"{engine} failed: {err[-2000:]}")
     return Result(engine, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, 0, 0)
@@ -163,7 +158,7 @@ def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
     console.print(f"recorded {seen} exec events ({recording.stat().st_size / 1e6:.1f} MB) "
                   f"in {recording}")
     (work / "laurel").mkdir(exist_ok=True)
-    (work / "laurel.toml").write_text(LAUREL_CONFIG.format(dir=work / "laurel"))
+    (work / "laurel.toml").write_text(PEER_CONFIG.format(directory=work / "laurel"))
     engines = [
         ("LAUREL 0.5.1", [laurel, "--config", str(work / "laurel.toml")], None),
         ("ttpsensor audisp --format laurel",
@@ -179,16 +174,18 @@ def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
         result.events = seen
         result.output_lines = _count_lines(out or work / "laurel" / "laurel.log")
         results.append(result)
-    # Same input, same output content: LAUREL's and our laurel lines describe the same events.
-    theirs, mine = _laurel_ids(work / "laurel" / "laurel.log"), _laurel_ids(
-        work / "ours-laurel.jsonl")
-    same = theirs.keys() == mine.keys() and all(
-        theirs[k].get(t) == mine[k].get(t) for k in theirs for t in ("EXECVE", "PATH", "CWD"))
     memory_file = work / "memory.log"
     repeat(recording, memory_file, memory_events)
     with console.status(f"replaying {memory_events} exec events for peak memory"):
         memory = run_child("memory", [ours, "audisp", "--parse-error-log",
                                       str(work / "errors.log")], memory_file, None)
+    # Compared last: loading the outputs makes this process large, and a child forked from a
+    # large parent reports the parent's size as its own peak RSS until it execs.
+    # Same input, same output content: LAUREL's and our laurel lines describe the same events.
+    theirs, mine = _laurel_ids(work / "laurel" / "laurel.log"), _laurel_ids(
+        work / "ours-laurel.jsonl")
+    same = theirs.keys() == mine.keys() and all(
+        theirs[k].get(t) == mine[k].get(t) for k in theirs for t in ("EXECVE", "PATH", "CWD"))
     base = results[0].cpu_seconds
     table = Table(title=f"audit replay of {seen} recorded exec events (same input for all)")
     for column in ("engine", "CPU s", "CPU s / 10k events", "vs LAUREL", "peak RSS MiB",

@@ -22,6 +22,27 @@ from sensor_linux.audit.records import (CWD, EXECVE, PROCTITLE, SYSCALL, Hex, Oc
                                         is_multipart, type_name)
 
 _SINGLE = frozenset({SYSCALL, EXECVE, PROCTITLE, CWD})
+
+# LAUREL configured as for its golden files (no translation, no enrichment), for running it as
+# the peer our output is compared with (tests, benchmarks). Format with directory=.
+PEER_CONFIG = """\
+directory = "{directory}"
+statusreport-period = 0
+[auditlog]
+file = "laurel.log"
+size = 4000000000
+generations = 1
+[transform]
+execve-argv = [ "array" ]
+[translate]
+universal = false
+user-db = false
+[enrich]
+pid = false
+execve-env = []
+container = false
+script = false
+"""
 _ESCAPE = re.compile("[\x00-\x1f\x7f%+\"\\\\\ufeff\udc80-\udcff]")
 _FIXED = {'"': '\\"', "\\": "\\\\", "\ufeff": "%ef%bb%bf"}
 
