@@ -1,0 +1,1 @@
+"""Linux eBPF exec source (BCC): tracepoints only, argv snapshotted at syscall entry."""
