@@ -18,7 +18,7 @@ from sensor_linux.privileges import PrivilegeError, drop_to, sensor_dirs
 from sensor_linux.status import StatusReporter
 
 
-SOURCES = ["auto", "audit", "audit-multicast", "procfs"]
+SOURCES = ["auto", "audit", "audit-multicast", "ebpf", "procfs"]
 DATA_DIR = "ttpsensor-data"
 DEFAULT_OUTPUTS = ["-", f"jsonl:{DATA_DIR}/events.jsonl"]
 DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
@@ -28,8 +28,9 @@ DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
 @click.option("--source", type=click.Choice(SOURCES), default="auto", show_default=True,
               help="auto: audit unicast when no audit daemon is registered, else multicast. "
                    "audit: be the audit daemon (enables audit, loads exec rules, restores "
-                   "everything on exit). audit-multicast: read-only beside auditd. procfs: "
-                   "scan /proc (an inventory of running processes, ECS event.kind 'state').")
+                   "everything on exit). audit-multicast: read-only beside auditd. ebpf: BCC "
+                   "tracepoint probes on exec. procfs: scan /proc (an inventory of running "
+                   "processes, ECS event.kind 'state').")
 @click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS) + ["laurel"]),
               default="ecs", show_default=True, help="Output format of each JSON line.")
 @click.option("--output", "outputs", multiple=True, default=DEFAULT_OUTPUTS, show_default=True,
@@ -55,12 +56,19 @@ DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
               help="After opening its audit sockets the sensor becomes this user, keeping only "
                    "CAP_AUDIT_CONTROL, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH. 'root' keeps "
                    "root.")
+@click.option("--ebpf-max-args", default=128, show_default=True,
+              help="ebpf: arguments copied per exec (more are counted and flagged).")
+@click.option("--ebpf-argv-bytes", default=32768, show_default=True,
+              help="ebpf: bytes of arguments copied per exec (a power of two).")
+@click.option("--ebpf-ringbuf-pages", default=1024, show_default=True,
+              help="ebpf: ring buffer size in 4 KiB pages (a power of two).")
 @click.option("--interval", default=1.0, show_default=True,
               help="procfs: seconds between scans.")
 @click.option("--once", is_flag=True, help="procfs: scan once, report, and exit.")
 def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generations: int,
         status_file: str, status_interval: float, rules_file: str | None, state_file: str,
-        parse_error_log: str | None, user: str, interval: float, once: bool) -> None:
+        parse_error_log: str | None, user: str, ebpf_max_args: int, ebpf_argv_bytes: int,
+        ebpf_ringbuf_pages: int, interval: float, once: bool) -> None:
     """Run the Linux sensor: enriched process events with their TTPHash, as JSON lines.
 
     Every exec becomes an event with the executable's digests (of the image as it ran), its
@@ -77,6 +85,11 @@ def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generat
         if fmt == "laurel":
             raise click.UsageError("--format laurel needs an audit source")
         _run_procfs(sink, RENDERERS[fmt], interval, once)
+    elif source == "ebpf":
+        if fmt == "laurel":
+            raise click.UsageError("--format laurel needs an audit source")
+        _run_ebpf(RENDERERS[fmt], sink, status_file, status_interval, user, outputs,
+                  ebpf_max_args, ebpf_argv_bytes, ebpf_ringbuf_pages)
     else:
         _run_audit(source, fmt, sink, rules_file, state_file, parse_error_log, max_bytes,
                    generations, status_file, status_interval, user, outputs)
@@ -112,6 +125,52 @@ def _run_procfs(sink: Any, render: Any, interval: float, once: bool) -> None:
                  "process_table": len(enricher.table),
                  "pid_reuse_rejected": enricher.table.reuse_rejected}
         click.echo(f"ttpsensor: stopped: {json.dumps(stats)}", err=True)
+
+
+def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, user: str,
+              outputs: tuple[str, ...], max_args: int, argv_bytes: int,
+              ringbuf_pages: int) -> None:
+    from sensor_linux.ebpf.events import EbpfEventBuilder
+    from sensor_linux.ebpf.probes import ExecProbes, PrerequisiteError
+    from sensor_linux.ebpf.source import EbpfPipeline, EbpfSession
+    from sensor_linux.enrich import Enricher
+
+    stop = _install_stop_handlers()
+    enricher = Enricher()
+    pipeline = EbpfPipeline(EbpfEventBuilder(enricher), render, sink)
+    probes = ExecProbes(on_exec=pipeline.feed, max_args=max_args, argv_size=argv_bytes,
+                        ringbuf_pages=ringbuf_pages)
+    pipeline.probes = probes
+    try:
+        probes.load()
+    except (PrerequisiteError, ValueError) as exc:
+        sink.close()
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"ttpsensor: source: eBPF exec probes, compiled and loaded in "
+               f"{probes.load_seconds:.2f} s", err=True)
+    session = EbpfSession(probes)
+    try:
+        _seed_process_table(enricher)
+        files = [o[len("jsonl:"):] if o.startswith("jsonl:") else o for o in outputs
+                 if o not in ("-", "stdout")] + [status_file]
+        click.echo(f"ttpsensor: {drop_to(user, sensor_dirs(files))}", err=True)
+        reporter = StatusReporter(session, pipeline, enricher, status_file, status_interval)
+        while not stop.is_set():
+            probes.poll(1000)
+            sink.flush()
+            reporter.tick()
+    except PrivilegeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        try:
+            probes.poll(0)  # what is already in the ring buffer
+            summary = {"source": "ebpf", **pipeline.summary()}
+        finally:
+            probes.close()
+            sink.close()
+        if "reporter" in locals():
+            reporter.final(summary)
+        click.echo(f"ttpsensor: stopped: {json.dumps(summary)}", err=True)
 
 
 def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_file: str,

@@ -22,6 +22,7 @@ from common.percent import as_text
 from sensor_linux.audit.netlink import AuditNetlinkError, AuditSocket
 from sensor_linux.audit.session import process_name
 from tests.conftest import require, ttpsensor_command
+from tests.live import Sensor, assert_complete, captured, registered
 from tests.workload import run_execs
 
 pytestmark = pytest.mark.kernel
@@ -60,68 +61,6 @@ def audit_guard():
         pytest.fail(f"audit state changed: {before} -> {after}")
 
 
-class Sensor:
-    """``ttpsensor run`` as a subprocess writing JSON lines to a file."""
-
-    def __init__(self, tmp: Path, name: str, *args: str) -> None:
-        # The sensor drops to the ttpsensor user after opening its sockets; it may write only
-        # in directories named for it.
-        tmp = tmp / "ttpsensor-files"
-        tmp.mkdir(exist_ok=True)
-        self.out = tmp / f"{name}.jsonl"
-        self.err_path = tmp / f"{name}.err"
-        self.proc = subprocess.Popen(
-            ttpsensor_command() + ["run", "--output", f"jsonl:{self.out}", "--parse-error-log",
-                                   str(tmp / f"{name}-parse-errors.log"), *args],
-            stdout=subprocess.DEVNULL, stderr=open(self.err_path, "w"))
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text()
-
-    def wait_for(self, predicate, what: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            if self.proc.poll() is not None:
-                pytest.fail(f"sensor exited ({self.proc.returncode}) waiting for {what}: "
-                            f"{self.stderr}")
-            time.sleep(0.1)
-        pytest.fail(f"timed out waiting for {what}: {self.stderr}")
-
-    def events(self) -> list[dict]:
-        if not self.out.exists():
-            return []
-        return [ecs.parse(json.loads(line)) for line in self.out.read_text().splitlines()]
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=60)
-
-
-def registered(sensor: Sensor) -> bool:
-    return AuditSocket().status().pid == sensor.proc.pid
-
-
-def _captured(events: list[dict], token: str) -> dict[int, list]:
-    found = {}
-    for event in events:
-        args = event.get("process", {}).get("args") or []
-        if event["event"]["action"] == "process_create" and len(args) > 1 \
-                and isinstance(args[1], str) and args[1].startswith(f"ttpw-{token}-"):
-            found[event["process"]["pid"]] = args
-    return found
-
-
-def _assert_complete(events: list[dict], token: str, spawned: dict[int, list[bytes]]) -> None:
-    found = _captured(events, token)
-    assert set(found) == set(spawned), f"missing {len(set(spawned) - set(found))} execs"
-    for pid, argv in spawned.items():
-        assert found[pid] == [as_text(a) for a in argv]
-
-
 def test_unicast_captures_2000_execs_exactly_and_restores_state(audit_guard, tmp_path) -> None:
     lost_before = kernel_lost()
     files = tmp_path / "ttpsensor-files"
@@ -143,7 +82,7 @@ def test_unicast_captures_2000_execs_exactly_and_restores_state(audit_guard, tmp
         assert auditctl_state()[0]["enabled"] == "1"
         assert "ttpsensor-exec" in auditctl_state()[1]
         token, spawned = run_execs(2000)
-        sensor.wait_for(lambda: len(_captured(sensor.events(), token)) == len(spawned),
+        sensor.wait_for(lambda: len(captured(sensor.events(), token)) == len(spawned),
                         "all 2000 exec events", timeout=180)
         sensor.wait_for(lambda: any(e["event"]["action"] == "sensor_status"
                                     for e in sensor.events()), "a status event")
@@ -153,7 +92,7 @@ def test_unicast_captures_2000_execs_exactly_and_restores_state(audit_guard, tmp
         assert live["alive"] is True and live["source"] == "audit"
     finally:
         assert sensor.stop() == 0, sensor.stderr
-    _assert_complete(sensor.events(), token, spawned)
+    assert_complete(sensor.events(), token, spawned)
     [hidden] = [e for e in sensor.events() if "ttpw-secret" in (e.get("process", {}).get("args")
                                                                or [])]
     # Unreadable to the sensor's user, hashed all the same (CAP_DAC_READ_SEARCH).
@@ -188,14 +127,14 @@ def test_multicast_beside_a_registered_daemon_and_refusal_of_a_second_daemon(
         time.sleep(1.0)  # the listener has joined the group once it has said so; margin
         token, spawned = run_execs(2000)
         for sensor in (daemon, listener):
-            sensor.wait_for(lambda s=sensor: len(_captured(s.events(), token)) == len(spawned),
+            sensor.wait_for(lambda s=sensor: len(captured(s.events(), token)) == len(spawned),
                             "2000 exec events", timeout=180)
     finally:
         if listener is not None:
             assert listener.stop() == 0, listener.stderr
         assert daemon.stop() == 0, daemon.stderr
-    _assert_complete(daemon.events(), token, spawned)
-    _assert_complete(listener.events(), token, spawned)
+    assert_complete(daemon.events(), token, spawned)
+    assert_complete(listener.events(), token, spawned)
     assert auditctl_state() == audit_guard
 
 

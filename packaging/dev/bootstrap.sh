@@ -14,7 +14,8 @@ mode=${1:-run}
 shift || true
 case "$mode" in run|test|setup) ;; *) echo "usage: $0 run|test|setup [args]" >&2; exit 2;; esac
 
-apt_packages=(python3 python3-venv python3-dev gcc)
+# python3-bpfcc (BCC; never PyPI's unrelated "bcc") and a kernel header tree for the eBPF source.
+apt_packages=(python3 python3-venv python3-dev gcc python3-bpfcc bpfcc-tools linux-headers-amd64)
 if [ "$mode" = test ]; then
   # rpm: rpmbuild and rpm build and install a real package for the rpm provenance test.
   # auditd: auditctl, the independent reader of audit state, and the daemon of the LAUREL
@@ -31,6 +32,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# BCC compiles against /lib/modules/$(uname -r)/build. When the running kernel has no header
+# package of its own (a VM kernel), point it at Debian's header tree: the probes use
+# tracepoints, whose layout comes from the running kernel, so the version difference is safe.
+release=$(uname -r)
+if [ ! -e "/lib/modules/$release/build" ]; then
+  headers=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
+  if [ -n "$headers" ]; then
+    mkdir -p "/lib/modules/$release"
+    ln -sfn "$headers" "/lib/modules/$release/build"
+    [ -n "$common" ] && ln -sfn "$common" "/lib/modules/$release/source"
+  fi
+fi
+# Tracepoints are found through tracefs.
+if [ ! -d /sys/kernel/tracing/events/sched ]; then
+  mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
 fi
 
 # The unprivileged user the sensor becomes once its audit sockets are open.

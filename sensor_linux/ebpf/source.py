@@ -1,0 +1,61 @@
+"""The live eBPF source: probes -> events -> renderer -> sink, with the same status counters
+interface as the audit pipeline (StatusReporter reads either)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from common.schema import Event
+from common.sinks import Sink
+from sensor_linux.ebpf.events import EbpfEventBuilder
+from sensor_linux.ebpf.probes import ExecProbes, ExecRecord
+
+
+@dataclass
+class EbpfStats:
+    received: int = 0
+    output_lines: int = 0
+    internal_errors: int = 0
+
+
+class EbpfPipeline:
+    def __init__(self, builder: EbpfEventBuilder, render: Callable[[Event], str],
+                 sink: Sink) -> None:
+        self.builder = builder
+        self.render = render
+        self.sink = sink
+        self.stats = EbpfStats()
+        self.probes: ExecProbes | None = None
+
+    def feed(self, record: ExecRecord) -> None:
+        self.stats.received += 1
+        try:
+            line = self.render(self.builder.build(record))
+        except Exception as exc:  # noqa: BLE001 - one bad event must not stop the stream
+            self.stats.internal_errors += 1
+            sys.stderr.write(f"ttpsensor: internal error on exec of pid {record.pid}: "
+                             f"{type(exc).__name__}: {exc}\n")
+            return
+        self.sink.write(line)
+        self.stats.output_lines += 1
+
+    def summary(self) -> dict[str, object]:
+        out: dict[str, object] = asdict(self.stats)
+        if self.probes is not None and self.probes.bpf is not None:
+            out["probe_drops"] = self.probes.drops()
+            out["probe_load_seconds"] = round(self.probes.load_seconds, 3)
+        return out
+
+
+class EbpfSession:
+    """What StatusReporter needs from a source: its mode and what it lost."""
+
+    mode = "ebpf"
+
+    def __init__(self, probes: ExecProbes) -> None:
+        self.probes = probes
+
+    def lost(self) -> int:
+        return sum(self.probes.drops().values()) if self.probes.bpf is not None else 0

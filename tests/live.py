@@ -1,0 +1,80 @@
+"""Helpers for the live tests: a sensor subprocess and matching its events to a workload."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from common import ecs
+from common.percent import as_text
+from sensor_linux.audit.netlink import AuditSocket
+from tests.conftest import ttpsensor_command
+
+
+class Sensor:
+    """``ttpsensor run`` as a subprocess writing JSON lines to a file."""
+
+    def __init__(self, tmp: Path, name: str, *args: str) -> None:
+        # The sensor drops to the ttpsensor user after opening its sockets; it may write only
+        # in directories named for it.
+        tmp = tmp / "ttpsensor-files"
+        tmp.mkdir(exist_ok=True)
+        self.out = tmp / f"{name}.jsonl"
+        self.err_path = tmp / f"{name}.err"
+        self.proc = subprocess.Popen(
+            ttpsensor_command() + ["run", "--output", f"jsonl:{self.out}", "--parse-error-log",
+                                   str(tmp / f"{name}-parse-errors.log"), *args],
+            stdout=subprocess.DEVNULL, stderr=open(self.err_path, "w"))
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def wait_for(self, predicate, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.proc.poll() is not None:
+                pytest.fail(f"sensor exited ({self.proc.returncode}) waiting for {what}: "
+                            f"{self.stderr}")
+            time.sleep(0.1)
+        pytest.fail(f"timed out waiting for {what}: {self.stderr}")
+
+    def events(self) -> list[dict]:
+        if not self.out.exists():
+            return []
+        return [ecs.parse(json.loads(line)) for line in self.out.read_text().splitlines()]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+
+def registered(sensor: Sensor) -> bool:
+    return AuditSocket().status().pid == sensor.proc.pid
+
+
+def captured(events: list[dict], token: str) -> dict[int, list]:
+    found = {}
+    for event in events:
+        args = event.get("process", {}).get("args") or []
+        if event["event"]["action"] == "process_create" and len(args) > 1 \
+                and isinstance(args[1], str) and args[1].startswith(f"ttpw-{token}-"):
+            found[event["process"]["pid"]] = args
+    return found
+
+
+def assert_complete(events: list[dict], token: str, spawned: dict[int, list[bytes]]) -> None:
+    found = captured(events, token)
+    assert set(found) == set(spawned), f"missing {len(set(spawned) - set(found))} execs"
+    for pid, argv in spawned.items():
+        assert found[pid] == [as_text(a) for a in argv]
+
+

@@ -1,0 +1,122 @@
+"""The eBPF exec source against the live kernel, beside the audit source on the same workload."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from common import ttphash
+from tests.conftest import require, ttpsensor_command
+from tests.live import Sensor, assert_complete, captured, registered
+from tests.test_audit_live import audit_guard  # noqa: F401  (the fixture)
+from tests.workload import run_execs
+
+pytestmark = pytest.mark.kernel
+
+
+def _loaded(sensor: Sensor) -> bool:
+    return "compiled and loaded" in sensor.stderr
+
+
+def _by_marker(events: list[dict], marker: str) -> dict:
+    found = [e for e in events if e["event"]["action"] == "process_create"
+             and marker in [a for a in (e["process"].get("args") or []) if isinstance(a, str)]]
+    assert len(found) == 1, f"{marker}: {len(found)} events"
+    return found[0]
+
+
+def test_ebpf_and_audit_see_the_same_execs_with_the_same_ttphash(audit_guard, tmp_path) -> None:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        require(False, "BCC (python3-bpfcc) is needed")
+    require(os.path.isdir("/sys/kernel/tracing/events/sched"), "tracefs must be mounted")
+    ebpf = Sensor(tmp_path, "ebpf", "--source", "ebpf")
+    audit = Sensor(tmp_path, "audit", "--source", "audit", "--state-file",
+                   str(tmp_path / "ttpsensor-files" / "state.json"))
+    try:
+        ebpf.wait_for(lambda: _loaded(ebpf), "the probes to load", timeout=120)
+        audit.wait_for(lambda: registered(audit), "audit registration")
+        token, spawned = run_execs(2000)
+        tokened = f"ttpx-{token}"  # not the workload prefix: these are extra
+        # Long arguments up to the 32 KiB limit are exact; beyond it, truncation is flagged.
+        fits = "F" * 30_000
+        subprocess.run(["/bin/true", f"{tokened}-fits", fits], check=True)
+        subprocess.run(["/bin/true", f"{tokened}-long", "L" * 40_000], check=True)
+        subprocess.run(["/bin/true", f"{tokened}-many"] + [f"a{i}" for i in range(300)],
+                       check=True)
+        # A set-uid binary: real uid 0, effective uid nobody's.
+        setuid = tmp_path / "setuid-id"
+        shutil.copy("/usr/bin/id", setuid)
+        os.chown(setuid, 65534, 65534)
+        os.chmod(setuid, 0o4755)
+        subprocess.run([str(setuid), f"{tokened}-setuid"], capture_output=True)
+        with pytest.raises(FileNotFoundError):
+            subprocess.run([f"/nonexistent/{tokened}-enoent"])
+        plain = tmp_path / "not-executable"
+        plain.write_text("data")
+        with pytest.raises(PermissionError):
+            subprocess.run([str(plain), f"{tokened}-eacces"])
+        # fexecve: execveat(fd, "", argv, envp, AT_EMPTY_PATH)
+        subprocess.run([sys.executable, "-c", "import os; fd = os.open('/bin/true', os.O_RDONLY);"
+                        f" os.execve(fd, ['true', '{tokened}-fexecve'], {{}})"], check=True)
+        last = f"{tokened}-last"
+        subprocess.run(["/bin/true", last], check=True)
+        for sensor in (ebpf, audit):
+            sensor.wait_for(lambda s=sensor: any(last in (e["process"].get("args") or [])
+                                                 for e in s.events() if "process" in e),
+                            "the last exec", timeout=180)
+    finally:
+        assert audit.stop() == 0, audit.stderr
+        assert ebpf.stop() == 0, ebpf.stderr
+    events = ebpf.events()
+    # 2,000 execs: exactly 2,000 events, exact argv (non-UTF-8, empty, quotes, newlines...).
+    assert len(captured(events, token)) == 2000
+    assert_complete(events, token, spawned)
+    by_pid = {e["process"]["pid"]: e for e in events if e["event"]["action"] == "process_create"}
+    assert all(by_pid[pid]["process"]["parent"]["pid"] == os.getpid() for pid in spawned)
+    fits_event = _by_marker(events, f"{tokened}-fits")
+    assert fits_event["process"]["args"][2] == fits and "args_truncated" not in fits_event["process"]
+    long_event = _by_marker(events, f"{tokened}-long")
+    assert long_event["process"]["args_truncated"] is True
+    assert long_event["process"]["args_count"] == 3
+    assert long_event["process"]["args"][2] == "L" * (32768 - len("/bin/true") - 1
+                                                      - len(f"{tokened}-long") - 1)
+    many = _by_marker(events, f"{tokened}-many")
+    assert many["process"]["args_truncated"] is True
+    assert many["process"]["args_count"] == 302 and len(many["process"]["args"]) == 128
+    setuid_event = _by_marker(events, f"{tokened}-setuid")
+    assert setuid_event["process"]["real_user"]["id"] == "0"
+    assert setuid_event["process"]["user"]["id"] == "65534"
+    for marker, code in ((f"{tokened}-enoent", -2), (f"{tokened}-eacces", -13)):
+        failed = [e for e in events if e["event"]["action"] == "process_create"
+                  and e["event"]["outcome"] == "failure"
+                  and marker in str(e["process"].get("executable")) + str(e["process"]["args"])]
+        assert [e["process"]["exit_code"] for e in failed] == [code], marker
+    fexecve = _by_marker(events, f"{tokened}-fexecve")
+    assert fexecve["process"].get("execveat") is True
+    # The kernel names it /dev/fd/N; what ran is known only while the process lives (true
+    # exits at once), so the executable is the real file or unknown, never a wrong one.
+    assert fexecve["process"].get("executable") in (os.path.realpath("/bin/true"), None)
+    # The same execs through audit: the same TTPHash wherever both hashes are complete.
+    audit_by_pid = {e["process"]["pid"]: e for e in audit.events()
+                    if e["event"]["action"] == "process_create"
+                    and e["event"]["outcome"] == "success"}
+    compared = 0
+    for pid in spawned:
+        mine, theirs = by_pid[pid], audit_by_pid[pid]
+        assert mine["ttphash"] == ttphash.compute(mine).as_field()
+        if mine["ttphash"]["complete"] and theirs["ttphash"]["complete"]:
+            assert mine["ttphash"]["value"] == theirs["ttphash"]["value"], json.dumps(
+                [ttphash.compute(mine).input, ttphash.compute(theirs).input])[:2000]
+            compared += 1
+    assert compared >= 1900, f"only {compared} complete pairs"
+    summary = json.loads(ebpf.stderr.strip().splitlines()[-1].split("stopped: ", 1)[1])
+    assert summary["probe_drops"] == {"ringbuf_full": 0, "pending_full": 0,
+                                      "exec_without_entry": 0}
+    assert summary["internal_errors"] == 0
