@@ -120,3 +120,24 @@ def test_ebpf_and_audit_see_the_same_execs_with_the_same_ttphash(audit_guard, tm
     assert summary["probe_drops"] == {"ringbuf_full": 0, "pending_full": 0,
                                       "exec_without_entry": 0}
     assert summary["internal_errors"] == 0
+
+
+def test_tiny_ring_buffer_drops_are_counted_exactly(tmp_path) -> None:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        require(False, "BCC (python3-bpfcc) is needed")
+    require(os.path.isdir("/sys/kernel/tracing/events/sched"), "tracefs must be mounted")
+    sensor = Sensor(tmp_path, "tiny", "--source", "ebpf", "--ebpf-ringbuf-pages", "1")
+    try:
+        sensor.wait_for(lambda: _loaded(sensor), "the probes to load", timeout=120)
+        token, spawned = run_execs(1000)  # a burst the 4 KiB buffer cannot hold
+    finally:
+        assert sensor.stop() == 0, sensor.stderr
+    summary = json.loads(sensor.stderr.strip().splitlines()[-1].split("stopped: ", 1)[1])
+    received = len(captured(sensor.events(), token))
+    others = summary["received"] - received  # execs by anything else on the machine
+    dropped = summary["probe_drops"]["ringbuf_full"]
+    assert dropped > 0, "the burst should overflow a one-page ring buffer"
+    assert received + dropped == len(spawned) + others
+    assert summary["probe_drops"]["pending_full"] == 0
