@@ -18,7 +18,7 @@ from sensor_linux.privileges import PrivilegeError, drop_to, sensor_dirs
 from sensor_linux.status import StatusReporter
 
 
-SOURCES = ["auto", "audit", "audit-multicast", "ebpf", "procfs"]
+SOURCES = ["auto", "audit", "audit-multicast", "ebpf", "hybrid", "cross-check", "procfs"]
 DATA_DIR = "ttpsensor-data"
 DEFAULT_OUTPUTS = ["-", f"jsonl:{DATA_DIR}/events.jsonl"]
 DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
@@ -29,8 +29,10 @@ DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
               help="auto: audit unicast when no audit daemon is registered, else multicast. "
                    "audit: be the audit daemon (enables audit, loads exec rules, restores "
                    "everything on exit). audit-multicast: read-only beside auditd. ebpf: BCC "
-                   "tracepoint probes on exec. procfs: scan /proc (an inventory of running "
-                   "processes, ECS event.kind 'state').")
+                   "tracepoint probes on exec. hybrid: exec from eBPF, the rest of the --rules "
+                   "from audit (exec rules left out). cross-check: both exec streams; every "
+                   "exec seen by one and not the other is reported. procfs: scan /proc (an "
+                   "inventory of running processes, ECS event.kind 'state').")
 @click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS) + ["laurel"]),
               default="ecs", show_default=True, help="Output format of each JSON line.")
 @click.option("--output", "outputs", multiple=True, default=DEFAULT_OUTPUTS, show_default=True,
@@ -85,6 +87,12 @@ def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generat
         if fmt == "laurel":
             raise click.UsageError("--format laurel needs an audit source")
         _run_procfs(sink, RENDERERS[fmt], interval, once)
+    elif source in ("hybrid", "cross-check"):
+        if fmt != "ecs":
+            raise click.UsageError(f"--source {source} writes ecs events only")
+        _run_combined(source, sink, rules_file, state_file, parse_error_log, max_bytes,
+                      generations, status_file, status_interval, user, outputs,
+                      ebpf_max_args, ebpf_argv_bytes, ebpf_ringbuf_pages)
     elif source == "ebpf":
         if fmt == "laurel":
             raise click.UsageError("--format laurel needs an audit source")
@@ -168,6 +176,73 @@ def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, 
         finally:
             probes.close()
             sink.close()
+        if "reporter" in locals():
+            reporter.final(summary)
+        click.echo(f"ttpsensor: stopped: {json.dumps(summary)}", err=True)
+
+
+def _run_combined(mode: str, sink: Any, rules_file: str | None, state_file: str,
+                  parse_error_log: str | None, max_bytes: int, generations: int,
+                  status_file: str, status_interval: float, user: str,
+                  outputs: tuple[str, ...], max_args: int, argv_bytes: int,
+                  ringbuf_pages: int) -> None:
+    from sensor_linux.audit.netlink import AuditNetlinkError
+    from sensor_linux.audit.pipeline import AuditPipeline
+    from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession
+    from sensor_linux.combined import Combined, CombinedSession
+    from sensor_linux.crosscheck import CrossCheck
+    from sensor_linux.ebpf.events import EbpfEventBuilder
+    from sensor_linux.ebpf.probes import ExecProbes, PrerequisiteError
+    from sensor_linux.ebpf.source import EbpfPipeline
+    from sensor_linux.enrich import Enricher
+
+    render = RENDERERS["ecs"]
+    stop = _install_stop_handlers()
+    enricher = Enricher()
+    ebpf_pipeline = EbpfPipeline(EbpfEventBuilder(enricher), render, sink)
+    probes = ExecProbes(on_exec=ebpf_pipeline.feed, max_args=max_args, argv_size=argv_bytes,
+                        ringbuf_pages=ringbuf_pages)
+    ebpf_pipeline.probes = probes
+    # hybrid: only the user's rules, exec rules removed; cross-check: audit's exec rules too.
+    audit = UnicastSession(rules=[] if mode == "hybrid" else None, rules_file=rules_file,
+                           state_file=state_file, without_exec=mode == "hybrid")
+    try:
+        probes.load()
+        audit.open()
+    except (PrerequisiteError, ValueError, AuditBusy, AuditLocked, AuditNetlinkError) as exc:
+        probes.close()
+        audit.close()
+        sink.close()
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"ttpsensor: source: {mode}: eBPF exec probes (loaded in "
+               f"{probes.load_seconds:.2f} s) and audit netlink unicast", err=True)
+    error_log = _error_log(parse_error_log, max_bytes, generations)
+    audit_pipeline = AuditPipeline("ecs", sink, enricher=enricher, error_log=error_log)
+    crosscheck = CrossCheck(enricher.host) if mode == "cross-check" else None
+    combined = Combined(mode, audit_pipeline, ebpf_pipeline, audit, render, sink, crosscheck)
+    session = CombinedSession(mode, audit, probes)
+    lost = 0
+    try:
+        _seed_process_table(enricher)
+        files = [o[len("jsonl:"):] if o.startswith("jsonl:") else o for o in outputs
+                 if o not in ("-", "stdout")] + [status_file, state_file, error_log.path]
+        click.echo(f"ttpsensor: {drop_to(user, sensor_dirs(files))}", err=True)
+        reporter = StatusReporter(session, combined, enricher, status_file, status_interval)
+        combined.pump(stop, on_tick=reporter.tick)
+    except PrivilegeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        try:
+            lost = session.lost()
+        finally:
+            audit.close()
+        try:
+            combined.finish()
+            summary = {"source": mode, "lost": lost, **combined.summary()}
+        finally:
+            probes.close()
+            sink.close()
+            error_log.close()
         if "reporter" in locals():
             reporter.final(summary)
         click.echo(f"ttpsensor: stopped: {json.dumps(summary)}", err=True)

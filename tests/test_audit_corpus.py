@@ -175,3 +175,13 @@ def test_serial_gaps_are_counted_and_late_records_fill_them() -> None:
     assert assembler.stats.serial_gaps == 4
     assembler.add(parse(b"type=EOE msg=audit(100.000:9): \n"))
     assert assembler.stats.serial_gaps == 4   # records of one event share a serial
+
+
+def test_exec_rules_are_told_apart_from_watches_and_mixed_rules() -> None:
+    from sensor_linux.audit import netlink
+    exec_only = netlink.exec_rule(netlink.ARCH_X86_64, (59, 322), b"k")
+    assert netlink.is_exec_rule(exec_only)
+    mixed = netlink.exec_rule(netlink.ARCH_X86_64, (59, 2), b"k")  # execve and open
+    assert not netlink.is_exec_rule(mixed)
+    every_syscall = netlink.exec_rule(netlink.ARCH_X86_64, tuple(range(64 * 32)), b"k")
+    assert not netlink.is_exec_rule(every_syscall)  # what a file watch looks like

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -141,3 +142,68 @@ def test_tiny_ring_buffer_drops_are_counted_exactly(tmp_path) -> None:
     assert dropped > 0, "the burst should overflow a one-page ring buffer"
     assert received + dropped == len(spawned) + others
     assert summary["probe_drops"]["pending_full"] == 0
+
+
+def _require_bcc() -> None:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        require(False, "BCC (python3-bpfcc) is needed")
+    require(os.path.isdir("/sys/kernel/tracing/events/sched"), "tracefs must be mounted")
+
+
+def _summary(sensor: Sensor) -> dict:
+    return json.loads(sensor.stderr.strip().splitlines()[-1].split("stopped: ", 1)[1])
+
+
+def test_cross_check_is_silent_when_clean_and_reports_what_audit_missed(audit_guard,
+                                                                        tmp_path) -> None:
+    _require_bcc()
+    sensor = Sensor(tmp_path, "cross", "--source", "cross-check", "--state-file",
+                    str(tmp_path / "ttpsensor-files" / "state.json"))
+    try:
+        sensor.wait_for(lambda: registered(sensor), "registration", timeout=120)
+        clean_token, clean = run_execs(500)
+        sensor.wait_for(lambda: len(captured(sensor.events(), clean_token)) == 500, "clean")
+        time.sleep(6)  # past the matching window: anything unmatched would be reported now
+        assert not [e for e in sensor.events() if e["event"]["action"] == "exec_unmatched"]
+        subprocess.run(["auditctl", "-D"], check=True, capture_output=True)  # tamper
+        missed_token, missed = run_execs(200)
+        sensor.wait_for(lambda: len([e for e in sensor.events()
+                                     if e["event"]["action"] == "exec_unmatched"]) >= 200,
+                        "the unmatched reports", timeout=60)
+    finally:
+        assert sensor.stop() == 0, sensor.stderr
+    reports = [e for e in sensor.events() if e["event"]["action"] == "exec_unmatched"]
+    assert {r["ttpsensor"]["crosscheck"]["missed_by"] for r in reports} == {"auditd"}
+    assert {r["process"]["pid"] for r in reports} >= set(missed)
+    assert not {r["process"]["pid"] for r in reports} & set(clean)
+    last = reports[-1]["ttpsensor"]["crosscheck"]
+    assert last["unmatched"]["ebpf"] == len(reports) and last["unmatched"]["auditd"] == 0
+    summary = _summary(sensor)["crosscheck"]
+    assert summary["matched"] >= 500 and summary["unmatched"]["ebpf"] == len(reports)
+
+
+def test_hybrid_takes_exec_from_ebpf_and_the_rest_from_audit(audit_guard, tmp_path) -> None:
+    _require_bcc()
+    watched = tmp_path / "watched.conf"
+    watched.write_text("x")
+    rules = tmp_path / "hybrid.rules"
+    rules.write_text(f"-w {watched} -p wa -k ttp-watch\n"
+                     "-a always,exit -F arch=b64 -S execve -k should-be-removed\n")
+    sensor = Sensor(tmp_path, "hybrid", "--source", "hybrid", "--rules", str(rules),
+                    "--state-file", str(tmp_path / "ttpsensor-files" / "state.json"))
+    try:
+        sensor.wait_for(lambda: registered(sensor), "registration", timeout=120)
+        loaded = subprocess.run(["auditctl", "-l"], capture_output=True, text=True).stdout
+        assert "ttp-watch" in loaded and "should-be-removed" not in loaded
+        token, spawned = run_execs(100)
+        watched.write_text("changed")
+        sensor.wait_for(lambda: any(e.get("audit", {}).get("key") == "ttp-watch"
+                                    for e in sensor.events()), "the file watch event")
+        sensor.wait_for(lambda: len(captured(sensor.events(), token)) == 100, "the execs")
+    finally:
+        assert sensor.stop() == 0, sensor.stderr
+    execs = [e for e in sensor.events() if e["event"]["action"] == "process_create"]
+    assert {e["event"]["provider"] for e in execs} == {"ebpf"}
+    assert_complete(sensor.events(), token, spawned)

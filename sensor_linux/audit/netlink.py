@@ -260,3 +260,26 @@ def default_exec_rules(key: bytes = EXEC_KEY, machine: str | None = None) -> lis
         return [exec_rule(ARCH_AARCH64, (221, 281), key)]
     raise AuditNetlinkError(errno.ENOTSUP, f"no default exec rules for {machine}; "
                             "give rules with --rules")
+
+
+_EXEC_SYSCALLS = {ARCH_X86_64: (59, 322), ARCH_I386: (11, 358), ARCH_AARCH64: (221, 281)}
+
+
+def is_exec_rule(rule: bytes) -> bool:
+    """True when an ``audit_rule_data`` rule audits execve/execveat and nothing else (for its
+    arch, or any known arch when it names none). File watches cover every syscall and rules
+    that mix exec with other syscalls are not exec rules: removing them would lose the rest."""
+    if len(rule) < _RULE_HEAD.size + _RULE_ARRAYS:
+        return False
+    _, _, field_count = _RULE_HEAD.unpack_from(rule)
+    offset = _RULE_HEAD.size
+    mask = struct.unpack_from("=%dI" % AUDIT_BITMASK_SIZE, rule, offset)
+    fields = struct.unpack_from("=%dI" % AUDIT_MAX_FIELDS, rule, offset + 4 * AUDIT_BITMASK_SIZE)
+    values = struct.unpack_from("=%dI" % AUDIT_MAX_FIELDS, rule,
+                                offset + 4 * (AUDIT_BITMASK_SIZE + AUDIT_MAX_FIELDS))
+    arches = [values[i] for i in range(min(field_count, AUDIT_MAX_FIELDS))
+              if fields[i] == AUDIT_ARCH]
+    candidates = [_EXEC_SYSCALLS.get(a, ()) for a in arches] or list(_EXEC_SYSCALLS.values())
+    audited = {32 * word + bit for word, value in enumerate(mask) for bit in range(32)
+               if value & (1 << bit)}
+    return any(audited and audited <= set(numbers) for numbers in candidates)

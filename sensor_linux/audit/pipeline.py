@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, TextIO
 
 from common.render import RENDERERS
-from common.schema import ACTION_PROCESS_CREATE, get_path
+from common.schema import ACTION_PROCESS_CREATE, Event, get_path
 from common.sinks import Sink
 from sensor_linux.audit import laurel
 from sensor_linux.audit.assemble import Assembler, AuditEvent
@@ -35,7 +35,7 @@ class PipelineStats:
     rejected: int = 0
     events: int = 0
     output_lines: int = 0
-    not_representable: int = 0   # generic events in qlog format (QLOG has process events only)
+    not_representable: int = 0   # not written: qlog of a generic event, or routed elsewhere
     internal_errors: int = 0     # events our own code failed on; their records are kept
     socket_overflows: int = 0    # netlink receive buffer overflows (live sources)
 
@@ -43,13 +43,17 @@ class PipelineStats:
 class AuditPipeline:
     def __init__(self, fmt: str, sink: Sink, *, enricher: Enricher | None = None,
                  error_log: Sink | None = None, assembler: Assembler | None = None,
-                 messages: TextIO | None = None) -> None:
+                 messages: TextIO | None = None,
+                 on_event: Callable[[Event], bool] | None = None) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
         self.fmt = fmt
         self.sink = sink
         self.error_log = error_log
         self.messages = messages if messages is not None else sys.stderr
+        # Sees each built event before rendering; returning False keeps it out of the output
+        # (the combined sources route audit's execs to the cross-check instead).
+        self.on_event = on_event
         self.assembler = assembler or Assembler()
         self.stats = PipelineStats()
         self.builder = AuditEventBuilder(enricher or Enricher()) if fmt != "laurel" else None
@@ -108,6 +112,8 @@ class AuditPipeline:
     def _render_event(self, audit: AuditEvent) -> str | None:
         assert self.builder is not None
         event = self.builder.build(audit)
+        if self.on_event is not None and not self.on_event(event):
+            return None
         if self.fmt == "qlog" and get_path(event, "event.action") != ACTION_PROCESS_CREATE:
             return None
         return RENDERERS[self.fmt](event)

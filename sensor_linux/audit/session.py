@@ -99,8 +99,10 @@ class UnicastSession:
 
     def __init__(self, rules: list[bytes] | None = None, rules_file: str | None = None,
                  backlog_limit: int = DEFAULT_BACKLOG_LIMIT,
-                 state_file: str = DEFAULT_STATE_FILE) -> None:
+                 state_file: str = DEFAULT_STATE_FILE, without_exec: bool = False) -> None:
         self.rules = netlink.default_exec_rules() if rules is None else rules
+        # Hybrid mode: exec comes from eBPF, so audit must not spend its cost on exec.
+        self.without_exec = without_exec
         self.rules_file = rules_file
         self.backlog_limit = backlog_limit
         self.state_file = state_file
@@ -141,6 +143,10 @@ class UnicastSession:
                     raise
         if self.rules_file:
             load_rules_file(self.rules_file)
+        if self.without_exec:
+            for rule in control.list_rules():
+                if netlink.is_exec_rule(rule):
+                    control.delete_rule(rule)
         records.register()
         self.lost_at_start = control.status().lost
 

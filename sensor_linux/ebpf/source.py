@@ -22,8 +22,9 @@ class EbpfStats:
 
 class EbpfPipeline:
     def __init__(self, builder: EbpfEventBuilder, render: Callable[[Event], str],
-                 sink: Sink) -> None:
+                 sink: Sink, on_event: Callable[[Event], None] | None = None) -> None:
         self.builder = builder
+        self.on_event = on_event  # sees each event after it is written (cross-check)
         self.render = render
         self.sink = sink
         self.stats = EbpfStats()
@@ -32,7 +33,8 @@ class EbpfPipeline:
     def feed(self, record: ExecRecord) -> None:
         self.stats.received += 1
         try:
-            line = self.render(self.builder.build(record))
+            event = self.builder.build(record)
+            line = self.render(event)
         except Exception as exc:  # noqa: BLE001 - one bad event must not stop the stream
             self.stats.internal_errors += 1
             sys.stderr.write(f"ttpsensor: internal error on exec of pid {record.pid}: "
@@ -40,6 +42,8 @@ class EbpfPipeline:
             return
         self.sink.write(line)
         self.stats.output_lines += 1
+        if self.on_event is not None:
+            self.on_event(event)
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = asdict(self.stats)
