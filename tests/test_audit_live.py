@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -122,9 +121,9 @@ def test_multicast_beside_a_registered_daemon_and_refusal_of_a_second_daemon(
         assert "another audit daemon is registered" in second.stderr
         assert "audit-multicast" in second.stderr and "audisp" in second.stderr
         listener = Sensor(tmp_path, "listener")  # --source auto
-        listener.wait_for(lambda: "source:" in listener.stderr, "source choice")
+        # "running as" comes after the session is open (the group joined) and the table seeded.
+        listener.wait_for(lambda: "running as" in listener.stderr, "the listener to be ready")
         assert "multicast" in listener.stderr and f"pid {daemon.proc.pid}" in listener.stderr
-        time.sleep(1.0)  # the listener has joined the group once it has said so; margin
         token, spawned = run_execs(2000)
         for sensor in (daemon, listener):
             sensor.wait_for(lambda s=sensor: len(captured(s.events(), token)) == len(spawned),

@@ -66,9 +66,12 @@ def test_run_in_qlog_format_and_stops_on_sigterm(tmp_path) -> None:
                                                    "qlog", "--interval", "0.2", "--output",
                                                    str(out)],
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
-    late = subprocess.Popen(["/usr/bin/sleep", "7"])  # appears on a later scan
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and out.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the first scan is written
+    late = subprocess.Popen(["/usr/bin/sleep", "30"])  # appears on a later scan
+    while time.monotonic() < deadline and f'"PID":{late.pid},' not in out.read_text():
+        time.sleep(0.1)
     proc.terminate()
     _, err = proc.communicate(timeout=30)
     late.kill()
