@@ -171,3 +171,70 @@ def bench_encode(count: int) -> None:
     """Cost per event of TTPHash, msgpack and the JSON renderers."""
     from common import bench as benchmarks
     benchmarks.print_table(benchmarks.encode(count))
+
+
+# --- spool --------------------------------------------------------------------------------------
+
+@main.group("spool")
+def spool_group() -> None:
+    """Look into a spool directory (the sensor's durable local queue)."""
+
+
+def _open_spool(directory: str):  # type: ignore[no-untyped-def]
+    import os
+
+    from common.spool import Spool
+    if not os.path.isfile(os.path.join(directory, "spool.json")):
+        raise click.ClickException(f"{directory} is not a spool (no spool.json)")
+    return Spool(directory)
+
+
+@spool_group.command("inspect")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def spool_inspect(directory: str, as_json: bool) -> None:
+    """Segments, frames, sequence ranges, what is acknowledged, compression."""
+    spool = _open_spool(directory)
+    rows = []
+    for segment in spool.segments():
+        frames = list(spool.frames(segment))
+        if frames:
+            rows.append({"segment": segment, "frames": len(frames),
+                         "first_seq": frames[0].first_seq,
+                         "end_seq": frames[-1].first_seq + frames[-1].count,
+                         "bytes": sum(len(f.payload) for f in frames)})
+        else:
+            rows.append({"segment": segment, "frames": 0})
+    summary = spool.summary()
+    if as_json:
+        click.echo(json.dumps({"summary": summary, "segments": rows}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"spool {summary['spool_id']}: acked < {summary['acked']}, "
+                        f"next {summary['next_seq']}, {summary['bytes']} bytes")
+    for column in ("segment", "frames", "first_seq", "end_seq", "bytes"):
+        table.add_column(column, justify="left" if column == "segment" else "right")
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in ("segment", "frames", "first_seq",
+                                                       "end_seq", "bytes")))
+    Console().print(table)
+
+
+@spool_group.command("verify")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+def spool_verify(directory: str) -> None:
+    """Read every frame; report corrupt frames, garbage, torn tails and missing ranges.
+    Exit code 1 when anything is wrong."""
+    spool = _open_spool(directory)
+    events = frames = 0
+    for _, batch in spool.read(0):
+        frames += 1
+        events += len(batch)
+    stats = spool.stats
+    problems = {k: getattr(stats, k) for k in ("corrupt_frames", "garbage_bytes",
+                                               "torn_tails", "missing_events")
+                if getattr(stats, k)}
+    click.echo(json.dumps({"frames": frames, "events": events, **problems}))
+    if problems:
+        sys.exit(1)
