@@ -21,6 +21,15 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+def emit(sink: "Sink", event: object, line: str) -> None:
+    """Give a sink the event if it stores events (the spool), else the rendered line."""
+    write_event = getattr(sink, "write_event", None)
+    if write_event is not None:
+        write_event(event, line)
+    else:
+        sink.write(line)
+
+
 class StreamSink:
     """Lines to a text stream (stdout by default)."""
 
@@ -101,6 +110,10 @@ class FanOut:
         for sink in self.sinks:
             sink.write(line)
 
+    def write_event(self, event: object, line: str) -> None:
+        for sink in self.sinks:
+            emit(sink, event, line)
+
     def flush(self) -> None:
         for sink in self.sinks:
             sink.flush()
@@ -113,10 +126,15 @@ class FanOut:
 def open_sink(target: str, max_bytes: int = DEFAULT_MAX_BYTES,
               generations: int = DEFAULT_GENERATIONS) -> Sink:
     """An output by name: ``-`` or ``stdout``; ``jsonl:PATH`` or a bare ``PATH`` for a rotated
-    file (its directory is created). A path that exists and is not a regular file (/dev/null, a
+    file (its directory is created); ``spool:DIR`` for the durable spool (events, not lines). A path that exists and is not a regular file (/dev/null, a
     FIFO) is written as it is: never rotated, never chmod-ed."""
     if target in ("-", "stdout"):
         return StreamSink()
+    if target.startswith("spool:"):
+        from common.spool import Spool, SpoolSink
+        if not target[6:]:
+            raise ValueError("spool: names no directory")
+        return SpoolSink(Spool(target[6:]))
     path = target[len("jsonl:"):] if target.startswith("jsonl:") else target
     if not path:
         raise ValueError(f"output {target!r} names no file")
@@ -158,3 +176,23 @@ class LazySink:
     def close(self) -> None:
         if self._sink is not None:
             self._sink.close()
+
+
+def spools(sink: Sink) -> list["object"]:
+    """The spools among a sink's outputs."""
+    children = sink.sinks if isinstance(sink, FanOut) else [sink]
+    return [c.spool for c in children if hasattr(c, "spool")]
+
+
+def output_files(targets: list[str] | tuple[str, ...]) -> list[str]:
+    """A file inside each output's location (for permissions): the file itself, or for a spool
+    a file in its directory."""
+    files = []
+    for target in targets:
+        if target in ("-", "stdout"):
+            continue
+        if target.startswith("spool:"):
+            files.append(os.path.join(target[6:], "spool.json"))
+        else:
+            files.append(target[len("jsonl:"):] if target.startswith("jsonl:") else target)
+    return files

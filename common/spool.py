@@ -390,9 +390,12 @@ class SpoolSink:
     spool: Spool
     written: int = field(default=0)
 
-    def write_event(self, event: Event) -> None:
+    def write_event(self, event: Event, line: str | None = None) -> None:
         self.spool.append(event)
         self.written += 1
+
+    def write(self, line: str) -> None:
+        raise SpoolError(22, "the spool stores events: use an events format (ecs)")
 
     def flush(self) -> None:
         self.spool.tick()

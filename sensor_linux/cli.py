@@ -13,14 +13,16 @@ import click
 
 from common.filehash import FileHasher
 from common.render import RENDERERS
-from common.sinks import DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, open_sinks
+from common.sinks import (DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, emit, open_sinks,
+                          output_files, spools)
 from sensor_linux.privileges import PrivilegeError, drop_to, sensor_dirs
 from sensor_linux.status import StatusReporter
 
 
 SOURCES = ["auto", "audit", "audit-multicast", "ebpf", "hybrid", "cross-check", "procfs"]
 DATA_DIR = "ttpsensor-data"
-DEFAULT_OUTPUTS = ["-", f"jsonl:{DATA_DIR}/events.jsonl"]
+DEFAULT_OUTPUTS = ["-", f"jsonl:{DATA_DIR}/events.jsonl", f"spool:{DATA_DIR}/spool"]
+DEFAULT_STORE = f"{DATA_DIR}/store.sqlite"
 DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
 
 
@@ -42,6 +44,10 @@ DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
               help="Rotate output files before they would grow past this size.")
 @click.option("--generations", default=DEFAULT_GENERATIONS, show_default=True,
               help="Rotated files to keep (FILE.1 is the newest).")
+@click.option("--store", default=DEFAULT_STORE, show_default=True,
+              help="Embedded local collector: events from a spool output are delivered into "
+                   "this SQLite store every second, so 'ttpsensor hunt' works right away. "
+                   "'' disables it (a fleet forwards the spool to a collector instead).")
 @click.option("--status-file", default=DEFAULT_STATUS_FILE, show_default=True,
               help="Where the sensor keeps its counters (read by 'ttpsensor status').")
 @click.option("--status-interval", default=60.0, show_default=True,
@@ -68,7 +74,8 @@ DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
               help="procfs: seconds between scans.")
 @click.option("--once", is_flag=True, help="procfs: scan once, report, and exit.")
 def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generations: int,
-        status_file: str, status_interval: float, rules_file: str | None, state_file: str,
+        store: str, status_file: str, status_interval: float, rules_file: str | None,
+        state_file: str,
         parse_error_log: str | None, user: str, ebpf_max_args: int, ebpf_argv_bytes: int,
         ebpf_ringbuf_pages: int, interval: float, once: bool) -> None:
     """Run the Linux sensor: enriched process events with their TTPHash, as JSON lines.
@@ -79,31 +86,67 @@ def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generat
     as generic events with their original records. Stop with Ctrl-C or SIGTERM: unicast mode
     then restores the audit state it found. A summary goes to stderr.
     """
+    if fmt != "ecs" and any(o.startswith("spool:") for o in outputs):
+        raise click.UsageError("a spool output stores ecs events: use --format ecs, or give "
+                               "--output explicitly without spool:")
     try:
         sink = open_sinks(outputs, max_bytes, generations)
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"cannot open output: {exc}") from exc
+    collector = _local_collector(sink, store)
+    try:
+        _run_source(source, fmt, sink, collector, rules_file, state_file, parse_error_log,
+                    max_bytes, generations, status_file, status_interval, user, outputs,
+                    ebpf_max_args, ebpf_argv_bytes, ebpf_ringbuf_pages, interval, once)
+    finally:
+        if collector is not None:
+            collector.deliver()
+            collector.store.close()
+
+
+def _local_collector(sink: Any, store: str) -> Any:
+    """The embedded collector for the first spool output, or None."""
+    found = spools(sink)
+    if not store or not found:
+        return None
+    import socket
+
+    from collector.deliver import LocalDelivery
+    from collector.store import Store
+    return LocalDelivery(found[0], Store(store), socket.gethostname())
+
+
+def _run_source(source: str, fmt: str, sink: Any, collector: Any, rules_file: str | None,
+                state_file: str, parse_error_log: str | None, max_bytes: int,
+                generations: int, status_file: str, status_interval: float, user: str,
+                outputs: tuple[str, ...], ebpf_max_args: int, ebpf_argv_bytes: int,
+                ebpf_ringbuf_pages: int, interval: float, once: bool) -> None:
+    # Periodic work, and the files the sensor still writes after dropping root.
+    ticks = [collector.deliver] if collector is not None else []
+    outputs = tuple(outputs)
+    if collector is not None:
+        outputs += (f"jsonl:{collector.store.path}",)  # the store's directory: the user's too
     if source == "procfs":
         if fmt == "laurel":
             raise click.UsageError("--format laurel needs an audit source")
-        _run_procfs(sink, RENDERERS[fmt], interval, once)
+        _run_procfs(sink, RENDERERS[fmt], interval, once, collector)
     elif source in ("hybrid", "cross-check"):
         if fmt != "ecs":
             raise click.UsageError(f"--source {source} writes ecs events only")
         _run_combined(source, sink, rules_file, state_file, parse_error_log, max_bytes,
                       generations, status_file, status_interval, user, outputs,
-                      ebpf_max_args, ebpf_argv_bytes, ebpf_ringbuf_pages)
+                      ebpf_max_args, ebpf_argv_bytes, ebpf_ringbuf_pages, ticks)
     elif source == "ebpf":
         if fmt == "laurel":
             raise click.UsageError("--format laurel needs an audit source")
         _run_ebpf(RENDERERS[fmt], sink, status_file, status_interval, user, outputs,
-                  ebpf_max_args, ebpf_argv_bytes, ebpf_ringbuf_pages)
+                  ebpf_max_args, ebpf_argv_bytes, ebpf_ringbuf_pages, ticks)
     else:
         _run_audit(source, fmt, sink, rules_file, state_file, parse_error_log, max_bytes,
-                   generations, status_file, status_interval, user, outputs)
+                   generations, status_file, status_interval, user, outputs, ticks)
 
 
-def _run_procfs(sink: Any, render: Any, interval: float, once: bool) -> None:
+def _run_procfs(sink: Any, render: Any, interval: float, once: bool, collector: Any) -> None:
     from sensor_linux.enrich import Enricher
     from sensor_linux.procscan import ProcScan
 
@@ -115,9 +158,11 @@ def _run_procfs(sink: Any, render: Any, interval: float, once: bool) -> None:
     try:
         while True:
             for event in scanner.scan():
-                sink.write(render(event))
+                emit(sink, event, render(event))
                 events += 1
             sink.flush()
+            if collector is not None:
+                collector.deliver()
             if once or stop.wait(interval):
                 break
     except BrokenPipeError:
@@ -137,7 +182,7 @@ def _run_procfs(sink: Any, render: Any, interval: float, once: bool) -> None:
 
 def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, user: str,
               outputs: tuple[str, ...], max_args: int, argv_bytes: int,
-              ringbuf_pages: int) -> None:
+              ringbuf_pages: int, ticks: list[Any]) -> None:
     from sensor_linux.ebpf.events import EbpfEventBuilder
     from sensor_linux.ebpf.probes import ExecProbes, PrerequisiteError
     from sensor_linux.ebpf.source import EbpfPipeline, EbpfSession
@@ -159,14 +204,13 @@ def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, 
     session = EbpfSession(probes)
     try:
         _seed_process_table(enricher)
-        files = [o[len("jsonl:"):] if o.startswith("jsonl:") else o for o in outputs
-                 if o not in ("-", "stdout")] + [status_file]
+        files = output_files(outputs) + [status_file]
         click.echo(f"ttpsensor: {drop_to(user, sensor_dirs(files))}", err=True)
         reporter = StatusReporter(session, pipeline, enricher, status_file, status_interval)
         while not stop.is_set():
             probes.poll(1000)
             sink.flush()
-            reporter.tick()
+            _tick([reporter.tick, *ticks])
     except PrivilegeError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -185,7 +229,7 @@ def _run_combined(mode: str, sink: Any, rules_file: str | None, state_file: str,
                   parse_error_log: str | None, max_bytes: int, generations: int,
                   status_file: str, status_interval: float, user: str,
                   outputs: tuple[str, ...], max_args: int, argv_bytes: int,
-                  ringbuf_pages: int) -> None:
+                  ringbuf_pages: int, ticks: list[Any]) -> None:
     from sensor_linux.audit.netlink import AuditNetlinkError
     from sensor_linux.audit.pipeline import AuditPipeline
     from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession
@@ -224,11 +268,10 @@ def _run_combined(mode: str, sink: Any, rules_file: str | None, state_file: str,
     lost = 0
     try:
         _seed_process_table(enricher)
-        files = [o[len("jsonl:"):] if o.startswith("jsonl:") else o for o in outputs
-                 if o not in ("-", "stdout")] + [status_file, state_file, error_log.path]
+        files = output_files(outputs) + [status_file, state_file, error_log.path]
         click.echo(f"ttpsensor: {drop_to(user, sensor_dirs(files))}", err=True)
         reporter = StatusReporter(session, combined, enricher, status_file, status_interval)
-        combined.pump(stop, on_tick=reporter.tick)
+        combined.pump(stop, on_tick=lambda: _tick([reporter.tick, *ticks]))
     except PrivilegeError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -251,7 +294,7 @@ def _run_combined(mode: str, sink: Any, rules_file: str | None, state_file: str,
 def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_file: str,
                parse_error_log: str | None, max_bytes: int, generations: int,
                status_file: str, status_interval: float, user: str,
-               outputs: tuple[str, ...]) -> None:
+               outputs: tuple[str, ...], ticks: list[Any]) -> None:
     from sensor_linux.audit.netlink import AuditNetlinkError
     from sensor_linux.audit.pipeline import AuditPipeline
     from sensor_linux.audit.session import (AuditBusy, AuditLocked, UnicastSession,
@@ -287,13 +330,11 @@ def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_f
     try:
         if enricher is not None:
             _seed_process_table(enricher)
-        files = [o[len("jsonl:"):] if o.startswith("jsonl:") else o for o in outputs
-                 if o not in ("-", "stdout")]
-        files += [status_file, state_file, error_log.path]
+        files = output_files(outputs) + [status_file, state_file, error_log.path]
         click.echo(f"ttpsensor: {drop_to(user, sensor_dirs(files))}", err=True)
         reporter = StatusReporter(session, pipeline, enricher, status_file, status_interval,
                                   emit=fmt == "ecs")
-        pump(session, pipeline, stop, on_tick=reporter.tick)
+        pump(session, pipeline, stop, on_tick=lambda: _tick([reporter.tick, *ticks]))
     except PrivilegeError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -311,6 +352,16 @@ def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_f
         if "reporter" in locals():
             reporter.final(summary)
         click.echo(f"ttpsensor: stopped: {json.dumps(summary)}", err=True)
+
+
+def _tick(functions: list[Any]) -> None:
+    """Periodic work (status, local delivery); one failing must not stop the sensor."""
+    for function in functions:
+        try:
+            function()
+        except Exception as exc:  # noqa: BLE001 - reported, and tried again next tick
+            click.echo(f"ttpsensor: periodic task failed: {type(exc).__name__}: {exc}",
+                       err=True)
 
 
 class _StopFlag:

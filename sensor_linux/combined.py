@@ -16,7 +16,7 @@ import time
 from typing import Callable
 
 from common.schema import ACTION_PROCESS_CREATE, Event, get_path
-from common.sinks import Sink
+from common.sinks import Sink, emit
 from sensor_linux.audit.pipeline import AuditPipeline
 from sensor_linux.audit.session import UnicastSession
 from sensor_linux.crosscheck import CrossCheck
@@ -69,7 +69,7 @@ class Combined:
 
     def _report(self, events: list[Event]) -> None:
         for event in events:
-            self.sink.write(self.render(event))
+            emit(self.sink, event, self.render(event))
 
     def pump(self, stop: "object", on_tick: Callable[[], None] | None = None) -> None:
         assert self.session.records is not None

@@ -73,12 +73,14 @@ def _capset(mask: int) -> None:
 
 
 def sensor_dirs(paths: list[str]) -> list[str]:
-    """The directories of ``paths`` that belong to the sensor (named for it), which may be
-    handed to the unprivileged user; shared directories such as /tmp never are."""
+    """The directories of ``paths`` that belong to the sensor (named for it, or below one that
+    is), which may be handed to the unprivileged user; shared directories such as /tmp never
+    are."""
     dirs = []
     for path in paths:
         directory = os.path.dirname(os.path.abspath(path))
-        if "ttpsensor" in os.path.basename(directory) and directory not in dirs:
+        if any("ttpsensor" in part for part in directory.split(os.sep)) \
+                and directory not in dirs:
             dirs.append(directory)
     return dirs
 

@@ -15,6 +15,7 @@ import time
 from typing import Any, Protocol
 
 from common.schema import new_event
+from common.sinks import emit
 from sensor_linux.audit.pipeline import AuditPipeline
 
 
@@ -71,7 +72,7 @@ class StatusReporter:
                               host=getattr(self.enricher, "host", {}))
             event["event"]["kind"] = "metric"
             event["ttpsensor"] = {"status": stats}
-            self.pipeline.sink.write(json.dumps(event, separators=(",", ":")))
+            emit(self.pipeline.sink, event, json.dumps(event, separators=(",", ":")))
 
     def final(self, summary: dict[str, Any]) -> None:
         """The last word, written when the sensor stops."""

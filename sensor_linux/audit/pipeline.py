@@ -15,7 +15,7 @@ from typing import Callable, TextIO
 
 from common.render import RENDERERS
 from common.schema import ACTION_PROCESS_CREATE, Event, get_path
-from common.sinks import Sink
+from common.sinks import Sink, emit
 from sensor_linux.audit import laurel
 from sensor_linux.audit.assemble import Assembler, AuditEvent
 from sensor_linux.audit.events import AuditEventBuilder
@@ -57,8 +57,6 @@ class AuditPipeline:
         self.assembler = assembler or Assembler()
         self.stats = PipelineStats()
         self.builder = AuditEventBuilder(enricher or Enricher()) if fmt != "laurel" else None
-        self._render: Callable[[AuditEvent], str | None] = (
-            laurel.render if fmt == "laurel" else self._render_event)
 
     def feed(self, line: bytes) -> None:
         """One line of auditd's plugin or log format."""
@@ -94,29 +92,35 @@ class AuditPipeline:
         return out
 
     def _emit(self, events: list[AuditEvent]) -> None:
-        for event in events:
+        for audit in events:
             self.stats.events += 1
             try:
-                line = self._render(event)
+                if self.builder is None:  # laurel: lines straight from the records
+                    event, line = None, laurel.render(audit)
+                else:
+                    event, line = self._build_and_render(audit)
             except Exception as exc:  # noqa: BLE001 - a bug must not stop the audit stream
                 self.stats.internal_errors += 1
-                for record in event.records:
+                for record in audit.records:
                     self._keep(f"internal error {type(exc).__name__}: {exc}", record.raw)
                 continue
             if line is None:
                 self.stats.not_representable += 1
                 continue
-            self.sink.write(line)
+            if event is None:
+                self.sink.write(line)
+            else:
+                emit(self.sink, event, line)
             self.stats.output_lines += 1
 
-    def _render_event(self, audit: AuditEvent) -> str | None:
+    def _build_and_render(self, audit: AuditEvent) -> tuple[Event | None, str | None]:
         assert self.builder is not None
         event = self.builder.build(audit)
         if self.on_event is not None and not self.on_event(event):
-            return None
+            return event, None
         if self.fmt == "qlog" and get_path(event, "event.action") != ACTION_PROCESS_CREATE:
-            return None
-        return RENDERERS[self.fmt](event)
+            return event, None
+        return event, RENDERERS[self.fmt](event)
 
     def _keep(self, reason: str, line: bytes) -> None:
         """Keep the line verbatim (the error log can be replayed) and say why on stderr."""

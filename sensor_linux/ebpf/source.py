@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from common.schema import Event
-from common.sinks import Sink
+from common.sinks import Sink, emit
 from sensor_linux.ebpf.events import EbpfEventBuilder
 from sensor_linux.ebpf.probes import ExecProbes, ExecRecord
 
@@ -40,7 +40,7 @@ class EbpfPipeline:
             sys.stderr.write(f"ttpsensor: internal error on exec of pid {record.pid}: "
                              f"{type(exc).__name__}: {exc}\n")
             return
-        self.sink.write(line)
+        emit(self.sink, event, line)
         self.stats.output_lines += 1
         if self.on_event is not None:
             self.on_event(event)

@@ -1,0 +1,140 @@
+"""``ttpsensor hunt``: questions to the TTPHash baseline of a collector's store."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+DEFAULT_STORE = "ttpsensor-data/store.sqlite"
+
+
+def _open(path: str):  # type: ignore[no-untyped-def]
+    import os
+
+    from collector.store import Store
+    if not os.path.exists(path):
+        raise click.ClickException(f"no store at {path} (run the sensor or a collector first, "
+                                   "or give --store)")
+    return Store(path)
+
+
+def _print(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"{title} ({len(rows)})")
+    columns = list(rows[0]) if rows else ["ttphash"]
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("count", "hosts") else "left")
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row[c]) for c in columns))
+    Console().print(table)
+
+
+@click.group("hunt")
+@click.option("--store", default=DEFAULT_STORE, show_default=True,
+              help="The collector's store (SQLite file).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+@click.pass_context
+def hunt(ctx: click.Context, store: str, as_json: bool) -> None:
+    """Ask the TTPHash baseline: what is new, rare, frequent, or not allow-listed.
+
+    \b
+      ttpsensor hunt new --since 2026-11-29T00:00:00Z
+      ttpsensor hunt rare --max-hosts 1
+      ttpsensor hunt show <TTPHASH>
+      ttpsensor hunt allow add <TTPHASH> --reason "backup job"
+    """
+    ctx.obj = {"store": store, "json": as_json}
+
+
+@hunt.command("new")
+@click.option("--since", required=True, help="ISO 8601 UTC time, e.g. 2026-11-29T00:00:00Z.")
+@click.pass_obj
+def hunt_new(obj: dict[str, Any], since: str) -> None:
+    """TTPHashes first seen at or after SINCE."""
+    _print(_open(obj["store"]).new_since(since), obj["json"], f"new since {since}")
+
+
+@hunt.command("rare")
+@click.option("--max-hosts", default=1, show_default=True)
+@click.pass_obj
+def hunt_rare(obj: dict[str, Any], max_hosts: int) -> None:
+    """TTPHashes seen on at most N hosts."""
+    _print(_open(obj["store"]).rare(max_hosts), obj["json"], f"on <= {max_hosts} hosts")
+
+
+@hunt.command("top")
+@click.option("--limit", default=20, show_default=True)
+@click.pass_obj
+def hunt_top(obj: dict[str, Any], limit: int) -> None:
+    """The most frequent TTPHashes."""
+    _print(_open(obj["store"]).top(limit), obj["json"], "most frequent")
+
+
+@hunt.command("unlisted")
+@click.pass_obj
+def hunt_unlisted(obj: dict[str, Any]) -> None:
+    """TTPHashes that are not on the allow-list."""
+    _print(_open(obj["store"]).not_allowed(), obj["json"], "not allow-listed")
+
+
+@hunt.command("show")
+@click.argument("value")
+@click.pass_obj
+def hunt_show(obj: dict[str, Any], value: str) -> None:
+    """A TTPHash's baseline entry, its sample event and its canonical input."""
+    row = _open(obj["store"]).show(value)
+    if row is None:
+        raise click.ClickException(f"no TTPHash {value} in the store")
+    from common import ecs
+    if obj["json"]:
+        row["sample"] = json.loads(ecs.render(row["sample"]))
+        click.echo(json.dumps(row, default=str))
+        return
+    for key in ("ttphash", "first_seen", "last_seen", "count", "hosts", "host_names",
+                "allowed"):
+        click.echo(f"{key:11} {row[key]}")
+    click.echo(f"canonical   {row['canonical']}")
+    click.echo(f"sample      {ecs.render(row['sample'])}")
+
+
+@hunt.group("allow")
+def hunt_allow() -> None:
+    """The allow-list: known-good TTPHashes, each with a reason."""
+
+
+@hunt_allow.command("add")
+@click.argument("value")
+@click.option("--reason", required=True)
+@click.pass_obj
+def allow_add(obj: dict[str, Any], value: str, reason: str) -> None:
+    _open(obj["store"]).allow(value, reason)
+
+
+@hunt_allow.command("remove")
+@click.argument("value")
+@click.pass_obj
+def allow_remove(obj: dict[str, Any], value: str) -> None:
+    if not _open(obj["store"]).disallow(value):
+        click.echo(f"{value} was not on the allow-list", err=True)
+        sys.exit(1)
+
+
+@hunt_allow.command("list")
+@click.pass_obj
+def allow_list(obj: dict[str, Any]) -> None:
+    _print(_open(obj["store"]).allowed(), obj["json"], "allow-list")
+
+
+@hunt.command("gaps")
+@click.pass_obj
+def hunt_gaps(obj: dict[str, Any]) -> None:
+    """Events sensors lost before delivery (spool full, disk full), as they reported."""
+    _print(_open(obj["store"]).gaps(), obj["json"], "reported gaps")
