@@ -138,3 +138,37 @@ def allow_list(obj: dict[str, Any]) -> None:
 def hunt_gaps(obj: dict[str, Any]) -> None:
     """Events sensors lost before delivery (spool full, disk full), as they reported."""
     _print(_open(obj["store"]).gaps(), obj["json"], "reported gaps")
+
+
+@click.command("collect")
+@click.option("--listen", default="127.0.0.1:7531", show_default=True, help="HOST:PORT.")
+@click.option("--cert", required=True, help="The collector's certificate (PEM).")
+@click.option("--key", required=True, help="Its private key (PEM).")
+@click.option("--ca", required=True, help="Only sensors with a certificate from this CA get in.")
+@click.option("--store", default=DEFAULT_STORE, show_default=True, help="SQLite store.")
+def collect(listen: str, cert: str, key: str, ca: str, store: str) -> None:
+    """Receive events from forwarders (mutual TLS), deduplicate, store, keep the baseline.
+
+    Plain TCP, a missing client certificate and a certificate from another CA are refused
+    and logged. Stops on SIGTERM/SIGINT.
+    """
+    import signal
+    import threading
+    from dataclasses import asdict
+
+    from collector.server import Collector
+    from collector.store import Store
+    from common.transport import server_context
+    host, _, port = listen.rpartition(":")
+    collector = Collector(Store(store), server_context(cert, key, ca))
+    stopping = threading.Event()
+
+    def stop(*_: object) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=collector.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    collector.serve(host.strip("[]") or "127.0.0.1", int(port or 7531))
+    click.echo(f"ttpsensor collect: stopped: {json.dumps(asdict(collector.stats))}", err=True)

@@ -61,7 +61,8 @@ class Store:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # events are sensitive: 0600
         os.close(fd)
         self.path = path
-        self.db = sqlite3.connect(path, timeout=30)
+        # Shared by the collector's connection threads, which serialize their use of it.
+        self.db = sqlite3.connect(path, timeout=30, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)

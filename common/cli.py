@@ -238,3 +238,68 @@ def spool_verify(directory: str) -> None:
     click.echo(json.dumps({"frames": frames, "events": events, **problems}))
     if problems:
         sys.exit(1)
+
+
+# --- pki and forward ----------------------------------------------------------------------------
+
+@main.group("pki")
+def pki_group() -> None:
+    """A lab PKI for a test or small deployment."""
+
+
+@pki_group.command("init")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--sensor", "sensors", multiple=True, default=["sensor"], show_default=True,
+              help="A sensor certificate to issue (its name is the sensor's identity). "
+                   "Repeatable.")
+@click.option("--collector-name", "names", multiple=True,
+              help="Names and addresses the collector is reached by (default: localhost, "
+                   "127.0.0.1, ::1). Repeatable.")
+def pki_init(directory: str, sensors: tuple[str, ...], names: tuple[str, ...]) -> None:
+    """Make a CA, a collector certificate and sensor certificates in DIRECTORY (keys 0600)."""
+    from common import pki
+    issued = pki.init(directory, list(sensors), collector_names=list(names) or None)
+    for name, files in issued.items():
+        click.echo(f"{name:12} {files.cert}  {files.key}")
+
+
+def _address(value: str) -> tuple[str, int]:
+    from common.transport import PORT
+    host, _, port = value.rpartition(":")
+    if not host:
+        return value, PORT
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value}: HOST:PORT") from exc
+
+
+@main.command("forward")
+@click.option("--spool", "spool_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--collector", "collectors", multiple=True, required=True,
+              help="HOST:PORT of a collector; repeat for failover, in order of preference.")
+@click.option("--cert", required=True, help="This sensor's certificate (PEM).")
+@click.option("--key", required=True, help="Its private key (PEM).")
+@click.option("--ca", required=True, help="The CA that signed the collectors' certificates.")
+@click.option("--server-name", default=None,
+              help="The name in the collectors' certificates, if not their address.")
+def forward(spool_dir: str, collectors: tuple[str, ...], cert: str, key: str, ca: str,
+            server_name: str | None) -> None:
+    """Ship a spool to collectors over mutual TLS; the spool's cursor moves only on acks.
+
+    Runs until SIGTERM/SIGINT, retrying with backoff and failing over between collectors.
+    """
+    import signal as _signal
+    import threading
+
+    from common.forward import Forwarder
+    from common.transport import client_context
+    stop = threading.Event()
+    _signal.signal(_signal.SIGTERM, lambda *_: stop.set())
+    _signal.signal(_signal.SIGINT, lambda *_: stop.set())
+    forwarder = Forwarder(spool_dir, [_address(c) for c in collectors],
+                          client_context(cert, key, ca), server_name,
+                          log=lambda m: click.echo(f"ttpsensor forward: {m}", err=True))
+    forwarder.run(stop.is_set)
+    from dataclasses import asdict
+    click.echo(f"ttpsensor forward: stopped: {json.dumps(asdict(forwarder.stats))}", err=True)

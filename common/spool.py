@@ -69,6 +69,23 @@ class Frame:
                                                         max_output_size=MAX_PAYLOAD * 8)
         return wire.unpack_batch(data)
 
+    def raw(self) -> bytes:
+        """The frame as it is on disk (and on the wire)."""
+        tail = struct.pack("<QI", self.first_seq, self.count) + self.payload
+        return MAGIC + struct.pack("<II", len(self.payload), google_crc32c.value(tail)) + tail
+
+
+def decode_frame(data: bytes) -> Frame:
+    """One whole frame (as received from a forwarder); SpoolError if it is not valid."""
+    if len(data) < _HEADER.size:
+        raise SpoolError(22, "frame shorter than its header")
+    magic, length, crc, first, count = _HEADER.unpack_from(data)
+    if magic != MAGIC or length == 0 or count == 0 or _HEADER.size + length != len(data):
+        raise SpoolError(22, "not a frame (magic, length or count)")
+    if google_crc32c.value(data[_CRC_FROM:]) != crc:
+        raise SpoolError(22, "frame CRC mismatch")
+    return Frame("", 0, first, count, data[_HEADER.size:])
+
 
 @dataclass
 class SpoolStats:
@@ -119,7 +136,7 @@ class Spool:
                  batch_events: int = DEFAULT_BATCH_EVENTS,
                  batch_bytes: int = DEFAULT_BATCH_BYTES,
                  batch_seconds: float = DEFAULT_BATCH_SECONDS, fsync: str = "frame",
-                 host: dict[str, Any] | None = None) -> None:
+                 host: dict[str, Any] | None = None, readonly: bool = False) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}")
         self.dir = directory
@@ -131,6 +148,10 @@ class Spool:
         self.fsync = fsync
         self.host = host or {}
         self.stats = SpoolStats()
+        # A reader beside a live writer (the forwarder) must never repair or write segments.
+        self.readonly = readonly
+        if readonly and not os.path.isfile(os.path.join(directory, "spool.json")):
+            raise SpoolError(2, f"{directory} is not a spool (no spool.json)")
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.spool_id = self._load_meta()
         self._batch: list[Event] = []
@@ -159,7 +180,7 @@ class Spool:
     def _recover(self) -> int:
         """The next sequence number, after cutting a torn tail off the last segment."""
         segments = self.segments()
-        if not segments:
+        if not segments or self.readonly:
             return self.acked()
         last = segments[-1]
         end_seq, good_end = _segment_seq(last), 0
@@ -177,6 +198,8 @@ class Spool:
 
     def append(self, event: Event, now: float | None = None) -> None:
         """Queue one event; frames are written by count, size or age of the batch."""
+        if self.readonly:
+            raise SpoolError(30, "this spool was opened read-only")
         now = time.monotonic() if now is None else now
         if not self._batch:
             self._batch_started = now
@@ -305,12 +328,15 @@ class Spool:
 
     def ack(self, seq: int) -> None:
         """Everything below ``seq`` is acknowledged; fully acknowledged segments are deleted
-        after the cursor is safely on disk."""
+        after the cursor is safely on disk (the last segment never: it may be in use)."""
         self._replace(os.path.join(self.dir, "cursor.json"), json.dumps({"acked": seq}))
         segments = self.segments()
         for i, name in enumerate(segments[:-1]):
             if _segment_seq(segments[i + 1]) <= seq and name != self._segment:
-                os.unlink(os.path.join(self.dir, name))
+                try:
+                    os.unlink(os.path.join(self.dir, name))
+                except FileNotFoundError:
+                    pass  # the writer dropped it first
 
     def _replace(self, path: str, text: str) -> None:
         tmp = f"{path}.tmp"
@@ -322,9 +348,13 @@ class Spool:
         _fsync_dir(self.dir)
 
     def frames(self, segment: str, count_errors: bool = True) -> Iterator[Frame]:
-        """Valid frames of one segment; corruption is skipped (and counted)."""
-        with open(os.path.join(self.dir, segment), "rb") as f:
-            data = f.read()
+        """Valid frames of one segment; corruption is skipped (and counted). A segment the
+        writer dropped meanwhile reads as empty (its gap event says what was lost)."""
+        try:
+            with open(os.path.join(self.dir, segment), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return
         offset = 0
         while offset + _HEADER.size <= len(data):
             magic, length, crc, first, count = _HEADER.unpack_from(data, offset)
@@ -353,6 +383,20 @@ class Spool:
             offset = end
         if offset < len(data) and count_errors:
             self.stats.torn_tails += 1
+
+    def read_frames(self, from_seq: int | None = None) -> Iterator[Frame]:
+        """Frames from ``from_seq`` (default: the cursor) on, without decompressing them."""
+        expected = self.acked() if from_seq is None else from_seq
+        started = False
+        for segment in self.segments():
+            for frame in self.frames(segment):
+                if frame.first_seq + frame.count <= expected:
+                    continue
+                if frame.first_seq > expected and started:
+                    self.stats.missing_events += frame.first_seq - expected
+                started = True
+                expected = frame.first_seq + frame.count
+                yield frame
 
     def read(self, from_seq: int | None = None) -> Iterator[tuple[Frame, list[Event]]]:
         """Frames (with their events) from ``from_seq`` (default: the cursor) on, in order.

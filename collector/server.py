@@ -1,0 +1,118 @@
+"""``ttpsensor collect``: receive spool frames from forwarders over mutual TLS and store them.
+
+One thread per connection, blocking TLS sockets: the handshake happens where its failure can be
+logged and counted (plain TCP, no client certificate, a certificate from another CA). Writes to
+the store are serialized; a frame is acknowledged after its transaction committed.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import socketserver
+import ssl
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, TextIO
+
+from collector.store import Store
+from common import transport
+from common.spool import decode_frame
+
+
+@dataclass
+class CollectorStats:
+    connections: int = 0
+    refused: int = 0
+    frames: int = 0
+    events_new: int = 0
+    events_duplicate: int = 0
+    bad_frames: int = 0
+    by_sensor: dict[str, int] = field(default_factory=dict)
+
+
+class Collector:
+    def __init__(self, store: Store, context: ssl.SSLContext,
+                 log: TextIO | None = None) -> None:
+        self.store = store
+        self.context = context
+        self.log_stream = log if log is not None else sys.stderr
+        self.stats = CollectorStats()
+        self._lock = threading.Lock()
+        self._server: socketserver.ThreadingTCPServer | None = None
+
+    def log(self, message: str) -> None:
+        self.log_stream.write(f"ttpsensor collect: {message}\n")
+        self.log_stream.flush()
+
+    def handle(self, raw: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            sock = self.context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            with self._lock:
+                self.stats.refused += 1
+            self.log(f"refused {peer[0]}:{peer[1]}: {exc}")
+            raw.close()
+            return
+        try:
+            sensor = transport.peer_name(sock)
+            kind, body = transport.receive(sock)
+            if kind != b"H":
+                raise transport.ProtocolError("no hello")
+            spool_id = str(json.loads(body)["spool"])
+            with self._lock:
+                self.stats.connections += 1
+            self.log(f"{sensor} connected from {peer[0]} (spool {spool_id})")
+            while True:
+                kind, body = transport.receive(sock)
+                if kind != b"F":
+                    raise transport.ProtocolError(f"unexpected message {kind!r}")
+                self._frame(sock, sensor, spool_id, body)
+        except (transport.ProtocolError, OSError, ValueError, KeyError) as exc:
+            if not isinstance(exc, transport.ProtocolError) or "closed" not in str(exc):
+                self.log(f"connection from {peer[0]} ended: {exc}")
+        finally:
+            sock.close()
+
+    def _frame(self, sock: ssl.SSLSocket, sensor: str, spool_id: str, data: bytes) -> None:
+        try:
+            frame = decode_frame(data)
+            events = frame.events()
+        except Exception as exc:  # noqa: BLE001 - any undecodable frame is refused
+            with self._lock:
+                self.stats.bad_frames += 1
+            first = int.from_bytes(data[12:20], "little") if len(data) >= 20 else 0
+            transport.send(sock, b"N", first.to_bytes(8, "big") + str(exc).encode())
+            self.log(f"refused a frame from {sensor}: {exc}")
+            return
+        with self._lock:
+            result = self.store.ingest(spool_id, frame.first_seq, events, sensor)
+            self.stats.frames += 1
+            self.stats.events_new += result.new
+            self.stats.events_duplicate += result.duplicates
+            self.stats.by_sensor[sensor] = self.stats.by_sensor.get(sensor, 0) + result.new
+        transport.send(sock, b"A", transport.ACK.pack(frame.first_seq, frame.count, result.new))
+
+    def serve(self, host: str, port: int, ready: Callable[[int], None] | None = None) -> None:
+        collector = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                collector.handle(self.request, self.client_address)
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self._server = Server((host, port), Handler)
+        bound = self._server.server_address[1]
+        self.log(f"listening on {host}:{bound}")
+        if ready is not None:
+            ready(bound)
+        self._server.serve_forever(poll_interval=0.2)
+
+    def shutdown(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

@@ -1,0 +1,188 @@
+"""Spool -> forwarder -> collector with real processes and real TLS on loopback."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from collector.store import Store
+from common import pki
+from common.spool import Spool
+from tests.conftest import ttpsensor_command
+
+pytestmark = pytest.mark.server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _events(n: int, start: int = 0) -> list[dict]:
+    return [{"schema": 1, "@timestamp": f"2026-11-29T00:00:{(i % 60):02d}.000000Z",
+             "event": {"id": f"ev-{i}", "action": "process_create", "provider": "ebpf"},
+             "host": {"name": f"h{i % 7}"},
+             "ttphash": {"value": f"{i % 101:064X}", "version": 1, "complete": True},
+             "process": {"pid": i, "args": ["x", str(i)]}} for i in range(start, start + n)]
+
+
+class Proc:
+    def __init__(self, tmp: Path, name: str, args: list[str]) -> None:
+        self.err = tmp / f"{name}.err"
+        self.proc = subprocess.Popen(ttpsensor_command() + args, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.err, "a"))
+
+    def text(self) -> str:
+        return self.err.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    certs = tmp_path / "pki"
+    issued = pki.init(str(certs), ["sensor-a"])
+    for files in issued.values():
+        assert stat.S_IMODE(os.stat(files.key).st_mode) == 0o600
+    return tmp_path, issued
+
+
+def _collector(tmp: Path, issued, port: int, name: str = "collector") -> Proc:
+    c = issued["collector"]
+    proc = Proc(tmp, name, ["collect", "--listen", f"127.0.0.1:{port}", "--cert", c.cert,
+                            "--key", c.key, "--ca", issued["ca"].cert,
+                            "--store", str(tmp / "store.sqlite")])
+    deadline = time.monotonic() + 60
+    while "listening on" not in proc.text():
+        assert proc.proc.poll() is None and time.monotonic() < deadline, proc.text()
+        time.sleep(0.05)
+    return proc
+
+
+def _forwarder(tmp: Path, issued, ports: list[int]) -> Proc:
+    s = issued["sensor-a"]
+    args = ["forward", "--spool", str(tmp / "spool"), "--cert", s.cert, "--key", s.key,
+            "--ca", issued["ca"].cert, "--server-name", "localhost"]
+    for port in ports:
+        args += ["--collector", f"127.0.0.1:{port}"]
+    return Proc(tmp, "forwarder", args)
+
+
+def _stored(tmp: Path) -> int:
+    if not (tmp / "store.sqlite").exists():
+        return 0
+    store = Store(str(tmp / "store.sqlite"))
+    try:
+        return store.count_events()
+    finally:
+        store.close()
+
+
+def _wait(predicate, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_crash_test_exactly_once_in_the_store_despite_sigkills(lab) -> None:
+    tmp, issued = lab
+    total = int(os.environ.get("TTPSENSOR_CRASH_EVENTS", "200000"))
+    kills = int(os.environ.get("TTPSENSOR_CRASH_KILLS", "20"))
+    spool = Spool(str(tmp / "spool"), batch_events=500, segment_bytes=4 << 20)
+    port = _free_port()
+    collector = _collector(tmp, issued, port)
+    forwarder = _forwarder(tmp, issued, [port])
+    rng = random.Random(1234)
+    written = 0
+    try:
+        for k in range(kills):
+            chunk = (total - written) // (kills - k)  # the sensor keeps spooling meanwhile
+            for event in _events(chunk, written):
+                spool.append(event)
+            spool.flush()
+            written += chunk
+            time.sleep(rng.uniform(0.05, 0.6))
+            if k % 2 == 0:
+                forwarder.stop(signal.SIGKILL)
+                forwarder = _forwarder(tmp, issued, [port])
+            else:
+                collector.stop(signal.SIGKILL)
+                collector = _collector(tmp, issued, port)
+        spool.close()
+        _wait(lambda: _stored(tmp) >= total, f"{total} events in the store")
+    finally:
+        forwarder.stop()
+        collector.stop()
+    store = Store(str(tmp / "store.sqlite"))
+    assert store.count_events() == total  # none lost, none twice (keys are (spool, seq))
+    seqs = [r[0] for r in store.db.execute("SELECT seq FROM events ORDER BY seq")]
+    assert seqs == list(range(total))
+    assert sum(r["count"] for r in store.top(1000)) == total  # the baseline counted each once
+    assert Spool(str(tmp / "spool"), readonly=True).acked() == total
+
+
+def test_failover_to_the_second_collector(lab) -> None:
+    tmp, issued = lab
+    spool = Spool(str(tmp / "spool"), batch_events=100)
+    for event in _events(1000):
+        spool.append(event)
+    spool.close()
+    dead, alive = _free_port(), _free_port()
+    collector = _collector(tmp, issued, alive)
+    forwarder = _forwarder(tmp, issued, [dead, alive])
+    try:
+        _wait(lambda: _stored(tmp) == 1000, "1000 events", timeout=60)
+    finally:
+        forwarder.stop()
+        collector.stop()
+    assert '"failovers": 1' in forwarder.text() or "failover" in forwarder.text()
+
+
+def test_unauthenticated_clients_are_refused_and_logged(lab) -> None:
+    tmp, issued = lab
+    port = _free_port()
+    collector = _collector(tmp, issued, port)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as plain:  # plain TCP
+            plain.sendall(b"\x00\x00\x00\x05Hhello")
+            plain.settimeout(5)
+            try:
+                plain.recv(100)
+            except OSError:
+                pass
+        no_cert = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        no_cert.load_verify_locations(issued["ca"].cert)
+        with pytest.raises((ssl.SSLError, OSError)):
+            with socket.create_connection(("127.0.0.1", port)) as raw:
+                with no_cert.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(b"\x00\x00\x00\x01H")
+                    tls.recv(10)
+        other = pki.init(str(tmp / "other-pki"), ["intruder"])
+        foreign = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        foreign.load_verify_locations(issued["ca"].cert)
+        foreign.load_cert_chain(other["intruder"].cert, other["intruder"].key)
+        with pytest.raises((ssl.SSLError, OSError)):
+            with socket.create_connection(("127.0.0.1", port)) as raw:
+                with foreign.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(b"\x00\x00\x00\x01H")
+                    tls.recv(10)
+        _wait(lambda: collector.text().count("refused") >= 3, "three refusals", timeout=30)
+    finally:
+        collector.stop()
+    assert _stored(tmp) == 0
+    assert '"refused": 3' in collector.text()
+    assert stat.S_IMODE(os.stat(tmp / "store.sqlite").st_mode) == 0o600
