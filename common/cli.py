@@ -165,6 +165,17 @@ def bench_filehash(count: int, directory: str, rounds: int) -> None:
     benchmarks.print_table(benchmarks.filehash(directory, count, rounds))
 
 
+@bench.command("spool")
+@click.option("--events", "count", default=20000, show_default=True)
+def bench_spool(count: int) -> None:
+    """Spool write rate and compression ratio (see also 'bench ingest')."""
+    import tempfile
+
+    from common import bench as benchmarks
+    with tempfile.TemporaryDirectory(prefix="ttpsensor-bench-") as directory:
+        benchmarks.print_table(benchmarks.spool(count, directory + "/spool"))
+
+
 @bench.command("encode")
 @click.option("--events", "count", default=20000, show_default=True)
 def bench_encode(count: int) -> None:
