@@ -385,7 +385,10 @@ class Spool:
             self.stats.torn_tails += 1
 
     def read_frames(self, from_seq: int | None = None) -> Iterator[Frame]:
-        """Frames from ``from_seq`` (default: the cursor) on, without decompressing them."""
+        """Frames from ``from_seq`` (default: the cursor) on, without decompressing them.
+        Holes between frames (a deleted or unreadable segment) are counted in
+        ``stats.missing_events``; what lies before the first frame may have been acknowledged
+        and deleted, so it is not counted."""
         expected = self.acked() if from_seq is None else from_seq
         started = False
         for segment in self.segments():
@@ -399,26 +402,15 @@ class Spool:
                 yield frame
 
     def read(self, from_seq: int | None = None) -> Iterator[tuple[Frame, list[Event]]]:
-        """Frames (with their events) from ``from_seq`` (default: the cursor) on, in order.
-        Holes between frames (a deleted or unreadable segment) are counted in
-        ``stats.missing_events``; what lies before the first frame may have been acknowledged
-        and deleted, so it is not counted."""
-        expected = self.acked() if from_seq is None else from_seq
-        started = False
-        for segment in self.segments():
-            for frame in self.frames(segment):
-                if frame.first_seq + frame.count <= expected:
-                    continue
-                if frame.first_seq > expected and started:
-                    self.stats.missing_events += frame.first_seq - expected
-                started = True
-                try:
-                    events = frame.events()
-                except (zstandard.ZstdError, wire.WireError):
-                    self.stats.corrupt_frames += 1
-                    continue
-                expected = frame.first_seq + frame.count
-                yield frame, events
+        """Frames with their events, as :meth:`read_frames`; a frame that passes its CRC but
+        does not decode is counted as corrupt and skipped."""
+        for frame in self.read_frames(from_seq):
+            try:
+                events = frame.events()
+            except (zstandard.ZstdError, wire.WireError):
+                self.stats.corrupt_frames += 1
+                continue
+            yield frame, events
 
     def summary(self) -> dict[str, Any]:
         out = asdict(self.stats)

@@ -203,10 +203,8 @@ def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, 
                f"{probes.load_seconds:.2f} s", err=True)
     session = EbpfSession(probes)
     try:
-        _seed_process_table(enricher)
-        files = output_files(outputs) + [status_file]
-        click.echo(f"ttpsensor: {drop_to(user, sensor_dirs(files))}", err=True)
-        reporter = StatusReporter(session, pipeline, enricher, status_file, status_interval)
+        reporter = _start_serving(session, pipeline, enricher, user, status_file,
+                                  status_interval, output_files(outputs) + [status_file])
         while not stop.is_set():
             probes.poll(1000)
             sink.flush()
@@ -267,10 +265,9 @@ def _run_combined(mode: str, sink: Any, rules_file: str | None, state_file: str,
     session = CombinedSession(mode, audit, probes)
     lost = 0
     try:
-        _seed_process_table(enricher)
-        files = output_files(outputs) + [status_file, state_file, error_log.path]
-        click.echo(f"ttpsensor: {drop_to(user, sensor_dirs(files))}", err=True)
-        reporter = StatusReporter(session, combined, enricher, status_file, status_interval)
+        reporter = _start_serving(session, combined, enricher, user, status_file,
+                                  status_interval, output_files(outputs) + [
+                                      status_file, state_file, error_log.path])
         combined.pump(stop, on_tick=lambda: _tick([reporter.tick, *ticks]))
     except PrivilegeError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -328,11 +325,9 @@ def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_f
     pipeline = AuditPipeline(fmt, sink, enricher=enricher, error_log=error_log)
     lost = 0
     try:
-        if enricher is not None:
-            _seed_process_table(enricher)
-        files = output_files(outputs) + [status_file, state_file, error_log.path]
-        click.echo(f"ttpsensor: {drop_to(user, sensor_dirs(files))}", err=True)
-        reporter = StatusReporter(session, pipeline, enricher, status_file, status_interval,
+        reporter = _start_serving(session, pipeline, enricher, user, status_file,
+                                  status_interval, output_files(outputs) + [
+                                      status_file, state_file, error_log.path],
                                   emit=fmt == "ecs")
         pump(session, pipeline, stop, on_tick=lambda: _tick([reporter.tick, *ticks]))
     except PrivilegeError as exc:
@@ -352,6 +347,15 @@ def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_f
         if "reporter" in locals():
             reporter.final(summary)
         click.echo(f"ttpsensor: stopped: {json.dumps(summary)}", err=True)
+
+
+def _start_serving(session: Any, pipeline: Any, enricher: Any, user: str, status_file: str,
+                   status_interval: float, files: list[str], emit: bool = True) -> Any:
+    """Once the source is open: learn the running processes, drop root, start reporting."""
+    if enricher is not None:
+        _seed_process_table(enricher)
+    click.echo(f"ttpsensor: {drop_to(user, sensor_dirs(files))}", err=True)
+    return StatusReporter(session, pipeline, enricher, status_file, status_interval, emit=emit)
 
 
 def _tick(functions: list[Any]) -> None:
