@@ -1,7 +1,9 @@
 """The collector's store: events deduplicated by (spool, sequence), and the TTPHash baseline.
 
-SQLite by default (the standard library's sqlite3); the schema is plain SQL so a PostgreSQL
-backend can share it. Ingesting the same frame twice changes nothing: events are keyed by the
+SQLite by default (the standard library's sqlite3), PostgreSQL when given a
+``postgresql://`` URL (psycopg 3). One set of SQL statements serves both: they are written
+for SQLite and translated for PostgreSQL (placeholders, ``INSERT OR IGNORE`` ->
+``ON CONFLICT DO NOTHING``, two-argument ``max``/``min`` -> ``GREATEST``/``LEAST``). Ingesting the same frame twice changes nothing: events are keyed by the
 spool id and sequence number the sensor's spool gave them, and the baseline counts an event
 only when it was new.
 
@@ -16,11 +18,13 @@ Tables::
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from common import ttphash, wire
 from common.schema import ACTION_PROCESS_CREATE, Event, get_path, utc_timestamp
@@ -52,20 +56,56 @@ class IngestResult:
     gaps: int = 0
 
 
-class Store:
-    """A SQLite store. One writer at a time; readers (hunt) may run beside it (WAL)."""
+_IGNORE = re.compile(r"INSERT OR IGNORE INTO (\w+) (VALUES \([?,]+\))")
+_REPLACE_ALLOW = "INSERT OR REPLACE INTO allow VALUES (?,?,?)"
 
-    def __init__(self, path: str) -> None:
-        directory = os.path.dirname(os.path.abspath(path))
+
+def _postgres_sql(sql: str) -> str:
+    sql = _IGNORE.sub(r"INSERT INTO \1 \2 ON CONFLICT DO NOTHING", sql)
+    if sql == _REPLACE_ALLOW:
+        sql = ("INSERT INTO allow VALUES (?,?,?) ON CONFLICT (ttphash) DO UPDATE SET "
+               "reason = EXCLUDED.reason, added = EXCLUDED.added")
+    sql = sql.replace("max(last_seen, ?)", "GREATEST(last_seen, ?)").replace(
+        "min(first_seen, ?)", "LEAST(first_seen, ?)")
+    return sql.replace("?", "%s")
+
+
+class Store:
+    """A store in SQLite (a path) or PostgreSQL (a ``postgresql://`` URL). One writer at a
+    time; readers (hunt) may run beside it."""
+
+    def __init__(self, location: str) -> None:
+        self.path = location
+        self.postgres = location.startswith(("postgresql://", "postgres://"))
+        if self.postgres:
+            import psycopg
+            self.db: Any = psycopg.connect(location, autocommit=True)
+            for statement in SCHEMA.replace("BLOB", "BYTEA").replace(
+                    "INTEGER", "BIGINT").split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            return
+        directory = os.path.dirname(os.path.abspath(location))
         os.makedirs(directory, mode=0o750, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # events are sensitive: 0600
+        fd = os.open(location, os.O_RDWR | os.O_CREAT, 0o600)  # events are sensitive: 0600
         os.close(fd)
-        self.path = path
         # Shared by the collector's connection threads, which serialize their use of it.
-        self.db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        self.db = sqlite3.connect(location, timeout=30, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+
+    def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        return self.db.execute(_postgres_sql(sql) if self.postgres else sql, args)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        if self.postgres:
+            with self.db.transaction():
+                yield
+        else:
+            with self.db:
+                yield
 
     def close(self) -> None:
         self.db.close()
@@ -74,7 +114,7 @@ class Store:
                sensor: str) -> IngestResult:
         """Store a frame's events in one transaction; return how many were new."""
         result = IngestResult()
-        with self.db:
+        with self._transaction():
             for offset, event in enumerate(events):
                 seq = first_seq + offset
                 action = get_path(event, "event.action")
@@ -82,7 +122,7 @@ class Store:
                 complete = get_path(event, "ttphash.complete")
                 host = get_path(event, "host.name")
                 ts = event.get("@timestamp")
-                cursor = self.db.execute(
+                cursor = self._execute(
                     "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?)",
                     (spool, seq, sensor, host, ts, action, value,
                      None if complete is None else int(bool(complete)), wire.pack_event(event)))
@@ -98,7 +138,7 @@ class Store:
         return result
 
     def _baseline(self, event: Event, value: str, host: str, ts: str) -> None:
-        updated = self.db.execute(
+        updated = self._execute(
             "UPDATE baseline SET last_seen = max(last_seen, ?), first_seen = min(first_seen, ?),"
             " count = count + 1 WHERE ttphash = ?", (ts, ts, value)).rowcount
         if not updated:
@@ -106,23 +146,23 @@ class Store:
                 canonical = ttphash.compute(event).canonical.decode("utf-8")
             except ttphash.TTPHashError:
                 canonical = None
-            self.db.execute("INSERT INTO baseline VALUES (?,?,?,?,?,?,?)",
+            self._execute("INSERT INTO baseline VALUES (?,?,?,?,?,?,?)",
                             (value, ts, ts, 1, 0, wire.pack_event(event), canonical))
-        if self.db.execute("INSERT OR IGNORE INTO baseline_hosts VALUES (?,?)",
+        if self._execute("INSERT OR IGNORE INTO baseline_hosts VALUES (?,?)",
                            (value, host)).rowcount:
-            self.db.execute("UPDATE baseline SET hosts = hosts + 1 WHERE ttphash = ?",
+            self._execute("UPDATE baseline SET hosts = hosts + 1 WHERE ttphash = ?",
                             (value,))
 
     def _gap(self, spool: str, sensor: str, event: Event) -> None:
         gap = get_path(event, "ttpsensor.spool_gap") or {}
-        self.db.execute("INSERT OR IGNORE INTO gaps VALUES (?,?,?,?,?,?,?)",
+        self._execute("INSERT OR IGNORE INTO gaps VALUES (?,?,?,?,?,?,?)",
                         (spool, sensor, gap.get("first_seq", 0), gap.get("end_seq", 0),
                          gap.get("events", 0), gap.get("reason"), event.get("@timestamp")))
 
     # --- hunting ----------------------------------------------------------------------------
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        cursor = self.db.execute(sql, args)
+        cursor = self._execute(sql, args)
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row)) for row in cursor.fetchall()]
 
@@ -156,13 +196,13 @@ class Store:
         return row
 
     def allow(self, value: str, reason: str) -> None:
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO allow VALUES (?,?,?)",
+        with self._transaction():
+            self._execute(_REPLACE_ALLOW,
                             (value.upper(), reason, utc_timestamp(time.time())))
 
     def disallow(self, value: str) -> bool:
-        with self.db:
-            return self.db.execute("DELETE FROM allow WHERE ttphash = ?",
+        with self._transaction():
+            return self._execute("DELETE FROM allow WHERE ttphash = ?",
                                    (value.upper(),)).rowcount > 0
 
     def allowed(self) -> list[dict[str, Any]]:
@@ -172,4 +212,7 @@ class Store:
         return self._rows("SELECT * FROM gaps ORDER BY ts")
 
     def count_events(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM events").fetchone()[0])
+        return int(self._execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def seqs(self) -> list[int]:
+        return [int(r[0]) for r in self._execute("SELECT seq FROM events ORDER BY seq")]

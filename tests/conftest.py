@@ -90,3 +90,58 @@ def audit_state_is_left_as_found():
         enabled = next(l.split()[1] for l in before[0].splitlines() if l.startswith("enabled"))
         subprocess.run(["auditctl", "-e", enabled], capture_output=True)
         pytest.fail(f"the test run changed the audit state: {before} -> {after}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL cluster for the test run, on a free loopback port; stopped after.
+
+    Yields a function that creates a fresh database and returns its URL.
+    """
+    import glob
+    import socket
+    import tempfile
+    import uuid
+
+    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    require(os.geteuid() == 0, "root is needed to run PostgreSQL as its own user")
+    require(bool(binaries), "PostgreSQL is needed (apt-get install postgresql)")
+    bin_dir = binaries[-1]
+    base = tempfile.mkdtemp(prefix="ttpsensor-pg-", dir="/tmp")
+    shutil.chown(base, "postgres", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def as_postgres(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True,
+                              text=True, timeout=120)
+
+    init = as_postgres(f"{bin_dir}/initdb", "-D", f"{base}/data", "-A", "trust", "-U",
+                       "postgres")
+    require(init.returncode == 0, f"initdb failed: {init.stderr}")
+    started = as_postgres(f"{bin_dir}/pg_ctl", "-D", f"{base}/data", "-l", f"{base}/log",
+                          "-w", "-o", f"-p {port} -h 127.0.0.1 -k {base}", "start")
+    require(started.returncode == 0, f"PostgreSQL did not start: {started.stderr}")
+
+    def new_database() -> str:
+        import psycopg
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres",
+                             autocommit=True) as db:
+            db.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
+
+    try:
+        yield new_database
+    finally:
+        as_postgres(f"{bin_dir}/pg_ctl", "-D", f"{base}/data", "-m", "fast", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request, tmp_path):
+    """Each collector test runs against SQLite and against a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.sqlite")
+    return request.getfixturevalue("postgres_server")()

@@ -27,9 +27,10 @@ def _exec(host: str, exe: str, args: list[str], ts: str) -> dict:
     return event
 
 
-def test_ingest_is_idempotent_and_builds_the_baseline(tmp_path) -> None:
-    store = Store(str(tmp_path / "s.sqlite"))
-    assert stat.S_IMODE(os.stat(tmp_path / "s.sqlite").st_mode) == 0o600
+def test_ingest_is_idempotent_and_builds_the_baseline(store_location) -> None:
+    store = Store(store_location)
+    if not store.postgres:
+        assert stat.S_IMODE(os.stat(store_location).st_mode) == 0o600
     common_a = _exec("a", "/usr/bin/ls", ["ls"], "2026-11-01T00:00:00.000000Z")
     common_b = _exec("b", "/usr/bin/ls", ["ls"], "2026-11-02T00:00:00.000000Z")
     rare = _exec("b", "/tmp/x", ["x", "-e"], "2026-11-03T00:00:00.000000Z")
@@ -53,9 +54,9 @@ def test_ingest_is_idempotent_and_builds_the_baseline(tmp_path) -> None:
     assert store.disallow(common_a["ttphash"]["value"]) and not store.disallow("00")
 
 
-def test_local_delivery_from_spool_acks_and_keeps_gaps(tmp_path) -> None:
+def test_local_delivery_from_spool_acks_and_keeps_gaps(tmp_path, store_location) -> None:
     spool = Spool(str(tmp_path / "spool"), batch_events=5, max_bytes=1 << 30)
-    store = Store(str(tmp_path / "store.sqlite"))
+    store = Store(store_location)
     delivery = LocalDelivery(spool, store, "h")
     for i in range(12):
         spool.append(_exec("h", f"/bin/p{i % 3}", ["p"], f"2026-11-0{1 + i % 9}T00:00:00Z"))

@@ -60,11 +60,10 @@ def lab(tmp_path):
     return tmp_path, issued
 
 
-def _collector(tmp: Path, issued, port: int, name: str = "collector") -> Proc:
+def _collector(tmp: Path, issued, port: int, store: str, name: str = "collector") -> Proc:
     c = issued["collector"]
     proc = Proc(tmp, name, ["collect", "--listen", f"127.0.0.1:{port}", "--cert", c.cert,
-                            "--key", c.key, "--ca", issued["ca"].cert,
-                            "--store", str(tmp / "store.sqlite")])
+                            "--key", c.key, "--ca", issued["ca"].cert, "--store", store])
     deadline = time.monotonic() + 60
     while "listening on" not in proc.text():
         assert proc.proc.poll() is None and time.monotonic() < deadline, proc.text()
@@ -81,10 +80,10 @@ def _forwarder(tmp: Path, issued, ports: list[int]) -> Proc:
     return Proc(tmp, "forwarder", args)
 
 
-def _stored(tmp: Path) -> int:
-    if not (tmp / "store.sqlite").exists():
+def _stored(location: str) -> int:
+    if not location.startswith("postgresql://") and not os.path.exists(location):
         return 0
-    store = Store(str(tmp / "store.sqlite"))
+    store = Store(location)
     try:
         return store.count_events()
     finally:
@@ -98,13 +97,13 @@ def _wait(predicate, what: str, timeout: float = 300) -> None:
         time.sleep(0.2)
 
 
-def test_crash_test_exactly_once_in_the_store_despite_sigkills(lab) -> None:
+def test_crash_test_exactly_once_in_the_store_despite_sigkills(lab, store_location) -> None:
     tmp, issued = lab
     total = int(os.environ.get("TTPSENSOR_CRASH_EVENTS", "200000"))
     kills = int(os.environ.get("TTPSENSOR_CRASH_KILLS", "20"))
     spool = Spool(str(tmp / "spool"), batch_events=500, segment_bytes=4 << 20)
     port = _free_port()
-    collector = _collector(tmp, issued, port)
+    collector = _collector(tmp, issued, port, store_location)
     forwarder = _forwarder(tmp, issued, [port])
     rng = random.Random(1234)
     written = 0
@@ -121,31 +120,30 @@ def test_crash_test_exactly_once_in_the_store_despite_sigkills(lab) -> None:
                 forwarder = _forwarder(tmp, issued, [port])
             else:
                 collector.stop(signal.SIGKILL)
-                collector = _collector(tmp, issued, port)
+                collector = _collector(tmp, issued, port, store_location)
         spool.close()
-        _wait(lambda: _stored(tmp) >= total, f"{total} events in the store")
+        _wait(lambda: _stored(store_location) >= total, f"{total} events in the store")
     finally:
         forwarder.stop()
         collector.stop()
-    store = Store(str(tmp / "store.sqlite"))
+    store = Store(store_location)
     assert store.count_events() == total  # none lost, none twice (keys are (spool, seq))
-    seqs = [r[0] for r in store.db.execute("SELECT seq FROM events ORDER BY seq")]
-    assert seqs == list(range(total))
+    assert store.seqs() == list(range(total))
     assert sum(r["count"] for r in store.top(1000)) == total  # the baseline counted each once
     assert Spool(str(tmp / "spool"), readonly=True).acked() == total
 
 
-def test_failover_to_the_second_collector(lab) -> None:
+def test_failover_to_the_second_collector(lab, store_location) -> None:
     tmp, issued = lab
     spool = Spool(str(tmp / "spool"), batch_events=100)
     for event in _events(1000):
         spool.append(event)
     spool.close()
     dead, alive = _free_port(), _free_port()
-    collector = _collector(tmp, issued, alive)
+    collector = _collector(tmp, issued, alive, store_location)
     forwarder = _forwarder(tmp, issued, [dead, alive])
     try:
-        _wait(lambda: _stored(tmp) == 1000, "1000 events", timeout=60)
+        _wait(lambda: _stored(store_location) == 1000, "1000 events", timeout=60)
     finally:
         forwarder.stop()
         collector.stop()
@@ -155,7 +153,8 @@ def test_failover_to_the_second_collector(lab) -> None:
 def test_unauthenticated_clients_are_refused_and_logged(lab) -> None:
     tmp, issued = lab
     port = _free_port()
-    collector = _collector(tmp, issued, port)
+    store = str(tmp / "store.sqlite")
+    collector = _collector(tmp, issued, port, store)
     try:
         with socket.create_connection(("127.0.0.1", port)) as plain:  # plain TCP
             plain.sendall(b"\x00\x00\x00\x05Hhello")
@@ -183,6 +182,6 @@ def test_unauthenticated_clients_are_refused_and_logged(lab) -> None:
         _wait(lambda: collector.text().count("refused") >= 3, "three refusals", timeout=30)
     finally:
         collector.stop()
-    assert _stored(tmp) == 0
+    assert _stored(store) == 0
     assert '"refused": 3' in collector.text()
     assert stat.S_IMODE(os.stat(tmp / "store.sqlite").st_mode) == 0o600
