@@ -142,12 +142,19 @@ def hunt_gaps(obj: dict[str, Any]) -> None:
 
 @click.command("collect")
 @click.option("--listen", default="127.0.0.1:7531", show_default=True, help="HOST:PORT.")
-@click.option("--cert", required=True, help="The collector's certificate (PEM).")
-@click.option("--key", required=True, help="Its private key (PEM).")
-@click.option("--ca", required=True, help="Only sensors with a certificate from this CA get in.")
-@click.option("--store", default=DEFAULT_STORE, show_default=True, help="SQLite store.")
-def collect(listen: str, cert: str, key: str, ca: str, store: str) -> None:
-    """Receive events from forwarders (mutual TLS), deduplicate, store, keep the baseline.
+@click.option("--cert", help="The collector's certificate (PEM).")
+@click.option("--key", help="Its private key (PEM).")
+@click.option("--ca", help="Only sensors with a certificate from this CA get in.")
+@click.option("--store", default=DEFAULT_STORE, show_default=True,
+              help="A SQLite file, or a postgresql:// URL.")
+@click.option("--nats", "nats_url", default=None,
+              help="Consume from NATS JetStream at this URL instead of listening.")
+@click.option("--durable", default="ttpsensor-collector", show_default=True,
+              help="--nats: the durable consumer's name (collector workers share it).")
+def collect(listen: str, cert: str | None, key: str | None, ca: str | None, store: str,
+            nats_url: str | None, durable: str) -> None:
+    """Receive events from forwarders (mutual TLS) or JetStream, deduplicate, store, and keep
+    the TTPHash baseline.
 
     Plain TCP, a missing client certificate and a certificate from another CA are refused
     and logged. Stops on SIGTERM/SIGINT.
@@ -159,6 +166,11 @@ def collect(listen: str, cert: str, key: str, ca: str, store: str) -> None:
     from collector.server import Collector
     from collector.store import Store
     from common.transport import server_context
+    if nats_url:
+        _consume(nats_url, durable, Store(store))
+        return
+    if not (cert and key and ca):
+        raise click.UsageError("give --cert, --key and --ca (or --nats)")
     host, _, port = listen.rpartition(":")
     collector = Collector(Store(store), server_context(cert, key, ca))
     stopping = threading.Event()
@@ -172,3 +184,27 @@ def collect(listen: str, cert: str, key: str, ca: str, store: str) -> None:
     signal.signal(signal.SIGINT, stop)
     collector.serve(host.strip("[]") or "127.0.0.1", int(port or 7531))
     click.echo(f"ttpsensor collect: stopped: {json.dumps(asdict(collector.stats))}", err=True)
+
+
+def _consume(url: str, durable: str, store: Any) -> None:
+    """The JetStream consumer loop (a collector worker)."""
+    import asyncio
+    import signal
+    import threading
+
+    from common.jetstream import consume
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    counts = {"frames": 0, "new": 0, "duplicates": 0}
+
+    def ingest(spool: str, sensor: str, first_seq: int, events: list) -> None:
+        result = store.ingest(spool, first_seq, events, sensor)
+        counts["frames"] += 1
+        counts["new"] += result.new
+        counts["duplicates"] += result.duplicates
+
+    click.echo(f"ttpsensor collect: consuming {url} as {durable}", err=True)
+    asyncio.run(consume(url, durable, ingest, stop.is_set,
+                        lambda m: click.echo(f"ttpsensor collect: {m}", err=True)))
+    click.echo(f"ttpsensor collect: stopped: {json.dumps(counts)}", err=True)

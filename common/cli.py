@@ -287,30 +287,48 @@ def _address(value: str) -> tuple[str, int]:
 
 @main.command("forward")
 @click.option("--spool", "spool_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--collector", "collectors", multiple=True, required=True,
+@click.option("--collector", "collectors", multiple=True,
               help="HOST:PORT of a collector; repeat for failover, in order of preference.")
-@click.option("--cert", required=True, help="This sensor's certificate (PEM).")
-@click.option("--key", required=True, help="Its private key (PEM).")
-@click.option("--ca", required=True, help="The CA that signed the collectors' certificates.")
+@click.option("--cert", help="This sensor's certificate (PEM).")
+@click.option("--key", help="Its private key (PEM).")
+@click.option("--ca", help="The CA that signed the collectors' certificates.")
 @click.option("--server-name", default=None,
               help="The name in the collectors' certificates, if not their address.")
-def forward(spool_dir: str, collectors: tuple[str, ...], cert: str, key: str, ca: str,
-            server_name: str | None) -> None:
-    """Ship a spool to collectors over mutual TLS; the spool's cursor moves only on acks.
+@click.option("--nats", "nats_url", default=None,
+              help="Publish to NATS JetStream at this URL instead (nats://host:4222), one "
+                   "message per frame with a Nats-Msg-Id for deduplication.")
+@click.option("--sensor", default=None, help="--nats: this sensor's name (default: hostname).")
+def forward(spool_dir: str, collectors: tuple[str, ...], cert: str | None, key: str | None,
+            ca: str | None, server_name: str | None, nats_url: str | None,
+            sensor: str | None) -> None:
+    """Ship a spool to collectors over mutual TLS (or to NATS JetStream); the spool's cursor
+    moves only on acknowledgements.
 
     Runs until SIGTERM/SIGINT, retrying with backoff and failing over between collectors.
     """
     import signal as _signal
     import threading
+    from dataclasses import asdict
 
-    from common.forward import Forwarder
-    from common.transport import client_context
     stop = threading.Event()
     _signal.signal(_signal.SIGTERM, lambda *_: stop.set())
     _signal.signal(_signal.SIGINT, lambda *_: stop.set())
+    log = lambda m: click.echo(f"ttpsensor forward: {m}", err=True)  # noqa: E731
+    if nats_url:
+        import asyncio
+        import socket
+
+        from common.jetstream import PublishStats, publish_spool
+        stats = PublishStats()
+        asyncio.run(publish_spool(nats_url, spool_dir, sensor or socket.gethostname(),
+                                  stop.is_set, stats, log))
+        click.echo(f"ttpsensor forward: stopped: {json.dumps(asdict(stats))}", err=True)
+        return
+    if not (collectors and cert and key and ca):
+        raise click.UsageError("give --collector, --cert, --key and --ca (or --nats)")
+    from common.forward import Forwarder
+    from common.transport import client_context
     forwarder = Forwarder(spool_dir, [_address(c) for c in collectors],
-                          client_context(cert, key, ca), server_name,
-                          log=lambda m: click.echo(f"ttpsensor forward: {m}", err=True))
+                          client_context(cert, key, ca), server_name, log=log)
     forwarder.run(stop.is_set)
-    from dataclasses import asdict
     click.echo(f"ttpsensor forward: stopped: {json.dumps(asdict(forwarder.stats))}", err=True)

@@ -145,3 +145,34 @@ def store_location(request, tmp_path):
     if request.param == "sqlite":
         return str(tmp_path / "store.sqlite")
     return request.getfixturevalue("postgres_server")()
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    """A nats-server with JetStream on a free loopback port, stopped after the test."""
+    import socket
+    import time as _time
+
+    require(shutil.which("nats-server") is not None, "nats-server is needed "
+            "(apt-get install nats-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = tmp_path / "jetstream"
+    server = subprocess.Popen(["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port),
+                               "-sd", str(store)], stdout=subprocess.DEVNULL,
+                              stderr=open(tmp_path / "nats.err", "w"))
+    deadline = _time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            require(server.poll() is None and _time.monotonic() < deadline,
+                    f"nats-server did not start: {(tmp_path / 'nats.err').read_text()}")
+            _time.sleep(0.1)
+    try:
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

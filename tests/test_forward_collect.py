@@ -185,3 +185,41 @@ def test_unauthenticated_clients_are_refused_and_logged(lab) -> None:
     assert _stored(store) == 0
     assert '"refused": 3' in collector.text()
     assert stat.S_IMODE(os.stat(tmp / "store.sqlite").st_mode) == 0o600
+
+
+def test_crash_test_through_jetstream(tmp_path, nats_server) -> None:
+    total = int(os.environ.get("TTPSENSOR_CRASH_EVENTS", "200000"))
+    kills = int(os.environ.get("TTPSENSOR_CRASH_KILLS", "20"))
+    store = str(tmp_path / "store.sqlite")
+    spool = Spool(str(tmp_path / "spool"), batch_events=500, segment_bytes=4 << 20)
+    publisher_args = ["forward", "--spool", str(tmp_path / "spool"), "--nats", nats_server,
+                      "--sensor", "sensor-a"]
+    consumer_args = ["collect", "--nats", nats_server, "--store", store]
+    publisher = Proc(tmp_path, "publisher", publisher_args)
+    consumer = Proc(tmp_path, "consumer", consumer_args)
+    rng = random.Random(99)
+    written = 0
+    try:
+        for k in range(kills):
+            chunk = (total - written) // (kills - k)
+            for event in _events(chunk, written):
+                spool.append(event)
+            spool.flush()
+            written += chunk
+            time.sleep(rng.uniform(0.05, 0.6))
+            if k % 2 == 0:
+                publisher.stop(signal.SIGKILL)
+                publisher = Proc(tmp_path, "publisher", publisher_args)
+            else:
+                consumer.stop(signal.SIGKILL)
+                consumer = Proc(tmp_path, "consumer", consumer_args)
+        spool.close()
+        _wait(lambda: _stored(store) >= total, f"{total} events in the store")
+    finally:
+        publisher.stop()
+        consumer.stop()
+    result = Store(store)
+    assert result.count_events() == total
+    assert result.seqs() == list(range(total))
+    assert sum(r["count"] for r in result.top(1000)) == total
+    assert Spool(str(tmp_path / "spool"), readonly=True).acked() == total

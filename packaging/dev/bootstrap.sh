@@ -20,8 +20,8 @@ if [ "$mode" = test ]; then
   # rpm: rpmbuild and rpm build and install a real package for the rpm provenance test.
   # auditd: auditctl, the independent reader of audit state, and the daemon of the LAUREL
   # differential test; laurel: the peer that test and the audit benchmark compare with.
-  # postgresql: the collector tests run against a private cluster they start and stop.
-  apt_packages+=(rpm auditd laurel postgresql)
+  # postgresql, nats-server: the collector tests run private servers they start and stop.
+  apt_packages+=(rpm auditd laurel postgresql nats-server)
 fi
 
 missing=()
