@@ -13,16 +13,28 @@ from common import bench
 
 @click.command("ingest")
 @click.option("--events", "count", default=20000, show_default=True)
-def bench_ingest(count: int) -> None:
-    """Collector ingest into SQLite per event, from frames of 500, events as the spool bench's."""
+@click.option("--postgres", default=None,
+              help="A postgresql:// URL of a scratch database, to measure PostgreSQL too "
+                   "(its tables are filled; use an empty database).")
+def bench_ingest(count: int, postgres: str | None) -> None:
+    """Collector ingest per event, from frames of 500, into SQLite (and PostgreSQL)."""
     events = bench.varied_events(count)
     batches = [events[i:i + 500] for i in range(0, len(events), 500)]
-    with tempfile.TemporaryDirectory(prefix="ttpsensor-bench-") as directory:
+
+    def timed(location: str) -> float:
         def run() -> None:
-            path = os.path.join(directory, f"{os.urandom(4).hex()}.sqlite")
-            store = Store(path)
+            store = Store(location)
+            spool = os.urandom(8).hex()  # fresh keys each round: every event is new
             for n, batch in enumerate(batches):
-                store.ingest("bench", n * 500, batch, "bench")
+                store.ingest(spool, n * 500, batch, "bench")
             store.close()
-        per_event = bench._median_us(run, len(events), repeats=3)
-    bench.print_table([bench.Row("collector ingest, SQLite (frames of 500)", per_event)])
+        return bench._median_us(run, len(events), repeats=3)
+
+    with tempfile.TemporaryDirectory(prefix="ttpsensor-bench-") as directory:
+        sqlite = timed(os.path.join(directory, "bench.sqlite"))
+    rows = [bench.Row("collector ingest, SQLite (frames of 500)", sqlite)]
+    if postgres:
+        pg = timed(postgres)
+        rows.append(bench.Row("collector ingest, PostgreSQL (frames of 500)", pg, "SQLite",
+                              pg / sqlite))
+    bench.print_table(rows)

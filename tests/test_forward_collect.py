@@ -223,3 +223,40 @@ def test_crash_test_through_jetstream(tmp_path, nats_server) -> None:
     assert result.seqs() == list(range(total))
     assert sum(r["count"] for r in result.top(1000)) == total
     assert Spool(str(tmp_path / "spool"), readonly=True).acked() == total
+
+
+def test_forwarding_goes_on_past_every_kind_of_spool_damage(lab) -> None:
+    tmp, issued = lab
+    spool = Spool(str(tmp / "spool"), batch_events=10, segment_bytes=1500)
+    for event in _events(400):
+        spool.append(event)
+    spool.close()
+    segments = sorted((tmp / "spool").glob("seg-*"))
+    assert len(segments) >= 6
+    flipped = bytearray(segments[1].read_bytes())
+    flipped[40] ^= 0x01                                   # a flipped bit
+    segments[1].write_bytes(bytes(flipped))
+    zeroed = bytearray(segments[2].read_bytes())
+    zeroed[4:8] = b"\0\0\0\0"                             # a zero length
+    segments[2].write_bytes(bytes(zeroed))
+    segments[3].unlink()                                  # a missing segment
+    last = segments[-1].read_bytes()
+    segments[-1].write_bytes(last[:-25])                  # a truncated last frame
+    (tmp / "spool" / "cursor.json").unlink(missing_ok=True)  # a deleted cursor
+    reader = Spool(str(tmp / "spool"), readonly=True)
+    readable = sum(f.count for f in reader.read_frames(0))
+    assert reader.stats.corrupt_frames + (reader.stats.garbage_bytes > 0) >= 2
+    assert reader.stats.missing_events > 0
+    port = _free_port()
+    store = str(tmp / "store.sqlite")
+    collector = _collector(tmp, issued, port, store)
+    forwarder = _forwarder(tmp, issued, [port])
+    try:
+        _wait(lambda: _stored(store) == readable, f"{readable} readable events", timeout=60)
+        time.sleep(1.0)
+        assert forwarder.proc.poll() is None  # still running: no crash loop
+    finally:
+        forwarder.stop()
+        collector.stop()
+    assert "Traceback" not in forwarder.text() + collector.text()
+    assert _stored(store) == readable < 400
