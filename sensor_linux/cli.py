@@ -514,6 +514,8 @@ def audisp(file: str | None, fmt: str, outputs: tuple[str, ...], max_bytes: int,
     from sensor_linux.audit.pipeline import AuditPipeline
     from sensor_linux.enrich import Enricher
 
+    if fmt != "ecs" and any(o.startswith("spool:") for o in outputs):
+        raise click.UsageError("a spool output stores ecs events: use --format ecs")
     try:
         sink = open_sinks(outputs, max_bytes, generations)
     except (OSError, ValueError) as exc:
