@@ -21,7 +21,8 @@ if [ "$mode" = test ]; then
   # auditd: auditctl, the independent reader of audit state, and the daemon of the LAUREL
   # differential test; laurel: the peer that test and the audit benchmark compare with.
   # postgresql, nats-server: the collector tests run private servers they start and stop.
-  apt_packages+=(rpm auditd laurel postgresql nats-server)
+  # osslsigncode, shim-signed: an independent Authenticode signer, a Microsoft-signed binary.
+  apt_packages+=(rpm auditd laurel postgresql nats-server osslsigncode shim-signed)
 fi
 
 missing=()

@@ -1,0 +1,226 @@
+"""What a PE file says about itself: digests, imports, version resource, Authenticode.
+
+Runs on any OS (pefile and asn1crypto); on Windows, catalog signatures would come from
+WinVerifyTrust in addition. The Authenticode digest is computed with pefile alone: SHA-256 of
+the file without the optional header's CheckSum, the security directory entry and the
+certificate table (its VirtualAddress is a file offset), everything after the table included,
+as signify and osslsigncode compute it. QLOG's ``AuthenticodeHash`` is this digest, reported
+for signed files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pefile
+from asn1crypto import cms, core, x509
+
+SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"
+NESTED_SIGNATURE = "1.3.6.1.4.1.311.2.4.1"
+_SECURITY = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_SECURITY"]
+_VERSION_KEYS = {"OriginalFilename": "original_file_name", "CompanyName": "company",
+                 "ProductName": "product", "FileVersion": "file_version",
+                 "FileDescription": "description", "InternalName": "internal_name"}
+
+
+class PEError(ValueError):
+    """Not a PE file, or one pefile cannot parse."""
+
+
+@dataclass
+class Signature:
+    subject: str
+    issuer: str
+    thumbprint: str              # SHA-1 of the signer certificate, upper-case hex
+    serial: str
+    digest_algorithm: str
+    signed_digest: str           # the Authenticode digest the signer signed, upper-case hex
+    timestamp: str | None = None
+    nested: bool = False
+
+
+@dataclass
+class PEFacts:
+    md5: str
+    sha1: str
+    sha256: str
+    imphash: str                 # upper case, as QLOG and Sysmon print it; "" without imports
+    authenticode_sha256: str     # computed from the file
+    signatures: list[Signature] = field(default_factory=list)
+    # The Authenticode digest in every algorithm a signature used (sha1 for old signatures).
+    authenticode_digests: dict[str, str] = field(default_factory=dict)
+    original_file_name: str | None = None
+    company: str | None = None
+    product: str | None = None
+    file_version: str | None = None
+    description: str | None = None
+    internal_name: str | None = None
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.signatures)
+
+    @property
+    def digest_matches(self) -> bool | None:
+        """Does the file still hash to what its (primary) signer signed? None if unsigned."""
+        if not self.signatures:
+            return None
+        primary = self.signatures[0]
+        return primary.signed_digest == self.authenticode_digests.get(primary.digest_algorithm)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["signed"] = self.signed
+        out["digest_matches"] = self.digest_matches
+        return out
+
+
+def _ranges_to_hash(pe: pefile.PE, size: int) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """The file ranges Authenticode hashes, and the certificate table (offset, size)."""
+    checksum = pe.OPTIONAL_HEADER.get_file_offset() + 64
+    directory = pe.OPTIONAL_HEADER.DATA_DIRECTORY[_SECURITY]
+    entry = directory.get_file_offset()
+    table, table_size = directory.VirtualAddress, directory.Size
+    ranges = [(0, checksum), (checksum + 4, entry)]
+    if table and table_size and table + table_size <= size:
+        ranges += [(entry + 8, table), (table + table_size, size)]
+    else:
+        ranges.append((entry + 8, size))
+        table, table_size = 0, 0
+    return ranges, (table, table_size)
+
+
+def _digest(data: bytes, ranges: list[tuple[int, int]], algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    view = memoryview(data)
+    for start, end in ranges:
+        h.update(view[start:end])
+    return h.hexdigest().upper()
+
+
+def _version_info(pe: pefile.PE) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for info in getattr(pe, "FileInfo", None) or []:
+        for entry in info:
+            for table in getattr(entry, "StringTable", []) or []:
+                for key, value in table.entries.items():
+                    name = _VERSION_KEYS.get(key.decode("utf-8", "replace"))
+                    if name and name not in found:
+                        found[name] = value.decode("utf-8", "replace")
+    return found
+
+
+_SHORT = {"common_name": "CN", "organization_name": "O", "organizational_unit_name": "OU",
+          "locality_name": "L", "state_or_province_name": "S", "country_name": "C",
+          "email_address": "E", "serial_number": "SERIALNUMBER"}
+
+
+def dotnet_name(name: x509.Name) -> str:
+    """A distinguished name as Windows (.NET) prints it, most specific first:
+    ``CN=Microsoft Windows, O=Microsoft Corporation, L=Redmond, S=Washington, C=US``."""
+    parts = []
+    for rdn in reversed(list(name.chosen)):
+        for attribute in rdn:
+            key = attribute["type"].native
+            parts.append(f"{_SHORT.get(key, attribute['type'].dotted)}={attribute['value'].native}")
+    return ", ".join(parts)
+
+
+class _DigestInfo(core.Sequence):
+    _fields = [("digest_algorithm", cms.DigestAlgorithm), ("digest", core.OctetString)]
+
+
+class _SpcIndirectDataContent(core.Sequence):
+    _fields = [("data", core.Any), ("message_digest", _DigestInfo)]
+
+
+def _signatures(signed_data: cms.SignedData, nested: bool = False) -> list[Signature]:
+    content = signed_data["encap_content_info"]
+    if content["content_type"].dotted != SPC_INDIRECT_DATA:
+        return []
+    indirect = content["content"].parse(_SpcIndirectDataContent)
+    digest_info = indirect["message_digest"]
+    certificates = [c.chosen for c in signed_data["certificates"]
+                    if isinstance(c.chosen, x509.Certificate)]
+    out = []
+    for signer in signed_data["signer_infos"]:
+        sid = signer["sid"].chosen
+        cert = next((c for c in certificates
+                     if isinstance(sid, cms.IssuerAndSerialNumber)
+                     and c.serial_number == sid["serial_number"].native
+                     and c.issuer == sid["issuer"]), None)
+        timestamp = None
+        for attribute in signer["signed_attrs"] or []:
+            if attribute["type"].native == "signing_time":
+                timestamp = str(attribute["values"][0].native)
+        out.append(Signature(
+            subject=dotnet_name(cert.subject) if cert else "",
+            issuer=dotnet_name(cert.issuer) if cert else dotnet_name(sid["issuer"])
+            if isinstance(sid, cms.IssuerAndSerialNumber) else "",
+            thumbprint=hashlib.sha1(cert.dump()).hexdigest().upper() if cert else "",
+            serial=f"{sid['serial_number'].native:X}" if isinstance(
+                sid, cms.IssuerAndSerialNumber) else "",
+            digest_algorithm=digest_info["digest_algorithm"]["algorithm"].native,
+            signed_digest=digest_info["digest"].native.hex().upper(),
+            timestamp=timestamp, nested=nested))
+        for attribute in signer["unsigned_attrs"] or []:
+            if attribute["type"].dotted == NESTED_SIGNATURE:
+                for value in attribute["values"]:
+                    inner = cms.ContentInfo.load(value.dump())
+                    out += _signatures(inner["content"], nested=True)
+    return out
+
+
+def _certificate_table(data: bytes, table: int, size: int) -> list[Signature]:
+    """WIN_CERTIFICATE entries (8-byte aligned): length u32, revision u16, type u16, PKCS#7."""
+    out: list[Signature] = []
+    offset, end = table, table + size
+    while offset + 8 <= end:
+        length = int.from_bytes(data[offset:offset + 4], "little")
+        kind = int.from_bytes(data[offset + 6:offset + 8], "little")
+        if length < 8 or offset + length > end:
+            break
+        if kind == 2:  # WIN_CERT_TYPE_PKCS_SIGNED_DATA
+            try:
+                info = cms.ContentInfo.load(data[offset + 8:offset + length])
+                out += _signatures(info["content"])
+            except (ValueError, TypeError, KeyError):
+                pass  # an unreadable signature is no signature
+        offset += (length + 7) & ~7
+    return out
+
+
+def inspect(data: bytes) -> PEFacts:
+    """Everything this module knows about the PE file ``data``."""
+    try:
+        pe = pefile.PE(data=data, fast_load=True)
+        pe.parse_data_directories(directories=[
+            pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_IMPORT"],
+            pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_RESOURCE"]])
+    except pefile.PEFormatError as exc:
+        raise PEError(f"not a PE file: {exc}") from exc
+    try:
+        imphash = pe.get_imphash().upper()
+    except pefile.PEFormatError:
+        imphash = ""  # imports by an ordinal pefile cannot resolve
+    ranges, (table, size) = _ranges_to_hash(pe, len(data))
+    authenticode = _digest(data, ranges, "sha256")
+    facts = PEFacts(md5=hashlib.md5(data).hexdigest().upper(),
+                    sha1=hashlib.sha1(data).hexdigest().upper(),
+                    sha256=hashlib.sha256(data).hexdigest().upper(),
+                    imphash=imphash, authenticode_sha256=authenticode,
+                    authenticode_digests={"sha256": authenticode}, **_version_info(pe))
+    if size:
+        facts.signatures = _certificate_table(data, table, size)
+        for algorithm in {s.digest_algorithm for s in facts.signatures}:
+            if algorithm not in facts.authenticode_digests and \
+                    algorithm in hashlib.algorithms_available:
+                facts.authenticode_digests[algorithm] = _digest(data, ranges, algorithm)
+    return facts
+
+
+def inspect_file(path: str) -> PEFacts:
+    with open(path, "rb") as f:
+        return inspect(f.read())

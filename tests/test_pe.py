@@ -1,0 +1,116 @@
+"""PE facts against independent peers: pefile's own values, osslsigncode, Microsoft's shim."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pefile
+import pytest
+
+from sensor_windows.pe import PEError, inspect, inspect_file
+from tests.conftest import require, run_cli
+
+import pip  # noqa: E402  (its vendored distlib ships real Windows launchers)
+
+LAUNCHERS = sorted(glob.glob(os.path.join(os.path.dirname(pip.__file__), "_vendor", "distlib",
+                                          "*.exe")))
+SHIM = "/usr/lib/shim/shimx64.efi.signed"
+
+
+def test_launchers_are_present() -> None:
+    assert len(LAUNCHERS) >= 4, "pip ships distlib's Windows launchers"
+
+
+@pytest.mark.parametrize("path", LAUNCHERS, ids=[os.path.basename(p) for p in LAUNCHERS])
+def test_imphash_version_and_digests_equal_pefiles_own_values(path: str) -> None:
+    facts = inspect_file(path)
+    independent = pefile.PE(path)
+    assert facts.imphash == independent.get_imphash().upper()
+    original = None
+    for info in getattr(independent, "FileInfo", []) or []:
+        for entry in info:
+            for table in getattr(entry, "StringTable", []) or []:
+                original = original or table.entries.get(b"OriginalFilename")
+    assert facts.original_file_name == (original.decode() if original else None)
+    data = open(path, "rb").read()
+    assert facts.sha256 == hashlib.sha256(data).hexdigest().upper()
+    assert facts.md5 == hashlib.md5(data).hexdigest().upper()
+    assert not facts.signed and facts.digest_matches is None
+
+
+def _throwaway_ca_and_signer(tmp) -> tuple[str, str, str]:
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    (tmp / "ca.ext").write_text("basicConstraints=critical,CA:TRUE\n"
+                                "keyUsage=critical,keyCertSign,cRLSign\n")
+    (tmp / "cs.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
+                                "extendedKeyUsage=codeSigning\n")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            "/CN=ttpsensor test CA", "-keyout", str(tmp / "ca.key"), "-out", str(tmp / "ca.crt"),
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj",
+            "/O=ttpsensor/CN=ttpsensor test signer", "-keyout", str(tmp / "cs.key"),
+            "-out", str(tmp / "cs.csr"))
+    openssl("x509", "-req", "-in", str(tmp / "cs.csr"), "-CA", str(tmp / "ca.crt"), "-CAkey",
+            str(tmp / "ca.key"), "-CAcreateserial", "-days", "2", "-extfile",
+            str(tmp / "cs.ext"), "-out", str(tmp / "cs.crt"))
+    return str(tmp / "ca.crt"), str(tmp / "cs.crt"), str(tmp / "cs.key")
+
+
+def test_authenticode_against_osslsigncode(tmp_path) -> None:
+    require(shutil.which("osslsigncode") is not None, "osslsigncode is needed")
+    launcher = next(p for p in LAUNCHERS if os.path.basename(p) == "t64.exe")
+    ca, cert, key = _throwaway_ca_and_signer(tmp_path)
+    signed = tmp_path / "signed.exe"
+    subprocess.run(["osslsigncode", "sign", "-certs", cert, "-ac", ca, "-key", key, "-h",
+                    "sha256", "-n", "ttpsensor test", "-in", launcher, "-out", str(signed)],
+                   check=True, capture_output=True)
+    verify = subprocess.run(["osslsigncode", "verify", "-CAfile", ca, "-in", str(signed)],
+                            capture_output=True, text=True)
+    assert "Signature verification: ok" in verify.stdout
+    calculated = re.search(r"Calculated message digest\s*:\s*([0-9A-Fa-f]+)", verify.stdout)
+    facts = inspect_file(str(signed))
+    assert facts.signed and facts.digest_matches is True
+    assert facts.authenticode_sha256 == calculated.group(1).upper()
+    # Signing does not change the Authenticode digest of the unsigned file.
+    assert facts.authenticode_sha256 == inspect_file(launcher).authenticode_sha256
+    [signature] = facts.signatures
+    assert signature.subject == "CN=ttpsensor test signer, O=ttpsensor"
+    assert signature.issuer == "CN=ttpsensor test CA"
+    signer_der = subprocess.run(["openssl", "x509", "-in", cert, "-outform", "DER"],
+                                capture_output=True, check=True).stdout
+    assert signature.thumbprint == hashlib.sha1(signer_der).hexdigest().upper()
+    # One flipped byte in the code: the digest no longer matches what was signed.
+    data = bytearray(signed.read_bytes())
+    pe = pefile.PE(data=bytes(data))
+    code = pe.sections[0].PointerToRawData + 16
+    data[code] ^= 0xFF
+    tampered = inspect(bytes(data))
+    assert tampered.signed and tampered.digest_matches is False
+
+
+def test_microsoft_signed_efi_binary_from_shim_signed() -> None:
+    require(os.path.exists(SHIM), "shim-signed is needed (apt-get install shim-signed)")
+    facts = inspect_file(SHIM)
+    assert facts.signed and facts.digest_matches is True
+    assert all("O=Microsoft Corporation" in s.subject for s in facts.signatures)
+    assert any("Microsoft Corporation UEFI CA 2011" in s.issuer for s in facts.signatures)
+
+
+def test_pe_command(tmp_path) -> None:
+    launcher = LAUNCHERS[0]
+    not_pe = tmp_path / "x.exe"
+    not_pe.write_bytes(b"MZ but not really")
+    result = run_cli("pe", "--json", launcher, str(not_pe))
+    assert result.returncode == 1 and "not a PE file" in result.stderr
+    [row] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert row["path"] == launcher and row["signed"] is False
+    with pytest.raises(PEError):
+        inspect(b"garbage")
