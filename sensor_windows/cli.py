@@ -11,18 +11,22 @@ import click
 @click.command("pe")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
-def pe(files: tuple[str, ...], as_json: bool) -> None:
+@click.option("--ca-file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Trusted root certificates (PEM): signatures are then verified against "
+                   "them. Without it, signatures are read and their digests checked only.")
+def pe(files: tuple[str, ...], as_json: bool, ca_file: str | None) -> None:
     """What PE files say about themselves: digests, imphash, version resource, Authenticode.
 
     The Authenticode digest is computed from the file; for a signed file it is compared with
     the digest its signer signed ('digest matches'). Exit code 1 when a file cannot be read or
     is not a PE file.
     """
-    from sensor_windows.pe import PEError, inspect_file
+    from sensor_windows.pe import PEError, inspect_file, load_roots
+    roots = load_roots(ca_file) if ca_file else None
     failed = False
     for path in files:
         try:
-            facts = inspect_file(path)
+            facts = inspect_file(path, roots)
         except (OSError, PEError) as exc:
             click.echo(f"{path}: {exc}", err=True)
             failed = True
@@ -34,10 +38,7 @@ def pe(files: tuple[str, ...], as_json: bool) -> None:
         for key in ("sha256", "imphash", "original_file_name", "company", "product",
                     "file_version", "authenticode_sha256"):
             click.echo(f"  {key:19} {getattr(facts, key) or '-'}")
-        status = ("not signed" if not facts.signed else
-                  "signed, digest matches" if facts.digest_matches else
-                  "signed, DIGEST DOES NOT MATCH (modified after signing)")
-        click.echo(f"  {'signature':19} {status}")
+        click.echo(f"  {'signature':19} {facts.status}")
         for sig in facts.signatures:
             click.echo(f"    {'nested ' if sig.nested else ''}signer {sig.subject}")
             click.echo(f"      issuer {sig.issuer}; thumbprint {sig.thumbprint}")

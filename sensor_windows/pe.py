@@ -39,6 +39,10 @@ class Signature:
     signed_digest: str           # the Authenticode digest the signer signed, upper-case hex
     timestamp: str | None = None
     nested: bool = False
+    # Set by verify(): the signer's signature over its attributes checks out, the attributes
+    # name the signed content's digest, and the certificate chains to a trusted root.
+    verified: bool | None = None
+    problem: str | None = None
 
 
 @dataclass
@@ -63,6 +67,18 @@ class PEFacts:
         return bool(self.signatures)
 
     @property
+    def status(self) -> str:
+        """QLOG's ``Signed`` wording."""
+        if not self.signatures:
+            return "Not signed"
+        if not self.digest_matches:
+            return "Invalid digest"
+        primary = self.signatures[0]
+        if primary.verified is None:
+            return "Signed, not verified"
+        return "Signature valid" if primary.verified else f"Signature invalid: {primary.problem}"
+
+    @property
     def digest_matches(self) -> bool | None:
         """Does the file still hash to what its (primary) signer signed? None if unsigned."""
         if not self.signatures:
@@ -74,6 +90,7 @@ class PEFacts:
         out = asdict(self)
         out["signed"] = self.signed
         out["digest_matches"] = self.digest_matches
+        out["status"] = self.status
         return out
 
 
@@ -136,7 +153,8 @@ class _SpcIndirectDataContent(core.Sequence):
     _fields = [("data", core.Any), ("message_digest", _DigestInfo)]
 
 
-def _signatures(signed_data: cms.SignedData, nested: bool = False) -> list[Signature]:
+def _signatures(signed_data: cms.SignedData, nested: bool = False,
+                roots: list[Any] | None = None) -> list[Signature]:
     content = signed_data["encap_content_info"]
     if content["content_type"].dotted != SPC_INDIRECT_DATA:
         return []
@@ -165,15 +183,75 @@ def _signatures(signed_data: cms.SignedData, nested: bool = False) -> list[Signa
             digest_algorithm=digest_info["digest_algorithm"]["algorithm"].native,
             signed_digest=digest_info["digest"].native.hex().upper(),
             timestamp=timestamp, nested=nested))
+        if roots is not None:
+            out[-1].problem = _verify(signer, cert, certificates, indirect, roots)
+            out[-1].verified = out[-1].problem is None
         for attribute in signer["unsigned_attrs"] or []:
             if attribute["type"].dotted == NESTED_SIGNATURE:
                 for value in attribute["values"]:
                     inner = cms.ContentInfo.load(value.dump())
-                    out += _signatures(inner["content"], nested=True)
+                    out += _signatures(inner["content"], nested=True, roots=roots)
     return out
 
 
-def _certificate_table(data: bytes, table: int, size: int) -> list[Signature]:
+def _verify(signer: cms.SignerInfo, cert: x509.Certificate | None,
+            embedded: list[x509.Certificate], indirect: Any, roots: list[Any]) -> str | None:
+    """Why the signer's signature is not valid, or None when it is."""
+    from cryptography import x509 as cx509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+    if cert is None:
+        return "the signer's certificate is not in the signature"
+    algorithm = signer["digest_algorithm"]["algorithm"].native
+    attrs = signer["signed_attrs"]
+    digest = next((a["values"][0].native for a in attrs or []
+                   if a["type"].native == "message_digest"), None)
+    # PKCS#7 (not CMS): the content is hashed without its own tag and length.
+    if digest != hashlib.new(algorithm, indirect.contents).digest():
+        return "the signed attributes do not match the signed content"
+    signed = b"\x31" + attrs.dump()[1:]  # the attributes are signed as a SET OF
+    chosen = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256(), "sha384": hashes.SHA384(),
+              "sha512": hashes.SHA512()}.get(algorithm)
+    if chosen is None:
+        return f"unsupported digest algorithm {algorithm}"
+    leaf = cx509.load_der_x509_certificate(cert.dump())
+    key = leaf.public_key()
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(signer["signature"].native, signed, padding.PKCS1v15(), chosen)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signer["signature"].native, signed, ec.ECDSA(chosen))
+        else:
+            return "unsupported key type"
+    except InvalidSignature:
+        return "the signature over the signed attributes is wrong"
+    pool = [cx509.load_der_x509_certificate(c.dump()) for c in embedded] + list(roots)
+    current = leaf
+    for _ in range(8):  # walk up to a trusted root
+        if any(current.fingerprint(hashes.SHA256()) == r.fingerprint(hashes.SHA256())
+               for r in roots):
+            return None
+        issuer = next((c for c in pool if c.subject == current.issuer and c != current), None)
+        if issuer is None:
+            return "the certificate chain does not reach a trusted root"
+        try:
+            current.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            return "a certificate in the chain is not signed by its issuer"
+        current = issuer
+    return "the certificate chain is too long"
+
+
+def load_roots(path: str) -> list[Any]:
+    """Trusted root certificates from a PEM file (``--ca-file``)."""
+    from cryptography import x509 as cx509
+    with open(path, "rb") as f:
+        return cx509.load_pem_x509_certificates(f.read())
+
+
+def _certificate_table(data: bytes, table: int, size: int,
+                       roots: list[Any] | None = None) -> list[Signature]:
     """WIN_CERTIFICATE entries (8-byte aligned): length u32, revision u16, type u16, PKCS#7."""
     out: list[Signature] = []
     offset, end = table, table + size
@@ -185,15 +263,16 @@ def _certificate_table(data: bytes, table: int, size: int) -> list[Signature]:
         if kind == 2:  # WIN_CERT_TYPE_PKCS_SIGNED_DATA
             try:
                 info = cms.ContentInfo.load(data[offset + 8:offset + length])
-                out += _signatures(info["content"])
+                out += _signatures(info["content"], roots=roots)
             except (ValueError, TypeError, KeyError):
                 pass  # an unreadable signature is no signature
         offset += (length + 7) & ~7
     return out
 
 
-def inspect(data: bytes) -> PEFacts:
-    """Everything this module knows about the PE file ``data``."""
+def inspect(data: bytes, roots: list[Any] | None = None) -> PEFacts:
+    """Everything this module knows about the PE file ``data``; with ``roots`` (trusted CA
+    certificates) the signatures are verified too."""
     try:
         pe = pefile.PE(data=data, fast_load=True)
         pe.parse_data_directories(directories=[
@@ -213,7 +292,7 @@ def inspect(data: bytes) -> PEFacts:
                     imphash=imphash, authenticode_sha256=authenticode,
                     authenticode_digests={"sha256": authenticode}, **_version_info(pe))
     if size:
-        facts.signatures = _certificate_table(data, table, size)
+        facts.signatures = _certificate_table(data, table, size, roots)
         for algorithm in {s.digest_algorithm for s in facts.signatures}:
             if algorithm not in facts.authenticode_digests and \
                     algorithm in hashlib.algorithms_available:
@@ -221,6 +300,6 @@ def inspect(data: bytes) -> PEFacts:
     return facts
 
 
-def inspect_file(path: str) -> PEFacts:
+def inspect_file(path: str, roots: list[Any] | None = None) -> PEFacts:
     with open(path, "rb") as f:
-        return inspect(f.read())
+        return inspect(f.read(), roots)

@@ -44,6 +44,11 @@ def test_imphash_version_and_digests_equal_pefiles_own_values(path: str) -> None
     assert not facts.signed and facts.digest_matches is None
 
 
+def _fresh(path):
+    path.mkdir()
+    return path
+
+
 def _throwaway_ca_and_signer(tmp) -> tuple[str, str, str]:
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True)
@@ -78,6 +83,13 @@ def test_authenticode_against_osslsigncode(tmp_path) -> None:
     calculated = re.search(r"Calculated message digest\s*:\s*([0-9A-Fa-f]+)", verify.stdout)
     facts = inspect_file(str(signed))
     assert facts.signed and facts.digest_matches is True
+    assert facts.status == "Signed, not verified"
+    from sensor_windows.pe import load_roots
+    assert inspect_file(str(signed), load_roots(ca)).status == "Signature valid"
+    other_ca, _, _ = _throwaway_ca_and_signer(_fresh(tmp_path / "other"))
+    # Another CA, even one of the same name, does not make it valid.
+    untrusted = inspect_file(str(signed), load_roots(other_ca))
+    assert untrusted.status.startswith("Signature invalid")
     assert facts.authenticode_sha256 == calculated.group(1).upper()
     # Signing does not change the Authenticode digest of the unsigned file.
     assert facts.authenticode_sha256 == inspect_file(launcher).authenticode_sha256
@@ -92,8 +104,10 @@ def test_authenticode_against_osslsigncode(tmp_path) -> None:
     pe = pefile.PE(data=bytes(data))
     code = pe.sections[0].PointerToRawData + 16
     data[code] ^= 0xFF
-    tampered = inspect(bytes(data))
+    tampered = inspect(bytes(data), load_roots(ca))
     assert tampered.signed and tampered.digest_matches is False
+    assert tampered.status == "Invalid digest"
+    assert inspect_file(launcher).status == "Not signed"
 
 
 def test_microsoft_signed_efi_binary_from_shim_signed() -> None:
