@@ -44,3 +44,47 @@ def pe(files: tuple[str, ...], as_json: bool, ca_file: str | None) -> None:
             click.echo(f"      issuer {sig.issuer}; thumbprint {sig.thumbprint}")
     if failed:
         sys.exit(1)
+
+
+@click.group("windows")
+def windows() -> None:
+    """The Windows twin: ETW process starts enriched like QLOG."""
+
+
+@windows.command("replay")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["ecs", "qlog"]), default="ecs",
+              show_default=True)
+@click.option("--ca-file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Trusted roots for verifying the images' signatures.")
+def replay_command(file: str, fmt: str, ca_file: str | None) -> None:
+    """Enrich a recorded stream of pywintrace events (runs on any OS).
+
+    FILE holds JSON lines: the devices map, processes and files as Win32 calls and the disk
+    would show them, and the ETW events (see sensor_windows/replay.py). Lines that fail are
+    reported with their number on stderr; the exit code is then 2.
+    """
+    import socket
+
+    from common.render import RENDERERS
+    from sensor_windows.pe import load_roots
+    from sensor_windows.replay import replay
+    host = {"name": socket.gethostname(), "os": {"type": "windows"}}
+    failed = False
+    for number, result in replay(file, host, load_roots(ca_file) if ca_file else None):
+        if isinstance(result, str):
+            click.echo(f"line {number}: {result}", err=True)
+            failed = True
+        else:
+            click.echo(RENDERERS[fmt](result))
+    if failed:
+        sys.exit(2)
+
+
+@windows.command("run")
+def windows_run() -> None:
+    """Run the ETW sensor in the console (Windows only)."""
+    if sys.platform != "win32":
+        raise click.ClickException("the ETW session needs Windows; on this OS use "
+                                   "'ttpsensor windows replay' to exercise the pipeline")
+    raise click.ClickException("the ETW session is not implemented yet (issue 6)")

@@ -1,0 +1,166 @@
+"""ProcessStart facts to QLOG-grade events of the common schema.
+
+What the ETW event lacks (command line, user, integrity, working directory, module count) comes
+from the live process through a :class:`ProcessInspector`: Win32 calls on Windows
+(``win32.py``), a description of the processes in a replay. Answers are cached by (pid, create
+time), so a reused pid never enriches the wrong process. The image's file facts (digests,
+imphash, version resource, Authenticode) come from :mod:`sensor_windows.pe` through a
+:class:`FileSource`: the file itself on Windows, a mapped local copy in a replay.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ntpath
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from common import ttphash
+from common.proctable import Entry, ProcessTable, parent_context
+from common.schema import ACTION_PROCESS_CREATE, Event, new_event, utc_timestamp
+from sensor_windows.normalize import ProcessStart
+from sensor_windows.pe import PEError, PEFacts, inspect
+
+CACHE_ENTRIES = 4096
+
+
+@dataclass
+class ProcessInfo:
+    """What the running process tells about itself (None: could not be read)."""
+
+    image: str | None = None
+    command_line: str | None = None
+    user_sid: str | None = None
+    user_name: str | None = None          # DOMAIN\\user
+    integrity_level: str | None = None
+    working_directory: str | None = None
+    module_count: int | None = None
+    running: bool = True
+    create_time: _dt.datetime | None = None
+
+
+class ProcessInspector(Protocol):
+    def describe(self, pid: int, create_time: _dt.datetime | None) -> ProcessInfo | None: ...
+
+
+class FileSource(Protocol):
+    def read(self, path: str) -> bytes | None: ...
+
+
+@dataclass
+class CachedInspector:
+    """(pid, create time) cache in front of an inspector: a reused pid is another key."""
+
+    inner: ProcessInspector
+    _cache: OrderedDict[tuple[int, Any], ProcessInfo | None] = field(
+        default_factory=OrderedDict)
+
+    def describe(self, pid: int, create_time: _dt.datetime | None) -> ProcessInfo | None:
+        if create_time is None:
+            return self.inner.describe(pid, None)  # "whoever has this pid now" goes stale
+        key = (pid, create_time)
+        if key not in self._cache:
+            self._cache[key] = self.inner.describe(pid, create_time)
+            if len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return self._cache[key]
+
+
+def _pe_fields(facts: PEFacts) -> dict[str, Any]:
+    pe = {k: v for k, v in {"imphash": facts.imphash,
+                            "original_file_name": facts.original_file_name,
+                            "company": facts.company, "product": facts.product,
+                            "file_version": facts.file_version}.items() if v is not None}
+    signature: dict[str, Any] = {"exists": facts.signed, "status": facts.status,
+                                 "digest": facts.authenticode_sha256 if facts.signed else ""}
+    if facts.signatures:
+        primary = facts.signatures[0]
+        signature.update(subject_name=primary.subject, issuer=primary.issuer,
+                         thumbprint=primary.thumbprint, signatures=[
+                             {"subject_name": s.subject, "issuer": s.issuer,
+                              "thumbprint": s.thumbprint, "digest_algorithm": s.digest_algorithm,
+                              "timestamp": s.timestamp} for s in facts.signatures])
+    return {"pe": pe, "code_signature": signature,
+            "hash": {"md5": facts.md5, "sha1": facts.sha1, "sha256": facts.sha256}}
+
+
+@dataclass
+class WindowsEnricher:
+    inspector: ProcessInspector
+    files: FileSource
+    host: dict[str, Any]
+    table: ProcessTable = field(default_factory=ProcessTable)
+    roots: list[Any] | None = None
+
+    def _process_map(self, pid: int, image: str | None, kernel_image: str | None,
+                     info: ProcessInfo | None, create_time: _dt.datetime | None) -> dict[str, Any]:
+        process: dict[str, Any] = {"pid": pid}
+        executable = (info.image if info and info.image else None) or image
+        if executable:
+            process["executable"] = executable
+            process["name"] = ntpath.basename(executable).upper()
+        if kernel_image:
+            process["kernel_image_name"] = ntpath.basename(kernel_image).upper()
+        if create_time is not None:
+            process["start"] = utc_timestamp(create_time)
+        if info is not None:
+            process["running"] = info.running
+            if info.command_line is not None:
+                process["command_line"] = info.command_line
+            if info.working_directory is not None:
+                process["working_directory"] = info.working_directory
+            if info.integrity_level is not None:
+                process["integrity_level"] = info.integrity_level
+            if info.module_count is not None:
+                process["module_count"] = info.module_count
+            user: dict[str, Any] = {}
+            if info.user_sid:
+                user["sid"] = info.user_sid
+            if info.user_name:
+                domain, _, name = info.user_name.rpartition("\\")
+                user["name"] = name
+                if domain:
+                    user["domain"] = domain
+            if user:
+                process["user"] = user
+        if executable:
+            data = self.files.read(executable)
+            process["on_disk"] = data is not None
+            if data is not None:
+                try:
+                    process.update(_pe_fields(inspect(data, self.roots)))
+                except PEError:
+                    pass  # not a PE (a script host's argument, say): no PE facts
+        return process
+
+    def build(self, start: ProcessStart) -> Event:
+        info = self.inspector.describe(start.pid, start.create_time)
+        event = new_event(ACTION_PROCESS_CREATE, "etw", host=self.host,
+                          timestamp=start.create_time,
+                          original_id=str(start.sequence) if start.sequence else None)
+        process = self._process_map(start.pid, start.image, start.image, info,
+                                    start.create_time)
+        if "integrity_level" not in process and start.integrity_level:
+            process["integrity_level"] = start.integrity_level  # v3 events carry it
+        process["creator_pid"] = start.creator_pid
+        start_key = start.create_time.timestamp() if start.create_time else None
+        parent = self.table.parent_of(start.ppid, start_key)
+        if parent is not None:
+            running = self.inspector.describe(parent.pid, None)
+            process["parent"] = parent_context(parent, running.running if running else False)
+        else:
+            described = self.inspector.describe(start.ppid, None)
+            if described is not None and described.create_time and start.create_time \
+                    and described.create_time > start.create_time:
+                described = None  # that pid was reused after the child was created
+            if described is not None:
+                parent_map = self._process_map(start.ppid, described.image, None, described,
+                                               None)
+                process["parent"] = dict(parent_map, running=described.running)
+            else:
+                process["parent"] = {"pid": start.ppid}
+        event["process"] = process
+        self.table.record(Entry(start.pid, start_key, process, event["event"]["id"]))
+        ttphash.attach(event)
+        return event

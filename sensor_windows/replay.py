@@ -1,0 +1,97 @@
+"""``ttpsensor windows replay``: recorded ETW events plus a description of their world.
+
+JSON lines, in order; each is one of::
+
+    {"devices": {"\\\\Device\\\\HarddiskVolume3": "C:"}}
+    {"process": {"pid": 7008, "create_time": "2021-12-29T11:22:13.617516Z",
+                 "image": "C:\\\\WINDOWS\\\\Explorer.EXE", "command_line": "...",
+                 "user_sid": "S-1-5-21-...", "user_name": "TESTPC\\\\TestUser",
+                 "integrity_level": "Medium", "working_directory": "...",
+                 "module_count": 356, "running": true}}
+    {"file": {"path": "C:\\\\WINDOWS\\\\Explorer.EXE", "local": "relative/or/absolute.exe"}}
+    {"etw": [1, {...a pywintrace event dictionary...}]}
+
+Descriptions stand for what Win32 calls would answer at that moment, so a process described
+later (the same pid, another create time) is a reused pid. This drives everything after the
+ETW session on any OS: normalization, enrichment, PE facts, parents, TTPHash, rendering.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from sensor_windows.enrich import CachedInspector, ProcessInfo, WindowsEnricher
+from sensor_windows.normalize import NormalizeError, normalize
+
+
+def _time(value: Any) -> _dt.datetime | None:
+    if not value:
+        return None
+    moment = _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=_dt.timezone.utc)
+
+
+@dataclass
+class ReplayWorld:
+    """The described processes and files, as an inspector and a file source."""
+
+    base: str
+    processes: dict[int, list[ProcessInfo]] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def add_process(self, doc: dict[str, Any]) -> None:
+        info = ProcessInfo(
+            image=doc.get("image"), command_line=doc.get("command_line"),
+            user_sid=doc.get("user_sid"), user_name=doc.get("user_name"),
+            integrity_level=doc.get("integrity_level"),
+            working_directory=doc.get("working_directory"),
+            module_count=doc.get("module_count"), running=bool(doc.get("running", True)),
+            create_time=_time(doc.get("create_time")))
+        self.processes.setdefault(int(doc["pid"]), []).append(info)
+
+    def describe(self, pid: int, create_time: _dt.datetime | None) -> ProcessInfo | None:
+        known = self.processes.get(pid) or []
+        if create_time is None:
+            return known[-1] if known else None  # whoever has the pid now
+        return next((p for p in reversed(known) if p.create_time == create_time), None)
+
+    def read(self, path: str) -> bytes | None:
+        local = self.files.get(path.upper())
+        if local is None:
+            return None
+        try:
+            with open(os.path.join(self.base, local), "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+
+def replay(path: str, enricher_host: dict[str, Any],
+           roots: list[Any] | None = None) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(line, event) for each ETW line, or (line, error message) for a line that failed."""
+    world = ReplayWorld(os.path.dirname(os.path.abspath(path)))
+    devices: dict[str, str] = {}
+    enricher = WindowsEnricher(CachedInspector(world), world, enricher_host, roots=roots)
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+                if "devices" in doc:
+                    devices.update(doc["devices"])
+                elif "process" in doc:
+                    world.add_process(doc["process"])
+                elif "file" in doc:
+                    world.files[doc["file"]["path"].upper()] = doc["file"]["local"]
+                elif "etw" in doc:
+                    event_id, event = doc["etw"]
+                    yield number, enricher.build(normalize(event_id, event, devices))
+                else:
+                    yield number, "not a devices, process, file or etw line"
+            except (ValueError, KeyError, TypeError, NormalizeError) as exc:
+                yield number, f"{type(exc).__name__}: {exc}"
