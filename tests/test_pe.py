@@ -128,3 +128,41 @@ def test_pe_command(tmp_path) -> None:
     assert row["path"] == launcher and row["signed"] is False
     with pytest.raises(PEError):
         inspect(b"garbage")
+
+
+def test_a_pe_compiled_with_chosen_imports_and_version_resource(tmp_path) -> None:
+    """mingw-w64 builds a PE whose imports and version strings the test chose; we read back
+    exactly those, and the imphash pefile computes independently."""
+    gcc, windres = "x86_64-w64-mingw32-gcc", "x86_64-w64-mingw32-windres"
+    require(shutil.which(gcc) is not None and shutil.which(windres) is not None,
+            "mingw-w64 is needed (apt-get install gcc-mingw-w64-x86-64)")
+    (tmp_path / "probe.c").write_text(
+        "#include <windows.h>\n"
+        "int main(void) {\n"
+        "  MessageBoxA(NULL, \"ttpsensor\", \"probe\", MB_OK);\n"
+        "  return (int)GetTickCount() + (int)GetCurrentProcessId();\n"
+        "}\n")
+    (tmp_path / "probe.rc").write_text(
+        "1 VERSIONINFO\n FILEVERSION 4,3,2,1\n PRODUCTVERSION 4,3,2,1\nBEGIN\n"
+        " BLOCK \"StringFileInfo\"\n BEGIN\n  BLOCK \"040904b0\"\n  BEGIN\n"
+        "   VALUE \"CompanyName\", \"TTP Sensor Test Corp\"\n"
+        "   VALUE \"ProductName\", \"Probe Product\"\n"
+        "   VALUE \"FileVersion\", \"4.3.2.1\"\n"
+        "   VALUE \"OriginalFilename\", \"PROBE-ORIGINAL.EXE\"\n"
+        "  END\n END\n BLOCK \"VarFileInfo\"\n BEGIN\n  VALUE \"Translation\", 0x409, 1200\n"
+        " END\nEND\n")
+    subprocess.run([windres, str(tmp_path / "probe.rc"), "-O", "coff", "-o",
+                    str(tmp_path / "probe.res")], check=True, capture_output=True)
+    subprocess.run([gcc, "-O1", "-o", str(tmp_path / "probe.exe"), str(tmp_path / "probe.c"),
+                    str(tmp_path / "probe.res"), "-luser32"], check=True, capture_output=True)
+    facts = inspect_file(str(tmp_path / "probe.exe"))
+    assert facts.original_file_name == "PROBE-ORIGINAL.EXE"
+    assert facts.company == "TTP Sensor Test Corp" and facts.product == "Probe Product"
+    assert facts.file_version == "4.3.2.1"
+    independent = pefile.PE(str(tmp_path / "probe.exe"))
+    assert facts.imphash == independent.get_imphash().upper() != ""
+    imported = {(entry.dll.decode().lower(), imp.name.decode())
+                for entry in independent.DIRECTORY_ENTRY_IMPORT for imp in entry.imports
+                if imp.name}
+    assert ("user32.dll", "MessageBoxA") in imported
+    assert ("kernel32.dll", "GetTickCount") in imported

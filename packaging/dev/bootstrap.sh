@@ -21,8 +21,10 @@ if [ "$mode" = test ]; then
   # auditd: auditctl, the independent reader of audit state, and the daemon of the LAUREL
   # differential test; laurel: the peer that test and the audit benchmark compare with.
   # postgresql, nats-server: the collector tests run private servers they start and stop.
-  # osslsigncode, shim-signed: an independent Authenticode signer, a Microsoft-signed binary.
-  apt_packages+=(rpm auditd laurel postgresql nats-server osslsigncode shim-signed)
+  # osslsigncode, shim-signed: an independent Authenticode signer, a Microsoft-signed binary;
+  # mingw-w64: compiles a PE with imports and a version resource the test chooses.
+  apt_packages+=(rpm auditd laurel postgresql nats-server osslsigncode shim-signed
+                 gcc-mingw-w64-x86-64 binutils-mingw-w64-x86-64)
 fi
 
 missing=()
