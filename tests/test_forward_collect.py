@@ -90,6 +90,29 @@ def _stored(location: str) -> int:
         store.close()
 
 
+def _spool_while_killing(spool: Spool, total: int, kills: int, sender: Proc, receiver: Proc,
+                         new_sender, new_receiver) -> tuple[Proc, Proc]:
+    """Spool ``total`` events in ``kills`` rounds, SIGKILLing the sender and the receiver in
+    turn at a random moment of each round (the sensor keeps spooling meanwhile)."""
+    rng = random.Random(total + kills)
+    written = 0
+    for k in range(kills):
+        chunk = (total - written) // (kills - k)
+        for event in _events(chunk, written):
+            spool.append(event)
+        spool.flush()
+        written += chunk
+        time.sleep(rng.uniform(0.05, 0.6))
+        if k % 2 == 0:
+            sender.stop(signal.SIGKILL)
+            sender = new_sender()
+        else:
+            receiver.stop(signal.SIGKILL)
+            receiver = new_receiver()
+    spool.close()
+    return sender, receiver
+
+
 def _wait(predicate, what: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -105,23 +128,11 @@ def test_crash_test_exactly_once_in_the_store_despite_sigkills(lab, store_locati
     port = _free_port()
     collector = _collector(tmp, issued, port, store_location)
     forwarder = _forwarder(tmp, issued, [port])
-    rng = random.Random(1234)
-    written = 0
     try:
-        for k in range(kills):
-            chunk = (total - written) // (kills - k)  # the sensor keeps spooling meanwhile
-            for event in _events(chunk, written):
-                spool.append(event)
-            spool.flush()
-            written += chunk
-            time.sleep(rng.uniform(0.05, 0.6))
-            if k % 2 == 0:
-                forwarder.stop(signal.SIGKILL)
-                forwarder = _forwarder(tmp, issued, [port])
-            else:
-                collector.stop(signal.SIGKILL)
-                collector = _collector(tmp, issued, port, store_location)
-        spool.close()
+        forwarder, collector = _spool_while_killing(
+            spool, total, kills, forwarder, collector,
+            lambda: _forwarder(tmp, issued, [port]),
+            lambda: _collector(tmp, issued, port, store_location))
         _wait(lambda: _stored(store_location) >= total, f"{total} events in the store")
     finally:
         forwarder.stop()
@@ -197,23 +208,11 @@ def test_crash_test_through_jetstream(tmp_path, nats_server) -> None:
     consumer_args = ["collect", "--nats", nats_server, "--store", store]
     publisher = Proc(tmp_path, "publisher", publisher_args)
     consumer = Proc(tmp_path, "consumer", consumer_args)
-    rng = random.Random(99)
-    written = 0
     try:
-        for k in range(kills):
-            chunk = (total - written) // (kills - k)
-            for event in _events(chunk, written):
-                spool.append(event)
-            spool.flush()
-            written += chunk
-            time.sleep(rng.uniform(0.05, 0.6))
-            if k % 2 == 0:
-                publisher.stop(signal.SIGKILL)
-                publisher = Proc(tmp_path, "publisher", publisher_args)
-            else:
-                consumer.stop(signal.SIGKILL)
-                consumer = Proc(tmp_path, "consumer", consumer_args)
-        spool.close()
+        publisher, consumer = _spool_while_killing(
+            spool, total, kills, publisher, consumer,
+            lambda: Proc(tmp_path, "publisher", publisher_args),
+            lambda: Proc(tmp_path, "consumer", consumer_args))
         _wait(lambda: _stored(store) >= total, f"{total} events in the store")
     finally:
         publisher.stop()
