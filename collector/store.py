@@ -56,6 +56,11 @@ class IngestResult:
     gaps: int = 0
 
 
+# For the statements read back with RETURNING: which parameter is the key returned.
+_INSERT_EVENTS = "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?) RETURNING seq"
+_INSERT_HOSTS = "INSERT OR IGNORE INTO baseline_hosts VALUES (?,?) RETURNING ttphash"
+_KEY_INDEX = {_INSERT_EVENTS: 1, _INSERT_HOSTS: 0}
+
 _IGNORE = re.compile(r"INSERT OR IGNORE INTO (\w+) (VALUES \([?,]+\))")
 _REPLACE_ALLOW = "INSERT OR REPLACE INTO allow VALUES (?,?,?)"
 
@@ -112,46 +117,95 @@ class Store:
 
     def ingest(self, spool: str, first_seq: int, events: Iterable[Event],
                sensor: str) -> IngestResult:
-        """Store a frame's events in one transaction; return how many were new."""
+        """Store a frame's events in one transaction; return how many were new.
+
+        One batched insert per frame (PostgreSQL: a pipeline returning the new sequence
+        numbers), and the baseline updated once per TTPHash per frame, not once per event:
+        round trips, not rows, are what a networked store pays for."""
         result = IngestResult()
+        rows = []
+        for offset, event in enumerate(events):
+            complete = get_path(event, "ttphash.complete")
+            rows.append((spool, first_seq + offset, sensor, get_path(event, "host.name"),
+                         event.get("@timestamp"), get_path(event, "event.action"),
+                         get_path(event, "ttphash.value"),
+                         None if complete is None else int(bool(complete)),
+                         wire.pack_event(event), event))
         with self._transaction():
-            for offset, event in enumerate(events):
-                seq = first_seq + offset
-                action = get_path(event, "event.action")
-                value = get_path(event, "ttphash.value")
-                complete = get_path(event, "ttphash.complete")
-                host = get_path(event, "host.name")
-                ts = event.get("@timestamp")
-                cursor = self._execute(
-                    "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?)",
-                    (spool, seq, sensor, host, ts, action, value,
-                     None if complete is None else int(bool(complete)), wire.pack_event(event)))
-                if cursor.rowcount == 0:
-                    result.duplicates += 1
+            new = self._insert_new(rows)
+            result.new, result.duplicates = len(new), len(rows) - len(new)
+            groups: dict[str, dict[str, Any]] = {}
+            for row in rows:
+                if row[1] not in new:
                     continue
-                result.new += 1
+                event, action, value = row[9], row[5], row[6]
                 if action == ACTION_PROCESS_CREATE and value:
-                    self._baseline(event, value, host or sensor, ts or utc_timestamp())
+                    ts = row[4] or utc_timestamp()
+                    group = groups.setdefault(value, {"first": ts, "last": ts, "count": 0,
+                                                      "hosts": set(), "sample": event})
+                    group["first"], group["last"] = min(group["first"], ts), max(group["last"],
+                                                                                  ts)
+                    group["count"] += 1
+                    group["hosts"].add(row[3] or sensor)
                 elif action == "spool_gap":
                     self._gap(spool, sensor, event)
                     result.gaps += 1
+            if groups:
+                self._baseline(groups)
         return result
 
-    def _baseline(self, event: Event, value: str, host: str, ts: str) -> None:
-        updated = self._execute(
-            "UPDATE baseline SET last_seen = max(last_seen, ?), first_seen = min(first_seen, ?),"
-            " count = count + 1 WHERE ttphash = ?", (ts, ts, value)).rowcount
-        if not updated:
+    def _insert_new(self, rows: list[tuple[Any, ...]]) -> set[int]:
+        """Insert the rows that are not stored yet; return their sequence numbers."""
+        inserted = self._many(_INSERT_EVENTS, [r[:9] for r in rows], returning=True)
+        return {int(seq) for (seq,) in inserted}
+
+    def _many(self, sql: str, params: list[tuple[Any, ...]], returning: bool = False) -> Any:
+        """One batch of statements (pipelined on PostgreSQL); with ``returning``, the rows the
+        statements returned, all together."""
+        if self.postgres:
+            cursor = self.db.cursor()
+            cursor.executemany(_postgres_sql(sql), params, returning=returning)
+            if not returning:
+                return None
+            rows = []
+            while True:
+                rows += cursor.fetchall()
+                if not cursor.nextset():
+                    return rows
+        if not returning:
+            self.db.executemany(sql, params)
+            return None
+        # SQLite pays no round trips but does pay for RETURNING: run the statement without it
+        # and return the first parameter of each row it inserted (the key asked for).
+        plain = sql.rsplit(" RETURNING ", 1)[0]
+        return [(p[_KEY_INDEX[sql]],) for p in params if self.db.execute(plain, p).rowcount]
+
+    def _baseline(self, groups: dict[str, dict[str, Any]]) -> None:
+        """Fold a frame's new executions into the baseline: one upsert per TTPHash and one
+        insert per (TTPHash, host), each sent as a single batch."""
+        entries = []
+        for value, group in groups.items():
             try:
-                canonical = ttphash.compute(event).canonical.decode("utf-8")
+                canonical = ttphash.compute(group["sample"]).canonical.decode("utf-8")
             except ttphash.TTPHashError:
                 canonical = None
-            self._execute("INSERT INTO baseline VALUES (?,?,?,?,?,?,?)",
-                            (value, ts, ts, 1, 0, wire.pack_event(event), canonical))
-        if self._execute("INSERT OR IGNORE INTO baseline_hosts VALUES (?,?)",
-                           (value, host)).rowcount:
-            self._execute("UPDATE baseline SET hosts = hosts + 1 WHERE ttphash = ?",
-                            (value,))
+            entries.append((value, group["first"], group["last"], group["count"], 0,
+                            wire.pack_event(group["sample"]), canonical))
+        least, greatest = ("LEAST", "GREATEST") if self.postgres else ("min", "max")
+        self._many(
+            "INSERT INTO baseline VALUES (?,?,?,?,?,?,?) ON CONFLICT (ttphash) DO UPDATE SET "
+            f"first_seen = {least}(baseline.first_seen, excluded.first_seen), "
+            f"last_seen = {greatest}(baseline.last_seen, excluded.last_seen), "
+            "count = baseline.count + excluded.count", entries)
+        pairs = [(value, host) for value, group in groups.items()
+                 for host in sorted(group["hosts"])]
+        added = self._many(_INSERT_HOSTS, pairs, returning=True)
+        counts: dict[str, int] = {}
+        for (value,) in added:
+            counts[value] = counts.get(value, 0) + 1
+        if counts:
+            self._many("UPDATE baseline SET hosts = hosts + ? WHERE ttphash = ?",
+                       [(n, value) for value, n in counts.items()])
 
     def _gap(self, spool: str, sensor: str, event: Event) -> None:
         gap = get_path(event, "ttpsensor.spool_gap") or {}
