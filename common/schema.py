@@ -39,13 +39,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import uuid
-from typing import Any, Iterator
+from typing import Any
 
 SCHEMA_VERSION = 1
 
 ACTION_PROCESS_CREATE = "process_create"
-
-PROVIDERS = ("auditd", "ebpf", "etw", "procfs")
 
 Event = dict[str, Any]
 
@@ -106,15 +104,6 @@ def set_path(event: Event, path: str, value: Any) -> None:
             node[key] = child
         node = child
     node[keys[-1]] = value
-
-
-def iter_leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Yield ``(dotted_path, value)`` for every non-map value; lists count as values."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from iter_leaves(value, f"{prefix}.{key}" if prefix else key)
-    else:
-        yield prefix, node
 
 
 class SchemaError(ValueError):

@@ -123,9 +123,7 @@ def _run_source(source: str, fmt: str, sink: Any, collector: Any, rules_file: st
                 ebpf_ringbuf_pages: int, interval: float, once: bool) -> None:
     # Periodic work, and the files the sensor still writes after dropping root.
     ticks = [collector.deliver] if collector is not None else []
-    outputs = tuple(outputs)
-    if collector is not None:
-        outputs += (f"jsonl:{collector.store.path}",)  # the store's directory: the user's too
+    written = output_files(outputs) + ([collector.store.path] if collector else [])
     if source == "procfs":
         if fmt == "laurel":
             raise click.UsageError("--format laurel needs an audit source")
@@ -134,16 +132,16 @@ def _run_source(source: str, fmt: str, sink: Any, collector: Any, rules_file: st
         if fmt != "ecs":
             raise click.UsageError(f"--source {source} writes ecs events only")
         _run_combined(source, sink, rules_file, state_file, parse_error_log, max_bytes,
-                      generations, status_file, status_interval, user, outputs,
+                      generations, status_file, status_interval, user, written,
                       ebpf_max_args, ebpf_argv_bytes, ebpf_ringbuf_pages, ticks)
     elif source == "ebpf":
         if fmt == "laurel":
             raise click.UsageError("--format laurel needs an audit source")
-        _run_ebpf(RENDERERS[fmt], sink, status_file, status_interval, user, outputs,
+        _run_ebpf(RENDERERS[fmt], sink, status_file, status_interval, user, written,
                   ebpf_max_args, ebpf_argv_bytes, ebpf_ringbuf_pages, ticks)
     else:
         _run_audit(source, fmt, sink, rules_file, state_file, parse_error_log, max_bytes,
-                   generations, status_file, status_interval, user, outputs, ticks)
+                   generations, status_file, status_interval, user, written, ticks)
 
 
 def _run_procfs(sink: Any, render: Any, interval: float, once: bool, collector: Any) -> None:
@@ -181,7 +179,7 @@ def _run_procfs(sink: Any, render: Any, interval: float, once: bool, collector: 
 
 
 def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, user: str,
-              outputs: tuple[str, ...], max_args: int, argv_bytes: int,
+              written: list[str], max_args: int, argv_bytes: int,
               ringbuf_pages: int, ticks: list[Any]) -> None:
     from sensor_linux.ebpf.events import EbpfEventBuilder
     from sensor_linux.ebpf.probes import ExecProbes, PrerequisiteError
@@ -204,7 +202,7 @@ def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, 
     session = EbpfSession(probes)
     try:
         reporter = _start_serving(session, pipeline, enricher, user, status_file,
-                                  status_interval, output_files(outputs) + [status_file])
+                                  status_interval, written + [status_file])
         while not stop.is_set():
             probes.poll(1000)
             sink.flush()
@@ -226,7 +224,7 @@ def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, 
 def _run_combined(mode: str, sink: Any, rules_file: str | None, state_file: str,
                   parse_error_log: str | None, max_bytes: int, generations: int,
                   status_file: str, status_interval: float, user: str,
-                  outputs: tuple[str, ...], max_args: int, argv_bytes: int,
+                  written: list[str], max_args: int, argv_bytes: int,
                   ringbuf_pages: int, ticks: list[Any]) -> None:
     from sensor_linux.audit.netlink import AuditNetlinkError
     from sensor_linux.audit.pipeline import AuditPipeline
@@ -266,7 +264,7 @@ def _run_combined(mode: str, sink: Any, rules_file: str | None, state_file: str,
     lost = 0
     try:
         reporter = _start_serving(session, combined, enricher, user, status_file,
-                                  status_interval, output_files(outputs) + [
+                                  status_interval, written + [
                                       status_file, state_file, error_log.path])
         combined.pump(stop, on_tick=lambda: _tick([reporter.tick, *ticks]))
     except PrivilegeError as exc:
@@ -291,7 +289,7 @@ def _run_combined(mode: str, sink: Any, rules_file: str | None, state_file: str,
 def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_file: str,
                parse_error_log: str | None, max_bytes: int, generations: int,
                status_file: str, status_interval: float, user: str,
-               outputs: tuple[str, ...], ticks: list[Any]) -> None:
+               written: list[str], ticks: list[Any]) -> None:
     from sensor_linux.audit.netlink import AuditNetlinkError
     from sensor_linux.audit.pipeline import AuditPipeline
     from sensor_linux.audit.session import (AuditBusy, AuditLocked, UnicastSession,
@@ -326,7 +324,7 @@ def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_f
     lost = 0
     try:
         reporter = _start_serving(session, pipeline, enricher, user, status_file,
-                                  status_interval, output_files(outputs) + [
+                                  status_interval, written + [
                                       status_file, state_file, error_log.path],
                                   emit=fmt == "ecs")
         pump(session, pipeline, stop, on_tick=lambda: _tick([reporter.tick, *ticks]))

@@ -30,7 +30,6 @@ KEEP = (CAP_AUDIT_CONTROL, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH)
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _PR_SET_KEEPCAPS = 8
 _SYS_CAPSET = 126  # x86_64
-_SYS_CAPGET = 125
 
 
 class _Header(ctypes.Structure):
@@ -48,17 +47,6 @@ class PrivilegeError(OSError):
 
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
-
-
-def capabilities() -> tuple[int, int]:
-    """``(effective, permitted)`` capability masks of this process."""
-    header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_Data * 2)()
-    if _libc().syscall(_SYS_CAPGET, ctypes.byref(header), data) != 0:
-        raise PrivilegeError(ctypes.get_errno(), "capget failed")
-    effective = data[0].effective | data[1].effective << 32
-    permitted = data[0].permitted | data[1].permitted << 32
-    return effective, permitted
 
 
 def _capset(mask: int) -> None:

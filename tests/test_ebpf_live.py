@@ -31,12 +31,16 @@ def _by_marker(events: list[dict], marker: str) -> dict:
     return found[0]
 
 
-def test_ebpf_and_audit_see_the_same_execs_with_the_same_ttphash(audit_guard, tmp_path) -> None:
+def _require_bcc() -> None:
     try:
         import bcc  # noqa: F401
     except ImportError:
         require(False, "BCC (python3-bpfcc) is needed")
     require(os.path.isdir("/sys/kernel/tracing/events/sched"), "tracefs must be mounted")
+
+
+def test_ebpf_and_audit_see_the_same_execs_with_the_same_ttphash(audit_guard, tmp_path) -> None:
+    _require_bcc()
     ebpf = Sensor(tmp_path, "ebpf", "--source", "ebpf")
     audit = Sensor(tmp_path, "audit", "--source", "audit", "--state-file",
                    str(tmp_path / "ttpsensor-files" / "state.json"))
@@ -124,11 +128,7 @@ def test_ebpf_and_audit_see_the_same_execs_with_the_same_ttphash(audit_guard, tm
 
 
 def test_tiny_ring_buffer_drops_are_counted_exactly(tmp_path) -> None:
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        require(False, "BCC (python3-bpfcc) is needed")
-    require(os.path.isdir("/sys/kernel/tracing/events/sched"), "tracefs must be mounted")
+    _require_bcc()
     sensor = Sensor(tmp_path, "tiny", "--source", "ebpf", "--ebpf-ringbuf-pages", "1")
     try:
         sensor.wait_for(lambda: _loaded(sensor), "the probes to load", timeout=120)
@@ -142,14 +142,6 @@ def test_tiny_ring_buffer_drops_are_counted_exactly(tmp_path) -> None:
     assert dropped > 0, "the burst should overflow a one-page ring buffer"
     assert received + dropped == len(spawned) + others
     assert summary["probe_drops"]["pending_full"] == 0
-
-
-def _require_bcc() -> None:
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        require(False, "BCC (python3-bpfcc) is needed")
-    require(os.path.isdir("/sys/kernel/tracing/events/sched"), "tracefs must be mounted")
 
 
 def _summary(sensor: Sensor) -> dict:

@@ -72,8 +72,7 @@ def test_size_limit_and_unreadable_file_are_errors(tmp_path) -> None:
 def _spawn_sleeper(exe: str) -> subprocess.Popen:
     proc = subprocess.Popen([exe, "30"])
     for _ in range(200):  # wait until the exec has happened
-        if read_exe(proc.pid)[0] == exe or read_exe(proc.pid)[0] is not None and \
-                str(read_exe(proc.pid)[0]).startswith(exe):
+        if read_exe(proc.pid)[0] == exe:
             break
         time.sleep(0.01)
     return proc

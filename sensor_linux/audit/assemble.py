@@ -96,10 +96,6 @@ class Assembler:
     def inflight(self) -> int:
         return len(self._inflight)
 
-    @property
-    def held(self) -> int:
-        """Completed events waiting for an earlier open event (ordered mode)."""
-        return len(self._ready)
 
     def add(self, record: Record, now: float | None = None) -> list[AuditEvent]:
         """Take one record; return the events it completed or that timed out meanwhile."""

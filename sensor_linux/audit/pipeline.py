@@ -88,7 +88,7 @@ class AuditPipeline:
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = asdict(self.stats)
-        out["assembly"] = asdict(self.assembler.stats)
+        out["assembly"] = dict(asdict(self.assembler.stats), open=self.assembler.inflight)
         return out
 
     def _emit(self, events: list[AuditEvent]) -> None:

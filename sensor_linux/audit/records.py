@@ -77,10 +77,6 @@ class Record:
     def type_name(self) -> str:
         return type_name(self.rtype)
 
-    @property
-    def event_key(self) -> tuple[bytes | None, int, int, int]:
-        return (self.node, self.sec, self.msec, self.serial)
-
     def get(self, key: str, default: Value = None) -> Value:
         for k, v in self.body:
             if k == key:

@@ -62,17 +62,12 @@ class ExecRecord:
 def decode(data: bytes) -> ExecRecord:
     """A ring-buffer record (bytes) as an :class:`ExecRecord`."""
     (ktime, pid, tid, ppid, uid, gid, retval, argc, args_count, args_size, flags,
-     filename_size, comm, filename) = _HEAD.unpack_from(data)
+     _filename_size, comm, filename) = _HEAD.unpack_from(data)
+    # args_count NUL-terminated strings; the last one may be cut at the byte limit (flagged).
     blob = data[_HEAD.size:_HEAD.size + args_size]
-    args = blob.split(b"\0")
-    if blob.endswith(b"\0"):
-        args.pop()
-    if flags & FLAG_TRUNC_BYTES and args and not blob.endswith(b"\0"):
-        pass  # the last argument is cut at the byte limit; kept as far as it goes
-    return ExecRecord(ktime, pid, tid, ppid, uid, gid, retval, argc, args[:args_count] if
-                      args_count else args, flags, comm.split(b"\0", 1)[0],
-                      filename[:max(0, filename_size - 1)] if filename_size else
-                      filename.split(b"\0", 1)[0])
+    args = blob.split(b"\0")[:args_count]
+    return ExecRecord(ktime, pid, tid, ppid, uid, gid, retval, argc, args, flags,
+                      comm.split(b"\0", 1)[0], filename.split(b"\0", 1)[0])
 
 
 def check_prerequisites() -> None:
