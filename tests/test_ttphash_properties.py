@@ -19,6 +19,16 @@ maybe = lambda s: st.one_of(st.none(), s)  # noqa: E731
 hexdigest = st.text("0123456789abcdefABCDEF", min_size=64, max_size=64)
 
 
+def _event(provider: str, os_type: str, process: dict, parent: dict) -> dict:
+    """The envelope both platforms' generated events share."""
+    return {
+        "schema": 1, "@timestamp": "2026-01-01T00:00:00.000000Z",
+        "event": {"id": "e", "action": "process_create", "provider": provider},
+        "host": {"name": "h", "os": {"type": os_type}},
+        "process": {**process, "parent": parent},
+    }
+
+
 @st.composite
 def linux_events(draw) -> dict:
     def process(parent: bool) -> dict:
@@ -38,14 +48,7 @@ def linux_events(draw) -> dict:
             p["package"] = {"name": draw(maybe(text))}
         return p
 
-    event = {
-        "schema": 1, "@timestamp": "2026-01-01T00:00:00.000000Z",
-        "event": {"id": "e", "action": "process_create", "provider": "auditd"},
-        "host": {"name": "h", "os": {"type": "linux"}},
-        "process": process(False),
-    }
-    event["process"]["parent"] = process(True)
-    return event
+    return _event("auditd", "linux", process(False), process(True))
 
 
 @st.composite
@@ -69,14 +72,7 @@ def windows_events(draw) -> dict:
             p["running"] = draw(maybe(st.booleans()))
         return p
 
-    event = {
-        "schema": 1, "@timestamp": "2026-01-01T00:00:00.000000Z",
-        "event": {"id": "e", "action": "process_create", "provider": "etw"},
-        "host": {"name": "h", "os": {"type": "windows"}},
-        "process": process(False),
-    }
-    event["process"]["parent"] = process(True)
-    return event
+    return _event("etw", "windows", process(False), process(True))
 
 
 events = st.one_of(linux_events(), windows_events())
