@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import click
@@ -82,9 +83,71 @@ def replay_command(file: str, fmt: str, ca_file: str | None) -> None:
 
 
 @windows.command("run")
-def windows_run() -> None:
-    """Run the ETW sensor in the console (Windows only)."""
+@click.option("--format", "fmt", type=click.Choice(["ecs", "qlog"]), default="ecs",
+              show_default=True)
+@click.option("--output", "outputs", multiple=True, default=("-",), show_default=True,
+              help="'-' for stdout, PATH or jsonl:PATH for a rotated file, spool:DIR. "
+                   "Repeatable.")
+@click.option("--error-log", default=None,
+              help="Where events that cannot be used are kept verbatim (JSON lines).")
+@click.option("--status-interval", default=60.0, show_default=True,
+              help="Seconds between counter reports on stderr (ETW's lost events included).")
+def windows_run(fmt: str, outputs: tuple[str, ...], error_log: str | None,
+                status_interval: float) -> None:
+    """Run the ETW sensor in this console until Ctrl-C (Windows, as Administrator).
+
+    Starts the ETW session 'ttpsensor-process' (Microsoft-Windows-Kernel-Process, process
+    starts), stopping a stale one of that name first, and writes every process start enriched
+    with its command line, user, integrity level, file digests, imphash, version resource and
+    signature, its parent's context and its TTPHash.
+    """
     if sys.platform != "win32":
         raise click.ClickException("the ETW session needs Windows; on this OS use "
                                    "'ttpsensor windows replay' to exercise the pipeline")
-    raise click.ClickException("the ETW session is not implemented yet (issue 6)")
+    import socket
+    import threading
+
+    from common.sinks import open_sink, open_sinks
+    from sensor_windows.runner import run_sensor
+    try:
+        sink = open_sinks(outputs)
+        errors = open_sink(error_log) if error_log else None
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot open output: {exc}") from exc
+    try:
+        run_sensor(threading.Event(), sink, {"name": socket.gethostname(),
+                                             "os": {"type": "windows"}},
+                   fmt=fmt, error_log=errors, status_interval=status_interval,
+                   messages=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sink.close()
+        if errors is not None:
+            errors.close()
+
+
+@windows.command("service")
+@click.argument("action", type=click.Choice(["install", "remove", "start", "stop"]))
+@click.option("--dry-run", is_flag=True, help="Print the sc.exe commands instead of running "
+                                              "them (works on any OS).")
+def windows_service(action: str, dry_run: bool) -> None:
+    """Install, remove, start or stop the 'ttpsensor' Windows service (as Administrator).
+
+    The service runs this Python as 'python.exe -m sensor_windows.service', starts
+    automatically, restarts after a crash, and writes to %ProgramData%\\ttpsensor
+    (events.jsonl, rejected.jsonl, status.jsonl). The .msi installs the same service.
+    """
+    from sensor_windows.service import run_sc, sc_commands
+    if dry_run:
+        for argv in sc_commands(action):
+            click.echo(subprocess.list2cmdline(argv))  # Windows quoting rules
+        return
+    if sys.platform != "win32":
+        raise click.ClickException("services need Windows (--dry-run shows the commands)")
+    errors = run_sc(action)
+    for line in errors:
+        click.echo(line, err=True)
+    if errors:
+        sys.exit(1)
+

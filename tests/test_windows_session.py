@@ -1,0 +1,231 @@
+"""The Windows sensor's live loop, driven on Linux through a stand-in pywintrace module.
+
+The stand-in has pywintrace 0.2.0's surface (ETW, ProviderInfo, GUID, etw.TraceProperties,
+evntrace.ControlTraceW) and calls the event callback from its own thread, as ProcessTrace does.
+Everything after it is the real code: queue, normalization, Win32-shaped enrichment from a
+described world, PE facts of real files, TTPHash, rendering, error log and counters.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import types
+from typing import Any
+
+import pytest
+
+from sensor_windows import etw_source, service, win32
+from sensor_windows.replay import ReplayWorld
+from sensor_windows.runner import WindowsWorld, run_sensor
+from tests.conftest import run_cli
+from tests.test_pe import LAUNCHERS
+
+FT = "132853256180867746"  # 2021-12-30T08:13:38.086774Z as a FILETIME
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, line: str) -> None:
+        self.lines.append(line)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def fake_pywintrace(script: list[Any], control_status: int = 0,
+                    events_lost: int = 0) -> types.SimpleNamespace:
+    """A module like pywintrace's ``etw`` whose session plays ``script`` on its own thread."""
+    calls: dict[str, Any] = {"control": [], "sessions": []}
+    delivered = threading.Event()
+
+    class ETW:
+        def __init__(self, **kwargs: Any) -> None:
+            self.kwargs = kwargs
+            self.stopped = False
+            calls["sessions"].append(self)
+
+        def start(self) -> None:
+            def play() -> None:
+                for item in script:
+                    self.kwargs["event_callback"](item)
+                delivered.set()
+            self.thread = threading.Thread(target=play)
+            self.thread.start()
+
+        def query(self) -> types.SimpleNamespace:
+            return types.SimpleNamespace(EventsLost=events_lost)
+
+        def stop(self) -> None:
+            self.thread.join()
+            self.stopped = True
+
+    def control_trace(handle: int, name: str, props: object, code: int) -> int:
+        calls["control"].append((handle, name, code))
+        return control_status
+
+    return types.SimpleNamespace(
+        ETW=ETW, GUID=lambda text: ("GUID", text),
+        ProviderInfo=lambda name, guid, **kw: {"name": name, "guid": guid, **kw},
+        etw=types.SimpleNamespace(TraceProperties=lambda: types.SimpleNamespace(
+            get=lambda: "props")),
+        evntrace=types.SimpleNamespace(ControlTraceW=control_trace, TRACEHANDLE=int,
+                                       EVENT_TRACE_CONTROL_STOP=1),
+        calls=calls, delivered=delivered)
+
+
+def _start(pid: int, ppid: int, image: str, creator: Any = None) -> tuple[str, dict]:
+    return ("1", {"EventHeader": {"ProcessId": str(creator if creator is not None else ppid),
+                                  "TimeStamp": FT, "EventDescriptor": {"Id": "1",
+                                                                       "Version": "0"}},
+                  "ProcessID": str(pid), "ParentProcessID": str(ppid), "SessionID": "1",
+                  "ImageName": image})
+
+
+def test_session_is_configured_as_designed_and_a_stale_one_is_stopped() -> None:
+    etw = fake_pywintrace([])
+    source = etw_source.EtwProcessSource(etw)
+    source.start()
+    session = etw.calls["sessions"][0]
+    provider = session.kwargs["providers"][0]
+    assert provider["guid"] == ("GUID", "{22FB2CD6-0E7B-422B-A0C7-2FAD1FD0E716}")
+    assert provider["any_keywords"] == 0x10 and provider["name"] == \
+        "Microsoft-Windows-Kernel-Process"
+    assert session.kwargs["session_name"] == "ttpsensor-process"
+    assert session.kwargs["ignore_exists_error"] is False
+    assert session.kwargs["ring_buf_size"] == 64
+    assert etw.calls["control"] == [(0, "ttpsensor-process", 1)]
+    assert source.stale_session_stopped is True
+    source.stop()
+    assert session.stopped
+
+    none_left = etw_source.EtwProcessSource(fake_pywintrace([], control_status=4201))
+    none_left.start()
+    assert none_left.stale_session_stopped is False
+    none_left.stop()
+    with pytest.raises(OSError, match="stale ETW session"):
+        etw_source.EtwProcessSource(fake_pywintrace([], control_status=5)).start()
+
+
+def test_callback_only_enqueues_and_counts_what_it_cannot_keep() -> None:
+    image = "\\Device\\HarddiskVolume3\\x.exe"
+    script = [_start(10 + n, 4, image) for n in range(5)] + [("2", {}), (None, {})]
+    etw = fake_pywintrace(script, events_lost=7)
+    source = etw_source.EtwProcessSource(etw, queue_events=2)
+    source.start()
+    assert etw.delivered.wait(10)
+    source.stop()
+    counters = source.counters
+    assert (counters.received, counters.queued, counters.dropped_queue_full) == (5, 2, 3)
+    assert counters.other_events == 2 and counters.lost_by_etw == 7
+    assert source.events.qsize() == 2
+
+
+def test_run_sensor_end_to_end_with_rejects_kept_and_counters(tmp_path) -> None:
+    shutil.copy(next(p for p in LAUNCHERS if p.endswith("t64.exe")), tmp_path / "parent.exe")
+    shutil.copy(next(p for p in LAUNCHERS if p.endswith("w64.exe")), tmp_path / "child.exe")
+    world = ReplayWorld(str(tmp_path))
+    world.files = {"C:\\TOOLS\\PARENT.EXE": "parent.exe", "C:\\TOOLS\\CHILD.EXE": "child.exe"}
+    world.add_process({"pid": 700, "image": "C:\\Tools\\parent.exe",
+                       "create_time": "2021-12-30T08:00:00Z", "user_sid": "S-1-5-18"})
+    world.add_process({"pid": 701, "image": "C:\\Tools\\child.exe",
+                       "create_time": "2021-12-30T08:13:38.086774Z",
+                       "command_line": "child.exe --flag \"quoted\"\nnext line",
+                       "user_sid": "S-1-5-18", "integrity_level": "System"})
+    malformed = ("1", {"EventHeader": {}, "ProcessID": "702"})  # no parent, no image
+    script = [_start(701, 700, "\\Device\\HarddiskVolume2\\Tools\\child.exe", creator=4),
+              malformed, ("2", {"ProcessID": "701"})]
+    etw = fake_pywintrace(script, events_lost=1)
+    sink, errors, messages = ListSink(), ListSink(), ListSink()
+    stop = threading.Event()
+
+    class Messages:
+        def write(self, text: str) -> None:
+            messages.write(text)
+
+        def flush(self) -> None:
+            pass
+
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(run_sensor(
+        stop, sink, {"name": "testpc", "os": {"type": "windows"}}, fmt="qlog",
+        world=WindowsWorld(world, world, lambda: {"\\Device\\HarddiskVolume2": "C:"}),
+        etw_module=etw, error_log=errors, status_interval=0.05, messages=Messages())))
+    worker.start()
+    assert etw.delivered.wait(10)
+    stop.set()
+    worker.join(30)
+    assert not worker.is_alive()
+
+    assert len(sink.lines) == 1
+    doc = json.loads(sink.lines[0])
+    assert doc["PID"] == 701 and doc["Fullpath"] == "C:\\Tools\\child.exe"
+    assert doc["Commandline"] == "child.exe --flag \"quoted\"\nnext line"
+    assert doc["OriginalFilename"] == "w64.exe" and doc["ProcessIntegrityLevel"] == "System"
+    assert doc["ParentProcess"]["PID"] == 700
+    assert doc["ParentProcess"]["OriginalFilename"] == "t64.exe"
+    assert len(doc["TTPHash"]) == 64
+
+    assert len(errors.lines) == 1
+    kept = json.loads(errors.lines[0])
+    assert kept["reason"].startswith("rejected:") and kept["etw"] == list(malformed)
+
+    assert result["etw"] == {"received": 2, "queued": 2, "dropped_queue_full": 0,
+                             "other_events": 1, "lost_by_etw": 1}
+    assert result["pipeline"]["events"] == 1 and result["pipeline"]["rejected"] == 1
+    assert etw.calls["sessions"][0].stopped
+    reports = [json.loads(line) for line in "".join(messages.lines).splitlines()]
+    assert "summary" in reports[-1] and reports[-1]["summary"] == result
+
+
+def test_service_control_state_machine() -> None:
+    reports: list[tuple[int, int, int]] = []
+    control = service.ServiceControl(lambda *status: reports.append(status))
+    control.starting()
+    control.running()
+    assert reports[-1][:2] == (service.SERVICE_RUNNING,
+                               service.SERVICE_ACCEPT_STOP | service.SERVICE_ACCEPT_SHUTDOWN)
+    assert control.handle(service.SERVICE_CONTROL_INTERROGATE) == service.NO_ERROR
+    assert reports[-1][0] == service.SERVICE_RUNNING
+    assert control.handle(0x80) == service.ERROR_CALL_NOT_IMPLEMENTED  # user-defined
+    assert not control.stop.is_set()
+    assert control.handle(service.SERVICE_CONTROL_STOP) == service.NO_ERROR
+    assert control.stop.is_set()
+    assert reports[-1] == (service.SERVICE_STOP_PENDING, 0, service.STOP_WAIT_HINT_MS)
+    control.handle(service.SERVICE_CONTROL_SHUTDOWN)  # a second stop reports nothing new
+    assert reports[-1][0] == service.SERVICE_STOP_PENDING
+    control.stopped()
+    assert [r[0] for r in reports] == [service.SERVICE_START_PENDING, service.SERVICE_RUNNING,
+                                       service.SERVICE_RUNNING, service.SERVICE_STOP_PENDING,
+                                       service.SERVICE_STOPPED]
+
+
+def test_service_commands_and_console_refusal_on_linux() -> None:
+    install = service.sc_commands("install", "C:\\Python312\\python.exe")
+    assert install[0][:3] == ["sc.exe", "create", "ttpsensor"]
+    assert install[0][4] == '"C:\\Python312\\python.exe" -m sensor_windows.service'
+    assert service.sc_commands("remove")[-1] == ["sc.exe", "delete", "ttpsensor"]
+    with pytest.raises(ValueError):
+        service.sc_commands("pause")
+    dry = run_cli("windows", "service", "install", "--dry-run")
+    assert dry.returncode == 0 and "sensor_windows.service" in dry.stdout
+    assert dry.stdout.splitlines()[0].startswith("sc.exe create ttpsensor binPath=")
+    refused = run_cli("windows", "service", "start")
+    assert refused.returncode == 1 and "need Windows" in refused.stderr
+    console = run_cli("windows", "run")
+    assert console.returncode == 1 and "needs Windows" in console.stderr
+
+
+def test_win32_module_imports_on_linux_and_its_helpers_are_right() -> None:
+    assert win32.integrity_word(0x3000) == "High"
+    assert win32.integrity_word(0x1234) == "RID 0x1234"
+    moment = win32.filetime_parts(int(FT) & 0xFFFFFFFF, int(FT) >> 32)
+    assert moment is not None and moment.isoformat() == "2021-12-30T08:13:38.086774+00:00"
+    with pytest.raises(RuntimeError, match="needs Windows"):
+        etw_source.import_pywintrace()
