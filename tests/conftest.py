@@ -40,7 +40,7 @@ def run_cli(*args: str, input: bytes | str | None = None,
     """Run the installed ``ttpsensor`` command as a user would."""
     text = not isinstance(input, bytes)
     return subprocess.run(ttpsensor_command() + list(args), input=input, capture_output=True,
-                          text=text, check=check, timeout=300, **kwargs)
+                          text=text, check=check, **{"timeout": 300, **kwargs})
 
 
 def seed_qlog_example() -> str:

@@ -64,7 +64,7 @@ fi
 # Debian's own python3 (not a pyenv or other interpreter on PATH), with the system site-packages
 # visible so that Debian's python3-bpfcc (BCC) can be imported by the eBPF source.
 extra=""
-[ "$mode" = test ] && extra="[test]"
+[ "$mode" = test ] && extra="[test,lab]"
 want="$(sha256sum pyproject.toml | cut -c1-16)$extra"
 if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv" >&2

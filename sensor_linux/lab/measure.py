@@ -1,0 +1,112 @@
+"""What the overhead lab reads from the kernel: process CPU, BPF program run time, audit loss.
+
+CPU comes from ``/proc/PID/stat`` (utime and stime, all threads of the process including those
+that already exited, in clock ticks); the fields are read after the last ``)`` so a command name
+with spaces or parentheses cannot shift them. BPF run time comes from the ``fdinfo`` of the
+collector's BPF program descriptors (``run_time_ns`` and ``run_cnt``, present while
+``kernel.bpf_stats_enabled`` is 1), so only our programs are counted, not systemd's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+BPF_STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+@dataclass(frozen=True)
+class Cpu:
+    user_s: float
+    system_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.user_s + self.system_s
+
+    def __sub__(self, other: "Cpu") -> "Cpu":
+        return Cpu(self.user_s - other.user_s, self.system_s - other.system_s)
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (field 3 is index 0)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2:].decode().split()
+
+
+def process_cpu(pid: int) -> Cpu | None:
+    fields = stat_fields(pid)
+    if fields is None:
+        return None
+    return Cpu(int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS)
+
+
+def comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def pids_named(name: str) -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and comm(int(p)) == name]
+
+
+def children(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = stat_fields(int(entry))
+            if fields is not None and int(fields[1]) == parent:
+                found.append(int(entry))
+    return found
+
+
+@dataclass(frozen=True)
+class BpfRun:
+    run_time_ns: int
+    run_cnt: int
+
+
+def bpf_programs(pid: int) -> dict[int, BpfRun]:
+    """prog_id -> cumulative run statistics of every BPF program ``pid`` holds open."""
+    programs: dict[int, BpfRun] = {}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return programs
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                info = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        prog_id = int(info.get("prog_id", "-1"))
+        programs[prog_id] = BpfRun(int(info.get("run_time_ns", "0")),
+                                   int(info.get("run_cnt", "0")))
+    return programs
+
+
+def bpf_total(pid: int | None) -> BpfRun:
+    if pid is None:
+        return BpfRun(0, 0)
+    runs = bpf_programs(pid).values()
+    return BpfRun(sum(r.run_time_ns for r in runs), sum(r.run_cnt for r in runs))
+
+
+def read_bpf_stats_enabled() -> str:
+    with open(BPF_STATS_SYSCTL) as f:
+        return f.read().strip()
+
+
+def write_bpf_stats_enabled(value: str) -> None:
+    with open(BPF_STATS_SYSCTL, "w") as f:
+        f.write(value)

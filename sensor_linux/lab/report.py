@@ -1,0 +1,155 @@
+"""The overhead lab's report: Markdown, CSV and JSON tables, ratios, and a PNG plot.
+
+"Total" CPU is what a mode costs the machine beyond the baseline: its collector processes,
+kauditd, and what the watched processes (the load generator's children) spent above the
+``none`` mode at the same rate, since audit record formatting and BPF programs run in the
+exec'ing task. BPF run time is shown on its own but is already inside that workload figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from sensor_linux.lab.overhead import Measurement, as_dicts
+
+COLUMNS = [("mode", "mode"), ("rate", "rate/s"), ("achieved_rate", "achieved/s"),
+           ("started", "started"), ("received", "received"), ("lost", "lost"),
+           ("audit_lost", "audit lost"), ("collector_cpu_pct", "collectors %"),
+           ("kauditd_cpu_pct", "kauditd %"), ("workload_excess_pct", "workload +%"),
+           ("total_cpu_pct", "total %"), ("bpf_run_pct", "BPF %"),
+           ("bpf_ns_per_run", "BPF ns/run"), ("latency_p50_us", "p50 µs"),
+           ("latency_p99_us", "p99 µs")]
+
+# (what is compared, mode, against mode): the comparisons the lab exists to make.
+RATIOS = [("our eBPF mode vs auditd alone", "ebpf", "auditd-raw"),
+          ("our plugin vs LAUREL (both behind auditd)", "auditd+ttpsensor", "auditd+laurel"),
+          ("our netlink mode vs auditd with LAUREL", "netlink", "auditd+laurel")]
+
+
+def rows(results: list[Measurement]) -> list[dict[str, Any]]:
+    """Result dictionaries with the derived workload-excess and total columns."""
+    baseline = {r.rate: r for r in results if r.mode == "none" and r.error is None}
+    out = []
+    for row in as_dicts(results):
+        base = baseline.get(row["rate"])
+        if row["error"] is None and base is not None:
+            row["workload_excess_pct"] = row["workload_cpu_pct"] - base.workload_cpu_pct
+            row["total_cpu_pct"] = (row["collector_cpu_pct"] + row["kauditd_cpu_pct"]
+                                    + row["workload_excess_pct"])
+        else:
+            row["workload_excess_pct"] = row["total_cpu_pct"] = None
+        out.append(row)
+    return out
+
+
+def ratios(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per compared pair and rate: total and collector CPU of one mode over the other's."""
+    found = []
+    by_key = {(r["mode"], r["rate"]): r for r in table}
+    for label, mode, peer in RATIOS:
+        for rate in sorted({r["rate"] for r in table}):
+            mine, theirs = by_key.get((mode, rate)), by_key.get((peer, rate))
+            if not mine or not theirs or mine["total_cpu_pct"] is None \
+                    or theirs["total_cpu_pct"] is None:
+                continue
+            found.append({
+                "comparison": label, "rate": rate, "mode": mode, "peer": peer,
+                "total_pct": mine["total_cpu_pct"], "peer_total_pct": theirs["total_cpu_pct"],
+                "total_ratio": _ratio(mine["total_cpu_pct"], theirs["total_cpu_pct"]),
+                "collector_ratio": _ratio(mine["collector_cpu_pct"],
+                                          theirs["collector_cpu_pct"])})
+    return found
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}"
+    return str(value)
+
+
+def markdown(table: list[dict[str, Any]], compared: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    for row in table:
+        if row["error"]:
+            lines.append(f"| {row['mode']} | {row['rate']} | failed: "
+                         f"{row['error'].splitlines()[0][:120]} |")
+            continue
+        lines.append("| " + " | ".join(_cell(row[key]) for key, _ in COLUMNS) + " |")
+    if compared:
+        lines += ["", "| comparison | rate/s | total % | peer total % | total ratio | "
+                  "collector ratio |", "|---|---|---|---|---|---|"]
+        for c in compared:
+            lines.append(f"| {c['comparison']} | {c['rate']} | {_cell(c['total_pct'])} | "
+                         f"{_cell(c['peer_total_pct'])} | {_ratio_cell(c['total_ratio'])} | "
+                         f"{_ratio_cell(c['collector_ratio'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _ratio_cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def write_csv(path: Path, table: list[dict[str, Any]]) -> None:
+    keys = [key for key, _ in COLUMNS] + ["window_s", "workload_cpu_pct", "loadgen_cpu_pct",
+                                          "ours", "error", "collectors"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        for row in table:
+            writer.writerow(dict(row, collectors=json.dumps(row["collectors"])))
+
+
+def plot(path: Path, table: list[dict[str, Any]]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")  # no display on a server
+    import matplotlib.pyplot as plt
+
+    figure, (total_axis, collector_axis) = plt.subplots(1, 2, figsize=(13, 5))
+    modes = list(dict.fromkeys(r["mode"] for r in table))
+    for mode in modes:
+        points = sorted((r["achieved_rate"], r["total_cpu_pct"], r["collector_cpu_pct"]
+                         + r["kauditd_cpu_pct"]) for r in table
+                        if r["mode"] == mode and r["error"] is None)
+        if not points:
+            continue
+        style = "-o" if any(r["ours"] for r in table if r["mode"] == mode) else "--s"
+        if mode != "none":
+            total_axis.plot([p[0] for p in points], [p[1] for p in points], style, label=mode)
+        collector_axis.plot([p[0] for p in points], [p[2] for p in points], style, label=mode)
+    total_axis.set_title("Total cost above the baseline\n(collectors + kauditd + workload excess)")
+    collector_axis.set_title("Collector processes + kauditd")
+    for axis in (total_axis, collector_axis):
+        axis.set_xlabel("execs per second (achieved)")
+        axis.set_ylabel("% of one CPU")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle("ttpsensor overhead lab: CPU against exec rate (solid: ttpsensor modes)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_report(out: Path, results: list[Measurement], command: str,
+                 settings: dict[str, Any]) -> dict[str, Path]:
+    """results.json, results.csv, results.md and cpu.png in ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = rows(results)
+    compared = ratios(table)
+    paths = {"json": out / "results.json", "csv": out / "results.csv",
+             "markdown": out / "results.md", "png": out / "cpu.png"}
+    paths["json"].write_text(json.dumps({"command": command, "settings": settings,
+                                         "results": table, "ratios": compared}, indent=1))
+    write_csv(paths["csv"], table)
+    paths["markdown"].write_text(f"Command: `{command}`\n\n" + markdown(table, compared))
+    plot(paths["png"], table)
+    return paths

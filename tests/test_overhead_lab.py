@@ -1,0 +1,126 @@
+"""The overhead lab: its parts on their own, then ``bench overhead --quick`` for real."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from sensor_linux.lab import measure
+from sensor_linux.lab.loadgen import generate
+from sensor_linux.lab.modes import MarkerCounter, all_modes
+from sensor_linux.lab.overhead import Measurement
+from sensor_linux.lab.report import ratios, rows
+from tests.conftest import require, run_cli
+
+
+def test_marker_counter_reads_only_new_whole_lines(tmp_path) -> None:
+    log = tmp_path / "out.jsonl"
+    log.write_bytes(b'{"a": "ttplab-old"}\n{"a": "ttplab-run"}\n')   # before the run: ignored
+    counter = MarkerCounter(log, b"ttplab-run")
+    with open(log, "ab") as f:
+        f.write(b'{"a": "ttplab-run"}\n{"a": "other"}\n{"a": "ttplab-r')   # a line half written
+    assert counter.count() == 1
+    with open(log, "ab") as f:
+        f.write(b'un"}\n')
+    assert counter.count() == 2
+    prefixed = MarkerCounter(log, b"ttplab-run", b"type=EXECVE ")
+    with open(log, "ab") as f:
+        f.write(b"type=EXECVE msg=audit(1.0:1): a1=\"ttplab-run\"\n"
+                b"type=PROCTITLE msg=audit(1.0:1): ttplab-run\n")
+    assert prefixed.count() == 1
+    assert MarkerCounter(tmp_path / "absent", b"x").count() == 0
+
+
+def test_load_generator_spawns_at_the_rate_and_reports_its_children(tmp_path) -> None:
+    result = generate(200, 0.5, "unit")
+    assert result.started == 100 and result.spawn_failures == 0
+    assert 100 < result.achieved_rate < 300
+    assert 0 < result.latency_p50_us <= result.latency_p99_us
+    assert result.children_cpu_s > 0     # the spawned programs' CPU is theirs, not ours
+    with pytest.raises(ValueError):
+        generate(0, 1, "bad")
+
+
+def test_cpu_of_a_process_whose_name_has_parentheses_and_spaces(tmp_path) -> None:
+    odd = tmp_path / "x) (y z"
+    shutil.copy("/bin/sh", odd)
+    proc = subprocess.Popen([str(odd), "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); "
+                                             "done; sleep 5"])
+    try:
+        time.sleep(1.5)
+        assert measure.comm(proc.pid) == "x) (y z"
+        cpu = measure.process_cpu(proc.pid)
+        assert cpu is not None and cpu.total_s > 0
+        fields = measure.stat_fields(proc.pid)
+        assert fields is not None and int(fields[1]) == os.getpid()   # ppid: parsed in place
+        assert proc.pid in measure.children(os.getpid())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert measure.process_cpu(proc.pid) is None
+
+
+def test_report_derives_totals_from_the_baseline_and_ratios_between_modes() -> None:
+    def m(mode: str, collectors: float, workload: float, kauditd: float = 0.0) -> Measurement:
+        return Measurement(mode, 500, mode.startswith("ebpf"), started=100, received=100,
+                           collector_cpu_pct=collectors, workload_cpu_pct=workload,
+                           kauditd_cpu_pct=kauditd)
+    results = [m("none", 0, 50), m("auditd-raw", 4, 56, 2), m("ebpf", 5, 52),
+               Measurement("hybrid", 500, True, error="did not start")]
+    table = {r["mode"]: r for r in rows(results)}
+    assert table["auditd-raw"]["workload_excess_pct"] == 6
+    assert table["auditd-raw"]["total_cpu_pct"] == 12
+    assert table["ebpf"]["total_cpu_pct"] == 7
+    assert table["hybrid"]["total_cpu_pct"] is None
+    compared = ratios(list(table.values()))
+    assert [(c["mode"], c["peer"]) for c in compared] == [("ebpf", "auditd-raw")]
+    assert compared[0]["total_ratio"] == pytest.approx(7 / 12)
+
+
+@pytest.mark.kernel
+def test_quick_lab_runs_every_mode_end_to_end_and_restores_state(tmp_path) -> None:
+    require(os.geteuid() == 0, "the lab needs root")
+    for tool in ("auditd", "auditctl", "laurel"):
+        require(shutil.which(tool) is not None, f"{tool} is needed")
+
+    def state() -> tuple[str, str, str]:
+        status = subprocess.run(["auditctl", "-s"], capture_output=True, text=True).stdout
+        enabled = next(line for line in status.splitlines() if line.startswith("enabled"))
+        rules = subprocess.run(["auditctl", "-l"], capture_output=True, text=True).stdout
+        return enabled, rules, measure.read_bpf_stats_enabled()
+
+    before = state()
+    out = tmp_path / "report"
+    done = run_cli("bench", "overhead", "--quick", "--out", str(out), timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert state() == before
+
+    doc = json.loads((out / "results.json").read_text())
+    modes = list(all_modes())
+    assert [(r["mode"], r["rate"]) for r in doc["results"]] == \
+        [(mode, rate) for mode in modes for rate in (100, 500)]
+    for row in doc["results"]:
+        assert row["error"] is None, row
+        assert row["started"] == row["rate"] * 3        # the generator kept the pace
+        if row["mode"] == "none":
+            assert row["received"] is None and row["collectors"] == {}
+        else:
+            assert row["received"] == row["started"], row   # nothing lost in any mode
+            assert row["collectors"], row
+        if row["mode"] in ("ebpf", "hybrid"):
+            assert row["bpf_ns_per_run"] > 0                # our probes ran, and were timed
+        if row["mode"].startswith("auditd") or row["mode"] == "netlink":
+            assert row["kauditd_cpu_pct"] >= 0
+    assert {c["comparison"] for c in doc["ratios"]} == {
+        "our eBPF mode vs auditd alone", "our plugin vs LAUREL (both behind auditd)",
+        "our netlink mode vs auditd with LAUREL"}
+    with open(out / "results.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(doc["results"])
+    assert (out / "results.md").read_text().count("\n| ") >= len(doc["results"])
+    assert (out / "cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
