@@ -15,6 +15,7 @@ from common.filehash import FileHasher
 from common.render import RENDERERS
 from common.sinks import (DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, emit, open_sinks,
                           output_files, spools)
+from sensor_linux.batching import BATCH_SECONDS
 from sensor_linux.privileges import PrivilegeError, drop_to, sensor_dirs
 from sensor_linux.status import StatusReporter
 
@@ -203,10 +204,14 @@ def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, 
     try:
         reporter = _start_serving(session, pipeline, enricher, user, status_file,
                                   status_interval, written + [status_file])
+        next_tick = time.monotonic() + 1.0
         while not stop.is_set():
-            probes.poll(1000)
-            sink.flush()
-            _tick([reporter.tick, *ticks])
+            probes.poll(0)
+            stop.wait(BATCH_SECONDS)  # one drain per batch, not one wake-up per exec
+            if time.monotonic() >= next_tick:
+                sink.flush()
+                _tick([reporter.tick, *ticks])
+                next_tick = time.monotonic() + 1.0
     except PrivilegeError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -528,6 +533,7 @@ def audisp(file: str | None, fmt: str, outputs: tuple[str, ...], max_bytes: int,
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # auditd may send it on reconfiguration
     try:
         if live:
+            _enlarge_pipe(sys.stdin.fileno())
             for line in _read_lines(sys.stdin.fileno(), stop, tick_seconds=1.0):
                 if line is None:
                     pipeline.tick()
@@ -572,6 +578,16 @@ def _seed_process_table(enricher: Any) -> None:
 
 
 DRAIN_SECONDS = 2.0
+PIPE_BYTES = 1 << 20
+
+
+def _enlarge_pipe(fd: int) -> None:
+    """Room for a batch of auditd's events while the plugin waits (see batching.py)."""
+    import fcntl
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass  # not a pipe (a file, a terminal): nothing to enlarge
 
 
 def _read_lines(fd: int, stop: "_StopFlag", tick_seconds: float):  # type: ignore[no-untyped-def]
@@ -605,6 +621,8 @@ def _read_lines(fd: int, stop: "_StopFlag", tick_seconds: float):  # type: ignor
             for line in pending[:cut].splitlines(keepends=True):
                 yield line
             pending = pending[cut:]
+        if drain_until is None:
+            stop.wait(BATCH_SECONDS)  # let auditd's next events gather (see batching.py)
     if pending:
         yield pending
 

@@ -19,6 +19,7 @@ from common.schema import ACTION_PROCESS_CREATE, Event, get_path
 from common.sinks import Sink, emit
 from sensor_linux.audit.pipeline import AuditPipeline
 from sensor_linux.audit.session import UnicastSession
+from sensor_linux.batching import BATCH_SECONDS
 from sensor_linux.crosscheck import CrossCheck
 from sensor_linux.ebpf.probes import ExecProbes
 from sensor_linux.ebpf.source import EbpfPipeline
@@ -90,6 +91,7 @@ class Combined:
                     self.audit_pipeline.stats.socket_overflows += lost
                     for line in lines:
                         self.audit_pipeline.feed(line)
+                stop.wait(BATCH_SECONDS)  # type: ignore[attr-defined] # see batching.py
             if time.monotonic() >= next_tick:
                 self.audit_pipeline.tick()
                 if self.crosscheck is not None:

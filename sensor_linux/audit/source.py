@@ -8,6 +8,7 @@ from typing import Callable, Protocol
 
 from sensor_linux.audit.netlink import AuditSocket
 from sensor_linux.audit.pipeline import AuditPipeline
+from sensor_linux.batching import BATCH_SECONDS
 
 TICK_SECONDS = 1.0
 
@@ -23,6 +24,7 @@ class Session(Protocol):
 
 class StopFlag(Protocol):
     def is_set(self) -> bool: ...
+    def wait(self, timeout: float) -> bool: ...
 
 
 def pump(session: Session, pipeline: AuditPipeline, stop: StopFlag,
@@ -30,7 +32,8 @@ def pump(session: Session, pipeline: AuditPipeline, stop: StopFlag,
     """Read records until ``stop`` is set. Socket overflows (ENOBUFS: the kernel could not
     deliver because our receive buffer was full) are counted in the pipeline's stats.
 
-    The record socket is drained without blocking after each wake-up, and the pipeline is
+    The record socket is drained without blocking after each wake-up, then left to fill for
+    BATCH_SECONDS, and the pipeline is
     ticked at least once a second (timeouts, flushes, status), busy or idle.
     """
     assert session.records is not None
@@ -49,6 +52,7 @@ def pump(session: Session, pipeline: AuditPipeline, stop: StopFlag,
                 pipeline.stats.socket_overflows += lost
                 for line in lines:
                     pipeline.feed(line)
+            stop.wait(BATCH_SECONDS)  # let the next records gather (see batching.py)
         if time.monotonic() >= next_tick:
             pipeline.tick()
             pipeline.sink.flush()
