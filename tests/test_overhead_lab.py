@@ -12,7 +12,7 @@ import time
 import pytest
 
 from sensor_linux.lab import measure
-from sensor_linux.lab.loadgen import generate
+from sensor_linux.lab.loadgen import _latencies_us, generate
 from sensor_linux.lab.modes import MarkerCounter, all_modes
 from sensor_linux.lab.overhead import Measurement
 from sensor_linux.lab.report import ratios, rows
@@ -45,6 +45,13 @@ def test_load_generator_spawns_at_the_rate_and_reports_its_children(tmp_path) ->
     assert result.children_cpu_s > 0     # the spawned programs' CPU is theirs, not ours
     with pytest.raises(ValueError):
         generate(0, 1, "bad")
+
+
+def test_latencies_pair_each_spawn_with_its_own_reap_when_pids_wrap() -> None:
+    spawned = [(7, 1000), (8, 2000), (7, 5000)]      # pid 7 reused after its first reap
+    reaped = [(7, 3000), (8, 4000), (7, 9000)]
+    assert sorted(_latencies_us(spawned, reaped)) == [2.0, 2.0, 4.0]
+    assert _latencies_us([(9, 0)], []) == []           # never reaped: no latency invented
 
 
 def test_cpu_of_a_process_whose_name_has_parentheses_and_spaces(tmp_path) -> None:

@@ -8,7 +8,9 @@ CPU seconds of itself and of its reaped children.
 
 Pacing uses absolute deadlines (start + n / rate), so a late spawn does not shift the schedule;
 when the machine cannot keep up, the achieved rate says so (like edr-loadgen's printed counts).
-The reaper is a second thread in ``os.waitpid(-1)``; latencies are joined by pid at the end.
+The reaper is a second thread in ``os.waitpid(-1)``. At high rates pids wrap around within a
+run, so spawns and reaps are kept as lists and joined per pid in order: a pid is reused only
+after it was reaped, so the n-th spawn of a pid pairs with its n-th reap.
 """
 
 from __future__ import annotations
@@ -52,14 +54,30 @@ def _cpu(who: int) -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
+def _latencies_us(spawned: list[tuple[int, int]],
+                  reaped: list[tuple[int, int]]) -> list[float]:
+    reaps: dict[int, list[int]] = {}
+    for pid, at in reaped:
+        reaps.setdefault(pid, []).append(at)
+    latencies = []
+    seen: dict[int, int] = {}
+    for pid, at in spawned:
+        n = seen.get(pid, 0)
+        seen[pid] = n + 1
+        times = reaps.get(pid, [])
+        if n < len(times):
+            latencies.append((times[n] - at) / 1000)
+    return latencies
+
+
 def generate(rate: float, duration: float, token: str,
              program: str = DEFAULT_PROGRAM) -> LoadResult:
     if rate <= 0 or duration <= 0:
         raise ValueError("rate and duration must be positive")
     argv = marker_argv(program, token)
     env = {"PATH": "/usr/bin:/bin"}
-    spawned: dict[int, int] = {}      # pid -> perf_counter_ns at spawn
-    reaped: dict[int, int] = {}       # pid -> perf_counter_ns at reap
+    spawned: list[tuple[int, int]] = []   # (pid, perf_counter_ns at spawn), in order
+    reaped: list[tuple[int, int]] = []    # (pid, perf_counter_ns at reap), in order
     spawning = threading.Event()
     spawning.set()
 
@@ -72,7 +90,7 @@ def generate(rate: float, duration: float, token: str,
                     return
                 time.sleep(0.0005)
                 continue
-            reaped[pid] = time.perf_counter_ns()
+            reaped.append((pid, time.perf_counter_ns()))
 
     self_before, children_before = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
     reaper = threading.Thread(target=reap, name="reaper")
@@ -91,13 +109,13 @@ def generate(rate: float, duration: float, token: str,
             except OSError:
                 failures += 1
                 continue
-            spawned[pid] = before
+            spawned.append((pid, before))
     finally:
         spawning.clear()
         reaper.join()
     elapsed = time.perf_counter() - start
     self_after, children_after = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
-    latencies = sorted((reaped[pid] - at) / 1000 for pid, at in spawned.items() if pid in reaped)
+    latencies = sorted(_latencies_us(spawned, reaped))
     percentile = (statistics.quantiles(latencies, n=100, method="inclusive")
                   if len(latencies) > 1 else latencies * 99 or [0.0] * 99)
     user = children_after[0] - children_before[0]

@@ -31,8 +31,8 @@ from sensor_linux.lab import measure
 from sensor_linux.lab.loadgen import DEFAULT_PROGRAM, MARKER, marker_argv
 from sensor_linux.lab.modes import START_TIMEOUT, MarkerCounter, Mode, ModeError
 
-DRAIN_QUIET_SECONDS = 5.0    # no new events for this long: the rest are lost
-DRAIN_TIMEOUT = 120.0
+DRAIN_QUIET_SECONDS = 10.0   # no new events for this long: the rest are lost
+DRAIN_TIMEOUT = 900.0        # a collector far behind still delivers: wait for it, and say so
 
 
 @dataclass
@@ -54,6 +54,7 @@ class Measurement:
     loadgen_cpu_pct: float = 0.0
     latency_p50_us: float = 0.0
     latency_p99_us: float = 0.0
+    drain_s: float = 0.0             # after the load, until the last event arrived
     error: str | None = None
 
     @property
@@ -141,7 +142,9 @@ def measure_rate(mode: Mode, rate: int, settings: LabSettings,
     bpf_before = measure.bpf_total(mode.bpf_pid())
     events = counter(mode, token)
     load = run_load(rate, settings.duration, token, settings.program)
+    load_done = time.monotonic()
     result.received = wait_drained(mode, events, load["started"])
+    result.drain_s = time.monotonic() - load_done
     cpu_after = _cpu_of({**mode.collectors(), **kauditd})
     bpf_after = measure.bpf_total(mode.bpf_pid())
     result.audit_lost = max(0, control.status().lost - lost_before)

@@ -21,7 +21,7 @@ COLUMNS = [("mode", "mode"), ("rate", "rate/s"), ("achieved_rate", "achieved/s")
            ("kauditd_cpu_pct", "kauditd %"), ("workload_excess_pct", "workload +%"),
            ("total_cpu_pct", "total %"), ("bpf_run_pct", "BPF %"),
            ("bpf_ns_per_run", "BPF ns/run"), ("latency_p50_us", "p50 µs"),
-           ("latency_p99_us", "p99 µs")]
+           ("latency_p99_us", "p99 µs"), ("drain_s", "drain s")]
 
 # (what is compared, mode, against mode): the comparisons the lab exists to make.
 RATIOS = [("our eBPF mode vs auditd alone", "ebpf", "auditd-raw"),
