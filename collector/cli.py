@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from common.config import config_option
+
 DEFAULT_STORE = "ttpsensor-data/store.sqlite"
 
 
@@ -141,6 +143,7 @@ def hunt_gaps(obj: dict[str, Any]) -> None:
 
 
 @click.command("collect")
+@config_option("packaging/linux/collector.toml")
 @click.option("--listen", default="127.0.0.1:7531", show_default=True, help="HOST:PORT.")
 @click.option("--cert", help="The collector's certificate (PEM).")
 @click.option("--key", help="Its private key (PEM).")

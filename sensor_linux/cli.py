@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from common.config import config_option
 from common.filehash import FileHasher
 from common.render import RENDERERS
 from common.sinks import (DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, emit, open_sinks,
@@ -28,6 +29,7 @@ DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
 
 
 @click.command("run")
+@config_option("packaging/linux/config.toml")
 @click.option("--source", type=click.Choice(SOURCES), default="auto", show_default=True,
               help="auto: audit unicast when no audit daemon is registered, else multicast. "
                    "audit: be the audit daemon (enables audit, loads exec rules, restores "
@@ -456,39 +458,8 @@ def whatis(paths: tuple[str, ...], root: str, as_json: bool) -> None:
 DEFAULT_ERROR_LOG = "/var/log/ttpsensor/parse-errors.log"
 
 
-def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) -> None:
-    """Options from a TOML file (auditd passes plugins at most 2 arguments, so the plugin
-    takes ``--config FILE``); command-line options still win."""
-    if path is None:
-        return
-    import tomllib
-    try:
-        with open(path, "rb") as f:
-            values = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc}") from exc
-    # Settings are named like the long options ("parse-error-log", "format", "output" or
-    # "outputs"); default_map is keyed by click's parameter names.
-    by_option = {}
-    for param in ctx.command.params:
-        for opt in getattr(param, "opts", []):
-            if opt.startswith("--"):
-                by_option[opt[2:]] = param.name
-        by_option[str(param.name).replace("_", "-")] = param.name
-    unknown = sorted(k for k in values if k not in by_option or k == "config")
-    if unknown:
-        raise click.BadParameter(f"{path}: unknown settings {', '.join(unknown)}")
-    settings = {by_option[k]: v for k, v in values.items()}
-    if isinstance(settings.get("outputs"), str):
-        settings["outputs"] = [settings["outputs"]]
-    ctx.default_map = {**(ctx.default_map or {}), **settings}
-
-
 @click.command("audisp")
-@click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
-              callback=_load_config,
-              help="TOML file with these options (format, outputs, max-bytes, generations, "
-                   "parse-error-log); see packaging/audit/audisp.toml.")
+@config_option("packaging/audit/audisp.toml")
 @click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["ecs", "laurel", "qlog"]), default="ecs",
               show_default=True,

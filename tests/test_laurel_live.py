@@ -22,53 +22,11 @@ import pytest
 from sensor_linux.audit.laurel import PEER_CONFIG
 from sensor_linux.audit.netlink import AuditSocket
 from sensor_linux.audit.session import process_name
+from sensor_linux.lab.modes import AUDITD_CONF, PLUGIN_CONF
 from tests.conftest import require, ttpsensor_command
 from tests.workload import HOSTILE, run_execs
 
 pytestmark = pytest.mark.kernel
-
-AUDITD_CONF = """\
-local_events = yes
-write_logs = yes
-log_file = {dir}/audit.log
-log_group = root
-log_format = ENRICHED
-flush = INCREMENTAL_ASYNC
-freq = 50
-max_log_file = 200
-num_logs = 2
-priority_boost = 0
-name_format = NONE
-max_log_file_action = ROTATE
-space_left = 10
-space_left_action = IGNORE
-admin_space_left = 5
-admin_space_left_action = IGNORE
-disk_full_action = IGNORE
-disk_error_action = IGNORE
-use_libwrap = no
-tcp_listen_queue = 5
-tcp_max_per_addr = 1
-tcp_client_max_idle = 0
-transport = TCP
-distribute_network = no
-q_depth = 90000
-overflow_action = SYSLOG
-max_restarts = 10
-plugin_dir = {dir}/plugins.d
-end_of_event_timeout = 2
-"""
-
-PLUGIN = """\
-active = yes
-direction = out
-path = {path}
-type = always
-args = {args}
-format = string
-"""
-
-
 
 def _json_lines(path: Path) -> list[dict]:
     if not path.exists():
@@ -119,16 +77,16 @@ def auditd_with_two_plugins(tmp_path):
     plugins = tmp_path / "plugins.d"
     plugins.mkdir()
     (tmp_path / "laurel").mkdir()
-    (tmp_path / "auditd.conf").write_text(AUDITD_CONF.format(dir=tmp_path))
+    (tmp_path / "auditd.conf").write_text(AUDITD_CONF.format(dir=tmp_path, log_format="ENRICHED"))
     (tmp_path / "laurel.toml").write_text(PEER_CONFIG.format(directory=tmp_path / "laurel"))
-    (plugins / "laurel.conf").write_text(PLUGIN.format(
+    (plugins / "laurel.conf").write_text(PLUGIN_CONF.format(
         path=shutil.which("laurel"), args=f"--config {tmp_path}/laurel.toml"))
     plugin = Path(ttpsensor_command()[0]).with_name("ttpsensor-audisp")
     assert plugin.exists(), "the plugin needs the installed ttpsensor-audisp command"
     (tmp_path / "audisp.toml").write_text(
         f'format = "laurel"\noutputs = ["jsonl:{tmp_path}/ours.jsonl"]\n'
         f'parse-error-log = "{tmp_path}/ours-errors.log"\n')
-    (plugins / "ttpsensor.conf").write_text(PLUGIN.format(
+    (plugins / "ttpsensor.conf").write_text(PLUGIN_CONF.format(
         path=plugin, args=f"--config {tmp_path}/audisp.toml"))
     for conf in [tmp_path / "auditd.conf", *plugins.iterdir()]:
         conf.chmod(0o640)

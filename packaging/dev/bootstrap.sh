@@ -9,6 +9,7 @@
 # Idempotent: apt-get runs only when a package is missing, pip only when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. packaging/dev/apt.sh
 
 mode=${1:-run}
 shift || true
@@ -23,20 +24,14 @@ if [ "$mode" = test ]; then
   # postgresql, nats-server: the collector tests run private servers they start and stop.
   # osslsigncode, shim-signed: an independent Authenticode signer, a Microsoft-signed binary;
   # mingw-w64: compiles a PE with imports and a version resource the test chooses.
+  # make, dpkg-dev, wixl, msitools: `make packages`; lintian, rpmlint, systemd (for
+  # systemd-analyze) and mmdebstrap (a fresh Debian root to install the .deb into) check them.
   apt_packages+=(rpm auditd laurel postgresql nats-server osslsigncode shim-signed
-                 gcc-mingw-w64-x86-64 binutils-mingw-w64-x86-64)
+                 gcc-mingw-w64-x86-64 binutils-mingw-w64-x86-64
+                 make dpkg-dev wixl msitools lintian rpmlint systemd mmdebstrap)
 fi
 
-missing=()
-for p in "${apt_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "bootstrap: apt-get install ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+apt_install "${apt_packages[@]}"
 
 # BCC compiles against /lib/modules/$(uname -r)/build. When the running kernel has no header
 # package of its own (a VM kernel), point it at Debian's header tree: the probes use
