@@ -26,7 +26,7 @@ RPM = ROOT / "dist" / f"ttpsensor-{VERSION}.x86_64.rpm"
 MSI = ROOT / "dist" / f"ttpsensor-{VERSION}-x64.msi"
 CORPUS = ROOT.parent / "shared" / "corpus" / "laurel" / "record-execve.txt"
 
-pytestmark = pytest.mark.server   # needs the package registries and Debian's archive
+pytestmark = pytest.mark.packages
 
 
 def _run(*argv: str, **kwargs) -> subprocess.CompletedProcess:

@@ -88,6 +88,18 @@ class Mode(Protocol):
     def stop(self) -> None: ...
 
 
+def terminate(proc: "subprocess.Popen[bytes] | None") -> None:
+    """SIGTERM (collectors restore state and flush on it), SIGKILL after a minute."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class MarkerCounter:
     """Counts the lines of an output that hold one run's marker, reading only what is new.
 
@@ -219,13 +231,7 @@ class Auditd:
 
     def stop(self) -> None:
         subprocess.run(["auditctl", "-D"], capture_output=True)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
 
@@ -269,13 +275,7 @@ class SensorRun:
                             f"{(self.work / 'sensor.err').read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
 
