@@ -80,12 +80,21 @@ def test_report_derives_totals_from_the_baseline_and_ratios_between_modes() -> N
                            kauditd_cpu_pct=kauditd)
     results = [m("none", 0, 50), m("auditd-raw", 4, 56, 2), m("ebpf", 5, 52),
                Measurement("hybrid", 500, True, error="did not start")]
+    for r in results[:3]:
+        r.achieved_rate = 500.0
+    stalled = m("auditd+ttpsensor", 40, 10)       # the workload waited: a stalled system
+    stalled.achieved_rate, stalled.received = 300.0, 60
+    laurel = m("auditd+laurel", 10, 55)
+    laurel.achieved_rate = 499.0
+    results += [stalled, laurel]
     table = {r["mode"]: r for r in rows(results)}
     assert table["auditd-raw"]["workload_excess_pct"] == 6
     assert table["auditd-raw"]["total_cpu_pct"] == 12
     assert table["ebpf"]["total_cpu_pct"] == 7
     assert table["hybrid"]["total_cpu_pct"] is None
+    assert table["auditd+ttpsensor"]["saturated"] and not table["auditd+laurel"]["saturated"]
     compared = ratios(list(table.values()))
+    # The stalled plugin run is no cost figure: it is left out of the comparisons.
     assert [(c["mode"], c["peer"]) for c in compared] == [("ebpf", "auditd-raw")]
     assert compared[0]["total_ratio"] == pytest.approx(7 / 12)
 

@@ -1,5 +1,9 @@
 """The overhead lab's report: Markdown, CSV and JSON tables, ratios, and a PNG plot.
 
+A row is **saturated** when the load generator fell more than 5 % short of the requested rate
+or the mode lost events: the machine (or the collector) could not keep up, processes waited, and
+CPU figures then describe a stalled system rather than a cost. Ratios leave such rows out.
+
 "Total" CPU is what a mode costs the machine beyond the baseline: its collector processes,
 kauditd, and what the watched processes (the load generator's children) spent above the
 ``none`` mode at the same rate, since audit record formatting and BPF programs run in the
@@ -21,7 +25,8 @@ COLUMNS = [("mode", "mode"), ("rate", "rate/s"), ("achieved_rate", "achieved/s")
            ("kauditd_cpu_pct", "kauditd %"), ("workload_excess_pct", "workload +%"),
            ("total_cpu_pct", "total %"), ("bpf_run_pct", "BPF %"),
            ("bpf_ns_per_run", "BPF ns/run"), ("latency_p50_us", "p50 µs"),
-           ("latency_p99_us", "p99 µs"), ("drain_s", "drain s")]
+           ("latency_p99_us", "p99 µs"), ("drain_s", "drain s"), ("saturated", "saturated")]
+SATURATION = 0.95
 
 # (what is compared, mode, against mode): the comparisons the lab exists to make.
 RATIOS = [("our eBPF mode vs auditd alone", "ebpf", "auditd-raw"),
@@ -34,6 +39,8 @@ def rows(results: list[Measurement]) -> list[dict[str, Any]]:
     baseline = {r.rate: r for r in results if r.mode == "none" and r.error is None}
     out = []
     for row in as_dicts(results):
+        row["saturated"] = row["error"] is None and (
+            row["achieved_rate"] < SATURATION * row["rate"] or bool(row["lost"]))
         base = baseline.get(row["rate"])
         if row["error"] is None and base is not None:
             row["workload_excess_pct"] = row["workload_cpu_pct"] - base.workload_cpu_pct
@@ -53,7 +60,8 @@ def ratios(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for rate in sorted({r["rate"] for r in table}):
             mine, theirs = by_key.get((mode, rate)), by_key.get((peer, rate))
             if not mine or not theirs or mine["total_cpu_pct"] is None \
-                    or theirs["total_cpu_pct"] is None:
+                    or theirs["total_cpu_pct"] is None or mine["saturated"] \
+                    or theirs["saturated"]:
                 continue
             found.append({
                 "comparison": label, "rate": rate, "mode": mode, "peer": peer,
@@ -71,6 +79,8 @@ def _ratio(a: float, b: float) -> float | None:
 def _cell(value: Any) -> str:
     if value is None:
         return "–"
+    if isinstance(value, bool):
+        return "yes" if value else ""
     if isinstance(value, float):
         return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}"
     return str(value)
@@ -116,16 +126,25 @@ def plot(path: Path, table: list[dict[str, Any]]) -> None:
 
     figure, (total_axis, collector_axis) = plt.subplots(1, 2, figsize=(13, 5))
     modes = list(dict.fromkeys(r["mode"] for r in table))
-    for mode in modes:
-        points = sorted((r["achieved_rate"], r["total_cpu_pct"], r["collector_cpu_pct"]
-                         + r["kauditd_cpu_pct"]) for r in table
-                        if r["mode"] == mode and r["error"] is None)
-        if not points:
+    for index, mode in enumerate(modes):
+        measured = [r for r in table if r["mode"] == mode and r["error"] is None]
+        if not measured:
             continue
-        style = "-o" if any(r["ours"] for r in table if r["mode"] == mode) else "--s"
-        if mode != "none":
-            total_axis.plot([p[0] for p in points], [p[1] for p in points], style, label=mode)
-        collector_axis.plot([p[0] for p in points], [p[2] for p in points], style, label=mode)
+        style = {"color": f"C{index}", "linestyle": "-" if measured[0]["ours"] else "--",
+                 "marker": "o" if measured[0]["ours"] else "s"}
+        for axis, value in ((total_axis, lambda r: r["total_cpu_pct"]),
+                            (collector_axis, lambda r: r["collector_cpu_pct"]
+                             + r["kauditd_cpu_pct"])):
+            if axis is total_axis and mode == "none":
+                continue  # the baseline of "total" is zero by definition
+            kept = sorted((r["achieved_rate"], value(r)) for r in measured
+                          if not r["saturated"] and value(r) is not None)
+            stalled = [(r["achieved_rate"], value(r)) for r in measured
+                       if r["saturated"] and value(r) is not None]
+            axis.plot([p[0] for p in kept], [p[1] for p in kept], label=mode, **style)
+            if stalled:  # the collector or the machine could not keep up: not a cost figure
+                axis.plot([p[0] for p in stalled], [p[1] for p in stalled], "x",
+                          color=style["color"], markersize=9)
     total_axis.set_title("Total cost above the baseline\n(collectors + kauditd + workload excess)")
     collector_axis.set_title("Collector processes + kauditd")
     for axis in (total_axis, collector_axis):
@@ -133,7 +152,8 @@ def plot(path: Path, table: list[dict[str, Any]]) -> None:
         axis.set_ylabel("% of one CPU")
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8)
-    figure.suptitle("ttpsensor overhead lab: CPU against exec rate (solid: ttpsensor modes)")
+    figure.suptitle("ttpsensor overhead lab: CPU against exec rate (solid: ttpsensor modes; "
+                    "x: saturated, not a cost)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
