@@ -550,6 +550,7 @@ def _seed_process_table(enricher: Any) -> None:
 
 DRAIN_SECONDS = 2.0
 PIPE_BYTES = 1 << 20
+READ_BYTES = 1 << 20
 
 
 def _enlarge_pipe(fd: int) -> None:
@@ -583,7 +584,7 @@ def _read_lines(fd: int, stop: "_StopFlag", tick_seconds: float):  # type: ignor
             continue
         if drain_until is not None and time.monotonic() > drain_until:
             break
-        chunk = os.read(fd, 1 << 20)
+        chunk = os.read(fd, READ_BYTES)
         if not chunk:
             break
         pending += chunk
@@ -592,8 +593,10 @@ def _read_lines(fd: int, stop: "_StopFlag", tick_seconds: float):  # type: ignor
             for line in pending[:cut].splitlines(keepends=True):
                 yield line
             pending = pending[cut:]
-        if drain_until is None:
-            stop.wait(BATCH_SECONDS)  # let auditd's next events gather (see batching.py)
+        if drain_until is None and len(chunk) < READ_BYTES:
+            # The pipe is empty: let auditd's next events gather (see batching.py). A full
+            # read means more is waiting, and a plugin that is behind must not pause.
+            stop.wait(BATCH_SECONDS)
     if pending:
         yield pending
 

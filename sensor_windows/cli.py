@@ -136,7 +136,8 @@ def windows_service(action: str, dry_run: bool) -> None:
 
     The service runs this Python as 'python.exe -m sensor_windows.service', starts
     automatically, restarts after a crash, and writes to %ProgramData%\\ttpsensor
-    (events.jsonl, rejected.jsonl, status.jsonl). The .msi installs the same service.
+    (events.jsonl, rejected.jsonl, status.jsonl). This is for a pip-installed sensor; the .msi
+    installs its own service of the same name (through NSSM, see packaging/README.md).
     """
     from sensor_windows.service import run_sc, sc_commands
     if dry_run:
