@@ -110,6 +110,16 @@ def test_audit_time_timeout_flushes_events_without_eoe() -> None:
     assert [e.id for e in assembler.tick(now=10**9)] == ["106.000:2"]
 
 
+def test_eviction_of_open_events_from_a_stream_with_and_without_node_names() -> None:
+    assembler = Assembler(max_inflight=1)
+    local = parse(b"type=CWD msg=audit(100.000:1): cwd=\"/\"\n")
+    forwarded = parse(b"node=web1 type=CWD msg=audit(100.000:2): cwd=\"/\"\n")
+    assert assembler.add(local) == []
+    evicted = assembler.add(forwarded)   # two open events, one allowed: the oldest goes
+    assert [(e.node, e.id) for e in evicted] == [(None, "100.000:1")]
+    assert assembler.stats.evicted == 1 and assembler.inflight == 1
+
+
 def test_duplicate_records_are_rejected_not_merged() -> None:
     line = (b"type=SYSCALL msg=audit(100.000:1): arch=c000003e syscall=59 success=yes exit=0 "
             b"a0=1 a1=2 a2=3 a3=4 items=0 ppid=1 pid=2 key=(null)\n")

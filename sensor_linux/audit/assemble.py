@@ -140,7 +140,9 @@ class Assembler:
                                arrived=time.monotonic() if now is None else now)
             self._inflight[key] = event
             if len(self._inflight) > self.max_inflight:
-                oldest = min(self._inflight)
+                # Not min() of the keys themselves: a node of None and one of bytes do not
+                # compare (a stream that mixes local and forwarded records).
+                oldest = min(self._inflight, key=_sort_key)
                 self.stats.evicted += 1
                 self._finish(oldest, self._inflight.pop(oldest), out)
         event.records.append(record)
@@ -231,7 +233,7 @@ class Assembler:
 
 
 def _order(event: AuditEvent) -> tuple[int, int, int, bytes]:
-    return (event.sec, event.msec, event.serial, event.node or b"")
+    return _order_key((event.node, event.sec, event.msec, event.serial))
 
 
 def _order_key(key: EventKey) -> tuple[int, int, int, bytes]:
