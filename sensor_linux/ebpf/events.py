@@ -86,7 +86,8 @@ class EbpfEventBuilder:
             args=[as_text(a) for a in record.args],
             uids=(record.uid, euid, euid, euid), gids=(record.gid, egid, egid, egid))
         best_effort = []
-        if live is not None and read_exe(record.pid, self.enricher.proc)[0] == facts.executable:
+        # The /proc facts belong to this exec only if they were read while it ran this image.
+        if live is not None and live.executable == facts.executable:
             facts.cwd, facts.tty, facts.container_id = live.cwd, live.tty, live.container_id
             facts.login_uid, facts.session = live.login_uid, live.session
             best_effort = [f"process.{name}" for name in BEST_EFFORT]
