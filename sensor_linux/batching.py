@@ -1,4 +1,4 @@
-"""How long the live sources let events gather between reads.
+"""How long the live sources let events gather between reads, and the flag they wait on.
 
 Without a pause every exec wakes the sensor (a ring buffer wake-up, several netlink datagrams,
 a pipe write by auditd), and each wake-up costs a system call round trip and a pass through the
@@ -8,4 +8,13 @@ the BPF ring buffer (4 MiB by default), the netlink socket (16 MiB), the plugin 
 enlarged at start). The overhead lab (``ttpsensor bench overhead``) measures the effect.
 """
 
+from typing import Protocol
+
 BATCH_SECONDS = 0.02
+
+
+class StopFlag(Protocol):
+    """What the read loops wait on between batches (set by SIGTERM/SIGINT)."""
+
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float) -> bool: ...

@@ -186,7 +186,7 @@ def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, 
               ringbuf_pages: int, ticks: list[Any]) -> None:
     from sensor_linux.ebpf.events import EbpfEventBuilder
     from sensor_linux.ebpf.probes import ExecProbes, PrerequisiteError
-    from sensor_linux.ebpf.source import EbpfPipeline, EbpfSession
+    from sensor_linux.ebpf.source import EbpfPipeline, EbpfSession, pump
     from sensor_linux.enrich import Enricher
 
     stop = _install_stop_handlers()
@@ -206,14 +206,7 @@ def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, 
     try:
         reporter = _start_serving(session, pipeline, enricher, user, status_file,
                                   status_interval, written + [status_file])
-        next_tick = time.monotonic() + 1.0
-        while not stop.is_set():
-            probes.poll(0)
-            stop.wait(BATCH_SECONDS)  # one drain per batch, not one wake-up per exec
-            if time.monotonic() >= next_tick:
-                sink.flush()
-                _tick([reporter.tick, *ticks])
-                next_tick = time.monotonic() + 1.0
+        pump(probes, sink, stop, on_tick=lambda: _tick([reporter.tick, *ticks]))
     except PrivilegeError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:

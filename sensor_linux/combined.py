@@ -19,7 +19,7 @@ from common.schema import ACTION_PROCESS_CREATE, Event, get_path
 from common.sinks import Sink, emit
 from sensor_linux.audit.pipeline import AuditPipeline
 from sensor_linux.audit.session import UnicastSession
-from sensor_linux.batching import BATCH_SECONDS
+from sensor_linux.batching import BATCH_SECONDS, StopFlag
 from sensor_linux.crosscheck import CrossCheck
 from sensor_linux.ebpf.probes import ExecProbes
 from sensor_linux.ebpf.source import EbpfPipeline
@@ -72,14 +72,14 @@ class Combined:
         for event in events:
             emit(self.sink, event, self.render(event))
 
-    def pump(self, stop: "object", on_tick: Callable[[], None] | None = None) -> None:
+    def pump(self, stop: StopFlag, on_tick: Callable[[], None] | None = None) -> None:
         assert self.session.records is not None
         sock = self.session.records.sock
         sock.setblocking(False)
         probes = self.ebpf_pipeline.probes
         assert probes is not None
         next_tick = time.monotonic() + TICK_SECONDS
-        while not stop.is_set():  # type: ignore[attr-defined]
+        while not stop.is_set():
             probes.poll(0)
             ready, _, _ = select.select([sock], [], [], WAIT_SECONDS)
             if ready:
@@ -91,7 +91,7 @@ class Combined:
                     self.audit_pipeline.stats.socket_overflows += lost
                     for line in lines:
                         self.audit_pipeline.feed(line)
-                stop.wait(BATCH_SECONDS)  # type: ignore[attr-defined] # see batching.py
+                stop.wait(BATCH_SECONDS)  # see batching.py
             if time.monotonic() >= next_tick:
                 self.audit_pipeline.tick()
                 if self.crosscheck is not None:

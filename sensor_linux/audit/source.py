@@ -8,7 +8,7 @@ from typing import Callable, Protocol
 
 from sensor_linux.audit.netlink import AuditSocket
 from sensor_linux.audit.pipeline import AuditPipeline
-from sensor_linux.batching import BATCH_SECONDS
+from sensor_linux.batching import BATCH_SECONDS, StopFlag
 
 TICK_SECONDS = 1.0
 
@@ -20,11 +20,6 @@ class Session(Protocol):
     def open(self) -> None: ...
     def close(self) -> None: ...
     def lost(self) -> int: ...
-
-
-class StopFlag(Protocol):
-    def is_set(self) -> bool: ...
-    def wait(self, timeout: float) -> bool: ...
 
 
 def pump(session: Session, pipeline: AuditPipeline, stop: StopFlag,

@@ -4,13 +4,17 @@ interface as the audit pipeline (StatusReporter reads either)."""
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 from common.schema import Event
 from common.sinks import Sink, emit
 from sensor_linux.ebpf.events import EbpfEventBuilder
+from sensor_linux.batching import BATCH_SECONDS, StopFlag
 from sensor_linux.ebpf.probes import ExecProbes, ExecRecord
+
+TICK_SECONDS = 1.0
 
 
 @dataclass
@@ -63,3 +67,19 @@ class EbpfSession:
 
     def lost(self) -> int:
         return sum(self.probes.drops().values()) if self.probes.bpf is not None else 0
+
+
+def pump(probes: ExecProbes, sink: Sink, stop: StopFlag,
+         on_tick: Callable[[], None] | None = None) -> None:
+    """Drain the ring buffer until ``stop`` is set: one drain per BATCH_SECONDS, not one
+    wake-up per exec (see batching.py); the sink is flushed and ``on_tick`` called once a
+    second."""
+    next_tick = time.monotonic() + TICK_SECONDS
+    while not stop.is_set():
+        probes.poll(0)
+        stop.wait(BATCH_SECONDS)
+        if time.monotonic() >= next_tick:
+            sink.flush()
+            if on_tick is not None:
+                on_tick()
+            next_tick = time.monotonic() + TICK_SECONDS
