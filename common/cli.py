@@ -23,6 +23,15 @@ ENTRY_POINT_GROUP = "ttpsensor.commands"
 BENCH_ENTRY_POINT_GROUP = "ttpsensor.bench"
 
 
+def self_command() -> list[str]:
+    """How to run this installation's ``ttpsensor`` as a child process (benchmarks, the lab,
+    tests): the script beside this interpreter, else ``python -m common.cli``."""
+    import shutil
+    from pathlib import Path
+    script = shutil.which("ttpsensor", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "common.cli"]
+
+
 def _plugins(group: str) -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=group)}
 

@@ -11,10 +11,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from common.cli import self_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -31,8 +32,7 @@ def require(condition: bool, reason: str) -> None:
 
 
 def ttpsensor_command() -> list[str]:
-    exe = shutil.which("ttpsensor", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "common.cli"]
+    return self_command()
 
 
 def run_cli(*args: str, input: bytes | str | None = None,

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from common import ecs
 from common.filehash import FileHasher
-from common.percent import as_text
 from sensor_linux.audit.netlink import AuditNetlinkError, AuditSocket
 from sensor_linux.audit.session import process_name
 from tests.conftest import require, ttpsensor_command

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from common import ttphash
-from tests.conftest import require, ttpsensor_command
+from tests.conftest import require
 from tests.live import Sensor, assert_complete, captured, registered
 from tests.test_audit_live import audit_guard  # noqa: F401  (the fixture)
 from tests.workload import run_execs

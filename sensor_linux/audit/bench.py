@@ -26,6 +26,7 @@ from pathlib import Path
 
 import click
 
+from common.cli import self_command
 from sensor_linux.audit.laurel import PEER_CONFIG
 from sensor_linux.audit.netlink import default_exec_rules
 from sensor_linux.audit.session import UnicastSession
@@ -146,7 +147,7 @@ def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
     laurel = shutil.which("laurel")
     if laurel is None:
         raise click.ClickException("LAUREL is needed as the peer: apt-get install laurel")
-    ours = shutil.which("ttpsensor", path=str(Path(sys.executable).parent)) or "ttpsensor"
+    ours = self_command()
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="ttpsensor-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     from rich.console import Console
@@ -162,10 +163,10 @@ def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
     engines = [
         ("LAUREL 0.5.1", [laurel, "--config", str(work / "laurel.toml")], None),
         ("ttpsensor audisp --format laurel",
-         [ours, "audisp", "--format", "laurel", "--parse-error-log",
+         [*ours, "audisp", "--format", "laurel", "--parse-error-log",
           str(work / "errors.log")], work / "ours-laurel.jsonl"),
         ("ttpsensor audisp (ecs + TTPHash)",
-         [ours, "audisp", "--parse-error-log", str(work / "errors.log")], work / "ours-ecs.jsonl"),
+         [*ours, "audisp", "--parse-error-log", str(work / "errors.log")], work / "ours-ecs.jsonl"),
     ]
     results: list[Result] = []
     for name, argv, out in engines:
@@ -177,7 +178,7 @@ def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
     memory_file = work / "memory.log"
     repeat(recording, memory_file, memory_events)
     with console.status(f"replaying {memory_events} exec events for peak memory"):
-        memory = run_child("memory", [ours, "audisp", "--parse-error-log",
+        memory = run_child("memory", [*ours, "audisp", "--parse-error-log",
                                       str(work / "errors.log")], memory_file, None)
     # Compared last: loading the outputs makes this process large, and a child forked from a
     # large parent reports the parent's size as its own peak RSS until it execs.

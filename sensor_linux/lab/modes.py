@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from common.cli import self_command
 from sensor_linux.audit.laurel import PEER_CONFIG
 from sensor_linux.audit.netlink import AuditSocket
 from sensor_linux.audit.session import DEFAULT_BACKLOG_LIMIT
@@ -248,12 +249,10 @@ class SensorRun:
     def start(self, work: Path) -> None:
         self.work = work
         work.mkdir(parents=True)
-        command = shutil.which("ttpsensor", path=str(Path(sys.executable).parent))
-        argv = [command] if command else [sys.executable, "-m", "common.cli"]
         # --user root: the lab's work directory stays root's; dropping privileges changes no
         # per-event cost.
         self.proc = subprocess.Popen(
-            argv + ["run", "--source", self.source, "--output", f"jsonl:{work}/events.jsonl",
+            self_command() + ["run", "--source", self.source, "--output", f"jsonl:{work}/events.jsonl",
                     "--max-bytes", str(OUTPUT_BYTES), "--generations", "1", "--store", "",
                     "--status-file", str(work / "status.json"), "--status-interval", "3600",
                     "--state-file", str(work / "audit-state.json"), "--parse-error-log",
