@@ -145,18 +145,11 @@ def test_run_sensor_end_to_end_with_rejects_kept_and_counters(tmp_path) -> None:
     sink, errors, messages = ListSink(), ListSink(), ListSink()
     stop = threading.Event()
 
-    class Messages:
-        def write(self, text: str) -> None:
-            messages.write(text)
-
-        def flush(self) -> None:
-            pass
-
     result: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: result.update(run_sensor(
         stop, sink, {"name": "testpc", "os": {"type": "windows"}}, fmt="qlog",
         world=WindowsWorld(world, world, lambda: {"\\Device\\HarddiskVolume2": "C:"}),
-        etw_module=etw, error_log=errors, status_interval=0.05, messages=Messages())))
+        etw_module=etw, error_log=errors, status_interval=0.05, messages=messages)))
     worker.start()
     assert etw.delivered.wait(10)
     stop.set()
