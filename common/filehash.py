@@ -93,6 +93,15 @@ class FileHasher:
         finally:
             os.close(fd)
 
+    def cached(self, key: FileKey) -> FileDigests | None:
+        """The digests of file version ``key`` if they were computed before (no I/O): a
+        source that knows the identity of what ran (the eBPF probes) needs no open()."""
+        found = self._cache.get(key)
+        if found is not None:
+            self.hits += 1
+            self._cache.move_to_end(key)
+        return found
+
     def digests_of_fd(self, fd: int) -> FileDigests:
         key = file_key(os.fstat(fd))
         cached = self._cache.get(key)

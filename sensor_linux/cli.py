@@ -67,10 +67,10 @@ DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
               help="After opening its audit sockets the sensor becomes this user, keeping only "
                    "CAP_AUDIT_CONTROL, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH. 'root' keeps "
                    "root.")
-@click.option("--ebpf-max-args", default=128, show_default=True,
-              help="ebpf: arguments copied per exec (more are counted and flagged).")
 @click.option("--ebpf-argv-bytes", default=32768, show_default=True,
-              help="ebpf: bytes of arguments copied per exec (a power of two).")
+              help="ebpf: bytes of the argument vector copied per exec (a power of two from "
+                   "4096 to 131072); longer ones are cut there and flagged args_truncated, "
+                   "with the real argument count.")
 @click.option("--ebpf-ringbuf-pages", default=1024, show_default=True,
               help="ebpf: ring buffer size in 4 KiB pages (a power of two).")
 @click.option("--interval", default=1.0, show_default=True,
@@ -79,7 +79,7 @@ DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
 def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generations: int,
         store: str, status_file: str, status_interval: float, rules_file: str | None,
         state_file: str,
-        parse_error_log: str | None, user: str, ebpf_max_args: int, ebpf_argv_bytes: int,
+        parse_error_log: str | None, user: str, ebpf_argv_bytes: int,
         ebpf_ringbuf_pages: int, interval: float, once: bool) -> None:
     """Run the Linux sensor: enriched process events with their TTPHash, as JSON lines.
 
@@ -100,7 +100,7 @@ def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generat
     try:
         _run_source(source, fmt, sink, collector, rules_file, state_file, parse_error_log,
                     max_bytes, generations, status_file, status_interval, user, outputs,
-                    ebpf_max_args, ebpf_argv_bytes, ebpf_ringbuf_pages, interval, once)
+                    ebpf_argv_bytes, ebpf_ringbuf_pages, interval, once)
     finally:
         if collector is not None:
             collector.deliver()
@@ -122,7 +122,7 @@ def _local_collector(sink: Any, store: str) -> Any:
 def _run_source(source: str, fmt: str, sink: Any, collector: Any, rules_file: str | None,
                 state_file: str, parse_error_log: str | None, max_bytes: int,
                 generations: int, status_file: str, status_interval: float, user: str,
-                outputs: tuple[str, ...], ebpf_max_args: int, ebpf_argv_bytes: int,
+                outputs: tuple[str, ...], ebpf_argv_bytes: int,
                 ebpf_ringbuf_pages: int, interval: float, once: bool) -> None:
     # Periodic work, and the files the sensor still writes after dropping root.
     ticks = [collector.deliver] if collector is not None else []
@@ -136,12 +136,12 @@ def _run_source(source: str, fmt: str, sink: Any, collector: Any, rules_file: st
             raise click.UsageError(f"--source {source} writes ecs events only")
         _run_combined(source, sink, rules_file, state_file, parse_error_log, max_bytes,
                       generations, status_file, status_interval, user, written,
-                      ebpf_max_args, ebpf_argv_bytes, ebpf_ringbuf_pages, ticks)
+                      ebpf_argv_bytes, ebpf_ringbuf_pages, ticks)
     elif source == "ebpf":
         if fmt == "laurel":
             raise click.UsageError("--format laurel needs an audit source")
         _run_ebpf(RENDERERS[fmt], sink, status_file, status_interval, user, written,
-                  ebpf_max_args, ebpf_argv_bytes, ebpf_ringbuf_pages, ticks)
+                  ebpf_argv_bytes, ebpf_ringbuf_pages, ticks)
     else:
         _run_audit(source, fmt, sink, rules_file, state_file, parse_error_log, max_bytes,
                    generations, status_file, status_interval, user, written, ticks)
@@ -182,7 +182,7 @@ def _run_procfs(sink: Any, render: Any, interval: float, once: bool, collector: 
 
 
 def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, user: str,
-              written: list[str], max_args: int, argv_bytes: int,
+              written: list[str], argv_bytes: int,
               ringbuf_pages: int, ticks: list[Any]) -> None:
     from sensor_linux.ebpf.events import EbpfEventBuilder
     from sensor_linux.ebpf.probes import ExecProbes, PrerequisiteError
@@ -192,7 +192,7 @@ def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, 
     stop = _install_stop_handlers()
     enricher = Enricher()
     pipeline = EbpfPipeline(EbpfEventBuilder(enricher), render, sink)
-    probes = ExecProbes(on_exec=pipeline.feed, max_args=max_args, argv_size=argv_bytes,
+    probes = ExecProbes(on_exec=pipeline.feed, argv_size=argv_bytes,
                         ringbuf_pages=ringbuf_pages)
     pipeline.probes = probes
     try:
@@ -224,7 +224,7 @@ def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, 
 def _run_combined(mode: str, sink: Any, rules_file: str | None, state_file: str,
                   parse_error_log: str | None, max_bytes: int, generations: int,
                   status_file: str, status_interval: float, user: str,
-                  written: list[str], max_args: int, argv_bytes: int,
+                  written: list[str], argv_bytes: int,
                   ringbuf_pages: int, ticks: list[Any]) -> None:
     from sensor_linux.audit.netlink import AuditNetlinkError
     from sensor_linux.audit.pipeline import AuditPipeline
@@ -240,7 +240,7 @@ def _run_combined(mode: str, sink: Any, rules_file: str | None, state_file: str,
     stop = _install_stop_handlers()
     enricher = Enricher()
     ebpf_pipeline = EbpfPipeline(EbpfEventBuilder(enricher), render, sink)
-    probes = ExecProbes(on_exec=ebpf_pipeline.feed, max_args=max_args, argv_size=argv_bytes,
+    probes = ExecProbes(on_exec=ebpf_pipeline.feed, argv_size=argv_bytes,
                         ringbuf_pages=ringbuf_pages)
     ebpf_pipeline.probes = probes
     # hybrid: only the user's rules, exec rules removed; cross-check: audit's exec rules too.

@@ -18,6 +18,7 @@ from common.filehash import FileHasher
 from common.percent import percent_encode
 from common.proctable import Entry, ProcessTable, parent_context
 from common.schema import ACTION_PROCESS_CREATE, Event, new_event, utc_timestamp
+from sensor_linux.image import image_facts
 from sensor_linux.packages import UNPACKAGED_FIELD, PackageIndex
 from sensor_linux.procfs import (PROC, UNSET_ID, ProcessFacts, boot_time, exe_identity,
                                  read_process)
@@ -56,6 +57,9 @@ class Enricher:
     # live: events are about processes on this host, now (so /proc may be read for images and
     # unknown parents); false when replaying a recorded log, whose PIDs mean nothing here.
     live: bool = True
+    # Reads of /proc made while enriching (parents never seen, images no longer on disk): the
+    # eBPF source carries its facts in the record, so this stays near zero there.
+    proc_reads: int = 0
     _boot_time: float | None = field(default=None, repr=False)
 
     def _identity(self, ident: int | None, group: bool = False) -> dict[str, str] | None:
@@ -67,8 +71,9 @@ class Enricher:
             out["name"] = name
         return out
 
-    def process_map(self, facts: ProcessFacts) -> dict[str, Any]:
-        """The ``process`` map (without parent) for ``facts``; reads the image via /proc."""
+    def process_map(self, facts: ProcessFacts, ran: bool = True) -> dict[str, Any]:
+        """The ``process`` map (without parent) for ``facts``. ``ran`` is false for a failed
+        exec: its file never became the process's image, so /proc cannot show it."""
         process: dict[str, Any] = {"pid": facts.pid}
         if facts.executable is not None:
             exe = facts.executable
@@ -104,12 +109,21 @@ class Enricher:
             process["audit"] = audit
         if facts.container_id:
             process["container"] = {"id": facts.container_id}
-        self._add_image(process, facts)
+        self._add_image(process, facts, ran)
         return process
 
-    def _add_image(self, process: dict[str, Any], facts: ProcessFacts) -> None:
-        digests, on_disk = exe_identity(facts.pid, facts.executable, self.hasher, self.proc,
-                                        use_proc=self.live, image_inodes=facts.image_inodes)
+    def _add_image(self, process: dict[str, Any], facts: ProcessFacts, ran: bool) -> None:
+        if facts.image_identity is not None and isinstance(facts.executable, (str, bytes)):
+            path = facts.executable
+            found = image_facts(path.encode("utf-8", "surrogateescape")
+                                if isinstance(path, str) else path, facts.image_identity,
+                                self.hasher, facts.pid if self.live else None, self.proc)
+            self.proc_reads += found.read_proc
+            digests, on_disk = found.digests, found.on_disk
+        else:
+            digests, on_disk = exe_identity(facts.pid, facts.executable, self.hasher,
+                                            self.proc, use_proc=self.live and ran,
+                                            image_inodes=facts.image_inodes, cwd=facts.cwd)
         if facts.exe_deleted:
             on_disk = False
         process["on_disk"] = on_disk
@@ -132,7 +146,7 @@ class Enricher:
         event = new_event(ACTION_PROCESS_CREATE, provider, host=self.host,
                           timestamp=timestamp, original_id=original_id)
         event["event"]["kind"] = kind
-        process = self.process_map(facts)
+        process = self.process_map(facts, ran=record)
         process["parent"] = self.parent_map(facts.ppid, facts.start_time)
         event["process"] = process
         if record:
@@ -149,10 +163,13 @@ class Enricher:
             parent = self._learn_from_proc(ppid, child_start)
         if parent is None:
             return {"pid": ppid}
-        running = os.path.exists(f"{self.proc}/{parent.pid}") if self.live else None
-        return parent_context(parent, running)
+        # The kernel names only a live process as a parent (an orphan is adopted at once), so
+        # the parent of an exec was running at the exec: a fact of the exec, not of how late
+        # enrichment ran (docs/ttphash.md, isRunning).
+        return parent_context(parent, True)
 
     def _learn_from_proc(self, pid: int, child_start: float | None) -> Entry | None:
+        self.proc_reads += 1
         facts = read_process(pid, self.proc, self._btime())
         if facts is None or facts.executable is None:
             return None

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from common.filehash import FileDigests, FileHasher
 from common.percent import as_text
+
+if TYPE_CHECKING:
+    from sensor_linux.image import FileIdentity
 
 PROC = "/proc"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -47,6 +52,8 @@ class ProcessFacts:
     # (st_dev, st_ino) of the files the exec touched (audit PATH records): lets enrichment tell
     # whether the file now at ``executable`` is the one that ran.
     image_inodes: frozenset[tuple[int, int]] | None = None
+    # The executed file's version as the kernel had it open (eBPF): digests come from it.
+    image_identity: FileIdentity | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -159,6 +166,7 @@ def live_container_id(pid: int, executable: str | bytes | None,
 def exe_identity(pid: int, executable: str | bytes | None, hasher: FileHasher,
                  proc: str = PROC, *, use_proc: bool = True,
                  image_inodes: frozenset[tuple[int, int]] | None = None,
+                 cwd: str | bytes | None = None,
                  ) -> tuple[FileDigests | None, bool | None]:
     """Digests of the image ``pid`` ran, and whether that image is still on disk as it ran.
 
@@ -174,12 +182,18 @@ def exe_identity(pid: int, executable: str | bytes | None, hasher: FileHasher,
             return result
     if executable is None:
         return None, None
+    path = _absolute(executable, cwd)
+    if path is None:
+        return None, None  # a relative name and no working directory: nothing to check
     try:
-        fd = os.open(executable, os.O_RDONLY | os.O_CLOEXEC)
+        # Without blocking: a FIFO at that path must not hang the sensor.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None, False
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, False
         if image_inodes is not None and (st.st_dev, st.st_ino) not in image_inodes:
             return None, False
         try:
@@ -188,6 +202,18 @@ def exe_identity(pid: int, executable: str | bytes | None, hasher: FileHasher,
             return None, True
     finally:
         os.close(fd)
+
+
+def _absolute(path: str | bytes, cwd: str | bytes | None) -> bytes | None:
+    """``path`` as the process meant it: a relative name is relative to *its* working
+    directory, never to the sensor's."""
+    raw = path.encode("utf-8", "surrogateescape") if isinstance(path, str) else path
+    if raw.startswith(b"/"):
+        return raw
+    if cwd is None:
+        return None
+    base = cwd.encode("utf-8", "surrogateescape") if isinstance(cwd, str) else cwd
+    return os.path.join(base, raw)
 
 
 def _proc_exe_identity(pid: int, executable: str | bytes, hasher: FileHasher,

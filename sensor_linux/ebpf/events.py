@@ -1,106 +1,86 @@
 """eBPF exec records to common-schema events, with the same meanings as the audit source.
 
-What the probes cannot see without kernel struct offsets comes from user space:
-
-* the executable as the kernel ran it: the filename resolved against the working directory and
-  symlinks, and for a ``#!`` script its interpreter (what audit's ``exe`` reports);
-* the effective user: the real uid, unless the file is set-uid (then its owner), which is what
-  exec does (nosuid mounts and no_new_privs aside);
-* cwd, login uid, session, tty and container: from ``/proc/PID`` while the process still runs
-  the image; the event lists them in ``ttpsensor.best_effort``.
+Every fact of the exec comes from the record, which the probes read from the kernel at the
+exec: the argument vector the new image received (after ``#!`` processing), the executable as
+the kernel opened it (for a script, its interpreter, as audit's ``exe``), the identity of that
+file, all eight ids, the working directory, login uid, session, terminal and parent. Nothing is
+taken from ``/proc`` or from the sensor's own context; what the record could not carry exactly
+is null. ``/proc`` is read only for a parent the sensor never saw and, by :mod:`image`, for an
+image that is neither on disk any more nor hashed before.
 """
 
 from __future__ import annotations
 
-import os
-import stat
 import time
 
 from common.percent import as_text
 from common.schema import Event
+from sensor_linux.cgroups import CgroupNames
 from sensor_linux.ebpf.probes import FLAG_EXECVEAT, ExecRecord
 from sensor_linux.enrich import Enricher
-from sensor_linux.procfs import ProcessFacts, read_exe, read_process
-
-BEST_EFFORT = ("working_directory", "audit", "tty", "container")
+from sensor_linux.procfs import ProcessFacts
 
 
-def resolve_image(filename: bytes, cwd: bytes | None, pid: int | None = None,
-                  proc: str = "/proc") -> bytes | None:
-    """The file the kernel executed for ``filename``: absolute, symlinks resolved, and for a
-    ``#!`` script the interpreter. An exec through a descriptor (fexecve, execveat with
-    AT_EMPTY_PATH) is named ``/dev/fd/N`` by the kernel, which only means something inside
-    that process: its /proc/PID/exe says what ran, or it stays unknown (None)."""
-    if filename.startswith(b"/dev/fd/"):
-        link, _ = read_exe(pid, proc) if pid is not None else (None, False)
-        if link is None:
-            return None
-        return link if isinstance(link, bytes) else link.encode("utf-8", "surrogateescape")
-    path = filename if filename.startswith(b"/") or cwd is None else os.path.join(cwd, filename)
-    real = os.path.realpath(path)
-    try:
-        with open(real, "rb") as f:
-            head = f.read(256)
-    except OSError:
-        return real
-    if head.startswith(b"#!"):
-        interpreter = head[2:].split(b"\n", 1)[0].strip().split(None, 1)
-        if interpreter:
-            return os.path.realpath(interpreter[0])
-    return real
-
-
-def _effective_ids(executable: bytes, uid: int, gid: int) -> tuple[int, int]:
-    try:
-        st = os.stat(executable)
-    except OSError:
-        return uid, gid
-    euid = st.st_uid if st.st_mode & stat.S_ISUID else uid
-    egid = st.st_gid if st.st_mode & stat.S_ISGID else gid
-    return euid, egid
+def tty_path(name: bytes | None) -> str | None:
+    """The kernel's terminal name (``pts3``) as /proc and our events write it (``pts/3``)."""
+    if not name:
+        return None
+    text = name.decode("ascii", "replace")
+    if text.startswith("pts") and text[3:].isdigit():
+        return f"pts/{text[3:]}"
+    return text
 
 
 class EbpfEventBuilder:
-    def __init__(self, enricher: Enricher) -> None:
+    def __init__(self, enricher: Enricher, cgroups: CgroupNames | None = None) -> None:
         self.enricher = enricher
+        self.cgroups = cgroups if cgroups is not None else CgroupNames()
         # bpf_ktime_get_ns is CLOCK_MONOTONIC; this turns it into wall-clock time.
         self._epoch_offset = time.time() - time.monotonic()
+        self.arg_faults = 0
 
-    def build(self, record: ExecRecord) -> Event:
-        success = record.retval == 0
-        live = read_process(record.pid, self.enricher.proc) if success else None
-        cwd = live.cwd if live is not None else None
-        cwd_bytes = cwd.encode("utf-8", "surrogateescape") if isinstance(cwd, str) else cwd
-        if success:
-            executable = resolve_image(record.filename, cwd_bytes, record.pid,
-                                       self.enricher.proc)
-        else:
-            executable = record.filename  # a failed exec ran nothing: the name as passed
-        euid, egid = _effective_ids(executable, record.uid, record.gid) if (
-            success and executable is not None) else (record.uid, record.gid)
+    def _facts(self, record: ExecRecord) -> ProcessFacts:
+        success = not record.failed
+        # A failed exec ran nothing: the event is about the file it tried, named as passed
+        # (audit's PATH record says the same).
+        executable = record.executable if success else record.filename
         facts = ProcessFacts(
-            pid=record.pid, ppid=record.ppid or (live.ppid if live else None),
+            pid=record.pid, ppid=record.ppid or None,
             start_time=record.ktime / 1e9 + self._epoch_offset,
             executable=as_text(executable) if executable is not None else None,
             comm=as_text(record.comm),
-            args=[as_text(a) for a in record.args],
-            uids=(record.uid, euid, euid, euid), gids=(record.gid, egid, egid, egid))
-        best_effort = []
-        # The /proc facts belong to this exec only if they were read while it ran this image.
-        if live is not None and live.executable == facts.executable:
-            facts.cwd, facts.tty, facts.container_id = live.cwd, live.tty, live.container_id
-            facts.login_uid, facts.session = live.login_uid, live.session
-            best_effort = [f"process.{name}" for name in BEST_EFFORT]
+            cwd=as_text(record.cwd) if record.cwd is not None else None,
+            uids=record.uids, gids=record.gids, tty=tty_path(record.tty),
+            login_uid=record.login_uid, session=record.session,
+            container_id=self.cgroups.container_id(record.cgroup_id))
+        if success:
+            facts.args = [None if a is None else as_text(a)  # type: ignore[misc]
+                          for a in record.args or []] if record.args is not None else None
+            facts.image_identity = record.identity
+            facts.exe_deleted = record.identity is not None and record.identity.nlink == 0
+        return facts
+
+    def build(self, record: ExecRecord) -> Event:
+        success = not record.failed
+        facts = self._facts(record)
         event = self.enricher.process_event(facts, "ebpf", timestamp=facts.start_time,
                                             record=success)
         process = event["process"]
         event["event"]["outcome"] = "success" if success else "failure"
         process["exit_code"] = record.retval
-        process["args_count"] = record.argc
-        if record.truncated:
-            process["args_truncated"] = True
+        if success:
+            process["args_count"] = record.argc
+            if record.truncated:
+                process["args_truncated"] = True
+            if record.arg_faults:
+                # Arguments the probe could not read are null elements, never "".
+                process["args_faulted"] = record.arg_faults
+                self.arg_faults += record.arg_faults
         if record.flags & FLAG_EXECVEAT:
             process["execveat"] = True
-        if best_effort:
-            event.setdefault("ttpsensor", {})["best_effort"] = best_effort
+        parent = process.get("parent")
+        if record.creator is not None and record.creator != record.ppid and parent:
+            # Its creator had exited before the exec: the kernel's parent is an adopter.
+            parent["adopted"] = True
+            process["creator"] = {"pid": record.creator}
         return event

@@ -1,36 +1,57 @@
 """Load the exec probes with BCC and read their records.
 
 BCC comes from Debian's python3-bpfcc (PyPI's "bcc" is an unrelated project) and compiles the
-program against a kernel header tree at start; tracepoint arguments are generated from the
-running kernel's tracefs format files, so mismatched headers are harmless for what we use.
+program against a kernel header tree at start. The program uses no struct from those headers:
+every kernel member it reads sits at an offset taken from the running kernel's BTF
+(:mod:`sensor_linux.ebpf.offsets`), and a self-check exec at load compares what the probes
+report with what this process knows about its own child before any event is trusted.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import secrets
+import shutil
 import struct
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from sensor_linux.ebpf.btf import Btf, BtfError
+from sensor_linux.ebpf.offsets import cflags as offset_cflags
+from sensor_linux.ebpf.offsets import kernel_offsets
+from sensor_linux.image import FileIdentity
+
 PROGRAM = Path(__file__).with_name("execsnoop.c")
 TRACEFS = "/sys/kernel/tracing"
 
 FLAG_TRUNC_ARGS = 1
-FLAG_TRUNC_BYTES = 2
 FLAG_EXECVEAT = 4
 FLAG_ARG_FAULT = 8
-FLAG_PPID_FROM_FORK = 16
+FLAG_CREATOR_KNOWN = 16
+FLAG_EXE_TRUNC = 32
+FLAG_CWD_TRUNC = 64
+FLAG_FACT_FAULT = 128
+FLAG_NO_EXE = 256
+FLAG_NAME_TRUNC = 512
+FLAG_FAILED = 1024
 
-DEFAULT_MAX_ARGS = 128
+CHUNK = 4096
+NAME_BYTES = 4096
+COMPONENT_BYTES = 256
 DEFAULT_ARGV_SIZE = 32 * 1024
+DEFAULT_PATH_BYTES = 4096         # per path (executable, working directory)
+DEFAULT_PATH_DEPTH = 64           # components and mount crossings per path
 DEFAULT_RINGBUF_PAGES = 1024      # 4 MiB shared by all CPUs
-DEFAULT_PENDING_MAX = 256         # execs between syscall entry and exec/exit, all CPUs
+DEFAULT_PENDING_MAX = 1024        # threads between syscall entry and exec/exit, all CPUs
+SELF_CHECK_SECONDS = 10.0
 
-# struct exec_event up to args (see execsnoop.c)
-_HEAD = struct.Struct("=QIIIIIiIIIII16s256s")
+# struct exec_event up to data (see execsnoop.c)
+_HEAD = struct.Struct("=QQQqqqIIIIIIII8IIIiIIIIIII16s32s")
 
 
 class PrerequisiteError(RuntimeError):
@@ -39,35 +60,118 @@ class PrerequisiteError(RuntimeError):
 
 @dataclass
 class ExecRecord:
-    """One exec as the probes saw it."""
+    """One exec as the kernel saw it. Every fact that could not be read exactly is None."""
 
     ktime: int
     pid: int
     tid: int
-    ppid: int
-    uid: int
-    gid: int
+    ppid: int                       # real parent's tgid at the exec
+    creator: int | None             # the process that forked it, when the probes saw the fork
+    uids: tuple[int, int, int, int]  # real, effective, saved, filesystem
+    gids: tuple[int, int, int, int]
+    login_uid: int
+    session: int
     retval: int
     argc: int
-    args: list[bytes]
+    args: list[bytes | None] | None
     flags: int
     comm: bytes
-    filename: bytes
+    tty: bytes | None
+    executable: bytes | None        # absolute, as the kernel opened it (a script's interpreter)
+    cwd: bytes | None
+    filename: bytes | None          # failed exec: the name as passed
+    identity: FileIdentity | None
+    cgroup_id: int
+    arg_faults: int = 0             # arguments lost to read faults (null elements in args)
 
     @property
     def truncated(self) -> bool:
-        return bool(self.flags & (FLAG_TRUNC_ARGS | FLAG_TRUNC_BYTES))
+        return bool(self.flags & FLAG_TRUNC_ARGS)
+
+    @property
+    def failed(self) -> bool:
+        return self.retval < 0
+
+
+def _join_components(blob: bytes) -> bytes:
+    """Path components leaf first, each NUL-terminated, as an absolute path."""
+    parts = blob.split(b"\0")[:-1]
+    parts.reverse()
+    return b"/" + b"/".join(parts)
+
+
+def _split_args(area: bytes, argc: int, fault_mask: int,
+                truncated: bool) -> tuple[list[bytes | None], int]:
+    """The argument area as a list; arguments touching a chunk that could not be read are
+    None (their bytes and even their boundaries are unknown). Returns (args, faulted)."""
+    if not fault_mask:
+        args: list[bytes | None] = list(area.split(b"\0"))
+        if args and args[-1] == b"" and not truncated:
+            args.pop()
+        return args, 0
+    first = min(i for i in range(32) if fault_mask >> i & 1) * CHUNK
+    last_end = (max(i for i in range(32) if fault_mask >> i & 1) + 1) * CHUNK
+    head = area[:first]
+    prefix = head.split(b"\0")[:-1]          # complete arguments before the first fault
+    tail = area[last_end:]
+    cut = tail.find(b"\0")
+    suffix: list[bytes] = []
+    if cut >= 0 and last_end < len(area):
+        suffix = tail[cut + 1:].split(b"\0")
+        if suffix and suffix[-1] == b"" and not truncated:
+            suffix.pop()
+    lost = max(argc - len(prefix) - len(suffix), 1)
+    return [*prefix, *([None] * lost), *suffix], lost
+
+
+_NSEC_MASK = (1 << 30) - 1
+
+
+def _kernel_dev(dev: int) -> int:
+    """Kernel dev_t (major << 20 | minor) as the st_dev number stat() reports."""
+    return os.makedev(dev >> 20, dev & 0xFFFFF)
 
 
 def decode(data: bytes) -> ExecRecord:
     """A ring-buffer record (bytes) as an :class:`ExecRecord`."""
-    (ktime, pid, tid, ppid, uid, gid, retval, argc, args_count, args_size, flags,
-     _filename_size, comm, filename) = _HEAD.unpack_from(data)
-    # args_count NUL-terminated strings; the last one may be cut at the byte limit (flagged).
-    blob = data[_HEAD.size:_HEAD.size + args_size]
-    args = blob.split(b"\0")[:args_count]
-    return ExecRecord(ktime, pid, tid, ppid, uid, gid, retval, argc, args, flags,
-                      comm.split(b"\0", 1)[0], filename.split(b"\0", 1)[0])
+    (ktime, cgroup_id, ino, size, mtime_sec, ctime_sec, mtime_nsec, ctime_nsec, dev, nlink,
+     pid, tid, ppid, creator, uid, gid, suid, sgid, euid, egid, fsuid, fsgid, login_uid,
+     session, retval, argc, flags, fault_mask, exe_size, cwd_size, name_size, args_size,
+     comm, tty) = _HEAD.unpack_from(data)
+    pos = _HEAD.size
+    exe_blob = data[pos:pos + exe_size]
+    pos += exe_size
+    cwd_blob = data[pos:pos + cwd_size]
+    pos += cwd_size
+    name = data[pos:pos + name_size]
+    pos += name_size
+    area = data[pos:pos + args_size]
+    failed = bool(flags & FLAG_FAILED)
+    unreliable = bool(flags & FLAG_FACT_FAULT)
+    executable = None
+    identity = None
+    if not failed and not flags & (FLAG_EXE_TRUNC | FLAG_NO_EXE) and not unreliable:
+        executable = _join_components(exe_blob)
+        # Nanoseconds fit in 30 bits; kernels with multigrain times (6.13+) keep a flag in
+        # bit 31 of i_ctime_nsec (I_CTIME_QUERIED).
+        identity = FileIdentity(_kernel_dev(dev), ino, size,
+                                mtime_sec * 10**9 + (mtime_nsec & _NSEC_MASK),
+                                ctime_sec * 10**9 + (ctime_nsec & _NSEC_MASK), nlink)
+    cwd = None if flags & FLAG_CWD_TRUNC or unreliable else _join_components(cwd_blob)
+    args: list[bytes | None] | None = None
+    faulted = 0
+    if not failed:
+        args, faulted = _split_args(area, argc, fault_mask if flags & FLAG_ARG_FAULT else 0,
+                                    bool(flags & FLAG_TRUNC_ARGS))
+    tty_name = tty.split(b"\0", 1)[0] or None
+    return ExecRecord(
+        ktime=ktime, pid=pid, tid=tid, ppid=ppid,
+        creator=creator if flags & FLAG_CREATOR_KNOWN else None,
+        uids=(uid, euid, suid, fsuid), gids=(gid, egid, sgid, fsgid),
+        login_uid=login_uid, session=session, retval=retval, argc=argc, args=args,
+        flags=flags, comm=comm.split(b"\0", 1)[0], tty=tty_name, executable=executable,
+        cwd=cwd, filename=name.split(b"\0", 1)[0] if failed and name_size else None,
+        identity=identity, cgroup_id=cgroup_id, arg_faults=faulted)
 
 
 def check_prerequisites() -> None:
@@ -93,44 +197,161 @@ def check_prerequisites() -> None:
         raise PrerequisiteError("loading BPF programs needs root (CAP_BPF and CAP_PERFMON)")
 
 
+def data_size(argv_size: int, path_bytes: int) -> int:
+    """Bytes of the record's data area: two paths, a file name and the argument area."""
+    need = 2 * (path_bytes + COMPONENT_BYTES) + NAME_BYTES + argv_size
+    size = 4096
+    while size < need:
+        size *= 2
+    return size
+
+
+# The self-check child's ids: distinct from each other and from root's, so that reading a
+# neighbouring member (or nothing, zero) cannot pass for the right one.
+CHECK_UIDS = (61011, 61012, 61013)
+CHECK_GIDS = (61021, 61022, 61023)
+
+
+def _check_child_ids() -> None:
+    os.setresgid(*CHECK_GIDS)
+    os.setresuid(*CHECK_UIDS)
+
+
+def _own_tty() -> bytes | None:
+    """This process's controlling terminal as the kernel names it (``pts0``, ``tty1``)."""
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    tty_nr = int(stat[stat.rfind(b")") + 2:].split()[4])
+    if tty_nr == 0:
+        return None
+    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    if 136 <= major <= 143:
+        return f"pts{(major - 136) * 256 + minor}".encode()
+    if major == 4 and minor < 64:
+        return f"tty{minor}".encode()
+    return None  # another kind of terminal: not compared
+
+
+def _read_int(path: str) -> int:
+    with open(path) as f:
+        return int(f.read().strip())
+
+
 @dataclass
 class ExecProbes:
     """The loaded program. ``poll`` delivers :class:`ExecRecord` objects to ``on_exec``."""
 
     on_exec: Callable[[ExecRecord], None]
-    max_args: int = DEFAULT_MAX_ARGS
     argv_size: int = DEFAULT_ARGV_SIZE
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
     pending_max: int = DEFAULT_PENDING_MAX
+    path_bytes: int = DEFAULT_PATH_BYTES
+    path_depth: int = DEFAULT_PATH_DEPTH
     load_seconds: float = 0.0
     received: int = 0
+    offsets: dict[str, int] = field(default_factory=dict)
     bpf: object = field(default=None, repr=False)
+    _held: list[ExecRecord] | None = field(default=None, repr=False)
 
     def load(self) -> None:
+        """Compile with this kernel's offsets, attach, and run the self-check."""
         check_prerequisites()
-        if self.argv_size & (self.argv_size - 1) or self.argv_size < 4096:
-            raise ValueError("argv size must be a power of two, at least 4096")
+        if self.argv_size & (self.argv_size - 1) or not CHUNK <= self.argv_size <= 32 * CHUNK:
+            raise ValueError("argv size must be a power of two from 4096 to 131072")
         if self.ringbuf_pages & (self.ringbuf_pages - 1):
             raise ValueError("ring buffer pages must be a power of two")
-        from bcc import BPF
-        cflags = [f"-DMAX_ARGS={self.max_args}", f"-DARGV_SIZE={self.argv_size}",
-                  f"-DPENDING_MAX={self.pending_max}", f"-DRINGBUF_PAGES={self.ringbuf_pages}",
-                  "-DPARENTS_MAX=65536", f"-DNR_CPUS={os.cpu_count() or 1}",
-                  "-Wno-visibility"]
         started = time.monotonic()
         try:
-            self.bpf = BPF(text=PROGRAM.read_text(), cflags=cflags, debug=int(os.environ.get("TTPSENSOR_BPF_DEBUG", "0")))
+            self.offsets = kernel_offsets(Btf.load())
+        except BtfError as exc:
+            raise PrerequisiteError(f"the eBPF source needs the running kernel's BTF: {exc}"
+                                    ) from exc
+        from bcc import BPF
+        flags = [f"-DARGV_SIZE={self.argv_size}",
+                 f"-DDATA_SIZE={data_size(self.argv_size, self.path_bytes)}",
+                 f"-DPATH_BYTES={self.path_bytes}", f"-DPATH_DEPTH={self.path_depth}",
+                 f"-DPENDING_MAX={self.pending_max}", f"-DRINGBUF_PAGES={self.ringbuf_pages}",
+                 "-DPARENTS_MAX=65536", f"-DNR_CPUS={os.cpu_count() or 1}",
+                 "-Wno-visibility", *offset_cflags(self.offsets)]
+        try:
+            self.bpf = BPF(text=PROGRAM.read_text(), cflags=flags,
+                           debug=int(os.environ.get("TTPSENSOR_BPF_DEBUG", "0")))
         except Exception as exc:  # BCC raises plain Exception for compile and load errors
             raise PrerequisiteError(f"the exec probes did not compile or load: {exc}") from exc
-        self.load_seconds = time.monotonic() - started
+        self._held = []
         self.bpf["events"].open_ring_buffer(self._callback)
+        try:
+            self._self_check()
+        except PrerequisiteError:
+            self.close()
+            raise
+        self.load_seconds = time.monotonic() - started
 
     def _callback(self, _ctx: int, data: int, size: int) -> int:
         self.received += 1
-        self.on_exec(decode(ctypes.string_at(data, size)))
+        record = decode(ctypes.string_at(data, size))
+        if self._held is not None:
+            self._held.append(record)  # during the self-check
+        else:
+            self.on_exec(record)
         return 0
 
+    def _self_check(self) -> None:
+        """Exec a child whose facts this process knows and compare them with the record the
+        probes make of it; refuse to run when any differs (wrong offsets read wrong values)."""
+        true = os.path.realpath(shutil.which("true") or "/bin/true").encode()
+        marker = f"ttpsensor-self-check-{secrets.token_hex(4)}".encode()
+        with tempfile.TemporaryDirectory(prefix="ttpsensor-check-") as cwd:
+            os.chmod(cwd, 0o755)
+            child = subprocess.Popen([true, marker], cwd=cwd, preexec_fn=_check_child_ids,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+            child.wait()
+            record = self._await_record(child.pid, marker)
+            st = os.stat(true)
+            expected: dict[str, object] = {
+                "pid": child.pid, "ppid": os.getpid(), "creator": os.getpid(),
+                "executable": true, "args": [true, marker], "argc": 2,
+                "cwd": os.path.realpath(cwd).encode(), "comm": b"true",
+                "uids": (CHECK_UIDS[0], CHECK_UIDS[1], CHECK_UIDS[1], CHECK_UIDS[1]),
+                "gids": (CHECK_GIDS[0], CHECK_GIDS[1], CHECK_GIDS[1], CHECK_GIDS[1]),
+                "login_uid": _read_int("/proc/self/loginuid"),
+                "session": _read_int("/proc/self/sessionid"),
+                "tty": _own_tty(),
+                "identity": (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                             st.st_ctime_ns)}
+            ident = record.identity
+            got: dict[str, object] = {
+                name: getattr(record, name) for name in expected if name != "identity"}
+            got["identity"] = None if ident is None else (
+                ident.dev, ident.ino, ident.size, ident.mtime_ns, ident.ctime_ns)
+        wrong = [f"{name}: expected {expected[name]!r}, read {got[name]!r}"
+                 for name in expected if expected[name] != got[name]]
+        if wrong:
+            raise PrerequisiteError(
+                "the exec probes read wrong facts on this kernel (offsets from its BTF do not "
+                "match what it does), so their events cannot be trusted; use --source audit. "
+                "Self-check: " + "; ".join(wrong))
+
+    def _await_record(self, pid: int, marker: bytes) -> ExecRecord:
+        deadline = time.monotonic() + SELF_CHECK_SECONDS
+        assert self._held is not None
+        while time.monotonic() < deadline:
+            self.bpf.ring_buffer_poll(100)  # type: ignore[attr-defined]
+            for i, record in enumerate(self._held):
+                if record.pid == pid and not record.failed and record.args and \
+                        record.args[-1] == marker:
+                    del self._held[i]
+                    return record
+        raise PrerequisiteError(
+            f"the exec probes did not report the self-check exec (pid {pid}) within "
+            f"{SELF_CHECK_SECONDS:.0f} s: {self.drops()}")
+
     def poll(self, timeout_ms: int) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            for record in held:  # execs of others that arrived during the self-check
+                self.on_exec(record)
         self.bpf.ring_buffer_poll(timeout_ms)  # type: ignore[attr-defined]
 
     def drops(self) -> dict[str, int]:
