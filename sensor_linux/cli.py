@@ -73,6 +73,11 @@ DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
                    "with the real argument count.")
 @click.option("--ebpf-ringbuf-pages", default=1024, show_default=True,
               help="ebpf: ring buffer size in 4 KiB pages (a power of two).")
+@click.option("--keep-exec-attempts", is_flag=True,
+              help="Write every failed exec as an event of its own. By default the ENOENT/"
+                   "ENOTDIR misses of a PATH walk are folded into the exec that follows them "
+                   "(process.exec_attempts: count, errors, paths); denied and never-followed "
+                   "attempts are always events.")
 @click.option("--interval", default=1.0, show_default=True,
               help="procfs: seconds between scans.")
 @click.option("--once", is_flag=True, help="procfs: scan once, report, and exit.")
@@ -80,7 +85,8 @@ def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generat
         store: str, status_file: str, status_interval: float, rules_file: str | None,
         state_file: str,
         parse_error_log: str | None, user: str, ebpf_argv_bytes: int,
-        ebpf_ringbuf_pages: int, interval: float, once: bool) -> None:
+        ebpf_ringbuf_pages: int, keep_exec_attempts: bool, interval: float,
+        once: bool) -> None:
     """Run the Linux sensor: enriched process events with their TTPHash, as JSON lines.
 
     Every exec becomes an event with the executable's digests (of the image as it ran), its
@@ -100,7 +106,7 @@ def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generat
     try:
         _run_source(source, fmt, sink, collector, rules_file, state_file, parse_error_log,
                     max_bytes, generations, status_file, status_interval, user, outputs,
-                    ebpf_argv_bytes, ebpf_ringbuf_pages, interval, once)
+                    ebpf_argv_bytes, ebpf_ringbuf_pages, keep_exec_attempts, interval, once)
     finally:
         if collector is not None:
             collector.deliver()
@@ -123,7 +129,8 @@ def _run_source(source: str, fmt: str, sink: Any, collector: Any, rules_file: st
                 state_file: str, parse_error_log: str | None, max_bytes: int,
                 generations: int, status_file: str, status_interval: float, user: str,
                 outputs: tuple[str, ...], ebpf_argv_bytes: int,
-                ebpf_ringbuf_pages: int, interval: float, once: bool) -> None:
+                ebpf_ringbuf_pages: int, keep_exec_attempts: bool, interval: float,
+                once: bool) -> None:
     # Periodic work, and the files the sensor still writes after dropping root.
     ticks = [collector.deliver] if collector is not None else []
     written = output_files(outputs) + ([collector.store.path] if collector else [])
@@ -136,15 +143,16 @@ def _run_source(source: str, fmt: str, sink: Any, collector: Any, rules_file: st
             raise click.UsageError(f"--source {source} writes ecs events only")
         _run_combined(source, sink, rules_file, state_file, parse_error_log, max_bytes,
                       generations, status_file, status_interval, user, written,
-                      ebpf_argv_bytes, ebpf_ringbuf_pages, ticks)
+                      ebpf_argv_bytes, ebpf_ringbuf_pages, keep_exec_attempts, ticks)
     elif source == "ebpf":
         if fmt == "laurel":
             raise click.UsageError("--format laurel needs an audit source")
         _run_ebpf(RENDERERS[fmt], sink, status_file, status_interval, user, written,
-                  ebpf_argv_bytes, ebpf_ringbuf_pages, ticks)
+                  ebpf_argv_bytes, ebpf_ringbuf_pages, keep_exec_attempts, ticks)
     else:
         _run_audit(source, fmt, sink, rules_file, state_file, parse_error_log, max_bytes,
-                   generations, status_file, status_interval, user, written, ticks)
+                   generations, status_file, status_interval, user, written, ticks,
+                   keep_exec_attempts)
 
 
 def _run_procfs(sink: Any, render: Any, interval: float, once: bool, collector: Any) -> None:
@@ -183,7 +191,7 @@ def _run_procfs(sink: Any, render: Any, interval: float, once: bool, collector: 
 
 def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, user: str,
               written: list[str], argv_bytes: int,
-              ringbuf_pages: int, ticks: list[Any]) -> None:
+              ringbuf_pages: int, keep_attempts: bool, ticks: list[Any]) -> None:
     from sensor_linux.ebpf.events import EbpfEventBuilder
     from sensor_linux.ebpf.probes import ExecProbes, PrerequisiteError
     from sensor_linux.ebpf.source import EbpfPipeline, EbpfSession, pump
@@ -191,7 +199,8 @@ def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, 
 
     stop = _install_stop_handlers()
     enricher = Enricher()
-    pipeline = EbpfPipeline(EbpfEventBuilder(enricher), render, sink)
+    pipeline = EbpfPipeline(EbpfEventBuilder(enricher), render, sink,
+                            keep_exec_attempts=keep_attempts)
     probes = ExecProbes(on_exec=pipeline.feed, argv_size=argv_bytes,
                         ringbuf_pages=ringbuf_pages)
     pipeline.probes = probes
@@ -206,12 +215,13 @@ def _run_ebpf(render: Any, sink: Any, status_file: str, status_interval: float, 
     try:
         reporter = _start_serving(session, pipeline, enricher, user, status_file,
                                   status_interval, written + [status_file])
-        pump(probes, sink, stop, on_tick=lambda: _tick([reporter.tick, *ticks]))
+        pump(probes, pipeline, stop, on_tick=lambda: _tick([reporter.tick, *ticks]))
     except PrivilegeError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         try:
             probes.poll(0)  # what is already in the ring buffer
+            pipeline.finish()
             summary = {"source": "ebpf", **pipeline.summary()}
         finally:
             probes.close()
@@ -225,7 +235,7 @@ def _run_combined(mode: str, sink: Any, rules_file: str | None, state_file: str,
                   parse_error_log: str | None, max_bytes: int, generations: int,
                   status_file: str, status_interval: float, user: str,
                   written: list[str], argv_bytes: int,
-                  ringbuf_pages: int, ticks: list[Any]) -> None:
+                  ringbuf_pages: int, keep_attempts: bool, ticks: list[Any]) -> None:
     from sensor_linux.audit.netlink import AuditNetlinkError
     from sensor_linux.audit.pipeline import AuditPipeline
     from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession
@@ -239,7 +249,8 @@ def _run_combined(mode: str, sink: Any, rules_file: str | None, state_file: str,
     render = RENDERERS["ecs"]
     stop = _install_stop_handlers()
     enricher = Enricher()
-    ebpf_pipeline = EbpfPipeline(EbpfEventBuilder(enricher), render, sink)
+    ebpf_pipeline = EbpfPipeline(EbpfEventBuilder(enricher), render, sink,
+                                 keep_exec_attempts=keep_attempts)
     probes = ExecProbes(on_exec=ebpf_pipeline.feed, argv_size=argv_bytes,
                         ringbuf_pages=ringbuf_pages)
     ebpf_pipeline.probes = probes
@@ -258,7 +269,9 @@ def _run_combined(mode: str, sink: Any, rules_file: str | None, state_file: str,
                f"{probes.load_seconds:.2f} s) and audit netlink unicast", err=True)
     error_log = _error_log(parse_error_log, max_bytes, generations)
     audit_pipeline = AuditPipeline("ecs", sink, enricher=enricher, error_log=error_log)
-    crosscheck = CrossCheck(enricher.host) if mode == "cross-check" else None
+    # Both sources listen from now on: a miss of an earlier exec is no miss.
+    crosscheck = CrossCheck(enricher.host, start=time.time()) if mode == "cross-check" \
+        else None
     combined = Combined(mode, audit_pipeline, ebpf_pipeline, audit, render, sink, crosscheck)
     session = CombinedSession(mode, audit, probes)
     lost = 0
@@ -289,7 +302,7 @@ def _run_combined(mode: str, sink: Any, rules_file: str | None, state_file: str,
 def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_file: str,
                parse_error_log: str | None, max_bytes: int, generations: int,
                status_file: str, status_interval: float, user: str,
-               written: list[str], ticks: list[Any]) -> None:
+               written: list[str], ticks: list[Any], keep_attempts: bool) -> None:
     from sensor_linux.audit.netlink import AuditNetlinkError
     from sensor_linux.audit.pipeline import AuditPipeline
     from sensor_linux.audit.session import (AuditBusy, AuditLocked, UnicastSession,
@@ -320,7 +333,8 @@ def _run_audit(source: str, fmt: str, sink: Any, rules_file: str | None, state_f
         click.echo(f"ttpsensor: warning: {warning}", err=True)
     enricher = Enricher() if fmt != "laurel" else None
     error_log = _error_log(parse_error_log, max_bytes, generations)
-    pipeline = AuditPipeline(fmt, sink, enricher=enricher, error_log=error_log)
+    pipeline = AuditPipeline(fmt, sink, enricher=enricher, error_log=error_log,
+                             keep_exec_attempts=keep_attempts)
     lost = 0
     try:
         reporter = _start_serving(session, pipeline, enricher, user, status_file,
@@ -466,8 +480,11 @@ DEFAULT_ERROR_LOG = "/var/log/ttpsensor/parse-errors.log"
               help=f"Where lines that cannot be parsed are kept verbatim (created on the first "
                    f"one). Default: {DEFAULT_ERROR_LOG} as root, else "
                    f"./ttpsensor-parse-errors.log.")
+@click.option("--keep-exec-attempts", is_flag=True,
+              help="Write every failed exec as an event of its own (by default PATH-walk "
+                   "misses are folded into the exec that follows, as 'run' does).")
 def audisp(file: str | None, fmt: str, outputs: tuple[str, ...], max_bytes: int,
-           generations: int, parse_error_log: str | None) -> None:
+           generations: int, parse_error_log: str | None, keep_exec_attempts: bool) -> None:
     """Read audit records in auditd's plugin (string) format and write events.
 
     Without FILE, reads stdin as an auditd plugin: configure it under /etc/audit/plugins.d/
@@ -492,7 +509,8 @@ def audisp(file: str | None, fmt: str, outputs: tuple[str, ...], max_bytes: int,
     if enricher is not None and live:
         _seed_process_table(enricher)
     error_log = _error_log(parse_error_log, max_bytes, generations)
-    pipeline = AuditPipeline(fmt, sink, enricher=enricher, error_log=error_log)
+    pipeline = AuditPipeline(fmt, sink, enricher=enricher, error_log=error_log,
+                             keep_exec_attempts=keep_exec_attempts)
     stop = _install_stop_handlers()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # auditd may send it on reconfiguration
     try:

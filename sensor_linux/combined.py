@@ -94,6 +94,7 @@ class Combined:
                 stop.wait(BATCH_SECONDS)  # see batching.py
             if time.monotonic() >= next_tick:
                 self.audit_pipeline.tick()
+                self.ebpf_pipeline.tick()
                 if self.crosscheck is not None:
                     self._report(self.crosscheck.expire())
                 self.sink.flush()
@@ -107,8 +108,9 @@ class Combined:
         if probes is not None and probes.bpf is not None:
             probes.poll(0)
         self.audit_pipeline.close()
+        self.ebpf_pipeline.finish()
         if self.crosscheck is not None:
-            self._report(self.crosscheck.expire(everything=True))
+            self._report(self.crosscheck.finish())
         self.sink.flush()
 
     def summary(self) -> dict[str, object]:

@@ -1,9 +1,18 @@
 """Cross-check: the audit and eBPF exec streams against each other.
 
-Each exec is keyed by (pid, argv). An exec seen by one source waits up to ``window`` seconds for
-its twin from the other; if none comes, it becomes an ``exec_unmatched`` event naming the source
-that saw it and the one that missed it, with running counts. No single-source sensor can see
-this: a deleted audit rule, a tampered probe, or loss on one path shows up here.
+Both sources report an exec with the kernel's own facts, so they describe it identically: the
+key is the pid and the argument vector the new image received (its first
+:data:`KEY_ARG_BYTES` bytes, which the probes always carry whole). An exec seen by one source
+waits up to ``window`` seconds for its twin from the other; if none comes, it becomes an
+``exec_unmatched`` event naming the source that saw it and the one that missed it, with running
+counts. No single-source sensor can see this: a deleted audit rule, a tampered probe, or loss
+on one path shows up here.
+
+What one source cannot see by design is not a miss: execs that began before both sources were
+listening (``start``), and execs the kernel makes itself (usermode helpers call no execve,
+which is what audit's rules match); they are counted, not reported. At shutdown, execs still
+within their window are counted as unsettled rather than reported: their twin may be in
+flight.
 """
 
 from __future__ import annotations
@@ -14,56 +23,90 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.percent import to_bytes
-from common.schema import Event, new_event
+from common.schema import Event, new_event, utc_timestamp
 
 SOURCES = ("auditd", "ebpf")
 DEFAULT_WINDOW = 5.0
 MAX_PENDING = 100_000
+KEY_ARG_BYTES = 4096
+START_MARGIN = 1.0           # seconds after the start during which a miss is not reported
 
-Key = tuple[int, tuple[bytes, ...]]
+Key = tuple[int, bytes]
 
 
 def exec_key(event: Event) -> Key:
     process = event.get("process") or {}
-    args = tuple(to_bytes(a) if a is not None else b"" for a in process.get("args") or [])
-    return (int(process.get("pid") or 0), args)
+    args = b"\0".join(to_bytes(a) if a is not None else b"\xff<lost>"
+                      for a in process.get("args") or [])
+    return (int(process.get("pid") or 0), args[:KEY_ARG_BYTES])
 
 
 @dataclass
 class CrossCheck:
     host: dict[str, Any]
     window: float = DEFAULT_WINDOW
+    start: float | None = None      # wall-clock time from which both sources listen
     matched: int = 0
     unmatched: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SOURCES})
-    _pending: dict[str, OrderedDict[Key, tuple[float, Event]]] = field(
+    before_start: int = 0
+    kernel_execs: int = 0
+    unsettled: int = 0
+    # key -> (when it arrived, the event, whether a miss would be reported)
+    _pending: dict[str, OrderedDict[Key, tuple[float, Event, bool]]] = field(
         default_factory=lambda: {s: OrderedDict() for s in SOURCES})
 
     def add(self, source: str, event: Event, now: float | None = None) -> list[Event]:
         """Take a successful exec event from ``source``; return unmatched-exec events due."""
         now = time.monotonic() if now is None else now
+        if event.get("ttpsensor", {}).get("kernel_exec"):
+            self.kernel_execs += 1
+            return self.expire(now)
         other = SOURCES[1] if source == SOURCES[0] else SOURCES[0]
         key = exec_key(event)
         if self._pending[other].pop(key, None) is not None:
             self.matched += 1
         else:
             pending = self._pending[source]
-            pending[key] = (now, event)
+            pending[key] = (now, event, not self._near_start(event))
             if len(pending) > MAX_PENDING:
-                _, (_, oldest) = pending.popitem(last=False)
-                return [self._unmatched(source, oldest)] + self.expire(now)
+                _, oldest = pending.popitem(last=False)
+                return self._settle(source, oldest) + self.expire(now)
         return self.expire(now)
 
-    def expire(self, now: float | None = None, everything: bool = False) -> list[Event]:
+    def _near_start(self, event: Event) -> bool:
+        """Began before both sources listened, or so close to it that one of them may have
+        missed it for that reason alone."""
+        if self.start is None:
+            return False
+        started = (event.get("process") or {}).get("start")
+        # process.start is ISO 8601 UTC with a fixed width: it sorts as text.
+        return isinstance(started, str) and started < utc_timestamp(self.start + START_MARGIN)
+
+    def expire(self, now: float | None = None) -> list[Event]:
         now = time.monotonic() if now is None else now
-        out = []
+        out: list[Event] = []
         for source in SOURCES:
             pending = self._pending[source]
             while pending:
-                key, (seen, event) = next(iter(pending.items()))
-                if not everything and now - seen < self.window:
+                key, entry = next(iter(pending.items()))
+                if now - entry[0] < self.window:
                     break
                 del pending[key]
-                out.append(self._unmatched(source, event))
+                out += self._settle(source, entry)
+        return out
+
+    def _settle(self, source: str, entry: tuple[float, Event, bool]) -> list[Event]:
+        if not entry[2]:
+            self.before_start += 1
+            return []
+        return [self._unmatched(source, entry[1])]
+
+    def finish(self, now: float | None = None) -> list[Event]:
+        """At shutdown: report what is overdue, count what is still within its window."""
+        out = self.expire(now)
+        for pending in self._pending.values():
+            self.unsettled += len(pending)
+            pending.clear()
         return out
 
     def _unmatched(self, source: str, event: Event) -> Event:
@@ -80,4 +123,7 @@ class CrossCheck:
 
     def summary(self) -> dict[str, Any]:
         return {"matched": self.matched, "unmatched": dict(self.unmatched),
+                "before_start": self.before_start, "kernel_execs": self.kernel_execs,
+                "unsettled_at_stop": self.unsettled,
                 "pending": {s: len(p) for s, p in self._pending.items()}}
+

@@ -16,6 +16,7 @@ from typing import Callable, TextIO
 from common.render import RENDERERS
 from common.schema import ACTION_PROCESS_CREATE, Event, get_path
 from common.sinks import Sink, emit
+from sensor_linux.attempts import AttemptFolder
 from sensor_linux.audit import laurel
 from sensor_linux.audit.assemble import Assembler, AuditEvent
 from sensor_linux.audit.events import AuditEventBuilder
@@ -44,7 +45,8 @@ class AuditPipeline:
     def __init__(self, fmt: str, sink: Sink, *, enricher: Enricher | None = None,
                  error_log: Sink | None = None, assembler: Assembler | None = None,
                  messages: TextIO | None = None,
-                 on_event: Callable[[Event], bool] | None = None) -> None:
+                 on_event: Callable[[Event], bool] | None = None,
+                 keep_exec_attempts: bool = False) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
         self.fmt = fmt
@@ -57,6 +59,9 @@ class AuditPipeline:
         self.assembler = assembler or Assembler()
         self.stats = PipelineStats()
         self.builder = AuditEventBuilder(enricher or Enricher()) if fmt != "laurel" else None
+        # PATH-walk misses folded into the exec that follows (laurel output keeps records as
+        # they are, so nothing is folded there).
+        self.folder = AttemptFolder(keep_all=keep_exec_attempts) if self.builder else None
 
     def feed(self, line: bytes) -> None:
         """One line of auditd's plugin or log format."""
@@ -79,9 +84,13 @@ class AuditPipeline:
     def tick(self) -> None:
         """Flush events that waited too long in real time (call when input is idle)."""
         self._emit(self.assembler.tick())
+        if self.folder is not None:
+            self._output(self.folder.expire())
 
     def close(self) -> None:
         self._emit(self.assembler.flush())
+        if self.folder is not None:
+            self._output(self.folder.expire(everything=True))
         self.sink.flush()
         if self.error_log is not None:
             self.error_log.flush()
@@ -89,6 +98,8 @@ class AuditPipeline:
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = asdict(self.stats)
         out["assembly"] = dict(asdict(self.assembler.stats), open=self.assembler.inflight)
+        if self.folder is not None:
+            out["exec_attempts"] = self.folder.summary()
         return out
 
     def _emit(self, events: list[AuditEvent]) -> None:
@@ -96,31 +107,52 @@ class AuditPipeline:
             self.stats.events += 1
             try:
                 if self.builder is None:  # laurel: lines straight from the records
-                    event, line = None, laurel.render(audit)
-                else:
-                    event, line = self._build_and_render(audit)
+                    self.sink.write(laurel.render(audit))
+                    self.stats.output_lines += 1
+                    continue
+                event = self.builder.build(audit)
             except Exception as exc:  # noqa: BLE001 - a bug must not stop the audit stream
-                self.stats.internal_errors += 1
-                for record in audit.records:
-                    self._keep(f"internal error {type(exc).__name__}: {exc}", record.raw)
+                self._internal_error(exc, audit)
+                continue
+            assert self.folder is not None
+            self._output(self.folder.take(event))
+
+    def _output(self, events: list[Event]) -> None:
+        for event in events:
+            try:
+                line = self._render(event)
+            except Exception as exc:  # noqa: BLE001
+                self._internal_error(exc, None, event)
                 continue
             if line is None:
                 self.stats.not_representable += 1
                 continue
-            if event is None:
-                self.sink.write(line)
-            else:
-                emit(self.sink, event, line)
+            emit(self.sink, event, line)
             self.stats.output_lines += 1
 
-    def _build_and_render(self, audit: AuditEvent) -> tuple[Event | None, str | None]:
-        assert self.builder is not None
-        event = self.builder.build(audit)
+    def _internal_error(self, exc: Exception, audit: AuditEvent | None,
+                        event: Event | None = None) -> None:
+        """Count it and keep the records it came from (the event's own copy of them when it
+        failed after building)."""
+        self.stats.internal_errors += 1
+        reason = f"internal error {type(exc).__name__}: {exc}"
+        if audit is not None:
+            raws = [record.raw for record in audit.records]
+        else:
+            kept = get_path(event, "audit.records") if event is not None else None
+            raws = [r.encode("utf-8", "surrogateescape") if isinstance(r, str) else r
+                    for r in kept or []]
+        for raw in raws:
+            self._keep(reason, raw)
+        if not raws:
+            self.messages.write(f"ttpsensor: {reason}\n")
+
+    def _render(self, event: Event) -> str | None:
         if self.on_event is not None and not self.on_event(event):
-            return event, None
+            return None
         if self.fmt == "qlog" and get_path(event, "event.action") != ACTION_PROCESS_CREATE:
-            return event, None
-        return event, RENDERERS[self.fmt](event)
+            return None
+        return RENDERERS[self.fmt](event)
 
     def _keep(self, reason: str, line: bytes) -> None:
         """Keep the line verbatim (the error log can be replayed) and say why on stderr."""

@@ -16,7 +16,7 @@ import time
 from common.percent import as_text
 from common.schema import Event
 from sensor_linux.cgroups import CgroupNames
-from sensor_linux.ebpf.probes import FLAG_EXECVEAT, ExecRecord
+from sensor_linux.ebpf.probes import FLAG_EXECVEAT, FLAG_NO_ENTRY, ExecRecord
 from sensor_linux.enrich import Enricher
 from sensor_linux.procfs import ProcessFacts
 
@@ -78,6 +78,10 @@ class EbpfEventBuilder:
                 self.arg_faults += record.arg_faults
         if record.flags & FLAG_EXECVEAT:
             process["execveat"] = True
+        if record.flags & FLAG_NO_ENTRY:
+            # No execve syscall began it: the kernel's own exec (a usermode helper such as
+            # modprobe), which syscall audit rules cannot see.
+            event.setdefault("ttpsensor", {})["kernel_exec"] = True
         parent = process.get("parent")
         if record.creator is not None and record.creator != record.ppid and parent:
             # Its creator had exited before the exec: the kernel's parent is an adopter.

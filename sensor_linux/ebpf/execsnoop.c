@@ -17,6 +17,8 @@
 #define FLAG_NO_EXE         256   // the new image has no file (never for a real exec)
 #define FLAG_NAME_TRUNC     512   // a failed exec's file name was longer than NAME_BYTES
 #define FLAG_FAILED         1024  // a failed exec (retval < 0), reported at syscall exit
+#define FLAG_NO_ENTRY       2048  // no execve/execveat entry was seen: the kernel's own exec
+                                  // (usermode helper), or one that began before we attached
 
 #define CHUNK 4096               // argument area read in chunks: a fault loses one chunk only
 #define NAME_BYTES 4096          // a failed exec's file name (PATH_MAX)
@@ -77,9 +79,9 @@ BPF_ARRAY(scratch_space, struct scratch, NR_CPUS);
 BPF_HASH(pending, u32, struct pending_exec, PENDING_MAX);
 BPF_TABLE("lru_hash", u32, u32, parents, PARENTS_MAX);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-// [0] ring buffer outputs that failed, [1] execs dropped because `pending` was full,
-// [2] execs whose pending entry was missing at exec (started before we attached)
-BPF_PERCPU_ARRAY(drops, u64, 3);
+// [0] ring buffer outputs that failed, [1] failed execs not reportable because `pending` was
+// full at their entry
+BPF_PERCPU_ARRAY(drops, u64, 2);
 
 static __always_inline void count_drop(int which) {
     u64 *counter = drops.lookup(&which);
@@ -372,7 +374,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
         e->flags = p->flags;
         pending.delete(&old_pid);
     } else {
-        count_drop(2);
+        e->flags |= FLAG_NO_ENTRY;
     }
     u32 flags = 0;
     e->tid = old_pid;

@@ -39,6 +39,7 @@ FLAG_FACT_FAULT = 128
 FLAG_NO_EXE = 256
 FLAG_NAME_TRUNC = 512
 FLAG_FAILED = 1024
+FLAG_NO_ENTRY = 2048
 
 CHUNK = 4096
 NAME_BYTES = 4096
@@ -357,7 +358,7 @@ class ExecProbes:
     def drops(self) -> dict[str, int]:
         """Counters of what the probes could not deliver (summed over CPUs)."""
         table = self.bpf["drops"]  # type: ignore[index]
-        names = ("ringbuf_full", "pending_full", "exec_without_entry")
+        names = ("ringbuf_full", "pending_full")
         return {name: int(sum(table[table.Key(i)])) for i, name in enumerate(names)}
 
     def close(self) -> None:
