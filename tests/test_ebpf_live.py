@@ -13,6 +13,7 @@ import pytest
 
 from common import ttphash
 from tests.conftest import require
+from tests.busy import busy_machine  # noqa: F401  (the fixture)
 from tests.live import Sensor, assert_complete, captured, registered
 from tests.test_audit_live import audit_guard  # noqa: F401  (the fixture)
 from tests.workload import run_execs
@@ -39,7 +40,8 @@ def _require_bcc() -> None:
     require(os.path.isdir("/sys/kernel/tracing/events/sched"), "tracefs must be mounted")
 
 
-def test_ebpf_and_audit_see_the_same_execs_with_the_same_ttphash(audit_guard, tmp_path) -> None:
+def test_ebpf_and_audit_see_the_same_execs_with_the_same_ttphash(audit_guard, busy_machine,
+                                                                 tmp_path) -> None:
     _require_bcc()
     ebpf = Sensor(tmp_path, "ebpf", "--source", "ebpf")
     audit = Sensor(tmp_path, "audit", "--source", "audit", "--state-file",
@@ -53,7 +55,7 @@ def test_ebpf_and_audit_see_the_same_execs_with_the_same_ttphash(audit_guard, tm
         fits = "F" * 30_000
         subprocess.run(["/bin/true", f"{tokened}-fits", fits], check=True)
         subprocess.run(["/bin/true", f"{tokened}-long", "L" * 40_000], check=True)
-        subprocess.run(["/bin/true", f"{tokened}-many"] + [f"a{i}" for i in range(300)],
+        subprocess.run(["/bin/true", f"{tokened}-many"] + [f"a{i}" for i in range(3000)],
                        check=True)
         # A set-uid binary: real uid 0, effective uid nobody's.
         setuid = tmp_path / "setuid-id"
@@ -61,12 +63,14 @@ def test_ebpf_and_audit_see_the_same_execs_with_the_same_ttphash(audit_guard, tm
         os.chown(setuid, 65534, 65534)
         os.chmod(setuid, 0o4755)
         subprocess.run([str(setuid), f"{tokened}-setuid"], capture_output=True)
+        # Failed execs are about the file tried: the marker is in its name (neither source
+        # reports the argument vector of an exec that never happened).
         with pytest.raises(FileNotFoundError):
             subprocess.run([f"/nonexistent/{tokened}-enoent"])
-        plain = tmp_path / "not-executable"
+        plain = tmp_path / f"{tokened}-eacces"
         plain.write_text("data")
         with pytest.raises(PermissionError):
-            subprocess.run([str(plain), f"{tokened}-eacces"])
+            subprocess.run([str(plain)])
         # fexecve: execveat(fd, "", argv, envp, AT_EMPTY_PATH)
         subprocess.run([sys.executable, "-c", "import os; fd = os.open('/bin/true', os.O_RDONLY);"
                         f" os.execve(fd, ['true', '{tokened}-fexecve'], {{}})"], check=True)
@@ -92,22 +96,22 @@ def test_ebpf_and_audit_see_the_same_execs_with_the_same_ttphash(audit_guard, tm
     assert long_event["process"]["args_count"] == 3
     assert long_event["process"]["args"][2] == "L" * (32768 - len("/bin/true") - 1
                                                       - len(f"{tokened}-long") - 1)
+    # Many short arguments are no problem: the limit is in bytes, not in arguments.
     many = _by_marker(events, f"{tokened}-many")
-    assert many["process"]["args_truncated"] is True
-    assert many["process"]["args_count"] == 302 and len(many["process"]["args"]) == 128
+    assert "args_truncated" not in many["process"]
+    assert many["process"]["args_count"] == 3002 and len(many["process"]["args"]) == 3002
     setuid_event = _by_marker(events, f"{tokened}-setuid")
     assert setuid_event["process"]["real_user"]["id"] == "0"
     assert setuid_event["process"]["user"]["id"] == "65534"
     for marker, code in ((f"{tokened}-enoent", -2), (f"{tokened}-eacces", -13)):
         failed = [e for e in events if e["event"]["action"] == "process_create"
                   and e["event"]["outcome"] == "failure"
-                  and marker in str(e["process"].get("executable")) + str(e["process"]["args"])]
+                  and marker in str(e["process"].get("executable"))]
         assert [e["process"]["exit_code"] for e in failed] == [code], marker
     fexecve = _by_marker(events, f"{tokened}-fexecve")
     assert fexecve["process"].get("execveat") is True
-    # The kernel names it /dev/fd/N; what ran is known only while the process lives (true
-    # exits at once), so the executable is the real file or unknown, never a wrong one.
-    assert fexecve["process"].get("executable") in (os.path.realpath("/bin/true"), None)
+    # The kernel names it /dev/fd/N; the probes read the file behind the descriptor.
+    assert fexecve["process"]["executable"] == os.path.realpath("/bin/true")
     # The same execs through audit: the same TTPHash wherever both hashes are complete.
     audit_by_pid = {e["process"]["pid"]: e for e in audit.events()
                     if e["event"]["action"] == "process_create"
@@ -120,14 +124,15 @@ def test_ebpf_and_audit_see_the_same_execs_with_the_same_ttphash(audit_guard, tm
             assert mine["ttphash"]["value"] == theirs["ttphash"]["value"], json.dumps(
                 [ttphash.compute(mine).input, ttphash.compute(theirs).input])[:2000]
             compared += 1
-    assert compared >= 1900, f"only {compared} complete pairs"
+    assert compared == 2000, f"only {compared} complete pairs"
     summary = json.loads(ebpf.stderr.strip().splitlines()[-1].split("stopped: ", 1)[1])
-    assert summary["probe_drops"] == {"ringbuf_full": 0, "pending_full": 0,
-                                      "exec_without_entry": 0}
-    assert summary["internal_errors"] == 0
+    assert summary["probe_drops"] == {"ringbuf_full": 0, "pending_full": 0}
+    assert summary["internal_errors"] == 0 and summary["arg_faults"] == 0
+    # Short-lived processes are described from the record alone: no /proc read for them.
+    assert summary["proc_reads"] < 20, summary
 
 
-def test_tiny_ring_buffer_drops_are_counted_exactly(tmp_path) -> None:
+def test_tiny_ring_buffer_drops_are_all_counted(busy_machine, tmp_path) -> None:
     _require_bcc()
     sensor = Sensor(tmp_path, "tiny", "--source", "ebpf", "--ebpf-ringbuf-pages", "1")
     try:
@@ -137,10 +142,14 @@ def test_tiny_ring_buffer_drops_are_counted_exactly(tmp_path) -> None:
         assert sensor.stop() == 0, sensor.stderr
     summary = json.loads(sensor.stderr.strip().splitlines()[-1].split("stopped: ", 1)[1])
     received = len(captured(sensor.events(), token))
-    others = summary["received"] - received  # execs by anything else on the machine
     dropped = summary["probe_drops"]["ringbuf_full"]
     assert dropped > 0, "the burst should overflow a one-page ring buffer"
-    assert received + dropped == len(spawned) + others
+    # Drops are counted for the whole machine and other processes exec too (busy.sh), so only
+    # a bound can be attributed: every one of our execs that did not arrive is among the
+    # counted drops, none is lost silently.
+    assert 0 < received < len(spawned)
+    assert len(spawned) - received <= dropped
+    assert summary["received"] + dropped >= len(spawned)
     assert summary["probe_drops"]["pending_full"] == 0
 
 
@@ -148,8 +157,8 @@ def _summary(sensor: Sensor) -> dict:
     return json.loads(sensor.stderr.strip().splitlines()[-1].split("stopped: ", 1)[1])
 
 
-def test_cross_check_is_silent_when_clean_and_reports_what_audit_missed(audit_guard,
-                                                                        tmp_path) -> None:
+def test_cross_check_is_silent_on_a_busy_machine_and_reports_what_audit_missed(
+        audit_guard, busy_machine, tmp_path) -> None:
     _require_bcc()
     sensor = Sensor(tmp_path, "cross", "--source", "cross-check", "--state-file",
                     str(tmp_path / "ttpsensor-files" / "state.json"))
@@ -176,7 +185,8 @@ def test_cross_check_is_silent_when_clean_and_reports_what_audit_missed(audit_gu
     assert summary["matched"] >= 500 and summary["unmatched"]["ebpf"] == len(reports)
 
 
-def test_hybrid_takes_exec_from_ebpf_and_the_rest_from_audit(audit_guard, tmp_path) -> None:
+def test_hybrid_takes_exec_from_ebpf_and_the_rest_from_audit(audit_guard, busy_machine,
+                                                            tmp_path) -> None:
     _require_bcc()
     watched = tmp_path / "watched.conf"
     watched.write_text("x")
