@@ -162,3 +162,15 @@ def test_sockaddr_decoding_on_real_records() -> None:
     record = next(r for r in bind.records if r.type_name == "SOCKADDR")
     assert sockaddr(record.get("saddr"), 0x80000015) == {
         "family": "inet", "port": 55555, "address": "0.0.0.0"}
+
+
+def test_an_image_deleted_while_it_ran_is_named_as_the_ebpf_source_names_it(tmp_path) -> None:
+    # d_path() appends " (deleted)"; audit hex-encodes a value with a space in it.
+    text = (LAUREL_DIR / "record-execve.txt").read_text()
+    deleted = b"/usr/bin/whoami (deleted)".hex().upper()
+    record = tmp_path / "deleted.txt"
+    record.write_text(text.replace('exe="/usr/bin/whoami"', f"exe={deleted}"))
+    builder = AuditEventBuilder(Enricher(live=False))
+    [event] = [builder.build(e) for e in assemble_file(record)[0]]
+    assert event["process"]["executable"] == "/usr/bin/whoami"
+    assert event["process"]["on_disk"] is False

@@ -22,6 +22,7 @@ from sensor_linux.enrich import Enricher
 from sensor_linux.procfs import ProcessFacts, live_container_id
 
 UNSET = 4294967295
+_DELETED = b" (deleted)"
 
 
 def _int(value: Value) -> int | None:
@@ -95,6 +96,11 @@ class AuditEventBuilder:
             start_time=audit.sec + audit.msec / 1000,
             executable=_text(get("exe")), comm=_text(get("comm")), tty=_tty(get("tty")),
             login_uid=_int(get("auid")), session=_int(get("ses")))
+        exe = get("exe")
+        if isinstance(exe, bytes) and exe.endswith(_DELETED):
+            # d_path() marks an image deleted while it ran; the path is what the eBPF source
+            # reports, and on_disk says the rest.
+            facts.executable, facts.exe_deleted = _text(exe[:-len(_DELETED)]), True
         if None not in ids:
             facts.uids = tuple(ids)  # type: ignore[assignment]
         if None not in gids:
