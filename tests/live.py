@@ -49,7 +49,9 @@ class Sensor:
     def events(self) -> list[dict]:
         if not self.out.exists():
             return []
-        return [ecs.parse(json.loads(line)) for line in self.out.read_text().splitlines()]
+        # The sensor may be writing a line right now: read complete lines only.
+        text = self.out.read_text()
+        return [ecs.parse(json.loads(line)) for line in text[:text.rfind("\n") + 1].splitlines()]
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:

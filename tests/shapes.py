@@ -78,12 +78,14 @@ def run_shapes() -> Shapes:
     shapes.expected["fexecve"] = 1
     subprocess.run([sys.executable, "-c", "import os; fd = os.open('/bin/true', os.O_RDONLY); "
                     f"os.execve(fd, ['true', {marker!r}], {{}})"], check=True)
-    # A parent that exits right after its child's exec (posix_spawn returns once the child
-    # has exec'd).
+    # A parent that exits right after its child's exec. (Not at once: posix_spawn returns
+    # when the child's old memory is released, midway through its exec, so a parent that
+    # exits then may be gone before the exec completes, and the kernel names the adopter.)
     marker = shapes.marker("orphan")
     shapes.expected["orphan"] = 1
-    subprocess.run([sys.executable, "-c", "import os; os.posix_spawn('/bin/sh', "
-                    f"['sh', '-c', 'sleep 0.3', {marker!r}], {{}}); os._exit(0)"], check=True)
+    subprocess.run([sys.executable, "-c", "import os, time; os.posix_spawn('/bin/sh', "
+                    f"['sh', '-c', 'sleep 0.3', {marker!r}], {{}}); time.sleep(0.1); "
+                    "os._exit(0)"], check=True)
     shutil.rmtree(other)
     return shapes
 

@@ -64,7 +64,7 @@ def test_audit_and_ebpf_agree_on_every_exec_shape(audit_guard, busy_machine,
             assert a["ttphash"] == ttphash.compute(a).as_field()
             assert _view(a) == _view(b), (shape, json.dumps(
                 [ttphash.compute(a).input, ttphash.compute(b).input]))
-            assert a["ttphash"]["complete"], (shape, ttphash.compute(a).input)
+            assert a["ttphash"]["complete"], (shape, json.dumps(ttphash.compute(a).input))
     # The shapes say what they are: spot checks against what this test knows.
     root = str(shapes.root)
     true = os.path.realpath("/bin/true")

@@ -45,10 +45,16 @@ class Member:
 @dataclass
 class _Type:
     kind: int
-    name: str
     size_or_type: int
     members: list[tuple[str, int, int]]  # (name, type id, bit offset), structs and unions only
     nelems: int = 0                       # arrays
+
+
+# Bytes that follow the common header, per kind and per vlen unit: (fixed, per member).
+_EXTRA = {INT: (4, 0), ARRAY: (12, 0), STRUCT: (0, 12), UNION: (0, 12), ENUM: (0, 8),
+          FUNC_PROTO: (0, 8), VAR: (4, 0), DATASEC: (0, 12), DECL_TAG: (4, 0), ENUM64: (0, 12),
+          PTR: (0, 0), FWD: (0, 0), TYPEDEF: (0, 0), VOLATILE: (0, 0), CONST: (0, 0),
+          RESTRICT: (0, 0), FUNC: (0, 0), FLOAT: (0, 0), TYPE_TAG: (0, 0)}
 
 
 class Btf:
@@ -66,7 +72,6 @@ class Btf:
         if len(strings) != str_len or len(types) != type_len:
             raise BtfError("BTF sections run past the end of the data")
         self._strings = strings
-        self._types: list[_Type | None] = [None]  # type id 0 is void
         self.by_name: dict[str, int] = {}
         self._parse(types)
 
@@ -86,52 +91,63 @@ class Btf:
         return self._strings[offset:end].decode("ascii", "replace")
 
     def _parse(self, types: bytes) -> None:
+        """Find where each type starts (every type must be walked to find the next); decode a
+        type only when a lookup reaches it. Struct and union names are indexed."""
+        self._data = types
+        starts = self._starts = [0]  # type id 0 is void
         pos = 0
         end = len(types)
         unpack_type = _TYPE.unpack_from
-        unpack_member = _MEMBER.unpack_from
+        extra = _EXTRA
+        by_name = self.by_name
+        strings = self._strings
         while pos < end:
-            name_off, info, size_or_type = unpack_type(types, pos)
-            pos += _TYPE.size
+            name_off, info, _ = unpack_type(types, pos)
             kind = (info >> 24) & 0x1F
             vlen = info & 0xFFFF
-            kind_flag = info >> 31
-            members: list[tuple[str, int, int]] = []
-            nelems = 0
-            if kind in (STRUCT, UNION):
-                for _ in range(vlen):
-                    m_name, m_type, m_offset = unpack_member(types, pos)
-                    pos += _MEMBER.size
-                    # With kind_flag the offset word is bitfield_size << 24 | bit offset.
-                    bit_offset = m_offset & 0xFFFFFF if kind_flag else m_offset
-                    members.append((self._name(m_name) if m_name else "", m_type, bit_offset))
-            elif kind == ARRAY:
-                _elem, _index, nelems = struct.unpack_from("<III", types, pos)
-                size_or_type = _elem
-                pos += 12
-            elif kind in (INT, VAR, DECL_TAG):
-                pos += 4
-            elif kind == ENUM:
-                pos += 8 * vlen
-            elif kind in (FUNC_PROTO,):
-                pos += 8 * vlen
-            elif kind in (DATASEC, ENUM64):
-                pos += 12 * vlen
-            elif kind not in (PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT,
-                              TYPE_TAG):
-                raise BtfError(f"unknown BTF kind {kind} at type {len(self._types)}")
-            type_id = len(self._types)
-            name = self._name(name_off) if name_off and kind in (STRUCT, UNION) else ""
-            self._types.append(_Type(kind, name, size_or_type, members, nelems))
-            if name and vlen and name not in self.by_name:
-                self.by_name[name] = type_id  # the complete definition, not a forward one
+            try:
+                fixed, per = extra[kind]
+            except KeyError:
+                raise BtfError(f"unknown BTF kind {kind} at type {len(starts)}") from None
+            starts.append(pos)
+            if (kind == STRUCT or kind == UNION) and vlen and name_off:
+                name = strings[name_off:strings.find(b"\0", name_off)].decode("ascii", "replace")
+                by_name.setdefault(name, len(starts) - 1)  # the definition, not a forward one
+            pos += 12 + fixed + per * vlen
         if pos != end:
             raise BtfError("BTF type section ends inside a type")
+        self._decoded: dict[int, _Type] = {}
+
+    def _type(self, type_id: int) -> _Type | None:
+        if type_id == 0 or type_id >= len(self._starts):
+            return None
+        found = self._decoded.get(type_id)
+        if found is not None:
+            return found
+        pos = self._starts[type_id]
+        _name_off, info, size_or_type = _TYPE.unpack_from(self._data, pos)
+        kind = (info >> 24) & 0x1F
+        vlen = info & 0xFFFF
+        kind_flag = info >> 31
+        members: list[tuple[str, int, int]] = []
+        nelems = 0
+        pos += _TYPE.size
+        if kind in (STRUCT, UNION):
+            for _ in range(vlen):
+                m_name, m_type, m_offset = _MEMBER.unpack_from(self._data, pos)
+                pos += _MEMBER.size
+                # With kind_flag the offset word is bitfield_size << 24 | bit offset.
+                bit_offset = m_offset & 0xFFFFFF if kind_flag else m_offset
+                members.append((self._name(m_name) if m_name else "", m_type, bit_offset))
+        elif kind == ARRAY:
+            size_or_type, _index, nelems = struct.unpack_from("<III", self._data, pos)
+        found = self._decoded[type_id] = _Type(kind, size_or_type, members, nelems)
+        return found
 
     def _resolve(self, type_id: int) -> int:
         """Skip typedefs and qualifiers."""
         for _ in range(64):
-            t = self._types[type_id]
+            t = self._type(type_id)
             if t is None or t.kind not in _QUALIFIERS:
                 return type_id
             type_id = t.size_or_type
@@ -139,7 +155,7 @@ class Btf:
 
     def size_of(self, type_id: int) -> int:
         type_id = self._resolve(type_id)
-        t = self._types[type_id]
+        t = self._type(type_id)
         if t is None:
             return 0
         if t.kind in (INT, STRUCT, UNION, ENUM, FLOAT, ENUM64):
@@ -152,7 +168,7 @@ class Btf:
 
     def _find(self, type_id: int, name: str) -> tuple[int, int] | None:
         """(bit offset, type id) of member ``name``, looking inside anonymous members."""
-        t = self._types[self._resolve(type_id)]
+        t = self._type(self._resolve(type_id))
         if t is None or t.kind not in (STRUCT, UNION):
             return None
         for m_name, m_type, bit_offset in t.members:
