@@ -182,3 +182,7 @@ def nats_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# Background exec activity for live tests (tests/busy.sh): a fixture every test can ask for.
+from tests.busy import busy_machine  # noqa: E402,F401

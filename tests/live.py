@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -13,7 +14,7 @@ import pytest
 from common import ecs
 from common.percent import as_text
 from sensor_linux.audit.netlink import AuditSocket
-from tests.conftest import ttpsensor_command
+from tests.conftest import require, ttpsensor_command
 
 
 class Sensor:
@@ -61,6 +62,39 @@ class Sensor:
 
 def registered(sensor: Sensor) -> bool:
     return AuditSocket().status().pid == sensor.proc.pid
+
+
+def probes_loaded(sensor: Sensor) -> bool:
+    return "compiled and loaded" in sensor.stderr
+
+
+def summary(sensor: Sensor) -> dict:
+    """The JSON summary a sensor prints on its last line when it stops."""
+    return json.loads(sensor.stderr.strip().splitlines()[-1].split("stopped: ", 1)[1])
+
+
+def require_bcc() -> None:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        require(False, "BCC (python3-bpfcc) is needed")
+    require(os.path.isdir("/sys/kernel/tracing/events/sched"), "tracefs must be mounted")
+
+
+def ebpf_and_audit(tmp: Path) -> tuple[Sensor, Sensor]:
+    """An eBPF sensor and an audit (unicast) sensor side by side, both ready."""
+    require_bcc()
+    ebpf = Sensor(tmp, "ebpf", "--source", "ebpf")
+    audit = Sensor(tmp, "audit", "--source", "audit", "--state-file",
+                   str(tmp / "ttpsensor-files" / "state.json"))
+    try:
+        ebpf.wait_for(lambda: probes_loaded(ebpf), "the probes to load", timeout=120)
+        audit.wait_for(lambda: registered(audit), "audit registration")
+    except BaseException:
+        audit.stop()
+        ebpf.stop()
+        raise
+    return ebpf, audit
 
 
 def captured(events: list[dict], token: str) -> dict[int, list]:

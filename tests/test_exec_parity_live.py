@@ -13,11 +13,9 @@ import os
 import pytest
 
 from common import ttphash
-from tests.busy import busy_machine  # noqa: F401  (the fixture)
-from tests.live import Sensor, registered
+from tests.live import ebpf_and_audit, summary
 from tests.shapes import cleanup, events_of, run_shapes
 from tests.test_audit_live import audit_guard  # noqa: F401  (the fixture)
-from tests.test_ebpf_live import _loaded, _require_bcc, _summary
 
 pytestmark = pytest.mark.kernel
 
@@ -36,13 +34,8 @@ def _view(event: dict) -> dict:
 
 def test_audit_and_ebpf_agree_on_every_exec_shape(audit_guard, busy_machine,
                                                   tmp_path) -> None:
-    _require_bcc()
-    ebpf = Sensor(tmp_path, "ebpf", "--source", "ebpf")
-    audit = Sensor(tmp_path, "audit", "--source", "audit", "--state-file",
-                   str(tmp_path / "ttpsensor-files" / "state.json"))
+    ebpf, audit = ebpf_and_audit(tmp_path)
     try:
-        ebpf.wait_for(lambda: _loaded(ebpf), "the probes to load", timeout=120)
-        audit.wait_for(lambda: registered(audit), "audit registration")
         shapes = run_shapes()
         try:
             for sensor in (ebpf, audit):
@@ -89,5 +82,5 @@ def test_audit_and_ebpf_agree_on_every_exec_shape(audit_guard, busy_machine,
         failed = [e for e in sensor.events() if e["event"].get("outcome") == "failure"
                   and str(e["process"].get("executable", "")).startswith(root)]
         assert failed == [], failed
-    summary = _summary(ebpf)
-    assert summary["internal_errors"] == 0 and summary["probe_drops"]["ringbuf_full"] == 0
+    stats = summary(ebpf)
+    assert stats["internal_errors"] == 0 and stats["probe_drops"]["ringbuf_full"] == 0

@@ -49,8 +49,6 @@ DEFAULT_PATH_BYTES = 4096         # per path (executable, working directory)
 DEFAULT_PATH_DEPTH = 64           # components and mount crossings per path
 DEFAULT_RINGBUF_PAGES = 1024      # 4 MiB shared by all CPUs
 DEFAULT_PENDING_MAX = 1024        # threads between syscall entry and exec/exit, all CPUs
-SELF_CHECK_SECONDS = 10.0
-SELF_CHECK_TRIES = 5
 
 # struct exec_event up to data (see execsnoop.c)
 _HEAD = struct.Struct("=QQQqqqIIIIIIII8IIIiIIIIIII16s32s")
@@ -239,6 +237,21 @@ def _read_int(path: str) -> int:
         return int(f.read().strip())
 
 
+def _expected(pid: int, true: bytes, marker: bytes, cwd: str) -> dict[str, object]:
+    """What the probes must report of the self-check child."""
+    st = os.stat(true)
+    return {
+        "pid": pid, "ppid": os.getpid(), "creator": os.getpid(),
+        "executable": true, "args": [true, marker], "argc": 2,
+        "cwd": os.path.realpath(cwd).encode(), "comm": b"true",
+        "uids": (CHECK_UIDS[0], CHECK_UIDS[1], CHECK_UIDS[1], CHECK_UIDS[1]),
+        "gids": (CHECK_GIDS[0], CHECK_GIDS[1], CHECK_GIDS[1], CHECK_GIDS[1]),
+        "login_uid": _read_int("/proc/self/loginuid"),
+        "session": _read_int("/proc/self/sessionid"),
+        "tty": _own_tty(),
+        "identity": (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)}
+
+
 @dataclass
 class ExecProbes:
     """The loaded program. ``poll`` delivers :class:`ExecRecord` objects to ``on_exec``."""
@@ -253,7 +266,7 @@ class ExecProbes:
     received: int = 0
     offsets: dict[str, int] = field(default_factory=dict)
     bpf: object = field(default=None, repr=False)
-    _held: list[ExecRecord] | None = field(default=None, repr=False)
+    _check_exec: tuple[int, bytes] | None = field(default=None, repr=False)
 
     def load(self) -> None:
         """Compile with this kernel's offsets, attach, and run the self-check."""
@@ -276,11 +289,10 @@ class ExecProbes:
                  "-DPARENTS_MAX=65536", f"-DNR_CPUS={os.cpu_count() or 1}",
                  "-Wno-visibility", *offset_cflags(self.offsets)]
         try:
-            self.bpf = BPF(text=PROGRAM.read_text(), cflags=flags,
+            self.bpf = BPF(text=PROGRAM.read_bytes(), cflags=flags,
                            debug=int(os.environ.get("TTPSENSOR_BPF_DEBUG", "0")))
         except Exception as exc:  # BCC raises plain Exception for compile and load errors
             raise PrerequisiteError(f"the exec probes did not compile or load: {exc}") from exc
-        self._held = []
         self.bpf["events"].open_ring_buffer(self._callback)
         try:
             self._self_check()
@@ -292,10 +304,12 @@ class ExecProbes:
     def _callback(self, _ctx: int, data: int, size: int) -> int:
         self.received += 1
         record = decode(ctypes.string_at(data, size))
-        if self._held is not None:
-            self._held.append(record)  # during the self-check
-        else:
-            self.on_exec(record)
+        if self._check_exec is not None and (record.pid, record.args and record.args[-1]) \
+                == self._check_exec:
+            self._check_exec = None
+            self.received -= 1
+            return 0
+        self.on_exec(record)
         return 0
 
     def _self_check(self) -> None:
@@ -303,40 +317,30 @@ class ExecProbes:
         probes make of it; refuse to run when any differs (wrong offsets read wrong values)."""
         true = os.path.realpath(shutil.which("true") or "/bin/true").encode()
         marker = f"ttpsensor-self-check-{secrets.token_hex(4)}".encode()
-        with tempfile.TemporaryDirectory(prefix="ttpsensor-check-") as cwd:
-            os.chmod(cwd, 0o755)
-            for _ in range(SELF_CHECK_TRIES):
-                dropped = sum(self.drops().values())
+        table = self.bpf["check_parent"]  # type: ignore[index]
+        table[table.Key(0)] = table.Leaf(os.getpid())
+        try:
+            with tempfile.TemporaryDirectory(prefix="ttpsensor-check-") as cwd:
+                os.chmod(cwd, 0o755)
                 child = subprocess.Popen([true, marker], cwd=cwd, preexec_fn=_check_child_ids,
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)
                 child.wait()
-                record = self._await_record(child.pid, marker, dropped)
-                # A small ring buffer on a busy machine can drop the check's record: that is
-                # loss (counted), not a wrong offset, so try again.
-                if record is not None or sum(self.drops().values()) == dropped:
-                    break
-            if record is None:
-                raise PrerequisiteError(
-                    f"the exec probes did not report the self-check exec (pid {child.pid}) "
-                    f"within {SELF_CHECK_SECONDS:.0f} s: {self.drops()}")
-            st = os.stat(true)
-            expected: dict[str, object] = {
-                "pid": child.pid, "ppid": os.getpid(), "creator": os.getpid(),
-                "executable": true, "args": [true, marker], "argc": 2,
-                "cwd": os.path.realpath(cwd).encode(), "comm": b"true",
-                "uids": (CHECK_UIDS[0], CHECK_UIDS[1], CHECK_UIDS[1], CHECK_UIDS[1]),
-                "gids": (CHECK_GIDS[0], CHECK_GIDS[1], CHECK_GIDS[1], CHECK_GIDS[1]),
-                "login_uid": _read_int("/proc/self/loginuid"),
-                "session": _read_int("/proc/self/sessionid"),
-                "tty": _own_tty(),
-                "identity": (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                             st.st_ctime_ns)}
-            ident = record.identity
-            got: dict[str, object] = {
-                name: getattr(record, name) for name in expected if name != "identity"}
-            got["identity"] = None if ident is None else (
-                ident.dev, ident.ino, ident.size, ident.mtime_ns, ident.ctime_ns)
+                record = self._check_record(child.pid)
+                expected = _expected(child.pid, true, marker, cwd)
+        finally:
+            table[table.Key(0)] = table.Leaf(0)
+        # The check's own exec is no event of the host: keep it out of the stream.
+        self._check_exec = (child.pid, marker)
+        if record is None:
+            raise PrerequisiteError(
+                f"the exec probes did not see the self-check exec (pid {child.pid}); "
+                "they are loaded but not attached to sched_process_exec")
+        ident = record.identity
+        got: dict[str, object] = {
+            name: getattr(record, name) for name in expected if name != "identity"}
+        got["identity"] = None if ident is None else (
+            ident.dev, ident.ino, ident.size, ident.mtime_ns, ident.ctime_ns)
         wrong = [f"{name}: expected {expected[name]!r}, read {got[name]!r}"
                  for name in expected if expected[name] != got[name]]
         if wrong:
@@ -345,27 +349,16 @@ class ExecProbes:
                 "match what it does), so their events cannot be trusted; use --source audit. "
                 "Self-check: " + "; ".join(wrong))
 
-    def _await_record(self, pid: int, marker: bytes, dropped: int) -> ExecRecord | None:
-        deadline = time.monotonic() + SELF_CHECK_SECONDS
-        assert self._held is not None
-        while time.monotonic() < deadline:
-            self.bpf.ring_buffer_poll(100)  # type: ignore[attr-defined]
-            for i, record in enumerate(self._held):
-                if record.pid == pid and not record.failed and record.args and \
-                        record.args[-1] == marker:
-                    del self._held[i]
-                    return record
-            if sum(self.drops().values()) > dropped:
-                # Something was dropped since the check's exec: if it was the check's record,
-                # waiting longer will not bring it.
-                deadline = min(deadline, time.monotonic() + 1.0)
-        return None
+    def _check_record(self, pid: int) -> ExecRecord | None:
+        """The record the program kept of the check child's exec (it is written before the
+        child's execve returns, so it is there once the child has exited)."""
+        table = self.bpf["check_record"]  # type: ignore[index]
+        value = table[table.Key(0)]
+        raw = ctypes.string_at(ctypes.addressof(value), ctypes.sizeof(value))
+        record = decode(raw)
+        return record if record.pid == pid else None
 
     def poll(self, timeout_ms: int) -> None:
-        if self._held is not None:
-            held, self._held = self._held, None
-            for record in held:  # execs of others that arrived during the self-check
-                self.on_exec(record)
         self.bpf.ring_buffer_poll(timeout_ms)  # type: ignore[attr-defined]
 
     def drops(self) -> dict[str, int]:
