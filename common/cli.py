@@ -201,12 +201,13 @@ def spool_group() -> None:
 
 
 def _open_spool(directory: str):  # type: ignore[no-untyped-def]
-    import os
-
-    from common.spool import Spool
-    if not os.path.isfile(os.path.join(directory, "spool.json")):
-        raise click.ClickException(f"{directory} is not a spool (no spool.json)")
-    return Spool(directory)
+    """The spool, read-only: looking must never change it (no recovery, no new identity),
+    even beside a sensor that is writing to it."""
+    from common.spool import Spool, SpoolError
+    try:
+        return Spool(directory, readonly=True)
+    except SpoolError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @spool_group.command("inspect")
@@ -244,20 +245,48 @@ def spool_inspect(directory: str, as_json: bool) -> None:
 @spool_group.command("verify")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 def spool_verify(directory: str) -> None:
-    """Read every frame; report corrupt frames, garbage, torn tails and missing ranges.
-    Exit code 1 when anything is wrong."""
+    """Read every unacknowledged frame (read-only); report corrupt frames, garbage, an
+    unreadable cursor, stray seg-… entries, and sequence ranges that no frame holds.
+
+    Exit code 1 when anything is wrong: missing events count as wrong unless a spool_gap
+    event of the sensor accounts for them (it dropped them knowingly: spool full, disk full).
+    A torn tail of the newest segment is reported but not wrong: a writer may be at work,
+    or crashed mid-frame, and the frame was never committed."""
     spool = _open_spool(directory)
     events = frames = 0
-    for _, batch in spool.read(0):
+    explained: list[tuple[int, int]] = []
+    for _, batch in spool.read():
         frames += 1
         events += len(batch)
+        for event in batch:
+            gap = (event.get("ttpsensor") or {}).get("spool_gap")
+            if isinstance(gap, dict) and isinstance(gap.get("first_seq"), int) \
+                    and isinstance(gap.get("end_seq"), int):
+                explained.append((gap["first_seq"], gap["end_seq"]))
     stats = spool.stats
-    problems = {k: getattr(stats, k) for k in ("corrupt_frames", "garbage_bytes",
-                                               "torn_tails", "missing_events")
-                if getattr(stats, k)}
-    click.echo(json.dumps({"frames": frames, "events": events, **problems}))
-    if problems:
+    unexplained = sum(_uncovered(r, explained) for r in spool.missing_ranges)
+    # Past the first 1,000 ranges only the count is kept: none of that is explained.
+    unexplained += stats.missing_events - sum(e - s for s, e in spool.missing_ranges)
+    report = {"frames": frames, "events": events}
+    report.update({k: getattr(stats, k) for k in (
+        "corrupt_frames", "garbage_bytes", "torn_tails", "missing_events", "cursor_invalid",
+        "stray_entries") if getattr(stats, k)})
+    if unexplained:
+        report["unexplained_missing_events"] = unexplained
+    click.echo(json.dumps(report))
+    if unexplained or stats.corrupt_frames or stats.garbage_bytes or stats.cursor_invalid \
+            or stats.stray_entries:
         sys.exit(1)
+
+
+def _uncovered(missing: tuple[int, int], covered: list[tuple[int, int]]) -> int:
+    """How many sequence numbers of ``missing`` no ``covered`` range contains."""
+    points = set(range(*missing)) if missing[1] - missing[0] <= 1_000_000 else None
+    if points is None:
+        return missing[1] - missing[0]  # too large to account for piece by piece
+    for start, end in covered:
+        points.difference_update(range(max(start, missing[0]), min(end, missing[1])))
+    return len(points)
 
 
 # --- pki and forward ----------------------------------------------------------------------------

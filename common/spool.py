@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import struct
 import time
 import uuid
@@ -97,10 +98,13 @@ class SpoolStats:
     events_dropped: int = 0       # unacknowledged events lost to the size cap or a full disk
     write_errors: int = 0
     # reading
-    corrupt_frames: int = 0       # CRC or decoding failed
-    garbage_bytes: int = 0        # skipped while looking for the next frame
-    torn_tails: int = 0           # a last frame cut short (a crash while writing)
-    missing_events: int = 0       # sequence numbers never found (a deleted segment)
+    corrupt_frames: int = 0       # CRC or decoding failed, or a frame that lies about its count
+    garbage_bytes: int = 0        # skipped while looking for the next valid frame
+    torn_tails: int = 0           # the newest segment ends inside a frame (a crash, or a
+                                  # writer at work): never an error, recovery cuts it
+    missing_events: int = 0       # sequence numbers from the cursor on that no frame holds
+    cursor_invalid: int = 0       # cursor.json unreadable, of the wrong type, or past the end
+    stray_entries: int = 0        # seg-… names that are not segment files (ignored)
 
 
 def encode_frame(first_seq: int, events: list[Event], level: int = 3) -> tuple[bytes, int]:
@@ -110,6 +114,46 @@ def encode_frame(first_seq: int, events: list[Event], level: int = 3) -> tuple[b
     tail = struct.pack("<QI", first_seq, len(events)) + payload
     crc = google_crc32c.value(tail)
     return MAGIC + struct.pack("<II", len(payload), crc) + tail, len(raw)
+
+
+# Not every platform has these flags (Windows has neither links to follow in the same way nor
+# descriptor inheritance by exec; it has text mode, which must be off).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
+
+# The account the Linux sensor drops to (its --user default); it owns the sensor's spool after
+# the first start, and the sensor (root) opens that spool again at the next.
+SERVICE_USER = "ttpsensor"
+
+
+def _trusted_owners() -> set[int]:
+    owners = {os.geteuid(), 0}
+    try:
+        import pwd
+        owners.add(pwd.getpwnam(SERVICE_USER).pw_uid)
+    except (ImportError, KeyError):
+        pass  # no such account (or Windows, where spool directories are checked by ACLs)
+    return owners
+
+
+def _check_private_directory(path: str) -> None:
+    """A writer's spool directory must be a real directory of its own user that nobody else
+    can write to: otherwise another user could plant links where the writer writes."""
+    if os.name == "nt":
+        return  # ownership there is a matter of ACLs, set by the installer
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise SpoolError(errno.ENOTDIR, f"{path} is not a directory (a symbolic link?): "
+                         "refusing to use it as a spool")
+    if st.st_uid not in _trusted_owners():
+        raise SpoolError(errno.EPERM, f"{path} belongs to uid {st.st_uid}, neither this user "
+                         f"({os.geteuid()}), root, nor the sensor's service user "
+                         f"{SERVICE_USER!r}: refusing to use it as a spool")
+    if st.st_mode & 0o022:
+        raise SpoolError(errno.EPERM, f"{path} is writable by group or others "
+                         f"({stat.filemode(st.st_mode)}): refusing to use it as a spool; "
+                         "chmod go-w it")
 
 
 def _fsync_dir(path: str) -> None:
@@ -122,6 +166,60 @@ def _fsync_dir(path: str) -> None:
 
 def _segment_name(first_seq: int) -> str:
     return f"{SEGMENT_PREFIX}{first_seq:020d}"
+
+
+def _is_segment_name(name: str) -> bool:
+    digits = name[len(SEGMENT_PREFIX):]
+    return name.startswith(SEGMENT_PREFIX) and len(digits) == 20 and digits.isdigit() \
+        and digits.isascii()
+
+
+def frame_at(data: bytes, offset: int) -> tuple[int, int, int] | None:
+    """``(first seq, count, end offset)`` of a whole, CRC-valid frame starting at ``offset``
+    of ``data``, else None."""
+    if offset + _HEADER.size > len(data):
+        return None
+    magic, length, crc, first, count = _HEADER.unpack_from(data, offset)
+    end = offset + _HEADER.size + length
+    if magic != MAGIC or length == 0 or length > MAX_PAYLOAD or count == 0 or end > len(data):
+        return None
+    if google_crc32c.value(data[offset + _CRC_FROM:end]) != crc:
+        return None
+    return first, count, end
+
+
+def is_torn(data: bytes, offset: int) -> bool:
+    """The bytes from ``offset`` to the end are the beginning of a frame whose writing was cut
+    short (a crash): too short for a header, or a header whose length runs past the end."""
+    rest = len(data) - offset
+    if rest < _HEADER.size:
+        return MAGIC.startswith(bytes(data[offset:offset + len(MAGIC)]))
+    magic, length, _crc, _first, count = _HEADER.unpack_from(data, offset)
+    return magic == MAGIC and count > 0 and 0 < length <= MAX_PAYLOAD and \
+        offset + _HEADER.size + length > len(data)
+
+
+def claimed_range(data: bytes, offset: int, expected: int) -> tuple[int, int] | None:
+    """The sequence range a damaged frame at ``offset`` held, if its header still says so
+    plausibly: it starts where the previous frame ended and its size fits the data."""
+    if offset + _HEADER.size > len(data):
+        return None
+    _magic, length, _crc, first, count = _HEADER.unpack_from(data, offset)
+    if first == expected and 0 < count <= 1 << 20 and \
+            offset + _HEADER.size + length <= len(data):
+        return first, first + count
+    return None
+
+
+def next_frame(data: bytes, start: int) -> int | None:
+    """Offset of the first valid frame at or after ``start`` (resynchronising after
+    damage: a magic number alone is not enough, the frame must be whole and pass its CRC)."""
+    at = data.find(MAGIC, start)
+    while at >= 0:
+        if frame_at(data, at) is not None:
+            return at
+        at = data.find(MAGIC, at + 1)
+    return None
 
 
 def _segment_seq(name: str) -> int:
@@ -148,11 +246,18 @@ class Spool:
         self.fsync = fsync
         self.host = host or {}
         self.stats = SpoolStats()
+        self.missing_ranges: list[tuple[int, int]] = []  # the first 1000, for reports
+        # Ranges that damaged frames at the end of a segment claim (no later frame tells).
+        self.tail_claims: list[tuple[int, int]] = []
+        self._segment_end = 0
+        self._cursor_found = False
         # A reader beside a live writer (the forwarder) must never repair or write segments.
         self.readonly = readonly
         if readonly and not os.path.isfile(os.path.join(directory, "spool.json")):
             raise SpoolError(2, f"{directory} is not a spool (no spool.json)")
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if not readonly:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            _check_private_directory(directory)
         self.spool_id = self._load_meta()
         self._batch: list[Event] = []
         self._batch_size = 0
@@ -160,6 +265,7 @@ class Spool:
         self._last_fsync = time.monotonic()
         self._file = None
         self._segment: str | None = None
+        self._force_new_segment = False
         self.next_seq = self._recover()
 
     # --- identity and recovery ------------------------------------------------------------
@@ -169,30 +275,65 @@ class Spool:
         try:
             with open(path) as f:
                 return str(json.load(f)["id"])
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if self.readonly:
+                # A reader never replaces a spool's identity (its frames would be stored
+                # under a new id); it says what is wrong.
+                raise SpoolError(22, f"{path} is unreadable: {exc}") from exc
             spool_id = str(uuid.uuid4())
             self._replace(path, json.dumps({"id": spool_id, "format": FORMAT}))
             return spool_id
 
     def segments(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.dir) if n.startswith(SEGMENT_PREFIX))
+        """Segment files, oldest first. Anything else named seg-… (a directory, a link, a
+        wrong name) is not a segment: ignored, and counted in ``stray_entries``."""
+        found, stray = [], 0
+        with os.scandir(self.dir) as entries:
+            for entry in entries:
+                if not entry.name.startswith(SEGMENT_PREFIX):
+                    continue
+                if _is_segment_name(entry.name) and entry.is_file(follow_symlinks=False):
+                    found.append(entry.name)
+                else:
+                    stray += 1
+        self.stats.stray_entries = stray
+        return sorted(found)
 
     def _recover(self) -> int:
-        """The next sequence number, after cutting a torn tail off the last segment."""
+        """The next sequence number: after the last valid frame. A writer cuts what follows
+        it in the newest segment (a frame torn by a crash) so that new frames follow cleanly;
+        a reader only looks."""
         segments = self.segments()
-        if not segments or self.readonly:
-            return self.acked()
+        if not segments:
+            return self._acked_checked(0)
         last = segments[-1]
-        end_seq, good_end = _segment_seq(last), 0
+        end_seq, good_end, largest = _segment_seq(last), 0, self.batch_events
         for frame in self.frames(last, count_errors=False):
             end_seq = frame.first_seq + frame.count
             good_end = frame.offset + _HEADER.size + len(frame.payload)
+            largest = max(largest, frame.count)
         path = os.path.join(self.dir, last)
-        if os.path.getsize(path) > good_end:
-            with open(path, "r+b") as f:
-                f.truncate(good_end)
-            self.stats.torn_tails += 1
-        return max(end_seq, self.acked())
+        with open(path, "rb") as f:
+            f.seek(good_end)
+            tail = f.read()
+        if not self.readonly and tail:
+            if is_torn(tail, 0):
+                # A frame cut short by a crash was never whole, so never delivered: cut it,
+                # and its sequence numbers are free again.
+                with open(path, "r+b") as f:
+                    f.truncate(good_end)
+                self.stats.torn_tails += 1
+            else:
+                # Whole but damaged: keep it for inspection, write after it in a new segment,
+                # and never reuse the numbers it claims (a reader may have them already).
+                # When its header is unreadable too, skip as many numbers as the largest
+                # frame held: over-counting a gap is better than reusing a number.
+                claimed = claimed_range(tail, 0, end_seq) or (end_seq, end_seq + largest)
+                self.stats.corrupt_frames += 1
+                self._force_new_segment = True
+                self._record_gap(end_seq, claimed[1], "damaged frame at the end of the spool")
+                end_seq = claimed[1]
+        return max(end_seq, self._acked_checked(end_seq))
 
     # --- writing --------------------------------------------------------------------------
 
@@ -246,11 +387,26 @@ class Spool:
         self.stats.uncompressed_bytes += raw_size
 
     def _write_frame(self, first: int, frame: bytes) -> None:
-        if self._file is None or self._file.tell() + len(frame) > self.segment_bytes:
+        if self._file is None or self._file.tell() + len(frame) > self.segment_bytes \
+                or self._force_new_segment:
+            self._force_new_segment = False
             self._close_segment()
             self._segment = _segment_name(first)
-            self._file = open(os.path.join(self.dir, self._segment), "ab")
-            os.fchmod(self._file.fileno(), 0o600)
+            path = os.path.join(self.dir, self._segment)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW
+                             | _CLOEXEC | _BINARY, 0o600)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise SpoolError(errno.ELOOP, f"{path} is a symbolic link: refusing to "
+                                     "write through it") from exc
+                raise
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise SpoolError(errno.EINVAL, f"{path} is not a regular file")
+            if hasattr(os, "fchmod"):  # an existing segment keeps no wider mode
+                os.fchmod(fd, 0o600)
+            self._file = os.fdopen(fd, "ab")
         start = self._file.tell()
         try:
             self._file.write(frame)
@@ -320,11 +476,32 @@ class Spool:
     # --- reading and acknowledging ----------------------------------------------------------
 
     def acked(self) -> int:
+        """The cursor: every event below it is acknowledged. A cursor that is not a
+        non-negative integer is no cursor: reading starts over (the collector deduplicates
+        what it already has), and it is counted in ``cursor_invalid``."""
+        self._cursor_found = False
         try:
             with open(os.path.join(self.dir, "cursor.json")) as f:
-                return int(json.load(f)["acked"])
-        except (OSError, ValueError, KeyError, TypeError):
+                value = json.load(f)["acked"]
+        except FileNotFoundError:
             return 0
+        except (OSError, ValueError, KeyError, TypeError):
+            self.stats.cursor_invalid += 1
+            return 0
+        if type(value) is not int or value < 0:
+            self.stats.cursor_invalid += 1
+            return 0
+        self._cursor_found = True
+        return value
+
+    def _acked_checked(self, end_seq: int) -> int:
+        """The cursor, or 0 when it points past everything the spool holds (a cursor cannot
+        acknowledge what was never written)."""
+        acked = self.acked()
+        if acked > end_seq:
+            self.stats.cursor_invalid += 1
+            return 0
+        return acked
 
     def ack(self, seq: int) -> None:
         """Everything below ``seq`` is acknowledged; fully acknowledged segments are deleted
@@ -339,8 +516,16 @@ class Spool:
                     pass  # the writer dropped it first
 
     def _replace(self, path: str, text: str) -> None:
+        """Write ``path`` atomically, 0600. The temporary file is created anew (whatever
+        stood at its name, a planted symlink included, is removed, never followed)."""
         tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | _BINARY
+        fd = os.open(tmp, flags, 0o600)
+        with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -348,67 +533,115 @@ class Spool:
         _fsync_dir(self.dir)
 
     def frames(self, segment: str, count_errors: bool = True) -> Iterator[Frame]:
-        """Valid frames of one segment; corruption is skipped (and counted). A segment the
-        writer dropped meanwhile reads as empty (its gap event says what was lost)."""
+        """Valid frames of one segment. Damage anywhere is skipped by resynchronising on the
+        next whole frame that passes its CRC, and counted; only the newest segment may end
+        inside a frame (torn tail). A segment the writer dropped meanwhile reads as empty
+        (its gap event says what was lost)."""
         try:
             with open(os.path.join(self.dir, segment), "rb") as f:
                 data = f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             return
+        newest = segment == max(self.segments(), default=segment)
         offset = 0
-        while offset + _HEADER.size <= len(data):
-            magic, length, crc, first, count = _HEADER.unpack_from(data, offset)
-            end = offset + _HEADER.size + length
-            if magic != MAGIC or length == 0 or length > MAX_PAYLOAD or count == 0:
-                nxt = data.find(MAGIC, offset + 1)
-                if count_errors:
-                    self.stats.garbage_bytes += (nxt if nxt >= 0 else len(data)) - offset
-                if nxt < 0:
-                    return
-                offset = nxt
+        self._segment_end = _segment_seq(segment)
+        while offset < len(data):
+            found = frame_at(data, offset)
+            if found is not None:
+                first, count, end = found
+                self._segment_end = first + count
+                yield Frame(segment, offset, first, count, data[offset + _HEADER.size:end])
+                offset = end
                 continue
-            if end > len(data):
+            nxt = next_frame(data, offset + 1)
+            if nxt is None and newest and is_torn(data, offset):
                 if count_errors:
                     self.stats.torn_tails += 1
                 return
-            if google_crc32c.value(data[offset + _CRC_FROM:end]) != crc:
-                if count_errors:
+            if count_errors:
+                if data[offset:offset + len(MAGIC)] == MAGIC:
                     self.stats.corrupt_frames += 1
-                nxt = data.find(MAGIC, offset + 1)
-                if nxt < 0:
-                    return
-                offset = nxt
-                continue
-            yield Frame(segment, offset, first, count, data[offset + _HEADER.size:end])
-            offset = end
-        if offset < len(data) and count_errors:
-            self.stats.torn_tails += 1
+                self.stats.garbage_bytes += (len(data) if nxt is None else nxt) - offset
+                if nxt is None:
+                    # Nothing after the damage tells where the sequence goes on: count what
+                    # the damaged frame's header still plausibly claims.
+                    claimed = claimed_range(data, offset, self._segment_end)
+                    if claimed is not None:
+                        self.tail_claims.append(claimed)
+            if nxt is None:
+                return
+            offset = nxt
 
     def read_frames(self, from_seq: int | None = None) -> Iterator[Frame]:
         """Frames from ``from_seq`` (default: the cursor) on, without decompressing them.
-        Holes between frames (a deleted or unreadable segment) are counted in
-        ``stats.missing_events``; what lies before the first frame may have been acknowledged
-        and deleted, so it is not counted."""
-        expected = self.acked() if from_seq is None else from_seq
-        started = False
-        for segment in self.segments():
+        Every sequence number from there on that no frame holds is counted in
+        ``stats.missing_events`` (with its range in ``missing_ranges``); those the writer
+        lost knowingly also have a ``spool_gap`` event. A cursor past every frame is invalid:
+        reading then starts from the oldest frame."""
+        cursor = self.acked()
+        if from_seq is None:
+            from_seq = cursor
+        # Before the oldest frame lie acknowledged events whose segments were deleted, unless
+        # a valid cursor says where acknowledgement ended: then what is missing after it is
+        # lost (a deleted unacknowledged segment).
+        leading = self._cursor_found and from_seq == cursor
+        segments = self.segments()
+        end = 0
+        expected = from_seq
+        for frame in self._frames_from(segments, from_seq, leading):
+            end = max(end, frame.first_seq + frame.count)
+            yield frame
+            expected = frame.first_seq + frame.count
+        if expected == from_seq and from_seq > 0 and segments:
+            last_end = max((f.first_seq + f.count for f in self._all_frames(segments[-1:])),
+                           default=0)
+            if from_seq > last_end:
+                self.stats.cursor_invalid += 1
+                yield from self._frames_from(segments, 0, False)
+
+    def _all_frames(self, segments: list[str]) -> Iterator[Frame]:
+        for segment in segments:
+            yield from self.frames(segment, count_errors=False)
+
+    def _frames_from(self, segments: list[str], expected: int,
+                     leading: bool) -> Iterator[Frame]:
+        if segments and not leading:
+            # A segment's name is the sequence number of the first event written into it, so
+            # from the oldest one present on, every event must be there.
+            expected = max(expected, _segment_seq(segments[0]))
+        for segment in segments:
             for frame in self.frames(segment):
                 if frame.first_seq + frame.count <= expected:
                     continue
-                if frame.first_seq > expected and started:
-                    self.stats.missing_events += frame.first_seq - expected
-                started = True
+                if frame.first_seq > expected:
+                    self._missing(expected, frame.first_seq)
                 expected = frame.first_seq + frame.count
                 yield frame
+        # Damage at the very end: only a damaged frame's own header can say what it held.
+        for start, end in self.tail_claims:
+            if end > expected:
+                self._missing(max(start, expected), end)
+                expected = end
+        self.tail_claims.clear()
+
+    def _missing(self, start: int, end: int) -> None:
+        self.stats.missing_events += end - start
+        if len(self.missing_ranges) < 1000:
+            self.missing_ranges.append((start, end))
 
     def read(self, from_seq: int | None = None) -> Iterator[tuple[Frame, list[Event]]]:
-        """Frames with their events, as :meth:`read_frames`; a frame that passes its CRC but
-        does not decode is counted as corrupt and skipped."""
+        """Frames with their events, as :meth:`read_frames`. A frame that passes its CRC but
+        does not decode, or holds another number of events than its header says (its events
+        cannot be given sequence numbers), is counted as corrupt and its range as missing."""
         for frame in self.read_frames(from_seq):
             try:
                 events = frame.events()
             except (zstandard.ZstdError, wire.WireError):
+                events = None
+            if events is None or len(events) != frame.count:
                 self.stats.corrupt_frames += 1
+                held = max(frame.count, len(events or ()))
+                self._missing(frame.first_seq, frame.first_seq + held)
                 continue
             yield frame, events
 

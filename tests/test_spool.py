@@ -138,7 +138,7 @@ def test_full_disk_keeps_running_drops_oldest_and_counts_exactly(tmp_path) -> No
     require(os.geteuid() == 0, "root is needed to mount a small tmpfs")
     mount = tmp_path / "tiny"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount)],
                           capture_output=True, text=True)
     require(done.returncode == 0, f"mounting a tmpfs failed: {done.stderr}")
     try:
