@@ -483,18 +483,26 @@ DEFAULT_ERROR_LOG = "/var/log/ttpsensor/parse-errors.log"
 @click.option("--keep-exec-attempts", is_flag=True,
               help="Write every failed exec as an event of its own (by default PATH-walk "
                    "misses are folded into the exec that follows, as 'run' does).")
+@click.option("--from-this-host", is_flag=True,
+              help="FILE was recorded on this machine: hash the executables it names and look "
+                   "up their packages here. Without it a replay opens no file the log names "
+                   "(digests, on_disk and package stay unknown), because a log from another "
+                   "machine says nothing about this one's files.")
 def audisp(file: str | None, fmt: str, outputs: tuple[str, ...], max_bytes: int,
-           generations: int, parse_error_log: str | None, keep_exec_attempts: bool) -> None:
+           generations: int, parse_error_log: str | None, keep_exec_attempts: bool,
+           from_this_host: bool) -> None:
     """Read audit records in auditd's plugin (string) format and write events.
 
     Without FILE, reads stdin as an auditd plugin: configure it under /etc/audit/plugins.d/
     (see packaging/audit/ttpsensor.conf); it coexists with auditd's own log and other plugins.
     With FILE, replays a recorded log (auditd's audit.log has the same format); a replay does
-    not look at this host's /proc, because the log's PIDs are not this host's processes.
+    not look at this host's /proc, because the log's PIDs are not this host's processes, nor
+    (without --from-this-host) at the files the log names.
 
     Unparseable lines are kept verbatim in the parse-error log and reported on stderr; they
     never stop the stream. A summary goes to stderr at the end.
     """
+    from sensor_linux.audit.lines import read_lines
     from sensor_linux.audit.pipeline import AuditPipeline
     from sensor_linux.enrich import Enricher
 
@@ -505,7 +513,8 @@ def audisp(file: str | None, fmt: str, outputs: tuple[str, ...], max_bytes: int,
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"cannot open output: {exc}") from exc
     live = file is None
-    enricher = Enricher(live=live) if fmt != "laurel" else None
+    enricher = Enricher(live=live, host_files=live or from_this_host) \
+        if fmt != "laurel" else None
     if enricher is not None and live:
         _seed_process_table(enricher)
     error_log = _error_log(parse_error_log, max_bytes, generations)
@@ -524,7 +533,7 @@ def audisp(file: str | None, fmt: str, outputs: tuple[str, ...], max_bytes: int,
                     pipeline.feed(line)
         else:
             with open(file, "rb") as f:  # type: ignore[arg-type]
-                for line in f:
+                for line in read_lines(f):
                     pipeline.feed(line)
                     if stop.is_set():
                         break
@@ -581,7 +590,9 @@ def _read_lines(fd: int, stop: "_StopFlag", tick_seconds: float):  # type: ignor
     handed over are never dropped on shutdown.
     """
     import select
-    pending = b""
+
+    from sensor_linux.audit.lines import LineSplitter
+    splitter = LineSplitter()
     drain_until = None
     while True:
         if stop.is_set() and drain_until is None:
@@ -598,18 +609,12 @@ def _read_lines(fd: int, stop: "_StopFlag", tick_seconds: float):  # type: ignor
         chunk = os.read(fd, READ_BYTES)
         if not chunk:
             break
-        pending += chunk
-        cut = pending.rfind(b"\n") + 1
-        if cut:
-            for line in pending[:cut].splitlines(keepends=True):
-                yield line
-            pending = pending[cut:]
+        yield from splitter.feed(chunk)
         if drain_until is None and len(chunk) < READ_BYTES:
             # The pipe is empty: let auditd's next events gather (see batching.py). A full
             # read means more is waiting, and a plugin that is behind must not pause.
             stop.wait(BATCH_SECONDS)
-    if pending:
-        yield pending
+    yield from splitter.finish()
 
 
 @click.command("status")

@@ -57,6 +57,10 @@ class Enricher:
     # live: events are about processes on this host, now (so /proc may be read for images and
     # unknown parents); false when replaying a recorded log, whose PIDs mean nothing here.
     live: bool = True
+    # host_files: the executables events name may be opened and hashed, and looked up in this
+    # host's package database. False for a log recorded elsewhere: this host's /usr/bin/ls says
+    # nothing about another machine's, and a path there may name a FIFO here.
+    host_files: bool = True
     # Reads of /proc made while enriching (parents never seen, images no longer on disk): the
     # eBPF source carries its facts in the record, so this stays near zero there.
     proc_reads: int = 0
@@ -113,6 +117,9 @@ class Enricher:
         return process
 
     def _add_image(self, process: dict[str, Any], facts: ProcessFacts, ran: bool) -> None:
+        if not self.host_files:
+            process["on_disk"] = None  # not checked: the file is on another machine
+            return
         if facts.image_identity is not None and isinstance(facts.executable, (str, bytes)):
             path = facts.executable
             found = image_facts(path.encode("utf-8", "surrogateescape")

@@ -29,6 +29,9 @@ DEFAULT_WALL_TIMEOUT = 5.0
 DEFAULT_DONE_MS = 120_000
 DEFAULT_MAX_INFLIGHT = 100_000
 MAX_TRACKED_GAP = 1000
+# More records than any kernel event has (an argv at the kernel's limit is a few hundred
+# EXECVE records): the rest of a bigger one is rejected, counted and kept.
+MAX_RECORDS_PER_EVENT = 4096
 
 EventKey = tuple[bytes | None, int, int, int]  # node, seconds, milliseconds, serial
 
@@ -91,6 +94,11 @@ class Assembler:
         self._max_serial: dict[bytes | None, int] = {}
         self._missing: dict[bytes | None, set[int]] = {}
         self._next_expire_ms = 0
+        # Open events by (time, serial, node), oldest first, for expiry, eviction and ordered
+        # release without scanning every open event per record (lazy: entries of events that
+        # closed meanwhile are skipped when they reach the top).
+        self._open: list[tuple[tuple[int, int, int, bytes], int, EventKey]] = []
+        self._opened = 0
 
     @property
     def inflight(self) -> int:
@@ -139,14 +147,25 @@ class Assembler:
             event = AuditEvent(record.node, record.sec, record.msec, record.serial,
                                arrived=time.monotonic() if now is None else now)
             self._inflight[key] = event
+            self._opened += 1
+            heapq.heappush(self._open, (_order_key(key), self._opened, key))
             if len(self._inflight) > self.max_inflight:
-                # Not min() of the keys themselves: a node of None and one of bytes do not
-                # compare (a stream that mixes local and forwarded records).
-                oldest = min(self._inflight, key=_sort_key)
+                oldest = self._oldest_open()
+                assert oldest is not None
                 self.stats.evicted += 1
                 self._finish(oldest, self._inflight.pop(oldest), out)
+        elif len(event.records) >= MAX_RECORDS_PER_EVENT:
+            self._reject("too many records for one event", record)
+            return out
         event.records.append(record)
         return out
+
+    def _oldest_open(self) -> EventKey | None:
+        """The open event with the earliest (time, serial, node), skipping closed ones."""
+        heap = self._open
+        while heap and heap[0][2] not in self._inflight:
+            heapq.heappop(heap)
+        return heap[0][2] if heap else None
 
     def tick(self, now: float | None = None) -> list[AuditEvent]:
         """Flush events that have waited ``wall_timeout`` seconds of real time."""
@@ -154,7 +173,12 @@ class Assembler:
 
     def _tick(self, now: float | None) -> list[AuditEvent]:
         now = time.monotonic() if now is None else now
-        stale = [k for k, e in self._inflight.items() if now - e.arrived >= self.wall_timeout]
+        # The open events are in arrival order (dict order): the stale ones come first.
+        stale = []
+        for key, event in self._inflight.items():
+            if now - event.arrived < self.wall_timeout:
+                break
+            stale.append(key)
         out: list[AuditEvent] = []
         for key in sorted(stale, key=_sort_key):
             self.stats.timed_out += 1
@@ -179,7 +203,8 @@ class Assembler:
             heapq.heappush(self._ready, (_order(event), self._released, event))
         if not self._ready:
             return []
-        oldest_open = min(map(_order_key, self._inflight), default=None)
+        open_key = self._oldest_open()
+        oldest_open = None if open_key is None else _order_key(open_key)
         out: list[AuditEvent] = []
         while self._ready and (oldest_open is None or self._ready[0][0] < oldest_open):
             out.append(heapq.heappop(self._ready)[2])
@@ -210,13 +235,21 @@ class Assembler:
 
     def _expire_by_audit_time(self, out: list[AuditEvent]) -> None:
         limit = self._clock_ms - self.timeout_ms
-        stale = [k for k, e in self._inflight.items() if e.timestamp_ms < limit]
-        for key in sorted(stale, key=_sort_key):
+        while True:
+            key = self._oldest_open()
+            if key is None or key[1] * 1000 + key[2] >= limit:
+                break
             self.stats.timed_out += 1
             self._finish(key, self._inflight.pop(key), out)
         done_limit = self._clock_ms - self.done_ms
         for done in (self._done, self._done_user):
-            for key in [k for k, t in done.items() if t < done_limit]:
+            # Entries go in as the audit clock (which never goes back) stands: oldest first.
+            expired = []
+            for key, when in done.items():
+                if when >= done_limit:
+                    break
+                expired.append(key)
+            for key in expired:
                 del done[key]
 
     def _finish(self, key: EventKey, event: AuditEvent, out: list[AuditEvent]) -> None:

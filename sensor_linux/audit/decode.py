@@ -13,7 +13,7 @@ from typing import Iterable
 
 from sensor_linux.audit.records import Value
 
-_ARG_KEY = re.compile(r"a(\d+)(?:\[(\d+)\])?$")
+_ARG_KEY = re.compile(r"a(\d{1,9})(?:\[(\d{1,9})\])?$")
 
 
 def is_execve_arg_key(key: str) -> bool:
@@ -21,8 +21,14 @@ def is_execve_arg_key(key: str) -> bool:
     return key[0] == "a" and key != "argc" and (key[1:2].isdigit())
 
 
+# An argv list is never longer than the arguments that arrived plus this many placeholders for
+# ones that did not: ``argc=2000000000`` in a 300-byte line must not become two billion Nones.
+MAX_MISSING_ARGS = 1024
+
+
 def execve_argv(body: Iterable[tuple[str, Value]]) -> tuple[list[bytes | None], int | None]:
-    """``(argv, argc)`` from EXECVE fields. Arguments that never arrived are ``None``."""
+    """``(argv, argc)`` from EXECVE fields. Arguments that never arrived are ``None``, up to
+    :data:`MAX_MISSING_ARGS` of them; ``argc`` stays the count the kernel reported."""
     whole: dict[int, bytes | None] = {}
     chunks: dict[int, dict[int, bytes]] = {}
     argc: int | None = None
@@ -42,6 +48,7 @@ def execve_argv(body: Iterable[tuple[str, Value]]) -> tuple[list[bytes | None], 
     for index, parts in chunks.items():
         whole[index] = b"".join(parts[i] for i in sorted(parts))
     count = max(max(whole) + 1 if whole else 0, argc or 0)
+    count = min(count, len(whole) + MAX_MISSING_ARGS)
     return [whole.get(i) for i in range(count)], argc
 
 

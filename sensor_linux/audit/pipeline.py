@@ -20,6 +20,7 @@ from sensor_linux.attempts import AttemptFolder
 from sensor_linux.audit import laurel
 from sensor_linux.audit.assemble import Assembler, AuditEvent
 from sensor_linux.audit.events import AuditEventBuilder
+from sensor_linux.audit.lines import MAX_LINE
 from sensor_linux.audit.records import ParseError, parse
 from sensor_linux.enrich import Enricher
 
@@ -66,6 +67,11 @@ class AuditPipeline:
     def feed(self, line: bytes) -> None:
         """One line of auditd's plugin or log format."""
         self.stats.lines += 1
+        if len(line) > MAX_LINE:
+            # Cut by the line splitter: no real audit record is this long.
+            self.stats.parse_errors += 1
+            self._keep(f"parse error (line longer than {MAX_LINE} bytes, cut)", line[:MAX_LINE])
+            return
         if not line.strip():
             return
         try:

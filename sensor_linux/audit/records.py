@@ -97,9 +97,11 @@ def is_multipart(rtype: int) -> bool:
     return 1300 <= rtype < 2100 or rtype == LOGIN
 
 
+# Numbers are bounded in length everywhere (20 digits hold any 64-bit value): a longer one is
+# not a number the kernel wrote, and Python refuses int() of over 4,300 digits anyway.
 _HEADER = re.compile(
-    rb"(?:node=([^ \t\r\n]+) +)?type=(?:([A-Za-z0-9_]+)|UNKNOWN\[(\d+)\]) +"
-    rb"msg=audit\((\d+)\.(\d+):(\d+)\): *")
+    rb"(?:node=([^ \t\r\n]+) +)?type=(?:([A-Za-z0-9_]+)|UNKNOWN\[(\d{1,10})\]) +"
+    rb"msg=audit\((\d{1,20})\.(\d{1,20}):(\d{1,20})\): *")
 
 # key=value, where value is "…", '…', { … } or a bare token. The separator is spaces or the
 # ENRICHED marker \x1d. Anything the pattern cannot consume is garbage.
@@ -111,12 +113,12 @@ _UNKNOWN_FAMILY = re.compile(rb" family[^ \x1d\n]*")  # auditd's "SADDR=unknown 
 _AVC_PERMS = re.compile(rb"avc: *(granted|denied) *\{ *((?:[A-Za-z_][A-Za-z0-9_]* *)+)\} *for *")
 _HEX_PAIRS = re.compile(rb"(?:[0-9A-Fa-f]{2})+")
 _HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]+")
-_DEC = re.compile(rb"[+-]?[0-9]+")
-_OCT = re.compile(rb"[0-7]+")
+_DEC = re.compile(rb"[+-]?[0-9]{1,20}")
+_OCT = re.compile(rb"[0-7]{1,22}")
 # Printable ASCII that the kernel leaves unencoded, minus quotes and braces (a bare token).
 _SAFE_BARE = re.compile(rb"[!#-&(-z|~]+")
 _SAFE_QUOTED = re.compile(rb"[!#-~]*")
-_EXECVE_ARG = re.compile(r"a(\d+)(?:\[(\d+)\]|(_len))?")
+_EXECVE_ARG = re.compile(r"a(\d{1,9})(?:\[(\d{1,9})\]|(_len))?")
 _INT64 = 1 << 63
 
 
@@ -182,7 +184,7 @@ def _parse_body(line: bytes, pos: int, end: int, rtype: int) -> list[tuple[str, 
         if execve and key[0] == "a" and key != "argc":
             value = _execve_value(key, raw, line)
         elif syscall and len(key) == 2 and key[0] == "a" and key[1].isdigit():
-            value = Hex(int(raw, 16)) if _HEX_DIGITS.fullmatch(raw) else raw
+            value = Hex(int(raw, 16)) if len(raw) <= 16 and _HEX_DIGITS.fullmatch(raw) else raw
         else:
             value = typed_value(rtype, key, raw)
         body.append((key, value))
@@ -238,7 +240,7 @@ def typed_value(rtype: int, key: str, raw: bytes) -> Value:
     """Type a raw value by its field name, the way the audit field dictionary defines it."""
     if key in fields.NOT_ENCODED or key.endswith(("uid", "gid")):
         if key in fields.HEX:
-            if _HEX_DIGITS.fullmatch(raw):
+            if len(raw) <= 16 and _HEX_DIGITS.fullmatch(raw):
                 number = int(raw, 16)
                 if number < (1 << 64):
                     return Hex(number)
