@@ -1,0 +1,127 @@
+"""Hostile audit input through the real `audisp` command: every bad line is counted and kept,
+nothing crashes, memory follows what was received, and a replay opens no file the log names."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+
+from sensor_linux.audit.assemble import MAX_RECORDS_PER_EVENT, Assembler
+from sensor_linux.audit.lines import MAX_LINE, LineSplitter
+from sensor_linux.audit.records import parse
+from tests.conftest import run_cli
+from tests.test_audit_corpus import LAUREL_DIR
+
+EXEC = (b'type=SYSCALL msg=audit(1700000000.100:7): arch=c000003e syscall=59 success=yes exit=0 '
+        b'ppid=1 pid=4242 auid=1000 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 '
+        b'tty=pts0 ses=3 comm="ls" exe="/usr/bin/ls" key=(null)\n'
+        b'type=EXECVE msg=audit(1700000000.100:7): argc=2 a0="ls" a1="-l"\n'
+        b'type=PATH msg=audit(1700000000.100:7): item=0 name="/usr/bin/ls" '
+        b'mode=0100755 ouid=0 ogid=0 rdev=00:00 nametype=NORMAL\n'
+        b'type=EOE msg=audit(1700000000.100:7): \n')
+
+
+def _audisp(tmp_path, data: bytes, *args: str) -> tuple[subprocess.CompletedProcess, dict,
+                                                         list[dict]]:
+    log = tmp_path / "in.log"
+    log.write_bytes(data)
+    errors = tmp_path / "errors.log"
+    done = run_cli("audisp", str(log), "--parse-error-log", str(errors), *args)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    summary = json.loads(done.stderr.strip().splitlines()[-1].split(": ", 1)[1])
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    return done, summary, events
+
+
+def test_numbers_of_thousands_of_digits_are_errors_or_text_never_a_crash(tmp_path) -> None:
+    huge = b"9" * 5000
+    data = (EXEC.replace(b"1700000000.100:7", b"1700000000.100:" + huge, 1)      # header
+            + EXEC.replace(b"pid=4242", b"pid=" + huge).replace(b":7)", b":8)")   # field
+            + EXEC.replace(b"argc=2", b"argc=" + huge).replace(b":7)", b":9)")
+            + EXEC.replace(b"a1=", b"a" + huge + b"=").replace(b":7)", b":10)")
+            + EXEC.replace(b":7)", b":11)"))                                       # intact
+    done, summary, events = _audisp(tmp_path, data)
+    assert done.returncode == 0
+    assert summary["parse_errors"] == 1                       # the header one
+    assert summary["records"] + summary["parse_errors"] == summary["lines"]
+    execs = [e for e in events if e["event"]["action"] == "process_create"]
+    assert len(execs) == 4 and summary["internal_errors"] == 0
+    assert (tmp_path / "errors.log").read_bytes().count(b"\n") == 1
+
+
+def test_memory_follows_what_arrived_not_what_a_line_claims(tmp_path) -> None:
+    data = (EXEC.replace(b"argc=2", b"argc=2000000000")
+            + EXEC.replace(b"a1=", b"a999999999=").replace(b":7)", b":8)")
+            + EXEC.replace(b'a1="-l"', b"a1=" + b"41" * (20 * 1024 * 1024)).replace(
+                b":7)", b":9)"))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    done, summary, events = _audisp(tmp_path, data)
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert done.returncode == 0
+    execs = [e for e in events if e["event"]["action"] == "process_create"]
+    # The 40 MB line is cut and kept as a parse error (its event comes without argv); the
+    # others' argv holds what arrived plus at most 1,024 placeholders.
+    assert len(execs) == 3 and summary["parse_errors"] == 1
+    assert all(len(e["process"].get("args", [])) <= 2 + 1024 for e in execs)
+    assert sorted(len(e["process"].get("args", [])) for e in execs) == [0, 2 + 1024, 2 + 1024]
+    assert len(done.stdout) < 1_000_000
+    assert peak_mib < 400 or before / 1024 >= 400, peak_mib  # the child, not argc's claim
+
+
+def test_line_splitter_bounds_memory_and_splits_on_newline_only() -> None:
+    splitter = LineSplitter(max_line=16)
+    out = splitter.feed(b"short\r\nx" + b"y" * 40)
+    out += splitter.feed(b"z" * 40 + b"\nnext\n")
+    out += splitter.finish()
+    assert out[0] == b"short\r\n"                              # \r is not a line end
+    assert len(out[1]) == 17 and out[1].startswith(b"xyyy")    # cut: max_line + 1 bytes
+    assert out[2] == b"next\n" and len(out) == 3 and splitter.overlong == 1
+    assert LineSplitter().feed(b"a" * (MAX_LINE + 5) + b"\n")[0] == b"a" * (MAX_LINE + 1)
+
+
+def test_the_same_bytes_give_the_same_records_from_a_file_and_a_pipe(tmp_path) -> None:
+    # A \r inside a line: neither path may split there (the pipe used to).
+    data = (LAUREL_DIR / "record-execve.txt").read_bytes().replace(b"key=(null)",
+                                                                   b"key=(null)\r", 1)
+    done, from_file, _ = _audisp(tmp_path, data, "--format", "laurel")
+    piped = subprocess.run(run_cli.__globals__["ttpsensor_command"]() + [
+        "audisp", "--format", "laurel", "--parse-error-log", str(tmp_path / "e2.log")],
+        input=data, capture_output=True, timeout=120)
+    from_pipe = json.loads(piped.stderr.decode().strip().splitlines()[-1].split(": ", 1)[1])
+    assert piped.stdout.decode() == done.stdout and done.stdout
+    assert {k: from_pipe[k] for k in ("lines", "records", "parse_errors")} == {
+        k: from_file[k] for k in ("lines", "records", "parse_errors")}
+
+
+def test_an_event_with_too_many_records_is_cut_and_counted() -> None:
+    assembler = Assembler()
+    line = b"type=PATH msg=audit(1700000000.100:7): item=0 name=\"x\""
+    for _ in range(MAX_RECORDS_PER_EVENT + 10):
+        assembler.add(parse(line))
+    assert assembler.stats.duplicates == 0
+    assert len(assembler.take_rejected()) == 10
+    [event] = assembler.flush()
+    assert len(event.records) == MAX_RECORDS_PER_EVENT
+
+
+def test_a_replay_opens_no_file_the_log_names(tmp_path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    data = (EXEC.replace(b'exe="/usr/bin/ls"', f'exe="{fifo}"'.encode())
+            + EXEC.replace(b":7)", b":8)"))
+    done, summary, events = _audisp(tmp_path, data)          # would hang if the FIFO opened
+    execs = [e for e in events if e["event"]["action"] == "process_create"]
+    assert done.returncode == 0 and len(execs) == 2
+    for event in execs:
+        assert "hash" not in event["process"] and event["process"]["on_disk"] is None
+        assert "package" not in event["process"]
+    # Asked to, it hashes this host's file, but never blocks on a FIFO.
+    done, _, events = _audisp(tmp_path, data, "--from-this-host")
+    ls = [e for e in events if e["event"]["action"] == "process_create"
+          and e["process"]["executable"] == "/usr/bin/ls"]
+    assert ls and "hash" in ls[0]["process"]
+    fifo_event = [e for e in events if e["event"]["action"] == "process_create"
+                  and e["process"]["executable"] == str(fifo)]
+    assert fifo_event and "hash" not in fifo_event[0]["process"]
