@@ -15,9 +15,9 @@ from typing import Any, TextIO
 
 import click
 
-from common import __version__, ecs, qlog, ttphash
-from common.jsonin import read_documents
-from common.schema import ACTION_PROCESS_CREATE, SchemaError, get_path, validate
+from common import __version__, ttphash
+from common.jsonin import load_event, read_documents
+from common.schema import ACTION_PROCESS_CREATE, SchemaError, get_path
 
 ENTRY_POINT_GROUP = "ttpsensor.commands"
 BENCH_ENTRY_POINT_GROUP = "ttpsensor.bench"
@@ -79,17 +79,6 @@ def main() -> None:
 
 # --- hash ---------------------------------------------------------------------------------------
 
-def _load_event(value: Any) -> dict[str, Any]:
-    """An event of our schema from parsed JSON: ours (ECS) or QLOG's."""
-    if qlog.is_qlog(value):
-        return qlog.read_event(value)
-    if isinstance(value, dict) and "schema" in value:
-        event = ecs.parse(value)
-        validate(event)
-        return event
-    raise SchemaError("neither an event of ours (no 'schema') nor a QLOG event (no 'QType')")
-
-
 @main.command("hash")
 @click.argument("source", type=click.File("r", encoding="utf-8", errors="surrogateescape"),
                 default="-")
@@ -116,7 +105,7 @@ def hash_command(source: TextIO, explain: bool, as_json: bool) -> None:
             failed = True
             continue
         try:
-            event = _load_event(doc.value)
+            event = load_event(doc.value)
         except SchemaError as exc:
             click.echo(f"line {doc.line}: not an event: {exc}", err=True)
             failed = True

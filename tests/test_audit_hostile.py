@@ -125,3 +125,26 @@ def test_a_replay_opens_no_file_the_log_names(tmp_path) -> None:
     fifo_event = [e for e in events if e["event"]["action"] == "process_create"
                   and e["process"]["executable"] == str(fifo)]
     assert fifo_event and "hash" not in fifo_event[0]["process"]
+
+
+def test_the_fuzzer_runs_clean_and_would_see_a_crash(tmp_path, monkeypatch) -> None:
+    """A short run of `ttpsensor bench fuzz` (the long one is run by hand, see
+    docs/security.md) finds nothing; and the harness does catch and keep a failure."""
+    keep = tmp_path / "kept"
+    done = run_cli("bench", "fuzz", "--seconds", "20", "--seed", "3", "--keep", str(keep),
+                   "--json", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["inputs"] > 500 and report["audit_inputs"] and report["json_inputs"]
+    assert report["parse_errors"] > 0 and not keep.exists()
+    from sensor_linux.audit import fuzz
+
+    def broken(data: bytes, stats: fuzz.FuzzStats) -> str | None:
+        if b"EXECVE" in data:
+            raise KeyError("planted")
+        return None
+
+    monkeypatch.setattr(fuzz, "_run_audit", broken)
+    stats = fuzz.fuzz(fuzz.default_seeds(), 2.0, 0, keep, 10.0, 4096, lambda s: None)
+    assert stats.failures > 0 and stats.reasons.get("KeyError") == stats.failures
+    assert len(list(keep.glob("*.why"))) == stats.failures

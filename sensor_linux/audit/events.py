@@ -50,7 +50,7 @@ def _device(value: Value) -> int | None:
     major, _, minor = value.partition(b":")
     try:
         return os.makedev(int(major, 16), int(minor, 16))
-    except ValueError:
+    except (ValueError, OverflowError):  # not hex, or more than a device number holds
         return None
 
 

@@ -98,10 +98,12 @@ def is_multipart(rtype: int) -> bool:
 
 
 # Numbers are bounded in length everywhere (20 digits hold any 64-bit value): a longer one is
-# not a number the kernel wrote, and Python refuses int() of over 4,300 digits anyway.
+# not a number the kernel wrote, and Python refuses int() of over 4,300 digits anyway. The
+# kernel writes milliseconds as three digits; eleven digits of seconds reach the year 5138,
+# and a time past 9999 has no ISO 8601 form.
 _HEADER = re.compile(
     rb"(?:node=([^ \t\r\n]+) +)?type=(?:([A-Za-z0-9_]+)|UNKNOWN\[(\d{1,10})\]) +"
-    rb"msg=audit\((\d{1,20})\.(\d{1,20}):(\d{1,20})\): *")
+    rb"msg=audit\((\d{1,11})\.(\d{1,3}):(\d{1,20})\): *")
 
 # key=value, where value is "…", '…', { … } or a bare token. The separator is spaces or the
 # ENRICHED marker \x1d. Anything the pattern cannot consume is garbage.
