@@ -31,8 +31,7 @@ _STRUCTURE = re.compile(r'["\\{}\[\]]')
 
 class _Depth:
     """How deep the text so far is nested, outside strings: a document can only be complete
-    when it is back at 0, so a multi-line document is parsed once, not once per line (which
-    was quadratic in its size). Only the structural characters are looked at."""
+    when it is back at 0. Only the structural characters are looked at."""
 
     def __init__(self) -> None:
         self.depth = 0
@@ -75,7 +74,10 @@ def read_documents(lines: Iterable[str]) -> Iterator[Document]:
         size += len(line)
         depth.feed(line)
         over_limit = len(pending) > MAX_DOCUMENT_LINES or size > MAX_DOCUMENT_BYTES
-        if not depth.closed and not over_limit:
+        count = len(pending)
+        # An open document is tried again only at 1, 2, 4, 8... lines (n log n in all, where
+        # every line was quadratic), so a broken line is still found at once.
+        if not depth.closed and not over_limit and count & (count - 1):
             continue
         yield from _drain(pending, final=False, over_limit=over_limit)
         size = sum(len(text) for _, text in pending)
