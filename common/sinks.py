@@ -7,9 +7,13 @@ new files are created 0600 because events carry command lines and user names.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sys
 from typing import Callable, Protocol, TextIO
+
+from common.ownership import trusted_owners
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_GENERATIONS = 5
@@ -46,6 +50,39 @@ class StreamSink:
         self.flush()
 
 
+# Flags some platforms lack (Windows: no links to refuse here, no exec inheritance, and text
+# mode, which must be off).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def open_private(path: str) -> int:
+    """Open ``path`` for appending, as the sensor's own 0600 file. Refused, with a message
+    naming the path: a symbolic link (root would write through it), and an existing file of
+    another user (who could read what is written). A FIFO or device is used as it is, never
+    chmodded."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NOFOLLOW | _CLOEXEC
+                     | _BINARY, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"{path} is a symbolic link: refusing to write "
+                          "through it (give the real path)") from exc
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return fd
+    owners = trusted_owners()
+    if owners and st.st_uid not in owners:
+        os.close(fd)
+        raise OSError(errno.EPERM, f"{path} belongs to uid {st.st_uid}: refusing to write "
+                      "events into another user's file")
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o600)  # an existing file may have been created with other bits
+    return fd
+
+
 class RotatingFileSink:
     """Lines to ``path``, rotated when the next line would pass ``max_bytes``.
 
@@ -66,9 +103,7 @@ class RotatingFileSink:
         self._size = os.fstat(self._file.fileno()).st_size
 
     def _open(self):  # type: ignore[no-untyped-def]
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        os.fchmod(fd, 0o600)  # an existing file may have been created with other bits
-        return os.fdopen(fd, "ab")
+        return os.fdopen(open_private(self.path), "ab")
 
     def write(self, line: str) -> None:
         data = line.encode("utf-8", "surrogateescape") + b"\n"

@@ -37,6 +37,7 @@ import google_crc32c
 import zstandard
 
 from common import wire
+from common.ownership import SERVICE_USER, trusted_owners
 from common.schema import Event, new_event
 
 MAGIC = b"TTPF"
@@ -122,21 +123,6 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 
-# The account the Linux sensor drops to (its --user default); it owns the sensor's spool after
-# the first start, and the sensor (root) opens that spool again at the next.
-SERVICE_USER = "ttpsensor"
-
-
-def _trusted_owners() -> set[int]:
-    owners = {os.geteuid(), 0}
-    try:
-        import pwd
-        owners.add(pwd.getpwnam(SERVICE_USER).pw_uid)
-    except (ImportError, KeyError):
-        pass  # no such account (or Windows, where spool directories are checked by ACLs)
-    return owners
-
-
 def _check_private_directory(path: str) -> None:
     """A writer's spool directory must be a real directory of its own user that nobody else
     can write to: otherwise another user could plant links where the writer writes."""
@@ -146,7 +132,7 @@ def _check_private_directory(path: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise SpoolError(errno.ENOTDIR, f"{path} is not a directory (a symbolic link?): "
                          "refusing to use it as a spool")
-    if st.st_uid not in _trusted_owners():
+    if st.st_uid not in trusted_owners():
         raise SpoolError(errno.EPERM, f"{path} belongs to uid {st.st_uid}, neither this user "
                          f"({os.geteuid()}), root, nor the sensor's service user "
                          f"{SERVICE_USER!r}: refusing to use it as a spool")

@@ -90,3 +90,40 @@ def test_a_device_output_is_written_not_rotated_or_chmodded() -> None:
     sink.close()
     after = os.stat("/dev/null")
     assert stat.S_IMODE(after.st_mode) == stat.S_IMODE(before.st_mode)
+
+
+def test_an_output_is_never_written_through_a_link_nor_into_another_users_file(tmp_path) -> None:
+
+    from tests.conftest import require, run_cli
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    victim.chmod(0o644)
+    link = tmp_path / "events.jsonl"
+    link.symlink_to(victim)
+    with pytest.raises(OSError, match="is a symbolic link"):
+        RotatingFileSink(str(link))
+    dangling = tmp_path / "dangling.jsonl"
+    dangling.symlink_to(tmp_path / "would-be-created")
+    with pytest.raises(OSError, match="is a symbolic link"):
+        RotatingFileSink(str(dangling))
+    assert victim.read_text() == "precious" and victim.stat().st_mode & 0o777 == 0o644
+    assert not (tmp_path / "would-be-created").exists()
+    # The command says so in one line.
+    done = run_cli("run", "--source", "procfs", "--once", "--store", "", "--output", str(link))
+    assert done.returncode != 0 and "is a symbolic link" in done.stderr
+    assert "Traceback" not in done.stderr
+    # An existing file of ours keeps no wider mode; a device is used as it is.
+    own = tmp_path / "own.jsonl"
+    own.write_text("")
+    own.chmod(0o644)
+    RotatingFileSink(str(own)).close()
+    assert own.stat().st_mode & 0o777 == 0o600
+    null_mode = os.stat("/dev/null").st_mode
+    RotatingFileSink("/dev/null").close()
+    assert os.stat("/dev/null").st_mode == null_mode
+    require(os.geteuid() == 0, "root is needed to give a file to another user")
+    theirs = tmp_path / "theirs.jsonl"
+    theirs.write_text("")
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(OSError, match="belongs to uid 65534"):
+        RotatingFileSink(str(theirs))
