@@ -195,6 +195,7 @@ def _consume(url: str, durable: str, store: Any) -> None:
     import signal
     import threading
 
+    from collector.server import check_frame
     from common.jetstream import consume
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -202,6 +203,7 @@ def _consume(url: str, durable: str, store: Any) -> None:
     counts = {"frames": 0, "new": 0, "duplicates": 0}
 
     def ingest(spool: str, sensor: str, first_seq: int, events: list) -> None:
+        check_frame(first_seq, len(events), events)
         result = store.ingest(spool, first_seq, events, sensor)
         counts["frames"] += 1
         counts["new"] += result.new

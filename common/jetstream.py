@@ -79,7 +79,8 @@ async def publish_spool(url: str, spool_dir: str, sensor: str, stop: Callable[[]
 async def consume(url: str, durable: str, ingest: Callable[[str, str, int, list], Any],
                   stop: Callable[[], bool], log: Callable[[str], None]) -> None:
     """Feed every frame of the stream to ``ingest(spool, sensor, first_seq, events)`` and
-    acknowledge it after; a frame that does not decode is terminated (never redelivered)."""
+    acknowledge it after; a frame that does not decode, or that ``ingest`` refuses (raises),
+    is terminated (never redelivered) and logged."""
     import nats
     nc = await nats.connect(url, max_reconnect_attempts=-1, connect_timeout=5)
     js = nc.jetstream(timeout=10)
@@ -106,8 +107,14 @@ async def consume(url: str, durable: str, ingest: Callable[[str, str, int, list]
                     log(f"terminating an undecodable message: {exc}")
                     await message.term()
                     continue
-                ingest(headers.get("Ttpsensor-Spool", ""), headers.get("Ttpsensor-Sensor", ""),
-                       frame.first_seq, events)
+                try:
+                    ingest(headers.get("Ttpsensor-Spool", ""),
+                           headers.get("Ttpsensor-Sensor", ""), frame.first_seq, events)
+                except Exception as exc:  # noqa: BLE001 - a poison frame, not a stuck stream
+                    log(f"terminating a message the collector refused: "
+                        f"{type(exc).__name__}: {exc}")
+                    await message.term()
+                    continue
                 await message.ack_sync()
     finally:
         await nc.drain()

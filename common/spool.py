@@ -51,6 +51,9 @@ DEFAULT_BATCH_EVENTS = 500
 DEFAULT_BATCH_BYTES = 1 << 20
 DEFAULT_BATCH_SECONDS = 1.0
 MAX_PAYLOAD = 64 << 20
+# A frame holds at most a batch (DEFAULT_BATCH_BYTES of events before compression); anything
+# far beyond that is not a frame of ours.
+MAX_DECOMPRESSED = 64 << 20
 FSYNC_POLICIES = ("frame", "interval", "never")
 
 
@@ -66,9 +69,13 @@ class Frame:
     count: int
     payload: bytes
 
-    def events(self) -> list[Event]:
-        data = zstandard.ZstdDecompressor().decompress(self.payload,
-                                                        max_output_size=MAX_PAYLOAD * 8)
+    def events(self, limit: int = MAX_DECOMPRESSED) -> list[Event]:
+        """The frame's events. Decompression stops at ``limit`` bytes: a small frame must not
+        be able to claim gigabytes (SpoolError)."""
+        with zstandard.ZstdDecompressor().stream_reader(self.payload) as reader:
+            data = reader.read(limit + 1)
+        if len(data) > limit:
+            raise SpoolError(27, f"frame decompresses to more than {limit} bytes")
         return wire.unpack_batch(data)
 
     def raw(self) -> bytes:

@@ -48,11 +48,18 @@ class Sensor:
         pytest.fail(f"timed out waiting for {what}: {self.stderr}")
 
     def events(self) -> list[dict]:
-        if not self.out.exists():
-            return []
-        # The sensor may be writing a line right now: read complete lines only.
-        text = self.out.read_text()
-        return [ecs.parse(json.loads(line)) for line in text[:text.rfind("\n") + 1].splitlines()]
+        """Every event written so far, the rotated files' (FILE.N ... FILE.1) first."""
+        rotated = sorted(self.out.parent.glob(self.out.name + ".*"),
+                         key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
+        events = []
+        for path in [p for p in rotated if p.suffix[1:].isdigit()] + [self.out]:
+            if not path.exists():
+                continue
+            # The sensor may be writing a line right now: read complete lines only.
+            text = path.read_text()
+            events += [ecs.parse(json.loads(line))
+                       for line in text[:text.rfind("\n") + 1].splitlines()]
+        return events
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:

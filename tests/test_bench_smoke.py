@@ -15,3 +15,12 @@ def test_bench_command_runs(args) -> None:
     result = run_cli("bench", *args)
     assert result.returncode == 0, result.stderr
     assert "µs/event" in result.stdout
+
+
+def test_bench_assembly_assembles_every_event_of_its_streams() -> None:
+    result = run_cli("bench", "assembly", "--scale", "0.02")
+    assert result.returncode == 0, result.stderr
+    rows = {line[:28].strip(): line[28:].split() for line in result.stdout.splitlines()[1:]}
+    assert rows["in order, with EOE"][:2] == ["2000", "1000"]
+    assert rows["100k open, then 3k later"][:2] == ["5000", "5000"]
+    assert rows["1,000 nodes shuffled"][:2] == ["1400", "700"]
