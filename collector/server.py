@@ -3,6 +3,13 @@
 One thread per connection, blocking TLS sockets: the handshake happens where its failure can be
 logged and counted (plain TCP, no client certificate, a certificate from another CA). Writes to
 the store are serialized; a frame is acknowledged after its transaction committed.
+
+Nobody can tie it up without a certificate: a connection has :data:`HANDSHAKE_SECONDS` in all
+to complete TLS and say hello (a slow sender gains nothing by trickling bytes); at most
+:data:`MAX_PENDING` connections may be at that stage, and a new one pushes out the oldest, so
+idle connections cannot lock a real sensor out (its handshake takes milliseconds); at most
+:data:`MAX_SENSORS` authenticated connections are served, each closed after
+:data:`IDLE_SECONDS` without a message (the forwarder reconnects).
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import socketserver
 import ssl
 import sys
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
@@ -21,10 +30,20 @@ from common import transport
 from common.spool import decode_frame
 
 
+HANDSHAKE_SECONDS = 10.0
+IDLE_SECONDS = 600.0
+MAX_PENDING = 128
+MAX_SENSORS = 1024
+LISTEN_BACKLOG = 1024
+
+
 @dataclass
 class CollectorStats:
     connections: int = 0
     refused: int = 0
+    evicted: int = 0              # connections closed before their hello: too slow, or pushed
+                                  # out by newer ones
+    over_capacity: int = 0        # authenticated connections refused: MAX_SENSORS reached
     frames: int = 0
     events_new: int = 0
     events_duplicate: int = 0
@@ -42,20 +61,54 @@ class Collector:
         self.stats = CollectorStats()
         self._lock = threading.Lock()
         self._server: socketserver.ThreadingTCPServer | None = None
+        # Connections before their hello, oldest first: socket -> deadline (monotonic).
+        self._pending: OrderedDict[socket.socket, float] = OrderedDict()
+        self._sensors = 0
+        self._reaper_stop = threading.Event()
 
     def log(self, message: str) -> None:
         self.log_stream.write(f"ttpsensor collect: {message}\n")
         self.log_stream.flush()
 
+    def _admit(self, raw: socket.socket) -> None:
+        """Count a new connection as pending; push out the oldest pending ones over the cap."""
+        with self._lock:
+            self._pending[raw] = time.monotonic() + HANDSHAKE_SECONDS
+            while len(self._pending) > MAX_PENDING:
+                oldest, _ = self._pending.popitem(last=False)
+                self.stats.evicted += 1
+                _kill(oldest)
+
+    def _reap(self) -> None:
+        """Close pending connections past their deadline (a trickle of bytes does not help:
+        the deadline is for the whole handshake and hello)."""
+        while not self._reaper_stop.wait(0.5):
+            now = time.monotonic()
+            with self._lock:
+                while self._pending:
+                    raw, deadline = next(iter(self._pending.items()))
+                    if deadline > now:
+                        break
+                    del self._pending[raw]
+                    self.stats.evicted += 1
+                    _kill(raw)
+
     def handle(self, raw: socket.socket, peer: tuple[str, int]) -> None:
+        self._admit(raw)
+        raw.settimeout(HANDSHAKE_SECONDS)
         try:
             sock = self.context.wrap_socket(raw, server_side=True)
         except (ssl.SSLError, OSError) as exc:
             with self._lock:
-                self.stats.refused += 1
-            self.log(f"refused {peer[0]}:{peer[1]}: {exc}")
+                # One that was pushed out or timed out is counted as evicted already.
+                evicted = self._pending.pop(raw, None) is None
+                if not evicted:
+                    self.stats.refused += 1
+            if not evicted:
+                self.log(f"refused {peer[0]}:{peer[1]}: {exc}")
             raw.close()
             return
+        counted = False
         try:
             sensor = transport.peer_name(sock)
             kind, body = transport.receive(sock)
@@ -67,7 +120,15 @@ class Collector:
                 raise transport.ProtocolError("malformed hello")
             spool_id = hello["spool"]
             with self._lock:
+                if self._pending.pop(raw, None) is None:
+                    raise transport.ProtocolError("too slow: closed before its hello")
+                if self._sensors >= MAX_SENSORS:
+                    self.stats.over_capacity += 1
+                    raise transport.ProtocolError(f"over capacity ({MAX_SENSORS} sensors)")
+                self._sensors += 1
+                counted = True
                 self.stats.connections += 1
+            sock.settimeout(IDLE_SECONDS)
             self.log(f"{sensor} connected from {peer[0]} (spool {spool_id})")
             while True:
                 kind, body = transport.receive(sock)
@@ -83,6 +144,10 @@ class Collector:
             self.log(f"connection from {peer[0]} ended by an internal error: "
                      f"{type(exc).__name__}: {exc}")
         finally:
+            with self._lock:
+                self._pending.pop(raw, None)
+                if counted:
+                    self._sensors -= 1
             sock.close()
 
     def _frame(self, sock: ssl.SSLSocket, sensor: str, spool_id: str, data: bytes) -> None:
@@ -129,8 +194,10 @@ class Collector:
         class Server(socketserver.ThreadingTCPServer):
             allow_reuse_address = True
             daemon_threads = True
+            request_queue_size = LISTEN_BACKLOG
 
         self._server = Server((host, port), Handler)
+        threading.Thread(target=self._reap, name="reaper", daemon=True).start()
         bound = self._server.server_address[1]
         self.log(f"listening on {host}:{bound}")
         if ready is not None:
@@ -138,9 +205,18 @@ class Collector:
         self._server.serve_forever(poll_interval=0.2)
 
     def shutdown(self) -> None:
+        self._reaper_stop.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+def _kill(raw: socket.socket) -> None:
+    """Close a connection another thread is blocked on (its recv then fails at once)."""
+    try:
+        raw.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 MAX_SEQ = 2**63 - 1                    # what the stores' 64-bit integer columns hold

@@ -89,3 +89,73 @@ def test_malformed_hellos_close_the_connection_without_a_traceback(lab, hello) -
         collector.stop()
     assert "Traceback" not in collector.text()
     assert "ended" in collector.text()
+
+
+def _client_hello() -> bytes:
+    """The first flight of a TLS client, to trickle byte by byte (slow-loris)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_idle_and_slow_connections_cannot_lock_a_sensor_out(lab) -> None:
+    """1,000 idle TCP connections and 100 slow-loris TLS handshakes, all kept open, while a
+    sensor with a certificate connects and sends frames: each of them is stored."""
+    import resource
+    import threading
+    import time
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    tmp, issued = lab
+    port = _free_port()
+    store = str(tmp / "store.sqlite")
+    # The collector gets 512 descriptors, half of what the attack opens: it must not need
+    # one per idle connection.
+    collector = _collector(tmp, issued, port, store, nofile=512)
+    hello = _client_hello()
+    stop = threading.Event()
+    idle: list[socket.socket] = []
+    slow: list[socket.socket] = []
+
+    def trickle() -> None:
+        sent = 0
+        while not stop.is_set() and sent < len(hello):
+            for sock in slow:
+                try:
+                    sock.send(hello[sent:sent + 1])
+                except OSError:
+                    pass  # closed by the collector: as it should
+            sent += 1
+            stop.wait(0.3)
+
+    try:
+        for _ in range(1000):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+        for _ in range(100):
+            slow.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        time.sleep(1)
+        stored = 0
+        for round_ in range(5):  # five separate connections, spread over the attack
+            with _connect(issued, port) as tls:
+                transport.send(tls, b"H", json.dumps({"spool": "s-3", "version": 1}).encode())
+                transport.send(tls, b"F", encode_frame(round_ * 10, _events(10, round_ * 10))[0])
+                kind, _ = transport.receive(tls)
+                assert kind == b"A", round_
+                stored += 10
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for sock in idle + slow:
+            sock.close()
+        collector.stop()
+    assert _stored(store) == stored == 50
+    stats = json.loads(collector.text().strip().splitlines()[-1].split("stopped: ", 1)[1])
+    assert stats["evicted"] >= 1000 - 128  # pushed out by newer ones, or timed out

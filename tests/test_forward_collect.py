@@ -37,10 +37,16 @@ def _events(n: int, start: int = 0) -> list[dict]:
 
 
 class Proc:
-    def __init__(self, tmp: Path, name: str, args: list[str]) -> None:
+    def __init__(self, tmp: Path, name: str, args: list[str], nofile: int | None = None) -> None:
         self.err = tmp / f"{name}.err"
+
+        def limit() -> None:
+            if nofile is not None:
+                import resource
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(ttpsensor_command() + args, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.err, "a"))
+                                     stderr=open(self.err, "a"), preexec_fn=limit)
 
     def text(self) -> str:
         return self.err.read_text()
@@ -60,10 +66,12 @@ def lab(tmp_path):
     return tmp_path, issued
 
 
-def _collector(tmp: Path, issued, port: int, store: str, name: str = "collector") -> Proc:
+def _collector(tmp: Path, issued, port: int, store: str, name: str = "collector",
+               nofile: int | None = None) -> Proc:
     c = issued["collector"]
     proc = Proc(tmp, name, ["collect", "--listen", f"127.0.0.1:{port}", "--cert", c.cert,
-                            "--key", c.key, "--ca", issued["ca"].cert, "--store", store])
+                            "--key", c.key, "--ca", issued["ca"].cert, "--store", store],
+                nofile=nofile)
     deadline = time.monotonic() + 60
     while "listening on" not in proc.text():
         assert proc.proc.poll() is None and time.monotonic() < deadline, proc.text()
