@@ -104,6 +104,17 @@ def tty_name(tty_nr: int) -> str | None:
     return f"char:{major}:{minor}"
 
 
+def kernel_tty_name(name: bytes | None) -> str | None:
+    """A terminal as the kernel names it (tty_struct.name, audit's ``tty=``: ``pts3``) in the
+    form /proc and our events use (``pts/3``); ``(none)`` and empty are no terminal."""
+    if not name or name == b"(none)":
+        return None
+    text = name.decode("ascii", "replace")
+    if text.startswith("pts") and text[3:].isdigit():
+        return f"pts/{text[3:]}"
+    return text
+
+
 def read_process(pid: int, proc: str = PROC, btime: float | None = None) -> ProcessFacts | None:
     """Facts about ``pid``, or ``None`` when it no longer exists."""
     base = f"{proc}/{pid}"

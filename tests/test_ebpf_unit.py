@@ -14,7 +14,7 @@ import pytest
 
 from sensor_linux.ebpf import probes
 from sensor_linux.ebpf.btf import VMLINUX, Btf, BtfError
-from sensor_linux.ebpf.events import tty_path
+from sensor_linux.procfs import kernel_tty_name
 from sensor_linux.ebpf.offsets import REQUIRED, kernel_offsets
 from tests.conftest import require
 
@@ -103,8 +103,9 @@ def test_a_failed_exec_has_its_name_and_no_image() -> None:
 
 
 def test_tty_names_as_proc_writes_them() -> None:
-    assert tty_path(b"pts3") == "pts/3" and tty_path(b"tty1") == "tty1"
-    assert tty_path(None) is None and tty_path(b"") is None
+    assert kernel_tty_name(b"pts3") == "pts/3" and kernel_tty_name(b"tty1") == "tty1"
+    assert kernel_tty_name(None) is None and kernel_tty_name(b"") is None
+    assert kernel_tty_name(b"(none)") is None
 
 
 def _pahole_members(struct_name: str) -> dict[str, tuple[int, str]]:

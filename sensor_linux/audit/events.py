@@ -19,7 +19,7 @@ from sensor_linux.audit.assemble import AuditEvent
 from sensor_linux.audit.decode import execve_argv, sockaddr
 from sensor_linux.audit.records import CWD, EXECVE, PATH, SOCKADDR, SYSCALL, Record, Value
 from sensor_linux.enrich import Enricher
-from sensor_linux.procfs import ProcessFacts, live_container_id
+from sensor_linux.procfs import ProcessFacts, kernel_tty_name, live_container_id
 
 UNSET = 4294967295
 _DELETED = b" (deleted)"
@@ -34,13 +34,7 @@ def _text(value: Value) -> str | bytes | None:
 
 
 def _tty(value: Value) -> str | None:
-    """auditd's ``pts3`` as /proc's ``pts/3``; ``(none)`` as no terminal."""
-    if not isinstance(value, bytes) or value in (b"(none)", b""):
-        return None
-    text = value.decode("ascii", "replace")
-    if text.startswith("pts") and text[3:].isdigit():
-        return f"pts/{text[3:]}"
-    return text
+    return kernel_tty_name(value) if isinstance(value, bytes) else None
 
 
 def _device(value: Value) -> int | None:

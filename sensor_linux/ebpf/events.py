@@ -18,17 +18,7 @@ from common.schema import Event
 from sensor_linux.cgroups import CgroupNames
 from sensor_linux.ebpf.probes import FLAG_EXECVEAT, FLAG_NO_ENTRY, ExecRecord
 from sensor_linux.enrich import Enricher
-from sensor_linux.procfs import ProcessFacts
-
-
-def tty_path(name: bytes | None) -> str | None:
-    """The kernel's terminal name (``pts3``) as /proc and our events write it (``pts/3``)."""
-    if not name:
-        return None
-    text = name.decode("ascii", "replace")
-    if text.startswith("pts") and text[3:].isdigit():
-        return f"pts/{text[3:]}"
-    return text
+from sensor_linux.procfs import ProcessFacts, kernel_tty_name
 
 
 class EbpfEventBuilder:
@@ -37,7 +27,6 @@ class EbpfEventBuilder:
         self.cgroups = cgroups if cgroups is not None else CgroupNames()
         # bpf_ktime_get_ns is CLOCK_MONOTONIC; this turns it into wall-clock time.
         self._epoch_offset = time.time() - time.monotonic()
-        self.arg_faults = 0
 
     def _facts(self, record: ExecRecord) -> ProcessFacts:
         success = not record.failed
@@ -50,7 +39,7 @@ class EbpfEventBuilder:
             executable=as_text(executable) if executable is not None else None,
             comm=as_text(record.comm),
             cwd=as_text(record.cwd) if record.cwd is not None else None,
-            uids=record.uids, gids=record.gids, tty=tty_path(record.tty),
+            uids=record.uids, gids=record.gids, tty=kernel_tty_name(record.tty),
             login_uid=record.login_uid, session=record.session,
             container_id=self.cgroups.container_id(record.cgroup_id))
         if success:
@@ -75,7 +64,6 @@ class EbpfEventBuilder:
             if record.arg_faults:
                 # Arguments the probe could not read are null elements, never "".
                 process["args_faulted"] = record.arg_faults
-                self.arg_faults += record.arg_faults
         if record.flags & FLAG_EXECVEAT:
             process["execveat"] = True
         if record.flags & FLAG_NO_ENTRY:
