@@ -296,7 +296,10 @@ def pki_group() -> None:
 def pki_init(directory: str, sensors: tuple[str, ...], names: tuple[str, ...]) -> None:
     """Make a CA, a collector certificate and sensor certificates in DIRECTORY (keys 0600)."""
     from common import pki
-    issued = pki.init(directory, list(sensors), collector_names=list(names) or None)
+    try:
+        issued = pki.init(directory, list(sensors), collector_names=list(names) or None)
+    except pki.PkiError as exc:
+        raise click.ClickException(str(exc)) from exc
     for name, files in issued.items():
         click.echo(f"{name:12} {files.cert}  {files.key}")
 

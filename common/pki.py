@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from common.ownership import private_directory_problem
+
 VALID_DAYS = 825
 
 
@@ -31,17 +33,32 @@ def _name(common_name: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _write_key(path: str, key: ec.EllipticCurvePrivateKey) -> None:
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+class PkiError(OSError):
+    """The PKI cannot be written where asked; the message says why."""
+
+
+def _create(path: str, data: bytes, mode: int) -> None:
+    """A new file, never an existing one and never through a link: a key must not end up in a
+    file another user already holds open or can read."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) \
+        | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError as exc:
+        raise PkiError(exc.errno, f"{path} exists already: refusing to replace it (remove it "
+                       "first, or choose another directory)") from exc
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 
 
+def _write_key(path: str, key: ec.EllipticCurvePrivateKey) -> None:
+    _create(path, key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()), 0o600)
+
+
 def _write_cert(path: str, cert: x509.Certificate) -> None:
-    with open(path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    _create(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def make_ca(directory: str, name: str = "ttpsensor lab CA") -> Issued:
@@ -99,8 +116,15 @@ def issue(ca: Issued, directory: str, name: str, *, server: bool,
 
 def init(directory: str, sensors: list[str], collector: str = "collector",
          collector_names: list[str] | None = None) -> dict[str, Issued]:
-    """A CA, one collector certificate and one certificate per sensor, in ``directory``."""
+    """A CA, one collector certificate and one certificate per sensor, in ``directory``: a
+    directory of this user (or root) that nobody else can write to, holding no CA yet."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
+    problem = private_directory_problem(directory)
+    if problem is not None:
+        raise PkiError(1, f"{problem}: refusing to write keys there")
+    if os.path.lexists(os.path.join(directory, "ca.key")):
+        raise PkiError(17, f"{directory} holds a CA already (ca.key): a second 'pki init' "
+                       "would replace it and orphan every certificate it signed")
     out = {"ca": make_ca(directory)}
     names = collector_names or ["localhost", "127.0.0.1", "::1"]
     out[collector] = issue(out["ca"], directory, collector, server=True, alt_names=names)

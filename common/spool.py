@@ -37,7 +37,7 @@ import google_crc32c
 import zstandard
 
 from common import wire
-from common.ownership import SERVICE_USER, trusted_owners
+from common.ownership import private_directory_problem
 from common.schema import Event, new_event
 
 MAGIC = b"TTPF"
@@ -133,20 +133,9 @@ _BINARY = getattr(os, "O_BINARY", 0)
 def _check_private_directory(path: str) -> None:
     """A writer's spool directory must be a real directory of its own user that nobody else
     can write to: otherwise another user could plant links where the writer writes."""
-    if os.name == "nt":
-        return  # ownership there is a matter of ACLs, set by the installer
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise SpoolError(errno.ENOTDIR, f"{path} is not a directory (a symbolic link?): "
-                         "refusing to use it as a spool")
-    if st.st_uid not in trusted_owners():
-        raise SpoolError(errno.EPERM, f"{path} belongs to uid {st.st_uid}, neither this user "
-                         f"({os.geteuid()}), root, nor the sensor's service user "
-                         f"{SERVICE_USER!r}: refusing to use it as a spool")
-    if st.st_mode & 0o022:
-        raise SpoolError(errno.EPERM, f"{path} is writable by group or others "
-                         f"({stat.filemode(st.st_mode)}): refusing to use it as a spool; "
-                         "chmod go-w it")
+    problem = private_directory_problem(path)
+    if problem is not None:
+        raise SpoolError(errno.EPERM, f"{problem}: refusing to use it as a spool")
 
 
 def _fsync_dir(path: str) -> None:
