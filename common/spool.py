@@ -290,7 +290,7 @@ class Spool:
             return self._acked_checked(0)
         last = segments[-1]
         end_seq, good_end, largest = _segment_seq(last), 0, self.batch_events
-        for frame in self.frames(last, count_errors=False):
+        for frame in self.frames(last, count_errors=False, newest=True):
             end_seq = frame.first_seq + frame.count
             good_end = frame.offset + _HEADER.size + len(frame.payload)
             largest = max(largest, frame.count)
@@ -514,7 +514,8 @@ class Spool:
         os.replace(tmp, path)
         _fsync_dir(self.dir)
 
-    def frames(self, segment: str, count_errors: bool = True) -> Iterator[Frame]:
+    def frames(self, segment: str, count_errors: bool = True,
+               newest: bool | None = None) -> Iterator[Frame]:
         """Valid frames of one segment. Damage anywhere is skipped by resynchronising on the
         next whole frame that passes its CRC, and counted; only the newest segment may end
         inside a frame (torn tail). A segment the writer dropped meanwhile reads as empty
@@ -524,7 +525,8 @@ class Spool:
                 data = f.read()
         except (FileNotFoundError, IsADirectoryError):
             return
-        newest = segment == max(self.segments(), default=segment)
+        if newest is None:  # callers that walk the segment list say so; a lone look asks
+            newest = segment == max(self.segments(), default=segment)
         offset = 0
         self._segment_end = _segment_seq(segment)
         while offset < len(data):
@@ -568,10 +570,8 @@ class Spool:
         # lost (a deleted unacknowledged segment).
         leading = self._cursor_found and from_seq == cursor
         segments = self.segments()
-        end = 0
         expected = from_seq
         for frame in self._frames_from(segments, from_seq, leading):
-            end = max(end, frame.first_seq + frame.count)
             yield frame
             expected = frame.first_seq + frame.count
         if expected == from_seq and from_seq > 0 and segments:
@@ -583,7 +583,8 @@ class Spool:
 
     def _all_frames(self, segments: list[str]) -> Iterator[Frame]:
         for segment in segments:
-            yield from self.frames(segment, count_errors=False)
+            yield from self.frames(segment, count_errors=False,
+                                   newest=segment == segments[-1])
 
     def _frames_from(self, segments: list[str], expected: int,
                      leading: bool) -> Iterator[Frame]:
@@ -592,7 +593,7 @@ class Spool:
             # from the oldest one present on, every event must be there.
             expected = max(expected, _segment_seq(segments[0]))
         for segment in segments:
-            for frame in self.frames(segment):
+            for frame in self.frames(segment, newest=segment == segments[-1]):
                 if frame.first_seq + frame.count <= expected:
                     continue
                 if frame.first_seq > expected:
@@ -618,8 +619,8 @@ class Spool:
         for frame in self.read_frames(from_seq):
             try:
                 events = frame.events()
-            except (zstandard.ZstdError, wire.WireError):
-                events = None
+            except (zstandard.ZstdError, wire.WireError, SpoolError):
+                events = None  # undecodable, or past the decompression cap
             if events is None or len(events) != frame.count:
                 self.stats.corrupt_frames += 1
                 held = max(frame.count, len(events or ()))

@@ -42,8 +42,8 @@ class AttemptFolder:
 
     def take(self, event: Event, now: float | None = None) -> list[Event]:
         """The events to write now, in order, for one more ``event`` of the stream."""
-        now = time.monotonic() if now is None else now
-        out = self.expire(now)
+        # The clock is read only when something is or will be held (the usual event is not).
+        out = self.expire(now) if self._held else []
         ev = event.get("event") or {}
         process = event.get("process")
         if self.keep_all or ev.get("action") != ACTION_PROCESS_CREATE or not process:
@@ -53,7 +53,7 @@ class AttemptFolder:
         if ev.get("outcome") == "failure" and process.get("exit_code") in FOLDED_ERRORS:
             held = self._held.get(pid)
             if held is None:
-                held = self._held[pid] = _Held(now)
+                held = self._held[pid] = _Held(time.monotonic() if now is None else now)
                 if len(self._held) > MAX_PROCESSES:
                     out += self._release(next(iter(self._held)))
             held.events.append(event)

@@ -51,9 +51,14 @@ class CrossCheck:
     before_start: int = 0
     kernel_execs: int = 0
     unsettled: int = 0
+    _start_cutoff: str | None = None  # process.start form of start + START_MARGIN
     # key -> (when it arrived, the event, whether a miss would be reported)
     _pending: dict[str, OrderedDict[Key, tuple[float, Event, bool]]] = field(
         default_factory=lambda: {s: OrderedDict() for s in SOURCES})
+
+    def __post_init__(self) -> None:
+        if self.start is not None:
+            self._start_cutoff = utc_timestamp(self.start + START_MARGIN)
 
     def add(self, source: str, event: Event, now: float | None = None) -> list[Event]:
         """Take a successful exec event from ``source``; return unmatched-exec events due."""
@@ -76,11 +81,11 @@ class CrossCheck:
     def _near_start(self, event: Event) -> bool:
         """Began before both sources listened, or so close to it that one of them may have
         missed it for that reason alone."""
-        if self.start is None:
+        if self._start_cutoff is None:
             return False
         started = (event.get("process") or {}).get("start")
         # process.start is ISO 8601 UTC with a fixed width: it sorts as text.
-        return isinstance(started, str) and started < utc_timestamp(self.start + START_MARGIN)
+        return isinstance(started, str) and started < self._start_cutoff
 
     def expire(self, now: float | None = None) -> list[Event]:
         now = time.monotonic() if now is None else now

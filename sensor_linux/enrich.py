@@ -15,7 +15,7 @@ from typing import Any
 
 from common import ttphash
 from common.filehash import FileHasher
-from common.percent import percent_encode
+from common.percent import percent_encode, to_bytes
 from common.proctable import Entry, ProcessTable, parent_context
 from common.schema import ACTION_PROCESS_CREATE, Event, new_event, utc_timestamp
 from sensor_linux.image import image_facts
@@ -121,9 +121,7 @@ class Enricher:
             process["on_disk"] = None  # not checked: the file is on another machine
             return
         if facts.image_identity is not None and isinstance(facts.executable, (str, bytes)):
-            path = facts.executable
-            found = image_facts(path.encode("utf-8", "surrogateescape")
-                                if isinstance(path, str) else path, facts.image_identity,
+            found = image_facts(to_bytes(facts.executable), facts.image_identity,
                                 self.hasher, facts.pid if self.live else None, self.proc)
             self.proc_reads += found.read_proc
             digests, on_disk = found.digests, found.on_disk

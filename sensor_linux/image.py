@@ -13,7 +13,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from common.filehash import FileDigests, FileHasher, FileKey
+from common.filehash import FileDigests, FileHasher, FileKey, file_key
 from sensor_linux.procfs import PROC
 
 
@@ -34,7 +34,7 @@ class FileIdentity:
 
     def matches(self, st: os.stat_result) -> bool:
         """``st`` (a stat taken now) is this very file version."""
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == self.key
+        return file_key(st) == self.key
 
 
 @dataclass

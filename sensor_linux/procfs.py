@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from common.filehash import FileDigests, FileHasher
-from common.percent import as_text
+from common.percent import as_text, to_bytes
 
 if TYPE_CHECKING:
     from sensor_linux.image import FileIdentity
@@ -218,13 +218,10 @@ def exe_identity(pid: int, executable: str | bytes | None, hasher: FileHasher,
 def _absolute(path: str | bytes, cwd: str | bytes | None) -> bytes | None:
     """``path`` as the process meant it: a relative name is relative to *its* working
     directory, never to the sensor's."""
-    raw = path.encode("utf-8", "surrogateescape") if isinstance(path, str) else path
+    raw = to_bytes(path)
     if raw.startswith(b"/"):
         return raw
-    if cwd is None:
-        return None
-    base = cwd.encode("utf-8", "surrogateescape") if isinstance(cwd, str) else cwd
-    return os.path.join(base, raw)
+    return None if cwd is None else os.path.join(to_bytes(cwd), raw)
 
 
 def _proc_exe_identity(pid: int, executable: str | bytes, hasher: FileHasher,

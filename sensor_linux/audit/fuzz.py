@@ -16,6 +16,7 @@ and the run exits 1. The mutation engine is written here: it is small, and the c
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import resource
@@ -29,7 +30,7 @@ import click
 
 from common import ttphash
 from common.jsonin import load_event, read_documents
-from common.schema import Event
+from common.sinks import StreamSink
 from sensor_linux.audit.lines import LineSplitter
 from sensor_linux.audit.pipeline import AuditPipeline
 from sensor_linux.enrich import Enricher
@@ -43,23 +44,11 @@ class _Timeout(Exception):
     pass
 
 
-@dataclass
-class _NullSink:
-    """Counts what the pipeline writes; keeps nothing."""
+class _Discard(io.TextIOBase):
+    """A text stream that keeps nothing (for the pipeline's output, error log and messages)."""
 
-    lines: int = 0
-
-    def write_event(self, event: Event, line: str | None = None) -> None:
-        self.lines += 1
-
-    def write(self, line: str) -> None:
-        self.lines += 1
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    def write(self, text: str) -> int:
+        return len(text)
 
 
 @dataclass
@@ -100,40 +89,15 @@ def _json_seeds(audit_seeds: list[bytes]) -> list[bytes]:
     """Events as our pipeline writes them, from the audit seeds (real shapes)."""
     out: list[bytes] = []
     for seed in audit_seeds[:20]:
-        sink = _CollectSink()
-        pipeline = AuditPipeline("ecs", sink, enricher=Enricher(live=False, host_files=False),
-                                 error_log=_NullSink(), messages=_Quiet())
+        rendered = io.StringIO()
+        pipeline = _pipeline(StreamSink(rendered))
         for line in LineSplitter().feed(seed) + LineSplitter().finish():
             pipeline.feed(line)
         pipeline.close()
-        if sink.lines:
-            out.append("".join(sink.lines[:50]).encode())
+        lines = rendered.getvalue().splitlines(keepends=True)
+        if lines:
+            out.append("".join(lines[:50]).encode())
     return out or [b'{"schema": 1}\n']
-
-
-class _CollectSink:
-    """Keeps the rendered lines (the JSON seeds are made of them)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def write_event(self, event: Event, line: str | None = None) -> None:
-        if line is not None:
-            self.lines.append(line + "\n")
-
-    def write(self, line: str) -> None:
-        self.lines.append(line + "\n")
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _Quiet:
-    def write(self, text: str) -> None:
-        pass
 
 
 # --- mutations ----------------------------------------------------------------------------------
@@ -213,10 +177,14 @@ def _mutate(data: bytes, seeds: list[bytes], rng: random.Random) -> bytes:
 
 # --- runs ---------------------------------------------------------------------------------------
 
+def _pipeline(sink: StreamSink) -> AuditPipeline:
+    """The pipeline as a replay runs it: no file of this host is opened."""
+    return AuditPipeline("ecs", sink, enricher=Enricher(live=False, host_files=False),
+                         error_log=StreamSink(_Discard()), messages=_Discard())
+
+
 def _run_audit(data: bytes, stats: FuzzStats) -> str | None:
-    sink, errors = _NullSink(), _NullSink()
-    pipeline = AuditPipeline("ecs", sink, enricher=Enricher(live=False, host_files=False),
-                             error_log=errors, messages=_Quiet())
+    pipeline = _pipeline(StreamSink(_Discard()))
     splitter = LineSplitter()
     nonblank = 0
     for line in splitter.feed(data) + splitter.finish():
@@ -340,13 +308,11 @@ def bench_fuzz(seconds: float, seed: int, corpus: tuple[str, ...], keep: str,
     """Fuzz the audit parser, assembler and event builder, and the JSON/TTPHash reader, with
     mutated inputs; exit 1 if any input crashed, hung, broke the line accounting or blew the
     memory limit (failing inputs are kept in --keep)."""
-    seeds = _generated_seeds()
+    seeds = _generated_seeds() if corpus else default_seeds()
     for given in corpus:
         path = Path(given)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         seeds += [f.read_bytes()[:MAX_INPUT] for f in files]
-    if not corpus:
-        seeds = default_seeds()
 
     def progress(stats: FuzzStats) -> None:
         click.echo(f"fuzz: {stats.inputs} inputs, {stats.failures} failures, slowest "
