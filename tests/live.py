@@ -49,10 +49,10 @@ class Sensor:
 
     def events(self) -> list[dict]:
         """Every event written so far, the rotated files' (FILE.N ... FILE.1) first."""
-        rotated = sorted(self.out.parent.glob(self.out.name + ".*"),
-                         key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
+        rotated = [p for p in self.out.parent.glob(self.out.name + ".*") if p.suffix[1:].isdigit()]
+        rotated.sort(key=lambda p: -int(p.suffix[1:]))
         events = []
-        for path in [p for p in rotated if p.suffix[1:].isdigit()] + [self.out]:
+        for path in rotated + [self.out]:
             if not path.exists():
                 continue
             # The sensor may be writing a line right now: read complete lines only.
@@ -108,7 +108,7 @@ def captured(events: list[dict], token: str) -> dict[int, list]:
     found = {}
     for event in events:
         args = event.get("process", {}).get("args") or []
-        if event["event"]["action"] == "process_create" and len(args) > 1 \
+        if event["event"]["action"] in ("process_create", "exec_unmatched") and len(args) > 1 \
                 and isinstance(args[1], str) and args[1].startswith(f"ttpw-{token}-"):
             found[event["process"]["pid"]] = args
     return found
