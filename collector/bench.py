@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 
 import click
 
+from collector.admit import AdmitCounts, Identity, admit
 from collector.store import Store
 from common import bench
 
@@ -17,7 +19,8 @@ from common import bench
               help="A postgresql:// URL of a scratch database, to measure PostgreSQL too "
                    "(its tables are filled; use an empty database).")
 def bench_ingest(count: int, postgres: str | None) -> None:
-    """Collector ingest per event, from frames of 500, into SQLite (and PostgreSQL)."""
+    """Collector ingest per event, from frames of 500, into SQLite (and PostgreSQL), and what
+    admitting a remote sensor's frame adds (its TTPHashes recomputed)."""
     events = bench.varied_events(count)
     batches = [events[i:i + 500] for i in range(0, len(events), 500)]
 
@@ -30,9 +33,28 @@ def bench_ingest(count: int, postgres: str | None) -> None:
             store.close()
         return bench._median_us(run, len(events), repeats=3)
 
+    def admitted() -> None:
+        # What a remote sensor's frame costs before the store: host names checked against
+        # its certificate, every TTPHash recomputed (collector/admit.py).
+        host = events[0]["host"]["name"]
+        identity = Identity("bench", frozenset({host.casefold()}))
+        counts = AdmitCounts()
+        for n, batch in enumerate(batches):
+            admit(identity, n * 500, len(batch), [copy.deepcopy(e) for e in batch], counts)
+        if counts.verified != len(events):
+            raise click.ClickException(f"admission did not verify every event: {counts}")
+
+    def copies() -> None:
+        for batch in batches:
+            [copy.deepcopy(e) for e in batch]
+
+    admission = max(bench._median_us(admitted, len(events), repeats=3)
+                    - bench._median_us(copies, len(events), repeats=3), 0.0)
     with tempfile.TemporaryDirectory(prefix="ttpsensor-bench-") as directory:
         sqlite = timed(os.path.join(directory, "bench.sqlite"))
-    rows = [bench.Row("collector ingest, SQLite (frames of 500)", sqlite)]
+    rows = [bench.Row("collector admission (hosts, TTPHash recomputed)", admission,
+                      "SQLite ingest", admission / sqlite),
+            bench.Row("collector ingest, SQLite (frames of 500)", sqlite)]
     if postgres:
         pg = timed(postgres)
         rows.append(bench.Row("collector ingest, PostgreSQL (frames of 500)", pg, "SQLite",

@@ -13,14 +13,18 @@ from common.config import config_option
 DEFAULT_STORE = "ttpsensor-data/store.sqlite"
 
 
-def _open(path: str):  # type: ignore[no-untyped-def]
+def _open(path: str, write: bool = False):  # type: ignore[no-untyped-def]
+    """The store, read-only unless ``write`` (the allow-list), or a clear error."""
     import os
 
-    from collector.store import Store
-    if not os.path.exists(path):
+    from collector.store import Store, StoreError
+    if "://" not in path and not os.path.exists(path):
         raise click.ClickException(f"no store at {path} (run the sensor or a collector first, "
                                    "or give --store)")
-    return Store(path)
+    try:
+        return Store(path, readonly=not write)
+    except (StoreError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _print(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
@@ -41,7 +45,8 @@ def _print(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
 
 @click.group("hunt")
 @click.option("--store", default=DEFAULT_STORE, show_default=True,
-              help="The collector's store (SQLite file).")
+              help="The collector's store: a SQLite file or a postgresql:// URL. Opened "
+                   "read-only except by 'allow add' and 'allow remove'.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 @click.pass_context
 def hunt(ctx: click.Context, store: str, as_json: bool) -> None:
@@ -103,6 +108,9 @@ def hunt_show(obj: dict[str, Any], value: str) -> None:
     for key in ("ttphash", "first_seen", "last_seen", "count", "hosts", "host_names",
                 "allowed"):
         click.echo(f"{key:11} {row[key]}")
+    check = (row["sample"].get("ttphash") or {}).get("check")
+    if check:  # set by a remote collector: see docs/security.md
+        click.echo(f"{'checked':11} {check} by the collector")
     click.echo(f"canonical   {row['canonical']}")
     click.echo(f"sample      {ecs.render(row['sample'])}")
 
@@ -117,14 +125,14 @@ def hunt_allow() -> None:
 @click.option("--reason", required=True)
 @click.pass_obj
 def allow_add(obj: dict[str, Any], value: str, reason: str) -> None:
-    _open(obj["store"]).allow(value, reason)
+    _open(obj["store"], write=True).allow(value, reason)
 
 
 @hunt_allow.command("remove")
 @click.argument("value")
 @click.pass_obj
 def allow_remove(obj: dict[str, Any], value: str) -> None:
-    if not _open(obj["store"]).disallow(value):
+    if not _open(obj["store"], write=True).disallow(value):
         click.echo(f"{value} was not on the allow-list", err=True)
         sys.exit(1)
 
@@ -186,24 +194,33 @@ def collect(listen: str, cert: str | None, key: str | None, ca: str | None, stor
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     collector.serve(host.strip("[]") or "127.0.0.1", int(port or 7531))
-    click.echo(f"ttpsensor collect: stopped: {json.dumps(asdict(collector.stats))}", err=True)
+    click.echo("ttpsensor collect: stopped: "
+               f"{json.dumps(asdict(collector.stats) | asdict(collector.admitted))}", err=True)
 
 
 def _consume(url: str, durable: str, store: Any) -> None:
-    """The JetStream consumer loop (a collector worker)."""
+    """The JetStream consumer loop (a collector worker): the sensor is the subject it
+    published on, its spools and host names bound to it as over TLS (collector/admit.py)."""
     import asyncio
     import signal
     import threading
+    from dataclasses import asdict
 
-    from collector.server import check_frame
+    from collector.admit import AdmitCounts, Identity, Refused, SpoolOwners, admit
     from common.jetstream import consume
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     counts = {"frames": 0, "new": 0, "duplicates": 0}
+    admitted = AdmitCounts()
+    owners = SpoolOwners(store)
 
     def ingest(spool: str, sensor: str, first_seq: int, events: list) -> None:
-        check_frame(first_seq, len(events), events)
+        if not sensor or not 0 < len(spool) <= 64:
+            raise Refused(f"no sensor in the subject or no spool id ({sensor!r}, {spool!r})")
+        identity = Identity(sensor, frozenset({sensor.casefold()}))
+        owners.claim(identity, spool, admitted)
+        admit(identity, first_seq, len(events), events, admitted)
         result = store.ingest(spool, first_seq, events, sensor)
         counts["frames"] += 1
         counts["new"] += result.new
@@ -212,4 +229,4 @@ def _consume(url: str, durable: str, store: Any) -> None:
     click.echo(f"ttpsensor collect: consuming {url} as {durable}", err=True)
     asyncio.run(consume(url, durable, ingest, stop.is_set,
                         lambda m: click.echo(f"ttpsensor collect: {m}", err=True)))
-    click.echo(f"ttpsensor collect: stopped: {json.dumps(counts)}", err=True)
+    click.echo(f"ttpsensor collect: stopped: {json.dumps(counts | asdict(admitted))}", err=True)

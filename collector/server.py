@@ -25,6 +25,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
+from collector.admit import (AdmitCounts, Identity, Refused, SpoolOwners, admit,
+                            certificate_identity)
 from collector.store import Store
 from common import transport
 from common.spool import decode_frame
@@ -44,6 +46,7 @@ class CollectorStats:
     evicted: int = 0              # connections closed before their hello: too slow, or pushed
                                   # out by newer ones
     over_capacity: int = 0        # authenticated connections refused: MAX_SENSORS reached
+    refused_hosts: int = 0        # hellos from a host the certificate does not speak for
     frames: int = 0
     events_new: int = 0
     events_duplicate: int = 0
@@ -59,6 +62,8 @@ class Collector:
         self.context = context
         self.log_stream = log if log is not None else sys.stderr
         self.stats = CollectorStats()
+        self.admitted = AdmitCounts()   # TTPHash checks, refused frames and spools
+        self.owners = SpoolOwners(store)
         self._lock = threading.Lock()
         self._server: socketserver.ThreadingTCPServer | None = None
         # Connections before their hello, oldest first: socket -> deadline (monotonic).
@@ -110,15 +115,11 @@ class Collector:
             return
         counted = False
         try:
-            sensor = transport.peer_name(sock)
+            identity = certificate_identity(sock.getpeercert() or {})
             kind, body = transport.receive(sock)
             if kind != b"H":
                 raise transport.ProtocolError("no hello")
-            hello = json.loads(body)
-            if not isinstance(hello, dict) or not isinstance(hello.get("spool"), str) \
-                    or not 0 < len(hello["spool"]) <= 64:
-                raise transport.ProtocolError("malformed hello")
-            spool_id = hello["spool"]
+            spool_id, host = _hello(body)
             with self._lock:
                 if self._pending.pop(raw, None) is None:
                     raise transport.ProtocolError("too slow: closed before its hello")
@@ -128,13 +129,24 @@ class Collector:
                 self._sensors += 1
                 counted = True
                 self.stats.connections += 1
+                refusal = self._refusal(identity, spool_id, host)
+            if refusal is not None:
+                # Refused before any frame: the forwarder keeps its spool and says why.
+                transport.send(sock, b"R", refusal.encode("utf-8", "replace"))
+                self.log(f"refused {identity.name} from {peer[0]}: {refusal}")
+                _drain_and_close(sock)
+                return
             sock.settimeout(IDLE_SECONDS)
-            self.log(f"{sensor} connected from {peer[0]} (spool {spool_id})")
+            self.log(f"{identity.name} connected from {peer[0]} (spool {spool_id})")
             while True:
                 kind, body = transport.receive(sock)
                 if kind != b"F":
                     raise transport.ProtocolError(f"unexpected message {kind!r}")
-                self._frame(sock, sensor, spool_id, body)
+                self._frame(sock, identity, spool_id, body)
+        except Refused as exc:
+            with self._lock:
+                self.stats.refused += 1
+            self.log(f"refused a sensor from {peer[0]}: {exc}")
         except (transport.ProtocolError, OSError, ValueError, KeyError) as exc:
             if not isinstance(exc, transport.ProtocolError) or "closed" not in str(exc):
                 self.log(f"connection from {peer[0]} ended: {exc}")
@@ -150,13 +162,28 @@ class Collector:
                     self._sensors -= 1
             sock.close()
 
-    def _frame(self, sock: ssl.SSLSocket, sensor: str, spool_id: str, data: bytes) -> None:
+    def _refusal(self, identity: Identity, spool_id: str, host: str | None) -> str | None:
+        """Why this sensor may not deliver this spool (called under the lock), or None."""
+        if host is not None and not identity.speaks_for(host):
+            self.stats.refused_hosts += 1
+            return (f"this host is {host!r}, which certificate {identity.name!r} does not "
+                    f"speak for (it names {', '.join(sorted(identity.hosts))}); issue the "
+                    "sensor a certificate for its host name")
+        try:
+            self.owners.claim(identity, spool_id, self.admitted)
+        except Refused as exc:
+            return str(exc)
+        return None
+
+    def _frame(self, sock: ssl.SSLSocket, identity: Identity, spool_id: str,
+               data: bytes) -> None:
         first = int.from_bytes(data[12:20], "little") if len(data) >= 20 else 0
+        sensor = identity.name
         try:
             frame = decode_frame(data)
             events = frame.events()
-            check_frame(frame.first_seq, frame.count, events)
-        except Exception as exc:  # noqa: BLE001 - any undecodable frame is refused
+            admit(identity, frame.first_seq, frame.count, events, self.admitted)
+        except Exception as exc:  # noqa: BLE001 - any undecodable or refused frame
             self._refuse(sock, sensor, first, str(exc))
             return
         with self._lock:
@@ -211,6 +238,21 @@ class Collector:
             self._server.server_close()
 
 
+def _drain_and_close(raw: socket.socket, seconds: float = 2.0) -> None:
+    """End a connection whose peer is still sending (its first frame, written before it read
+    our refusal): closing with unread data would reset the connection and lose the refusal, so
+    stop writing, read (and drop, undecrypted) until the peer closes or ``seconds`` pass; the
+    caller closes."""
+    try:
+        raw.shutdown(socket.SHUT_WR)
+        raw.settimeout(seconds)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and raw.recv(1 << 16):
+            pass
+    except OSError:
+        pass
+
+
 def _kill(raw: socket.socket) -> None:
     """Close a connection another thread is blocked on (its recv then fails at once)."""
     try:
@@ -219,26 +261,16 @@ def _kill(raw: socket.socket) -> None:
         pass
 
 
-MAX_SEQ = 2**63 - 1                    # what the stores' 64-bit integer columns hold
-_TEXT_FIELDS = (("@timestamp",), ("event", "action"), ("event", "id"), ("host", "name"),
-                ("ttphash", "value"))
-
-
-def check_frame(first_seq: int, count: int, events: list) -> None:
-    """Refuse (ValueError) a frame whose numbers or fields the store cannot hold as stored
-    events: a sequence past 2^63, a count that disagrees with its events, an event that is not
-    a map, or a text field of another type."""
-    if first_seq + count > MAX_SEQ:
-        raise ValueError(f"sequence numbers past 2^63 ({first_seq} + {count})")
-    if len(events) != count:
-        raise ValueError(f"the frame says {count} events and holds {len(events)}")
-    for index, event in enumerate(events):
-        if not isinstance(event, dict):
-            raise ValueError(f"event {index} is not a map")
-        for path in _TEXT_FIELDS:
-            node = event
-            for key in path:
-                node = node.get(key) if isinstance(node, dict) else None
-            if node is not None and not isinstance(node, str):
-                raise ValueError(f"event {index}: {'.'.join(path)} is a "
-                                 f"{type(node).__name__}, not text")
+def _hello(body: bytes) -> tuple[str, str | None]:
+    """The spool id and (from forwarders since issue 16) the host name a hello names."""
+    try:
+        hello = json.loads(body)
+    except ValueError as exc:
+        raise transport.ProtocolError(f"malformed hello: {exc}") from exc
+    if not isinstance(hello, dict) or not isinstance(hello.get("spool"), str) \
+            or not 0 < len(hello["spool"]) <= 64:
+        raise transport.ProtocolError("malformed hello")
+    host = hello.get("host")
+    if host is not None and (not isinstance(host, str) or not 0 < len(host) <= 255):
+        raise transport.ProtocolError("malformed hello: a host that is not a name")
+    return hello["spool"], host

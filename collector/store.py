@@ -9,7 +9,9 @@ only when it was new.
 
 Tables::
 
-    events(spool, seq, sensor, host, ts, action, ttphash, complete, doc)   key (spool, seq)
+    events(spool, seq, sensor, host, ts, action, ttphash, complete, doc, ttphash_check)
+                                                                          key (spool, seq)
+    spools(spool, sensor, since)      which sensor (certificate name) owns each spool id
     baseline(ttphash, first_seen, last_seen, count, hosts, sample, canonical)
     baseline_hosts(ttphash, host)
     gaps(spool, sensor, first_seq, end_seq, events, reason, ts)
@@ -27,13 +29,14 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from common import ttphash, wire
+from common.sinks import open_private
 from common.schema import ACTION_PROCESS_CREATE, Event, get_path, utc_timestamp
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     spool TEXT NOT NULL, seq INTEGER NOT NULL, sensor TEXT NOT NULL, host TEXT,
     ts TEXT, action TEXT, ttphash TEXT, complete INTEGER, doc BLOB NOT NULL,
-    PRIMARY KEY (spool, seq));
+    ttphash_check TEXT, PRIMARY KEY (spool, seq));
 CREATE INDEX IF NOT EXISTS events_ttphash ON events (ttphash);
 CREATE TABLE IF NOT EXISTS baseline (
     ttphash TEXT PRIMARY KEY, first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
@@ -44,6 +47,8 @@ CREATE TABLE IF NOT EXISTS gaps (
     spool TEXT NOT NULL, sensor TEXT NOT NULL, first_seq INTEGER NOT NULL,
     end_seq INTEGER NOT NULL, events INTEGER NOT NULL, reason TEXT, ts TEXT,
     PRIMARY KEY (spool, first_seq, end_seq));
+CREATE TABLE IF NOT EXISTS spools (
+    spool TEXT PRIMARY KEY, sensor TEXT NOT NULL, since TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS allow (
     ttphash TEXT PRIMARY KEY, reason TEXT NOT NULL, added TEXT NOT NULL);
 """
@@ -57,12 +62,18 @@ class IngestResult:
 
 
 # For the statements read back with RETURNING: which parameter is the key returned.
-_INSERT_EVENTS = "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?) RETURNING seq"
+_INSERT_EVENTS = "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING seq"
 _INSERT_HOSTS = "INSERT OR IGNORE INTO baseline_hosts VALUES (?,?) RETURNING ttphash"
 _KEY_INDEX = {_INSERT_EVENTS: 1, _INSERT_HOSTS: 0}
 
 _IGNORE = re.compile(r"INSERT OR IGNORE INTO (\w+) (VALUES \([?,]+\))")
 _REPLACE_ALLOW = "INSERT OR REPLACE INTO allow VALUES (?,?,?)"
+
+
+def _uri_path(path: str) -> str:
+    """A file path as the path of a SQLite ``file:`` URI."""
+    from urllib.parse import quote
+    return quote(os.path.abspath(path))
 
 
 def _postgres_sql(sql: str) -> str:
@@ -75,30 +86,92 @@ def _postgres_sql(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
+class StoreError(Exception):
+    """The store cannot be opened as asked (not a ttpsensor store, not a database)."""
+
+
 class Store:
     """A store in SQLite (a path) or PostgreSQL (a ``postgresql://`` URL). One writer at a
-    time; readers (hunt) may run beside it."""
+    time; readers (hunt) may run beside it, and with ``readonly`` never write (no schema, no
+    migration, a SQLite file opened read-only)."""
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, readonly: bool = False) -> None:
         self.path = location
+        self.readonly = readonly
         self.postgres = location.startswith(("postgresql://", "postgres://"))
         if self.postgres:
             import psycopg
             self.db: Any = psycopg.connect(location, autocommit=True)
-            for statement in SCHEMA.replace("BLOB", "BYTEA").replace(
-                    "INTEGER", "BIGINT").split(";"):
-                if statement.strip():
-                    self.db.execute(statement)
+            if readonly:
+                self.db.read_only = True
+            else:
+                migrate = self._needs_migration()
+                for statement in SCHEMA.replace("BLOB", "BYTEA").replace(
+                        "INTEGER", "BIGINT").split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                if migrate:
+                    self._migrate()
+            self._check_store()
+            return
+        if readonly:
+            self.db = sqlite3.connect(f"file:{_uri_path(location)}?mode=ro", uri=True,
+                                      timeout=30, check_same_thread=False)
+            self._check_store()
             return
         directory = os.path.dirname(os.path.abspath(location))
         os.makedirs(directory, mode=0o750, exist_ok=True)
-        fd = os.open(location, os.O_RDWR | os.O_CREAT, 0o600)  # events are sensitive: 0600
-        os.close(fd)
+        # Events are sensitive: the store is our own 0600 file, never written through a link
+        # (SQLite gives its -wal and -shm files the database's mode).
+        os.close(open_private(location))
         # Shared by the collector's connection threads, which serialize their use of it.
         self.db = sqlite3.connect(location, timeout=30, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            migrate = self._needs_migration()
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise StoreError(f"{location} is not a ttpsensor store: {exc}") from exc
+        if migrate:
+            self._migrate()
+
+    def _needs_migration(self) -> bool:
+        """An events table without the ``ttphash_check`` column: a store from before issue 16."""
+        for probe in ("SELECT spool FROM events WHERE 0 = 1",
+                      "SELECT ttphash_check FROM events WHERE 0 = 1"):
+            try:
+                self.db.execute(probe).fetchall()
+            except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike
+                return probe.startswith("SELECT ttphash_check")
+        return False
+
+    def _migrate(self) -> None:
+        """Bring a store from before issue 16 up: the column for the collector's TTPHash check,
+        and the owner of every spool already stored (its first sensor), once."""
+        with self._transaction():
+            self.db.execute("ALTER TABLE events ADD COLUMN ttphash_check TEXT")
+            self.db.execute("INSERT INTO spools SELECT spool, min(sensor), "
+                            "coalesce(min(ts), '') FROM events GROUP BY spool "
+                            "ON CONFLICT DO NOTHING")
+
+    def _check_store(self) -> None:
+        try:
+            self._execute("SELECT count(*) FROM baseline WHERE 0 = 1").fetchall()
+        except Exception as exc:  # noqa: BLE001 - sqlite3 and psycopg errors alike
+            self.db.close()
+            raise StoreError(f"{self.path} is not a ttpsensor store "
+                             f"({type(exc).__name__}: {exc})") from exc
+
+    def claim_spool(self, spool: str, sensor: str) -> str:
+        """Bind ``spool`` to ``sensor`` if nobody holds it yet; return its owner (``sensor``
+        itself unless another sensor claimed the spool id first)."""
+        with self._transaction():
+            self._execute("INSERT OR IGNORE INTO spools VALUES (?,?,?)",
+                          (spool, sensor, utc_timestamp(time.time())))
+            return str(self._execute("SELECT sensor FROM spools WHERE spool = ?",
+                                     (spool,)).fetchone()[0])
 
     def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         return self.db.execute(_postgres_sql(sql) if self.postgres else sql, args)
@@ -115,6 +188,12 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def ingest(self, spool: str, first_seq: int, events: Iterable[Event],
                sensor: str) -> IngestResult:
         """Store a frame's events in one transaction; return how many were new.
@@ -130,7 +209,7 @@ class Store:
                          event.get("@timestamp"), get_path(event, "event.action"),
                          get_path(event, "ttphash.value"),
                          None if complete is None else int(bool(complete)),
-                         wire.pack_event(event), event))
+                         wire.pack_event(event), get_path(event, "ttphash.check"), event))
         with self._transaction():
             new = self._insert_new(rows)
             result.new, result.duplicates = len(new), len(rows) - len(new)
@@ -138,7 +217,7 @@ class Store:
             for row in rows:
                 if row[1] not in new:
                     continue
-                event, action, value = row[9], row[5], row[6]
+                event, action, value = row[10], row[5], row[6]
                 if action == ACTION_PROCESS_CREATE and value:
                     ts = row[4] or utc_timestamp()
                     group = groups.setdefault(value, {"first": ts, "last": ts, "count": 0,
@@ -156,7 +235,7 @@ class Store:
 
     def _insert_new(self, rows: list[tuple[Any, ...]]) -> set[int]:
         """Insert the rows that are not stored yet; return their sequence numbers."""
-        inserted = self._many(_INSERT_EVENTS, [r[:9] for r in rows], returning=True)
+        inserted = self._many(_INSERT_EVENTS, [r[:10] for r in rows], returning=True)
         return {int(seq) for (seq,) in inserted}
 
     def _many(self, sql: str, params: list[tuple[Any, ...]], returning: bool = False) -> Any:
@@ -264,6 +343,15 @@ class Store:
 
     def gaps(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM gaps ORDER BY ts")
+
+    def events_of(self, spool: str) -> list[dict[str, Any]]:
+        """A spool's stored events in sequence order: ``spool``, ``seq``, ``sensor``, ``host``,
+        ``ts``, ``ttphash_check`` and the ``event`` itself."""
+        rows = self._rows("SELECT spool, seq, sensor, host, ts, ttphash_check, doc FROM events "
+                          "WHERE spool = ? ORDER BY seq", (spool,))
+        for row in rows:
+            row["event"] = wire.unpack_event(bytes(row.pop("doc")))
+        return rows
 
     def count_events(self) -> int:
         return int(self._execute("SELECT count(*) FROM events").fetchone()[0])

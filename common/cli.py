@@ -288,13 +288,19 @@ def pki_group() -> None:
 @pki_group.command("init")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--sensor", "sensors", multiple=True, default=["sensor"], show_default=True,
-              help="A sensor certificate to issue (its name is the sensor's identity). "
-                   "Repeatable.")
+              help="A sensor certificate to issue: NAME, its identity and the host name "
+                   "its events may carry, or NAME=HOST,HOST to allow further host names "
+                   "(the collector refuses events of any other host). Use the sensor host's "
+                   "name (hostname). Repeatable.")
 @click.option("--collector-name", "names", multiple=True,
               help="Names and addresses the collector is reached by (default: localhost, "
                    "127.0.0.1, ::1). Repeatable.")
 def pki_init(directory: str, sensors: tuple[str, ...], names: tuple[str, ...]) -> None:
-    """Make a CA, a collector certificate and sensor certificates in DIRECTORY (keys 0600)."""
+    """Make a CA, a collector certificate and sensor certificates in DIRECTORY (keys 0600).
+
+    \b
+      ttpsensor pki init /etc/ttpsensor/pki --sensor web-01 --sensor db-01=db-01.example.com
+    """
     from common import pki
     try:
         issued = pki.init(directory, list(sensors), collector_names=list(names) or None)

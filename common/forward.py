@@ -3,8 +3,9 @@
 Reads the spool read-only beside the live writer, from its cursor. Each frame goes to the first
 collector that answers (in the order given: failover), and the cursor moves only when that
 collector has acknowledged the frame as stored. Any failure (refused connection, a collector
-killed mid-frame, a timeout) closes the connection and the same frames are sent again after a
-backoff (0.5 s doubling to 30 s); the collector's (spool, seq) keys make the resend harmless.
+killed mid-frame, a timeout, a collector refusing this sensor's spool or host name) closes the
+connection and the same frames are sent again after a backoff (0.5 s doubling to 30 s); the
+collector's (spool, seq) keys make the resend harmless.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class ForwardStats:
     resends: int = 0
     connect_failures: int = 0
     nacks: int = 0
+    refusals: int = 0        # connections the collector refused (the spool is kept)
     failovers: int = 0
     last_error: str = ""
 
@@ -41,6 +43,7 @@ class Forwarder:
     collectors: list[tuple[str, int]]
     context: ssl.SSLContext
     server_name: str | None = None     # the name in the collector's certificate
+    host_name: str = field(default_factory=socket.gethostname)  # the events' host.name
     stats: ForwardStats = field(default_factory=ForwardStats)
     log: Callable[[str], None] = lambda message: None
     _sock: ssl.SSLSocket | None = None
@@ -55,6 +58,7 @@ class Forwarder:
                 raw = socket.create_connection((host, port), timeout=IO_TIMEOUT)
                 sock = self.context.wrap_socket(raw, server_hostname=self.server_name or host)
                 transport.send(sock, b"H", json.dumps({"spool": spool_id,
+                                                       "host": self.host_name,
                                                        "version": 1}).encode())
                 if index != self._current:
                     self.stats.failovers += 1
@@ -89,6 +93,10 @@ class Forwarder:
                 first, count, _new = transport.ACK.unpack(body)
                 if first != frame.first_seq or count != frame.count:
                     raise transport.ProtocolError("ack for another frame")
+            elif kind == b"R":
+                self.stats.refusals += 1
+                raise transport.RefusedError(
+                    f"the collector refused this sensor: {body.decode('utf-8', 'replace')}")
             elif kind == b"N":
                 # The collector refused the frame (it says why); keeping it would block every
                 # frame behind it forever, so it is skipped and counted.

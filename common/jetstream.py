@@ -17,7 +17,8 @@ from typing import Any, Callable
 from common.spool import Spool, SpoolError, decode_frame
 
 STREAM = "TTPSENSOR"
-SUBJECTS = "ttpsensor.frames.>"
+SUBJECT_PREFIX = "ttpsensor.frames."
+SUBJECTS = SUBJECT_PREFIX + ">"
 DUPLICATE_WINDOW = 600.0  # seconds: longer than any forwarder restart
 ACK_WAIT = 5.0            # a killed consumer's unacknowledged frames come back this soon
 
@@ -57,7 +58,7 @@ async def publish_spool(url: str, spool_dir: str, sensor: str, stop: Callable[[]
                 sent = 0
                 for frame in spool.read_frames():
                     ack = await js.publish(
-                        f"ttpsensor.frames.{sensor}", frame.raw(), stream=STREAM,
+                        SUBJECT_PREFIX + sensor, frame.raw(), stream=STREAM,
                         headers={"Nats-Msg-Id": f"{spool.spool_id}:{frame.first_seq}",
                                  "Ttpsensor-Spool": spool.spool_id,
                                  "Ttpsensor-Sensor": sensor})
@@ -80,7 +81,9 @@ async def consume(url: str, durable: str, ingest: Callable[[str, str, int, list]
                   stop: Callable[[], bool], log: Callable[[str], None]) -> None:
     """Feed every frame of the stream to ``ingest(spool, sensor, first_seq, events)`` and
     acknowledge it after; a frame that does not decode, or that ``ingest`` refuses (raises),
-    is terminated (never redelivered) and logged."""
+    is terminated (never redelivered) and logged. ``sensor`` is the subject's last part, which
+    NATS permissions can bind to a NATS user (the ``Ttpsensor-Sensor`` header is only what the
+    publisher says)."""
     import nats
     nc = await nats.connect(url, max_reconnect_attempts=-1, connect_timeout=5)
     js = nc.jetstream(timeout=10)
@@ -109,7 +112,7 @@ async def consume(url: str, durable: str, ingest: Callable[[str, str, int, list]
                     continue
                 try:
                     ingest(headers.get("Ttpsensor-Spool", ""),
-                           headers.get("Ttpsensor-Sensor", ""), frame.first_seq, events)
+                           message.subject[len(SUBJECT_PREFIX):], frame.first_seq, events)
                 except Exception as exc:  # noqa: BLE001 - a poison frame, not a stuck stream
                     log(f"terminating a message the collector refused: "
                         f"{type(exc).__name__}: {exc}")

@@ -1,7 +1,9 @@
 """A lab PKI for a test or small deployment: a CA, a collector certificate, sensor certificates.
 
 Built with ``cryptography``. The collector accepts only clients whose certificate this CA
-signed; a sensor's identity is its certificate's common name. Private keys are written 0600.
+signed; a sensor's identity is its certificate's common name, and the host names it may send
+events for are that name and the DNS names among its subject alternative names (``pki init
+--sensor web-01=web-01.example.com``). Private keys are written 0600.
 For production, use the organisation's own CA: the collector and forwarder only need PEM files.
 """
 
@@ -114,10 +116,25 @@ def issue(ca: Issued, directory: str, name: str, *, server: bool,
     return issued
 
 
+def sensor_spec(spec: str) -> tuple[str, list[str]]:
+    """``NAME`` or ``NAME=HOST,HOST…``: a sensor's certificate name and the further host names
+    it may send events for."""
+    name, equals, hosts = spec.partition("=")
+    extra = [h.strip() for h in hosts.split(",") if h.strip()]
+    if not name.strip() or (equals and not extra):
+        raise PkiError(22, f"{spec!r}: give a sensor as NAME or NAME=HOST,HOST")
+    for host in extra:
+        if not host.isascii() or any(c.isspace() for c in host):
+            raise PkiError(22, f"{spec!r}: {host!r} is not a host name")
+    return name.strip(), extra
+
+
 def init(directory: str, sensors: list[str], collector: str = "collector",
          collector_names: list[str] | None = None) -> dict[str, Issued]:
-    """A CA, one collector certificate and one certificate per sensor, in ``directory``: a
-    directory of this user (or root) that nobody else can write to, holding no CA yet."""
+    """A CA, one collector certificate and one certificate per sensor (each ``NAME`` or
+    ``NAME=HOST,HOST…``, see :func:`sensor_spec`), in ``directory``: a directory of this user
+    (or root) that nobody else can write to, holding no CA yet."""
+    specs = [sensor_spec(sensor) for sensor in sensors]
     os.makedirs(directory, mode=0o700, exist_ok=True)
     problem = private_directory_problem(directory)
     if problem is not None:
@@ -128,6 +145,6 @@ def init(directory: str, sensors: list[str], collector: str = "collector",
     out = {"ca": make_ca(directory)}
     names = collector_names or ["localhost", "127.0.0.1", "::1"]
     out[collector] = issue(out["ca"], directory, collector, server=True, alt_names=names)
-    for sensor in sensors:
-        out[sensor] = issue(out["ca"], directory, sensor, server=False)
+    for sensor, hosts in specs:
+        out[sensor] = issue(out["ca"], directory, sensor, server=False, alt_names=hosts)
     return out

@@ -2,14 +2,21 @@
 
 Every message is ``length u32 (big-endian) | type u8 | body``:
 
-* ``H`` hello, sensor -> collector: JSON ``{"spool": <spool id>, "version": 1}``;
+* ``H`` hello, sensor -> collector: JSON ``{"spool": <spool id>, "host": <host name>,
+  "version": 1}`` (``host`` since issue 16; older forwarders leave it out);
 * ``F`` frame, sensor -> collector: one spool frame exactly as on disk (its CRC is checked);
 * ``A`` ack, collector -> sensor: ``first seq u64 | count u32 | new u32`` once stored;
-* ``N`` nack, collector -> sensor: ``first seq u64 | reason`` for a frame it refused.
+* ``N`` nack, collector -> sensor: ``first seq u64 | reason`` for a frame it refused (the
+  forwarder skips that frame);
+* ``R`` refused, collector -> sensor: ``reason``, in place of the first ack, for a hello the
+  collector will not serve (a spool id another sensor owns, a host name the certificate does
+  not cover); the connection closes and the forwarder keeps its spool.
 
-The sensor is who its client certificate says (CN); the hello only names its spool. A frame is
-acknowledged only after the store committed it, and storing is idempotent by (spool, seq), so
-resending after any failure is safe: at least once on the wire, exactly once in the store.
+The sensor is who its client certificate says (CN, and DNS names as further host names); the
+hello only names its spool and host, which the collector checks against that identity
+(collector/admit.py). A frame is acknowledged only after the store committed it, and storing
+is idempotent by (spool, seq), so resending after any failure is safe: at least once on the
+wire, exactly once in the store.
 """
 
 from __future__ import annotations
@@ -26,6 +33,10 @@ ACK = struct.Struct(">QII")
 
 class ProtocolError(ConnectionError):
     pass
+
+
+class RefusedError(ProtocolError):
+    """The collector refused to serve this sensor; the message is its reason."""
 
 
 def server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
@@ -66,13 +77,3 @@ def receive(sock: socket.socket) -> tuple[bytes, bytes]:
         raise ProtocolError(f"bad message length {length}")
     data = _exactly(sock, length)
     return data[:1], data[1:]
-
-
-def peer_name(sock: ssl.SSLSocket) -> str:
-    """The common name of the peer's (verified) certificate."""
-    cert = sock.getpeercert() or {}
-    for rdn in cert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    raise ProtocolError("peer certificate has no common name")

@@ -20,8 +20,8 @@ from tests.test_forward_collect import _collector, _events, _free_port, _stored,
 pytestmark = pytest.mark.server
 
 
-def _connect(issued, port: int) -> ssl.SSLSocket:
-    s = issued["sensor-a"]
+def _connect(issued, port: int, sensor: str = "sensor-a") -> ssl.SSLSocket:
+    s = issued[sensor]
     context = transport.client_context(s.cert, s.key, issued["ca"].cert)
     raw = socket.create_connection(("127.0.0.1", port), timeout=30)
     return context.wrap_socket(raw, server_hostname="localhost")

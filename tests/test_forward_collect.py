@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from collector.store import Store
-from common import pki
+from common import pki, ttphash
 from common.spool import Spool
 from tests.conftest import ttpsensor_command
 
@@ -28,12 +28,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SENSOR = "sensor-a"   # the lab's sensor certificate: its events' host name
+
+
 def _events(n: int, start: int = 0) -> list[dict]:
-    return [{"schema": 1, "@timestamp": f"2026-11-29T00:00:{(i % 60):02d}.000000Z",
-             "event": {"id": f"ev-{i}", "action": "process_create", "provider": "ebpf"},
-             "host": {"name": f"h{i % 7}"},
-             "ttphash": {"value": f"{i % 101:064X}", "version": 1, "complete": True},
-             "process": {"pid": i, "args": ["x", str(i)]}} for i in range(start, start + n)]
+    """Process creations of 101 kinds on the lab sensor's host, each with its TTPHash."""
+    events = []
+    for i in range(start, start + n):
+        event = {"schema": 1, "@timestamp": f"2026-11-29T00:00:{(i % 60):02d}.000000Z",
+                 "event": {"id": f"ev-{i}", "action": "process_create", "provider": "ebpf"},
+                 "host": {"name": SENSOR, "os": {"type": "linux"}},
+                 "process": {"pid": i, "executable": f"/usr/bin/p{i % 101}",
+                             "args": [f"p{i % 101}", str(i % 101)]}}
+        ttphash.attach(event)
+        events.append(event)
+    return events
 
 
 class Proc:
@@ -60,7 +69,8 @@ class Proc:
 @pytest.fixture
 def lab(tmp_path):
     certs = tmp_path / "pki"
-    issued = pki.init(str(certs), ["sensor-a"])
+    # The forwarder's hello names this machine's host name: the certificate covers it.
+    issued = pki.init(str(certs), [f"{SENSOR}={socket.gethostname()}"])
     for files in issued.values():
         assert stat.S_IMODE(os.stat(files.key).st_mode) == 0o600
     return tmp_path, issued
