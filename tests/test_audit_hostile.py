@@ -154,3 +154,30 @@ def test_the_fuzzer_runs_clean_and_would_see_a_crash(tmp_path, monkeypatch) -> N
     stats = fuzz.fuzz(fuzz.default_seeds(), 2.0, 0, keep, 10.0, 4096, lambda s: None)
     assert stats.failures > 0 and stats.reasons.get("KeyError") == stats.failures
     assert len(list(keep.glob("*.why"))) == stats.failures
+
+
+def test_internal_errors_are_numbered_among_themselves() -> None:
+    """An event our own code fails on keeps its records and says which internal error it is
+    (they were numbered with the parse errors: always #0)."""
+    import io
+
+    from common.sinks import StreamSink
+    from sensor_linux.audit.pipeline import AuditPipeline
+
+    class Broken:
+        def build(self, audit):  # noqa: ANN001, ANN201 - a builder with a bug
+            raise KeyError("a bug")
+
+    messages, kept = io.StringIO(), io.StringIO()
+    pipeline = AuditPipeline("ecs", StreamSink(io.StringIO()), error_log=StreamSink(kept),
+                             messages=messages)
+    pipeline.builder = Broken()
+    for n in (7, 8):
+        for line in EXEC.replace(b":7)", b":%d)" % n).splitlines(keepends=True):
+            pipeline.feed(line)
+    pipeline.close()
+    assert pipeline.stats.internal_errors == 2 and pipeline.stats.parse_errors == 0
+    numbers = [line.split("(#", 1)[1].split(")", 1)[0]
+               for line in messages.getvalue().splitlines() if "internal error" in line]
+    assert numbers and set(numbers) == {"1", "2"}
+    assert len(kept.getvalue().splitlines()) == 6  # SYSCALL, EXECVE, PATH of both, verbatim

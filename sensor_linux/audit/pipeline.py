@@ -149,7 +149,7 @@ class AuditPipeline:
             raws = [r.encode("utf-8", "surrogateescape") if isinstance(r, str) else r
                     for r in kept or []]
         for raw in raws:
-            self._keep(reason, raw)
+            self._keep(reason, raw, self.stats.internal_errors)
         if not raws:
             self.messages.write(f"ttpsensor: {reason}\n")
 
@@ -160,11 +160,13 @@ class AuditPipeline:
             return None
         return RENDERERS[self.fmt](event)
 
-    def _keep(self, reason: str, line: bytes) -> None:
-        """Keep the line verbatim (the error log can be replayed) and say why on stderr."""
+    def _keep(self, reason: str, line: bytes, count: int | None = None) -> None:
+        """Keep the line verbatim (the error log can be replayed) and say why on stderr, with
+        its number among its kind (``count``; parse errors and rejections by default)."""
         if self.error_log is not None:
             self.error_log.write(line.rstrip(b"\n").decode("utf-8", "surrogateescape"))
-        count = self.stats.parse_errors + self.stats.rejected
+        if count is None:
+            count = self.stats.parse_errors + self.stats.rejected
         if count <= REPORT_FIRST_ERRORS or count % REPORT_EVERY == 0:
             shown = line[:160].decode("utf-8", "replace").rstrip()
             self.messages.write(f"ttpsensor: {reason} (#{count}): {shown}\n")
