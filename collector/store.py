@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from common import ttphash, wire
-from common.sinks import open_private
+from common.ownership import open_private
 from common.schema import ACTION_PROCESS_CREATE, Event, get_path, utc_timestamp
 
 SCHEMA = """

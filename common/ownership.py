@@ -8,10 +8,18 @@ that user could read the events, or swap the file for a link.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
 SERVICE_USER = "ttpsensor"
+
+# Flags some platforms lack (Windows: no links to refuse this way, no exec inheritance, and a
+# text mode that must be off).
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+BINARY = getattr(os, "O_BINARY", 0)
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC | BINARY
 
 
 def trusted_owners() -> set[int]:
@@ -45,3 +53,32 @@ def private_directory_problem(path: str) -> str | None:
         return (f"{path} is writable by group or others ({stat.filemode(st.st_mode)}); "
                 "chmod go-w it")
     return None
+
+
+def open_private(path: str, regular_only: bool = False) -> int:
+    """Open ``path`` for appending, as the sensor's own 0600 file. Refused (OSError with a
+    message naming the path): a symbolic link (root would write through it), and an existing
+    file of another user (who could read what is written). A FIFO or device is used as it is,
+    never chmodded, unless ``regular_only`` refuses it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | NOFOLLOW | CLOEXEC
+                     | BINARY, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"{path} is a symbolic link: refusing to write "
+                          "through it (give the real path)") from exc
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        if regular_only:
+            os.close(fd)
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        return fd
+    owners = trusted_owners()
+    if owners and st.st_uid not in owners:
+        os.close(fd)
+        raise OSError(errno.EPERM, f"{path} belongs to uid {st.st_uid}: refusing to write "
+                      "events into another user's file")
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o600)  # an existing file may have been created with other bits
+    return fd

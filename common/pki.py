@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from common.ownership import private_directory_problem
+from common.ownership import NEW_FILE, private_directory_problem
 
 VALID_DAYS = 825
 
@@ -42,10 +42,8 @@ class PkiError(OSError):
 def _create(path: str, data: bytes, mode: int) -> None:
     """A new file, never an existing one and never through a link: a key must not end up in a
     file another user already holds open or can read."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) \
-        | getattr(os, "O_BINARY", 0)
     try:
-        fd = os.open(path, flags, mode)
+        fd = os.open(path, NEW_FILE, mode)
     except FileExistsError as exc:
         raise PkiError(exc.errno, f"{path} exists already: refusing to replace it (remove it "
                        "first, or choose another directory)") from exc

@@ -7,13 +7,11 @@ new files are created 0600 because events carry command lines and user names.
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 import sys
 from typing import Callable, Protocol, TextIO
 
-from common.ownership import trusted_owners
+from common.ownership import open_private
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_GENERATIONS = 5
@@ -48,39 +46,6 @@ class StreamSink:
 
     def close(self) -> None:
         self.flush()
-
-
-# Flags some platforms lack (Windows: no links to refuse here, no exec inheritance, and text
-# mode, which must be off).
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_BINARY = getattr(os, "O_BINARY", 0)
-
-
-def open_private(path: str) -> int:
-    """Open ``path`` for appending, as the sensor's own 0600 file. Refused, with a message
-    naming the path: a symbolic link (root would write through it), and an existing file of
-    another user (who could read what is written). A FIFO or device is used as it is, never
-    chmodded."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NOFOLLOW | _CLOEXEC
-                     | _BINARY, 0o600)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise OSError(errno.ELOOP, f"{path} is a symbolic link: refusing to write "
-                          "through it (give the real path)") from exc
-        raise
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        return fd
-    owners = trusted_owners()
-    if owners and st.st_uid not in owners:
-        os.close(fd)
-        raise OSError(errno.EPERM, f"{path} belongs to uid {st.st_uid}: refusing to write "
-                      "events into another user's file")
-    if hasattr(os, "fchmod"):
-        os.fchmod(fd, 0o600)  # an existing file may have been created with other bits
-    return fd
 
 
 class RotatingFileSink:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import stat
 import struct
 import time
 import uuid
@@ -37,7 +36,7 @@ import google_crc32c
 import zstandard
 
 from common import wire
-from common.ownership import private_directory_problem
+from common.ownership import NEW_FILE, open_private, private_directory_problem
 from common.schema import Event, new_event
 
 MAGIC = b"TTPF"
@@ -123,12 +122,6 @@ def encode_frame(first_seq: int, events: list[Event], level: int = 3) -> tuple[b
     crc = google_crc32c.value(tail)
     return MAGIC + struct.pack("<II", len(payload), crc) + tail, len(raw)
 
-
-# Not every platform has these flags (Windows has neither links to follow in the same way nor
-# descriptor inheritance by exec; it has text mode, which must be off).
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_BINARY = getattr(os, "O_BINARY", 0)
 
 def _check_private_directory(path: str) -> None:
     """A writer's spool directory must be a real directory of its own user that nobody else
@@ -376,18 +369,9 @@ class Spool:
             self._segment = _segment_name(first)
             path = os.path.join(self.dir, self._segment)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW
-                             | _CLOEXEC | _BINARY, 0o600)
+                fd = open_private(path, regular_only=True)
             except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise SpoolError(errno.ELOOP, f"{path} is a symbolic link: refusing to "
-                                     "write through it") from exc
-                raise
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise SpoolError(errno.EINVAL, f"{path} is not a regular file")
-            if hasattr(os, "fchmod"):  # an existing segment keeps no wider mode
-                os.fchmod(fd, 0o600)
+                raise SpoolError(exc.errno, str(exc)) from exc
             self._file = os.fdopen(fd, "ab")
         start = self._file.tell()
         try:
@@ -505,8 +489,7 @@ class Spool:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | _BINARY
-        fd = os.open(tmp, flags, 0o600)
+        fd = os.open(tmp, NEW_FILE, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
