@@ -181,3 +181,11 @@ def test_internal_errors_are_numbered_among_themselves() -> None:
                for line in messages.getvalue().splitlines() if "internal error" in line]
     assert numbers and set(numbers) == {"1", "2"}
     assert len(kept.getvalue().splitlines()) == 6  # SYSCALL, EXECVE, PATH of both, verbatim
+
+
+def test_a_time_past_year_9999_is_a_counted_parse_error_not_an_internal_one(tmp_path) -> None:
+    far = EXEC.replace(b"1700000000.100:7", b"253402300800.100:7")  # 10000-01-01
+    done, summary, events = _audisp(tmp_path, far + EXEC.replace(b":7)", b":8)"))
+    assert summary["internal_errors"] == 0 and summary["parse_errors"] == 4
+    assert len(events) == 1 and events[0]["event"]["original_id"] == "1700000000.100:8"
+    assert (tmp_path / "errors.log").read_bytes().count(b"253402300800.100:7") == 4
