@@ -368,3 +368,7 @@ def forward(spool_dir: str, collectors: tuple[str, ...], cert: str | None, key: 
                           client_context(cert, key, ca), server_name, log=log)
     forwarder.run(stop.is_set)
     click.echo(f"ttpsensor forward: stopped: {json.dumps(asdict(forwarder.stats))}", err=True)
+
+
+if __name__ == "__main__":  # `python -m common.cli`, as self_command() falls back to
+    sys.exit(main())

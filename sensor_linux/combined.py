@@ -11,50 +11,79 @@ audit socket is waited on briefly, so neither starves the other.
 
 from __future__ import annotations
 
-import select
 import time
 from typing import Callable
 
+from common.render import RENDERERS
 from common.schema import ACTION_PROCESS_CREATE, Event, get_path
 from common.sinks import Sink, emit
-from sensor_linux.audit.pipeline import AuditPipeline
-from sensor_linux.audit.session import UnicastSession
-from sensor_linux.batching import BATCH_SECONDS, StopFlag
+from sensor_linux.audit.netlink import AuditNetlinkError
+from sensor_linux.audit.pipeline import AuditPipeline, open_error_log
+from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession
+from sensor_linux.audit.source import NetlinkInput, audit_error
 from sensor_linux.crosscheck import CrossCheck
+from sensor_linux.ebpf.events import EbpfEventBuilder
 from sensor_linux.ebpf.probes import ExecProbes
-from sensor_linux.ebpf.source import EbpfPipeline
-
-WAIT_SECONDS = 0.05
-TICK_SECONDS = 1.0
-
-
-class CombinedSession:
-    """What StatusReporter reads: the mode and the losses of both sources."""
-
-    def __init__(self, mode: str, audit: UnicastSession, probes: ExecProbes) -> None:
-        self.mode = mode
-        self.audit = audit
-        self.probes = probes
-        self.control = audit.control
-
-    def lost(self) -> int:
-        return self.audit.lost() + sum(self.probes.drops().values())
+from sensor_linux.ebpf.source import EbpfPipeline, RingInput, load_probes
+from sensor_linux.enrich import Enricher
+from sensor_linux.runner import TICK_SECONDS, Input, RunConfig, SourceError
 
 
-class Combined:
-    def __init__(self, mode: str, audit_pipeline: AuditPipeline, ebpf_pipeline: EbpfPipeline,
-                 session: UnicastSession, render: Callable[[Event], str], sink: Sink,
-                 crosscheck: CrossCheck | None) -> None:
-        self.mode = mode
-        self.audit_pipeline = audit_pipeline
-        self.ebpf_pipeline = ebpf_pipeline
-        self.session = session
-        self.render = render
+class CombinedSource:
+    """``--source hybrid|cross-check``: the exec probes and an audit unicast session."""
+
+    serving = True
+    seed = True
+    status_events = True
+    tick_seconds = TICK_SECONDS
+
+    def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> None:
+        self.name = self.mode = config.source
+        self.config = config
         self.sink = sink
-        self.crosscheck = crosscheck
-        audit_pipeline.on_event = self._from_audit
-        if crosscheck is not None:
-            ebpf_pipeline.on_event = self._from_ebpf
+        self.say = say
+        self.render = RENDERERS["ecs"]
+        self.enricher = Enricher()
+        self.ebpf_pipeline = EbpfPipeline(EbpfEventBuilder(self.enricher), self.render, sink,
+                                          keep_exec_attempts=config.keep_exec_attempts)
+        self.probes = ExecProbes(on_exec=self.ebpf_pipeline.feed,
+                                 argv_size=config.ebpf_argv_bytes,
+                                 ringbuf_pages=config.ebpf_ringbuf_pages)
+        self.ebpf_pipeline.probes = self.probes
+        hybrid = self.mode == "hybrid"
+        # hybrid: only the user's rules, exec rules removed; cross-check: audit's exec rules too.
+        self.audit = UnicastSession(rules=[] if hybrid else None,
+                                    rules_file=config.rules_file, state_file=config.state_file,
+                                    without_exec=hybrid)
+        self.error_log = open_error_log(config.parse_error_log, config.max_bytes,
+                                        config.generations)
+        self.audit_pipeline = AuditPipeline("ecs", sink, enricher=self.enricher,
+                                            error_log=self.error_log,
+                                            on_event=self._from_audit)
+        self.crosscheck: CrossCheck | None = None
+        if not hybrid:
+            self.ebpf_pipeline.on_event = self._from_ebpf
+
+    def open(self) -> None:
+        try:
+            load_probes(self.probes)
+            self.audit.open()
+        except (SourceError, AuditBusy, AuditLocked, AuditNetlinkError) as exc:
+            self.probes.close()
+            self.audit.close()
+            raise exc if isinstance(exc, SourceError) else audit_error(exc) from exc
+        self.say(f"source: {self.mode}: eBPF exec probes (loaded in "
+                 f"{self.probes.load_seconds:.2f} s) and audit netlink unicast")
+        if self.mode == "cross-check":
+            # Both sources listen from now on: a miss of an earlier exec is no miss.
+            self.crosscheck = CrossCheck(self.enricher.host, start=time.time())
+
+    def inputs(self) -> list[Input]:
+        assert self.audit.records is not None
+        return [RingInput(self.probes), NetlinkInput(self.audit.records, self.audit_pipeline)]
+
+    def files(self) -> list[str]:
+        return [self.config.state_file, self.error_log.path]
 
     def _from_audit(self, event: Event) -> bool:
         """Audit's execs never reach the output here: eBPF reports them."""
@@ -72,46 +101,39 @@ class Combined:
         for event in events:
             emit(self.sink, event, self.render(event))
 
-    def pump(self, stop: StopFlag, on_tick: Callable[[], None] | None = None) -> None:
-        assert self.session.records is not None
-        sock = self.session.records.sock
-        sock.setblocking(False)
-        probes = self.ebpf_pipeline.probes
-        assert probes is not None
-        next_tick = time.monotonic() + TICK_SECONDS
-        while not stop.is_set():
-            probes.poll(0)
-            ready, _, _ = select.select([sock], [], [], WAIT_SECONDS)
-            if ready:
-                while True:
-                    try:
-                        lines, lost = self.session.records.read_records()
-                    except BlockingIOError:
-                        break
-                    self.audit_pipeline.stats.socket_overflows += lost
-                    for line in lines:
-                        self.audit_pipeline.feed(line)
-                stop.wait(BATCH_SECONDS)  # see batching.py
-            if time.monotonic() >= next_tick:
-                self.audit_pipeline.tick()
-                self.ebpf_pipeline.tick()
-                if self.crosscheck is not None:
-                    self._report(self.crosscheck.expire())
-                self.sink.flush()
-                if on_tick is not None:
-                    on_tick()
-                next_tick = time.monotonic() + TICK_SECONDS
+    def tick(self) -> None:
+        self.audit_pipeline.tick()
+        self.ebpf_pipeline.tick()
+        if self.crosscheck is not None:
+            self._report(self.crosscheck.expire())
+
+    def done(self) -> bool:
+        return False
+
+    def lost(self) -> int:
+        probes = sum(self.probes.drops().values()) if self.probes.bpf is not None else 0
+        return (self.audit.lost() if self.audit.control is not None else 0) + probes
+
+    def backlog(self) -> int | None:
+        control = self.audit.control
+        return control.status().backlog if control is not None else None
+
+    def release(self) -> None:
+        self.audit.close()
 
     def finish(self) -> None:
         """Drain both sources and settle every exec still waiting for its twin."""
-        probes = self.ebpf_pipeline.probes
-        if probes is not None and probes.bpf is not None:
-            probes.poll(0)
+        if self.probes.bpf is not None:
+            self.probes.poll(0)
         self.audit_pipeline.close()
         self.ebpf_pipeline.finish()
         if self.crosscheck is not None:
             self._report(self.crosscheck.finish())
         self.sink.flush()
+
+    def close(self) -> None:
+        self.probes.close()
+        self.error_log.close()
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = {"audit": self.audit_pipeline.summary(),

@@ -20,8 +20,9 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from common.filehash import FileDigests
+from common.filehash import FileDigests, FileHasher
 
 DPKG_DIR = "var/lib/dpkg"
 USRMERGE_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -267,3 +268,31 @@ class PackageIndex:
             if found is not None:
                 return found
         return None
+
+
+def describe_file(path: str, index: "PackageIndex", hasher: FileHasher,
+                  root: str = "/") -> dict[str, Any]:
+    """``ttpsensor whatis``: a file's digests, owning package and verdict (``status``:
+    verified, MODIFIED, no recorded digest, unpackaged, or no package database). ``path`` is
+    a file under ``root``, whose package database is ``index``. OSError when unreadable."""
+    report: dict[str, Any] = {"path": path}
+    digests = hasher.digests(path)
+    report.update(digests.as_field())
+    inside = os.path.abspath(path)
+    root_abs = os.path.abspath(root)
+    if root_abs != "/":
+        inside = "/" + os.path.relpath(inside, root_abs)
+    found = index.provenance(inside, digests) if index.available else None
+    if not index.available:
+        report["package"] = None
+        status = "no package database"
+    elif found is None:
+        report["package"] = ""
+        status = "unpackaged"
+    else:
+        report.update(package=found.package, manager=found.manager, version=found.version,
+                      verified=found.verified)
+        status = {True: "verified", False: "MODIFIED",
+                  None: "no recorded digest"}[found.verified]
+    report["status"] = status
+    return report

@@ -15,22 +15,26 @@ import time
 from typing import Any, Protocol
 
 from common.schema import new_event
-from common.sinks import emit
-from sensor_linux.audit.pipeline import AuditPipeline
+from common.sinks import Sink, emit
 
 
-class _Session(Protocol):
-    mode: str
+class _Source(Protocol):
+    """What the reporter reads from a source (sensor_linux/runner.py's Source)."""
+
+    name: str
+    enricher: Any
 
     def lost(self) -> int: ...
+    def backlog(self) -> int | None: ...
+    def summary(self) -> dict[str, object]: ...
 
 
 class StatusReporter:
-    def __init__(self, session: _Session, pipeline: AuditPipeline, enricher: Any,
-                 path: str | None, interval: float, emit: bool = True) -> None:
-        self.session = session
-        self.pipeline = pipeline
-        self.enricher = enricher
+    def __init__(self, source: _Source, sink: Sink, path: str | None, interval: float,
+                 emit: bool = True) -> None:
+        self.source = source
+        self.sink = sink
+        self.enricher = source.enricher
         self.path = path
         self.interval = interval
         self.emit = emit
@@ -41,13 +45,13 @@ class StatusReporter:
 
     def snapshot(self) -> dict[str, Any]:
         stats: dict[str, Any] = {
-            "pid": os.getpid(), "running": True, "source": self.session.mode,
+            "pid": os.getpid(), "running": True, "source": self.source.name,
             "started": self.started, "updated": time.time(),
-            "kernel_lost": self.session.lost(), **self.pipeline.summary(),
+            "kernel_lost": self.source.lost(), **self.source.summary(),
         }
-        control = getattr(self.session, "control", None)
-        if control is not None:
-            stats["kernel_backlog"] = control.status().backlog
+        backlog = self.source.backlog()
+        if backlog is not None:
+            stats["kernel_backlog"] = backlog
         if self.enricher is not None:
             table = self.enricher.table
             stats["process_table"] = {"entries": len(table), "evicted": table.evicted,
@@ -72,12 +76,12 @@ class StatusReporter:
                               host=getattr(self.enricher, "host", {}))
             event["event"]["kind"] = "metric"
             event["ttpsensor"] = {"status": stats}
-            emit(self.pipeline.sink, event, json.dumps(event, separators=(",", ":")))
+            emit(self.sink, event, json.dumps(event, separators=(",", ":")))
 
     def final(self, summary: dict[str, Any]) -> None:
         """The last word, written when the sensor stops."""
-        self.write_file({"pid": os.getpid(), "running": False, "source": self.session.mode,
-                         "started": self.started, "updated": time.time(), **summary})
+        self.write_file({"pid": os.getpid(), "running": False, "started": self.started,
+                         "updated": time.time(), **summary})
 
     def write_file(self, stats: dict[str, Any]) -> None:
         """Replace the status file atomically; a failure is reported once, never fatal."""
@@ -111,3 +115,22 @@ def flatten(stats: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
             rows.append((name, value))
     return rows
 
+
+
+def print_table(stats: dict[str, Any], alive: bool) -> None:
+    """``ttpsensor status``: the counters as a table, with whether the sensor still runs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    age = time.time() - stats.get("updated", 0)
+    state = "running" if alive else ("stopped" if not stats.get("running") else "not running "
+                                     "(it did not exit cleanly)")
+    table = Table(title=f"ttpsensor {state}, source {stats.get('source')}, "
+                        f"updated {age:.0f} s ago")
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    for name, value in flatten(stats):
+        if name in ("pid", "running", "source", "started", "updated"):
+            continue
+        table.add_row(name, str(value))
+    Console().print(table)

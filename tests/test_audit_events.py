@@ -174,3 +174,31 @@ def test_an_image_deleted_while_it_ran_is_named_as_the_ebpf_source_names_it(tmp_
     [event] = [builder.build(e) for e in assemble_file(record)[0]]
     assert event["process"]["executable"] == "/usr/bin/whoami"
     assert event["process"]["on_disk"] is False
+
+
+def test_audisp_plugin_reads_what_auditd_hands_over_after_sigterm(tmp_path) -> None:
+    """auditd sends SIGTERM before it closes the pipe: records written after the signal are
+    still read (until EOF), and events still open are flushed, none lost."""
+    import signal
+    import time
+
+    from tests.conftest import ttpsensor_command
+    data = (LAUREL_DIR / "record-execve.txt").read_bytes()
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen(ttpsensor_command() + [
+        "audisp", "--output", f"jsonl:{out}", "--parse-error-log", str(tmp_path / "e.log")],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = data.splitlines(keepends=True)
+    proc.stdin.write(b"".join(lines[:1]))
+    proc.stdin.flush()
+    time.sleep(3)                       # the plugin is up and waiting on its pipe
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    proc.stdin.write(b"".join(lines[1:]))
+    proc.stdin.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    [line] = out.read_text().splitlines()
+    assert json.loads(line)["process"]["executable"] == "/usr/bin/whoami"
+    summary = json.loads(err.decode().strip().splitlines()[-1].split(": ", 1)[1])
+    assert summary["records"] == len([x for x in lines if x.strip()])

@@ -9,13 +9,14 @@ stop the stream.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import asdict, dataclass
 from typing import Callable, TextIO
 
 from common.render import RENDERERS
 from common.schema import ACTION_PROCESS_CREATE, Event, get_path
-from common.sinks import Sink, emit
+from common.sinks import LazySink, RotatingFileSink, Sink, emit
 from sensor_linux.attempts import AttemptFolder
 from sensor_linux.audit import laurel
 from sensor_linux.audit.assemble import Assembler, AuditEvent
@@ -25,6 +26,7 @@ from sensor_linux.audit.records import ParseError, parse
 from sensor_linux.enrich import Enricher
 
 FORMATS = ("ecs", "laurel", "qlog")
+DEFAULT_ERROR_LOG = "/var/log/ttpsensor/parse-errors.log"
 REPORT_FIRST_ERRORS = 10     # then one message per REPORT_EVERY errors, to keep stderr readable
 REPORT_EVERY = 1000
 
@@ -170,3 +172,15 @@ class AuditPipeline:
         if count <= REPORT_FIRST_ERRORS or count % REPORT_EVERY == 0:
             shown = line[:160].decode("utf-8", "replace").rstrip()
             self.messages.write(f"ttpsensor: {reason} (#{count}): {shown}\n")
+
+
+def open_error_log(path: str | None, max_bytes: int, generations: int) -> LazySink:
+    """The parse-error log (``path``, or a default for root and for others), created on its
+    first line."""
+    chosen = path or (DEFAULT_ERROR_LOG if os.geteuid() == 0 else "ttpsensor-parse-errors.log")
+
+    def open_log() -> RotatingFileSink:
+        os.makedirs(os.path.dirname(os.path.abspath(chosen)), mode=0o750, exist_ok=True)
+        return RotatingFileSink(chosen, max_bytes, generations)
+
+    return LazySink(open_log, chosen)

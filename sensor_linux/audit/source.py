@@ -1,56 +1,116 @@
-"""The live audit source: records from a netlink session into an :class:`AuditPipeline`."""
+"""The live audit source: records from a netlink session (unicast or multicast) into an
+:class:`AuditPipeline`. The runner (sensor_linux/runner.py) owns its lifecycle."""
 
 from __future__ import annotations
 
-import select
-import time
-from typing import Callable, Protocol
+from typing import Callable
 
-from sensor_linux.audit.netlink import AuditSocket
-from sensor_linux.audit.pipeline import AuditPipeline
-from sensor_linux.batching import BATCH_SECONDS, StopFlag
-
-TICK_SECONDS = 1.0
-
-
-class Session(Protocol):
-    mode: str
-    records: AuditSocket | None
-
-    def open(self) -> None: ...
-    def close(self) -> None: ...
-    def lost(self) -> int: ...
+from common.sinks import Sink
+from sensor_linux.audit.netlink import AuditNetlinkError, AuditSocket
+from sensor_linux.audit.pipeline import AuditPipeline, open_error_log
+from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession, choose_session
+from sensor_linux.enrich import Enricher
+from sensor_linux.runner import TICK_SECONDS, RunConfig, SourceError
 
 
-def pump(session: Session, pipeline: AuditPipeline, stop: StopFlag,
-         on_tick: Callable[[], None] | None = None) -> None:
-    """Read records until ``stop`` is set. Socket overflows (ENOBUFS: the kernel could not
-    deliver because our receive buffer was full) are counted in the pipeline's stats.
+class NetlinkInput:
+    """The audit record socket, drained without blocking. Socket overflows (ENOBUFS: the
+    kernel could not deliver because our receive buffer was full) are counted in the
+    pipeline's stats."""
 
-    The record socket is drained without blocking after each wake-up, then left to fill for
-    BATCH_SECONDS, and the pipeline is
-    ticked at least once a second (timeouts, flushes, status), busy or idle.
-    """
-    assert session.records is not None
-    sock = session.records.sock
-    sock.setblocking(False)
-    next_tick = time.monotonic() + TICK_SECONDS
-    while not stop.is_set():
-        timeout = max(0.0, next_tick - time.monotonic())
-        ready, _, _ = select.select([sock], [], [], timeout)
-        if ready:
-            while True:
-                try:
-                    lines, lost = session.records.read_records()
-                except BlockingIOError:
-                    break
-                pipeline.stats.socket_overflows += lost
-                for line in lines:
-                    pipeline.feed(line)
-            stop.wait(BATCH_SECONDS)  # let the next records gather (see batching.py)
-        if time.monotonic() >= next_tick:
-            pipeline.tick()
-            pipeline.sink.flush()
-            if on_tick is not None:
-                on_tick()
-            next_tick = time.monotonic() + TICK_SECONDS
+    def __init__(self, records: AuditSocket, pipeline: AuditPipeline) -> None:
+        self.records = records
+        self.pipeline = pipeline
+        records.sock.setblocking(False)
+
+    def fileno(self) -> int | None:
+        return self.records.sock.fileno()
+
+    def drain(self) -> bool:
+        while True:
+            try:
+                lines, lost = self.records.read_records()
+            except BlockingIOError:
+                return False  # read until empty: nothing is waiting
+            self.pipeline.stats.socket_overflows += lost
+            for line in lines:
+                self.pipeline.feed(line)
+
+
+def audit_error(exc: Exception) -> SourceError:
+    """A source error that says what to do about a failed audit session."""
+    hint = ""
+    if isinstance(exc, AuditNetlinkError) and exc.errno in (1, 13):
+        hint = (" (run as root: audit needs CAP_AUDIT_CONTROL, and CAP_AUDIT_READ for "
+                "multicast)")
+    return SourceError(f"{exc}{hint}")
+
+
+class AuditSource:
+    """``--source auto|audit|audit-multicast``."""
+
+    serving = True
+    seed = True
+    tick_seconds = TICK_SECONDS
+
+    def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> None:
+        self.config = config
+        self.say = say
+        self.enricher = Enricher() if config.fmt != "laurel" else None
+        self.status_events = config.fmt == "ecs"
+        self.error_log = open_error_log(config.parse_error_log, config.max_bytes,
+                                        config.generations)
+        self.pipeline = AuditPipeline(config.fmt, sink, enricher=self.enricher,
+                                      error_log=self.error_log,
+                                      keep_exec_attempts=config.keep_exec_attempts)
+        self.session: UnicastSession | None = None
+        self.name = config.source
+
+    def open(self) -> None:
+        try:
+            session, why = choose_session(self.config.source)
+            if isinstance(session, UnicastSession):
+                session.rules_file = self.config.rules_file
+                session.state_file = self.config.state_file
+            self.say(f"source: {why}")
+            session.open()
+        except (AuditBusy, AuditLocked, AuditNetlinkError) as exc:
+            raise audit_error(exc) from exc
+        self.session, self.name = session, session.mode
+        if getattr(session, "repaired", False):
+            self.say("restored the audit state left by a sensor that did not exit cleanly")
+        for warning in getattr(session, "warnings", []):
+            self.say(f"warning: {warning}")
+
+    def inputs(self) -> list[NetlinkInput]:
+        assert self.session is not None and self.session.records is not None
+        return [NetlinkInput(self.session.records, self.pipeline)]
+
+    def files(self) -> list[str]:
+        return [self.config.state_file, self.error_log.path]
+
+    def tick(self) -> None:
+        self.pipeline.tick()
+
+    def done(self) -> bool:
+        return False
+
+    def lost(self) -> int:
+        return self.session.lost() if self.session is not None else 0
+
+    def backlog(self) -> int | None:
+        control = getattr(self.session, "control", None)
+        return control.status().backlog if control is not None else None
+
+    def release(self) -> None:
+        if self.session is not None:
+            self.session.close()
+
+    def finish(self) -> None:
+        self.pipeline.close()
+
+    def close(self) -> None:
+        self.error_log.close()
+
+    def summary(self) -> dict[str, object]:
+        return self.pipeline.summary()

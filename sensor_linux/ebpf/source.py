@@ -1,21 +1,20 @@
-"""The live eBPF source: probes -> events -> renderer -> sink, with the same status counters
-interface as the audit pipeline (StatusReporter reads either)."""
+"""The live eBPF source: probes -> events -> renderer -> sink. The runner
+(sensor_linux/runner.py) owns its lifecycle."""
 
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from common.render import RENDERERS
 from common.schema import Event
 from common.sinks import Sink, emit
 from sensor_linux.attempts import AttemptFolder
 from sensor_linux.ebpf.events import EbpfEventBuilder
-from sensor_linux.batching import BATCH_SECONDS, StopFlag
-from sensor_linux.ebpf.probes import FLAG_NO_ENTRY, ExecProbes, ExecRecord
-
-TICK_SECONDS = 1.0
+from sensor_linux.ebpf.probes import FLAG_NO_ENTRY, ExecProbes, ExecRecord, PrerequisiteError
+from sensor_linux.enrich import Enricher
+from sensor_linux.runner import TICK_SECONDS, RunConfig, SourceError
 
 
 @dataclass
@@ -88,30 +87,79 @@ class EbpfPipeline:
         return out
 
 
-class EbpfSession:
-    """What StatusReporter needs from a source: its mode and what it lost."""
-
-    mode = "ebpf"
+class RingInput:
+    """The probes' ring buffer: polled, never waited on (its callbacks feed the pipeline)."""
 
     def __init__(self, probes: ExecProbes) -> None:
         self.probes = probes
 
+    def fileno(self) -> int | None:
+        return None
+
+    def drain(self) -> bool:
+        self.probes.poll(0)
+        return False
+
+
+def load_probes(probes: ExecProbes) -> None:
+    """Compile and load the probes, or a source error that says why not."""
+    try:
+        probes.load()
+    except (PrerequisiteError, ValueError) as exc:
+        raise SourceError(str(exc)) from exc
+
+
+class EbpfSource:
+    """``--source ebpf``: the exec probes alone."""
+
+    name = "ebpf"
+    serving = True
+    seed = True
+    status_events = True
+    tick_seconds = TICK_SECONDS
+
+    def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.enricher = Enricher()
+        self.pipeline = EbpfPipeline(EbpfEventBuilder(self.enricher), RENDERERS[config.fmt],
+                                     sink, keep_exec_attempts=config.keep_exec_attempts)
+        self.probes = ExecProbes(on_exec=self.pipeline.feed, argv_size=config.ebpf_argv_bytes,
+                                 ringbuf_pages=config.ebpf_ringbuf_pages)
+        self.pipeline.probes = self.probes
+
+    def open(self) -> None:
+        load_probes(self.probes)
+        self.say(f"source: eBPF exec probes, compiled and loaded in "
+                 f"{self.probes.load_seconds:.2f} s")
+
+    def inputs(self) -> list[RingInput]:
+        return [RingInput(self.probes)]
+
+    def files(self) -> list[str]:
+        return []
+
+    def tick(self) -> None:
+        self.pipeline.tick()
+
+    def done(self) -> bool:
+        return False
+
     def lost(self) -> int:
         return sum(self.probes.drops().values()) if self.probes.bpf is not None else 0
 
+    def backlog(self) -> int | None:
+        return None
 
-def pump(probes: ExecProbes, pipeline: EbpfPipeline, stop: StopFlag,
-         on_tick: Callable[[], None] | None = None) -> None:
-    """Drain the ring buffer until ``stop`` is set: one drain per BATCH_SECONDS, not one
-    wake-up per exec (see batching.py); the sink is flushed and ``on_tick`` called once a
-    second."""
-    next_tick = time.monotonic() + TICK_SECONDS
-    while not stop.is_set():
-        probes.poll(0)
-        stop.wait(BATCH_SECONDS)
-        if time.monotonic() >= next_tick:
-            pipeline.tick()
-            pipeline.sink.flush()
-            if on_tick is not None:
-                on_tick()
-            next_tick = time.monotonic() + TICK_SECONDS
+    def release(self) -> None:
+        pass  # nothing machine-global: the probes go with the process
+
+    def finish(self) -> None:
+        if self.probes.bpf is not None:
+            self.probes.poll(0)  # what is already in the ring buffer
+        self.pipeline.finish()
+
+    def close(self) -> None:
+        self.probes.close()
+
+    def summary(self) -> dict[str, object]:
+        return self.pipeline.summary()

@@ -1,0 +1,77 @@
+"""The application layer of the Linux sensor: a chosen source, its outputs and the embedded
+collector, wired together and handed to the runner.
+
+The sources know nothing of outputs beyond a sink, the runner nothing of the collector; this
+is the one place that knows all three (and the only sensor module that imports
+``collector/``).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable
+
+from common.sinks import open_sinks, output_files, spools
+from sensor_linux import runner
+from sensor_linux.runner import RunConfig
+from sensor_linux.sources import SOURCES, SourceEntry
+
+
+class UsageProblem(ValueError):
+    """Options that do not go together; the message says which."""
+
+
+class OutputError(OSError):
+    """An output cannot be opened; the message names it."""
+
+
+def open_outputs(fmt: str, outputs: tuple[str, ...] | list[str], max_bytes: int,
+                 generations: int) -> Any:
+    """The sink for ``--output`` targets (a spool stores ecs events only)."""
+    if fmt != "ecs" and any(o.startswith("spool:") for o in outputs):
+        raise UsageProblem("a spool output stores ecs events: use --format ecs, or give "
+                           "--output explicitly without spool:")
+    try:
+        return open_sinks(outputs, max_bytes, generations)
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"cannot open output: {exc}") from exc
+
+
+def local_collector(sink: Any, store: str) -> Any:
+    """The embedded collector for the first spool output (collector.deliver.LocalDelivery),
+    or None."""
+    found = spools(sink)
+    if not store or not found:
+        return None
+    from collector.deliver import LocalDelivery
+    from collector.store import Store
+    return LocalDelivery(found[0], Store(store), socket.gethostname())
+
+
+def run_sensor(config: RunConfig, outputs: tuple[str, ...] | list[str], store: str,
+               say: Callable[[str], None],
+               registry: dict[str, SourceEntry] = SOURCES) -> dict[str, object]:
+    """Open the outputs and the embedded collector, run the chosen source through the runner
+    until a signal (or until it is done), deliver what is left; return the final summary.
+    Raises UsageProblem, OutputError, runner.SourceError or privileges.PrivilegeError."""
+    entry = registry[config.source]
+    if config.fmt not in entry.formats:
+        raise UsageProblem(f"--source {config.source} writes {', '.join(entry.formats)} only, "
+                           f"not --format {config.fmt}")
+    sink = open_outputs(config.fmt, outputs, config.max_bytes, config.generations)
+    collector = local_collector(sink, store)
+    written = output_files(outputs) + ([collector.store.path] if collector else [])
+    try:
+        try:
+            source = entry.create(config, sink, say)
+        except BaseException:
+            sink.close()
+            raise
+        return runner.run(source, sink, config, runner.install_stop_handlers(),
+                          written=written,
+                          periodic=[collector.deliver] if collector is not None else [],
+                          say=say)
+    finally:
+        if collector is not None:
+            collector.deliver()
+            collector.store.close()

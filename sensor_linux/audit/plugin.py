@@ -1,0 +1,131 @@
+"""The auditd plugin source (``ttpsensor audisp`` without a file): auditd's records on stdin,
+in its string format, as a live source for the runner.
+
+auditd starts the plugin as root and owns the audit session; the plugin holds no kernel
+handle, so it drops nothing and reports no status of its own (auditd's is the kernel's).
+On SIGTERM (auditd sends it before closing the pipe) whatever is already in the pipe is still
+read, until EOF or until it stays empty for a moment: records auditd has handed over are never
+dropped on shutdown.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from typing import Callable
+
+from common.sinks import Sink
+from sensor_linux.audit.lines import LineSplitter
+from sensor_linux.audit.pipeline import AuditPipeline, open_error_log
+from sensor_linux.enrich import Enricher
+from sensor_linux.runner import TICK_SECONDS, RunConfig
+
+DRAIN_SECONDS = 2.0      # at most this long reading what is left after SIGTERM
+QUIET_SECONDS = 0.2      # ... and only while the pipe keeps delivering
+PIPE_BYTES = 1 << 20
+READ_BYTES = 1 << 20
+
+
+def enlarge_pipe(fd: int) -> None:
+    """Room for a batch of auditd's events while the plugin waits (see batching.py)."""
+    import fcntl
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass  # not a pipe (a file, a terminal): nothing to enlarge
+
+
+class PipeInput:
+    """Lines from a pipe, split on ``\\n`` only (sensor_linux/audit/lines.py)."""
+
+    def __init__(self, fd: int, pipeline: AuditPipeline) -> None:
+        self.fd = fd
+        self.pipeline = pipeline
+        self.splitter = LineSplitter()
+        self.eof = False
+
+    def fileno(self) -> int | None:
+        return self.fd
+
+    def drain(self) -> bool:
+        chunk = os.read(self.fd, READ_BYTES)
+        if not chunk:
+            self.end()
+            return False
+        for line in self.splitter.feed(chunk):
+            self.pipeline.feed(line)
+        # A full read means more is waiting: a plugin that is behind must not pause.
+        return len(chunk) == READ_BYTES
+
+    def end(self) -> None:
+        if not self.eof:
+            self.eof = True
+            for line in self.splitter.finish():
+                self.pipeline.feed(line)
+
+    def drain_after_stop(self) -> None:
+        """What auditd handed over before closing: read until EOF, or until the pipe stays
+        empty for QUIET_SECONDS, for at most DRAIN_SECONDS."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while not self.eof and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], QUIET_SECONDS)
+            if not ready:
+                break
+            self.drain()
+        self.end()
+
+
+class PluginSource:
+    name = "audisp"
+    serving = False
+    seed = True
+    tick_seconds = TICK_SECONDS
+    status_events = False
+
+    def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None],
+                 fd: int = 0) -> None:
+        self.enricher = Enricher(live=True) if config.fmt != "laurel" else None
+        self.error_log = open_error_log(config.parse_error_log, config.max_bytes,
+                                        config.generations)
+        self.pipeline = AuditPipeline(config.fmt, sink, enricher=self.enricher,
+                                      error_log=self.error_log,
+                                      keep_exec_attempts=config.keep_exec_attempts)
+        self.input = PipeInput(fd, self.pipeline)
+
+    def open(self) -> None:
+        enlarge_pipe(self.input.fd)
+
+    def inputs(self) -> list[PipeInput]:
+        return [self.input]
+
+    def files(self) -> list[str]:
+        return [self.error_log.path]
+
+    def tick(self) -> None:
+        self.pipeline.tick()
+
+    def done(self) -> bool:
+        return self.input.eof
+
+    def lost(self) -> int:
+        return 0
+
+    def backlog(self) -> int | None:
+        return None
+
+    def release(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        self.input.drain_after_stop()
+        self.pipeline.close()
+
+    def close(self) -> None:
+        self.error_log.close()
+
+    def summary(self) -> dict[str, object]:
+        out = self.pipeline.summary()
+        if self.error_log.opened:
+            out["parse_error_log"] = self.error_log.path
+        return out

@@ -1,0 +1,46 @@
+"""``ttpsensor audisp FILE``: a recorded audit log through the pipeline, as fast as it reads.
+
+Not a live source: nothing waits, nothing ticks in real time (a replay's events are complete
+when their records are, not when a clock says so), and this host's /proc is never read (the
+log's PIDs are not this host's processes), nor, unless the log is from this host, the files
+it names.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from common.sinks import Sink
+from sensor_linux.audit.lines import read_lines
+from sensor_linux.audit.pipeline import AuditPipeline, open_error_log
+from sensor_linux.batching import StopFlag
+from sensor_linux.enrich import Enricher
+from sensor_linux.runner import RunConfig
+
+
+def replay(path: str, config: RunConfig, sink: Sink, stop: StopFlag,
+           from_this_host: bool = False) -> dict[str, object]:
+    """Feed every line of ``path``; return the pipeline's summary. The sink is closed."""
+    enricher = Enricher(live=False, host_files=from_this_host) \
+        if config.fmt != "laurel" else None
+    error_log = open_error_log(config.parse_error_log, config.max_bytes, config.generations)
+    pipeline = AuditPipeline(config.fmt, sink, enricher=enricher, error_log=error_log,
+                             keep_exec_attempts=config.keep_exec_attempts)
+    try:
+        with open(path, "rb") as f:
+            for line in read_lines(f):
+                pipeline.feed(line)
+                if stop.is_set():
+                    break
+    except BrokenPipeError:
+        # The reader went away (`ttpsensor audisp log | head`): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        pipeline.close()
+        sink.close()
+        error_log.close()
+    summary = pipeline.summary()
+    if error_log.opened:
+        summary["parse_error_log"] = error_log.path
+    return summary

@@ -1,0 +1,205 @@
+"""One lifecycle and one read loop for every live source.
+
+A source (``sensor_linux/sources.py`` registers them) opens its kernel handles as root, hands
+the runner its inputs (a descriptor to wait on, or none for a ring buffer that is polled), and
+turns what it reads into output itself. The runner owns the rest, the same for every source:
+
+    open -> learn the running processes -> drop privileges -> pump (drain, let the next batch
+    gather, tick once a second) -> on a signal: give back machine-global state first, drain
+    and settle what is left, close, write the final status and summary.
+
+The loop waits on descriptors with ``select`` when there are any; polled inputs are drained
+first and the wait is then short, so neither kind starves the other. After each drain the
+loop lets events gather for ``BATCH_SECONDS`` (see batching.py).
+"""
+
+from __future__ import annotations
+
+import select
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from common.sinks import Sink
+from sensor_linux.batching import BATCH_SECONDS, StopFlag
+
+TICK_SECONDS = 1.0
+WAIT_SECONDS = 0.05       # the select timeout when polled inputs must be drained too
+
+
+class SignalStop:
+    """The stop flag the loops wait on, set by SIGINT/SIGTERM (see install_stop_handlers)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self, *_: object) -> None:
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+def install_stop_handlers() -> SignalStop:
+    flag = SignalStop()
+    signal.signal(signal.SIGTERM, flag.set)
+    signal.signal(signal.SIGINT, flag.set)
+    return flag
+
+
+class SourceError(Exception):
+    """A source cannot start; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What ``ttpsensor run`` was asked for (the defaults are its options' defaults)."""
+
+    source: str = "auto"
+    fmt: str = "ecs"
+    rules_file: str | None = None
+    state_file: str = "/run/ttpsensor/audit-state.json"
+    parse_error_log: str | None = None
+    max_bytes: int = 10 * 1024 * 1024
+    generations: int = 5
+    status_file: str | None = None
+    status_interval: float = 60.0
+    user: str = "ttpsensor"
+    ebpf_argv_bytes: int = 32768
+    ebpf_ringbuf_pages: int = 1024
+    keep_exec_attempts: bool = False
+    interval: float = 1.0
+    once: bool = False
+
+
+class Input(Protocol):
+    """One thing a source reads: a descriptor to wait on (``fileno``), or ``None`` for one
+    that can only be polled. ``drain`` reads what is ready without blocking and says whether
+    more is waiting already (a full read: a reader that is behind must not pause)."""
+
+    def fileno(self) -> int | None: ...
+    def drain(self) -> bool: ...
+
+
+class Source(Protocol):
+    """A live source. ``serving`` sources hold kernel handles: the runner drops privileges
+    and reports status for them. With ``seed``, the runner first learns the running
+    processes into its ``enricher``'s process table (the parents of the first execs)."""
+
+    name: str                     # "source" in the summary and the status file
+    serving: bool
+    seed: bool
+    enricher: Any                 # sensor_linux.enrich.Enricher, or None (LAUREL output)
+    status_events: bool           # status events in the output (ecs only)
+    tick_seconds: float
+
+    def open(self) -> None: ...          # as root; SourceError when it cannot
+    def inputs(self) -> list[Input]: ...
+    def files(self) -> list[str]: ...    # files it writes after the privilege drop
+    def tick(self) -> None: ...          # periodic: timeouts, expiries, scans
+    def done(self) -> bool: ...          # nothing more will come (a one-shot scan)
+    def lost(self) -> int: ...           # what the kernel side lost
+    def backlog(self) -> int | None: ...  # the kernel's queue, where there is one
+    def release(self) -> None: ...       # give back machine-global state: first at stop
+    def finish(self) -> None: ...        # drain and settle what is left
+    def close(self) -> None: ...
+    def summary(self) -> dict[str, object]: ...
+
+
+def pump(source: Source, sink: Sink, stop: StopFlag,
+         on_tick: Callable[[], None] | None = None) -> None:
+    """Read ``source`` until ``stop`` is set or it is done: drain, let the next batch
+    gather, and tick (source, sink flush, ``on_tick``) every ``source.tick_seconds``, busy
+    or idle. The first tick is at once (a scan starts with its first pass)."""
+    inputs = source.inputs()
+    waited = {i.fileno(): i for i in inputs if i.fileno() is not None}
+    polled = [i for i in inputs if i.fileno() is None]
+    next_tick = time.monotonic()
+    while not stop.is_set() and not source.done():
+        for item in polled:
+            item.drain()
+        if waited:
+            timeout = WAIT_SECONDS if polled else max(0.0, next_tick - time.monotonic())
+            ready, _, _ = select.select(list(waited), [], [], timeout)
+            behind = False
+            for fd in ready:
+                behind |= waited[fd].drain()
+            if ready and not behind:
+                stop.wait(BATCH_SECONDS)
+        elif polled:
+            stop.wait(BATCH_SECONDS)
+        else:
+            stop.wait(max(0.0, next_tick - time.monotonic()))
+        if time.monotonic() >= next_tick:
+            source.tick()
+            sink.flush()
+            if on_tick is not None:
+                on_tick()
+            next_tick = time.monotonic() + source.tick_seconds
+
+
+def run(source: Source, sink: Sink, config: RunConfig, stop: StopFlag, *,
+        written: list[str], periodic: list[Callable[[], None]],
+        say: Callable[[str], None]) -> dict[str, object]:
+    """Run ``source`` into ``sink`` until ``stop`` (or until it is done), through the whole
+    lifecycle (see the module's docstring); returns the final summary, which is also written
+    to the status file. ``written`` are the files the outputs write after the privilege drop;
+    ``periodic`` runs at every tick (local delivery), a failure reported and tried again.
+    Raises SourceError (the sink is closed) when the source cannot start, PrivilegeError
+    when the privilege drop fails."""
+    from sensor_linux.privileges import drop_to, sensor_dirs
+    from sensor_linux.procscan import seed_process_table
+    from sensor_linux.status import StatusReporter
+
+    try:
+        source.open()
+    except BaseException:
+        sink.close()
+        raise
+    reporter = None
+    summary: dict[str, object] = {"source": source.name}
+    try:
+        if source.seed and source.enricher is not None:
+            seed_process_table(source.enricher)
+        if source.serving:
+            files = written + source.files() + ([config.status_file] if config.status_file
+                                                else [])
+            say(drop_to(config.user, sensor_dirs(files)))
+            reporter = StatusReporter(source, sink, config.status_file,
+                                      config.status_interval, emit=source.status_events)
+        ticks = ([reporter.tick] if reporter is not None else []) + periodic
+        pump(source, sink, stop, on_tick=lambda: _tick(ticks, say))
+    except BrokenPipeError:
+        # The reader went away (`ttpsensor run | head`): stop quietly, like other filters.
+        import os
+        import sys
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        # The audit state is restored first, whatever else fails: it is the whole machine's.
+        try:
+            lost = source.lost()
+        finally:
+            source.release()
+        try:
+            source.finish()
+            summary = {"source": source.name, "kernel_lost": lost, **source.summary()}
+        finally:
+            source.close()
+            sink.close()
+        if reporter is not None:
+            reporter.final(summary)
+    return summary
+
+
+def _tick(functions: list[Callable[[], None]], say: Callable[[str], None]) -> None:
+    """Periodic work (status, local delivery); one failing must not stop the sensor."""
+    for function in functions:
+        try:
+            function()
+        except Exception as exc:  # noqa: BLE001 - reported, and tried again next tick
+            say(f"periodic task failed: {type(exc).__name__}: {exc}")

@@ -1,0 +1,92 @@
+"""Replay recorded inputs through two commits and compare every output line.
+
+A restructure must not change a byte of what the sensor writes. This replays every audit log
+of the corpus (``shared/corpus``: LAUREL's and linux-audit-parser's) through ``ttpsensor audisp
+FILE`` in all three formats, with the code of a base commit and with the working tree, and
+compares the outputs. The only difference allowed is in random event ids (uuid4), which are
+renumbered in order of first appearance on both sides before comparing.
+
+    python -m tests.compare_outputs BASE      # e.g. HEAD~3; exit 1 on any difference
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.test_audit_corpus import CORPUS
+
+ROOT = Path(__file__).resolve().parent.parent
+FORMATS = ("ecs", "qlog", "laurel")
+_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def inputs() -> list[Path]:
+    """Every recorded audit log of the corpus."""
+    return sorted(p for p in CORPUS.rglob("*.txt") if p.is_file())
+
+
+def renumber(output: bytes) -> bytes:
+    """Random event ids replaced by their order of first appearance."""
+    seen: dict[bytes, bytes] = {}
+    return _UUID.sub(lambda m: seen.setdefault(m.group(0), b"id-%d" % len(seen)), output)
+
+
+def replay(tree: Path, log: Path, fmt: str, scratch: Path) -> bytes:
+    """``audisp`` of ``log`` with the code in ``tree`` (its packages first on the path)."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    main = "import sys; from common.cli import main; sys.argv[0] = 'ttpsensor'; sys.exit(main())"
+    done = subprocess.run([sys.executable, "-c", main, "audisp", str(log), "--format",
+                           fmt, "--parse-error-log", str(scratch / "errors.log")],
+                          capture_output=True, env=env, cwd=scratch, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"{tree}: audisp {log.name} --format {fmt} failed: "
+                           f"{done.stderr.decode()[-2000:]}")
+    return renumber(done.stdout)
+
+
+def compare(base: str) -> tuple[list[str], int]:
+    """The differences between ``base`` and the working tree, one line each, and how many
+    output lines were compared."""
+    differences, compared = [], 0
+    with tempfile.TemporaryDirectory(prefix="ttpsensor-compare-") as tmp:
+        base_tree = Path(tmp) / "base"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base_tree),
+                        base], check=True, capture_output=True)
+        try:
+            scratch = Path(tmp) / "scratch"
+            scratch.mkdir()
+            logs = inputs()
+            for number, log in enumerate(logs, 1):
+                for fmt in FORMATS:
+                    before = replay(base_tree, log, fmt, scratch)
+                    after = replay(ROOT, log, fmt, scratch)
+                    compared += before.count(b"\n")
+                    if before != after:
+                        differences.append(f"{log.relative_to(CORPUS)} --format {fmt}")
+                print(f"\r{number}/{len(logs)} logs compared", end="", file=sys.stderr)
+            print(file=sys.stderr)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(base_tree)], capture_output=True)
+    return differences, compared
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    differences, compared = compare(sys.argv[1])
+    for line in differences:
+        print(f"differs: {line}")
+    print(f"{len(inputs())} logs x {len(FORMATS)} formats, {compared} output lines: "
+          f"{'identical' if not differences else f'{len(differences)} differ'}")
+    return 1 if differences or not compared else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

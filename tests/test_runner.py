@@ -1,0 +1,105 @@
+"""The source registry and the one runner: a toy source added in a few lines runs end to end
+through the real runner, outputs and embedded collector."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+from collector.store import Store
+from common import ttphash
+from common.render import RENDERERS
+from common.schema import new_event
+from common.sinks import emit
+from sensor_linux import app
+from sensor_linux.runner import RunConfig
+from sensor_linux.sources import SOURCES, SourceEntry
+
+
+class PipeLines:
+    """An input: lines from a pipe, one exec event each."""
+
+    def __init__(self, fd: int, source: "ToySource") -> None:
+        self.fd, self.source, self.eof = fd, source, False
+
+    def fileno(self) -> int | None:
+        return self.fd
+
+    def drain(self) -> bool:
+        data = os.read(self.fd, 65536)
+        self.eof = not data
+        for word in data.decode().split():
+            self.source.exec(word)
+        return False
+
+
+class ToySource:
+    """The whole of a source: one exec event per word written to a pipe; done at EOF."""
+
+    name, serving, seed, status_events, tick_seconds = "toy", False, False, False, 0.2
+    enricher = None
+
+    def __init__(self, config: RunConfig, sink, say) -> None:  # noqa: ANN001
+        self.sink, self.render, self.ticks, self.events = sink, RENDERERS[config.fmt], 0, 0
+        self.input = PipeLines(TOY_PIPE[0], self)
+
+    def exec(self, word: str) -> None:
+        event = new_event("process_create", "toy", host={"name": "toy-host",
+                                                         "os": {"type": "linux"}})
+        event["process"] = {"pid": 1000 + self.events, "executable": f"/usr/bin/{word}",
+                            "args": [word]}
+        ttphash.attach(event)
+        emit(self.sink, event, self.render(event))
+        self.events += 1
+
+    def open(self) -> None: pass
+    def inputs(self) -> list: return [self.input]  # noqa: E704
+    def files(self) -> list: return []  # noqa: E704
+    def tick(self) -> None: self.ticks += 1  # noqa: E704
+    def done(self) -> bool: return self.input.eof  # noqa: E704
+    def lost(self) -> int: return 0  # noqa: E704
+    def backlog(self) -> None: return None  # noqa: E704
+    def release(self) -> None: pass  # noqa: E704
+    def finish(self) -> None: pass  # noqa: E704
+    def close(self) -> None: os.close(self.input.fd)  # noqa: E704
+    def summary(self) -> dict: return {"events": self.events, "ticks": self.ticks}  # noqa
+
+
+TOY_PIPE: list[int] = []
+
+
+def test_a_toy_source_runs_through_the_registry_runner_and_outputs(tmp_path) -> None:
+    read, write = os.pipe()
+    TOY_PIPE[:] = [read]
+    registry = {**SOURCES, "toy": SourceEntry("tests.test_runner:ToySource", ("ecs",), "toy")}
+    words = ["ls", "cat", "ls", "id"]
+
+    def feed() -> None:
+        for word in words:  # slowly: the runner waits, drains and ticks in between
+            os.write(write, f"{word}\n".encode())
+            threading.Event().wait(0.3)
+        os.close(write)
+
+    threading.Thread(target=feed, daemon=True).start()
+    said: list[str] = []
+    out = tmp_path / "events.jsonl"
+    summary = app.run_sensor(RunConfig(source="toy"), [f"jsonl:{out}", f"spool:{tmp_path}/sp"],
+                             str(tmp_path / "store.sqlite"), said.append, registry=registry)
+    assert summary["source"] == "toy" and summary["events"] == 4
+    assert summary["ticks"] >= 3  # ticked while waiting on the pipe, busy or idle
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["process"]["args"] for e in lines] == [[w] for w in words]
+    with Store(str(tmp_path / "store.sqlite"), readonly=True) as store:  # delivered at stop
+        assert store.count_events() == 4
+        assert {r["ttphash"]: r["count"] for r in store.top(10)}[
+            lines[0]["ttphash"]["value"]] == 2
+
+
+def test_a_source_for_another_format_is_a_usage_problem(tmp_path) -> None:
+    import pytest
+    with pytest.raises(app.UsageProblem, match="--source ebpf writes ecs, qlog only"):
+        app.run_sensor(RunConfig(source="ebpf", fmt="laurel"), ["-"], "", print)
+    with pytest.raises(app.UsageProblem, match="a spool output stores ecs events"):
+        app.run_sensor(RunConfig(source="procfs", fmt="qlog"), [f"spool:{tmp_path}/s"], "",
+                       print)
