@@ -18,13 +18,12 @@ from common.render import RENDERERS
 from common.schema import ACTION_PROCESS_CREATE, Event, get_path
 from common.sinks import Sink, emit
 from sensor_linux.audit.netlink import AuditNetlinkError
-from sensor_linux.audit.pipeline import AuditPipeline, open_error_log
+from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
 from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession
 from sensor_linux.audit.source import NetlinkInput, audit_error
 from sensor_linux.crosscheck import CrossCheck
-from sensor_linux.ebpf.events import EbpfEventBuilder
 from sensor_linux.ebpf.probes import ExecProbes
-from sensor_linux.ebpf.source import EbpfPipeline, RingInput, load_probes
+from sensor_linux.ebpf.source import RingInput, ebpf_pipeline, load_probes, probe_summary
 from sensor_linux.enrich import Enricher
 from sensor_linux.runner import TICK_SECONDS, Input, RunConfig, SourceError
 
@@ -44,25 +43,22 @@ class CombinedSource:
         self.say = say
         self.render = RENDERERS["ecs"]
         self.enricher = Enricher()
-        self.ebpf_pipeline = EbpfPipeline(EbpfEventBuilder(self.enricher), self.render, sink,
-                                          keep_exec_attempts=config.keep_exec_attempts)
+        hybrid = self.mode == "hybrid"
+        self.ebpf_pipeline = ebpf_pipeline(self.enricher, "ecs", sink,
+                                           config.keep_exec_attempts,
+                                           observe=None if hybrid else self._from_ebpf)
         self.probes = ExecProbes(on_exec=self.ebpf_pipeline.feed,
                                  argv_size=config.ebpf_argv_bytes,
                                  ringbuf_pages=config.ebpf_ringbuf_pages)
-        self.ebpf_pipeline.probes = self.probes
-        hybrid = self.mode == "hybrid"
         # hybrid: only the user's rules, exec rules removed; cross-check: audit's exec rules too.
         self.audit = UnicastSession(rules=[] if hybrid else None,
                                     rules_file=config.rules_file, state_file=config.state_file,
                                     without_exec=hybrid)
         self.error_log = open_error_log(config.parse_error_log, config.max_bytes,
                                         config.generations)
-        self.audit_pipeline = AuditPipeline("ecs", sink, enricher=self.enricher,
-                                            error_log=self.error_log,
-                                            on_event=self._from_audit)
+        self.audit_pipeline = audit_pipeline("ecs", sink, enricher=self.enricher,
+                                             error_log=self.error_log, route=self._from_audit)
         self.crosscheck: CrossCheck | None = None
-        if not hybrid:
-            self.ebpf_pipeline.on_event = self._from_ebpf
 
     def open(self) -> None:
         try:
@@ -126,7 +122,7 @@ class CombinedSource:
         if self.probes.bpf is not None:
             self.probes.poll(0)
         self.audit_pipeline.close()
-        self.ebpf_pipeline.finish()
+        self.ebpf_pipeline.close()
         if self.crosscheck is not None:
             self._report(self.crosscheck.finish())
         self.sink.flush()
@@ -137,7 +133,8 @@ class CombinedSource:
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = {"audit": self.audit_pipeline.summary(),
-                                  "ebpf": self.ebpf_pipeline.summary()}
+                                  "ebpf": probe_summary(self.ebpf_pipeline, self.enricher,
+                                                        self.probes)}
         if self.crosscheck is not None:
             out["crosscheck"] = self.crosscheck.summary()
         return out

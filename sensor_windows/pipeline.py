@@ -1,8 +1,9 @@
-"""The worker behind the ETW callback: queue -> normalize -> enrich -> render -> sink.
+"""ETW process starts through the one pipeline (common/pipeline.py): the ETW decoder
+(normalize) and the worker loop behind the ETW callback's queue.
 
 Shared by the console (``ttpsensor windows run``) and the Windows service. An event that cannot
-be normalized, or that our own code fails on, is counted and kept verbatim (as JSON) in the
-error log; it never stops the loop.
+be normalized, or that our own code fails on, is counted and kept (as JSON, with the reason)
+in the error log; it never stops the loop.
 """
 
 from __future__ import annotations
@@ -11,77 +12,81 @@ import json
 import queue
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Callable
 
+from common.pipeline import Keeper, Pipeline
 from common.render import RENDERERS
-from common.sinks import Sink, emit
+from common.sinks import Sink
 from sensor_windows.enrich import WindowsEnricher
 from sensor_windows.etw_source import EtwItem
-from sensor_windows.normalize import NormalizeError, normalize
+from sensor_windows.normalize import NormalizeError, ProcessStart, normalize
 
 POLL_SECONDS = 0.5
 
 
 @dataclass
-class WindowsPipelineStats:
-    events: int = 0
-    output_lines: int = 0
+class EtwDecodeStats:
+    received: int = 0
     rejected: int = 0            # not a usable ProcessStart; kept in the error log
-    internal_errors: int = 0     # our own code failed; the event is kept in the error log
 
 
-class WindowsPipeline:
-    def __init__(self, enricher: WindowsEnricher, sink: Sink, fmt: str = "ecs", *,
-                 device_map: Callable[[], dict[str, str]] | None = None,
-                 error_log: Sink | None = None) -> None:
-        if fmt not in ("ecs", "qlog"):
-            raise ValueError(f"unknown format {fmt!r}; choose ecs or qlog")
-        self.enricher = enricher
-        self.sink = sink
-        self.render = RENDERERS[fmt]
+class EtwDecoder:
+    """ETW ProcessStart events (as pywintrace delivers them) -> normalized starts."""
+
+    def __init__(self, keeper: Keeper, device_map: Callable[[], dict[str, str]]) -> None:
+        self.keeper = keeper
         # The device map can change (a volume mounted later): asked for per event, cheap.
-        self.device_map = device_map or dict
-        self.error_log = error_log
-        self.stats = WindowsPipelineStats()
+        self.device_map = device_map
+        self.stats = EtwDecodeStats()
+        self._last: EtwItem | None = None
 
-    def handle(self, item: EtwItem) -> None:
+    def decode(self, item: EtwItem) -> list[ProcessStart]:
+        self.stats.received += 1
+        self._last = item
         event_id, raw = item
         try:
-            start = normalize(event_id, raw, self.device_map())
+            return [normalize(event_id, raw, self.device_map())]
         except NormalizeError as exc:
             self.stats.rejected += 1
-            self._keep(f"rejected: {exc}", item)
-            return
-        try:
-            event = self.enricher.build(start)
-            line = self.render(event)
-        except Exception as exc:  # noqa: BLE001 - one bad event must not stop the sensor
-            self.stats.internal_errors += 1
-            self._keep(f"internal error {type(exc).__name__}: {exc}", item)
-            return
-        self.stats.events += 1
-        emit(self.sink, event, line)
-        self.stats.output_lines += 1
+            self.keeper.keep("rejected", self.originals(None, f"rejected: {exc}"),
+                             self.stats.rejected)
+            return []
 
-    def _keep(self, reason: str, item: EtwItem) -> None:
-        if self.error_log is not None:
-            self.error_log.write(json.dumps({"reason": reason, "etw": list(item)},
-                                            default=repr))
+    def tick(self) -> list[ProcessStart]:
+        return []
 
-    def drain(self, events: "queue.Queue[EtwItem]", stop: threading.Event | None) -> None:
-        """Handle events until ``stop`` is set and the queue is empty (None: until empty)."""
-        while True:
-            try:
-                item = events.get(timeout=POLL_SECONDS) if stop else events.get_nowait()
-            except queue.Empty:
-                self.sink.flush()
-                if stop is None or stop.is_set():
-                    break
-                continue
-            self.handle(item)
-        self.sink.flush()
-        if self.error_log is not None:
-            self.error_log.flush()
+    def flush(self) -> list[ProcessStart]:
+        return []
 
-    def summary(self) -> dict[str, Any]:
+    def originals(self, item: ProcessStart | None, reason: str) -> list[bytes | str]:
+        """The ETW event a start came from (the one decoded last: one start per event)."""
+        return [json.dumps({"reason": reason, "etw": list(self._last or ())}, default=repr)]
+
+    def summary(self) -> dict[str, object]:
         return asdict(self.stats)
+
+
+def windows_pipeline(enricher: WindowsEnricher, sink: Sink, fmt: str = "ecs", *,
+                     device_map: Callable[[], dict[str, str]] | None = None,
+                     error_log: Sink | None = None) -> Pipeline:
+    if fmt not in ("ecs", "qlog"):
+        raise ValueError(f"unknown format {fmt!r}; choose ecs or qlog")
+    keeper = Keeper(error_log)
+    return Pipeline(EtwDecoder(keeper, device_map or dict), RENDERERS[fmt], sink,
+                    builder=enricher, keeper=keeper, qlog=fmt == "qlog")
+
+
+def drain(pipeline: Pipeline, events: "queue.Queue[EtwItem]",
+          stop: threading.Event | None) -> None:
+    """Handle events until ``stop`` is set and the queue is empty (None: until empty)."""
+    while True:
+        try:
+            item = events.get(timeout=POLL_SECONDS) if stop else events.get_nowait()
+        except queue.Empty:
+            pipeline.sink.flush()
+            if stop is None or stop.is_set():
+                break
+            continue
+        pipeline.feed(item)
+    pipeline.sink.flush()
+    pipeline.keeper.flush()

@@ -1,6 +1,6 @@
 """The Windows sensor's main loop, the same for the console and the service.
 
-ETW session -> queue -> :class:`WindowsPipeline` on this thread -> sinks. The Win32 pieces (the
+ETW session -> queue -> the pipeline (sensor_windows/pipeline.py) on this thread -> sinks. The Win32 pieces (the
 inspector, the disk and the device map) are parameters, so the loop runs on Linux in tests with
 a stand-in pywintrace module and a described world. Counters go to the error stream (and the
 status callback) every ``status_interval`` seconds and at the end, with ETW's own lost count.
@@ -18,7 +18,7 @@ from typing import Any, Callable, TextIO
 from common.sinks import Sink
 from sensor_windows.enrich import CachedInspector, FileSource, ProcessInspector, WindowsEnricher
 from sensor_windows.etw_source import EtwProcessSource
-from sensor_windows.pipeline import WindowsPipeline
+from sensor_windows.pipeline import drain, windows_pipeline
 
 
 def default_state_dir() -> str:
@@ -49,8 +49,8 @@ def run_sensor(stop: threading.Event, sink: Sink, host: dict[str, Any], *, fmt: 
     """Collect until ``stop`` is set (or Ctrl-C); returns the final counters."""
     world = world or live_world()
     enricher = WindowsEnricher(CachedInspector(world.inspector), world.files, host)
-    pipeline = WindowsPipeline(enricher, sink, fmt, device_map=world.device_map,
-                               error_log=error_log)
+    pipeline = windows_pipeline(enricher, sink, fmt, device_map=world.device_map,
+                                error_log=error_log)
     source = EtwProcessSource(etw_module)
     source.start()
 
@@ -71,11 +71,11 @@ def run_sensor(stop: threading.Event, sink: Sink, host: dict[str, Any], *, fmt: 
     reporter = threading.Thread(target=report, name="status", daemon=True)
     reporter.start()
     try:
-        pipeline.drain(source.events, stop)
+        drain(pipeline, source.events, stop)
     finally:
         source.stop()
         # Events that arrived between the last get and the stop are still handled.
-        pipeline.drain(source.events, None)
+        drain(pipeline, source.events, None)
         reporter_stop.set()
         sink.flush()
     final = counters()

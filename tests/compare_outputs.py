@@ -2,7 +2,9 @@
 
 A restructure must not change a byte of what the sensor writes. This replays every audit log
 of the corpus (``shared/corpus``: LAUREL's and linux-audit-parser's) through ``ttpsensor audisp
-FILE`` in all three formats, with the code of a base commit and with the working tree, and
+FILE`` in all three formats, and a recorded eBPF stream (raw ring-buffer records from a real
+kernel, ``tests/data/ebpf-stream.jsonl``, made by ``tests/record_ebpf.py``) through the eBPF
+pipeline in ecs and qlog, with the code of a base commit and with the working tree, and
 compares the outputs. The only difference allowed is in random event ids (uuid4), which are
 renumbered in order of first appearance on both sides before comparing.
 
@@ -22,6 +24,34 @@ from tests.test_audit_corpus import CORPUS
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMATS = ("ecs", "qlog", "laurel")
+EBPF_STREAM = ROOT / "tests" / "data" / "ebpf-stream.jsonl"
+# The eBPF pipeline as a replay, in whichever shape the tree has it (before and after issue 13's
+# one pipeline), with no host file or /proc read: the records are the only input.
+EBPF_REPLAY = """
+import json, sys
+from common.render import RENDERERS
+from common.sinks import StreamSink
+from sensor_linux.ebpf.probes import decode
+from sensor_linux.enrich import Enricher
+sink, fmt = StreamSink(sys.stdout), sys.argv[2]
+enricher = Enricher(live=False, host_files=False)
+try:
+    from sensor_linux.ebpf.source import ebpf_pipeline
+    pipeline = ebpf_pipeline(enricher, fmt, sink, False)
+    close = pipeline.close
+except ImportError:
+    from sensor_linux.ebpf.events import EbpfEventBuilder
+    from sensor_linux.ebpf.source import EbpfPipeline
+    pipeline = EbpfPipeline(EbpfEventBuilder(enricher), RENDERERS[fmt], sink)
+    close = pipeline.finish
+# The builder turns kernel time into wall time with an offset measured when it starts: fixed
+# here, so that two runs give the same timestamps.
+pipeline.builder._epoch_offset = 1_700_000_000.0
+for line in open(sys.argv[1]):
+    pipeline.feed(decode(bytes.fromhex(json.loads(line)["record"])))
+close()
+sink.flush()
+"""
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
@@ -49,6 +79,16 @@ def replay(tree: Path, log: Path, fmt: str, scratch: Path) -> bytes:
     return renumber(done.stdout)
 
 
+def replay_ebpf(tree: Path, fmt: str, scratch: Path) -> bytes:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    done = subprocess.run([sys.executable, "-c", EBPF_REPLAY, str(EBPF_STREAM), fmt],
+                          capture_output=True, env=env, cwd=scratch, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"{tree}: eBPF replay --format {fmt} failed: "
+                           f"{done.stderr.decode()[-2000:]}")
+    return renumber(done.stdout)
+
+
 def compare(base: str) -> tuple[list[str], int]:
     """The differences between ``base`` and the working tree, one line each, and how many
     output lines were compared."""
@@ -70,6 +110,11 @@ def compare(base: str) -> tuple[list[str], int]:
                         differences.append(f"{log.relative_to(CORPUS)} --format {fmt}")
                 print(f"\r{number}/{len(logs)} logs compared", end="", file=sys.stderr)
             print(file=sys.stderr)
+            for fmt in ("ecs", "qlog"):
+                before = replay_ebpf(base_tree, fmt, scratch)
+                compared += before.count(b"\n")
+                if before != replay_ebpf(ROOT, fmt, scratch):
+                    differences.append(f"{EBPF_STREAM.name} (eBPF) --format {fmt}")
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                             str(base_tree)], capture_output=True)
@@ -83,7 +128,8 @@ def main() -> int:
     differences, compared = compare(sys.argv[1])
     for line in differences:
         print(f"differs: {line}")
-    print(f"{len(inputs())} logs x {len(FORMATS)} formats, {compared} output lines: "
+    print(f"{len(inputs())} logs x {len(FORMATS)} formats and a recorded eBPF stream x 2, "
+          f"{compared} output lines: "
           f"{'identical' if not differences else f'{len(differences)} differ'}")
     return 1 if differences or not compared else 0
 

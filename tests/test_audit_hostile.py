@@ -162,21 +162,21 @@ def test_internal_errors_are_numbered_among_themselves() -> None:
     import io
 
     from common.sinks import StreamSink
-    from sensor_linux.audit.pipeline import AuditPipeline
+    from sensor_linux.audit.pipeline import audit_pipeline
 
     class Broken:
         def build(self, audit):  # noqa: ANN001, ANN201 - a builder with a bug
             raise KeyError("a bug")
 
     messages, kept = io.StringIO(), io.StringIO()
-    pipeline = AuditPipeline("ecs", StreamSink(io.StringIO()), error_log=StreamSink(kept),
-                             messages=messages)
+    pipeline = audit_pipeline("ecs", StreamSink(io.StringIO()), error_log=StreamSink(kept),
+                              messages=messages)
     pipeline.builder = Broken()
     for n in (7, 8):
         for line in EXEC.replace(b":7)", b":%d)" % n).splitlines(keepends=True):
             pipeline.feed(line)
     pipeline.close()
-    assert pipeline.stats.internal_errors == 2 and pipeline.stats.parse_errors == 0
+    assert pipeline.stats.internal_errors == 2 and pipeline.decoder.stats.parse_errors == 0
     numbers = [line.split("(#", 1)[1].split(")", 1)[0]
                for line in messages.getvalue().splitlines() if "internal error" in line]
     assert numbers and set(numbers) == {"1", "2"}

@@ -32,7 +32,8 @@ from common import ttphash
 from common.jsonin import load_event, read_documents
 from common.sinks import StreamSink
 from sensor_linux.audit.lines import LineSplitter
-from sensor_linux.audit.pipeline import AuditPipeline
+from common.pipeline import Pipeline
+from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.enrich import Enricher
 
 MAX_INPUT = 2 * 1024 * 1024
@@ -177,10 +178,10 @@ def _mutate(data: bytes, seeds: list[bytes], rng: random.Random) -> bytes:
 
 # --- runs ---------------------------------------------------------------------------------------
 
-def _pipeline(sink: StreamSink) -> AuditPipeline:
+def _pipeline(sink: StreamSink) -> Pipeline:
     """The pipeline as a replay runs it: no file of this host is opened."""
-    return AuditPipeline("ecs", sink, enricher=Enricher(live=False, host_files=False),
-                         error_log=StreamSink(_Discard()), messages=_Discard())
+    return audit_pipeline("ecs", sink, enricher=Enricher(live=False, host_files=False),
+                          error_log=StreamSink(_Discard()), messages=_Discard())
 
 
 def _run_audit(data: bytes, stats: FuzzStats) -> str | None:
@@ -191,10 +192,10 @@ def _run_audit(data: bytes, stats: FuzzStats) -> str | None:
         nonblank += bool(line.strip())
         pipeline.feed(line)
     pipeline.close()
-    s = pipeline.stats
+    s = pipeline.decoder.stats  # type: ignore[attr-defined]
     stats.lines += s.lines
     stats.parse_errors += s.parse_errors
-    if s.internal_errors:
+    if pipeline.stats.internal_errors:
         return "internal error"
     if s.records + s.parse_errors != nonblank:
         return f"records {s.records} + parse errors {s.parse_errors} != lines {nonblank}"

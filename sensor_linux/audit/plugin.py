@@ -17,7 +17,8 @@ from typing import Callable
 
 from common.sinks import Sink
 from sensor_linux.audit.lines import LineSplitter
-from sensor_linux.audit.pipeline import AuditPipeline, open_error_log
+from common.pipeline import Pipeline
+from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
 from sensor_linux.enrich import Enricher
 from sensor_linux.runner import TICK_SECONDS, RunConfig
 
@@ -39,7 +40,7 @@ def enlarge_pipe(fd: int) -> None:
 class PipeInput:
     """Lines from a pipe, split on ``\\n`` only (sensor_linux/audit/lines.py)."""
 
-    def __init__(self, fd: int, pipeline: AuditPipeline) -> None:
+    def __init__(self, fd: int, pipeline: Pipeline) -> None:
         self.fd = fd
         self.pipeline = pipeline
         self.splitter = LineSplitter()
@@ -88,9 +89,9 @@ class PluginSource:
         self.enricher = Enricher(live=True) if config.fmt != "laurel" else None
         self.error_log = open_error_log(config.parse_error_log, config.max_bytes,
                                         config.generations)
-        self.pipeline = AuditPipeline(config.fmt, sink, enricher=self.enricher,
-                                      error_log=self.error_log,
-                                      keep_exec_attempts=config.keep_exec_attempts)
+        self.pipeline = audit_pipeline(config.fmt, sink, enricher=self.enricher,
+                                       error_log=self.error_log,
+                                       keep_exec_attempts=config.keep_exec_attempts)
         self.input = PipeInput(fd, self.pipeline)
 
     def open(self) -> None:

@@ -13,7 +13,7 @@ import sys
 
 from common.sinks import Sink
 from sensor_linux.audit.lines import read_lines
-from sensor_linux.audit.pipeline import AuditPipeline, open_error_log
+from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
 from sensor_linux.batching import StopFlag
 from sensor_linux.enrich import Enricher
 from sensor_linux.runner import RunConfig
@@ -25,8 +25,8 @@ def replay(path: str, config: RunConfig, sink: Sink, stop: StopFlag,
     enricher = Enricher(live=False, host_files=from_this_host) \
         if config.fmt != "laurel" else None
     error_log = open_error_log(config.parse_error_log, config.max_bytes, config.generations)
-    pipeline = AuditPipeline(config.fmt, sink, enricher=enricher, error_log=error_log,
-                             keep_exec_attempts=config.keep_exec_attempts)
+    pipeline = audit_pipeline(config.fmt, sink, enricher=enricher, error_log=error_log,
+                              keep_exec_attempts=config.keep_exec_attempts)
     try:
         with open(path, "rb") as f:
             for line in read_lines(f):

@@ -1,5 +1,5 @@
 """The live audit source: records from a netlink session (unicast or multicast) into an
-:class:`AuditPipeline`. The runner (sensor_linux/runner.py) owns its lifecycle."""
+:func:`audit_pipeline`. The runner (sensor_linux/runner.py) owns its lifecycle."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Callable
 
 from common.sinks import Sink
 from sensor_linux.audit.netlink import AuditNetlinkError, AuditSocket
-from sensor_linux.audit.pipeline import AuditPipeline, open_error_log
+from common.pipeline import Pipeline
+from sensor_linux.audit.pipeline import AuditDecoder, audit_pipeline, open_error_log
 from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession, choose_session
 from sensor_linux.enrich import Enricher
 from sensor_linux.runner import TICK_SECONDS, RunConfig, SourceError
@@ -18,9 +19,10 @@ class NetlinkInput:
     kernel could not deliver because our receive buffer was full) are counted in the
     pipeline's stats."""
 
-    def __init__(self, records: AuditSocket, pipeline: AuditPipeline) -> None:
+    def __init__(self, records: AuditSocket, pipeline: Pipeline) -> None:
         self.records = records
         self.pipeline = pipeline
+        self.decoder: AuditDecoder = pipeline.decoder  # type: ignore[assignment]
         records.sock.setblocking(False)
 
     def fileno(self) -> int | None:
@@ -32,7 +34,7 @@ class NetlinkInput:
                 lines, lost = self.records.read_records()
             except BlockingIOError:
                 return False  # read until empty: nothing is waiting
-            self.pipeline.stats.socket_overflows += lost
+            self.decoder.stats.socket_overflows += lost
             for line in lines:
                 self.pipeline.feed(line)
 
@@ -60,9 +62,9 @@ class AuditSource:
         self.status_events = config.fmt == "ecs"
         self.error_log = open_error_log(config.parse_error_log, config.max_bytes,
                                         config.generations)
-        self.pipeline = AuditPipeline(config.fmt, sink, enricher=self.enricher,
-                                      error_log=self.error_log,
-                                      keep_exec_attempts=config.keep_exec_attempts)
+        self.pipeline = audit_pipeline(config.fmt, sink, enricher=self.enricher,
+                                       error_log=self.error_log,
+                                       keep_exec_attempts=config.keep_exec_attempts)
         self.session: UnicastSession | None = None
         self.name = config.source
 

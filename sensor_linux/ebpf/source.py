@@ -1,15 +1,15 @@
-"""The live eBPF source: probes -> events -> renderer -> sink. The runner
-(sensor_linux/runner.py) owns its lifecycle."""
+"""The live eBPF source: probe records through the one pipeline (common/pipeline.py). The
+runner (sensor_linux/runner.py) owns its lifecycle."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from common.pipeline import Pipeline
 from common.render import RENDERERS
 from common.schema import Event
-from common.sinks import Sink, emit
+from common.sinks import Sink
 from sensor_linux.attempts import AttemptFolder
 from sensor_linux.ebpf.events import EbpfEventBuilder
 from sensor_linux.ebpf.probes import FLAG_NO_ENTRY, ExecProbes, ExecRecord, PrerequisiteError
@@ -18,73 +18,59 @@ from sensor_linux.runner import TICK_SECONDS, RunConfig, SourceError
 
 
 @dataclass
-class EbpfStats:
+class RecordStats:
     received: int = 0
-    output_lines: int = 0
-    internal_errors: int = 0
     failed_execs: int = 0
     arg_faults: int = 0             # arguments the probes could not read (null in args)
     kernel_execs: int = 0           # execs with no execve syscall (the kernel's own helpers)
 
 
-class EbpfPipeline:
-    def __init__(self, builder: EbpfEventBuilder, render: Callable[[Event], str],
-                 sink: Sink, on_event: Callable[[Event], None] | None = None,
-                 keep_exec_attempts: bool = False) -> None:
-        self.builder = builder
-        self.folder = AttemptFolder(keep_all=keep_exec_attempts)
-        self.on_event = on_event  # sees each event after it is written (cross-check)
-        self.render = render
-        self.sink = sink
-        self.stats = EbpfStats()
-        self.probes: ExecProbes | None = None
+class ExecRecords:
+    """The decoder of the eBPF pipeline: a probe record is an item already; it is counted."""
 
-    def feed(self, record: ExecRecord) -> None:
+    def __init__(self) -> None:
+        self.stats = RecordStats()
+
+    def decode(self, record: ExecRecord) -> list[ExecRecord]:
         self.stats.received += 1
         self.stats.failed_execs += record.failed
         self.stats.arg_faults += record.arg_faults
         self.stats.kernel_execs += bool(record.flags & FLAG_NO_ENTRY)
-        try:
-            event = self.builder.build(record)
-        except Exception as exc:  # noqa: BLE001 - one bad event must not stop the stream
-            self.stats.internal_errors += 1
-            sys.stderr.write(f"ttpsensor: internal error on exec of pid {record.pid}: "
-                             f"{type(exc).__name__}: {exc}\n")
-            return
-        self._output(self.folder.take(event))
+        return [record]
 
-    def tick(self) -> None:
-        """Release failed attempts that no exec followed."""
-        self._output(self.folder.expire())
+    def tick(self) -> list[ExecRecord]:
+        return []
 
-    def finish(self) -> None:
-        self._output(self.folder.expire(everything=True))
+    def flush(self) -> list[ExecRecord]:
+        return []
 
-    def _output(self, events: list[Event]) -> None:
-        for event in events:
-            try:
-                line = self.render(event)
-            except Exception as exc:  # noqa: BLE001
-                self.stats.internal_errors += 1
-                sys.stderr.write(f"ttpsensor: internal error rendering an event: "
-                                 f"{type(exc).__name__}: {exc}\n")
-                continue
-            emit(self.sink, event, line)
-            self.stats.output_lines += 1
-            if self.on_event is not None:
-                self.on_event(event)
+    def originals(self, item: ExecRecord, reason: str) -> list[bytes | str]:
+        return [f"exec of pid {item.pid}"]  # said, not kept: a record is not text
 
     def summary(self) -> dict[str, object]:
-        out: dict[str, object] = asdict(self.stats)
-        out["exec_attempts"] = self.folder.summary()
-        enricher = self.builder.enricher
-        execs = max(self.stats.received - self.stats.failed_execs, 1)
-        out["proc_reads"] = enricher.proc_reads
-        out["proc_reads_per_exec"] = round(enricher.proc_reads / execs, 4)
-        if self.probes is not None and self.probes.bpf is not None:
-            out["probe_drops"] = self.probes.drops()
-            out["probe_load_seconds"] = round(self.probes.load_seconds, 3)
-        return out
+        return asdict(self.stats)
+
+
+def ebpf_pipeline(enricher: Enricher, fmt: str, sink: Sink, keep_exec_attempts: bool,
+                  observe: Callable[[Event], None] | None = None) -> Pipeline:
+    """Probe records -> events -> ``fmt`` -> ``sink``; PATH-walk misses folded."""
+    return Pipeline(ExecRecords(), RENDERERS[fmt], sink, builder=EbpfEventBuilder(enricher),
+                    folder=AttemptFolder(keep_all=keep_exec_attempts), qlog=fmt == "qlog",
+                    observe=observe)
+
+
+def probe_summary(pipeline: Pipeline, enricher: Enricher,
+                  probes: ExecProbes) -> dict[str, object]:
+    """The pipeline's counters with what the probes lost and what /proc reading cost."""
+    out = pipeline.summary()
+    records: RecordStats = pipeline.decoder.stats  # type: ignore[attr-defined]
+    execs = max(records.received - records.failed_execs, 1)
+    out["proc_reads"] = enricher.proc_reads
+    out["proc_reads_per_exec"] = round(enricher.proc_reads / execs, 4)
+    if probes.bpf is not None:
+        out["probe_drops"] = probes.drops()
+        out["probe_load_seconds"] = round(probes.load_seconds, 3)
+    return out
 
 
 class RingInput:
@@ -121,11 +107,10 @@ class EbpfSource:
     def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> None:
         self.say = say
         self.enricher = Enricher()
-        self.pipeline = EbpfPipeline(EbpfEventBuilder(self.enricher), RENDERERS[config.fmt],
-                                     sink, keep_exec_attempts=config.keep_exec_attempts)
+        self.pipeline = ebpf_pipeline(self.enricher, config.fmt, sink,
+                                      config.keep_exec_attempts)
         self.probes = ExecProbes(on_exec=self.pipeline.feed, argv_size=config.ebpf_argv_bytes,
                                  ringbuf_pages=config.ebpf_ringbuf_pages)
-        self.pipeline.probes = self.probes
 
     def open(self) -> None:
         load_probes(self.probes)
@@ -156,10 +141,10 @@ class EbpfSource:
     def finish(self) -> None:
         if self.probes.bpf is not None:
             self.probes.poll(0)  # what is already in the ring buffer
-        self.pipeline.finish()
+        self.pipeline.close()
 
     def close(self) -> None:
         self.probes.close()
 
     def summary(self) -> dict[str, object]:
-        return self.pipeline.summary()
+        return probe_summary(self.pipeline, self.enricher, self.probes)

@@ -1,0 +1,181 @@
+"""One pipeline for every source and platform: decode -> build -> fold -> route -> render ->
+emit.
+
+A source hands the pipeline what it read (an audit text line, a BPF exec record, an ETW
+event). The stages around one loop:
+
+* a **decoder** turns that into items to build: the audit decoder parses lines and assembles
+  records into events; a BPF record or a normalized ETW start is an item already. Bad input is
+  the decoder's to count and keep;
+* a **builder** makes an event of our schema from an item (enrichment and TTPHash included),
+  or there is none and the item is rendered as it is (LAUREL output of assembled records);
+* a **folder** may hold events back and fold them into later ones (Linux: PATH-walk misses);
+* **route** may keep an event from the output (the combined sources send audit's execs to the
+  cross-check), **observe** sees each event written;
+* the **renderer** makes the line, the sink takes it (the event too, for a spool).
+
+An input our own code fails on is counted as an internal error and kept (what it came from,
+verbatim, in the error log); bad input and failures never stop the stream. The
+:class:`Keeper` says so on the messages stream, the first ten of each kind and then one in a
+thousand, numbered.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Protocol, TextIO
+
+from common.schema import ACTION_PROCESS_CREATE, Event, get_path
+from common.sinks import Sink, emit
+
+REPORT_FIRST = 10        # then one message per REPORT_EVERY, to keep the messages readable
+REPORT_EVERY = 1000
+
+
+class Keeper:
+    """Keeps what could not be used, verbatim, in the error log (replayable), and says why."""
+
+    def __init__(self, error_log: Sink | None, messages: TextIO | None = None,
+                 prefix: str = "ttpsensor") -> None:
+        self.error_log = error_log
+        self.messages = messages      # None: standard error, if the process has one
+        self.prefix = prefix
+
+    def keep(self, reason: str, originals: list[bytes | str], count: int) -> None:
+        """Keep ``originals`` (the ``count``-th of their kind) and report the first ones."""
+        report = count <= REPORT_FIRST or count % REPORT_EVERY == 0
+        for original in originals:
+            text = original if isinstance(original, str) else original.decode(
+                "utf-8", "surrogateescape")
+            text = text.rstrip("\n")
+            if self.error_log is not None:
+                self.error_log.write(text)
+            if report:
+                shown = text[:160].encode("utf-8", "surrogateescape").decode(
+                    "utf-8", "replace").rstrip()
+                self._say(f"{reason} (#{count}): {shown}")
+        if not originals and report:
+            self._say(f"{reason} (#{count})")
+
+    def _say(self, message: str) -> None:
+        stream = self.messages if self.messages is not None else sys.stderr
+        if stream is not None:  # a Windows service has no standard error
+            stream.write(f"{self.prefix}: {message}\n")
+
+    def flush(self) -> None:
+        if self.error_log is not None:
+            self.error_log.flush()
+
+
+class Decoder(Protocol):
+    """What a source read -> items to build. ``originals`` is what to keep of an item that
+    our code failed on (``reason`` says how)."""
+
+    def decode(self, raw: Any) -> list[Any]: ...
+    def tick(self) -> list[Any]: ...
+    def flush(self) -> list[Any]: ...
+    def originals(self, item: Any, reason: str) -> list[bytes | str]: ...
+    def summary(self) -> dict[str, object]: ...
+
+
+class Builder(Protocol):
+    def build(self, item: Any) -> Event: ...
+
+
+class Folder(Protocol):
+    def take(self, event: Event) -> list[Event]: ...
+    def expire(self, everything: bool = False) -> list[Event]: ...
+    def summary(self) -> dict[str, object]: ...
+
+
+@dataclass
+class PipelineStats:
+    events: int = 0              # items built (or rendered as they are)
+    output_lines: int = 0
+    not_representable: int = 0   # not written: qlog of a generic event, or routed elsewhere
+    internal_errors: int = 0     # our own code failed; what it came from is kept
+
+
+class Pipeline:
+    def __init__(self, decoder: Decoder, render: Callable[[Any], str], sink: Sink, *,
+                 builder: Builder | None = None, folder: Folder | None = None,
+                 keeper: Keeper | None = None, qlog: bool = False,
+                 route: Callable[[Event], bool] | None = None,
+                 observe: Callable[[Event], None] | None = None) -> None:
+        self.decoder = decoder
+        self.render = render
+        self.sink = sink
+        self.builder = builder
+        self.folder = folder
+        self.keeper = keeper or Keeper(None)
+        self.qlog = qlog              # QLOG has a form for process creations only
+        self.route = route
+        self.observe = observe
+        self.stats = PipelineStats()
+
+    def feed(self, raw: Any) -> None:
+        self._build(self.decoder.decode(raw))
+
+    def tick(self) -> None:
+        """Periodic: what waited too long in the decoder and the folder."""
+        self._build(self.decoder.tick())
+        if self.folder is not None:
+            self._output(self.folder.expire())
+
+    def close(self) -> None:
+        """Everything still held, then flush."""
+        self._build(self.decoder.flush())
+        if self.folder is not None:
+            self._output(self.folder.expire(everything=True))
+        self.sink.flush()
+        self.keeper.flush()
+
+    def summary(self) -> dict[str, object]:
+        out: dict[str, object] = {**self.decoder.summary(), **asdict(self.stats)}
+        if self.folder is not None:
+            out["exec_attempts"] = self.folder.summary()
+        return out
+
+    def _build(self, items: list[Any]) -> None:
+        for item in items:
+            self.stats.events += 1
+            try:
+                if self.builder is None:  # rendered as they are (LAUREL)
+                    self.sink.write(self.render(item))
+                    self.stats.output_lines += 1
+                    continue
+                event = self.builder.build(item)
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream
+                reason = f"internal error {type(exc).__name__}: {exc}"
+                self._internal_error(reason, self.decoder.originals(item, reason))
+                continue
+            self._output(self.folder.take(event) if self.folder is not None else [event])
+
+    def _output(self, events: list[Event]) -> None:
+        for event in events:
+            try:
+                line = self._line(event)
+            except Exception as exc:  # noqa: BLE001
+                kept = get_path(event, "audit.records") or []
+                self._internal_error(f"internal error {type(exc).__name__}: {exc}",
+                                     [r for r in kept if isinstance(r, (str, bytes))])
+                continue
+            if line is None:
+                self.stats.not_representable += 1
+                continue
+            emit(self.sink, event, line)
+            self.stats.output_lines += 1
+            if self.observe is not None:
+                self.observe(event)
+
+    def _line(self, event: Event) -> str | None:
+        if self.route is not None and not self.route(event):
+            return None
+        if self.qlog and get_path(event, "event.action") != ACTION_PROCESS_CREATE:
+            return None
+        return self.render(event)
+
+    def _internal_error(self, reason: str, originals: list[bytes | str]) -> None:
+        self.stats.internal_errors += 1
+        self.keeper.keep(reason, originals, self.stats.internal_errors)

@@ -1,0 +1,78 @@
+"""Record what the exec probes deliver, as raw ring-buffer records, for replays that compare
+two versions of the code (tests/compare_outputs.py) on the same kernel input.
+
+    python -m tests.record_ebpf tests/data/ebpf-stream.jsonl     # as root, on a real kernel
+
+Runs a workload that covers the shapes that matter (a script, a relative path, a PATH walk
+with misses, a failed exec, hostile arguments, a shell pipeline) while the probes load, and
+keeps every record that arrives (other processes of the machine included: it is a recording
+of a real, busy host). One JSON line per record: ``{"record": "<hex of the raw bytes>"}``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Iterator
+
+from sensor_linux.ebpf.probes import ExecProbes, ExecRecord, decode
+from tests.workload import run_execs
+
+
+def load(path: str) -> Iterator[ExecRecord]:
+    """The records of a recording, decoded as the probes decode them."""
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                yield decode(bytes.fromhex(json.loads(line)["record"]))
+
+
+def _workload() -> None:
+    run_execs(30)
+    with tempfile.TemporaryDirectory() as tmp:
+        script = os.path.join(tmp, "script.sh")
+        with open(script, "w") as f:
+            f.write("#!/bin/sh\necho hi | cat > /dev/null\n")
+        os.chmod(script, 0o755)
+        subprocess.run([script, "arg"], check=True)
+        subprocess.run(["./script.sh"], cwd=tmp, check=True)              # relative path
+        subprocess.run(["sh", "-c", "true; ls / > /dev/null"], check=True)
+        subprocess.run(["env", "PATH=/nonexistent:/usr/local/bin:/usr/bin", "id"],
+                       check=True, capture_output=True)                   # a PATH walk
+        subprocess.run(["sh", "-c", f"{tmp}/missing 2>/dev/null; true"], check=True)
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    raw: list[bytes] = []
+    arriving: list[bytes] = [b""]
+
+    class Recording(ExecProbes):
+        def _callback(self, ctx: int, data: int, size: int) -> int:
+            arriving[0] = ctypes.string_at(data, size)
+            return super()._callback(ctx, data, size)
+
+    # Only what the probes hand on (not the self-check's own exec).
+    probes = Recording(on_exec=lambda record: raw.append(arriving[0]))
+    probes.load()
+    try:
+        _workload()
+        probes.poll(500)
+        probes.poll(0)
+    finally:
+        probes.close()
+    with open(sys.argv[1], "w") as f:
+        for data in raw:
+            f.write(json.dumps({"record": data.hex()}) + "\n")
+    print(f"{len(raw)} records in {sys.argv[1]}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
