@@ -207,7 +207,7 @@ def _consume(url: str, durable: str, store: Any) -> None:
     from dataclasses import asdict
 
     from collector.admit import AdmitCounts, Identity, Refused, SpoolOwners, admit
-    from common.jetstream import consume
+    from collector.consume import consume
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

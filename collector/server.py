@@ -29,7 +29,7 @@ from collector.admit import (AdmitCounts, Identity, Refused, SpoolOwners, admit,
                             certificate_identity)
 from collector.store import Store
 from common import transport
-from common.spool import decode_frame
+from common.spool import claimed_first_seq, decode_frame
 
 
 HANDSHAKE_SECONDS = 10.0
@@ -177,7 +177,7 @@ class Collector:
 
     def _frame(self, sock: ssl.SSLSocket, identity: Identity, spool_id: str,
                data: bytes) -> None:
-        first = int.from_bytes(data[12:20], "little") if len(data) >= 20 else 0
+        first = claimed_first_seq(data)
         sensor = identity.name
         try:
             frame = decode_frame(data)

@@ -83,6 +83,14 @@ class Frame:
         return MAGIC + struct.pack("<II", len(self.payload), google_crc32c.value(tail)) + tail
 
 
+def claimed_first_seq(data: bytes) -> int:
+    """The first sequence number a frame's header claims, unchecked (0 when too short): what a
+    collector names when it refuses a frame that does not decode."""
+    if len(data) < _HEADER.size:
+        return 0
+    return int(_HEADER.unpack_from(data)[3])
+
+
 def decode_frame(data: bytes) -> Frame:
     """One whole frame (as received from a forwarder); SpoolError if it is not valid."""
     if len(data) < _HEADER.size:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator
 
 from sensor_linux.audit.msgtypes import NAMES
+from sensor_linux.audit.syscalls import ARCH_CODES, exec_syscalls
 
 NETLINK_AUDIT = 9
 AUDIT_NLGRP_READLOG = 1
@@ -28,7 +29,6 @@ AUDIT_NLGRP_READLOG = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
 NLM_F_ACK = 0x4
 
 AUDIT_GET = 1000
@@ -53,8 +53,8 @@ AUDIT_EQUAL = 0x40000000
 AUDIT_BITMASK_SIZE = 64
 AUDIT_MAX_FIELDS = 64
 
-ARCH_X86_64 = 0xC000003E
-ARCH_I386 = 0x40000003
+ARCH_X86_64 = ARCH_CODES["x86_64"]
+ARCH_I386 = ARCH_CODES["i386"]
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _STATUS_FIELDS = ("mask", "enabled", "failure", "pid", "rate_limit", "backlog_limit", "lost",
@@ -248,21 +248,23 @@ def exec_rule(arch: int, syscalls: tuple[int, ...], key: bytes) -> bytes:
 EXEC_KEY = b"ttpsensor-exec"
 
 
-ARCH_AARCH64 = 0xC00000B7
+ARCH_AARCH64 = ARCH_CODES["aarch64"]
+# The ABIs of each machine whose execs a default rule set audits (x86_64: 64-bit and 32-bit
+# compat).
+_MACHINE_ARCHES = {"x86_64": (ARCH_X86_64, ARCH_I386), "aarch64": (ARCH_AARCH64,)}
 
 
 def default_exec_rules(key: bytes = EXEC_KEY, machine: str | None = None) -> list[bytes]:
     """execve and execveat for every ABI of this machine (x86_64: 64-bit and 32-bit compat)."""
     machine = machine or os.uname().machine
-    if machine == "x86_64":
-        return [exec_rule(ARCH_X86_64, (59, 322), key), exec_rule(ARCH_I386, (11, 358), key)]
-    if machine == "aarch64":
-        return [exec_rule(ARCH_AARCH64, (221, 281), key)]
+    if machine in _MACHINE_ARCHES:
+        return [exec_rule(arch, exec_syscalls(arch), key) for arch in _MACHINE_ARCHES[machine]]
     raise AuditNetlinkError(errno.ENOTSUP, f"no default exec rules for {machine}; "
                             "give rules with --rules")
 
 
-_EXEC_SYSCALLS = {ARCH_X86_64: (59, 322), ARCH_I386: (11, 358), ARCH_AARCH64: (221, 281)}
+_EXEC_SYSCALLS = {arch: exec_syscalls(arch)
+                  for arches in _MACHINE_ARCHES.values() for arch in arches}
 
 
 def is_exec_rule(rule: bytes) -> bool:

@@ -117,8 +117,7 @@ _HEX_PAIRS = re.compile(rb"(?:[0-9A-Fa-f]{2})+")
 _HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]+")
 _DEC = re.compile(rb"[+-]?[0-9]{1,20}")
 _OCT = re.compile(rb"[0-7]{1,22}")
-# Printable ASCII that the kernel leaves unencoded, minus quotes and braces (a bare token).
-_SAFE_BARE = re.compile(rb"[!#-&(-z|~]+")
+# Printable ASCII but the double quote: a quoted value that needs no decoding.
 _SAFE_QUOTED = re.compile(rb"[!#-~]*")
 _EXECVE_ARG = re.compile(r"a(\d{1,9})(?:\[(\d{1,9})\]|(_len))?")
 _INT64 = 1 << 63

@@ -8,7 +8,7 @@ auditd's ENRICHED format supplies. Numbers from the kernel's syscall tables
 
 from __future__ import annotations
 
-# AUDIT_ARCH_* values (linux/audit.h) -> name
+# AUDIT_ARCH_* values (linux/audit.h) -> name; the one arch table (netlink's exec rules use it)
 ARCHES = {
     0xC000003E: "x86_64", 0x40000003: "i386", 0xC00000B7: "aarch64", 0x40000028: "arm",
     0x80000015: "ppc64", 0xC0000015: "ppc64le", 0x80000016: "s390x", 0xC00000F3: "riscv64",
@@ -46,6 +46,15 @@ _TABLES["ppc64le"] = _TABLES["ppc64"]
 EXEC = frozenset({"execve", "execveat"})
 CLONE = frozenset({"clone", "clone3", "fork", "vfork"})
 EXIT = frozenset({"exit", "exit_group"})
+
+
+ARCH_CODES = {name: code for code, name in ARCHES.items()}
+
+
+def exec_syscalls(arch: int) -> tuple[int, ...]:
+    """The numbers of execve and execveat under an AUDIT_ARCH_* value (empty when unknown)."""
+    table = _TABLES.get(ARCHES.get(arch, ""), {})
+    return tuple(sorted(number for number, name in table.items() if name in EXEC))
 
 
 def syscall_name(arch: int | None, number: int | None) -> str | None:
