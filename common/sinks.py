@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Protocol, TextIO
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, TextIO
 
 from common.ownership import open_private
 
@@ -145,10 +146,51 @@ def open_sink(target: str, max_bytes: int = DEFAULT_MAX_BYTES,
     return RotatingFileSink(path, max_bytes, generations)
 
 
-def open_sinks(targets: list[str] | tuple[str, ...], max_bytes: int = DEFAULT_MAX_BYTES,
-               generations: int = DEFAULT_GENERATIONS) -> Sink:
-    sinks = [open_sink(t, max_bytes, generations) for t in targets or ["-"]]
-    return sinks[0] if len(sinks) == 1 else FanOut(sinks)
+class OutputError(ValueError):
+    """Outputs that cannot be opened, or that do not go together; the message says why."""
+
+
+@dataclass
+class Outputs:
+    """The sinks of ``--output`` targets, opened, and what they are: the files they write
+    into (a file in each output's location: its directory is handed to the unprivileged user
+    at the privilege drop) and their spools (delivered by a collector)."""
+
+    sink: Sink
+    files: list[str]
+    spools: list[Any]                 # common.spool.Spool
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+def open_outputs(targets: list[str] | tuple[str, ...], fmt: str = "ecs",
+                 max_bytes: int = DEFAULT_MAX_BYTES,
+                 generations: int = DEFAULT_GENERATIONS) -> Outputs:
+    """Open every target ('-'/'stdout', 'jsonl:PATH' or PATH, 'spool:DIR'). A spool stores
+    every event of our schema, so it goes only with ``fmt`` ecs (a qlog stream has process
+    creations only, a laurel one no events at all). OutputError says what is wrong."""
+    targets = list(targets or ["-"])
+    if fmt != "ecs" and any(t.startswith("spool:") for t in targets):
+        raise OutputError("a spool output stores ecs events: use --format ecs, or give "
+                          "--output explicitly without spool:")
+    sinks: list[Sink] = []
+    try:
+        for target in targets:
+            sinks.append(open_sink(target, max_bytes, generations))
+    except (OSError, ValueError) as exc:
+        for sink in sinks:
+            sink.close()
+        raise OutputError(f"cannot open output: {exc}") from exc
+    files, spools = [], []
+    for target, sink in zip(targets, sinks):
+        spool = getattr(sink, "spool", None)
+        if spool is not None:
+            spools.append(spool)
+            files.append(os.path.join(spool.dir, "spool.json"))
+        elif target not in ("-", "stdout"):
+            files.append(target[len("jsonl:"):] if target.startswith("jsonl:") else target)
+    return Outputs(sinks[0] if len(sinks) == 1 else FanOut(sinks), files, spools)
 
 
 class LazySink:
@@ -176,23 +218,3 @@ class LazySink:
     def close(self) -> None:
         if self._sink is not None:
             self._sink.close()
-
-
-def spools(sink: Sink) -> list["object"]:
-    """The spools among a sink's outputs."""
-    children = sink.sinks if isinstance(sink, FanOut) else [sink]
-    return [c.spool for c in children if hasattr(c, "spool")]
-
-
-def output_files(targets: list[str] | tuple[str, ...]) -> list[str]:
-    """A file inside each output's location (for permissions): the file itself, or for a spool
-    a file in its directory."""
-    files = []
-    for target in targets:
-        if target in ("-", "stdout"):
-            continue
-        if target.startswith("spool:"):
-            files.append(os.path.join(target[6:], "spool.json"))
-        else:
-            files.append(target[len("jsonl:"):] if target.startswith("jsonl:") else target)
-    return files

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Callable
 
-from common.sinks import open_sinks, output_files, spools
+from common.sinks import Outputs, open_outputs
 from sensor_linux import runner
 from sensor_linux.runner import RunConfig
 from sensor_linux.sources import SOURCES, SourceEntry
@@ -21,31 +21,14 @@ class UsageProblem(ValueError):
     """Options that do not go together; the message says which."""
 
 
-class OutputError(OSError):
-    """An output cannot be opened; the message names it."""
-
-
-def open_outputs(fmt: str, outputs: tuple[str, ...] | list[str], max_bytes: int,
-                 generations: int) -> Any:
-    """The sink for ``--output`` targets (a spool stores ecs events only)."""
-    if fmt != "ecs" and any(o.startswith("spool:") for o in outputs):
-        raise UsageProblem("a spool output stores ecs events: use --format ecs, or give "
-                           "--output explicitly without spool:")
-    try:
-        return open_sinks(outputs, max_bytes, generations)
-    except (OSError, ValueError) as exc:
-        raise OutputError(f"cannot open output: {exc}") from exc
-
-
-def local_collector(sink: Any, store: str) -> Any:
+def local_collector(outputs: Outputs, store: str) -> Any:
     """The embedded collector for the first spool output (collector.deliver.LocalDelivery),
     or None."""
-    found = spools(sink)
-    if not store or not found:
+    if not store or not outputs.spools:
         return None
     from collector.deliver import LocalDelivery
     from collector.store import Store
-    return LocalDelivery(found[0], Store(store), socket.gethostname())
+    return LocalDelivery(outputs.spools[0], Store(store), socket.gethostname())
 
 
 def run_sensor(config: RunConfig, outputs: tuple[str, ...] | list[str], store: str,
@@ -53,14 +36,16 @@ def run_sensor(config: RunConfig, outputs: tuple[str, ...] | list[str], store: s
                registry: dict[str, SourceEntry] = SOURCES) -> dict[str, object]:
     """Open the outputs and the embedded collector, run the chosen source through the runner
     until a signal (or until it is done), deliver what is left; return the final summary.
-    Raises UsageProblem, OutputError, runner.SourceError or privileges.PrivilegeError."""
+    Raises UsageProblem, common.sinks.OutputError, runner.SourceError or
+    privileges.PrivilegeError."""
     entry = registry[config.source]
     if config.fmt not in entry.formats:
         raise UsageProblem(f"--source {config.source} writes {', '.join(entry.formats)} only, "
                            f"not --format {config.fmt}")
-    sink = open_outputs(config.fmt, outputs, config.max_bytes, config.generations)
-    collector = local_collector(sink, store)
-    written = output_files(outputs) + ([collector.store.path] if collector else [])
+    opened = open_outputs(outputs, config.fmt, config.max_bytes, config.generations)
+    sink = opened.sink
+    collector = local_collector(opened, store)
+    written = opened.files + ([collector.store.path] if collector else [])
     try:
         try:
             source = entry.create(config, sink, say)

@@ -13,7 +13,7 @@ import click
 from common.config import config_option
 from common.filehash import FileHasher
 from common.render import RENDERERS
-from common.sinks import DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES
+from common.sinks import DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, OutputError, open_outputs
 from sensor_linux import app, runner
 from sensor_linux.audit.pipeline import DEFAULT_ERROR_LOG
 from sensor_linux.privileges import PrivilegeError
@@ -97,7 +97,7 @@ def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generat
         summary = app.run_sensor(config, outputs, store, _say)
     except app.UsageProblem as exc:
         raise click.UsageError(str(exc)) from exc
-    except (app.OutputError, SourceError, PrivilegeError) as exc:
+    except (OutputError, SourceError, PrivilegeError) as exc:
         raise click.ClickException(str(exc)) from exc
     _say(f"stopped: {json.dumps(summary)}")
 
@@ -108,10 +108,8 @@ def _say(message: str) -> None:
 
 def _open_outputs(fmt: str, outputs: tuple[str, ...], max_bytes: int, generations: int) -> Any:
     try:
-        return app.open_outputs(fmt, outputs, max_bytes, generations)
-    except app.UsageProblem as exc:
-        raise click.UsageError(str(exc)) from exc
-    except app.OutputError as exc:
+        return open_outputs(outputs, fmt, max_bytes, generations).sink
+    except OutputError as exc:
         raise click.ClickException(str(exc)) from exc
 
 

@@ -33,7 +33,6 @@ class CombinedSource:
 
     serving = True
     seed = True
-    status_events = True
     tick_seconds = TICK_SECONDS
 
     def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> None:

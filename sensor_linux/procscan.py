@@ -64,7 +64,6 @@ class ProcfsSource:
     name = "procfs"
     serving = False
     seed = False            # the scan is the seeding
-    status_events = False
 
     def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> None:
         self.sink = sink

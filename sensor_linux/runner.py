@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from common.render import RENDERERS
 from common.sinks import Sink
 from sensor_linux.batching import BATCH_SECONDS, StopFlag
 
@@ -95,7 +96,6 @@ class Source(Protocol):
     serving: bool
     seed: bool
     enricher: Any                 # sensor_linux.enrich.Enricher, or None (LAUREL output)
-    status_events: bool           # status events in the output (ecs only)
     tick_seconds: float
 
     def open(self) -> None: ...          # as root; SourceError when it cannot
@@ -170,8 +170,10 @@ def run(source: Source, sink: Sink, config: RunConfig, stop: StopFlag, *,
             files = written + source.files() + ([config.status_file] if config.status_file
                                                 else [])
             say(drop_to(config.user, sensor_dirs(files)))
-            reporter = StatusReporter(source, sink, config.status_file,
-                                      config.status_interval, emit=source.status_events)
+            # Only an ecs stream has room for status events (qlog: process creations only;
+            # laurel: audit events only); the status file is kept in any format.
+            reporter = StatusReporter(source, sink, config.status_file, config.status_interval,
+                                      render=RENDERERS["ecs"] if config.fmt == "ecs" else None)
         ticks = ([reporter.tick] if reporter is not None else []) + periodic
         pump(source, sink, stop, on_tick=lambda: _tick(ticks, say))
     except BrokenPipeError:

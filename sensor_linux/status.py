@@ -12,9 +12,9 @@ import json
 import os
 import sys
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
-from common.schema import new_event
+from common.schema import Event, new_event
 from common.sinks import Sink, emit
 
 
@@ -31,13 +31,15 @@ class _Source(Protocol):
 
 class StatusReporter:
     def __init__(self, source: _Source, sink: Sink, path: str | None, interval: float,
-                 emit: bool = True) -> None:
+                 render: Callable[[Event], str] | None = None) -> None:
+        """``render``: put a status event into the output every ``interval``, rendered so
+        (None: the output's format has no place for one; the status file is still kept)."""
         self.source = source
         self.sink = sink
         self.enricher = source.enricher
         self.path = path
         self.interval = interval
-        self.emit = emit
+        self.render = render
         self.started = time.time()
         self.write_failed = False
         self._next = time.monotonic() + interval
@@ -71,12 +73,12 @@ class StatusReporter:
             self.enricher.table.prune(lambda pid: os.path.exists(f"{proc}/{pid}"))
         stats = self.snapshot()
         self.write_file(stats)
-        if self.emit:
+        if self.render is not None:
             event = new_event("sensor_status", "ttpsensor",
                               host=getattr(self.enricher, "host", {}))
             event["event"]["kind"] = "metric"
             event["ttpsensor"] = {"status": stats}
-            emit(self.sink, event, json.dumps(event, separators=(",", ":")))
+            emit(self.sink, event, self.render(event))
 
     def final(self, summary: dict[str, Any]) -> None:
         """The last word, written when the sensor stops."""

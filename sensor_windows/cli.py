@@ -107,13 +107,13 @@ def windows_run(fmt: str, outputs: tuple[str, ...], error_log: str | None,
     import socket
     import threading
 
-    from common.sinks import open_sink, open_sinks
+    from common.sinks import OutputError, open_outputs
     from sensor_windows.runner import run_sensor
     try:
-        sink = open_sinks(outputs)
-        errors = open_sink(error_log) if error_log else None
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(f"cannot open output: {exc}") from exc
+        sink = open_outputs(outputs, fmt).sink
+        errors = open_outputs([error_log]).sink if error_log else None
+    except OutputError as exc:
+        raise click.ClickException(str(exc)) from exc
     try:
         run_sensor(threading.Event(), sink, {"name": socket.gethostname(),
                                              "os": {"type": "windows"}},

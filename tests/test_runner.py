@@ -11,7 +11,7 @@ from collector.store import Store
 from common import ttphash
 from common.render import RENDERERS
 from common.schema import new_event
-from common.sinks import emit
+from common.sinks import OutputError, emit
 from sensor_linux import app
 from sensor_linux.runner import RunConfig
 from sensor_linux.sources import SOURCES, SourceEntry
@@ -37,7 +37,7 @@ class PipeLines:
 class ToySource:
     """The whole of a source: one exec event per word written to a pipe; done at EOF."""
 
-    name, serving, seed, status_events, tick_seconds = "toy", False, False, False, 0.2
+    name, serving, seed, tick_seconds = "toy", False, False, 0.2
     enricher = None
 
     def __init__(self, config: RunConfig, sink, say) -> None:  # noqa: ANN001
@@ -100,6 +100,41 @@ def test_a_source_for_another_format_is_a_usage_problem(tmp_path) -> None:
     import pytest
     with pytest.raises(app.UsageProblem, match="--source ebpf writes ecs, qlog only"):
         app.run_sensor(RunConfig(source="ebpf", fmt="laurel"), ["-"], "", print)
-    with pytest.raises(app.UsageProblem, match="a spool output stores ecs events"):
+    with pytest.raises(OutputError, match="a spool output stores ecs events"):
         app.run_sensor(RunConfig(source="procfs", fmt="qlog"), [f"spool:{tmp_path}/s"], "",
                        print)
+
+
+class ServingToy(ToySource):
+    """The toy as a serving source: privileges dropped (to root: kept), status reported."""
+
+    serving = True
+
+
+def _serve(tmp_path, fmt: str) -> tuple[list[dict], dict]:
+    read, write = os.pipe()
+    TOY_PIPE[:] = [read]
+    registry = {"toy": SourceEntry("tests.test_runner:ServingToy", ("ecs", "qlog"), "toy")}
+
+    def feed() -> None:
+        os.write(write, b"ls\n")
+        threading.Event().wait(1.5)   # several status intervals
+        os.close(write)
+
+    threading.Thread(target=feed, daemon=True).start()
+    out, status = tmp_path / f"{fmt}.jsonl", tmp_path / f"{fmt}-status.json"
+    app.run_sensor(RunConfig(source="toy", fmt=fmt, user="root", status_file=str(status),
+                             status_interval=0.2), [f"jsonl:{out}"], "", print,
+                   registry=registry)
+    return ([json.loads(line) for line in out.read_text().splitlines()],
+            json.loads(status.read_text()))
+
+
+def test_status_events_only_where_the_format_has_room_for_them(tmp_path) -> None:
+    ecs, final = _serve(tmp_path, "ecs")
+    statuses = [e for e in ecs if e.get("event", {}).get("action") == "sensor_status"]
+    assert statuses and statuses[-1]["ttpsensor"]["status"]["source"] == "toy"
+    assert final["running"] is False and final["events"] == 1
+    qlog, final = _serve(tmp_path, "qlog")
+    assert [e["QType"] for e in qlog] == ["Process Create"]  # no ECS status event among them
+    assert final["running"] is False and final["source"] == "toy"

@@ -82,7 +82,6 @@ class PluginSource:
     serving = False
     seed = True
     tick_seconds = TICK_SECONDS
-    status_events = False
 
     def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None],
                  fd: int = 0) -> None:

@@ -59,7 +59,6 @@ class AuditSource:
         self.config = config
         self.say = say
         self.enricher = Enricher() if config.fmt != "laurel" else None
-        self.status_events = config.fmt == "ecs"
         self.error_log = open_error_log(config.parse_error_log, config.max_bytes,
                                         config.generations)
         self.pipeline = audit_pipeline(config.fmt, sink, enricher=self.enricher,

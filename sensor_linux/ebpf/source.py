@@ -101,7 +101,6 @@ class EbpfSource:
     name = "ebpf"
     serving = True
     seed = True
-    status_events = True
     tick_seconds = TICK_SECONDS
 
     def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> None:
