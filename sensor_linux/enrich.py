@@ -13,11 +13,11 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from common import ttphash
 from common.filehash import FileHasher
 from common.percent import percent_encode, to_bytes
+from common.process_event import process_create
 from common.proctable import Entry, ProcessTable, parent_context
-from common.schema import ACTION_PROCESS_CREATE, Event, new_event, utc_timestamp
+from common.schema import Event, utc_timestamp
 from sensor_linux.image import image_facts
 from sensor_linux.packages import UNPACKAGED_FIELD, PackageIndex
 from sensor_linux.procfs import (PROC, UNSET_ID, ProcessFacts, boot_time, exe_identity,
@@ -146,41 +146,31 @@ class Enricher:
     def process_event(self, facts: ProcessFacts, provider: str, *, kind: str = "event",
                       original_id: str | None = None, timestamp: float | None = None,
                       record: bool = True) -> Event:
-        """A complete process-create event, recorded in the process table unless ``record``
-        is false (a failed exec does not replace the caller's image)."""
-        event = new_event(ACTION_PROCESS_CREATE, provider, host=self.host,
-                          timestamp=timestamp, original_id=original_id)
-        event["event"]["kind"] = kind
-        process = self.process_map(facts, ran=record)
-        process["parent"] = self.parent_map(facts.ppid, facts.start_time)
-        event["process"] = process
-        if record:
-            self.table.record(Entry(facts.pid, facts.start_time, process, event["event"]["id"]))
-        ttphash.attach(event)
-        return event
+        """A complete process-create event (common/process_event.py), recorded in the process
+        table unless ``record`` is false (a failed exec does not replace the caller's image)."""
+        return process_create(self.table, self.host, provider,
+                              self.process_map(facts, ran=record), pid=facts.pid,
+                              start_key=facts.start_time, ppid=facts.ppid, parents=self,
+                              timestamp=timestamp, original_id=original_id, kind=kind,
+                              record=record)
 
-    def parent_map(self, ppid: int | None, child_start: float | None) -> dict[str, Any] | None:
-        """``process.parent``: from the table, else (live) from /proc, else just the pid."""
-        if not ppid:
-            return None  # PID 0: the kernel started it; there is no parent process
-        parent = self.table.parent_of(ppid, child_start)
-        if parent is None and self.live:
-            parent = self._learn_from_proc(ppid, child_start)
-        if parent is None:
-            return {"pid": ppid}
-        # The kernel names only a live process as a parent (an orphan is adopted at once), so
-        # the parent of an exec was running at the exec: a fact of the exec, not of how late
-        # enrichment ran (docs/ttphash.md, isRunning).
-        return parent_context(parent, True)
+    def running(self, entry: Entry) -> bool:
+        """The kernel names only a live process as a parent (an orphan is adopted at once), so
+        the parent of an exec was running at the exec: a fact of the exec, not of how late
+        enrichment ran (docs/ttphash.md, isRunning)."""
+        return True
 
-    def _learn_from_proc(self, pid: int, child_start: float | None) -> Entry | None:
+    def unknown(self, ppid: int, child_start: float | None) -> dict[str, Any] | None:
+        """A parent the table does not know: live, learned from /proc (and recorded)."""
+        if not self.live:
+            return None
         self.proc_reads += 1
-        facts = read_process(pid, self.proc, self._btime())
+        facts = read_process(ppid, self.proc, self._btime())
         if facts is None or facts.executable is None:
             return None
-        entry = Entry(pid, facts.start_time, self.process_map(facts))
-        self.table.record(entry)
-        return self.table.parent_of(pid, child_start)
+        self.table.record(Entry(ppid, facts.start_time, self.process_map(facts)))
+        entry = self.table.parent_of(ppid, child_start)
+        return parent_context(entry, True) if entry is not None else None
 
     def _btime(self) -> float:
         if self._boot_time is None:

@@ -16,9 +16,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from common import ttphash
-from common.proctable import Entry, ProcessTable, parent_context
-from common.schema import ACTION_PROCESS_CREATE, Event, new_event, utc_timestamp
+from common.process_event import process_create
+from common.proctable import Entry, ProcessTable
+from common.schema import Event, utc_timestamp
 from sensor_windows.normalize import ProcessStart
 from sensor_windows.pe import PEError, PEFacts, inspect
 
@@ -135,32 +135,32 @@ class WindowsEnricher:
         return process
 
     def build(self, start: ProcessStart) -> Event:
+        """The event of a process start (common/process_event.py does the parent, the table
+        record and the TTPHash)."""
         info = self.inspector.describe(start.pid, start.create_time)
-        event = new_event(ACTION_PROCESS_CREATE, "etw", host=self.host,
-                          timestamp=start.create_time,
-                          original_id=str(start.sequence) if start.sequence else None)
         process = self._process_map(start.pid, start.image, start.image, info,
                                     start.create_time)
         if "integrity_level" not in process and start.integrity_level:
             process["integrity_level"] = start.integrity_level  # v3 events carry it
         process["creator_pid"] = start.creator_pid
         start_key = start.create_time.timestamp() if start.create_time else None
-        parent = self.table.parent_of(start.ppid, start_key)
-        if parent is not None:
-            running = self.inspector.describe(parent.pid, None)
-            process["parent"] = parent_context(parent, running.running if running else False)
-        else:
-            described = self.inspector.describe(start.ppid, None)
-            if described is not None and described.create_time and start.create_time \
-                    and described.create_time > start.create_time:
-                described = None  # that pid was reused after the child was created
-            if described is not None:
-                parent_map = self._process_map(start.ppid, described.image, None, described,
-                                               None)
-                process["parent"] = dict(parent_map, running=described.running)
-            else:
-                process["parent"] = {"pid": start.ppid}
-        event["process"] = process
-        self.table.record(Entry(start.pid, start_key, process, event["event"]["id"]))
-        ttphash.attach(event)
-        return event
+        return process_create(self.table, self.host, "etw", process, pid=start.pid,
+                              start_key=start_key, ppid=start.ppid, parents=self,
+                              timestamp=start.create_time,
+                              original_id=str(start.sequence) if start.sequence else None)
+
+    def running(self, entry: Entry) -> bool:
+        described = self.inspector.describe(entry.pid, None)
+        return described.running if described else False
+
+    def unknown(self, ppid: int, child_start: float | None) -> dict[str, Any] | None:
+        """A parent the table does not know, as the live process (unless its pid was reused
+        after the child was created)."""
+        described = self.inspector.describe(ppid, None)
+        if described is None:
+            return None
+        if described.create_time and child_start is not None \
+                and described.create_time.timestamp() > child_start:
+            return None  # that pid was reused after the child was created
+        return dict(self._process_map(ppid, described.image, None, described, None),
+                    running=described.running)

@@ -16,7 +16,7 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 MODEL = {"schema", "ttphash", "percent", "ecs", "qlog", "render", "wire", "jsonin",
-         "proctable", "filehash"}
+         "proctable", "process_event", "filehash"}
 PLATFORMS = ("sensor_linux", "sensor_windows")
 
 
