@@ -25,15 +25,14 @@ from sensor_linux.crosscheck import CrossCheck
 from sensor_linux.ebpf.probes import ExecProbes
 from sensor_linux.ebpf.source import RingInput, ebpf_pipeline, load_probes, probe_summary
 from sensor_linux.enrich import Enricher
-from sensor_linux.runner import TICK_SECONDS, Input, RunConfig, SourceError
+from sensor_linux.runner import BaseSource, Input, RunConfig, SourceError
 
 
-class CombinedSource:
+class CombinedSource(BaseSource):
     """``--source hybrid|cross-check``: the exec probes and an audit unicast session."""
 
     serving = True
     seed = True
-    tick_seconds = TICK_SECONDS
 
     def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> None:
         self.name = self.mode = config.source
@@ -101,9 +100,6 @@ class CombinedSource:
         self.ebpf_pipeline.tick()
         if self.crosscheck is not None:
             self._report(self.crosscheck.expire())
-
-    def done(self) -> bool:
-        return False
 
     def lost(self) -> int:
         probes = sum(self.probes.drops().values()) if self.probes.bpf is not None else 0

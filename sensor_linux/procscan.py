@@ -16,7 +16,7 @@ from common.schema import Event
 from common.sinks import Sink, emit
 from sensor_linux.enrich import Enricher
 from sensor_linux.procfs import PROC, ProcessFacts, boot_time, list_pids, read_process
-from sensor_linux.runner import Input, RunConfig
+from sensor_linux.runner import BaseSource, RunConfig
 
 
 class ProcScan:
@@ -57,13 +57,11 @@ def seed_process_table(enricher: Enricher) -> None:
         pass
 
 
-class ProcfsSource:
+class ProcfsSource(BaseSource):
     """``--source procfs``: a scan every ``--interval`` seconds (``--once``: one scan). It
     holds no kernel handle: nothing to drop privileges for, no status to report."""
 
-    name = "procfs"
-    serving = False
-    seed = False            # the scan is the seeding
+    name = "procfs"         # not serving, not seeded: the scan is the seeding
 
     def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> None:
         self.sink = sink
@@ -76,15 +74,6 @@ class ProcfsSource:
         self.scans = 0
         self.started = time.monotonic()
 
-    def open(self) -> None:
-        pass
-
-    def inputs(self) -> list[Input]:
-        return []
-
-    def files(self) -> list[str]:
-        return []
-
     def tick(self) -> None:
         for event in self.scanner.scan():
             emit(self.sink, event, self.render(event))
@@ -93,21 +82,6 @@ class ProcfsSource:
 
     def done(self) -> bool:
         return self.once and self.scans > 0
-
-    def lost(self) -> int:
-        return 0
-
-    def backlog(self) -> int | None:
-        return None
-
-    def release(self) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def summary(self) -> dict[str, object]:
         hasher, table = self.enricher.hasher, self.enricher.table

@@ -111,6 +111,49 @@ class Source(Protocol):
     def summary(self) -> dict[str, object]: ...
 
 
+class BaseSource:
+    """What a source that holds nothing the kernel or the machine keeps does at each step:
+    nothing. Subclasses override what they need."""
+
+    serving = False
+    seed = False
+    enricher: Any = None
+    tick_seconds = TICK_SECONDS
+
+    def open(self) -> None:
+        pass
+
+    def inputs(self) -> list[Input]:
+        return []
+
+    def files(self) -> list[str]:
+        return []
+
+    def tick(self) -> None:
+        pass
+
+    def done(self) -> bool:
+        return False
+
+    def lost(self) -> int:
+        return 0
+
+    def backlog(self) -> int | None:
+        return None
+
+    def release(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def summary(self) -> dict[str, object]:
+        return {}
+
+
 def pump(source: Source, sink: Sink, stop: StopFlag,
          on_tick: Callable[[], None] | None = None) -> None:
     """Read ``source`` until ``stop`` is set or it is done: drain, let the next batch

@@ -13,7 +13,7 @@ from common.render import RENDERERS
 from common.schema import new_event
 from common.sinks import OutputError, emit
 from sensor_linux import app
-from sensor_linux.runner import RunConfig
+from sensor_linux.runner import BaseSource, RunConfig
 from sensor_linux.sources import SOURCES, SourceEntry
 
 
@@ -34,11 +34,10 @@ class PipeLines:
         return False
 
 
-class ToySource:
+class ToySource(BaseSource):
     """The whole of a source: one exec event per word written to a pipe; done at EOF."""
 
-    name, serving, seed, tick_seconds = "toy", False, False, 0.2
-    enricher = None
+    name, tick_seconds = "toy", 0.2
 
     def __init__(self, config: RunConfig, sink, say) -> None:  # noqa: ANN001
         self.sink, self.render, self.ticks, self.events = sink, RENDERERS[config.fmt], 0, 0
@@ -53,17 +52,20 @@ class ToySource:
         emit(self.sink, event, self.render(event))
         self.events += 1
 
-    def open(self) -> None: pass
-    def inputs(self) -> list: return [self.input]  # noqa: E704
-    def files(self) -> list: return []  # noqa: E704
-    def tick(self) -> None: self.ticks += 1  # noqa: E704
-    def done(self) -> bool: return self.input.eof  # noqa: E704
-    def lost(self) -> int: return 0  # noqa: E704
-    def backlog(self) -> None: return None  # noqa: E704
-    def release(self) -> None: pass  # noqa: E704
-    def finish(self) -> None: pass  # noqa: E704
-    def close(self) -> None: os.close(self.input.fd)  # noqa: E704
-    def summary(self) -> dict: return {"events": self.events, "ticks": self.ticks}  # noqa
+    def inputs(self) -> list:
+        return [self.input]
+
+    def tick(self) -> None:
+        self.ticks += 1
+
+    def done(self) -> bool:
+        return self.input.eof
+
+    def close(self) -> None:
+        os.close(self.input.fd)
+
+    def summary(self) -> dict:
+        return {"events": self.events, "ticks": self.ticks}
 
 
 TOY_PIPE: list[int] = []

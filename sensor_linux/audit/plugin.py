@@ -20,7 +20,7 @@ from sensor_linux.audit.lines import LineSplitter
 from common.pipeline import Pipeline
 from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
 from sensor_linux.enrich import Enricher
-from sensor_linux.runner import TICK_SECONDS, RunConfig
+from sensor_linux.runner import BaseSource, RunConfig
 
 DRAIN_SECONDS = 2.0      # at most this long reading what is left after SIGTERM
 QUIET_SECONDS = 0.2      # ... and only while the pipe keeps delivering
@@ -77,11 +77,9 @@ class PipeInput:
         self.end()
 
 
-class PluginSource:
+class PluginSource(BaseSource):
     name = "audisp"
-    serving = False
     seed = True
-    tick_seconds = TICK_SECONDS
 
     def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None],
                  fd: int = 0) -> None:
@@ -107,15 +105,6 @@ class PluginSource:
 
     def done(self) -> bool:
         return self.input.eof
-
-    def lost(self) -> int:
-        return 0
-
-    def backlog(self) -> int | None:
-        return None
-
-    def release(self) -> None:
-        pass
 
     def finish(self) -> None:
         self.input.drain_after_stop()

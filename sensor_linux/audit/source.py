@@ -11,7 +11,7 @@ from common.pipeline import Pipeline
 from sensor_linux.audit.pipeline import AuditDecoder, audit_pipeline, open_error_log
 from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession, choose_session
 from sensor_linux.enrich import Enricher
-from sensor_linux.runner import TICK_SECONDS, RunConfig, SourceError
+from sensor_linux.runner import BaseSource, RunConfig, SourceError
 
 
 class NetlinkInput:
@@ -48,12 +48,11 @@ def audit_error(exc: Exception) -> SourceError:
     return SourceError(f"{exc}{hint}")
 
 
-class AuditSource:
+class AuditSource(BaseSource):
     """``--source auto|audit|audit-multicast``."""
 
     serving = True
     seed = True
-    tick_seconds = TICK_SECONDS
 
     def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> None:
         self.config = config
@@ -92,9 +91,6 @@ class AuditSource:
 
     def tick(self) -> None:
         self.pipeline.tick()
-
-    def done(self) -> bool:
-        return False
 
     def lost(self) -> int:
         return self.session.lost() if self.session is not None else 0

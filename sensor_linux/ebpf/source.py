@@ -14,7 +14,7 @@ from sensor_linux.attempts import AttemptFolder
 from sensor_linux.ebpf.events import EbpfEventBuilder
 from sensor_linux.ebpf.probes import FLAG_NO_ENTRY, ExecProbes, ExecRecord, PrerequisiteError
 from sensor_linux.enrich import Enricher
-from sensor_linux.runner import TICK_SECONDS, RunConfig, SourceError
+from sensor_linux.runner import BaseSource, RunConfig, SourceError
 
 
 @dataclass
@@ -95,13 +95,12 @@ def load_probes(probes: ExecProbes) -> None:
         raise SourceError(str(exc)) from exc
 
 
-class EbpfSource:
+class EbpfSource(BaseSource):
     """``--source ebpf``: the exec probes alone."""
 
     name = "ebpf"
     serving = True
     seed = True
-    tick_seconds = TICK_SECONDS
 
     def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> None:
         self.say = say
@@ -119,23 +118,11 @@ class EbpfSource:
     def inputs(self) -> list[RingInput]:
         return [RingInput(self.probes)]
 
-    def files(self) -> list[str]:
-        return []
-
     def tick(self) -> None:
         self.pipeline.tick()
 
-    def done(self) -> bool:
-        return False
-
     def lost(self) -> int:
         return sum(self.probes.drops().values()) if self.probes.bpf is not None else 0
-
-    def backlog(self) -> int | None:
-        return None
-
-    def release(self) -> None:
-        pass  # nothing machine-global: the probes go with the process
 
     def finish(self) -> None:
         if self.probes.bpf is not None:
