@@ -12,7 +12,8 @@ event). The stages around one loop:
 * a **folder** may hold events back and fold them into later ones (Linux: PATH-walk misses);
 * **route** may keep an event from the output (the combined sources send audit's execs to the
   cross-check), **observe** sees each event written;
-* the **renderer** makes the line, the sink takes it (the event too, for a spool).
+* the **output** renders it in its format, or stores it (common/sinks.py); an event no output
+  has a form for is counted as not representable.
 
 An input our own code fails on is counted as an internal error and kept (what it came from,
 verbatim, in the error log); bad input and failures never stop the stream. The
@@ -26,8 +27,8 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Protocol, TextIO
 
-from common.schema import ACTION_PROCESS_CREATE, Event, get_path
-from common.sinks import Sink, emit
+from common.schema import Event, get_path
+from common.sinks import Output, Sink
 
 REPORT_FIRST = 10        # then one message per REPORT_EVERY, to keep the messages readable
 REPORT_EVERY = 1000
@@ -93,23 +94,27 @@ class Folder(Protocol):
 class PipelineStats:
     events: int = 0              # items built (or rendered as they are)
     output_lines: int = 0
-    not_representable: int = 0   # not written: qlog of a generic event, or routed elsewhere
+    not_representable: int = 0   # no output took it (qlog of a generic event), or routed away
     internal_errors: int = 0     # our own code failed; what it came from is kept
 
 
 class Pipeline:
-    def __init__(self, decoder: Decoder, render: Callable[[Any], str], sink: Sink, *,
-                 builder: Builder | None = None, folder: Folder | None = None,
-                 keeper: Keeper | None = None, qlog: bool = False,
+    """``builder`` makes events for the output; without one, ``render_item`` makes a line of
+    each decoded item (LAUREL output of assembled audit records)."""
+
+    def __init__(self, decoder: Decoder, sink: Output, *, builder: Builder | None = None,
+                 render_item: Callable[[Any], str] | None = None,
+                 folder: Folder | None = None, keeper: Keeper | None = None,
                  route: Callable[[Event], bool] | None = None,
                  observe: Callable[[Event], None] | None = None) -> None:
+        if (builder is None) == (render_item is None):
+            raise ValueError("a pipeline has a builder or an item renderer, not both")
         self.decoder = decoder
-        self.render = render
+        self.render_item = render_item
         self.sink = sink
         self.builder = builder
         self.folder = folder
         self.keeper = keeper or Keeper(None)
-        self.qlog = qlog              # QLOG has a form for process creations only
         self.route = route
         self.observe = observe
         self.stats = PipelineStats()
@@ -142,39 +147,38 @@ class Pipeline:
             self.stats.events += 1
             try:
                 if self.builder is None:  # rendered as they are (LAUREL)
-                    self.sink.write(self.render(item))
-                    self.stats.output_lines += 1
-                    continue
-                event = self.builder.build(item)
+                    line = self.render_item(item)  # type: ignore[misc]
+                else:
+                    event = self.builder.build(item)
             except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream
                 reason = f"internal error {type(exc).__name__}: {exc}"
                 self._internal_error(reason, self.decoder.originals(item, reason))
+                continue
+            if self.builder is None:
+                self.sink.write(line)
+                self.stats.output_lines += 1
                 continue
             self._output(self.folder.take(event) if self.folder is not None else [event])
 
     def _output(self, events: list[Event]) -> None:
         for event in events:
             try:
-                line = self._line(event)
+                if self.route is not None and not self.route(event):
+                    self.stats.not_representable += 1
+                    continue
+                prepared = self.sink.prepare(event)
             except Exception as exc:  # noqa: BLE001
                 kept = get_path(event, "audit.records") or []
                 self._internal_error(f"internal error {type(exc).__name__}: {exc}",
                                      [r for r in kept if isinstance(r, (str, bytes))])
                 continue
-            if line is None:
+            # Writing is not ours to forgive: a full disk or a closed pipe is the run's.
+            if not self.sink.write_event(event, prepared):
                 self.stats.not_representable += 1
                 continue
-            emit(self.sink, event, line)
             self.stats.output_lines += 1
             if self.observe is not None:
                 self.observe(event)
-
-    def _line(self, event: Event) -> str | None:
-        if self.route is not None and not self.route(event):
-            return None
-        if self.qlog and get_path(event, "event.action") != ACTION_PROCESS_CREATE:
-            return None
-        return self.render(event)
 
     def _internal_error(self, reason: str, originals: list[bytes | str]) -> None:
         self.stats.internal_errors += 1

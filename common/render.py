@@ -1,4 +1,7 @@
-"""Renderer registry: a format name to a function from an event to one output line."""
+"""Renderer registry: a format name to a function from an event to one output line.
+
+An output in a format renders events itself (common/sinks.py's TextOutput) with
+:func:`line_renderer`, which says None for an event the format has no form for."""
 
 from __future__ import annotations
 
@@ -6,9 +9,10 @@ import json
 from typing import Callable
 
 from common import ecs, qlog
-from common.schema import Event
+from common.schema import ACTION_PROCESS_CREATE, Event
 
 Renderer = Callable[[Event], str]
+LineRenderer = Callable[[Event], "str | None"]
 
 
 def _qlog_line(event: Event) -> str:
@@ -19,3 +23,22 @@ RENDERERS: dict[str, Renderer] = {
     "ecs": ecs.render,
     "qlog": _qlog_line,
 }
+
+
+def _qlog_or_none(event: Event) -> str | None:
+    if event.get("event", {}).get("action") != ACTION_PROCESS_CREATE:
+        return None  # QLOG has a form for process creations only
+    return _qlog_line(event)
+
+
+def _none(event: Event) -> None:
+    return None  # LAUREL lines are rendered from audit records, never from our events
+
+
+def line_renderer(fmt: str) -> LineRenderer:
+    """The renderer of an output in ``fmt`` (ecs, qlog or laurel)."""
+    if fmt == "laurel":
+        return _none
+    if fmt == "qlog":
+        return _qlog_or_none
+    return RENDERERS[fmt]

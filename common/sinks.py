@@ -13,24 +13,63 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol, TextIO
 
 from common.ownership import open_private
+from common.schema import Event
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_GENERATIONS = 5
 
 
 class Sink(Protocol):
+    """Where lines go (stdout, a rotated file, the parse-error log)."""
+
     def write(self, line: str) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
 
-def emit(sink: "Sink", event: object, line: str) -> None:
-    """Give a sink the event if it stores events (the spool), else the rendered line."""
-    write_event = getattr(sink, "write_event", None)
-    if write_event is not None:
-        write_event(event, line)
-    else:
-        sink.write(line)
+class Output(Protocol):
+    """Where events go: an output renders them itself, in its format, or stores them (the
+    spool). ``prepare`` renders (a failure there is a bug of ours, counted by the caller);
+    ``write_event`` writes what was prepared and says whether the output took the event
+    (False: its format has no form for it). ``write`` takes a line rendered from something
+    that is not an event (LAUREL output of audit records)."""
+
+    def prepare(self, event: Event) -> Any: ...
+    def write_event(self, event: Event, prepared: Any) -> bool: ...
+    def write(self, line: str) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def emit(output: "Output", event: Event) -> bool:
+    """Render and write one event; whether any output took it."""
+    return output.write_event(event, output.prepare(event))
+
+
+class TextOutput:
+    """Events as lines of one format into a line sink."""
+
+    def __init__(self, sink: Sink, render: Callable[[Event], str | None]) -> None:
+        self.sink = sink
+        self.render = render
+
+    def prepare(self, event: Event) -> str | None:
+        return self.render(event)
+
+    def write_event(self, event: Event, prepared: str | None) -> bool:
+        if prepared is None:
+            return False
+        self.sink.write(prepared)
+        return True
+
+    def write(self, line: str) -> None:
+        self.sink.write(line)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def close(self) -> None:
+        self.sink.close()
 
 
 class StreamSink:
@@ -102,26 +141,42 @@ class RotatingFileSink:
 
 
 class FanOut:
-    """The same lines to several sinks (``--output`` given more than once)."""
+    """Several outputs (``--output`` given more than once): each event rendered once per
+    format, whatever the number of outputs in that format."""
 
-    def __init__(self, sinks: list[Sink]) -> None:
-        self.sinks = sinks
+    def __init__(self, outputs: list[Output]) -> None:
+        self.outputs = outputs
+
+    def prepare(self, event: Event) -> list[Any]:
+        lines: dict[Any, str | None] = {}
+        prepared = []
+        for output in self.outputs:
+            render = getattr(output, "render", None)
+            if render is None:
+                prepared.append(output.prepare(event))
+                continue
+            if render not in lines:
+                lines[render] = render(event)
+            prepared.append(lines[render])
+        return prepared
+
+    def write_event(self, event: Event, prepared: list[Any]) -> bool:
+        took = False
+        for output, item in zip(self.outputs, prepared):
+            took |= output.write_event(event, item)
+        return took
 
     def write(self, line: str) -> None:
-        for sink in self.sinks:
-            sink.write(line)
-
-    def write_event(self, event: object, line: str) -> None:
-        for sink in self.sinks:
-            emit(sink, event, line)
+        for output in self.outputs:
+            output.write(line)
 
     def flush(self) -> None:
-        for sink in self.sinks:
-            sink.flush()
+        for output in self.outputs:
+            output.flush()
 
     def close(self) -> None:
-        for sink in self.sinks:
-            sink.close()
+        for output in self.outputs:
+            output.close()
 
 
 def open_sink(target: str, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -152,45 +207,49 @@ class OutputError(ValueError):
 
 @dataclass
 class Outputs:
-    """The sinks of ``--output`` targets, opened, and what they are: the files they write
-    into (a file in each output's location: its directory is handed to the unprivileged user
-    at the privilege drop) and their spools (delivered by a collector)."""
+    """The ``--output`` targets, opened as one output, and what they are: the files they
+    write into (a file in each output's location: its directory is handed to the
+    unprivileged user at the privilege drop) and their spools (delivered by a collector)."""
 
-    sink: Sink
+    output: Output
     files: list[str]
     spools: list[Any]                 # common.spool.Spool
 
     def close(self) -> None:
-        self.sink.close()
+        self.output.close()
 
 
 def open_outputs(targets: list[str] | tuple[str, ...], fmt: str = "ecs",
                  max_bytes: int = DEFAULT_MAX_BYTES,
                  generations: int = DEFAULT_GENERATIONS) -> Outputs:
-    """Open every target ('-'/'stdout', 'jsonl:PATH' or PATH, 'spool:DIR'). A spool stores
-    every event of our schema, so it goes only with ``fmt`` ecs (a qlog stream has process
-    creations only, a laurel one no events at all). OutputError says what is wrong."""
+    """Open every target ('-'/'stdout', 'jsonl:PATH' or PATH, 'spool:DIR'): text outputs
+    render events in ``fmt``, a spool stores every event of our schema whatever ``fmt`` is.
+    A LAUREL stream has no events for a spool (its lines are rendered from audit records).
+    OutputError says what is wrong."""
+    from common.render import line_renderer
     targets = list(targets or ["-"])
-    if fmt != "ecs" and any(t.startswith("spool:") for t in targets):
-        raise OutputError("a spool output stores ecs events: use --format ecs, or give "
-                          "--output explicitly without spool:")
-    sinks: list[Sink] = []
+    if fmt == "laurel" and any(t.startswith("spool:") for t in targets):
+        raise OutputError("a spool stores events, and --format laurel writes audit records: "
+                          "use --format ecs or qlog with a spool output")
+    render = line_renderer(fmt)
+    outputs: list[Output] = []
     try:
         for target in targets:
-            sinks.append(open_sink(target, max_bytes, generations))
+            sink = open_sink(target, max_bytes, generations)
+            outputs.append(sink if hasattr(sink, "spool") else TextOutput(sink, render))
     except (OSError, ValueError) as exc:
-        for sink in sinks:
-            sink.close()
+        for output in outputs:
+            output.close()
         raise OutputError(f"cannot open output: {exc}") from exc
     files, spools = [], []
-    for target, sink in zip(targets, sinks):
-        spool = getattr(sink, "spool", None)
+    for target, output in zip(targets, outputs):
+        spool = getattr(output, "spool", None)
         if spool is not None:
             spools.append(spool)
             files.append(os.path.join(spool.dir, "spool.json"))
         elif target not in ("-", "stdout"):
             files.append(target[len("jsonl:"):] if target.startswith("jsonl:") else target)
-    return Outputs(sinks[0] if len(sinks) == 1 else FanOut(sinks), files, spools)
+    return Outputs(outputs[0] if len(outputs) == 1 else FanOut(outputs), files, spools)
 
 
 class LazySink:

@@ -628,17 +628,22 @@ class Spool:
 
 @dataclass
 class SpoolSink:
-    """The spool as a sink of events (``--output spool:DIR``)."""
+    """The spool as an output of events (``--output spool:DIR``): it stores every event of our
+    schema, whatever format the text outputs beside it write."""
 
     spool: Spool
     written: int = field(default=0)
 
-    def write_event(self, event: Event, line: str | None = None) -> None:
+    def prepare(self, event: Event) -> None:
+        return None  # stored as it is (msgpack), never rendered
+
+    def write_event(self, event: Event, prepared: None = None) -> bool:
         self.spool.append(event)
         self.written += 1
+        return True
 
     def write(self, line: str) -> None:
-        raise SpoolError(22, "the spool stores events: use an events format (ecs)")
+        raise SpoolError(22, "the spool stores events, not lines (LAUREL output has none)")
 
     def flush(self) -> None:
         self.spool.tick()

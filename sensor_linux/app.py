@@ -43,7 +43,7 @@ def run_sensor(config: RunConfig, outputs: tuple[str, ...] | list[str], store: s
         raise UsageProblem(f"--source {config.source} writes {', '.join(entry.formats)} only, "
                            f"not --format {config.fmt}")
     opened = open_outputs(outputs, config.fmt, config.max_bytes, config.generations)
-    sink = opened.sink
+    sink = opened.output
     collector = local_collector(opened, store)
     written = opened.files + ([collector.store.path] if collector else [])
     try:

@@ -34,8 +34,10 @@ DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
 @click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS) + ["laurel"]),
               default="ecs", show_default=True, help="Output format of each JSON line.")
 @click.option("--output", "outputs", multiple=True, default=DEFAULT_OUTPUTS, show_default=True,
-              help="'-'/'stdout', or 'jsonl:PATH' / PATH for a file rotated by size (0600). "
-                   "Repeatable; giving one replaces the defaults.")
+              help="'-'/'stdout', or 'jsonl:PATH' / PATH for a file rotated by size (0600), "
+                   "each in --format; 'spool:DIR' keeps every event (ecs) whatever the "
+                   "format (not with laurel: its lines are audit records). Repeatable; giving "
+                   "one replaces the defaults.")
 @click.option("--max-bytes", default=DEFAULT_MAX_BYTES, show_default=True,
               help="Rotate output files before they would grow past this size.")
 @click.option("--generations", default=DEFAULT_GENERATIONS, show_default=True,
@@ -93,6 +95,10 @@ def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generat
                        status_interval=status_interval, user=user,
                        ebpf_argv_bytes=ebpf_argv_bytes, ebpf_ringbuf_pages=ebpf_ringbuf_pages,
                        keep_exec_attempts=keep_exec_attempts, interval=interval, once=once)
+    source_of = click.get_current_context().get_parameter_source("outputs")
+    if fmt == "laurel" and source_of == click.core.ParameterSource.DEFAULT:
+        # LAUREL's lines are audit records, not events: the default spool has nothing to keep.
+        outputs = tuple(o for o in outputs if not o.startswith("spool:"))
     try:
         summary = app.run_sensor(config, outputs, store, _say)
     except app.UsageProblem as exc:
@@ -108,7 +114,7 @@ def _say(message: str) -> None:
 
 def _open_outputs(fmt: str, outputs: tuple[str, ...], max_bytes: int, generations: int) -> Any:
     try:
-        return open_outputs(outputs, fmt, max_bytes, generations).sink
+        return open_outputs(outputs, fmt, max_bytes, generations).output
     except OutputError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from common.render import RENDERERS
 from common.schema import ACTION_PROCESS_CREATE, Event, get_path
-from common.sinks import Sink, emit
+from common.sinks import Output, emit
 from sensor_linux.audit.netlink import AuditNetlinkError
 from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
 from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession
@@ -34,16 +33,14 @@ class CombinedSource(BaseSource):
     serving = True
     seed = True
 
-    def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> None:
+    def __init__(self, config: RunConfig, sink: Output, say: Callable[[str], None]) -> None:
         self.name = self.mode = config.source
         self.config = config
         self.sink = sink
         self.say = say
-        self.render = RENDERERS["ecs"]
         self.enricher = Enricher()
         hybrid = self.mode == "hybrid"
-        self.ebpf_pipeline = ebpf_pipeline(self.enricher, "ecs", sink,
-                                           config.keep_exec_attempts,
+        self.ebpf_pipeline = ebpf_pipeline(self.enricher, sink, config.keep_exec_attempts,
                                            observe=None if hybrid else self._from_ebpf)
         self.probes = ExecProbes(on_exec=self.ebpf_pipeline.feed,
                                  argv_size=config.ebpf_argv_bytes,
@@ -93,7 +90,7 @@ class CombinedSource(BaseSource):
 
     def _report(self, events: list[Event]) -> None:
         for event in events:
-            emit(self.sink, event, self.render(event))
+            emit(self.sink, event)
 
     def tick(self) -> None:
         self.audit_pipeline.tick()

@@ -11,9 +11,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterator
 
-from common.render import RENDERERS
 from common.schema import Event
-from common.sinks import Sink, emit
+from common.sinks import Output, emit
 from sensor_linux.enrich import Enricher
 from sensor_linux.procfs import PROC, ProcessFacts, boot_time, list_pids, read_process
 from sensor_linux.runner import BaseSource, RunConfig
@@ -63,9 +62,8 @@ class ProcfsSource(BaseSource):
 
     name = "procfs"         # not serving, not seeded: the scan is the seeding
 
-    def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> None:
+    def __init__(self, config: RunConfig, sink: Output, say: Callable[[str], None]) -> None:
         self.sink = sink
-        self.render = RENDERERS[config.fmt]
         self.tick_seconds = config.interval
         self.once = config.once
         self.enricher = Enricher()
@@ -76,7 +74,7 @@ class ProcfsSource(BaseSource):
 
     def tick(self) -> None:
         for event in self.scanner.scan():
-            emit(self.sink, event, self.render(event))
+            emit(self.sink, event)
             self.events += 1
         self.scans += 1
 

@@ -22,8 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from common.render import RENDERERS
-from common.sinks import Sink
+from common.sinks import Output
 from sensor_linux.batching import BATCH_SECONDS, StopFlag
 
 TICK_SECONDS = 1.0
@@ -154,7 +153,7 @@ class BaseSource:
         return {}
 
 
-def pump(source: Source, sink: Sink, stop: StopFlag,
+def pump(source: Source, sink: Output, stop: StopFlag,
          on_tick: Callable[[], None] | None = None) -> None:
     """Read ``source`` until ``stop`` is set or it is done: drain, let the next batch
     gather, and tick (source, sink flush, ``on_tick``) every ``source.tick_seconds``, busy
@@ -186,7 +185,7 @@ def pump(source: Source, sink: Sink, stop: StopFlag,
             next_tick = time.monotonic() + source.tick_seconds
 
 
-def run(source: Source, sink: Sink, config: RunConfig, stop: StopFlag, *,
+def run(source: Source, sink: Output, config: RunConfig, stop: StopFlag, *,
         written: list[str], periodic: list[Callable[[], None]],
         say: Callable[[str], None]) -> dict[str, object]:
     """Run ``source`` into ``sink`` until ``stop`` (or until it is done), through the whole
@@ -213,10 +212,7 @@ def run(source: Source, sink: Sink, config: RunConfig, stop: StopFlag, *,
             files = written + source.files() + ([config.status_file] if config.status_file
                                                 else [])
             say(drop_to(config.user, sensor_dirs(files)))
-            # Only an ecs stream has room for status events (qlog: process creations only;
-            # laurel: audit events only); the status file is kept in any format.
-            reporter = StatusReporter(source, sink, config.status_file, config.status_interval,
-                                      render=RENDERERS["ecs"] if config.fmt == "ecs" else None)
+            reporter = StatusReporter(source, sink, config.status_file, config.status_interval)
         ticks = ([reporter.tick] if reporter is not None else []) + periodic
         pump(source, sink, stop, on_tick=lambda: _tick(ticks, say))
     except BrokenPipeError:

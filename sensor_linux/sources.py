@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from common.sinks import Sink
+from common.sinks import Output
 from sensor_linux.runner import RunConfig, Source
 
 
@@ -21,7 +21,7 @@ class SourceEntry:
     formats: tuple[str, ...]       # output formats it can write
     help: str
 
-    def create(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> Source:
+    def create(self, config: RunConfig, sink: Output, say: Callable[[str], None]) -> Source:
         module, _, name = self.path.partition(":")
         return getattr(importlib.import_module(module), name)(config, sink, say)
 

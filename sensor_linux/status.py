@@ -12,10 +12,10 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
-from common.schema import Event, new_event
-from common.sinks import Sink, emit
+from common.schema import new_event
+from common.sinks import Output, emit
 
 
 class _Source(Protocol):
@@ -30,16 +30,16 @@ class _Source(Protocol):
 
 
 class StatusReporter:
-    def __init__(self, source: _Source, sink: Sink, path: str | None, interval: float,
-                 render: Callable[[Event], str] | None = None) -> None:
-        """``render``: put a status event into the output every ``interval``, rendered so
-        (None: the output's format has no place for one; the status file is still kept)."""
+    def __init__(self, source: _Source, sink: Output, path: str | None,
+                 interval: float) -> None:
+        """A status event goes to the outputs every ``interval`` (each takes it if its format
+        has a form for it: ecs and the spool do, qlog and laurel do not), and the status file
+        is replaced."""
         self.source = source
         self.sink = sink
         self.enricher = source.enricher
         self.path = path
         self.interval = interval
-        self.render = render
         self.started = time.time()
         self.write_failed = False
         self._next = time.monotonic() + interval
@@ -73,12 +73,10 @@ class StatusReporter:
             self.enricher.table.prune(lambda pid: os.path.exists(f"{proc}/{pid}"))
         stats = self.snapshot()
         self.write_file(stats)
-        if self.render is not None:
-            event = new_event("sensor_status", "ttpsensor",
-                              host=getattr(self.enricher, "host", {}))
-            event["event"]["kind"] = "metric"
-            event["ttpsensor"] = {"status": stats}
-            emit(self.sink, event, self.render(event))
+        event = new_event("sensor_status", "ttpsensor", host=getattr(self.enricher, "host", {}))
+        event["event"]["kind"] = "metric"
+        event["ttpsensor"] = {"status": stats}
+        emit(self.sink, event)
 
     def final(self, summary: dict[str, Any]) -> None:
         """The last word, written when the sensor stops."""

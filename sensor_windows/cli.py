@@ -67,18 +67,16 @@ def replay_command(file: str, fmt: str, ca_file: str | None) -> None:
     """
     import socket
 
-    from common.render import RENDERERS
+    from common.render import line_renderer
+    from common.sinks import StreamSink, TextOutput
     from sensor_windows.pe import load_roots
     from sensor_windows.replay import replay
     host = {"name": socket.gethostname(), "os": {"type": "windows"}}
-    failed = False
-    for number, result in replay(file, host, load_roots(ca_file) if ca_file else None):
-        if isinstance(result, str):
-            click.echo(f"line {number}: {result}", err=True)
-            failed = True
-        else:
-            click.echo(RENDERERS[fmt](result))
-    if failed:
+    result = replay(file, host, TextOutput(StreamSink(), line_renderer(fmt)),
+                    load_roots(ca_file) if ca_file else None)
+    for number, why in result.failed:
+        click.echo(f"line {number}: {why}", err=True)
+    if result.failed:
         sys.exit(2)
 
 
@@ -107,17 +105,17 @@ def windows_run(fmt: str, outputs: tuple[str, ...], error_log: str | None,
     import socket
     import threading
 
-    from common.sinks import OutputError, open_outputs
+    from common.sinks import OutputError, open_outputs, open_sink
     from sensor_windows.runner import run_sensor
     try:
-        sink = open_outputs(outputs, fmt).sink
-        errors = open_outputs([error_log]).sink if error_log else None
-    except OutputError as exc:
+        sink = open_outputs(outputs, fmt).output
+        errors = open_sink(error_log) if error_log else None
+    except (OutputError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
         run_sensor(threading.Event(), sink, {"name": socket.gethostname(),
                                              "os": {"type": "windows"}},
-                   fmt=fmt, error_log=errors, status_interval=status_interval,
+                   error_log=errors, status_interval=status_interval,
                    messages=sys.stderr)
     except KeyboardInterrupt:
         pass

@@ -12,11 +12,10 @@ import json
 import queue
 import threading
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, TextIO
 
 from common.pipeline import Keeper, Pipeline
-from common.render import RENDERERS
-from common.sinks import Sink
+from common.sinks import Output, Sink
 from sensor_windows.enrich import WindowsEnricher
 from sensor_windows.etw_source import EtwItem
 from sensor_windows.normalize import NormalizeError, ProcessStart, normalize
@@ -66,14 +65,14 @@ class EtwDecoder:
         return asdict(self.stats)
 
 
-def windows_pipeline(enricher: WindowsEnricher, sink: Sink, fmt: str = "ecs", *,
+def windows_pipeline(enricher: WindowsEnricher, sink: Output, *,
                      device_map: Callable[[], dict[str, str]] | None = None,
-                     error_log: Sink | None = None) -> Pipeline:
-    if fmt not in ("ecs", "qlog"):
-        raise ValueError(f"unknown format {fmt!r}; choose ecs or qlog")
-    keeper = Keeper(error_log)
-    return Pipeline(EtwDecoder(keeper, device_map or dict), RENDERERS[fmt], sink,
-                    builder=enricher, keeper=keeper, qlog=fmt == "qlog")
+                     error_log: Sink | None = None,
+                     messages: TextIO | None = None) -> Pipeline:
+    """ETW events -> process-create events -> ``sink`` (which renders them in its format)."""
+    keeper = Keeper(error_log, messages)
+    return Pipeline(EtwDecoder(keeper, device_map or dict), sink, builder=enricher,
+                    keeper=keeper)
 
 
 def drain(pipeline: Pipeline, events: "queue.Queue[EtwItem]",

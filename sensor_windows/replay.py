@@ -13,19 +13,22 @@ JSON lines, in order; each is one of::
 
 Descriptions stand for what Win32 calls would answer at that moment, so a process described
 later (the same pid, another create time) is a reused pid. This drives everything after the
-ETW session on any OS: normalization, enrichment, PE facts, parents, TTPHash, rendering.
+ETW session on any OS, through the same pipeline as the live sensor: normalization,
+enrichment, PE facts, parents, TTPHash, rendering.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
+from common.sinks import Output
 from sensor_windows.enrich import CachedInspector, ProcessInfo, WindowsEnricher
-from sensor_windows.normalize import NormalizeError, normalize
+from sensor_windows.pipeline import EtwDecodeStats, windows_pipeline
 
 
 def _time(value: Any) -> _dt.datetime | None:
@@ -70,12 +73,23 @@ class ReplayWorld:
             return None
 
 
-def replay(path: str, enricher_host: dict[str, Any],
-           roots: list[Any] | None = None) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    """(line, event) for each ETW line, or (line, error message) for a line that failed."""
+@dataclass
+class ReplayResult:
+    summary: dict[str, object]
+    failed: list[tuple[int, str]]        # (line number, why) of every line that failed
+
+
+def replay(path: str, enricher_host: dict[str, Any], sink: Output,
+           roots: list[Any] | None = None) -> ReplayResult:
+    """Every ETW line of ``path`` through the pipeline (sensor_windows/pipeline.py) into
+    ``sink``, in the world the other lines describe; the sink is flushed, not closed."""
     world = ReplayWorld(os.path.dirname(os.path.abspath(path)))
     devices: dict[str, str] = {}
     enricher = WindowsEnricher(CachedInspector(world), world, enricher_host, roots=roots)
+    pipeline = windows_pipeline(enricher, sink, device_map=lambda: devices,
+                                messages=io.StringIO())  # failures are said by line below
+    decoded: EtwDecodeStats = pipeline.decoder.stats  # type: ignore[attr-defined]
+    failed: list[tuple[int, str]] = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -90,8 +104,15 @@ def replay(path: str, enricher_host: dict[str, Any],
                     world.files[doc["file"]["path"].upper()] = doc["file"]["local"]
                 elif "etw" in doc:
                     event_id, event = doc["etw"]
-                    yield number, enricher.build(normalize(event_id, event, devices))
+                    before = (decoded.rejected, pipeline.stats.internal_errors)
+                    pipeline.feed((event_id, event))
+                    if decoded.rejected > before[0]:
+                        failed.append((number, "rejected: not a usable process start"))
+                    elif pipeline.stats.internal_errors > before[1]:
+                        failed.append((number, "internal error (see the summary)"))
                 else:
-                    yield number, "not a devices, process, file or etw line"
-            except (ValueError, KeyError, TypeError, NormalizeError) as exc:
-                yield number, f"{type(exc).__name__}: {exc}"
+                    failed.append((number, "not a devices, process, file or etw line"))
+            except (ValueError, KeyError, TypeError) as exc:
+                failed.append((number, f"{type(exc).__name__}: {exc}"))
+    pipeline.close()
+    return ReplayResult(pipeline.summary(), failed)

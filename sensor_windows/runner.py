@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any, Callable, TextIO
 
-from common.sinks import Sink
+from common.sinks import Output, Sink
 from sensor_windows.enrich import CachedInspector, FileSource, ProcessInspector, WindowsEnricher
 from sensor_windows.etw_source import EtwProcessSource
 from sensor_windows.pipeline import drain, windows_pipeline
@@ -42,14 +42,15 @@ def live_world() -> WindowsWorld:
     return WindowsWorld(win32.Win32Inspector(), win32.DiskFiles(), lambda: devices)
 
 
-def run_sensor(stop: threading.Event, sink: Sink, host: dict[str, Any], *, fmt: str = "ecs",
+def run_sensor(stop: threading.Event, sink: Output, host: dict[str, Any], *,
                world: WindowsWorld | None = None, etw_module: ModuleType | None = None,
                error_log: Sink | None = None, status_interval: float = 60.0,
                messages: TextIO | None = None) -> dict[str, Any]:
-    """Collect until ``stop`` is set (or Ctrl-C); returns the final counters."""
+    """Collect until ``stop`` is set (or Ctrl-C) into ``sink`` (common/sinks.py: it renders in
+    its format); returns the final counters."""
     world = world or live_world()
     enricher = WindowsEnricher(CachedInspector(world.inspector), world.files, host)
-    pipeline = windows_pipeline(enricher, sink, fmt, device_map=world.device_map,
+    pipeline = windows_pipeline(enricher, sink, device_map=world.device_map,
                                 error_log=error_log)
     source = EtwProcessSource(etw_module)
     source.start()

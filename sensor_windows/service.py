@@ -112,7 +112,8 @@ def serve() -> None:  # pragma: no cover - needs the Windows SCM
     import ctypes
     import ctypes.wintypes as wt
 
-    from common.sinks import open_sink
+    from common.render import line_renderer
+    from common.sinks import TextOutput, open_sink
     from sensor_windows.runner import default_state_dir, run_sensor
 
     advapi = ctypes.WinDLL("advapi32", use_last_error=True)  # type: ignore[attr-defined]
@@ -148,7 +149,8 @@ def serve() -> None:  # pragma: no cover - needs the Windows SCM
         control.starting()
         state_dir = default_state_dir()
         os.makedirs(state_dir, exist_ok=True)
-        sink = open_sink(os.path.join(state_dir, "events.jsonl"))
+        sink = TextOutput(open_sink(os.path.join(state_dir, "events.jsonl")),
+                          line_renderer("ecs"))
         errors = open_sink(os.path.join(state_dir, "rejected.jsonl"))
         try:
             with open(os.path.join(state_dir, "status.jsonl"), "a", encoding="utf-8") as status:

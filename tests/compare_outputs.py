@@ -36,8 +36,10 @@ from sensor_linux.enrich import Enricher
 sink, fmt = StreamSink(sys.stdout), sys.argv[2]
 enricher = Enricher(live=False, host_files=False)
 try:
+    from common.render import line_renderer
+    from common.sinks import TextOutput
     from sensor_linux.ebpf.source import ebpf_pipeline
-    pipeline = ebpf_pipeline(enricher, fmt, sink, False)
+    pipeline = ebpf_pipeline(enricher, TextOutput(sink, line_renderer(fmt)), False)
     close = pipeline.close
 except ImportError:
     from sensor_linux.ebpf.events import EbpfEventBuilder

@@ -161,7 +161,8 @@ def test_internal_errors_are_numbered_among_themselves() -> None:
     (they were numbered with the parse errors: always #0)."""
     import io
 
-    from common.sinks import StreamSink
+    from common.render import RENDERERS
+    from common.sinks import StreamSink, TextOutput
     from sensor_linux.audit.pipeline import audit_pipeline
 
     class Broken:
@@ -169,8 +170,8 @@ def test_internal_errors_are_numbered_among_themselves() -> None:
             raise KeyError("a bug")
 
     messages, kept = io.StringIO(), io.StringIO()
-    pipeline = audit_pipeline("ecs", StreamSink(io.StringIO()), error_log=StreamSink(kept),
-                              messages=messages)
+    pipeline = audit_pipeline("ecs", TextOutput(StreamSink(io.StringIO()), RENDERERS["ecs"]),
+                              error_log=StreamSink(kept), messages=messages)
     pipeline.builder = Broken()
     for n in (7, 8):
         for line in EXEC.replace(b":7)", b":%d)" % n).splitlines(keepends=True):

@@ -9,7 +9,6 @@ import threading
 
 from collector.store import Store
 from common import ttphash
-from common.render import RENDERERS
 from common.schema import new_event
 from common.sinks import OutputError, emit
 from sensor_linux import app
@@ -40,16 +39,18 @@ class ToySource(BaseSource):
     name, tick_seconds = "toy", 0.2
 
     def __init__(self, config: RunConfig, sink, say) -> None:  # noqa: ANN001
-        self.sink, self.render, self.ticks, self.events = sink, RENDERERS[config.fmt], 0, 0
+        self.sink, self.ticks, self.events = sink, 0, 0
         self.input = PipeLines(TOY_PIPE[0], self)
 
     def exec(self, word: str) -> None:
-        event = new_event("process_create", "toy", host={"name": "toy-host",
-                                                         "os": {"type": "linux"}})
-        event["process"] = {"pid": 1000 + self.events, "executable": f"/usr/bin/{word}",
-                            "args": [word]}
-        ttphash.attach(event)
-        emit(self.sink, event, self.render(event))
+        """An exec of ``word``; the word ``note`` makes an event of another kind instead."""
+        action = "note" if word == "note" else "process_create"
+        event = new_event(action, "toy", host={"name": "toy-host", "os": {"type": "linux"}})
+        if action == "process_create":
+            event["process"] = {"pid": 1000 + self.events, "executable": f"/usr/bin/{word}",
+                                "args": [word]}
+            ttphash.attach(event)
+        emit(self.sink, event)
         self.events += 1
 
     def inputs(self) -> list:
@@ -102,9 +103,31 @@ def test_a_source_for_another_format_is_a_usage_problem(tmp_path) -> None:
     import pytest
     with pytest.raises(app.UsageProblem, match="--source ebpf writes ecs, qlog only"):
         app.run_sensor(RunConfig(source="ebpf", fmt="laurel"), ["-"], "", print)
-    with pytest.raises(OutputError, match="a spool output stores ecs events"):
-        app.run_sensor(RunConfig(source="procfs", fmt="qlog"), [f"spool:{tmp_path}/s"], "",
+    with pytest.raises(OutputError, match="a spool stores events"):
+        app.run_sensor(RunConfig(source="audit", fmt="laurel"), [f"spool:{tmp_path}/s"], "",
                        print)
+
+
+def test_each_output_renders_in_its_format_and_the_spool_keeps_every_event(tmp_path) -> None:
+    """--format qlog beside a spool: the text output has QLOG's process creations only, the
+    spool every event (the status and generic events a QLOG stream has no form for)."""
+    from common.spool import Spool
+    read, write = os.pipe()
+    TOY_PIPE[:] = [read]
+    os.write(write, b"ls note id\n")
+    os.close(write)
+    registry = {"toy": SourceEntry("tests.test_runner:ToySource", ("ecs", "qlog"), "toy")}
+    out = tmp_path / "q.jsonl"
+    summary = app.run_sensor(RunConfig(source="toy", fmt="qlog"),
+                             [f"jsonl:{out}", f"spool:{tmp_path}/sp"], "", print,
+                             registry=registry)
+    assert summary["events"] == 3
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [d["QType"] for d in lines] == ["Process Create"] * 2
+    stored = [e for _, events in Spool(f"{tmp_path}/sp", readonly=True).read(0)
+              for e in events]
+    assert [e["event"]["action"] for e in stored] == ["process_create", "note",
+                                                      "process_create"]
 
 
 class ServingToy(ToySource):

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from common.render import line_renderer
+from common.sinks import TextOutput
 from sensor_windows import etw_source, service, win32
 from sensor_windows.replay import ReplayWorld
 from sensor_windows.runner import WindowsWorld, run_sensor
@@ -147,7 +149,8 @@ def test_run_sensor_end_to_end_with_rejects_kept_and_counters(tmp_path) -> None:
 
     result: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: result.update(run_sensor(
-        stop, sink, {"name": "testpc", "os": {"type": "windows"}}, fmt="qlog",
+        stop, TextOutput(sink, line_renderer("qlog")),
+        {"name": "testpc", "os": {"type": "windows"}},
         world=WindowsWorld(world, world, lambda: {"\\Device\\HarddiskVolume2": "C:"}),
         etw_module=etw, error_log=errors, status_interval=0.05, messages=messages)))
     worker.start()

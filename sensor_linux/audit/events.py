@@ -19,7 +19,7 @@ from sensor_linux.audit.assemble import AuditEvent
 from sensor_linux.audit.decode import execve_argv, sockaddr
 from sensor_linux.audit.records import CWD, EXECVE, PATH, SOCKADDR, SYSCALL, Record, Value
 from sensor_linux.enrich import Enricher
-from sensor_linux.procfs import UNSET_ID, ProcessFacts, kernel_tty_name, live_container_id
+from sensor_linux.procfs import ProcessFacts, kernel_tty_name, live_container_id
 
 _DELETED = b" (deleted)"
 

@@ -30,9 +30,10 @@ import click
 
 from common import ttphash
 from common.jsonin import load_event, read_documents
-from common.sinks import StreamSink
-from sensor_linux.audit.lines import LineSplitter
 from common.pipeline import Pipeline
+from common.render import RENDERERS
+from common.sinks import StreamSink, TextOutput
+from sensor_linux.audit.lines import LineSplitter
 from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.enrich import Enricher
 
@@ -180,7 +181,8 @@ def _mutate(data: bytes, seeds: list[bytes], rng: random.Random) -> bytes:
 
 def _pipeline(sink: StreamSink) -> Pipeline:
     """The pipeline as a replay runs it: no file of this host is opened."""
-    return audit_pipeline("ecs", sink, enricher=Enricher(live=False, host_files=False),
+    return audit_pipeline("ecs", TextOutput(sink, RENDERERS["ecs"]),
+                          enricher=Enricher(live=False, host_files=False),
                           error_log=StreamSink(_Discard()), messages=_Discard())
 
 

@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Callable, TextIO
 
 from common.pipeline import Keeper, Pipeline
-from common.render import RENDERERS
 from common.schema import Event
-from common.sinks import LazySink, RotatingFileSink, Sink
+from common.sinks import LazySink, Output, RotatingFileSink, Sink
 from sensor_linux.attempts import AttemptFolder
 from sensor_linux.audit import laurel
 from sensor_linux.audit.assemble import Assembler, AuditEvent
@@ -90,7 +89,7 @@ class AuditDecoder:
         return out
 
 
-def audit_pipeline(fmt: str, sink: Sink, *, enricher: Enricher | None = None,
+def audit_pipeline(fmt: str, sink: Output, *, enricher: Enricher | None = None,
                    error_log: Sink | None = None, assembler: Assembler | None = None,
                    messages: TextIO | None = None,
                    route: Callable[[Event], bool] | None = None,
@@ -98,17 +97,16 @@ def audit_pipeline(fmt: str, sink: Sink, *, enricher: Enricher | None = None,
     """The pipeline for audit text in ``fmt``: ``laurel`` renders the assembled records as
     LAUREL does (no enrichment, as LAUREL's goldens are configured); ``ecs`` and ``qlog``
     build enriched events with their TTPHash, PATH-walk misses folded into the exec that
-    follows (sensor_linux/attempts.py)."""
+    follows (sensor_linux/attempts.py), for ``sink`` to render in its format."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     keeper = Keeper(error_log, messages)
     decoder = AuditDecoder(keeper, assembler)
     if fmt == "laurel":
-        return Pipeline(decoder, laurel.render, sink, keeper=keeper)
-    return Pipeline(decoder, RENDERERS[fmt], sink, keeper=keeper,
+        return Pipeline(decoder, sink, render_item=laurel.render, keeper=keeper)
+    return Pipeline(decoder, sink, keeper=keeper,
                     builder=AuditEventBuilder(enricher or Enricher()),
-                    folder=AttemptFolder(keep_all=keep_exec_attempts), qlog=fmt == "qlog",
-                    route=route)
+                    folder=AttemptFolder(keep_all=keep_exec_attempts), route=route)
 
 
 def open_error_log(path: str | None, max_bytes: int, generations: int) -> LazySink:

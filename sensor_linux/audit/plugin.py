@@ -15,7 +15,7 @@ import select
 import time
 from typing import Callable
 
-from common.sinks import Sink
+from common.sinks import Output
 from sensor_linux.audit.lines import LineSplitter
 from common.pipeline import Pipeline
 from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
@@ -81,7 +81,7 @@ class PluginSource(BaseSource):
     name = "audisp"
     seed = True
 
-    def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None],
+    def __init__(self, config: RunConfig, sink: Output, say: Callable[[str], None],
                  fd: int = 0) -> None:
         self.enricher = Enricher(live=True) if config.fmt != "laurel" else None
         self.error_log = open_error_log(config.parse_error_log, config.max_bytes,

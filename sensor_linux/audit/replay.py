@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from common.sinks import Sink
+from common.sinks import Output
 from sensor_linux.audit.lines import read_lines
 from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
 from sensor_linux.batching import StopFlag
@@ -19,7 +19,7 @@ from sensor_linux.enrich import Enricher
 from sensor_linux.runner import RunConfig
 
 
-def replay(path: str, config: RunConfig, sink: Sink, stop: StopFlag,
+def replay(path: str, config: RunConfig, sink: Output, stop: StopFlag,
            from_this_host: bool = False) -> dict[str, object]:
     """Feed every line of ``path``; return the pipeline's summary. The sink is closed."""
     enricher = Enricher(live=False, host_files=from_this_host) \

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from common.sinks import Sink
+from common.sinks import Output
 from sensor_linux.audit.netlink import AuditNetlinkError, AuditSocket
 from common.pipeline import Pipeline
 from sensor_linux.audit.pipeline import AuditDecoder, audit_pipeline, open_error_log
@@ -54,7 +54,7 @@ class AuditSource(BaseSource):
     serving = True
     seed = True
 
-    def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> None:
+    def __init__(self, config: RunConfig, sink: Output, say: Callable[[str], None]) -> None:
         self.config = config
         self.say = say
         self.enricher = Enricher() if config.fmt != "laurel" else None

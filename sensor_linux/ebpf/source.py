@@ -7,9 +7,8 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from common.pipeline import Pipeline
-from common.render import RENDERERS
 from common.schema import Event
-from common.sinks import Sink
+from common.sinks import Output
 from sensor_linux.attempts import AttemptFolder
 from sensor_linux.ebpf.events import EbpfEventBuilder
 from sensor_linux.ebpf.probes import FLAG_NO_ENTRY, ExecProbes, ExecRecord, PrerequisiteError
@@ -51,12 +50,11 @@ class ExecRecords:
         return asdict(self.stats)
 
 
-def ebpf_pipeline(enricher: Enricher, fmt: str, sink: Sink, keep_exec_attempts: bool,
+def ebpf_pipeline(enricher: Enricher, sink: Output, keep_exec_attempts: bool,
                   observe: Callable[[Event], None] | None = None) -> Pipeline:
-    """Probe records -> events -> ``fmt`` -> ``sink``; PATH-walk misses folded."""
-    return Pipeline(ExecRecords(), RENDERERS[fmt], sink, builder=EbpfEventBuilder(enricher),
-                    folder=AttemptFolder(keep_all=keep_exec_attempts), qlog=fmt == "qlog",
-                    observe=observe)
+    """Probe records -> events -> ``sink``; PATH-walk misses folded."""
+    return Pipeline(ExecRecords(), sink, builder=EbpfEventBuilder(enricher),
+                    folder=AttemptFolder(keep_all=keep_exec_attempts), observe=observe)
 
 
 def probe_summary(pipeline: Pipeline, enricher: Enricher,
@@ -102,11 +100,10 @@ class EbpfSource(BaseSource):
     serving = True
     seed = True
 
-    def __init__(self, config: RunConfig, sink: Sink, say: Callable[[str], None]) -> None:
+    def __init__(self, config: RunConfig, sink: Output, say: Callable[[str], None]) -> None:
         self.say = say
         self.enricher = Enricher()
-        self.pipeline = ebpf_pipeline(self.enricher, config.fmt, sink,
-                                      config.keep_exec_attempts)
+        self.pipeline = ebpf_pipeline(self.enricher, sink, config.keep_exec_attempts)
         self.probes = ExecProbes(on_exec=self.pipeline.feed, argv_size=config.ebpf_argv_bytes,
                                  ringbuf_pages=config.ebpf_ringbuf_pages)
 
