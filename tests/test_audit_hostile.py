@@ -190,3 +190,22 @@ def test_a_time_past_year_9999_is_a_counted_parse_error_not_an_internal_one(tmp_
     assert summary["internal_errors"] == 0 and summary["parse_errors"] == 4
     assert len(events) == 1 and events[0]["event"]["original_id"] == "1700000000.100:8"
     assert (tmp_path / "errors.log").read_bytes().count(b"253402300800.100:7") == 4
+
+
+def test_the_split_path_reads_every_line_as_the_general_parser_does() -> None:
+    """The hand-written fast path of the record parser (records._plain_body) gives the same
+    record as the general parser, or declines: on every corpus line and on mutations of them."""
+    import random
+
+    from sensor_linux.audit.fuzz import _mutate, parsers_disagree
+    from tests.test_audit_corpus import CORPUS
+    lines = [line for path in sorted(CORPUS.rglob("*.txt"))
+             for line in path.read_bytes().splitlines() if line.strip()]
+    assert len(lines) > 500
+    for line in lines:
+        assert parsers_disagree(line) is None, line
+    rng = random.Random(16)
+    seeds = [b"\n".join(lines[i:i + 20]) for i in range(0, len(lines), 20)]
+    for _ in range(3000):
+        for line in _mutate(rng.choice(seeds), seeds, rng).splitlines():
+            assert parsers_disagree(line) is None, line

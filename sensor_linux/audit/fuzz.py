@@ -34,6 +34,7 @@ from common.pipeline import Pipeline
 from common.render import RENDERERS
 from common.sinks import StreamSink, TextOutput
 from sensor_linux.audit.lines import LineSplitter
+from sensor_linux.audit.records import ParseError, parse
 from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.enrich import Enricher
 
@@ -186,14 +187,34 @@ def _pipeline(sink: StreamSink) -> Pipeline:
                           error_log=StreamSink(_Discard()), messages=_Discard())
 
 
+def _parsed(line: bytes, fast: bool) -> object:
+    try:
+        record = parse(line, fast=fast)
+    except ParseError as exc:
+        return ("parse error", exc.kind)
+    return (record.node, record.rtype, record.sec, record.msec, record.serial,
+            [(key, type(value).__name__, value) for key, value in record.body])
+
+
+def parsers_disagree(line: bytes) -> str | None:
+    """Why the split path and the general parser read ``line`` differently, or None."""
+    fast, general = _parsed(line, True), _parsed(line, False)
+    return None if fast == general else f"parsers disagree: {fast!r} != {general!r}"
+
+
 def _run_audit(data: bytes, stats: FuzzStats) -> str | None:
     pipeline = _pipeline(StreamSink(_Discard()))
     splitter = LineSplitter()
     nonblank = 0
+    disagreement = None
     for line in splitter.feed(data) + splitter.finish():
         nonblank += bool(line.strip())
         pipeline.feed(line)
+        if disagreement is None:
+            disagreement = parsers_disagree(line)
     pipeline.close()
+    if disagreement is not None:
+        return disagreement
     s = pipeline.decoder.stats  # type: ignore[attr-defined]
     stats.lines += s.lines
     stats.parse_errors += s.parse_errors
