@@ -6,7 +6,7 @@ turns what it reads into output itself. The runner owns the rest, the same for e
 
     open -> learn the running processes -> drop privileges -> pump (drain, let the next batch
     gather, tick once a second) -> on a signal: give back machine-global state first, drain
-    and settle what is left, close, write the final status and summary.
+    and settle what is left, close, write the final status (the caller says the summary).
 
 The loop waits on descriptors with ``select`` when there are any; polled inputs are drained
 first and the wait is then short, so neither kind starves the other. After each drain the
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from common.sinks import Output
+from common.sinks import DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, Output
 from sensor_linux.batching import BATCH_SECONDS, StopFlag
 
 TICK_SECONDS = 1.0
@@ -65,8 +65,8 @@ class RunConfig:
     rules_file: str | None = None
     state_file: str = "/run/ttpsensor/audit-state.json"
     parse_error_log: str | None = None
-    max_bytes: int = 10 * 1024 * 1024
-    generations: int = 5
+    max_bytes: int = DEFAULT_MAX_BYTES
+    generations: int = DEFAULT_GENERATIONS
     status_file: str | None = None
     status_interval: float = 60.0
     user: str = "ttpsensor"

@@ -43,6 +43,19 @@ def _hello(tls, spool: str, host: str | None = None) -> None:
     transport.send(tls, b"H", json.dumps(hello).encode())
 
 
+def _serve(fleet, store_location: str | None = None):  # noqa: ANN202
+    """The fleet's collector on a free port: (issued, port, store, collector process)."""
+    tmp, issued = fleet
+    port = _free_port()
+    store = store_location or str(tmp / "store.sqlite")
+    return issued, port, store, _collector(tmp, issued, port, store)
+
+
+def _stopped(process: Proc) -> dict:
+    """The counters a collector or forwarder printed when it stopped."""
+    return json.loads(process.text().strip().splitlines()[-1].split("stopped: ", 1)[1])
+
+
 def _on_host(events: list[dict], host: str) -> list[dict]:
     for event in events:
         event["host"]["name"] = host
@@ -66,10 +79,7 @@ def test_the_certificate_names_the_sensor_and_its_hosts(fleet) -> None:
 
 
 def test_a_spool_id_belongs_to_the_first_sensor_that_delivers_it(fleet) -> None:
-    tmp, issued = fleet
-    port = _free_port()
-    store = str(tmp / "store.sqlite")
-    collector = _collector(tmp, issued, port, store)
+    issued, port, store, collector = _serve(fleet)
     try:
         with _connect(issued, port) as tls:
             _hello(tls, "spool-of-a", HOST)
@@ -91,16 +101,13 @@ def test_a_spool_id_belongs_to_the_first_sensor_that_delivers_it(fleet) -> None:
     assert _stored(store) == 10
     with Store(store, readonly=True) as opened:
         assert {e["sensor"] for e in opened.events_of("spool-of-a")} == {"sensor-a"}
-    stats = json.loads(collector.text().strip().splitlines()[-1].split("stopped: ", 1)[1])
+    stats = _stopped(collector)
     assert stats["refused_spools"] == 1 and stats["events_new"] == 10
     assert "Traceback" not in collector.text()
 
 
 def test_a_sensor_cannot_speak_for_another_host(fleet) -> None:
-    tmp, issued = fleet
-    port = _free_port()
-    store = str(tmp / "store.sqlite")
-    collector = _collector(tmp, issued, port, store)
+    issued, port, store, collector = _serve(fleet)
     try:
         with _connect(issued, port, "sensor-b") as tls:  # a hello naming another host
             _hello(tls, "spool-of-b", "sensor-a")
@@ -121,7 +128,7 @@ def test_a_sensor_cannot_speak_for_another_host(fleet) -> None:
     finally:
         collector.stop()
     assert _stored(store) == 3
-    stats = json.loads(collector.text().strip().splitlines()[-1].split("stopped: ", 1)[1])
+    stats = _stopped(collector)
     assert stats["refused_hosts"] == 1 and stats["refused_frames"] == 2
 
 
@@ -148,14 +155,12 @@ def test_a_refused_forwarder_keeps_its_spool_and_says_why(fleet) -> None:
     assert "belongs to sensor 'sensor-b'" in forwarder.text()
     assert Spool(str(tmp / "spool"), readonly=True).acked() == 0  # nothing skipped
     assert _stored(store) == 0
-    stats = json.loads(forwarder.text().strip().splitlines()[-1].split("stopped: ", 1)[1])
+    stats = _stopped(forwarder)
     assert stats["refusals"] >= 2 and stats["nacks"] == 0
 
 
 def test_the_collector_recomputes_every_ttphash(fleet, store_location) -> None:
-    tmp, issued = fleet
-    port = _free_port()
-    collector = _collector(tmp, issued, port, store_location)
+    issued, port, store_location, collector = _serve(fleet, store_location)
     events = _events(4)
     genuine = events[0]["ttphash"]["value"]
     allowed = _events(1, 50)[0]["ttphash"]["value"]  # a hash the hunter allow-listed
@@ -182,7 +187,7 @@ def test_the_collector_recomputes_every_ttphash(fleet, store_location) -> None:
     assert docs[2]["complete"] is complete and docs[2]["claimed"] == docs[2]["value"]
     assert "value" not in docs[3] and docs[3]["version"] == 7
     assert allowed not in baseline and sum(baseline.values()) == 3  # unverifiable: left out
-    stats = json.loads(collector.text().strip().splitlines()[-1].split("stopped: ", 1)[1])
+    stats = _stopped(collector)
     assert (stats["verified"], stats["recomputed"], stats["unverifiable"]) == (1, 2, 1)
 
 
