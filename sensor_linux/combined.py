@@ -59,10 +59,13 @@ class CombinedSource(BaseSource):
         try:
             load_probes(self.probes)
             self.audit.open()
-        except (SourceError, AuditBusy, AuditLocked, AuditNetlinkError) as exc:
+        except SourceError:
+            self.probes.close()
+            raise
+        except (AuditBusy, AuditLocked, AuditNetlinkError) as exc:
             self.probes.close()
             self.audit.close()
-            raise exc if isinstance(exc, SourceError) else audit_error(exc) from exc
+            raise audit_error(exc) from exc
         self.say(f"source: {self.mode}: eBPF exec probes (loaded in "
                  f"{self.probes.load_seconds:.2f} s) and audit netlink unicast")
         if self.mode == "cross-check":
