@@ -157,5 +157,5 @@ def test_idle_and_slow_connections_cannot_lock_a_sensor_out(lab) -> None:
             sock.close()
         collector.stop()
     assert _stored(store) == stored == 50
-    stats = json.loads(collector.text().strip().splitlines()[-1].split("stopped: ", 1)[1])
+    stats = collector.stopped()
     assert stats["evicted"] >= 1000 - 128  # pushed out by newer ones, or timed out

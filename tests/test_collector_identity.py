@@ -51,11 +51,6 @@ def _serve(fleet, store_location: str | None = None):  # noqa: ANN202
     return issued, port, store, _collector(tmp, issued, port, store)
 
 
-def _stopped(process: Proc) -> dict:
-    """The counters a collector or forwarder printed when it stopped."""
-    return json.loads(process.text().strip().splitlines()[-1].split("stopped: ", 1)[1])
-
-
 def _on_host(events: list[dict], host: str) -> list[dict]:
     for event in events:
         event["host"]["name"] = host
@@ -101,7 +96,7 @@ def test_a_spool_id_belongs_to_the_first_sensor_that_delivers_it(fleet) -> None:
     assert _stored(store) == 10
     with Store(store, readonly=True) as opened:
         assert {e["sensor"] for e in opened.events_of("spool-of-a")} == {"sensor-a"}
-    stats = _stopped(collector)
+    stats = collector.stopped()
     assert stats["refused_spools"] == 1 and stats["events_new"] == 10
     assert "Traceback" not in collector.text()
 
@@ -128,7 +123,7 @@ def test_a_sensor_cannot_speak_for_another_host(fleet) -> None:
     finally:
         collector.stop()
     assert _stored(store) == 3
-    stats = _stopped(collector)
+    stats = collector.stopped()
     assert stats["refused_hosts"] == 1 and stats["refused_frames"] == 2
 
 
@@ -155,7 +150,7 @@ def test_a_refused_forwarder_keeps_its_spool_and_says_why(fleet) -> None:
     assert "belongs to sensor 'sensor-b'" in forwarder.text()
     assert Spool(str(tmp / "spool"), readonly=True).acked() == 0  # nothing skipped
     assert _stored(store) == 0
-    stats = _stopped(forwarder)
+    stats = forwarder.stopped()
     assert stats["refusals"] >= 2 and stats["nacks"] == 0
 
 
@@ -187,7 +182,7 @@ def test_the_collector_recomputes_every_ttphash(fleet, store_location) -> None:
     assert docs[2]["complete"] is complete and docs[2]["claimed"] == docs[2]["value"]
     assert "value" not in docs[3] and docs[3]["version"] == 7
     assert allowed not in baseline and sum(baseline.values()) == 3  # unverifiable: left out
-    stats = _stopped(collector)
+    stats = collector.stopped()
     assert (stats["verified"], stats["recomputed"], stats["unverifiable"]) == (1, 2, 1)
 
 

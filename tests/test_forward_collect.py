@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -56,6 +57,14 @@ class Proc:
 
         self.proc = subprocess.Popen(ttpsensor_command() + args, stdout=subprocess.DEVNULL,
                                      stderr=open(self.err, "a"), preexec_fn=limit)
+
+    def stopped(self) -> dict:
+        """The counters it printed when it stopped. Connection threads may still log a line
+        after that one (a collector closing hundreds of connections), so it is searched for,
+        not taken as the last line."""
+        lines = [line for line in self.text().splitlines() if "stopped: " in line]
+        assert lines, f"no 'stopped' line: {self.text()[-2000:]}"
+        return json.loads(lines[-1].split("stopped: ", 1)[1])
 
     def text(self) -> str:
         return self.err.read_text()
