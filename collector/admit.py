@@ -29,8 +29,7 @@ from common import ttphash
 from common.schema import Event, get_path
 
 MAX_SEQ = 2**63 - 1                    # what the stores' 64-bit integer columns hold
-_TEXT_FIELDS = (("@timestamp",), ("event", "action"), ("event", "id"), ("host", "name"),
-                ("ttphash", "value"))
+_TEXT_FIELDS = ("@timestamp", "event.action", "event.id", "host.name", "ttphash.value")
 
 VERIFIED, RECOMPUTED, UNVERIFIABLE = "verified", "recomputed", "unverifiable"
 
@@ -97,12 +96,9 @@ def check_frame(first_seq: int, count: int, events: list) -> None:
         if not isinstance(event, dict):
             raise Refused(f"event {index} is not a map")
         for path in _TEXT_FIELDS:
-            node = event
-            for key in path:
-                node = node.get(key) if isinstance(node, dict) else None
+            node = get_path(event, path)
             if node is not None and not isinstance(node, str):
-                raise Refused(f"event {index}: {'.'.join(path)} is a "
-                              f"{type(node).__name__}, not text")
+                raise Refused(f"event {index}: {path} is a {type(node).__name__}, not text")
 
 
 def check_hosts(identity: Identity, events: list[Event]) -> None:

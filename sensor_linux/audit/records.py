@@ -177,8 +177,6 @@ def _plain_body(line: bytes, pos: int, end: int, rtype: int) -> list[tuple[str, 
     for marker in _NOT_PLAIN:
         if marker in chunk:
             return None
-    execve = rtype == EXECVE
-    syscall = rtype == SYSCALL
     body: list[tuple[str, Value]] = []
     for part in chunk.split(b" "):
         if not part:
@@ -189,14 +187,18 @@ def _plain_body(line: bytes, pos: int, end: int, rtype: int) -> list[tuple[str, 
             return None
         if raw[:1] == b'"' and (len(raw) < 2 or raw[-1:] != b'"' or raw.count(b'"') != 2):
             return None
-        if execve and key[0] == "a" and key != "argc":
-            value = _execve_value(key, raw, line)
-        elif syscall and len(key) == 2 and key[0] == "a" and key[1].isdigit():
-            value = Hex(int(raw, 16)) if len(raw) <= 16 and _HEX_DIGITS.fullmatch(raw) else raw
-        else:
-            value = _typed(key, raw) if len(raw) <= 64 else typed_value(rtype, key, raw)
-        body.append((key, value))
+        body.append((key, _field_value(rtype, key, raw, line)))
     return body
+
+
+def _field_value(rtype: int, key: str, raw: bytes, line: bytes) -> Value:
+    """A field's value, for both parsers: EXECVE arguments, SYSCALL's a0-a3 (hex), and the
+    rest typed by field name (short values remembered)."""
+    if rtype == EXECVE and key[0] == "a" and key != "argc":
+        return _execve_value(key, raw, line)
+    if rtype == SYSCALL and len(key) == 2 and key[0] == "a" and key[1].isdigit():
+        return Hex(int(raw, 16)) if len(raw) <= 16 and _HEX_DIGITS.fullmatch(raw) else raw
+    return _typed(key, raw) if len(raw) <= 64 else typed_value(rtype, key, raw)
 
 
 def _parse_body(line: bytes, pos: int, end: int, rtype: int) -> list[tuple[str, Value]]:
@@ -214,8 +216,6 @@ def _parse_body(line: bytes, pos: int, end: int, rtype: int) -> list[tuple[str, 
         trailer = ("netlabel", None)
         pos += 9
     body: list[tuple[str, Value]] = []
-    execve = rtype == EXECVE
-    syscall = rtype == SYSCALL
     while True:
         while pos < end and line[pos] in b" \x1d":
             pos += 1
@@ -239,13 +239,7 @@ def _parse_body(line: bytes, pos: int, end: int, rtype: int) -> list[tuple[str, 
                 pos = suffix.end()
         if pos < end and line[pos] not in b" \x1d":
             raise ParseError("garbage at end of value", line)
-        if execve and key[0] == "a" and key != "argc":
-            value = _execve_value(key, raw, line)
-        elif syscall and len(key) == 2 and key[0] == "a" and key[1].isdigit():
-            value = Hex(int(raw, 16)) if len(raw) <= 16 and _HEX_DIGITS.fullmatch(raw) else raw
-        else:
-            value = typed_value(rtype, key, raw)
-        body.append((key, value))
+        body.append((key, _field_value(rtype, key, raw, line)))
     if trailer is not None:
         body.append(trailer)
     return body
