@@ -7,6 +7,13 @@ them, some types have none, input may be cut) are flushed when the audit clock h
 idle system still flushes), or at the end of input. Records may arrive interleaved and in any
 order. Completed ids are remembered for ``done_ms`` of audit time to reject duplicates.
 
+A log as auditd writes it to disk carries no EOE records. Until the stream has shown an EOE, a
+PROCTITLE closes its event once its SYSCALL is there: at syscall exit the kernel writes SYSCALL,
+the auxiliary records and PROCTITLE last, just before the EOE (audit_log_exit), so nothing of
+that event can follow (records logged during the syscall, CONFIG_CHANGE or AVC, come before). Waiting for a timeout instead held every event for seconds
+(memory, and a slow release). An EOE that does come after such a close is absorbed, and from
+then on events wait for their EOE as usual.
+
 With ``ordered`` (the default), completed events are released in event-id order: one that
 completes while an earlier event is still open waits for it (or for its timeout). Consumers that
 follow processes need this: in a reordered stream a child's exec would otherwise be seen before
@@ -22,7 +29,7 @@ import heapq
 import time
 from dataclasses import dataclass, field
 
-from sensor_linux.audit.records import EOE, Record, is_multipart
+from sensor_linux.audit.records import EOE, PROCTITLE, SYSCALL, Record, is_multipart
 
 DEFAULT_TIMEOUT_MS = 5_000
 DEFAULT_WALL_TIMEOUT = 5.0
@@ -32,6 +39,8 @@ MAX_TRACKED_GAP = 1000
 # More records than any kernel event has (an argv at the kernel's limit is a few hundred
 # EXECVE records): the rest of a bigger one is rejected, counted and kept.
 MAX_RECORDS_PER_EVENT = 4096
+# Events closed by their PROCTITLE whose EOE may still come (only before the first EOE).
+MAX_EARLY_CLOSED = 4096
 
 EventKey = tuple[bytes | None, int, int, int]  # node, seconds, milliseconds, serial
 
@@ -62,6 +71,8 @@ class AuditEvent:
 class AssemblyStats:
     events: int = 0
     completed_by_eoe: int = 0
+    completed_by_proctitle: int = 0  # closed by their PROCTITLE in a stream without EOE
+    late_eoe: int = 0               # the EOE of an event its PROCTITLE had closed
     timed_out: int = 0              # flushed by audit-time or wall-time timeout, without EOE
     flushed_at_end: int = 0
     evicted: int = 0                # flushed early because too many events were open
@@ -99,6 +110,8 @@ class Assembler:
         # closed meanwhile are skipped when they reach the top).
         self._open: list[tuple[tuple[int, int, int, bytes], int, EventKey]] = []
         self._opened = 0
+        self._eoe_seen = False
+        self._closed_early: dict[EventKey, None] = {}
 
     @property
     def inflight(self) -> int:
@@ -121,8 +134,12 @@ class Assembler:
         key = (record.node, record.sec, record.msec, record.serial)
         rtype = record.rtype
         if rtype == EOE:
+            self._eoe_seen = True
             event = self._inflight.pop(key, None)
             if event is None:
+                if self._closed_early.pop(key, 0) is None:
+                    self.stats.late_eoe += 1
+                    return out
                 self._reject("duplicate EOE" if key in self._done else "EOE for no open event",
                              record)
                 return out
@@ -158,6 +175,13 @@ class Assembler:
             self._reject("too many records for one event", record)
             return out
         event.records.append(record)
+        if rtype == PROCTITLE and not self._eoe_seen and _has_syscall(event):
+            self.stats.completed_by_proctitle += 1
+            del self._inflight[key]
+            self._finish(key, event, out)
+            self._closed_early[key] = None
+            if len(self._closed_early) > MAX_EARLY_CLOSED:
+                del self._closed_early[next(iter(self._closed_early))]
         return out
 
     def _oldest_open(self) -> EventKey | None:
@@ -263,6 +287,10 @@ class Assembler:
         else:
             self.stats.spurious_eoe += 1
         self.rejected.append((reason, record))
+
+
+def _has_syscall(event: AuditEvent) -> bool:
+    return any(record.rtype == SYSCALL for record in event.records)
 
 
 def _order(event: AuditEvent) -> tuple[int, int, int, bytes]:

@@ -5,7 +5,8 @@
 2. Replay the same file, each engine in a child process, and take each child's CPU time
    (user + system) and peak RSS from ``wait4``: LAUREL (Debian's laurel 0.5.1, enrichment off
    as in its goldens), ``ttpsensor audisp --format laurel`` (the same output), and our default
-   pipeline (``ecs`` with enrichment and TTPHash).
+   pipeline (``ecs`` with enrichment and TTPHash). Then again on the same records as auditd
+   writes them to disk, without EOE records (each engine against LAUREL on that input).
 3. Memory: the recording repeated with renumbered event ids up to ``--memory-events``, replayed
    through the default pipeline, peak RSS printed.
 
@@ -98,6 +99,12 @@ def repeat(source: Path, target: Path, events: int) -> None:
             out.write(_ID.sub(renumber, data))
 
 
+def strip_eoe(source: Path, target: Path) -> None:
+    """The recording as auditd's log on disk has it: without EOE records."""
+    with open(source, "rb") as fin, open(target, "wb") as out:
+        out.writelines(line for line in fin if not line.startswith(b"type=EOE "))
+
+
 def run_child(engine: str, argv: list[str], stdin: Path, stdout: Path | None) -> Result:
     """Run one engine and take its CPU time and peak RSS from wait4.
 
@@ -158,23 +165,31 @@ def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
         seen = record(recording, execs)
     console.print(f"recorded {seen} exec events ({recording.stat().st_size / 1e6:.1f} MB) "
                   f"in {recording}")
-    (work / "laurel").mkdir(exist_ok=True)
-    (work / "laurel.toml").write_text(PEER_CONFIG.format(directory=work / "laurel"))
-    engines = [
-        ("LAUREL 0.5.1", [laurel, "--config", str(work / "laurel.toml")], None),
-        ("ttpsensor audisp --format laurel",
-         [*ours, "audisp", "--format", "laurel", "--parse-error-log",
-          str(work / "errors.log")], work / "ours-laurel.jsonl"),
-        ("ttpsensor audisp (ecs + TTPHash)",
-         [*ours, "audisp", "--parse-error-log", str(work / "errors.log")], work / "ours-ecs.jsonl"),
-    ]
-    results: list[Result] = []
-    for name, argv, out in engines:
-        with console.status(f"replaying through {name}"):
-            result = run_child(name, argv, recording, out)
-        result.events = seen
-        result.output_lines = _count_lines(out or work / "laurel" / "laurel.log")
-        results.append(result)
+    no_eoe = work / "recording-no-eoe.log"
+    strip_eoe(recording, no_eoe)
+    results: list[tuple[Result, Result]] = []  # (engine, LAUREL on the same input)
+    for label, tag, source in (("", "", recording), (" (no EOE)", "-no-eoe", no_eoe)):
+        laurel_dir = work / f"laurel{tag}"
+        laurel_dir.mkdir(exist_ok=True)
+        config = laurel_dir.with_suffix(".toml")
+        config.write_text(PEER_CONFIG.format(directory=laurel_dir))
+        engines = [
+            ("LAUREL 0.5.1", [laurel, "--config", str(config)], None),
+            ("ttpsensor audisp --format laurel",
+             [*ours, "audisp", "--format", "laurel", "--parse-error-log",
+              str(work / "errors.log")], work / f"ours-laurel{tag}.jsonl"),
+            ("ttpsensor audisp (ecs + TTPHash)",
+             [*ours, "audisp", "--parse-error-log", str(work / "errors.log")],
+             work / f"ours-ecs{tag}.jsonl"),
+        ]
+        peer: Result | None = None
+        for name, argv, out in engines:
+            with console.status(f"replaying{label} through {name}"):
+                result = run_child(name + label, argv, source, out)
+            result.events = seen
+            result.output_lines = _count_lines(out or laurel_dir / "laurel.log")
+            peer = peer or result
+            results.append((result, peer))
     memory_file = work / "memory.log"
     repeat(recording, memory_file, memory_events)
     with console.status(f"replaying {memory_events} exec events for peak memory"):
@@ -187,22 +202,28 @@ def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
         work / "ours-laurel.jsonl")
     same = theirs.keys() == mine.keys() and all(
         theirs[k].get(t) == mine[k].get(t) for k in theirs for t in ("EXECVE", "PATH", "CWD"))
-    base = results[0].cpu_seconds
+    # Without EOE records our output must not change at all.
+    same_no_eoe = (work / "ours-laurel.jsonl").read_bytes() == (
+        work / "ours-laurel-no-eoe.jsonl").read_bytes()
     table = Table(title=f"audit replay of {seen} recorded exec events (same input for all)")
     for column in ("engine", "CPU s", "CPU s / 10k events", "vs LAUREL", "peak RSS MiB",
                    "output lines"):
         table.add_column(column, justify="left" if column == "engine" else "right")
-    for r in results:
+    for r, peer in results:
         table.add_row(r.engine, f"{r.cpu_seconds:.2f}", f"{r.cpu_seconds / seen * 1e4:.2f}",
-                      f"{r.cpu_seconds / base:.2f}×", f"{r.peak_rss_mib:.0f}",
+                      f"{r.cpu_seconds / peer.cpu_seconds:.2f}×", f"{r.peak_rss_mib:.0f}",
                       str(r.output_lines))
     Console().print(table)
     Console().print(f"LAUREL and ttpsensor laurel output describe the same events: "
                     f"{'yes' if same else 'NO'}")
+    Console().print(f"ttpsensor laurel output without EOE records is byte-identical: "
+                    f"{'yes' if same_no_eoe else 'NO'}")
     Console().print(f"peak RSS over a {memory_events}-event replay (ecs + TTPHash): "
                     f"{memory.peak_rss_mib:.0f} MiB, CPU {memory.cpu_seconds:.1f} s")
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
     if not same:
         raise click.ClickException("the two laurel outputs differ")
+    if not same_no_eoe:
+        raise click.ClickException("our laurel output changes without EOE records")
 
