@@ -111,6 +111,9 @@ class Assembler:
         self._open: list[tuple[tuple[int, int, int, bytes], int, EventKey]] = []
         self._opened = 0
         self._eoe_seen = False
+        # The event the last record opened, while it stays open (see _add).
+        self._last: AuditEvent | None = None
+        self._last_key: EventKey | None = None
         self._closed_early: dict[EventKey, None] = {}
 
     @property
@@ -124,6 +127,15 @@ class Assembler:
 
     def _add(self, record: Record, now: float | None) -> list[AuditEvent]:
         out: list[AuditEvent] = []
+        rtype = record.rtype
+        key = (record.node, record.sec, record.msec, record.serial)
+        last = self._last
+        if last is not None and key == self._last_key and rtype != EOE and rtype != PROCTITLE \
+                and len(last.records) < MAX_RECORDS_PER_EVENT and is_multipart(rtype):
+            # The next record of the open event the last record went to: nothing else to do
+            # (same time, same serial), and most records come this way.
+            last.records.append(record)
+            return out
         ts = record.sec * 1000 + record.msec
         if ts > self._clock_ms:
             self._clock_ms = ts
@@ -131,8 +143,7 @@ class Assembler:
                 self._expire_by_audit_time(out)
                 self._next_expire_ms = ts + 1000
         self._track_serial(record.node, record.serial)
-        key = (record.node, record.sec, record.msec, record.serial)
-        rtype = record.rtype
+        self._last = None
         if rtype == EOE:
             self._eoe_seen = True
             event = self._inflight.pop(key, None)
@@ -182,6 +193,8 @@ class Assembler:
             self._closed_early[key] = None
             if len(self._closed_early) > MAX_EARLY_CLOSED:
                 del self._closed_early[next(iter(self._closed_early))]
+        elif key in self._inflight:
+            self._last, self._last_key = event, key
         return out
 
     def _oldest_open(self) -> EventKey | None:
@@ -277,6 +290,8 @@ class Assembler:
                 del done[key]
 
     def _finish(self, key: EventKey, event: AuditEvent, out: list[AuditEvent]) -> None:
+        if event is self._last:
+            self._last = None
         self._done[key] = self._clock_ms
         self.stats.events += 1
         out.append(event)

@@ -14,12 +14,15 @@ with string building because JSON libraries cannot emit duplicate keys and this 
 
 from __future__ import annotations
 
+import functools
 import re
 
+from sensor_linux.audit import fields
 from sensor_linux.audit.assemble import AuditEvent
 from sensor_linux.audit.decode import execve_argv, is_execve_arg_key
-from sensor_linux.audit.records import (CWD, EXECVE, PROCTITLE, SYSCALL, Hex, Oct, Value,
-                                        is_multipart, type_name)
+from sensor_linux.audit.records import (CWD, EXECVE, PROCTITLE, SYSCALL, Hex, Oct, Record,
+                                        Value, field_value, is_multipart, plain_key,
+                                        type_name)
 
 _SINGLE = frozenset({SYSCALL, EXECVE, PROCTITLE, CWD})
 
@@ -101,56 +104,183 @@ def _value(value: Value) -> str:
     return laurel_string(str(value).encode())
 
 
-def _object(pairs: list[tuple[str, Value]], rtype: int) -> str:
-    parts: list[str] = []
-    if rtype == SYSCALL:
-        argv: list[Value] = []
-        for key, value in pairs:
-            if len(key) == 2 and key[0] == "a" and key[1].isdigit():
-                argv.append(value)
+def _member(key: str, value: Value) -> str:
+    return '"%s":%s' % (key, _value(value))
+
+
+_DEC, _ENCODED, _OTHER = 0, 1, 2
+# Printable ASCII that LAUREL writes as it is: not the quote, backslash, "%" or "+".
+_VERBATIM = re.compile(rb'[!#$&-*,-\[\]-~]*')
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_kind(key: bytes) -> tuple[str, int]:
+    """A field's ``"key":`` prefix and how its value is written (records.typed_value)."""
+    text = plain_key(key)
+    if text in fields.HEX or text in fields.OCT:
+        kind = _OTHER
+    elif text in fields.NOT_ENCODED or text.endswith(("uid", "gid")):
+        kind = _DEC
+    else:
+        kind = _ENCODED
+    return '"%s":' % text, kind
+
+
+def _plain_member(part: bytes, line: bytes, rtype: int = 0) -> str:
+    """The member of a plain ``key=value`` field. Shortcuts for the values that differ from
+    one event to the next (decimal ids, quoted paths) give what the general path gives: a
+    decimal without sign or leading zero is its digits; a quoted printable value is itself."""
+    key, _, raw = part.partition(b"=")
+    prefix, kind = _key_kind(key)
+    if kind == _DEC:
+        digits = raw[1:] if raw[:1] == b"-" else raw
+        if digits.isdigit() and len(digits) <= 18 and (digits[0] != 48 or raw == b"0"):
+            return prefix + raw.decode("ascii")
+    elif kind == _ENCODED and len(raw) >= 2 and raw[0] == 34 and raw[-1] == 34 \
+            and _VERBATIM.fullmatch(raw, 1, len(raw) - 1):
+        return prefix + raw.decode("ascii")
+    text = plain_key(key)
+    return _member(text, field_value(rtype, text, raw, line))
+
+
+def _is_syscall_arg(part: bytes) -> bool:
+    return part[0] == 97 and part[1:2].isdigit() and part[2:3] == b"="  # aN=
+
+
+# Parts of at most this many bytes are remembered, up to MAX_REMEMBERED of them.
+REMEMBER_PART = 96
+MAX_REMEMBERED = 65536
+
+
+class LaurelRenderer:
+    """Renders assembled audit events as LAUREL lines. It remembers the member text of short
+    fields: most fields repeat from one event to the next (arch, ids, comm, exe, key, and the
+    whole PATH, CWD and capability records of a binary run again), so a field costs a dict
+    look-up, done in C over a record's fields. Only what was new is rendered in Python."""
+
+    def __init__(self) -> None:
+        self._members: dict[bytes, str] = {}
+        self._syscall_members: dict[bytes, str] = {}  # "" for a0-a3, which go to ARGV
+
+    def __call__(self, event: AuditEvent) -> str:
+        return self.render(event)
+
+    def render(self, event: AuditEvent) -> str:
+        """One JSON line (without the newline)."""
+        # Records by type, in order of first appearance. SYSCALL, EXECVE, CWD, PROCTITLE and
+        # user-space records merge into one object; other kernel records are a list of them.
+        groups: dict[int, list[Record]] = {}
+        for record in event.records:
+            same = groups.get(record.rtype)
+            if same is None:
+                groups[record.rtype] = [record]
             else:
-                parts.append('"%s":%s' % (key, _value(value)))
-        parts.append('"ARGV":[%s]' % ",".join(
+                same.append(record)
+        out = ['{"ID":"%s"' % event.id]
+        if event.node is not None:
+            out.append('"NODE":' + laurel_string(event.node))
+        for rtype, records in groups.items():
+            name = type_name(rtype)
+            if rtype in _SINGLE or not is_multipart(rtype):
+                out.append('"%s":%s' % (name, self._object(records)))
+            else:
+                out.append('"%s":[%s]' % (name, ",".join(self._object([r]) for r in records)))
+        return ",".join(out) + "}"
+
+    def _object(self, records: list[Record]) -> str:
+        rtype = records[0].rtype
+        if rtype == SYSCALL:
+            members = self._syscall(records)
+        elif rtype == EXECVE:
+            members = _execve(records)
+        elif rtype == PROCTITLE:
+            members = _proctitle(records)
+        elif len(records) == 1:
+            members = self._plain(records[0])
+        else:
+            members = [member for record in records for member in self._plain(record)]
+        return "{" + ",".join(members) + "}"
+
+    def _plain(self, record: Record) -> list[str]:
+        """``"key":value`` of each field of a record without special members."""
+        if not record.is_plain:
+            return [_member(key, value) for key, value in record.body]
+        parts = record.plain_parts()
+        members = list(map(self._members.get, parts))
+        if None in members:
+            self._fill(members, parts, record, self._members)
+        return members  # type: ignore[return-value]
+
+    def _syscall(self, records: list[Record]) -> list[str]:
+        """SYSCALL's members with ``a0``-``a3`` gathered into ``ARGV`` (of every SYSCALL
+        record of the event: a second one merges into the first, as LAUREL merges them)."""
+        out: list[str] = []
+        argv: list[Value] = []
+        for record in records:
+            if not record.is_plain:
+                for key, value in record.body:
+                    if len(key) == 2 and key[0] == "a" and key[1].isdigit():
+                        argv.append(value)
+                    else:
+                        out.append(_member(key, value))
+                continue
+            parts = record.plain_parts()
+            members = list(map(self._syscall_members.get, parts))
+            if None in members:
+                self._fill(members, parts, record, self._syscall_members)
+            line = record.raw
+            for member, part in zip(members, parts):
+                if member:
+                    out.append(member)
+                else:
+                    key, _, raw = part.partition(b"=")
+                    argv.append(field_value(SYSCALL, plain_key(key), raw, line))
+        out.append('"ARGV":[%s]' % ",".join(
             '"0x%x"' % v if type(v) is Hex else _value(v) for v in argv))
-    elif rtype == EXECVE:
-        for key, value in pairs:
-            if not is_execve_arg_key(key):
-                parts.append('"%s":%s' % (key, _value(value)))
-        args, _ = execve_argv(pairs)
-        parts.append('"ARGV":[%s]' % ",".join(_value(a) for a in args))
-    elif rtype == PROCTITLE:
-        title: Value = None
-        for key, value in pairs:
+        return out
+
+    def _fill(self, members: list[str | None], parts: list[bytes], record: Record,
+              known: dict[bytes, str]) -> None:
+        """Render the members not remembered, and remember the short ones."""
+        syscall = known is self._syscall_members
+        for i, member in enumerate(members):
+            if member is not None:
+                continue
+            part = parts[i]
+            if syscall and _is_syscall_arg(part):
+                members[i] = ""  # an argument: differs per event, not worth remembering
+                continue
+            member = members[i] = _plain_member(part, record.raw, record.rtype)
+            if len(part) <= REMEMBER_PART:
+                if len(known) >= MAX_REMEMBERED:
+                    known.clear()  # a new generation; the common fields come back at once
+                known[part] = member
+
+
+def _execve(records: list[Record]) -> list[str]:
+    """EXECVE's members, its arguments (split over continuation records) as ``ARGV``."""
+    pairs = [pair for record in records for pair in record.body]
+    parts = [_member(key, value) for key, value in pairs if not is_execve_arg_key(key)]
+    args, _ = execve_argv(pairs)
+    parts.append('"ARGV":[%s]' % ",".join(_value(a) for a in args))
+    return parts
+
+
+def _proctitle(records: list[Record]) -> list[str]:
+    title: Value = None
+    parts: list[str] = []
+    for record in records:
+        for key, value in record.body:
             if key == "proctitle":
                 title = value
             else:
-                parts.append('"%s":%s' % (key, _value(value)))
-        parts.append('"ARGV":[%s]' % ",".join(laurel_string(a)
-                                              for a in laurel_proctitle_argv(title)))
-    else:
-        for key, value in pairs:
-            parts.append('"%s":%s' % (key, _value(value)))
-    return "{" + ",".join(parts) + "}"
+                parts.append(_member(key, value))
+    parts.append('"ARGV":[%s]' % ",".join(laurel_string(a)
+                                          for a in laurel_proctitle_argv(title)))
+    return parts
 
 
 def render(event: AuditEvent) -> str:
-    """One JSON line (without the newline)."""
-    groups: dict[int, list[list[tuple[str, Value]]]] = {}
-    for record in event.records:
-        bodies = groups.get(record.rtype)
-        if bodies is None:
-            groups[record.rtype] = [list(record.body)]
-        elif record.rtype in _SINGLE or not is_multipart(record.rtype):
-            bodies[0].extend(record.body)  # EXECVE continuation records merge into one
-        else:
-            bodies.append(list(record.body))
-    out = ['{"ID":"%s"' % event.id]
-    if event.node is not None:
-        out.append('"NODE":' + laurel_string(event.node))
-    for rtype, bodies in groups.items():
-        name = type_name(rtype)
-        if rtype in _SINGLE or not is_multipart(rtype):
-            out.append('"%s":%s' % (name, _object(bodies[0], rtype)))
-        else:
-            out.append('"%s":[%s]' % (name, ",".join(_object(b, rtype) for b in bodies)))
-    return ",".join(out) + "}"
+    """One JSON line (without the newline), with a renderer of its own (nothing remembered);
+    a stream is rendered by one :class:`LaurelRenderer`."""
+    return LaurelRenderer().render(event)

@@ -53,7 +53,7 @@ class AuditDecoder:
             # Cut by the line splitter: no real audit record is this long.
             self._bad(f"parse error (line longer than {MAX_LINE} bytes, cut)", line[:MAX_LINE])
             return []
-        if not line.strip():
+        if not line or line.isspace():
             return []
         try:
             record = parse(line)
@@ -103,7 +103,7 @@ def audit_pipeline(fmt: str, sink: Output, *, enricher: Enricher | None = None,
     keeper = Keeper(error_log, messages)
     decoder = AuditDecoder(keeper, assembler)
     if fmt == "laurel":
-        return Pipeline(decoder, sink, render_item=laurel.render, keeper=keeper)
+        return Pipeline(decoder, sink, render_item=laurel.LaurelRenderer(), keeper=keeper)
     return Pipeline(decoder, sink, keeper=keeper,
                     builder=AuditEventBuilder(enricher or Enricher()),
                     folder=AttemptFolder(keep_all=keep_exec_attempts), route=route)

@@ -60,19 +60,47 @@ class ParseError(ValueError):
 
 
 class Record:
-    """One parsed line. ``body`` is a list of ``(key, value)``; ``raw`` is the line as read."""
+    """One parsed line. ``body`` is a list of ``(key, value)``; ``raw`` is the line as read.
 
-    __slots__ = ("node", "rtype", "sec", "msec", "serial", "body", "raw")
+    A plain record (checked whole by the split path) is typed when ``body`` is first read:
+    the LAUREL renderer takes its fields as text (:meth:`plain_fields`) and never needs the
+    typed values, and typing is most of a record's cost."""
+
+    __slots__ = ("node", "rtype", "sec", "msec", "serial", "_body", "raw", "_plain")
 
     def __init__(self, node: bytes | None, rtype: int, sec: int, msec: int, serial: int,
-                 body: list[tuple[str, Value]], raw: bytes) -> None:
+                 body: list[tuple[str, Value]] | None, raw: bytes,
+                 plain: bytes | None = None) -> None:
         self.node = node
         self.rtype = rtype
         self.sec = sec
         self.msec = msec
         self.serial = serial
-        self.body = body
+        self._body = body
         self.raw = raw
+        self._plain = plain  # the body text of a plain record, typed on demand
+
+    @property
+    def body(self) -> list[tuple[str, Value]]:
+        body = self._body
+        if body is None:
+            rtype, line = self.rtype, self.raw
+            body = self._body = [(_plain_key(key), field_value(rtype, _plain_key(key), raw, line))
+                                 for key, raw in self.plain_fields()]
+        return body
+
+    def plain_fields(self) -> list[tuple[bytes, bytes]]:
+        """A plain record's fields as ``(key, raw text)``, both bytes; empty for others."""
+        return [] if self._plain is None else _PLAIN_FIELD.findall(self._plain)
+
+    def plain_parts(self) -> list[bytes]:
+        """A plain record's fields as ``key=value`` text (a plain body has no whitespace but
+        the spaces between fields); empty for others."""
+        return [] if self._plain is None else self._plain.split()
+
+    @property
+    def is_plain(self) -> bool:
+        return self._plain is not None
 
     @property
     def type_name(self) -> str:
@@ -126,9 +154,35 @@ _INT64 = 1 << 63
 
 
 def parse(line: bytes, fast: bool = True) -> Record:
-    """Parse one record line (with or without its trailing newline). ``fast``: plain records
-    take the split path (:func:`_plain_body`), which gives the same result as the general
-    parser or declines; ``False`` forces the general parser (the tests compare the two)."""
+    """Parse one record line (with or without its trailing newline). ``fast``: a plain record
+    (``type=NAME msg=audit(STAMP): `` and a body :data:`_PLAIN` matches whole) is read with
+    ``find`` and one pattern, its fields typed when first needed; it gives the same record as
+    the general parser, which takes everything else (``False`` forces it; the tests compare
+    the two). Hot path: written out in one function, as each call costs."""
+    end = len(line)
+    while end and line[end - 1] in b"\r\n":
+        end -= 1
+    if fast and line.startswith(b"type="):
+        space = line.find(b" ", 5)
+        rtype = _TYPE_BY_NAME.get(line[5:space])
+        if rtype is not None and line.startswith(b" msg=audit(", space):
+            close = line.find(b"):", space + 11)
+            stamp = _stamp(line[space + 11:close]) if close > 0 else None
+            if stamp is not None and rtype not in _SPECIAL_START \
+                    and _PLAIN.fullmatch(line, close + 2, end) is not None:
+                record = Record(None, rtype, stamp[0], stamp[1], stamp[2], None, line,
+                                line[close + 2:end])
+                if rtype == EXECVE:
+                    record.body  # typed now: a bad argument is a parse error of this line
+                return record
+    node, rtype, sec, msec, serial, pos = _general_header(line)
+    return Record(node, rtype, sec, msec, serial, _parse_body(line, pos, end, rtype), line)
+
+
+Header = tuple[bytes | None, int, int, int, int, int]  # node, type, sec, msec, serial, body
+
+
+def _general_header(line: bytes) -> Header:
     header = _HEADER.match(line)
     if header is None:
         raise ParseError("cannot parse header", line)
@@ -139,26 +193,42 @@ def parse(line: bytes, fast: bool = True) -> Record:
         rtype = NUMBERS.get(name.decode("ascii"), -1)
         if rtype < 0:
             raise ParseError("unknown record type", line)
-    end = len(line)
-    while end and line[end - 1] in b"\r\n":
-        end -= 1
-    body = _plain_body(line, header.end(), end, rtype) if fast else None
-    if body is None:
-        body = _parse_body(line, header.end(), end, rtype)
-    return Record(node, rtype, int(sec), int(msec), int(serial), body, line)
+    return node, rtype, int(sec), int(msec), int(serial), header.end()
 
 
-# What the split path declines: separators other than a space, quotes that may hold spaces,
-# braces, and the record types whose body starts with free text.
-_NOT_PLAIN = (b"\x1d", b"\n", b"'", b"{")
+_TYPE_BY_NAME = {name.encode("ascii"): number for name, number in NUMBERS.items()}
+_STAMP = re.compile(rb"(\d{1,11})\.(\d{1,3}):(\d{1,20})")
+
+
+@functools.lru_cache(maxsize=256)
+def _stamp(text: bytes) -> tuple[int, int, int] | None:
+    """``SEC.MSEC:SERIAL`` as numbers; remembered, as every record of an event repeats it."""
+    match = _STAMP.fullmatch(text)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2)), int(match.group(3))
+
+
+# What the split path takes, checked whole by one pattern: key=value pairs one or more spaces
+# apart, a quoted value with no space or quote inside. It declines other whitespace and
+# separators, quotes that may hold spaces, braces, the keys the general parser reads specially, and
+# the record types whose body starts with free text (AVC, TTY, MAC_POLICY_LOAD, netlabel:).
 _SPECIAL_START = frozenset((AVC, TTY, MAC_POLICY_LOAD))
+_PAIR = (rb'(?!subj=|SADDR=)[A-Za-z][A-Za-z0-9_-]*(?:\[[0-9]+\])?='
+         rb'(?:"[^" \t-\r\x1d\'{]*"|(?!")[^ \t-\r\x1d\'{]*)')
+_PLAIN = re.compile(rb" *(?:%s(?: +%s)*)? *" % (_PAIR, _PAIR))
+# The fields of a body _PLAIN has matched (so keys hold no "=" and values no whitespace).
+_PLAIN_FIELD = re.compile(rb"([^ =]+)=([^ ]*)")
 
 
 @functools.lru_cache(maxsize=4096)
-def _plain_key(key: bytes) -> str | None:
-    """A field name as the general parser accepts it (as text), else None."""
-    text = key.decode("ascii", "replace")
-    return text if _KEY.fullmatch(text) and text not in ("subj", "SADDR") else None
+def _plain_key(key: bytes) -> str:
+    return key.decode("ascii")
+
+
+def plain_key(key: bytes) -> str:
+    """A plain field's name as text."""
+    return _plain_key(key)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -167,31 +237,7 @@ def _typed(key: str, raw: bytes) -> Value:
     return typed_value(0, key, raw)
 
 
-def _plain_body(line: bytes, pos: int, end: int, rtype: int) -> list[tuple[str, Value]] | None:
-    """The body of a plain record: ``key=value`` tokens split on spaces, a quoted value with
-    no space or quote inside. Hand-written because it is the hot path (a third of the general
-    parser's cost); None when the record is not plain, for the general parser to take."""
-    if rtype in _SPECIAL_START or line.startswith(b"netlabel:", pos):
-        return None
-    chunk = line[pos:end]
-    for marker in _NOT_PLAIN:
-        if marker in chunk:
-            return None
-    body: list[tuple[str, Value]] = []
-    for part in chunk.split(b" "):
-        if not part:
-            continue
-        key_bytes, equals, raw = part.partition(b"=")
-        key = _plain_key(key_bytes) if equals else None
-        if key is None:
-            return None
-        if raw[:1] == b'"' and (len(raw) < 2 or raw[-1:] != b'"' or raw.count(b'"') != 2):
-            return None
-        body.append((key, _field_value(rtype, key, raw, line)))
-    return body
-
-
-def _field_value(rtype: int, key: str, raw: bytes, line: bytes) -> Value:
+def field_value(rtype: int, key: str, raw: bytes, line: bytes) -> Value:
     """A field's value, for both parsers: EXECVE arguments, SYSCALL's a0-a3 (hex), and the
     rest typed by field name (short values remembered)."""
     if rtype == EXECVE and key[0] == "a" and key != "argc":
@@ -239,7 +285,7 @@ def _parse_body(line: bytes, pos: int, end: int, rtype: int) -> list[tuple[str, 
                 pos = suffix.end()
         if pos < end and line[pos] not in b" \x1d":
             raise ParseError("garbage at end of value", line)
-        body.append((key, _field_value(rtype, key, raw, line)))
+        body.append((key, field_value(rtype, key, raw, line)))
     if trailer is not None:
         body.append(trailer)
     return body
