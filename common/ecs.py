@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from common.percent import percent_decode, percent_encode
 from common.schema import Event, get_path, set_path
 
@@ -20,25 +22,15 @@ PERCENT_FIELD = "ttpsensor.percent_encoded"
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-class _HasBytes(Exception):
-    pass
-
-
-def _refuse_bytes(value: Any) -> Any:
-    if isinstance(value, bytes):
-        raise _HasBytes
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-_fast = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_refuse_bytes)
-
-
 def render(event: Event) -> str:
     """One JSON line (without the newline)."""
     try:
-        # Hot path: almost no event carries non-UTF-8 bytes, so try the C encoder first.
-        return _fast.encode(event)
-    except _HasBytes:
+        # Hot path: orjson writes what the standard library's compact encoder writes for
+        # everything an event holds (str, int, bool, None, lists, dicts; no floats), ten times
+        # faster. It refuses bytes (a field that is not UTF-8), an integer past 64 bits and a
+        # lone surrogate: those events take the standard library's path, bytes in percent form.
+        return orjson.dumps(event).decode("utf-8")
+    except orjson.JSONEncodeError:
         return _compact.encode(to_json_safe(event))
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Callable
 
+import orjson
+
 from common import ecs, qlog
 from common.schema import ACTION_PROCESS_CREATE, Event
 
@@ -16,7 +18,11 @@ LineRenderer = Callable[[Event], "str | None"]
 
 
 def _qlog_line(event: Event) -> str:
-    return json.dumps(qlog.render(event), ensure_ascii=False, separators=(",", ":"))
+    doc = qlog.render(event)
+    try:
+        return orjson.dumps(doc).decode("utf-8")  # the same bytes, faster (common/ecs.py)
+    except orjson.JSONEncodeError:
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
 RENDERERS: dict[str, Renderer] = {

@@ -54,7 +54,7 @@ class AuditEvent:
     msec: int
     serial: int
     records: list[Record] = field(default_factory=list)
-    complete: bool = False          # EOE seen, or a single user-space record
+    complete: bool = False          # EOE or closing PROCTITLE seen, or a user-space record
     arrived: float = 0.0            # monotonic time of the first record
 
     @property
@@ -188,6 +188,7 @@ class Assembler:
         event.records.append(record)
         if rtype == PROCTITLE and not self._eoe_seen and _has_syscall(event):
             self.stats.completed_by_proctitle += 1
+            event.complete = True  # all its records are here, as surely as with an EOE
             del self._inflight[key]
             self._finish(key, event, out)
             self._closed_early[key] = None

@@ -66,7 +66,7 @@ class Record:
     the LAUREL renderer takes its fields as text (:meth:`plain_fields`) and never needs the
     typed values, and typing is most of a record's cost."""
 
-    __slots__ = ("node", "rtype", "sec", "msec", "serial", "_body", "raw", "_plain")
+    __slots__ = ("node", "rtype", "sec", "msec", "serial", "_body", "raw", "_plain", "_fields")
 
     def __init__(self, node: bytes | None, rtype: int, sec: int, msec: int, serial: int,
                  body: list[tuple[str, Value]] | None, raw: bytes,
@@ -79,6 +79,7 @@ class Record:
         self._body = body
         self.raw = raw
         self._plain = plain  # the body text of a plain record, typed on demand
+        self._fields: dict[str, bytes] | None = None  # its fields by name, for get()
 
     @property
     def body(self) -> list[tuple[str, Value]]:
@@ -107,6 +108,15 @@ class Record:
         return type_name(self.rtype)
 
     def get(self, key: str, default: Value = None) -> Value:
+        """The first field named ``key``. A plain record types only that field."""
+        if self._plain is not None and self._body is None:
+            fields = self._fields
+            if fields is None:
+                # Reversed, so that the first of duplicated keys wins, as in the scan below.
+                fields = self._fields = {_plain_key(k): v for k, v in
+                                         reversed(_PLAIN_FIELD.findall(self._plain))}
+            raw = fields.get(key)
+            return default if raw is None else field_value(self.rtype, key, raw, self.raw)
         for k, v in self.body:
             if k == key:
                 return v
