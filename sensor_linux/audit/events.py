@@ -101,6 +101,21 @@ class AuditEventBuilder:
         return facts
 
     def _exec_event(self, audit: AuditEvent, syscall: Record, name: str) -> Event:
+        facts = self.exec_facts(audit, syscall)
+        success = syscall.get("success") == b"yes"
+        event = self.enricher.process_event(
+            facts, "auditd", original_id=audit.id, timestamp=facts.start_time,
+            record=success)
+        event["event"]["outcome"] = "success" if success else "failure"
+        exit_code = _int(syscall.get("exit"))
+        if exit_code is not None:
+            event["process"]["exit_code"] = exit_code
+        if name == "execveat":
+            event["process"]["execveat"] = True
+        return event
+
+    def exec_facts(self, audit: AuditEvent, syscall: Record) -> ProcessFacts:
+        """What an exec's records say about the new process (before enrichment)."""
         facts = self._facts(audit, syscall)
         execve: list[tuple[str, Value]] = []
         inodes: set[tuple[int, int]] = set()
@@ -128,16 +143,7 @@ class AuditEventBuilder:
             # tried to run (the first PATH item), and the table is not changed.
             facts.executable = _text(paths[0]) if paths else None
             facts.image_inodes = None
-        event = self.enricher.process_event(
-            facts, "auditd", original_id=audit.id, timestamp=facts.start_time,
-            record=success)
-        event["event"]["outcome"] = "success" if success else "failure"
-        exit_code = _int(syscall.get("exit"))
-        if exit_code is not None:
-            event["process"]["exit_code"] = exit_code
-        if name == "execveat":
-            event["process"]["execveat"] = True
-        return event
+        return facts
 
     def _record_clone(self, audit: AuditEvent, syscall: Record) -> None:
         """The child of a successful clone/fork starts as a copy of its parent."""

@@ -28,7 +28,8 @@ class EbpfEventBuilder:
         # bpf_ktime_get_ns is CLOCK_MONOTONIC; this turns it into wall-clock time.
         self._epoch_offset = time.time() - time.monotonic()
 
-    def _facts(self, record: ExecRecord) -> ProcessFacts:
+    def facts(self, record: ExecRecord) -> ProcessFacts:
+        """What the record says about the new process (before enrichment)."""
         success = not record.failed
         # A failed exec ran nothing: the event is about the file it tried, named as passed
         # (audit's PATH record says the same).
@@ -51,7 +52,7 @@ class EbpfEventBuilder:
 
     def build(self, record: ExecRecord) -> Event:
         success = not record.failed
-        facts = self._facts(record)
+        facts = self.facts(record)
         event = self.enricher.process_event(facts, "ebpf", timestamp=facts.start_time,
                                             record=success)
         process = event["process"]
