@@ -38,6 +38,7 @@ source knows, ``event.action`` named after its record types.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import uuid
 from typing import Any
 
@@ -56,8 +57,14 @@ def utc_timestamp(when: float | _dt.datetime | None = None) -> str:
         moment = when.astimezone(_dt.timezone.utc) if when.tzinfo else when.replace(
             tzinfo=_dt.timezone.utc)
     else:
-        moment = _dt.datetime.fromtimestamp(when, _dt.timezone.utc)
+        return _from_seconds(when)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@functools.lru_cache(maxsize=1024)
+def _from_seconds(when: float) -> str:
+    """Remembered: an event's time and its process's start are usually the same moment."""
+    return _dt.datetime.fromtimestamp(when, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def new_event(action: str, provider: str, *, host: dict[str, Any],

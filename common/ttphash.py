@@ -186,14 +186,33 @@ WINDOWS_PARENT: FieldTable = (
 )
 
 
+# The tables with each source path split into its keys once, not per event.
+CompiledTable = tuple[tuple[str, tuple[tuple[str, ...], ...], Normalizer], ...]
+
+
+def _compile(table: FieldTable) -> CompiledTable:
+    return tuple((name, tuple(tuple(path.split(".")) for path in paths), normalize)
+                 for name, paths, normalize in table)
+
+
+_COMPILED = {id(table): _compile(table)
+             for table in (LINUX_PROCESS, LINUX_PARENT, WINDOWS_PROCESS, WINDOWS_PARENT)}
+
+
 def _take(process: dict[str, Any], table: FieldTable,
           device_map: dict[str, str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, paths, normalize in table:
+    for name, paths, normalize in _COMPILED.get(id(table)) or _compile(table):
         value = None
-        for path in paths:
-            value = get_path(process, path)
-            if value is not None:
+        for keys in paths:
+            # get_path, written out: this runs for every field of every event.
+            node: Any = process
+            for key in keys:
+                node = node.get(key) if isinstance(node, dict) else None
+                if node is None:
+                    break
+            if node is not None:
+                value = node
                 break
         out[name] = normalize(value, name, device_map)
     return out
@@ -245,9 +264,14 @@ def is_complete(value: Any) -> bool:
     if value is None:
         return False
     if isinstance(value, dict):
-        return all(is_complete(v) for v in value.values())
-    if isinstance(value, list):
-        return all(is_complete(v) for v in value)
+        values: Any = value.values()
+    elif isinstance(value, list):
+        values = value
+    else:
+        return True
+    for item in values:
+        if item is None or (isinstance(item, (dict, list)) and not is_complete(item)):
+            return False
     return True
 
 

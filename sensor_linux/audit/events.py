@@ -22,6 +22,8 @@ from sensor_linux.enrich import Enricher
 from sensor_linux.procfs import ProcessFacts, kernel_tty_name, live_container_id
 
 _DELETED = b" (deleted)"
+_SYSCALL_FACTS = ("pid", "ppid", "exe", "comm", "tty", "auid", "ses", "uid", "euid", "suid",
+                  "fsuid", "gid", "egid", "sgid", "fsgid")
 
 
 def _int(value: Value) -> int | None:
@@ -81,15 +83,15 @@ class AuditEventBuilder:
         return name
 
     def _facts(self, audit: AuditEvent, syscall: Record) -> ProcessFacts:
-        get = syscall.get
-        ids = [_int(get(k)) for k in ("uid", "euid", "suid", "fsuid")]
-        gids = [_int(get(k)) for k in ("gid", "egid", "sgid", "fsgid")]
+        (pid, ppid, exe, comm, tty, auid, ses, uid, euid, suid, fsuid, gid, egid, sgid,
+         fsgid) = syscall.values(_SYSCALL_FACTS)
+        ids = [_int(uid), _int(euid), _int(suid), _int(fsuid)]
+        gids = [_int(gid), _int(egid), _int(sgid), _int(fsgid)]
         facts = ProcessFacts(
-            pid=_int(get("pid")) or 0, ppid=_int(get("ppid")),
+            pid=_int(pid) or 0, ppid=_int(ppid),
             start_time=audit.sec + audit.msec / 1000,
-            executable=_text(get("exe")), comm=_text(get("comm")), tty=_tty(get("tty")),
-            login_uid=_int(get("auid")), session=_int(get("ses")))
-        exe = get("exe")
+            executable=_text(exe), comm=_text(comm), tty=_tty(tty),
+            login_uid=_int(auid), session=_int(ses))
         if isinstance(exe, bytes) and exe.endswith(_DELETED):
             # d_path() marks an image deleted while it ran; the path is what the eBPF source
             # reports, and on_disk says the rest.

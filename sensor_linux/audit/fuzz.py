@@ -192,7 +192,13 @@ def _parsed(line: bytes, fast: bool) -> object:
         record = parse(line, fast=fast)
     except ParseError as exc:
         return ("parse error", exc.kind)
-    return (record.node, record.rtype, record.sec, record.msec, record.serial,
+    try:
+        # get() before body: a plain record answers it from its text, typing one field.
+        keys = [key for key, _ in parse(line, fast=False).body]
+    except ParseError:
+        keys = []  # the general parser refuses the line: the results differ anyway
+    got = [(key, type(value).__name__, value) for key in keys for value in (record.get(key),)]
+    return (record.node, record.rtype, record.sec, record.msec, record.serial, got,
             [(key, type(value).__name__, value) for key, value in record.body])
 
 

@@ -79,7 +79,7 @@ class Record:
         self._body = body
         self.raw = raw
         self._plain = plain  # the body text of a plain record, typed on demand
-        self._fields: dict[str, bytes] | None = None  # its fields by name, for get()
+        self._fields: dict[bytes, bytes] | None = None  # its fields by name, for get()
 
     @property
     def body(self) -> list[tuple[str, Value]]:
@@ -113,14 +113,27 @@ class Record:
             fields = self._fields
             if fields is None:
                 # Reversed, so that the first of duplicated keys wins, as in the scan below.
-                fields = self._fields = {_plain_key(k): v for k, v in
-                                         reversed(_PLAIN_FIELD.findall(self._plain))}
-            raw = fields.get(key)
+                fields = self._fields = dict(reversed(_PLAIN_FIELD.findall(self._plain)))
+            raw = fields.get(_key_bytes(key))
             return default if raw is None else field_value(self.rtype, key, raw, self.raw)
         for k, v in self.body:
             if k == key:
                 return v
         return default
+
+    def values(self, keys: tuple[str, ...]) -> list[Value]:
+        """``get`` of each of ``keys`` (None where absent), in one pass."""
+        if self._plain is not None and self._body is None:
+            fields = self._fields
+            if fields is None:
+                fields = self._fields = dict(reversed(_PLAIN_FIELD.findall(self._plain)))
+            rtype, line = self.rtype, self.raw
+            out: list[Value] = []
+            for key in keys:
+                raw = fields.get(_key_bytes(key))
+                out.append(None if raw is None else field_value(rtype, key, raw, line))
+            return out
+        return [self.get(key) for key in keys]
 
     def __repr__(self) -> str:
         return f"Record({self.type_name} {self.sec}.{self.msec:03d}:{self.serial} {self.body!r})"
@@ -234,6 +247,11 @@ _PLAIN_FIELD = re.compile(rb"([^ =]+)=([^ ]*)")
 @functools.lru_cache(maxsize=4096)
 def _plain_key(key: bytes) -> str:
     return key.decode("ascii")
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_bytes(key: str) -> bytes:
+    return key.encode("ascii", "replace")
 
 
 def plain_key(key: bytes) -> str:
