@@ -122,10 +122,12 @@ class SpoolStats:
     stray_entries: int = 0        # seg-… names that are not segment files (ignored)
 
 
-def encode_frame(first_seq: int, events: list[Event], level: int = 3) -> tuple[bytes, int]:
-    """A frame and the size of its uncompressed payload."""
+def encode_frame(first_seq: int, events: list[Event], level: int = 3,
+                 compressor: zstandard.ZstdCompressor | None = None) -> tuple[bytes, int]:
+    """A frame and the size of its uncompressed payload. A writer passes its own
+    ``compressor`` (made once: making one per frame cost as much as compressing a small one)."""
     raw = wire.pack_batch(events)
-    payload = zstandard.ZstdCompressor(level=level).compress(raw)
+    payload = (compressor or zstandard.ZstdCompressor(level=level)).compress(raw)
     tail = struct.pack("<QI", first_seq, len(events)) + payload
     crc = google_crc32c.value(tail)
     return MAGIC + struct.pack("<II", len(payload), crc) + tail, len(raw)
@@ -236,6 +238,7 @@ class Spool:
         self._cursor_found = False
         # A reader beside a live writer (the forwarder) must never repair or write segments.
         self.readonly = readonly
+        self._compressor = zstandard.ZstdCompressor(level=3)  # one per writer: not thread-safe
         if readonly and not os.path.isfile(os.path.join(directory, "spool.json")):
             raise SpoolError(2, f"{directory} is not a spool (no spool.json)")
         if not readonly:
@@ -347,7 +350,7 @@ class Spool:
             return
         events, self._batch, self._batch_size = self._batch, [], 0
         first = self.next_seq
-        frame, raw_size = encode_frame(first, events)
+        frame, raw_size = encode_frame(first, events, compressor=self._compressor)
         self._make_room(len(frame))
         for attempt in range(3):
             try:

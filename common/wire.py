@@ -3,6 +3,11 @@
 ``str`` travels as msgpack str and ``bytes`` (non-UTF-8 kernel text) as msgpack bin, so decoding
 gives back exactly the types and bytes that went in. A batch is a msgpack array of events; the
 spool (zstd frames) and the forwarder carry batches.
+
+Encoding is msgspec's msgpack encoder: the same bytes as msgpack-python's ``packb`` with
+``use_bin_type`` for every value of the schema (a test compares them), three times faster on
+the spool's hot path. A value it does not take goes to ``packb``. Decoding stays with
+msgpack-python, whose limits (``strict_map_key``) the collector relies on.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import msgpack
+import msgspec
 
 from common.schema import Event
 
@@ -18,8 +24,14 @@ class WireError(ValueError):
     """Bytes that are not a msgpack event or batch."""
 
 
+_encoder = msgspec.msgpack.Encoder()
+
+
 def pack_event(event: Event) -> bytes:
-    return msgpack.packb(event, use_bin_type=True)
+    try:
+        return _encoder.encode(event)
+    except (msgspec.EncodeError, TypeError, OverflowError):
+        return msgpack.packb(event, use_bin_type=True)
 
 
 def unpack_event(data: bytes) -> Event:
@@ -30,7 +42,11 @@ def unpack_event(data: bytes) -> Event:
 
 
 def pack_batch(events: Iterable[Event]) -> bytes:
-    return msgpack.packb(list(events), use_bin_type=True)
+    batch = list(events)
+    try:
+        return _encoder.encode(batch)
+    except (msgspec.EncodeError, TypeError, OverflowError):
+        return msgpack.packb(batch, use_bin_type=True)
 
 
 def unpack_batch(data: bytes) -> list[Event]:
