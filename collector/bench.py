@@ -13,6 +13,25 @@ from collector.store import Store
 from common import bench
 
 
+FLEET_HASHES = 2000
+
+
+def fleet_events(count: int, seed: int = 11) -> list[dict]:
+    """Events as a fleet sends them: the same executions again and again (a few thousand
+    TTPHashes, some much more common than others), each event its own id and time."""
+    import random
+    rng = random.Random(seed)
+    kinds = bench.varied_events(FLEET_HASHES, seed=seed)
+    weights = [1 / (rank + 1) for rank in range(len(kinds))]  # Zipf-like
+    out = []
+    for i, kind in enumerate(rng.choices(kinds, weights, k=count)):
+        event = copy.deepcopy(kind)
+        event["event"]["id"] = f"{rng.getrandbits(128):032x}"
+        event["@timestamp"] = f"2026-11-29T11:{i // 6000 % 60:02d}:{i // 100 % 60:02d}.{i:06d}Z"
+        out.append(event)
+    return out
+
+
 @click.command("ingest")
 @click.option("--events", "count", default=20000, show_default=True)
 @click.option("--postgres", default=None,
@@ -23,15 +42,17 @@ def bench_ingest(count: int, postgres: str | None) -> None:
     admitting a remote sensor's frame adds (its TTPHashes recomputed)."""
     events = bench.varied_events(count)
     batches = [events[i:i + 500] for i in range(0, len(events), 500)]
+    fleet = fleet_events(count)
+    fleet_batches = [fleet[i:i + 500] for i in range(0, len(fleet), 500)]
 
-    def timed(location: str) -> float:
+    def timed(location: str, frames: list[list[dict]] = batches) -> float:
         def run() -> None:
             store = Store(location)
             spool = os.urandom(8).hex()  # fresh keys each round: every event is new
-            for n, batch in enumerate(batches):
+            for n, batch in enumerate(frames):
                 store.ingest(spool, n * 500, batch, "bench")
             store.close()
-        return bench._median_us(run, len(events), repeats=3)
+        return bench._median_us(run, sum(map(len, frames)), repeats=3)
 
     def admitted() -> None:
         # What a remote sensor's frame costs before the store: host names checked against
@@ -52,11 +73,17 @@ def bench_ingest(count: int, postgres: str | None) -> None:
                     - bench._median_us(copies, len(events), repeats=3), 0.0)
     with tempfile.TemporaryDirectory(prefix="ttpsensor-bench-") as directory:
         sqlite = timed(os.path.join(directory, "bench.sqlite"))
+        sqlite_fleet = timed(os.path.join(directory, "fleet.sqlite"), fleet_batches)
     rows = [bench.Row("collector admission (hosts, TTPHash recomputed)", admission,
                       "SQLite ingest", admission / sqlite),
-            bench.Row("collector ingest, SQLite (frames of 500)", sqlite)]
+            bench.Row("collector ingest, SQLite (frames of 500, every TTPHash new)", sqlite),
+            bench.Row(f"collector ingest, SQLite (a fleet: {FLEET_HASHES} TTPHashes repeat)",
+                      sqlite_fleet, "every TTPHash new", sqlite_fleet / sqlite)]
     if postgres:
         pg = timed(postgres)
-        rows.append(bench.Row("collector ingest, PostgreSQL (frames of 500)", pg, "SQLite",
-                              pg / sqlite))
+        rows.append(bench.Row("collector ingest, PostgreSQL (every TTPHash new)", pg,
+                              "SQLite", pg / sqlite))
+        pg_fleet = timed(postgres, fleet_batches)
+        rows.append(bench.Row("collector ingest, PostgreSQL (a fleet)", pg_fleet,
+                              "SQLite, a fleet", pg_fleet / sqlite_fleet))
     bench.print_table(rows)
