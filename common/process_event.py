@@ -44,10 +44,10 @@ def process_create(table: ProcessTable, host: dict[str, Any], provider: str,
                    process: dict[str, Any], *, pid: int, start_key: float | None,
                    ppid: int | None, parents: Parents, timestamp: Any = None,
                    original_id: str | None = None, kind: str = "event",
-                   record: bool = True) -> Event:
+                   record: bool = True, memo: ttphash.Memo | None = None) -> Event:
     """A complete process-create event for ``process`` (which gains its ``parent``), recorded
     in the table unless ``record`` is false (a failed exec does not replace the caller's
-    image), with its TTPHash."""
+    image), with its TTPHash (through the platform's ``memo``)."""
     event = new_event(ACTION_PROCESS_CREATE, provider, host=host, timestamp=timestamp,
                       original_id=original_id)
     event["event"]["kind"] = kind
@@ -55,5 +55,5 @@ def process_create(table: ProcessTable, host: dict[str, Any], provider: str,
     event["process"] = process
     if record:
         table.record(Entry(pid, start_key, process, event["event"]["id"]))
-    ttphash.attach(event)
+    ttphash.attach(event, memo=memo)
     return event

@@ -288,8 +288,86 @@ def compute(event: Event, device_map: dict[str, str] | None = None) -> TTPHash:
                    canonical=canonical, input=hash_input)
 
 
-def attach(event: Event, device_map: dict[str, str] | None = None) -> TTPHash:
-    """Compute the hash and store it as ``event["ttphash"]``."""
-    result = compute(event, device_map)
+def attach(event: Event, device_map: dict[str, str] | None = None,
+           memo: "Memo | None" = None) -> TTPHash:
+    """Compute the hash (through ``memo`` if given) and store it as ``event["ttphash"]``."""
+    result = memo.compute(event, device_map) if memo is not None else compute(event, device_map)
     event["ttphash"] = result.as_field()
     return result
+
+
+class Memo:
+    """TTPHashes remembered by the values they are computed from, read as they are in the
+    event (before normalization). A host runs the same commands from the same parents again
+    and again; for those, the hash costs the look-up of its fields instead of normalizing,
+    serializing and hashing them. Bounded: the oldest entry goes first."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._known: dict[tuple[Any, ...], TTPHash] = {}
+        self.hits = 0
+
+    def compute(self, event: Event, device_map: dict[str, str] | None = None) -> TTPHash:
+        key = _raw_key(event, device_map)
+        if key is not None:
+            found = self._known.get(key)
+            if found is not None:
+                self.hits += 1
+                return found
+        result = compute(event, device_map)
+        if key is not None:
+            self._known[key] = result
+            if len(self._known) > self.max_entries:
+                del self._known[next(iter(self._known))]
+        return result
+
+
+def _raw_key(event: Event, device_map: dict[str, str] | None) -> tuple[Any, ...] | None:
+    """Every value the tables read from ``event``, with its type (``True`` and ``1`` normalize
+    differently), or None when one cannot be a key (a map where text was expected)."""
+    host = event.get("host")
+    system = host.get("os") if isinstance(host, dict) else None
+    os_type = system.get("type") if isinstance(system, dict) else None
+    process = event.get("process")
+    if os_type == "linux":
+        own, par = LINUX_PROCESS, LINUX_PARENT
+    elif os_type == "windows":
+        own, par = WINDOWS_PROCESS, WINDOWS_PARENT
+    else:
+        return None
+    if not isinstance(process, dict):
+        return None
+    parts: list[Any] = [os_type]
+    if not _raw_values(process, own, parts):
+        return None
+    parent = process.get("parent")
+    parts.append(isinstance(parent, dict))
+    if isinstance(parent, dict) and not _raw_values(parent, par, parts):
+        return None
+    if device_map:
+        parts.append(tuple(sorted(device_map.items())))
+    return tuple(parts)
+
+
+def _raw_values(process: dict[str, Any], table: FieldTable, parts: list[Any]) -> bool:
+    for _, paths, _ in _COMPILED[id(table)]:
+        value = None
+        for keys in paths:
+            node: Any = process
+            for key in keys:
+                node = node.get(key) if isinstance(node, dict) else None
+                if node is None:
+                    break
+            if node is not None:
+                value = node
+                break
+        kind = type(value)
+        if kind is list:
+            if any(isinstance(item, (dict, list)) for item in value):
+                return False
+            parts.append((kind, tuple(value), tuple(map(type, value))))
+        elif kind is dict:
+            return False
+        else:
+            parts.append((kind, value))
+    return True

@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from common import ttphash
 from common.filehash import FileHasher
 from common.percent import percent_encode, to_bytes
 from common.process_event import process_create
@@ -53,6 +54,7 @@ class Enricher:
     users: UserNames = field(default_factory=UserNames)
     table: ProcessTable = field(default_factory=ProcessTable)
     host: dict[str, Any] = field(default_factory=linux_host)
+    fingerprints: ttphash.Memo = field(default_factory=ttphash.Memo)
     proc: str = PROC
     # live: events are about processes on this host, now (so /proc may be read for images and
     # unknown parents); false when replaying a recorded log, whose PIDs mean nothing here.
@@ -152,7 +154,7 @@ class Enricher:
                               self.process_map(facts, ran=record), pid=facts.pid,
                               start_key=facts.start_time, ppid=facts.ppid, parents=self,
                               timestamp=timestamp, original_id=original_id, kind=kind,
-                              record=record)
+                              record=record, memo=self.fingerprints)
 
     def running(self, entry: Entry) -> bool:
         """The kernel names only a live process as a parent (an orphan is adopted at once), so

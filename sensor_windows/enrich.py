@@ -16,6 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from common import ttphash
 from common.process_event import process_create
 from common.proctable import Entry, ProcessTable
 from common.schema import Event, utc_timestamp
@@ -92,6 +93,7 @@ class WindowsEnricher:
     host: dict[str, Any]
     table: ProcessTable = field(default_factory=ProcessTable)
     roots: list[Any] | None = None
+    fingerprints: ttphash.Memo = field(default_factory=ttphash.Memo)
 
     def _process_map(self, pid: int, image: str | None, kernel_image: str | None,
                      info: ProcessInfo | None, create_time: _dt.datetime | None) -> dict[str, Any]:
@@ -147,7 +149,8 @@ class WindowsEnricher:
         return process_create(self.table, self.host, "etw", process, pid=start.pid,
                               start_key=start_key, ppid=start.ppid, parents=self,
                               timestamp=start.create_time,
-                              original_id=str(start.sequence) if start.sequence else None)
+                              original_id=str(start.sequence) if start.sequence else None,
+                              memo=self.fingerprints)
 
     def running(self, entry: Entry) -> bool:
         described = self.inspector.describe(entry.pid, None)

@@ -196,3 +196,37 @@ def test_a_fully_known_event_is_complete() -> None:
     event = {"host": {"os": {"type": "linux"}},
              "process": dict(proc, package={"name": ""}, parent=dict(proc, running=False))}
     assert ttphash.compute(event).complete is True
+
+
+def test_the_memo_gives_what_compute_gives_and_tells_values_of_another_type_apart() -> None:
+    """ttphash.Memo remembers hashes by the raw values they come from: every answer must be
+    compute()'s own, for repeated events, changed fields, and values equal in Python but
+    normalized differently (1 and True, a list and its elements' types)."""
+    import pytest
+
+    from common.bench import varied_events
+    events = varied_events(120)
+    memo = ttphash.Memo(max_entries=200)
+    for event in events + events[:60]:  # the second pass hits
+        assert memo.compute(event) == ttphash.compute(event)
+    assert memo.hits >= 60
+    small = ttphash.Memo(max_entries=50)
+    for event in events + events:  # evicting all along
+        assert small.compute(event) == ttphash.compute(event)
+    assert len(small._known) == 50
+    memo = ttphash.Memo()
+    base = events[0]
+    variants = []
+    for change in ({"on_disk": 1}, {"on_disk": True}, {"args": [1]}, {"args": [True]},
+                   {"args": ["1"]}, {"pid": 99}):
+        event = copy.deepcopy(base)
+        event["process"].update(change)
+        variants.append(event)
+    for event in variants + variants:
+        try:
+            want = ttphash.compute(event)
+        except ttphash.TTPHashError:
+            with pytest.raises(ttphash.TTPHashError):
+                memo.compute(event)
+            continue
+        assert memo.compute(event) == want
