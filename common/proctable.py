@@ -103,7 +103,7 @@ class ProcessTable:
 
 def parent_context(entry: Entry, running: bool | None) -> dict[str, Any]:
     """The ``process.parent`` map built from a table entry."""
-    parent = {k: entry.process[k] for k in PARENT_FIELDS if k in entry.process}
+    parent = dict(entry.process)  # record() kept only PARENT_FIELDS, in their order
     parent["running"] = running
     if entry.event_id is not None:
         parent["event_id"] = entry.event_id

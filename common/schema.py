@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import uuid
+import os
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -67,6 +67,16 @@ def _from_seconds(when: float) -> str:
     return _dt.datetime.fromtimestamp(when, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def new_event_id() -> str:
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` writes it, for a third of
+    its cost (one per event)."""
+    data = bytearray(os.urandom(16))
+    data[6] = data[6] & 0x0F | 0x40   # version 4
+    data[8] = data[8] & 0x3F | 0x80   # RFC 4122 variant
+    text = data.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def new_event(action: str, provider: str, *, host: dict[str, Any],
               timestamp: float | _dt.datetime | None = None,
               original_id: str | None = None, event_id: str | None = None) -> Event:
@@ -75,7 +85,7 @@ def new_event(action: str, provider: str, *, host: dict[str, Any],
         "schema": SCHEMA_VERSION,
         "@timestamp": utc_timestamp(timestamp),
         "event": {
-            "id": event_id or str(uuid.uuid4()),
+            "id": event_id or new_event_id(),
             "action": action,
             "kind": "event",
             "provider": provider,

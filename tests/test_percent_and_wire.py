@@ -130,3 +130,14 @@ def test_wire_encoder_matches_msgpack_python_on_real_events() -> None:
     from common.bench import varied_events
     for event in varied_events(200):
         assert wire.pack_event(event) == msgpack.packb(event, use_bin_type=True)
+
+
+def test_event_ids_are_version_4_uuids_written_as_uuid_writes_them() -> None:
+    import uuid
+
+    from common.schema import new_event_id
+    ids = {new_event_id() for _ in range(5000)}
+    assert len(ids) == 5000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
