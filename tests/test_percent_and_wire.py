@@ -141,3 +141,17 @@ def test_event_ids_are_version_4_uuids_written_as_uuid_writes_them() -> None:
     for text in ids:
         parsed = uuid.UUID(text)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+
+
+def test_timestamps_are_written_as_strftime_writes_them() -> None:
+    """utc_timestamp formats floats the fast way (isoformat) for years from 1000 on; the bytes
+    must stay strftime's, across the whole range a float time can take."""
+    import datetime as dt
+    import random
+
+    from common.schema import utc_timestamp
+    rng = random.Random(3)
+    times = [0.0, 1.5, 1796199948.123456, 253402300799.0, 999999.9999995, -30610224000.5]
+    for when in times + [rng.uniform(-6e10, 2.5e11) for _ in range(20000)]:
+        want = dt.datetime.fromtimestamp(when, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert utc_timestamp(when) == want
