@@ -24,3 +24,17 @@ def test_bench_assembly_assembles_every_event_of_its_streams() -> None:
     assert rows["in order, with EOE"][:2] == ["2000", "1000"]
     assert rows["100k open, then 3k later"][:2] == ["5000", "5000"]
     assert rows["1,000 nodes shuffled"][:2] == ["1400", "700"]
+
+
+def test_bench_stages_prints_every_stage_of_both_paths() -> None:
+    """On a corpus log (no recording needed) and the recorded eBPF stream."""
+    from tests.test_audit_corpus import LAUREL_DIR
+    log = LAUREL_DIR / "shell-proc-trace-confusion.txt"
+    result = run_cli("bench", "stages", "--audit-log", str(log), "--ebpf-events", "200")
+    assert result.returncode == 0, result.stderr
+    for path in ("audit path", "eBPF path"):
+        assert path in result.stdout
+    for stage in ("json.dumps (reference)", "decode", "build (whole event)", "facts",
+                  "enrich (process map)", "fingerprint (TTPHash)", "render (ECS line)",
+                  "sink (rotating file)", "total"):
+        assert result.stdout.count(stage) == 2, stage

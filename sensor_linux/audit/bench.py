@@ -213,7 +213,7 @@ def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
         table.add_row(r.engine, f"{r.cpu_seconds:.2f}", f"{r.cpu_seconds / seen * 1e4:.2f}",
                       f"{r.cpu_seconds / peer.cpu_seconds:.2f}×", f"{r.peak_rss_mib:.0f}",
                       str(r.output_lines))
-    Console().print(table)
+    Console(width=110).print(table)
     Console().print(f"LAUREL and ttpsensor laurel output describe the same events: "
                     f"{'yes' if same else 'NO'}")
     Console().print(f"ttpsensor laurel output without EOE records is byte-identical: "
