@@ -318,7 +318,7 @@ class Store:
                 f"SET first_seen = {least}(baseline.first_seen, excluded.first_seen), "
                 f"last_seen = {greatest}(baseline.last_seen, excluded.last_seen), "
                 "count = baseline.count + excluded.count", entries)
-        # The (TTPHash, host) pairs not stored yet: on a fleet, nearly all are.
+        # (TTPHash, host) pairs already stored are not inserted again: on a fleet, nearly all.
         stored = set(self._execute(
             f"SELECT ttphash, host FROM baseline_hosts WHERE ttphash IN "
             f"({','.join('?' * len(values))})", tuple(values)).fetchall()) if known else set()

@@ -148,7 +148,8 @@ class Assembler:
             self._eoe_seen = True
             event = self._inflight.pop(key, None)
             if event is None:
-                if self._closed_early.pop(key, 0) is None:
+                if key in self._closed_early:  # the EOE of an event its PROCTITLE closed
+                    del self._closed_early[key]
                     self.stats.late_eoe += 1
                     return out
                 self._reject("duplicate EOE" if key in self._done else "EOE for no open event",

@@ -86,8 +86,9 @@ class Record:
         body = self._body
         if body is None:
             rtype, line = self.rtype, self.raw
-            body = self._body = [(_plain_key(key), field_value(rtype, _plain_key(key), raw, line))
-                                 for key, raw in self.plain_fields()]
+            body = self._body = [(name, field_value(rtype, name, raw, line))
+                                 for name, raw in ((_plain_key(k), v)
+                                                   for k, v in self.plain_fields())]
         return body
 
     def plain_fields(self) -> list[tuple[bytes, bytes]]:
@@ -109,11 +110,8 @@ class Record:
 
     def get(self, key: str, default: Value = None) -> Value:
         """The first field named ``key``. A plain record types only that field."""
-        if self._plain is not None and self._body is None:
-            fields = self._fields
-            if fields is None:
-                # Reversed, so that the first of duplicated keys wins, as in the scan below.
-                fields = self._fields = dict(reversed(_PLAIN_FIELD.findall(self._plain)))
+        fields = self._field_text()
+        if fields is not None:
             raw = fields.get(_key_bytes(key))
             return default if raw is None else field_value(self.rtype, key, raw, self.raw)
         for k, v in self.body:
@@ -121,12 +119,20 @@ class Record:
                 return v
         return default
 
+    def _field_text(self) -> dict[bytes, bytes] | None:
+        """A plain record not typed yet: its fields' text by name (the first of duplicated
+        keys wins, as in ``get``'s scan); None otherwise."""
+        if self._plain is None or self._body is not None:
+            return None
+        fields = self._fields
+        if fields is None:
+            fields = self._fields = dict(reversed(_PLAIN_FIELD.findall(self._plain)))
+        return fields
+
     def values(self, keys: tuple[str, ...]) -> list[Value]:
         """``get`` of each of ``keys`` (None where absent), in one pass."""
-        if self._plain is not None and self._body is None:
-            fields = self._fields
-            if fields is None:
-                fields = self._fields = dict(reversed(_PLAIN_FIELD.findall(self._plain)))
+        fields = self._field_text()
+        if fields is not None:
             rtype, line = self.rtype, self.raw
             out: list[Value] = []
             for key in keys:
@@ -172,7 +178,6 @@ _OCT = re.compile(rb"[0-7]{1,22}")
 # Printable ASCII but the double quote: a quoted value that needs no decoding.
 _SAFE_QUOTED = re.compile(rb"[!#-~]*")
 _EXECVE_ARG = re.compile(r"a(\d{1,9})(?:\[(\d{1,9})\]|(_len))?")
-_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*(?:\[\d+\])?")
 _INT64 = 1 << 63
 
 
