@@ -203,19 +203,22 @@ def _take(process: dict[str, Any], table: FieldTable,
           device_map: dict[str, str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, paths, normalize in _COMPILED.get(id(table)) or _compile(table):
-        value = None
-        for keys in paths:
-            # get_path, written out: this runs for every field of every event.
-            node: Any = process
-            for key in keys:
-                node = node.get(key) if isinstance(node, dict) else None
-                if node is None:
-                    break
-            if node is not None:
-                value = node
-                break
-        out[name] = normalize(value, name, device_map)
+        out[name] = normalize(_first_value(process, paths), name, device_map)
     return out
+
+
+def _first_value(process: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> Any:
+    """The value at the first of ``paths`` that has one (get_path, written out: this runs for
+    every field of every event)."""
+    for keys in paths:
+        node: Any = process
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if node is not None:
+            return node
+    return None
 
 
 # --- the three steps ----------------------------------------------------------------------------
@@ -351,16 +354,7 @@ def _raw_key(event: Event, device_map: dict[str, str] | None) -> tuple[Any, ...]
 
 def _raw_values(process: dict[str, Any], table: FieldTable, parts: list[Any]) -> bool:
     for _, paths, _ in _COMPILED[id(table)]:
-        value = None
-        for keys in paths:
-            node: Any = process
-            for key in keys:
-                node = node.get(key) if isinstance(node, dict) else None
-                if node is None:
-                    break
-            if node is not None:
-                value = node
-                break
+        value = _first_value(process, paths)
         kind = type(value)
         if kind is list:
             if any(isinstance(item, (dict, list)) for item in value):
