@@ -199,12 +199,16 @@ _COMPILED = {id(table): _compile(table)
              for table in (LINUX_PROCESS, LINUX_PARENT, WINDOWS_PROCESS, WINDOWS_PARENT)}
 
 
-def _take(process: dict[str, Any], table: FieldTable,
-          device_map: dict[str, str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, paths, normalize in _COMPILED.get(id(table)) or _compile(table):
-        out[name] = normalize(_first_value(process, paths), name, device_map)
-    return out
+def _raw(process: dict[str, Any], table: FieldTable) -> list[Any]:
+    """The value of each field of ``table`` as the event has it (before normalization)."""
+    return [_first_value(process, paths)
+            for _, paths, _ in _COMPILED.get(id(table)) or _compile(table)]
+
+
+def _normalized(raw: list[Any], table: FieldTable,
+                device_map: dict[str, str] | None) -> dict[str, Any]:
+    return {name: normalize(value, name, device_map) for (name, _, normalize), value
+            in zip(_COMPILED.get(id(table)) or _compile(table), raw)}
 
 
 def _first_value(process: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> Any:
@@ -223,8 +227,11 @@ def _first_value(process: dict[str, Any], paths: tuple[tuple[str, ...], ...]) ->
 
 # --- the three steps ----------------------------------------------------------------------------
 
-def build_input(event: Event, device_map: dict[str, str] | None = None) -> dict[str, Any]:
-    """The normalized TTPHash input map for a process-create event of our schema."""
+RawInput = tuple[str, FieldTable, FieldTable, list[Any], "list[Any] | None"]
+
+
+def _raw_input(event: Event) -> RawInput:
+    """The OS, its tables, and the raw values of the process's and its parent's fields."""
     os_type = get_path(event, "host.os.type")
     if os_type == "linux":
         own, par = LINUX_PROCESS, LINUX_PARENT
@@ -235,15 +242,26 @@ def build_input(event: Event, device_map: dict[str, str] | None = None) -> dict[
     process = event.get("process")
     if not isinstance(process, dict):
         raise TTPHashError("the event has no 'process' map")
+    parent = process.get("parent")
+    return (os_type, own, par, _raw(process, own),
+            _raw(parent, par) if isinstance(parent, dict) else None)
+
+
+def _input(raw: RawInput, device_map: dict[str, str] | None) -> dict[str, Any]:
+    os_type, own, par, own_raw, parent_raw = raw
     result: dict[str, Any] = {"TTPHashVersion": VERSION, "OS": os_type,
                               "QType": QTYPE_PROCESS_CREATE}
-    result.update(_take(process, own, device_map))
-    parent = process.get("parent")
-    taken = _take(parent, par, device_map) if isinstance(parent, dict) else None
+    result.update(_normalized(own_raw, own, device_map))
+    taken = _normalized(parent_raw, par, device_map) if parent_raw is not None else None
     # A parent of which nothing stable is known (only its pid, say) hashes like no parent.
     result["ParentProcess"] = None if taken is None or all(
         v is None for v in taken.values()) else taken
     return result
+
+
+def build_input(event: Event, device_map: dict[str, str] | None = None) -> dict[str, Any]:
+    """The normalized TTPHash input map for a process-create event of our schema."""
+    return _input(_raw_input(event), device_map)
 
 
 # RFC 8785 restricted to the TTPHash input domain (ASCII member names, strings, booleans, null,
@@ -285,7 +303,10 @@ def digest(canonical: bytes) -> str:
 
 def compute(event: Event, device_map: dict[str, str] | None = None) -> TTPHash:
     """Compute the TTPHash of a process-create event."""
-    hash_input = build_input(event, device_map)
+    return _hashed(build_input(event, device_map))
+
+
+def _hashed(hash_input: dict[str, Any]) -> TTPHash:
     canonical = canonical_bytes(hash_input)
     return TTPHash(value=digest(canonical), complete=is_complete(hash_input),
                    canonical=canonical, input=hash_input)
@@ -311,13 +332,14 @@ class Memo:
         self.hits = 0
 
     def compute(self, event: Event, device_map: dict[str, str] | None = None) -> TTPHash:
-        key = _raw_key(event, device_map)
+        raw = _raw_input(event)  # raises as compute() does
+        key = _memo_key(raw, device_map)
         if key is not None:
             found = self._known.get(key)
             if found is not None:
                 self.hits += 1
                 return found
-        result = compute(event, device_map)
+        result = _hashed(_input(raw, device_map))  # a miss reads no field again
         if key is not None:
             self._known[key] = result
             if len(self._known) > self.max_entries:
@@ -325,43 +347,23 @@ class Memo:
         return result
 
 
-def _raw_key(event: Event, device_map: dict[str, str] | None) -> tuple[Any, ...] | None:
-    """Every value the tables read from ``event``, with its type (``True`` and ``1`` normalize
-    differently), or None when one cannot be a key (a map where text was expected)."""
-    host = event.get("host")
-    system = host.get("os") if isinstance(host, dict) else None
-    os_type = system.get("type") if isinstance(system, dict) else None
-    process = event.get("process")
-    if os_type == "linux":
-        own, par = LINUX_PROCESS, LINUX_PARENT
-    elif os_type == "windows":
-        own, par = WINDOWS_PROCESS, WINDOWS_PARENT
-    else:
-        return None
-    if not isinstance(process, dict):
-        return None
+def _memo_key(raw: RawInput, device_map: dict[str, str] | None) -> tuple[Any, ...] | None:
+    """Every raw value with its type (``True`` and ``1`` normalize differently), or None when
+    one cannot be part of a key (a map where text was expected)."""
+    os_type, _, _, own_raw, parent_raw = raw
     parts: list[Any] = [os_type]
-    if not _raw_values(process, own, parts):
-        return None
-    parent = process.get("parent")
-    parts.append(isinstance(parent, dict))
-    if isinstance(parent, dict) and not _raw_values(parent, par, parts):
-        return None
+    for values in (own_raw, parent_raw):
+        parts.append(values is not None)
+        for value in values or ():
+            kind = type(value)
+            if kind is list:
+                if any(isinstance(item, (dict, list)) for item in value):
+                    return None
+                parts.append((kind, tuple(value), tuple(map(type, value))))
+            elif kind is dict:
+                return None
+            else:
+                parts.append((kind, value))
     if device_map:
         parts.append(tuple(sorted(device_map.items())))
     return tuple(parts)
-
-
-def _raw_values(process: dict[str, Any], table: FieldTable, parts: list[Any]) -> bool:
-    for _, paths, _ in _COMPILED[id(table)]:
-        value = _first_value(process, paths)
-        kind = type(value)
-        if kind is list:
-            if any(isinstance(item, (dict, list)) for item in value):
-                return False
-            parts.append((kind, tuple(value), tuple(map(type, value))))
-        elif kind is dict:
-            return False
-        else:
-            parts.append((kind, value))
-    return True
