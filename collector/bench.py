@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
-import statistics
 import tempfile
-import time
 
 import click
 
@@ -51,20 +49,23 @@ def bench_ingest(count: int, postgres: str | None) -> None:
     def timed(location: str, frames: list[list[dict]] = batches) -> float:
         """Median of three rounds, each into an empty store: a store that already holds the
         baseline of the round before would measure the cheaper path of known TTPHashes."""
-        times = []
-        for round_ in range(3):
-            target = location if location.startswith("postgresql") else f"{location}.{round_}"
-            store = Store(target)
+        rounds = iter(range(3))
+
+        def empty_store() -> Store:
+            round_ = next(rounds)
+            postgres = location.startswith("postgresql")
+            store = Store(location if postgres else f"{location}.{round_}")
             if store.postgres:
                 with store.db.transaction():
                     store.db.execute("TRUNCATE events, baseline, baseline_hosts, spools, gaps")
+            return store
+
+        def ingest(store: Store) -> None:
             spool = os.urandom(8).hex()
-            start = time.perf_counter()
             for n, batch in enumerate(frames):
                 store.ingest(spool, n * 500, batch, "bench")
-            times.append(time.perf_counter() - start)
             store.close()
-        return statistics.median(times) / sum(map(len, frames)) * 1e6
+        return bench.median_us_fresh(empty_store, ingest, sum(map(len, frames)), repeats=3)
 
     def admitted() -> None:
         # What a remote sensor's frame costs before the store: host names checked against

@@ -14,7 +14,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import msgpack
 from rich.console import Console
@@ -25,6 +25,7 @@ from common.filehash import FileHasher
 from common.schema import new_event
 
 REPEATS = 5
+T = TypeVar("T")
 
 
 @dataclass
@@ -35,13 +36,21 @@ class Row:
     ratio: float | None = None
 
 
-def _median_us(func: Callable[[], None], items: int, repeats: int = REPEATS) -> float:
+def _median_us(func: Callable[[], object], items: int, repeats: int = REPEATS) -> float:
+    return median_us_fresh(lambda: None, lambda _: func(), items, repeats)
+
+
+def median_us_fresh(prepare: Callable[[], T], run: Callable[[T], object], items: int,
+                    repeats: int = REPEATS) -> float:
+    """µs per item of ``run``, median of ``repeats`` rounds, each on what an untimed
+    ``prepare`` made for it (a fresh store, records no earlier round has cached into)."""
     times = []
     for _ in range(repeats):
+        prepared = prepare()
         start = time.perf_counter()
-        func()
+        run(prepared)
         times.append(time.perf_counter() - start)
-    return statistics.median(times) / items * 1e6
+    return statistics.median(times) / max(items, 1) * 1e6
 
 
 def sample_linux_event() -> dict:
@@ -192,8 +201,8 @@ def _seed_like_qlog() -> dict:
                 "isOndisk": True, "isRunning": True, "AuthenticodeHash": "E" * 64}}
 
 
-def print_table(rows: list[Row]) -> None:
-    table = Table(title="per event, median of %d runs" % REPEATS)
+def print_table(rows: list[Row], title: str | None = None) -> None:
+    table = Table(title=title or "per event, median of %d runs" % REPEATS)
     table.add_column("what")
     table.add_column("µs/event", justify="right")
     table.add_column("events/s", justify="right")

@@ -195,20 +195,20 @@ def _compile(table: FieldTable) -> CompiledTable:
                  for name, paths, normalize in table)
 
 
-_COMPILED = {id(table): _compile(table)
-             for table in (LINUX_PROCESS, LINUX_PARENT, WINDOWS_PROCESS, WINDOWS_PARENT)}
+# The process's and its parent's table, by OS.
+_TABLES = {"linux": (_compile(LINUX_PROCESS), _compile(LINUX_PARENT)),
+           "windows": (_compile(WINDOWS_PROCESS), _compile(WINDOWS_PARENT))}
 
 
-def _raw(process: dict[str, Any], table: FieldTable) -> list[Any]:
+def _raw(process: dict[str, Any], table: CompiledTable) -> list[Any]:
     """The value of each field of ``table`` as the event has it (before normalization)."""
-    return [_first_value(process, paths)
-            for _, paths, _ in _COMPILED.get(id(table)) or _compile(table)]
+    return [_first_value(process, paths) for _, paths, _ in table]
 
 
-def _normalized(raw: list[Any], table: FieldTable,
+def _normalized(raw: list[Any], table: CompiledTable,
                 device_map: dict[str, str] | None) -> dict[str, Any]:
-    return {name: normalize(value, name, device_map) for (name, _, normalize), value
-            in zip(_COMPILED.get(id(table)) or _compile(table), raw)}
+    return {name: normalize(value, name, device_map)
+            for (name, _, normalize), value in zip(table, raw)}
 
 
 def _first_value(process: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> Any:
@@ -227,18 +227,16 @@ def _first_value(process: dict[str, Any], paths: tuple[tuple[str, ...], ...]) ->
 
 # --- the three steps ----------------------------------------------------------------------------
 
-RawInput = tuple[str, FieldTable, FieldTable, list[Any], "list[Any] | None"]
+RawInput = tuple[str, CompiledTable, CompiledTable, list[Any], "list[Any] | None"]
 
 
 def _raw_input(event: Event) -> RawInput:
     """The OS, its tables, and the raw values of the process's and its parent's fields."""
     os_type = get_path(event, "host.os.type")
-    if os_type == "linux":
-        own, par = LINUX_PROCESS, LINUX_PARENT
-    elif os_type == "windows":
-        own, par = WINDOWS_PROCESS, WINDOWS_PARENT
-    else:
+    tables = _TABLES.get(os_type) if isinstance(os_type, str) else None
+    if tables is None:
         raise TTPHashError(f"host.os.type must be 'linux' or 'windows', not {os_type!r}")
+    own, par = tables
     process = event.get("process")
     if not isinstance(process, dict):
         raise TTPHashError("the event has no 'process' map")

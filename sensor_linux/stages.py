@@ -5,8 +5,10 @@ The stages follow the data: decode (audit text: parse and assemble; eBPF: the ri
 record), build (the whole event: facts, enrichment, parent, fingerprint), and within it facts
 (what the records say), enrich (the ``process`` map: users, digests, package) and fingerprint
 (the TTPHash); then render (an ECS line) and sink (the line into a rotating events file).
-Each is timed alone over the output of the one before, median of three rounds; a round after
-the first finds the per-binary caches warm, as a running sensor does. The reference makes a
+Each is timed alone over the output of the one before, median of three rounds; audit records
+are parsed anew for each round of a stage that reads them (a record caches its fields once
+read), while a round after the first finds the per-binary caches warm, as a running sensor
+does. The reference makes a
 regression visible on a noisy machine: compare ratios, not microseconds.
 """
 
@@ -14,22 +16,21 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import click
 
 from common import ecs, ttphash
+from common.bench import Row, median_us_fresh, print_table
 from common.pipeline import Keeper
 from common.schema import ACTION_PROCESS_CREATE, Event
 from common.sinks import RotatingFileSink
+from sensor_linux.audit.assemble import AuditEvent
 from sensor_linux.audit.events import AuditEventBuilder
 from sensor_linux.audit.pipeline import AuditDecoder
-from sensor_linux.audit.records import SYSCALL
+from sensor_linux.audit.records import EXECVE, SYSCALL, Record
 from sensor_linux.ebpf.events import EbpfEventBuilder
 from sensor_linux.ebpf.probes import ExecRecord, decode
 from sensor_linux.enrich import Enricher
@@ -40,25 +41,17 @@ ROUNDS = 3
 DEFAULT_EBPF_STREAM = Path(__file__).resolve().parent.parent / "tests" / "data" / \
     "ebpf-stream.jsonl"
 
-
-@dataclass
-class Stage:
-    name: str
-    per_event_us: float
-    ratio: float  # to json.dumps of the same events
+# A stage: its name (indented: part of the stage above it, not added to the total), what an
+# untimed step makes for each round, the timed work on it, and how many events it handles.
+Plan = list[tuple[str, Callable[[], Any], Callable[[Any], object], int]]
 
 
-def _median_us(run: Callable[[], object], events: int) -> float:
-    times = []
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / max(events, 1) * 1e6
+def _same(value: Any) -> Callable[[], Any]:
+    return lambda: value
 
 
-def _each(func: Callable[[Any], object], items: list[Any]) -> Callable[[], None]:
-    def run() -> None:
+def _each(func: Callable[[Any], object]) -> Callable[[list[Any]], None]:
+    def run(items: list[Any]) -> None:
         for item in items:
             func(item)
     return run
@@ -70,96 +63,91 @@ def _enricher() -> Enricher:
     return Enricher(live=False, host_files=True)
 
 
-def _tail(events: list[Event], facts: list[Any], enricher: Enricher,
-          directory: str) -> list[tuple[str, Callable[[], object], int]]:
+def _tail(events: list[Event], facts: list[Any], enricher: Enricher, directory: str) -> Plan:
     """The stages every path shares, from facts on."""
-    lines = [ecs.render(event) for event in events]
+    path = os.path.join(directory, "events.jsonl")
 
-    def sink() -> None:
-        out = RotatingFileSink(os.path.join(directory, "events.jsonl"), 1 << 30, 1)
+    def sink(lines: list[str]) -> None:
+        out = RotatingFileSink(path, 1 << 30, 1)
         for line in lines:
             out.write(line)
         out.flush()
         out.close()
-        os.unlink(os.path.join(directory, "events.jsonl"))
+        os.unlink(path)
 
     return [
-        ("  enrich (process map)", _each(enricher.process_map, facts), len(facts)),
-        ("  fingerprint (TTPHash)", _each(ttphash.compute, events), len(events)),
-        ("render (ECS line)", _each(ecs.render, events), len(events)),
-        ("sink (rotating file)", sink, len(lines)),
+        ("  enrich (process map)", _same(facts), _each(enricher.process_map), len(facts)),
+        ("  fingerprint (TTPHash)", _same(events), _each(ttphash.compute), len(events)),
+        ("render (ECS line)", _same(events), _each(ecs.render), len(events)),
+        ("sink (rotating file)", lambda: [ecs.render(event) for event in events], sink,
+         len(events)),
     ]
 
 
-def audit_stages(lines: list[bytes], directory: str) -> tuple[int, list[Stage]]:
-    """Stage costs on audit text ``lines``; returns (exec events, stages)."""
-    def decode_all() -> list[Any]:
+def _syscall_of(item: AuditEvent) -> Record:
+    return next(r for r in item.records if r.rtype == SYSCALL)
+
+
+def audit_stages(lines: list[bytes], directory: str) -> tuple[int, list[Row]]:
+    """Stage costs on audit text ``lines``; returns (exec events, rows)."""
+    def decode_all(_: object = None) -> list[AuditEvent]:
         decoder = AuditDecoder(Keeper(None))
         items = [item for line in lines for item in decoder.decode(line)]
         return items + decoder.flush()
 
+    def decode_execs() -> list[AuditEvent]:
+        # Freshly parsed each round: a record caches its fields once they are read.
+        return [item for item in decode_all() if any(r.rtype == EXECVE for r in item.records)]
+
     items = decode_all()
     builder = AuditEventBuilder(_enricher())
     events = [builder.build(item) for item in items]
-    execs = [(item, event) for item, event in zip(items, events)
-             if event["event"]["action"] == ACTION_PROCESS_CREATE]
-    exec_items = [item for item, _ in execs]
-    exec_events = [event for _, event in execs]
+    exec_events = [e for e in events if e["event"]["action"] == ACTION_PROCESS_CREATE]
+    facts = [builder.exec_facts(item, _syscall_of(item)) for item in decode_execs()]
 
-    def syscall_of(item: Any) -> Any:
-        return next(r for r in item.records if r.rtype == SYSCALL)
+    def build_all(fresh: list[AuditEvent]) -> None:
+        again = AuditEventBuilder(builder.enricher)
+        for item in fresh:
+            again.build(item)
 
-    facts = [builder.exec_facts(item, syscall_of(item)) for item in exec_items]
-
-    def build_all() -> None:
-        fresh = AuditEventBuilder(builder.enricher)
-        for item in items:
-            fresh.build(item)
-
-    plan = [
-        ("decode (parse, assemble)", decode_all, len(items)),
-        ("build (whole event)", build_all, len(items)),
-        ("  facts (from the records)",
-         _each(lambda item: builder.exec_facts(item, syscall_of(item)), exec_items),
-         len(exec_items)),
+    plan: Plan = [
+        ("decode (parse, assemble)", _same(None), decode_all, len(items)),
+        ("build (whole event)", decode_all, build_all, len(items)),
+        ("  facts (from the records)", decode_execs,
+         _each(lambda item: builder.exec_facts(item, _syscall_of(item))), len(facts)),
         *_tail(exec_events, facts, builder.enricher, directory),
     ]
     return len(exec_events), _measure(plan, exec_events)
 
 
-def ebpf_stages(records: list[bytes], directory: str) -> tuple[int, list[Stage]]:
-    """Stage costs on raw eBPF ring-buffer ``records``; returns (events, stages)."""
+def ebpf_stages(records: list[bytes], directory: str) -> tuple[int, list[Row]]:
+    """Stage costs on raw eBPF ring-buffer ``records``; returns (events, rows)."""
     decoded: list[ExecRecord] = [decode(data) for data in records]
     builder = EbpfEventBuilder(_enricher())
     events = [builder.build(record) for record in decoded]
     facts = [builder.facts(record) for record in decoded]
-
-    def build_all() -> None:
-        for record in decoded:
-            builder.build(record)
-
-    plan = [
-        ("decode (ring-buffer record)", _each(decode, records), len(records)),
-        ("build (whole event)", build_all, len(decoded)),
-        ("  facts (from the record)", _each(builder.facts, decoded), len(decoded)),
+    plan: Plan = [
+        ("decode (ring-buffer record)", _same(records), _each(decode), len(records)),
+        ("build (whole event)", _same(decoded), _each(builder.build), len(decoded)),
+        ("  facts (from the record)", _same(decoded), _each(builder.facts), len(decoded)),
         *_tail(events, facts, builder.enricher, directory),
     ]
     return len(events), _measure(plan, events)
 
 
-def _measure(plan: Iterable[tuple[str, Callable[[], object], int]],
-             events: list[Event]) -> list[Stage]:
+def _measure(plan: Plan, events: list[Event]) -> list[Row]:
     safe = [ecs.to_json_safe(event) for event in events]  # json.dumps takes no bytes
-    reference = _median_us(_each(json.dumps, safe), len(safe))
-    stages = [Stage("json.dumps (reference)", reference, 1.0)]
+    reference = median_us_fresh(_same(safe), _each(json.dumps), len(safe), ROUNDS)
+    rows = [Row("json.dumps (reference)", reference)]
     total = 0.0
-    for name, run, count in plan:
-        us = _median_us(run, count)
+    for name, prepare, run, count in plan:
+        us = median_us_fresh(prepare, run, count, ROUNDS)
         if not name.startswith(" "):
             total += us
-        stages.append(Stage(name, us, us / reference))
-    stages.append(Stage("total (decode + build + render + sink)", total, total / reference))
-    return stages
+        rows.append(Row(name, us, "json.dumps", us / reference))
+    rows.append(Row("total (decode + build + render + sink)", total, "json.dumps",
+                    total / reference))
+    return rows
 
 
 def read_ebpf_stream(path: Path, events: int) -> list[bytes]:
@@ -174,18 +162,6 @@ def read_ebpf_stream(path: Path, events: int) -> list[bytes]:
 def read_audit_log(path: Path) -> list[bytes]:
     with open(path, "rb") as f:
         return f.read().splitlines(keepends=True)
-
-
-def _print(title: str, events: int, stages: list[Stage]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    table = Table(title=f"{title}: {events} exec events, median of {ROUNDS}")
-    table.add_column("stage")
-    table.add_column("µs / event", justify="right")
-    table.add_column("× json.dumps", justify="right")
-    for stage in stages:
-        table.add_row(stage.name, f"{stage.per_event_us:.1f}", f"{stage.ratio:.2f}")
-    Console(width=100).print(table)
 
 
 @click.command("stages")
@@ -211,9 +187,11 @@ def bench_stages(audit_log: Path | None, execs: int, ebpf_stream: Path | None,
             audit_log = Path(directory) / "recording.log"
             record(audit_log, execs)
         count, stages = audit_stages(read_audit_log(audit_log), directory)
-        _print(f"audit path ({audit_log.name})", count, stages)
+        print_table(stages, f"audit path ({audit_log.name}): {count} exec events, median of "
+                            f"{ROUNDS}")
         if ebpf_stream is None:
             click.echo("eBPF path: no recording (give --ebpf-stream)", err=True)
             return
         count, stages = ebpf_stages(read_ebpf_stream(ebpf_stream, ebpf_events), directory)
-        _print(f"eBPF path ({ebpf_stream.name})", count, stages)
+        print_table(stages, f"eBPF path ({ebpf_stream.name}): {count} exec events, median of "
+                            f"{ROUNDS}")

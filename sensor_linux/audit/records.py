@@ -86,9 +86,10 @@ class Record:
         body = self._body
         if body is None:
             rtype, line = self.rtype, self.raw
-            body = self._body = [(name, field_value(rtype, name, raw, line))
-                                 for name, raw in ((_plain_key(k), v)
-                                                   for k, v in self.plain_fields())]
+            body = self._body = []
+            for key, raw in self.plain_fields():
+                name = _plain_key(key)
+                body.append((name, field_value(rtype, name, raw, line)))
         return body
 
     def plain_fields(self) -> list[tuple[bytes, bytes]]:
