@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -89,6 +90,9 @@ def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generat
     as generic events with their original records. Stop with Ctrl-C or SIGTERM: unicast mode
     then restores the audit state it found. A summary goes to stderr.
     """
+    # A sensor that stops answering can be asked where it is: SIGABRT (or a crash) writes
+    # every thread's Python stack to stderr before it dies.
+    faulthandler.enable(all_threads=True)
     config = RunConfig(source=source, fmt=fmt, rules_file=rules_file, state_file=state_file,
                        parse_error_log=parse_error_log, max_bytes=max_bytes,
                        generations=generations, status_file=status_file,

@@ -98,6 +98,16 @@ def audit_state_is_left_as_found():
         pytest.fail(f"the audit state changed during the test run: {before} -> {after}")
 
 
+@pytest.fixture(autouse=True)
+def no_sensor_outlives_its_test():
+    """A sensor a failed test left running would stay the audit daemon for the rest of the
+    run (and the machine's execs would wait on its backlog): kill it, and say so."""
+    from tests.live import kill_leftovers
+    yield
+    left = kill_leftovers()
+    assert not left, f"sensors left running by the test, killed: {left}"
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     """A private PostgreSQL cluster for the test run, on a free loopback port; stopped after.

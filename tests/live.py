@@ -17,24 +17,34 @@ from sensor_linux.audit.netlink import AuditSocket
 from tests.conftest import require, ttpsensor_command
 
 
+# How long a stopping sensor may take (it drains what it has read and restores audit state).
+STOP_SECONDS = 90
+
+
 class Sensor:
-    """``ttpsensor run`` as a subprocess writing JSON lines to a file."""
+    """``ttpsensor run`` as a subprocess writing JSON lines to a file. Every one started is
+    killed at the end of its test if it is still running (tests/conftest.py), so that a
+    failed test never leaves an audit daemon behind for the rest of the run."""
+
+    started: list["Sensor"] = []   # the running ones; emptied after each test
 
     def __init__(self, tmp: Path, name: str, *args: str) -> None:
         # The sensor drops to the ttpsensor user after opening its sockets; it may write only
         # in directories named for it.
         tmp = tmp / "ttpsensor-files"
         tmp.mkdir(exist_ok=True)
+        self.name = name
         self.out = tmp / f"{name}.jsonl"
         self.err_path = tmp / f"{name}.err"
         self.proc = subprocess.Popen(
             ttpsensor_command() + ["run", "--output", f"jsonl:{self.out}", "--parse-error-log",
                                    str(tmp / f"{name}-parse-errors.log"), *args],
             stdout=subprocess.DEVNULL, stderr=open(self.err_path, "w"))
+        Sensor.started.append(self)
 
     @property
     def stderr(self) -> str:
-        return self.err_path.read_text()
+        return self.err_path.read_text(errors="replace")
 
     def wait_for(self, predicate, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -42,10 +52,11 @@ class Sensor:
             if predicate():
                 return
             if self.proc.poll() is not None:
-                pytest.fail(f"sensor exited ({self.proc.returncode}) waiting for {what}: "
-                            f"{self.stderr}")
+                pytest.fail(f"{self.name} sensor exited ({self.proc.returncode}) waiting for "
+                            f"{what}: {self.stderr}")
             time.sleep(0.1)
-        pytest.fail(f"timed out waiting for {what}: {self.stderr}")
+        pytest.fail(f"timed out after {timeout:g} s waiting for {what} from the {self.name} "
+                    f"sensor: {self.stderr[-8000:]}")
 
     def events(self) -> list[dict]:
         """Every event written so far, the rotated files' (FILE.N ... FILE.1) first."""
@@ -61,10 +72,52 @@ class Sensor:
                        for line in text[:text.rfind("\n") + 1].splitlines()]
         return events
 
-    def stop(self, sig: int = signal.SIGTERM) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_SECONDS) -> int:
+        """Signal the sensor and return its exit code. One that does not stop in ``timeout``
+        is made to print every thread's stack (SIGABRT, faulthandler), killed, and the test
+        fails with that stack."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout=60)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"the {self.name} sensor did not stop within {timeout:g} s of signal "
+                        f"{sig}; where it was:\n{self.stderr[-8000:]}")
+
+    def kill(self) -> None:
+        """Stack to stderr, then SIGKILL if that does not end it."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGABRT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def kill_leftovers() -> list[str]:
+    """Kill the sensors started since the last call that still run; their names."""
+    left = [s for s in Sensor.started if s.proc.poll() is None]
+    Sensor.started.clear()
+    for sensor in left:
+        sensor.kill()
+    return [s.name for s in left]
+
+
+def stop_all(*sensors: Sensor) -> None:
+    """Stop every sensor (each one, whatever the others do), then fail if any failed."""
+    failed = []
+    for sensor in sensors:
+        try:
+            code = sensor.stop()
+        except BaseException as exc:  # noqa: BLE001 - the others must still be stopped
+            failed.append(f"{sensor.name}: {exc}")
+            continue
+        if code != 0:
+            failed.append(f"{sensor.name} exited {code}: {sensor.stderr[-8000:]}")
+    assert not failed, "\n".join(failed)
 
 
 def registered(sensor: Sensor) -> bool:
@@ -98,8 +151,8 @@ def ebpf_and_audit(tmp: Path) -> tuple[Sensor, Sensor]:
         ebpf.wait_for(lambda: probes_loaded(ebpf), "the probes to load", timeout=120)
         audit.wait_for(lambda: registered(audit), "audit registration")
     except BaseException:
-        audit.stop()
-        ebpf.stop()
+        audit.kill()
+        ebpf.kill()
         raise
     return ebpf, audit
 

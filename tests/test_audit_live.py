@@ -19,7 +19,8 @@ from common.filehash import FileHasher
 from sensor_linux.audit.netlink import AuditNetlinkError, AuditSocket
 from sensor_linux.audit.session import process_name
 from tests.conftest import require, ttpsensor_command
-from tests.live import Sensor, assert_complete, captured, registered
+from tests.live import (Sensor, assert_complete, captured, kill_leftovers, registered,
+                        stop_all)
 from tests.workload import run_execs
 
 pytestmark = pytest.mark.kernel
@@ -49,13 +50,17 @@ def audit_guard():
             f"an audit daemon ({process_name(status.pid)}) is already registered")
     before = auditctl_state()
     yield before
+    # A sensor the test failed to stop still owns the audit state: end it first.
+    left = kill_leftovers()
     after = auditctl_state()
     if after != before:
         # Leave the machine as we found it before failing.
         subprocess.run(["auditctl", "-D"], capture_output=True)
         subprocess.run(["auditctl", "-e", before[0]["enabled"], "-b",
                         before[0]["backlog_limit"]], capture_output=True)
-        pytest.fail(f"audit state changed: {before} -> {after}")
+        pytest.fail(f"audit state changed: {before} -> {after}"
+                    + (f" (sensors left running, killed: {left})" if left else ""))
+    assert not left, f"sensors left running by the test, killed: {left}"
 
 
 def test_unicast_captures_2000_execs_exactly_and_restores_state(audit_guard, tmp_path) -> None:
@@ -127,9 +132,7 @@ def test_multicast_beside_a_registered_daemon_and_refusal_of_a_second_daemon(
             sensor.wait_for(lambda s=sensor: len(captured(s.events(), token)) == len(spawned),
                             "2000 exec events", timeout=180)
     finally:
-        if listener is not None:
-            assert listener.stop() == 0, listener.stderr
-        assert daemon.stop() == 0, daemon.stderr
+        stop_all(*[s for s in (listener, daemon) if s is not None])
     assert_complete(daemon.events(), token, spawned)
     assert_complete(listener.events(), token, spawned)
     assert auditctl_state() == audit_guard
@@ -151,3 +154,23 @@ def test_after_sigkill_the_next_start_repairs_the_stale_state(audit_guard, tmp_p
     finally:
         assert second.stop() == 0, second.stderr
     assert auditctl_state() == audit_guard
+
+
+def test_a_request_the_kernel_never_answers_ends_in_an_error_not_a_hang() -> None:
+    require(os.geteuid() == 0, "root is needed for audit netlink")
+    import errno
+    import time
+
+    from sensor_linux.audit import netlink
+    sock = AuditSocket(reply_seconds=0.5)
+    try:
+        started = time.monotonic()
+        # An AUDIT_SET that changes nothing, without NLM_F_ACK: the kernel sends no answer.
+        payload = bytes(4 * 11)
+        with pytest.raises(AuditNetlinkError) as caught:
+            sock.request(netlink.AUDIT_SET, payload, reply=True)
+        assert caught.value.errno == errno.ETIMEDOUT and "no answer" in str(caught.value)
+        assert time.monotonic() - started < 30
+        assert sock.status().enabled in (0, 1, 2)   # the socket still serves requests
+    finally:
+        sock.close()

@@ -13,7 +13,7 @@ import pytest
 
 from common import ttphash
 from tests.live import (Sensor, assert_complete, captured, ebpf_and_audit, probes_loaded,
-                        registered, require_bcc, summary)
+                        registered, require_bcc, stop_all, summary)
 from tests.test_audit_live import audit_guard  # noqa: F401  (the fixture)
 from tests.workload import run_execs
 
@@ -63,8 +63,7 @@ def test_ebpf_and_audit_see_the_same_execs_with_the_same_ttphash(audit_guard, bu
                                                  for e in s.events() if "process" in e),
                             "the last exec", timeout=180)
     finally:
-        assert audit.stop() == 0, audit.stderr
-        assert ebpf.stop() == 0, ebpf.stderr
+        stop_all(audit, ebpf)
     events = ebpf.events()
     # 2,000 execs: exactly 2,000 events, exact argv (non-UTF-8, empty, quotes, newlines...).
     assert len(captured(events, token)) == 2000

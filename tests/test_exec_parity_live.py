@@ -13,7 +13,7 @@ import os
 import pytest
 
 from common import ttphash
-from tests.live import ebpf_and_audit, summary
+from tests.live import ebpf_and_audit, stop_all, summary
 from tests.shapes import cleanup, events_of, run_shapes
 from tests.test_audit_live import audit_guard  # noqa: F401  (the fixture)
 
@@ -46,8 +46,7 @@ def test_audit_and_ebpf_agree_on_every_exec_shape(audit_guard, busy_machine,
         finally:
             cleanup(shapes)
     finally:
-        assert audit.stop() == 0, audit.stderr
-        assert ebpf.stop() == 0, ebpf.stderr
+        stop_all(audit, ebpf)
     from_ebpf = events_of(ebpf.events(), shapes)
     from_audit = events_of(audit.events(), shapes)
     for shape, expected in shapes.expected.items():

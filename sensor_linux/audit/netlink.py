@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
+import time
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
@@ -63,6 +65,10 @@ _RULE_HEAD = struct.Struct("=III")
 _RULE_ARRAYS = 4 * (AUDIT_BITMASK_SIZE + 3 * AUDIT_MAX_FIELDS)
 RECV_BUFFER = 1 << 20
 SOCKET_BUFFER = 16 << 20
+# How long a request waits for the kernel's answer. The kernel answers at once; a missing
+# answer (a reply dropped by the kernel) must end in an error, never in a sensor that stops
+# reading its records while the machine's execs wait on the audit backlog.
+REPLY_SECONDS = 10.0
 
 
 class AuditNetlinkError(OSError):
@@ -91,7 +97,8 @@ def _align(n: int) -> int:
 class AuditSocket:
     """One NETLINK_AUDIT socket."""
 
-    def __init__(self, groups: int = 0) -> None:
+    def __init__(self, groups: int = 0, reply_seconds: float = REPLY_SECONDS) -> None:
+        self.reply_seconds = reply_seconds
         try:
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                       NETLINK_AUDIT)
@@ -141,7 +148,12 @@ class AuditSocket:
         from a thread, so they can arrive after the ack)."""
         seq = self.send(msg_type, payload, NLM_F_REQUEST | (0 if reply else NLM_F_ACK))
         replies: list[bytes] = []
+        deadline = time.monotonic() + self.reply_seconds
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                raise AuditNetlinkError(errno.ETIMEDOUT, f"audit request {msg_type}: no answer "
+                                        f"from the kernel within {self.reply_seconds:g} s")
             data = self.sock.recv(RECV_BUFFER)
             for reply_type, flags, reply_seq, body in self.messages(data):
                 if reply_seq != seq:
