@@ -14,6 +14,10 @@ from sensor_linux.enrich import Enricher
 from sensor_linux.runner import BaseSource, RunConfig, SourceError
 
 
+# One record per datagram: a few hundred execs' worth, a fraction of a second of work.
+DRAIN_DATAGRAMS = 2048
+
+
 class NetlinkInput:
     """The audit record socket, drained without blocking. Socket overflows (ENOBUFS: the
     kernel could not deliver because our receive buffer was full) are counted in the
@@ -29,7 +33,10 @@ class NetlinkInput:
         return self.records.sock.fileno()
 
     def drain(self) -> bool:
-        while True:
+        """Read until the socket is empty, or at most DRAIN_DATAGRAMS; True if more waits.
+        The bound keeps the runner's loop turning when execs come faster than we read: it
+        must still see a stop, flush its outputs and time out events."""
+        for _ in range(DRAIN_DATAGRAMS):
             try:
                 lines, lost = self.records.read_records()
             except BlockingIOError:
@@ -37,6 +44,7 @@ class NetlinkInput:
             self.decoder.stats.socket_overflows += lost
             for line in lines:
                 self.pipeline.feed(line)
+        return True
 
 
 def audit_error(exc: Exception) -> SourceError:
