@@ -72,11 +72,18 @@ class TextOutput:
         self.sink.close()
 
 
+# Bytes held before a write to stdout; the sensor's tick flushes them (about once a second).
+STDOUT_BUFFER = 1 << 16
+
+
 class StreamSink:
-    """Lines to a text stream (stdout by default)."""
+    """Lines to a text stream: by default stdout, as UTF-8 through a buffer of its own, so
+    that neither PYTHONUNBUFFERED (one system call per line, most of the cost of writing)
+    nor a console code page (a character it cannot encode stops the sensor; CRLF on
+    Windows) decides. Line-buffered on a terminal, where a person reads as events come."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        self._stream = stream if stream is not None else sys.stdout
+        self._stream = stream if stream is not None else _stdout_stream()
 
     def write(self, line: str) -> None:
         self._stream.write(line + "\n")
@@ -86,6 +93,16 @@ class StreamSink:
 
     def close(self) -> None:
         self.flush()
+
+
+def _stdout_stream() -> TextIO:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: a test's capture
+        return sys.stdout
+    sys.stdout.flush()
+    return open(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n",
+                buffering=1 if os.isatty(fd) else STDOUT_BUFFER, closefd=False)
 
 
 class RotatingFileSink:
