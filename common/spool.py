@@ -142,6 +142,10 @@ def _check_private_directory(path: str) -> None:
 
 
 def _fsync_dir(path: str) -> None:
+    """Make a rename in ``path`` durable. Windows cannot open a directory for this (no
+    O_DIRECTORY); NTFS journals its metadata, the rename included."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

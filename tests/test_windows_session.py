@@ -193,7 +193,7 @@ def test_service_control_state_machine() -> None:
     assert not control.stop.is_set()
     assert control.handle(service.SERVICE_CONTROL_STOP) == service.NO_ERROR
     assert control.stop.is_set()
-    assert reports[-1] == (service.SERVICE_STOP_PENDING, 0, service.STOP_WAIT_HINT_MS)
+    assert reports[-1] == (service.SERVICE_STOP_PENDING, 0, service.STOP_WAIT_HINT_MS, 0)
     control.handle(service.SERVICE_CONTROL_SHUTDOWN)  # a second stop reports nothing new
     assert reports[-1][0] == service.SERVICE_STOP_PENDING
     control.stopped()

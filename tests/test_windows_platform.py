@@ -1,0 +1,156 @@
+"""The Windows twin's code paths that need no Windows API, run where Windows would break them:
+under a simulated Windows ``os`` (tests/windows_sim.py), with a console code page that cannot
+encode what events carry, and the service's life as the SCM sees it."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from sensor_windows import service
+from tests.windows_sim import run_as_windows
+
+# A Windows event with text no ANSI code page holds whole (German, Japanese, an emoji).
+EVENT_SCRIPT = """
+import copy
+import json
+from common import qlog
+from tests.conftest import seed_qlog_example
+event = qlog.read_event(json.loads(seed_qlog_example()))
+event["process"]["executable"] = "C:\\\\Users\\\\J\\u00fcrgen\\\\\\u65e5\\u672c\\\\notepad\\U0001f600.exe"
+event["process"]["command_line"] = "notepad \\u00e4\\u00f6\\u00fc \\u65e5\\u672c\\u8a9e"
+"""
+
+
+def test_file_and_spool_outputs_work_without_posix_calls(tmp_path) -> None:
+    done = run_as_windows(EVENT_SCRIPT + f"""
+from common.sinks import open_outputs
+from common.spool import Spool
+outputs = open_outputs(["jsonl:{tmp_path}/events.jsonl", "spool:{tmp_path}/spool"], "ecs",
+                       max_bytes=6000, generations=2)
+for n in range(5):
+    one = copy.deepcopy(event)   # the spool holds events until its frame is written
+    one["event"]["id"] = f"id-{{n}}"
+    outputs.output.write_event(one, outputs.output.prepare(one))
+outputs.close()
+back = [e for _, events in Spool("{tmp_path}/spool").read() for e in events]
+assert [e["event"]["id"] for e in back] == [f"id-{{n}}" for n in range(5)]
+assert back[-1]["process"]["executable"] == event["process"]["executable"]
+print("ok")
+""")
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert done.stdout.strip() == b"ok"
+    files = sorted(tmp_path.glob("events.jsonl*"))
+    assert len(files) >= 2                  # rotated by size
+    for path in files:
+        data = path.read_bytes()
+        assert b"\r" not in data            # LF only, never text mode's CRLF
+        for line in data.decode("utf-8").splitlines():
+            assert "J\u00fcrgen" in json.loads(line)["process"]["executable"]
+
+
+@pytest.mark.parametrize("fmt", ["ecs", "qlog"])
+def test_stdout_is_utf8_whatever_the_console_code_page(fmt) -> None:
+    # A redirected stdout on Windows has the ANSI code page (cp1252 here): it cannot encode
+    # these characters, and the sensor used to die on the first such event.
+    done = run_as_windows(EVENT_SCRIPT + f"""
+from common.sinks import open_outputs
+outputs = open_outputs(["-"], {fmt!r})
+outputs.output.write_event(event, outputs.output.prepare(event))
+outputs.close()
+""", env={"PYTHONIOENCODING": "cp1252", "PYTHONUNBUFFERED": "1"})
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    line = done.stdout.decode("utf-8")
+    assert line.endswith("\n") and "\r" not in line and "\u65e5\u672c\u8a9e" in line
+
+
+def test_service_outputs_open_under_windows_os(tmp_path) -> None:
+    done = run_as_windows(f"""
+from sensor_windows.service import open_service_outputs
+outputs = open_service_outputs("{tmp_path}/state")
+outputs.status.write("status\\n")
+outputs.errors.write("rejected")
+outputs.close()
+print("ok")
+""")
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert (tmp_path / "state" / "status.jsonl").read_bytes() == b"status\n"
+    assert (tmp_path / "state" / "rejected.jsonl").read_bytes() == b"rejected\n"
+    assert (tmp_path / "state" / "events.jsonl").exists()
+
+
+class Recorded:
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, int, int, int]] = []
+        self.log: list[str] = []
+        self.closed = 0
+
+    def control(self) -> service.ServiceControl:
+        return service.ServiceControl(lambda *status: self.reports.append(status))
+
+    def outputs(self) -> service.ServiceOutputs:
+        recorded = self
+
+        class Closing:
+            def close(self) -> None:
+                recorded.closed += 1
+        return service.ServiceOutputs(Closing(), Closing(), Closing())  # type: ignore[arg-type]
+
+
+def test_a_service_that_cannot_open_its_outputs_reports_a_failure_not_a_clean_stop() -> None:
+    seen = Recorded()
+
+    def cannot_open() -> service.ServiceOutputs:
+        raise AttributeError("module 'os' has no attribute 'O_CLOEXEC'")  # what used to happen
+    code = service.service_body(seen.control(), cannot_open, lambda o: None, seen.log.append)
+    assert code == service.EXIT_OUTPUTS
+    assert [r[0] for r in seen.reports] == [service.SERVICE_START_PENDING,
+                                            service.SERVICE_STOPPED]
+    assert seen.reports[-1][3] == service.EXIT_OUTPUTS
+    assert service.win32_exit_codes(seen.reports[-1][3]) == (
+        service.ERROR_SERVICE_SPECIFIC_ERROR, service.EXIT_OUTPUTS)
+    assert "O_CLOEXEC" in seen.log[0]
+
+
+def test_a_failing_sensor_loop_is_reported_and_its_outputs_closed() -> None:
+    seen = Recorded()
+
+    def fails(_outputs: service.ServiceOutputs) -> None:
+        raise OSError(5, "StartTrace: access denied")
+    code = service.service_body(seen.control(), seen.outputs, fails, seen.log.append)
+    assert code == service.EXIT_RUN and seen.closed == 3
+    assert [r[0] for r in seen.reports] == [service.SERVICE_START_PENDING,
+                                            service.SERVICE_RUNNING, service.SERVICE_STOPPED]
+    assert seen.reports[-1][3] == service.EXIT_RUN and "access denied" in seen.log[0]
+
+
+def test_a_clean_stop_is_reported_as_one() -> None:
+    seen = Recorded()
+    control = seen.control()
+    code = service.service_body(control, seen.outputs,
+                                lambda _o: control.handle(service.SERVICE_CONTROL_STOP),
+                                seen.log.append)
+    assert code == 0 and seen.log == [] and seen.closed == 3
+    assert seen.reports[-1] == (service.SERVICE_STOPPED, 0, 0, 0)
+    assert service.win32_exit_codes(0) == (service.NO_ERROR, 0)
+
+
+def test_installed_from_a_venv_the_scm_starts_the_base_interpreter() -> None:
+    base, site = r"C:\Program Files\Python312\python.exe", r"C:\ttp\venv\Lib\site-packages"
+    [create, _description, _failure, flag] = service.sc_commands("install", base, site)
+    bin_path = create[create.index("binPath=") + 1]
+    assert bin_path.startswith(f'"{base}" -c "') and bin_path.endswith('"')
+    code = bin_path[len(f'"{base}" -c "'):-1]
+    assert '"' not in code
+    compile(code, "binPath", "exec")
+    assert f"site.addsitedir({site!r})" in code and "sensor_windows.service" in code
+    assert flag == ["sc.exe", "failureflag", "ttpsensor", "1"]
+    # This test's own interpreter runs in a venv (.venv): the launcher is not what is chosen.
+    python, site_dir = service.service_interpreter()
+    if sys.prefix != sys.base_prefix:
+        assert site_dir is not None and site_dir.startswith(sys.prefix)
+        assert python == getattr(sys, "_base_executable", sys.executable)
+    else:
+        assert (python, site_dir) == (sys.executable, None)
