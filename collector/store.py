@@ -75,6 +75,9 @@ class IngestResult:
 _INSERT_EVENTS = "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING seq"
 _INSERT_HOSTS = "INSERT OR IGNORE INTO baseline_hosts VALUES (?,?) RETURNING ttphash"
 _KEY_INDEX = {_INSERT_EVENTS: 1, _INSERT_HOSTS: 0}
+_EVENT_COLUMNS = "spool, seq, sensor, host, ts, action, ttphash, complete, doc, ttphash_check"
+# Their PostgreSQL types, for a binary COPY (the documents go as they are, not as hex text).
+_EVENT_TYPES = ["text", "int8", "text", "text", "text", "text", "text", "int8", "bytea", "text"]
 
 _IGNORE = re.compile(r"INSERT OR IGNORE INTO (\w+) (VALUES \([?,]+\))")
 _REPLACE_ALLOW = "INSERT OR REPLACE INTO allow VALUES (?,?,?)"
@@ -109,6 +112,7 @@ class Store:
         self.path = location
         self.readonly = readonly
         self.postgres = location.startswith(("postgresql://", "postgres://"))
+        self._staging = False   # PostgreSQL: the session's COPY staging table exists
         if self.postgres:
             import psycopg
             self.db: Any = psycopg.connect(location, autocommit=True)
@@ -248,8 +252,28 @@ class Store:
 
     def _insert_new(self, rows: list[tuple[Any, ...]]) -> set[int]:
         """Insert the rows that are not stored yet; return their sequence numbers."""
+        if self.postgres:
+            return self._copy_new(rows)
         inserted = self._many(_INSERT_EVENTS, [r[:10] for r in rows], returning=True)
         return {int(seq) for (seq,) in inserted}
+
+    def _copy_new(self, rows: list[tuple[Any, ...]]) -> set[int]:
+        """PostgreSQL: the frame goes in with one COPY into a session's staging table (emptied
+        at commit), then one INSERT of what is not stored yet: two statements a frame, where
+        a pipelined insert per row made the server parse and plan each one."""
+        cursor = self.db.cursor()
+        if not self._staging:
+            cursor.execute("CREATE TEMP TABLE IF NOT EXISTS events_in (LIKE events) "
+                           "ON COMMIT DELETE ROWS")
+            self._staging = True
+        with cursor.copy(f"COPY events_in ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)") \
+                as copy:
+            copy.set_types(_EVENT_TYPES)
+            for row in rows:
+                copy.write_row(row[:10])
+        cursor.execute(f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} "
+                       "FROM events_in ON CONFLICT DO NOTHING RETURNING seq")
+        return {int(seq) for (seq,) in cursor.fetchall()}
 
     def _many(self, sql: str, params: list[tuple[Any, ...]], returning: bool = False) -> Any:
         """One batch of statements (pipelined on PostgreSQL); with ``returning``, the rows the
@@ -285,6 +309,21 @@ class Store:
         self.db.execute("RELEASE batch")
         return [(p[key],) for p in params if self.db.execute(plain, p).rowcount]
 
+    def _each(self, sqlite_sql: str, postgres_sql: str, types: tuple[str, ...],
+              rows: list[tuple[Any, ...]], returning: bool = False) -> Any:
+        """One statement for each of ``rows``. SQLite: ``sqlite_sql`` by executemany (it pays
+        no round trips). PostgreSQL: ``postgres_sql`` once, its ``{rows}`` the rows as arrays
+        of each column (``unnest``, of ``types``): a pipelined statement per row still made
+        the server run each one, and a fleet's frame has hundreds."""
+        if not self.postgres:
+            return self._many(sqlite_sql, rows, returning=returning)
+        if not rows:
+            return [] if returning else None
+        arrays = ", ".join(f"%b::{kind}[]" for kind in types)
+        cursor = self.db.execute(postgres_sql.format(rows=f"unnest({arrays})"),
+                                 [list(column) for column in zip(*rows)])
+        return cursor.fetchall() if returning else None
+
     def _baseline(self, groups: dict[str, dict[str, Any]]) -> None:
         """Fold a frame's new executions into the baseline: one batch of updates for the
         TTPHashes it knows (most of them, on a fleet), one batch of upserts with sample and
@@ -295,9 +334,13 @@ class Store:
             tuple(values)).fetchall()}
         least, greatest = ("LEAST", "GREATEST") if self.postgres else ("min", "max")
         if known:
-            self._many(
+            self._each(
                 f"UPDATE baseline SET first_seen = {least}(first_seen, ?), "
                 f"last_seen = {greatest}(last_seen, ?), count = count + ? WHERE ttphash = ?",
+                "UPDATE baseline AS b SET first_seen = LEAST(b.first_seen, v.f), "
+                "last_seen = GREATEST(b.last_seen, v.l), count = b.count + v.c "
+                "FROM {rows} AS v(f, l, c, h) WHERE b.ttphash = v.h",
+                ("text", "text", "bigint", "text"),
                 [(groups[v]["first"], groups[v]["last"], groups[v]["count"], v)
                  for v in values if v in known])
         entries = []
@@ -313,23 +356,29 @@ class Store:
                             wire.pack_event(group["sample"]), canonical))
         if entries:
             # An upsert still: another connection may have added one since the look-up.
-            self._many(
-                "INSERT INTO baseline VALUES (?,?,?,?,?,?,?) ON CONFLICT (ttphash) DO UPDATE "
-                f"SET first_seen = {least}(baseline.first_seen, excluded.first_seen), "
-                f"last_seen = {greatest}(baseline.last_seen, excluded.last_seen), "
-                "count = baseline.count + excluded.count", entries)
+            update = (f"ON CONFLICT (ttphash) DO UPDATE "
+                      f"SET first_seen = {least}(baseline.first_seen, excluded.first_seen), "
+                      f"last_seen = {greatest}(baseline.last_seen, excluded.last_seen), "
+                      "count = baseline.count + excluded.count")
+            self._each("INSERT INTO baseline VALUES (?,?,?,?,?,?,?) " + update,
+                       "INSERT INTO baseline SELECT * FROM {rows} " + update,
+                       ("text", "text", "text", "bigint", "bigint", "bytea", "text"), entries)
         # (TTPHash, host) pairs already stored are not inserted again: on a fleet, nearly all.
         stored = set(self._execute(
             f"SELECT ttphash, host FROM baseline_hosts WHERE ttphash IN "
             f"({','.join('?' * len(values))})", tuple(values)).fetchall()) if known else set()
         pairs = [(value, host) for value, group in groups.items()
                  for host in sorted(group["hosts"]) if (value, host) not in stored]
-        added = self._many(_INSERT_HOSTS, pairs, returning=True) if pairs else []
+        added = self._each(_INSERT_HOSTS, "INSERT INTO baseline_hosts SELECT * FROM {rows} "
+                           "ON CONFLICT DO NOTHING RETURNING ttphash", ("text", "text"), pairs,
+                           returning=True) if pairs else []
         counts: dict[str, int] = {}
         for (value,) in added:
             counts[value] = counts.get(value, 0) + 1
         if counts:
-            self._many("UPDATE baseline SET hosts = hosts + ? WHERE ttphash = ?",
+            self._each("UPDATE baseline SET hosts = hosts + ? WHERE ttphash = ?",
+                       "UPDATE baseline AS b SET hosts = b.hosts + v.n FROM {rows} AS v(n, h) "
+                       "WHERE b.ttphash = v.h", ("bigint", "text"),
                        [(n, value) for value, n in counts.items()])
 
     def _gap(self, spool: str, sensor: str, event: Event) -> None:
