@@ -41,8 +41,41 @@ class ProcessInfo:
     create_time: _dt.datetime | None = None
 
 
+@dataclass(frozen=True)
+class StartTime:
+    """When a process started, as an event tells it. ``created`` is the kernel's creation
+    time (ProcessStart's CreateTime; GetProcessTimes gives the same value, in clock ticks of
+    about 15.6 ms); ``logged`` only when the event was written (its header), a little later."""
+
+    created: _dt.datetime | None = None
+    logged: _dt.datetime | None = None
+
+    @property
+    def moment(self) -> _dt.datetime | None:
+        return self.created or self.logged
+
+
+# How much later than a process's creation its start event may be written.
+LOGGED_WITHIN = _dt.timedelta(seconds=1)
+_SAME = _dt.timedelta(milliseconds=1)   # datetime keeps microseconds of a 100 ns FILETIME
+
+
+def same_process(created: _dt.datetime | None, when: StartTime | None) -> bool:
+    """Whether a live process created at ``created`` (GetProcessTimes) is the one ``when``
+    speaks of: the same creation time, or created at most LOGGED_WITHIN before the event
+    was logged. A process whose creation time cannot be read is taken as it is."""
+    if when is None or created is None:
+        return True
+    if when.created is not None:
+        return abs(created - when.created) <= _SAME
+    if when.logged is not None:
+        return -_SAME <= when.logged - created <= LOGGED_WITHIN
+    return True
+
+
 class ProcessInspector(Protocol):
-    def describe(self, pid: int, create_time: _dt.datetime | None) -> ProcessInfo | None: ...
+    def describe(self, pid: int, when: StartTime | None) -> ProcessInfo | None: ...
+    def running(self, pid: int, when: StartTime | None) -> bool: ...
 
 
 class FileSource(Protocol):
@@ -57,15 +90,18 @@ class CachedInspector:
     _cache: OrderedDict[tuple[int, Any], ProcessInfo | None] = field(
         default_factory=OrderedDict)
 
-    def describe(self, pid: int, create_time: _dt.datetime | None) -> ProcessInfo | None:
-        if create_time is None:
+    def describe(self, pid: int, when: StartTime | None) -> ProcessInfo | None:
+        if when is None or when.moment is None:
             return self.inner.describe(pid, None)  # "whoever has this pid now" goes stale
-        key = (pid, create_time)
+        key = (pid, when)
         if key not in self._cache:
-            self._cache[key] = self.inner.describe(pid, create_time)
+            self._cache[key] = self.inner.describe(pid, when)
             if len(self._cache) > CACHE_ENTRIES:
                 self._cache.popitem(last=False)
         return self._cache[key]
+
+    def running(self, pid: int, when: StartTime | None) -> bool:
+        return self.inner.running(pid, when)  # never cached: it changes
 
 
 def _pe_fields(facts: PEFacts) -> dict[str, Any]:
@@ -139,22 +175,25 @@ class WindowsEnricher:
     def build(self, start: ProcessStart) -> Event:
         """The event of a process start (common/process_event.py does the parent, the table
         record and the TTPHash)."""
-        info = self.inspector.describe(start.pid, start.create_time)
-        process = self._process_map(start.pid, start.image, start.image, info,
-                                    start.create_time)
+        when = StartTime(start.create_time, start.logged_time)
+        info = self.inspector.describe(start.pid, when)
+        process = self._process_map(start.pid, start.image, start.image, info, when.moment)
         if "integrity_level" not in process and start.integrity_level:
             process["integrity_level"] = start.integrity_level  # v3 events carry it
         process["creator_pid"] = start.creator_pid
-        start_key = start.create_time.timestamp() if start.create_time else None
+        start_key = when.moment.timestamp() if when.moment else None
         return process_create(self.table, self.host, "etw", process, pid=start.pid,
                               start_key=start_key, ppid=start.ppid, parents=self,
-                              timestamp=start.create_time,
+                              timestamp=when.moment,
                               original_id=str(start.sequence) if start.sequence else None,
                               memo=self.fingerprints)
 
     def running(self, entry: Entry) -> bool:
-        described = self.inspector.describe(entry.pid, None)
-        return described.running if described else False
+        """Whether the process of ``entry`` still runs: not another that has its pid now,
+        not one that exited while a handle keeps it in the table."""
+        started = None if entry.start_key is None else StartTime(logged=_dt.datetime.fromtimestamp(
+            entry.start_key, _dt.timezone.utc))
+        return self.inspector.running(entry.pid, started)
 
     def unknown(self, ppid: int, child_start: float | None) -> dict[str, Any] | None:
         """A parent the table does not know, as the live process (unless its pid was reused

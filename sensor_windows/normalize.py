@@ -13,6 +13,7 @@ ParentProcessID under PPID spoofing; both are kept.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ class ProcessStart:
     pid: int
     ppid: int
     creator_pid: int | None         # EventHeader.ProcessId: who really created it
-    create_time: _dt.datetime | None
+    create_time: _dt.datetime | None  # CreateTime: the kernel's creation time
     session: int | None
     image_nt: str                   # \\Device\\HarddiskVolume3\\Windows\\notepad.exe
     image: str                      # C:\\Windows\\notepad.exe when the device map knows it
@@ -44,6 +45,7 @@ class ProcessStart:
     integrity_level: str | None = None
     elevated: bool | None = None
     package: str | None = None
+    logged_time: _dt.datetime | None = None  # the header's TimeStamp: when it was written
 
     @property
     def ppid_spoofed(self) -> bool:
@@ -76,6 +78,40 @@ def filetime(value: Any) -> _dt.datetime | None:
     return _FILETIME_EPOCH + _dt.timedelta(microseconds=ticks // 10)
 
 
+# TdhFormatProperty's text of a FILETIME (pywintrace 0.2.0 hands it over as such): ISO 8601
+# in UTC with up to 100 ns, its date parts between left-to-right marks (U+200E), e.g.
+# "\u200e2021\u200e-\u200e12\u200e-\u200e30T08:13:38.086774600Z".
+_FORMATTED_TIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(Z|[+-]\d{2}:?\d{2})?")
+_MARKS = dict.fromkeys(map(ord, "\u200e\u200f\u202a\u202b\u202c\u202d\u202e"))
+
+
+def event_time(value: Any) -> _dt.datetime | None:
+    """A time of an ETW event as pywintrace gives it: a FILETIME (int or its digits) or
+    TdhFormatProperty's text; None when absent or not understood (the caller then has only
+    the header's time)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        return filetime(value)
+    match = _FORMATTED_TIME.fullmatch(str(value).translate(_MARKS).strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    try:
+        moment = _dt.datetime(int(year), int(month), int(day), int(hour), int(minute),
+                              int(second), int((fraction or "0")[:6].ljust(6, "0")))
+    except ValueError:
+        return None
+    if zone in (None, "Z"):
+        return moment.replace(tzinfo=_dt.timezone.utc)
+    sign = -1 if zone[0] == "-" else 1
+    digits = zone[1:].replace(":", "")
+    offset = _dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+    return (moment - sign * offset).replace(tzinfo=_dt.timezone.utc)
+
+
 def integrity_level(label: Any) -> str | None:
     """A MandatoryLabel (S-1-16-8192, or "Mandatory Label\\\\Medium Mandatory Level") as QLOG's
     ProcessIntegrityLevel word."""
@@ -102,9 +138,7 @@ def normalize(event_id: Any, event: dict[str, Any],
     image_nt = event.get("ImageName")
     if pid is None or ppid is None or not image_nt:
         raise NormalizeError("ProcessStart without ProcessID, ParentProcessID or ImageName")
-    created = filetime(header.get("TimeStamp"))
-    if created is None and isinstance(event.get("CreateTime"), (int, str)):
-        created = filetime(event["CreateTime"]) if str(event["CreateTime"]).isdigit() else None
+    created = event_time(event.get("CreateTime"))
     elevated = to_int(event.get("ProcessTokenIsElevated"))
     return ProcessStart(
         pid=pid, ppid=ppid, creator_pid=to_int(header.get("ProcessId")), create_time=created,
@@ -115,4 +149,5 @@ def normalize(event_id: Any, event: dict[str, Any],
                 "ParentProcessSequenceNumber")),
         integrity_level=integrity_level(event.get("MandatoryLabel")),
         elevated=None if elevated is None else bool(elevated),
-        package=event.get("PackageFullName") or None)
+        package=event.get("PackageFullName") or None,
+        logged_time=event_time(header.get("TimeStamp")))

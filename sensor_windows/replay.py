@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.sinks import Output
-from sensor_windows.enrich import CachedInspector, ProcessInfo, WindowsEnricher
+from sensor_windows.enrich import (CachedInspector, ProcessInfo, StartTime, WindowsEnricher,
+                                    same_process)
 from sensor_windows.pipeline import EtwDecodeStats, windows_pipeline
 
 
@@ -56,11 +57,19 @@ class ReplayWorld:
             create_time=_time(doc.get("create_time")))
         self.processes.setdefault(int(doc["pid"]), []).append(info)
 
-    def describe(self, pid: int, create_time: _dt.datetime | None) -> ProcessInfo | None:
+    def describe(self, pid: int, when: StartTime | None) -> ProcessInfo | None:
+        """As Windows answers: whoever has the pid now (the latest description), if it is
+        the process ``when`` speaks of (:func:`same_process`, the rule the live inspector
+        applies); an exited process still described (``"running": false``) is one whose
+        handle someone holds."""
         known = self.processes.get(pid) or []
-        if create_time is None:
-            return known[-1] if known else None  # whoever has the pid now
-        return next((p for p in reversed(known) if p.create_time == create_time), None)
+        if not known:
+            return None
+        return known[-1] if same_process(known[-1].create_time, when) else None
+
+    def running(self, pid: int, when: StartTime | None) -> bool:
+        info = self.describe(pid, when)
+        return info is not None and info.running
 
     def read(self, path: str) -> bytes | None:
         local = self.files.get(path.upper())

@@ -20,10 +20,11 @@ import datetime as _dt
 import string
 from typing import Any
 
-from sensor_windows.enrich import ProcessInfo
+from sensor_windows.enrich import ProcessInfo, StartTime, same_process
 from sensor_windows.normalize import INTEGRITY_BY_RID, filetime
 
 PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+STILL_ACTIVE = 259
 TOKEN_QUERY = 0x0008
 TOKEN_USER_CLASS = 1
 TOKEN_INTEGRITY_LEVEL_CLASS = 25
@@ -76,23 +77,41 @@ class Win32Inspector:
         self.ntdll.NtQueryInformationProcess.argtypes = [
             wt.HANDLE, ctypes.c_int, ctypes.c_void_p, wt.ULONG, ctypes.POINTER(wt.ULONG)]
 
-    def describe(self, pid: int, create_time: _dt.datetime | None) -> ProcessInfo | None:
+    def describe(self, pid: int, when: StartTime | None) -> ProcessInfo | None:
         handle = self.k32.OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
         if not handle:
             return None  # gone, or not ours to open: the event's own facts stand
         try:
             created = self._create_time(handle)
-            if create_time is not None and created is not None and \
-                    abs((created - create_time).total_seconds()) > 0.001:
+            if not same_process(created, when):
                 return None  # the pid now belongs to another process
             sid, integrity = self._token(handle)
             return ProcessInfo(image=self._image(handle), command_line=self._command_line(handle),
                                user_sid=sid, user_name=self._account(sid) if sid else None,
                                integrity_level=integrity,
                                working_directory=self._working_directory(pid),
-                               running=True, create_time=created)
+                               running=self._still_active(handle), create_time=created)
         finally:
             self.k32.CloseHandle(handle)
+
+    def running(self, pid: int, when: StartTime | None) -> bool:
+        """Opened, the same process, and not exited: a process that exited stays openable
+        while anyone holds a handle to it (its exit code is then no longer STILL_ACTIVE)."""
+        handle = self.k32.OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+        if not handle:
+            return False
+        try:
+            return same_process(self._create_time(handle), when) and self._still_active(handle)
+        finally:
+            self.k32.CloseHandle(handle)
+
+    def _still_active(self, handle: Any) -> bool:
+        code = wt.DWORD()
+        if not self.k32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return False
+        # A process that exited with 259 itself looks alive here; GetProcessTimes' exit time
+        # tells them apart, as psutil does.
+        return code.value == STILL_ACTIVE and not self._exit_time(handle)
 
     def _working_directory(self, pid: int) -> str | None:
         handle = self.k32.OpenProcess(PROCESS_QUERY_INFORMATION | PROCESS_VM_READ, False, pid)
@@ -124,10 +143,19 @@ class Win32Inspector:
                                                ctypes.byref(into), ctypes.sizeof(into), None))
 
     def _create_time(self, handle: Any) -> _dt.datetime | None:
+        times = self._times(handle)
+        return filetime_parts(times[0].dwLowDateTime, times[0].dwHighDateTime) if times else None
+
+    def _exit_time(self, handle: Any) -> _dt.datetime | None:
+        times = self._times(handle)
+        return filetime_parts(times[1].dwLowDateTime, times[1].dwHighDateTime) if times else None
+
+    def _times(self, handle: Any) -> list[Any] | None:
+        """GetProcessTimes: creation, exit (zero while running), kernel and user time."""
         times = [wt.FILETIME() for _ in range(4)]
         if not self.k32.GetProcessTimes(handle, *(ctypes.byref(t) for t in times)):
             return None
-        return filetime_parts(times[0].dwLowDateTime, times[0].dwHighDateTime)
+        return times
 
     def _image(self, handle: Any) -> str | None:
         size = wt.DWORD(MAX_PATH_CHARS)

@@ -30,9 +30,33 @@ def test_v0_all_strings_as_pywintrace_0_2_0_delivers_them() -> None:
     start = normalize("1", event, DEVICES)
     assert (start.pid, start.ppid, start.creator_pid, start.session) == (11272, 7008, 7008, 1)
     assert start.image == "C:\\Program Files\\Notepad\\Notepad.exe"
-    assert start.create_time == dt.datetime(2021, 12, 30, 8, 13, 38, 86774,
+    # A CreateTime in a locale's words (no zone, whole seconds) is not the kernel's value:
+    # only the header's time is known, as the time the event was written.
+    assert start.create_time is None
+    assert start.logged_time == dt.datetime(2021, 12, 30, 8, 13, 38, 86774,
                                             tzinfo=dt.timezone.utc)
     assert start.version == 0 and start.integrity_level is None and not start.ppid_spoofed
+
+
+NOTEPAD_CREATED = dt.datetime(2021, 12, 30, 8, 13, 38, 86774, tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.parametrize("text, expected", [
+    # TdhFormatProperty's form: ISO 8601 UTC to 100 ns, date parts between U+200E marks.
+    ("\u200e2021\u200e-\u200e12\u200e-\u200e30T08:13:38.086774600Z", NOTEPAD_CREATED),
+    ("2021-12-30T08:13:38.0867746Z", NOTEPAD_CREATED),
+    ("2021-12-30T09:13:38.0867746+01:00", NOTEPAD_CREATED),
+    (str(NOTEPAD_FILETIME), NOTEPAD_CREATED),        # the FILETIME's digits
+    (NOTEPAD_FILETIME, NOTEPAD_CREATED),             # unreleased pywintrace: an int
+    ("30.12.2021 09:13:38", None), ("2021-13-45T00:00:00Z", None), ("", None), (None, None),
+])
+def test_create_time_in_every_form_pywintrace_gives(text, expected) -> None:
+    event = {**_header(7008, 0, stamp=NOTEPAD_FILETIME + 40_000), "ProcessID": "11272",
+             "CreateTime": text, "ParentProcessID": "7008",
+             "ImageName": "\\Device\\HarddiskVolume3\\x.exe"}
+    start = normalize(1, event, DEVICES)
+    assert start.create_time == expected
+    assert start.logged_time == NOTEPAD_CREATED + dt.timedelta(milliseconds=4)
 
 
 def test_v3_with_ints_hex_and_a_spoofed_parent() -> None:

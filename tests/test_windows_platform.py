@@ -154,3 +154,84 @@ def test_installed_from_a_venv_the_scm_starts_the_base_interpreter() -> None:
         assert python == getattr(sys, "_base_executable", sys.executable)
     else:
         assert (python, site_dir) == (sys.executable, None)
+
+
+# --- the live inspector's process-state calls against a stand-in kernel32 -------------------
+
+TICK = 156_250                       # a clock tick of about 15.6 ms, in 100 ns units
+CREATED = 132853256180000000 + 5 * TICK   # tick-granular, as Windows keeps creation times
+
+
+class StandInKernel32:
+    """OpenProcess, GetProcessTimes, GetExitCodeProcess and CloseHandle as Windows answers
+    them: a process that exited stays openable while a handle to it is held (its exit time
+    is then set and its exit code is no longer STILL_ACTIVE), and creation times move in
+    clock ticks. ``processes``: pid -> (creation FILETIME, exit FILETIME or 0, exit code)."""
+
+    def __init__(self, processes: dict[int, tuple[int, int, int]]) -> None:
+        self.processes = processes
+        self.open_handles = 0
+
+    def OpenProcess(self, _access: int, _inherit: bool, pid: int) -> int:
+        if pid not in self.processes:
+            return 0
+        self.open_handles += 1
+        return 10_000 + pid
+
+    def CloseHandle(self, _handle: int) -> int:
+        self.open_handles -= 1
+        return 1
+
+    def GetProcessTimes(self, handle: int, created, exited, _kernel, _user) -> int:
+        create, exit_, _ = self.processes[handle - 10_000]
+        for ref, value in ((created, create), (exited, exit_)):
+            ref._obj.dwLowDateTime, ref._obj.dwHighDateTime = value & 0xFFFFFFFF, value >> 32
+        return 1
+
+    def GetExitCodeProcess(self, handle: int, code) -> int:
+        code._obj.value = self.processes[handle - 10_000][2]
+        return 1
+
+
+def _inspector(processes: dict[int, tuple[int, int, int]]):
+    from sensor_windows import win32
+    inspector = object.__new__(win32.Win32Inspector)   # no WinDLL on Linux
+    inspector.k32 = StandInKernel32(processes)
+    return inspector
+
+
+def test_running_is_false_for_an_exited_process_whose_handle_is_still_held() -> None:
+    from sensor_windows.enrich import StartTime
+    from sensor_windows.normalize import filetime
+    from sensor_windows.win32 import STILL_ACTIVE
+    started = StartTime(created=filetime(CREATED))
+    logged = StartTime(logged=filetime(CREATED + 42_000))       # the header, 4.2 ms later
+    inspector = _inspector({
+        10: (CREATED, 0, STILL_ACTIVE),                         # alive
+        11: (CREATED, CREATED + 5 * TICK, 0),                   # exited, a handle still open
+        12: (CREATED, CREATED + 5 * TICK, STILL_ACTIVE),        # exited with code 259
+        13: (CREATED + 400 * TICK, 0, STILL_ACTIVE),            # pid reused 6 s later
+    })
+    assert inspector.running(10, started) and inspector.running(10, logged)
+    assert not inspector.running(11, started)
+    assert not inspector.running(12, started)
+    assert not inspector.running(13, started) and not inspector.running(13, logged)
+    assert not inspector.running(14, started)                  # vanished: false, not unknown
+    assert inspector.k32.open_handles == 0
+
+
+def test_the_creation_time_rule_between_an_event_and_the_live_process() -> None:
+    import datetime as dt
+
+    from sensor_windows.enrich import StartTime, same_process
+    from sensor_windows.normalize import filetime
+    created = filetime(CREATED)
+    assert same_process(created, StartTime(created=created))
+    assert not same_process(created, StartTime(created=created + dt.timedelta(milliseconds=16)))
+    # Known only by when its event was written: created shortly before that, never after.
+    for late_ms, same in ((0, True), (4.2, True), (16, True), (900, True), (1500, False),
+                          (-16, False)):
+        logged = created + dt.timedelta(milliseconds=late_ms)
+        assert same_process(created, StartTime(logged=logged)) is same, late_ms
+    assert same_process(None, StartTime(created=created))     # unreadable: taken as it is
+    assert same_process(created, None)

@@ -11,11 +11,16 @@ from tests.test_pe import LAUNCHERS
 from tests.test_qlog import QLOG_FIELDS
 
 T_EXPLORER = "2021-12-29T11:22:13.617516Z"
+# Notepad's creation time: the kernel's, in clock ticks (GetProcessTimes gives the same).
 T_NOTEPAD = "2021-12-30T08:13:38.086774Z"
-FT_NOTEPAD = str(132853256180867746)  # the same moment as a FILETIME, as ETW gives it
+# As pywintrace 0.2.0 hands CreateTime over: TdhFormatProperty's text.
+CREATE_TIME_TEXT = "\u200e2021\u200e-\u200e12\u200e-\u200e30T08:13:38.086774600Z"
+# The header's TimeStamp: when the event was written, 4.2 ms after the creation (a FILETIME,
+# as a string).
+LOGGED = str(132853256180867746 + 42_000)
 
 
-def _etw(version: int, creator, fields: dict, stamp: str = FT_NOTEPAD) -> dict:
+def _etw(version: int, creator, fields: dict, stamp: str = LOGGED) -> dict:
     return {"etw": [str(1), {"EventHeader": {"ProcessId": creator, "TimeStamp": stamp,
                                              "EventDescriptor": {"Id": 1, "Version": version}},
                              **fields}]}
@@ -42,6 +47,7 @@ def test_replay_enriches_like_qlog_with_the_right_parents(tmp_path) -> None:
                      "integrity_level": "Medium", "module_count": 53}},
         # v0, every value a string, as pywintrace 0.2.0 delivers it
         _etw(0, "7008", {"ProcessID": "11272", "ParentProcessID": "7008", "SessionID": "1",
+                         "CreateTime": CREATE_TIME_TEXT,
                          "ImageName": "\\Device\\HarddiskVolume3\\Program Files\\Notepad\\"
                                       "Notepad.exe"}),
         # a parent that has exited by the time its child is enriched (v3, ints)
