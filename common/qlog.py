@@ -114,6 +114,8 @@ def _read_process(doc: dict[str, Any]) -> dict[str, Any]:
 
 def _read_signature(doc: dict[str, Any]) -> dict[str, Any]:
     sig = {ours: doc[theirs] for theirs, ours in SIGNATURE_FIELDS if theirs in doc}
+    if isinstance(sig.get("digest_algorithm"), str):
+        sig["digest_algorithm"] = sig["digest_algorithm"].lower()  # ours: "sha256"
     stamps = doc.get("TimestampSignatures")
     if isinstance(stamps, list):
         sig["timestamp_signatures"] = [_read_signature(s) for s in stamps if isinstance(s, dict)]
@@ -181,7 +183,11 @@ def _render_process(process: dict[str, Any], *, event_guid: Any, start: Any) -> 
 
 def _render_signature(sig: dict[str, Any]) -> dict[str, Any]:
     doc = {theirs: sig[ours] for theirs, ours in SIGNATURE_FIELDS if ours in sig}
+    if isinstance(doc.get("DigestAlgorithmName"), str):
+        doc["DigestAlgorithmName"] = doc["DigestAlgorithmName"].upper()  # QLOG's: "SHA256"
     if "timestamp_signatures" in sig:
+        # QLOG gives the signing time in the countersignatures only.
+        doc.pop("Timestamp", None)
         doc["TimestampSignatures"] = [_render_signature(s) for s in sig["timestamp_signatures"]]
     return doc
 

@@ -43,6 +43,11 @@ def pe(files: tuple[str, ...], as_json: bool, ca_file: str | None) -> None:
         for sig in facts.signatures:
             click.echo(f"    {'nested ' if sig.nested else ''}signer {sig.subject}")
             click.echo(f"      issuer {sig.issuer}; thumbprint {sig.thumbprint}")
+            click.echo(f"      valid {sig.not_before or '?'} to {sig.not_after or '?'}; "
+                       f"signed at {sig.timestamp or '- (no timestamp)'}")
+            for stamp in sig.timestamp_signatures:
+                click.echo(f"      timestamped {stamp.timestamp or '?'} by {stamp.subject} "
+                           f"({stamp.digest_algorithm})")
     if failed:
         sys.exit(1)
 

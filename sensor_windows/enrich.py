@@ -21,7 +21,7 @@ from common.process_event import process_create
 from common.proctable import Entry, ProcessTable
 from common.schema import Event, utc_timestamp
 from sensor_windows.normalize import ProcessStart
-from sensor_windows.pe import PEError, PEFacts, inspect
+from sensor_windows.pe import PEError, PEFacts, Signature, inspect
 
 CACHE_ENTRIES = 4096
 
@@ -104,6 +104,17 @@ class CachedInspector:
         return self.inner.running(pid, when)  # never cached: it changes
 
 
+def _signature_fields(sig: Signature) -> dict[str, Any]:
+    """One signature as the schema has it (QLOG's Signatures entry): times ISO 8601 UTC."""
+    fields = {"subject_name": sig.subject, "issuer": sig.issuer, "thumbprint": sig.thumbprint,
+              "digest_algorithm": sig.digest_algorithm, "not_before": sig.not_before,
+              "not_after": sig.not_after, "timestamp": sig.timestamp}
+    out = {k: v for k, v in fields.items() if v is not None}
+    if sig.timestamp_signatures:
+        out["timestamp_signatures"] = [_signature_fields(t) for t in sig.timestamp_signatures]
+    return out
+
+
 def _pe_fields(facts: PEFacts) -> dict[str, Any]:
     pe = {k: v for k, v in {"imphash": facts.imphash,
                             "original_file_name": facts.original_file_name,
@@ -114,10 +125,8 @@ def _pe_fields(facts: PEFacts) -> dict[str, Any]:
     if facts.signatures:
         primary = facts.signatures[0]
         signature.update(subject_name=primary.subject, issuer=primary.issuer,
-                         thumbprint=primary.thumbprint, signatures=[
-                             {"subject_name": s.subject, "issuer": s.issuer,
-                              "thumbprint": s.thumbprint, "digest_algorithm": s.digest_algorithm,
-                              "timestamp": s.timestamp} for s in facts.signatures])
+                         thumbprint=primary.thumbprint,
+                         signatures=[_signature_fields(s) for s in facts.signatures])
     return {"pe": pe, "code_signature": signature,
             "hash": {"md5": facts.md5, "sha1": facts.sha1, "sha256": facts.sha256}}
 

@@ -10,15 +10,20 @@ for signed files.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pefile
-from asn1crypto import cms, core, x509
+from asn1crypto import cms, core, tsp, x509  # noqa: F401  (tsp: TSTInfo for cms)
 
 SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"
 NESTED_SIGNATURE = "1.3.6.1.4.1.311.2.4.1"
+# Where Authenticode keeps its signing time (it carries no signingTime of its own): an RFC 3161
+# token in Microsoft's unsigned attribute, or a legacy PKCS #9 countersignature.
+RFC3161_TIMESTAMP = "1.3.6.1.4.1.311.3.3.1"
+COUNTER_SIGNATURE = "1.2.840.113549.1.9.6"
 _SECURITY = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_SECURITY"]
 _VERSION_KEYS = {"OriginalFilename": "original_file_name", "CompanyName": "company",
                  "ProductName": "product", "FileVersion": "file_version",
@@ -37,8 +42,12 @@ class Signature:
     serial: str
     digest_algorithm: str
     signed_digest: str           # the Authenticode digest the signer signed, upper-case hex
-    timestamp: str | None = None
+    timestamp: str | None = None  # when it was signed (ISO 8601 UTC), from its countersignature
     nested: bool = False
+    not_before: str | None = None  # the signer certificate's validity (ISO 8601 UTC)
+    not_after: str | None = None
+    # The countersignatures that date it (RFC 3161 or legacy): their signer, validity and time.
+    timestamp_signatures: list["Signature"] = field(default_factory=list)
     # Set by verify(): the signer's signature over its attributes checks out, the attributes
     # name the signed content's digest, and the certificate chains to a trusted root.
     verified: bool | None = None
@@ -165,24 +174,14 @@ def _signatures(signed_data: cms.SignedData, nested: bool = False,
     out = []
     for signer in signed_data["signer_infos"]:
         sid = signer["sid"].chosen
-        cert = next((c for c in certificates
-                     if isinstance(sid, cms.IssuerAndSerialNumber)
-                     and c.serial_number == sid["serial_number"].native
-                     and c.issuer == sid["issuer"]), None)
-        timestamp = None
-        for attribute in signer["signed_attrs"] or []:
-            if attribute["type"].native == "signing_time":
-                timestamp = str(attribute["values"][0].native)
+        cert = _find_certificate(signer["sid"], certificates)
+        stamps = _timestamps(signer, certificates)
         out.append(Signature(
-            subject=dotnet_name(cert.subject) if cert else "",
-            issuer=dotnet_name(cert.issuer) if cert else dotnet_name(sid["issuer"])
-            if isinstance(sid, cms.IssuerAndSerialNumber) else "",
-            thumbprint=hashlib.sha1(cert.dump()).hexdigest().upper() if cert else "",
-            serial=f"{sid['serial_number'].native:X}" if isinstance(
-                sid, cms.IssuerAndSerialNumber) else "",
+            **_signer_identity(sid, cert),
             digest_algorithm=digest_info["digest_algorithm"]["algorithm"].native,
             signed_digest=digest_info["digest"].native.hex().upper(),
-            timestamp=timestamp, nested=nested))
+            timestamp=stamps[0].timestamp if stamps else None, nested=nested,
+            timestamp_signatures=stamps))
         if roots is not None:
             out[-1].problem = _verify(signer, cert, certificates, indirect, roots)
             out[-1].verified = out[-1].problem is None
@@ -192,6 +191,78 @@ def _signatures(signed_data: cms.SignedData, nested: bool = False,
                     inner = cms.ContentInfo.load(value.dump())
                     out += _signatures(inner["content"], nested=True, roots=roots)
     return out
+
+
+def _find_certificate(sid: Any, certificates: list[x509.Certificate]) -> x509.Certificate | None:
+    sid = sid.chosen
+    if not isinstance(sid, cms.IssuerAndSerialNumber):
+        return None
+    return next((c for c in certificates if c.serial_number == sid["serial_number"].native
+                 and c.issuer == sid["issuer"]), None)
+
+
+def _iso(moment: Any) -> str:
+    return moment.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _signer_identity(sid: Any, cert: x509.Certificate | None) -> dict[str, Any]:
+    """Subject, issuer, thumbprint, serial and validity of a signer (from its certificate when
+    the signature carries it, else what its identifier says)."""
+    by_name = isinstance(sid, cms.IssuerAndSerialNumber)
+    return {"subject": dotnet_name(cert.subject) if cert else "",
+            "issuer": dotnet_name(cert.issuer) if cert else dotnet_name(sid["issuer"])
+            if by_name else "",
+            "thumbprint": hashlib.sha1(cert.dump()).hexdigest().upper() if cert else "",
+            "serial": f"{sid['serial_number'].native:X}" if by_name else "",
+            "not_before": _iso(cert.not_valid_before) if cert else None,
+            "not_after": _iso(cert.not_valid_after) if cert else None}
+
+
+def _timestamps(signer: cms.SignerInfo, certificates: list[x509.Certificate]) -> list[Signature]:
+    """The countersignatures in ``signer``'s unsigned attributes, each with its time: the
+    RFC 3161 token's genTime, or the legacy countersignature's signingTime. An unreadable one
+    is skipped (the signature itself stands)."""
+    out = []
+    for attribute in signer["unsigned_attrs"] or []:
+        kind = attribute["type"].dotted
+        for value in attribute["values"] if kind in (RFC3161_TIMESTAMP, COUNTER_SIGNATURE) \
+                else []:
+            try:
+                if kind == RFC3161_TIMESTAMP:
+                    out += _rfc3161(cms.ContentInfo.load(value.dump()))
+                else:
+                    out += [_countersignature(counter, certificates)
+                            for counter in (value if isinstance(value, cms.SignerInfos)
+                                            else [value])]
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue
+    return out
+
+
+def _rfc3161(token: cms.ContentInfo) -> list[Signature]:
+    signed = token["content"]
+    info = signed["encap_content_info"]["content"].parsed
+    imprint = info["message_imprint"]
+    certificates = [c.chosen for c in signed["certificates"]
+                    if isinstance(c.chosen, x509.Certificate)]
+    return [Signature(**_signer_identity(tsa["sid"].chosen,
+                                         _find_certificate(tsa["sid"], certificates)),
+                      digest_algorithm=tsa["digest_algorithm"]["algorithm"].native,
+                      signed_digest=imprint["hashed_message"].native.hex().upper(),
+                      timestamp=_iso(info["gen_time"].native))
+            for tsa in signed["signer_infos"]]
+
+
+def _countersignature(counter: cms.SignerInfo,
+                      certificates: list[x509.Certificate]) -> Signature:
+    attributes = {a["type"].native: a["values"][0].native for a in counter["signed_attrs"]}
+    time = attributes.get("signing_time")
+    digest = attributes.get("message_digest")
+    return Signature(**_signer_identity(counter["sid"].chosen,
+                                        _find_certificate(counter["sid"], certificates)),
+                     digest_algorithm=counter["digest_algorithm"]["algorithm"].native,
+                     signed_digest=digest.hex().upper() if isinstance(digest, bytes) else "",
+                     timestamp=_iso(time) if time is not None else None)
 
 
 def _verify(signer: cms.SignerInfo, cert: x509.Certificate | None,

@@ -166,3 +166,144 @@ def test_a_pe_compiled_with_chosen_imports_and_version_resource(tmp_path) -> Non
                 if imp.name}
     assert ("user32.dll", "MessageBoxA") in imported
     assert ("kernel32.dll", "GetTickCount") in imported
+
+
+class _TimestampAuthority:
+    """A local RFC 3161 responder: HTTP POSTs of timestamp queries answered by ``openssl ts
+    -reply`` with a TSA certificate of the test's CA (timeStamping, critical)."""
+
+    def __init__(self, tmp, ca: str, ca_key: str) -> None:
+        import http.server
+        import threading
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True)
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/O=ttpsensor/CN=ttpsensor test TSA",
+                "-keyout", str(tmp / "tsa.key"), "-out", str(tmp / "tsa.csr"))
+        (tmp / "tsa.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
+                                     "extendedKeyUsage=critical,timeStamping\n")
+        openssl("x509", "-req", "-in", str(tmp / "tsa.csr"), "-CA", ca, "-CAkey", ca_key,
+                "-CAcreateserial", "-days", "2", "-extfile", str(tmp / "tsa.ext"),
+                "-out", str(tmp / "tsa.crt"))
+        (tmp / "tsa.cnf").write_text(f"""[ tsa ]
+default_tsa = here
+[ here ]
+serial = {tmp}/tsa.serial
+crypto_device = builtin
+signer_cert = {tmp}/tsa.crt
+certs = {ca}
+signer_key = {tmp}/tsa.key
+signer_digest = sha256
+default_policy = 1.2.3.4.1
+digests = sha1, sha256, sha384, sha512
+accuracy = secs:1
+ordering = yes
+tsa_name = no
+ess_cert_id_chain = no
+ess_cert_id_alg = sha256
+""")
+        self.requests = 0
+        authority = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                query = tmp / "query.tsq"
+                query.write_bytes(self.rfile.read(int(self.headers["Content-Length"])))
+                reply = tmp / "reply.tsr"
+                subprocess.run(["openssl", "ts", "-reply", "-config", str(tmp / "tsa.cnf"),
+                                "-queryfile", str(query), "-out", str(reply)],
+                               check=True, capture_output=True)
+                body = reply.read_bytes()
+                authority.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/timestamp-reply")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_signing_time_from_an_rfc3161_timestamp_of_a_local_authority(tmp_path) -> None:
+    import datetime as dt
+    require(shutil.which("osslsigncode") is not None, "osslsigncode is needed")
+    launcher = next(p for p in LAUNCHERS if os.path.basename(p) == "t64.exe")
+    ca, cert, key = _throwaway_ca_and_signer(tmp_path)
+    authority = _TimestampAuthority(tmp_path, ca, str(tmp_path / "ca.key"))
+    before = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    signed = tmp_path / "timestamped.exe"
+    try:
+        subprocess.run(["osslsigncode", "sign", "-certs", cert, "-key", key, "-h", "sha256",
+                        "-ts", authority.url, "-in", launcher, "-out", str(signed)],
+                       check=True, capture_output=True)
+    finally:
+        authority.close()
+    after = dt.datetime.now(dt.timezone.utc)
+    assert authority.requests == 1
+    result = run_cli("pe", "--json", str(signed))
+    assert result.returncode == 0, result.stderr
+    [signature] = json.loads(result.stdout)["signatures"]
+    signed_at = dt.datetime.fromisoformat(signature["timestamp"].replace("Z", "+00:00"))
+    assert before <= signed_at <= after
+    [stamp] = signature["timestamp_signatures"]
+    assert stamp["subject"] == "CN=ttpsensor test TSA, O=ttpsensor"
+    assert stamp["issuer"] == "CN=ttpsensor test CA" and stamp["timestamp"] == signature["timestamp"]
+    tsa_der = subprocess.run(["openssl", "x509", "-in", str(tmp_path / "tsa.crt"), "-outform",
+                              "DER"], capture_output=True, check=True).stdout
+    assert stamp["thumbprint"] == hashlib.sha1(tsa_der).hexdigest().upper()
+    # The peer: osslsigncode reads the same time out of the same signature.
+    verify = subprocess.run(["osslsigncode", "verify", "-CAfile", ca, "-TSA-CAfile", ca,
+                             "-in", str(signed)], capture_output=True, text=True)
+    print(verify.stdout)
+    theirs = re.search(r"Timestamp time:\s*(.+)", verify.stdout)
+    assert theirs is not None, verify.stdout
+    assert dt.datetime.strptime(theirs.group(1).strip(), "%b %d %H:%M:%S %Y %Z").replace(
+        tzinfo=dt.timezone.utc) == signed_at
+    # The signer certificate's validity, as openssl reads it.
+    not_after = subprocess.run(["openssl", "x509", "-in", cert, "-noout", "-enddate"],
+                               capture_output=True, text=True, check=True).stdout
+    assert dt.datetime.strptime(not_after.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z") \
+        .strftime("%Y-%m-%dT%H:%M:%SZ") == signature["not_after"]
+    # Through the Windows enrichment into QLOG's form: the Signatures entry as QLOG has it.
+    replay = tmp_path / "replay.jsonl"
+    replay.write_text("\n".join(json.dumps(line) for line in [
+        {"devices": {"\\Device\\HarddiskVolume3": "C:"}},
+        {"file": {"path": "C:\\t\\timestamped.exe", "local": str(signed)}},
+        {"etw": ["1", {"EventHeader": {"ProcessId": "4", "TimeStamp": "132853256180867746",
+                                       "EventDescriptor": {"Id": 1, "Version": 0}},
+                       "ProcessID": "8", "ParentProcessID": "4",
+                       "ImageName": "\\Device\\HarddiskVolume3\\t\\timestamped.exe"}]},
+    ]) + "\n")
+    rendered = run_cli("windows", "replay", "--format", "qlog", str(replay))
+    assert rendered.returncode == 0, rendered.stderr
+    [qlog_signature] = json.loads(rendered.stdout)["Signatures"]
+    assert list(qlog_signature) == ["Subject", "Issuer", "NotBefore", "NotAfter",
+                                    "DigestAlgorithmName", "Thumbprint", "TimestampSignatures"]
+    assert qlog_signature["DigestAlgorithmName"] == "SHA256"
+    [qlog_stamp] = qlog_signature["TimestampSignatures"]
+    assert qlog_stamp["Subject"] == "CN=ttpsensor test TSA, O=ttpsensor"
+    assert qlog_stamp["Timestamp"] == signature["timestamp"]
+
+
+def test_signing_time_of_the_microsoft_signed_shim() -> None:
+    require(os.path.exists(SHIM), "shim-signed is needed (apt-get install shim-signed)")
+    result = run_cli("pe", "--json", SHIM)
+    assert result.returncode == 0, result.stderr
+    for signature in json.loads(result.stdout)["signatures"]:
+        [stamp] = signature["timestamp_signatures"]
+        assert stamp["subject"].startswith("CN=Microsoft Time-Stamp Service,")
+        assert stamp["issuer"].startswith("CN=Microsoft Time-Stamp PCA 2010,")
+        assert signature["timestamp"] == stamp["timestamp"]
+        signed_at, valid_from, valid_to = (signature[k] for k in ("timestamp", "not_before",
+                                                                   "not_after"))
+        assert valid_from <= signed_at <= valid_to     # ISO 8601 UTC text sorts as time
