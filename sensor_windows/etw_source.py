@@ -27,6 +27,12 @@ KEYWORD_PROCESS = 0x10          # WINEVENT_KEYWORD_PROCESS
 PROCESS_START = 1
 TRACE_LEVEL_INFORMATION = 4
 RING_BUFFER_KB = 64             # pywintrace's 1 MB default costs 2 MB x CPUs of non-paged pool
+# Real-time buffers are delivered when full or when the flush timer fires (by default about
+# once a second): a short-lived process would be gone, with its command line, before its start
+# event reached us. FlushTimer counts milliseconds with EVENT_TRACE_USE_MS_FLUSH_TIMER
+# (Windows 8 and later).
+FLUSH_MS = 50
+EVENT_TRACE_USE_MS_FLUSH_TIMER = 0x00000010
 QUEUE_EVENTS = 65536
 ERROR_SUCCESS = 0
 ERROR_WMI_INSTANCE_NOT_FOUND = 4201
@@ -56,10 +62,11 @@ class EtwProcessSource:
 
     def __init__(self, etw_module: ModuleType | None = None, *,
                  session_name: str = SESSION_NAME, queue_events: int = QUEUE_EVENTS,
-                 ring_buffer_kb: int = RING_BUFFER_KB) -> None:
+                 ring_buffer_kb: int = RING_BUFFER_KB, flush_ms: int = FLUSH_MS) -> None:
         self._etw_module = etw_module
         self.session_name = session_name
         self.ring_buffer_kb = ring_buffer_kb
+        self.flush_ms = flush_ms
         self.events: queue.Queue[EtwItem] = queue.Queue(maxsize=queue_events)
         self.counters = EtwCounters()
         self.stale_session_stopped = False
@@ -85,7 +92,11 @@ class EtwProcessSource:
         etw = self._etw_module or import_pywintrace()
         provider = etw.ProviderInfo(PROVIDER_NAME, etw.GUID(PROVIDER_GUID),
                                     level=TRACE_LEVEL_INFORMATION, any_keywords=KEYWORD_PROCESS)
-        session = etw.ETW(session_name=self.session_name, ring_buf_size=self.ring_buffer_kb,
+        properties = etw.etw.TraceProperties(ring_buf_size=self.ring_buffer_kb)
+        settings = properties.get().contents
+        settings.LogFileMode |= EVENT_TRACE_USE_MS_FLUSH_TIMER
+        settings.FlushTimer = self.flush_ms
+        session = etw.ETW(session_name=self.session_name, properties=properties,
                           providers=[provider], event_callback=self._on_event,
                           event_id_filters=[PROCESS_START],
                           # With the error ignored, pywintrace never enables the provider on

@@ -8,6 +8,7 @@ described world, PE facts of real files, TTPHash, rendering, error log and count
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
 import threading
@@ -39,6 +40,27 @@ class ListSink:
 
     def close(self) -> None:
         pass
+
+
+class EVENT_TRACE_PROPERTIES(ctypes.Structure):
+    """The members of evntrace.h's EVENT_TRACE_PROPERTIES the sensor touches, at their C types
+    (a value that does not fit fails here as it would there)."""
+    _fields_ = [("BufferSize", ctypes.c_ulong), ("MinimumBuffers", ctypes.c_ulong),
+                ("MaximumBuffers", ctypes.c_ulong), ("MaximumFileSize", ctypes.c_ulong),
+                ("LogFileMode", ctypes.c_ulong), ("FlushTimer", ctypes.c_ulong),
+                ("EnableFlags", ctypes.c_ulong)]
+
+
+class TraceProperties:
+    """pywintrace 0.2.0's TraceProperties: real-time mode, the ring buffer size given."""
+
+    def __init__(self, ring_buf_size: int = 1024, max_str_len: int = 1024,
+                 min_buffers: int = 0, max_buffers: int = 0, props: Any = None) -> None:
+        self._props = ctypes.pointer(EVENT_TRACE_PROPERTIES(BufferSize=ring_buf_size,
+                                                            LogFileMode=0x100))
+
+    def get(self) -> Any:
+        return self._props
 
 
 def fake_pywintrace(script: list[Any], control_status: int = 0,
@@ -75,8 +97,7 @@ def fake_pywintrace(script: list[Any], control_status: int = 0,
     return types.SimpleNamespace(
         ETW=ETW, GUID=lambda text: ("GUID", text),
         ProviderInfo=lambda name, guid, **kw: {"name": name, "guid": guid, **kw},
-        etw=types.SimpleNamespace(TraceProperties=lambda: types.SimpleNamespace(
-            get=lambda: "props")),
+        etw=types.SimpleNamespace(TraceProperties=TraceProperties),
         evntrace=types.SimpleNamespace(ControlTraceW=control_trace, TRACEHANDLE=int,
                                        EVENT_TRACE_CONTROL_STOP=1),
         calls=calls, delivered=delivered)
@@ -101,7 +122,9 @@ def test_session_is_configured_as_designed_and_a_stale_one_is_stopped() -> None:
         "Microsoft-Windows-Kernel-Process"
     assert session.kwargs["session_name"] == "ttpsensor-process"
     assert session.kwargs["ignore_exists_error"] is False
-    assert session.kwargs["ring_buf_size"] == 64
+    settings = session.kwargs["properties"].get().contents
+    assert settings.BufferSize == 64 and settings.LogFileMode == 0x100 | 0x10
+    assert settings.FlushTimer == 50     # milliseconds: short-lived processes still described
     assert etw.calls["control"] == [(0, "ttpsensor-process", 1)]
     assert source.stale_session_stopped is True
     source.stop()
