@@ -111,6 +111,7 @@ def windows_run(fmt: str, outputs: tuple[str, ...], error_log: str | None,
     import threading
 
     from common.sinks import OutputError, open_outputs, open_sink
+    from sensor_windows.etw_source import CONSOLE_SESSION_NAME
     from sensor_windows.runner import run_sensor
     try:
         sink = open_outputs(outputs, fmt).output
@@ -121,7 +122,7 @@ def windows_run(fmt: str, outputs: tuple[str, ...], error_log: str | None,
         run_sensor(threading.Event(), sink, {"name": socket.gethostname(),
                                              "os": {"type": "windows"}},
                    error_log=errors, status_interval=status_interval,
-                   messages=sys.stderr)
+                   messages=sys.stderr, session_name=CONSOLE_SESSION_NAME)
     except KeyboardInterrupt:
         pass
     finally:

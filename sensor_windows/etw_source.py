@@ -21,6 +21,9 @@ from types import ModuleType
 from typing import Any
 
 SESSION_NAME = "ttpsensor-process"
+# `windows run` in a console has a session of its own: with the service's name, starting it
+# would stop the running service's session as a stale one.
+CONSOLE_SESSION_NAME = "ttpsensor-process-console"
 PROVIDER_NAME = "Microsoft-Windows-Kernel-Process"
 PROVIDER_GUID = "{22FB2CD6-0E7B-422B-A0C7-2FAD1FD0E716}"
 KEYWORD_PROCESS = 0x10          # WINEVENT_KEYWORD_PROCESS

@@ -106,6 +106,10 @@ class PEFacts:
 def _ranges_to_hash(pe: pefile.PE, size: int) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """The file ranges Authenticode hashes, and the certificate table (offset, size)."""
     checksum = pe.OPTIONAL_HEADER.get_file_offset() + 64
+    if len(pe.OPTIONAL_HEADER.DATA_DIRECTORY) <= _SECURITY:
+        # Fewer data directories than the security one (NumberOfRvaAndSizes < 5): no entry to
+        # leave out and no certificate table, so nothing can be signed.
+        return [(0, checksum), (checksum + 4, size)], (0, 0)
     directory = pe.OPTIONAL_HEADER.DATA_DIRECTORY[_SECURITY]
     entry = directory.get_file_offset()
     table, table_size = directory.VirtualAddress, directory.Size

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable, TextIO
 
@@ -21,6 +22,7 @@ from sensor_windows.etw_source import EtwItem
 from sensor_windows.normalize import NormalizeError, ProcessStart, normalize
 
 POLL_SECONDS = 0.5
+FLUSH_SECONDS = 1.0     # at most this long between flushes of the outputs while busy
 
 
 @dataclass
@@ -77,15 +79,23 @@ def windows_pipeline(enricher: WindowsEnricher, sink: Output, *,
 
 def drain(pipeline: Pipeline, events: "queue.Queue[EtwItem]",
           stop: threading.Event | None) -> None:
-    """Handle events until ``stop`` is set and the queue is empty (None: until empty)."""
-    while True:
+    """Handle events until ``stop`` is set (at once, even while events keep coming: the
+    caller stops the session and then drains what is left), or with ``stop`` None until
+    the queue is empty. The sink is flushed when the queue runs dry and at least every
+    FLUSH_SECONDS while it does not."""
+    flushed = time.monotonic()
+    while stop is None or not stop.is_set():
         try:
             item = events.get(timeout=POLL_SECONDS) if stop else events.get_nowait()
         except queue.Empty:
             pipeline.sink.flush()
-            if stop is None or stop.is_set():
+            flushed = time.monotonic()
+            if stop is None:
                 break
             continue
         pipeline.feed(item)
+        if time.monotonic() - flushed >= FLUSH_SECONDS:
+            pipeline.sink.flush()
+            flushed = time.monotonic()
     pipeline.sink.flush()
     pipeline.keeper.flush()

@@ -17,7 +17,7 @@ from typing import Any, Callable, TextIO
 
 from common.sinks import Output, Sink
 from sensor_windows.enrich import CachedInspector, FileSource, ProcessInspector, WindowsEnricher
-from sensor_windows.etw_source import EtwProcessSource
+from sensor_windows.etw_source import SESSION_NAME, EtwProcessSource
 from sensor_windows.pipeline import drain, windows_pipeline
 
 
@@ -45,14 +45,15 @@ def live_world() -> WindowsWorld:
 def run_sensor(stop: threading.Event, sink: Output, host: dict[str, Any], *,
                world: WindowsWorld | None = None, etw_module: ModuleType | None = None,
                error_log: Sink | None = None, status_interval: float = 60.0,
-               messages: TextIO | None = None) -> dict[str, Any]:
+               messages: TextIO | None = None,
+               session_name: str = SESSION_NAME) -> dict[str, Any]:
     """Collect until ``stop`` is set (or Ctrl-C) into ``sink`` (common/sinks.py: it renders in
     its format); returns the final counters."""
     world = world or live_world()
     enricher = WindowsEnricher(CachedInspector(world.inspector), world.files, host)
     pipeline = windows_pipeline(enricher, sink, device_map=world.device_map,
                                 error_log=error_log)
-    source = EtwProcessSource(etw_module)
+    source = EtwProcessSource(etw_module, session_name=session_name)
     source.start()
 
     def counters() -> dict[str, Any]:

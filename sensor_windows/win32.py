@@ -25,6 +25,8 @@ from sensor_windows.normalize import INTEGRITY_BY_RID, filetime
 
 PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
 STILL_ACTIVE = 259
+POINTER_BYTES = ctypes.sizeof(ctypes.c_void_p)
+ACCOUNTS_REMEMBERED = 1024
 TOKEN_QUERY = 0x0008
 TOKEN_USER_CLASS = 1
 TOKEN_INTEGRITY_LEVEL_CLASS = 25
@@ -69,6 +71,7 @@ class Win32Inspector:
         self.k32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
         self.adv = ctypes.WinDLL("advapi32", use_last_error=True)  # type: ignore[attr-defined]
         self.ntdll = ctypes.WinDLL("ntdll")  # type: ignore[attr-defined]
+        self._accounts: dict[str, str | None] = {}
         self.k32.OpenProcess.restype = wt.HANDLE
         self.k32.OpenProcess.argtypes = [wt.DWORD, wt.BOOL, wt.DWORD]
         self.k32.CloseHandle.argtypes = [wt.HANDLE]
@@ -114,6 +117,8 @@ class Win32Inspector:
         return code.value == STILL_ACTIVE and not self._exit_time(handle)
 
     def _working_directory(self, pid: int) -> str | None:
+        if POINTER_BYTES != 8:
+            return None  # the PEB offsets are x64's: a 32-bit Python would read garbage
         handle = self.k32.OpenProcess(PROCESS_QUERY_INFORMATION | PROCESS_VM_READ, False, pid)
         if not handle:
             return None
@@ -212,6 +217,16 @@ class Win32Inspector:
             self.k32.LocalFree(text)
 
     def _account(self, sid_text: str) -> str | None:
+        """DOMAIN\\user of a SID, remembered: a lookup can go to a domain controller, and
+        a host runs processes of a handful of accounts."""
+        accounts = self._accounts
+        if sid_text not in accounts:
+            if len(accounts) >= ACCOUNTS_REMEMBERED:
+                accounts.clear()
+            accounts[sid_text] = self._lookup_account(sid_text)
+        return accounts[sid_text]
+
+    def _lookup_account(self, sid_text: str) -> str | None:
         sid = ctypes.c_void_p()
         if not self.adv.ConvertStringSidToSidW(sid_text, ctypes.byref(sid)):
             return None

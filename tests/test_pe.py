@@ -307,3 +307,15 @@ def test_signing_time_of_the_microsoft_signed_shim() -> None:
         signed_at, valid_from, valid_to = (signature[k] for k in ("timestamp", "not_before",
                                                                    "not_after"))
         assert valid_from <= signed_at <= valid_to     # ISO 8601 UTC text sorts as time
+
+
+def test_a_pe_with_fewer_data_directories_than_the_security_one() -> None:
+    launcher = next(p for p in LAUNCHERS if os.path.basename(p) == "t64.exe")
+    data = bytearray(open(launcher, "rb").read())
+    header = pefile.PE(data=bytes(data)).OPTIONAL_HEADER.get_file_offset()
+    data[header + 108:header + 112] = (4).to_bytes(4, "little")  # PE32+ NumberOfRvaAndSizes
+    facts = inspect(bytes(data))      # it raised IndexError
+    assert not facts.signed and facts.status == "Not signed"
+    checksum = header + 64
+    assert facts.authenticode_sha256 == hashlib.sha256(
+        bytes(data[:checksum]) + bytes(data[checksum + 4:])).hexdigest().upper()

@@ -197,6 +197,7 @@ def _inspector(processes: dict[int, tuple[int, int, int]]):
     from sensor_windows import win32
     inspector = object.__new__(win32.Win32Inspector)   # no WinDLL on Linux
     inspector.k32 = StandInKernel32(processes)
+    inspector._accounts = {}
     return inspector
 
 
@@ -235,3 +236,25 @@ def test_the_creation_time_rule_between_an_event_and_the_live_process() -> None:
         assert same_process(created, StartTime(logged=logged)) is same, late_ms
     assert same_process(None, StartTime(created=created))     # unreadable: taken as it is
     assert same_process(created, None)
+
+
+def test_account_names_are_looked_up_once_per_sid(monkeypatch) -> None:
+    inspector = _inspector({})
+    looked_up: list[str] = []
+
+    def lookup(sid: str) -> str:
+        looked_up.append(sid)
+        return f"TESTPC\\user-{sid[-4:]}"
+    monkeypatch.setattr(inspector, "_lookup_account", lookup)
+    for _ in range(3):
+        assert inspector._account("S-1-5-21-1-2-3-1001") == "TESTPC\\user-1001"
+        assert inspector._account("S-1-5-18") == "TESTPC\\user-5-18"
+    assert looked_up == ["S-1-5-21-1-2-3-1001", "S-1-5-18"]
+
+
+def test_a_32_bit_python_reads_no_working_directory_through_x64_offsets(monkeypatch) -> None:
+    from sensor_windows import win32
+    inspector = _inspector({10: (CREATED, 0, 259)})
+    monkeypatch.setattr(win32, "POINTER_BYTES", 4)
+    assert inspector._working_directory(10) is None
+    assert inspector.k32.open_handles == 0

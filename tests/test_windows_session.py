@@ -248,3 +248,55 @@ def test_win32_module_imports_on_linux_and_its_helpers_are_right() -> None:
     assert moment is not None and moment.isoformat() == "2021-12-30T08:13:38.086774+00:00"
     with pytest.raises(RuntimeError, match="needs Windows"):
         etw_source.import_pywintrace()
+
+
+def test_the_queue_loop_sees_a_stop_while_events_keep_coming(tmp_path) -> None:
+    import queue as queue_module
+    import time
+
+    from sensor_windows.pipeline import drain
+
+    class Counting:
+        def __init__(self) -> None:
+            self.fed = 0
+            self.sink = types.SimpleNamespace(flush=lambda: None)
+            self.keeper = types.SimpleNamespace(flush=lambda: None)
+
+        def feed(self, _item: Any) -> None:
+            self.fed += 1
+
+    events: queue_module.Queue = queue_module.Queue(maxsize=1000)
+    stop, done = threading.Event(), threading.Event()
+
+    def flood() -> None:           # a busy host: the queue never runs dry
+        while not done.is_set():
+            try:
+                events.put(("1", {}), timeout=0.01)
+            except queue_module.Full:
+                pass
+    feeder = threading.Thread(target=flood, daemon=True)
+    feeder.start()
+    pipeline = Counting()
+    loop = threading.Thread(target=drain, args=(pipeline, events, stop), daemon=True)
+    loop.start()
+    time.sleep(0.3)
+    stop.set()
+    loop.join(timeout=10)
+    done.set()
+    feeder.join(timeout=5)
+    assert not loop.is_alive(), "the loop did not see the stop"
+    assert pipeline.fed > 0
+
+
+def test_a_console_run_has_a_session_of_its_own_beside_the_service() -> None:
+    etw = fake_pywintrace([])
+    stop = threading.Event()
+    stop.set()
+    world = ReplayWorld("/nonexistent")
+    run_sensor(stop, TextOutput(ListSink(), line_renderer("ecs")), {"name": "testpc"},
+               world=WindowsWorld(world, world, dict), etw_module=etw,
+               session_name=etw_source.CONSOLE_SESSION_NAME)
+    # Only the console's own (stale) session is stopped; the service's is left running.
+    assert [name for _, name, _ in etw.calls["control"]] == ["ttpsensor-process-console"]
+    assert etw.calls["sessions"][0].kwargs["session_name"] == "ttpsensor-process-console"
+    assert etw_source.CONSOLE_SESSION_NAME != etw_source.SESSION_NAME
