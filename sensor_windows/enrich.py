@@ -79,7 +79,44 @@ class ProcessInspector(Protocol):
 
 
 class FileSource(Protocol):
+    def identity(self, path: str) -> tuple[int, int] | None: ...  # (size, mtime ns); None: gone
     def read(self, path: str) -> bytes | None: ...
+
+
+# PE facts of this many images are remembered (by path, size and modification time).
+PE_CACHE_ENTRIES = 1024
+
+
+@dataclass
+class PECache:
+    """PE facts by (path, size, mtime): an image is read, hashed and its signatures parsed
+    once, not at every start of it; a changed file is another key."""
+
+    files: FileSource
+    roots: list[Any] | None = None
+    _entries: OrderedDict[tuple[str, tuple[int, int]], PEFacts | None] = field(
+        default_factory=OrderedDict)
+
+    def facts(self, path: str) -> tuple[bool, PEFacts | None]:
+        """Whether the image is on disk, and its PE facts (None: not a PE file)."""
+        identity = self.files.identity(path)
+        if identity is None:
+            return False, None
+        key = (path.upper(), identity)   # Windows paths compare without case
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return True, self._entries[key]
+        data = self.files.read(path)
+        if data is None:
+            return False, None
+        try:
+            facts: PEFacts | None = inspect(data, self.roots)
+        except PEError:
+            facts = None  # not a PE (a script host's argument, say): no PE facts
+        self._entries[key] = facts
+        if len(self._entries) > PE_CACHE_ENTRIES:
+            self._entries.popitem(last=False)
+        return True, facts
 
 
 @dataclass
@@ -139,6 +176,10 @@ class WindowsEnricher:
     table: ProcessTable = field(default_factory=ProcessTable)
     roots: list[Any] | None = None
     fingerprints: ttphash.Memo = field(default_factory=ttphash.Memo)
+    _pe: PECache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._pe = PECache(self.files, self.roots)
 
     def _process_map(self, pid: int, image: str | None, kernel_image: str | None,
                      info: ProcessInfo | None, create_time: _dt.datetime | None) -> dict[str, Any]:
@@ -172,13 +213,10 @@ class WindowsEnricher:
             if user:
                 process["user"] = user
         if executable:
-            data = self.files.read(executable)
-            process["on_disk"] = data is not None
-            if data is not None:
-                try:
-                    process.update(_pe_fields(inspect(data, self.roots)))
-                except PEError:
-                    pass  # not a PE (a script host's argument, say): no PE facts
+            on_disk, facts = self._pe.facts(executable)
+            process["on_disk"] = on_disk
+            if facts is not None:
+                process.update(_pe_fields(facts))
         return process
 
     def build(self, start: ProcessStart) -> Event:

@@ -71,6 +71,16 @@ class ReplayWorld:
         info = self.describe(pid, when)
         return info is not None and info.running
 
+    def identity(self, path: str) -> tuple[int, int] | None:
+        local = self.files.get(path.upper())
+        if local is None:
+            return None
+        try:
+            st = os.stat(os.path.join(self.base, local))
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
     def read(self, path: str) -> bytes | None:
         local = self.files.get(path.upper())
         if local is None:

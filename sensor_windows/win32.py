@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.wintypes as wt
 import datetime as _dt
+import os
 import string
 from typing import Any
 
@@ -244,6 +245,13 @@ class Win32Inspector:
 
 class DiskFiles:
     """FileSource over the local disk: the image as it is now (None when it is gone)."""
+
+    def identity(self, path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
 
     def read(self, path: str) -> bytes | None:
         try:

@@ -258,3 +258,34 @@ def test_a_32_bit_python_reads_no_working_directory_through_x64_offsets(monkeypa
     monkeypatch.setattr(win32, "POINTER_BYTES", 4)
     assert inspector._working_directory(10) is None
     assert inspector.k32.open_handles == 0
+
+
+def test_pe_facts_are_computed_once_per_image_until_it_changes(tmp_path) -> None:
+    import os
+    import shutil
+
+    from sensor_windows.enrich import PECache
+    from sensor_windows.replay import ReplayWorld
+    from tests.test_pe import LAUNCHERS
+    shutil.copy(next(p for p in LAUNCHERS if p.endswith("t64.exe")), tmp_path / "tool.exe")
+    world = ReplayWorld(str(tmp_path))
+    world.files = {"C:\\TOOLS\\TOOL.EXE": "tool.exe", "C:\\TOOLS\\GONE.EXE": "gone.exe"}
+    reads: list[str] = []
+    real_read = world.read
+
+    def counting_read(path: str) -> bytes | None:
+        reads.append(path)
+        return real_read(path)
+    world.read = counting_read          # type: ignore[method-assign]
+    cache = PECache(world)
+    first = cache.facts("C:\\Tools\\tool.exe")
+    assert first[0] is True and first[1] is not None
+    assert cache.facts("c:\\tools\\TOOL.exe") == first            # another case, same file
+    assert len(reads) == 1
+    # The file is replaced (another size and time): read again.
+    data = (tmp_path / "tool.exe").read_bytes()
+    (tmp_path / "tool.exe").write_bytes(data + b"\0" * 512)
+    os.utime(tmp_path / "tool.exe", ns=(1, 1))
+    changed = cache.facts("C:\\Tools\\tool.exe")
+    assert len(reads) == 2 and changed[1].sha256 != first[1].sha256
+    assert cache.facts("C:\\Tools\\gone.exe") == (False, None)      # not on disk
