@@ -138,9 +138,11 @@ def windows_run(fmt: str, outputs: tuple[str, ...], error_log: str | None,
 def windows_service(action: str, dry_run: bool) -> None:
     """Install, remove, start or stop the 'ttpsensor' Windows service (as Administrator).
 
-    The service runs this Python as 'python.exe -m sensor_windows.service', starts
-    automatically, restarts after a crash, and writes to %ProgramData%\\ttpsensor
-    (events.jsonl, rejected.jsonl, status.jsonl). This is for a pip-installed sensor; the .msi
+    The service runs this Python with 'sensor_windows.service' (from a virtual environment:
+    the base python.exe with the environment's packages, not the venv's launcher), starts
+    automatically, is restarted after a crash or a reported failure, and writes to
+    %ProgramData%\\ttpsensor (events.jsonl, rejected.jsonl, status.jsonl, and service.log
+    when it fails), a folder readable by SYSTEM and Administrators only. This is for a pip-installed sensor; the .msi
     installs its own service of the same name (through NSSM, see packaging/README.md).
     """
     from sensor_windows.service import run_sc, sc_commands

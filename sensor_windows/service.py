@@ -178,13 +178,23 @@ def service_command_line(python: str, site_dir: str | None = None) -> str:
     return f'"{python}" -c "{code}"'
 
 
-def sc_commands(action: str, python: str | None = None,
-                site_dir: str | None = None) -> list[list[str]]:
-    """The ``sc.exe`` calls for install, remove, start and stop; ``python`` and ``site_dir``
-    default to :func:`service_interpreter`'s."""
+# The data folder holds command lines and user names: SYSTEM and Administrators only, where
+# it would inherit ProgramData's ACL (every local user may read). Well-known SIDs, not names:
+# names are localized.
+DATA_ACL = ["/inheritance:r", "/grant:r", "*S-1-5-18:(OI)(CI)F", "*S-1-5-32-544:(OI)(CI)F"]
+
+
+def sc_commands(action: str, python: str | None = None, site_dir: str | None = None,
+                state_dir: str | None = None) -> list[list[str]]:
+    """The ``sc.exe`` (and, at install, ``icacls``) calls for install, remove, start and
+    stop; ``python`` and ``site_dir`` default to :func:`service_interpreter`'s, ``state_dir``
+    to the service's data folder."""
     if action == "install":
         if python is None:
             python, site_dir = service_interpreter()
+        if state_dir is None:
+            from sensor_windows.runner import default_state_dir
+            state_dir = default_state_dir()
         return [["sc.exe", "create", SERVICE_NAME,
                  "binPath=", service_command_line(python, site_dir),
                  "start=", "auto", "DisplayName=", DISPLAY_NAME],
@@ -194,7 +204,8 @@ def sc_commands(action: str, python: str | None = None,
                  "actions=", "restart/5000/restart/30000/restart/60000"],
                 # ...and after a failure the service reports itself (a service-specific exit
                 # code with SERVICE_STOPPED), not only after a crash.
-                ["sc.exe", "failureflag", SERVICE_NAME, "1"]]
+                ["sc.exe", "failureflag", SERVICE_NAME, "1"],
+                ["icacls", state_dir, *DATA_ACL]]
     if action == "remove":
         return [["sc.exe", "stop", SERVICE_NAME], ["sc.exe", "delete", SERVICE_NAME]]
     if action in ("start", "stop"):
@@ -206,6 +217,8 @@ def run_sc(action: str) -> list[str]:
     """Run the calls; returns the error lines (empty when all succeeded)."""
     errors = []
     for argv in sc_commands(action):
+        if argv[0] == "icacls":
+            os.makedirs(argv[1], exist_ok=True)  # the folder exists before the service runs
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         # Stopping a service that is not running (1062) is fine while removing it.
         if done.returncode != 0 and not (action == "remove" and argv[1] == "stop"):

@@ -139,7 +139,11 @@ def test_a_clean_stop_is_reported_as_one() -> None:
 
 def test_installed_from_a_venv_the_scm_starts_the_base_interpreter() -> None:
     base, site = r"C:\Program Files\Python312\python.exe", r"C:\ttp\venv\Lib\site-packages"
-    [create, _description, _failure, flag] = service.sc_commands("install", base, site)
+    [create, _description, _failure, flag, acl] = service.sc_commands(
+        "install", base, site, state_dir=r"C:\ProgramData\ttpsensor")
+    # The data folder: SYSTEM and Administrators only, by SID, nothing inherited.
+    assert acl == ["icacls", r"C:\ProgramData\ttpsensor", "/inheritance:r", "/grant:r",
+                   "*S-1-5-18:(OI)(CI)F", "*S-1-5-32-544:(OI)(CI)F"]
     bin_path = create[create.index("binPath=") + 1]
     assert bin_path.startswith(f'"{base}" -c "') and bin_path.endswith('"')
     code = bin_path[len(f'"{base}" -c "'):-1]
