@@ -112,7 +112,7 @@ def windows_run(fmt: str, outputs: tuple[str, ...], error_log: str | None,
 
     from common.sinks import OutputError, open_outputs, open_sink
     from sensor_windows.etw_source import CONSOLE_SESSION_NAME
-    from sensor_windows.runner import run_sensor
+    from sensor_windows.runner import SessionGone, run_sensor
     try:
         sink = open_outputs(outputs, fmt).output
         errors = open_sink(error_log) if error_log else None
@@ -125,6 +125,8 @@ def windows_run(fmt: str, outputs: tuple[str, ...], error_log: str | None,
                    messages=sys.stderr, session_name=CONSOLE_SESSION_NAME)
     except KeyboardInterrupt:
         pass
+    except SessionGone as exc:
+        raise click.ClickException(str(exc)) from exc
     finally:
         sink.close()
         if errors is not None:

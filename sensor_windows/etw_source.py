@@ -39,6 +39,7 @@ EVENT_TRACE_USE_MS_FLUSH_TIMER = 0x00000010
 QUEUE_EVENTS = 65536
 ERROR_SUCCESS = 0
 ERROR_WMI_INSTANCE_NOT_FOUND = 4201
+EVENT_TRACE_CONTROL_QUERY = 0
 
 EtwItem = tuple[int, dict[str, Any]]
 
@@ -73,6 +74,7 @@ class EtwProcessSource:
         self.events: queue.Queue[EtwItem] = queue.Queue(maxsize=queue_events)
         self.counters = EtwCounters()
         self.stale_session_stopped = False
+        self.session_gone = False      # the session was stopped by someone else
         self._session: Any = None
 
     def _on_event(self, item: EtwItem) -> None:
@@ -124,12 +126,24 @@ class EtwProcessSource:
         return status == ERROR_SUCCESS
 
     def refresh_lost(self) -> int:
-        """Read the session's EventsLost (ETW's own drops) into the counters."""
-        if self._session is not None:
-            try:
-                self.counters.lost_by_etw = int(self._session.query().EventsLost)
-            except Exception:  # noqa: BLE001 - a query failure must not stop the sensor
-                pass
+        """Read the session's EventsLost (ETW's own drops) into the counters, and notice a
+        session that is gone (stopped from outside: ``logman stop``, another tool taking our
+        name). pywintrace's ``query()`` drops ControlTraceW's status and answers zeros for a
+        session that no longer exists, so ControlTraceW is called directly."""
+        if self._session is None:
+            return self.counters.lost_by_etw
+        etw = self._etw_module or import_pywintrace()
+        trace = etw.evntrace
+        properties = etw.etw.TraceProperties()
+        try:
+            status = trace.ControlTraceW(trace.TRACEHANDLE(0), self.session_name,
+                                         properties.get(), EVENT_TRACE_CONTROL_QUERY)
+        except Exception:  # noqa: BLE001 - a query failure must not stop the sensor
+            return self.counters.lost_by_etw
+        if status == ERROR_WMI_INSTANCE_NOT_FOUND:
+            self.session_gone = True
+        elif status == ERROR_SUCCESS:
+            self.counters.lost_by_etw = int(properties.get().contents.EventsLost)
         return self.counters.lost_by_etw
 
     def stop(self) -> None:

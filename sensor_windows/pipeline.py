@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import queue
-import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, TextIO
+from typing import Callable, Protocol, TextIO
 
 from common.pipeline import Keeper, Pipeline
 from common.sinks import Output, Sink
@@ -77,8 +76,11 @@ def windows_pipeline(enricher: WindowsEnricher, sink: Output, *,
                     keeper=keeper)
 
 
-def drain(pipeline: Pipeline, events: "queue.Queue[EtwItem]",
-          stop: threading.Event | None) -> None:
+class Stop(Protocol):
+    def is_set(self) -> bool: ...
+
+
+def drain(pipeline: Pipeline, events: "queue.Queue[EtwItem]", stop: Stop | None) -> None:
     """Handle events until ``stop`` is set (at once, even while events keep coming: the
     caller stops the session and then drains what is left), or with ``stop`` None until
     the queue is empty. The sink is flushed when the queue runs dry and at least every
@@ -86,7 +88,7 @@ def drain(pipeline: Pipeline, events: "queue.Queue[EtwItem]",
     flushed = time.monotonic()
     while stop is None or not stop.is_set():
         try:
-            item = events.get(timeout=POLL_SECONDS) if stop else events.get_nowait()
+            item = events.get(timeout=POLL_SECONDS) if stop is not None else events.get_nowait()
         except queue.Empty:
             pipeline.sink.flush()
             flushed = time.monotonic()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any, Callable, TextIO
@@ -19,6 +20,9 @@ from common.sinks import Output, Sink
 from sensor_windows.enrich import CachedInspector, FileSource, ProcessInspector, WindowsEnricher
 from sensor_windows.etw_source import SESSION_NAME, EtwProcessSource
 from sensor_windows.pipeline import drain, windows_pipeline
+
+
+SESSION_CHECK_SECONDS = 5.0   # how soon a session stopped from outside is noticed
 
 
 def default_state_dir() -> str:
@@ -63,17 +67,24 @@ def run_sensor(stop: threading.Event, sink: Output, host: dict[str, Any], *,
                 "pid_reuse_rejected": enricher.table.reuse_rejected}
 
     reporter_stop = threading.Event()
+    halt = _StopOrGone(stop, source)
 
     def report() -> None:
-        while not reporter_stop.wait(status_interval):
-            if messages is not None:
-                messages.write(json.dumps({"status": counters()}) + "\n")
+        # The session is checked often (a gone session ends the run), status every interval.
+        reported = time.monotonic()
+        while not reporter_stop.wait(min(status_interval, SESSION_CHECK_SECONDS)):
+            snapshot = counters()
+            if source.session_gone:
+                return
+            if messages is not None and time.monotonic() - reported >= status_interval:
+                messages.write(json.dumps({"status": snapshot}) + "\n")
                 messages.flush()
+                reported = time.monotonic()
 
     reporter = threading.Thread(target=report, name="status", daemon=True)
     reporter.start()
     try:
-        drain(pipeline, source.events, stop)
+        drain(pipeline, source.events, halt)
     finally:
         source.stop()
         # Events that arrived between the last get and the stop are still handled.
@@ -81,6 +92,26 @@ def run_sensor(stop: threading.Event, sink: Output, host: dict[str, Any], *,
         reporter_stop.set()
         sink.flush()
     final = counters()
+    final["session_gone"] = source.session_gone
     if messages is not None:
         messages.write(json.dumps({"summary": final}) + "\n")
+    if source.session_gone:
+        raise SessionGone(f"the ETW session {source.session_name!r} was stopped from outside: "
+                          "collection ended (the service is restarted by its recovery "
+                          "actions)")
     return final
+
+
+class SessionGone(RuntimeError):
+    """Our ETW session was stopped by someone else: nothing more can arrive."""
+
+
+@dataclass
+class _StopOrGone:
+    """What the queue loop waits on: a stop asked for, or a session that is gone."""
+
+    stop: threading.Event
+    source: EtwProcessSource
+
+    def is_set(self) -> bool:
+        return self.stop.is_set() or self.source.session_gone

@@ -48,7 +48,9 @@ class EVENT_TRACE_PROPERTIES(ctypes.Structure):
     _fields_ = [("BufferSize", ctypes.c_ulong), ("MinimumBuffers", ctypes.c_ulong),
                 ("MaximumBuffers", ctypes.c_ulong), ("MaximumFileSize", ctypes.c_ulong),
                 ("LogFileMode", ctypes.c_ulong), ("FlushTimer", ctypes.c_ulong),
-                ("EnableFlags", ctypes.c_ulong)]
+                ("EnableFlags", ctypes.c_ulong), ("AgeLimit", ctypes.c_long),
+                ("NumberOfBuffers", ctypes.c_ulong), ("FreeBuffers", ctypes.c_ulong),
+                ("EventsLost", ctypes.c_ulong)]
 
 
 class TraceProperties:
@@ -72,10 +74,11 @@ def fake_pywintrace(script: list[Any], control_status: int = 0,
     class ETW:
         def __init__(self, **kwargs: Any) -> None:
             self.kwargs = kwargs
-            self.stopped = False
+            self.started = self.stopped = False
             calls["sessions"].append(self)
 
         def start(self) -> None:
+            self.started = True
             def play() -> None:
                 for item in script:
                     self.kwargs["event_callback"](item)
@@ -83,14 +86,18 @@ def fake_pywintrace(script: list[Any], control_status: int = 0,
             self.thread = threading.Thread(target=play)
             self.thread.start()
 
-        def query(self) -> types.SimpleNamespace:
-            return types.SimpleNamespace(EventsLost=events_lost)
-
         def stop(self) -> None:
             self.thread.join()
             self.stopped = True
 
-    def control_trace(handle: int, name: str, props: object, code: int) -> int:
+    def control_trace(handle: int, name: str, props: Any, code: int) -> int:
+        if code == 0:      # EVENT_TRACE_CONTROL_QUERY: what Windows says of a session
+            running = any(s.kwargs["session_name"] == name and s.started and not s.stopped
+                          for s in calls["sessions"]) and not calls.get("gone")
+            if not running:
+                return 4201    # ERROR_WMI_INSTANCE_NOT_FOUND
+            props.contents.EventsLost = events_lost
+            return 0
         calls["control"].append((handle, name, code))
         return control_status
 
@@ -300,3 +307,28 @@ def test_a_console_run_has_a_session_of_its_own_beside_the_service() -> None:
     assert [name for _, name, _ in etw.calls["control"]] == ["ttpsensor-process-console"]
     assert etw.calls["sessions"][0].kwargs["session_name"] == "ttpsensor-process-console"
     assert etw_source.CONSOLE_SESSION_NAME != etw_source.SESSION_NAME
+
+
+def test_a_session_stopped_from_outside_ends_the_run_as_a_failure(monkeypatch) -> None:
+    from sensor_windows import runner
+    monkeypatch.setattr(runner, "SESSION_CHECK_SECONDS", 0.05)
+    etw = fake_pywintrace([])
+    world = ReplayWorld("/nonexistent")
+    messages, stop, failure = ListSink(), threading.Event(), {}
+
+    def run() -> None:
+        try:
+            run_sensor(stop, TextOutput(ListSink(), line_renderer("ecs")), {"name": "testpc"},
+                       world=WindowsWorld(world, world, dict), etw_module=etw,
+                       status_interval=60, messages=messages)
+        except runner.SessionGone as exc:
+            failure["error"] = exc
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert etw.delivered.wait(10)
+    etw.calls["gone"] = True        # logman stop ttpsensor-process
+    worker.join(10)
+    assert not worker.is_alive() and not stop.is_set()
+    assert "stopped from outside" in str(failure["error"])
+    summary = json.loads("".join(messages.lines).splitlines()[-1])["summary"]
+    assert summary["session_gone"] is True
