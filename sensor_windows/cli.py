@@ -144,8 +144,9 @@ def windows_service(action: str, dry_run: bool) -> None:
     the base python.exe with the environment's packages, not the venv's launcher), starts
     automatically, is restarted after a crash or a reported failure, and writes to
     %ProgramData%\\ttpsensor (events.jsonl, rejected.jsonl, status.jsonl, and service.log
-    when it fails), a folder readable by SYSTEM and Administrators only. This is for a pip-installed sensor; the .msi
-    installs its own service of the same name (through NSSM, see packaging/README.md).
+    when it fails), a folder readable by SYSTEM and Administrators only. This is for a
+    pip-installed sensor; the .msi installs its own service of the same name (through NSSM,
+    see packaging/README.md).
     """
     from sensor_windows.service import run_sc, sc_commands
     if dry_run:

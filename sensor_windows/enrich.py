@@ -14,7 +14,7 @@ import datetime as _dt
 import ntpath
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from common import ttphash
 from common.process_event import process_create
@@ -94,6 +94,8 @@ class PECache:
 
     files: FileSource
     roots: list[Any] | None = None
+    # Windows' verdict on a path (wintrust.WinTrust.verdict), where the host can give one.
+    trust: Callable[[str], Any] | None = None
     _entries: OrderedDict[tuple[str, tuple[int, int]], PEFacts | None] = field(
         default_factory=OrderedDict)
 
@@ -113,6 +115,9 @@ class PECache:
             facts: PEFacts | None = inspect(data, self.roots)
         except PEError:
             facts = None  # not a PE (a script host's argument, say): no PE facts
+        if facts is not None and self.trust is not None:
+            verdict = self.trust(path)
+            facts.system_status, facts.catalog = verdict.status, verdict.catalog
         self._entries[key] = facts
         if len(self._entries) > PE_CACHE_ENTRIES:
             self._entries.popitem(last=False)
@@ -158,7 +163,10 @@ def _pe_fields(facts: PEFacts) -> dict[str, Any]:
                             "company": facts.company, "product": facts.product,
                             "file_version": facts.file_version}.items() if v is not None}
     signature: dict[str, Any] = {"exists": facts.signed, "status": facts.status,
+                                 # Catalog-signed: the Authenticode SHA-256, its member tag.
                                  "digest": facts.authenticode_sha256 if facts.signed else ""}
+    if facts.catalog is not None:
+        signature["catalog"] = facts.catalog
     if facts.signatures:
         primary = facts.signatures[0]
         signature.update(subject_name=primary.subject, issuer=primary.issuer,
@@ -176,10 +184,11 @@ class WindowsEnricher:
     table: ProcessTable = field(default_factory=ProcessTable)
     roots: list[Any] | None = None
     fingerprints: ttphash.Memo = field(default_factory=ttphash.Memo)
+    trust: Callable[[str], Any] | None = None
     _pe: PECache = field(init=False)
 
     def __post_init__(self) -> None:
-        self._pe = PECache(self.files, self.roots)
+        self._pe = PECache(self.files, self.roots, self.trust)
 
     def _process_map(self, pid: int, image: str | None, kernel_image: str | None,
                      info: ProcessInfo | None, create_time: _dt.datetime | None) -> dict[str, Any]:

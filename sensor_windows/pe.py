@@ -70,14 +70,20 @@ class PEFacts:
     file_version: str | None = None
     description: str | None = None
     internal_name: str | None = None
+    # Windows' own verdict when it was asked (sensor_windows/wintrust.py, live hosts only):
+    # its ``Signed`` wording, and the catalog that signs a file without a signature of its own.
+    system_status: str | None = None
+    catalog: str | None = None
 
     @property
     def signed(self) -> bool:
-        return bool(self.signatures)
+        return bool(self.signatures) or self.catalog is not None
 
     @property
     def status(self) -> str:
-        """QLOG's ``Signed`` wording."""
+        """QLOG's ``Signed`` wording: Windows' verdict where there is one."""
+        if self.system_status is not None:
+            return self.system_status
         if not self.signatures:
             return "Not signed"
         if not self.digest_matches:

@@ -37,13 +37,15 @@ class WindowsWorld:
     inspector: ProcessInspector
     files: FileSource
     device_map: Callable[[], dict[str, str]]
+    trust: Callable[[str], Any] | None = None    # Windows' signature verdict on a path
 
 
 def live_world() -> WindowsWorld:
     """The real machine (Windows only)."""
-    from sensor_windows import win32
+    from sensor_windows import win32, wintrust
     devices = win32.device_map()  # drives rarely change; refreshed when the sensor restarts
-    return WindowsWorld(win32.Win32Inspector(), win32.DiskFiles(), lambda: devices)
+    return WindowsWorld(win32.Win32Inspector(), win32.DiskFiles(), lambda: devices,
+                        wintrust.WinTrust().verdict)
 
 
 def run_sensor(stop: threading.Event, sink: Output, host: dict[str, Any], *,
@@ -54,7 +56,8 @@ def run_sensor(stop: threading.Event, sink: Output, host: dict[str, Any], *,
     """Collect until ``stop`` is set (or Ctrl-C) into ``sink`` (common/sinks.py: it renders in
     its format); returns the final counters."""
     world = world or live_world()
-    enricher = WindowsEnricher(CachedInspector(world.inspector), world.files, host)
+    enricher = WindowsEnricher(CachedInspector(world.inspector), world.files, host,
+                               trust=world.trust)
     pipeline = windows_pipeline(enricher, sink, device_map=world.device_map,
                                 error_log=error_log)
     source = EtwProcessSource(etw_module, session_name=session_name)

@@ -178,7 +178,8 @@ class _TimestampAuthority:
 
         def openssl(*args: str) -> None:
             subprocess.run(["openssl", *args], check=True, capture_output=True)
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/O=ttpsensor/CN=ttpsensor test TSA",
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj",
+                "/O=ttpsensor/CN=ttpsensor test TSA",
                 "-keyout", str(tmp / "tsa.key"), "-out", str(tmp / "tsa.csr"))
         (tmp / "tsa.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
                                      "extendedKeyUsage=critical,timeStamping\n")
@@ -257,7 +258,8 @@ def test_signing_time_from_an_rfc3161_timestamp_of_a_local_authority(tmp_path) -
     assert before <= signed_at <= after
     [stamp] = signature["timestamp_signatures"]
     assert stamp["subject"] == "CN=ttpsensor test TSA, O=ttpsensor"
-    assert stamp["issuer"] == "CN=ttpsensor test CA" and stamp["timestamp"] == signature["timestamp"]
+    assert stamp["issuer"] == "CN=ttpsensor test CA"
+    assert stamp["timestamp"] == signature["timestamp"]
     tsa_der = subprocess.run(["openssl", "x509", "-in", str(tmp_path / "tsa.crt"), "-outform",
                               "DER"], capture_output=True, check=True).stdout
     assert stamp["thumbprint"] == hashlib.sha1(tsa_der).hexdigest().upper()

@@ -19,7 +19,8 @@ import json
 from common import qlog
 from tests.conftest import seed_qlog_example
 event = qlog.read_event(json.loads(seed_qlog_example()))
-event["process"]["executable"] = "C:\\\\Users\\\\J\\u00fcrgen\\\\\\u65e5\\u672c\\\\notepad\\U0001f600.exe"
+event["process"]["executable"] = (
+    "C:\\\\Users\\\\J\\u00fcrgen\\\\\\u65e5\\u672c\\\\notepad\\U0001f600.exe")
 event["process"]["command_line"] = "notepad \\u00e4\\u00f6\\u00fc \\u65e5\\u672c\\u8a9e"
 """
 
