@@ -193,7 +193,11 @@ def _signatures(signed_data: cms.SignedData, nested: bool = False,
             timestamp=stamps[0].timestamp if stamps else None, nested=nested,
             timestamp_signatures=stamps))
         if roots is not None:
-            out[-1].problem = _verify(signer, cert, certificates, indirect, roots)
+            # Checked at the countersigned signing time: a timestamped signature stays valid
+            # after its certificate expires, as Windows holds it.
+            at = (_dt.datetime.fromisoformat(stamps[0].timestamp.replace("Z", "+00:00"))
+                  if stamps and stamps[0].timestamp else _dt.datetime.now(_dt.timezone.utc))
+            out[-1].problem = _verify(signer, cert, certificates, indirect, roots, at)
             out[-1].verified = out[-1].problem is None
         for attribute in signer["unsigned_attrs"] or []:
             if attribute["type"].dotted == NESTED_SIGNATURE:
@@ -276,8 +280,9 @@ def _countersignature(counter: cms.SignerInfo,
 
 
 def _verify(signer: cms.SignerInfo, cert: x509.Certificate | None,
-            embedded: list[x509.Certificate], indirect: Any, roots: list[Any]) -> str | None:
-    """Why the signer's signature is not valid, or None when it is."""
+            embedded: list[x509.Certificate], indirect: Any, roots: list[Any],
+            at: _dt.datetime) -> str | None:
+    """Why the signer's signature is not valid at ``at``, or None when it is."""
     from cryptography import x509 as cx509
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
@@ -307,21 +312,70 @@ def _verify(signer: cms.SignerInfo, cert: x509.Certificate | None,
             return "unsupported key type"
     except InvalidSignature:
         return "the signature over the signed attributes is wrong"
-    pool = [cx509.load_der_x509_certificate(c.dump()) for c in embedded] + list(roots)
+    return _chain_problem(leaf, [cx509.load_der_x509_certificate(c.dump()) for c in embedded],
+                          roots, at)
+
+
+CODE_SIGNING = "1.3.6.1.5.5.7.3.3"
+ANY_EXTENDED_KEY_USAGE = "2.5.29.37.0"
+
+
+def _chain_problem(leaf: Any, embedded: list[Any], roots: list[Any],
+                   at: _dt.datetime) -> str | None:
+    """Why ``leaf`` does not chain to one of ``roots`` as a code-signing certificate valid at
+    ``at`` (the countersigned signing time, else now), or None. Issuers are found by name and
+    proven by signature (a same-named impostor is skipped), must be CAs allowed to sign
+    certificates, and every certificate must be valid at ``at``; the leaf must be meant for
+    code signing when it says what it is meant for."""
+    from cryptography import x509 as cx509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    try:
+        usage = leaf.extensions.get_extension_for_class(cx509.ExtendedKeyUsage).value
+        purposes = {p.dotted_string for p in usage}
+        if not purposes & {CODE_SIGNING, ANY_EXTENDED_KEY_USAGE}:
+            return "the signer's certificate is not for code signing"
+    except cx509.ExtensionNotFound:
+        pass
+    trusted = {r.fingerprint(hashes.SHA256()) for r in roots}
+    pool = embedded + list(roots)
     current = leaf
     for _ in range(8):  # walk up to a trusted root
-        if any(current.fingerprint(hashes.SHA256()) == r.fingerprint(hashes.SHA256())
-               for r in roots):
+        if not current.not_valid_before_utc <= at <= current.not_valid_after_utc:
+            return f"{current.subject.rfc4514_string()} is not valid at {_iso(at)}"
+        if current.fingerprint(hashes.SHA256()) in trusted:
             return None
-        issuer = next((c for c in pool if c.subject == current.issuer and c != current), None)
+        issuer = None
+        for candidate in pool:
+            if candidate.subject != current.issuer or candidate == current:
+                continue
+            try:
+                current.verify_directly_issued_by(candidate)
+            except (ValueError, TypeError, InvalidSignature):
+                continue  # the same name, another key: not this certificate's issuer
+            issuer = candidate
+            break
         if issuer is None:
             return "the certificate chain does not reach a trusted root"
-        try:
-            current.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
-            return "a certificate in the chain is not signed by its issuer"
+        if issuer.fingerprint(hashes.SHA256()) not in trusted and not _may_issue(issuer):
+            return "a certificate in the chain is not a CA"
         current = issuer
     return "the certificate chain is too long"
+
+
+def _may_issue(cert: Any) -> bool:
+    """A CA certificate (basicConstraints CA) whose key may sign certificates."""
+    from cryptography import x509 as cx509
+    try:
+        if not cert.extensions.get_extension_for_class(cx509.BasicConstraints).value.ca:
+            return False
+    except cx509.ExtensionNotFound:
+        return False
+    try:
+        return bool(cert.extensions.get_extension_for_class(cx509.KeyUsage).value
+                    .key_cert_sign)
+    except cx509.ExtensionNotFound:
+        return True
 
 
 def load_roots(path: str) -> list[Any]:

@@ -276,6 +276,9 @@ def test_signing_time_from_an_rfc3161_timestamp_of_a_local_authority(tmp_path) -
                                capture_output=True, text=True, check=True).stdout
     assert dt.datetime.strptime(not_after.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z") \
         .strftime("%Y-%m-%dT%H:%M:%SZ") == signature["not_after"]
+    # Verified at the countersigned time (the chain is checked as of then).
+    from sensor_windows.pe import load_roots
+    assert inspect_file(str(signed), load_roots(ca)).status == "Signature valid"
     # Through the Windows enrichment into QLOG's form: the Signatures entry as QLOG has it.
     replay = tmp_path / "replay.jsonl"
     replay.write_text("\n".join(json.dumps(line) for line in [
@@ -321,3 +324,74 @@ def test_a_pe_with_fewer_data_directories_than_the_security_one() -> None:
     checksum = header + 64
     assert facts.authenticode_sha256 == hashlib.sha256(
         bytes(data[:checksum]) + bytes(data[checksum + 4:])).hexdigest().upper()
+
+
+def _pki(tmp, *, leaf_eku: str | None = "codeSigning", leaf_days: tuple[int, int] = (-1, 2),
+         middle_is_ca: bool = True, impostor: bool = False):
+    """root -> middle -> leaf, built with cryptography (any dates and extensions), written as
+    PEM: (root, chain file for osslsigncode's -ac, leaf, leaf key)."""
+    import datetime as dt
+
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def name(text: str) -> cx509.Name:
+        return cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    def make(subject: str, key, issuer: str, issuer_key, ca: bool, days=(-1, 30), eku=None):
+        builder = (cx509.CertificateBuilder().subject_name(name(subject))
+                   .issuer_name(name(issuer)).public_key(key.public_key())
+                   .serial_number(cx509.random_serial_number())
+                   .not_valid_before(now + dt.timedelta(days=days[0]))
+                   .not_valid_after(now + dt.timedelta(days=days[1]))
+                   .add_extension(cx509.BasicConstraints(ca=ca, path_length=None), True))
+        if eku is not None:
+            builder = builder.add_extension(cx509.ExtendedKeyUsage(
+                [getattr(ExtendedKeyUsageOID, {"codeSigning": "CODE_SIGNING",
+                                               "serverAuth": "SERVER_AUTH"}[eku])]), False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    keys = {n: ec.generate_private_key(ec.SECP256R1()) for n in ("root", "middle", "leaf",
+                                                                "impostor")}
+    root = make("test root", keys["root"], "test root", keys["root"], True)
+    middle = make("test middle", keys["middle"], "test root", keys["root"], middle_is_ca)
+    leaf = make("test signer", keys["leaf"], "test middle", keys["middle"], False,
+                leaf_days, leaf_eku)
+    chain = [middle]
+    if impostor:   # another certificate named like the middle, listed first
+        chain.insert(0, make("test middle", keys["impostor"], "test root", keys["root"], True))
+
+    def pem(path, *certs) -> str:
+        path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
+        return str(path)
+    key_path = tmp / "leaf.key"
+    key_path.write_bytes(keys["leaf"].private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return (pem(tmp / "root.pem", root), pem(tmp / "chain.pem", *chain),
+            pem(tmp / "leaf.pem", leaf), str(key_path))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ({}, "Signature valid"),
+    ({"leaf_eku": None}, "Signature valid"),                  # says nothing of its purpose
+    ({"impostor": True}, "Signature valid"),                  # the issuer proven by signature
+    ({"leaf_eku": "serverAuth"}, "Signature invalid: the signer's certificate is not for "
+                                 "code signing"),
+    ({"middle_is_ca": False}, "Signature invalid: a certificate in the chain is not a CA"),
+    ({"leaf_days": (-10, -1)}, "Signature invalid: CN=test signer is not valid at"),
+])
+def test_chain_rules_of_the_pure_python_verifier(tmp_path, case, expected) -> None:
+    require(shutil.which("osslsigncode") is not None, "osslsigncode is needed")
+    from sensor_windows.pe import load_roots
+    root, chain, leaf, key = _pki(tmp_path, **case)
+    launcher = next(p for p in LAUNCHERS if os.path.basename(p) == "t64.exe")
+    signed = tmp_path / "signed.exe"
+    subprocess.run(["osslsigncode", "sign", "-certs", leaf, "-ac", chain, "-key", key, "-h",
+                    "sha256", "-in", launcher, "-out", str(signed)], check=True,
+                   capture_output=True)
+    status = inspect_file(str(signed), load_roots(root)).status
+    assert status.startswith(expected), status
