@@ -6,7 +6,8 @@ the pure helpers. No pywin32: ctypes keeps the MSI free of pywin32's DLL placeme
 The calls follow psutil's ``arch/windows/proc_info.c`` (command line through
 ProcessCommandLineInformation, Windows 8.1+), the token APIs, and a read of the 64-bit PEB for
 the working directory (which needs PROCESS_VM_READ, so it is missing for processes we may only
-query). The module count is left out: it changes while a process loads its DLLs.
+query). The module count (QLOG's Modulecount) is what is loaded when the start is enriched,
+a few milliseconds in: it grows while the process loads its DLLs, and is not in the TTPHash.
 
 Every call can fail for a process that already exited or that we may not open (protected
 processes): the answer then has None there, and ``running`` says whether it could be opened.
@@ -26,6 +27,7 @@ from sensor_windows.normalize import INTEGRITY_BY_RID, filetime
 
 PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
 STILL_ACTIVE = 259
+LIST_MODULES_ALL = 0x03
 POINTER_BYTES = ctypes.sizeof(ctypes.c_void_p)
 ACCOUNTS_REMEMBERED = 1024
 TOKEN_QUERY = 0x0008
@@ -94,6 +96,7 @@ class Win32Inspector:
                                user_sid=sid, user_name=self._account(sid) if sid else None,
                                integrity_level=integrity,
                                working_directory=self._working_directory(pid),
+                               module_count=self._module_count(pid),
                                running=self._still_active(handle), create_time=created)
         finally:
             self.k32.CloseHandle(handle)
@@ -116,6 +119,19 @@ class Win32Inspector:
         # A process that exited with 259 itself looks alive here; GetProcessTimes' exit time
         # tells them apart, as psutil does.
         return code.value == STILL_ACTIVE and not self._exit_time(handle)
+
+    def _module_count(self, pid: int) -> int | None:
+        handle = self.k32.OpenProcess(PROCESS_QUERY_INFORMATION | PROCESS_VM_READ, False, pid)
+        if not handle:
+            return None
+        try:
+            needed = wt.DWORD()
+            if not self.k32.K32EnumProcessModulesEx(handle, None, 0, ctypes.byref(needed),
+                                                    LIST_MODULES_ALL):
+                return None
+            return needed.value // ctypes.sizeof(ctypes.c_void_p)  # bytes of HMODULEs
+        finally:
+            self.k32.CloseHandle(handle)
 
     def _working_directory(self, pid: int) -> str | None:
         if POINTER_BYTES != 8:

@@ -4,6 +4,7 @@ encode what events carry, and the service's life as the SCM sees it."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import sys
 
@@ -193,6 +194,13 @@ class StandInKernel32:
             ref._obj.dwLowDateTime, ref._obj.dwHighDateTime = value & 0xFFFFFFFF, value >> 32
         return 1
 
+    def K32EnumProcessModulesEx(self, handle: int, _modules, _size: int, needed,
+                                _filter: int) -> int:
+        if self.processes[handle - 10_000][1]:
+            return 0      # exited: no modules to enumerate
+        needed._obj.value = 53 * ctypes.sizeof(ctypes.c_void_p)   # 53 HMODULEs
+        return 1
+
     def GetExitCodeProcess(self, handle: int, code) -> int:
         code._obj.value = self.processes[handle - 10_000][2]
         return 1
@@ -294,3 +302,11 @@ def test_pe_facts_are_computed_once_per_image_until_it_changes(tmp_path) -> None
     changed = cache.facts("C:\\Tools\\tool.exe")
     assert len(reads) == 2 and changed[1].sha256 != first[1].sha256
     assert cache.facts("C:\\Tools\\gone.exe") == (False, None)      # not on disk
+
+
+def test_module_count_as_qlog_reports_it() -> None:
+    from sensor_windows.win32 import STILL_ACTIVE
+    inspector = _inspector({10: (CREATED, 0, STILL_ACTIVE), 11: (CREATED, CREATED + TICK, 0)})
+    assert inspector._module_count(10) == 53
+    assert inspector._module_count(11) is None and inspector._module_count(12) is None
+    assert inspector.k32.open_handles == 0
