@@ -95,14 +95,19 @@ def replay_command(file: str, fmt: str, ca_file: str | None) -> None:
               help="Where events that cannot be used are kept verbatim (JSON lines).")
 @click.option("--status-interval", default=60.0, show_default=True,
               help="Seconds between counter reports on stderr (ETW's lost events included).")
+@click.option("--session", "session_name", default="ttpsensor-process-console",
+              show_default=True,
+              help="The ETW session's name. A session of this name left by a sensor that died "
+                   "is stopped first, so two sensors must not share one: the service's is "
+                   "'ttpsensor-process' (the .msi runs this command with it).")
 def windows_run(fmt: str, outputs: tuple[str, ...], error_log: str | None,
-                status_interval: float) -> None:
+                status_interval: float, session_name: str) -> None:
     """Run the ETW sensor in this console until Ctrl-C (Windows, as Administrator).
 
-    Starts the ETW session 'ttpsensor-process' (Microsoft-Windows-Kernel-Process, process
-    starts), stopping a stale one of that name first, and writes every process start enriched
+    Starts an ETW session (Microsoft-Windows-Kernel-Process, process starts; --session names
+    it), stopping a stale one of that name first, and writes every process start enriched
     with its command line, user, integrity level, file digests, imphash, version resource and
-    signature, its parent's context and its TTPHash.
+    signature (Windows' own verdict, catalogs included), its parent's context and its TTPHash.
     """
     if sys.platform != "win32":
         raise click.ClickException("the ETW session needs Windows; on this OS use "
@@ -111,7 +116,6 @@ def windows_run(fmt: str, outputs: tuple[str, ...], error_log: str | None,
     import threading
 
     from common.sinks import OutputError, open_outputs, open_sink
-    from sensor_windows.etw_source import CONSOLE_SESSION_NAME
     from sensor_windows.runner import SessionGone, run_sensor
     try:
         sink = open_outputs(outputs, fmt).output
@@ -122,7 +126,7 @@ def windows_run(fmt: str, outputs: tuple[str, ...], error_log: str | None,
         run_sensor(threading.Event(), sink, {"name": socket.gethostname(),
                                              "os": {"type": "windows"}},
                    error_log=errors, status_interval=status_interval,
-                   messages=sys.stderr, session_name=CONSOLE_SESSION_NAME)
+                   messages=sys.stderr, session_name=session_name)
     except KeyboardInterrupt:
         pass
     except SessionGone as exc:

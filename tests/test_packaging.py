@@ -154,6 +154,11 @@ def test_msi_tables_service_and_files(packages) -> None:
     assert "x64;1033" in summary
     condition = _run("msiinfo", "export", msi, "LaunchCondition", check=True).stdout
     assert "PYTHONEXE" in condition and "Python 3.12" in condition
+    # NSSM runs the sensor on the service's own ETW session: with the console's default, a
+    # `windows run` in a console would stop the service's session as a stale one.
+    registry = _run("msiinfo", "export", msi, "Registry", check=True).stdout
+    parameters = next(line for line in registry.splitlines() if "AppParameters" in line)
+    assert "windows run --session ttpsensor-process --output" in parameters
     files = _run("msiextract", "-l", msi, check=True).stdout.replace("\\", "/").splitlines()
     names = {f.split("ttpsensor/", 1)[-1] for f in files}
     for name in ("nssm.exe", "ttpsensor.py", "site-packages/sensor_windows/etw_source.py",
