@@ -31,6 +31,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from common import ttphash, wire
 from common.ownership import open_private
+from common.percent import percent_encode
 from common.schema import ACTION_PROCESS_CREATE, Event, get_path, utc_timestamp
 
 SCHEMA = """
@@ -52,10 +53,65 @@ CREATE TABLE IF NOT EXISTS spools (
     spool TEXT PRIMARY KEY, sensor TEXT NOT NULL, since TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS allow (
     ttphash TEXT PRIMARY KEY, reason TEXT NOT NULL, added TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS allow_log (
+    ttphash TEXT NOT NULL, action TEXT NOT NULL, reason TEXT, who TEXT NOT NULL,
+    ts TEXT NOT NULL);
+"""
+
+# Columns and indexes that came after the first stores (the console's questions): added to a
+# store that lacks them when it is opened for writing. proc and parent are a process's key,
+# "PID@START", and its parent's: what links an exec to the exec of its parent.
+ADDED_COLUMNS = (("events", "proc", "TEXT"), ("events", "parent", "TEXT"),
+                 ("baseline", "executable", "TEXT"), ("baseline", "command_line", "TEXT"),
+                 ("baseline", "user_name", "TEXT"), ("baseline", "os", "TEXT"))
+INDEXES = """
+CREATE INDEX IF NOT EXISTS events_host_ts ON events (host, ts);
+CREATE INDEX IF NOT EXISTS events_hash_ts ON events (ttphash, ts);
+CREATE INDEX IF NOT EXISTS events_proc ON events (host, proc);
+CREATE INDEX IF NOT EXISTS events_parent ON events (host, parent);
+CREATE INDEX IF NOT EXISTS baseline_first ON baseline (first_seen);
+CREATE INDEX IF NOT EXISTS baseline_last ON baseline (last_seen);
+CREATE INDEX IF NOT EXISTS baseline_count ON baseline (count);
+CREATE INDEX IF NOT EXISTS baseline_hosts_n ON baseline (hosts, count);
+CREATE INDEX IF NOT EXISTS baseline_hosts_host ON baseline_hosts (host, ttphash);
+CREATE INDEX IF NOT EXISTS allow_log_hash ON allow_log (ttphash, ts);
 """
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def process_key(process: Mapping[str, Any]) -> str | None:
+    """"PID@START" of a process map: a process on its host (pids are reused, starts differ);
+    None without a pid."""
+    pid = process.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return None
+    start = process.get("start")
+    return f"{pid}@{start if isinstance(start, str) else ''}"
+
+
+def display_text(value: Any) -> str | None:
+    """A value as display text: non-UTF-8 bytes in percent form, argument lists joined."""
+    if isinstance(value, bytes):
+        return percent_encode(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return " ".join(t for t in map(display_text, value) if t is not None)
+    return None
+
+
+def display_columns(event: Event) -> tuple[str | None, str | None, str | None, str | None]:
+    """What the console shows and filters by for a TTPHash, from its sample event:
+    executable, command line (or the arguments), user name, OS."""
+    process = _member(event, "process")
+    user = _member(process, "user")
+    command = process.get("command_line")
+    return (display_text(process.get("executable")),
+            display_text(command if command is not None else process.get("args")),
+            display_text(user.get("name")),
+            display_text(_member(_member(event, "host"), "os").get("type")))
 
 
 def _member(event: Event, name: str) -> Mapping[str, Any]:
@@ -72,12 +128,18 @@ class IngestResult:
 
 
 # For the statements read back with RETURNING: which parameter is the key returned.
-_INSERT_EVENTS = "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING seq"
+_EVENT_COLUMNS = ("spool, seq, sensor, host, ts, action, ttphash, complete, doc, ttphash_check, "
+                  "proc, parent")
+_INSERT_EVENTS = (f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) "
+                  "VALUES (?,?,?,?,?,?,?,?,?,?,?,?) RETURNING seq")
 _INSERT_HOSTS = "INSERT OR IGNORE INTO baseline_hosts VALUES (?,?) RETURNING ttphash"
 _KEY_INDEX = {_INSERT_EVENTS: 1, _INSERT_HOSTS: 0}
-_EVENT_COLUMNS = "spool, seq, sensor, host, ts, action, ttphash, complete, doc, ttphash_check"
 # Their PostgreSQL types, for a binary COPY (the documents go as they are, not as hex text).
-_EVENT_TYPES = ["text", "int8", "text", "text", "text", "text", "text", "int8", "bytea", "text"]
+_EVENT_TYPES = ["text", "int8", "text", "text", "text", "text", "text", "int8", "bytea", "text",
+                "text", "text"]
+_EVENT_FIELDS = 12   # a row's columns; the event itself follows them
+_BASELINE_COLUMNS = ("ttphash, first_seen, last_seen, count, hosts, sample, canonical, "
+                     "executable, command_line, user_name, os")
 
 _IGNORE = re.compile(r"INSERT OR IGNORE INTO (\w+) (VALUES \([?,]+\))")
 _REPLACE_ALLOW = "INSERT OR REPLACE INTO allow VALUES (?,?,?)"
@@ -126,6 +188,7 @@ class Store:
                         self.db.execute(statement)
                 if migrate:
                     self._migrate()
+                self._add_columns_and_indexes()
             self._check_store()
             return
         if readonly:
@@ -151,6 +214,21 @@ class Store:
             raise StoreError(f"{location} is not a ttpsensor store: {exc}") from exc
         if migrate:
             self._migrate()
+        self._add_columns_and_indexes()
+
+    def _add_columns_and_indexes(self) -> None:
+        """The columns of ADDED_COLUMNS a store lacks (older stores: left NULL, the console
+        falls back to the sample), and the indexes the console's pages use."""
+        for table, column, kind in ADDED_COLUMNS:
+            try:
+                self._execute(f"SELECT {column} FROM {table} WHERE 0 = 1").fetchall()
+            except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike
+                self._execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        for statement in INDEXES.split(";"):
+            if statement.strip():
+                self._execute(statement)
+        if not self.postgres:
+            self.db.commit()
 
     def _needs_migration(self) -> bool:
         """An events table without the ``ttphash_check`` column: a store from before issue 16."""
@@ -222,11 +300,13 @@ class Store:
             # The columns, read with plain look-ups (get_path per field was a fifth of ingest).
             fingerprint, host, header = (_member(event, "ttphash"), _member(event, "host"),
                                          _member(event, "event"))
+            process = _member(event, "process")
             complete = fingerprint.get("complete")
             rows.append((spool, first_seq + offset, sensor, host.get("name"),
                          event.get("@timestamp"), header.get("action"), fingerprint.get("value"),
                          None if complete is None else int(bool(complete)),
-                         wire.pack_event(event), fingerprint.get("check"), event))
+                         wire.pack_event(event), fingerprint.get("check"),
+                         process_key(process), process_key(_member(process, "parent")), event))
         with self._transaction():
             new = self._insert_new(rows)
             result.new, result.duplicates = len(new), len(rows) - len(new)
@@ -234,7 +314,7 @@ class Store:
             for row in rows:
                 if row[1] not in new:
                     continue
-                event, action, value = row[10], row[5], row[6]
+                event, action, value = row[_EVENT_FIELDS], row[5], row[6]
                 if action == ACTION_PROCESS_CREATE and value:
                     ts = row[4] or utc_timestamp()
                     group = groups.setdefault(value, {"first": ts, "last": ts, "count": 0,
@@ -254,7 +334,7 @@ class Store:
         """Insert the rows that are not stored yet; return their sequence numbers."""
         if self.postgres:
             return self._copy_new(rows)
-        inserted = self._many(_INSERT_EVENTS, [r[:10] for r in rows], returning=True)
+        inserted = self._many(_INSERT_EVENTS, [r[:_EVENT_FIELDS] for r in rows], returning=True)
         return {int(seq) for (seq,) in inserted}
 
     def _copy_new(self, rows: list[tuple[Any, ...]]) -> set[int]:
@@ -270,7 +350,7 @@ class Store:
                 as copy:
             copy.set_types(_EVENT_TYPES)
             for row in rows:
-                copy.write_row(row[:10])
+                copy.write_row(row[:_EVENT_FIELDS])
         cursor.execute(f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} "
                        "FROM events_in ON CONFLICT DO NOTHING RETURNING seq")
         return {int(seq) for (seq,) in cursor.fetchall()}
@@ -353,16 +433,19 @@ class Store:
             except ttphash.TTPHashError:
                 canonical = None
             entries.append((value, group["first"], group["last"], group["count"], 0,
-                            wire.pack_event(group["sample"]), canonical))
+                            wire.pack_event(group["sample"]), canonical,
+                            *display_columns(group["sample"])))
         if entries:
             # An upsert still: another connection may have added one since the look-up.
             update = (f"ON CONFLICT (ttphash) DO UPDATE "
                       f"SET first_seen = {least}(baseline.first_seen, excluded.first_seen), "
                       f"last_seen = {greatest}(baseline.last_seen, excluded.last_seen), "
                       "count = baseline.count + excluded.count")
-            self._each("INSERT INTO baseline VALUES (?,?,?,?,?,?,?) " + update,
-                       "INSERT INTO baseline SELECT * FROM {rows} " + update,
-                       ("text", "text", "text", "bigint", "bigint", "bytea", "text"), entries)
+            self._each(f"INSERT INTO baseline ({_BASELINE_COLUMNS}) "
+                       "VALUES (?,?,?,?,?,?,?,?,?,?,?) " + update,
+                       f"INSERT INTO baseline ({_BASELINE_COLUMNS}) SELECT * FROM {{rows}} "
+                       + update, ("text", "text", "text", "bigint", "bigint", "bytea", "text",
+                                  "text", "text", "text", "text"), entries)
         # (TTPHash, host) pairs already stored are not inserted again: on a fleet, nearly all.
         stored = set(self._execute(
             f"SELECT ttphash, host FROM baseline_hosts WHERE ttphash IN "

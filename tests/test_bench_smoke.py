@@ -40,3 +40,12 @@ def test_bench_stages_prints_every_stage_of_both_paths() -> None:
                   "enrich (process map)", "fingerprint (TTPHash)", "render (ECS line)",
                   "sink (rotating file)", "total"):
         assert sum(row.startswith(stage) for row in rows) == 2, (stage, rows)
+
+
+def test_bench_console_measures_every_page(tmp_path) -> None:
+    done = run_cli("bench", "console", "--events", "3000", "--requests", "3", "--keep",
+                   str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    for page in ("today", "rare", "a TTPHash", "a host's tree", "search: argument"):
+        assert page in done.stdout, done.stdout
+    assert "3,000 events" in done.stdout

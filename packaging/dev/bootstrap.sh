@@ -25,11 +25,13 @@ if [ "$mode" = test ]; then
   # osslsigncode, shim-signed: an independent Authenticode signer, a Microsoft-signed binary;
   # mingw-w64: compiles a PE with imports and a version resource the test chooses.
   # dwarves: pahole, the independent reader of kernel BTF our struct offsets are checked with.
+  # chromium, chromium-driver: the real browser the console's tests drive (Selenium).
   # make, dpkg-dev, wixl, msitools: `make packages`; lintian, rpmlint, systemd (for
   # systemd-analyze) and mmdebstrap (a fresh Debian root to install the .deb into) check them.
   apt_packages+=(rpm auditd laurel postgresql nats-server osslsigncode shim-signed
                  gcc-mingw-w64-x86-64 binutils-mingw-w64-x86-64
-                 make dpkg-dev wixl msitools lintian rpmlint systemd mmdebstrap dwarves)
+                 make dpkg-dev wixl msitools lintian rpmlint systemd mmdebstrap dwarves
+                 chromium chromium-driver)
 fi
 
 apt_install "${apt_packages[@]}"

@@ -1,0 +1,1 @@
+"""The hunting console: a web application over a collector's store (``ttpsensor console``)."""

@@ -1,0 +1,359 @@
+"""The hunting console over a store filled by the real pipeline, served by `ttpsensor console`
+and driven over HTTP and in a real headless Chromium (Debian's chromium and chromium-driver,
+through Selenium). Screenshots of each page go to out/console-screenshots/."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from collector.deliver import LocalDelivery
+from collector.store import Store
+from common import bench, qlog, ttphash
+from common.spool import Spool
+from tests.conftest import ROOT, require, seed_qlog_example, ttpsensor_command
+
+CORPUS = ROOT.parent / "shared" / "corpus" / "laurel" / "proc-trace-dpkg-l.txt"
+SCREENSHOTS = ROOT / "out" / "console-screenshots"
+HOSTILE_SCRIPT = "<script>document.title='pwned'</script>"
+HOSTILE_ATTRIBUTE = '"onmouseover="document.title=\'pwned\'" x="'
+
+
+def _hostile_event() -> dict:
+    """A command line an attacker chose: markup, an attribute breakout and bytes that are not
+    UTF-8 (the sensor keeps them as bytes; they are shown in percent form)."""
+    event = copy.deepcopy(bench.varied_events(1, seed=99)[0])
+    event["host"]["name"] = "alpha"
+    process = event["process"]
+    process["executable"] = "/tmp/evil"
+    process["args"] = ["/tmp/evil", HOSTILE_SCRIPT, HOSTILE_ATTRIBUTE, b"\xff\xferaw"]
+    process["command_line"] = b"/tmp/evil " + HOSTILE_SCRIPT.encode() + b" " + \
+        HOSTILE_ATTRIBUTE.encode() + b" \xff\xferaw"
+    process["user"] = {"id": "1000", "name": "mallory"}
+    ttphash.attach(event)
+    return event
+
+
+def _generated() -> list[dict]:
+    """Two Linux hosts and a Windows host: a parent and its children on alpha (so the
+    tree has depth), a fleet of varied events on alpha and beta, the seed's Windows event."""
+    events = []
+    for i, event in enumerate(bench.varied_events(60, seed=5)):
+        event["host"]["name"] = "alpha" if i % 2 else "beta"
+        events.append(event)
+    shell = copy.deepcopy(bench.varied_events(1, seed=6)[0])
+    shell["host"]["name"] = "alpha"
+    shell["process"].update(pid=7000, executable="/usr/bin/bash", start=shell["@timestamp"])
+    ttphash.attach(shell)
+    events.append(shell)
+    for n, tool in enumerate(("/usr/bin/curl", "/usr/bin/tar")):
+        child = copy.deepcopy(bench.varied_events(1, seed=10 + n)[0])
+        child["host"]["name"] = "alpha"
+        child["process"].update(pid=7001 + n, executable=tool)
+        child["process"]["parent"].update(pid=7000, start=shell["@timestamp"])
+        ttphash.attach(child)
+        events.append(child)
+    windows = qlog.read_event(json.loads(seed_qlog_example()))
+    windows["host"] = {"name": "winbox", "os": {"type": "windows"}}
+    ttphash.attach(windows)
+    events.append(windows)
+    events.append(_hostile_event())
+    return events
+
+
+@pytest.fixture(scope="module")
+def console_store(tmp_path_factory) -> dict:
+    """A store filled as a collector fills it: a recorded audit log replayed by `ttpsensor
+    audisp` into a spool, and a spool of generated events, each delivered into the store."""
+    require(CORPUS.exists(), f"{CORPUS} (shared corpus) is missing")
+    base = tmp_path_factory.mktemp("console")
+    replayed = subprocess.run(
+        ttpsensor_command() + ["audisp", "--format", "ecs", "--output",
+                               f"spool:{base}/audit-spool", "--parse-error-log",
+                               str(base / "errors.log")],
+        input=CORPUS.read_bytes(), capture_output=True, timeout=120)
+    assert replayed.returncode == 0, replayed.stderr
+    store = Store(str(base / "store.sqlite"))
+    assert LocalDelivery(Spool(str(base / "audit-spool")), store, "sensor-vm").deliver() > 0
+    generated = Spool(str(base / "generated-spool"))
+    for event in _generated():
+        generated.append(event)
+    generated.close()
+    assert LocalDelivery(Spool(str(base / "generated-spool")), store, "sensor-fleet").deliver()
+    store.close()
+    return {"store": str(base / "store.sqlite"), "base": base,
+            "hostile": _hostile_event()["ttphash"]["value"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Console:
+    """`ttpsensor console` as a subprocess."""
+
+    def __init__(self, store: str, *args: str, listen_host: str = "127.0.0.1",
+                 token_file: str | None = None) -> None:
+        self.port = _free_port()
+        self.token_file = token_file or f"{store}.token"
+        self.proc = subprocess.Popen(
+            ttpsensor_command() + ["console", "--store", store, "--listen",
+                                   f"{listen_host}:{self.port}", "--token-file",
+                                   self.token_file, *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def wait(self) -> "Console":
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"console exited: {self.proc.stderr.read().decode()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("console did not start listening")
+
+    @property
+    def token(self) -> str:
+        return Path(self.token_file).read_text().strip()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def console(console_store):
+    served = Console(console_store["store"]).wait()
+    yield served
+    served.stop()
+
+
+def _csrf(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def test_the_token_file_is_private_and_every_page_answers(console, console_store) -> None:
+    assert os.stat(console.token_file).st_mode & 0o777 == 0o600
+    base = f"http://127.0.0.1:{console.port}"
+    with httpx.Client(base_url=base) as web:
+        for path in ("/today", "/list/rare", "/list/top", "/list/unlisted", "/hosts",
+                     "/host/alpha", "/host/vm", "/search?argument=script", "/login",
+                     f"/hash/{console_store['hostile']}"):
+            page = web.get(path)
+            assert page.status_code == 200, (path, page.text[:500])
+            assert "script-src" not in page.headers["content-security-policy"]  # none at all
+            assert page.headers["content-security-policy"].startswith("default-src 'none'")
+            assert "<script" not in page.text.lower().replace("&lt;script", "")
+        assert web.get("/hash/0000").status_code == 404
+
+
+def test_hostile_argv_is_escaped_and_shown_in_percent_form(console, console_store) -> None:
+    base = f"http://127.0.0.1:{console.port}"
+    with httpx.Client(base_url=base) as web:
+        for path in (f"/hash/{console_store['hostile']}", "/search?user=mallory",
+                     "/host/alpha", "/list/unlisted?user=mallory"):
+            html = web.get(path).text
+            assert HOSTILE_SCRIPT not in html, path
+            assert "&lt;script&gt;document.title=" in html, path
+            assert 'onmouseover="document' not in html, path
+            assert "&#34;onmouseover=&#34;" in html or "&quot;onmouseover=&quot;" in html, path
+            assert "%FF%FEraw" in html, path   # the bytes that are not UTF-8, in percent form
+
+
+def test_allow_list_changes_need_a_login_and_a_fresh_form(console, console_store) -> None:
+    base = f"http://127.0.0.1:{console.port}"
+    target = console_store["hostile"]
+    with httpx.Client(base_url=base) as web:
+        assert 'action="/hash/' not in web.get(f"/hash/{target}").text   # no form offered
+        refused = web.post(f"/hash/{target}/allow", data={"csrf": _csrf(web.get("/login").text),
+                                                           "reason": "no login"})
+        assert refused.status_code == 401
+        login = web.get("/login").text
+        wrong = web.post("/login", data={"csrf": _csrf(login), "token": "guess"})
+        assert wrong.status_code == 401
+        no_csrf = web.post("/login", data={"token": console.token})
+        assert no_csrf.status_code == 403
+        done = web.post("/login", data={"csrf": _csrf(web.get("/login").text),
+                                        "token": console.token, "name": "ann"})
+        assert done.status_code == 303
+        stale = web.post(f"/hash/{target}/allow", data={"csrf": "stale", "reason": "x"})
+        assert stale.status_code == 403
+    store = Store(console_store["store"], readonly=True)
+    assert store.show(target)["allowed"] is None      # nothing changed by any of those
+    store.close()
+
+
+def test_a_console_beyond_loopback_needs_tls_and_refuses_the_unauthenticated(
+        console_store, tmp_path) -> None:
+    plain = Console(console_store["store"], listen_host="0.0.0.0")
+    assert plain.proc.wait(timeout=60) == 2
+    assert "without TLS" in plain.proc.stderr.read().decode()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    served = Console(console_store["store"], "--tls-cert", str(tmp_path / "cert.pem"),
+                     "--tls-key", str(tmp_path / "key.pem"), listen_host="0.0.0.0",
+                     token_file=str(tmp_path / "token")).wait()
+    try:
+        trust = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        with httpx.Client(base_url=f"https://127.0.0.1:{served.port}", verify=trust) as web:
+            page = web.get("/today")
+            assert page.status_code == 303 and page.headers["location"] == "/login"
+            assert web.get(f"/hash/{console_store['hostile']}").status_code == 303
+            assert web.post(f"/hash/{console_store['hostile']}/allow",
+                            data={"reason": "x"}).status_code == 401
+            login = web.get("/login")
+            assert login.status_code == 200
+            done = web.post("/login", data={"csrf": _csrf(login.text),
+                                            "token": served.token, "name": "ann"})
+            assert done.status_code == 303
+            assert web.get("/today").status_code == 200   # the session cookie, over TLS
+            assert "secure" in done.headers["set-cookie"].lower()
+    finally:
+        served.stop()
+
+
+# --- a real browser ----------------------------------------------------------------------
+
+@pytest.fixture
+def browser():
+    require(shutil.which("chromium") is not None and shutil.which("chromedriver") is not None,
+            "Debian's chromium and chromium-driver are needed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+                 "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _shot(driver, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+
+
+def test_a_hunter_in_chromium(console, console_store, browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    base = f"http://127.0.0.1:{console.port}"
+    browser.get(f"{base}/today?since=2000-01-01T00:00:00Z&until=2100-01-01T00:00:00Z")
+    assert "New TTPHashes" in browser.page_source
+    _shot(browser, "1-today")
+    # Filter by host.
+    Select(browser.find_element(By.NAME, "host")).select_by_value("winbox")
+    browser.find_element(By.ID, "apply").click()
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.hashes tbody tr td.hash a")
+    assert len(rows) == 1 and "host=winbox" in browser.current_url
+    _shot(browser, "2-today-winbox")
+    # Open the hash: its canonical input is there, and it is the TTPHash's input.
+    rows[0].click()
+    value = browser.find_element(By.ID, "ttphash").text
+    canonical = browser.find_element(By.ID, "canonical").text
+    import hashlib
+    assert hashlib.sha256(canonical.encode("utf-8")).hexdigest().upper() == value
+    _shot(browser, "3-hash")
+    # Log in and allow-list it with a reason; it leaves "not allow-listed".
+    browser.get(f"{base}/list/unlisted?os=windows")
+    assert value[:16] in browser.page_source
+    browser.get(f"{base}/login")
+    browser.find_element(By.ID, "name").send_keys("ann")
+    browser.find_element(By.ID, "token").send_keys(console.token)
+    browser.find_element(By.ID, "login").click()
+    browser.get(f"{base}/hash/{value}")
+    browser.find_element(By.ID, "reason").send_keys("Notepad from Explorer is expected")
+    browser.find_element(By.ID, "change").click()
+    assert "Notepad from Explorer is expected" in browser.find_element(By.ID, "allowed").text
+    assert "ann (token)" in browser.page_source          # who, in the audit log
+    _shot(browser, "4-allowed")
+    browser.get(f"{base}/list/unlisted?os=windows")
+    assert value[:16] not in browser.page_source
+    # The host's process tree: bash with its two children; follow a node to its TTPHash.
+    browser.get(f"{base}/host/alpha?since=2000-01-01T00:00:00Z&until=2100-01-01T00:00:00Z")
+    trees = browser.find_elements(By.CSS_SELECTOR, ".tree > details")
+    bash = next(t for t in trees if "/usr/bin/bash" in t.text)
+    children = bash.find_elements(By.CSS_SELECTOR, ":scope > details")
+    assert sorted(c.find_element(By.CSS_SELECTOR, ".exe").text for c in children) == [
+        "/usr/bin/curl", "/usr/bin/tar"]
+    _shot(browser, "5-host-tree")
+    bash.find_element(By.CSS_SELECTOR, ":scope > summary").click()     # collapse
+    assert not children[0].is_displayed()
+    link = bash.find_element(By.CSS_SELECTOR, ":scope > summary a.hash")
+    target = link.get_attribute("href")
+    link.click()
+    assert browser.current_url == target and "Canonical input" in browser.page_source
+    # Its children are linked from its page.
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".relatives a")) == 2
+    _shot(browser, "6-followed")
+    # The hostile command line: shown as text, nothing ran.
+    browser.get(f"{base}/search?user=mallory")
+    assert browser.title != "pwned" and HOSTILE_SCRIPT in browser.page_source.replace(
+        "&lt;", "<").replace("&gt;", ">")
+    assert "%FF%FEraw" in browser.find_element(By.CSS_SELECTOR, "td.cmd").text
+    _shot(browser, "7-hostile")
+
+
+def test_the_console_questions_on_sqlite_and_postgresql(store_location) -> None:
+    """Every page's query on both stores, with the relations the pages show."""
+    from collector.console.hunting import Filters, Hunt
+    store = Store(store_location)
+    events = _generated()
+    store.ingest("spool-a", 0, events, "sensor")
+    hunt = Hunt(store)
+    everything = Filters(since="2000-01-01T00:00:00Z", until="2100-01-01T00:00:00Z")
+    first, second = hunt.today(everything), hunt.today(everything, page=2)
+    assert first.more and not second.more                      # pages of 50
+    assert len(first.rows) + len(second.rows) == len({e["ttphash"]["value"] for e in events})
+    assert [r["os"] for r in hunt.today(Filters(os="windows", since="2000",
+                                                until="2100")).rows] == ["windows"]
+    hostile = next(e for e in events if e["process"]["executable"] == "/tmp/evil")
+    [row] = hunt.search(Filters(argument="ONMOUSEOVER")).rows     # any case
+    assert row["ttphash"] == hostile["ttphash"]["value"] and "%FF%FEraw" in row["command_line"]
+    assert hunt.search(Filters(prefix=row["ttphash"][:6].lower())).rows[0]["ttphash"] == \
+        row["ttphash"]
+    assert {r["ttphash"] for r in hunt.search(Filters(host="winbox")).rows} == {
+        events[-2]["ttphash"]["value"]}
+    shell = next(e for e in events if e["process"]["executable"] == "/usr/bin/bash")
+    detail = hunt.detail(shell["ttphash"]["value"])
+    assert len(detail.children) == 2 and detail.canonical is not None
+    child = hunt.detail(detail.children[0]["ttphash"])
+    assert [p["ttphash"] for p in child.parents] == [shell["ttphash"]["value"]]
+    view = hunt.host("alpha", "2000", "2100")
+    [bash] = [n for n in view.roots if n.event["process"]["executable"] == "/usr/bin/bash"]
+    assert len(bash.children) == 2
+    assert hunt.listing("top", sort="executable", descending=False).rows
+    hunt.allow(row["ttphash"], "lab test", "ann (token)")
+    assert row["ttphash"] not in {r["ttphash"] for r in hunt.listing(
+        "unlisted", filters=Filters(user="mallory")).rows}
+    hunt.revoke(row["ttphash"], "no longer", "bob (token)")
+    log = hunt.detail(row["ttphash"]).log
+    assert [(e["action"], e["who"]) for e in log] == [("revoke", "bob (token)"),
+                                                      ("allow", "ann (token)")]
+    store.close()
