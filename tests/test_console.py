@@ -338,6 +338,10 @@ def test_the_console_questions_on_sqlite_and_postgresql(store_location) -> None:
     assert row["ttphash"] == hostile["ttphash"]["value"] and "%FF%FEraw" in row["command_line"]
     assert hunt.search(Filters(prefix=row["ttphash"][:6].lower())).rows[0]["ttphash"] == \
         row["ttphash"]
+    # What a hunter types is taken literally: LIKE's wildcards match only themselves.
+    assert hunt.search(Filters(executable="/usr/bin/_")).rows == []
+    assert hunt.search(Filters(executable="/usr/bin/%")).rows == []
+    assert hunt.search(Filters(executable="/usr/bin/")).rows
     assert {r["ttphash"] for r in hunt.search(Filters(host="winbox")).rows} == {
         events[-2]["ttphash"]["value"]}
     shell = next(e for e in events if e["process"]["executable"] == "/usr/bin/bash")

@@ -54,39 +54,28 @@ class Filters:
     def where(self, first_seen: bool = False) -> tuple[list[str], list[Any]]:
         """SQL conditions on baseline ``b``. The window: TTPHashes seen in it, or with
         ``first_seen`` those first seen in it (what is new)."""
-        clauses, args = [], []
-        if self.host:
-            clauses.append("EXISTS (SELECT 1 FROM baseline_hosts h WHERE h.host = ? "
-                           "AND h.ttphash = b.ttphash)")
-            args.append(self.host)
-        if self.user:
-            clauses.append("b.user_name = ?")
-            args.append(self.user)
-        if self.executable:
-            clauses.append("lower(b.executable) LIKE ?")
-            args.append(f"%{_like(self.executable.lower())}%")
-        if self.argument:
-            clauses.append("lower(b.command_line) LIKE ?")
-            args.append(f"%{_like(self.argument.lower())}%")
-        if self.os:
-            clauses.append("b.os = ?")
-            args.append(self.os)
-        if self.prefix:
-            clauses.append("b.ttphash LIKE ?")
-            args.append(f"{_like(self.prefix.upper())}%")
-        if self.since:
-            clauses.append(f"b.{'first_seen' if first_seen else 'last_seen'} >= ?")
-            args.append(self.since)
-        if self.until:
-            clauses.append("b.first_seen < ?")
-            args.append(self.until)
-        return clauses, args
+        like = " ESCAPE '\\'"
+        window = "first_seen" if first_seen else "last_seen"
+        wanted = [
+            (self.host, "EXISTS (SELECT 1 FROM baseline_hosts h WHERE h.host = ? "
+                        "AND h.ttphash = b.ttphash)", self.host),
+            (self.user, "b.user_name = ?", self.user),
+            (self.executable, "lower(b.executable) LIKE ?" + like,
+             f"%{_like(self.executable.lower())}%"),
+            (self.argument, "lower(b.command_line) LIKE ?" + like,
+             f"%{_like(self.argument.lower())}%"),
+            (self.os, "b.os = ?", self.os),
+            (self.prefix, "b.ttphash LIKE ?" + like, f"{_like(self.prefix.upper())}%"),
+            (self.since, f"b.{window} >= ?", self.since),
+            (self.until, "b.first_seen < ?", self.until),
+        ]
+        asked = [(clause, arg) for given, clause, arg in wanted if given]
+        return [clause for clause, _ in asked], [arg for _, arg in asked]
 
 
 def _like(text: str) -> str:
-    """``text`` with LIKE's wildcards taken literally (the default escape is none: '\\'
-    would need ESCAPE on both databases, so the wildcards are dropped instead)."""
-    return text.replace("%", "").replace("_", "")
+    """What a viewer typed, taken literally inside a LIKE pattern (ESCAPE '\\')."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 @dataclass
