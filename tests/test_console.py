@@ -373,3 +373,28 @@ def test_the_console_questions_on_sqlite_and_postgresql(store_location) -> None:
     assert [(e["action"], e["who"]) for e in log] == [("revoke", "bob (token)"),
                                                       ("allow", "ann (token)")]
     store.close()
+
+
+def test_client_certificates_of_the_lab_pki_authenticate_a_remote_console(
+        console_store, tmp_path) -> None:
+    pki = tmp_path / "pki"
+    made = subprocess.run(ttpsensor_command() + ["pki", "init", str(pki), "--sensor", "hunter"],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    served = Console(console_store["store"], "--tls-cert", str(pki / "collector.crt"),
+                     "--tls-key", str(pki / "collector.key"), "--client-ca",
+                     str(pki / "ca.crt"), listen_host="0.0.0.0",
+                     token_file=str(tmp_path / "token")).wait()
+    try:
+        trust = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        trust.load_cert_chain(str(pki / "hunter.crt"), str(pki / "hunter.key"))
+        with httpx.Client(base_url=f"https://127.0.0.1:{served.port}", verify=trust) as web:
+            assert web.get("/today").status_code == 200          # no login: the certificate
+            page = web.get(f"/hash/{console_store['hostile']}")
+            assert 'name="reason"' in page.text                  # and it may change the list
+        anonymous = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        with httpx.Client(base_url=f"https://127.0.0.1:{served.port}",
+                          verify=anonymous) as web, pytest.raises(httpx.HTTPError):
+            web.get("/today")                                     # no certificate: no TLS
+    finally:
+        served.stop()
