@@ -162,8 +162,11 @@ def hunt_gaps(obj: dict[str, Any]) -> None:
               help="Consume from NATS JetStream at this URL instead of listening.")
 @click.option("--durable", default="ttpsensor-collector", show_default=True,
               help="--nats: the durable consumer's name (collector workers share it).")
+@click.option("--console", "console_listen", default=None,
+              help="Also serve the hunting console over the store on this loopback "
+                   "HOST:PORT (e.g. 127.0.0.1:8731).")
 def collect(listen: str, cert: str | None, key: str | None, ca: str | None, store: str,
-            nats_url: str | None, durable: str) -> None:
+            nats_url: str | None, durable: str, console_listen: str | None) -> None:
     """Receive events from forwarders (mutual TLS) or JetStream, deduplicate, store, and keep
     the TTPHash baseline.
 
@@ -177,11 +180,19 @@ def collect(listen: str, cert: str | None, key: str | None, ca: str | None, stor
     from collector.server import Collector
     from collector.store import Store
     from common.transport import server_context
-    if nats_url:
-        _consume(nats_url, durable, Store(store))
-        return
-    if not (cert and key and ca):
+    if not nats_url and not (cert and key and ca):
         raise click.UsageError("give --cert, --key and --ca (or --nats)")
+    console = None
+    if console_listen:
+        from collector.console.cli import serve_beside
+        console = serve_beside(store, console_listen)
+    if nats_url:
+        try:
+            _consume(nats_url, durable, Store(store))
+        finally:
+            if console is not None:
+                console.should_exit = True  # type: ignore[attr-defined]
+        return
     host, _, port = listen.rpartition(":")
     collector = Collector(Store(store), server_context(cert, key, ca))
     stopping = threading.Event()
@@ -193,7 +204,11 @@ def collect(listen: str, cert: str | None, key: str | None, ca: str | None, stor
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    collector.serve(host.strip("[]") or "127.0.0.1", int(port or 7531))
+    try:
+        collector.serve(host.strip("[]") or "127.0.0.1", int(port or 7531))
+    finally:
+        if console is not None:
+            console.should_exit = True  # type: ignore[attr-defined]
     click.echo("ttpsensor collect: stopped: "
                f"{json.dumps(asdict(collector.stats) | asdict(collector.admitted))}", err=True)
 

@@ -398,3 +398,39 @@ def test_client_certificates_of_the_lab_pki_authenticate_a_remote_console(
             web.get("/today")                                     # no certificate: no TLS
     finally:
         served.stop()
+
+
+def test_a_collector_serves_the_console_beside_itself(console_store, tmp_path) -> None:
+    import signal
+    pki = tmp_path / "pki"
+    subprocess.run(ttpsensor_command() + ["pki", "init", str(pki)], check=True,
+                   capture_output=True)
+    store = tmp_path / "collector.sqlite"
+    shutil.copy(console_store["store"], store)
+    port, console_port = _free_port(), _free_port()
+    collector = subprocess.Popen(
+        ttpsensor_command() + ["collect", "--listen", f"127.0.0.1:{port}", "--cert",
+                               str(pki / "collector.crt"), "--key", str(pki / "collector.key"),
+                               "--ca", str(pki / "ca.crt"), "--store", str(store),
+                               "--console", f"127.0.0.1:{console_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{console_port}/list/top", timeout=5)
+                break
+            except httpx.HTTPError:
+                assert collector.poll() is None and time.monotonic() < deadline, \
+                    collector.stderr.read().decode()
+                time.sleep(0.2)
+        assert page.status_code == 200 and "Top" in page.text
+        assert (tmp_path / "console.token").stat().st_mode & 0o777 == 0o600
+    finally:
+        collector.send_signal(signal.SIGTERM)
+        assert collector.wait(timeout=30) == 0
+    refused = subprocess.run(ttpsensor_command() + [
+        "collect", "--cert", str(pki / "collector.crt"), "--key", str(pki / "collector.key"),
+        "--ca", str(pki / "ca.crt"), "--store", str(store), "--console", "0.0.0.0:8731"],
+        capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "loopback only" in refused.stderr

@@ -20,6 +20,48 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def token_for(store: str, token_file: str | None) -> tuple[str | None, str | None]:
+    """The login token (read, or created 0600) and its file: by default console.token beside
+    a SQLite store; no token for a PostgreSQL store without --token-file."""
+    from collector.console.security import read_or_create_token
+    if token_file is None and "://" not in store:
+        token_file = os.path.join(os.path.dirname(os.path.abspath(store)), "console.token")
+    if token_file is None:
+        return None, None
+    try:
+        token, created = read_or_create_token(token_file)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read or create the token file: {exc}") from exc
+    if created:
+        click.echo(f"ttpsensor console: a new login token is in {token_file} (0600)", err=True)
+    return token, token_file
+
+
+def serve_beside(store: str, listen: str) -> "object":
+    """The console on a loopback address in a thread of this process (``collect --console``),
+    over its own connection to ``store``; returns the uvicorn server (``should_exit`` stops
+    it). Beyond loopback, with TLS, it is `ttpsensor console`'s job."""
+    import threading
+
+    import uvicorn
+
+    from collector.cli import _open
+    from collector.console.app import make_app
+    from collector.console.security import access_for, is_loopback
+    host, port = parse_listen(listen)
+    if not is_loopback(host):
+        raise click.UsageError("--console listens on loopback only; beyond it, run "
+                               "'ttpsensor console' with --tls-cert, --tls-key and a token")
+    token, _ = token_for(store, None)
+    access = access_for(host, tls_cert=None, tls_key=None, client_ca=None, token=token)
+    server = uvicorn.Server(uvicorn.Config(make_app(_open(store, write=True), access),
+                                           host=host, port=port, log_level="warning",
+                                           server_header=False))
+    threading.Thread(target=server.run, name="console", daemon=True).start()
+    click.echo(f"ttpsensor collect: the console is on http://{listen}", err=True)
+    return server
+
+
 @click.command("console")
 @click.option("--store", default=DEFAULT_STORE, show_default=True,
               help="The collector's store: a SQLite file or a postgresql:// URL.")
@@ -50,20 +92,9 @@ def console(store: str, listen: str, token_file: str | None, tls_cert: str | Non
 
     from collector.cli import _open
     from collector.console.app import make_app
-    from collector.console.security import (ConsoleSecurityError, access_for,
-                                            read_or_create_token)
+    from collector.console.security import ConsoleSecurityError, access_for
     host, port = parse_listen(listen)
-    if token_file is None and "://" not in store:
-        token_file = os.path.join(os.path.dirname(os.path.abspath(store)), "console.token")
-    token = None
-    if token_file is not None:
-        try:
-            token, created = read_or_create_token(token_file)
-        except OSError as exc:
-            raise click.ClickException(f"cannot read or create the token file: {exc}") from exc
-        if created:
-            click.echo(f"ttpsensor console: a new login token is in {token_file} (0600)",
-                       err=True)
+    token, token_file = token_for(store, token_file)
     try:
         access = access_for(host, tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca,
                             token=token)
