@@ -39,7 +39,6 @@ CREATE TABLE IF NOT EXISTS events (
     spool TEXT NOT NULL, seq INTEGER NOT NULL, sensor TEXT NOT NULL, host TEXT,
     ts TEXT, action TEXT, ttphash TEXT, complete INTEGER, doc BLOB NOT NULL,
     ttphash_check TEXT, PRIMARY KEY (spool, seq));
-CREATE INDEX IF NOT EXISTS events_ttphash ON events (ttphash);
 CREATE TABLE IF NOT EXISTS baseline (
     ttphash TEXT PRIMARY KEY, first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
     count INTEGER NOT NULL, hosts INTEGER NOT NULL, sample BLOB NOT NULL, canonical TEXT);
@@ -227,6 +226,8 @@ class Store:
         for statement in INDEXES.split(";"):
             if statement.strip():
                 self._execute(statement)
+        # (ttphash, ts) serves every look-up by TTPHash: one index less to keep at ingest.
+        self._execute("DROP INDEX IF EXISTS events_ttphash")
         if not self.postgres:
             self.db.commit()
 
