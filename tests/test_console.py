@@ -273,7 +273,9 @@ def _shot(driver, name: str) -> None:
 
 def test_a_hunter_in_chromium(console, console_store, browser) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.common.exceptions import (NoSuchElementException,
+                                            StaleElementReferenceException)
+    from selenium.webdriver.support.ui import Select, WebDriverWait
     base = f"http://127.0.0.1:{console.port}"
     browser.get(f"{base}/today?since=2000-01-01T00:00:00Z&until=2100-01-01T00:00:00Z")
     assert "New TTPHashes" in browser.page_source
@@ -281,11 +283,13 @@ def test_a_hunter_in_chromium(console, console_store, browser) -> None:
     # Filter by host.
     Select(browser.find_element(By.NAME, "host")).select_by_value("winbox")
     browser.find_element(By.ID, "apply").click()
+    WebDriverWait(browser, 30).until(lambda b: "host=winbox" in b.current_url)
     rows = browser.find_elements(By.CSS_SELECTOR, "table.hashes tbody tr td.hash a")
     assert len(rows) == 1 and "host=winbox" in browser.current_url
     _shot(browser, "2-today-winbox")
     # Open the hash: its canonical input is there, and it is the TTPHash's input.
     rows[0].click()
+    WebDriverWait(browser, 30).until(lambda b: "/hash/" in b.current_url)
     value = browser.find_element(By.ID, "ttphash").text
     canonical = browser.find_element(By.ID, "canonical").text
     import hashlib
@@ -298,10 +302,15 @@ def test_a_hunter_in_chromium(console, console_store, browser) -> None:
     browser.find_element(By.ID, "name").send_keys("ann")
     browser.find_element(By.ID, "token").send_keys(console.token)
     browser.find_element(By.ID, "login").click()
+    # A click submits; the browser then navigates on its own time: wait for where it lands.
+    WebDriverWait(browser, 30).until(lambda b: b.current_url.endswith("/today")
+                                     and "ann (token)" in b.page_source)
     browser.get(f"{base}/hash/{value}")
     browser.find_element(By.ID, "reason").send_keys("Notepad from Explorer is expected")
     browser.find_element(By.ID, "change").click()
-    assert "Notepad from Explorer is expected" in browser.find_element(By.ID, "allowed").text
+    WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,
+                                                   NoSuchElementException)).until(
+        lambda b: "Notepad from Explorer is expected" in b.find_element(By.ID, "allowed").text)
     assert "ann (token)" in browser.page_source          # who, in the audit log
     _shot(browser, "4-allowed")
     browser.get(f"{base}/list/unlisted?os=windows")
@@ -319,7 +328,8 @@ def test_a_hunter_in_chromium(console, console_store, browser) -> None:
     link = bash.find_element(By.CSS_SELECTOR, ":scope > summary a.hash")
     target = link.get_attribute("href")
     link.click()
-    assert browser.current_url == target and "Canonical input" in browser.page_source
+    WebDriverWait(browser, 30).until(lambda b: b.current_url == target)
+    assert "Canonical input" in browser.page_source
     # Its children are linked from its page.
     assert len(browser.find_elements(By.CSS_SELECTOR, ".relatives a")) == 2
     _shot(browser, "6-followed")
