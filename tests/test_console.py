@@ -444,3 +444,17 @@ def test_a_collector_serves_the_console_beside_itself(console_store, tmp_path) -
         "--ca", str(pki / "ca.crt"), "--store", str(store), "--console", "0.0.0.0:8731"],
         capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "loopback only" in refused.stderr
+
+
+def test_a_time_a_sensor_garbled_does_not_break_a_page(tmp_path) -> None:
+    from starlette.testclient import TestClient
+
+    from collector.console.app import make_app
+    from collector.console.security import Access
+    store = Store(str(tmp_path / "store.sqlite"))
+    event = copy.deepcopy(bench.varied_events(1)[0])
+    event["@timestamp"] = "not a time"        # what a hostile or broken sensor may send
+    store.ingest("spool", 0, [event], "sensor")
+    with TestClient(make_app(store, Access(open_reading=True, token=None, tls=False))) as web:
+        for path in ("/today", f"/host/{event['host']['name']}", "/list/top"):
+            assert web.get(path).status_code == 200, path

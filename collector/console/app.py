@@ -56,6 +56,16 @@ def _iso(moment: _dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _moment(text: Any) -> _dt.datetime:
+    """A stored time as a datetime; now when there is none or it is not ISO 8601 (times come
+    from events, which a remote sensor wrote)."""
+    try:
+        moment = _dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return _dt.datetime.now(_dt.timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=_dt.timezone.utc)
+
+
 def _chart(hours: list[tuple[str, int]]) -> dict[str, Any]:
     """Bars of new TTPHashes per hour, as SVG geometry (drawn by the template)."""
     peak = max((n for _, n in hours), default=0)
@@ -92,6 +102,9 @@ def _who(request: Request, access: Access) -> str | None:
 
 
 def make_app(store: Store, access: Access) -> Starlette:
+    """The console over ``store``. Its handlers are coroutines that query synchronously: one
+    query at a time on the store's one connection (sqlite3's may not be used by two threads at
+    once), which a console with a few hunters can afford."""
     hunt = Hunt(store)
     templates = Environment(loader=FileSystemLoader(os.path.join(HERE, "templates")),
                             autoescape=select_autoescape(default=True, default_for_string=True))
@@ -120,9 +133,7 @@ def make_app(store: Store, access: Access) -> Starlette:
     def window(request: Request, filters: Filters) -> Filters:
         """Today's window: as asked, else the day before the newest first sight."""
         if not filters.since and not filters.until:
-            newest = store._execute("SELECT max(first_seen) FROM baseline").fetchone()[0]
-            end = (_dt.datetime.fromisoformat(str(newest).replace("Z", "+00:00"))
-                   if newest else _dt.datetime.now(_dt.timezone.utc))
+            end = _moment(store._execute("SELECT max(first_seen) FROM baseline").fetchone()[0])
             filters.until = _iso(end + _dt.timedelta(seconds=1))
             filters.since = _iso(end - _dt.timedelta(hours=24))
         return filters
@@ -190,10 +201,8 @@ def make_app(store: Store, access: Access) -> Starlette:
         name = request.path_params["name"]
         filters = _filters(request)
         if not filters.since or not filters.until:
-            newest = store._execute("SELECT max(ts) FROM events WHERE host = ?",
-                                    (name,)).fetchone()[0]
-            end = (_dt.datetime.fromisoformat(str(newest).replace("Z", "+00:00"))
-                   if newest else _dt.datetime.now(_dt.timezone.utc))
+            end = _moment(store._execute("SELECT max(ts) FROM events WHERE host = ?",
+                                         (name,)).fetchone()[0])
             filters.until = filters.until or _iso(end + _dt.timedelta(seconds=1))
             filters.since = filters.since or _iso(end - _dt.timedelta(hours=24))
         view = hunt.host(name, filters.since, filters.until)
