@@ -172,6 +172,11 @@ def test_the_token_file_is_private_and_every_page_answers(console, console_store
             assert page.headers["content-security-policy"].startswith("default-src 'none'")
             assert "<script" not in page.text.lower().replace("&lt;script", "")
         assert web.get("/hash/0000").status_code == 404
+        # A page elsewhere that rebinds its own name to 127.0.0.1 gets nothing.
+        assert web.get("/today", headers={"Host": f"evil.example:{console.port}"}
+                       ).status_code == 400
+        assert web.get("/today", headers={"Host": f"localhost:{console.port}"}
+                       ).status_code == 200
 
 
 def test_hostile_argv_is_escaped_and_shown_in_percent_form(console, console_store) -> None:

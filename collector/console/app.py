@@ -23,6 +23,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -239,7 +240,8 @@ def make_app(store: Store, access: Access) -> Starlette:
         Route("/logout", logout, methods=["POST"]),
         Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),
     ]
-    middleware = [Middleware(SessionMiddleware, secret_key=secrets.token_urlsafe(32),
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(access.hosts or ["*"])),
+                  Middleware(SessionMiddleware, secret_key=secrets.token_urlsafe(32),
                              session_cookie="ttpsensor_console", same_site="strict",
                              https_only=access.tls),
                   Middleware(SecurityMiddleware, access=access)]

@@ -1,7 +1,8 @@
 """Who may use the console, and how it must be served.
 
 * Bound to a loopback address (the default, 127.0.0.1), anyone on the host may read; changing
-  the allow-list needs a login with the token.
+  the allow-list needs a login with the token. Requests must name a loopback host (DNS
+  rebinding).
 * Bound to anything else, the console refuses to start without TLS and a way to authenticate
   (the token, or client certificates of a CA: mutual TLS), and every request must be
   authenticated: the pages show command lines and user names.
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from common.ownership import open_private
 
 TOKEN_BYTES = 32
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -58,6 +60,10 @@ class Access:
     token: str | None
     tls: bool
     client_ca: str | None = None
+    # The Host names a request may carry (None: any). On loopback only loopback names: a web
+    # page elsewhere could otherwise rebind its own name to 127.0.0.1 and read the console
+    # through the victim's browser (DNS rebinding).
+    hosts: tuple[str, ...] | None = None
 
     def token_matches(self, given: str) -> bool:
         return self.token is not None and hmac.compare_digest(
@@ -94,7 +100,8 @@ def access_for(host: str, *, tls_cert: str | None, tls_key: str | None,
     if bool(tls_cert) != bool(tls_key):
         raise ConsoleSecurityError("--tls-cert and --tls-key go together")
     if is_loopback(host):
-        return Access(open_reading=True, token=token, tls=tls, client_ca=client_ca)
+        return Access(open_reading=True, token=token, tls=tls, client_ca=client_ca,
+                      hosts=LOOPBACK_NAMES)
     if not tls:
         raise ConsoleSecurityError(
             f"the console would listen on {host}, beyond this host, without TLS: give "
