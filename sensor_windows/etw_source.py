@@ -76,6 +76,7 @@ class EtwProcessSource:
         self.stale_session_stopped = False
         self.session_gone = False      # the session was stopped by someone else
         self._session: Any = None
+        self._stopping = False
 
     def _on_event(self, item: EtwItem) -> None:
         # The ProcessTrace thread: no parsing, no I/O, no locks beyond the queue's.
@@ -141,7 +142,8 @@ class EtwProcessSource:
         except Exception:  # noqa: BLE001 - a query failure must not stop the sensor
             return self.counters.lost_by_etw
         if status == ERROR_WMI_INSTANCE_NOT_FOUND:
-            self.session_gone = True
+            # Unless we are stopping it ourselves (the status thread may ask meanwhile).
+            self.session_gone = not self._stopping
         elif status == ERROR_SUCCESS:
             self.counters.lost_by_etw = int(properties.get().contents.EventsLost)
         return self.counters.lost_by_etw
@@ -150,5 +152,6 @@ class EtwProcessSource:
         """Stop the session; pywintrace 0.2.0's consumer thread is not a daemon, so always."""
         if self._session is not None:
             self.refresh_lost()
+            self._stopping = True
             session, self._session = self._session, None
             session.stop()

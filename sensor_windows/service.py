@@ -22,7 +22,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
-from common.sinks import Output, Sink
+from common.render import line_renderer
+from common.sinks import Output, Sink, TextOutput, open_sink
 
 SERVICE_NAME = "ttpsensor"
 DISPLAY_NAME = "ttpsensor process telemetry"
@@ -108,8 +109,6 @@ class ServiceOutputs:
 def open_service_outputs(state_dir: str) -> ServiceOutputs:
     """The service's files in ``state_dir`` (created): events.jsonl (ECS), rejected.jsonl and
     status.jsonl, UTF-8 with LF line ends."""
-    from common.render import line_renderer
-    from common.sinks import TextOutput, open_sink
     os.makedirs(state_dir, exist_ok=True)
     events = TextOutput(open_sink(os.path.join(state_dir, "events.jsonl")),
                         line_renderer("ecs"))
