@@ -193,11 +193,12 @@ def _signatures(signed_data: cms.SignedData, nested: bool = False,
             timestamp=stamps[0].timestamp if stamps else None, nested=nested,
             timestamp_signatures=stamps))
         if roots is not None:
-            # Checked at the countersigned signing time: a timestamped signature stays valid
-            # after its certificate expires, as Windows holds it.
-            at = (_dt.datetime.fromisoformat(stamps[0].timestamp.replace("Z", "+00:00"))
-                  if stamps and stamps[0].timestamp else _dt.datetime.now(_dt.timezone.utc))
-            out[-1].problem = _verify(signer, cert, certificates, indirect, roots, at)
+            # Checked as of now. Windows checks a timestamped signature as of its countersigned
+            # time, but only after verifying the countersignature; this verifier does not verify
+            # countersignatures yet, and a time it took on trust could revive an expired
+            # certificate. (Live Windows hosts get WinVerifyTrust's verdict instead.)
+            out[-1].problem = _verify(signer, cert, certificates, indirect, roots,
+                                      _dt.datetime.now(_dt.timezone.utc))
             out[-1].verified = out[-1].problem is None
         for attribute in signer["unsigned_attrs"] or []:
             if attribute["type"].dotted == NESTED_SIGNATURE:
@@ -323,7 +324,7 @@ ANY_EXTENDED_KEY_USAGE = "2.5.29.37.0"
 def _chain_problem(leaf: Any, embedded: list[Any], roots: list[Any],
                    at: _dt.datetime) -> str | None:
     """Why ``leaf`` does not chain to one of ``roots`` as a code-signing certificate valid at
-    ``at`` (the countersigned signing time, else now), or None. Issuers are found by name and
+    ``at``, or None. Issuers are found by name and
     proven by signature (a same-named impostor is skipped), must be CAs allowed to sign
     certificates, and every certificate must be valid at ``at``; the leaf must be meant for
     code signing when it says what it is meant for."""

@@ -276,7 +276,8 @@ def test_signing_time_from_an_rfc3161_timestamp_of_a_local_authority(tmp_path) -
                                capture_output=True, text=True, check=True).stdout
     assert dt.datetime.strptime(not_after.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z") \
         .strftime("%Y-%m-%dT%H:%M:%SZ") == signature["not_after"]
-    # Verified at the countersigned time (the chain is checked as of then).
+    # Valid (as of now: the countersignature itself is not verified, so its time is not
+    # trusted to judge the certificate's validity).
     from sensor_windows.pe import load_roots
     assert inspect_file(str(signed), load_roots(ca)).status == "Signature valid"
     # Through the Windows enrichment into QLOG's form: the Signatures entry as QLOG has it.
