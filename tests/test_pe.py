@@ -266,7 +266,6 @@ def test_signing_time_from_an_rfc3161_timestamp_of_a_local_authority(tmp_path) -
     # The peer: osslsigncode reads the same time out of the same signature.
     verify = subprocess.run(["osslsigncode", "verify", "-CAfile", ca, "-TSA-CAfile", ca,
                              "-in", str(signed)], capture_output=True, text=True)
-    print(verify.stdout)
     theirs = re.search(r"Timestamp time:\s*(.+)", verify.stdout)
     assert theirs is not None, verify.stdout
     assert dt.datetime.strptime(theirs.group(1).strip(), "%b %d %H:%M:%S %Y %Z").replace(
