@@ -35,6 +35,13 @@ pip_quiet install --no-compile --only-binary=:all: --target "$site" \
   --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 "$wheel"
 rm -rf "$site/bin"                       # console scripts with this machine's interpreter path
+# PyYAML's wheel (pySigma's YAML) links a copy of libyaml into its optional C accelerator;
+# without it PyYAML uses its pure-Python parser (rules are read once), and the package embeds
+# no library Debian ships (lintian: embedded-library).
+rm -f "$site"/yaml/_yaml*.so
+# Type stubs pySigma lists as dependencies (diskcache-stubs, types-PyYAML): nothing imports
+# them at run time, and they hold empty files.
+rm -rf "$site"/*-stubs "$site"/*_stubs-*.dist-info "$site"/types_*.dist-info
 # Debian strips shared objects (dh_strip); the wheels ship theirs with symbols.
 find "$site" -name '*.so*' -type f -exec strip --strip-unneeded {} +
 # Nothing in a library directory is run directly: wheels mark some modules executable.
