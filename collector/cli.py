@@ -120,19 +120,28 @@ def hunt_allow() -> None:
     """The allow-list: known-good TTPHashes, each with a reason."""
 
 
+def _who() -> str:
+    """Who changes the allow-list from a terminal, for its log."""
+    import getpass
+    try:
+        return f"{getpass.getuser()} (hunt)"
+    except (KeyError, OSError):
+        return "hunt"
+
+
 @hunt_allow.command("add")
 @click.argument("value")
 @click.option("--reason", required=True)
 @click.pass_obj
 def allow_add(obj: dict[str, Any], value: str, reason: str) -> None:
-    _open(obj["store"], write=True).allow(value, reason)
+    _open(obj["store"], write=True).allow(value, reason, _who())
 
 
 @hunt_allow.command("remove")
 @click.argument("value")
 @click.pass_obj
 def allow_remove(obj: dict[str, Any], value: str) -> None:
-    if not _open(obj["store"], write=True).disallow(value):
+    if not _open(obj["store"], write=True).disallow(value, who=_who()):
         click.echo(f"{value} was not on the allow-list", err=True)
         sys.exit(1)
 

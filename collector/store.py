@@ -357,18 +357,9 @@ class Store:
         return {int(seq) for (seq,) in cursor.fetchall()}
 
     def _many(self, sql: str, params: list[tuple[Any, ...]], returning: bool = False) -> Any:
-        """One batch of statements (pipelined on PostgreSQL); with ``returning``, the rows the
-        statements returned, all together."""
-        if self.postgres:
-            cursor = self.db.cursor()
-            cursor.executemany(_postgres_sql(sql), params, returning=returning)
-            if not returning:
-                return None
-            rows = []
-            while True:
-                rows += cursor.fetchall()
-                if not cursor.nextset():
-                    return rows
+        """SQLite: one batch of statements; with ``returning``, the rows the statements
+        returned, all together. (PostgreSQL takes a batch as one statement: _copy_new,
+        _each.)"""
         if not returning:
             self.db.executemany(sql, params)
             return None
@@ -507,15 +498,26 @@ class Store:
         row["allowed"] = allowed[0]["reason"] if allowed else None
         return row
 
-    def allow(self, value: str, reason: str) -> None:
+    def allow(self, value: str, reason: str, who: str = "hunt") -> None:
+        """Allow-list ``value``; the change is logged (allow_log: who, when, why)."""
+        now = utc_timestamp(time.time())
         with self._transaction():
-            self._execute(_REPLACE_ALLOW,
-                            (value.upper(), reason, utc_timestamp(time.time())))
+            self._execute(_REPLACE_ALLOW, (value.upper(), reason, now))
+            self._log_allow(value, "allow", reason, who, now)
 
-    def disallow(self, value: str) -> bool:
+    def disallow(self, value: str, reason: str | None = None, who: str = "hunt") -> bool:
+        """Take ``value`` off the allow-list (logged when it was on it); whether it was."""
         with self._transaction():
-            return self._execute("DELETE FROM allow WHERE ttphash = ?",
-                                   (value.upper(),)).rowcount > 0
+            removed = self._execute("DELETE FROM allow WHERE ttphash = ?",
+                                    (value.upper(),)).rowcount > 0
+            if removed:
+                self._log_allow(value, "revoke", reason, who, utc_timestamp(time.time()))
+            return removed
+
+    def _log_allow(self, value: str, action: str, reason: str | None, who: str,
+                   now: str) -> None:
+        self._execute("INSERT INTO allow_log VALUES (?,?,?,?,?)",
+                      (value.upper(), action, reason, who, now))
 
     def allowed(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM allow ORDER BY added")

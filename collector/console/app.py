@@ -15,7 +15,7 @@ import json
 import os
 import secrets
 import time
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -65,6 +65,16 @@ def _moment(text: Any) -> _dt.datetime:
     except ValueError:
         return _dt.datetime.now(_dt.timezone.utc)
     return moment if moment.tzinfo else moment.replace(tzinfo=_dt.timezone.utc)
+
+
+def _last_day(filters: Filters, newest: Callable[[], Any]) -> Filters:
+    """The window a viewer did not give in full: the day up to ``newest()`` (the newest time
+    of what the page shows), so a replayed or quiet store still shows its latest data."""
+    if not filters.since or not filters.until:
+        end = _moment(newest())
+        filters.until = filters.until or _iso(end + _dt.timedelta(seconds=1))
+        filters.since = filters.since or _iso(end - _dt.timedelta(hours=24))
+    return filters
 
 
 def _chart(hours: list[tuple[str, int]]) -> dict[str, Any]:
@@ -131,16 +141,9 @@ def make_app(store: Store, access: Access) -> Starlette:
             **values)
         return HTMLResponse(html, status_code=status)
 
-    def window(request: Request, filters: Filters) -> Filters:
-        """Today's window: as asked, else the day before the newest first sight."""
-        if not filters.since and not filters.until:
-            end = _moment(store._execute("SELECT max(first_seen) FROM baseline").fetchone()[0])
-            filters.until = _iso(end + _dt.timedelta(seconds=1))
-            filters.since = _iso(end - _dt.timedelta(hours=24))
-        return filters
-
     async def today(request: Request) -> HTMLResponse:
-        filters = window(request, _filters(request))
+        filters = _last_day(_filters(request), lambda: store._execute(
+            "SELECT max(first_seen) FROM baseline").fetchone()[0])
         result = hunt.today(filters, _page_number(request))
         return page(request, "today.html", result=result, filters=filters,
                     chart=_chart(hunt.new_per_hour(filters)))
@@ -190,7 +193,7 @@ def make_app(store: Store, access: Access) -> Starlette:
         reason = str(form.get("reason", "")).strip()[:MAX_REASON]
         if not reason:
             return page(request, "error.html", 400, message="say why (a reason is required)")
-        if hunt.detail(value) is None:
+        if not hunt.known(value):
             return page(request, "error.html", 404, message="no such TTPHash in the baseline")
         (hunt.allow if action == "allow" else hunt.revoke)(value, reason, who)
         return RedirectResponse(f"/hash/{value}", status_code=303)
@@ -200,12 +203,8 @@ def make_app(store: Store, access: Access) -> Starlette:
 
     async def host(request: Request) -> HTMLResponse:
         name = request.path_params["name"]
-        filters = _filters(request)
-        if not filters.since or not filters.until:
-            end = _moment(store._execute("SELECT max(ts) FROM events WHERE host = ?",
-                                         (name,)).fetchone()[0])
-            filters.until = filters.until or _iso(end + _dt.timedelta(seconds=1))
-            filters.since = filters.since or _iso(end - _dt.timedelta(hours=24))
+        filters = _last_day(_filters(request), lambda: store._execute(
+            "SELECT max(ts) FROM events WHERE host = ?", (name,)).fetchone()[0])
         view = hunt.host(name, filters.since, filters.until)
         return page(request, "host.html", view=view, filters=filters)
 

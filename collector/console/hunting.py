@@ -12,13 +12,11 @@ store); LIKE is made case-insensitive the same way on both with ``lower()``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from collector.store import Store, display_columns
 from common import ttphash, wire
-from common.schema import utc_timestamp
 
 PAGE_ROWS = 50
 TREE_EVENTS = 2000            # a host's process tree: at most this many events of the window
@@ -179,14 +177,14 @@ class Hunt:
 
     def detail(self, value: str) -> HashDetail | None:
         value = value.upper()
-        rows = self._rows(_ROW + " WHERE b.ttphash = ?", (value,))
+        rows = self._rows(_ROW.replace("SELECT ", "SELECT b.canonical, ", 1)
+                          + " WHERE b.ttphash = ?", (value,))
         if not rows:
             return None
         row = rows[0]
         sample = wire.unpack_event(bytes(row["sample"]))
+        canonical = row.pop("canonical")
         row = self._display([row])[0]
-        canonical = self._rows("SELECT canonical FROM baseline WHERE ttphash = ?",
-                               (value,))[0]["canonical"]
         if canonical is None:
             try:
                 canonical = ttphash.compute(sample).canonical.decode("utf-8")
@@ -248,19 +246,12 @@ class Hunt:
     # --- the allow-list, audited ---------------------------------------------------------
 
     def allow(self, value: str, reason: str, who: str) -> None:
-        self._change(value, "allow", reason, who)
+        self.store.allow(value, reason, who)
 
     def revoke(self, value: str, reason: str, who: str) -> None:
-        self._change(value, "revoke", reason, who)
+        self.store.disallow(value, reason, who)
 
-    def _change(self, value: str, action: str, reason: str, who: str) -> None:
-        value = value.upper()
-        now = utc_timestamp(time.time())
-        with self.store._transaction():
-            if action == "allow":
-                self.store._execute("DELETE FROM allow WHERE ttphash = ?", (value,))
-                self.store._execute("INSERT INTO allow VALUES (?,?,?)", (value, reason, now))
-            else:
-                self.store._execute("DELETE FROM allow WHERE ttphash = ?", (value,))
-            self.store._execute("INSERT INTO allow_log VALUES (?,?,?,?,?)",
-                                (value, action, reason, who, now))
+    def known(self, value: str) -> bool:
+        """Whether ``value`` is a TTPHash of the baseline."""
+        return bool(self._rows("SELECT 1 AS found FROM baseline WHERE ttphash = ?",
+                               (value.upper(),)))
