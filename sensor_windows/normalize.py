@@ -13,7 +13,6 @@ ParentProcessID under PPID spoofing; both are kept.
 from __future__ import annotations
 
 import datetime as _dt
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,35 +80,24 @@ def filetime(value: Any) -> _dt.datetime | None:
 # TdhFormatProperty's text of a FILETIME (pywintrace 0.2.0 hands it over as such): ISO 8601
 # in UTC with up to 100 ns, its date parts between left-to-right marks (U+200E), e.g.
 # "\u200e2021\u200e-\u200e12\u200e-\u200e30T08:13:38.086774600Z".
-_FORMATTED_TIME = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(Z|[+-]\d{2}:?\d{2})?")
 _MARKS = dict.fromkeys(map(ord, "\u200e\u200f\u202a\u202b\u202c\u202d\u202e"))
 
 
 def event_time(value: Any) -> _dt.datetime | None:
     """A time of an ETW event as pywintrace gives it: a FILETIME (int or its digits) or
-    TdhFormatProperty's text; None when absent or not understood (the caller then has only
-    the header's time)."""
+    TdhFormatProperty's ISO 8601 text; None when absent or not understood (the caller then
+    has only the header's time)."""
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
         return filetime(value)
-    match = _FORMATTED_TIME.fullmatch(str(value).translate(_MARKS).strip())
-    if match is None:
-        return None
-    year, month, day, hour, minute, second, fraction, zone = match.groups()
     try:
-        moment = _dt.datetime(int(year), int(month), int(day), int(hour), int(minute),
-                              int(second), int((fraction or "0")[:6].ljust(6, "0")))
+        moment = _dt.datetime.fromisoformat(str(value).translate(_MARKS).strip())
     except ValueError:
         return None
-    if zone in (None, "Z"):
+    if moment.tzinfo is None:
         return moment.replace(tzinfo=_dt.timezone.utc)
-    sign = -1 if zone[0] == "-" else 1
-    digits = zone[1:].replace(":", "")
-    offset = _dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
-    return (moment - sign * offset).replace(tzinfo=_dt.timezone.utc)
+    return moment.astimezone(_dt.timezone.utc)
 
 
 def integrity_level(label: Any) -> str | None:

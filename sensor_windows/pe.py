@@ -240,8 +240,9 @@ def _timestamps(signer: cms.SignerInfo, certificates: list[x509.Certificate]) ->
     out = []
     for attribute in signer["unsigned_attrs"] or []:
         kind = attribute["type"].dotted
-        for value in attribute["values"] if kind in (RFC3161_TIMESTAMP, COUNTER_SIGNATURE) \
-                else []:
+        if kind not in (RFC3161_TIMESTAMP, COUNTER_SIGNATURE):
+            continue
+        for value in attribute["values"]:
             try:
                 if kind == RFC3161_TIMESTAMP:
                     out += _rfc3161(cms.ContentInfo.load(value.dump()))

@@ -67,6 +67,11 @@ def filetime_parts(low: int, high: int) -> _dt.datetime | None:
     return filetime((high << 32) | low)
 
 
+def _created(times: list[Any] | None) -> _dt.datetime | None:
+    """The creation time of GetProcessTimes' answer (None: it gave none)."""
+    return filetime_parts(times[0].dwLowDateTime, times[0].dwHighDateTime) if times else None
+
+
 class Win32Inspector:
     """ProcessInspector over kernel32, advapi32 and ntdll (Windows only)."""
 
@@ -88,7 +93,8 @@ class Win32Inspector:
         if not handle:
             return None  # gone, or not ours to open: the event's own facts stand
         try:
-            created = self._create_time(handle)
+            times = self._times(handle)
+            created = _created(times)
             if not same_process(created, when):
                 return None  # the pid now belongs to another process
             sid, integrity = self._token(handle)
@@ -97,7 +103,8 @@ class Win32Inspector:
                                integrity_level=integrity,
                                working_directory=self._working_directory(pid),
                                module_count=self._module_count(pid),
-                               running=self._still_active(handle), create_time=created)
+                               running=self._still_active(handle, times),
+                               create_time=created)
         finally:
             self.k32.CloseHandle(handle)
 
@@ -108,17 +115,19 @@ class Win32Inspector:
         if not handle:
             return False
         try:
-            return same_process(self._create_time(handle), when) and self._still_active(handle)
+            times = self._times(handle)
+            return same_process(_created(times), when) and self._still_active(handle, times)
         finally:
             self.k32.CloseHandle(handle)
 
-    def _still_active(self, handle: Any) -> bool:
+    def _still_active(self, handle: Any, times: list[Any] | None) -> bool:
         code = wt.DWORD()
         if not self.k32.GetExitCodeProcess(handle, ctypes.byref(code)):
             return False
         # A process that exited with 259 itself looks alive here; GetProcessTimes' exit time
         # tells them apart, as psutil does.
-        return code.value == STILL_ACTIVE and not self._exit_time(handle)
+        return code.value == STILL_ACTIVE and not (
+            times and filetime_parts(times[1].dwLowDateTime, times[1].dwHighDateTime))
 
     def _module_count(self, pid: int) -> int | None:
         handle = self.k32.OpenProcess(PROCESS_QUERY_INFORMATION | PROCESS_VM_READ, False, pid)
@@ -163,14 +172,6 @@ class Win32Inspector:
     def _read(self, handle: Any, address: int, into: Any) -> bool:
         return bool(self.k32.ReadProcessMemory(handle, ctypes.c_void_p(address),
                                                ctypes.byref(into), ctypes.sizeof(into), None))
-
-    def _create_time(self, handle: Any) -> _dt.datetime | None:
-        times = self._times(handle)
-        return filetime_parts(times[0].dwLowDateTime, times[0].dwHighDateTime) if times else None
-
-    def _exit_time(self, handle: Any) -> _dt.datetime | None:
-        times = self._times(handle)
-        return filetime_parts(times[1].dwLowDateTime, times[1].dwHighDateTime) if times else None
 
     def _times(self, handle: Any) -> list[Any] | None:
         """GetProcessTimes: creation, exit (zero while running), kernel and user time."""

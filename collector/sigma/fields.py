@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from common.percent import percent_encode
+from collector.store import display_text
 
 Value = Any
 FieldFunction = Callable[[dict[str, Any]], Value]
 
 
 def _text(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return percent_encode(value)
-    if isinstance(value, list):
-        return " ".join(str(_text(v)) for v in value)
-    return value
+    """Text as the console shows it (percent form, arguments joined); numbers as they are."""
+    return display_text(value) if isinstance(value, (bytes, str, list)) else value
 
 
 def _get(event: dict[str, Any], *path: str) -> Any:
