@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from typing import Iterator
 
 import click
 
@@ -27,42 +28,40 @@ REQUESTS = 50
 
 
 def fill(path: str, events: int, progress: bool = True) -> None:
-    """``events`` fleet events into a new store at ``path``; each host's events chained so that
-    every tenth exec is a shell whose next nine are its children (trees have depth)."""
+    """``events`` fleet events into a new store at ``path``, in frames of 500."""
     store = Store(path)
-    batch, chunk = 500, 20_000      # the fleet's kinds are made once per chunk
-    made = 0
     started = time.monotonic()
-    for first_of_chunk in range(0, events, chunk):
-        made = _fill_chunk(store, fleet_events(min(chunk, events - first_of_chunk),
-                                               seed=first_of_chunk),
-                           first_of_chunk, batch, made, events, started, progress)
+    frame: list[dict] = []
+    for n, event in enumerate(_fleet(events)):
+        frame.append(_placed(event, n))
+        if len(frame) == 500 or n + 1 == events:
+            store.ingest("bench", n + 1 - len(frame), frame, "bench")
+            frame = []
+            if progress and ((n + 1) % 100_000 == 0 or n + 1 == events):
+                rate = (n + 1) / max(1e-9, time.monotonic() - started)
+                click.echo(f"  stored {n + 1:,} of {events:,} events ({rate:,.0f}/s)",
+                           err=True)
     store.close()
 
 
-def _fill_chunk(store: Store, chunk: list[dict], start: int, batch: int, made: int,
-                events: int, started: float, progress: bool) -> int:
-    for first in range(start, start + len(chunk), batch):
-        frame = chunk[first - start:first - start + batch]
-        for offset, event in enumerate(frame):
-            n = first + offset
-            host = f"host-{n % HOSTS:02d}"
-            event["host"]["name"] = host
-            process = event["process"]
-            process["pid"] = 10_000 + n
-            process["start"] = event["@timestamp"]
-            shell = n - (n // HOSTS % 10) * HOSTS        # the same host's latest "shell"
-            if shell != n:
-                process["parent"]["pid"] = 10_000 + shell
-                process["parent"]["start"] = _stamp(shell)
-            event["@timestamp"] = _stamp(n)
-            process["start"] = event["@timestamp"]
-        store.ingest("bench", first, frame, "bench")
-        made += len(frame)
-        if progress and (made % 100_000 == 0 or made == events):
-            rate = made / max(1e-9, time.monotonic() - started)
-            click.echo(f"  stored {made:,} of {events:,} events ({rate:,.0f}/s)", err=True)
-    return made
+def _fleet(events: int) -> Iterator[dict]:
+    """Fleet events, made in chunks (each chunk makes the fleet's kinds once)."""
+    chunk = 20_000
+    for first in range(0, events, chunk):
+        yield from fleet_events(min(chunk, events - first), seed=first)
+
+
+def _placed(event: dict, n: int) -> dict:
+    """Event ``n`` on its host and time; each host's events chained so that every tenth exec
+    is a shell whose next nine are its children (trees have depth)."""
+    event["host"]["name"] = f"host-{n % HOSTS:02d}"
+    event["@timestamp"] = _stamp(n)
+    process = event["process"]
+    process["pid"], process["start"] = 10_000 + n, event["@timestamp"]
+    shell = n - (n // HOSTS % 10) * HOSTS        # the same host's latest "shell"
+    if shell != n:
+        process["parent"]["pid"], process["parent"]["start"] = 10_000 + shell, _stamp(shell)
+    return event
 
 
 def _stamp(n: int) -> str:
