@@ -200,7 +200,7 @@ def collect(listen: str, cert: str | None, key: str | None, ca: str | None, stor
             _consume(nats_url, durable, Store(store))
         finally:
             if console is not None:
-                console.should_exit = True  # type: ignore[attr-defined]
+                console.should_exit = True
         return
     host, _, port = listen.rpartition(":")
     collector = Collector(Store(store), server_context(cert, key, ca))
@@ -217,7 +217,7 @@ def collect(listen: str, cert: str | None, key: str | None, ca: str | None, stor
         collector.serve(host.strip("[]") or "127.0.0.1", int(port or 7531))
     finally:
         if console is not None:
-            console.should_exit = True  # type: ignore[attr-defined]
+            console.should_exit = True
     click.echo("ttpsensor collect: stopped: "
                f"{json.dumps(asdict(collector.stats) | asdict(collector.admitted))}", err=True)
 

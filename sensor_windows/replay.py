@@ -71,22 +71,25 @@ class ReplayWorld:
         info = self.describe(pid, when)
         return info is not None and info.running
 
-    def identity(self, path: str) -> tuple[int, int] | None:
+    def _local(self, path: str) -> str | None:
+        """The file on this machine that stands for the host's ``path``."""
         local = self.files.get(path.upper())
-        if local is None:
-            return None
+        return None if local is None else os.path.join(self.base, local)
+
+    def identity(self, path: str) -> tuple[int, int] | None:
+        local = self._local(path)
         try:
-            st = os.stat(os.path.join(self.base, local))
+            st = os.stat(local) if local else None
         except OSError:
             return None
-        return st.st_size, st.st_mtime_ns
+        return (st.st_size, st.st_mtime_ns) if st else None
 
     def read(self, path: str) -> bytes | None:
-        local = self.files.get(path.upper())
+        local = self._local(path)
         if local is None:
             return None
         try:
-            with open(os.path.join(self.base, local), "rb") as f:
+            with open(local, "rb") as f:
                 return f.read()
         except OSError:
             return None

@@ -79,6 +79,32 @@ def _audit_snapshot() -> tuple[str, str] | None:
     return "\n".join(keep), rules.stdout
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def not_listening(port: int, server: subprocess.Popen, timeout: float = 30) -> str | None:
+    """Wait until something accepts on 127.0.0.1:``port``; None then, else why not (the
+    ``server`` that should have exited, or the time ran out). The caller fails or requires."""
+    import socket
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return None
+        except OSError:
+            if server.poll() is not None:
+                return f"it exited ({server.returncode})"
+            if time.monotonic() > deadline:
+                return f"nothing listens on port {port} after {timeout:g} s"
+            time.sleep(0.1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def audit_state_is_left_as_found():
     """Whatever a test does, the machine's audit state at the end equals the start."""
@@ -115,7 +141,6 @@ def postgres_server():
     Yields a function that creates a fresh database and returns its URL.
     """
     import glob
-    import socket
     import tempfile
     import uuid
 
@@ -125,9 +150,7 @@ def postgres_server():
     bin_dir = binaries[-1]
     base = tempfile.mkdtemp(prefix="ttpsensor-pg-", dir="/tmp")
     shutil.chown(base, "postgres", "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
 
     def as_postgres(*argv: str) -> subprocess.CompletedProcess:
         return subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True,
@@ -166,27 +189,16 @@ def store_location(request, tmp_path):
 @pytest.fixture
 def nats_server(tmp_path):
     """A nats-server with JetStream on a free loopback port, stopped after the test."""
-    import socket
-    import time as _time
-
     require(shutil.which("nats-server") is not None, "nats-server is needed "
             "(apt-get install nats-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     store = tmp_path / "jetstream"
     server = subprocess.Popen(["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port),
                                "-sd", str(store)], stdout=subprocess.DEVNULL,
                               stderr=open(tmp_path / "nats.err", "w"))
-    deadline = _time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            require(server.poll() is None and _time.monotonic() < deadline,
-                    f"nats-server did not start: {(tmp_path / 'nats.err').read_text()}")
-            _time.sleep(0.1)
+    problem = not_listening(port, server)
+    require(problem is None, f"nats-server did not start ({problem}): "
+                             f"{(tmp_path / 'nats.err').read_text()}")
     try:
         yield f"nats://127.0.0.1:{port}"
     finally:

@@ -9,10 +9,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import ssl
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -22,7 +20,8 @@ from collector.deliver import LocalDelivery
 from collector.store import Store
 from common import bench, qlog, ttphash
 from common.spool import Spool
-from tests.conftest import ROOT, require, seed_qlog_example, ttpsensor_command
+from tests.conftest import (ROOT, free_port, not_listening, require, seed_qlog_example,
+                            ttpsensor_command)
 
 CORPUS = ROOT.parent / "shared" / "corpus" / "laurel" / "proc-trace-dpkg-l.txt"
 SCREENSHOTS = ROOT / "out" / "console-screenshots"
@@ -104,18 +103,12 @@ def console_store(tmp_path_factory) -> dict:
             "hostile": _hostile_event()["ttphash"]["value"]}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Console:
     """`ttpsensor console` as a subprocess."""
 
     def __init__(self, store: str, *args: str, listen_host: str = "127.0.0.1",
                  token_file: str | None = None) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.token_file = token_file or f"{store}.token"
         self.proc = subprocess.Popen(
             ttpsensor_command() + ["console", "--store", store, "--listen",
@@ -124,16 +117,10 @@ class Console:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def wait(self) -> "Console":
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"console exited: {self.proc.stderr.read().decode()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("console did not start listening")
+        problem = not_listening(self.port, self.proc)
+        assert problem is None, f"the console did not start: {problem}: " + (
+            self.proc.stderr.read().decode() if self.proc.poll() is not None else "")
+        return self
 
     @property
     def token(self) -> str:
@@ -422,7 +409,7 @@ def test_a_collector_serves_the_console_beside_itself(console_store, tmp_path) -
                    capture_output=True)
     store = tmp_path / "collector.sqlite"
     shutil.copy(console_store["store"], store)
-    port, console_port = _free_port(), _free_port()
+    port, console_port = free_port(), free_port()
     collector = subprocess.Popen(
         ttpsensor_command() + ["collect", "--listen", f"127.0.0.1:{port}", "--cert",
                                str(pki / "collector.crt"), "--key", str(pki / "collector.key"),
@@ -430,15 +417,10 @@ def test_a_collector_serves_the_console_beside_itself(console_store, tmp_path) -
                                "--console", f"127.0.0.1:{console_port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                page = httpx.get(f"http://127.0.0.1:{console_port}/list/top", timeout=5)
-                break
-            except httpx.HTTPError:
-                assert collector.poll() is None and time.monotonic() < deadline, \
-                    collector.stderr.read().decode()
-                time.sleep(0.2)
+        problem = not_listening(console_port, collector)
+        assert problem is None, f"{problem}: " + (
+            collector.stderr.read().decode() if collector.poll() is not None else "")
+        page = httpx.get(f"http://127.0.0.1:{console_port}/list/top", timeout=30)
         assert page.status_code == 200 and "Top" in page.text
         assert (tmp_path / "console.token").stat().st_mode & 0o777 == 0o600
     finally:

@@ -18,15 +18,9 @@ import pytest
 from collector.store import Store
 from common import pki, ttphash
 from common.spool import Spool
-from tests.conftest import ttpsensor_command
+from tests.conftest import free_port, ttpsensor_command
 
 pytestmark = pytest.mark.server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 SENSOR = "sensor-a"   # the lab's sensor certificate: its events' host name
@@ -152,7 +146,7 @@ def test_crash_test_exactly_once_in_the_store_despite_sigkills(lab, store_locati
     total = int(os.environ.get("TTPSENSOR_CRASH_EVENTS", "200000"))
     kills = int(os.environ.get("TTPSENSOR_CRASH_KILLS", "20"))
     spool = Spool(str(tmp / "spool"), batch_events=500, segment_bytes=4 << 20)
-    port = _free_port()
+    port = free_port()
     collector = _collector(tmp, issued, port, store_location)
     forwarder = _forwarder(tmp, issued, [port])
     try:
@@ -177,7 +171,7 @@ def test_failover_to_the_second_collector(lab, store_location) -> None:
     for event in _events(1000):
         spool.append(event)
     spool.close()
-    dead, alive = _free_port(), _free_port()
+    dead, alive = free_port(), free_port()
     collector = _collector(tmp, issued, alive, store_location)
     forwarder = _forwarder(tmp, issued, [dead, alive])
     try:
@@ -190,7 +184,7 @@ def test_failover_to_the_second_collector(lab, store_location) -> None:
 
 def test_unauthenticated_clients_are_refused_and_logged(lab) -> None:
     tmp, issued = lab
-    port = _free_port()
+    port = free_port()
     store = str(tmp / "store.sqlite")
     collector = _collector(tmp, issued, port, store)
     try:
@@ -273,7 +267,7 @@ def test_forwarding_goes_on_past_every_kind_of_spool_damage(lab) -> None:
     readable = sum(f.count for f in reader.read_frames(0))
     assert reader.stats.corrupt_frames + (reader.stats.garbage_bytes > 0) >= 2
     assert reader.stats.missing_events > 0
-    port = _free_port()
+    port = free_port()
     store = str(tmp / "store.sqlite")
     collector = _collector(tmp, issued, port, store)
     forwarder = _forwarder(tmp, issued, [port])

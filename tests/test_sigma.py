@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import zlib
 
 import pytest
 
@@ -31,7 +32,7 @@ def windows(command_line: str, image: str = "C:\\Windows\\System32\\cmd.exe") ->
 def rule(tmp_path, name: str, detection: str, product: str = "linux") -> str:
     path = tmp_path / f"{name}.yml"
     path.write_text(f"""title: {name}
-id: 00000000-0000-4000-8000-{abs(hash(name)) % 10**12:012d}
+id: 00000000-0000-4000-8000-{zlib.crc32(name.encode()):012d}
 status: test
 level: high
 tags: [attack.execution, attack.t1059.004]

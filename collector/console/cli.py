@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import ssl
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    import uvicorn
 
 from collector.cli import DEFAULT_STORE
 
@@ -37,7 +41,7 @@ def token_for(store: str, token_file: str | None) -> tuple[str | None, str | Non
     return token, token_file
 
 
-def serve_beside(store: str, listen: str) -> "object":
+def serve_beside(store: str, listen: str) -> "uvicorn.Server":
     """The console on a loopback address in a thread of this process (``collect --console``),
     over its own connection to ``store``; returns the uvicorn server (``should_exit`` stops
     it). Beyond loopback, with TLS, it is `ttpsensor console`'s job."""
