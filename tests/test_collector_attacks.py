@@ -15,7 +15,8 @@ import zstandard
 
 from common import transport, wire
 from common.spool import MAGIC, encode_frame
-from tests.test_forward_collect import _collector, _events, _free_port, _stored, lab  # noqa: F401
+from tests.conftest import free_port
+from tests.test_forward_collect import _collector, _events, _stored, lab  # noqa: F401
 
 pytestmark = pytest.mark.server
 
@@ -37,7 +38,7 @@ def _frame(first_seq: int, events: list, count: int | None = None, payload: byte
 
 def test_poison_frames_are_refused_and_the_next_good_frame_is_stored(lab) -> None:
     tmp, issued = lab
-    port = _free_port()
+    port = free_port()
     store = str(tmp / "store.sqlite")
     collector = _collector(tmp, issued, port, store)
     good = _events(3)
@@ -72,7 +73,7 @@ def test_poison_frames_are_refused_and_the_next_good_frame_is_stored(lab) -> Non
                                    b'{"spool": "' + b"x" * 500 + b'"}', b"null"])
 def test_malformed_hellos_close_the_connection_without_a_traceback(lab, hello) -> None:
     tmp, issued = lab
-    port = _free_port()
+    port = free_port()
     collector = _collector(tmp, issued, port, str(tmp / "store.sqlite"))
     try:
         with _connect(issued, port) as tls:
@@ -113,7 +114,7 @@ def test_idle_and_slow_connections_cannot_lock_a_sensor_out(lab) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     tmp, issued = lab
-    port = _free_port()
+    port = free_port()
     store = str(tmp / "store.sqlite")
     # The collector gets 512 descriptors, half of what the attack opens: it must not need
     # one per idle connection.

@@ -18,9 +18,9 @@ from collector.admit import certificate_identity
 from collector.store import Store, StoreError
 from common import pki, transport, ttphash
 from common.spool import Spool, encode_frame
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli
 from tests.test_collector_attacks import _connect
-from tests.test_forward_collect import (Proc, _collector, _events, _forwarder, _free_port,
+from tests.test_forward_collect import (Proc, _collector, _events, _forwarder,
                                         _stored, _wait)
 
 pytestmark = pytest.mark.server
@@ -46,7 +46,7 @@ def _hello(tls, spool: str, host: str | None = None) -> None:
 def _serve(fleet, store_location: str | None = None):  # noqa: ANN202
     """The fleet's collector on a free port: (issued, port, store, collector process)."""
     tmp, issued = fleet
-    port = _free_port()
+    port = free_port()
     store = store_location or str(tmp / "store.sqlite")
     return issued, port, store, _collector(tmp, issued, port, store)
 
@@ -137,7 +137,7 @@ def test_a_refused_forwarder_keeps_its_spool_and_says_why(fleet) -> None:
     spool.close()
     claimed.claim_spool(Spool(str(tmp / "spool"), readonly=True).spool_id, "sensor-b")
     claimed.close()
-    port = _free_port()
+    port = free_port()
     collector = _collector(tmp, issued, port, store)
     forwarder = _forwarder(tmp, issued, [port])  # sensor-a, whose spool id b holds
     try:
