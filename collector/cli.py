@@ -27,6 +27,23 @@ def _open(path: str, write: bool = False):  # type: ignore[no-untyped-def]
         raise click.ClickException(str(exc)) from exc
 
 
+def _utc_time(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """An ISO 8601 time as the store writes times (UTC, microseconds, Z), so that comparing
+    text compares moments: '2026-12-01T10:00:01Z' would sort after '...10:00:01.5Z'. A time
+    without an offset is UTC."""
+    if value is None:
+        return None
+    import datetime as dt
+
+    from common.schema import utc_timestamp
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time "
+                                 "(e.g. 2026-11-29T00:00:00Z)") from exc
+    return utc_timestamp(moment)
+
+
 def _print(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
     if as_json:
         for row in rows:
@@ -62,7 +79,8 @@ def hunt(ctx: click.Context, store: str, as_json: bool) -> None:
 
 
 @hunt.command("new")
-@click.option("--since", required=True, help="ISO 8601 UTC time, e.g. 2026-11-29T00:00:00Z.")
+@click.option("--since", required=True, callback=_utc_time,
+              help="ISO 8601 time, e.g. 2026-11-29T00:00:00Z (UTC without an offset).")
 @click.pass_obj
 def hunt_new(obj: dict[str, Any], since: str) -> None:
     """TTPHashes first seen at or after SINCE."""
@@ -152,6 +170,33 @@ def allow_list(obj: dict[str, Any]) -> None:
     _print(_open(obj["store"]).allowed(), obj["json"], "allow-list")
 
 
+@hunt.command("sigma")
+@click.option("--level", type=click.Choice(["informational", "low", "medium", "high",
+                                            "critical"]),
+              help="Only matches of rules at this level or above.")
+@click.option("--rule", help="Only matches of this rule (its id or its title).")
+@click.option("--host", help="Only matches on this host.")
+@click.option("--since", callback=_utc_time,
+              help="Only events at or after this ISO 8601 time (UTC without an offset).")
+@click.option("--limit", default=1000, show_default=True)
+@click.pass_obj
+def hunt_sigma(obj: dict[str, Any], level: str | None, rule: str | None, host: str | None,
+               since: str | None, limit: int) -> None:
+    """Events that matched a Sigma rule at ingest (a collector or 'run' given --sigma),
+    newest first, with the rule's level and ATT&CK tags and the event's TTPHash; 'allowed'
+    is 1 when that TTPHash is allow-listed. 'hunt show TTPHASH' shows the execution.
+
+    \b
+      ttpsensor hunt sigma --level high --since 2026-12-01T00:00:00Z
+      ttpsensor hunt --json sigma --host web-3
+    """
+    rows = _open(obj["store"]).sigma_matches(level, rule, host, since, limit)
+    if not obj["json"]:   # a terminal's width: the rule id, tags and event key are in --json
+        rows = [{k: r[k] for k in ("ts", "host", "level", "title", "ttphash", "allowed")}
+                for r in rows]
+    _print(rows, obj["json"], "Sigma matches")
+
+
 @hunt.command("gaps")
 @click.pass_obj
 def hunt_gaps(obj: dict[str, Any]) -> None:
@@ -174,8 +219,13 @@ def hunt_gaps(obj: dict[str, Any]) -> None:
 @click.option("--console", "console_listen", default=None,
               help="Also serve the hunting console over the store on this loopback "
                    "HOST:PORT (e.g. 127.0.0.1:8731).")
+@click.option("--sigma", "sigma_rules", multiple=True, type=click.Path(exists=True),
+              help="Sigma rules (a YAML file or a directory of them; repeatable): each new "
+                   "process creation is evaluated at ingest and its matches stored "
+                   "('hunt sigma'). Rules that cannot be evaluated are reported at start.")
 def collect(listen: str, cert: str | None, key: str | None, ca: str | None, store: str,
-            nats_url: str | None, durable: str, console_listen: str | None) -> None:
+            nats_url: str | None, durable: str, console_listen: str | None,
+            sigma_rules: tuple[str, ...]) -> None:
     """Receive events from forwarders (mutual TLS) or JetStream, deduplicate, store, and keep
     the TTPHash baseline.
 
@@ -191,19 +241,24 @@ def collect(listen: str, cert: str | None, key: str | None, ca: str | None, stor
     from common.transport import server_context
     if not nats_url and not (cert and key and ca):
         raise click.UsageError("give --cert, --key and --ca (or --nats)")
+    rules = None
+    if sigma_rules:
+        from collector.sigma.rules import load_rule_set
+        rules = load_rule_set(list(sigma_rules),
+                              lambda m: click.echo(f"ttpsensor collect: {m}", err=True))
     console = None
     if console_listen:
         from collector.console.cli import serve_beside
         console = serve_beside(store, console_listen)
     if nats_url:
         try:
-            _consume(nats_url, durable, Store(store))
+            _consume(nats_url, durable, Store(store, rules=rules))
         finally:
             if console is not None:
                 console.should_exit = True
         return
     host, _, port = listen.rpartition(":")
-    collector = Collector(Store(store), server_context(cert, key, ca))
+    collector = Collector(Store(store, rules=rules), server_context(cert, key, ca))
     stopping = threading.Event()
 
     def stop(*_: object) -> None:

@@ -16,6 +16,10 @@ Tables::
     baseline_hosts(ttphash, host)
     gaps(spool, sensor, first_seq, end_seq, events, reason, ts)
     allow(ttphash, reason, added)
+    allow_log(ttphash, action, reason, who, ts)
+    sigma_matches(spool, seq, rule, title, level, tags, host, ts, ttphash, allowed)
+                                          key (spool, seq, rule): a Sigma rule an event matched
+                                          at ingest; allowed: its TTPHash was allow-listed then
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from common import ttphash, wire
 from common.ownership import open_private
@@ -55,6 +59,10 @@ CREATE TABLE IF NOT EXISTS allow (
 CREATE TABLE IF NOT EXISTS allow_log (
     ttphash TEXT NOT NULL, action TEXT NOT NULL, reason TEXT, who TEXT NOT NULL,
     ts TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sigma_matches (
+    spool TEXT NOT NULL, seq INTEGER NOT NULL, rule TEXT NOT NULL, title TEXT NOT NULL,
+    level TEXT, tags TEXT, host TEXT, ts TEXT, ttphash TEXT, allowed INTEGER NOT NULL,
+    PRIMARY KEY (spool, seq, rule));
 """
 
 # Columns and indexes that came after the first stores (the console's questions): added to a
@@ -74,6 +82,8 @@ CREATE INDEX IF NOT EXISTS baseline_count ON baseline (count);
 CREATE INDEX IF NOT EXISTS baseline_hosts_n ON baseline (hosts, count);
 CREATE INDEX IF NOT EXISTS baseline_hosts_host ON baseline_hosts (host, ttphash);
 CREATE INDEX IF NOT EXISTS allow_log_hash ON allow_log (ttphash, ts);
+CREATE INDEX IF NOT EXISTS sigma_matches_ts ON sigma_matches (ts);
+CREATE INDEX IF NOT EXISTS sigma_matches_hash ON sigma_matches (ttphash, ts);
 """
 
 
@@ -124,6 +134,21 @@ class IngestResult:
     new: int = 0
     duplicates: int = 0
     gaps: int = 0
+    matches: int = 0     # Sigma rule matches stored
+
+
+class MatchedRule(Protocol):
+    """What the store keeps of a Sigma rule an event matched (collector.sigma.rules)."""
+    id: str
+    title: str
+    level: str | None
+    tags: list[str]
+
+
+class Matcher(Protocol):
+    """Rules evaluated on each new process creation at ingest (collector.sigma.rules.RuleSet)."""
+
+    def match(self, event: Event) -> Sequence[MatchedRule]: ...
 
 
 # For the statements read back with RETURNING: which parameter is the key returned.
@@ -160,6 +185,9 @@ def _postgres_sql(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
+SIGMA_LEVELS = ["informational", "low", "medium", "high", "critical"]
+
+
 class StoreError(Exception):
     """The store cannot be opened as asked (not a ttpsensor store, not a database)."""
 
@@ -169,9 +197,11 @@ class Store:
     time; readers (hunt) may run beside it, and with ``readonly`` never write (no schema, no
     migration, a SQLite file opened read-only)."""
 
-    def __init__(self, location: str, readonly: bool = False) -> None:
+    def __init__(self, location: str, readonly: bool = False,
+                 rules: Matcher | None = None) -> None:
         self.path = location
         self.readonly = readonly
+        self.rules = rules
         self.postgres = location.startswith(("postgresql://", "postgres://"))
         self._staging = False   # PostgreSQL: the session's COPY staging table exists
         if self.postgres:
@@ -329,7 +359,35 @@ class Store:
                     result.gaps += 1
             if groups:
                 self._baseline(groups)
+            if self.rules is not None and result.new:
+                result.matches = self._match(spool, sensor, new, rows)
         return result
+
+    def _match(self, spool: str, sensor: str, new: set[int],
+               rows: list[tuple[Any, ...]]) -> int:
+        """The Sigma rules each new process creation matches, stored beside it (an event
+        stored before is not evaluated again); a match on an allow-listed TTPHash is stored
+        and marked."""
+        assert self.rules is not None
+        found = []
+        for row in rows:
+            if row[1] in new and row[5] == ACTION_PROCESS_CREATE:
+                for rule in self.rules.match(row[_EVENT_FIELDS]):
+                    found.append((row, rule))
+        if not found:
+            return 0
+        hashes = sorted({row[6] for row, _ in found if row[6]})
+        allowed = {value for (value,) in self._execute(
+            f"SELECT ttphash FROM allow WHERE ttphash IN ({','.join('?' * len(hashes))})",
+            tuple(hashes)).fetchall()} if hashes else set()
+        self._each("INSERT OR IGNORE INTO sigma_matches VALUES (?,?,?,?,?,?,?,?,?,?)",
+                   "INSERT INTO sigma_matches SELECT * FROM {rows} ON CONFLICT DO NOTHING",
+                   ("text", "int8", "text", "text", "text", "text", "text", "text", "text",
+                    "int8"),
+                   [(spool, row[1], rule.id or rule.title, rule.title, rule.level,
+                     ",".join(rule.tags), row[3] or sensor, row[4], row[6],
+                     int(row[6] in allowed)) for row, rule in found])
+        return len(found)
 
     def _insert_new(self, rows: list[tuple[Any, ...]]) -> set[int]:
         """Insert the rows that are not stored yet; return their sequence numbers."""
@@ -521,6 +579,33 @@ class Store:
 
     def allowed(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM allow ORDER BY added")
+
+    def sigma_matches(self, min_level: str | None = None, rule: str | None = None,
+                      host: str | None = None, since: str | None = None,
+                      limit: int = 1000, offset: int = 0,
+                      ttphash: str | None = None) -> list[dict[str, Any]]:
+        """Stored Sigma matches, newest first: at or above ``min_level`` (SIGMA_LEVELS), of a
+        rule (its id or title), of a host, at or after ``since``, of a TTPHash. ``allowed`` is
+        1 when the TTPHash was allow-listed at ingest or is now."""
+        where, args = [], []
+        if min_level:
+            levels = SIGMA_LEVELS[SIGMA_LEVELS.index(min_level):]
+            where.append(f"m.level IN ({','.join('?' * len(levels))})")
+            args += levels
+        for given, clause, values in ((rule, "(m.rule = ? OR m.title = ?)", [rule, rule]),
+                                      (host, "m.host = ?", [host]),
+                                      (since, "m.ts >= ?", [since]),
+                                      (ttphash, "m.ttphash = ?", [ttphash])):
+            if given:
+                where.append(clause)
+                args += values
+        return self._rows(
+            "SELECT m.ts, m.host, m.level, m.title, m.rule, m.tags, m.ttphash, "
+            "CASE WHEN m.allowed = 1 OR a.ttphash IS NOT NULL THEN 1 ELSE 0 END AS allowed, "
+            "m.spool, m.seq FROM sigma_matches m LEFT JOIN allow a USING (ttphash)"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY m.ts DESC, m.spool, m.seq, m.rule LIMIT ? OFFSET ?",
+            (*args, limit, offset))
 
     def gaps(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM gaps ORDER BY ts")

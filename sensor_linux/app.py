@@ -9,7 +9,7 @@ is the one place that knows all three (and the only sensor module that imports
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from common.sinks import Outputs, open_outputs
 from sensor_linux import runner
@@ -21,30 +21,43 @@ class UsageProblem(ValueError):
     """Options that do not go together; the message says which."""
 
 
-def local_collector(outputs: Outputs, store: str) -> Any:
+def local_collector(outputs: Outputs, store: str, sigma: Sequence[str] = (),
+                    say: Callable[[str], None] = print) -> Any:
     """The embedded collector for the first spool output (collector.deliver.LocalDelivery),
-    or None."""
+    evaluating the Sigma rules in ``sigma`` as it stores; or None."""
     if not store or not outputs.spools:
         return None
     from collector.deliver import LocalDelivery
     from collector.store import Store
-    return LocalDelivery(outputs.spools[0], Store(store), socket.gethostname())
+    rules = None
+    if sigma:
+        from collector.sigma.rules import load_rule_set
+        rules = load_rule_set(list(sigma), say)
+    return LocalDelivery(outputs.spools[0], Store(store, rules=rules), socket.gethostname())
 
 
 def run_sensor(config: RunConfig, outputs: tuple[str, ...] | list[str], store: str,
                say: Callable[[str], None],
-               registry: dict[str, SourceEntry] = SOURCES) -> dict[str, object]:
+               registry: dict[str, SourceEntry] = SOURCES,
+               sigma: Sequence[str] = ()) -> dict[str, object]:
     """Open the outputs and the embedded collector, run the chosen source through the runner
     until a signal (or until it is done), deliver what is left; return the final summary.
     Raises UsageProblem, common.sinks.OutputError, runner.SourceError or
     privileges.PrivilegeError."""
     entry = registry[config.source]
+    if sigma and not store:
+        raise UsageProblem("--sigma rules are evaluated by the embedded collector: give "
+                           "--store too")
     if config.fmt not in entry.formats:
         raise UsageProblem(f"--source {config.source} writes {', '.join(entry.formats)} only, "
                            f"not --format {config.fmt}")
     opened = open_outputs(outputs, config.fmt, config.max_bytes, config.generations)
     sink = opened.output
-    collector = local_collector(opened, store)
+    if sigma and not opened.spools:
+        sink.close()
+        raise UsageProblem("--sigma rules are evaluated by the embedded collector, which "
+                           "reads the spool output: give a spool: output")
+    collector = local_collector(opened, store, sigma, say)
     written = opened.files + ([collector.store.path] if collector else [])
     try:
         try:

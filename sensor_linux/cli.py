@@ -47,6 +47,10 @@ DEFAULT_STATUS_FILE = f"{DATA_DIR}/status.json"
               help="Embedded local collector: events from a spool output are delivered into "
                    "this SQLite store every second, so 'ttpsensor hunt' works right away. "
                    "'' disables it (a fleet forwards the spool to a collector instead).")
+@click.option("--sigma", "sigma_rules", multiple=True, type=click.Path(exists=True),
+              help="Sigma process_creation rules (a YAML file or a directory; repeatable), "
+                   "evaluated as the embedded collector stores each event; matches are "
+                   "listed by 'ttpsensor hunt sigma'. Needs --store.")
 @click.option("--status-file", default=DEFAULT_STATUS_FILE, show_default=True,
               help="Where the sensor keeps its counters (read by 'ttpsensor status').")
 @click.option("--status-interval", default=60.0, show_default=True,
@@ -81,7 +85,7 @@ def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generat
         store: str, status_file: str, status_interval: float, rules_file: str | None,
         state_file: str, parse_error_log: str | None, user: str, ebpf_argv_bytes: int,
         ebpf_ringbuf_pages: int, keep_exec_attempts: bool, interval: float,
-        once: bool) -> None:
+        once: bool, sigma_rules: tuple[str, ...]) -> None:
     """Run the Linux sensor: enriched process events with their TTPHash, as JSON lines.
 
     Every exec becomes an event with the executable's digests (of the image as it ran), its
@@ -104,7 +108,7 @@ def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generat
         # LAUREL's lines are audit records, not events: the default spool has nothing to keep.
         outputs = tuple(o for o in outputs if not o.startswith("spool:"))
     try:
-        summary = app.run_sensor(config, outputs, store, _say)
+        summary = app.run_sensor(config, outputs, store, _say, sigma=sigma_rules)
     except app.UsageProblem as exc:
         raise click.UsageError(str(exc)) from exc
     except (OutputError, SourceError, PrivilegeError) as exc:

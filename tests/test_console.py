@@ -11,6 +11,7 @@ import re
 import shutil
 import ssl
 import subprocess
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -79,6 +80,30 @@ def _generated() -> list[dict]:
     return events + [status, gap]
 
 
+SIGMA_RULES = {
+    "curl.yml": ("Curl on a host", "high", "linux", "Image|endswith: /curl"),
+    "notepad.yml": ("Notepad started", "critical", "windows", "Image|endswith: '\\notepad.exe'"),
+    # A title with markup: shown as text.
+    "hostile.yml": ("<b>Event handler</b> in argv", "medium", "linux",
+                    "CommandLine|contains: onmouseover"),
+}
+
+
+def _sigma(directory: Path):
+    """The console's rules, evaluated as the events are stored."""
+    from collector.sigma.rules import load_rule_set
+    directory.mkdir(exist_ok=True)
+    for n, (name, (title, level, product, selection)) in enumerate(sorted(SIGMA_RULES.items())):
+        (directory / name).write_text(
+            f"title: '{title}'\nid: 2c8e4f7a-1b3d-4e5f-8a9b-00000000000{n}\nlevel: {level}\n"
+            f"tags: [attack.execution]\nlogsource:\n    category: process_creation\n"
+            f"    product: {product}\ndetection:\n    sel:\n        {selection}\n"
+            "    condition: sel\n")
+    rules = load_rule_set([str(directory)], print)
+    assert len(rules) == len(SIGMA_RULES)
+    return rules
+
+
 @pytest.fixture(scope="module")
 def console_store(tmp_path_factory) -> dict:
     """A store filled as a collector fills it: a recorded audit log replayed by `ttpsensor
@@ -91,7 +116,7 @@ def console_store(tmp_path_factory) -> dict:
                                str(base / "errors.log")],
         input=CORPUS.read_bytes(), capture_output=True, timeout=120)
     assert replayed.returncode == 0, replayed.stderr
-    store = Store(str(base / "store.sqlite"))
+    store = Store(str(base / "store.sqlite"), rules=_sigma(base / "rules"))
     assert LocalDelivery(Spool(str(base / "audit-spool")), store, "sensor-vm").deliver() > 0
     generated = Spool(str(base / "generated-spool"))
     for event in _generated():
@@ -152,6 +177,7 @@ def test_the_token_file_is_private_and_every_page_answers(console, console_store
     with httpx.Client(base_url=base) as web:
         for path in ("/today", "/list/rare", "/list/top", "/list/unlisted", "/hosts",
                      "/host/alpha", "/host/vm", "/search?argument=script", "/login",
+                     "/sigma", "/sigma?level=critical&rule=x&host=alpha&since=2000",
                      f"/hash/{console_store['hostile']}"):
             page = web.get(path)
             assert page.status_code == 200, (path, page.text[:500])
@@ -331,12 +357,29 @@ def test_a_hunter_in_chromium(console, console_store, browser) -> None:
         "&lt;", "<").replace("&gt;", ">")
     assert "%FF%FEraw" in browser.find_element(By.CSS_SELECTOR, "td.cmd").text
     _shot(browser, "7-hostile")
+    # Sigma matches: all three rules matched; narrowed to critical, the Windows one, which
+    # links to its TTPHash (allow-listed above: the match is shown as allow-listed).
+    browser.find_element(By.LINK_TEXT, "Sigma").click()
+    WebDriverWait(browser, 30).until(lambda b: b.current_url.endswith("/sigma"))
+    titles = {e.text for e in browser.find_elements(By.CSS_SELECTOR, "#matches tbody td a")}
+    assert {"Curl on a host", "Notepad started", "<b>Event handler</b> in argv"} <= titles
+    _shot(browser, "8-sigma")
+    Select(browser.find_element(By.NAME, "level")).select_by_value("critical")
+    browser.find_element(By.ID, "apply").click()
+    WebDriverWait(browser, 30).until(lambda b: "level=critical" in b.current_url)
+    [row] = browser.find_elements(By.CSS_SELECTOR, "#matches tbody tr")
+    assert "Notepad started" in row.text and row.get_attribute("class") == "allowed"
+    row.find_element(By.CSS_SELECTOR, "td.hash a").click()
+    WebDriverWait(browser, 30).until(lambda b: "/hash/" in b.current_url)
+    assert browser.find_element(By.ID, "ttphash").text == value
+    assert "Notepad started" in browser.find_element(By.ID, "hash-sigma").text
+    _shot(browser, "9-hash-sigma")
 
 
 def test_the_console_questions_on_sqlite_and_postgresql(store_location) -> None:
     """Every page's query on both stores, with the relations the pages show."""
     from collector.console.hunting import Filters, Hunt
-    store = Store(store_location)
+    store = Store(store_location, rules=_sigma(Path(tempfile.mkdtemp(prefix="ttp-rules-"))))
     events = _generated()
     store.ingest("spool-a", 0, events, "sensor")
     hunt = Hunt(store)
@@ -374,6 +417,16 @@ def test_the_console_questions_on_sqlite_and_postgresql(store_location) -> None:
     log = hunt.detail(row["ttphash"]).log
     assert [(e["action"], e["who"]) for e in log] == [("revoke", "bob (token)"),
                                                       ("allow", "ann (token)")]
+    # Sigma matches: the page's filters, and each TTPHash's rules on its page.
+    matches = hunt.sigma("", "", "", "")
+    assert sorted(m["title"] for m in matches.rows) == [
+        "<b>Event handler</b> in argv", "Curl on a host", "Notepad started"]
+    [critical] = hunt.sigma("critical", "", "", "").rows
+    assert critical["host"] == "winbox" and critical["ttphash"] == events[-4]["ttphash"]["value"]
+    assert [m["title"] for m in hunt.sigma("", "Curl on a host", "alpha", "2000").rows] == [
+        "Curl on a host"]
+    assert hunt.sigma("", "", "beta", "").rows == []
+    assert [m["title"] for m in hunt.detail(critical["ttphash"]).sigma] == ["Notepad started"]
     store.close()
 
 

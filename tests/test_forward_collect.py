@@ -80,11 +80,11 @@ def lab(tmp_path):
 
 
 def _collector(tmp: Path, issued, port: int, store: str, name: str = "collector",
-               nofile: int | None = None) -> Proc:
+               nofile: int | None = None, sigma: str | None = None) -> Proc:
     c = issued["collector"]
     proc = Proc(tmp, name, ["collect", "--listen", f"127.0.0.1:{port}", "--cert", c.cert,
-                            "--key", c.key, "--ca", issued["ca"].cert, "--store", store],
-                nofile=nofile)
+                            "--key", c.key, "--ca", issued["ca"].cert, "--store", store]
+                + (["--sigma", sigma] if sigma else []), nofile=nofile)
     deadline = time.monotonic() + 60
     while "listening on" not in proc.text():
         assert proc.proc.poll() is None and time.monotonic() < deadline, proc.text()
@@ -147,13 +147,18 @@ def test_crash_test_exactly_once_in_the_store_despite_sigkills(lab, store_locati
     kills = int(os.environ.get("TTPSENSOR_CRASH_KILLS", "20"))
     spool = Spool(str(tmp / "spool"), batch_events=500, segment_bytes=4 << 20)
     port = free_port()
-    collector = _collector(tmp, issued, port, store_location)
+    # A Sigma rule evaluated at ingest: its matches too must be stored exactly once.
+    rule = tmp / "p7.yml"
+    rule.write_text("title: p7 runs\nid: 4f0e7c1a-0d53-4a4e-9a43-7d1f5b1c0a07\nlevel: high\n"
+                    "logsource:\n    category: process_creation\n    product: linux\n"
+                    "detection:\n    sel:\n        Image|endswith: /p7\n    condition: sel\n")
+    collector = _collector(tmp, issued, port, store_location, sigma=str(rule))
     forwarder = _forwarder(tmp, issued, [port])
     try:
         forwarder, collector = _spool_while_killing(
             spool, total, kills, forwarder, collector,
             lambda: _forwarder(tmp, issued, [port]),
-            lambda: _collector(tmp, issued, port, store_location))
+            lambda: _collector(tmp, issued, port, store_location, sigma=str(rule)))
         _wait(lambda: _stored(store_location) >= total, f"{total} events in the store")
     finally:
         forwarder.stop()
@@ -162,6 +167,10 @@ def test_crash_test_exactly_once_in_the_store_despite_sigkills(lab, store_locati
     assert store.count_events() == total  # none lost, none twice (keys are (spool, seq))
     assert store.seqs() == list(range(total))
     assert sum(r["count"] for r in store.top(1000)) == total  # the baseline counted each once
+    matched = store.sigma_matches(limit=total)
+    assert sorted(m["seq"] for m in matched) == [i for i in range(total) if i % 101 == 7]
+    assert {m["title"] for m in matched} == {"p7 runs"}
+    assert "Sigma rules: 1 evaluated at ingest" in collector.text()
     assert Spool(str(tmp / "spool"), readonly=True).acked() == total
 
 

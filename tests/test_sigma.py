@@ -10,7 +10,7 @@ import zlib
 
 import pytest
 
-from collector.sigma.rules import load
+from collector.sigma.rules import RuleSet, load
 from common import bench, qlog
 from tests.conftest import run_cli, seed_qlog_example
 
@@ -49,7 +49,14 @@ def one(tmp_path, name: str, detection: str, product: str = "linux"):
     loaded = load([rule(tmp_path, name, detection, product)])
     assert not loaded.problems, loaded.problems
     [compiled] = loaded.rules
-    return compiled.matches
+    rules = RuleSet([compiled])
+
+    def matches(event: dict) -> bool:
+        # The rule alone, and through a rule set (which checks its literal first): the same.
+        alone = compiled.matches(event)
+        assert rules.match(event) == ([compiled] if alone else [])
+        return alone
+    return matches
 
 
 CASES = [

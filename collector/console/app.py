@@ -3,7 +3,7 @@
 ``make_app(store, access)`` builds it over an open store; ``ttpsensor console`` serves it with
 uvicorn (collector/console/cli.py), and a collector may mount the same app beside itself.
 Routes: /today, /list/{rare,top,unlisted}, /search, /hash/{value} (+ /allow, /revoke),
-/hosts, /host/{name}, /login, /logout. Every value is escaped by Jinja2's autoescaping; text
+/hosts, /host/{name}, /sigma, /login, /logout. Every value is escaped by Jinja2's autoescaping; text
 that was not UTF-8 arrives in percent form (collector/store.py's display columns, and the
 ECS renderer for whole events).
 """
@@ -31,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 
 from collector.console.hunting import LISTINGS, Filters, Hunt
 from collector.console.security import (SECURITY_HEADERS, Access, csrf_matches, new_csrf)
-from collector.store import Store, display_text
+from collector.store import SIGMA_LEVELS, Store, display_text
 from common import ecs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -198,6 +198,15 @@ def make_app(store: Store, access: Access) -> Starlette:
         (hunt.allow if action == "allow" else hunt.revoke)(value, reason, who)
         return RedirectResponse(f"/hash/{value}", status_code=303)
 
+    async def sigma(request: Request) -> HTMLResponse:
+        asked = {name: request.query_params.get(name, "").strip()[:200]
+                 for name in ("level", "rule", "host", "since")}
+        if asked["level"] not in ("", *SIGMA_LEVELS):
+            asked["level"] = ""
+        result = hunt.sigma(asked["level"], asked["rule"], asked["host"], asked["since"],
+                            _page_number(request))
+        return page(request, "sigma.html", result=result, asked=asked, levels=SIGMA_LEVELS)
+
     async def hosts(request: Request) -> HTMLResponse:
         return page(request, "hosts.html")
 
@@ -234,7 +243,7 @@ def make_app(store: Store, access: Access) -> Starlette:
         Route("/", root), Route("/today", today), Route("/list/{kind}", listing),
         Route("/search", search), Route("/hash/{value}", detail),
         Route("/hash/{value}/{action:str}", change, methods=["POST"]),
-        Route("/hosts", hosts), Route("/host/{name:path}", host),
+        Route("/hosts", hosts), Route("/host/{name:path}", host), Route("/sigma", sigma),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
         Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),

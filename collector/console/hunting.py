@@ -92,6 +92,7 @@ class HashDetail:
     parents: list[dict[str, Any]]
     children: list[dict[str, Any]]
     log: list[dict[str, Any]] = field(default_factory=list)
+    sigma: list[dict[str, Any]] = field(default_factory=list)   # rules its events matched
 
 
 @dataclass
@@ -211,7 +212,17 @@ class Hunt:
             "GROUP BY c.ttphash ORDER BY n DESC, c.ttphash", (value, RELATIVES_FROM))
         log = self._rows("SELECT action, reason, who, ts FROM allow_log WHERE ttphash = ? "
                          "ORDER BY ts DESC", (value,))
-        return HashDetail(row, canonical, hosts, samples, parents, children, log)
+        sigma = self._rows("SELECT title, level, rule, count(*) AS n, max(ts) AS last "
+                           "FROM sigma_matches WHERE ttphash = ? GROUP BY title, level, rule "
+                           "ORDER BY n DESC, title", (value,))
+        return HashDetail(row, canonical, hosts, samples, parents, children, log, sigma)
+
+    def sigma(self, level: str, rule: str, host: str, since: str, page: int = 1) -> Page:
+        """Sigma matches, newest first, narrowed as `hunt sigma` narrows them."""
+        page = max(1, page)
+        rows = self.store.sigma_matches(level or None, rule or None, host or None,
+                                        since or None, PAGE_ROWS + 1, (page - 1) * PAGE_ROWS)
+        return Page(rows[:PAGE_ROWS], page, len(rows) > PAGE_ROWS)
 
     def host(self, name: str, since: str, until: str) -> HostView:
         """The host's process tree over the window: each exec under the exec of its parent

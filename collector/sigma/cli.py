@@ -43,3 +43,16 @@ def sigma_check(rules: tuple[str, ...], as_json: bool) -> None:
                f"sources, {len(loaded.problems)} problems", err=True)
     if loaded.problems:
         sys.exit(1)
+
+
+@sigma_group.command("generate")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--count", default=200, show_default=True, help="How many rules.")
+@click.option("--seed", default=7, show_default=True, help="The same seed writes the same rules.")
+def sigma_generate(directory: str, count: int, seed: int) -> None:
+    """Write COUNT generated Linux process_creation rules into DIRECTORY, for measuring the
+    cost of Sigma at ingest ('ttpsensor bench ingest --sigma DIRECTORY'). Their literals come
+    from the benchmark's own events, so some of them match; they detect nothing real."""
+    from collector.sigma.generate import write
+    paths = write(directory, count, seed)
+    click.echo(f"wrote {len(paths)} rules to {directory}", err=True)

@@ -30,11 +30,12 @@ def _get(event: dict[str, Any], *path: str) -> Any:
 
 
 def _command_line(process: tuple[str, ...]) -> FieldFunction:
-    """The command line; on Linux, where the kernel gives an argument vector, the arguments
-    joined by spaces (what Sysmon for Linux reports)."""
+    """The command line. On Linux, where the kernel gives an argument vector, the arguments
+    joined by single spaces, as Sysmon for Linux reports it and Linux rules are written (our
+    own ``command_line`` quotes them for reading); on Windows the command line itself."""
     def value(event: dict[str, Any]) -> Any:
-        line = _get(event, *process, "command_line")
-        return line if line is not None else _get(event, *process, "args")
+        args = _get(event, *process, "args")
+        return args if args is not None else _get(event, *process, "command_line")
     return value
 
 

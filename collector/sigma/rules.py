@@ -24,7 +24,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import yaml
 from sigma import conditions as sc
@@ -36,12 +36,48 @@ from sigma.rule import SigmaRule
 from collector.sigma.fields import FIELDS
 
 Event = dict[str, Any]
-Predicate = Callable[[Event], bool]
 PRODUCTS = ("windows", "linux")
 
 
 class Unsupported(ValueError):
     """A rule uses something this evaluator cannot honour; the message says what."""
+
+
+class Fields(dict):
+    """One event's Sigma field values, each computed on first use and kept: a rule set asks
+    for the same few fields hundreds of times per event. ``folded`` holds them as case-folded
+    text, for the case-insensitive comparisons that are most of Sigma."""
+
+    __slots__ = ("event", "folded")
+
+    def __init__(self, event: Event) -> None:
+        super().__init__()
+        self.event = event
+        self.folded = _Folded(self)
+
+    def __missing__(self, name: str) -> Any:
+        value = self[name] = FIELDS[name](self.event)
+        return value
+
+
+class _Folded(dict):
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: Fields) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def __missing__(self, name: str) -> str | None:
+        value = self.fields[name]
+        text = self[name] = None if value is None else str(value).casefold()
+        return text
+
+
+Test = Callable[[Fields], bool]
+# What must hold for a rule to match, cheap to check first: one of these (field, case-folded
+# literal) pairs occurs in the field's folded text; None when the rule has no such necessity
+# (a regular expression, a negation, a number ...).
+Needs = frozenset[tuple[str, str]] | None
 
 
 @dataclass
@@ -52,7 +88,12 @@ class CompiledRule:
     tags: list[str]
     product: str
     path: str
-    matches: Predicate
+    test: Test
+    needs: Needs = None
+
+    def matches(self, event: Event) -> bool:
+        """Whether this rule matches ``event`` (a rule set evaluates many at once: RuleSet)."""
+        return self.test(Fields(event))
 
 
 @dataclass
@@ -67,6 +108,58 @@ class Loaded:
     rules: list[CompiledRule] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     skipped: int = 0     # rules for other log sources (not process_creation on windows/linux)
+
+
+class RuleSet:
+    """Compiled rules evaluated together on one event at a time.
+
+    Most rules cannot match most events, and say so cheaply: each rule's ``needs`` (a literal
+    one of its fields must contain) is checked first, each distinct literal once per event, and
+    only the rules whose literal occurs, plus those without one, are evaluated in full. A rule
+    is evaluated only on events of its product (``host.os.type``; every rule when an event
+    does not say)."""
+
+    def __init__(self, rules: list[CompiledRule]) -> None:
+        self.rules = rules
+        self._always: dict[str | None, list[int]] = {}
+        # product -> field -> [(literal, indexes of the rules that need it)]
+        self._needed: dict[str | None, dict[str, list[tuple[str, list[int]]]]] = {}
+        for product in (*PRODUCTS, None):
+            always: list[int] = []
+            literals: dict[str, dict[str, list[int]]] = {}
+            for index, compiled in enumerate(rules):
+                if product is not None and compiled.product != product:
+                    continue
+                if compiled.needs is None:
+                    always.append(index)
+                    continue
+                for name, literal in compiled.needs:
+                    literals.setdefault(name, {}).setdefault(literal, []).append(index)
+            self._always[product] = always
+            self._needed[product] = {name: sorted(found.items())
+                                     for name, found in literals.items()}
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def match(self, event: Event) -> list[CompiledRule]:
+        """The rules ``event`` matches, in load order."""
+        host = event.get("host")
+        os_type = host.get("os") if isinstance(host, dict) else None
+        product = os_type.get("type") if isinstance(os_type, dict) else None
+        if product not in PRODUCTS:
+            product = None
+        fields = Fields(event)
+        candidates = set(self._always[product])
+        for name, literals in self._needed[product].items():
+            text = fields.folded[name]
+            if text is None:
+                continue
+            for literal, indexes in literals:
+                if literal in text:
+                    candidates.update(indexes)
+        rules = self.rules
+        return [rules[i] for i in sorted(candidates) if rules[i].test(fields)]
 
 
 def rule_files(paths: list[str]) -> list[str]:
@@ -109,49 +202,87 @@ def load(paths: list[str]) -> Loaded:
     return loaded
 
 
+def load_rule_set(paths: list[str], say: Callable[[str], None]) -> RuleSet:
+    """The rules for evaluation at ingest; each problem, and the count, told through ``say``
+    (a rule that cannot be evaluated never stops the others, nor the collector)."""
+    loaded = load(paths)
+    for problem in loaded.problems:
+        say(f"Sigma rule not used: {problem.path}: "
+            f"{problem.rule + ': ' if problem.rule else ''}{problem.why}")
+    say(f"Sigma rules: {len(loaded.rules)} evaluated at ingest, {loaded.skipped} for other "
+        f"log sources, {len(loaded.problems)} not used")
+    return RuleSet(loaded.rules)
+
+
 def compile_rule(rule: SigmaRule, path: str = "") -> CompiledRule:
-    conditions = [_compile(c.parsed) for c in rule.detection.parsed_condition]
+    compiled = [_compile(c.parsed) for c in rule.detection.parsed_condition]
+    if len(compiled) == 1:
+        test, needs = compiled[0]
+    else:   # several conditions: any of them
+        tests = tuple(t for t, _ in compiled)
+        test, needs = (lambda f: any(t(f) for t in tests)), _union(n for _, n in compiled)
     return CompiledRule(
         id=str(rule.id or ""), title=rule.title, level=rule.level.name.lower()
         if rule.level else None, tags=[f"{t.namespace}.{t.name}" for t in rule.tags],
-        product=str(rule.logsource.product), path=path,
-        matches=conditions[0] if len(conditions) == 1
-        else (lambda e, cs=tuple(conditions): any(c(e) for c in cs)))
+        product=str(rule.logsource.product), path=path, test=test, needs=needs)
 
 
-def _compile(node: Any) -> Predicate:
+def _union(needs: Iterable[Needs]) -> Needs:
+    """Any of several must hold: the rule needs one of all their pairs (none if one has none)."""
+    out: set[tuple[str, str]] = set()
+    for need in needs:
+        if need is None:
+            return None
+        out |= need
+    return frozenset(out)
+
+
+def _narrowest(needs: Iterable[Needs]) -> Needs:
+    """All of several must hold: any one's needs are the rule's; the fewest and longest
+    literals reject the most events."""
+    known = [n for n in needs if n]
+    if not known:
+        return None
+    return min(known, key=lambda n: (len(n), -min(len(lit) for _, lit in n)))
+
+
+def _compile(node: Any) -> tuple[Test, Needs]:
     if isinstance(node, sc.ConditionAND):
-        parts = tuple(_compile(a) for a in node.args)
-        return lambda e: all(p(e) for p in parts)
+        parts = [_compile(a) for a in node.args]
+        tests = tuple(t for t, _ in parts)
+        return (lambda f: all(t(f) for t in tests)), _narrowest(n for _, n in parts)
     if isinstance(node, sc.ConditionOR):
-        parts = tuple(_compile(a) for a in node.args)
-        return lambda e: any(p(e) for p in parts)
+        parts = [_compile(a) for a in node.args]
+        tests = tuple(t for t, _ in parts)
+        return (lambda f: any(t(f) for t in tests)), _union(n for _, n in parts)
     if isinstance(node, sc.ConditionNOT):
-        inner = _compile(node.args[0])
-        return lambda e: not inner(e)
+        inner, _ = _compile(node.args[0])
+        return (lambda f: not inner(f)), None
     if isinstance(node, sc.ConditionFieldEqualsValueExpression):
         if node.field not in FIELDS:
             raise Unsupported(f"field {node.field!r} is not in the process_creation fields "
                               f"this collector maps ({', '.join(sorted(FIELDS))})")
-        get = FIELDS[node.field]
-        test = _value_test(node.value)
-        return lambda e: test(get(e), e)
+        return _value_test(node.field, node.value)
     if isinstance(node, sc.ConditionValueExpression):
-        # A keyword: anywhere in the event's mapped text fields.
-        test = _value_test(node.value)
-        getters = tuple(FIELDS.values())
-        return lambda e: any(test(g(e), e) for g in getters)
+        # A keyword: anywhere in the event's mapped fields.
+        tests = tuple(_value_test(name, node.value)[0] for name in FIELDS)
+        return (lambda f: any(t(f) for t in tests)), None
     raise Unsupported(f"condition element {type(node).__name__} is not supported")
 
 
-ValueTest = Callable[[Any, Event], bool]
-
-
-def _value_test(value: Any) -> ValueTest:
-    """How one Sigma value is compared with a field's value (None: the event has none)."""
+def _value_test(name: str, value: Any) -> tuple[Test, Needs]:
+    """How one Sigma value is compared with the field ``name`` of an event (whose value is
+    None when the event has none)."""
     if isinstance(value, st.SigmaExpansion):            # windash, base64offset: any of them
-        tests = tuple(_value_test(v) for v in value.values)
-        return lambda v, e: any(t(v, e) for t in tests)
+        parts = [_value_test(name, v) for v in value.values]
+        tests = tuple(t for t, _ in parts)
+        return (lambda f: any(t(f) for t in tests)), _union(n for _, n in parts)
+    if isinstance(value, st.SigmaString):
+        return _string_test(name, value)
+    return _other_test(name, value), None
+
+
+def _other_test(name: str, value: Any) -> Test:
     if isinstance(value, st.SigmaRegularExpression):
         flags = 0
         for flag in value.flags:
@@ -159,47 +290,63 @@ def _value_test(value: Any) -> ValueTest:
                       "DOTALL": re.DOTALL}.get(flag.name, 0)
         pattern = re.compile(value.regexp.to_plain() if hasattr(value.regexp, "to_plain")
                              else str(value.regexp), flags)
-        return lambda v, e: v is not None and pattern.search(str(v)) is not None
-    if isinstance(value, st.SigmaString):
-        return _string_test(value)
+        return lambda f: (v := f[name]) is not None and pattern.search(str(v)) is not None
     if isinstance(value, st.SigmaNumber):
         number = value.number
-        return lambda v, e: v is not None and _as_number(v) == number
+        return lambda f: (v := f[name]) is not None and _as_number(v) == number
     if isinstance(value, st.SigmaNull):
-        return lambda v, e: v is None or v == ""
+        return lambda f: (v := f[name]) is None or v == ""
     if isinstance(value, st.SigmaBool):
-        return lambda v, e: v is value.boolean or str(v).lower() == str(value.boolean).lower()
+        wanted = value.boolean
+        return lambda f: (v := f[name]) is wanted or str(v).lower() == str(wanted).lower()
     if isinstance(value, st.SigmaExists):
-        wanted = value.exists
-        return lambda v, e: (v is not None) is wanted
+        exists = value.exists
+        return lambda f: (f[name] is not None) is exists
     if isinstance(value, st.SigmaCIDRExpression):
         network = value.network
-        return lambda v, e: _in_network(v, network)
+        return lambda f: _in_network(f[name], network)
     if isinstance(value, st.SigmaCompareExpression):
         limit, op = value.number.number, value.op
         compare = {st.SigmaCompareExpression.CompareOperators.LT: lambda a: a < limit,
                    st.SigmaCompareExpression.CompareOperators.LTE: lambda a: a <= limit,
                    st.SigmaCompareExpression.CompareOperators.GT: lambda a: a > limit,
                    st.SigmaCompareExpression.CompareOperators.GTE: lambda a: a >= limit}[op]
-        return lambda v, e: (n := _as_number(v)) is not None and compare(n)
+        return lambda f: (n := _as_number(f[name])) is not None and compare(n)
     if isinstance(value, st.SigmaFieldReference):
         if value.field not in FIELDS:
             raise Unsupported(f"fieldref to {value.field!r}, which is not mapped")
-        other = FIELDS[value.field]
-        return lambda v, e: v is not None and str(v).lower() == str(other(e)).lower()
+        other = value.field
+        return lambda f: (v := f.folded[name]) is not None and v == f.folded[other]
     raise Unsupported(f"value type {type(value).__name__} is not supported")
 
 
-def _string_test(value: st.SigmaString) -> ValueTest:
+def _string_test(name: str, value: st.SigmaString) -> tuple[Test, Needs]:
+    """Equality, contains, startswith and endswith (pySigma's `*` at either end) as plain
+    string operations on the folded text; any other wildcard as a regular expression."""
     cased = isinstance(value, st.SigmaCasedString)
+    parts = list(value.s)
+    literals = [p for p in parts if isinstance(p, str) and p]
+    longest = max(literals, key=len, default="").casefold()
+    needs: Needs = frozenset({(name, longest)}) if longest else None
+    star = st.SpecialChars.WILDCARD_MULTI
+    lead = bool(parts) and parts[0] == star
+    trail = len(parts) > 1 and parts[-1] == star
+    middle = parts[int(lead):len(parts) - int(trail)]
+    if len(middle) == 1 and isinstance(middle[0], str) and not cased:
+        text = middle[0].casefold()
+        if lead and trail:
+            return (lambda f: (v := f.folded[name]) is not None and text in v), needs
+        if lead:
+            return (lambda f: (v := f.folded[name]) is not None and v.endswith(text)), needs
+        if trail:
+            return (lambda f: (v := f.folded[name]) is not None and v.startswith(text)), needs
+        return (lambda f: f.folded[name] == text), needs
     if not value.contains_special():
         plain = value.to_plain()
-        if cased:
-            return lambda v, e: v is not None and str(v) == plain
-        folded = plain.casefold()
-        return lambda v, e: v is not None and str(v).casefold() == folded
+        return (lambda f: (v := f[name]) is not None and str(v) == plain), needs
     pattern = re.compile(_wildcards(value), 0 if cased else re.IGNORECASE | re.DOTALL)
-    return lambda v, e: v is not None and pattern.fullmatch(str(v)) is not None
+    return (lambda f: (v := f[name]) is not None and pattern.fullmatch(str(v)) is not None), \
+        needs
 
 
 def _wildcards(value: st.SigmaString) -> str:
