@@ -33,6 +33,34 @@ def fleet_events(count: int, seed: int = 11) -> list[dict]:
     return out
 
 
+def _sigma_as_sql(directory: str, frames: list[list[dict]]) -> tuple[float, int] | None:
+    """The alternative to our evaluator, measured on the same frames: each frame inserted into
+    a table, each rule's SQL (pySigma's SQLite backend) run over it. None without the backend
+    (a test dependency)."""
+    try:
+        from collector.sigma import sqlpath
+        from collector.sigma.rules import rule_files
+        texts = []
+        for path in rule_files([directory]):
+            with open(path, encoding="utf-8") as f:
+                texts.append(f.read())
+        queries = [sql for _, sql in sqlpath.queries(texts)]
+    except ImportError:
+        click.echo("(pySigma-backend-sqlite is not installed: the SQL path is not measured)",
+                   err=True)
+        return None
+    db = sqlpath.event_table()
+    found = [0]
+
+    def run() -> None:
+        found[0] = 0
+        for frame in frames:
+            sqlpath.fill(db, frame)
+            for sql in queries:
+                found[0] += len(sqlpath.selected(db, sql))
+    return bench._median_us(run, sum(map(len, frames)), repeats=3), found[0]
+
+
 @click.command("ingest")
 @click.option("--events", "count", default=20000, show_default=True)
 @click.option("--sigma", "sigma_dir", default=None, type=click.Path(exists=True),
@@ -115,6 +143,11 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None) -> Non
         rows.append(bench.Row(f"Sigma: {len(rules)} rules evaluated alone ({matched} matches "
                               f"in {len(fleet)} events)", alone, "SQLite, a fleet",
                               alone / sqlite_fleet))
+        by_sql = _sigma_as_sql(sigma_dir, fleet_batches)
+        if by_sql is not None:
+            rows.append(bench.Row(f"Sigma as SQL (pySigma SQLite backend, each frame a table; "
+                                  f"{by_sql[1]} matches)", by_sql[0], "rules evaluated alone",
+                                  by_sql[0] / alone))
         with tempfile.TemporaryDirectory(prefix="ttpsensor-bench-") as directory:
             # Measured again beside it: the ratio is of two figures of the same minute.
             plain = timed(os.path.join(directory, "plain.sqlite"), fleet_batches)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 
 from tests.conftest import run_cli
@@ -49,3 +52,16 @@ def test_bench_console_measures_every_page(tmp_path) -> None:
     for page in ("today", "rare", "a TTPHash", "a host's tree", "search: argument"):
         assert page in done.stdout, done.stdout
     assert "3,000 events" in done.stdout
+
+
+def test_bench_ingest_with_generated_sigma_rules(tmp_path) -> None:
+    """Both evaluators on the same frames: ours and pySigma's SQL find the same matches."""
+    assert run_cli("sigma", "generate", str(tmp_path), "--count", "30").returncode == 0
+    result = run_cli("bench", "ingest", "--events", "1000", "--sigma", str(tmp_path),
+                     env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    assert "Sigma rules: 30 evaluated at ingest" in result.stderr
+    ours = re.search(r"30 rules evaluated alone \((\d+) matches", result.stdout)
+    by_sql = re.search(r"each frame a table; (\d+) matches", result.stdout)
+    assert ours and by_sql and int(ours.group(1)) == int(by_sql.group(1)) > 0, result.stdout
+    assert "with 30 Sigma rules" in result.stdout

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from collector.sigma.rules import RuleSet, load
+from collector.sigma.rules import Glob, RuleSet, load
 from common import bench, qlog
 from tests.conftest import run_cli, seed_qlog_example
 
@@ -135,3 +138,61 @@ def test_what_cannot_be_evaluated_is_reported_and_the_rest_loads(tmp_path) -> No
     assert "1 rules to evaluate, 1 for other log sources, 2 problems" in result.stderr
     assert "ImageLoaded" in result.stdout and "broken.yml" in result.stdout
     assert run_cli("sigma", "check", good).returncode == 0
+
+
+def _glob_reference(pattern: str) -> "re.Pattern[str]":
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c)
+                              for c in pattern), re.DOTALL)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="ab*?", max_size=8), st.text(alphabet="abc", max_size=12),
+       st.booleans())
+def test_wildcards_match_as_a_regular_expression_would(pattern, text, cased) -> None:
+    """The linear-time wildcard matcher against Python's `re` (fine on such short text)."""
+    from sigma.types import SigmaCasedString, SigmaString
+    value = (SigmaCasedString if cased else SigmaString)(pattern)
+    glob = Glob(list(value.s), cased)
+    assert glob.matches(text) == (_glob_reference(pattern).fullmatch(text) is not None)
+
+
+def test_hostile_command_lines_cost_linear_time(tmp_path) -> None:
+    """Wildcards and regular expressions that backtrack for minutes in Python's `re` on 8 KB
+    of "ab" (tried: `*a*b*c*`, two minutes) are evaluated on 400 KB without a stall; a test
+    that regresses runs into the suite's timeout, not a timed assertion."""
+    loaded = load([rule(tmp_path, "globs", "    sel:\n        CommandLine: '*a*b*c*'\n"
+                        "    condition: sel"),
+                   rule(tmp_path, "regex", "    sel:\n        CommandLine|re: 'a.*b.*c'\n"
+                        "    condition: sel")])
+    assert not loaded.problems
+    rules = RuleSet(loaded.rules)
+    hostile = linux("/bin/sh", ["sh", "ab" * 200_000])
+    assert rules.match(hostile) == []
+    hostile["process"]["args"].append("c")
+    assert [r.title for r in rules.match(hostile)] == ["globs", "regex"]
+
+
+def test_a_regular_expression_re2_cannot_run_in_linear_time_is_reported(tmp_path) -> None:
+    """A backreference (pySigma itself checks rules' patterns with RE2 once it is installed;
+    our compile says so too, should a pySigma check them with `re`)."""
+    path = rule(tmp_path, "backref", "    sel:\n        CommandLine|re: '(a+)\\1'\n"
+                "    condition: sel")
+    loaded = load([path])
+    assert loaded.rules == [] and "(a+)\\1" in loaded.problems[0].why
+
+
+REGEX_PIECES = ["a", "b", "c", "ab", ".", ".*", "a?", "b+", "(ab|c)", "[ab]", "[]a]", "c{0,2}",
+                "a{2}", "b{1,}", "\\.", "\\d", "(?:a|bc)?", "\\|", "^", "$"]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(REGEX_PIECES), min_size=1, max_size=6),
+       st.text(alphabet="abc.1|]", max_size=14), st.booleans())
+def test_a_regular_expressions_required_literal_is_in_every_match(pieces, text,
+                                                                  alternation) -> None:
+    """What the rule set checks before running a regular expression never rejects an event
+    the expression matches (Python's `re` as the reference, on short text)."""
+    from collector.sigma.rules import required_literal
+    pattern = "".join(pieces) + ("|c" if alternation else "")
+    if re.search(pattern, text):
+        assert required_literal(pattern) in text

@@ -2,23 +2,18 @@
 backend (pySigma-backend-sqlite, a second, independent implementation of every modifier and
 condition) and run as SQL over a table of the same events must select the same events.
 
-The table has one column per Sigma field, filled by collector/sigma/fields.py (the mapping is
-tested on its own in test_sigma.py); what is compared is how values, modifiers and conditions
-are evaluated. Columns are COLLATE NOCASE, as Zircolite builds its tables, since Sigma compares
-case-insensitively; SQLite folds ASCII only, so the events' non-ASCII text is not compared
-across case.
+The table (collector/sigma/sqlpath.py) has one column per Sigma field, filled by
+collector/sigma/fields.py (the mapping is tested on its own in test_sigma.py); what is compared
+is how values, modifiers and conditions are evaluated. SQLite folds ASCII case only, so the
+events' non-ASCII text is not compared across case.
 """
 
 from __future__ import annotations
 
-import re
-import sqlite3
-
 import pytest
-from sigma.backends.sqlite import sqliteBackend
 from sigma.collection import SigmaCollection
 
-from collector.sigma.fields import FIELDS
+from collector.sigma import sqlpath
 from collector.sigma.generate import generate
 from collector.sigma.rules import RuleSet, compile_rule
 from common import bench
@@ -64,32 +59,20 @@ def all_events() -> list[dict]:
     return events
 
 
-def table(events: list[dict]) -> sqlite3.Connection:
-    db = sqlite3.connect(":memory:")
-    db.create_function("regexp", 2, lambda pattern, value: value is not None
-                       and re.search(pattern, str(value)) is not None)
-    columns = ", ".join(f'"{name}" COLLATE NOCASE' for name in FIELDS)
-    db.execute(f"CREATE TABLE logs (n INTEGER PRIMARY KEY, {columns})")
-    for n, event in enumerate(events):
-        db.execute(f"INSERT INTO logs VALUES (?, {', '.join('?' * len(FIELDS))})",
-                   (n, *(FIELDS[name](event) for name in FIELDS)))
-    return db
-
-
 def test_sqlite_backend_selects_the_same_events() -> None:
     events = all_events()
-    db = table(events)
-    backend = sqliteBackend()
+    db = sqlpath.event_table()
+    sqlpath.fill(db, events)
     compared = hits = 0
     for text in all_rules():
         [rule] = SigmaCollection.from_yaml(text).rules
-        queries = backend.convert_rule(rule)
-        by_sql = set()
-        for query in queries:
-            by_sql |= {n for (n,) in db.execute(query.replace("SELECT *", "SELECT n", 1))}
+        by_sql: set[int] = set()
+        converted = sqlpath.queries([text])
+        for _, query in converted:
+            by_sql |= sqlpath.selected(db, query)
         compiled = compile_rule(rule)
         ours = {n for n, event in enumerate(events) if compiled.matches(event)}
-        assert ours == by_sql, f"{rule.title}: {queries}"
+        assert ours == by_sql, f"{rule.title}: {converted}"
         compared += 1
         hits += len(ours)
     assert compared > 150 and hits > 50   # the comparison was not of empty sets

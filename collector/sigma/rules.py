@@ -279,17 +279,16 @@ def _value_test(name: str, value: Any) -> tuple[Test, Needs]:
         return (lambda f: any(t(f) for t in tests)), _union(n for _, n in parts)
     if isinstance(value, st.SigmaString):
         return _string_test(name, value)
-    return _other_test(name, value), None
+    needs: Needs = None
+    if isinstance(value, st.SigmaRegularExpression):
+        literal = required_literal(str(value.regexp)).casefold()
+        needs = frozenset({(name, literal)}) if literal else None
+    return _other_test(name, value), needs
 
 
 def _other_test(name: str, value: Any) -> Test:
     if isinstance(value, st.SigmaRegularExpression):
-        flags = 0
-        for flag in value.flags:
-            flags |= {"IGNORECASE": re.IGNORECASE, "MULTILINE": re.MULTILINE,
-                      "DOTALL": re.DOTALL}.get(flag.name, 0)
-        pattern = re.compile(value.regexp.to_plain() if hasattr(value.regexp, "to_plain")
-                             else str(value.regexp), flags)
+        pattern = _regex(value)
         return lambda f: (v := f[name]) is not None and pattern.search(str(v)) is not None
     if isinstance(value, st.SigmaNumber):
         number = value.number
@@ -320,9 +319,102 @@ def _other_test(name: str, value: Any) -> Test:
     raise Unsupported(f"value type {type(value).__name__} is not supported")
 
 
+def _regex(value: st.SigmaRegularExpression) -> Any:
+    """A rule's regular expression, compiled by RE2 (google-re2): matching takes time linear
+    in the text, whatever the pattern, where Python's backtracking `re` can take minutes on a
+    command line an attacker wrote. RE2 has no backreferences or lookaround; a rule that uses
+    them is reported, not evaluated."""
+    import re2
+    text = value.regexp.to_plain() if hasattr(value.regexp, "to_plain") else str(value.regexp)
+    inline = "".join({"IGNORECASE": "i", "MULTILINE": "m", "DOTALL": "s"}.get(flag.name, "")
+                     for flag in value.flags)
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        return re2.compile(f"(?{inline}){text}" if inline else text, options)
+    except re2.error as exc:
+        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise Unsupported(f"regular expression {text!r} cannot be evaluated in linear time "
+                          f"by RE2 ({detail}; no backreferences or lookaround)") from exc
+
+
+def required_literal(pattern: str) -> str:
+    """The longest run of characters that every match of ``pattern`` contains, read
+    conservatively at its top level ("" when unsure: an alternation there, nothing plain).
+    A regular expression rule is evaluated (RE2 costs microseconds a call) only on events
+    whose text holds it. Groups, classes, escapes of letters and digits (\\d, \\x41 ...) and
+    `.` end a run; a character made optional by `?`, `*` or `{0` is left out of it, one
+    repeated by `+` or `{n` ends it."""
+    runs: list[str] = []
+    run: list[str] = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "|":
+            return ""
+        if char in "([":
+            i = _skip_group(pattern, i)
+            runs.append("".join(run))
+            run = []
+            continue
+        if char == "\\" and i + 1 < len(pattern) and not pattern[i + 1].isalnum():
+            char, i = pattern[i + 1], i + 2
+        elif char == "\\" or char in ".^$*+?{})]":
+            runs.append("".join(run))
+            run = []
+            if char == "{":      # a repetition's bounds, not characters to match
+                close = pattern.find("}", i)
+                i = close + 1 if close >= 0 else len(pattern)
+            else:
+                i += 2 if char == "\\" else 1
+            continue
+        else:
+            i += 1
+        after = pattern[i:i + 1]
+        if after in ("*", "?") or pattern.startswith("{0", i):
+            runs.append("".join(run))
+            run = []
+        elif after in ("+", "{"):
+            run.append(char)
+            runs.append("".join(run))
+            run = []
+        else:
+            run.append(char)
+    runs.append("".join(run))
+    return max(runs, key=len)
+
+
+def _skip_group(pattern: str, i: int) -> int:
+    """The index after the group or class opening at ``i`` (escapes and nesting honoured)."""
+    depth = 0
+    in_class = False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+            continue
+        if in_class:
+            if char == "]":
+                in_class = False
+                if depth == 0:
+                    return i + 1
+        elif char == "[":
+            in_class = True
+            if pattern[i + 1:i + 2] == "]":   # "[]...]": a ] first is literal
+                i += 1
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return i
+
+
 def _string_test(name: str, value: st.SigmaString) -> tuple[Test, Needs]:
     """Equality, contains, startswith and endswith (pySigma's `*` at either end) as plain
-    string operations on the folded text; any other wildcard as a regular expression."""
+    string operations on the folded text; any other wildcard pattern by Glob (linear time)."""
     cased = isinstance(value, st.SigmaCasedString)
     parts = list(value.s)
     literals = [p for p in parts if isinstance(p, str) and p]
@@ -344,24 +436,71 @@ def _string_test(name: str, value: st.SigmaString) -> tuple[Test, Needs]:
     if not value.contains_special():
         plain = value.to_plain()
         return (lambda f: (v := f[name]) is not None and str(v) == plain), needs
-    pattern = re.compile(_wildcards(value), 0 if cased else re.IGNORECASE | re.DOTALL)
-    return (lambda f: (v := f[name]) is not None and pattern.fullmatch(str(v)) is not None), \
-        needs
+    glob = Glob(parts, cased)
+    if cased:
+        return (lambda f: (v := f[name]) is not None and glob.matches(str(v))), needs
+    return (lambda f: (v := f.folded[name]) is not None and glob.matches(v)), needs
 
 
-def _wildcards(value: st.SigmaString) -> str:
-    """A Sigma string with `*` and `?` as a regular expression (everything else literal)."""
-    out = []
-    for part in value.s:
-        if part == st.SpecialChars.WILDCARD_MULTI:
-            out.append(".*")
-        elif part == st.SpecialChars.WILDCARD_SINGLE:
-            out.append(".")
-        elif isinstance(part, str):
-            out.append(re.escape(part))
-        else:
-            raise Unsupported(f"a placeholder in {value!s} is not supported")
-    return "".join(out)
+class Glob:
+    """A Sigma string with `*` and `?` wildcards, matched in time linear in the text for each
+    piece: the pieces between `*`s are found left to right, each at its first place after the
+    one before (which is where it must go, if anywhere). A backtracking regular expression
+    takes cubic time on text an attacker writes: `*a*b*c*` against 8,000 bytes of "ab" took
+    Python's `re` two minutes, in the collector's ingest."""
+
+    def __init__(self, parts: list[Any], cased: bool) -> None:
+        pieces: list[list[Any]] = [[]]
+        for part in parts:
+            if part == st.SpecialChars.WILDCARD_MULTI:
+                pieces.append([])
+            elif part == st.SpecialChars.WILDCARD_SINGLE:
+                pieces[-1].append(None)           # any one character
+            elif isinstance(part, str):
+                pieces[-1].extend(part if cased else part.casefold())
+            else:
+                raise Unsupported(f"a placeholder in {parts!r} is not supported")
+        self.single = len(pieces) == 1
+        self.first, self.last = self._piece(pieces[0]), self._piece(pieces[-1])
+        self.inner = [self._piece(p) for p in pieces[1:-1] if p]
+
+    @staticmethod
+    def _piece(chars: list[str | None]) -> tuple[str | re.Pattern[str], int]:
+        """A literal string, or with `?` a pattern without repetition (linear to search),
+        and the number of characters it matches."""
+        if None not in chars:
+            return "".join(c for c in chars if c is not None), len(chars)
+        return re.compile("".join("." if c is None else re.escape(c) for c in chars),
+                          re.DOTALL), len(chars)
+
+    def matches(self, text: str) -> bool:
+        (first, first_len), (last, last_len) = self.first, self.last
+        if self.single:
+            return len(text) == first_len and _at(first, text, 0)
+        if not _at(first, text, 0):
+            return False
+        pos, end = first_len, len(text) - last_len
+        if end < pos or not _at(last, text, end):
+            return False
+        for piece, length in self.inner:
+            if isinstance(piece, str):
+                found = text.find(piece, pos, end)
+                if found < 0:
+                    return False
+                pos = found + length
+            else:
+                match = piece.search(text, pos, end)
+                if match is None:
+                    return False
+                pos = match.end()
+        return True
+
+
+def _at(piece: str | re.Pattern[str], text: str, index: int) -> bool:
+    """Whether ``piece`` matches ``text`` at ``index`` (an empty piece always does)."""
+    if isinstance(piece, str):
+        return text.startswith(piece, index)
+    return piece.match(text, index) is not None
 
 
 def _as_number(value: Any) -> int | float | None:
