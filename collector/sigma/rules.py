@@ -184,8 +184,12 @@ def load(paths: list[str]) -> Loaded:
         except (OSError, SigmaError, ValueError, yaml.YAMLError) as exc:
             loaded.problems.append(Problem(path, "", f"{type(exc).__name__}: {exc}"))
             continue
+        # pySigma lists a rule's error with the rule and again with the file: told once,
+        # with the rule's name.
+        of_rules = {str(e) for rule in collection.rules for e in rule.errors}
         for error in collection.errors:
-            loaded.problems.append(Problem(path, "", str(error)))
+            if str(error) not in of_rules:
+                loaded.problems.append(Problem(path, "", str(error)))
         for rule in collection.rules:
             name = str(rule.id or rule.title)
             if rule.errors:
