@@ -8,7 +8,7 @@ rest is the same everywhere and done here: the event header, ``process.parent`` 
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 from common import ttphash
 from common.proctable import Entry, ProcessTable, parent_context
@@ -44,14 +44,19 @@ def process_create(table: ProcessTable, host: dict[str, Any], provider: str,
                    process: dict[str, Any], *, pid: int, start_key: float | None,
                    ppid: int | None, parents: Parents, timestamp: Any = None,
                    original_id: str | None = None, kind: str = "event",
-                   record: bool = True, memo: ttphash.Memo | None = None) -> Event:
+                   record: bool = True, memo: ttphash.Memo | None = None,
+                   parent_fields: Mapping[str, Any] | None = None) -> Event:
     """A complete process-create event for ``process`` (which gains its ``parent``), recorded
     in the table unless ``record`` is false (a failed exec does not replace the caller's
-    image), with its TTPHash (through the platform's ``memo``)."""
+    image), with its TTPHash (through the platform's ``memo``). ``parent_fields`` are set on
+    any parent found, whichever way it was found (a platform's fixed values)."""
     event = new_event(ACTION_PROCESS_CREATE, provider, host=host, timestamp=timestamp,
                       original_id=original_id)
     event["event"]["kind"] = kind
-    process["parent"] = parent_map(table, ppid, start_key, parents)
+    parent = parent_map(table, ppid, start_key, parents)
+    if parent is not None and parent_fields:
+        parent.update(parent_fields)
+    process["parent"] = parent
     event["process"] = process
     if record:
         table.record(Entry(pid, start_key, process, event["event"]["id"]))

@@ -14,6 +14,7 @@ import datetime as _dt
 import ntpath
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Protocol
 
 from common import ttphash
@@ -176,6 +177,12 @@ def _pe_fields(facts: PEFacts) -> dict[str, Any]:
             "hash": {"md5": facts.md5, "sha1": facts.sha1, "sha256": facts.sha256}}
 
 
+# QLOG writes the parent's Imagefilename and KernelImagefilename as "" (the seed's Explorer),
+# and both enter the TTPHash. Set so always: known only when the sensor saw the parent start,
+# they would make one execution's hash depend on how long the sensor had been running.
+QLOG_PARENT_NAMES = MappingProxyType({"name": "", "kernel_image_name": ""})
+
+
 @dataclass
 class WindowsEnricher:
     inspector: ProcessInspector
@@ -242,7 +249,7 @@ class WindowsEnricher:
                               start_key=start_key, ppid=start.ppid, parents=self,
                               timestamp=when.moment,
                               original_id=str(start.sequence) if start.sequence else None,
-                              memo=self.fingerprints)
+                              memo=self.fingerprints, parent_fields=QLOG_PARENT_NAMES)
 
     def running(self, entry: Entry) -> bool:
         """Whether the process of ``entry`` still runs: not another that has its pid now,

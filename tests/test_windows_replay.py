@@ -62,6 +62,11 @@ def test_replay_enriches_like_qlog_with_the_right_parents(tmp_path) -> None:
         _etw(3, 600, {"ProcessID": 601, "ParentProcessID": 600,
                       "ImageName": "\\Device\\HarddiskVolume3\\Program Files\\Notepad\\"
                                    "Notepad.exe"}),
+        # a child of Notepad, whose start the sensor saw
+        {"process": {"pid": 11300, "create_time": "2021-12-30T08:14:00Z",
+                     "image": "C:\\WINDOWS\\Explorer.EXE", "user_sid": sid}},
+        _etw(3, 11272, {"ProcessID": 11300, "ParentProcessID": 11272,
+                        "ImageName": "\\Device\\HarddiskVolume3\\WINDOWS\\Explorer.EXE"}),
         {"nonsense": True},
     ]
     replay = tmp_path / "replay.jsonl"
@@ -69,7 +74,7 @@ def test_replay_enriches_like_qlog_with_the_right_parents(tmp_path) -> None:
     result = run_cli("windows", "replay", "--format", "qlog", str(replay))
     assert result.returncode == 2 and f"line {len(lines)}:" in result.stderr
     docs = {d["PID"]: d for d in map(json.loads, result.stdout.splitlines())}
-    assert set(docs) == {11272, 501, 601}
+    assert set(docs) == {11272, 501, 601, 11300}
     notepad = docs[11272]
     assert list(notepad) == QLOG_FIELDS and list(notepad["ParentProcess"]) == QLOG_FIELDS
     assert notepad["Fullpath"] == "C:\\Program Files\\Notepad\\Notepad.exe"
@@ -83,6 +88,16 @@ def test_replay_enriches_like_qlog_with_the_right_parents(tmp_path) -> None:
     assert parent["PID"] == 7008 and parent["Fullpath"] == "C:\\WINDOWS\\Explorer.EXE"
     assert parent["OriginalFilename"] == "t64.exe" and parent["isRunning"] is True
     assert parent["Commandline"] == "C:\\WINDOWS\\Explorer.EXE "
+    # As QLOG writes a parent: no image names, whether the sensor saw it start (Notepad, for
+    # its child) or found it running (Explorer); so the TTPHash cannot depend on which.
+    assert parent["Imagefilename"] == "" and parent["KernelImagefilename"] == ""
+    seen = docs[11300]["ParentProcess"]
+    assert seen["PID"] == 11272 and seen["Fullpath"] == notepad["Fullpath"]
+    assert seen["Imagefilename"] == "" and seen["KernelImagefilename"] == ""
+    ecs = run_cli("windows", "replay", "--format", "ecs", str(replay))
+    complete = {e["process"]["pid"]: e["ttphash"]["complete"]
+                for e in map(json.loads, ecs.stdout.splitlines())}
+    assert complete[11272] is True        # nothing of Notepad's or its parent's is unknown
     assert docs[501]["ParentProcess"]["isRunning"] is False
     assert docs[501]["ProcessIntegrityLevel"] == "Medium"  # from the v3 MandatoryLabel
     assert docs[601]["ParentProcess"]["PID"] == 600
