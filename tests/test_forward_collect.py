@@ -141,17 +141,30 @@ def _wait(predicate, what: str, timeout: float = 300) -> None:
         time.sleep(0.2)
 
 
+def _p7_rule(directory: Path) -> Path:
+    """A Sigma rule evaluated at ingest in the crash tests: its matches too must be stored
+    exactly once."""
+    rule = directory / "p7.yml"
+    rule.write_text("title: p7 runs\nid: 4f0e7c1a-0d53-4a4e-9a43-7d1f5b1c0a07\nlevel: high\n"
+                    "logsource:\n    category: process_creation\n    product: linux\n"
+                    "detection:\n    sel:\n        Image|endswith: /p7\n    condition: sel\n")
+    return rule
+
+
+def _matched_once(store: Store, total: int, collector: Proc) -> None:
+    matched = store.sigma_matches(limit=total)
+    assert sorted(m["seq"] for m in matched) == [i for i in range(total) if i % 101 == 7]
+    assert {m["title"] for m in matched} == {"p7 runs"}
+    assert "Sigma rules: 1 evaluated at ingest" in collector.text()
+
+
 def test_crash_test_exactly_once_in_the_store_despite_sigkills(lab, store_location) -> None:
     tmp, issued = lab
     total = int(os.environ.get("TTPSENSOR_CRASH_EVENTS", "200000"))
     kills = int(os.environ.get("TTPSENSOR_CRASH_KILLS", "20"))
     spool = Spool(str(tmp / "spool"), batch_events=500, segment_bytes=4 << 20)
     port = free_port()
-    # A Sigma rule evaluated at ingest: its matches too must be stored exactly once.
-    rule = tmp / "p7.yml"
-    rule.write_text("title: p7 runs\nid: 4f0e7c1a-0d53-4a4e-9a43-7d1f5b1c0a07\nlevel: high\n"
-                    "logsource:\n    category: process_creation\n    product: linux\n"
-                    "detection:\n    sel:\n        Image|endswith: /p7\n    condition: sel\n")
+    rule = _p7_rule(tmp)
     collector = _collector(tmp, issued, port, store_location, sigma=str(rule))
     forwarder = _forwarder(tmp, issued, [port])
     try:
@@ -167,10 +180,7 @@ def test_crash_test_exactly_once_in_the_store_despite_sigkills(lab, store_locati
     assert store.count_events() == total  # none lost, none twice (keys are (spool, seq))
     assert store.seqs() == list(range(total))
     assert sum(r["count"] for r in store.top(1000)) == total  # the baseline counted each once
-    matched = store.sigma_matches(limit=total)
-    assert sorted(m["seq"] for m in matched) == [i for i in range(total) if i % 101 == 7]
-    assert {m["title"] for m in matched} == {"p7 runs"}
-    assert "Sigma rules: 1 evaluated at ingest" in collector.text()
+    _matched_once(store, total, collector)
     assert Spool(str(tmp / "spool"), readonly=True).acked() == total
 
 
@@ -235,7 +245,8 @@ def test_crash_test_through_jetstream(tmp_path, nats_server) -> None:
     spool = Spool(str(tmp_path / "spool"), batch_events=500, segment_bytes=4 << 20)
     publisher_args = ["forward", "--spool", str(tmp_path / "spool"), "--nats", nats_server,
                       "--sensor", "sensor-a"]
-    consumer_args = ["collect", "--nats", nats_server, "--store", store]
+    consumer_args = ["collect", "--nats", nats_server, "--store", store,
+                     "--sigma", str(_p7_rule(tmp_path))]
     publisher = Proc(tmp_path, "publisher", publisher_args)
     consumer = Proc(tmp_path, "consumer", consumer_args)
     try:
@@ -251,6 +262,7 @@ def test_crash_test_through_jetstream(tmp_path, nats_server) -> None:
     assert result.count_events() == total
     assert result.seqs() == list(range(total))
     assert sum(r["count"] for r in result.top(1000)) == total
+    _matched_once(result, total, consumer)
     assert Spool(str(tmp_path / "spool"), readonly=True).acked() == total
 
 
