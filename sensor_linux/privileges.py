@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
+import stat
 
 CAP_DAC_READ_SEARCH = 2
 CAP_SYS_PTRACE = 19
@@ -71,6 +72,29 @@ def sensor_dirs(paths: list[str]) -> list[str]:
                 and directory not in dirs:
             dirs.append(directory)
     return dirs
+
+
+def cannot_replace(paths: list[str]) -> list[str]:
+    """Why this process could not rotate or replace each of ``paths`` (rename it, create it
+    anew), for those it could not: run after the privilege drop, so that an output in a
+    shared directory fails at start, not at its first rotation with events in flight."""
+    problems = []
+    for path in paths:
+        directory = os.path.dirname(os.path.abspath(path))
+        # The effective ids and capabilities (CAP_DAC_READ_SEARCH crosses a 0700 parent).
+        if not os.access(directory, os.W_OK | os.X_OK, effective_ids=True):
+            problems.append(f"{path}: the directory {directory} is not writable")
+            continue
+        try:
+            owner = os.lstat(path).st_uid
+            shared = os.stat(directory)
+        except FileNotFoundError:
+            continue
+        me = os.geteuid()
+        if me != 0 and shared.st_mode & stat.S_ISVTX and me not in (owner, shared.st_uid):
+            problems.append(f"{path}: {directory} is a shared (sticky) directory and the file "
+                            "is not ours, so it cannot be renamed")
+    return problems
 
 
 def drop_to(user: str, writable_dirs: list[str]) -> str:

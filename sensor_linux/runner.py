@@ -194,7 +194,7 @@ def run(source: Source, sink: Output, config: RunConfig, stop: StopFlag, *,
     ``periodic`` runs at every tick (local delivery), a failure reported and tried again.
     Raises SourceError (the sink is closed) when the source cannot start, PrivilegeError
     when the privilege drop fails."""
-    from sensor_linux.privileges import drop_to, sensor_dirs
+    from sensor_linux.privileges import PrivilegeError, cannot_replace, drop_to, sensor_dirs
     from sensor_linux.procscan import seed_process_table
     from sensor_linux.status import StatusReporter
 
@@ -212,6 +212,12 @@ def run(source: Source, sink: Output, config: RunConfig, stop: StopFlag, *,
             files = written + source.files() + ([config.status_file] if config.status_file
                                                 else [])
             say(drop_to(config.user, sensor_dirs(files)))
+            problems = cannot_replace(files)
+            if problems:
+                raise PrivilegeError(1, f"as {config.user}, the sensor could not rotate or "
+                                     f"replace its files: {'; '.join(problems)}. Write them "
+                                     "to a directory named for the sensor (it is handed to "
+                                     f"{config.user}), or pass --user root")
             reporter = StatusReporter(source, sink, config.status_file, config.status_interval)
         ticks = ([reporter.tick] if reporter is not None else []) + periodic
         pump(source, sink, stop, on_tick=lambda: _tick(ticks, say))

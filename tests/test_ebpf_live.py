@@ -217,3 +217,46 @@ def test_self_check_refuses_offsets_that_read_the_wrong_member(monkeypatch) -> N
     with pytest.raises(probes.PrerequisiteError, match="uids: expected"):
         loaded.load()
     assert loaded.bpf is None  # detached again
+
+
+def test_a_failing_output_stops_the_poll_instead_of_losing_every_event() -> None:
+    """What on_exec raises (an output that cannot be written) comes out of poll(): ctypes
+    would print it and carry on, each later event lost the same way."""
+    require_bcc()
+    from sensor_linux.ebpf import probes
+
+    def full_disk(record) -> None:  # noqa: ANN001
+        raise OSError(28, "No space left on device")
+
+    loaded = probes.ExecProbes(on_exec=full_disk, ringbuf_pages=8)
+    loaded.load()
+    try:
+        deadline = time.monotonic() + 60
+        with pytest.raises(OSError, match="No space left"):
+            while time.monotonic() < deadline:   # any exec on the machine will do
+                subprocess.run(["/bin/true"], check=True)
+                loaded.poll(100)
+        loaded.poll(0)                           # raised once: the next poll goes on
+    finally:
+        loaded.close()
+
+
+def test_an_output_the_unprivileged_sensor_could_not_rotate_is_refused_at_start(
+        tmp_path) -> None:
+    """A root-owned output in a shared sticky directory (such as /tmp): once the sensor has
+    dropped to its user it could not rename it to rotate it, and at the first rotation every
+    event after was lost. It now stops at start, saying why, before any event is read."""
+    require_bcc()
+    from tests.conftest import ttpsensor_command
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    own = tmp_path / "ttpsensor-own"
+    result = subprocess.run(
+        ttpsensor_command() + ["run", "--source", "ebpf", "--output",
+                               f"jsonl:{shared}/events.jsonl", "--store", "",
+                               "--status-file", str(own / "status.json")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert f"{shared}/events.jsonl: {shared} is a shared (sticky) directory" in result.stderr
+    assert "--user root" in result.stderr and "Traceback" not in result.stderr

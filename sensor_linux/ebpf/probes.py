@@ -258,6 +258,7 @@ class ExecProbes:
     offsets: dict[str, int] = field(default_factory=dict)
     bpf: object = field(default=None, repr=False)
     _check_exec: tuple[int, bytes] | None = field(default=None, repr=False)
+    _failure: BaseException | None = field(default=None, repr=False)
 
     def load(self) -> None:
         """Compile with this kernel's offsets, attach, and run the self-check."""
@@ -293,13 +294,20 @@ class ExecProbes:
         self.load_seconds = time.monotonic() - started
 
     def _callback(self, _ctx: int, data: int, size: int) -> int:
-        record = decode(ctypes.string_at(data, size))
-        if self._check_exec is not None and (record.pid, record.args and record.args[-1]) \
-                == self._check_exec:
-            self._check_exec = None  # the self-check's own exec: no event of the host
-            return 0
-        self.received += 1
-        self.on_exec(record)
+        # An exception must not reach ctypes, which prints it and goes on: a failed output
+        # (a rotation refused, a full disk) lost every later event without stopping the run.
+        # It is kept, the poll stops (a negative return), and poll() raises it.
+        try:
+            record = decode(ctypes.string_at(data, size))
+            if self._check_exec is not None and (record.pid, record.args and record.args[-1]) \
+                    == self._check_exec:
+                self._check_exec = None  # the self-check's own exec: no event of the host
+                return 0
+            self.received += 1
+            self.on_exec(record)
+        except BaseException as exc:  # noqa: BLE001 - raised again by poll()
+            self._failure = exc
+            return -1
         return 0
 
     def _self_check(self) -> None:
@@ -350,7 +358,12 @@ class ExecProbes:
         return record if record.pid == pid else None
 
     def poll(self, timeout_ms: int) -> None:
+        """Deliver what the ring holds (waiting up to ``timeout_ms`` for something); what
+        ``on_exec`` raised is raised here."""
         self.bpf.ring_buffer_poll(timeout_ms)  # type: ignore[attr-defined]
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
 
     def drops(self) -> dict[str, int]:
         """Counters of what the probes could not deliver (summed over CPUs)."""
