@@ -23,6 +23,7 @@ from common import bench, qlog, ttphash
 from common.spool import Spool
 from tests.conftest import (ROOT, free_port, not_listening, require, seed_qlog_example,
                             ttpsensor_command)
+from tests.sigma_rules import rule_yaml, selection, write_rules
 
 CORPUS = ROOT.parent / "shared" / "corpus" / "laurel" / "proc-trace-dpkg-l.txt"
 SCREENSHOTS = ROOT / "out" / "console-screenshots"
@@ -81,25 +82,19 @@ def _generated() -> list[dict]:
 
 
 SIGMA_RULES = {
-    "curl.yml": ("Curl on a host", "high", "linux", "Image|endswith: /curl"),
-    "notepad.yml": ("Notepad started", "critical", "windows", "Image|endswith: '\\notepad.exe'"),
+    "curl.yml": rule_yaml("Curl on a host", selection("Image|endswith: /curl")),
+    "notepad.yml": rule_yaml("Notepad started", selection("Image|endswith: '\\notepad.exe'"),
+                             product="windows", level="critical"),
     # A title with markup: shown as text.
-    "hostile.yml": ("<b>Event handler</b> in argv", "medium", "linux",
-                    "CommandLine|contains: onmouseover"),
+    "hostile.yml": rule_yaml("<b>Event handler</b> in argv",
+                             selection("CommandLine|contains: onmouseover"), level="medium"),
 }
 
 
 def _sigma(directory: Path):
     """The console's rules, evaluated as the events are stored."""
     from collector.sigma.rules import load_rule_set
-    directory.mkdir(exist_ok=True)
-    for n, (name, (title, level, product, selection)) in enumerate(sorted(SIGMA_RULES.items())):
-        (directory / name).write_text(
-            f"title: '{title}'\nid: 2c8e4f7a-1b3d-4e5f-8a9b-00000000000{n}\nlevel: {level}\n"
-            f"tags: [attack.execution]\nlogsource:\n    category: process_creation\n"
-            f"    product: {product}\ndetection:\n    sel:\n        {selection}\n"
-            "    condition: sel\n")
-    rules = load_rule_set([str(directory)], print)
+    rules = load_rule_set([write_rules(directory, SIGMA_RULES)], print)
     assert len(rules) == len(SIGMA_RULES)
     return rules
 

@@ -19,6 +19,7 @@ from collector.store import Store
 from common import pki, ttphash
 from common.spool import Spool
 from tests.conftest import free_port, ttpsensor_command
+from tests.sigma_rules import rule_yaml, selection
 
 pytestmark = pytest.mark.server
 
@@ -145,9 +146,7 @@ def _p7_rule(directory: Path) -> Path:
     """A Sigma rule evaluated at ingest in the crash tests: its matches too must be stored
     exactly once."""
     rule = directory / "p7.yml"
-    rule.write_text("title: p7 runs\nid: 4f0e7c1a-0d53-4a4e-9a43-7d1f5b1c0a07\nlevel: high\n"
-                    "logsource:\n    category: process_creation\n    product: linux\n"
-                    "detection:\n    sel:\n        Image|endswith: /p7\n    condition: sel\n")
+    rule.write_text(rule_yaml("p7 runs", selection("Image|endswith: /p7")))
     return rule
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import zlib
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 from collector.sigma.rules import Glob, RuleSet, load
 from common import bench, qlog
 from tests.conftest import run_cli, seed_qlog_example
+from tests.sigma_rules import rule_yaml
 
 
 def linux(executable: str, args: list, parent: str = "/usr/bin/bash", **process) -> dict:
@@ -34,17 +34,8 @@ def windows(command_line: str, image: str = "C:\\Windows\\System32\\cmd.exe") ->
 
 def rule(tmp_path, name: str, detection: str, product: str = "linux") -> str:
     path = tmp_path / f"{name}.yml"
-    path.write_text(f"""title: {name}
-id: 00000000-0000-4000-8000-{zlib.crc32(name.encode()):012d}
-status: test
-level: high
-tags: [attack.execution, attack.t1059.004]
-logsource:
-    category: process_creation
-    product: {product}
-detection:
-{detection}
-""")
+    path.write_text(rule_yaml(name, detection, product=product,
+                              tags=("attack.execution", "attack.t1059.004")))
     return str(path)
 
 

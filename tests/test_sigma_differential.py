@@ -17,6 +17,7 @@ from collector.sigma import sqlpath
 from collector.sigma.generate import generate
 from collector.sigma.rules import RuleSet, compile_rule
 from common import bench
+from tests.sigma_rules import rule_yaml
 from tests.test_sigma import CASES, linux, windows
 
 HANDWRITTEN_WINDOWS = [
@@ -35,9 +36,7 @@ HANDWRITTEN_WINDOWS = [
 
 
 def rule_text(n: int, product: str, detection: str) -> str:
-    return (f"title: differential {n}\nid: 1b6f0d9e-3c2a-4d8e-9f00-{n:012d}\nlevel: medium\n"
-            f"logsource:\n    category: process_creation\n    product: {product}\n"
-            f"detection:\n{detection}\n")
+    return rule_yaml(f"differential {n}", detection, product=product, level="medium")
 
 
 def all_rules() -> list[str]:

@@ -19,29 +19,18 @@ from sensor_linux import app
 from sensor_linux.runner import RunConfig
 from sensor_linux.sources import SOURCES, SourceEntry
 from tests.conftest import run_cli, seed_qlog_example
+from tests.sigma_rules import rule_id, rule_yaml, selection, write_rules
 from tests.test_runner import TOY_PIPE
 
 RULES = {
-    "curl_to_tmp.yml": ("Download to tmp", "high", "linux",
-                        "    sel:\n        Image|endswith: /curl\n"
-                        "        CommandLine|contains: ' -o /tmp/'\n    condition: sel"),
-    "any_shell.yml": ("Shell started", "low", "linux",
-                      "    sel:\n        Image|endswith:\n            - /sh\n            - /bash\n"
-                      "    condition: sel"),
-    "win_cmd.yml": ("Windows shell", "critical", "windows",
-                    "    sel:\n        Image|endswith: '\\cmd.exe'\n    condition: sel"),
+    "curl_to_tmp.yml": rule_yaml("Download to tmp", "    sel:\n        Image|endswith: /curl\n"
+                                 "        CommandLine|contains: ' -o /tmp/'\n    condition: sel"),
+    "any_shell.yml": rule_yaml("Shell started", "    sel:\n        Image|endswith:\n"
+                               "            - /sh\n            - /bash\n    condition: sel",
+                               level="low"),
+    "win_cmd.yml": rule_yaml("Windows shell", selection("Image|endswith: '\\cmd.exe'"),
+                             product="windows", level="critical"),
 }
-
-
-def write_rules(directory) -> str:
-    directory.mkdir(exist_ok=True)
-    for n, (name, (title, level, product, detection)) in enumerate(sorted(RULES.items())):
-        (directory / name).write_text(
-            f"title: {title}\nid: 7d0c5a52-5f4e-4c1b-8e5a-00000000000{n}\nlevel: {level}\n"
-            f"tags: [attack.execution, attack.t1059]\nlogsource:\n"
-            f"    category: process_creation\n    product: {product}\n"
-            f"detection:\n{detection}\n")
-    return str(directory)
 
 
 def linux(executable: str, args: list, host: str, ts: str) -> dict:
@@ -78,7 +67,7 @@ def events() -> list[dict]:
 def test_matches_are_stored_once_marked_when_allowed_and_hunted(tmp_path,
                                                                store_location) -> None:
     said: list[str] = []
-    rules = load_rule_set([write_rules(tmp_path / "rules")], said.append)
+    rules = load_rule_set([write_rules(tmp_path / "rules", RULES)], said.append)
     assert said == ["Sigma rules: 3 evaluated at ingest, 0 for other log sources, 0 not used"]
     batch = events()
     with Store(store_location, rules=rules) as store:
@@ -102,7 +91,7 @@ def test_matches_are_stored_once_marked_when_allowed_and_hunted(tmp_path,
     assert hunt() == [(4, 0), (1, 1), (0, 0)]
     assert hunt("--level", "high") == [(4, 0), (0, 0)]             # high and above
     assert hunt("--rule", "Shell started") == [(1, 1)]
-    assert hunt("--rule", "7d0c5a52-5f4e-4c1b-8e5a-000000000002") == [(4, 0)]
+    assert hunt("--rule", rule_id("Windows shell")) == [(4, 0)]
     assert hunt("--host", "web-1") == [(0, 0)]
     assert hunt("--since", "2026-12-01T10:00:01Z") == [(4, 0), (1, 1)]
     table = run_cli("hunt", "--store", store_location, "sigma")
@@ -123,7 +112,7 @@ def test_the_sensors_embedded_collector_evaluates_rules(tmp_path) -> None:
     store = str(tmp_path / "store.sqlite")
     app.run_sensor(RunConfig(source="toy"), [f"jsonl:{tmp_path}/out.jsonl",
                                              f"spool:{tmp_path}/sp"], store, said.append,
-                   registry=registry, sigma=[write_rules(tmp_path / "rules")])
+                   registry=registry, sigma=[write_rules(tmp_path / "rules", RULES)])
     assert "Sigma rules: 3 evaluated at ingest, 0 for other log sources, 0 not used" in said
     with Store(store, readonly=True) as stored:
         assert sorted(r["title"] for r in stored.sigma_matches()) == ["Shell started"] * 2
@@ -137,7 +126,7 @@ def test_the_sensors_embedded_collector_evaluates_rules(tmp_path) -> None:
 
 def test_rules_that_cannot_be_used_are_told_and_the_rest_evaluated(tmp_path) -> None:
     directory = tmp_path / "rules"
-    write_rules(directory)
+    write_rules(directory, RULES)
     (directory / "broken.yml").write_text("title: x\ndetection: [\n")
     (directory / "loaded_dll.yml").write_text(
         "title: dll\nlogsource:\n    category: process_creation\n    product: windows\n"
@@ -168,7 +157,7 @@ def test_generated_rules_load_and_some_match_the_bench_events(tmp_path) -> None:
 def test_threads_share_nothing_while_matching(tmp_path) -> None:
     """Collector connection threads ingest concurrently: a rule set keeps no per-event state
     between calls."""
-    rules = load_rule_set([write_rules(tmp_path / "rules")], lambda m: None)
+    rules = load_rule_set([write_rules(tmp_path / "rules", RULES)], lambda m: None)
     batch = events()
     expected = [[r.title for r in rules.match(e)] for e in batch]
     seen: list[list[list[str]]] = []
