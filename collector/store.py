@@ -261,6 +261,13 @@ class Store:
         if not self.postgres:
             self.db.commit()
 
+    def _has_table(self, table: str) -> bool:
+        try:
+            self._execute(f"SELECT 1 FROM {table} WHERE 0 = 1").fetchall()
+        except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike (autocommit)
+            return False
+        return True
+
     def _needs_migration(self) -> bool:
         """An events table without the ``ttphash_check`` column: a store from before issue 16."""
         for probe in ("SELECT spool FROM events WHERE 0 = 1",
@@ -586,7 +593,10 @@ class Store:
                       ttphash: str | None = None) -> list[dict[str, Any]]:
         """Stored Sigma matches, newest first: at or above ``min_level`` (SIGMA_LEVELS), of a
         rule (its id or title), of a host, at or after ``since``, of a TTPHash. ``allowed`` is
-        1 when the TTPHash was allow-listed at ingest or is now."""
+        1 when the TTPHash was allow-listed at ingest or is now. A store from before Sigma,
+        opened read-only, has none."""
+        if self.readonly and not self._has_table("sigma_matches"):
+            return []
         where, args = [], []
         if min_level:
             levels = SIGMA_LEVELS[SIGMA_LEVELS.index(min_level):]

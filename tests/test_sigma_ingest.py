@@ -170,3 +170,14 @@ def test_threads_share_nothing_while_matching(tmp_path) -> None:
     for t in threads:
         t.join()
     assert seen == [expected] * 4
+
+
+def test_a_store_from_before_sigma_answers_hunt_sigma_with_nothing(tmp_path) -> None:
+    """`hunt` opens a store read-only, so it cannot add the table an older store lacks."""
+    path = str(tmp_path / "old.sqlite")
+    with Store(path) as store:
+        store.ingest("s", 0, events()[:1], "sensor-1")
+        store.db.execute("DROP TABLE sigma_matches")
+        store.db.commit()
+    result = run_cli("hunt", "--store", path, "--json", "sigma")
+    assert result.returncode == 0 and result.stdout == "", result.stderr
