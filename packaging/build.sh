@@ -131,5 +131,9 @@ step "msi"
 wixl -a x64 -D Version="$version" -D Win64=yes -D SitePackages="$work/windows/files/site-packages" \
   -D Files="$work/windows/files" -o "dist/ttpsensor-$version-x64.msi" \
   packaging/windows/ttpsensor.wxs "$work/windows/site-packages.wxs"
+# The data folder (command lines of every process) for SYSTEM and Administrators only, not
+# inherited from ProgramData, where every user may read: wixl has no <Permission>, so the
+# MsiLockPermissionsEx table (an SDDL, Windows Installer 5) is added to the package after.
+msibuild "dist/ttpsensor-$version-x64.msi" -i packaging/windows/MsiLockPermissionsEx.idt
 
 step "done: $(ls dist/ttpsensor_"$version"_amd64.deb dist/ttpsensor-"$version".x86_64.rpm dist/ttpsensor-"$version"-x64.msi | tr '\n' ' ')"

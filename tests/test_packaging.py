@@ -159,6 +159,16 @@ def test_msi_tables_service_and_files(packages) -> None:
     registry = _run("msiinfo", "export", msi, "Registry", check=True).stdout
     parameters = next(line for line in registry.splitlines() if "AppParameters" in line)
     assert "windows run --session ttpsensor-process --output" in parameters
+    # The data folder (every command line) is SYSTEM's and the Administrators' alone: a
+    # protected DACL, nothing inherited from ProgramData (where every user may read), the
+    # same rights `windows service install` gives it with icacls (service.DATA_ACL).
+    from sensor_windows.service import DATA_ACL
+    locks = _run("msiinfo", "export", msi, "MsiLockPermissionsEx", check=True).stdout
+    lock = next(line.split("\t") for line in locks.splitlines()[3:])
+    assert lock[1:4] == ["DATADIR", "CreateFolder", "D:PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)"]
+    assert DATA_ACL == ["/inheritance:r", "/grant:r", "*S-1-5-18:(OI)(CI)F",
+                        "*S-1-5-32-544:(OI)(CI)F"]     # SY and BA, as in the SDDL above
+    assert "LockPermissions" not in tables   # never both tables (error 1941)
     files = _run("msiextract", "-l", msi, check=True).stdout.replace("\\", "/").splitlines()
     names = {f.split("ttpsensor/", 1)[-1] for f in files}
     for name in ("nssm.exe", "ttpsensor.py", "site-packages/sensor_windows/etw_source.py",
