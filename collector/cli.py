@@ -273,8 +273,10 @@ def collect(listen: str, cert: str | None, key: str | None, ca: str | None, stor
     finally:
         if console is not None:
             console.should_exit = True
+    sigma = {"sigma_errors": rules.errors} if rules is not None else {}
     click.echo("ttpsensor collect: stopped: "
-               f"{json.dumps(asdict(collector.stats) | asdict(collector.admitted))}", err=True)
+               f"{json.dumps(asdict(collector.stats) | asdict(collector.admitted) | sigma)}",
+               err=True)
 
 
 def _consume(url: str, durable: str, store: Any) -> None:
@@ -308,4 +310,6 @@ def _consume(url: str, durable: str, store: Any) -> None:
     click.echo(f"ttpsensor collect: consuming {url} as {durable}", err=True)
     asyncio.run(consume(url, durable, ingest, stop.is_set,
                         lambda m: click.echo(f"ttpsensor collect: {m}", err=True)))
-    click.echo(f"ttpsensor collect: stopped: {json.dumps(counts | asdict(admitted))}", err=True)
+    sigma = {"sigma_errors": store.rules.errors} if store.rules is not None else {}
+    click.echo(f"ttpsensor collect: stopped: {json.dumps(counts | asdict(admitted) | sigma)}",
+               err=True)

@@ -146,7 +146,10 @@ class MatchedRule(Protocol):
 
 
 class Matcher(Protocol):
-    """Rules evaluated on each new process creation at ingest (collector.sigma.rules.RuleSet)."""
+    """Rules evaluated on each new process creation at ingest (collector.sigma.rules.RuleSet).
+    ``errors``: evaluations that raised, by rule (taken as no match)."""
+
+    errors: dict[str, int]
 
     def match(self, event: Event) -> Sequence[MatchedRule]: ...
 

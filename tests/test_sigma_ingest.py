@@ -181,3 +181,18 @@ def test_a_store_from_before_sigma_answers_hunt_sigma_with_nothing(tmp_path) -> 
         store.db.commit()
     result = run_cli("hunt", "--store", path, "--json", "sigma")
     assert result.returncode == 0 and result.stdout == "", result.stderr
+
+
+def test_a_rule_that_fails_on_an_event_is_counted_and_the_frame_still_stored(tmp_path) -> None:
+    """A rule whose evaluation raises (a bug, a value of a type nobody foresaw) must not fail
+    the frame's ingest: the collector would refuse it and the forwarder send it for ever."""
+    rules = load_rule_set([write_rules(tmp_path / "rules", RULES)], lambda m: None)
+    shell = next(r for r in rules.rules if r.title == "Shell started")
+
+    def broken(fields) -> bool:  # noqa: ANN001
+        raise TypeError("a value nobody foresaw")
+    shell.test = broken
+    with Store(str(tmp_path / "store.sqlite"), rules=rules) as store:
+        result = store.ingest("s", 0, events(), "sensor-1")
+        assert result.new == 6 and result.matches == 2     # the other rules still matched
+    assert rules.errors == {shell.id: 1}                  # bash: the one event it was asked

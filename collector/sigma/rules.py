@@ -121,6 +121,9 @@ class RuleSet:
 
     def __init__(self, rules: list[CompiledRule]) -> None:
         self.rules = rules
+        # Evaluations that raised, by rule id: counted and taken as no match, since a frame
+        # whose ingest failed would be refused and sent again for ever.
+        self.errors: dict[str, int] = {}
         self._always: dict[str | None, list[int]] = {}
         # product -> field -> [(literal, indexes of the rules that need it)]
         self._needed: dict[str | None, dict[str, list[tuple[str, list[int]]]]] = {}
@@ -159,7 +162,16 @@ class RuleSet:
                 if literal in text:
                     candidates.update(indexes)
         rules = self.rules
-        return [rules[i] for i in sorted(candidates) if rules[i].test(fields)]
+        matched = []
+        for index in sorted(candidates):
+            rule = rules[index]
+            try:
+                if rule.test(fields):
+                    matched.append(rule)
+            except Exception:  # noqa: BLE001 - see self.errors
+                name = rule.id or rule.title
+                self.errors[name] = self.errors.get(name, 0) + 1
+        return matched
 
 
 def rule_files(paths: list[str]) -> list[str]:
