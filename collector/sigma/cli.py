@@ -10,7 +10,16 @@ import click
 
 @click.group("sigma")
 def sigma_group() -> None:
-    """Sigma rules: check that they load, and what of them this collector can evaluate."""
+    """Sigma process_creation rules: check what of them the collector can evaluate.
+
+    Rules are evaluated at ingest by a collector or the sensor's embedded one, given
+    --sigma; their matches are read with 'hunt sigma' or on the console's Sigma page.
+
+    \b
+      ttpsensor sigma check rules/
+      ttpsensor collect … --sigma rules/
+      ttpsensor hunt sigma --level high
+    """
 
 
 @sigma_group.command("check")
