@@ -80,6 +80,8 @@ def cannot_replace(paths: list[str]) -> list[str]:
     shared directory fails at start, not at its first rotation with events in flight."""
     problems = []
     for path in paths:
+        if os.path.exists(path) and not os.path.isfile(path):
+            continue  # /dev/null, a FIFO: written as they are, never rotated (common/sinks.py)
         directory = os.path.dirname(os.path.abspath(path))
         # The effective ids and capabilities (CAP_DAC_READ_SEARCH crosses a 0700 parent).
         if not os.access(directory, os.W_OK | os.X_OK, effective_ids=True):

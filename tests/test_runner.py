@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
+from pathlib import Path
 
 from collector.store import Store
 from common import ttphash
@@ -14,6 +19,7 @@ from common.sinks import OutputError, emit
 from sensor_linux import app
 from sensor_linux.runner import BaseSource, RunConfig
 from sensor_linux.sources import SOURCES, SourceEntry
+from tests.conftest import require
 
 
 class PipeLines:
@@ -163,3 +169,36 @@ def test_status_events_only_where_the_format_has_room_for_them(tmp_path) -> None
     qlog, final = _serve(tmp_path, "qlog")
     assert [e["QType"] for e in qlog] == ["Process Create"]  # no ECS status event among them
     assert final["running"] is False and final["source"] == "toy"
+
+
+def test_what_an_unprivileged_sensor_could_not_rotate_is_named() -> None:
+    """cannot_replace as the dropped user sees it (run as nobody): a file in a directory it
+    cannot write, and one of root's in a sticky directory, are named; /dev/null (never
+    rotated) and a file in its own directory are not."""
+    require(os.geteuid() == 0, "root is needed to become nobody")
+    base = Path(tempfile.mkdtemp(prefix="ttp-nobody-", dir="/tmp"))  # nobody can reach it
+    try:
+        os.chmod(base, 0o755)
+        closed = base / "closed"
+        closed.mkdir(mode=0o755)
+        sticky = base / "sticky"
+        sticky.mkdir()
+        os.chmod(sticky, 0o1777)
+        (sticky / "root.jsonl").write_text("")
+        own = base / "own"
+        own.mkdir()
+        os.chown(own, 65534, 65534)
+        paths = [str(closed / "a.jsonl"), str(sticky / "root.jsonl"), "/dev/null",
+                 str(own / "b.jsonl")]
+        script = ("import json, sys; from sensor_linux.privileges import cannot_replace; "
+                  "print(json.dumps(cannot_replace(sys.argv[1:])))")
+        done = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True,
+                              text=True, timeout=60,
+                              preexec_fn=lambda: (os.setgid(65534), os.setuid(65534)))
+    finally:
+        shutil.rmtree(base)
+    assert done.returncode == 0, done.stderr
+    problems = json.loads(done.stdout)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith(f"{closed}/a.jsonl: the directory {closed} is not writable")
+    assert problems[1].startswith(f"{sticky}/root.jsonl: {sticky} is a shared (sticky)")
