@@ -355,16 +355,21 @@ def test_a_hunter_in_chromium(console, console_store, browser) -> None:
     # Sigma matches: all three rules matched; narrowed to critical, the Windows one, which
     # links to its TTPHash (allow-listed above: the match is shown as allow-listed).
     browser.find_element(By.LINK_TEXT, "Sigma").click()
-    WebDriverWait(browser, 30).until(lambda b: b.current_url.endswith("/sigma"))
+    WebDriverWait(browser, 30).until(lambda b: b.current_url.endswith("/sigma")
+                                     and b.find_elements(By.ID, "matches"))
     titles = {e.text for e in browser.find_elements(By.CSS_SELECTOR, "#matches tbody td a")}
     assert {"Curl on a host", "Notepad started", "<b>Event handler</b> in argv"} <= titles
     _shot(browser, "8-sigma")
     Select(browser.find_element(By.NAME, "level")).select_by_value("critical")
     browser.find_element(By.ID, "apply").click()
-    WebDriverWait(browser, 30).until(lambda b: "level=critical" in b.current_url)
+    # Wait for the narrowed page itself, not only its address (a busy machine renders late).
+    WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda b: "level=critical" in b.current_url
+        and len(b.find_elements(By.CSS_SELECTOR, "#matches tbody tr")) == 1)
     [row] = browser.find_elements(By.CSS_SELECTOR, "#matches tbody tr")
     assert "Notepad started" in row.text and row.get_attribute("class") == "allowed"
-    row.find_element(By.CSS_SELECTOR, "td.hash a").click()
+    target = row.find_element(By.CSS_SELECTOR, "td.hash a").get_attribute("href")
+    browser.get(target)
     WebDriverWait(browser, 30).until(lambda b: "/hash/" in b.current_url)
     assert browser.find_element(By.ID, "ttphash").text == value
     assert "Notepad started" in browser.find_element(By.ID, "hash-sigma").text
