@@ -3,9 +3,9 @@
 ``make_app(store, access)`` builds it over an open store; ``ttpsensor console`` serves it with
 uvicorn (collector/console/cli.py), and a collector may mount the same app beside itself.
 Routes: /today, /list/{rare,top,unlisted}, /search, /hash/{value} (+ /allow, /revoke),
-/hosts, /host/{name}, /sigma, /login, /logout. Every value is escaped by Jinja2's autoescaping; text
-that was not UTF-8 arrives in percent form (collector/store.py's display columns, and the
-ECS renderer for whole events).
+/hosts, /host/{name}, /sigma, /login, /logout. Every value is escaped by Jinja2's
+autoescaping; text that was not UTF-8 arrives in percent form (collector/store.py's display
+columns, and the ECS renderer for whole events).
 """
 
 from __future__ import annotations
