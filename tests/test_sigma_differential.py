@@ -11,6 +11,8 @@ events' non-ASCII text is not compared across case.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sigma.collection import SigmaCollection
 
 from collector.sigma import sqlpath
@@ -88,3 +90,60 @@ def test_a_rule_set_selects_what_each_rule_alone_does_on_its_product(product) ->
             continue
         assert rules.match(event) == [r for r in compiled
                                       if r.product == product and r.matches(event)]
+
+
+# Random rules against random events, both evaluators: values drawn from characters that are
+# special somewhere (Sigma's * ? \, LIKE's % _, GLOB's [ ]), in both cases of two letters.
+_CHARS = "aAbB%_*?[] /\\"
+_MODIFIERS = ["", "|contains", "|startswith", "|endswith", "|contains|all", "|cased",
+              "|contains|cased", "|windash|contains"]
+_FIELDS = ["Image", "CommandLine", "ParentImage", "CurrentDirectory"]
+
+
+def _sigma_value(text: str) -> str:
+    """``text`` as a single-quoted YAML scalar (Sigma reads \\ * ? in it)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+@st.composite
+def _detections(draw) -> str:
+    selections = []
+    for n in range(draw(st.integers(1, 3))):
+        lines = []
+        for field in draw(st.lists(st.sampled_from(_FIELDS), min_size=1, max_size=2,
+                                   unique=True)):
+            modifier = draw(st.sampled_from(_MODIFIERS))
+            values = draw(st.lists(st.text(_CHARS, min_size=1, max_size=4), min_size=1,
+                                   max_size=3))
+            lines.append(f"        {field}{modifier}:\n" + "".join(
+                f"            - {_sigma_value(v)}\n" for v in values))
+        selections.append(f"    sel{n}:\n" + "".join(lines))
+    names = [f"sel{n}" for n in range(len(selections))]
+    condition = draw(st.sampled_from(
+        ["1 of sel*", "all of sel*", names[0], f"not {names[0]}"]
+        + ([f"{names[0]} and not {names[1]}", f"{names[0]} or {names[1]}"]
+           if len(names) > 1 else [])))
+    return "".join(selections) + f"    condition: {condition}"
+
+
+def _random_event(values: list[str]) -> dict:
+    image, command, parent, cwd = values
+    event = linux(image, command.split(" "), parent=parent, working_directory=cwd)
+    return event
+
+
+@settings(max_examples=300, deadline=None)
+@given(_detections(), st.lists(st.lists(st.text(_CHARS, max_size=8), min_size=4, max_size=4),
+                               min_size=1, max_size=6))
+def test_random_rules_select_the_same_events_both_ways(detection, raw_events) -> None:
+    text = rule_text(0, "linux", detection)
+    [rule] = SigmaCollection.from_yaml(text).rules
+    events = [_random_event(v) for v in raw_events]
+    db = sqlpath.event_table()
+    sqlpath.fill(db, events)
+    by_sql: set[int] = set()
+    for _, query in sqlpath.queries([text]):
+        by_sql |= sqlpath.selected(db, query)
+    compiled = compile_rule(rule)
+    ours = {n for n, event in enumerate(events) if compiled.matches(event)}
+    assert ours == by_sql, (detection, [list(v) for v in raw_events])
