@@ -14,7 +14,7 @@ import pytest
 
 from collector.sigma.rules import load, load_rule_set
 from collector.store import Store
-from common import bench, qlog
+from common import bench, qlog, ttphash
 from sensor_linux import app
 from sensor_linux.runner import RunConfig
 from sensor_linux.sources import SOURCES, SourceEntry
@@ -34,7 +34,6 @@ RULES = {
 
 
 def linux(executable: str, args: list, host: str, ts: str) -> dict:
-    from common import ttphash
     event = copy.deepcopy(bench.varied_events(1)[0])
     event["process"].update(executable=executable, args=args)
     event["process"].pop("command_line", None)
