@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from collector.store import SIGMA_LEVELS
 from common.config import config_option
 
 DEFAULT_STORE = "ttpsensor-data/store.sqlite"
@@ -171,8 +172,7 @@ def allow_list(obj: dict[str, Any]) -> None:
 
 
 @hunt.command("sigma")
-@click.option("--level", type=click.Choice(["informational", "low", "medium", "high",
-                                            "critical"]),
+@click.option("--level", type=click.Choice(SIGMA_LEVELS),
               help="Only matches of rules at this level or above.")
 @click.option("--rule", help="Only matches of this rule (its id or its title).")
 @click.option("--host", help="Only matches on this host.")
@@ -273,10 +273,8 @@ def collect(listen: str, cert: str | None, key: str | None, ca: str | None, stor
     finally:
         if console is not None:
             console.should_exit = True
-    sigma = {"sigma_errors": rules.errors} if rules is not None else {}
-    click.echo("ttpsensor collect: stopped: "
-               f"{json.dumps(asdict(collector.stats) | asdict(collector.admitted) | sigma)}",
-               err=True)
+    click.echo("ttpsensor collect: stopped: " + json.dumps(
+        asdict(collector.stats) | asdict(collector.admitted) | _sigma_summary(rules)), err=True)
 
 
 def _consume(url: str, durable: str, store: Any) -> None:
@@ -310,6 +308,10 @@ def _consume(url: str, durable: str, store: Any) -> None:
     click.echo(f"ttpsensor collect: consuming {url} as {durable}", err=True)
     asyncio.run(consume(url, durable, ingest, stop.is_set,
                         lambda m: click.echo(f"ttpsensor collect: {m}", err=True)))
-    sigma = {"sigma_errors": store.rules.errors} if store.rules is not None else {}
-    click.echo(f"ttpsensor collect: stopped: {json.dumps(counts | asdict(admitted) | sigma)}",
-               err=True)
+    click.echo("ttpsensor collect: stopped: " + json.dumps(
+        counts | asdict(admitted) | _sigma_summary(store.rules)), err=True)
+
+
+def _sigma_summary(rules: Any) -> dict[str, Any]:
+    """The stop line's Sigma part: evaluations that raised, by rule (none without rules)."""
+    return {"sigma_errors": rules.errors} if rules is not None else {}

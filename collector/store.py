@@ -252,9 +252,7 @@ class Store:
         """The columns of ADDED_COLUMNS a store lacks (older stores: left NULL, the console
         falls back to the sample), and the indexes the console's pages use."""
         for table, column, kind in ADDED_COLUMNS:
-            try:
-                self._execute(f"SELECT {column} FROM {table} WHERE 0 = 1").fetchall()
-            except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike
+            if not self._answers(f"SELECT {column} FROM {table} WHERE 0 = 1"):
                 self._execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         for statement in INDEXES.split(";"):
             if statement.strip():
@@ -264,22 +262,19 @@ class Store:
         if not self.postgres:
             self.db.commit()
 
-    def _has_table(self, table: str) -> bool:
+    def _answers(self, probe: str) -> bool:
+        """Whether the store can run ``probe`` (a table or column it may lack); a failed
+        probe leaves nothing behind (PostgreSQL runs in autocommit)."""
         try:
-            self._execute(f"SELECT 1 FROM {table} WHERE 0 = 1").fetchall()
-        except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike (autocommit)
+            self._execute(probe).fetchall()
+        except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike
             return False
         return True
 
     def _needs_migration(self) -> bool:
         """An events table without the ``ttphash_check`` column: a store from before issue 16."""
-        for probe in ("SELECT spool FROM events WHERE 0 = 1",
-                      "SELECT ttphash_check FROM events WHERE 0 = 1"):
-            try:
-                self.db.execute(probe).fetchall()
-            except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike
-                return probe.startswith("SELECT ttphash_check")
-        return False
+        return self._answers("SELECT spool FROM events WHERE 0 = 1") and not self._answers(
+            "SELECT ttphash_check FROM events WHERE 0 = 1")
 
     def _migrate(self) -> None:
         """Bring a store from before issue 16 up: the column for the collector's TTPHash check,
@@ -598,7 +593,7 @@ class Store:
         rule (its id or title), of a host, at or after ``since``, of a TTPHash. ``allowed`` is
         1 when the TTPHash was allow-listed at ingest or is now. A store from before Sigma,
         opened read-only, has none."""
-        if self.readonly and not self._has_table("sigma_matches"):
+        if self.readonly and not self._answers("SELECT 1 FROM sigma_matches WHERE 0 = 1"):
             return []
         where, args = [], []
         if min_level:

@@ -45,18 +45,14 @@ def run_sensor(config: RunConfig, outputs: tuple[str, ...] | list[str], store: s
     Raises UsageProblem, common.sinks.OutputError, runner.SourceError or
     privileges.PrivilegeError."""
     entry = registry[config.source]
-    if sigma and not store:
-        raise UsageProblem("--sigma rules are evaluated by the embedded collector: give "
-                           "--store too")
+    if sigma and (not store or not any(o.startswith("spool:") for o in outputs)):
+        raise UsageProblem("--sigma rules are evaluated by the embedded collector, which "
+                           "reads the spool output into --store: give both")
     if config.fmt not in entry.formats:
         raise UsageProblem(f"--source {config.source} writes {', '.join(entry.formats)} only, "
                            f"not --format {config.fmt}")
     opened = open_outputs(outputs, config.fmt, config.max_bytes, config.generations)
     sink = opened.output
-    if sigma and not opened.spools:
-        sink.close()
-        raise UsageProblem("--sigma rules are evaluated by the embedded collector, which "
-                           "reads the spool output: give a spool: output")
     collector = local_collector(opened, store, sigma, say)
     written = opened.files + ([collector.store.path] if collector else [])
     try:

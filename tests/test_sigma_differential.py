@@ -128,8 +128,7 @@ def _detections(draw) -> str:
 
 def _random_event(values: list[str]) -> dict:
     image, command, parent, cwd = values
-    event = linux(image, command.split(" "), parent=parent, working_directory=cwd)
-    return event
+    return linux(image, command.split(" "), parent=parent, working_directory=cwd)
 
 
 @settings(max_examples=300, deadline=None)

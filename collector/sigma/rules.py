@@ -34,6 +34,7 @@ from sigma.exceptions import SigmaError
 from sigma.rule import SigmaRule
 
 from collector.sigma.fields import FIELDS
+from common.schema import get_path
 
 Event = dict[str, Any]
 PRODUCTS = ("windows", "linux")
@@ -147,9 +148,7 @@ class RuleSet:
 
     def match(self, event: Event) -> list[CompiledRule]:
         """The rules ``event`` matches, in load order."""
-        host = event.get("host")
-        os_type = host.get("os") if isinstance(host, dict) else None
-        product = os_type.get("type") if isinstance(os_type, dict) else None
+        product = get_path(event, "host.os.type")
         if product not in PRODUCTS:
             product = None
         fields = Fields(event)
@@ -297,7 +296,7 @@ def _value_test(name: str, value: Any) -> tuple[Test, Needs]:
         return _string_test(name, value)
     needs: Needs = None
     if isinstance(value, st.SigmaRegularExpression):
-        literal = required_literal(str(value.regexp)).casefold()
+        literal = required_literal(_regex_text(value)).casefold()
         needs = frozenset({(name, literal)}) if literal else None
     return _other_test(name, value), needs
 
@@ -335,13 +334,17 @@ def _other_test(name: str, value: Any) -> Test:
     raise Unsupported(f"value type {type(value).__name__} is not supported")
 
 
+def _regex_text(value: st.SigmaRegularExpression) -> str:
+    return value.regexp.to_plain()
+
+
 def _regex(value: st.SigmaRegularExpression) -> Any:
     """A rule's regular expression, compiled by RE2 (google-re2): matching takes time linear
     in the text, whatever the pattern, where Python's backtracking `re` can take minutes on a
     command line an attacker wrote. RE2 has no backreferences or lookaround; a rule that uses
     them is reported, not evaluated."""
     import re2
-    text = value.regexp.to_plain() if hasattr(value.regexp, "to_plain") else str(value.regexp)
+    text = _regex_text(value)
     inline = "".join({"IGNORECASE": "i", "MULTILINE": "m", "DOTALL": "s"}.get(flag.name, "")
                      for flag in value.flags)
     options = re2.Options()
@@ -449,10 +452,7 @@ def _string_test(name: str, value: st.SigmaString) -> tuple[Test, Needs]:
         if trail:
             return (lambda f: (v := f.folded[name]) is not None and v.startswith(text)), needs
         return (lambda f: f.folded[name] == text), needs
-    if not value.contains_special():
-        plain = value.to_plain()
-        return (lambda f: (v := f[name]) is not None and str(v) == plain), needs
-    glob = Glob(parts, cased)
+    glob = Glob(parts, cased)   # one piece without wildcards: equality
     if cased:
         return (lambda f: (v := f[name]) is not None and glob.matches(str(v))), needs
     return (lambda f: (v := f.folded[name]) is not None and glob.matches(v)), needs
