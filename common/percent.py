@@ -53,16 +53,10 @@ def percent_encode(value: bytes | str) -> str:
         text = value.decode("utf-8", "surrogateescape")
     else:
         text = value
-    if "%" not in text and not _has_surrogate(text):
+    # str.isascii() is a fast exit for the overwhelmingly common case (no surrogate possible).
+    if "%" not in text and (text.isascii() or _SURROGATE_OR_PERCENT.search(text) is None):
         return text
     return _SURROGATE_OR_PERCENT.sub(_escape_char, text)
-
-
-def _has_surrogate(text: str) -> bool:
-    # str.isascii() is a fast exit for the overwhelmingly common case.
-    if text.isascii():
-        return False
-    return _SURROGATE_OR_PERCENT.search(text) is not None
 
 
 def percent_decode(text: str) -> bytes | str:

@@ -121,7 +121,15 @@ def _linux_argv(value: Any, field: str, device_map: DeviceMap = None) -> list[st
         return None
     if not isinstance(value, list):
         raise TTPHashError(f"field {field!r} must be a list of strings or null")
-    # An element may be null when the source lost it (a missing EXECVE aN).
+    try:
+        joined = "".join(value)
+    except TypeError:  # bytes, or null where the source lost an element (a missing EXECVE aN)
+        pass
+    else:
+        # Almost every argv: ASCII text without "%", which percent form leaves as it is;
+        # one check of the whole list instead of a call per element.
+        if joined.isascii() and "%" not in joined:
+            return list(value)
     return [None if arg is None else _linux_path(arg, field) for arg in value]
 
 
@@ -246,14 +254,26 @@ def _raw_input(event: Event) -> RawInput:
 
 
 def _input(raw: RawInput, device_map: dict[str, str] | None) -> dict[str, Any]:
-    os_type, own, par, own_raw, parent_raw = raw
+    return _assemble(raw[0], _own_part(raw, device_map), _parent_part(raw, device_map))
+
+
+def _own_part(raw: RawInput, device_map: dict[str, str] | None) -> dict[str, Any]:
+    return _normalized(raw[3], raw[1], device_map)
+
+
+def _parent_part(raw: RawInput, device_map: dict[str, str] | None) -> dict[str, Any] | None:
+    parent_raw = raw[4]
+    taken = _normalized(parent_raw, raw[2], device_map) if parent_raw is not None else None
+    # A parent of which nothing stable is known (only its pid, say) hashes like no parent.
+    return None if taken is None or all(v is None for v in taken.values()) else taken
+
+
+def _assemble(os_type: str, own: dict[str, Any], parent: dict[str, Any] | None
+              ) -> dict[str, Any]:
     result: dict[str, Any] = {"TTPHashVersion": VERSION, "OS": os_type,
                               "QType": QTYPE_PROCESS_CREATE}
-    result.update(_normalized(own_raw, own, device_map))
-    taken = _normalized(parent_raw, par, device_map) if parent_raw is not None else None
-    # A parent of which nothing stable is known (only its pid, say) hashes like no parent.
-    result["ParentProcess"] = None if taken is None or all(
-        v is None for v in taken.values()) else taken
+    result.update(own)
+    result["ParentProcess"] = parent
     return result
 
 
@@ -322,46 +342,80 @@ class Memo:
     """TTPHashes remembered by the values they are computed from, read as they are in the
     event (before normalization). A host runs the same commands from the same parents again
     and again; for those, the hash costs the look-up of its fields instead of normalizing,
-    serializing and hashing them. Bounded: the oldest entry goes first."""
+    serializing and hashing them. A new command of a known parent (a shell, a build, a
+    spawner) still finds the parent's part normalized, and whether it is complete. Bounded:
+    the oldest entry goes first, in each of the two."""
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
         self._known: dict[tuple[Any, ...], TTPHash] = {}
+        self._parents: dict[tuple[Any, ...], tuple[dict[str, Any] | None, bool]] = {}
         self.hits = 0
 
     def compute(self, event: Event, device_map: dict[str, str] | None = None) -> TTPHash:
         raw = _raw_input(event)  # raises as compute() does
-        key = _memo_key(raw, device_map)
+        os_type, _, _, own_raw, parent_raw = raw
+        context = (os_type, tuple(sorted(device_map.items())) if device_map else None)
+        own_key = _values_key(own_raw)
+        parent_key = () if parent_raw is None else _values_key(parent_raw)
+        key = None if own_key is None or parent_key is None else (context, own_key, parent_key)
         if key is not None:
             found = self._known.get(key)
             if found is not None:
                 self.hits += 1
                 return found
-        result = _hashed(_input(raw, device_map))  # a miss reads no field again
+        # A miss reads no field again, and normalizes the parent only if it is new.
+        parent, parent_complete = self._parent(raw, context, parent_key, device_map)
+        own = _own_part(raw, device_map)
+        hash_input = _assemble(os_type, own, parent)
+        canonical = canonical_bytes(hash_input)
+        result = TTPHash(value=digest(canonical), canonical=canonical, input=hash_input,
+                         complete=parent_complete and _flat_complete(own))
         if key is not None:
-            self._known[key] = result
-            if len(self._known) > self.max_entries:
-                del self._known[next(iter(self._known))]
+            _remember(self._known, key, result, self.max_entries)
         return result
 
+    def _parent(self, raw: RawInput, context: tuple[Any, ...],
+                parent_key: tuple[Any, ...] | None, device_map: dict[str, str] | None
+                ) -> tuple[dict[str, Any] | None, bool]:
+        """The normalized parent part and whether it is complete (False for no parent)."""
+        key = None if parent_key is None else (context, parent_key)
+        found = self._parents.get(key) if key is not None else None
+        if found is None:
+            part = _parent_part(raw, device_map)
+            found = (part, part is not None and is_complete(part))
+            if key is not None:
+                _remember(self._parents, key, found, self.max_entries)
+        return found
 
-def _memo_key(raw: RawInput, device_map: dict[str, str] | None) -> tuple[Any, ...] | None:
-    """Every raw value with its type (``True`` and ``1`` normalize differently), or None when
+
+def _remember(known: dict[Any, Any], key: Any, value: Any, max_entries: int) -> None:
+    known[key] = value
+    if len(known) > max_entries:
+        del known[next(iter(known))]
+
+
+def _flat_complete(part: dict[str, Any]) -> bool:
+    """is_complete of a process part, whose values are text, booleans, null or lists of text
+    (the field tables' normalizers), without the recursion."""
+    for value in part.values():
+        if value is None or (type(value) is list and None in value):
+            return False
+    return True
+
+
+def _values_key(values: list[Any]) -> tuple[Any, ...] | None:
+    """Raw values with their types (``True`` and ``1`` normalize differently), or None when
     one cannot be part of a key (a map where text was expected)."""
-    os_type, _, _, own_raw, parent_raw = raw
-    parts: list[Any] = [os_type]
-    for values in (own_raw, parent_raw):
-        parts.append(values is not None)
-        for value in values or ():
-            kind = type(value)
-            if kind is list:
-                if any(isinstance(item, (dict, list)) for item in value):
-                    return None
-                parts.append((kind, tuple(value), tuple(map(type, value))))
-            elif kind is dict:
+    parts: list[Any] = []
+    for value in values:
+        kind = type(value)
+        if kind is list:
+            if any(isinstance(item, (dict, list)) for item in value):
                 return None
-            else:
-                parts.append((kind, value))
-    if device_map:
-        parts.append(tuple(sorted(device_map.items())))
+            parts.append((kind, tuple(value), tuple(map(type, value))))
+        elif kind is dict:
+            return None
+        else:
+            parts.append((kind, value))
     return tuple(parts)

@@ -230,3 +230,32 @@ def test_the_memo_gives_what_compute_gives_and_tells_values_of_another_type_apar
                 memo.compute(event)
             continue
         assert memo.compute(event) == want
+
+
+
+def test_the_memo_normalizes_a_parent_once_and_never_mixes_parents_up() -> None:
+    """A miss of the whole hash reuses the parent's part when the parent's raw values were seen
+    before: children of one parent, one child under parents that differ in one field, a parent
+    with nothing stable (hashes as no parent), and no parent must all be compute()'s answer."""
+    from common.bench import varied_events
+    events = varied_events(40)
+    parent = events[0]["process"]["parent"]
+    variants = []
+    for number, event in enumerate(events):
+        child = copy.deepcopy(event)
+        child["process"]["parent"] = copy.deepcopy(parent)  # one parent, many children
+        variants.append(child)
+        for change in ({"args": ["sh", "-c", f"x{number}"]}, {"on_disk": False},
+                       {"running": None}, {"executable": None}):
+            other = copy.deepcopy(child)
+            other["process"]["parent"].update(change)
+            variants.append(other)
+    bare = copy.deepcopy(events[1])
+    bare["process"]["parent"] = {"pid": 7}
+    orphan = copy.deepcopy(events[1])
+    orphan["process"].pop("parent", None)
+    variants += [bare, orphan]
+    memo = ttphash.Memo(max_entries=30)
+    for event in variants + variants[::-1]:
+        assert memo.compute(event) == ttphash.compute(event)
+    assert len(memo._parents) <= 30 and len(memo._known) <= 30
