@@ -77,11 +77,21 @@ def _tail(events: list[Event], facts: list[Any], enricher: Enricher, directory: 
 
     return [
         ("  enrich (process map)", _same(facts), _each(enricher.process_map), len(facts)),
-        ("  fingerprint (TTPHash)", _same(events), _each(ttphash.compute), len(events)),
+        # Through the sensor's memo, fresh each round: a new command of a known parent
+        # finds the parent's part, a repeated event (the eBPF stream is replayed in a loop)
+        # its whole hash.
+        ("  fingerprint (TTPHash)", lambda: (events, ttphash.Memo()), _fingerprint,
+         len(events)),
         ("render (ECS line)", _same(events), _each(ecs.render), len(events)),
         ("sink (rotating file)", lambda: [ecs.render(event) for event in events], sink,
          len(events)),
     ]
+
+
+def _fingerprint(prepared: tuple[list[Event], ttphash.Memo]) -> None:
+    events, memo = prepared
+    for event in events:
+        memo.compute(event)
 
 
 def _syscall_of(item: AuditEvent) -> Record:
