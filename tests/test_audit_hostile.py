@@ -209,3 +209,20 @@ def test_the_split_path_reads_every_line_as_the_general_parser_does() -> None:
     for _ in range(3000):
         for line in _mutate(rng.choice(seeds), seeds, rng).splitlines():
             assert parsers_disagree(line) is None, line
+
+
+def test_a_plain_record_finds_a_field_by_name_not_by_a_prefix_or_inside_a_value() -> None:
+    """get() on a plain record looks for ``key=`` in its text: a key that begins another key,
+    a value that holds ``key=``, a body with no space after the header, and duplicated keys
+    must read as the general parser reads them."""
+    from sensor_linux.audit.fuzz import parsers_disagree
+    for line in (b'type=PATH msg=audit(1.002:3):nametype=NORMAL name="/x" item=0',
+                 b'type=PATH msg=audit(1.002:3): nametype=NORMAL name="/x" item=0',
+                 b'type=CWD msg=audit(1.002:3):cwd="/a=b" cwd="/second"',
+                 b'type=SYSCALL msg=audit(1.002:3): arch=c000003e a0=arch=1 arch2=5 syscall=59',
+                 b'type=PATH msg=audit(1.002:3): item=0 name=616263 item=1'):
+        assert parsers_disagree(line) is None, line
+    from sensor_linux.audit.records import parse
+    record = parse(b'type=PATH msg=audit(1.002:3):nametype=NORMAL name="/x" item=0')
+    assert record.is_plain and record.get("name") == b"/x" and record.get("nametype") == b"NORMAL"
+    assert parse(b'type=CWD msg=audit(1.002:3):cwd="/a" cwd="/b"').get("cwd") == b"/a"

@@ -198,7 +198,10 @@ def _parsed(line: bytes, fast: bool) -> object:
     except ParseError:
         keys = []  # the general parser refuses the line: the results differ anyway
     got = [(key, type(value).__name__, value) for key in keys for value in (record.get(key),)]
-    return (record.node, record.rtype, record.sec, record.msec, record.serial, got,
+    # values() of a fresh record: a plain one answers many keys from its fields by name.
+    many = [(key, type(value).__name__, value) for key, value in
+            zip(keys, parse(line, fast=fast).values(tuple(keys)))]
+    return (record.node, record.rtype, record.sec, record.msec, record.serial, got, many,
             [(key, type(value).__name__, value) for key, value in record.body])
 
 

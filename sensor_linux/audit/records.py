@@ -110,10 +110,15 @@ class Record:
         return type_name(self.rtype)
 
     def get(self, key: str, default: Value = None) -> Value:
-        """The first field named ``key``. A plain record types only that field."""
-        fields = self._field_text()
-        if fields is not None:
-            raw = fields.get(_key_bytes(key))
+        """The first field named ``key``. A plain record types only that field, found by
+        ``find`` until something has asked for many (see :meth:`values`)."""
+        plain = self._plain
+        if plain is not None and self._body is None:
+            fields = self._fields
+            if fields is not None:
+                raw = fields.get(_key_bytes(key))
+            else:
+                raw = _find_field(plain, _key_bytes(key))
             return default if raw is None else field_value(self.rtype, key, raw, self.raw)
         for k, v in self.body:
             if k == key:
@@ -127,7 +132,11 @@ class Record:
             return None
         fields = self._fields
         if fields is None:
-            fields = self._fields = dict(reversed(_PLAIN_FIELD.findall(self._plain)))
+            fields = self._fields = {}
+            for part in self._plain.split():
+                name, _, raw = part.partition(b"=")
+                if name not in fields:  # the first of duplicated keys, as get's scan
+                    fields[name] = raw
         return fields
 
     def values(self, keys: tuple[str, ...]) -> list[Value]:
@@ -248,6 +257,20 @@ _PAIR = (rb'(?!subj=|SADDR=)[A-Za-z][A-Za-z0-9_-]*(?:\[[0-9]+\])?='
 _PLAIN = re.compile(rb" *(?:%s(?: +%s)*)? *" % (_PAIR, _PAIR))
 # The fields of a body _PLAIN has matched (so keys hold no "=" and values no whitespace).
 _PLAIN_FIELD = re.compile(rb"([^ =]+)=([^ ]*)")
+
+
+def _find_field(plain: bytes, key: bytes) -> bytes | None:
+    """The text of the first field ``key`` of a plain body. A plain value holds no space, so
+    ``key=`` at the start or after a space begins a field, never the inside of a value."""
+    if plain.startswith(key) and plain[len(key):len(key) + 1] == b"=":
+        start = len(key) + 1
+    else:
+        at = plain.find(b" " + key + b"=")
+        if at < 0:
+            return None
+        start = at + len(key) + 2
+    end = plain.find(b" ", start)
+    return plain[start:] if end < 0 else plain[start:end]
 
 
 @functools.lru_cache(maxsize=4096)
