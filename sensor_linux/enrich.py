@@ -130,7 +130,8 @@ class Enricher:
         else:
             digests, on_disk = exe_identity(facts.pid, facts.executable, self.hasher,
                                             self.proc, use_proc=self.live and ran,
-                                            image_inodes=facts.image_inodes, cwd=facts.cwd)
+                                            image_inodes=facts.image_inodes, cwd=facts.cwd,
+                                            exe_link=facts.exe_link)
         if facts.exe_deleted:
             on_disk = False
         process["on_disk"] = on_disk

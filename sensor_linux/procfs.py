@@ -54,6 +54,9 @@ class ProcessFacts:
     image_inodes: frozenset[tuple[int, int]] | None = None
     # The executed file's version as the kernel had it open (eBPF): digests come from it.
     image_identity: FileIdentity | None = None
+    # /proc/PID/exe as read_exe gave it when the facts were taken from a live record, so that
+    # enrichment does not read the link again; None when it was not read.
+    exe_link: tuple[str | bytes | None, bool] | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -165,10 +168,11 @@ def container_id(cgroup: bytes | None) -> str | None:
     return match.group().decode() if match else None
 
 
-def live_container_id(pid: int, executable: str | bytes | None,
-                      proc: str = PROC) -> str | None:
-    """The container id of a live process, if it is still running ``executable``."""
-    link, _ = read_exe(pid, proc)
+def live_container_id(pid: int, executable: str | bytes | None, proc: str = PROC,
+                      exe_link: tuple[str | bytes | None, bool] | None = None) -> str | None:
+    """The container id of a live process, if it is still running ``executable``
+    (``exe_link``: read_exe's answer, when the caller has it)."""
+    link, _ = read_exe(pid, proc) if exe_link is None else exe_link
     if link is None or link != executable:
         return None
     return container_id(_read(f"{proc}/{pid}/cgroup"))
@@ -178,6 +182,7 @@ def exe_identity(pid: int, executable: str | bytes | None, hasher: FileHasher,
                  proc: str = PROC, *, use_proc: bool = True,
                  image_inodes: frozenset[tuple[int, int]] | None = None,
                  cwd: str | bytes | None = None,
+                 exe_link: tuple[str | bytes | None, bool] | None = None,
                  ) -> tuple[FileDigests | None, bool | None]:
     """Digests of the image ``pid`` ran, and whether that image is still on disk as it ran.
 
@@ -186,9 +191,10 @@ def exe_identity(pid: int, executable: str | bytes | None, hasher: FileHasher,
     Otherwise the file at ``executable`` is hashed, but only if it is the file that ran (its
     inode is among ``image_inodes`` when those are known); a different file there gives no
     digests and ``on_disk`` False. ``on_disk`` is None when nothing could be checked.
+    ``exe_link``: read_exe's answer for ``pid``, when the caller has read it already.
     """
     if use_proc and executable is not None:
-        result = _proc_exe_identity(pid, executable, hasher, proc)
+        result = _proc_exe_identity(pid, executable, hasher, proc, exe_link)
         if result is not None:
             return result
     if executable is None:
@@ -224,9 +230,10 @@ def _absolute(path: str | bytes, cwd: str | bytes | None) -> bytes | None:
     return None if cwd is None else os.path.join(to_bytes(cwd), raw)
 
 
-def _proc_exe_identity(pid: int, executable: str | bytes, hasher: FileHasher,
-                       proc: str) -> tuple[FileDigests | None, bool] | None:
-    link, deleted = read_exe(pid, proc)
+def _proc_exe_identity(pid: int, executable: str | bytes, hasher: FileHasher, proc: str,
+                       exe_link: tuple[str | bytes | None, bool] | None
+                       ) -> tuple[FileDigests | None, bool] | None:
+    link, deleted = read_exe(pid, proc) if exe_link is None else exe_link
     if link is None or link != executable:
         return None  # gone, or it has exec'd something else since
     try:

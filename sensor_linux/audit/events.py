@@ -19,7 +19,7 @@ from sensor_linux.audit.assemble import AuditEvent
 from sensor_linux.audit.decode import execve_argv, sockaddr
 from sensor_linux.audit.records import CWD, EXECVE, PATH, SOCKADDR, SYSCALL, Record, Value
 from sensor_linux.enrich import Enricher
-from sensor_linux.procfs import ProcessFacts, kernel_tty_name, live_container_id
+from sensor_linux.procfs import ProcessFacts, kernel_tty_name, live_container_id, read_exe
 
 _DELETED = b" (deleted)"
 _SYSCALL_FACTS = ("pid", "ppid", "exe", "comm", "tty", "auid", "ses", "uid", "euid", "suid",
@@ -137,8 +137,10 @@ class AuditEventBuilder:
             facts.args = [None if a is None else as_text(a) for a in argv]  # type: ignore[misc]
         facts.image_inodes = frozenset(inodes) if inodes else None
         if self.enricher.live:
+            # Read once: the container id and the image's identity both check it.
+            facts.exe_link = read_exe(facts.pid, self.enricher.proc)
             facts.container_id = live_container_id(facts.pid, facts.executable,
-                                                   self.enricher.proc)
+                                                   self.enricher.proc, facts.exe_link)
         success = syscall.get("success") == b"yes"
         if not success:
             # A failed exec leaves the caller's image in place: the event is about the file it
