@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from common.filehash import FileDigests, FileHasher
+from common.filehash import FileDigests, FileHasher, file_key
 from common.percent import as_text, to_bytes
 
 if TYPE_CHECKING:
@@ -203,7 +203,18 @@ def exe_identity(pid: int, executable: str | bytes | None, hasher: FileHasher,
     if path is None:
         return None, None  # a relative name and no working directory: nothing to check
     try:
-        # Without blocking: a FIFO at that path must not hang the sensor.
+        # stat first: an image hashed before needs no open() (it is checked again after one).
+        st = os.stat(path)
+    except OSError:
+        return None, False
+    if not stat.S_ISREG(st.st_mode) or (
+            image_inodes is not None and (st.st_dev, st.st_ino) not in image_inodes):
+        return None, False
+    known = hasher.cached(file_key(st))
+    if known is not None:
+        return known, True
+    try:
+        # Without blocking: a FIFO put at that path since must not hang the sensor.
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None, False
@@ -236,18 +247,25 @@ def _proc_exe_identity(pid: int, executable: str | bytes, hasher: FileHasher, pr
     link, deleted = read_exe(pid, proc) if exe_link is None else exe_link
     if link is None or link != executable:
         return None  # gone, or it has exec'd something else since
+    image = f"{proc}/{pid}/exe"
     try:
-        fd = os.open(f"{proc}/{pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
+        ran = os.stat(image)  # the running image itself, as an open() of the link reaches it
     except OSError:
         return None
-    try:
-        ran = os.fstat(fd)
+    digests: FileDigests | None = hasher.cached(file_key(ran))
+    if digests is None:  # hashed through the open file, which the identity is checked on
         try:
-            digests: FileDigests | None = hasher.digests_of_fd(fd)
+            fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            digests = None
-    finally:
-        os.close(fd)
+            return None
+        try:
+            ran = os.fstat(fd)
+            try:
+                digests = hasher.digests_of_fd(fd)
+            except OSError:
+                digests = None
+        finally:
+            os.close(fd)
     if deleted:
         return digests, False
     try:

@@ -49,6 +49,31 @@ def test_cache_hits_for_same_version_and_rehashes_changed_or_replaced_file(tmp_p
     assert hasher.digests(str(path)) == second and hasher.misses == 3
 
 
+def test_exe_identity_takes_a_known_version_from_the_cache_and_checks_what_ran(tmp_path) -> None:
+    """The image's identity is stat()ed first and found in the cache without an open(): a
+    rewritten file is hashed again, a file put in its place (another inode than the exec's)
+    gives no digests and not on disk, and a FIFO there neither hangs nor hashes."""
+    path = tmp_path / "tool"
+    path.write_bytes(b"one")
+    hasher = FileHasher()
+    ran = frozenset({(path.stat().st_dev, path.stat().st_ino)})
+    first, on_disk = exe_identity(1, str(path), hasher, use_proc=False, image_inodes=ran)
+    assert on_disk is True and first is not None and hasher.misses == 1
+    assert exe_identity(1, str(path), hasher, use_proc=False, image_inodes=ran) == (first, True)
+    assert (hasher.hits, hasher.misses) == (1, 1)
+    time.sleep(0.01)
+    path.write_bytes(b"two")  # same inode, new content
+    second, _ = exe_identity(1, str(path), hasher, use_proc=False, image_inodes=ran)
+    assert second is not None and second != first and hasher.misses == 2
+    other = tmp_path / "other"
+    other.write_bytes(b"two")
+    os.replace(other, path)  # another file where the one that ran was
+    assert exe_identity(1, str(path), hasher, use_proc=False, image_inodes=ran) == (None, False)
+    path.unlink()
+    os.mkfifo(path)
+    assert exe_identity(1, str(path), hasher, use_proc=False) == (None, False)
+
+
 def test_cache_is_bounded(tmp_path) -> None:
     hasher = FileHasher(max_entries=3)
     for i in range(10):
