@@ -2,8 +2,9 @@
 
 A restructure must not change a byte of what the sensor writes. This replays every audit log
 of the corpus (``shared/corpus``: LAUREL's and linux-audit-parser's) through ``ttpsensor audisp
-FILE`` in all three formats, and a recorded eBPF stream (raw ring-buffer records from a real
-kernel, ``tests/data/ebpf-stream.jsonl``, made by ``tests/record_ebpf.py``) through the eBPF
+FILE`` in all three formats (and ``ecs --from-this-host``, which hashes the files the logs
+name and looks up their packages on this host), and a recorded eBPF stream (raw ring-buffer
+records from a real kernel, ``tests/data/ebpf-stream.jsonl``, made by ``tests/record_ebpf.py``) through the eBPF
 pipeline in ecs and qlog, with the code of a base commit and with the working tree, and
 compares the outputs. The only difference allowed is in random event ids (uuid4), which are
 renumbered in order of first appearance on both sides before comparing.
@@ -68,12 +69,12 @@ def renumber(output: bytes) -> bytes:
     return _UUID.sub(lambda m: seen.setdefault(m.group(0), b"id-%d" % len(seen)), output)
 
 
-def replay(tree: Path, log: Path, fmt: str, scratch: Path) -> bytes:
+def replay(tree: Path, log: Path, fmt: str, scratch: Path, *extra: str) -> bytes:
     """``audisp`` of ``log`` with the code in ``tree`` (its packages first on the path)."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     main = "import sys; from common.cli import main; sys.argv[0] = 'ttpsensor'; sys.exit(main())"
     done = subprocess.run([sys.executable, "-c", main, "audisp", str(log), "--format",
-                           fmt, "--parse-error-log", str(scratch / "errors.log")],
+                           fmt, "--parse-error-log", str(scratch / "errors.log"), *extra],
                           capture_output=True, env=env, cwd=scratch, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"{tree}: audisp {log.name} --format {fmt} failed: "
@@ -104,12 +105,16 @@ def compare(base: str) -> tuple[list[str], int]:
             scratch.mkdir()
             logs = inputs()
             for number, log in enumerate(logs, 1):
-                for fmt in FORMATS:
-                    before = replay(base_tree, log, fmt, scratch)
-                    after = replay(ROOT, log, fmt, scratch)
+                # Also as if recorded here: the paths the logs name are hashed and looked up
+                # in this host's package database (/usr/bin/ls is this machine's), which is
+                # how the enrichment of image identity, digests and packages is compared.
+                for fmt, *extra in (*((f,) for f in FORMATS), ("ecs", "--from-this-host")):
+                    before = replay(base_tree, log, fmt, scratch, *extra)
+                    after = replay(ROOT, log, fmt, scratch, *extra)
                     compared += before.count(b"\n")
                     if before != after:
-                        differences.append(f"{log.relative_to(CORPUS)} --format {fmt}")
+                        differences.append(f"{log.relative_to(CORPUS)} --format {fmt} "
+                                           + " ".join(extra))
                 print(f"\r{number}/{len(logs)} logs compared", end="", file=sys.stderr)
             print(file=sys.stderr)
             for fmt in ("ecs", "qlog"):
@@ -130,7 +135,7 @@ def main() -> int:
     differences, compared = compare(sys.argv[1])
     for line in differences:
         print(f"differs: {line}")
-    print(f"{len(inputs())} logs x {len(FORMATS)} formats and a recorded eBPF stream x 2, "
+    print(f"{len(inputs())} logs x {len(FORMATS) + 1} replays and a recorded eBPF stream x 2, "
           f"{compared} output lines: "
           f"{'identical' if not differences else f'{len(differences)} differ'}")
     return 1 if differences or not compared else 0
