@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import math
 import os
 from typing import Any
 
@@ -63,11 +64,25 @@ def utc_timestamp(when: float | _dt.datetime | None = None) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def _from_seconds(when: float) -> str:
-    """Remembered: an event's time and its process's start are usually the same moment."""
-    moment = _dt.datetime.fromtimestamp(when, _dt.timezone.utc)
+    """Remembered: an event's time and its process's start are usually the same moment. The
+    date and time of day are formatted once per second (events of one second share them);
+    the microseconds are rounded as ``datetime.fromtimestamp`` rounds them (the fraction
+    times 10^6, half to even), so the text is the same as from the datetime."""
+    fraction, whole = math.modf(when)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1, micros + 1_000_000
+    return "%s.%06dZ" % (_second_text(int(whole)), micros)
+
+
+@functools.lru_cache(maxsize=64)
+def _second_text(second: int) -> str:
+    moment = _dt.datetime.fromtimestamp(second, _dt.timezone.utc)
     if moment.year >= 1000:  # isoformat writes the same, faster; strftime's %Y has no padding
-        return moment.isoformat(timespec="microseconds")[:-6] + "Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return moment.isoformat()[:19]
+    return moment.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def new_event_id() -> str:

@@ -152,6 +152,11 @@ def test_timestamps_are_written_as_strftime_writes_them() -> None:
     from common.schema import utc_timestamp
     rng = random.Random(3)
     times = [0.0, 1.5, 1796199948.123456, 253402300799.0, 999999.9999995, -30610224000.5]
+    # Fractions at and around half a microsecond, where rounding decides, and many times of
+    # one second (its date and time of day are remembered, the microseconds are not).
+    times += [base + k * 5e-7 + nudge for base in (0.0, -1.0, 1796199948.0, 1e9)
+              for k in range(-4, 5) for nudge in (0.0, 1e-9, -1e-9)]
+    times += [1796199948.0 + rng.random() for _ in range(5000)]
     for when in times + [rng.uniform(-6e10, 2.5e11) for _ in range(20000)]:
         want = dt.datetime.fromtimestamp(when, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         assert utc_timestamp(when) == want
