@@ -72,8 +72,10 @@ class TextOutput:
         self.sink.close()
 
 
-# Bytes held before a write to stdout; the sensor's tick flushes them (about once a second).
-STDOUT_BUFFER = 1 << 16
+# Bytes held before a write to stdout or to an events file; the sensor's tick flushes them
+# (about once a second), and a rotation or close writes them out. The default buffer of a file
+# (its block size, 4 KiB) cost a write() per event of about 2 KB.
+OUTPUT_BUFFER = 1 << 16
 
 
 class StreamSink:
@@ -102,7 +104,7 @@ def _stdout_stream() -> TextIO:
         return sys.stdout
     sys.stdout.flush()
     return open(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n",
-                buffering=1 if os.isatty(fd) else STDOUT_BUFFER, closefd=False)
+                buffering=1 if os.isatty(fd) else OUTPUT_BUFFER, closefd=False)
 
 
 class RotatingFileSink:
@@ -125,7 +127,7 @@ class RotatingFileSink:
         self._size = os.fstat(self._file.fileno()).st_size
 
     def _open(self):  # type: ignore[no-untyped-def]
-        return os.fdopen(open_private(self.path), "ab")
+        return os.fdopen(open_private(self.path), "ab", buffering=OUTPUT_BUFFER)
 
     def write(self, line: str) -> None:
         data = line.encode("utf-8", "surrogateescape") + b"\n"
