@@ -239,6 +239,11 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA cache_size=-65536")
+            # A checkpoint (which copies the WAL into the database and syncs it) every 40 MB of
+            # WAL instead of 4: a frame of 500 events writes about 1 MB, so the default made
+            # every fourth commit a checkpoint. Ingest of the fleet mix: 54-57 against 47-50
+            # µs/event, alternating.
+            self.db.execute("PRAGMA wal_autocheckpoint=10000")
             migrate = self._needs_migration()
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
