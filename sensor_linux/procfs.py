@@ -253,7 +253,9 @@ def _proc_exe_identity(pid: int, executable: str | bytes, hasher: FileHasher, pr
     except OSError:
         return None
     digests: FileDigests | None = hasher.cached(file_key(ran))
-    if digests is None:  # hashed through the open file, which the identity is checked on
+    if digests is None:
+        # A version not hashed yet: through an open file, whose fstat is the identity
+        # compared below.
         try:
             fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:

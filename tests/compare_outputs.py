@@ -4,9 +4,9 @@ A restructure must not change a byte of what the sensor writes. This replays eve
 of the corpus (``shared/corpus``: LAUREL's and linux-audit-parser's) through ``ttpsensor audisp
 FILE`` in all three formats (and ``ecs --from-this-host``, which hashes the files the logs
 name and looks up their packages on this host), and a recorded eBPF stream (raw ring-buffer
-records from a real kernel, ``tests/data/ebpf-stream.jsonl``, made by ``tests/record_ebpf.py``) through the eBPF
-pipeline in ecs and qlog, with the code of a base commit and with the working tree, and
-compares the outputs. The only difference allowed is in random event ids (uuid4), which are
+records from a real kernel, ``tests/data/ebpf-stream.jsonl``, made by
+``tests/record_ebpf.py``) through the eBPF pipeline in ecs and qlog, with the code of a base
+commit and with the working tree, and compares the outputs. The only difference allowed is in random event ids (uuid4), which are
 renumbered in order of first appearance on both sides before comparing.
 
     python -m tests.compare_outputs BASE      # e.g. HEAD~3; exit 1 on any difference

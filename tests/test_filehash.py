@@ -112,6 +112,9 @@ def test_deleted_binary_is_hashed_as_it_ran_and_marked_not_on_disk(tmp_path) -> 
         hasher = FileHasher()
         digests, on_disk = exe_identity(proc.pid, exe, hasher)
         assert on_disk is True and digests.sha256 == expected
+        # The running image again: its identity (a stat of /proc/PID/exe) finds it hashed.
+        assert exe_identity(proc.pid, exe, hasher) == (digests, True)
+        assert (hasher.hits, hasher.misses) == (1, 1)
         os.unlink(exe)
         path, deleted = read_exe(proc.pid)
         assert (path, deleted) == (exe, True)
