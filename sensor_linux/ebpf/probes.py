@@ -24,6 +24,7 @@ from typing import Callable
 from sensor_linux.ebpf.btf import Btf, BtfError
 from sensor_linux.ebpf.offsets import cflags as offset_cflags
 from sensor_linux.ebpf.offsets import kernel_offsets
+from sensor_linux.ebpf.ring import IN_PLACE, RingReader
 from sensor_linux.image import FileIdentity
 from sensor_linux.procfs import kernel_tty_name, read_process
 
@@ -259,6 +260,7 @@ class ExecProbes:
     bpf: object = field(default=None, repr=False)
     _check_exec: tuple[int, bytes] | None = field(default=None, repr=False)
     _failure: BaseException | None = field(default=None, repr=False)
+    _ring: RingReader | None = field(default=None, repr=False)  # None: BCC's callback
 
     def load(self) -> None:
         """Compile with this kernel's offsets, attach, and run the self-check."""
@@ -285,7 +287,11 @@ class ExecProbes:
                            debug=int(os.environ.get("TTPSENSOR_BPF_DEBUG", "0")))
         except Exception as exc:  # BCC raises plain Exception for compile and load errors
             raise PrerequisiteError(f"the exec probes did not compile or load: {exc}") from exc
-        self.bpf["events"].open_ring_buffer(self._callback)
+        events = self.bpf["events"]
+        if IN_PLACE:
+            self._ring = RingReader(events.map_fd, events.max_entries)
+        else:
+            events.open_ring_buffer(self._callback)
         try:
             self._self_check()
         except PrerequisiteError:
@@ -298,17 +304,20 @@ class ExecProbes:
         # (a rotation refused, a full disk) lost every later event without stopping the run.
         # It is kept, the poll stops (a negative return), and poll() raises it.
         try:
-            record = decode(ctypes.string_at(data, size))
-            if self._check_exec is not None and (record.pid, record.args and record.args[-1]) \
-                    == self._check_exec:
-                self._check_exec = None  # the self-check's own exec: no event of the host
-                return 0
-            self.received += 1
-            self.on_exec(record)
+            self._deliver(ctypes.string_at(data, size))
         except BaseException as exc:  # noqa: BLE001 - raised again by poll()
             self._failure = exc
             return -1
         return 0
+
+    def _deliver(self, raw: bytes) -> None:
+        record = decode(raw)
+        if self._check_exec is not None and (record.pid, record.args and record.args[-1]) \
+                == self._check_exec:
+            self._check_exec = None  # the self-check's own exec: no event of the host
+            return
+        self.received += 1
+        self.on_exec(record)
 
     def _self_check(self) -> None:
         """Exec a child whose facts this process knows and compare them with the record the
@@ -359,7 +368,10 @@ class ExecProbes:
 
     def poll(self, timeout_ms: int) -> None:
         """Deliver what the ring holds (waiting up to ``timeout_ms`` for something); what
-        ``on_exec`` raised is raised here."""
+        ``on_exec`` raised is raised here (its record counts as read, as with libbpf)."""
+        if self._ring is not None:
+            self._ring.read(self._deliver, timeout_ms)
+            return
         self.bpf.ring_buffer_poll(timeout_ms)  # type: ignore[attr-defined]
         failure, self._failure = self._failure, None
         if failure is not None:
@@ -372,6 +384,9 @@ class ExecProbes:
         return {name: int(sum(table[table.Key(i)])) for i, name in enumerate(names)}
 
     def close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         if self.bpf is not None:
             self.bpf.cleanup()  # type: ignore[attr-defined]
             self.bpf = None
