@@ -115,3 +115,19 @@ def test_a_delivery_that_raises_consumes_its_record_and_leaves_the_rest(ring) ->
 def test_a_size_that_is_not_a_power_of_two_of_pages_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError):
         RingReader(0, 3 * PAGE)
+
+
+def test_one_read_takes_what_was_there_when_it_began(ring) -> None:
+    """Records committed during a read wait for the next one: a flood must not keep the
+    sensor's loop from ticking, flushing and stopping."""
+    producer, reader = ring
+    got: list[bytes] = []
+
+    def deliver_and_produce(data: bytes) -> None:
+        got.append(data)
+        producer.put(b"during " + data)
+
+    producer.put(b"a")
+    producer.put(b"b")
+    assert reader.read(deliver_and_produce) == 2 and got == [b"a", b"b"]
+    assert reader.read(got.append) == 2 and got[2:] == [b"during a", b"during b"]

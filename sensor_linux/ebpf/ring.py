@@ -62,31 +62,32 @@ class RingReader:
         self._poller.register(map_fd, select.POLLIN)
 
     def read(self, deliver: Callable[[bytes], None], timeout_ms: int = 0) -> int:
-        """Deliver every committed record, in order, after waiting up to ``timeout_ms`` for
-        the first when there is none; returns how many records were delivered."""
+        """Deliver, in order, the records committed when the read began (after waiting up to
+        ``timeout_ms`` for one when there is none); returns how many were delivered. One pass:
+        what arrives meanwhile waits for the next read, so a flood cannot keep the caller from
+        its other work (ticks, flushes, a stop)."""
         ring, consumer = self._ring, self._consumer
         position = _POSITION.unpack_from(consumer, 0)[0]
-        if timeout_ms and _POSITION.unpack_from(ring, 0)[0] <= position:
+        produced = _POSITION.unpack_from(ring, 0)[0]
+        if timeout_ms and produced <= position:
             self._poller.poll(timeout_ms)
-        delivered = 0
-        while True:
             produced = _POSITION.unpack_from(ring, 0)[0]
-            if position >= produced:
-                return delivered
-            while position < produced:
-                offset = self._data + (position & self._mask)
-                header = _LENGTH.unpack_from(ring, offset)[0]
-                if header & _BUSY:
-                    return delivered  # still being written; the next read takes it
-                length = header & ~(_BUSY | _DISCARD)
-                start = offset + _HEADER
-                position += (length + _HEADER + 7) & ~7
-                try:
-                    if not header & _DISCARD:
-                        delivered += 1
-                        deliver(ring[start:start + length])
-                finally:
-                    _POSITION.pack_into(consumer, 0, position)
+        delivered = 0
+        while position < produced:
+            offset = self._data + (position & self._mask)
+            header = _LENGTH.unpack_from(ring, offset)[0]
+            if header & _BUSY:
+                break  # still being written; the next read takes it
+            length = header & ~(_BUSY | _DISCARD)
+            start = offset + _HEADER
+            position += (length + _HEADER + 7) & ~7
+            try:
+                if not header & _DISCARD:
+                    delivered += 1
+                    deliver(ring[start:start + length])
+            finally:
+                _POSITION.pack_into(consumer, 0, position)
+        return delivered
 
     def close(self) -> None:
         self._ring.close()
