@@ -265,3 +265,41 @@ def test_an_output_the_unprivileged_sensor_could_not_rotate_is_refused_at_start(
     assert result.returncode == 1, result.stderr
     assert f"{shared}/events.jsonl: {shared} is a shared (sticky) directory" in result.stderr
     assert "--user root" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "bcc-callback"])
+def test_both_ring_readers_deliver_the_same_exec_whole(monkeypatch, tmp_path,
+                                                       in_place: bool) -> None:
+    """The ring is read in place on x86-64 and through BCC's callback elsewhere: both must
+    deliver our own execs with their facts, and a failed delivery must come out of poll()."""
+    require_bcc()
+    from sensor_linux.ebpf import probes
+
+    monkeypatch.setattr(probes, "IN_PLACE", in_place)
+    seen: list = []
+    loaded = probes.ExecProbes(on_exec=seen.append, ringbuf_pages=8)
+    loaded.load()
+    try:
+        assert (loaded._ring is not None) is in_place
+        marker = f"ring-{in_place}-{os.getpid()}"
+        child = subprocess.Popen(["/bin/true", marker], cwd=tmp_path)
+        child.wait()
+        deadline = time.monotonic() + 30
+        mine: list = []
+        want = [b"/bin/true", marker.encode()]
+        while not mine and time.monotonic() < deadline:  # other execs of the machine arrive too
+            loaded.poll(100)
+            mine = [r for r in seen if r.pid == child.pid and r.args == want]
+        assert len(mine) == 1
+        assert mine[0].cwd == str(tmp_path).encode() and mine[0].ppid == os.getpid()
+
+        def full_disk(record) -> None:  # noqa: ANN001
+            raise OSError(28, "No space left on device")
+
+        loaded.on_exec = full_disk
+        with pytest.raises(OSError, match="No space left"):
+            while time.monotonic() < deadline + 30:
+                subprocess.run(["/bin/true"], check=True)
+                loaded.poll(100)
+    finally:
+        loaded.close()
