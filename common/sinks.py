@@ -198,6 +198,11 @@ class FanOut:
             output.close()
 
 
+def is_spool_target(target: str) -> bool:
+    """``spool:DIR``: the durable spool, not a text output."""
+    return target.startswith("spool:")
+
+
 def open_sink(target: str, max_bytes: int = DEFAULT_MAX_BYTES,
               generations: int = DEFAULT_GENERATIONS) -> Sink:
     """An output by name: ``-`` or ``stdout``; ``jsonl:PATH`` or a bare ``PATH`` for a rotated
@@ -205,7 +210,7 @@ def open_sink(target: str, max_bytes: int = DEFAULT_MAX_BYTES,
     FIFO) is written as it is: never rotated, never chmod-ed."""
     if target in ("-", "stdout"):
         return StreamSink()
-    if target.startswith("spool:"):
+    if is_spool_target(target):
         from common.spool import Spool, SpoolSink
         if not target[6:]:
             raise ValueError("spool: names no directory")
@@ -247,7 +252,7 @@ def open_outputs(targets: list[str] | tuple[str, ...], fmt: str = "ecs",
     OutputError says what is wrong."""
     from common.render import line_renderer
     targets = list(targets or ["-"])
-    if fmt == "laurel" and any(t.startswith("spool:") for t in targets):
+    if fmt == "laurel" and any(map(is_spool_target, targets)):
         raise OutputError("a spool stores events, and --format laurel writes audit records: "
                           "use --format ecs or qlog with a spool output")
     render = line_renderer(fmt)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Callable, Sequence
 
-from common.sinks import Outputs, open_outputs
+from common.sinks import Outputs, is_spool_target, open_outputs
 from sensor_linux import runner
 from sensor_linux.runner import RunConfig
 from sensor_linux.sources import SOURCES, SourceEntry
@@ -45,7 +45,7 @@ def run_sensor(config: RunConfig, outputs: tuple[str, ...] | list[str], store: s
     Raises UsageProblem, common.sinks.OutputError, runner.SourceError or
     privileges.PrivilegeError."""
     entry = registry[config.source]
-    if sigma and (not store or not any(o.startswith("spool:") for o in outputs)):
+    if sigma and (not store or not any(map(is_spool_target, outputs))):
         raise UsageProblem("--sigma rules are evaluated by the embedded collector, which "
                            "reads the spool output into --store: give both")
     if config.fmt not in entry.formats:

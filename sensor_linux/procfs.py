@@ -207,8 +207,7 @@ def exe_identity(pid: int, executable: str | bytes | None, hasher: FileHasher,
         st = os.stat(path)
     except OSError:
         return None, False
-    if not stat.S_ISREG(st.st_mode) or (
-            image_inodes is not None and (st.st_dev, st.st_ino) not in image_inodes):
+    if not _may_be_image(st, image_inodes):
         return None, False
     known = hasher.cached(file_key(st))
     if known is not None:
@@ -219,10 +218,7 @@ def exe_identity(pid: int, executable: str | bytes | None, hasher: FileHasher,
     except OSError:
         return None, False
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None, False
-        if image_inodes is not None and (st.st_dev, st.st_ino) not in image_inodes:
+        if not _may_be_image(os.fstat(fd), image_inodes):  # swapped since the stat
             return None, False
         try:
             return hasher.digests_of_fd(fd), True
@@ -230,6 +226,12 @@ def exe_identity(pid: int, executable: str | bytes | None, hasher: FileHasher,
             return None, True
     finally:
         os.close(fd)
+
+
+def _may_be_image(st: os.stat_result, image_inodes: frozenset[tuple[int, int]] | None) -> bool:
+    """A regular file, and the one the exec touched when its inodes are known."""
+    return stat.S_ISREG(st.st_mode) and (
+        image_inodes is None or (st.st_dev, st.st_ino) in image_inodes)
 
 
 def _absolute(path: str | bytes, cwd: str | bytes | None) -> bytes | None:

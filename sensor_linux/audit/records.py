@@ -94,7 +94,10 @@ class Record:
 
     def plain_fields(self) -> list[tuple[bytes, bytes]]:
         """A plain record's fields as ``(key, raw text)``, both bytes; empty for others."""
-        return [] if self._plain is None else _PLAIN_FIELD.findall(self._plain)
+        if self._plain is None:
+            return []
+        # A body _PLAIN has matched: keys hold no "=", values no space.
+        return [part.partition(b"=")[::2] for part in self._plain.split()]  # type: ignore[misc]
 
     def plain_parts(self) -> list[bytes]:
         """A plain record's fields as ``key=value`` text (a plain body has no whitespace but
@@ -133,8 +136,7 @@ class Record:
         fields = self._fields
         if fields is None:
             fields = self._fields = {}
-            for part in self._plain.split():
-                name, _, raw = part.partition(b"=")
+            for name, raw in self.plain_fields():
                 if name not in fields:  # the first of duplicated keys, as get's scan
                     fields[name] = raw
         return fields
@@ -255,8 +257,6 @@ _SPECIAL_START = frozenset((AVC, TTY, MAC_POLICY_LOAD))
 _PAIR = (rb'(?!subj=|SADDR=)[A-Za-z][A-Za-z0-9_-]*(?:\[[0-9]+\])?='
          rb'(?:"[^" \t-\r\x1d\'{]*"|(?!")[^ \t-\r\x1d\'{]*)')
 _PLAIN = re.compile(rb" *(?:%s(?: +%s)*)? *" % (_PAIR, _PAIR))
-# The fields of a body _PLAIN has matched (so keys hold no "=" and values no whitespace).
-_PLAIN_FIELD = re.compile(rb"([^ =]+)=([^ ]*)")
 
 
 def _find_field(plain: bytes, key: bytes) -> bytes | None:
