@@ -37,6 +37,7 @@ source knows, ``event.action`` named after its record types.
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import functools
 import math
@@ -85,14 +86,34 @@ def _second_text(second: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S")
 
 
+# Event ids are made 256 at a time from one read of the kernel's random source: a
+# getrandom() per event was a system call on the hot path. A deque, because popleft() is atomic
+# (a thread may make events beside the main loop); emptied in a forked child, which must not
+# hand out ids its parent already made.
+_ID_BATCH = 256
+_ids: collections.deque[str] = collections.deque()
+os.register_at_fork(after_in_child=_ids.clear)
+
+
+def _made_ids(count: int) -> list[str]:
+    """``count`` random (version 4) UUIDs as text, as ``str(uuid.uuid4())`` writes them."""
+    made = []
+    data = bytearray(os.urandom(16 * count))
+    for at in range(0, 16 * count, 16):
+        data[at + 6] = data[at + 6] & 0x0F | 0x40   # version 4
+        data[at + 8] = data[at + 8] & 0x3F | 0x80   # RFC 4122 variant
+        text = data[at:at + 16].hex()
+        made.append(f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}")
+    return made
+
+
 def new_event_id() -> str:
-    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` writes it, for a third of
-    its cost (one per event)."""
-    data = bytearray(os.urandom(16))
-    data[6] = data[6] & 0x0F | 0x40   # version 4
-    data[8] = data[8] & 0x3F | 0x80   # RFC 4122 variant
-    text = data.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    """A random (version 4) UUID as text, each one different."""
+    while True:
+        try:
+            return _ids.popleft()
+        except IndexError:
+            _ids.extend(_made_ids(_ID_BATCH))
 
 
 def new_event(action: str, provider: str, *, host: dict[str, Any],

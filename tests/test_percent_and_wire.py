@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -141,6 +142,25 @@ def test_event_ids_are_version_4_uuids_written_as_uuid_writes_them() -> None:
     for text in ids:
         parsed = uuid.UUID(text)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+
+
+def test_a_forked_child_does_not_repeat_its_parents_event_ids() -> None:
+    """Ids are made in batches; a child forked with part of a batch left must not hand out
+    the ids its parent hands out next."""
+    from common.schema import new_event_id
+    new_event_id()  # a batch is made, most of it left
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(writer, "".join(new_event_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(child, 0)
+    with os.fdopen(reader) as f:
+        theirs = f.read()
+    ours = [new_event_id() for _ in range(10)]
+    assert len(theirs) == 360
+    assert not any(i in theirs for i in ours)
 
 
 def test_timestamps_are_written_as_strftime_writes_them() -> None:
