@@ -92,7 +92,8 @@ def _second_text(second: int) -> str:
 # hand out ids its parent already made.
 _ID_BATCH = 256
 _ids: collections.deque[str] = collections.deque()
-os.register_at_fork(after_in_child=_ids.clear)
+if hasattr(os, "register_at_fork"):  # Windows has no fork
+    os.register_at_fork(after_in_child=_ids.clear)
 
 
 def _made_ids(count: int) -> list[str]:
