@@ -29,15 +29,19 @@ class Parents(Protocol):
 
 
 def parent_map(table: ProcessTable, ppid: int | None, child_start: float | None,
-               parents: Parents) -> dict[str, Any] | None:
+               parents: Parents) -> tuple[dict[str, Any] | None, dict[Any, Any] | None]:
     """``process.parent``: from the table, else from the platform, else just the pid; None
-    for PID 0 (the kernel started the process: there is no parent process)."""
+    for PID 0 (the kernel started the process: there is no parent process). With it, the
+    table entry's TTPHash cache for that map when it came from the table (else None)."""
     if not ppid:
-        return None
+        return None, None
     entry = table.parent_of(ppid, child_start)
     if entry is not None:
-        return parent_context(entry, parents.running(entry))
-    return parents.unknown(ppid, child_start) or {"pid": ppid}
+        running = parents.running(entry)
+        if entry.hash_parts is None:
+            entry.hash_parts = {}
+        return parent_context(entry, running), entry.hash_parts.setdefault(running, {})
+    return parents.unknown(ppid, child_start) or {"pid": ppid}, None
 
 
 def process_create(table: ProcessTable, host: dict[str, Any], provider: str,
@@ -53,12 +57,13 @@ def process_create(table: ProcessTable, host: dict[str, Any], provider: str,
     event = new_event(ACTION_PROCESS_CREATE, provider, host=host, timestamp=timestamp,
                       original_id=original_id)
     event["event"]["kind"] = kind
-    parent = parent_map(table, ppid, start_key, parents)
+    parent, parent_cache = parent_map(table, ppid, start_key, parents)
     if parent is not None and parent_fields:
         parent.update(parent_fields)
+        parent_cache = None  # the map is no longer the entry's alone
     process["parent"] = parent
     event["process"] = process
     if record:
         table.record(Entry(pid, start_key, process, event["event"]["id"]))
-    ttphash.attach(event, memo=memo)
+    ttphash.attach(event, memo=memo, parent_cache=parent_cache)
     return event

@@ -34,6 +34,9 @@ class Entry:
     process: dict[str, Any]     # the process map of the event that introduced it
     event_id: str | None = None
     gone: bool = False          # found exited by the last prune
+    # What the TTPHash reads of this process as a parent, by its isRunning then by OS:
+    # children of one parent read it once (common.ttphash.Memo.compute).
+    hash_parts: dict[Any, Any] | None = None
 
 
 class ProcessTable:

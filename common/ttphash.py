@@ -238,8 +238,9 @@ def _first_value(process: dict[str, Any], paths: tuple[tuple[str, ...], ...]) ->
 RawInput = tuple[str, CompiledTable, CompiledTable, list[Any], "list[Any] | None"]
 
 
-def _raw_input(event: Event) -> RawInput:
-    """The OS, its tables, and the raw values of the process's and its parent's fields."""
+def _raw_input(event: Event, parent_cache: dict[Any, Any] | None = None) -> RawInput:
+    """The OS, its tables, and the raw values of the process's and its parent's fields (the
+    parent's from ``parent_cache`` when it has them, see :meth:`Memo.compute`)."""
     os_type = get_path(event, "host.os.type")
     tables = _TABLES.get(os_type) if isinstance(os_type, str) else None
     if tables is None:
@@ -249,8 +250,17 @@ def _raw_input(event: Event) -> RawInput:
     if not isinstance(process, dict):
         raise TTPHashError("the event has no 'process' map")
     parent = process.get("parent")
-    return (os_type, own, par, _raw(process, own),
-            _raw(parent, par) if isinstance(parent, dict) else None)
+    if not isinstance(parent, dict):
+        parent_raw = None
+    elif parent_cache is None:
+        parent_raw = _raw(parent, par)
+    else:
+        cached = parent_cache.get(os_type)
+        if cached is None:
+            parent_raw = _raw(parent, par)
+            cached = parent_cache[os_type] = (parent_raw, _values_key(parent_raw))
+        parent_raw = cached[0]
+    return os_type, own, par, _raw(process, own), parent_raw
 
 
 def _input(raw: RawInput, device_map: dict[str, str] | None) -> dict[str, Any]:
@@ -331,9 +341,11 @@ def _hashed(hash_input: dict[str, Any]) -> TTPHash:
 
 
 def attach(event: Event, device_map: dict[str, str] | None = None,
-           memo: "Memo | None" = None) -> TTPHash:
-    """Compute the hash (through ``memo`` if given) and store it as ``event["ttphash"]``."""
-    result = memo.compute(event, device_map) if memo is not None else compute(event, device_map)
+           memo: "Memo | None" = None, parent_cache: dict[Any, Any] | None = None) -> TTPHash:
+    """Compute the hash (through ``memo`` if given) and store it as ``event["ttphash"]``.
+    ``parent_cache``: see :meth:`Memo.compute`."""
+    result = (memo.compute(event, device_map, parent_cache) if memo is not None
+              else compute(event, device_map))
     event["ttphash"] = result.as_field()
     return result
 
@@ -352,12 +364,22 @@ class Memo:
         self._parents: dict[tuple[Any, ...], tuple[dict[str, Any] | None, bool]] = {}
         self.hits = 0
 
-    def compute(self, event: Event, device_map: dict[str, str] | None = None) -> TTPHash:
-        raw = _raw_input(event)  # raises as compute() does
+    def compute(self, event: Event, device_map: dict[str, str] | None = None,
+                parent_cache: dict[Any, Any] | None = None) -> TTPHash:
+        """``parent_cache``: a dict the caller keeps with the parent (its process-table
+        entry), where the parent's values read for the hash and their key are kept, so that
+        the children of one parent read them once. Pass it only when ``process.parent`` is
+        exactly what that entry gives: its values are not read again."""
+        raw = _raw_input(event, parent_cache)  # raises as compute() does
         os_type, _, _, own_raw, parent_raw = raw
         context = (os_type, tuple(sorted(device_map.items())) if device_map else None)
         own_key = _values_key(own_raw)
-        parent_key = () if parent_raw is None else _values_key(parent_raw)
+        if parent_raw is None:
+            parent_key: tuple[Any, ...] | None = ()
+        elif parent_cache is not None:
+            parent_key = parent_cache[os_type][1]
+        else:
+            parent_key = _values_key(parent_raw)
         key = None if own_key is None or parent_key is None else (context, own_key, parent_key)
         if key is not None:
             found = self._known.get(key)

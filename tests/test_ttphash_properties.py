@@ -259,3 +259,47 @@ def test_the_memo_normalizes_a_parent_once_and_never_mixes_parents_up() -> None:
     for event in variants + variants[::-1]:
         assert memo.compute(event) == ttphash.compute(event)
     assert len(memo._parents) <= 30 and len(memo._known) <= 30
+
+
+def test_children_of_one_table_entry_hash_as_compute_says_whatever_the_parent_state() -> None:
+    """process_create hands the memo the parent's table entry, whose values are read once
+    for all its children: each child's hash must still be compute()'s, when the parent is
+    seen running and not (a platform that checks), when a platform adds fields to the parent
+    (Windows' fixed names), and for a parent replaced by a new exec of the same pid."""
+    from common.bench import varied_events
+    from common.process_event import process_create
+    from common.proctable import Entry, ProcessTable
+
+    class Flipping:
+        """A platform that sees the parent running, then gone, then running..."""
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def running(self, entry: Entry) -> bool:
+            self.calls += 1
+            return self.calls % 2 == 1
+
+        def unknown(self, ppid: int, child_start: float | None) -> None:
+            return None
+
+    events = varied_events(30)
+    host = {"name": "h", "os": {"type": "linux"}}
+    table = ProcessTable()
+    memo = ttphash.Memo()
+    platform = Flipping()
+    parent_pid = 4000
+    made = []
+    for number, event in enumerate(events[:2] * 20):  # children that repeat: the memo hits
+        if number % 10 == 0:  # a new exec of the parent's pid: another image
+            table.record(Entry(parent_pid, 1.0, copy.deepcopy(events[10 + number // 10]["process"])))
+        process = {k: v for k, v in copy.deepcopy(event["process"]).items() if k != "parent"}
+        extra = {"executable": "/opt/fixed/parent"} if number % 3 == 0 else None
+        made.append(process_create(table, host, "test", process, pid=100 + number,
+                                   start_key=2.0, ppid=parent_pid, parents=platform,
+                                   memo=memo, record=False, parent_fields=extra))
+    assert table.get(parent_pid).hash_parts.keys() == {True, False}
+    for event in made:
+        value = event.pop("ttphash")
+        assert value == ttphash.compute(event).as_field()
+        assert event["process"]["parent"]["running"] in (True, False)
+    assert memo.hits > 0
