@@ -252,11 +252,16 @@ class RpmIndex(_RefreshingIndex):
 
 
 class PackageIndex:
-    """Every package manager present on ``root``, asked in turn (dpkg first)."""
+    """Every package manager present on ``root``, asked in turn (dpkg first). Answers are
+    remembered by path and digests until an index is rebuilt: a host runs the same binaries
+    again and again, and each answer is a few look-ups and the decoding of a path."""
 
-    def __init__(self, root: str = "/") -> None:
+    def __init__(self, root: str = "/", max_entries: int = 4096) -> None:
         candidates: list[DpkgIndex | RpmIndex] = [DpkgIndex(root), RpmIndex(root)]
         self.indexes = [index for index in candidates if index.available]
+        self.max_entries = max_entries
+        self._known: dict[tuple[str | bytes, FileDigests | None], Provenance | None] = {}
+        self._builds: tuple[int, ...] = ()
 
     @property
     def available(self) -> bool:
@@ -264,10 +269,23 @@ class PackageIndex:
 
     def provenance(self, path: str | bytes, digests: FileDigests | None) -> Provenance | None:
         for index in self.indexes:
+            index.refresh()
+        builds = tuple(index.builds for index in self.indexes)
+        if builds != self._builds:  # a package was installed, removed or upgraded
+            self._known.clear()
+            self._builds = builds
+        key = (path, digests)
+        if key in self._known:
+            return self._known[key]
+        found = None
+        for index in self.indexes:
             found = index.provenance(path, digests)
             if found is not None:
-                return found
-        return None
+                break
+        self._known[key] = found
+        if len(self._known) > self.max_entries:
+            del self._known[next(iter(self._known))]
+        return found
 
 
 def describe_file(path: str, index: "PackageIndex", hasher: FileHasher,

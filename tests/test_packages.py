@@ -76,6 +76,23 @@ def test_index_refreshes_when_the_database_changes(root) -> None:
                             _digests(root / "usr/local/bin/tool")).verified is None
 
 
+def test_remembered_answers_follow_the_digests_and_a_changed_database(root) -> None:
+    """PackageIndex remembers answers by path and digests: the same path with other contents
+    is asked again, and an answer is forgotten when the database is re-indexed."""
+    index = PackageIndex(str(root))
+    index.indexes[0].recheck_seconds = 0
+    ls, cat = _digests(root / "usr/bin/ls"), _digests(root / "usr/bin/cat")
+    for _ in range(2):
+        assert index.provenance("/usr/bin/ls", ls).verified is True
+        assert index.provenance("/usr/bin/ls", cat).verified is False  # not what dpkg shipped
+        assert index.provenance("/usr/local/bin/tool", _digests(root / "usr/bin/true")) is None
+    info = root / "var/lib/dpkg/info"
+    (info / "localtool.list").write_text("/usr/local/bin/tool\n")
+    os.utime(info, ns=(1, os.stat(info).st_mtime_ns + 10**9))
+    found = index.provenance("/usr/local/bin/tool", _digests(root / "usr/bin/true"))
+    assert found is not None and found.package == "localtool"
+
+
 def test_whatis_command_on_the_test_root(root) -> None:
     paths = [str(root / "usr/bin/ls"), str(root / "usr/bin/cat"), str(root / "usr/local/bin/tool")]
     result = run_cli("whatis", "--json", "--root", str(root), *paths)
