@@ -97,9 +97,14 @@ class Enricher:
         if facts.start_time is not None:
             process["start"] = utc_timestamp(facts.start_time)
         if facts.uids is not None:
-            process["real_user"] = self._identity(facts.uids[0])
-            process["user"] = self._identity(facts.uids[1])
-            process["saved_user"] = self._identity(facts.uids[2])
+            real, effective, saved = facts.uids[0], facts.uids[1], facts.uids[2]
+            real_map = self._identity(real)
+            process["real_user"] = real_map
+            # Usually all three are one user: looked up once, a copy each.
+            process["user"] = (self._identity(effective) if effective != real or real_map is None
+                               else dict(real_map))
+            process["saved_user"] = (self._identity(saved) if saved != real or real_map is None
+                                     else dict(real_map))
         if facts.gids is not None:
             process["group"] = self._identity(facts.gids[1], group=True)
         process["interactive"] = facts.tty is not None
