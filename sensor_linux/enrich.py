@@ -19,7 +19,7 @@ from common.percent import percent_encode, to_bytes
 from common.process_event import process_create
 from common.proctable import Entry, ProcessTable, parent_context
 from common.schema import Event, utc_timestamp
-from sensor_linux.image import image_facts
+from sensor_linux.image import RecentLooks, image_facts
 from sensor_linux.packages import UNPACKAGED_FIELD, PackageIndex
 from sensor_linux.procfs import (PROC, UNSET_ID, ProcessFacts, boot_time, exe_identity,
                                  read_process)
@@ -55,6 +55,7 @@ class Enricher:
     table: ProcessTable = field(default_factory=ProcessTable)
     host: dict[str, Any] = field(default_factory=linux_host)
     fingerprints: ttphash.Memo = field(default_factory=ttphash.Memo)
+    looks: RecentLooks = field(default_factory=RecentLooks)  # is an image still at its path
     proc: str = PROC
     # live: events are about processes on this host, now (so /proc may be read for images and
     # unknown parents); false when replaying a recorded log, whose PIDs mean nothing here.
@@ -129,7 +130,8 @@ class Enricher:
             return
         if facts.image_identity is not None and isinstance(facts.executable, (str, bytes)):
             found = image_facts(to_bytes(facts.executable), facts.image_identity,
-                                self.hasher, facts.pid if self.live else None, self.proc)
+                                self.hasher, facts.pid if self.live else None, self.proc,
+                                self.looks)
             self.proc_reads += found.read_proc
             digests, on_disk = found.digests, found.on_disk
         else:

@@ -1,9 +1,10 @@
 """The executed image from the identity the kernel reported: digests and on-disk state.
 
 The eBPF probes read the identity of the file the kernel executed (device, inode, size, mtime,
-ctime, link count) at the exec. That identity keys the digest cache directly, and one stat of the
+ctime, link count) at the exec. That identity keys the digest cache directly, and a stat of the
 path tells whether the file there is still the one that ran, so nothing races the process's
-exit. Only a file that is no longer at its path (deleted, replaced) and was never hashed before
+exit; a look that found it answers for execs of that very version for a second
+(:class:`RecentLooks`). Only a file that is no longer at its path (deleted, replaced) and was never hashed before
 is looked for through ``/proc/PID/exe``, and only while that process still runs it.
 """
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 from common.filehash import FileDigests, FileHasher, FileKey, file_key
 from sensor_linux.procfs import PROC
@@ -65,14 +68,61 @@ def _hash_if_same(path: str | bytes, identity: FileIdentity,
         os.close(fd)
 
 
+# How long a look that found a file version at its path answers for later execs of that very
+# version: at a thousand execs a second of one binary, one stat() a second instead of each.
+LOOK_REUSE_SECONDS = 1.0
+
+
+class RecentLooks:
+    """Paths lately seen holding a file version, so that the execs of one binary in a burst
+    share one stat(). Only a look that found the file is kept; the version (device, inode,
+    size, mtime, ctime) is part of the key, so a replaced or rewritten file is another key
+    and looked at anew. Bounded: the oldest look goes first."""
+
+    def __init__(self, seconds: float = LOOK_REUSE_SECONDS, max_entries: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.max_entries = max_entries
+        self._clock = clock
+        self._found: dict[tuple[bytes, FileKey], float] = {}
+        self.reused = 0
+
+    def still_there(self, path: bytes, identity: FileIdentity) -> bool:
+        """Whether the file at ``path`` is ``identity``, looked at at most ``seconds`` ago."""
+        key = (path, identity.key)
+        now = self._clock()
+        seen = self._found.get(key)
+        if seen is not None and now - seen < self.seconds:
+            self.reused += 1
+            return True
+        try:
+            there = identity.matches(os.stat(path, follow_symlinks=False))
+        except OSError:
+            there = False
+        if there:
+            self._found.pop(key, None)  # re-inserted last: the oldest look goes first
+            self._found[key] = now
+            if len(self._found) > self.max_entries:
+                del self._found[next(iter(self._found))]
+        else:
+            self._found.pop(key, None)
+        return there
+
+
 def image_facts(executable: bytes, identity: FileIdentity, hasher: FileHasher,
-                pid: int | None = None, proc: str = PROC) -> ImageFacts:
-    """What ran at ``executable`` (the kernel's canonical path) with ``identity``."""
-    try:
-        now = os.stat(executable, follow_symlinks=False)
-        on_disk = identity.nlink > 0 and identity.matches(now)
-    except OSError:
+                pid: int | None = None, proc: str = PROC,
+                looks: RecentLooks | None = None) -> ImageFacts:
+    """What ran at ``executable`` (the kernel's canonical path) with ``identity``; ``looks``
+    remembers recent looks at the path (else each call looks)."""
+    if identity.nlink == 0:
         on_disk = False
+    elif looks is not None:
+        on_disk = looks.still_there(executable, identity)
+    else:
+        try:
+            on_disk = identity.matches(os.stat(executable, follow_symlinks=False))
+        except OSError:
+            on_disk = False
     digests = hasher.cached(identity.key)
     if digests is None and on_disk:
         digests = _hash_if_same(executable, identity, hasher, follow=False)
