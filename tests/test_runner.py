@@ -12,6 +12,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+import pytest
+
 from collector.store import Store
 from common import ttphash
 from common.schema import new_event
@@ -202,3 +204,19 @@ def test_what_an_unprivileged_sensor_could_not_rotate_is_named() -> None:
     assert len(problems) == 2, problems
     assert problems[0].startswith(f"{closed}/a.jsonl: the directory {closed} is not writable")
     assert problems[1].startswith(f"{sticky}/root.jsonl: {sticky} is a shared (sticky)")
+
+
+def test_the_read_loop_runs_with_a_steadier_collector_and_puts_it_back() -> None:
+    """Startup's objects are frozen out of the collector's walks and the collector runs
+    less often while the loop runs; afterwards both are as they were, even after a failure."""
+    import gc
+
+    from sensor_linux.runner import GC_YOUNG_CONTAINERS, steady_collector
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    with pytest.raises(RuntimeError):
+        with steady_collector():
+            assert gc.get_threshold()[0] == GC_YOUNG_CONTAINERS
+            assert gc.get_freeze_count() >= frozen + 1
+            raise RuntimeError("the loop failed")
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
