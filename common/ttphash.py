@@ -11,6 +11,7 @@ Pipeline: :func:`build_input` (select and normalize fields from an event of our 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -360,8 +361,11 @@ class Memo:
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
-        self._known: dict[tuple[Any, ...], TTPHash] = {}
-        self._parents: dict[tuple[Any, ...], tuple[dict[str, Any] | None, bool]] = {}
+        # OrderedDicts: a plain dict emptied from the front makes each next(iter()) walk
+        # the removed slots (2 us an eviction at 4,096 entries, against 0.13).
+        self._known: OrderedDict[tuple[Any, ...], TTPHash] = OrderedDict()
+        self._parents: OrderedDict[tuple[Any, ...], tuple[dict[str, Any] | None, bool]] = \
+            OrderedDict()
         self.hits = 0
 
     def compute(self, event: Event, device_map: dict[str, str] | None = None,
@@ -411,10 +415,10 @@ class Memo:
         return found
 
 
-def _remember(known: dict[Any, Any], key: Any, value: Any, max_entries: int) -> None:
+def _remember(known: OrderedDict[Any, Any], key: Any, value: Any, max_entries: int) -> None:
     known[key] = value
     if len(known) > max_entries:
-        del known[next(iter(known))]
+        known.popitem(last=False)
 
 
 def _flat_complete(part: dict[str, Any]) -> bool:

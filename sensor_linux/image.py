@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -84,7 +85,7 @@ class RecentLooks:
         self.seconds = seconds
         self.max_entries = max_entries
         self._clock = clock
-        self._found: dict[tuple[bytes, FileKey], float] = {}
+        self._found: OrderedDict[tuple[bytes, FileKey], float] = OrderedDict()
         self.reused = 0
 
     def still_there(self, path: bytes, identity: FileIdentity) -> bool:
@@ -100,10 +101,10 @@ class RecentLooks:
         except OSError:
             there = False
         if there:
-            self._found.pop(key, None)  # re-inserted last: the oldest look goes first
             self._found[key] = now
+            self._found.move_to_end(key)  # the oldest look goes first
             if len(self._found) > self.max_entries:
-                del self._found[next(iter(self._found))]
+                self._found.popitem(last=False)
         else:
             self._found.pop(key, None)
         return there

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -260,7 +261,8 @@ class PackageIndex:
         candidates: list[DpkgIndex | RpmIndex] = [DpkgIndex(root), RpmIndex(root)]
         self.indexes = [index for index in candidates if index.available]
         self.max_entries = max_entries
-        self._known: dict[tuple[str | bytes, FileDigests | None], Provenance | None] = {}
+        self._known: OrderedDict[tuple[str | bytes, FileDigests | None], Provenance | None] = \
+            OrderedDict()
         self._builds: tuple[int, ...] = ()
 
     @property
@@ -284,7 +286,7 @@ class PackageIndex:
                 break
         self._known[key] = found
         if len(self._known) > self.max_entries:
-            del self._known[next(iter(self._known))]
+            self._known.popitem(last=False)
         return found
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from sensor_linux.audit.records import EOE, PROCTITLE, SYSCALL, Record, is_multipart
@@ -114,7 +115,7 @@ class Assembler:
         # The event the last record opened, while it stays open (see _add).
         self._last: AuditEvent | None = None
         self._last_key: EventKey | None = None
-        self._closed_early: dict[EventKey, None] = {}
+        self._closed_early: OrderedDict[EventKey, None] = OrderedDict()
 
     @property
     def inflight(self) -> int:
@@ -194,7 +195,7 @@ class Assembler:
             self._finish(key, event, out)
             self._closed_early[key] = None
             if len(self._closed_early) > MAX_EARLY_CLOSED:
-                del self._closed_early[next(iter(self._closed_early))]
+                self._closed_early.popitem(last=False)  # O(1), unlike a dict's front
         elif key in self._inflight:
             self._last, self._last_key = event, key
         return out
