@@ -135,10 +135,9 @@ class Record:
             return None
         fields = self._fields
         if fields is None:
-            fields = self._fields = {}
-            for name, raw in self.plain_fields():
-                if name not in fields:  # the first of duplicated keys, as get's scan
-                    fields[name] = raw
+            # Built from the last field to the first: of duplicated keys the first wins, as
+            # in get's scan.
+            fields = self._fields = dict(reversed(self.plain_fields()))
         return fields
 
     def values(self, keys: tuple[str, ...]) -> list[Value]:
