@@ -4,8 +4,9 @@ The eBPF probes read the identity of the file the kernel executed (device, inode
 ctime, link count) at the exec. That identity keys the digest cache directly, and a stat of the
 path tells whether the file there is still the one that ran, so nothing races the process's
 exit; a look that found it answers for execs of that very version for a second
-(:class:`RecentLooks`). Only a file that is no longer at its path (deleted, replaced) and was never hashed before
-is looked for through ``/proc/PID/exe``, and only while that process still runs it.
+(:class:`RecentLooks`). Only a file that is no longer at its path (deleted, replaced) and was
+never hashed before is looked for through ``/proc/PID/exe``, and only while that process still
+runs it.
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ def _hash_if_same(path: str | bytes, identity: FileIdentity,
         os.close(fd)
 
 
+def _at_path(path: bytes, identity: FileIdentity) -> bool:
+    """The file at ``path`` (a final symlink not followed) is ``identity``, now."""
+    try:
+        return identity.matches(os.stat(path, follow_symlinks=False))
+    except OSError:
+        return False
+
+
 # How long a look that found a file version at its path answers for later execs of that very
 # version: at a thousand execs a second of one binary, one stat() a second instead of each.
 LOOK_REUSE_SECONDS = 1.0
@@ -96,10 +105,7 @@ class RecentLooks:
         if seen is not None and now - seen < self.seconds:
             self.reused += 1
             return True
-        try:
-            there = identity.matches(os.stat(path, follow_symlinks=False))
-        except OSError:
-            there = False
+        there = _at_path(path, identity)
         if there:
             self._found[key] = now
             self._found.move_to_end(key)  # the oldest look goes first
@@ -120,10 +126,7 @@ def image_facts(executable: bytes, identity: FileIdentity, hasher: FileHasher,
     elif looks is not None:
         on_disk = looks.still_there(executable, identity)
     else:
-        try:
-            on_disk = identity.matches(os.stat(executable, follow_symlinks=False))
-        except OSError:
-            on_disk = False
+        on_disk = _at_path(executable, identity)
     digests = hasher.cached(identity.key)
     if digests is None and on_disk:
         digests = _hash_if_same(executable, identity, hasher, follow=False)

@@ -291,7 +291,8 @@ def test_children_of_one_table_entry_hash_as_compute_says_whatever_the_parent_st
     made = []
     for number, event in enumerate(events[:2] * 20):  # children that repeat: the memo hits
         if number % 10 == 0:  # a new exec of the parent's pid: another image
-            table.record(Entry(parent_pid, 1.0, copy.deepcopy(events[10 + number // 10]["process"])))
+            image = copy.deepcopy(events[10 + number // 10]["process"])
+            table.record(Entry(parent_pid, 1.0, image))
         process = {k: v for k, v in copy.deepcopy(event["process"]).items() if k != "parent"}
         extra = {"executable": "/opt/fixed/parent"} if number % 3 == 0 else None
         made.append(process_create(table, host, "test", process, pid=100 + number,
