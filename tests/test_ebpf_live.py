@@ -270,7 +270,7 @@ def test_an_output_the_unprivileged_sensor_could_not_rotate_is_refused_at_start(
 @pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "bcc-callback"])
 def test_both_ring_readers_deliver_the_same_exec_whole(monkeypatch, tmp_path,
                                                        in_place: bool) -> None:
-    """The ring is read in place on x86-64 and through BCC's callback elsewhere: both must
+    """The ring is read through BCC's callback, or in place when asked for: both must
     deliver our own execs with their facts, and a failed delivery must come out of poll()."""
     require_bcc()
     from sensor_linux.ebpf import probes
