@@ -151,9 +151,11 @@ def test_a_forked_child_does_not_repeat_its_parents_event_ids() -> None:
     new_event_id()  # a batch is made, most of it left
     reader, writer = os.pipe()
     child = os.fork()
-    if child == 0:
-        os.write(writer, "".join(new_event_id() for _ in range(10)).encode())
-        os._exit(0)
+    if child == 0:  # never back into pytest, whatever happens here
+        try:
+            os.write(writer, "".join(new_event_id() for _ in range(10)).encode())
+        finally:
+            os._exit(0)
     os.close(writer)
     os.waitpid(child, 0)
     with os.fdopen(reader) as f:
