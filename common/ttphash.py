@@ -239,29 +239,25 @@ def _first_value(process: dict[str, Any], paths: tuple[tuple[str, ...], ...]) ->
 RawInput = tuple[str, CompiledTable, CompiledTable, list[Any], "list[Any] | None"]
 
 
-def _raw_input(event: Event, parent_cache: dict[Any, Any] | None = None) -> RawInput:
-    """The OS, its tables, and the raw values of the process's and its parent's fields (the
-    parent's from ``parent_cache`` when it has them, see :meth:`Memo.compute`)."""
+def _sides(event: Event) -> tuple[str, CompiledTable, CompiledTable, dict[str, Any],
+                                  dict[str, Any] | None]:
+    """The OS, its two tables, the process map and its parent map (None when it has none)."""
     os_type = get_path(event, "host.os.type")
     tables = _TABLES.get(os_type) if isinstance(os_type, str) else None
     if tables is None:
         raise TTPHashError(f"host.os.type must be 'linux' or 'windows', not {os_type!r}")
-    own, par = tables
     process = event.get("process")
     if not isinstance(process, dict):
         raise TTPHashError("the event has no 'process' map")
     parent = process.get("parent")
-    if not isinstance(parent, dict):
-        parent_raw = None
-    elif parent_cache is None:
-        parent_raw = _raw(parent, par)
-    else:
-        cached = parent_cache.get(os_type)
-        if cached is None:
-            parent_raw = _raw(parent, par)
-            cached = parent_cache[os_type] = (parent_raw, _values_key(parent_raw))
-        parent_raw = cached[0]
-    return os_type, own, par, _raw(process, own), parent_raw
+    return os_type, tables[0], tables[1], process, parent if isinstance(parent, dict) else None
+
+
+def _raw_input(event: Event) -> RawInput:
+    """The OS, its tables, and the raw values of the process's and its parent's fields."""
+    os_type, own, par, process, parent = _sides(event)
+    return (os_type, own, par, _raw(process, own),
+            _raw(parent, par) if parent is not None else None)
 
 
 def _input(raw: RawInput, device_map: dict[str, str] | None) -> dict[str, Any]:
@@ -374,16 +370,12 @@ class Memo:
         entry), where the parent's values read for the hash and their key are kept, so that
         the children of one parent read them once. Pass it only when ``process.parent`` is
         exactly what that entry gives: its values are not read again."""
-        raw = _raw_input(event, parent_cache)  # raises as compute() does
-        os_type, _, _, own_raw, parent_raw = raw
+        os_type, own_table, par, process, parent_map = _sides(event)  # raises as compute()
+        parent_raw, parent_key = _parent_values(parent_map, par, os_type, parent_cache)
+        own_raw = _raw(process, own_table)
+        raw: RawInput = (os_type, own_table, par, own_raw, parent_raw)
         context = (os_type, tuple(sorted(device_map.items())) if device_map else None)
         own_key = _values_key(own_raw)
-        if parent_raw is None:
-            parent_key: tuple[Any, ...] | None = ()
-        elif parent_cache is not None:
-            parent_key = parent_cache[os_type][1]
-        else:
-            parent_key = _values_key(parent_raw)
         key = None if own_key is None or parent_key is None else (context, own_key, parent_key)
         if key is not None:
             found = self._known.get(key)
@@ -413,6 +405,22 @@ class Memo:
             if key is not None:
                 _remember(self._parents, key, found, self.max_entries)
         return found
+
+
+def _parent_values(parent: dict[str, Any] | None, table: CompiledTable, os_type: str,
+                   cache: dict[Any, Any] | None
+                   ) -> tuple[list[Any] | None, tuple[Any, ...] | None]:
+    """The parent's raw values and their memo key (``()`` for no parent), from ``cache`` when
+    it holds them for ``os_type`` (kept there when it does not)."""
+    if parent is None:
+        return None, ()
+    found = cache.get(os_type) if cache is not None else None
+    if found is None:
+        values = _raw(parent, table)
+        found = (values, _values_key(values))
+        if cache is not None:
+            cache[os_type] = found
+    return found
 
 
 def _remember(known: OrderedDict[Any, Any], key: Any, value: Any, max_entries: int) -> None:

@@ -78,6 +78,14 @@ class Enricher:
             out["name"] = name
         return out
 
+    def _like(self, ident: int | None, known: int | None,
+              known_map: dict[str, str] | None) -> dict[str, str] | None:
+        """``_identity(ident)``, copied from ``known_map`` when it is the same id (the real,
+        effective and saved user are usually one: looked up once)."""
+        if ident == known and known_map is not None:
+            return dict(known_map)
+        return self._identity(ident)
+
     def process_map(self, facts: ProcessFacts, ran: bool = True) -> dict[str, Any]:
         """The ``process`` map (without parent) for ``facts``. ``ran`` is false for a failed
         exec: its file never became the process's image, so /proc cannot show it."""
@@ -98,14 +106,9 @@ class Enricher:
         if facts.start_time is not None:
             process["start"] = utc_timestamp(facts.start_time)
         if facts.uids is not None:
-            real, effective, saved = facts.uids[0], facts.uids[1], facts.uids[2]
-            real_map = self._identity(real)
-            process["real_user"] = real_map
-            # Usually all three are one user: looked up once, a copy each.
-            process["user"] = (self._identity(effective) if effective != real or real_map is None
-                               else dict(real_map))
-            process["saved_user"] = (self._identity(saved) if saved != real or real_map is None
-                                     else dict(real_map))
+            real = process["real_user"] = self._identity(facts.uids[0])
+            process["user"] = self._like(facts.uids[1], facts.uids[0], real)
+            process["saved_user"] = self._like(facts.uids[2], facts.uids[0], real)
         if facts.gids is not None:
             process["group"] = self._identity(facts.gids[1], group=True)
         process["interactive"] = facts.tty is not None
@@ -130,8 +133,8 @@ class Enricher:
             return
         if facts.image_identity is not None and isinstance(facts.executable, (str, bytes)):
             found = image_facts(to_bytes(facts.executable), facts.image_identity,
-                                self.hasher, facts.pid if self.live else None, self.proc,
-                                self.looks)
+                                self.hasher, self.looks, facts.pid if self.live else None,
+                                self.proc)
             self.proc_reads += found.read_proc
             digests, on_disk = found.digests, found.on_disk
         else:

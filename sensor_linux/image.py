@@ -70,14 +70,6 @@ def _hash_if_same(path: str | bytes, identity: FileIdentity,
         os.close(fd)
 
 
-def _at_path(path: bytes, identity: FileIdentity) -> bool:
-    """The file at ``path`` (a final symlink not followed) is ``identity``, now."""
-    try:
-        return identity.matches(os.stat(path, follow_symlinks=False))
-    except OSError:
-        return False
-
-
 # How long a look that found a file version at its path answers for later execs of that very
 # version: at a thousand execs a second of one binary, one stat() a second instead of each.
 LOOK_REUSE_SECONDS = 1.0
@@ -105,7 +97,10 @@ class RecentLooks:
         if seen is not None and now - seen < self.seconds:
             self.reused += 1
             return True
-        there = _at_path(path, identity)
+        try:
+            there = identity.matches(os.stat(path, follow_symlinks=False))
+        except OSError:
+            there = False
         if there:
             self._found[key] = now
             self._found.move_to_end(key)  # the oldest look goes first
@@ -117,16 +112,10 @@ class RecentLooks:
 
 
 def image_facts(executable: bytes, identity: FileIdentity, hasher: FileHasher,
-                pid: int | None = None, proc: str = PROC,
-                looks: RecentLooks | None = None) -> ImageFacts:
+                looks: RecentLooks, pid: int | None = None, proc: str = PROC) -> ImageFacts:
     """What ran at ``executable`` (the kernel's canonical path) with ``identity``; ``looks``
-    remembers recent looks at the path (else each call looks)."""
-    if identity.nlink == 0:
-        on_disk = False
-    elif looks is not None:
-        on_disk = looks.still_there(executable, identity)
-    else:
-        on_disk = _at_path(executable, identity)
+    remembers recent looks at the path."""
+    on_disk = identity.nlink > 0 and looks.still_there(executable, identity)
     digests = hasher.cached(identity.key)
     if digests is None and on_disk:
         digests = _hash_if_same(executable, identity, hasher, follow=False)

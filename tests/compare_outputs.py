@@ -6,8 +6,9 @@ FILE`` in all three formats (and ``ecs --from-this-host``, which hashes the file
 name and looks up their packages on this host), and a recorded eBPF stream (raw ring-buffer
 records from a real kernel, ``tests/data/ebpf-stream.jsonl``, made by
 ``tests/record_ebpf.py``) through the eBPF pipeline in ecs and qlog, with the code of a base
-commit and with the working tree, and compares the outputs. The only difference allowed is in random event ids (uuid4), which are
-renumbered in order of first appearance on both sides before comparing.
+commit and with the working tree, and compares the outputs. The only difference allowed is in
+random event ids (uuid4), which are renumbered in order of first appearance on both sides
+before comparing.
 
     python -m tests.compare_outputs BASE      # e.g. HEAD~3; exit 1 on any difference
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from common.filehash import FileHasher
+from common.filehash import FileHasher, file_key
 from sensor_linux.image import FileIdentity, RecentLooks, image_facts
 
 
@@ -19,8 +19,7 @@ class Clock:
 
 def _identity(path: str) -> FileIdentity:
     st = os.stat(path)
-    return FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                        st.st_nlink)
+    return FileIdentity(*file_key(st), st.st_nlink)
 
 
 def test_a_look_answers_for_its_file_version_within_its_window_only(tmp_path) -> None:
@@ -42,7 +41,7 @@ def test_a_look_answers_for_its_file_version_within_its_window_only(tmp_path) ->
     second = _identity(path)
     assert second.key != first.key
     assert looks.still_there(path.encode(), second) is True
-    assert looks.still_there(path.encode(), first) is False  # a failed look is not kept
+    assert looks.still_there(path.encode(), first) is False  # the old version is gone
     assert looks.reused == 1
 
 
@@ -61,8 +60,9 @@ def test_looks_are_bounded_and_the_oldest_goes_first(tmp_path) -> None:
     assert looks.still_there(paths[2].encode(), ids[2]) is True and looks.reused == 1
 
 
-def test_image_facts_with_and_without_looks_agree(tmp_path) -> None:
-    """A deleted image (link count 0) is not on disk whatever was seen; a present one is."""
+def test_image_facts_on_disk_for_a_present_image_and_never_for_a_deleted_one(tmp_path) -> None:
+    """A deleted image (link count 0) is not on disk whatever was seen; a present one is,
+    on a first look and on one reused."""
     path = str(tmp_path / "tool")
     with open(path, "wb") as f:
         f.write(b"#!/bin/sh\n")
@@ -70,8 +70,8 @@ def test_image_facts_with_and_without_looks_agree(tmp_path) -> None:
     deleted = FileIdentity(*ident.key, nlink=0)
     hasher = FileHasher()
     looks = RecentLooks(clock=Clock())
-    for how in (None, looks, looks):
-        present = image_facts(path.encode(), ident, hasher, looks=how)
+    for how in (RecentLooks(clock=Clock()), looks, looks):
+        present = image_facts(path.encode(), ident, hasher, how)
         assert present.on_disk is True and present.digests == hasher.digests(path)
-        assert image_facts(path.encode(), deleted, hasher, looks=how).on_disk is False
+        assert image_facts(path.encode(), deleted, hasher, how).on_disk is False
     assert looks.reused == 1
