@@ -39,10 +39,10 @@ class Producer:
         assert self.position + total - self.consumer() <= SIZE, "the ring is full"
         raw = struct.pack("I", length | flags) + b"\0" * 4 + data + b"\0" * (total - 8 - length)
         start = self.position % SIZE
-        for i, byte in enumerate(raw):  # both copies: what the double mapping shows
-            at = (start + i) % SIZE
-            self.mem[2 * PAGE + at] = byte
-            self.mem[2 * PAGE + SIZE + at] = byte
+        first = min(len(raw), SIZE - start)   # what fits before the end, then the wrapped rest
+        for copy in (2 * PAGE, 2 * PAGE + SIZE):  # both copies: what the double mapping shows
+            self.mem[copy + start:copy + start + first] = raw[:first]
+            self.mem[copy:copy + len(raw) - first] = raw[first:]
         self.position += total
         struct.pack_into("Q", self.mem, PAGE, self.position)
 
@@ -131,3 +131,40 @@ def test_one_read_takes_what_was_there_when_it_began(ring) -> None:
     producer.put(b"b")
     assert reader.read(deliver_and_produce) == 2 and got == [b"a", b"b"]
     assert reader.read(got.append) == 2 and got[2:] == [b"during a", b"during b"]
+
+
+def test_the_consumer_position_is_never_seen_to_go_back(ring) -> None:
+    """The kernel's producers read the consumer position at any moment, from other CPUs. A
+    store that passes through another value on its way (struct.pack_into zeroes its
+    destination first) let a producer see 0, take an empty ring for a full one and refuse the
+    record: here a watching process reads the position while the reader consumes, and must
+    never see it below a value it saw before."""
+    producer, reader = ring
+    seen = os.pipe()
+    child = os.fork()
+    if child == 0:  # the watcher: reads the shared page until the parent is done
+        try:
+            os.close(seen[0])
+            view = memoryview(producer.mem)[:8].cast("Q")
+            highest = backwards = reads = 0
+            while producer.mem[PAGE + 8] == 0:   # the parent's "done" byte
+                for _ in range(1000):
+                    value = view[0]
+                    if value < highest:
+                        backwards += 1
+                    highest = max(highest, value)
+                reads += 1000
+            os.write(seen[1], f"{backwards} {reads}".encode())
+        finally:
+            os._exit(0)
+    os.close(seen[1])
+    for _ in range(1500):
+        for _ in range(SIZE // 16):   # a full ring of the smallest records, read at once
+            producer.put(b"12345678")
+        reader.read(lambda data: None)
+    producer.mem[PAGE + 8] = 1
+    os.waitpid(child, 0)
+    backwards, reads = map(int, os.read(seen[0], 100).split())
+    os.close(seen[0])
+    assert reads > 0
+    assert backwards == 0, f"the consumer position went back {backwards} times in {reads} reads"

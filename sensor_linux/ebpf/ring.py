@@ -16,18 +16,18 @@ stored after each record, so the kernel can reuse the space at once; a record wh
 raised is consumed (as libbpf does), and the error is raised to the caller.
 
 The protocol needs the positions and headers loaded with acquire and the consumer position
-stored with release semantics, each whole. x86-64 gives plain loads and stores those orders,
-and ``struct``'s native formats copy an aligned value with one ``memcpy`` (one instruction);
-the standard ``<`` formats would go byte by byte, and a torn producer position could make
-stale bytes look committed.
+stored with release semantics, each whole. x86-64 gives plain loads and stores those orders.
+The positions are read and the consumer position written through a ``memoryview`` cast to
+unsigned 64-bit items: an item is stored with one aligned 8-byte store. Not with
+``struct.pack_into``: CPython's packer zeroes its destination before it writes the value, and
+a producer on another CPU that read the consumer position in between saw 0, took the ring for
+full (its new position minus 0 past the size) and refused the record
+(``probe_drops.ringbuf_full``) while the ring stood empty: the loss this reader showed until
+2026-12-03 (``python -m tests.ring_stress``: 1 to 4 records refused in 13 of 15 runs).
+``tests/test_ebpf_ring.py`` watches the position from another process for exactly that.
 
-Not the default (:data:`IN_PLACE`): with this reader the kernel refused a record now and then
-(``probe_drops.ringbuf_full``) while the ring stood empty, a consumer that did nothing keeping
-up at once; BCC's reader, same probes and load, never did. ``python -m tests.ring_stress``
-(2000 execs/s for 30 s, kernel 6.18 on these VMs): 1 to 4 records refused in 13 of 15 runs in
-place, none in 6 runs through BCC; the whole sensor in the overhead lab at 1000/s lost 1 and 2
-events in place, none through BCC. Until that is understood, ``TTPSENSOR_RING_IN_PLACE=1``
-turns it on (x86-64 only), for that investigation.
+On x86-64 this reader is the default (:data:`IN_PLACE`); ``TTPSENSOR_RING_IN_PLACE=0`` takes
+BCC's callback instead, which other architectures always use.
 """
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ import select
 import struct
 from typing import Callable
 
-# Asked for, and where the plain loads and stores of this module have the orders the ring needs.
-IN_PLACE = (os.environ.get("TTPSENSOR_RING_IN_PLACE") == "1"
+# Where the plain loads and stores of this module have the orders the ring needs, unless
+# BCC's reader is asked for.
+IN_PLACE = (os.environ.get("TTPSENSOR_RING_IN_PLACE") != "0"
             and platform.machine() in ("x86_64", "AMD64"))
 
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
 _HEADER = 8
-_POSITION = struct.Struct("Q")   # native: one aligned copy, never torn (see above)
 _LENGTH = struct.Struct("I")
 
 
@@ -66,6 +66,9 @@ class RingReader:
         except BaseException:
             self._consumer.close()
             raise
+        # The positions as whole 64-bit items (see the module's docstring).
+        self._consumed = memoryview(self._consumer).cast("Q")
+        self._produced = memoryview(self._ring)[:8].cast("Q")
         self._data = page          # where the data area starts in self._ring
         self._mask = size - 1
         self._poller = select.poll()
@@ -76,12 +79,12 @@ class RingReader:
         ``timeout_ms`` for one when there is none); returns how many were delivered. One pass:
         what arrives meanwhile waits for the next read, so a flood cannot keep the caller from
         its other work (ticks, flushes, a stop)."""
-        ring, consumer = self._ring, self._consumer
-        position = _POSITION.unpack_from(consumer, 0)[0]
-        produced = _POSITION.unpack_from(ring, 0)[0]
+        ring, consumed = self._ring, self._consumed
+        position = consumed[0]
+        produced = self._produced[0]
         if timeout_ms and produced <= position:
             self._poller.poll(timeout_ms)
-            produced = _POSITION.unpack_from(ring, 0)[0]
+            produced = self._produced[0]
         delivered = 0
         while position < produced:
             offset = self._data + (position & self._mask)
@@ -96,9 +99,11 @@ class RingReader:
                     delivered += 1
                     deliver(ring[start:start + length])
             finally:
-                _POSITION.pack_into(consumer, 0, position)
+                consumed[0] = position
         return delivered
 
     def close(self) -> None:
+        self._consumed.release()
+        self._produced.release()
         self._ring.close()
         self._consumer.close()
