@@ -5,7 +5,9 @@ a pipe write by auditd), and each wake-up costs a system call round trip and a p
 loop. Waiting 20 ms after each drain turns thousands of wake-ups a second into fifty. The
 buffers in between are far larger than 20 ms of events at any exec rate this host can reach:
 the BPF ring buffer (4 MiB by default), the netlink socket (16 MiB), the plugin pipe (1 MiB,
-enlarged at start). The overhead lab (``ttpsensor bench overhead``) measures the effect.
+enlarged at start). The overhead lab (``ttpsensor bench overhead``) measures the effect. The
+eBPF source gathers longer where it can see how full its ring is (``RingInput`` in
+``sensor_linux/ebpf/source.py``).
 """
 
 from typing import Protocol

@@ -17,15 +17,20 @@ import time
 
 import click
 
+from sensor_linux.batching import BATCH_SECONDS
 from sensor_linux.ebpf import probes
+from sensor_linux.ebpf.source import GATHER_SECONDS, RingInput
 from sensor_linux.lab.loadgen import DEFAULT_PROGRAM
 
-READERS = {"bcc-callback": False, "in-place": True}
+# Reader: (in place, seconds a drain may gather: the eBPF source's, see source.RingInput).
+READERS = {"bcc-callback": (False, 0.0), "in-place": (True, 0.0),
+           "in-place-gathering": (True, GATHER_SECONDS)}
 
 
-def one_run(in_place: bool, rate: int, seconds: float) -> tuple[int, dict[str, int]]:
+def one_run(reader: tuple[bool, float], rate: int,
+            seconds: float) -> tuple[int, dict[str, int]]:
     """(records delivered, the probes' drop counters) for one loaded run of one reader."""
-    probes.IN_PLACE = in_place
+    probes.IN_PLACE, gather = reader
     delivered = [0]
 
     def count(record: probes.ExecRecord) -> None:
@@ -37,9 +42,10 @@ def one_run(in_place: bool, rate: int, seconds: float) -> tuple[int, dict[str, i
         load = subprocess.Popen([sys.executable, "-m", "sensor_linux.lab.loadgen", str(rate),
                                  str(seconds), "ringstress", DEFAULT_PROGRAM],
                                 stdout=subprocess.DEVNULL)
-        while load.poll() is None:
-            loaded.poll(0)
-            time.sleep(0.02)
+        ring = RingInput(loaded, gather=gather)
+        while load.poll() is None:  # the sensor's loop: a drain, then 20 ms to gather
+            ring.drain()
+            time.sleep(BATCH_SECONDS)
         time.sleep(0.5)
         loaded.poll(0)
         return delivered[0], loaded.drops()
@@ -52,7 +58,7 @@ def one_run(in_place: bool, rate: int, seconds: float) -> tuple[int, dict[str, i
 @click.option("--seconds", default=30.0, show_default=True, help="Length of each run.")
 @click.option("--runs", default=3, show_default=True, help="Runs of each reader.")
 @click.option("--reader", "readers", multiple=True, type=click.Choice(list(READERS)),
-              help="Readers to run (default: both, alternating).")
+              help="Readers to run (default: all, alternating).")
 def main(rate: int, seconds: float, runs: int, readers: tuple[str, ...]) -> None:
     """Records the kernel refused, per ring reader, under the lab's exec load."""
     lost = 0

@@ -168,3 +168,66 @@ def test_the_consumer_position_is_never_seen_to_go_back(ring) -> None:
     os.close(seen[0])
     assert reads > 0
     assert backwards == 0, f"the consumer position went back {backwards} times in {reads} reads"
+
+
+def test_fill_is_the_part_of_the_ring_not_read_yet(ring) -> None:
+    producer, reader = ring
+    assert reader.fill() == 0
+    producer.put(b"x" * 120)          # 8 bytes of header, 120 of data: 128 of 4096
+    producer.put(b"y" * 248)          # and 256 more
+    assert reader.fill() == 384 / SIZE
+    reader.read(lambda data: None)
+    assert reader.fill() == 0
+
+
+class _Probes:
+    """ExecProbes as RingInput sees them: how full the ring is, and reads of it."""
+
+    def __init__(self, fill: float | None) -> None:
+        self.level = fill
+        self.reads = 0
+
+    def fill(self) -> float | None:
+        return self.level
+
+    def poll(self, timeout_ms: int) -> None:
+        self.reads += 1
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_gathering_ring_input_reads_after_the_gather_time_or_when_filling() -> None:
+    from sensor_linux.ebpf.source import EARLY_FILL, RingInput
+    probes, clock = _Probes(0.01), _Clock()
+    ring = RingInput(probes, gather=0.1, clock=clock)  # type: ignore[arg-type]
+    clock.now += 0.06
+    ring.drain()
+    assert probes.reads == 0                 # a little in the ring, not long: it gathers
+    clock.now += 0.06
+    ring.drain()
+    assert probes.reads == 1                 # the gather time is up
+    clock.now += 0.02
+    probes.level = EARLY_FILL
+    ring.drain()
+    assert probes.reads == 2                 # filling: read at once, whatever the time
+    probes.level = 0.01
+    clock.now += 0.02
+    ring.drain()
+    assert probes.reads == 2                 # and the gather time starts again from there
+
+
+def test_a_ring_input_reads_at_every_turn_without_gather_or_a_fill_to_see() -> None:
+    from sensor_linux.ebpf.source import RingInput
+    for probes, gather in ((_Probes(0.0), 0.0), (_Probes(None), 0.1)):
+        clock = _Clock()
+        ring = RingInput(probes, gather=gather, clock=clock)  # type: ignore[arg-type]
+        for _ in range(3):
+            clock.now += 0.02
+            ring.drain()
+        assert probes.reads == 3

@@ -377,6 +377,11 @@ class ExecProbes:
         if failure is not None:
             raise failure
 
+    def fill(self) -> float | None:
+        """The part of the ring buffer not read yet (0 to 1), when the reader can tell (the
+        in-place one); None through BCC's reader."""
+        return self._ring.fill() if self._ring is not None else None
+
     def drops(self) -> dict[str, int]:
         """Counters of what the probes could not deliver (summed over CPUs)."""
         table = self.bpf["drops"]  # type: ignore[index]

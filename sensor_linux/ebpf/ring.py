@@ -102,6 +102,11 @@ class RingReader:
                 consumed[0] = position
         return delivered
 
+    def fill(self) -> float:
+        """The part of the ring holding records not consumed yet (committed or being
+        written), 0 to 1."""
+        return (self._produced[0] - self._consumed[0]) / (self._mask + 1)
+
     def close(self) -> None:
         self._consumed.release()
         self._produced.release()

@@ -3,6 +3,7 @@ runner (sensor_linux/runner.py) owns its lifecycle."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -72,17 +73,43 @@ def probe_summary(pipeline: Pipeline, enricher: Enricher,
 
 
 class RingInput:
-    """The probes' ring buffer: polled, never waited on (its callbacks feed the pipeline)."""
+    """The probes' ring buffer: polled, never waited on (its callbacks feed the pipeline).
 
-    def __init__(self, probes: ExecProbes) -> None:
+    With ``gather`` (seconds), a drain is skipped while the ring is less than
+    :data:`EARLY_FILL` full and less than ``gather`` has passed since the last read, so that
+    records are handled in larger batches: each batch starts with the interpreter's caches
+    cold after the execs that ran meanwhile, and at 1000 execs/s a sensor that read every
+    20 ms spent 71-76 µs per exec against 46-58 reading every 100 ms (the overhead lab's
+    load, alternating; 250 and 500 ms gained nothing more). The fill check, made at every
+    turn of the loop (20 ms), keeps a burst from filling the ring meanwhile. Only where the
+    reader can see the fill (the in-place one); the hybrid and cross-check sources drain at
+    every turn, as their audit events need the execs before them in the process table."""
+
+    def __init__(self, probes: ExecProbes, gather: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.probes = probes
+        self.gather = gather
+        self.clock = clock
+        self._last_read = clock()
 
     def fileno(self) -> int | None:
         return None
 
     def drain(self) -> bool:
+        now = self.clock()
+        if self.gather and now - self._last_read < self.gather:
+            fill = self.probes.fill()
+            if fill is not None and fill < EARLY_FILL:
+                return False
+        self._last_read = now
         self.probes.poll(0)
         return False
+
+
+# How full the ring may be before a gathering RingInput reads it early: at 4 MiB, 256 KiB,
+# with the rest free for the 20 ms until the next check.
+EARLY_FILL = 1 / 16
+GATHER_SECONDS = 0.1
 
 
 def load_probes(probes: ExecProbes) -> None:
@@ -113,7 +140,7 @@ class EbpfSource(BaseSource):
                  f"{self.probes.load_seconds:.2f} s")
 
     def inputs(self) -> list[RingInput]:
-        return [RingInput(self.probes)]
+        return [RingInput(self.probes, gather=GATHER_SECONDS)]
 
     def tick(self) -> None:
         self.pipeline.tick()
