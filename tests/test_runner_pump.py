@@ -75,3 +75,41 @@ def test_the_read_loop_stops_ticks_and_flushes_while_records_never_stop() -> Non
     assert not loop.is_alive(), "the read loop did not see the stop"
     assert source.ticks >= 2 and sink.flushes >= 2
     assert pipeline.fed > audit_source.DRAIN_DATAGRAMS   # it kept reading between ticks
+
+
+class Trickle:
+    """A descriptor with one record now and then: drained at once, never behind."""
+
+    def __init__(self) -> None:
+        self.sock, self._peer = socket.socketpair()
+        self._peer.send(b"x")      # never read: select() always says ready
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def drain(self) -> bool:
+        return False
+
+
+class Waits:
+    """A stop flag that records how long the loop waits between drains."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def is_set(self) -> bool:
+        return len(self.waits) >= 3
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(timeout)
+        return False
+
+
+def test_the_read_loop_lets_events_gather_for_the_sources_batch_time() -> None:
+    for batch in (0.02, 0.1):
+        source = Flooded(Trickle())  # type: ignore[arg-type]
+        source.batch_seconds = batch
+        stop = Waits()
+        pump(source, Sink(), stop)  # type: ignore[arg-type]
+        assert stop.waits == [batch] * 3
+
