@@ -7,7 +7,7 @@ buffers in between are far larger than 20 ms of events at any exec rate this hos
 the BPF ring buffer (4 MiB by default), the netlink socket (16 MiB), the plugin pipe (1 MiB,
 enlarged at start). The overhead lab (``ttpsensor bench overhead``) measures the effect.
 Larger batches cost less per event still: the audit netlink source waits 100 ms (its socket
-holds far more; ``AuditSource.batch_seconds``), and the eBPF source reads its ring every
+holds far more; ``AuditSource.batch_seconds``), and the eBPF sources read their ring every
 100 ms unless it is filling (``RingInput`` in ``sensor_linux/ebpf/source.py``). The plugin
 reads a 1 MiB pipe that auditd must not find full, and keeps 20 ms.
 """

@@ -22,9 +22,26 @@ from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession
 from sensor_linux.audit.source import NetlinkInput, audit_error
 from sensor_linux.crosscheck import CrossCheck
 from sensor_linux.ebpf.probes import ExecProbes
-from sensor_linux.ebpf.source import RingInput, ebpf_pipeline, load_probes, probe_summary
+from sensor_linux.ebpf.source import (GATHER_SECONDS, RingInput, ebpf_pipeline, load_probes,
+                                      probe_summary)
 from sensor_linux.enrich import Enricher
 from sensor_linux.runner import BaseSource, Input, RunConfig, SourceError
+
+
+class RingFirst:
+    """The audit input, read after the ring: an audit event (a connect, an open) needs the
+    exec of its process, which the ring may still hold while it gathers."""
+
+    def __init__(self, audit: NetlinkInput, ring: RingInput) -> None:
+        self.audit = audit
+        self.ring = ring
+
+    def fileno(self) -> int | None:
+        return self.audit.fileno()
+
+    def drain(self) -> bool:
+        self.ring.read()
+        return self.audit.drain()
 
 
 class CombinedSource(BaseSource):
@@ -74,7 +91,8 @@ class CombinedSource(BaseSource):
 
     def inputs(self) -> list[Input]:
         assert self.audit.records is not None
-        return [RingInput(self.probes), NetlinkInput(self.audit.records, self.audit_pipeline)]
+        ring = RingInput(self.probes, gather=GATHER_SECONDS)
+        return [ring, RingFirst(NetlinkInput(self.audit.records, self.audit_pipeline), ring)]
 
     def files(self) -> list[str]:
         return [self.config.state_file, self.error_log.path]

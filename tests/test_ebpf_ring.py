@@ -231,3 +231,30 @@ def test_a_ring_input_reads_at_every_turn_without_gather_or_a_fill_to_see() -> N
             clock.now += 0.02
             ring.drain()
         assert probes.reads == 3
+
+
+def test_the_hybrid_sources_read_the_gathering_ring_before_each_audit_batch() -> None:
+    """An audit event of a process needs its exec, which the ring may still hold."""
+    from sensor_linux.combined import RingFirst
+    from sensor_linux.ebpf.source import RingInput
+    order: list[str] = []
+
+    class Probes(_Probes):
+        def poll(self, timeout_ms: int) -> None:
+            order.append("ring")
+
+    class Audit:
+        def fileno(self) -> int:
+            return 7
+
+        def drain(self) -> bool:
+            order.append("audit")
+            return True
+
+    clock = _Clock()
+    ring = RingInput(Probes(0.01), gather=0.1, clock=clock)  # type: ignore[arg-type]
+    audit = RingFirst(Audit(), ring)  # type: ignore[arg-type]
+    clock.now += 0.02
+    ring.drain()                      # gathering: not read
+    assert audit.fileno() == 7 and audit.drain() is True
+    assert order == ["ring", "audit"]

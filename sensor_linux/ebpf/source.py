@@ -77,13 +77,14 @@ class RingInput:
 
     With ``gather`` (seconds), a drain is skipped while the ring is less than
     :data:`EARLY_FILL` full and less than ``gather`` has passed since the last read, so that
-    records are handled in larger batches: each batch starts with the interpreter's caches
-    cold after the execs that ran meanwhile, and at 1000 execs/s a sensor that read every
+    records are handled in larger batches (each batch likely starts with the interpreter's
+    caches cold after the execs that ran meanwhile): at 1000 execs/s a sensor that read every
     20 ms spent 71-76 µs per exec against 46-58 reading every 100 ms (the overhead lab's
     load, alternating; 250 and 500 ms gained nothing more). The fill check, made at every
     turn of the loop (20 ms), keeps a burst from filling the ring meanwhile. Only where the
-    reader can see the fill (the in-place one); the hybrid and cross-check sources drain at
-    every turn, as their audit events need the execs before them in the process table."""
+    reader can see the fill (the in-place one). The hybrid and cross-check sources read it
+    before each audit batch too (:meth:`read`): audit events need the execs before them in
+    the process table."""
 
     def __init__(self, probes: ExecProbes, gather: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -96,14 +97,17 @@ class RingInput:
         return None
 
     def drain(self) -> bool:
-        now = self.clock()
-        if self.gather and now - self._last_read < self.gather:
+        if self.gather and self.clock() - self._last_read < self.gather:
             fill = self.probes.fill()
             if fill is not None and fill < EARLY_FILL:
                 return False
-        self._last_read = now
-        self.probes.poll(0)
+        self.read()
         return False
+
+    def read(self) -> None:
+        """Read what the ring holds now, gathering or not."""
+        self._last_read = self.clock()
+        self.probes.poll(0)
 
 
 # How full the ring may be before a gathering RingInput reads it early: at 4 MiB, 256 KiB,
