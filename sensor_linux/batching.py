@@ -12,9 +12,40 @@ holds far more; ``AuditSource.batch_seconds``), and the eBPF sources read their 
 reads a 1 MiB pipe that auditd must not find full, and keeps 20 ms.
 """
 
-from typing import Protocol
+import time
+from typing import Callable, Protocol
 
 BATCH_SECONDS = 0.02
+GATHER_SECONDS = 0.1
+# How full a buffer may be before a gathering input reads it early: at the ring's 4 MiB,
+# 256 KiB, with the rest free for the loop's next turn.
+EARLY_FILL = 1 / 16
+
+
+class Gather:
+    """When a buffer that the loop looks at every turn is worth reading: once ``seconds``
+    have passed since the last read, or at once when it is :data:`EARLY_FILL` full (or its
+    fill cannot be told). Reading less often costs less per event (the eBPF source at 1000
+    execs/s: 71-76 µs per exec reading every 20 ms, 46-58 every 100 ms); the fill check
+    keeps a burst from filling the buffer meanwhile."""
+
+    def __init__(self, seconds: float = GATHER_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self._last_read = clock()
+
+    def due(self, fill: Callable[[], float | None]) -> bool:
+        """Whether to read now; ``fill`` tells how full the buffer is (0 to 1), or None."""
+        if self.seconds and self.clock() - self._last_read < self.seconds:
+            level = fill()
+            if level is not None and level < EARLY_FILL:
+                return False
+        return True
+
+    def read(self) -> None:
+        """Say the buffer is being read now."""
+        self._last_read = self.clock()
 
 
 class StopFlag(Protocol):

@@ -20,10 +20,10 @@ from sensor_linux.audit.netlink import AuditNetlinkError
 from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
 from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession
 from sensor_linux.audit.source import NetlinkInput, audit_error
+from sensor_linux.batching import Gather
 from sensor_linux.crosscheck import CrossCheck
 from sensor_linux.ebpf.probes import ExecProbes
-from sensor_linux.ebpf.source import (GATHER_SECONDS, RingInput, ebpf_pipeline, load_probes,
-                                      probe_summary)
+from sensor_linux.ebpf.source import RingInput, ebpf_pipeline, load_probes, probe_summary
 from sensor_linux.enrich import Enricher
 from sensor_linux.runner import BaseSource, Input, RunConfig, SourceError
 
@@ -91,7 +91,7 @@ class CombinedSource(BaseSource):
 
     def inputs(self) -> list[Input]:
         assert self.audit.records is not None
-        ring = RingInput(self.probes, gather=GATHER_SECONDS)
+        ring = RingInput(self.probes, Gather())
         return [ring, RingFirst(NetlinkInput(self.audit.records, self.audit_pipeline), ring)]
 
     def files(self) -> list[str]:

@@ -17,9 +17,9 @@ import time
 
 import click
 
-from sensor_linux.batching import BATCH_SECONDS
+from sensor_linux.batching import BATCH_SECONDS, GATHER_SECONDS, Gather
 from sensor_linux.ebpf import probes
-from sensor_linux.ebpf.source import GATHER_SECONDS, RingInput
+from sensor_linux.ebpf.source import RingInput
 from sensor_linux.lab.loadgen import DEFAULT_PROGRAM
 
 # Reader: (in place, seconds a drain may gather: the eBPF source's, see source.RingInput).
@@ -42,7 +42,7 @@ def one_run(reader: tuple[bool, float], rate: int,
         load = subprocess.Popen([sys.executable, "-m", "sensor_linux.lab.loadgen", str(rate),
                                  str(seconds), "ringstress", DEFAULT_PROGRAM],
                                 stdout=subprocess.DEVNULL)
-        ring = RingInput(loaded, gather=gather)
+        ring = RingInput(loaded, Gather(gather))
         while load.poll() is None:  # the sensor's loop: a drain, then 20 ms to gather
             ring.drain()
             time.sleep(BATCH_SECONDS)

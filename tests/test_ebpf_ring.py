@@ -203,9 +203,10 @@ class _Clock:
 
 
 def test_a_gathering_ring_input_reads_after_the_gather_time_or_when_filling() -> None:
-    from sensor_linux.ebpf.source import EARLY_FILL, RingInput
+    from sensor_linux.batching import EARLY_FILL, Gather
+    from sensor_linux.ebpf.source import RingInput
     probes, clock = _Probes(0.01), _Clock()
-    ring = RingInput(probes, gather=0.1, clock=clock)  # type: ignore[arg-type]
+    ring = RingInput(probes, Gather(0.1, clock))  # type: ignore[arg-type]
     clock.now += 0.06
     ring.drain()
     assert probes.reads == 0                 # a little in the ring, not long: it gathers
@@ -223,10 +224,11 @@ def test_a_gathering_ring_input_reads_after_the_gather_time_or_when_filling() ->
 
 
 def test_a_ring_input_reads_at_every_turn_without_gather_or_a_fill_to_see() -> None:
+    from sensor_linux.batching import Gather
     from sensor_linux.ebpf.source import RingInput
-    for probes, gather in ((_Probes(0.0), 0.0), (_Probes(None), 0.1)):
+    for probes, seconds in ((_Probes(0.0), 0.0), (_Probes(None), 0.1)):
         clock = _Clock()
-        ring = RingInput(probes, gather=gather, clock=clock)  # type: ignore[arg-type]
+        ring = RingInput(probes, Gather(seconds, clock))  # type: ignore[arg-type]
         for _ in range(3):
             clock.now += 0.02
             ring.drain()
@@ -235,6 +237,7 @@ def test_a_ring_input_reads_at_every_turn_without_gather_or_a_fill_to_see() -> N
 
 def test_the_hybrid_sources_read_the_gathering_ring_before_each_audit_batch() -> None:
     """An audit event of a process needs its exec, which the ring may still hold."""
+    from sensor_linux.batching import Gather
     from sensor_linux.combined import RingFirst
     from sensor_linux.ebpf.source import RingInput
     order: list[str] = []
@@ -252,7 +255,7 @@ def test_the_hybrid_sources_read_the_gathering_ring_before_each_audit_batch() ->
             return True
 
     clock = _Clock()
-    ring = RingInput(Probes(0.01), gather=0.1, clock=clock)  # type: ignore[arg-type]
+    ring = RingInput(Probes(0.01), Gather(0.1, clock))  # type: ignore[arg-type]
     audit = RingFirst(Audit(), ring)  # type: ignore[arg-type]
     clock.now += 0.02
     ring.drain()                      # gathering: not read

@@ -3,7 +3,6 @@ runner (sensor_linux/runner.py) owns its lifecycle."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -11,6 +10,7 @@ from common.pipeline import Pipeline
 from common.schema import Event
 from common.sinks import Output
 from sensor_linux.attempts import AttemptFolder
+from sensor_linux.batching import Gather
 from sensor_linux.ebpf.events import EbpfEventBuilder
 from sensor_linux.ebpf.probes import FLAG_NO_ENTRY, ExecProbes, ExecRecord, PrerequisiteError
 from sensor_linux.enrich import Enricher
@@ -75,45 +75,31 @@ def probe_summary(pipeline: Pipeline, enricher: Enricher,
 class RingInput:
     """The probes' ring buffer: polled, never waited on (its callbacks feed the pipeline).
 
-    With ``gather`` (seconds), a drain is skipped while the ring is less than
-    :data:`EARLY_FILL` full and less than ``gather`` has passed since the last read, so that
-    records are handled in larger batches (each batch likely starts with the interpreter's
-    caches cold after the execs that ran meanwhile): at 1000 execs/s a sensor that read every
-    20 ms spent 71-76 µs per exec against 46-58 reading every 100 ms (the overhead lab's
-    load, alternating; 250 and 500 ms gained nothing more). The fill check, made at every
-    turn of the loop (20 ms), keeps a burst from filling the ring meanwhile. Only where the
-    reader can see the fill (the in-place one). The hybrid and cross-check sources read it
-    before each audit batch too (:meth:`read`): audit events need the execs before them in
-    the process table."""
+    With ``gather`` (sensor_linux/batching.py), the ring is read every ``gather.seconds``
+    unless it is filling, so that records are handled in larger batches (each batch likely
+    starts with the interpreter's caches cold after the execs that ran meanwhile): at 1000
+    execs/s a sensor that read every 20 ms spent 71-76 µs per exec against 46-58 reading
+    every 100 ms (the overhead lab's load, alternating; 250 and 500 ms gained nothing more).
+    Only where the reader can see the fill (the in-place one). The hybrid and cross-check
+    sources read it before each audit batch too (:meth:`read`): audit events need the execs
+    before them in the process table."""
 
-    def __init__(self, probes: ExecProbes, gather: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, probes: ExecProbes, gather: Gather | None = None) -> None:
         self.probes = probes
-        self.gather = gather
-        self.clock = clock
-        self._last_read = clock()
+        self.gather = gather or Gather(0.0)
 
     def fileno(self) -> int | None:
         return None
 
     def drain(self) -> bool:
-        if self.gather and self.clock() - self._last_read < self.gather:
-            fill = self.probes.fill()
-            if fill is not None and fill < EARLY_FILL:
-                return False
-        self.read()
+        if self.gather.due(self.probes.fill):
+            self.read()
         return False
 
     def read(self) -> None:
         """Read what the ring holds now, gathering or not."""
-        self._last_read = self.clock()
+        self.gather.read()
         self.probes.poll(0)
-
-
-# How full the ring may be before a gathering RingInput reads it early: at 4 MiB, 256 KiB,
-# with the rest free for the 20 ms until the next check.
-EARLY_FILL = 1 / 16
-GATHER_SECONDS = 0.1
 
 
 def load_probes(probes: ExecProbes) -> None:
@@ -144,7 +130,7 @@ class EbpfSource(BaseSource):
                  f"{self.probes.load_seconds:.2f} s")
 
     def inputs(self) -> list[RingInput]:
-        return [RingInput(self.probes, gather=GATHER_SECONDS)]
+        return [RingInput(self.probes, Gather())]
 
     def tick(self) -> None:
         self.pipeline.tick()
