@@ -82,6 +82,7 @@ def test_report_derives_totals_from_the_baseline_and_ratios_between_modes() -> N
                Measurement("hybrid", 500, True, error="did not start")]
     for r in results[:3]:
         r.achieved_rate = 500.0
+    results[2].bpf_run_pct = 0.5
     stalled = m("auditd+ttpsensor", 40, 10)       # the workload waited: a stalled system
     stalled.achieved_rate, stalled.received = 300.0, 60
     laurel = m("auditd+laurel", 10, 55)
@@ -97,6 +98,8 @@ def test_report_derives_totals_from_the_baseline_and_ratios_between_modes() -> N
     # The stalled plugin run is no cost figure: it is left out of the comparisons.
     assert [(c["mode"], c["peer"]) for c in compared] == [("ebpf", "auditd-raw")]
     assert compared[0]["total_ratio"] == pytest.approx(7 / 12)
+    # Steady: collectors, kauditd and BPF, without the workload excess.
+    assert compared[0]["steady_ratio"] == pytest.approx(5.5 / 6)
 
 
 @pytest.mark.kernel
@@ -135,7 +138,8 @@ def test_quick_lab_runs_every_mode_end_to_end_and_restores_state(tmp_path) -> No
                 and row["rate"] == 500:
             assert row["kauditd_cpu_pct"] > 0, row         # audit's delivery thread was seen
     assert {c["comparison"] for c in doc["ratios"]} == {
-        "our eBPF mode vs auditd alone", "our plugin vs LAUREL (both behind auditd)",
+        "our eBPF mode vs auditd alone", "our hybrid mode vs auditd alone",
+        "our plugin vs LAUREL (both behind auditd)",
         "our netlink mode vs auditd with LAUREL"}
     with open(out / "results.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == len(doc["results"])
