@@ -211,6 +211,25 @@ def test_the_split_path_reads_every_line_as_the_general_parser_does() -> None:
             assert parsers_disagree(line) is None, line
 
 
+def test_decimal_fields_read_by_int_type_as_the_general_parser_types_them() -> None:
+    """values() reads a decimal field of plain digits with int(): leading zeros, the longest
+    numbers it takes and the first it leaves to typing (past int64), signs, empty values, and
+    the hex, octal and per-record-type fields that are not decimal must read as typed."""
+    from sensor_linux.audit.fuzz import parsers_disagree
+    from sensor_linux.audit.records import parse
+    for body in (b"pid=0000123 ppid=999999999999999999 uid=9223372036854775807 "
+                 b"gid=9223372036854775808 auid=4294967295 ses=-1 exit=-2 euid=+5 suid= "
+                 b"arch=c000003e syscall=59 a0=10 a1=0777 items=2 mode=0100755 fsuid=00",
+                 b"argc=3 a0=31 a1=\"x\" a2_len=12 a3=00 fd=7 inode=1234567890123456789 "
+                 b"arch=40000003 flags=10"):
+        for rtype in (b"SYSCALL", b"EXECVE", b"PATH"):
+            line = b"type=" + rtype + b" msg=audit(1.002:3): " + body
+            assert parsers_disagree(line) is None, line
+    record = parse(b"type=SYSCALL msg=audit(1.002:3): pid=0007 uid=12345678901234567890 a1=10")
+    assert record.is_plain
+    assert record.values(("pid", "uid", "a1")) == [7, b"12345678901234567890", 16]
+
+
 def test_a_plain_record_finds_a_field_by_name_not_by_a_prefix_or_inside_a_value() -> None:
     """get() on a plain record looks for ``key=`` in its text: a key that begins another key,
     a value that holds ``key=``, a body with no space after the header, and duplicated keys

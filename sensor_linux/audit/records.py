@@ -141,19 +141,36 @@ class Record:
         return fields
 
     def values(self, keys: tuple[str, ...]) -> list[Value]:
-        """``get`` of each of ``keys`` (None where absent), in one pass."""
+        """``get`` of each of ``keys`` (None where absent), in one pass. A decimal field
+        written as plain digits is read with ``int()`` here (what typing gives it, without
+        the calls: most of an exec's SYSCALL facts are such ids)."""
         fields = self._field_text()
         if fields is not None:
             rtype, line = self.rtype, self.raw
             out: list[Value] = []
-            for key in keys:
-                raw = fields.get(_key_bytes(key))
-                out.append(None if raw is None else field_value(rtype, key, raw, line))
+            for key, name, decimal in _value_plan(rtype, keys):
+                raw = fields.get(name)
+                if raw is None:
+                    out.append(None)
+                elif decimal and raw.isdigit() and len(raw) <= 18:
+                    out.append(int(raw))  # below 10**18: inside int64, as typed_value asks
+                else:
+                    out.append(field_value(rtype, key, raw, line))
             return out
         return [self.get(key) for key in keys]
 
     def __repr__(self) -> str:
         return f"Record({self.type_name} {self.sec}.{self.msec:03d}:{self.serial} {self.body!r})"
+
+
+@functools.lru_cache(maxsize=256)
+def _value_plan(rtype: int, keys: tuple[str, ...]) -> tuple[tuple[str, bytes, bool], ...]:
+    """For Record.values: each key, its bytes, and whether typed_value reads it as a decimal
+    (the keys field_value types itself, EXECVE's and SYSCALL's aN, are no decimal names)."""
+    return tuple((key, _key_bytes(key),
+                  key not in fields.HEX and key not in fields.OCT
+                  and (key in fields.NOT_ENCODED or key.endswith(("uid", "gid"))))
+                 for key in keys)
 
 
 def type_name(rtype: int) -> str:
