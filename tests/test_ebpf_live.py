@@ -303,3 +303,37 @@ def test_both_ring_readers_deliver_the_same_exec_whole(monkeypatch, tmp_path,
                 loaded.poll(100)
     finally:
         loaded.close()
+
+
+def test_an_exec_of_an_unlinked_image_moves_the_count_that_reads_the_ring_at_once(
+        tmp_path) -> None:
+    """A memfd (or deleted) image can only be hashed through /proc/PID/exe while its process
+    lives, so the probes count such execs and the gathering ring input reads at once when the
+    count moves (tests/test_ebpf_ring.py): here, that our memfd exec moves it and arrives
+    with no link."""
+    require_bcc()
+    from sensor_linux.ebpf import probes
+
+    seen: list = []
+    loaded = probes.ExecProbes(on_exec=seen.append, ringbuf_pages=64)
+    loaded.load()
+    fd = os.memfd_create("ttpsensor-unlinked", 0)
+    try:
+        with open("/bin/true", "rb") as f:
+            os.write(fd, f.read())
+        marker = f"unlinked-{os.getpid()}"
+        before = loaded.unlinked()
+        child = subprocess.Popen([f"/proc/self/fd/{fd}", marker], pass_fds=(fd,))
+        child.wait()
+        assert loaded.unlinked() > before
+        deadline = time.monotonic() + 30
+        mine: list = []
+        while not mine and time.monotonic() < deadline:  # other execs of the machine arrive too
+            loaded.poll(100)
+            mine = [r for r in seen
+                    if r.pid == child.pid and r.args and r.args[-1] == marker.encode()]
+        assert len(mine) == 1 and mine[0].identity is not None
+        assert mine[0].identity.nlink == 0
+    finally:
+        os.close(fd)
+        loaded.close()

@@ -186,9 +186,13 @@ class _Probes:
     def __init__(self, fill: float | None) -> None:
         self.level = fill
         self.reads = 0
+        self.images_unlinked = 0
 
     def fill(self) -> float | None:
         return self.level
+
+    def unlinked(self) -> int:
+        return self.images_unlinked
 
     def poll(self, timeout_ms: int) -> None:
         self.reads += 1
@@ -221,6 +225,13 @@ def test_a_gathering_ring_input_reads_after_the_gather_time_or_when_filling() ->
     clock.now += 0.02
     ring.drain()
     assert probes.reads == 2                 # and the gather time starts again from there
+    probes.images_unlinked += 1
+    clock.now += 0.02
+    ring.drain()
+    assert probes.reads == 3                 # a deleted or memfd image: read while it lives
+    clock.now += 0.02
+    ring.drain()
+    assert probes.reads == 3                 # once
 
 
 def test_a_ring_input_reads_at_every_turn_without_gather_or_a_fill_to_see() -> None:

@@ -89,6 +89,11 @@ BPF_PERCPU_ARRAY(drops, u64, 2);
 BPF_ARRAY(check_parent, u32, 1);
 BPF_ARRAY(check_record, struct exec_event, 1);
 
+// Execs of an image with no link left (a deleted file, a memfd): its digest can only be read
+// through /proc/PID/exe while the process lives, so the loader reads the ring at once when
+// this count moves instead of letting records gather (source.RingInput).
+BPF_ARRAY(unlinked, u64, 1);
+
 static __always_inline void count_drop(int which) {
     u64 *counter = drops.lookup(&which);
     if (counter)
@@ -213,6 +218,12 @@ static __always_inline void exe_facts(struct exec_event *e, void *task, u32 *cur
     e->mtime_nsec = read_u32(inode, OFF_INODE_MTIME_NSEC, &flags);
     e->ctime_nsec = read_u32(inode, OFF_INODE_CTIME_NSEC, &flags);
     e->nlink = read_u32(inode, OFF_INODE_NLINK, &flags);
+    if (e->nlink == 0) {
+        int zero = 0;
+        u64 *count = unlinked.lookup(&zero);
+        if (count)
+            __sync_fetch_and_add(count, 1);
+    }
     void *sb = read_ptr(inode, OFF_INODE_SB, &flags);
     e->dev = read_u32(sb, OFF_SB_DEV, &flags);
     void *dentry = read_ptr(file, OFF_FILE_PATH + OFF_PATH_DENTRY, &flags);

@@ -377,6 +377,11 @@ class ExecProbes:
         if failure is not None:
             raise failure
 
+    def unlinked(self) -> int:
+        """How many execs of an image with no link (deleted, memfd) the probes have seen."""
+        table = self.bpf["unlinked"]  # type: ignore[index]
+        return int(table[table.Key(0)].value)
+
     def fill(self) -> float | None:
         """The part of the ring buffer not read yet (0 to 1), when the reader can tell (the
         in-place one); None through BCC's reader."""
