@@ -10,7 +10,7 @@ turns what it reads into output itself. The runner owns the rest, the same for e
 
 The loop waits on descriptors with ``select`` when there are any; polled inputs are drained
 first and the wait is then short, so neither kind starves the other. After each drain the
-loop lets events gather for the source's ``batch_seconds`` (see batching.py).
+loop lets events gather for ``BATCH_SECONDS`` (see batching.py).
 """
 
 from __future__ import annotations
@@ -98,7 +98,6 @@ class Source(Protocol):
     seed: bool
     enricher: Any                 # sensor_linux.enrich.Enricher, or None (LAUREL output)
     tick_seconds: float
-    batch_seconds: float          # how long events gather after a drain (batching.py)
 
     def open(self) -> None: ...          # as root; SourceError when it cannot
     def inputs(self) -> list[Input]: ...
@@ -121,7 +120,6 @@ class BaseSource:
     seed = False
     enricher: Any = None
     tick_seconds = TICK_SECONDS
-    batch_seconds = BATCH_SECONDS
 
     def open(self) -> None:
         pass
@@ -176,9 +174,9 @@ def pump(source: Source, sink: Output, stop: StopFlag,
             for fd in ready:
                 behind |= waited[fd].drain()
             if ready and not behind:
-                stop.wait(source.batch_seconds)
+                stop.wait(BATCH_SECONDS)
         elif polled:
-            stop.wait(source.batch_seconds)
+            stop.wait(BATCH_SECONDS)
         else:
             stop.wait(max(0.0, next_tick - time.monotonic()))
         if time.monotonic() >= next_tick:
