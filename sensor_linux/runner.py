@@ -28,7 +28,7 @@ from common.sinks import DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, Output
 from sensor_linux.batching import BATCH_SECONDS, StopFlag
 
 TICK_SECONDS = 1.0
-WAIT_SECONDS = 0.05       # the select timeout when polled inputs must be drained too
+WAIT_SECONDS = 0.02       # the select timeout when polled inputs must be looked at too
 
 
 class SignalStop:
