@@ -2,13 +2,15 @@
 laid out in a file by a stand-in producer: records that wrap around the end of the data area
 (which the kernel maps twice in a row; here the stand-in writes both copies), a record still
 being written, discarded records, and a delivery that raises. The live tests read the real
-kernel's ring the same way (tests/test_ebpf_live.py, a one-page ring included)."""
+kernel's ring the same way (tests/test_ebpf_live.py, a one-page ring included). Then the ring
+input's gathering (sensor_linux/ebpf/source.py, batching.Gather) with stand-in probes."""
 
 from __future__ import annotations
 
 import mmap
 import os
 import struct
+import time
 
 import pytest
 
@@ -147,7 +149,8 @@ def test_the_consumer_position_is_never_seen_to_go_back(ring) -> None:
             os.close(seen[0])
             view = memoryview(producer.mem)[:8].cast("Q")
             highest = backwards = reads = 0
-            while producer.mem[PAGE + 8] == 0:   # the parent's "done" byte
+            deadline = time.monotonic() + 60     # should the parent never say it is done
+            while producer.mem[PAGE + 8] == 0 and time.monotonic() < deadline:
                 for _ in range(1000):
                     value = view[0]
                     if value < highest:
@@ -158,12 +161,14 @@ def test_the_consumer_position_is_never_seen_to_go_back(ring) -> None:
         finally:
             os._exit(0)
     os.close(seen[1])
-    for _ in range(1500):
-        for _ in range(SIZE // 16):   # a full ring of the smallest records, read at once
-            producer.put(b"12345678")
-        reader.read(lambda data: None)
-    producer.mem[PAGE + 8] = 1
-    os.waitpid(child, 0)
+    try:
+        for _ in range(1500):
+            for _ in range(SIZE // 16):   # a full ring of the smallest records, read at once
+                producer.put(b"12345678")
+            reader.read(lambda data: None)
+    finally:
+        producer.mem[PAGE + 8] = 1    # the parent's "done" byte
+        os.waitpid(child, 0)
     backwards, reads = map(int, os.read(seen[0], 100).split())
     os.close(seen[0])
     assert reads > 0
