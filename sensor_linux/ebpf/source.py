@@ -75,34 +75,38 @@ def probe_summary(pipeline: Pipeline, enricher: Enricher,
 class RingInput:
     """The probes' ring buffer: polled, never waited on (its callbacks feed the pipeline).
 
-    With ``gather`` (sensor_linux/batching.py), the ring is read every ``gather.seconds``
-    unless it is filling, so that records are handled in larger batches (each batch likely
-    starts with the interpreter's caches cold after the execs that ran meanwhile): at 1000
-    execs/s a sensor that read every 20 ms spent 71-76 µs per exec against 46-58 reading
-    every 100 ms (the overhead lab's load, alternating; 250 and 500 ms gained nothing more).
-    Only where the reader can see the fill (the in-place one). It is read at once, too, when
-    the probes saw an exec of an image with no link (a deleted file, a memfd): such an image
-    is hashed through /proc/PID/exe, which a short-lived process takes with it. The hybrid
-    and cross-check sources read it before each audit batch too (:meth:`read`): audit events
-    need the execs before them in the process table."""
+    With ``gather`` (sensor_linux/batching.py: larger batches cost less per event), the ring
+    is read every ``gather.seconds`` unless it is filling, where the reader can see the fill
+    (the in-place one). It is read at once, too, when the probes saw an exec of an image with
+    no link (a deleted file, a memfd): such an image is hashed through /proc/PID/exe, which a
+    short-lived process takes with it. The hybrid and cross-check sources read it before each
+    audit batch too (:meth:`read`): audit events need the execs before them in the process
+    table."""
 
     def __init__(self, probes: ExecProbes, gather: Gather | None = None) -> None:
         self.probes = probes
         self.gather = gather or Gather(0.0)
-        self._unlinked = 0   # the probes' count of unlinked images at the last read
+        self._unlinked = 0   # the probes' count of unlinked images, as last looked at
 
     def fileno(self) -> int | None:
         return None
 
     def drain(self) -> bool:
-        if self.gather.due(self.probes.fill) or self.probes.unlinked() != self._unlinked:
+        if self.gather.due(self.probes.fill) or self._unlinked_moved():
             self.read()
         return False
+
+    def _unlinked_moved(self) -> bool:
+        """Whether an image with no link was exec'd since the last look (looked at only while
+        the ring gathers: a read that was due took such records anyway, and at worst the
+        next look reads once more)."""
+        count = self.probes.unlinked()
+        moved, self._unlinked = count != self._unlinked, count
+        return moved
 
     def read(self) -> None:
         """Read what the ring holds now, gathering or not."""
         self.gather.read()
-        self._unlinked = self.probes.unlinked()
         self.probes.poll(0)
 
 
