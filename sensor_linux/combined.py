@@ -36,8 +36,11 @@ class RingFirst:
         self.audit = audit
         self.ring = ring
 
-    def fileno(self) -> int | None:
+    def fileno(self) -> int:
         return self.audit.fileno()
+
+    def due_in(self) -> float | None:
+        return None  # the ring input is due on its own
 
     def drain(self) -> bool:
         self.ring.read()

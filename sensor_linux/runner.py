@@ -1,16 +1,16 @@
 """One lifecycle and one read loop for every live source.
 
 A source (``sensor_linux/sources.py`` registers them) opens its kernel handles as root, hands
-the runner its inputs (a descriptor to wait on, or none for a ring buffer that is polled), and
+the runner its inputs (a descriptor to wait on, and for one that gathers, when it is due), and
 turns what it reads into output itself. The runner owns the rest, the same for every source:
 
     open -> learn the running processes -> drop privileges -> pump (drain, let the next batch
     gather, tick once a second) -> on a signal: give back machine-global state first, drain
     and settle what is left, close, write the final status (the caller says the summary).
 
-The loop waits on descriptors with ``select`` when there are any; polled inputs are drained
-first and the wait is then short, so neither kind starves the other. After each drain the
-loop lets events gather for ``BATCH_SECONDS`` (see batching.py).
+The loop waits on the inputs' descriptors with ``select``, until the next tick or the first
+input that is due. After a drain of a readable descriptor the loop lets events gather for
+``BATCH_SECONDS``; an input that gathers longer is read when due or woken (see batching.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from common.sinks import DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, Output
 from sensor_linux.batching import BATCH_SECONDS, StopFlag
 
 TICK_SECONDS = 1.0
-WAIT_SECONDS = 0.02       # the select timeout when polled inputs must be looked at too
 
 
 class SignalStop:
@@ -80,12 +79,15 @@ class RunConfig:
 
 
 class Input(Protocol):
-    """One thing a source reads: a descriptor to wait on (``fileno``), or ``None`` for one
-    that can only be polled. ``drain`` reads what is ready without blocking and says whether
-    more is waiting already (a full read: a reader that is behind must not pause)."""
+    """One thing a source reads: a descriptor to wait on (``fileno``). ``drain`` reads what
+    is ready without blocking and says whether
+    more is waiting already (a full read: a reader that is behind must not pause).
+    ``due_in``: seconds until it is to be drained even if its descriptor stays quiet (an
+    input that gathers, read on a deadline and woken early), or None."""
 
-    def fileno(self) -> int | None: ...
+    def fileno(self) -> int: ...
     def drain(self) -> bool: ...
+    def due_in(self) -> float | None: ...
 
 
 class Source(Protocol):
@@ -160,23 +162,21 @@ def pump(source: Source, sink: Output, stop: StopFlag,
     """Read ``source`` until ``stop`` is set or it is done: drain, let the next batch
     gather, and tick (source, sink flush, ``on_tick``) every ``source.tick_seconds``, busy
     or idle. The first tick is at once (a scan starts with its first pass)."""
-    inputs = source.inputs()
-    waited = {i.fileno(): i for i in inputs if i.fileno() is not None}
-    polled = [i for i in inputs if i.fileno() is None]
+    inputs = {i.fileno(): i for i in source.inputs()}
     next_tick = time.monotonic()
     while not stop.is_set() and not source.done():
-        for item in polled:
-            item.drain()
-        if waited:
-            timeout = WAIT_SECONDS if polled else max(0.0, next_tick - time.monotonic())
-            ready, _, _ = select.select(list(waited), [], [], timeout)
+        if inputs:
+            dues = [due for due in (i.due_in() for i in inputs.values()) if due is not None]
+            timeout = min([max(0.0, next_tick - time.monotonic()), *dues])
+            ready, _, _ = select.select(list(inputs), [], [], timeout)
             behind = False
             for fd in ready:
-                behind |= waited[fd].drain()
+                behind |= inputs[fd].drain()
+            for fd, item in inputs.items():
+                if fd not in ready and item.due_in() == 0:
+                    item.drain()  # quiet, but due (a gathering input's deadline)
             if ready and not behind:
                 stop.wait(BATCH_SECONDS)
-        elif polled:
-            stop.wait(BATCH_SECONDS)
         else:
             stop.wait(max(0.0, next_tick - time.monotonic()))
         if time.monotonic() >= next_tick:

@@ -11,6 +11,7 @@ when any run lost a record.
 
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 import time
@@ -22,8 +23,9 @@ from sensor_linux.ebpf import probes
 from sensor_linux.ebpf.source import RingInput
 from sensor_linux.lab.loadgen import DEFAULT_PROGRAM
 
-# Reader: (in place, seconds a drain may gather: the eBPF source's, see source.RingInput).
-READERS = {"bcc-callback": (False, 0.0), "in-place": (True, 0.0),
+# Reader: (in place, seconds between reads: the eBPF source's, see source.RingInput, or
+# the audit sources' pause).
+READERS = {"bcc-callback": (False, BATCH_SECONDS), "in-place": (True, BATCH_SECONDS),
            "in-place-gathering": (True, GATHER_SECONDS)}
 
 
@@ -43,9 +45,9 @@ def one_run(reader: tuple[bool, float], rate: int,
                                  str(seconds), "ringstress", DEFAULT_PROGRAM],
                                 stdout=subprocess.DEVNULL)
         ring = RingInput(loaded, Gather(gather))
-        while load.poll() is None:  # the sensor's loop: a drain, then 20 ms to gather
-            ring.drain()
-            time.sleep(BATCH_SECONDS)
+        while load.poll() is None:  # the sensor's loop: read when due or woken
+            if select.select([ring.fileno()], [], [], ring.due_in())[0] or not ring.due_in():
+                ring.drain()
         time.sleep(0.5)
         loaded.poll(0)
         return delivered[0], loaded.drops()

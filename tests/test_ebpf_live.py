@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -305,35 +307,111 @@ def test_both_ring_readers_deliver_the_same_exec_whole(monkeypatch, tmp_path,
         loaded.close()
 
 
-def test_an_exec_of_an_unlinked_image_moves_the_count_that_reads_the_ring_at_once(
-        tmp_path) -> None:
+def _woken(loaded, seconds: float) -> bool:  # noqa: ANN001
+    return bool(select.select([loaded.wake_fd()], [], [], seconds)[0])
+
+
+def _read_all(loaded, seen: list, until) -> list:  # noqa: ANN001
+    """Read the ring until ``until(record)`` holds for one record; those records."""
+    deadline = time.monotonic() + 30
+    mine: list = []
+    while not mine and time.monotonic() < deadline:  # other execs of the machine arrive too
+        loaded.poll(100)
+        mine = [r for r in seen if until(r)]
+    return mine
+
+
+def test_an_exec_of_an_unlinked_image_wakes_the_reader_at_once(tmp_path) -> None:
     """A memfd (or deleted) image can only be hashed through /proc/PID/exe while its process
-    lives, so the probes count such execs and the gathering ring input reads at once when the
-    count moves (tests/test_ebpf_ring.py): here, that our memfd exec moves it and arrives
-    with no link."""
+    lives, so the probes wake their reader for it instead of letting it gather (execsnoop.c,
+    wake_flags). Other records wake nobody, so the wake-up comes from our exec unless
+    the machine exec'd such an image too or filled a sixteenth of 4 MiB within 2 s."""
     require_bcc()
     from sensor_linux.ebpf import probes
 
     seen: list = []
-    loaded = probes.ExecProbes(on_exec=seen.append, ringbuf_pages=64)
+    loaded = probes.ExecProbes(on_exec=seen.append)
     loaded.load()
     fd = os.memfd_create("ttpsensor-unlinked", 0)
     try:
         with open("/bin/true", "rb") as f:
             os.write(fd, f.read())
         marker = f"unlinked-{os.getpid()}"
-        before = loaded.unlinked()
+        loaded.clear_wake()
+        loaded.poll(0)
         child = subprocess.Popen([f"/proc/self/fd/{fd}", marker], pass_fds=(fd,))
+        assert _woken(loaded, 2.0)
         child.wait()
-        assert loaded.unlinked() > before
-        deadline = time.monotonic() + 30
-        mine: list = []
-        while not mine and time.monotonic() < deadline:  # other execs of the machine arrive too
-            loaded.poll(100)
-            mine = [r for r in seen
-                    if r.pid == child.pid and r.args and r.args[-1] == marker.encode()]
+        loaded.clear_wake()
+        mine = _read_all(loaded, seen, lambda r: r.pid == child.pid and r.args
+                         and r.args[-1] == marker.encode())
         assert len(mine) == 1 and mine[0].identity is not None
         assert mine[0].identity.nlink == 0
     finally:
         os.close(fd)
+        loaded.close()
+
+
+def _taken(loaded) -> int:  # noqa: ANN001
+    """Bytes the reader has taken from the ring (what the probes are told)."""
+    return loaded._ring.position if loaded._ring is not None else loaded._consumed
+
+
+def _assert_no_wake_unexplained(loaded, seen: list, marker: str) -> None:  # noqa: ANN001
+    """Exec a file on disk: its record must be in the ring, and a wake-up meanwhile must be
+    explained by what the ring held (an unlinked image of another process, or a
+    sixteenth of the ring)."""
+    from sensor_linux.batching import EARLY_FILL
+    loaded.clear_wake()
+    loaded.poll(0)
+    taken = _taken(loaded)
+    seen.clear()
+    child = subprocess.Popen(["/bin/true", marker])
+    child.wait()
+    time.sleep(0.3)
+    woken = _woken(loaded, 0)
+    mine = _read_all(loaded, seen, lambda r: r.pid == child.pid and r.args
+                     and r.args[-1] == marker.encode())
+    assert len(mine) == 1 and mine[0].identity is not None and mine[0].identity.nlink > 0
+    if woken:
+        held = _taken(loaded) - taken
+        unlinked = [r for r in seen if r.identity is not None and r.identity.nlink == 0]
+        assert unlinked or held >= EARLY_FILL * loaded.ringbuf_pages * mmap.PAGESIZE, \
+            f"woken for {len(seen)} records of {held} bytes, none unlinked"
+
+
+def test_an_exec_of_a_file_on_disk_gathers_without_a_wake_up() -> None:
+    require_bcc()
+    from sensor_linux.ebpf import probes
+
+    seen: list = []
+    loaded = probes.ExecProbes(on_exec=seen.append)
+    loaded.load()
+    try:
+        _assert_no_wake_unexplained(loaded, seen, f"on-disk-{os.getpid()}")
+    finally:
+        loaded.close()
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "bcc-callback"])
+def test_a_ring_filling_up_wakes_the_reader_and_a_read_resets_it(monkeypatch,
+                                                                  in_place: bool) -> None:
+    """128 pages: a sixteenth is 32 KiB, which our own sixty execs with 1000-byte arguments
+    exceed, and the machine's other execs do not reach in the 0.3 s after the read (the
+    probes count from what either reader told them it took)."""
+    require_bcc()
+    from sensor_linux.ebpf import probes
+
+    monkeypatch.setattr(probes, "IN_PLACE", in_place)
+    seen: list = []
+    loaded = probes.ExecProbes(on_exec=seen.append, ringbuf_pages=128)
+    loaded.load()
+    try:
+        loaded.clear_wake()
+        loaded.poll(0)
+        for _ in range(60):
+            subprocess.run(["/bin/true", "f" * 1000], check=True)
+        assert _woken(loaded, 2.0)
+        _assert_no_wake_unexplained(loaded, seen, f"after-fill-{os.getpid()}")
+    finally:
         loaded.close()

@@ -3,7 +3,8 @@ laid out in a file by a stand-in producer: records that wrap around the end of t
 (which the kernel maps twice in a row; here the stand-in writes both copies), a record still
 being written, discarded records, and a delivery that raises. The live tests read the real
 kernel's ring the same way (tests/test_ebpf_live.py, a one-page ring included). Then the ring
-input's gathering (sensor_linux/ebpf/source.py, batching.Gather) with stand-in probes."""
+input's gathering (sensor_linux/ebpf/source.py, batching.Gather) with stand-in probes; the
+runner's loop with inputs that are due or woken is in tests/test_runner.py."""
 
 from __future__ import annotations
 
@@ -175,32 +176,36 @@ def test_the_consumer_position_is_never_seen_to_go_back(ring) -> None:
     assert backwards == 0, f"the consumer position went back {backwards} times in {reads} reads"
 
 
-def test_fill_is_the_part_of_the_ring_not_read_yet(ring) -> None:
+def test_the_position_counts_the_bytes_taken_as_the_kernel_counts_them(ring) -> None:
+    """The probes are told it (ring_bytes[1]) to know how full the ring is."""
     producer, reader = ring
-    assert reader.fill() == 0
-    producer.put(b"x" * 120)          # 8 bytes of header, 120 of data: 128 of 4096
-    producer.put(b"y" * 248)          # and 256 more
-    assert reader.fill() == 384 / SIZE
+    assert reader.position == 0
+    producer.put(b"x" * 120)          # 8 bytes of header, 120 of data
+    producer.put(b"y" * 250)          # 8 of header, 250 of data, 6 of alignment
     reader.read(lambda data: None)
-    assert reader.fill() == 0
+    assert reader.position == 128 + 264
 
 
 class _Probes:
-    """ExecProbes as RingInput sees them: how full the ring is, and reads of it."""
+    """ExecProbes as RingInput sees them: the wake-up descriptor (a pipe here), and reads."""
 
-    def __init__(self, fill: float | None) -> None:
-        self.level = fill
+    def __init__(self) -> None:
         self.reads = 0
-        self.images_unlinked = 0
+        self.clears = 0
+        self.wake_read, self.wake_write = os.pipe()
 
-    def fill(self) -> float | None:
-        return self.level
+    def wake_fd(self) -> int:
+        return self.wake_read
 
-    def unlinked(self) -> int:
-        return self.images_unlinked
+    def clear_wake(self) -> None:
+        self.clears += 1
 
     def poll(self, timeout_ms: int) -> None:
         self.reads += 1
+
+    def close(self) -> None:
+        os.close(self.wake_read)
+        os.close(self.wake_write)
 
 
 class _Clock:
@@ -211,44 +216,30 @@ class _Clock:
         return self.now
 
 
-def test_a_gathering_ring_input_reads_after_the_gather_time_or_when_filling() -> None:
-    from sensor_linux.batching import EARLY_FILL, Gather
-    from sensor_linux.ebpf.source import RingInput
-    probes, clock = _Probes(0.01), _Clock()
-    ring = RingInput(probes, Gather(0.1, clock))  # type: ignore[arg-type]
-    clock.now += 0.06
-    ring.drain()
-    assert probes.reads == 0                 # a little in the ring, not long: it gathers
-    clock.now += 0.06
-    ring.drain()
-    assert probes.reads == 1                 # the gather time is up
-    clock.now += 0.02
-    probes.level = EARLY_FILL
-    ring.drain()
-    assert probes.reads == 2                 # filling: read at once, whatever the time
-    probes.level = 0.01
-    clock.now += 0.02
-    ring.drain()
-    assert probes.reads == 2                 # and the gather time starts again from there
-    probes.images_unlinked += 1
-    clock.now += 0.02
-    ring.drain()
-    assert probes.reads == 3                 # a deleted or memfd image: read while it lives
-    clock.now += 0.02
-    ring.drain()
-    assert probes.reads == 3                 # once
-
-
-def test_a_ring_input_reads_at_every_turn_without_gather_or_a_fill_to_see() -> None:
+def test_a_ring_input_is_due_after_the_gather_time_and_a_read_takes_the_wake_up() -> None:
     from sensor_linux.batching import Gather
     from sensor_linux.ebpf.source import RingInput
-    for probes, seconds in ((_Probes(0.0), 0.0), (_Probes(None), 0.1)):
-        clock = _Clock()
-        ring = RingInput(probes, Gather(seconds, clock))  # type: ignore[arg-type]
-        for _ in range(3):
-            clock.now += 0.02
-            ring.drain()
-        assert probes.reads == 3
+    probes, clock = _Probes(), _Clock()
+    try:
+        ring = RingInput(probes, Gather(0.1, clock))  # type: ignore[arg-type]
+        assert ring.fileno() == probes.wake_read
+        assert ring.due_in() == pytest.approx(0.1)
+        clock.now += 0.06
+        assert ring.due_in() == pytest.approx(0.04)
+        clock.now += 0.06
+        assert ring.due_in() == 0                # late: due now, never negative
+        assert ring.drain() is False and probes.reads == 1
+        assert probes.clears == 1                # the wake-up taken before the read
+        assert ring.due_in() == pytest.approx(0.1)   # and the gather time starts again
+    finally:
+        probes.close()
+
+
+def test_a_gather_time_must_be_positive() -> None:
+    from sensor_linux.batching import Gather
+    for seconds in (0, -0.1):
+        with pytest.raises(ValueError, match="positive"):
+            Gather(seconds)
 
 
 def test_the_hybrid_sources_read_the_gathering_ring_before_each_audit_batch() -> None:
@@ -271,9 +262,13 @@ def test_the_hybrid_sources_read_the_gathering_ring_before_each_audit_batch() ->
             return True
 
     clock = _Clock()
-    ring = RingInput(Probes(0.01), Gather(0.1, clock))  # type: ignore[arg-type]
-    audit = RingFirst(Audit(), ring)  # type: ignore[arg-type]
-    clock.now += 0.02
-    ring.drain()                      # gathering: not read
-    assert audit.fileno() == 7 and audit.drain() is True
-    assert order == ["ring", "audit"]
+    probes = Probes()
+    try:
+        ring = RingInput(probes, Gather(0.1, clock))  # type: ignore[arg-type]
+        audit = RingFirst(Audit(), ring)  # type: ignore[arg-type]
+        clock.now += 0.02                 # the ring is not due
+        assert audit.fileno() == 7 and audit.due_in() is None and audit.drain() is True
+        assert order == ["ring", "audit"]
+        assert ring.due_in() == pytest.approx(0.1)  # read: its gather time starts again
+    finally:
+        probes.close()

@@ -46,8 +46,11 @@ class PipeInput:
         self.splitter = LineSplitter()
         self.eof = False
 
-    def fileno(self) -> int | None:
+    def fileno(self) -> int:
         return self.fd
+
+    def due_in(self) -> float | None:
+        return None  # read when the pipe is readable
 
     def drain(self) -> bool:
         chunk = os.read(self.fd, READ_BYTES)

@@ -29,8 +29,11 @@ class NetlinkInput:
         self.decoder: AuditDecoder = pipeline.decoder  # type: ignore[assignment]
         records.sock.setblocking(False)
 
-    def fileno(self) -> int | None:
+    def fileno(self) -> int:
         return self.records.sock.fileno()
+
+    def due_in(self) -> float | None:
+        return None  # read when the socket is readable
 
     def drain(self) -> bool:
         """Read until the socket is empty, or at most DRAIN_DATAGRAMS; True if more waits.

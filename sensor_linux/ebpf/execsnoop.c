@@ -5,7 +5,7 @@
 //
 // Limits come from the Python loader as macros: ARGV_SIZE (power of two, >= 4096), DATA_SIZE
 // (power of two, room for two paths, a file name and ARGV_SIZE), PATH_BYTES, PATH_DEPTH,
-// PENDING_MAX, RINGBUF_PAGES, PARENTS_MAX, NR_CPUS.
+// PENDING_MAX, RINGBUF_PAGES, EARLY_WAKE_BYTES, PARENTS_MAX, NR_CPUS.
 
 #define FLAG_TRUNC_ARGS     1     // the argument area was longer than ARGV_SIZE
 #define FLAG_EXECVEAT       4
@@ -82,17 +82,16 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 // [0] ring buffer outputs that failed, [1] failed execs not reportable because `pending` was
 // full at their entry
 BPF_PERCPU_ARRAY(drops, u64, 2);
+// [0] bytes put in the ring, as its producer position counts them; [1] bytes the loader has
+// taken out, written after each read: what the ring holds is their difference (BCC 0.26 has
+// no ringbuf_query). It decides when the loader is woken early (wake_flags).
+BPF_ARRAY(ring_bytes, u64, 2);
 
 // The self-check (probes.py): the loader puts its own tgid here while it runs its check child,
 // and the record of that child's exec is also kept in check_record, so the check never depends
 // on room in the ring buffer (a small one on a busy machine may drop it).
 BPF_ARRAY(check_parent, u32, 1);
 BPF_ARRAY(check_record, struct exec_event, 1);
-
-// Execs of an image with no link left (a deleted file, a memfd): its digest can only be read
-// through /proc/PID/exe while the process lives, so the loader reads the ring at once when
-// this count moves instead of letting records gather (source.RingInput).
-BPF_ARRAY(unlinked, u64, 1);
 
 static __always_inline void count_drop(int which) {
     u64 *counter = drops.lookup(&which);
@@ -218,12 +217,6 @@ static __always_inline void exe_facts(struct exec_event *e, void *task, u32 *cur
     e->mtime_nsec = read_u32(inode, OFF_INODE_MTIME_NSEC, &flags);
     e->ctime_nsec = read_u32(inode, OFF_INODE_CTIME_NSEC, &flags);
     e->nlink = read_u32(inode, OFF_INODE_NLINK, &flags);
-    if (e->nlink == 0) {
-        int zero = 0;
-        u64 *count = unlinked.lookup(&zero);
-        if (count)
-            __sync_fetch_and_add(count, 1);
-    }
     void *sb = read_ptr(inode, OFF_INODE_SB, &flags);
     e->dev = read_u32(sb, OFF_SB_DEV, &flags);
     void *dentry = read_ptr(file, OFF_FILE_PATH + OFF_PATH_DENTRY, &flags);
@@ -305,12 +298,35 @@ static __always_inline struct scratch *new_event(void) {
     return s;
 }
 
+// Records gather in the ring without waking the loader, which reads it every GATHER_SECONDS
+// (sensor_linux/batching.py); a wake-up costs it more than the records of a batch share.
+// It is woken at once for an image with no link left (a deleted file, a memfd), whose digest
+// can only be read through /proc/PID/exe while the process lives, and when the ring holds
+// EARLY_WAKE_BYTES, so that a burst cannot fill it before the next read.
+static __always_inline u64 wake_flags(struct exec_event *e, u64 *put, u64 *taken) {
+    if (e->ino != 0 && e->nlink == 0)
+        return BPF_RB_FORCE_WAKEUP;
+    // Signed: a read may report its taking before the put of what it took is counted.
+    if ((s64)(*put - *taken) >= EARLY_WAKE_BYTES)
+        return BPF_RB_FORCE_WAKEUP;
+    return BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void emit(struct exec_event *e, u32 used) {
     u32 size = offsetof(struct exec_event, data) + (used & DATA_MASK);
     if (size > sizeof(struct exec_event))
         size = sizeof(struct exec_event);
-    if (events.ringbuf_output(e, size, 0) != 0)
+    int put_at = 0, taken_at = 1;
+    u64 *put = ring_bytes.lookup(&put_at);
+    u64 *taken = ring_bytes.lookup(&taken_at);
+    if (!put || !taken)
+        return;  // never: an array's slots always exist
+    if (events.ringbuf_output(e, size, wake_flags(e, put, taken)) != 0) {
         count_drop(0);
+        return;
+    }
+    // As the ring's producer position counts: an 8-byte header, 8-byte aligned.
+    __sync_fetch_and_add(put, (size + 8 + 7) & ~7);
 }
 
 static __always_inline int on_enter(const char *filename, u32 flags) {

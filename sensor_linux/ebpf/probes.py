@@ -10,7 +10,9 @@ report with what this process knows about its own child before any event is trus
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
+import select
 import secrets
 import shutil
 import struct
@@ -21,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from sensor_linux.batching import EARLY_FILL
 from sensor_linux.ebpf.btf import Btf, BtfError
 from sensor_linux.ebpf.offsets import cflags as offset_cflags
 from sensor_linux.ebpf.offsets import kernel_offsets
-from sensor_linux.ebpf.ring import IN_PLACE, RingReader
+from sensor_linux.ebpf.ring import IN_PLACE, RingReader, RingWake
 from sensor_linux.image import FileIdentity
 from sensor_linux.procfs import kernel_tty_name, read_process
 
@@ -261,6 +264,9 @@ class ExecProbes:
     _check_exec: tuple[int, bytes] | None = field(default=None, repr=False)
     _failure: BaseException | None = field(default=None, repr=False)
     _ring: RingReader | None = field(default=None, repr=False)  # None: BCC's callback
+    _wake: RingWake | None = field(default=None, repr=False)
+    _consumed: int = field(default=0, repr=False)   # bytes BCC's reader took from the ring
+    _reported: int = field(default=0, repr=False)   # what the probes were last told of it
 
     def load(self) -> None:
         """Compile with this kernel's offsets, attach, and run the self-check."""
@@ -280,6 +286,7 @@ class ExecProbes:
                  f"-DDATA_SIZE={data_size(self.argv_size, self.path_bytes)}",
                  f"-DPATH_BYTES={self.path_bytes}", f"-DPATH_DEPTH={self.path_depth}",
                  f"-DPENDING_MAX={self.pending_max}", f"-DRINGBUF_PAGES={self.ringbuf_pages}",
+                 f"-DEARLY_WAKE_BYTES={int(self.ringbuf_pages * mmap.PAGESIZE * EARLY_FILL)}",
                  "-DPARENTS_MAX=65536", f"-DNR_CPUS={os.cpu_count() or 1}",
                  "-Wno-visibility", *offset_cflags(self.offsets)]
         try:
@@ -288,13 +295,14 @@ class ExecProbes:
         except Exception as exc:  # BCC raises plain Exception for compile and load errors
             raise PrerequisiteError(f"the exec probes did not compile or load: {exc}") from exc
         events = self.bpf["events"]
-        if IN_PLACE:
-            self._ring = RingReader(events.map_fd, events.max_entries)
-        else:
-            events.open_ring_buffer(self._callback)
         try:
+            self._wake = RingWake(events.map_fd)
+            if IN_PLACE:
+                self._ring = RingReader(events.map_fd, events.max_entries)
+            else:
+                events.open_ring_buffer(self._callback)
             self._self_check()
-        except PrerequisiteError:
+        except BaseException:
             self.close()
             raise
         self.load_seconds = time.monotonic() - started
@@ -303,6 +311,7 @@ class ExecProbes:
         # An exception must not reach ctypes, which prints it and goes on: a failed output
         # (a rotation refused, a full disk) lost every later event without stopping the run.
         # It is kept, the poll stops (a negative return), and poll() raises it.
+        self._consumed += (size + 8 + 7) & ~7  # as the ring's position counts
         try:
             self._deliver(ctypes.string_at(data, size))
         except BaseException as exc:  # noqa: BLE001 - raised again by poll()
@@ -370,22 +379,39 @@ class ExecProbes:
         """Deliver what the ring holds (waiting up to ``timeout_ms`` for something); what
         ``on_exec`` raised is raised here (its record counts as read, as with libbpf)."""
         if self._ring is not None:
-            self._ring.read(self._deliver, timeout_ms)
+            try:
+                self._ring.read(self._deliver, timeout_ms)
+            finally:
+                self._taken(self._ring.position)
             return
-        self.bpf.ring_buffer_poll(timeout_ms)  # type: ignore[attr-defined]
+        if timeout_ms:
+            # libbpf's own wait (ring_buffer_poll) hears only wake-ups, which the probes
+            # leave out for most records: wait on the ring itself, then take all it holds.
+            waiter = select.poll()
+            waiter.register(self.bpf["events"].map_fd, select.POLLIN)  # type: ignore[index]
+            waiter.poll(timeout_ms)
+        self.bpf.ring_buffer_consume()  # type: ignore[attr-defined]
+        self._taken(self._consumed)
         failure, self._failure = self._failure, None
         if failure is not None:
             raise failure
 
-    def unlinked(self) -> int:
-        """How many execs of an image with no link (deleted, memfd) the probes have seen."""
-        table = self.bpf["unlinked"]  # type: ignore[index]
-        return int(table[table.Key(0)].value)
+    def _taken(self, position: int) -> None:
+        """Tell the probes how far the ring has been read: they wake the reader early when
+        it holds more than a part of its size since (execsnoop.c: wake_flags)."""
+        if position != self._reported:
+            table = self.bpf[b"ring_bytes"]  # type: ignore[index]
+            table[table.Key(1)] = table.Leaf(position)
+            self._reported = position
 
-    def fill(self) -> float | None:
-        """The part of the ring buffer not read yet (0 to 1), when the reader can tell (the
-        in-place one); None through BCC's reader."""
-        return self._ring.fill() if self._ring is not None else None
+    def wake_fd(self) -> int:
+        """A descriptor readable once the probes woke their reader (:class:`RingWake`)."""
+        assert self._wake is not None, "the probes are not loaded"
+        return self._wake.fileno()
+
+    def clear_wake(self) -> None:
+        if self._wake is not None:
+            self._wake.clear()
 
     def drops(self) -> dict[str, int]:
         """Counters of what the probes could not deliver (summed over CPUs)."""
@@ -397,6 +423,9 @@ class ExecProbes:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        if self._wake is not None:
+            self._wake.close()
+            self._wake = None
         if self.bpf is not None:
             self.bpf.cleanup()  # type: ignore[attr-defined]
             self.bpf = None

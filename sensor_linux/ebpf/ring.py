@@ -102,13 +102,39 @@ class RingReader:
                 consumed[0] = position
         return delivered
 
-    def fill(self) -> float:
-        """The part of the ring holding records not consumed yet (committed or being
-        written), 0 to 1."""
-        return (self._produced[0] - self._consumed[0]) / (self._mask + 1)
+    @property
+    def position(self) -> int:
+        """Bytes taken out of the ring since it was made (headers and alignment included)."""
+        return self._consumed[0]
 
     def close(self) -> None:
         self._consumed.release()
         self._produced.release()
         self._ring.close()
         self._consumer.close()
+
+
+class RingWake:
+    """A descriptor that turns readable when the probes wake their reader, whichever reader
+    it is. The probes put their records in the ring without a wake-up and force one only for
+    what must not wait (``execsnoop.c``: ``wake_flags``); the ring's own descriptor is
+    readable whenever it holds a record, so it is watched edge-triggered, through an epoll
+    instance of its own: readable from a wake-up until :meth:`clear`."""
+
+    def __init__(self, map_fd: int) -> None:
+        self._epoll = select.epoll()
+        try:
+            self._epoll.register(map_fd, select.EPOLLIN | select.EPOLLET)
+        except BaseException:
+            self._epoll.close()
+            raise
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def clear(self) -> None:
+        """Take the wake-up, before the ring is read (one during the read stays)."""
+        self._epoll.poll(0)
+
+    def close(self) -> None:
+        self._epoll.close()

@@ -73,39 +73,31 @@ def probe_summary(pipeline: Pipeline, enricher: Enricher,
 
 
 class RingInput:
-    """The probes' ring buffer: polled, never waited on (its callbacks feed the pipeline).
+    """The probes' ring buffer, read every ``gather.seconds`` (sensor_linux/batching.py:
+    larger batches cost less per event) or at once when the probes wake the reader: for an
+    image with no link (a deleted file, a memfd), hashed through /proc/PID/exe, which a
+    short-lived process takes with it, and when the ring is filling (``execsnoop.c``:
+    ``wake_flags``). The loop waits on the wake-up descriptor until the read is due
+    (:meth:`due_in`). The hybrid and cross-check sources read it before each audit batch too
+    (:meth:`read`): audit events need the execs before them in the process table."""
 
-    With ``gather`` (sensor_linux/batching.py: larger batches cost less per event), the ring
-    is read every ``gather.seconds`` unless it is filling, where the reader can see the fill
-    (the in-place one). It is read at once, too, when the probes saw an exec of an image with
-    no link (a deleted file, a memfd): such an image is hashed through /proc/PID/exe, which a
-    short-lived process takes with it. The hybrid and cross-check sources read it before each
-    audit batch too (:meth:`read`): audit events need the execs before them in the process
-    table."""
-
-    def __init__(self, probes: ExecProbes, gather: Gather | None = None) -> None:
+    def __init__(self, probes: ExecProbes, gather: Gather) -> None:
         self.probes = probes
-        self.gather = gather or Gather(0.0)
-        self._unlinked = 0   # the probes' count of unlinked images, as last looked at
+        self.gather = gather
 
-    def fileno(self) -> int | None:
-        return None
+    def fileno(self) -> int:
+        return self.probes.wake_fd()
+
+    def due_in(self) -> float | None:
+        return self.gather.due_in()
 
     def drain(self) -> bool:
-        if self.gather.due(self.probes.fill) or self._unlinked_moved():
-            self.read()
+        self.read()
         return False
 
-    def _unlinked_moved(self) -> bool:
-        """Whether an image with no link was exec'd since the last look (looked at only while
-        the ring gathers: a read that was due took such records anyway, and at worst the
-        next look reads once more)."""
-        count = self.probes.unlinked()
-        moved, self._unlinked = count != self._unlinked, count
-        return moved
-
     def read(self) -> None:
-        """Read what the ring holds now, gathering or not."""
+        """Read what the ring holds now, due or not."""
+        self.probes.clear_wake()
         self.gather.read()
         self.probes.poll(0)
 
