@@ -8,8 +8,9 @@ provenance, parent context from the process table, and the TTPHash.
 from __future__ import annotations
 
 import os
-import socket
 import shlex
+import socket
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,17 @@ def linux_host(root: str = "/") -> dict[str, Any]:
     except OSError:
         pass
     return host
+
+
+# Kept id and image parts (Enricher._stable): at most this many, the oldest first out.
+STABLE_ENTRIES = 4096
+
+
+def _remember(kept: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+    kept[key] = value
+    kept.move_to_end(key)
+    if len(kept) > STABLE_ENTRIES:
+        kept.popitem(last=False)
 
 
 def command_line(args: list[str | bytes | None] | None) -> str | None:
@@ -68,6 +80,11 @@ class Enricher:
     # eBPF source carries its facts in the record, so this stays near zero there.
     proc_reads: int = 0
     _boot_time: float | None = field(default=None, repr=False)
+    # The id and image part of recent process maps, by what it depends on (see
+    # _identity_and_image): (kept until, the part). The events that reuse one share its maps,
+    # which nothing changes after an event is built (the table's parent maps share them too).
+    _stable: OrderedDict[tuple[Any, ...], tuple[float, dict[str, Any]]] = field(
+        default_factory=OrderedDict, repr=False)
 
     def _identity(self, ident: int | None, group: bool = False) -> dict[str, str] | None:
         if ident is None:
@@ -105,15 +122,30 @@ class Enricher:
             process["working_directory"] = facts.cwd
         if facts.start_time is not None:
             process["start"] = utc_timestamp(facts.start_time)
+        process.update(self._identity_and_image(facts, ran))
+        return process
+
+    def _identity_and_image(self, facts: ProcessFacts, ran: bool) -> dict[str, Any]:
+        """The rest of the process map: ids and their names, terminal, audit ids, container,
+        image (on disk, digests, package). The same for every exec of one file version with
+        one set of ids: where the kernel gave the file's identity, it is kept and reused while
+        the look that found the file at its path answers (:class:`RecentLooks`), which spares
+        an exec of a known binary most of its enrichment."""
+        key = self._stable_key(facts, ran)
+        if key is not None:
+            kept = self._stable.get(key)
+            if kept is not None and self.looks.now() < kept[0]:
+                return kept[1]
+        rest: dict[str, Any] = {}
         if facts.uids is not None:
-            real = process["real_user"] = self._identity(facts.uids[0])
-            process["user"] = self._like(facts.uids[1], facts.uids[0], real)
-            process["saved_user"] = self._like(facts.uids[2], facts.uids[0], real)
+            real = rest["real_user"] = self._identity(facts.uids[0])
+            rest["user"] = self._like(facts.uids[1], facts.uids[0], real)
+            rest["saved_user"] = self._like(facts.uids[2], facts.uids[0], real)
         if facts.gids is not None:
-            process["group"] = self._identity(facts.gids[1], group=True)
-        process["interactive"] = facts.tty is not None
+            rest["group"] = self._identity(facts.gids[1], group=True)
+        rest["interactive"] = facts.tty is not None
         if facts.tty is not None:
-            process["tty"] = {"name": facts.tty}
+            rest["tty"] = {"name": facts.tty}
         audit: dict[str, Any] = {}
         if facts.login_uid is not None:
             audit["login_user"] = (None if facts.login_uid == UNSET_ID
@@ -121,11 +153,25 @@ class Enricher:
         if facts.session is not None:
             audit["session"] = None if facts.session == UNSET_ID else facts.session
         if audit:
-            process["audit"] = audit
+            rest["audit"] = audit
         if facts.container_id:
-            process["container"] = {"id": facts.container_id}
-        self._add_image(process, facts, ran)
-        return process
+            rest["container"] = {"id": facts.container_id}
+        self._add_image(rest, facts, ran)
+        if key is not None and "hash" in rest:
+            # Kept no longer than the look at the file answers (a replaced file is looked
+            # at anew), and only when it was hashed: a digest that could not be read is
+            # tried again at the next exec.
+            seen = self.looks.found_at(to_bytes(facts.executable), facts.image_identity)
+            if seen is not None:
+                _remember(self._stable, key, (seen + self.looks.seconds, rest))
+        return rest
+
+    def _stable_key(self, facts: ProcessFacts, ran: bool) -> tuple[Any, ...] | None:
+        """What :meth:`_identity_and_image` depends on, when the kernel gave the identity."""
+        if facts.image_identity is None or not self.host_files or facts.executable is None:
+            return None
+        return (facts.executable, facts.image_identity, facts.exe_deleted, ran, facts.uids,
+                facts.gids, facts.tty, facts.login_uid, facts.session, facts.container_id)
 
     def _add_image(self, process: dict[str, Any], facts: ProcessFacts, ran: bool) -> None:
         if not self.host_files:

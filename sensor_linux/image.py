@@ -111,6 +111,16 @@ class RecentLooks:
         return there
 
 
+    def now(self) -> float:
+        """The time on the clock the looks are kept by."""
+        return self._clock()
+
+    def found_at(self, path: bytes, identity: FileIdentity) -> float | None:
+        """When the look that answers for ``identity`` at ``path`` found it (None: none
+        does); it answers until ``seconds`` after that."""
+        return self._found.get((path, identity.key))
+
+
 def image_facts(executable: bytes, identity: FileIdentity, hasher: FileHasher,
                 looks: RecentLooks, pid: int | None = None, proc: str = PROC) -> ImageFacts:
     """What ran at ``executable`` (the kernel's canonical path) with ``identity``; ``looks``

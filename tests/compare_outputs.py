@@ -5,7 +5,8 @@ of the corpus (``shared/corpus``: LAUREL's and linux-audit-parser's) through ``t
 FILE`` in all three formats (and ``ecs --from-this-host``, which hashes the files the logs
 name and looks up their packages on this host), and a recorded eBPF stream (raw ring-buffer
 records from a real kernel, ``tests/data/ebpf-stream.jsonl``, made by
-``tests/record_ebpf.py``) through the eBPF pipeline in ecs and qlog, with the code of a base
+``tests/record_ebpf.py``) through the eBPF pipeline in ecs and qlog (and in ecs with this
+host's files, the stream fed twice), with the code of a base
 commit and with the working tree, and compares the outputs. The only difference allowed is in
 random event ids (uuid4), which are renumbered in order of first appearance on both sides
 before comparing.
@@ -28,15 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 FORMATS = ("ecs", "qlog", "laurel")
 EBPF_STREAM = ROOT / "tests" / "data" / "ebpf-stream.jsonl"
 # The eBPF pipeline as a replay, in whichever shape the tree has it (before and after issue 13's
-# one pipeline), with no host file or /proc read: the records are the only input.
+# one pipeline), with no /proc read. With "host", the executables the records name are this
+# host's (hashed, looked up in its package database; what the live sensor does), and the
+# stream is fed twice, as a host runs the same binaries again.
 EBPF_REPLAY = """
 import json, sys
 from common.render import RENDERERS
 from common.sinks import StreamSink
 from sensor_linux.ebpf.probes import decode
 from sensor_linux.enrich import Enricher
-sink, fmt = StreamSink(sys.stdout), sys.argv[2]
-enricher = Enricher(live=False, host_files=False)
+sink, fmt, host = StreamSink(sys.stdout), sys.argv[2], sys.argv[3] == "host"
+enricher = Enricher(live=False, host_files=host)
 try:
     from common.render import line_renderer
     from common.sinks import TextOutput
@@ -51,11 +54,14 @@ except ImportError:
 # The builder turns kernel time into wall time with an offset measured when it starts: fixed
 # here, so that two runs give the same timestamps.
 pipeline.builder._epoch_offset = 1_700_000_000.0
-for line in open(sys.argv[1]):
-    pipeline.feed(decode(bytes.fromhex(json.loads(line)["record"])))
+for _ in range(2 if host else 1):
+    for line in open(sys.argv[1]):
+        pipeline.feed(decode(bytes.fromhex(json.loads(line)["record"])))
 close()
 sink.flush()
 """
+# (format, whose files): the records alone, or this host's files too.
+EBPF_REPLAYS = (("ecs", "records"), ("qlog", "records"), ("ecs", "host"))
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
@@ -83,9 +89,9 @@ def replay(tree: Path, log: Path, fmt: str, scratch: Path, *extra: str) -> bytes
     return renumber(done.stdout)
 
 
-def replay_ebpf(tree: Path, fmt: str, scratch: Path) -> bytes:
+def replay_ebpf(tree: Path, fmt: str, files: str, scratch: Path) -> bytes:
     env = dict(os.environ, PYTHONPATH=str(tree))
-    done = subprocess.run([sys.executable, "-c", EBPF_REPLAY, str(EBPF_STREAM), fmt],
+    done = subprocess.run([sys.executable, "-c", EBPF_REPLAY, str(EBPF_STREAM), fmt, files],
                           capture_output=True, env=env, cwd=scratch, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"{tree}: eBPF replay --format {fmt} failed: "
@@ -118,11 +124,11 @@ def compare(base: str) -> tuple[list[str], int]:
                                            + " ".join(extra))
                 print(f"\r{number}/{len(logs)} logs compared", end="", file=sys.stderr)
             print(file=sys.stderr)
-            for fmt in ("ecs", "qlog"):
-                before = replay_ebpf(base_tree, fmt, scratch)
+            for fmt, files in EBPF_REPLAYS:
+                before = replay_ebpf(base_tree, fmt, files, scratch)
                 compared += before.count(b"\n")
-                if before != replay_ebpf(ROOT, fmt, scratch):
-                    differences.append(f"{EBPF_STREAM.name} (eBPF) --format {fmt}")
+                if before != replay_ebpf(ROOT, fmt, files, scratch):
+                    differences.append(f"{EBPF_STREAM.name} (eBPF) --format {fmt}, {files}")
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                             str(base_tree)], capture_output=True)
@@ -136,7 +142,8 @@ def main() -> int:
     differences, compared = compare(sys.argv[1])
     for line in differences:
         print(f"differs: {line}")
-    print(f"{len(inputs())} logs x {len(FORMATS) + 1} replays and a recorded eBPF stream x 2, "
+    print(f"{len(inputs())} logs x {len(FORMATS) + 1} replays and a recorded eBPF stream x "
+          f"{len(EBPF_REPLAYS)}, "
           f"{compared} output lines: "
           f"{'identical' if not differences else f'{len(differences)} differ'}")
     return 1 if differences or not compared else 0

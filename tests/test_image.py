@@ -75,3 +75,76 @@ def test_image_facts_on_disk_for_a_present_image_and_never_for_a_deleted_one(tmp
         assert present.on_disk is True and present.digests == hasher.digests(path)
         assert image_facts(path.encode(), deleted, hasher, how).on_disk is False
     assert looks.reused == 1
+
+
+def _enricher(clock: Clock, hasher: FileHasher | None = None):  # noqa: ANN202
+    from sensor_linux.enrich import Enricher
+    return Enricher(looks=RecentLooks(seconds=1.0, clock=clock), live=False,
+                    hasher=hasher if hasher is not None else FileHasher())
+
+
+def _facts(path: str, ident: FileIdentity, pid: int, uid: int = 0,
+           gid: int = 0):  # noqa: ANN202
+    from sensor_linux.procfs import ProcessFacts
+    return ProcessFacts(pid=pid, executable=path, args=[path, str(pid)], cwd="/",
+                        start_time=1_700_000_000.0 + pid, uids=(uid, uid, uid, uid),
+                        gids=(gid, gid, gid, gid), login_uid=1000, session=3,
+                        image_identity=ident, exe_deleted=ident.nlink == 0)
+
+
+def _built_anew(enricher, facts) -> dict:  # noqa: ANN001
+    """The process map as it is built without the kept part (what the kept one must equal)."""
+    from sensor_linux.enrich import Enricher
+    fresh = Enricher(looks=RecentLooks(seconds=1.0, clock=enricher.looks.now), live=False,
+                     hasher=enricher.hasher, packages=enricher.packages,
+                     users=enricher.users, host=enricher.host)
+    return fresh.process_map(facts)
+
+
+def test_the_id_and_image_part_of_an_exec_is_kept_while_its_look_answers(tmp_path) -> None:
+    """An exec of a known file version by the same ids reuses the part of the process map
+    that does not change (names, image, package), and only while the look at the file
+    answers: equal to what building it anew gives, each time."""
+    path = str(tmp_path / "tool")
+    with open(path, "wb") as f:
+        f.write(b"one")
+    first = _identity(path)
+    clock = Clock()
+    enricher = _enricher(clock)
+    one = enricher.process_map(_facts(path, first, pid=4001))
+    two = enricher.process_map(_facts(path, first, pid=4002))
+    assert one["hash"] is two["hash"]                # the kept part, shared
+    assert two == _built_anew(enricher, _facts(path, first, pid=4002))
+    assert (two["pid"], two["args"]) == (4002, [path, "4002"])   # the exec's own facts
+    other_user = enricher.process_map(_facts(path, first, uid=1, pid=4003))
+    assert other_user["real_user"]["id"] == "1"      # other ids: another part
+    other_group = enricher.process_map(_facts(path, first, gid=1, pid=4003))
+    assert other_group["group"]["id"] == "1"
+    os.unlink(path)
+    with open(path, "wb") as f:                      # replaced at its path
+        f.write(b"two")
+    clock.now += 0.5
+    assert enricher.process_map(_facts(path, first, pid=4004))["on_disk"] is True  # window
+    clock.now += 0.6                                 # the look no longer answers
+    gone = enricher.process_map(_facts(path, first, pid=4005))
+    assert gone["on_disk"] is False
+    assert gone == _built_anew(enricher, _facts(path, first, pid=4005))
+
+
+def test_a_part_is_not_kept_for_an_image_not_hashed_or_not_at_its_path(tmp_path) -> None:
+    """An image that could not be hashed (here: over the size limit) is tried again at every
+    exec, and one that is not the file at its path has no look to vouch for it."""
+    path = str(tmp_path / "tool")
+    with open(path, "wb") as f:
+        f.write(b"more than one byte")
+    ident = _identity(path)
+    hasher = FileHasher(max_file_bytes=1)
+    enricher = _enricher(Clock(), hasher)
+    for pid in (4001, 4002):
+        assert "hash" not in enricher.process_map(_facts(path, ident, pid=pid))
+    assert hasher.errors == 2                        # tried at each exec
+    elsewhere = FileIdentity(ident.dev, ident.ino + 1, *ident[2:])  # not the file at the path
+    enricher = _enricher(Clock())
+    for pid in (4003, 4004):
+        assert enricher.process_map(_facts(path, elsewhere, pid=pid))["on_disk"] is False
+    assert not enricher._stable                      # nothing kept
