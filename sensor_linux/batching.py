@@ -6,12 +6,13 @@ loop. Waiting 20 ms after each drain turns thousands of wake-ups a second into f
 buffers in between are far larger than 20 ms of events at any exec rate this host can reach:
 the BPF ring buffer (4 MiB by default), the netlink socket (16 MiB), the plugin pipe (1 MiB,
 enlarged at start). The overhead lab (``ttpsensor bench overhead``) measures the effect.
-Larger batches cost less per event still: the eBPF sources read their ring every 100 ms, and
+Larger batches cost less per event still: the eBPF sources read their ring every 200 ms, and
 the loop sleeps in between unless the probes wake it (an image with no link exec'd, the ring
-filling: ``RingInput`` in ``sensor_linux/ebpf/source.py``, docs/ebpf.md). The audit sources
-keep 20 ms: their live facts (the image
-through ``/proc/PID/exe``, the container) race the process's exit, and audit gives no early
-signal. Under a 300 execs/s load, memfd images living 40 ms were hashed 20 of 20 times at
+filling: ``RingInput`` in ``sensor_linux/ebpf/source.py``, docs/ebpf.md). Each read costs
+about half a millisecond beyond its events: at 500 execs/s the eBPF sensor spent 51-52 µs per
+exec reading every 100 ms, 41-43 every 200 ms, 40 every 300 ms (at 1000/s: 41/41, 37/40).
+The audit sources keep 20 ms: their live facts (the image through ``/proc/PID/exe``, the
+container) race the process's exit, and audit gives no early signal. Under a 300 execs/s load, memfd images living 40 ms were hashed 20 of 20 times at
 20 ms and 8-9 of 20 at 100 ms, which had saved a tenth of the netlink sensor's CPU. The
 plugin's pipe read every 100 ms gained nothing measurable.
 """
@@ -20,7 +21,7 @@ import time
 from typing import Callable, Protocol
 
 BATCH_SECONDS = 0.02
-GATHER_SECONDS = 0.1
+GATHER_SECONDS = 0.2
 # How full the ring may be before the probes wake their reader early: at its 4 MiB,
 # 256 KiB, with the rest free while the reader comes.
 EARLY_FILL = 1 / 16
@@ -28,8 +29,7 @@ EARLY_FILL = 1 / 16
 
 class Gather:
     """When a gathering input is due: ``seconds`` after it was last read. Reading less often
-    costs less per event (the eBPF source at 1000 execs/s: 71-76 µs per exec reading every
-    20 ms, 46-58 every 100 ms). What must not wait is signalled by the buffer itself (the
+    costs less per event (see above). What must not wait is signalled by the buffer itself (the
     exec probes wake their reader, ``execsnoop.c``: ``wake_flags``), which reads earlier."""
 
     def __init__(self, seconds: float = GATHER_SECONDS,

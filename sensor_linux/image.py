@@ -110,7 +110,6 @@ class RecentLooks:
             self._found.pop(key, None)
         return there
 
-
     def now(self) -> float:
         """The time on the clock the looks are kept by."""
         return self._clock()

@@ -80,10 +80,10 @@ class RunConfig:
 
 class Input(Protocol):
     """One thing a source reads: a descriptor to wait on (``fileno``). ``drain`` reads what
-    is ready without blocking and says whether
-    more is waiting already (a full read: a reader that is behind must not pause).
-    ``due_in``: seconds until it is to be drained even if its descriptor stays quiet (an
-    input that gathers, read on a deadline and woken early), or None."""
+    is ready without blocking and says whether more is waiting already (a full read: a
+    reader that is behind must not pause). ``due_in``: seconds until it is to be drained
+    even if its descriptor stays quiet (an input that gathers, read on a deadline and woken
+    early), or None."""
 
     def fileno(self) -> int: ...
     def drain(self) -> bool: ...

@@ -319,14 +319,15 @@ static __always_inline void emit(struct exec_event *e, u32 used) {
     int put_at = 0, taken_at = 1;
     u64 *put = ring_bytes.lookup(&put_at);
     u64 *taken = ring_bytes.lookup(&taken_at);
-    if (!put || !taken)
-        return;  // never: an array's slots always exist
-    if (events.ringbuf_output(e, size, wake_flags(e, put, taken)) != 0) {
+    // An array's slots always exist; without them the record would still go, waking.
+    u64 flags = put && taken ? wake_flags(e, put, taken) : 0;
+    if (events.ringbuf_output(e, size, flags) != 0) {
         count_drop(0);
         return;
     }
     // As the ring's producer position counts: an 8-byte header, 8-byte aligned.
-    __sync_fetch_and_add(put, (size + 8 + 7) & ~7);
+    if (put)
+        __sync_fetch_and_add(put, (size + 8 + 7) & ~7);
 }
 
 static __always_inline int on_enter(const char *filename, u32 flags) {
