@@ -12,9 +12,10 @@ filling: ``RingInput`` in ``sensor_linux/ebpf/source.py``, docs/ebpf.md). Each r
 about half a millisecond beyond its events: at 500 execs/s the eBPF sensor spent 51-52 µs per
 exec reading every 100 ms, 41-43 every 200 ms, 40 every 300 ms (at 1000/s: 41/41, 37/40).
 The audit sources keep 20 ms: their live facts (the image through ``/proc/PID/exe``, the
-container) race the process's exit, and audit gives no early signal. Under a 300 execs/s load, memfd images living 40 ms were hashed 20 of 20 times at
-20 ms and 8-9 of 20 at 100 ms, which had saved a tenth of the netlink sensor's CPU. The
-plugin's pipe read every 100 ms gained nothing measurable.
+container) race the process's exit, and audit gives no early signal. Under a 300 execs/s
+load, memfd images living 40 ms were hashed 20 of 20 times at 20 ms and 8-9 of 20 at 100 ms,
+which had saved a tenth of the netlink sensor's CPU. The plugin's pipe read every 100 ms
+gained nothing measurable.
 """
 
 import time
