@@ -269,18 +269,25 @@ def test_an_output_the_unprivileged_sensor_could_not_rotate_is_refused_at_start(
     assert "--user root" in result.stderr and "Traceback" not in result.stderr
 
 
+def _loaded_with_reader(monkeypatch, in_place: bool, on_exec,  # noqa: ANN001
+                        ringbuf_pages: int):  # noqa: ANN202
+    """The probes loaded with the in-place reader or BCC's callback."""
+    require_bcc()
+    from sensor_linux.ebpf import probes
+
+    monkeypatch.setattr(probes, "IN_PLACE", in_place)
+    loaded = probes.ExecProbes(on_exec=on_exec, ringbuf_pages=ringbuf_pages)
+    loaded.load()
+    return loaded
+
+
 @pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "bcc-callback"])
 def test_both_ring_readers_deliver_the_same_exec_whole(monkeypatch, tmp_path,
                                                        in_place: bool) -> None:
     """The ring is read through BCC's callback, or in place when asked for: both must
     deliver our own execs with their facts, and a failed delivery must come out of poll()."""
-    require_bcc()
-    from sensor_linux.ebpf import probes
-
-    monkeypatch.setattr(probes, "IN_PLACE", in_place)
     seen: list = []
-    loaded = probes.ExecProbes(on_exec=seen.append, ringbuf_pages=8)
-    loaded.load()
+    loaded = _loaded_with_reader(monkeypatch, in_place, seen.append, ringbuf_pages=8)
     try:
         assert (loaded._ring is not None) is in_place
         marker = f"ring-{in_place}-{os.getpid()}"
@@ -399,13 +406,8 @@ def test_a_ring_filling_up_wakes_the_reader_and_a_read_resets_it(monkeypatch,
     """128 pages: a sixteenth is 32 KiB, which our own sixty execs with 1000-byte arguments
     exceed, and the machine's other execs do not reach in the 0.3 s after the read (the
     probes count from what either reader told them it took)."""
-    require_bcc()
-    from sensor_linux.ebpf import probes
-
-    monkeypatch.setattr(probes, "IN_PLACE", in_place)
     seen: list = []
-    loaded = probes.ExecProbes(on_exec=seen.append, ringbuf_pages=128)
-    loaded.load()
+    loaded = _loaded_with_reader(monkeypatch, in_place, seen.append, ringbuf_pages=128)
     try:
         loaded.clear_wake()
         loaded.poll(0)
