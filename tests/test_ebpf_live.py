@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import os
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -203,6 +205,42 @@ def test_hybrid_takes_exec_from_ebpf_and_the_rest_from_audit(audit_guard, busy_m
     assert {e["event"]["provider"] for e in execs} == {"ebpf"}
     assert_complete(sensor.events(), token, spawned)
 
+
+
+def test_a_short_lived_memfd_image_is_hashed_though_the_ring_gathers(busy_machine,
+                                                                     tmp_path) -> None:
+    """The sensor reads its ring every 200 ms, but a memfd image can only be hashed through
+    /proc/PID/exe while its process lives: the probes wake the sensor for it (execsnoop.c,
+    wake_flags; the loop waits on RingWake). Five copies of sleep, each a new image (no
+    digest cached) living 40 ms: each event has that image's digest."""
+    require_bcc()
+    sensor = Sensor(tmp_path, "memfd", "--source", "ebpf")
+    images: dict[str, str] = {}
+    try:
+        sensor.wait_for(lambda: "running as" in sensor.stderr or "staying root"
+                        in sensor.stderr, "the sensor to run", timeout=120)
+        data = Path("/usr/bin/sleep").read_bytes()
+        for number in range(5):
+            image = data + os.urandom(8)
+            marker = f"memfd-{os.getpid()}-{number}"
+            images[marker] = hashlib.sha256(image).hexdigest().upper()
+            fd = os.memfd_create(marker, 0)
+            try:
+                os.write(fd, image)
+                subprocess.run([marker, "0.04"], executable=f"/proc/self/fd/{fd}",
+                               pass_fds=(fd,), check=True)
+            finally:
+                os.close(fd)
+            time.sleep(0.13)
+        sensor.wait_for(lambda: all(any(e["process"].get("args", [None])[0] == marker
+                                        for e in sensor.events() if "process" in e)
+                                    for marker in images), "the memfd execs", timeout=60)
+    finally:
+        assert sensor.stop() == 0, sensor.stderr
+    for marker, digest in images.items():
+        event = _by_marker(sensor.events(), marker)
+        assert event["process"]["on_disk"] is False
+        assert event["process"].get("hash", {}).get("sha256") == digest, marker
 
 def test_self_check_refuses_offsets_that_read_the_wrong_member(monkeypatch) -> None:
     """Offsets that are off by one member must stop the sensor, naming what was wrong."""

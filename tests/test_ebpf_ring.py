@@ -4,7 +4,7 @@ laid out in a file by a stand-in producer: records that wrap around the end of t
 being written, discarded records, and a delivery that raises. The live tests read the real
 kernel's ring the same way (tests/test_ebpf_live.py, a one-page ring included). Then the ring
 input's gathering (sensor_linux/ebpf/source.py, batching.Gather) with stand-in probes; the
-runner's loop with inputs that are due or woken is in tests/test_runner.py."""
+runner's loop with inputs that are due or woken is in tests/test_runner_pump.py."""
 
 from __future__ import annotations
 
@@ -190,18 +190,21 @@ class _Probes:
     """ExecProbes as RingInput sees them: the wake-up descriptor (a pipe here), and reads."""
 
     def __init__(self) -> None:
-        self.reads = 0
-        self.clears = 0
+        self.calls: list[str] = []
         self.wake_read, self.wake_write = os.pipe()
 
     def wake_fd(self) -> int:
         return self.wake_read
 
+    @property
+    def reads(self) -> int:
+        return self.calls.count("read")
+
     def clear_wake(self) -> None:
-        self.clears += 1
+        self.calls.append("clear")
 
     def poll(self, timeout_ms: int) -> None:
-        self.reads += 1
+        self.calls.append("read")
 
     def close(self) -> None:
         os.close(self.wake_read)
@@ -229,7 +232,7 @@ def test_a_ring_input_is_due_after_the_gather_time_and_a_read_takes_the_wake_up(
         clock.now += 0.06
         assert ring.due_in() == 0                # late: due now, never negative
         assert ring.drain() is False and probes.reads == 1
-        assert probes.clears == 1                # the wake-up taken before the read
+        assert probes.calls == ["clear", "read"]   # the wake-up taken before the read
         assert ring.due_in() == pytest.approx(0.1)   # and the gather time starts again
     finally:
         probes.close()

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -226,88 +224,3 @@ def test_the_read_loop_runs_with_a_steadier_collector_and_puts_it_back() -> None
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
 
-
-class _Gathering:
-    """An input that gathers: its descriptor (a pipe) turns readable only when woken, and
-    it is due ``due`` seconds after each drain."""
-
-    def __init__(self, due: float, stop: threading.Event, drains_to_stop: int) -> None:
-        self.due, self.stop, self.drains_to_stop = due, stop, drains_to_stop
-        self.read_end, self.write_end = os.pipe()
-        self.drains: list[str] = []
-        self.last = time.monotonic()
-
-    def fileno(self) -> int:
-        return self.read_end
-
-    def due_in(self) -> float:
-        return max(0.0, self.last + self.due - time.monotonic())
-
-    def drain(self) -> bool:
-        woken = bool(select.select([self.read_end], [], [], 0)[0])
-        if woken:
-            os.read(self.read_end, 100)
-        self.drains.append("woken" if woken else "due")
-        self.last = time.monotonic()
-        if len(self.drains) >= self.drains_to_stop:
-            self.stop.set()
-        return False
-
-    def close(self) -> None:
-        os.close(self.read_end)
-        os.close(self.write_end)
-
-
-class _OneInput(BaseSource):
-    name, tick_seconds = "one", 3600.0   # no tick turns the loop meanwhile
-
-    def __init__(self, item: _Gathering) -> None:
-        self.item = item
-
-    def inputs(self) -> list:
-        return [self.item]
-
-
-class _Sink:
-    def flush(self) -> None:
-        pass
-
-
-def _pump_until_stopped(item: _Gathering, stop: threading.Event) -> None:
-    """Run the runner's loop on ``item`` until it stops it; after 30 s, stop it and wake it
-    (a loop that waits too long would not see the stop), which the test then sees."""
-    from sensor_linux.runner import pump
-
-    def give_up() -> None:
-        stop.set()
-        os.write(item.write_end, b"!")
-
-    guard = threading.Timer(30, give_up)
-    guard.start()
-    try:
-        pump(_OneInput(item), _Sink(), stop)  # type: ignore[arg-type]
-    finally:
-        guard.cancel()
-
-
-def test_the_loop_drains_a_quiet_input_when_it_is_due() -> None:
-    """A ring that gathers is read when due, though its descriptor never turns readable and
-    no tick comes (the eBPF source's records wake nobody: execsnoop.c, wake_flags)."""
-    stop = threading.Event()
-    item = _Gathering(0.05, stop, drains_to_stop=3)
-    try:
-        _pump_until_stopped(item, stop)
-        assert item.drains == ["due", "due", "due"]
-    finally:
-        item.close()
-
-
-def test_the_loop_drains_a_woken_input_before_it_is_due() -> None:
-    stop = threading.Event()
-    item = _Gathering(3600.0, stop, drains_to_stop=1)
-    try:
-        os.write(item.write_end, b"x")   # the probes' wake-up (an unlinked image, a fill)
-        _pump_until_stopped(item, stop)
-        assert item.drains == ["woken"]
-    finally:
-        item.close()
