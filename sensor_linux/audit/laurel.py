@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+from operator import itemgetter
 
 from sensor_linux.audit import fields
 from sensor_linux.audit.assemble import AuditEvent
@@ -76,7 +77,12 @@ def laurel_proctitle_argv(value: Value) -> list[bytes]:
     take argv from EXECVE, which has no such ambiguity."""
     if not isinstance(value, bytes):
         return []
-    argv: list[bytes] = []
+    if not value.startswith(b"\0") and b"\0\0" not in value:
+        argv = value.split(b"\0")  # no empty argument: every NUL ends one
+        if not argv[-1]:
+            argv.pop()
+        return argv
+    argv = []
     start = 0
     for i, byte in enumerate(value):
         if byte == 0 and i > start:
@@ -147,9 +153,31 @@ def _is_syscall_arg(part: bytes) -> bool:
     return part[0] == 97 and part[1:2].isdigit() and part[2:3] == b"="  # aN=
 
 
-# Parts of at most this many bytes are remembered, up to MAX_REMEMBERED of them.
+# A SYSCALL argument as the kernel writes it (%lx): what "0x%x" of its number gives back.
+_KERNEL_HEX = re.compile(rb"[1-9a-f][0-9a-f]{0,15}|0")
+
+
+def _syscall_arg(part: bytes, line: bytes) -> str:
+    """``"0x…"`` of a SYSCALL ``aN=`` part (or what the general path makes of another value)."""
+    raw = part[3:]
+    if _KERNEL_HEX.fullmatch(raw):
+        return '"0x' + raw.decode("ascii") + '"'
+    value = field_value(SYSCALL, plain_key(part[:2]), raw, line)
+    return '"0x%x"' % value if type(value) is Hex else _value(value)
+
+
+# Parts of at most this many bytes are remembered, up to MAX_REMEMBERED of them; whole plain
+# records of at most REMEMBER_RECORD bytes, up to MAX_RECORDS of them.
 REMEMBER_PART = 96
 MAX_REMEMBERED = 65536
+REMEMBER_RECORD = 1024
+MAX_RECORDS = 4096
+
+
+@functools.lru_cache(maxsize=256)
+def _execve_keys(count: int) -> tuple[str, ...]:
+    """An EXECVE record's keys when it holds all of ``count - 1`` arguments whole."""
+    return ("argc", *(f"a{i}" for i in range(count - 1)))
 
 
 class LaurelRenderer:
@@ -161,6 +189,8 @@ class LaurelRenderer:
     def __init__(self) -> None:
         self._members: dict[bytes, str] = {}
         self._syscall_members: dict[bytes, str] = {}  # "" for a0-a3, which go to ARGV
+        # A plain record's object by its parts: PATH, CWD, BPRM_FCAPS of a binary run again.
+        self._records: dict[tuple[bytes, ...], str] = {}
 
     def __call__(self, event: AuditEvent) -> str:
         return self.render(event)
@@ -196,7 +226,17 @@ class LaurelRenderer:
         elif rtype == PROCTITLE:
             members = _proctitle(records)
         elif len(records) == 1:
-            members = self._plain(records[0])
+            record = records[0]
+            if not record.is_plain or len(record.raw) > REMEMBER_RECORD:
+                return "{" + ",".join(self._plain(record)) + "}"
+            parts = record.plain_parts()
+            text = self._records.get(parts)
+            if text is None:
+                text = "{" + ",".join(self._plain(record)) + "}"
+                if len(self._records) >= MAX_RECORDS:
+                    self._records.clear()  # a new generation, as for the members
+                self._records[parts] = text
+            return text
         else:
             members = [member for record in records for member in self._plain(record)]
         return "{" + ",".join(members) + "}"
@@ -227,38 +267,47 @@ class LaurelRenderer:
             parts = record.plain_parts()
             members = list(map(self._syscall_members.get, parts))
             if None in members:
-                self._fill(members, parts, record, self._syscall_members)
-            line = record.raw
-            for member, part in zip(members, parts):
-                if member:
-                    out.append(member)
-                else:
-                    key, _, raw = part.partition(b"=")
-                    argv.append(field_value(SYSCALL, plain_key(key), raw, line))
+                argv.extend(self._fill(members, parts, record, self._syscall_members))
+            out.extend(filter(None, members))  # the arguments' places are ""
         out.append('"ARGV":[%s]' % ",".join(
-            '"0x%x"' % v if type(v) is Hex else _value(v) for v in argv))
+            v if type(v) is str else '"0x%x"' % v if type(v) is Hex else _value(v)
+            for v in argv))
         return out
 
-    def _fill(self, members: list[str | None], parts: list[bytes], record: Record,
-              known: dict[bytes, str]) -> None:
-        """Render the members not remembered, and remember the short ones."""
+    def _fill(self, members: list[str | None], parts: tuple[bytes, ...], record: Record,
+              known: dict[bytes, str]) -> list[str]:
+        """Render the members not remembered, and remember the short ones. SYSCALL's
+        arguments (its known members are _syscall_members) are returned as ARGV items, their
+        places in ``members`` left ""."""
         syscall = known is self._syscall_members
-        for i, member in enumerate(members):
-            if member is not None:
-                continue
+        argv: list[str] = []
+        i = -1
+        while None in members:  # found by index(), in C: most members are remembered
+            i = members.index(None, i + 1)
             part = parts[i]
             if syscall and _is_syscall_arg(part):
                 members[i] = ""  # an argument: differs per event, not worth remembering
+                argv.append(_syscall_arg(part, record.raw))
                 continue
             member = members[i] = _plain_member(part, record.raw, record.rtype)
             if len(part) <= REMEMBER_PART:
                 if len(known) >= MAX_REMEMBERED:
                     known.clear()  # a new generation; the common fields come back at once
                 known[part] = member
+        return argv
 
 
 def _execve(records: list[Record]) -> list[str]:
     """EXECVE's members, its arguments (split over continuation records) as ``ARGV``."""
+    body = records[0].body
+    if len(records) == 1 and body:
+        # The usual record: argc and every argument whole, in order.
+        argc = body[0][1]
+        if type(argc) is int and argc == len(body) - 1 \
+                and tuple(map(itemgetter(0), body)) == _execve_keys(len(body)):
+            return ['"argc":%d' % argc, '"ARGV":[%s]' % ",".join(
+                laurel_string(value) if value is not None else '""'
+                for _, value in body[1:])]
     pairs = [pair for record in records for pair in record.body]
     parts = [_member(key, value) for key, value in pairs if not is_execve_arg_key(key)]
     args, _ = execve_argv(pairs)

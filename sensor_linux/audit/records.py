@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+from itertools import repeat
 from typing import Union
 
 from sensor_linux.audit import fields
@@ -66,11 +67,12 @@ class Record:
     the LAUREL renderer takes its fields as text (:meth:`plain_fields`) and never needs the
     typed values, and typing is most of a record's cost."""
 
-    __slots__ = ("node", "rtype", "sec", "msec", "serial", "_body", "raw", "_plain", "_fields")
+    __slots__ = ("node", "rtype", "sec", "msec", "serial", "_body", "raw", "_plain", "_parts",
+                 "_fields")
 
     def __init__(self, node: bytes | None, rtype: int, sec: int, msec: int, serial: int,
                  body: list[tuple[str, Value]] | None, raw: bytes,
-                 plain: bytes | None = None) -> None:
+                 plain: bytes | None = None, parts: tuple[bytes, ...] = ()) -> None:
         self.node = node
         self.rtype = rtype
         self.sec = sec
@@ -79,30 +81,29 @@ class Record:
         self._body = body
         self.raw = raw
         self._plain = plain  # the body text of a plain record, typed on demand
+        self._parts = parts  # and its key=value parts (shared between records: never mutate)
         self._fields: dict[bytes, bytes] | None = None  # its fields by name, for get()
 
     @property
     def body(self) -> list[tuple[str, Value]]:
         body = self._body
         if body is None:
-            rtype, line = self.rtype, self.raw
-            body = self._body = []
-            for key, raw in self.plain_fields():
-                name = _plain_key(key)
-                body.append((name, field_value(rtype, name, raw, line)))
+            try:
+                body = self._body = list(map(_typed_pair, repeat(self.rtype), self._parts))
+            except _BadField as exc:
+                raise ParseError(exc.kind, self.raw) from None
         return body
 
     def plain_fields(self) -> list[tuple[bytes, bytes]]:
         """A plain record's fields as ``(key, raw text)``, both bytes; empty for others."""
-        if self._plain is None:
-            return []
         # A body _PLAIN has matched: keys hold no "=", values no space.
-        return [part.partition(b"=")[::2] for part in self._plain.split()]  # type: ignore[misc]
+        return [part.partition(b"=")[::2] for part in self._parts]  # type: ignore[misc]
 
-    def plain_parts(self) -> list[bytes]:
+    def plain_parts(self) -> tuple[bytes, ...]:
         """A plain record's fields as ``key=value`` text (a plain body has no whitespace but
-        the spaces between fields); empty for others."""
-        return [] if self._plain is None else self._plain.split()
+        the spaces between fields); empty for others. The tuple may be shared with other
+        records of the same text."""
+        return self._parts
 
     @property
     def is_plain(self) -> bool:
@@ -215,22 +216,24 @@ def parse(line: bytes, fast: bool = True) -> Record:
     ``find`` and one pattern, its fields typed when first needed; it gives the same record as
     the general parser, which takes everything else (``False`` forces it; the tests compare
     the two). Hot path: written out in one function, as each call costs."""
+    if fast:
+        head = line.split(b" ", 2)  # b"type=NAME", b"msg=audit(STAMP):", body
+        if len(head) == 3:
+            rtype = _SPLIT_TYPES.get(head[0])
+            stamp = _stamp_token(head[1]) if rtype is not None else None
+            if stamp is not None:
+                plain = head[2].rstrip(b"\r\n")
+                # A SYSCALL body is never seen twice (pid, arguments): not worth remembering.
+                parts = _plain_parts(plain) if rtype != SYSCALL else _split_plain(plain)
+                if parts is not None:
+                    record = Record(None, rtype, stamp[0], stamp[1], stamp[2], None, line,
+                                    plain, parts)
+                    if rtype == EXECVE:
+                        record.body  # typed now: a bad argument is a parse error of this line
+                    return record
     end = len(line)
     while end and line[end - 1] in b"\r\n":
         end -= 1
-    if fast and line.startswith(b"type="):
-        space = line.find(b" ", 5)
-        rtype = _TYPE_BY_NAME.get(line[5:space])
-        if rtype is not None and line.startswith(b" msg=audit(", space):
-            close = line.find(b"):", space + 11)
-            stamp = _stamp(line[space + 11:close]) if close > 0 else None
-            if stamp is not None and rtype not in _SPECIAL_START \
-                    and _PLAIN.fullmatch(line, close + 2, end) is not None:
-                record = Record(None, rtype, stamp[0], stamp[1], stamp[2], None, line,
-                                line[close + 2:end])
-                if rtype == EXECVE:
-                    record.body  # typed now: a bad argument is a parse error of this line
-                return record
     node, rtype, sec, msec, serial, pos = _general_header(line)
     return Record(node, rtype, sec, msec, serial, _parse_body(line, pos, end, rtype), line)
 
@@ -252,14 +255,14 @@ def _general_header(line: bytes) -> Header:
     return node, rtype, int(sec), int(msec), int(serial), header.end()
 
 
-_TYPE_BY_NAME = {name.encode("ascii"): number for name, number in NUMBERS.items()}
-_STAMP = re.compile(rb"(\d{1,11})\.(\d{1,3}):(\d{1,20})")
+_STAMP = re.compile(rb"msg=audit\((\d{1,11})\.(\d{1,3}):(\d{1,20})\):")
 
 
 @functools.lru_cache(maxsize=256)
-def _stamp(text: bytes) -> tuple[int, int, int] | None:
-    """``SEC.MSEC:SERIAL`` as numbers; remembered, as every record of an event repeats it."""
-    match = _STAMP.fullmatch(text)
+def _stamp_token(token: bytes) -> tuple[int, int, int] | None:
+    """``msg=audit(SEC.MSEC:SERIAL):`` as numbers; remembered, as every record of an event
+    repeats it."""
+    match = _STAMP.fullmatch(token)
     if match is None:
         return None
     return int(match.group(1)), int(match.group(2)), int(match.group(3))
@@ -270,9 +273,25 @@ def _stamp(text: bytes) -> tuple[int, int, int] | None:
 # separators, quotes that may hold spaces, braces, the keys the general parser reads specially, and
 # the record types whose body starts with free text (AVC, TTY, MAC_POLICY_LOAD, netlabel:).
 _SPECIAL_START = frozenset((AVC, TTY, MAC_POLICY_LOAD))
+# The split path's first token, "type=NAME", of the types it takes.
+_SPLIT_TYPES = {b"type=" + name.encode("ascii"): number for name, number in NUMBERS.items()
+                if number not in _SPECIAL_START}
 _PAIR = (rb'(?!subj=|SADDR=)[A-Za-z][A-Za-z0-9_-]*(?:\[[0-9]+\])?='
          rb'(?:"[^" \t-\r\x1d\'{]*"|(?!")[^ \t-\r\x1d\'{]*)')
 _PLAIN = re.compile(rb" *(?:%s(?: +%s)*)? *" % (_PAIR, _PAIR))
+
+
+def _split_plain(body: bytes) -> tuple[bytes, ...] | None:
+    """A body's ``key=value`` parts if the split path takes it (_PLAIN matches it whole),
+    else None."""
+    if _PLAIN.fullmatch(body) is None:
+        return None
+    return tuple(body.split())
+
+
+# Most bodies of an exec's records repeat from one exec of a binary to the next (PATH, CWD,
+# BPRM_FCAPS, EOE's empty one, often EXECVE and PROCTITLE): one look-up instead of the match.
+_plain_parts = functools.lru_cache(maxsize=4096)(_split_plain)
 
 
 def _find_field(plain: bytes, key: bytes) -> bytes | None:
@@ -310,11 +329,47 @@ def _typed(key: str, raw: bytes) -> Value:
     return typed_value(0, key, raw)
 
 
+class _BadField(Exception):
+    """A value the parser refuses (an EXECVE argument); a ParseError of its line."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
 def field_value(rtype: int, key: str, raw: bytes, line: bytes) -> Value:
     """A field's value, for both parsers: EXECVE arguments, SYSCALL's a0-a3 (hex), and the
     rest typed by field name (short values remembered)."""
+    try:
+        return _field_value(rtype, key, raw)
+    except _BadField as exc:
+        raise ParseError(exc.kind, line) from None
+
+
+# Plain fields of at most this many bytes are typed once, up to REMEMBERED_PAIRS of them: most
+# repeat (ids, arch, paths, a command's arguments).
+REMEMBER_PAIR = 96
+REMEMBERED_PAIRS = 16384
+
+
+def _typed_pair(rtype: int, part: bytes) -> tuple[str, Value]:
+    """A plain ``key=value`` part as ``(name, value)``."""
+    return _remembered_pair(rtype, part) if len(part) <= REMEMBER_PAIR else _pair(rtype, part)
+
+
+def _pair(rtype: int, part: bytes) -> tuple[str, Value]:
+    key, _, raw = part.partition(b"=")
+    name = _plain_key(key)
+    return name, _field_value(rtype, name, raw)
+
+
+_remembered_pair = functools.lru_cache(maxsize=REMEMBERED_PAIRS)(_pair)
+
+
+def _field_value(rtype: int, key: str, raw: bytes) -> Value:
+    """field_value; _BadField for a value the parser refuses."""
     if rtype == EXECVE and key[0] == "a" and key != "argc":
-        return _execve_value(key, raw, line)
+        return _execve_value(key, raw)
     if rtype == SYSCALL and len(key) == 2 and key[0] == "a" and key[1].isdigit():
         return Hex(int(raw, 16)) if len(raw) <= 16 and _HEX_DIGITS.fullmatch(raw) else raw
     return _typed(key, raw) if len(raw) <= 64 else typed_value(rtype, key, raw)
@@ -364,18 +419,18 @@ def _parse_body(line: bytes, pos: int, end: int, rtype: int) -> list[tuple[str, 
     return body
 
 
-def _execve_value(key: str, raw: bytes, line: bytes) -> Value:
+def _execve_value(key: str, raw: bytes) -> Value:
     match = _EXECVE_ARG.fullmatch(key)
     if match is None:
         return typed_value(EXECVE, key, raw)
     if match.group(3):  # aN_len
         if _DEC.fullmatch(raw):
             return int(raw)
-        raise ParseError("bad argument length", line)
+        raise _BadField("bad argument length")
     value = _encoded(raw)
     if value is _NOT_ENCODED:
-        raise ParseError("bad execve argument", line)
-    return value
+        raise _BadField("bad execve argument")
+    return value  # type: ignore[return-value]
 
 
 _NOT_ENCODED = object()
