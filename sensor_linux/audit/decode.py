@@ -7,9 +7,11 @@ be hex-encoded (already decoded by the parser).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from typing import Iterable
+from operator import itemgetter
+from typing import Iterable, Sequence
 
 from sensor_linux.audit.records import Value
 
@@ -26,9 +28,30 @@ def is_execve_arg_key(key: str) -> bool:
 MAX_MISSING_ARGS = 1024
 
 
+@functools.lru_cache(maxsize=256)
+def _whole_keys(count: int) -> tuple[str, ...]:
+    return ("argc", *(f"a{i}" for i in range(count - 1)))
+
+
+def whole_args(body: Sequence[tuple[str, Value]]) -> list[Value] | None:
+    """The argument values of the usual EXECVE fields, ``argc`` and then every argument whole
+    (no ``aN_len`` chunks), in order and as many as ``argc`` says; None for anything else."""
+    if not body:
+        return None
+    argc = body[0][1]
+    if type(argc) is not int or argc != len(body) - 1 \
+            or tuple(map(itemgetter(0), body)) != _whole_keys(len(body)):
+        return None
+    return list(map(itemgetter(1), body[1:]))
+
+
 def execve_argv(body: Iterable[tuple[str, Value]]) -> tuple[list[bytes | None], int | None]:
     """``(argv, argc)`` from EXECVE fields. Arguments that never arrived are ``None``, up to
     :data:`MAX_MISSING_ARGS` of them; ``argc`` stays the count the kernel reported."""
+    if isinstance(body, list):
+        values = whole_args(body)
+        if values is not None:  # arguments are text or (null)
+            return [b"" if value is None else value for value in values], len(values)  # type: ignore[misc]
     whole: dict[int, bytes | None] = {}
     chunks: dict[int, dict[int, bytes]] = {}
     argc: int | None = None

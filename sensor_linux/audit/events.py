@@ -22,6 +22,9 @@ from sensor_linux.enrich import Enricher
 from sensor_linux.procfs import ProcessFacts, kernel_tty_name, live_container_id, read_exe
 
 _DELETED = b" (deleted)"
+# A PATH record's (device, inode) and name; up to MAX_PATHS of them remembered.
+PathFacts = tuple["tuple[int, int] | None", Value]
+MAX_PATHS = 4096
 _SYSCALL_FACTS = ("pid", "ppid", "exe", "comm", "tty", "auid", "ses", "uid", "euid", "suid",
                   "fsuid", "gid", "egid", "sgid", "fsgid")
 
@@ -54,6 +57,7 @@ class AuditEventBuilder:
 
     def __init__(self, enricher: Enricher) -> None:
         self.enricher = enricher
+        self._paths: dict[tuple[bytes, ...], PathFacts] = {}
         self.process_events = 0
         self.generic_events = 0
 
@@ -128,10 +132,10 @@ class AuditEventBuilder:
             elif record.rtype == CWD:
                 facts.cwd = _text(record.get("cwd"))
             elif record.rtype == PATH:
-                dev, ino = _device(record.get("dev")), _int(record.get("inode"))
-                if dev is not None and ino is not None:
-                    inodes.add((dev, ino))
-                paths.append(record.get("name"))
+                inode, name = self._path_facts(record)
+                if inode is not None:
+                    inodes.add(inode)
+                paths.append(name)
         if execve:
             argv, _ = execve_argv(execve)
             facts.args = [None if a is None else as_text(a) for a in argv]  # type: ignore[misc]
@@ -148,6 +152,20 @@ class AuditEventBuilder:
             facts.executable = _text(paths[0]) if paths else None
             facts.image_inodes = None
         return facts
+
+    def _path_facts(self, record: Record) -> PathFacts:
+        """A PATH record's ``(device, inode)`` (None without both) and name; remembered by
+        the text of a plain record, as an exec's PATH records repeat for each run of it."""
+        parts = record.plain_parts()
+        found = self._paths.get(parts) if parts else None
+        if found is None:
+            dev, ino = _device(record.get("dev")), _int(record.get("inode"))
+            found = (None if dev is None or ino is None else (dev, ino), record.get("name"))
+            if parts:
+                if len(self._paths) >= MAX_PATHS:
+                    self._paths.clear()  # a new generation: the common ones come back at once
+                self._paths[parts] = found
+        return found
 
     def _record_clone(self, audit: AuditEvent, syscall: Record) -> None:
         """The child of a successful clone/fork starts as a copy of its parent."""

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import functools
 import re
-from operator import itemgetter
 
 from sensor_linux.audit import fields
 from sensor_linux.audit.assemble import AuditEvent
-from sensor_linux.audit.decode import execve_argv, is_execve_arg_key
+from sensor_linux.audit.decode import execve_argv, is_execve_arg_key, whole_args
 from sensor_linux.audit.records import (CWD, EXECVE, PROCTITLE, SYSCALL, Hex, Oct, Record,
                                         Value, field_value, is_multipart, plain_key,
                                         type_name)
@@ -174,12 +173,6 @@ REMEMBER_RECORD = 1024
 MAX_RECORDS = 4096
 
 
-@functools.lru_cache(maxsize=256)
-def _execve_keys(count: int) -> tuple[str, ...]:
-    """An EXECVE record's keys when it holds all of ``count - 1`` arguments whole."""
-    return ("argc", *(f"a{i}" for i in range(count - 1)))
-
-
 class LaurelRenderer:
     """Renders assembled audit events as LAUREL lines. It remembers the member text of short
     fields: most fields repeat from one event to the next (arch, ids, comm, exe, key, and the
@@ -299,15 +292,11 @@ class LaurelRenderer:
 
 def _execve(records: list[Record]) -> list[str]:
     """EXECVE's members, its arguments (split over continuation records) as ``ARGV``."""
-    body = records[0].body
-    if len(records) == 1 and body:
-        # The usual record: argc and every argument whole, in order.
-        argc = body[0][1]
-        if type(argc) is int and argc == len(body) - 1 \
-                and tuple(map(itemgetter(0), body)) == _execve_keys(len(body)):
-            return ['"argc":%d' % argc, '"ARGV":[%s]' % ",".join(
-                laurel_string(value) if value is not None else '""'
-                for _, value in body[1:])]
+    args = whole_args(records[0].body) if len(records) == 1 else None
+    if args is not None:  # the usual record: argc and every argument whole, in order
+        return ['"argc":%d' % len(args), '"ARGV":[%s]' % ",".join(
+            laurel_string(value) if value is not None else '""'  # type: ignore[arg-type]
+            for value in args)]
     pairs = [pair for record in records for pair in record.body]
     parts = [_member(key, value) for key, value in pairs if not is_execve_arg_key(key)]
     args, _ = execve_argv(pairs)

@@ -1,0 +1,122 @@
+"""The audit path's shortcuts for the usual records give what the general code gives.
+
+Each shortcut (the usual EXECVE's arguments, a PROCTITLE without empty arguments, a SYSCALL
+argument as the kernel writes it, a PATH record's facts remembered by its text) is compared
+with the code it stands in for, on the usual inputs and on the edge cases around them.
+"""
+
+from __future__ import annotations
+
+import random
+
+from common.pipeline import Keeper
+from sensor_linux.audit import laurel
+from sensor_linux.audit.decode import execve_argv, whole_args
+from sensor_linux.audit.events import AuditEventBuilder
+from sensor_linux.audit.pipeline import AuditDecoder
+from sensor_linux.audit.records import EXECVE, SYSCALL, Hex, field_value, parse
+from sensor_linux.enrich import Enricher
+
+EXECVE_BODIES = [
+    b'argc=3 a0="ls" a1="-l" a2="/tmp"',                      # the usual record
+    b'argc=1 a0=(null)',                                      # a NULL argument
+    b'argc=2 a0="ls" a1=2D6C0A',                               # hex-encoded
+    b'argc=4 a0="ls" a1="-l"',                                 # fewer than argc (cut)
+    b'argc=1 a0="ls" a1="-l"',                                 # more than argc
+    b'argc=2 a1="-l" a0="ls"',                                 # out of order
+    b'argc=2 a0="ls" a1_len=4 a1[0]=2D6C a1[1]=2D61',          # an argument in chunks
+    b'argc=0',
+    b'a0="ls" argc=1',                                         # argc not first
+    b'argc=x a0="ls"',                                         # argc not a number
+    b'argc=2 a0="ls" a01="-l"',                                # a key that is no index
+]
+
+
+def _execve(body: bytes):
+    return parse(b"type=EXECVE msg=audit(1.002:3): " + body)
+
+
+def test_whole_arguments_read_as_the_general_argv_reader_reads_them() -> None:
+    taken = 0
+    for body in EXECVE_BODIES:
+        fields = _execve(body).body
+        # An iterator is not a list: execve_argv then reads it the general way.
+        assert execve_argv(list(fields)) == execve_argv(iter(fields)), body
+        taken += whole_args(fields) is not None
+    assert taken == 4  # the shortcut takes the first three and argc=0, declines the rest
+    assert whole_args(_execve(b"argc=0").body) == []
+
+
+def test_the_usual_execve_renders_as_the_general_laurel_code_renders_it(monkeypatch) -> None:
+    shortcut = [laurel._execve([_execve(body)]) for body in EXECVE_BODIES]
+    monkeypatch.setattr(laurel, "whole_args", lambda body: None)
+    general = [laurel._execve([_execve(body)]) for body in EXECVE_BODIES]
+    assert shortcut == general
+    assert shortcut[0] == ['"argc":3', '"ARGV":["ls","-l","/tmp"]']
+
+
+def _proctitle_by_byte(value: bytes) -> list[bytes]:
+    """LAUREL's split, a byte at a time: a NUL ends the argument only if it is not empty."""
+    argv, start = [], 0
+    for i, byte in enumerate(value):
+        if byte == 0 and i > start:
+            argv.append(value[start:i])
+            start = i + 1
+    if start < len(value):
+        argv.append(value[start:])
+    return argv
+
+
+def test_proctitle_splits_as_laurel_splits_it() -> None:
+    rng = random.Random(7)
+    values = [b"", b"\0", b"a", b"a\0", b"a\0b", b"a\0b\0", b"a\0\0b", b"\0a", b"\0\0"]
+    values += [bytes(rng.choice(b"ab\0") for _ in range(rng.randrange(12)))
+               for _ in range(3000)]
+    for value in values:
+        assert laurel.laurel_proctitle_argv(value) == _proctitle_by_byte(value), value
+
+
+def test_a_syscall_argument_renders_as_its_typed_value_does() -> None:
+    line = b"type=SYSCALL msg=audit(1.002:3): a0=0"
+    for raw in (b"0", b"7fa078303500", b"ffffffffffffffff", b"00", b"0a", b"7FA0", b"1" * 17,
+                b"", b"xyz", b"-1", b"(null)", b'"q"'):
+        value = field_value(SYSCALL, "a0", raw, line)
+        general = '"0x%x"' % value if type(value) is Hex else laurel._value(value)
+        assert laurel._syscall_arg(b"a0=" + raw, line) == general, raw
+
+
+def test_path_facts_remembered_by_text_are_those_of_the_record() -> None:
+    lines = [b'type=PATH msg=audit(1.002:%d): item=0 name="/bin/ls" inode=12 dev=fe:01 '
+             b'mode=0100755' % serial for serial in (3, 4)]
+    lines += [b'type=PATH msg=audit(1.002:5): item=0 name="/bin/ls" inode=13 dev=fe:01',
+              b'type=PATH msg=audit(1.002:6): item=0 name=(null) inode=12 dev=zz:01',
+              b'type=PATH msg=audit(1.002:7): item=0 name="/bin/ls" inode=12 dev=fe:01  ']
+    builder = AuditEventBuilder(Enricher(live=False))
+    for line in lines:
+        record = parse(line)
+        first, again = builder._path_facts(record), builder._path_facts(parse(line))
+        assert first == again
+        dev = record.get("dev")
+        major, _, minor = dev.partition(b":")
+        try:
+            device = __import__("os").makedev(int(major, 16), int(minor, 16))
+        except ValueError:
+            device = None
+        inode = record.get("inode")
+        assert first == (None if device is None else (device, inode), record.get("name"))
+    assert len(builder._paths) == 4  # the two texts of inode 12 on fe:01 differ by a space
+
+
+def test_an_exec_of_many_execve_records_reads_its_arguments_whole() -> None:
+    """An argument in chunks over two EXECVE records: the general reader joins them."""
+    decoder = AuditDecoder(Keeper(None))
+    text = (b'type=SYSCALL msg=audit(1.002:3): arch=c000003e syscall=59 success=yes exit=0 '
+            b'items=1 ppid=1 pid=2 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 '
+            b'comm="x" exe="/bin/x"\n'
+            b'type=EXECVE msg=audit(1.002:3): argc=2 a0="x" a1_len=4 a1[0]=2D6C\n'
+            b'type=EXECVE msg=audit(1.002:3): a1[1]=2D61\n'
+            b'type=EOE msg=audit(1.002:3): \n')
+    items = [item for line in text.splitlines(keepends=True) for item in decoder.decode(line)]
+    assert [r.rtype for r in items[0].records].count(EXECVE) == 2
+    facts = AuditEventBuilder(Enricher(live=False)).exec_facts(items[0], items[0].records[0])
+    assert facts.args == ["x", "-l-a"]
