@@ -55,6 +55,8 @@ class TTPHash:
 
 def ascii_upper(text: str) -> str:
     """Upper-case ASCII a-z only, so every language produces the same bytes."""
+    if text.isascii():
+        return text.upper()  # the same for ASCII text, in C (translate looks up each char)
     return text.translate(_ASCII_UPPER)
 
 

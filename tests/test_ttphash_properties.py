@@ -304,3 +304,12 @@ def test_children_of_one_table_entry_hash_as_compute_says_whatever_the_parent_st
         assert value == ttphash.compute(event).as_field()
         assert event["process"]["parent"]["running"] in (True, False)
     assert memo.hits > 0
+
+
+@given(st.text())
+def test_ascii_upper_changes_a_to_z_only_whatever_the_text(value: str) -> None:
+    """The ASCII shortcut (str.upper of ASCII text) gives what a table of a-z gives."""
+    table = {code: code - 32 for code in range(ord("a"), ord("z") + 1)}
+    assert ttphash.ascii_upper(value) == value.translate(table)
+    ascii_text = value.encode("ascii", "ignore").decode("ascii")
+    assert ttphash.ascii_upper(ascii_text) == ascii_text.translate(table)
