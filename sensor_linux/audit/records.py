@@ -228,6 +228,10 @@ def parse(line: bytes, fast: bool = True) -> Record:
             stamp = _stamp_token(head[1]) if rtype is not None else None
             if stamp is not None:
                 plain = head[2].rstrip(b"\r\n")
+                if b"\x1d" in plain:
+                    # auditd's ENRICHED part follows \x1d, a separator as a space is (and
+                    # never inside a plain value: it would become a space there).
+                    plain = plain.replace(b"\x1d", b" ")
                 # A SYSCALL body is never seen twice (pid, arguments): not worth remembering.
                 parts = _plain_parts(plain) if rtype != SYSCALL else _split_plain(plain)
                 if parts is not None:
