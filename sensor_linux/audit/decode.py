@@ -50,8 +50,9 @@ def execve_argv(body: Iterable[tuple[str, Value]]) -> tuple[list[bytes | None], 
     :data:`MAX_MISSING_ARGS` of them; ``argc`` stays the count the kernel reported."""
     if isinstance(body, list):
         values = whole_args(body)
-        if values is not None:  # arguments are text or (null)
-            return [b"" if value is None else value for value in values], len(values)  # type: ignore[misc]
+        if values is not None:  # arguments are text or (null), which reads as ""
+            argv = [b"" if value is None else value for value in values]
+            return argv, len(values)  # type: ignore[return-value]
     whole: dict[int, bytes | None] = {}
     chunks: dict[int, dict[int, bytes]] = {}
     argc: int | None = None
