@@ -112,11 +112,11 @@ class AuditSocket:
             raise AuditNetlinkError(exc.errno, f"cannot bind audit netlink socket "
                                     f"(groups={groups}): {exc}") from exc
         self._seq = 0
-        # Records are read into one buffer: recv() of RECV_BUFFER allocates that much for
-        # each datagram of a few hundred bytes, which cost 16 us a read where the C library
-        # maps such a block anew each time (1.5 us where it does not).
-        self._records = bytearray(RECV_BUFFER)
-        self._view = memoryview(self._records)
+        # Records are read into one buffer, made at the first read (control sockets never
+        # read records): recv() of RECV_BUFFER allocates that much for each datagram of a few
+        # hundred bytes, which cost 16 us a read where the C library maps such a block anew
+        # each time (1.5 us where it does not).
+        self._records: memoryview | None = None
 
     def close(self) -> None:
         self.sock.close()
@@ -222,6 +222,8 @@ class AuditSocket:
     def read_records(self) -> tuple[list[bytes], int]:
         """Records of one datagram as auditd's text lines, and how many datagrams the socket
         lost before it (ENOBUFS: the receive buffer overflowed)."""
+        if self._records is None:
+            self._records = memoryview(bytearray(RECV_BUFFER))
         try:
             size = self.sock.recv_into(self._records)
         except OSError as exc:
@@ -235,7 +237,7 @@ class AuditSocket:
             return [], 0  # acks and replies to control requests
         # kauditd sends one record per datagram and sets nlmsg_len to the payload length only
         # (a long-standing kernel quirk), so the record is the rest of the datagram.
-        return [record_line(msg_type, bytes(self._view[_NLMSGHDR.size:size]))], 0
+        return [record_line(msg_type, bytes(self._records[_NLMSGHDR.size:size]))], 0
 
 
 def record_line(msg_type: int, body: bytes) -> bytes:
