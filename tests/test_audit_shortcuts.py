@@ -56,14 +56,18 @@ def test_the_usual_execve_renders_as_the_general_laurel_code_renders_it(monkeypa
 
 
 def _proctitle_by_byte(value: bytes) -> list[bytes]:
-    """LAUREL's split, a byte at a time: a NUL ends the argument only if it is not empty."""
-    argv, start = [], 0
-    for i, byte in enumerate(value):
-        if byte == 0 and i > start:
-            argv.append(value[start:i])
-            start = i + 1
-    if start < len(value):
-        argv.append(value[start:])
+    """LAUREL's split, a byte at a time: a NUL ends the argument only if it is not empty (an
+    empty argument's NUL becomes part of the next one)."""
+    argv: list[bytes] = []
+    current = b""
+    for byte in value:
+        if byte == 0 and current:
+            argv.append(current)
+            current = b""
+        else:
+            current += bytes([byte])
+    if current:
+        argv.append(current)
     return argv
 
 
