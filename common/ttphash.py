@@ -212,28 +212,28 @@ _TABLES = {"linux": (_compile(LINUX_PROCESS), _compile(LINUX_PARENT)),
 
 
 def _raw(process: dict[str, Any], table: CompiledTable) -> list[Any]:
-    """The value of each field of ``table`` as the event has it (before normalization)."""
-    return [_first_value(process, paths) for _, paths, _ in table]
+    """The value of each field of ``table`` as the event has it (before normalization): for
+    each, the value at the first of its paths that has one (get_path, written out in one
+    loop: this runs for every event, also when its hash is remembered)."""
+    out: list[Any] = []
+    for _, paths, _ in table:
+        node: Any = None
+        for keys in paths:
+            node = process
+            for key in keys:
+                node = node.get(key) if isinstance(node, dict) else None
+                if node is None:
+                    break
+            if node is not None:
+                break
+        out.append(node)
+    return out
 
 
 def _normalized(raw: list[Any], table: CompiledTable,
                 device_map: dict[str, str] | None) -> dict[str, Any]:
     return {name: normalize(value, name, device_map)
             for (name, _, normalize), value in zip(table, raw)}
-
-
-def _first_value(process: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> Any:
-    """The value at the first of ``paths`` that has one (get_path, written out: this runs for
-    every field of every event)."""
-    for keys in paths:
-        node: Any = process
-        for key in keys:
-            node = node.get(key) if isinstance(node, dict) else None
-            if node is None:
-                break
-        if node is not None:
-            return node
-    return None
 
 
 # --- the three steps ----------------------------------------------------------------------------
@@ -447,9 +447,11 @@ def _values_key(values: list[Any]) -> tuple[Any, ...] | None:
     for value in values:
         kind = type(value)
         if kind is list:
-            if any(isinstance(item, (dict, list)) for item in value):
+            types = tuple(map(type, value))
+            # Over the few distinct types (an argv's are all str), not every item.
+            if any(issubclass(item, (dict, list)) for item in set(types)):
                 return None
-            parts.append((kind, tuple(value), tuple(map(type, value))))
+            parts.append((kind, tuple(value), types))
         elif kind is dict:
             return None
         else:

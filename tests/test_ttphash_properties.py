@@ -232,6 +232,27 @@ def test_the_memo_gives_what_compute_gives_and_tells_values_of_another_type_apar
         assert memo.compute(event) == want
 
 
+def test_the_memo_refuses_unhashable_list_items_as_compute_does_also_of_a_subclass() -> None:
+    """The memo's key checks the item types of a list once per distinct type: a dict or list
+    subclass inside args (an OrderedDict, a list subclass) must still go to compute() and give
+    its TTPHashError, not a TypeError from hashing the key."""
+    import collections
+
+    import pytest
+
+    from common.bench import varied_events
+    base = varied_events(1)[0]
+    memo = ttphash.Memo()
+    odd_list = type("OddList", (list,), {})
+    for args in (["a", collections.OrderedDict(k=1)], [odd_list(["x"])], ["a", ["b"]],
+                 [collections.OrderedDict()]):
+        event = copy.deepcopy(base)
+        event["process"]["args"] = args
+        with pytest.raises(ttphash.TTPHashError):
+            ttphash.compute(event)
+        with pytest.raises(ttphash.TTPHashError):
+            memo.compute(event)
+
 
 def test_the_memo_normalizes_a_parent_once_and_never_mixes_parents_up() -> None:
     """A miss of the whole hash reuses the parent's part when the parent's raw values were seen
