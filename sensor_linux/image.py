@@ -6,7 +6,8 @@ path tells whether the file there is still the one that ran, so nothing races th
 exit; a look that found it answers for execs of that very version for a second
 (:class:`RecentLooks`). Only a file that is no longer at its path (deleted, replaced) and was
 never hashed before is looked for through ``/proc/PID/exe``, and only while that process still
-runs it.
+runs it. Audit's PATH records give the file's device and inode only: a stat of the path that
+finds that inode stands in for the version (:meth:`RecentLooks.identity_at`).
 """
 
 from __future__ import annotations
@@ -109,6 +110,29 @@ class RecentLooks:
         else:
             self._found.pop(key, None)
         return there
+
+    def identity_at(self, path: bytes,
+                    inodes: frozenset[tuple[int, int]]) -> FileIdentity | None:
+        """The version of the regular file at ``path`` if it is one of ``inodes`` (device and
+        inode of the files an exec touched, from audit's PATH records), else None. Audit names
+        the file but not its version; this look gives what the eBPF probes read from the
+        kernel, so that audit execs of a known binary share its enrichment as theirs do. Taken
+        at every exec (a file rewritten in place keeps its inode, not its version), and kept
+        as a look for :meth:`still_there`."""
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) not in inodes:
+            return None
+        identity = FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                st.st_ctime_ns, st.st_nlink)
+        key = (path, identity.key)
+        self._found[key] = self._clock()
+        self._found.move_to_end(key)
+        if len(self._found) > self.max_entries:
+            self._found.popitem(last=False)
+        return identity
 
     def now(self) -> float:
         """The time on the clock the looks are kept by."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 from common import ecs, ttphash
@@ -202,3 +203,70 @@ def test_audisp_plugin_reads_what_auditd_hands_over_after_sigterm(tmp_path) -> N
     assert json.loads(line)["process"]["executable"] == "/usr/bin/whoami"
     summary = json.loads(err.decode().strip().splitlines()[-1].split(": ", 1)[1])
     assert summary["records"] == len([x for x in lines if x.strip()])
+
+
+def _exec_of(path: str, serial: int, inode: int, dev: int) -> str:
+    """An exec of ``path`` as audit records it (its PATH item naming ``inode`` on ``dev``)."""
+    stamp = f"msg=audit(1700000000.{serial % 1000:03d}:{serial})"
+    return (f'type=SYSCALL {stamp}: arch=c000003e syscall=59 success=yes exit=0 a0=1 a1=2 a2=3 '
+            f'a3=4 items=1 ppid=1 pid={1000 + serial} auid=0 uid=0 gid=0 euid=0 suid=0 fsuid=0 '
+            f'egid=0 sgid=0 fsgid=0 tty=(none) ses=1 comm="tool" exe="{path}" key=(null)\n'
+            f'type=EXECVE {stamp}: argc=1 a0="tool"\n'
+            f'type=CWD {stamp}: cwd="/"\n'
+            f'type=PATH {stamp}: item=0 name="{path}" inode={inode} '
+            f'dev={os.major(dev):02x}:{os.minor(dev):02x} mode=0100755 ouid=0 ogid=0 '
+            f'rdev=00:00 nametype=NORMAL cap_fp=0 cap_fi=0 cap_fe=0 cap_fver=0\n'
+            f'type=PROCTITLE {stamp}: proctitle="tool"\n'
+            f'type=EOE {stamp}: \n')
+
+
+def test_an_audit_exec_takes_its_image_version_from_a_look_confirmed_by_its_path_record(
+        tmp_path, monkeypatch) -> None:
+    """Audit names the executed file (PATH: device and inode) but not its version: a stat of
+    the path that finds that inode stands in for the version the eBPF probes read, and keys
+    the kept enrichment. Every answer must be what the look-up without it gives: the same
+    binary again, the file rewritten in place (same inode, new content), replaced by a rename
+    (another inode: not the file that ran)."""
+    import hashlib
+
+    from sensor_linux.image import RecentLooks
+
+    tool = tmp_path / "tool"
+    tool.write_bytes(b"\x7fELF one")
+    st = os.stat(tool)
+
+    def replay(builder: AuditEventBuilder, serial: int, inode: int) -> dict:
+        log = tmp_path / f"exec-{serial}.log"
+        log.write_text(_exec_of(str(tool), serial, inode, st.st_dev))
+        [audit] = assemble_file(log)[0]
+        return builder.build(audit)["process"]
+
+    def plain_builder() -> AuditEventBuilder:
+        return AuditEventBuilder(Enricher(live=False, host_files=True))
+
+    with_look, without = plain_builder(), plain_builder()
+    steps = []
+    for serial in (1, 2, 3, 4):
+        if serial == 3:  # rewritten in place: the inode stays, the version does not
+            with open(tool, "r+b") as f:
+                f.write(b"\x7fELF two!")
+            os.utime(tool, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        if serial == 4:  # replaced: the path holds another inode than the one that ran
+            (tmp_path / "new").write_bytes(b"\x7fELF three")
+            os.replace(tmp_path / "new", tool)
+        got = replay(with_look, serial, st.st_ino)
+        with monkeypatch.context() as patched:
+            patched.setattr(RecentLooks, "identity_at", lambda *_: None)
+            want = replay(without, serial, st.st_ino)
+        for process in (got, want):
+            process.pop("pid")
+            process.pop("start")
+        assert got == want
+        steps.append(got)
+    one, again, rewritten, replaced = steps
+    assert one["hash"]["sha256"] == hashlib.sha256(b"\x7fELF one").hexdigest().upper()
+    assert one["on_disk"] is True and again == one
+    assert rewritten["hash"]["sha256"] == hashlib.sha256(b"\x7fELF two!").hexdigest().upper()
+    assert rewritten["on_disk"] is True
+    assert replaced["on_disk"] is False and "hash" not in replaced
+    assert with_look.enricher._stable, "the enrichment of a known version was not kept"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from common.percent import as_text
+from common.percent import as_text, to_bytes
 from common.proctable import Entry
 from common.schema import Event, new_event
 from sensor_linux.audit import syscalls
@@ -146,6 +146,14 @@ class AuditEventBuilder:
             facts.container_id = live_container_id(facts.pid, facts.executable,
                                                    self.enricher.proc, facts.exe_link)
         success = syscall.get("success") == b"yes"
+        if success and facts.image_inodes is not None and self.enricher.host_files \
+                and not facts.exe_deleted and isinstance(facts.executable, (str, bytes)):
+            # The file at the kernel's path, if it is the one the exec touched: its version
+            # keys the image's digests and the enrichment kept for it (sensor_linux/image.py).
+            path = to_bytes(facts.executable)
+            if path.startswith(b"/"):
+                facts.image_identity = self.enricher.looks.identity_at(path,
+                                                                       facts.image_inodes)
         if not success:
             # A failed exec leaves the caller's image in place: the event is about the file it
             # tried to run (the first PATH item), and the table is not changed.
