@@ -143,3 +143,77 @@ def test_an_enriched_record_takes_the_split_path_and_reads_as_the_general_parser
                 line.replace(b"\x1dARCH", b"\x1d\x1d ARCH"), line.rstrip(b"\n") + b"\x1d"):
         assert parsers_disagree(odd) is None, odd
     assert not parse(line.replace(b'"whoami"', b'"who\x1dami"')).is_plain
+
+
+SYSCALL_HEAD = (b"arch=c000003e syscall=59 success=yes exit=0 a0=55d1 a1=55d2 a2=55d3 a3=8 "
+                b"items=2 ppid=%s pid=%s ")
+SYSCALL_TAILS = [
+    b'auid=1000 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=pts1 ses=3 '
+    b'comm="ls" exe="/usr/bin/ls" key=(null)',
+    b'auid=4294967295 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) '
+    b'ses=4294967295 comm="true" exe="/usr/bin/true" key="exec"',
+    # auditd's ENRICHED part: more fields after the kernel's
+    b'auid=0 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) ses=1 '
+    b'comm="id" exe="/usr/bin/id" key=(null)\x1dARCH=x86_64 SYSCALL=execve AUID="root" '
+    b'UID="root"',
+    # an image deleted while it ran (a value with a space is hex-encoded)
+    b'auid=0 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) ses=1 '
+    b'comm="x" exe=' + b"/tmp/x (deleted)".hex().upper().encode() + b' key=(null)',
+    # an id missing, an id repeated (the first wins), an id that is not a number
+    b'auid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) ses=1 comm="a" '
+    b'exe="/a" key=(null)',
+    b'auid=0 uid=5 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=ttyS0 ses=1 '
+    b'comm="b" exe="/b"',
+    b'auid=x uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) ses=-1 '
+    b'comm=(null) exe=(null)',
+    b'',
+]
+# The first tail again with one field changed at a time: a tail is remembered whole.
+SYSCALL_TAILS += [b" ".join((part[:-1] + b'1"' if part.endswith(b'"') else part + b"1")
+                            if n == changed else part
+                            for n, part in enumerate(SYSCALL_TAILS[0].split(b" ")))
+                  for changed in range(len(SYSCALL_TAILS[0].split(b" ")))]
+SYSCALL_PIDS = [(b"1", b"2"), (b"0", b"77"), (b"-1", b"x"), (b"9" * 19, b"0012"),
+                (b"(null)", b"?")]
+
+
+def _syscall_lines() -> list[bytes]:
+    """SYSCALL records: the kernel's head with unusual pids before each tail, heads not in the
+    kernel's layout, and every SYSCALL record of the corpus."""
+    from tests.test_audit_corpus import CORPUS
+    lines = []
+    for n, tail in enumerate(SYSCALL_TAILS):
+        for ppid, pid in SYSCALL_PIDS:
+            lines.append(b"type=SYSCALL msg=audit(1.002:%d): " % n + SYSCALL_HEAD % (ppid, pid)
+                         + tail)
+        body = (SYSCALL_HEAD % (b"1", b"2") + tail).split(b" ")
+        body[9], body[10] = body[10], body[9]  # pid before ppid: not the kernel's layout
+        lines.append(b"type=SYSCALL msg=audit(1.002:%d): " % n + b" ".join(body))
+        lines.append(b"type=SYSCALL msg=audit(1.002:%d): items=2 ppid=1 pid=2 " % n + tail)
+    for path in sorted(CORPUS.glob("**/*.txt")):
+        lines += [line for line in path.read_bytes().splitlines()
+                  if line.split(b" ", 2)[:1] in ([b"type=SYSCALL"],)
+                  or b" type=SYSCALL " in line[:40]]
+    return lines
+
+
+def test_syscall_facts_remembered_after_the_head_are_those_of_the_record(monkeypatch) -> None:
+    """AuditEventBuilder._facts reads pid and ppid from the kernel's head and remembers the
+    rest by the text after it: for every record it must give what reading each field gives,
+    the first time and when remembered."""
+    import types
+
+    from sensor_linux.audit import events
+
+    lines = _syscall_lines()
+    assert len(lines) > 80
+    audit = types.SimpleNamespace(sec=1, msec=2)
+    builder = AuditEventBuilder(Enricher(live=False))
+    remembered = [[builder._facts(audit, parse(line)) for line in lines] for _ in range(2)]
+    assert builder._stable, "no record took the remembered path"
+    monkeypatch.setattr(events, "_SYSCALL_HEAD", (b"\0",) * len(events._SYSCALL_HEAD))
+    general = [AuditEventBuilder(Enricher(live=False))._facts(audit, parse(line))
+               for line in lines]
+    for line, first, again, want in zip(lines, *remembered, general):
+        assert first == want, line
+        assert again == want, line

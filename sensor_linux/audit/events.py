@@ -17,7 +17,8 @@ from common.schema import Event, new_event
 from sensor_linux.audit import syscalls
 from sensor_linux.audit.assemble import AuditEvent
 from sensor_linux.audit.decode import execve_argv, sockaddr
-from sensor_linux.audit.records import CWD, EXECVE, PATH, SOCKADDR, SYSCALL, Record, Value
+from sensor_linux.audit.records import (CWD, EXECVE, PATH, SOCKADDR, SYSCALL, Record, Value,
+                                        field_value)
 from sensor_linux.enrich import Enricher
 from sensor_linux.procfs import ProcessFacts, kernel_tty_name, live_container_id, read_exe
 
@@ -52,12 +53,48 @@ def _device(value: Value) -> int | None:
         return None
 
 
+# SYSCALL's first fields as the kernel writes them (audit_log_exit): what differs from one exec
+# to the next (arguments, caller, new pid) comes before the ids, terminal, session, comm and
+# exe, which repeat for every run of a binary by one user.
+_SYSCALL_HEAD = (b"arch=", b"syscall=", b"success=", b"exit=", b"a0=", b"a1=", b"a2=", b"a3=",
+                 b"items=", b"ppid=", b"pid=")
+_PPID, _PID = 9, 10
+_STABLE_FACTS = _SYSCALL_FACTS[2:]
+MAX_STABLE = 4096
+# executable, exe_deleted, comm, tty, login_uid, session, uids, gids
+StableFacts = tuple[Any, bool, Any, "str | None", "int | None", "int | None", Any, Any]
+
+
+def _stable_facts(values: list[Value]) -> StableFacts:
+    """The facts of _STABLE_FACTS' values, typed as ProcessFacts holds them."""
+    exe, comm, tty, auid, ses, uid, euid, suid, fsuid, gid, egid, sgid, fsgid = values
+    executable, deleted = _text(exe), False
+    if isinstance(exe, bytes) and exe.endswith(_DELETED):
+        # d_path() marks an image deleted while it ran; the path is what the eBPF source
+        # reports, and on_disk says the rest.
+        executable, deleted = _text(exe[:-len(_DELETED)]), True
+    ids = (_int(uid), _int(euid), _int(suid), _int(fsuid))
+    gids = (_int(gid), _int(egid), _int(sgid), _int(fsgid))
+    return (executable, deleted, _text(comm), _tty(tty), _int(auid), _int(ses),
+            None if None in ids else ids, None if None in gids else gids)
+
+
+def _head_decimal(part: bytes, syscall: Record) -> Value:
+    """``pid``/``ppid`` of a head part as Record.values types it."""
+    key, _, raw = part.partition(b"=")
+    if raw.isdigit() and len(raw) <= 18:
+        return int(raw)
+    return field_value(SYSCALL, key.decode("ascii"), raw, syscall.raw)
+
+
 class AuditEventBuilder:
     """Turns :class:`AuditEvent` objects into common-schema events, one at a time, in order."""
 
     def __init__(self, enricher: Enricher) -> None:
         self.enricher = enricher
         self._paths: dict[tuple[bytes, ...], PathFacts] = {}
+        # SYSCALL's facts after its head, by their text (see _facts).
+        self._stable: dict[tuple[bytes, ...], StableFacts] = {}
         self.process_events = 0
         self.generic_events = 0
 
@@ -87,24 +124,27 @@ class AuditEventBuilder:
         return name
 
     def _facts(self, audit: AuditEvent, syscall: Record) -> ProcessFacts:
-        (pid, ppid, exe, comm, tty, auid, ses, uid, euid, suid, fsuid, gid, egid, sgid,
-         fsgid) = syscall.values(_SYSCALL_FACTS)
-        ids = [_int(uid), _int(euid), _int(suid), _int(fsuid)]
-        gids = [_int(gid), _int(egid), _int(sgid), _int(fsgid)]
-        facts = ProcessFacts(
-            pid=_int(pid) or 0, ppid=_int(ppid),
-            start_time=audit.sec + audit.msec / 1000,
-            executable=_text(exe), comm=_text(comm), tty=_tty(tty),
-            login_uid=_int(auid), session=_int(ses))
-        if isinstance(exe, bytes) and exe.endswith(_DELETED):
-            # d_path() marks an image deleted while it ran; the path is what the eBPF source
-            # reports, and on_disk says the rest.
-            facts.executable, facts.exe_deleted = _text(exe[:-len(_DELETED)]), True
-        if None not in ids:
-            facts.uids = tuple(ids)  # type: ignore[assignment]
-        if None not in gids:
-            facts.gids = tuple(gids)  # type: ignore[assignment]
-        return facts
+        parts = syscall.plain_parts()
+        if len(parts) > len(_SYSCALL_HEAD) and all(map(bytes.startswith, parts, _SYSCALL_HEAD)):
+            # The kernel's layout: none of the ids, terminal, session, comm or exe is in the
+            # head, so their values are a function of the fields after it (remembered).
+            tail = parts[len(_SYSCALL_HEAD):]
+            stable = self._stable.get(tail)
+            if stable is None:
+                stable = _stable_facts(syscall.values(_STABLE_FACTS))
+                if len(self._stable) >= MAX_STABLE:
+                    self._stable.clear()  # a new generation: the common ones come back at once
+                self._stable[tail] = stable
+            ppid = _head_decimal(parts[_PPID], syscall)
+            pid = _head_decimal(parts[_PID], syscall)
+        else:
+            pid, ppid, *rest = syscall.values(_SYSCALL_FACTS)
+            stable = _stable_facts(rest)
+        executable, deleted, comm, tty, login_uid, session, uids, gids = stable
+        return ProcessFacts(
+            pid=_int(pid) or 0, ppid=_int(ppid), start_time=audit.sec + audit.msec / 1000,
+            executable=executable, exe_deleted=deleted, comm=comm, tty=tty,
+            login_uid=login_uid, session=session, uids=uids, gids=gids)
 
     def _exec_event(self, audit: AuditEvent, syscall: Record, name: str) -> Event:
         facts = self.exec_facts(audit, syscall)
