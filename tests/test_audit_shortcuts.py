@@ -217,3 +217,33 @@ def test_syscall_facts_remembered_after_the_head_are_those_of_the_record(monkeyp
     for line, first, again, want in zip(lines, *remembered, general):
         assert first == want, line
         assert again == want, line
+
+
+def test_syscall_name_and_outcome_read_from_the_head_are_those_of_the_record() -> None:
+    """The system call's name remembered by the text of arch and syscall, and success read at
+    its place, give what reading the fields gives: known and unknown numbers (then auditd's
+    ENRICHED name), another architecture, and success written other ways."""
+    from sensor_linux.audit.events import _succeeded
+
+    variants = []
+    for line in _syscall_lines():
+        variants.append(line)
+        for old, new in ((b"syscall=59 ", b"syscall=999 "), (b"syscall=59 ", b"syscall=56 "),
+                         (b"arch=c000003e ", b"arch=40000003 "),
+                         (b"arch=c000003e ", b"arch=zz "),
+                         (b"success=yes ", b"success=no "),
+                         (b"success=yes ", b'success="yes" '),
+                         (b"success=yes ", b"success=796573 ")):
+            if old in line:
+                variants.append(line.replace(old, new))
+    variants.append(b"type=SYSCALL msg=audit(1.002:3): arch=c000003e syscall=999 success=yes "
+                    b"exit=0 pid=1\x1dARCH=x86_64 SYSCALL=frobnicate")
+    builder = AuditEventBuilder(Enricher(live=False))
+    for _ in range(2):  # the second time remembered
+        for line in variants:
+            record = parse(line)
+            assert builder._name(record) == AuditEventBuilder._syscall_name(record), line
+            assert _succeeded(record) == (record.get("success") == b"yes"), line
+    assert builder._names
+    assert {AuditEventBuilder._syscall_name(parse(v)) for v in variants} >= {
+        "execve", "clone", "frobnicate", None}

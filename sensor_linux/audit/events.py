@@ -79,6 +79,17 @@ def _stable_facts(values: list[Value]) -> StableFacts:
             None if None in ids else ids, None if None in gids else gids)
 
 
+def _succeeded(syscall: Record) -> bool:
+    """``success=yes``: read from its place in the kernel's layout when it is there."""
+    parts = syscall.plain_parts()
+    if len(parts) > 2 and parts[0].startswith(b"arch=") and parts[1].startswith(b"syscall="):
+        if parts[2] == b"success=yes":
+            return True
+        if parts[2] == b"success=no":
+            return False
+    return syscall.get("success") == b"yes"
+
+
 def _head_decimal(part: bytes, syscall: Record) -> Value:
     """``pid``/``ppid`` of a head part as Record.values types it."""
     key, _, raw = part.partition(b"=")
@@ -95,12 +106,13 @@ class AuditEventBuilder:
         self._paths: dict[tuple[bytes, ...], PathFacts] = {}
         # SYSCALL's facts after its head, by their text (see _facts).
         self._stable: dict[tuple[bytes, ...], StableFacts] = {}
+        self._names: dict[tuple[bytes, ...], str] = {}  # by arch and syscall (see _name)
         self.process_events = 0
         self.generic_events = 0
 
     def build(self, audit: AuditEvent) -> Event:
         syscall = next((r for r in audit.records if r.rtype == SYSCALL), None)
-        name = self._syscall_name(syscall) if syscall is not None else None
+        name = self._name(syscall) if syscall is not None else None
         if name in syscalls.EXEC and syscall is not None:
             event = self._exec_event(audit, syscall, name)
             self.process_events += 1
@@ -113,6 +125,24 @@ class AuditEventBuilder:
             self.generic_events += 1
         event.setdefault("audit", {}).update(self._audit_map(audit, syscall, name))
         return event
+
+    def _name(self, syscall: Record) -> str | None:
+        """_syscall_name, remembered by the text of ``arch`` and ``syscall`` when the record
+        starts with them (the kernel's layout) and they name a known system call."""
+        parts = syscall.plain_parts()
+        head = parts[:2]
+        if len(head) < 2 or not head[0].startswith(b"arch=") \
+                or not head[1].startswith(b"syscall="):
+            return self._syscall_name(syscall)
+        name = self._names.get(head)
+        if name is None:
+            name = syscalls.syscall_name(_int(syscall.get("arch")), _int(syscall.get("syscall")))
+            if name is None:  # not one we know: auditd's ENRICHED name, if any, says
+                return self._syscall_name(syscall)
+            if len(self._names) >= MAX_STABLE:
+                self._names.clear()
+            self._names[head] = name
+        return name
 
     @staticmethod
     def _syscall_name(syscall: Record) -> str | None:
@@ -147,8 +177,8 @@ class AuditEventBuilder:
             login_uid=login_uid, session=session, uids=uids, gids=gids)
 
     def _exec_event(self, audit: AuditEvent, syscall: Record, name: str) -> Event:
-        facts = self.exec_facts(audit, syscall)
-        success = syscall.get("success") == b"yes"
+        success = _succeeded(syscall)
+        facts = self.exec_facts(audit, syscall, success)
         event = self.enricher.process_event(
             facts, "auditd", original_id=audit.id, timestamp=facts.start_time,
             record=success)
@@ -160,8 +190,10 @@ class AuditEventBuilder:
             event["process"]["execveat"] = True
         return event
 
-    def exec_facts(self, audit: AuditEvent, syscall: Record) -> ProcessFacts:
-        """What an exec's records say about the new process (before enrichment)."""
+    def exec_facts(self, audit: AuditEvent, syscall: Record,
+                   success: bool | None = None) -> ProcessFacts:
+        """What an exec's records say about the new process (before enrichment); ``success``:
+        whether the exec succeeded, when the caller has read it."""
         facts = self._facts(audit, syscall)
         execve: list[tuple[str, Value]] = []
         inodes: set[tuple[int, int]] = set()
@@ -185,7 +217,8 @@ class AuditEventBuilder:
             facts.exe_link = read_exe(facts.pid, self.enricher.proc)
             facts.container_id = live_container_id(facts.pid, facts.executable,
                                                    self.enricher.proc, facts.exe_link)
-        success = syscall.get("success") == b"yes"
+        if success is None:
+            success = _succeeded(syscall)
         if success and facts.image_inodes is not None and self.enricher.host_files \
                 and not facts.exe_deleted and isinstance(facts.executable, (str, bytes)):
             # The file at the kernel's path, if it is the one the exec touched: its version
