@@ -103,13 +103,17 @@ class RecentLooks:
         except OSError:
             there = False
         if there:
-            self._found[key] = now
-            self._found.move_to_end(key)  # the oldest look goes first
-            if len(self._found) > self.max_entries:
-                self._found.popitem(last=False)
+            self._keep(key, now)
         else:
             self._found.pop(key, None)
         return there
+
+    def _keep(self, key: tuple[bytes, FileKey], now: float) -> None:
+        """A look that found the file version ``key`` at its path, at ``now``."""
+        self._found[key] = now
+        self._found.move_to_end(key)  # the oldest look goes first
+        if len(self._found) > self.max_entries:
+            self._found.popitem(last=False)
 
     def identity_at(self, path: bytes,
                     inodes: frozenset[tuple[int, int]]) -> FileIdentity | None:
@@ -127,11 +131,7 @@ class RecentLooks:
             return None
         identity = FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                                 st.st_ctime_ns, st.st_nlink)
-        key = (path, identity.key)
-        self._found[key] = self._clock()
-        self._found.move_to_end(key)
-        if len(self._found) > self.max_entries:
-            self._found.popitem(last=False)
+        self._keep((path, identity.key), self._clock())
         return identity
 
     def now(self) -> float:
