@@ -8,6 +8,7 @@ provenance, parent context from the process table, and the TTPHash.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import socket
 from collections import OrderedDict
@@ -49,11 +50,24 @@ def _remember(kept: OrderedDict[Any, Any], key: Any, value: Any) -> None:
         kept.popitem(last=False)
 
 
+# What shlex.quote leaves as it is, but "%" (percent form writes it as %25): an argument of
+# only these needs neither.
+_PLAIN_ARGUMENTS = re.compile(r"[\w@+=:,./-]+", re.ASCII)
+
+
 def command_line(args: list[str | bytes | None] | None) -> str | None:
     """A shell-quoted, readable command line (lossless data stays in ``process.args``).
     An argument the source lost (``None``) shows as ``''``."""
     if args is None:
         return None
+    try:
+        joined = "".join(args)  # type: ignore[arg-type]
+    except TypeError:  # bytes, or a lost argument
+        pass
+    else:
+        # Most command lines: one check of the whole instead of two calls per argument.
+        if all(args) and _PLAIN_ARGUMENTS.fullmatch(joined):
+            return " ".join(args)  # type: ignore[arg-type]
     return " ".join(shlex.quote(percent_encode(a if a is not None else "")) for a in args)
 
 

@@ -182,3 +182,26 @@ def test_timestamps_are_written_as_strftime_writes_them() -> None:
     for when in times + [rng.uniform(-6e10, 2.5e11) for _ in range(20000)]:
         want = dt.datetime.fromtimestamp(when, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         assert utc_timestamp(when) == want
+
+
+_ARGUMENT = st.one_of(
+    st.text(alphabet="ab/._-=:,@+%", max_size=6),  # mostly what needs no quoting
+    st.text(alphabet="ab/._-=:,@+%'\" \t\n\\$é\u2028\x00\udcff", max_size=8),
+    st.sampled_from(["", "-l", "/bin/true", "100%", "a b", "ça"]),
+    st.binary(max_size=4), st.none())
+
+
+@given(st.lists(_ARGUMENT, max_size=6))
+def test_command_line_is_the_quoted_percent_form_of_each_argument(args) -> None:
+    """command_line's whole-line shortcut gives what quoting each argument's percent form
+    gives (shlex.quote), for any arguments: empty, lost (None), bytes, "%", non-ASCII."""
+    import shlex
+
+    from sensor_linux.enrich import command_line
+
+    want = " ".join(shlex.quote(percent_encode(a if a is not None else "")) for a in args)
+    assert command_line(args) == want
+    assert command_line(["/bin/true", "ttplab-x", "--flag", "v=1,2:3@4+5"]) == \
+        "/bin/true ttplab-x --flag v=1,2:3@4+5"
+    assert command_line(["ls", ""]) == "ls ''"
+    assert command_line(["echo", "100%"]) == "echo 100%25"
