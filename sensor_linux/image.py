@@ -129,8 +129,7 @@ class RecentLooks:
             return None
         if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) not in inodes:
             return None
-        identity = FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                                st.st_ctime_ns, st.st_nlink)
+        identity = FileIdentity(*file_key(st), st.st_nlink)
         self._keep((path, identity.key), self._clock())
         return identity
 

@@ -192,27 +192,26 @@ def _syscall_lines() -> list[bytes]:
         lines.append(b"type=SYSCALL msg=audit(1.002:%d): items=2 ppid=1 pid=2 " % n + tail)
     for path in sorted(CORPUS.glob("**/*.txt")):
         lines += [line for line in path.read_bytes().splitlines()
-                  if line.split(b" ", 2)[:1] in ([b"type=SYSCALL"],)
-                  or b" type=SYSCALL " in line[:40]]
+                  if line.startswith(b"type=SYSCALL ") or b" type=SYSCALL " in line[:40]]
     return lines
 
 
-def test_syscall_facts_remembered_after_the_head_are_those_of_the_record(monkeypatch) -> None:
+def test_syscall_facts_remembered_after_the_head_are_those_of_the_record() -> None:
     """AuditEventBuilder._facts reads pid and ppid from the kernel's head and remembers the
-    rest by the text after it: for every record it must give what reading each field gives,
-    the first time and when remembered."""
+    rest by the text after it: for every record it must give what reading each field gives
+    (no head), the first time and when remembered."""
     import types
 
-    from sensor_linux.audit import events
+    from sensor_linux.audit.events import _kernel_head
 
     lines = _syscall_lines()
     assert len(lines) > 80
     audit = types.SimpleNamespace(sec=1, msec=2)
     builder = AuditEventBuilder(Enricher(live=False))
-    remembered = [[builder._facts(audit, parse(line)) for line in lines] for _ in range(2)]
+    remembered = [[builder._facts(audit, record, _kernel_head(record))
+                   for record in map(parse, lines)] for _ in range(2)]
     assert builder._stable, "no record took the remembered path"
-    monkeypatch.setattr(events, "_SYSCALL_HEAD", (b"\0",) * len(events._SYSCALL_HEAD))
-    general = [AuditEventBuilder(Enricher(live=False))._facts(audit, parse(line))
+    general = [AuditEventBuilder(Enricher(live=False))._facts(audit, parse(line), None)
                for line in lines]
     for line, first, again, want in zip(lines, *remembered, general):
         assert first == want, line
@@ -223,7 +222,7 @@ def test_syscall_name_and_outcome_read_from_the_head_are_those_of_the_record() -
     """The system call's name remembered by the text of arch and syscall, and success read at
     its place, give what reading the fields gives: known and unknown numbers (then auditd's
     ENRICHED name), another architecture, and success written other ways."""
-    from sensor_linux.audit.events import _succeeded
+    from sensor_linux.audit.events import _kernel_head, _succeeded
 
     variants = []
     for line in _syscall_lines():
@@ -242,8 +241,9 @@ def test_syscall_name_and_outcome_read_from_the_head_are_those_of_the_record() -
     for _ in range(2):  # the second time remembered
         for line in variants:
             record = parse(line)
-            assert builder._name(record) == AuditEventBuilder._syscall_name(record), line
-            assert _succeeded(record) == (record.get("success") == b"yes"), line
+            head = _kernel_head(record)
+            assert builder._name(record, head) == AuditEventBuilder._syscall_name(record), line
+            assert _succeeded(record, head) == (record.get("success") == b"yes"), line
     assert builder._names
     assert {AuditEventBuilder._syscall_name(parse(v)) for v in variants} >= {
         "execve", "clone", "frobnicate", None}

@@ -79,15 +79,35 @@ def _stable_facts(values: list[Value]) -> StableFacts:
             None if None in ids else ids, None if None in gids else gids)
 
 
-def _succeeded(syscall: Record) -> bool:
-    """``success=yes``: read from its place in the kernel's layout when it is there."""
+def _kernel_head(syscall: Record) -> tuple[bytes, ...] | None:
+    """A plain SYSCALL record's parts when they start as the kernel writes them
+    (_SYSCALL_HEAD; not with ``per=``, or without an outcome), else None. Checked once per
+    event: the name, the outcome and the facts read their fields at these places."""
     parts = syscall.plain_parts()
-    if len(parts) > 2 and parts[0].startswith(b"arch=") and parts[1].startswith(b"syscall="):
-        if parts[2] == b"success=yes":
+    if len(parts) > len(_SYSCALL_HEAD) and all(map(bytes.startswith, parts, _SYSCALL_HEAD)):
+        return parts
+    return None
+
+
+def _succeeded(syscall: Record, head: tuple[bytes, ...] | None) -> bool:
+    """``success=yes``, read at its place in the kernel's ``head`` when there is one."""
+    if head is not None:
+        if head[2] == b"success=yes":
             return True
-        if parts[2] == b"success=no":
+        if head[2] == b"success=no":
             return False
     return syscall.get("success") == b"yes"
+
+
+def _known_name(syscall: Record) -> str | None:
+    """The system call its ``arch`` and ``syscall`` fields name, if we know it."""
+    return syscalls.syscall_name(_int(syscall.get("arch")), _int(syscall.get("syscall")))
+
+
+def _enriched_name(syscall: Record) -> str | None:
+    """auditd's ENRICHED name (``SYSCALL=execve``), for a number we do not know."""
+    enriched = syscall.get("SYSCALL")
+    return enriched.decode("ascii", "replace") if isinstance(enriched, bytes) else None
 
 
 def _head_decimal(part: bytes, syscall: Record) -> Value:
@@ -112,9 +132,10 @@ class AuditEventBuilder:
 
     def build(self, audit: AuditEvent) -> Event:
         syscall = next((r for r in audit.records if r.rtype == SYSCALL), None)
-        name = self._name(syscall) if syscall is not None else None
+        head = _kernel_head(syscall) if syscall is not None else None
+        name = self._name(syscall, head) if syscall is not None else None
         if name in syscalls.EXEC and syscall is not None:
-            event = self._exec_event(audit, syscall, name)
+            event = self._exec_event(audit, syscall, head, name)
             self.process_events += 1
         else:
             if name in syscalls.CLONE and syscall is not None:
@@ -126,47 +147,39 @@ class AuditEventBuilder:
         event.setdefault("audit", {}).update(self._audit_map(audit, syscall, name))
         return event
 
-    def _name(self, syscall: Record) -> str | None:
-        """_syscall_name, remembered by the text of ``arch`` and ``syscall`` when the record
-        starts with them (the kernel's layout) and they name a known system call."""
-        parts = syscall.plain_parts()
-        head = parts[:2]
-        if len(head) < 2 or not head[0].startswith(b"arch=") \
-                or not head[1].startswith(b"syscall="):
-            return self._syscall_name(syscall)
-        name = self._names.get(head)
+    def _name(self, syscall: Record, head: tuple[bytes, ...] | None) -> str | None:
+        """_syscall_name; a known one remembered by the text of ``arch`` and ``syscall`` when
+        the record has the kernel's ``head``."""
+        key = head[:2] if head is not None else None
+        name = self._names.get(key) if key is not None else None
         if name is None:
-            name = syscalls.syscall_name(_int(syscall.get("arch")), _int(syscall.get("syscall")))
-            if name is None:  # not one we know: auditd's ENRICHED name, if any, says
-                return self._syscall_name(syscall)
-            if len(self._names) >= MAX_STABLE:
-                self._names.clear()
-            self._names[head] = name
+            name = _known_name(syscall)
+            if name is None:
+                return _enriched_name(syscall)
+            if key is not None:
+                if len(self._names) >= MAX_STABLE:
+                    self._names.clear()
+                self._names[key] = name
         return name
 
     @staticmethod
     def _syscall_name(syscall: Record) -> str | None:
-        name = syscalls.syscall_name(_int(syscall.get("arch")), _int(syscall.get("syscall")))
-        if name is None:
-            enriched = syscall.get("SYSCALL")  # auditd ENRICHED: SYSCALL=execve
-            if isinstance(enriched, bytes):
-                return enriched.decode("ascii", "replace")
-        return name
+        return _known_name(syscall) or _enriched_name(syscall)
 
-    def _facts(self, audit: AuditEvent, syscall: Record) -> ProcessFacts:
-        parts = syscall.plain_parts()
-        if len(parts) > len(_SYSCALL_HEAD) and all(map(bytes.startswith, parts, _SYSCALL_HEAD)):
+    def _facts(self, audit: AuditEvent, syscall: Record,
+               head: tuple[bytes, ...] | None) -> ProcessFacts:
+        if head is not None:
             # The kernel's layout: none of the ids, terminal, session, comm or exe is in the
             # head, so their values are a function of the fields after it (remembered).
-            tail = parts[len(_SYSCALL_HEAD):]
+            tail = head[len(_SYSCALL_HEAD):]
             stable = self._stable.get(tail)
             if stable is None:
                 stable = _stable_facts(syscall.values(_STABLE_FACTS))
                 if len(self._stable) >= MAX_STABLE:
                     self._stable.clear()  # a new generation: the common ones come back at once
                 self._stable[tail] = stable
-            ppid = _head_decimal(parts[_PPID], syscall)
-            pid = _head_decimal(parts[_PID], syscall)
+            ppid = _head_decimal(head[_PPID], syscall)
+            pid = _head_decimal(head[_PID], syscall)
         else:
             pid, ppid, *rest = syscall.values(_SYSCALL_FACTS)
             stable = _stable_facts(rest)
@@ -176,9 +189,10 @@ class AuditEventBuilder:
             executable=executable, exe_deleted=deleted, comm=comm, tty=tty,
             login_uid=login_uid, session=session, uids=uids, gids=gids)
 
-    def _exec_event(self, audit: AuditEvent, syscall: Record, name: str) -> Event:
-        success = _succeeded(syscall)
-        facts = self.exec_facts(audit, syscall, success)
+    def _exec_event(self, audit: AuditEvent, syscall: Record, head: tuple[bytes, ...] | None,
+                    name: str) -> Event:
+        success = _succeeded(syscall, head)
+        facts = self._exec_facts(audit, syscall, head, success)
         event = self.enricher.process_event(
             facts, "auditd", original_id=audit.id, timestamp=facts.start_time,
             record=success)
@@ -190,11 +204,14 @@ class AuditEventBuilder:
             event["process"]["execveat"] = True
         return event
 
-    def exec_facts(self, audit: AuditEvent, syscall: Record,
-                   success: bool | None = None) -> ProcessFacts:
-        """What an exec's records say about the new process (before enrichment); ``success``:
-        whether the exec succeeded, when the caller has read it."""
-        facts = self._facts(audit, syscall)
+    def exec_facts(self, audit: AuditEvent, syscall: Record) -> ProcessFacts:
+        """What an exec's records say about the new process (before enrichment)."""
+        head = _kernel_head(syscall)
+        return self._exec_facts(audit, syscall, head, _succeeded(syscall, head))
+
+    def _exec_facts(self, audit: AuditEvent, syscall: Record, head: tuple[bytes, ...] | None,
+                    success: bool) -> ProcessFacts:
+        facts = self._facts(audit, syscall, head)
         execve: list[tuple[str, Value]] = []
         inodes: set[tuple[int, int]] = set()
         paths: list[Value] = []
@@ -217,10 +234,8 @@ class AuditEventBuilder:
             facts.exe_link = read_exe(facts.pid, self.enricher.proc)
             facts.container_id = live_container_id(facts.pid, facts.executable,
                                                    self.enricher.proc, facts.exe_link)
-        if success is None:
-            success = _succeeded(syscall)
         if success and facts.image_inodes is not None and self.enricher.host_files \
-                and not facts.exe_deleted and isinstance(facts.executable, (str, bytes)):
+                and not facts.exe_deleted and facts.executable is not None:
             # The file at the kernel's path, if it is the one the exec touched: its version
             # keys the image's digests and the enrichment kept for it (sensor_linux/image.py).
             path = to_bytes(facts.executable)
@@ -259,7 +274,7 @@ class AuditEventBuilder:
         parent = table.get(caller)
         if parent is None:
             # The caller was never seen exec'ing: learn what the SYSCALL record says about it.
-            facts = self._facts(audit, syscall)
+            facts = self._facts(audit, syscall, _kernel_head(syscall))
             known = {"pid": facts.pid, "executable": facts.executable, "name": facts.comm}
             parent = Entry(caller, None, {k: v for k, v in known.items() if v is not None})
             table.record(parent)

@@ -217,7 +217,7 @@ _INT64 = 1 << 63
 
 def parse(line: bytes, fast: bool = True) -> Record:
     """Parse one record line (with or without its trailing newline). ``fast``: a plain record
-    (``type=NAME msg=audit(STAMP): `` and a body :data:`_PLAIN` matches whole, ``\x1d`` read
+    (``type=NAME msg=audit(STAMP): `` and a body :data:`_PLAIN` matches whole, ``\\x1d`` read
     as a space) is split once and checked by one pattern (a body seen before is remembered),
     its fields typed when first needed; it gives the same record as the general parser, which
     takes everything else (``False`` forces it; the tests compare the two). Hot path: written
