@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from common.filehash import FileHasher
-from sensor_linux.audit.netlink import AuditNetlinkError, AuditSocket
+from sensor_linux.audit.datagrams import DatagramBatch
+from sensor_linux.audit.netlink import AUDIT_NLGRP_READLOG, AuditNetlinkError, AuditSocket
 from sensor_linux.audit.session import process_name
 from tests.conftest import require, ttpsensor_command
 from tests.live import (Sensor, assert_complete, captured, kill_leftovers, registered,
@@ -174,3 +178,62 @@ def test_a_request_the_kernel_never_answers_ends_in_an_error_not_a_hang() -> Non
         assert sock.status().enabled in (0, 1, 2)   # the socket still serves requests
     finally:
         sock.close()
+
+
+_SERIAL = re.compile(rb"msg=audit\(\d+\.\d+:(\d+)\)")
+
+
+def _records_until(read, token: bytes, execs: int) -> list[bytes]:  # noqa: ANN001
+    """Lines from ``read`` (read_batch or read_records of a non-blocking socket) until
+    ``execs`` EXECVE records have named ``token`` and each of their events has ended (EOE)."""
+    lines: list[bytes] = []
+    ours: set[bytes] = set()
+    ended: set[bytes] = set()
+    deadline = time.monotonic() + 60
+    while len(ours) < execs or not ours <= ended:
+        assert time.monotonic() < deadline, f"{len(ours)} of {execs} execs read"
+        try:
+            got = read()[0]
+        except BlockingIOError:
+            select.select([read.__self__.sock], [], [], 0.1)
+            continue
+        lines.extend(got)
+        for line in got:
+            if line.startswith(b"type=EXECVE ") and token in line:
+                ours.add(_SERIAL.search(line).group(1))
+            elif line.startswith(b"type=EOE "):
+                ended.add(_SERIAL.search(line).group(1))
+    return lines
+
+
+def test_batched_reads_give_the_records_reads_one_at_a_time_give(audit_guard, tmp_path) -> None:
+    """recvmmsg (NetlinkInput's read) against one recv per datagram, on the same records of
+    the live kernel: two multicast listeners beside a registered sensor, each given every
+    record. Compared: every record of the workload's execs, in order (the machine's other
+    execs are left out: only the two readers' common part is the test's)."""
+    daemon = Sensor(tmp_path, "daemon", "--source", "audit", "--state-file",
+                    str(tmp_path / "ttpsensor-files" / "state.json"))
+    group = 1 << (AUDIT_NLGRP_READLOG - 1)
+    batched, single = AuditSocket(groups=group), AuditSocket(groups=group)
+    for sock in (batched, single):
+        sock.enlarge_buffer()
+        sock.sock.setblocking(False)
+    try:
+        daemon.wait_for(lambda: registered(daemon), "registration")
+        token, spawned = run_execs(300)
+        from_batches = _records_until(batched.read_batch, token.encode(), len(spawned))
+        one_by_one = _records_until(single.read_records, token.encode(), len(spawned))
+        assert isinstance(batched._batch, DatagramBatch)  # not the fallback
+    finally:
+        stop_all(daemon)
+        batched.close()
+        single.close()
+    ours = {_SERIAL.search(line).group(1) for line in one_by_one
+            if line.startswith(b"type=EXECVE ") and token.encode() in line}
+    assert len(ours) == len(spawned)
+
+    def workload(lines: list[bytes]) -> list[bytes]:
+        return [line for line in lines if (m := _SERIAL.search(line)) and m.group(1) in ours]
+    assert workload(from_batches) == workload(one_by_one)
+    assert len(workload(one_by_one)) >= 5 * len(spawned)  # SYSCALL, EXECVE, ..., EOE
+    assert auditctl_state() == audit_guard

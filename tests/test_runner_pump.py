@@ -26,9 +26,9 @@ class EndlessRecords:
         self._peer.send(b"x")      # never read: select() always says ready
         self.reads = 0
 
-    def read_records(self) -> tuple[list[bytes], int]:
+    def read_batch(self) -> tuple[list[bytes], int, bool]:
         self.reads += 1
-        return [b"type=EOE msg=audit(1.0:1): "], 0
+        return [b"type=EOE msg=audit(1.0:1): "], 0, True
 
 
 class Counting:

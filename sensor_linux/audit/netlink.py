@@ -23,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
+from sensor_linux.audit.datagrams import DatagramBatch, open_batch
+from sensor_linux.audit.lines import MAX_LINE
 from sensor_linux.audit.msgtypes import NAMES
 from sensor_linux.audit.syscalls import ARCH_CODES, exec_syscalls
 
@@ -60,6 +62,7 @@ ARCH_X86_64 = ARCH_CODES["x86_64"]
 ARCH_I386 = ARCH_CODES["i386"]
 
 _NLMSGHDR = struct.Struct("=IHHII")
+_NLMSG_TYPE = struct.Struct("=4xH")
 _STATUS_FIELDS = ("mask", "enabled", "failure", "pid", "rate_limit", "backlog_limit", "lost",
                   "backlog", "feature_bitmap", "backlog_wait_time", "backlog_wait_time_actual")
 _RULE_HEAD = struct.Struct("=III")
@@ -117,9 +120,13 @@ class AuditSocket:
         # hundred bytes, which cost 16 us a read where the C library maps such a block anew
         # each time (1.5 us where it does not).
         self._records: memoryview | None = None
+        # Made at the first read_batch; False where the C library has no recvmmsg.
+        self._batch: DatagramBatch | None | bool = None
 
     def close(self) -> None:
         self.sock.close()
+        if isinstance(self._batch, DatagramBatch):
+            self._batch.close()
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -230,14 +237,43 @@ class AuditSocket:
             if exc.errno == errno.ENOBUFS:
                 return [], 1
             raise
-        if size < _NLMSGHDR.size:
-            return [], 0
-        msg_type = _NLMSGHDR.unpack_from(self._records)[1]
-        if msg_type < AUDIT_FIRST_RECORD:
-            return [], 0  # acks and replies to control requests
-        # kauditd sends one record per datagram and sets nlmsg_len to the payload length only
-        # (a long-standing kernel quirk), so the record is the rest of the datagram.
-        return [record_line(msg_type, bytes(self._records[_NLMSGHDR.size:size]))], 0
+        line = datagram_line(self._records[:size])
+        return ([] if line is None else [line]), 0
+
+    def read_batch(self) -> tuple[list[bytes], int, bool]:
+        """The records of the datagrams waiting, up to a batch of them in one system call
+        (sensor_linux/audit/datagrams.py; one datagram where the C library cannot), how many
+        datagrams the socket lost before them, and whether more may be waiting. Raises
+        BlockingIOError when none waits, as a read of a non-blocking socket does."""
+        if self._batch is None:
+            self._batch = open_batch(_NLMSGHDR.size + MAX_LINE + 1) or False
+        if not isinstance(self._batch, DatagramBatch):
+            lines, lost = self.read_records()
+            return lines, lost, True
+        try:
+            datagrams = self._batch.receive(self.sock.fileno())
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                return [], 1, True
+            raise
+        lines = []
+        for datagram in datagrams:
+            line = datagram_line(datagram)
+            if line is not None:
+                lines.append(line)
+        return lines, 0, len(datagrams) == self._batch.slots
+
+
+def datagram_line(datagram: memoryview) -> bytes | None:
+    """The record of one datagram as auditd's text line; None for what is not a record."""
+    if len(datagram) < _NLMSGHDR.size:
+        return None
+    msg_type = _NLMSG_TYPE.unpack_from(datagram)[0]
+    if msg_type < AUDIT_FIRST_RECORD:
+        return None  # acks and replies to control requests
+    # kauditd sends one record per datagram and sets nlmsg_len to the payload length only
+    # (a long-standing kernel quirk), so the record is the rest of the datagram.
+    return record_line(msg_type, bytes(datagram[_NLMSGHDR.size:]))
 
 
 def record_line(msg_type: int, body: bytes) -> bytes:

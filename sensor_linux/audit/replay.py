@@ -16,7 +16,7 @@ from sensor_linux.audit.lines import read_lines
 from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
 from sensor_linux.batching import StopFlag
 from sensor_linux.enrich import Enricher
-from sensor_linux.runner import RunConfig
+from sensor_linux.runner import RunConfig, steady_collector
 
 
 def replay(path: str, config: RunConfig, sink: Output, stop: StopFlag,
@@ -28,7 +28,8 @@ def replay(path: str, config: RunConfig, sink: Output, stop: StopFlag,
     pipeline = audit_pipeline(config.fmt, sink, enricher=enricher, error_log=error_log,
                               keep_exec_attempts=config.keep_exec_attempts)
     try:
-        with open(path, "rb") as f:
+        # A long replay keeps tables as a live sensor does: the collector as in its loop.
+        with open(path, "rb") as f, steady_collector():
             for line in read_lines(f):
                 pipeline.feed(line)
                 if stop.is_set():

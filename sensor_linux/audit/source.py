@@ -39,14 +39,18 @@ class NetlinkInput:
         """Read until the socket is empty, or at most DRAIN_DATAGRAMS; True if more waits.
         The bound keeps the runner's loop turning when execs come faster than we read: it
         must still see a stop, flush its outputs and time out events."""
-        for _ in range(DRAIN_DATAGRAMS):
+        read = 0
+        while read < DRAIN_DATAGRAMS:
             try:
-                lines, lost = self.records.read_records()
+                lines, lost, more = self.records.read_batch()
             except BlockingIOError:
                 return False  # read until empty: nothing is waiting
             self.decoder.stats.socket_overflows += lost
+            read += max(len(lines), 1)
             for line in lines:
                 self.pipeline.feed(line)
+            if not more:
+                return False  # a batch that did not fill took what was waiting
         return True
 
 
