@@ -298,8 +298,9 @@ def build_input(event: Event, device_map: dict[str, str] | None = None) -> dict[
 # independent RFC 8785 implementations (rfc8785, jcs).
 
 
-def canonical_bytes(hash_input: dict[str, Any]) -> bytes:
-    """RFC 8785 (JCS) serialization of a TTPHash input, as UTF-8 bytes."""
+def canonical_bytes(hash_input: dict[str, Any] | list[Any] | None) -> bytes:
+    """RFC 8785 (JCS) serialization of a TTPHash input (or of one of its values), as UTF-8
+    bytes."""
     try:
         return orjson.dumps(hash_input, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError as exc:
@@ -354,8 +355,10 @@ class Memo:
     event (before normalization). A host runs the same commands from the same parents again
     and again; for those, the hash costs the look-up of its fields instead of normalizing,
     serializing and hashing them. A new command of a known parent (a shell, a build, a
-    spawner) still finds the parent's part normalized, and whether it is complete. Bounded:
-    the oldest entry goes first, in each of the two."""
+    spawner) still finds the parent's part normalized, and whether it is complete; and a new
+    command line of a known binary, user and parent (on Linux) finds everything but its Argv
+    normalized and serialized (Argv sorts first in the canonical form, so the rest is one
+    remembered tail). Bounded: the oldest entry goes first, in each of the three."""
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
@@ -364,6 +367,7 @@ class Memo:
         self._known: OrderedDict[tuple[Any, ...], TTPHash] = OrderedDict()
         self._parents: OrderedDict[tuple[Any, ...], tuple[dict[str, Any] | None, bool]] = \
             OrderedDict()
+        self._rests: OrderedDict[tuple[Any, ...], _Rest] = OrderedDict()
         self.hits = 0
 
     def compute(self, event: Event, device_map: dict[str, str] | None = None,
@@ -386,6 +390,14 @@ class Memo:
                 return found
         # A miss reads no field again, and normalizes the parent only if it is new.
         parent, parent_complete = self._parent(raw, context, parent_key, device_map)
+        rest_key = None
+        if key is not None and own_table is _LINUX_OWN:
+            rest_key = (context, own_key[:_ARGV] + own_key[_ARGV + 1:], parent_key)
+            rest = self._rests.get(rest_key)
+            if rest is not None:
+                result = _with_argv(rest, own_raw[_ARGV])
+                _remember(self._known, key, result, self.max_entries)
+                return result
         own = _own_part(raw, device_map)
         hash_input = _assemble(os_type, own, parent)
         canonical = canonical_bytes(hash_input)
@@ -393,6 +405,9 @@ class Memo:
                          complete=parent_complete and _flat_complete(own))
         if key is not None:
             _remember(self._known, key, result, self.max_entries)
+        if rest_key is not None:
+            _remember(self._rests, rest_key, _rest_of(hash_input, parent_complete, own),
+                      self.max_entries)
         return result
 
     def _parent(self, raw: RawInput, context: tuple[Any, ...],
@@ -407,6 +422,44 @@ class Memo:
             if key is not None:
                 _remember(self._parents, key, found, self.max_entries)
         return found
+
+
+@dataclass(frozen=True)
+class _Rest:
+    """A Linux hash input but for its Argv: the input with Argv's slot kept (None), the
+    canonical bytes of the rest after its opening brace, and whether the rest is complete."""
+
+    input: dict[str, Any]
+    tail: bytes
+    complete: bool
+
+
+# Linux's process table, and where Argv is in it (its raw value, its key part).
+_LINUX_OWN = _TABLES["linux"][0]
+_ARGV = [name for name, _, _ in LINUX_PROCESS].index("Argv")
+
+
+def _rest_of(hash_input: dict[str, Any], parent_complete: bool, own: dict[str, Any]) -> _Rest:
+    """What a Linux input without its Argv gives every other command line of the same rest.
+    Argv sorts before every other member name (RFC 8785 orders them by UTF-16 code units;
+    the others begin with a later capital or a small letter), so the canonical form is
+    ``{"Argv":`` + Argv + ``,`` + the rest's canonical form after its brace."""
+    rest = dict(hash_input)
+    del rest["Argv"]
+    others = dict(own)
+    del others["Argv"]
+    return _Rest(input={**hash_input, "Argv": None}, tail=canonical_bytes(rest)[1:],
+                 complete=parent_complete and _flat_complete(others))
+
+
+def _with_argv(rest: _Rest, raw_argv: Any) -> TTPHash:
+    """The hash of ``rest`` with this Argv (normalized and serialized alone)."""
+    argv = _linux_argv(raw_argv, "Argv")
+    canonical = b'{"Argv":' + canonical_bytes(argv) + b"," + rest.tail
+    hash_input = dict(rest.input)
+    hash_input["Argv"] = argv
+    return TTPHash(value=digest(canonical), canonical=canonical, input=hash_input,
+                   complete=rest.complete and argv is not None and None not in argv)
 
 
 def _parent_values(parent: dict[str, Any] | None, table: CompiledTable, os_type: str,

@@ -334,3 +334,31 @@ def test_ascii_upper_changes_a_to_z_only_whatever_the_text(value: str) -> None:
     assert ttphash.ascii_upper(value) == value.translate(table)
     ascii_text = value.encode("ascii", "ignore").decode("ascii")
     assert ttphash.ascii_upper(ascii_text) == ascii_text.translate(table)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(linux_events(), st.lists(maybe(st.lists(st.one_of(raw, st.none()), max_size=5)),
+                                min_size=1, max_size=6))
+def test_the_memo_gives_compute_s_answer_for_every_command_line_of_a_known_rest(
+        event: dict, command_lines: list) -> None:
+    """A new command line of a known binary, user and parent takes the memo's remembered
+    rest (everything but Argv, normalized and serialized once) and Argv alone: the answer
+    must be compute()'s, bytes, input and completeness, or compute()'s error; also for
+    Argv lost (null), with lost items, bytes, "%" and text no codec writes."""
+    import pytest
+    memo = ttphash.Memo()
+    for args in [event["process"]["args"], *command_lines, "\ud800 lone"]:
+        changed = copy.deepcopy(event)
+        changed["process"]["args"] = [args] if isinstance(args, str) else args
+        try:
+            want = ttphash.compute(changed)
+        except ttphash.TTPHashError:
+            with pytest.raises(ttphash.TTPHashError):
+                memo.compute(changed)
+            continue
+        assert memo.compute(changed) == want
+    # Another rest (a field but Argv changed) is never mixed up with the first.
+    other = copy.deepcopy(event)
+    other["process"]["on_disk"] = not event["process"]["on_disk"]
+    other["process"]["args"] = ["after", "a", "change"]
+    assert memo.compute(other) == ttphash.compute(other)
