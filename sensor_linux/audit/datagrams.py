@@ -59,7 +59,8 @@ class DatagramBatch:
         self._recvmmsg = recvmmsg
         self.slots = slots
         self.slot_bytes = slot_bytes
-        self._memory = mmap.mmap(-1, slots * slot_bytes)
+        self._memory = mmap.mmap(-1, slots * slot_bytes,
+                                 flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.view = memoryview(self._memory)
         # Held while the kernel may write there: the mapping cannot be closed under it.
         self._anchor = ctypes.c_char.from_buffer(self._memory)
