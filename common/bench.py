@@ -220,8 +220,10 @@ def print_table(rows: list[Row], title: str | None = None) -> None:
     table.add_column("ratio", justify="right")
     for row in rows:
         ratio = f"{row.ratio:.2f}× {row.reference}" if row.ratio is not None else ""
-        table.add_row(row.name, f"{row.per_item_us:.2f}", f"{1e6 / row.per_item_us:,.0f}",
-                      ratio)
+        # A figure that is a difference of two timings (admission: with and without) can come
+        # out at zero on a noisy machine: below what the run resolves, not infinitely fast.
+        rate = f"{1e6 / row.per_item_us:,.0f}" if row.per_item_us > 0 else "–"
+        table.add_row(row.name, f"{row.per_item_us:.2f}", rate, ratio)
     Console().print(table)
 
 

@@ -65,3 +65,13 @@ def test_bench_ingest_with_generated_sigma_rules(tmp_path) -> None:
     by_sql = re.search(r"each frame a table; (\d+) matches", result.stdout)
     assert ours and by_sql and int(ours.group(1)) == int(by_sql.group(1)) > 0, result.stdout
     assert "with 30 Sigma rules" in result.stdout
+
+
+def test_a_figure_at_zero_is_printed_not_divided_by(capsys) -> None:
+    """bench ingest's admission is a difference of two timings, which a noisy machine can
+    bring to zero (it once failed CI with a ZeroDivisionError): the table says so."""
+    from common.bench import Row, print_table
+    print_table([Row("a difference below resolution", 0.0, "x", 0.0), Row("one", 2.0)])
+    out = capsys.readouterr().out
+    assert "a difference below resolution" in out and "500,000" in out
+    assert re.search(r"0\.00 .*–", out)
