@@ -202,8 +202,6 @@ def test_the_memo_gives_what_compute_gives_and_tells_values_of_another_type_apar
     """ttphash.Memo remembers hashes by the raw values they come from: every answer must be
     compute()'s own, for repeated events, changed fields, and values equal in Python but
     normalized differently (1 and True, a list and its elements' types)."""
-    import pytest
-
     from common.bench import varied_events
     events = varied_events(120)
     memo = ttphash.Memo(max_entries=200)
@@ -223,13 +221,19 @@ def test_the_memo_gives_what_compute_gives_and_tells_values_of_another_type_apar
         event["process"].update(change)
         variants.append(event)
     for event in variants + variants:
-        try:
-            want = ttphash.compute(event)
-        except ttphash.TTPHashError:
-            with pytest.raises(ttphash.TTPHashError):
-                memo.compute(event)
-            continue
-        assert memo.compute(event) == want
+        _assert_memo_agrees(memo, event)
+
+
+def _assert_memo_agrees(memo: ttphash.Memo, event: dict) -> None:
+    """The memo's answer for ``event`` is compute()'s, or the same error."""
+    import pytest
+    try:
+        want = ttphash.compute(event)
+    except ttphash.TTPHashError:
+        with pytest.raises(ttphash.TTPHashError):
+            memo.compute(event)
+        return
+    assert memo.compute(event) == want
 
 
 def test_the_memo_refuses_unhashable_list_items_as_compute_does_also_of_a_subclass() -> None:
@@ -345,18 +349,11 @@ def test_the_memo_gives_compute_s_answer_for_every_command_line_of_a_known_rest(
     rest (everything but Argv, normalized and serialized once) and Argv alone: the answer
     must be compute()'s, bytes, input and completeness, or compute()'s error; also for
     Argv lost (null), with lost items, bytes, "%" and text no codec writes."""
-    import pytest
     memo = ttphash.Memo()
     for args in [event["process"]["args"], *command_lines, "\ud800 lone"]:
         changed = copy.deepcopy(event)
         changed["process"]["args"] = [args] if isinstance(args, str) else args
-        try:
-            want = ttphash.compute(changed)
-        except ttphash.TTPHashError:
-            with pytest.raises(ttphash.TTPHashError):
-                memo.compute(changed)
-            continue
-        assert memo.compute(changed) == want
+        _assert_memo_agrees(memo, changed)
     # Another rest (a field but Argv changed) is never mixed up with the first.
     other = copy.deepcopy(event)
     other["process"]["on_disk"] = not event["process"]["on_disk"]
