@@ -388,8 +388,8 @@ class Memo:
             if found is not None:
                 self.hits += 1
                 return found
-        # A miss reads no field again, and normalizes the parent only if it is new.
-        parent, parent_complete = self._parent(raw, context, parent_key, device_map)
+        # A miss reads no field again: a known rest (it holds the parent's part) takes Argv
+        # alone; otherwise the parent is normalized only if it is new.
         rest_key = None
         if key is not None and own_table is _LINUX_OWN:
             rest_key = (context, own_key[:_ARGV] + own_key[_ARGV + 1:], parent_key)
@@ -398,6 +398,7 @@ class Memo:
                 result = _with_argv(rest, own_raw[_ARGV])
                 _remember(self._known, key, result, self.max_entries)
                 return result
+        parent, parent_complete = self._parent(raw, context, parent_key, device_map)
         own = _own_part(raw, device_map)
         hash_input = _assemble(os_type, own, parent)
         canonical = canonical_bytes(hash_input)

@@ -110,6 +110,14 @@ def _enriched_name(syscall: Record) -> str | None:
     return enriched.decode("ascii", "replace") if isinstance(enriched, bytes) else None
 
 
+def _keep(table: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    """Remember ``value`` by ``key``; a full table starts a new generation (cleared: the
+    common entries come back at once, and the check costs nothing on the hot path)."""
+    if len(table) >= limit:
+        table.clear()
+    table[key] = value
+
+
 def _head_decimal(part: bytes, syscall: Record) -> Value:
     """``pid``/``ppid`` of a head part as Record.values types it."""
     key, _, raw = part.partition(b"=")
@@ -148,8 +156,9 @@ class AuditEventBuilder:
         return event
 
     def _name(self, syscall: Record, head: tuple[bytes, ...] | None) -> str | None:
-        """_syscall_name; a known one remembered by the text of ``arch`` and ``syscall`` when
-        the record has the kernel's ``head``."""
+        """The system call's name (:func:`_known_name`, else :func:`_enriched_name`); a known
+        one remembered by the text of ``arch`` and ``syscall`` when the record has the
+        kernel's ``head``."""
         key = head[:2] if head is not None else None
         name = self._names.get(key) if key is not None else None
         if name is None:
@@ -157,14 +166,8 @@ class AuditEventBuilder:
             if name is None:
                 return _enriched_name(syscall)
             if key is not None:
-                if len(self._names) >= MAX_STABLE:
-                    self._names.clear()
-                self._names[key] = name
+                _keep(self._names, key, name, MAX_STABLE)
         return name
-
-    @staticmethod
-    def _syscall_name(syscall: Record) -> str | None:
-        return _known_name(syscall) or _enriched_name(syscall)
 
     def _facts(self, audit: AuditEvent, syscall: Record,
                head: tuple[bytes, ...] | None) -> ProcessFacts:
@@ -175,9 +178,7 @@ class AuditEventBuilder:
             stable = self._stable.get(tail)
             if stable is None:
                 stable = _stable_facts(syscall.values(_STABLE_FACTS))
-                if len(self._stable) >= MAX_STABLE:
-                    self._stable.clear()  # a new generation: the common ones come back at once
-                self._stable[tail] = stable
+                _keep(self._stable, tail, stable, MAX_STABLE)
             ppid = _head_decimal(head[_PPID], syscall)
             pid = _head_decimal(head[_PID], syscall)
         else:
@@ -258,9 +259,7 @@ class AuditEventBuilder:
             dev, ino = _device(record.get("dev")), _int(record.get("inode"))
             found = (None if dev is None or ino is None else (dev, ino), record.get("name"))
             if parts:
-                if len(self._paths) >= MAX_PATHS:
-                    self._paths.clear()  # a new generation: the common ones come back at once
-                self._paths[parts] = found
+                _keep(self._paths, parts, found, MAX_PATHS)
         return found
 
     def _record_clone(self, audit: AuditEvent, syscall: Record) -> None:
