@@ -15,7 +15,8 @@ The audit sources keep 20 ms: their live facts (the image through ``/proc/PID/ex
 container) race the process's exit, and audit gives no early signal. Under a 300 execs/s
 load, memfd images living 40 ms were hashed 20 of 20 times at 20 ms and 8-9 of 20 at 100 ms,
 which had saved a tenth of the netlink sensor's CPU. The plugin's pipe read every 100 ms
-gained nothing measurable.
+gained nothing measurable. Why a read costs so much beyond its events on shared VMs (the work
+after a pause runs slower, whoever's it is): ``ttpsensor bench wake``, docs/overhead.md.
 """
 
 import time

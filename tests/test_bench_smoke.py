@@ -75,3 +75,29 @@ def test_a_figure_at_zero_is_printed_not_divided_by(capsys) -> None:
     out = capsys.readouterr().out
     assert "a difference below resolution" in out and "500,000" in out
     assert re.search(r"0\.00 .*–", out)
+
+
+def test_bench_wake_feeds_every_batch_and_compares_with_no_pause(tmp_path) -> None:
+    """A corpus trace repeated into 400 execs: every event of the warm-up, the run without
+    pauses and each batch is built (one event per record group here), and each batch size has
+    its row for the pipeline and for the json.dumps reference."""
+    from sensor_linux.audit.bench import repeat
+    from tests.test_audit_corpus import LAUREL_DIR
+    clean = tmp_path / "trace.log"  # the corpus file's comments are no audit records
+    clean.write_bytes(b"".join(line for line in (LAUREL_DIR / "shell-proc-trace.txt")
+                               .read_bytes().splitlines(keepends=True)
+                               if line.strip() and not line.startswith(b"#")))
+    log = tmp_path / "repeated.log"
+    repeat(clean, log, 400)
+    result = run_cli("bench", "wake", "--audit-log", str(log), "--warm", "10",
+                     "--continuous", "20", "--batches", "3", "--gap-ms", "1",
+                     env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    fed = 10 + 20 + 3 * (1 + 2 + 5 + 20)
+    assert f"{fed} events built" in result.stdout, result.stdout
+    for what in ("pipeline", "json.dumps"):
+        assert f"{what}, no pause" in result.stdout
+        for size in (1, 2, 5, 20):
+            assert re.search(rf"{what}, {size} a batch: a wake [+-][\d,]+ µs", result.stdout)
+    too_many = run_cli("bench", "wake", "--audit-log", str(log), "--batches", "1000")
+    assert too_many.returncode != 0 and "this run feeds" in too_many.stderr

@@ -1,0 +1,195 @@
+"""``ttpsensor bench wake``: what a batch costs when it follows a pause, against the same
+events fed without one.
+
+The live audit sources read every 20 ms (sensor_linux/batching.py), and the overhead lab found
+their CPU to be a cost per exec plus a cost per batch (docs/overhead.md). This measures that
+second part without the kernel: recorded execs go through the whole audit pipeline (parse,
+assemble, build, enrich without /proc, TTPHash, ECS line) in batches of a few execs, each after
+a pause, and the CPU each exec took (the thread's, not the pause's) is set against the same
+pipeline fed without pauses. The reference is ``json.dumps`` of the same events under the same
+pattern: a pause that slows a C function too is the machine's (what ran on the core meanwhile
+took its caches), not the pipeline's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from common import ecs
+from common.bench import Row, print_table
+from common.schema import Event
+from common.sinks import TextOutput
+from sensor_linux.audit.pipeline import audit_pipeline
+from sensor_linux.enrich import Enricher
+
+BATCH_SIZES = (1, 2, 5, 20)
+WARM_EXECS = 1000  # fed first, untimed: the per-binary caches fill, as in a running sensor
+BATCHES = 100  # per batch size
+
+
+@dataclass
+class Collected:
+    """An output that renders each event as an ECS line, as the sensor's does, and keeps the
+    events (for the reference) instead of writing the lines."""
+
+    events: list[Event]
+
+    def prepare(self, event: Event) -> str | None:
+        return ecs.render(event)
+
+    def write_event(self, event: Event, prepared: Any) -> bool:
+        self.events.append(event)
+        return True
+
+    def write(self, line: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def group_events(lines: list[bytes]) -> list[list[bytes]]:
+    """The lines of an auditd log, one list per event: consecutive lines with one
+    ``msg=audit(STAMP)`` token (a recording has each event's records together)."""
+    groups: list[list[bytes]] = []
+    last = None
+    for line in lines:
+        parts = line.split(b" ", 2)
+        stamp = parts[1] if len(parts) > 1 else None
+        if stamp != last or not groups:
+            groups.append([])
+            last = stamp
+        groups[-1].append(line)
+    return groups
+
+
+def needed(sizes: tuple[int, ...], batches: int, continuous: int, warm: int) -> int:
+    """How many events one run feeds: warm-up, the continuous run, then the batches."""
+    return warm + continuous + sum(size * batches for size in sizes)
+
+
+def _cpu_us(feed: Callable[[list[Any]], None], batches: list[list[Any]],
+            gap: float) -> float:
+    """The thread's CPU per item of ``feed`` over ``batches``, ``gap`` seconds apart (the
+    pause itself is not counted)."""
+    cpu = 0.0
+    items = 0
+    for batch in batches:
+        start = time.thread_time()
+        feed(batch)
+        cpu += time.thread_time() - start
+        items += len(batch)
+        if gap:
+            time.sleep(gap)
+    return cpu / max(items, 1) * 1e6
+
+
+def _slices(items: list[Any], start: int, size: int, count: int) -> list[list[Any]]:
+    return [items[start + i * size:start + (i + 1) * size] for i in range(count)]
+
+
+def wake_costs(groups: list[list[bytes]], gap: float, sizes: tuple[int, ...] = BATCH_SIZES,
+               batches: int = BATCHES, continuous: int = 2000,
+               warm: int = WARM_EXECS) -> tuple[int, list[Row]]:
+    """Rows for the pipeline and for ``json.dumps``: µs per exec fed without pauses, then in
+    batches of each of ``sizes`` execs ``gap`` seconds apart, and what each wake adds.
+    Returns (events built, rows)."""
+    want = needed(sizes, batches, continuous, warm)
+    if len(groups) < want:
+        raise click.ClickException(
+            f"the log holds {len(groups):,} events and this run feeds {want:,} (record more "
+            "with --execs, give a longer --audit-log, or fewer --batches/--continuous)")
+    collected = Collected([])
+    pipeline = audit_pipeline("ecs", collected,  # type: ignore[arg-type]
+                              enricher=Enricher(live=False, host_files=True))
+
+    def feed(batch: list[list[bytes]]) -> None:
+        for group in batch:
+            for line in group:
+                pipeline.feed(line)
+
+    feed(groups[:warm])
+    pipeline_rows: list[tuple[str, float]] = []
+    at = warm
+    pipeline_rows.append(("no pause", _cpu_us(feed, [groups[at:at + continuous]], 0.0)))
+    at += continuous
+    for size in sizes:
+        pipeline_rows.append((f"{size} a batch", _cpu_us(feed, _slices(groups, at, size,
+                                                                       batches), gap)))
+        at += size * batches
+    pipeline.close()
+    built = len(collected.events)
+
+    safe = [ecs.to_json_safe(event) for event in collected.events]
+    reference = [("no pause", _cpu_us(_dumps, [safe[:continuous]], 0.0))]
+    reference += [(f"{size} a batch", _cpu_us(_dumps, _slices(safe, 0, size, batches), gap))
+                  for size in sizes]
+    return built, _rows("pipeline", pipeline_rows) + _rows("json.dumps", reference)
+
+
+def _dumps(events: list[dict[str, Any]]) -> None:
+    for event in events:
+        json.dumps(event)
+
+
+def _rows(what: str, figures: list[tuple[str, float]]) -> list[Row]:
+    """The figures as rows, each batch's against the figure without pauses; the wake's cost
+    is the extra per exec times the execs of a batch."""
+    base = figures[0][1]
+    rows = [Row(f"{what}, {figures[0][0]}", base)]
+    for name, us in figures[1:]:
+        size = int(name.split()[0])
+        rows.append(Row(f"{what}, {name}: a wake {(us - base) * size:+,.0f} µs", us,
+                        "no pause", us / base if base > 0 else 0.0))
+    return rows
+
+
+@click.command("wake")
+@click.option("--audit-log", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Audit records to replay (auditd's log format, each event's records "
+                   "together). Without it, --execs execs are recorded through audit netlink "
+                   "first (needs root).")
+@click.option("--execs", default=6000, show_default=True,
+              help="Execs to record when no --audit-log is given.")
+@click.option("--gap-ms", default=20.0, show_default=True,
+              help="The pause between batches (the live audit sources wait 20 ms).")
+@click.option("--batches", default=BATCHES, show_default=True,
+              help="Batches timed for each batch size.")
+@click.option("--continuous", default=2000, show_default=True,
+              help="Execs fed without pauses, the figure the batches are set against.")
+@click.option("--warm", default=WARM_EXECS, show_default=True,
+              help="Execs fed first, untimed, so that the per-binary caches are warm.")
+def bench_wake(audit_log: Path | None, execs: int, gap_ms: float, batches: int,
+               continuous: int, warm: int) -> None:
+    """CPU per event of the audit pipeline when a batch of 1, 2, 5 or 20 events follows a pause,
+    against the same pipeline fed without pauses, and json.dumps under the same pattern."""
+    if gap_ms < 0:
+        raise click.BadParameter("a pause is zero or more milliseconds", param_hint="--gap-ms")
+    if batches < 1 or continuous < 1 or warm < 0:
+        raise click.BadParameter("--batches and --continuous take a positive number, "
+                                 "--warm zero or more")
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="ttpsensor-wake-") as directory:
+        if audit_log is None:
+            if os.geteuid() != 0:
+                raise click.ClickException("recording audit needs root; or give --audit-log")
+            from sensor_linux.audit.bench import record
+            audit_log = Path(directory) / "recording.log"
+            click.echo(f"recording {execs} execs through audit netlink …", err=True)
+            record(audit_log, execs)
+        with open(audit_log, "rb") as f:
+            groups = group_events(f.read().splitlines(keepends=True))
+        built, rows = wake_costs(groups, gap_ms / 1000, batches=batches,
+                                 continuous=continuous, warm=warm)
+    print_table(rows, f"CPU per event, batches {gap_ms:g} ms apart ({audit_log.name}: "
+                      f"{built:,} events built)")
