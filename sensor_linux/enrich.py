@@ -13,7 +13,7 @@ import shlex
 import socket
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Container
 
 from common import ttphash
 from common.filehash import FileHasher
@@ -23,7 +23,8 @@ from common.proctable import Entry, ProcessTable, parent_context
 from common.schema import Event, utc_timestamp
 from sensor_linux.image import RecentLooks, image_facts
 from sensor_linux.packages import UNPACKAGED_FIELD, PackageIndex
-from sensor_linux.procfs import (PROC, UNSET_ID, ProcessFacts, boot_time, exe_identity,
+from sensor_linux.procfs import (PROC, UNSET_ID, LiveFacts, ProcessFacts, boot_time,
+                                 exe_identity, live_container_id, open_image, read_exe,
                                  read_process)
 from sensor_linux.users import UserNames
 
@@ -191,17 +192,18 @@ class Enricher:
         if not self.host_files:
             process["on_disk"] = None  # not checked: the file is on another machine
             return
+        image = facts.live.image_path if facts.live is not None else None
         if facts.image_identity is not None and isinstance(facts.executable, (str, bytes)):
             found = image_facts(to_bytes(facts.executable), facts.image_identity,
                                 self.hasher, self.looks, facts.pid if self.live else None,
-                                self.proc)
+                                self.proc, image)
             self.proc_reads += found.read_proc
             digests, on_disk = found.digests, found.on_disk
         else:
             digests, on_disk = exe_identity(facts.pid, facts.executable, self.hasher,
                                             self.proc, use_proc=self.live and ran,
                                             image_inodes=facts.image_inodes, cwd=facts.cwd,
-                                            exe_link=facts.exe_link)
+                                            exe_link=facts.exe_link, image=image)
         if facts.exe_deleted:
             on_disk = False
         process["on_disk"] = on_disk
@@ -221,9 +223,11 @@ class Enricher:
                       record: bool = True) -> Event:
         """A complete process-create event (common/process_event.py), recorded in the process
         table unless ``record`` is false (a failed exec does not replace the caller's image)."""
+        early = facts.live is not None and facts.live.parent_read
         return process_create(self.table, self.host, provider,
                               self.process_map(facts, ran=record), pid=facts.pid,
-                              start_key=facts.start_time, ppid=facts.ppid, parents=self,
+                              start_key=facts.start_time, ppid=facts.ppid,
+                              parents=_ReadEarly(self, facts.live) if early else self,
                               timestamp=timestamp, original_id=original_id, kind=kind,
                               record=record, memo=self.fingerprints)
 
@@ -237,15 +241,57 @@ class Enricher:
         """A parent the table does not know: live, learned from /proc (and recorded)."""
         if not self.live:
             return None
+        return self.learned_parent(ppid, child_start, self._read_parent(ppid))
+
+    def _read_parent(self, ppid: int) -> tuple[float | None, dict[str, Any]] | None:
+        """A parent's start time and process map, read from /proc; None when it is gone."""
         self.proc_reads += 1
         facts = read_process(ppid, self.proc, self._btime())
         if facts is None or facts.executable is None:
             return None
-        self.table.record(Entry(ppid, facts.start_time, self.process_map(facts)))
+        return facts.start_time, self.process_map(facts)
+
+    def learned_parent(self, ppid: int, child_start: float | None,
+                       read: tuple[float | None, dict[str, Any]] | None
+                       ) -> dict[str, Any] | None:
+        """Record a parent read from /proc (``read``: start time and process map) and give
+        its ``process.parent`` map."""
+        if read is None:
+            return None
+        self.table.record(Entry(ppid, read[0], read[1]))
         entry = self.table.parent_of(ppid, child_start)
         return parent_context(entry, True) if entry is not None else None
+
+    def capture(self, pid: int, ppid: int | None, executable: str | bytes | None,
+                start_time: float | None, pending: Container[int]) -> LiveFacts:
+        """What only the live process ``pid`` shows, read now for an event built later: the
+        image link, the container, the image itself when it has no path (deleted, memfd), and
+        a parent that neither the table nor an exec still ``pending`` (not built yet) knows.
+        The same reads the build makes otherwise (sensor_linux/audit/events.py)."""
+        link = read_exe(pid, self.proc)
+        live = LiveFacts(pid, link, live_container_id(pid, executable, self.proc, link))
+        if link[1] and link[0] is not None and link[0] == executable:
+            live.image_fd = open_image(pid, self.proc)
+        if ppid and ppid not in pending and self.table.parent_of(ppid, start_time) is None:
+            live.parent, live.parent_read = self._read_parent(ppid), True
+        return live
 
     def _btime(self) -> float:
         if self._boot_time is None:
             self._boot_time = boot_time(self.proc)
         return self._boot_time
+
+
+class _ReadEarly:
+    """The parents of an exec whose unknown parent was read when the exec was read
+    (:meth:`Enricher.capture`): that reading is used, not a second one."""
+
+    def __init__(self, enricher: Enricher, live: LiveFacts) -> None:
+        self.enricher = enricher
+        self.live = live
+
+    def running(self, entry: Entry) -> bool:
+        return self.enricher.running(entry)
+
+    def unknown(self, ppid: int, child_start: float | None) -> dict[str, Any] | None:
+        return self.enricher.learned_parent(ppid, child_start, self.live.parent)

@@ -144,14 +144,16 @@ class RecentLooks:
 
 
 def image_facts(executable: bytes, identity: FileIdentity, hasher: FileHasher,
-                looks: RecentLooks, pid: int | None = None, proc: str = PROC) -> ImageFacts:
+                looks: RecentLooks, pid: int | None = None, proc: str = PROC,
+                image: str | None = None) -> ImageFacts:
     """What ran at ``executable`` (the kernel's canonical path) with ``identity``; ``looks``
-    remembers recent looks at the path."""
+    remembers recent looks at the path. Without the file on disk, the running image is hashed
+    through ``image`` (opened while the process ran) or ``/proc/PID/exe``."""
     on_disk = identity.nlink > 0 and looks.still_there(executable, identity)
     digests = hasher.cached(identity.key)
     if digests is None and on_disk:
         digests = _hash_if_same(executable, identity, hasher, follow=False)
     if digests is None and pid is not None:
-        digests = _hash_if_same(f"{proc}/{pid}/exe", identity, hasher, follow=True)
+        digests = _hash_if_same(image or f"{proc}/{pid}/exe", identity, hasher, follow=True)
         return ImageFacts(digests, on_disk, True)
     return ImageFacts(digests, on_disk, False)

@@ -11,7 +11,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from common.filehash import FileDigests, FileHasher, file_key
 from common.percent import as_text, to_bytes
@@ -57,7 +57,45 @@ class ProcessFacts:
     # /proc/PID/exe as read_exe gave it when the facts were taken from a live record, so that
     # enrichment does not read the link again; None when it was not read.
     exe_link: tuple[str | bytes | None, bool] | None = None
+    # What was read from /proc as soon as the exec was read, for an event built later.
+    live: LiveFacts | None = None
     extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class LiveFacts:
+    """What only a live process shows, read as soon as its exec was read: the audit sources
+    build their events in batches, later (sensor_linux/batching.py), and a short-lived
+    process may be gone by then. ``close`` when the event is built."""
+
+    pid: int
+    exe_link: tuple[str | bytes | None, bool]  # read_exe's answer
+    container_id: str | None = None
+    # The running image opened while the process ran, when it has no path to open later (a
+    # deleted file, a memfd): it stays readable through the descriptor.
+    image_fd: int | None = None
+    # A parent the process table did not know, read then (``parent_read``): its start time
+    # and process map, or None when it was gone already.
+    parent: tuple[float | None, dict[str, Any]] | None = None
+    parent_read: bool = False
+
+    @property
+    def image_path(self) -> str | None:
+        """A path that opens the running image (None: not opened)."""
+        return None if self.image_fd is None else f"/proc/self/fd/{self.image_fd}"
+
+    def close(self) -> None:
+        if self.image_fd is not None:
+            os.close(self.image_fd)
+            self.image_fd = None
+
+
+def open_image(pid: int, proc: str = PROC) -> int | None:
+    """A descriptor of the image ``pid`` runs, or None (gone, or not ours to open)."""
+    try:
+        return os.open(f"{proc}/{pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def boot_time(proc: str = PROC) -> float:
@@ -183,6 +221,7 @@ def exe_identity(pid: int, executable: str | bytes | None, hasher: FileHasher,
                  image_inodes: frozenset[tuple[int, int]] | None = None,
                  cwd: str | bytes | None = None,
                  exe_link: tuple[str | bytes | None, bool] | None = None,
+                 image: str | None = None,
                  ) -> tuple[FileDigests | None, bool | None]:
     """Digests of the image ``pid`` ran, and whether that image is still on disk as it ran.
 
@@ -191,10 +230,12 @@ def exe_identity(pid: int, executable: str | bytes | None, hasher: FileHasher,
     Otherwise the file at ``executable`` is hashed, but only if it is the file that ran (its
     inode is among ``image_inodes`` when those are known); a different file there gives no
     digests and ``on_disk`` False. ``on_disk`` is None when nothing could be checked.
-    ``exe_link``: read_exe's answer for ``pid``, when the caller has read it already.
+    ``exe_link``: read_exe's answer for ``pid``, when the caller has read it already;
+    ``image``: a path that opens the running image instead of ``/proc/PID/exe``
+    (:attr:`LiveFacts.image_path`).
     """
     if use_proc and executable is not None:
-        result = _proc_exe_identity(pid, executable, hasher, proc, exe_link)
+        result = _proc_exe_identity(pid, executable, hasher, proc, exe_link, image)
         if result is not None:
             return result
     if executable is None:
@@ -244,12 +285,12 @@ def _absolute(path: str | bytes, cwd: str | bytes | None) -> bytes | None:
 
 
 def _proc_exe_identity(pid: int, executable: str | bytes, hasher: FileHasher, proc: str,
-                       exe_link: tuple[str | bytes | None, bool] | None
-                       ) -> tuple[FileDigests | None, bool] | None:
+                       exe_link: tuple[str | bytes | None, bool] | None,
+                       image: str | None = None) -> tuple[FileDigests | None, bool] | None:
     link, deleted = read_exe(pid, proc) if exe_link is None else exe_link
     if link is None or link != executable:
         return None  # gone, or it has exec'd something else since
-    image = f"{proc}/{pid}/exe"
+    image = image or f"{proc}/{pid}/exe"
     try:
         ran = os.stat(image)  # the running image itself, as an open() of the link reaches it
     except OSError:

@@ -142,6 +142,46 @@ def test_multicast_beside_a_registered_daemon_and_refusal_of_a_second_daemon(
     assert auditctl_state() == audit_guard
 
 
+def test_short_lived_memfd_images_are_hashed_though_events_are_built_later(
+        audit_guard, busy_machine, tmp_path) -> None:
+    """The audit sources build their events every 100 ms, and a memfd image can only be
+    hashed while its process lives (or through a descriptor opened then): each exec's image
+    is opened when its records are read (AuditEventBuilder.capture). Five copies of sleep,
+    each a new image (no digest cached), living 40 ms: each event has that image's digest."""
+    import hashlib
+    sensor = Sensor(tmp_path, "memfd", "--source", "audit")
+    images: dict[str, str] = {}
+    try:
+        sensor.wait_for(lambda: registered(sensor), "registration")
+        # Reading: what a process of 40 ms shows is gone before a sensor still starting reads.
+        sensor.wait_for(lambda: "running as ttpsensor" in sensor.stderr, "privilege drop")
+        data = Path("/usr/bin/sleep").read_bytes()
+        for number in range(5):
+            image = data + os.urandom(8)
+            marker = f"memfd-{os.getpid()}-{number}"
+            images[marker] = hashlib.sha256(image).hexdigest().upper()
+            fd = os.memfd_create(marker, 0)
+            try:
+                os.write(fd, image)
+                subprocess.run([marker, "0.04"], executable=f"/proc/self/fd/{fd}",
+                               pass_fds=(fd,), check=True)
+            finally:
+                os.close(fd)
+            time.sleep(0.13)
+
+        def by_marker(marker: str) -> list[dict]:
+            return [e for e in sensor.events() if e["event"]["action"] == "process_create"
+                    and (e["process"].get("args") or [None])[0] == marker]
+        sensor.wait_for(lambda: all(by_marker(m) for m in images), "the memfd execs")
+    finally:
+        assert sensor.stop() == 0, sensor.stderr
+    for marker, digest in images.items():
+        [event] = by_marker(marker)
+        assert event["process"]["executable"] == f"/memfd:{marker}"
+        assert event["process"]["on_disk"] is False
+        assert event["process"].get("hash", {}).get("sha256") == digest, marker
+
+
 def test_after_sigkill_the_next_start_repairs_the_stale_state(audit_guard, tmp_path) -> None:
     state = str(tmp_path / "ttpsensor-files" / "state.json")
     first = Sensor(tmp_path, "killed", "--source", "audit", "--state-file", state)

@@ -29,6 +29,7 @@ import heapq
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from sensor_linux.audit.records import EOE, PROCTITLE, SYSCALL, Record, is_multipart
 
@@ -57,6 +58,9 @@ class AuditEvent:
     records: list[Record] = field(default_factory=list)
     complete: bool = False          # EOE or closing PROCTITLE seen, or a user-space record
     arrived: float = 0.0            # monotonic time of the first record
+    # What /proc showed when the event was read, for an exec built later (sensor_linux/
+    # procfs.py: LiveFacts; taken by AuditEventBuilder.capture).
+    live: Any = None
 
     @property
     def id(self) -> str:

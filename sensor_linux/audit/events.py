@@ -135,10 +135,49 @@ class AuditEventBuilder:
         # SYSCALL's facts after its head, by their text (see _facts).
         self._stable: dict[tuple[bytes, ...], StableFacts] = {}
         self._names: dict[tuple[bytes, ...], str] = {}  # by arch and syscall (see _name)
+        # Pids of the execs captured and not built yet (see capture), with how many.
+        self._pending: dict[int, int] = {}
         self.process_events = 0
         self.generic_events = 0
 
+    def capture(self, audit: AuditEvent) -> None:
+        """Read what only a live process shows about an exec now, for its event to be built
+        later (``audit.live``): the live sources read every 20 ms and build every 100 ms
+        (sensor_linux/batching.py), and a short-lived process may be gone by then. Other
+        events, and any event when the enricher is not live, need nothing."""
+        if not self.enricher.live or audit.live is not None:
+            return
+        syscall = next((r for r in audit.records if r.rtype == SYSCALL), None)
+        if syscall is None:
+            return
+        head = _kernel_head(syscall)
+        if self._name(syscall, head) not in syscalls.EXEC:
+            return
+        facts = self._facts(audit, syscall, head)
+        audit.live = self.enricher.capture(facts.pid, facts.ppid, facts.executable,
+                                           facts.start_time, self._pending)
+        self._pending[facts.pid] = self._pending.get(facts.pid, 0) + 1
+
     def build(self, audit: AuditEvent) -> Event:
+        if audit.live is None:
+            return self._build(audit)
+        try:
+            return self._build(audit)
+        finally:
+            self._built(audit)
+
+    def _built(self, audit: AuditEvent) -> None:
+        """A captured exec is built: its descriptor closed, its pid no longer pending."""
+        live = audit.live
+        live.close()
+        pid = live.pid
+        left = self._pending.get(pid, 0) - 1
+        if left > 0:
+            self._pending[pid] = left
+        else:
+            self._pending.pop(pid, None)
+
+    def _build(self, audit: AuditEvent) -> Event:
         syscall = next((r for r in audit.records if r.rtype == SYSCALL), None)
         head = _kernel_head(syscall) if syscall is not None else None
         name = self._name(syscall, head) if syscall is not None else None
@@ -231,10 +270,14 @@ class AuditEventBuilder:
             facts.args = [None if a is None else as_text(a) for a in argv]  # type: ignore[misc]
         facts.image_inodes = frozenset(inodes) if inodes else None
         if self.enricher.live:
-            # Read once: the container id and the image's identity both check it.
-            facts.exe_link = read_exe(facts.pid, self.enricher.proc)
-            facts.container_id = live_container_id(facts.pid, facts.executable,
-                                                   self.enricher.proc, facts.exe_link)
+            live = facts.live = audit.live
+            if live is not None:  # read when the exec was read (capture)
+                facts.exe_link, facts.container_id = live.exe_link, live.container_id
+            else:
+                # Read once: the container id and the image's identity both check it.
+                facts.exe_link = read_exe(facts.pid, self.enricher.proc)
+                facts.container_id = live_container_id(facts.pid, facts.executable,
+                                                       self.enricher.proc, facts.exe_link)
         if success and facts.image_inodes is not None and self.enricher.host_files \
                 and not facts.exe_deleted and facts.executable is not None:
             # The file at the kernel's path, if it is the one the exec touched: its version

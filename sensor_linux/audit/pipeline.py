@@ -93,20 +93,23 @@ def audit_pipeline(fmt: str, sink: Output, *, enricher: Enricher | None = None,
                    error_log: Sink | None = None, assembler: Assembler | None = None,
                    messages: TextIO | None = None,
                    route: Callable[[Event], bool] | None = None,
-                   keep_exec_attempts: bool = False) -> Pipeline:
+                   keep_exec_attempts: bool = False, capture: bool = False) -> Pipeline:
     """The pipeline for audit text in ``fmt``: ``laurel`` renders the assembled records as
     LAUREL does (no enrichment, as LAUREL's goldens are configured); ``ecs`` and ``qlog``
     build enriched events with their TTPHash, PATH-walk misses folded into the exec that
-    follows (sensor_linux/attempts.py), for ``sink`` to render in its format."""
+    follows (sensor_linux/attempts.py), for ``sink`` to render in its format. ``capture``
+    (a live enriched source): what /proc shows of each exec is read as it is assembled, and
+    the events are built when the source says (Pipeline.build_held)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     keeper = Keeper(error_log, messages)
     decoder = AuditDecoder(keeper, assembler)
     if fmt == "laurel":
         return Pipeline(decoder, sink, render_item=laurel.LaurelRenderer(), keeper=keeper)
-    return Pipeline(decoder, sink, keeper=keeper,
-                    builder=AuditEventBuilder(enricher or Enricher()),
-                    folder=AttemptFolder(keep_all=keep_exec_attempts), route=route)
+    builder = AuditEventBuilder(enricher or Enricher())
+    return Pipeline(decoder, sink, keeper=keeper, builder=builder,
+                    folder=AttemptFolder(keep_all=keep_exec_attempts), route=route,
+                    capture=builder.capture if capture and builder.enricher.live else None)
 
 
 def open_error_log(path: str | None, max_bytes: int, generations: int) -> LazySink:

@@ -19,6 +19,7 @@ from common.sinks import Output
 from sensor_linux.audit.lines import LineSplitter
 from common.pipeline import Pipeline
 from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
+from sensor_linux.batching import BUILD_SECONDS, Gather, build_if_due
 from sensor_linux.enrich import Enricher
 from sensor_linux.runner import BaseSource, RunConfig
 
@@ -45,14 +46,26 @@ class PipeInput:
         self.pipeline = pipeline
         self.splitter = LineSplitter()
         self.eof = False
+        self.builds = Gather(BUILD_SECONDS)
 
     def fileno(self) -> int:
         return self.fd
 
     def due_in(self) -> float | None:
-        return None  # read when the pipe is readable
+        """Read when the pipe is readable; due when events wait to be built."""
+        return self.builds.due_in() if self.pipeline.held and not self.eof else None
 
     def drain(self) -> bool:
+        """Read what the pipe holds (when it is readable: the runner also calls this when
+        events are due to be built, and a read of an empty pipe would block), then build
+        what waits if it is due."""
+        more = False
+        if not (self.pipeline.held and self.builds.due_in() == 0) or _readable(self.fd):
+            more = self._read()
+        build_if_due(self.pipeline, self.builds)
+        return more
+
+    def _read(self) -> bool:
         chunk = os.read(self.fd, READ_BYTES)
         if not chunk:
             self.end()
@@ -80,6 +93,10 @@ class PipeInput:
         self.end()
 
 
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
 class PluginSource(BaseSource):
     name = "audisp"
     seed = True
@@ -91,7 +108,8 @@ class PluginSource(BaseSource):
                                         config.generations)
         self.pipeline = audit_pipeline(config.fmt, sink, enricher=self.enricher,
                                        error_log=self.error_log,
-                                       keep_exec_attempts=config.keep_exec_attempts)
+                                       keep_exec_attempts=config.keep_exec_attempts,
+                                       capture=True)
         self.input = PipeInput(fd, self.pipeline)
 
     def open(self) -> None:

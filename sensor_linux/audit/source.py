@@ -10,6 +10,7 @@ from sensor_linux.audit.netlink import AuditNetlinkError, AuditSocket
 from common.pipeline import Pipeline
 from sensor_linux.audit.pipeline import AuditDecoder, audit_pipeline, open_error_log
 from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession, choose_session
+from sensor_linux.batching import BUILD_SECONDS, Gather, build_if_due
 from sensor_linux.enrich import Enricher
 from sensor_linux.runner import BaseSource, RunConfig, SourceError
 
@@ -27,18 +28,26 @@ class NetlinkInput:
         self.records = records
         self.pipeline = pipeline
         self.decoder: AuditDecoder = pipeline.decoder  # type: ignore[assignment]
+        self.builds = Gather(BUILD_SECONDS)
         records.sock.setblocking(False)
 
     def fileno(self) -> int:
         return self.records.sock.fileno()
 
     def due_in(self) -> float | None:
-        return None  # read when the socket is readable
+        """Read when the socket is readable; due when events wait to be built."""
+        return self.builds.due_in() if self.pipeline.held else None
 
     def drain(self) -> bool:
         """Read until the socket is empty, or at most DRAIN_DATAGRAMS; True if more waits.
         The bound keeps the runner's loop turning when execs come faster than we read: it
-        must still see a stop, flush its outputs and time out events."""
+        must still see a stop, flush its outputs and time out events. Then build what waits,
+        if it is due."""
+        more = self._read()
+        build_if_due(self.pipeline, self.builds)
+        return more
+
+    def _read(self) -> bool:
         read = 0
         while read < DRAIN_DATAGRAMS:
             try:
@@ -77,7 +86,8 @@ class AuditSource(BaseSource):
                                         config.generations)
         self.pipeline = audit_pipeline(config.fmt, sink, enricher=self.enricher,
                                        error_log=self.error_log,
-                                       keep_exec_attempts=config.keep_exec_attempts)
+                                       keep_exec_attempts=config.keep_exec_attempts,
+                                       capture=True)
         self.session: UnicastSession | None = None
         self.name = config.source
 
