@@ -8,10 +8,7 @@ event). The stages around one loop:
   records into events; a BPF record or a normalized ETW start is an item already. Bad input is
   the decoder's to count and keep;
 * a **builder** makes an event of our schema from an item (enrichment and TTPHash included),
-  or there is none and the item is rendered as it is (LAUREL output of assembled records).
-  With a **capture**, items are not built as they are decoded: what must be read at once is
-  taken from each (Linux audit: what /proc shows of a live process), and the items are held
-  until the source builds them (:meth:`Pipeline.build_held`), a tick, or the close;
+  or there is none and the item is rendered as it is (LAUREL output of assembled records);
 * a **folder** may hold events back and fold them into later ones (Linux: PATH-walk misses);
 * **route** may keep an event from the output (the combined sources send audit's execs to the
   cross-check), **observe** sees each event written;
@@ -35,9 +32,6 @@ from common.sinks import Output, Sink
 
 REPORT_FIRST = 10        # then one message per REPORT_EVERY, to keep the messages readable
 REPORT_EVERY = 1000
-# Items held for a later build at most (then they are built at once): a bound on memory and on
-# what a capture holds open (an image descriptor each, at most).
-MAX_HELD = 256
 
 
 class Keeper:
@@ -112,8 +106,7 @@ class Pipeline:
                  render_item: Callable[[Any], str] | None = None,
                  folder: Folder | None = None, keeper: Keeper | None = None,
                  route: Callable[[Event], bool] | None = None,
-                 observe: Callable[[Event], None] | None = None,
-                 capture: Callable[[Any], None] | None = None) -> None:
+                 observe: Callable[[Event], None] | None = None) -> None:
         if (builder is None) == (render_item is None):
             raise ValueError("a pipeline has a builder or an item renderer, not both")
         self.decoder = decoder
@@ -124,41 +117,19 @@ class Pipeline:
         self.keeper = keeper or Keeper(None)
         self.route = route
         self.observe = observe
-        self.capture = capture
-        self.held: list[Any] = []  # decoded and captured, to be built (in this order)
         self.stats = PipelineStats()
 
     def feed(self, raw: Any) -> None:
-        items = self.decoder.decode(raw)
-        if self.capture is None:
-            self._build(items)
-            return
-        for item in items:
-            try:
-                self.capture(item)
-            except Exception as exc:  # noqa: BLE001 - the item is still built, reading late
-                reason = f"internal error in capture {type(exc).__name__}: {exc}"
-                self._internal_error(reason, self.decoder.originals(item, reason))
-            self.held.append(item)
-        if len(self.held) >= MAX_HELD:
-            self.build_held()
-
-    def build_held(self) -> None:
-        """Build the items held since the last build (with a capture)."""
-        if self.held:
-            items, self.held = self.held, []
-            self._build(items)
+        self._build(self.decoder.decode(raw))
 
     def tick(self) -> None:
-        """Periodic: what is held, then what waited too long in the decoder and the folder."""
-        self.build_held()
+        """Periodic: what waited too long in the decoder and the folder."""
         self._build(self.decoder.tick())
         if self.folder is not None:
             self._output(self.folder.expire())
 
     def close(self) -> None:
         """Everything still held, then flush."""
-        self.build_held()
         self._build(self.decoder.flush())
         if self.folder is not None:
             self._output(self.folder.expire(everything=True))

@@ -17,20 +17,20 @@ load, memfd images living 40 ms were hashed 20 of 20 times at 20 ms and 8-9 of 2
 which had saved a tenth of the netlink sensor's CPU. The plugin's pipe read every 100 ms
 gained nothing measurable. Why a read costs so much beyond its events on shared VMs (the work
 after a pause runs slower, whoever's it is): ``ttpsensor bench wake``, docs/overhead.md.
-So the audit sources split the work: at every read (20 ms) their records are parsed and
-assembled and, for each exec, what only the live process shows is read at once (its image
-link, container, the image itself when it has no path, an unknown parent:
-``AuditEventBuilder.capture``); the events are built every 100 ms (``BUILD_SECONDS``), in
-batches five times larger, from what was read then.
+So the audit sources split the work: at every read (20 ms) each exec's SYSCALL record is
+recognized from its text and what only the live process shows is read at once (its image
+link, container, the image itself when it has no path, an unknown parent); the records are
+parsed and the events built every 100 ms (``BUILD_SECONDS``), in batches five times larger
+(sensor_linux/audit/capture.py).
 """
 
 import time
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 BATCH_SECONDS = 0.02
 GATHER_SECONDS = 0.2
 # The audit sources build the events they read every BUILD_SECONDS, having read what only a live
-# process shows at every read (Pipeline.build_held, AuditEventBuilder.capture).
+# process shows at every read (sensor_linux/audit/capture.py).
 BUILD_SECONDS = 0.1
 # How full the ring may be before the probes wake their reader early: at its 4 MiB,
 # 256 KiB, with the rest free while the reader comes.
@@ -57,21 +57,6 @@ class Gather:
     def read(self) -> None:
         """Say the buffer is being read now."""
         self._last_read = self.clock()
-
-
-class Holding(Protocol):
-    """A pipeline that holds decoded items for a later build (common/pipeline.py)."""
-
-    held: list[Any]
-
-    def build_held(self) -> None: ...
-
-
-def build_if_due(pipeline: Holding, builds: Gather) -> None:
-    """Build what ``pipeline`` holds when ``builds`` says it is due."""
-    if pipeline.held and builds.due_in() == 0:
-        pipeline.build_held()
-        builds.read()
 
 
 class StopFlag(Protocol):

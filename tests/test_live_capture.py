@@ -1,7 +1,8 @@
-"""The live audit sources read what only a live process shows as soon as they read its exec,
-and build the event later (every 100 ms: sensor_linux/batching.py). Real processes and the real
-/proc here, audit records written for them (no audit subsystem needed): an event built after
-its process or its parent is gone still has what was read while they ran."""
+"""The live audit sources read what only a live process shows as soon as they read its exec's
+SYSCALL record, and parse and build later (every 100 ms: sensor_linux/audit/capture.py). Real
+processes and the real /proc here, audit records written for them (no audit subsystem needed):
+an event built after its process or its parent is gone still has what was read while they
+ran."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ from typing import Any
 
 import pytest
 
-from common.pipeline import MAX_HELD, Pipeline
 from common.schema import Event
 from sensor_linux import enrich
+from sensor_linux.audit.capture import ExecCapture
+from sensor_linux.audit.events import AuditEventBuilder, exec_head
 from sensor_linux.audit.pipeline import audit_pipeline
+from sensor_linux.audit.plugin import PipeInput
+from sensor_linux.audit.source import NetlinkInput
+from sensor_linux.batching import BUILD_SECONDS
 from sensor_linux.audit.plugin import PipeInput
 from sensor_linux.audit.source import NetlinkInput
 from sensor_linux.batching import BUILD_SECONDS
@@ -93,26 +98,35 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+
+def _capturing(enricher: Enricher) -> tuple[ExecCapture, Collected, Any]:
+    """A live source's parts: the first look, and the pipeline that builds later."""
+    capture, out = ExecCapture(enricher), Collected()
+    return capture, out, audit_pipeline("ecs", out, enricher=enricher,  # type: ignore[arg-type]
+                                        captured=capture)
+
+
 @pytest.mark.parametrize("opened", [True, False])
-def test_a_memfd_image_read_while_it_ran_is_hashed_when_the_event_is_built_after_it_exited(
+def test_a_memfd_image_looked_at_while_it_ran_is_hashed_when_built_after_it_exited(
         opened: bool, monkeypatch) -> None:
-    """The exec is held (nothing built) until the build; the process is gone by then, and
-    its image is hashed through the descriptor opened at capture. Without that descriptor
+    """The exec's lines are looked at while it runs and parsed after it exited; its image is
+    hashed through the descriptor opened at the first look. Without that descriptor
     (``opened`` False: the control), the late build has nothing left to hash."""
     if not opened:
         monkeypatch.setattr(enrich, "open_image", lambda pid, proc="/proc": None)
     marker = f"capture-{os.getpid()}-{opened}"
     proc, digest = _memfd_sleep(marker)
-    out = Collected()
-    pipeline = audit_pipeline("ecs", out, enricher=Enricher(), capture=True)  # type: ignore[arg-type]
+    capture, out, pipeline = _capturing(Enricher())
+    lines = _exec_lines(1, proc.pid, os.getpid(), f"/memfd:{marker} (deleted)", marker)
     try:
-        for line in _exec_lines(1, proc.pid, os.getpid(), f"/memfd:{marker} (deleted)", marker):
-            pipeline.feed(line)
-        assert out.events == [] and len(pipeline.held) == 1  # held, not built
+        for line in lines:
+            capture.scan(line)
+        assert len(capture) == 1
     finally:
         _stop(proc)
     assert not os.path.exists(f"/proc/{proc.pid}/exe")
-    pipeline.build_held()
+    for line in lines:
+        pipeline.feed(line)
     [event] = out.events
     assert event["process"]["executable"] == f"/memfd:{marker}"
     assert event["process"]["on_disk"] is False
@@ -120,136 +134,115 @@ def test_a_memfd_image_read_while_it_ran_is_hashed_when_the_event_is_built_after
         assert event["process"]["hash"]["sha256"] == digest
     else:
         assert "hash" not in event["process"]
-    assert pipeline.held == [] and pipeline.stats.internal_errors == 0
+    assert len(capture) == 0 and pipeline.stats.internal_errors == 0
 
 
-@pytest.mark.parametrize("capture", [True, False])
-def test_an_unknown_parent_read_at_capture_is_the_parent_after_it_exited(capture: bool) -> None:
-    """A parent the table does not know is read from /proc when the child's exec is read.
-    Fed after the parent exited with no capture (the control), the event has the pid alone."""
+@pytest.mark.parametrize("looked", [True, False])
+def test_an_unknown_parent_read_at_the_first_look_is_the_parent_after_it_exited(
+        looked: bool) -> None:
+    """A parent the table does not know is read from /proc at the child's first look. Built
+    after the parent exited without that look (the control), the event has the pid alone."""
     parent = subprocess.Popen(["/bin/sleep", "30"])
     _wait_for_exe(parent.pid, "/")
-    out = Collected()
     enricher = Enricher()
-    pipeline = audit_pipeline("ecs", out, enricher=enricher, capture=capture)  # type: ignore[arg-type]
+    capture, out, pipeline = _capturing(enricher)
     lines = _exec_lines(2, 4_000_000, parent.pid, "/usr/bin/true", "true")
     try:
-        if capture:
+        if looked:
             for line in lines:
-                pipeline.feed(line)
+                capture.scan(line)
     finally:
         _stop(parent)
-    if not capture:
-        for line in lines:
-            pipeline.feed(line)
-    pipeline.close()
+    for line in lines:
+        pipeline.feed(line)
     [event] = out.events
     found = event["process"]["parent"]
     assert found["pid"] == parent.pid
-    if capture:
+    if looked:
         assert found["executable"] == os.path.realpath("/bin/sleep")
         assert found["args"] == ["/bin/sleep", "30"]
     else:
         assert set(found) == {"pid"}
-    assert enricher.proc_reads == 1  # once: at capture, or at the build that found it gone
+    assert enricher.proc_reads == 1  # once: at the first look, or at the build (gone by then)
 
 
-def test_a_parent_whose_exec_is_held_is_not_read_from_proc() -> None:
-    """A parent and its child exec'd in one batch: the child's capture does not read the
-    parent from /proc (its exec is pending and will be in the table first), and both events
-    are what building each at once gives."""
-    def run(capture: bool) -> tuple[list[Event], int]:
-        out, enricher = Collected(), Enricher()
-        pipeline = audit_pipeline("ecs", out, enricher=enricher, capture=capture)  # type: ignore[arg-type]
-        for line in (_exec_lines(3, 3_999_998, 1, "/usr/bin/env", "env")
-                     + _exec_lines(4, 3_999_999, 3_999_998, "/usr/bin/true", "true")):
+def test_a_parent_whose_exec_waits_is_not_read_from_proc() -> None:
+    """A parent and its child exec'd in one batch: the child's first look does not read the
+    parent from /proc (its exec waits, and will be in the table first), and both events are
+    what building each at once gives."""
+    def run(looked: bool) -> tuple[list[Event], int]:
+        enricher = Enricher()
+        capture, out, pipeline = _capturing(enricher)
+        lines = (_exec_lines(3, 3_999_998, 1, "/usr/bin/env", "env")
+                 + _exec_lines(4, 3_999_999, 3_999_998, "/usr/bin/true", "true"))
+        for line in lines:
+            if looked:
+                capture.scan(line)
+        for line in lines:
             pipeline.feed(line)
         pipeline.close()
         return out.events, enricher.proc_reads
 
-    held, held_reads = run(True)
+    looked, looked_reads = run(True)
     at_once, at_once_reads = run(False)
-    assert held_reads == at_once_reads == 1  # init, the parent of the first, read once
+    assert looked_reads == at_once_reads == 1  # init, the parent of the first, read once
+
     def parents(events: list[Event]) -> list[tuple[Any, Any]]:
         return [(e["process"]["parent"]["pid"], e["process"]["parent"].get("executable"))
                 for e in events]
-    assert parents(held) == parents(at_once)
-    assert parents(held)[1] == (3_999_998, "/usr/bin/env")
-    assert [e["ttphash"]["value"] for e in held] == [e["ttphash"]["value"] for e in at_once]
+    assert parents(looked) == parents(at_once)
+    assert parents(looked)[1] == (3_999_998, "/usr/bin/env")
+    assert [e["ttphash"]["value"] for e in looked] == [e["ttphash"]["value"] for e in at_once]
 
 
-class _Items:
-    """A decoder whose items are what it is fed; ``tick`` and ``flush`` give one each."""
-
-    def decode(self, raw: Any) -> list[Any]:
-        return [raw]
-
-    def tick(self) -> list[Any]:
-        return ["timed out"]
-
-    def flush(self) -> list[Any]:
-        return ["flushed"]
-
-    def originals(self, item: Any, reason: str) -> list[bytes | str]:
-        return [str(item)]
-
-    def summary(self) -> dict[str, object]:
-        return {}
-
-
-class _Recorder:
-    def __init__(self) -> None:
-        self.built: list[Any] = []
-
-    def build(self, item: Any) -> Event:
-        self.built.append(item)
-        return {"event": {"action": "x"}}
-
-
-def test_a_capturing_pipeline_holds_items_in_order_until_a_build_a_tick_or_the_close() -> None:
-    captured: list[Any] = []
-    builder = _Recorder()
-
-    def capture(item: Any) -> None:
-        if item == "bad":
-            raise ValueError("a bug in capture")
-        captured.append(item)
-
-    pipeline = Pipeline(_Items(), Collected(), builder=builder,  # type: ignore[arg-type]
-                        capture=capture)
-    for item in ("a", "bad", "b"):
-        pipeline.feed(item)
-    assert captured == ["a", "b"] and builder.built == []
-    assert pipeline.stats.internal_errors == 1  # counted, and the item is still built
-    pipeline.build_held()
-    assert builder.built == ["a", "bad", "b"] and pipeline.held == []
-    pipeline.feed("c")
-    pipeline.tick()  # what is held first, then what timed out in the decoder
-    assert builder.built[3:] == ["c", "timed out"]
-    for n in range(MAX_HELD - 1):
-        pipeline.feed(n)
-    assert len(builder.built) == 5  # not yet: one short of the bound
-    pipeline.feed("full")
-    assert len(builder.built) == 5 + MAX_HELD and pipeline.held == []
-    pipeline.feed("d")
-    pipeline.close()
-    assert builder.built[-2:] == ["d", "flushed"]
+def test_the_first_look_reads_what_the_parser_reads_of_every_exec_in_the_corpus() -> None:
+    """exec_head reads a SYSCALL record's text without parsing it: for every SYSCALL record
+    of the corpus (real kernels, RAW and ENRICHED, several architectures), it names an exec
+    exactly when the parser's builder does, with the same key, pid, ppid and executable."""
+    from tests.test_audit_corpus import LAUREL_DIR, assemble_file
+    builder = AuditEventBuilder(Enricher(live=False))
+    checked = 0
+    for path in sorted(LAUREL_DIR.glob("*.txt")):
+        for audit in assemble_file(path)[0]:
+            syscall = next((r for r in audit.records if r.type_name == "SYSCALL"), None)
+            if syscall is None:
+                continue
+            event = builder.build(audit)
+            looked = exec_head(syscall.raw)
+            if event["event"]["action"] != "process_create":
+                assert looked is None, path
+                continue
+            assert looked is not None, path  # every kernel here writes the head
+            key, pid, ppid, executable = looked
+            assert key == (audit.node, audit.sec, audit.msec, audit.serial), path
+            facts = builder.exec_facts(audit, syscall)
+            assert (pid, ppid) == (facts.pid, facts.ppid), path
+            if event["event"]["outcome"] == "success":
+                assert executable == event["process"]["executable"], path
+            checked += 1
+    assert checked == 32, checked  # the corpus's execs
 
 
-class _Holding:
-    """A capturing pipeline's face to its input: what is fed is held until built."""
-
-    def __init__(self) -> None:
-        self.decoder = SimpleNamespace(stats=SimpleNamespace(socket_overflows=0))
-        self.held: list[bytes] = []
-        self.builds: list[list[bytes]] = []
-
-    def feed(self, line: bytes) -> None:
-        self.held.append(line)
-
-    def build_held(self) -> None:
-        self.builds.append(self.held)
-        self.held = []
+def test_a_first_look_keeps_what_no_event_takes_within_bounds_and_closes_it() -> None:
+    """Lines that never become an event (a record the parser refuses) leave their look
+    behind: the oldest goes, its image descriptor closed, past the bound; the stop closes the
+    rest. A second copy of a record does not look again."""
+    capture = ExecCapture(Enricher(), limit=2)
+    looks = []
+    for serial in (5, 6, 6, 7):
+        [syscall] = _exec_lines(serial, os.getpid(), 1, "/usr/bin/python3", "x")[:1]
+        capture.scan(syscall)
+        facts = capture._facts[next(reversed(capture._facts))]
+        if all(facts is not seen for seen in looks):
+            if facts.image_fd is None:
+                facts.image_fd = os.open("/dev/null", os.O_RDONLY)  # as if an image were open
+            looks.append(facts)
+    assert len(capture) == 2 and len(looks) == 3  # serial 6's copy looked no further
+    assert looks[0].image_fd is None  # the first, pushed out, was closed
+    assert capture._pending == {os.getpid(): 2}
+    capture.close()
+    assert [facts.image_fd for facts in looks] == [None] * 3
+    assert len(capture) == 0 and capture._pending == {}
 
 
 class _Quiet:
@@ -262,32 +255,36 @@ class _Quiet:
         raise BlockingIOError
 
 
-def test_the_audit_inputs_are_due_when_events_wait_and_build_them_without_reading() -> None:
+def test_the_audit_inputs_are_due_when_lines_wait_and_build_them_without_reading() -> None:
     """Both audit inputs: not due while nothing waits; due BUILD_SECONDS after their last
-    build while something does; a drain when due builds it, and on an empty pipe does not
-    block (the runner drains a due input whose descriptor is quiet)."""
+    build while lines wait; a drain when due parses and builds them, and on an empty pipe does
+    not block (the runner drains a due input whose descriptor is quiet)."""
+    lines = _exec_lines(8, 4_000_001, 1, "/usr/bin/true", "true")
     read_end, write_end = os.pipe()
     try:
-        for make in (lambda p: NetlinkInput(_Quiet(), p),  # type: ignore[arg-type]
-                     lambda p: PipeInput(read_end, p)):  # type: ignore[arg-type]
-            pipeline = _Holding()
-            item = make(pipeline)
+        for make in (lambda p, c: NetlinkInput(_Quiet(), p, c),  # type: ignore[arg-type]
+                     lambda p, c: PipeInput(read_end, p, c)):  # type: ignore[arg-type]
+            capture, out, pipeline = _capturing(Enricher())
+            item = make(pipeline, capture)
             assert item.due_in() is None
-            pipeline.held.append(b"an exec")
-            item.builds.read()  # as after a build: the next is BUILD_SECONDS away
+            for line in lines:
+                item.waiting.add(line)
+            item.waiting.builds.read()  # as after a build: the next is BUILD_SECONDS away
             assert 0 < item.due_in() <= BUILD_SECONDS
             if isinstance(item, NetlinkInput):  # (a pipe is drained only when readable)
-                assert item.drain() is False and pipeline.builds == []  # not due: held
-            item.builds._last_read -= BUILD_SECONDS  # the time has come
+                assert item.drain() is False and out.events == []  # not due: waits
+            item.waiting.builds._last_read -= BUILD_SECONDS  # the time has come
             assert item.due_in() == 0
             started = time.monotonic()
             assert item.drain() is False
             assert time.monotonic() - started < 1  # the empty pipe was not read
-            assert pipeline.builds == [[b"an exec"]] and item.due_in() is None
-        os.write(write_end, b"type=EOE msg=audit(1.0:1): \n")
-        pipeline = _Holding()
-        PipeInput(read_end, pipeline).drain()  # type: ignore[arg-type]
-        assert pipeline.held == [b"type=EOE msg=audit(1.0:1): \n"]  # read, held: not due
+            assert len(out.events) == 1 and item.due_in() is None
+        os.write(write_end, b"".join(lines))
+        capture, out, pipeline = _capturing(Enricher())
+        piped = PipeInput(read_end, pipeline, capture)  # type: ignore[arg-type]
+        piped.drain()
+        assert piped.waiting.lines == lines and out.events == []  # read, waiting: not due
+        assert len(capture) == 1  # and looked at
     finally:
         os.close(read_end)
         os.close(write_end)

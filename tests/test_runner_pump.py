@@ -35,13 +35,9 @@ class Counting:
     def __init__(self) -> None:
         self.decoder = SimpleNamespace(stats=SimpleNamespace(socket_overflows=0))
         self.fed = 0
-        self.held: list[bytes] = []  # never holds: it builds each line as it is fed
 
     def feed(self, line: bytes) -> None:
         self.fed += 1
-
-    def build_held(self) -> None:
-        raise AssertionError("nothing is held")
 
 
 class Flooded(BaseSource):

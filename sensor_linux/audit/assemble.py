@@ -58,8 +58,8 @@ class AuditEvent:
     records: list[Record] = field(default_factory=list)
     complete: bool = False          # EOE or closing PROCTITLE seen, or a user-space record
     arrived: float = 0.0            # monotonic time of the first record
-    # What /proc showed when the event was read, for an exec built later (sensor_linux/
-    # procfs.py: LiveFacts; taken by AuditEventBuilder.capture).
+    # What /proc showed when a live source read the exec, for its event built later
+    # (sensor_linux/procfs.py: LiveFacts, read by sensor_linux/audit/capture.py).
     live: Any = None
 
     @property

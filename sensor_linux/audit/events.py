@@ -9,7 +9,7 @@ a generic event. Every event keeps its original records, losslessly, in ``audit.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Protocol
 
 from common.percent import as_text, to_bytes
 from common.proctable import Entry
@@ -17,10 +17,11 @@ from common.schema import Event, new_event
 from sensor_linux.audit import syscalls
 from sensor_linux.audit.assemble import AuditEvent
 from sensor_linux.audit.decode import execve_argv, sockaddr
-from sensor_linux.audit.records import (CWD, EXECVE, PATH, SOCKADDR, SYSCALL, Record, Value,
-                                        field_value)
+from sensor_linux.audit.records import (CWD, EXECVE, PATH, SOCKADDR, SYSCALL, ParseError,
+                                        Record, Value, field_value, find_field, stamp_token)
 from sensor_linux.enrich import Enricher
-from sensor_linux.procfs import ProcessFacts, kernel_tty_name, live_container_id, read_exe
+from sensor_linux.procfs import (LiveFacts, ProcessFacts, kernel_tty_name, live_container_id,
+                                 read_exe)
 
 _DELETED = b" (deleted)"
 # A PATH record's (device, inode) and name; up to MAX_PATHS of them remembered.
@@ -89,6 +90,50 @@ def _kernel_head(syscall: Record) -> tuple[bytes, ...] | None:
     return None
 
 
+class Captured(Protocol):
+    """The live facts read of execs before they are built (sensor_linux/audit/capture.py)."""
+
+    def take(self, key: tuple[bytes | None, int, int, int]) -> LiveFacts | None: ...
+
+
+ExecHead = tuple["tuple[bytes | None, int, int, int]", int, "int | None", "str | bytes | None"]
+
+
+def exec_head(line: bytes) -> ExecHead | None:
+    """For the SYSCALL record of an exec as the kernel writes it (its head: _SYSCALL_HEAD),
+    read from its text alone: the event's key (node, seconds, milliseconds, serial), pid, ppid
+    and executable; else None (another record, another call, another layout). Made for the
+    live sources' first look at a record, before it is parsed (capture.py)."""
+    node = None
+    if line.startswith(b"node="):
+        first, _, line = line.partition(b" ")
+        node = first[5:]
+    if not line.startswith(b"type=SYSCALL "):
+        return None
+    parts = line.split(b" ", 13)
+    if len(parts) < 14 or not all(map(bytes.startswith, parts[2:13], _SYSCALL_HEAD)):
+        return None
+    stamp = stamp_token(parts[1])
+    arch, number, ppid, pid = parts[2][5:], parts[3][8:], parts[11][5:], parts[12][4:]
+    if stamp is None or not (pid.isdigit() and ppid.isdigit() and number.isdigit()) \
+            or len(arch) > 8 or len(number) > 4 or len(pid) > 10 or len(ppid) > 10:
+        return None
+    try:
+        name = syscalls.syscall_name(int(arch, 16), int(number))
+    except ValueError:
+        return None
+    if name not in syscalls.EXEC:
+        return None
+    raw = find_field(parts[13].replace(b"\x1d", b" "), b"exe")
+    try:
+        exe = None if raw is None else field_value(SYSCALL, "exe", raw, line)
+    except ParseError:
+        exe = None
+    if isinstance(exe, bytes) and exe.endswith(_DELETED):
+        exe = exe[:-len(_DELETED)]
+    return (node, *stamp), int(pid), int(ppid) or None, _text(exe)
+
+
 def _succeeded(syscall: Record, head: tuple[bytes, ...] | None) -> bool:
     """``success=yes``, read at its place in the kernel's ``head`` when there is one."""
     if head is not None:
@@ -129,53 +174,26 @@ def _head_decimal(part: bytes, syscall: Record) -> Value:
 class AuditEventBuilder:
     """Turns :class:`AuditEvent` objects into common-schema events, one at a time, in order."""
 
-    def __init__(self, enricher: Enricher) -> None:
+    def __init__(self, enricher: Enricher, captured: Captured | None = None) -> None:
         self.enricher = enricher
+        # What the live sources read of each exec as its SYSCALL record came in (capture.py).
+        self.captured = captured
         self._paths: dict[tuple[bytes, ...], PathFacts] = {}
         # SYSCALL's facts after its head, by their text (see _facts).
         self._stable: dict[tuple[bytes, ...], StableFacts] = {}
         self._names: dict[tuple[bytes, ...], str] = {}  # by arch and syscall (see _name)
-        # Pids of the execs captured and not built yet (see capture), with how many.
-        self._pending: dict[int, int] = {}
         self.process_events = 0
         self.generic_events = 0
 
-    def capture(self, audit: AuditEvent) -> None:
-        """Read what only a live process shows about an exec now, for its event to be built
-        later (``audit.live``): the live sources read every 20 ms and build every 100 ms
-        (sensor_linux/batching.py), and a short-lived process may be gone by then. Other
-        events, and any event when the enricher is not live, need nothing."""
-        if not self.enricher.live or audit.live is not None:
-            return
-        syscall = next((r for r in audit.records if r.rtype == SYSCALL), None)
-        if syscall is None:
-            return
-        head = _kernel_head(syscall)
-        if self._name(syscall, head) not in syscalls.EXEC:
-            return
-        facts = self._facts(audit, syscall, head)
-        audit.live = self.enricher.capture(facts.pid, facts.ppid, facts.executable,
-                                           facts.start_time, self._pending)
-        self._pending[facts.pid] = self._pending.get(facts.pid, 0) + 1
-
     def build(self, audit: AuditEvent) -> Event:
+        if self.captured is not None and audit.live is None:
+            audit.live = self.captured.take((audit.node, audit.sec, audit.msec, audit.serial))
         if audit.live is None:
             return self._build(audit)
         try:
             return self._build(audit)
         finally:
-            self._built(audit)
-
-    def _built(self, audit: AuditEvent) -> None:
-        """A captured exec is built: its descriptor closed, its pid no longer pending."""
-        live = audit.live
-        live.close()
-        pid = live.pid
-        left = self._pending.get(pid, 0) - 1
-        if left > 0:
-            self._pending[pid] = left
-        else:
-            self._pending.pop(pid, None)
+            audit.live.close()  # the image descriptor, if one was opened
 
     def _build(self, audit: AuditEvent) -> Event:
         syscall = next((r for r in audit.records if r.rtype == SYSCALL), None)

@@ -19,7 +19,7 @@ from common.sinks import LazySink, Output, RotatingFileSink, Sink
 from sensor_linux.attempts import AttemptFolder
 from sensor_linux.audit import laurel
 from sensor_linux.audit.assemble import Assembler, AuditEvent
-from sensor_linux.audit.events import AuditEventBuilder
+from sensor_linux.audit.events import AuditEventBuilder, Captured
 from sensor_linux.audit.lines import MAX_LINE
 from sensor_linux.audit.records import ParseError, parse
 from sensor_linux.enrich import Enricher
@@ -93,23 +93,22 @@ def audit_pipeline(fmt: str, sink: Output, *, enricher: Enricher | None = None,
                    error_log: Sink | None = None, assembler: Assembler | None = None,
                    messages: TextIO | None = None,
                    route: Callable[[Event], bool] | None = None,
-                   keep_exec_attempts: bool = False, capture: bool = False) -> Pipeline:
+                   keep_exec_attempts: bool = False,
+                   captured: Captured | None = None) -> Pipeline:
     """The pipeline for audit text in ``fmt``: ``laurel`` renders the assembled records as
     LAUREL does (no enrichment, as LAUREL's goldens are configured); ``ecs`` and ``qlog``
     build enriched events with their TTPHash, PATH-walk misses folded into the exec that
-    follows (sensor_linux/attempts.py), for ``sink`` to render in its format. ``capture``
-    (a live enriched source): what /proc shows of each exec is read as it is assembled, and
-    the events are built when the source says (Pipeline.build_held)."""
+    follows (sensor_linux/attempts.py), for ``sink`` to render in its format. ``captured``:
+    what a live source read of each exec before it was built (sensor_linux/audit/capture.py)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     keeper = Keeper(error_log, messages)
     decoder = AuditDecoder(keeper, assembler)
     if fmt == "laurel":
         return Pipeline(decoder, sink, render_item=laurel.LaurelRenderer(), keeper=keeper)
-    builder = AuditEventBuilder(enricher or Enricher())
-    return Pipeline(decoder, sink, keeper=keeper, builder=builder,
-                    folder=AttemptFolder(keep_all=keep_exec_attempts), route=route,
-                    capture=builder.capture if capture and builder.enricher.live else None)
+    return Pipeline(decoder, sink, keeper=keeper,
+                    builder=AuditEventBuilder(enricher or Enricher(), captured),
+                    folder=AttemptFolder(keep_all=keep_exec_attempts), route=route)
 
 
 def open_error_log(path: str | None, max_bytes: int, generations: int) -> LazySink:

@@ -19,7 +19,7 @@ from common.sinks import Output
 from sensor_linux.audit.lines import LineSplitter
 from common.pipeline import Pipeline
 from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
-from sensor_linux.batching import BUILD_SECONDS, Gather, build_if_due
+from sensor_linux.audit.capture import ExecCapture, WaitingLines
 from sensor_linux.enrich import Enricher
 from sensor_linux.runner import BaseSource, RunConfig
 
@@ -41,28 +41,28 @@ def enlarge_pipe(fd: int) -> None:
 class PipeInput:
     """Lines from a pipe, split on ``\\n`` only (sensor_linux/audit/lines.py)."""
 
-    def __init__(self, fd: int, pipeline: Pipeline) -> None:
+    def __init__(self, fd: int, pipeline: Pipeline, capture: ExecCapture | None = None) -> None:
         self.fd = fd
         self.pipeline = pipeline
         self.splitter = LineSplitter()
         self.eof = False
-        self.builds = Gather(BUILD_SECONDS)
+        self.waiting = WaitingLines(pipeline, capture)
 
     def fileno(self) -> int:
         return self.fd
 
     def due_in(self) -> float | None:
-        """Read when the pipe is readable; due when events wait to be built."""
-        return self.builds.due_in() if self.pipeline.held and not self.eof else None
+        """Read when the pipe is readable; due when lines wait to be built."""
+        return self.waiting.due_in()
 
     def drain(self) -> bool:
         """Read what the pipe holds (when it is readable: the runner also calls this when
-        events are due to be built, and a read of an empty pipe would block), then build
-        what waits if it is due."""
+        lines are due to be built, and a read of an empty pipe would block), then build what
+        waits if it is due."""
         more = False
-        if not (self.pipeline.held and self.builds.due_in() == 0) or _readable(self.fd):
+        if not self.waiting.due() or _readable(self.fd):
             more = self._read()
-        build_if_due(self.pipeline, self.builds)
+        self.waiting.feed_if_due()
         return more
 
     def _read(self) -> bool:
@@ -71,7 +71,7 @@ class PipeInput:
             self.end()
             return False
         for line in self.splitter.feed(chunk):
-            self.pipeline.feed(line)
+            self.waiting.add(line)
         # A full read means more is waiting: a plugin that is behind must not pause.
         return len(chunk) == READ_BYTES
 
@@ -79,7 +79,8 @@ class PipeInput:
         if not self.eof:
             self.eof = True
             for line in self.splitter.finish():
-                self.pipeline.feed(line)
+                self.waiting.add(line)
+            self.waiting.feed()
 
     def drain_after_stop(self) -> None:
         """What auditd handed over before closing: read until EOF, or until the pipe stays
@@ -106,11 +107,13 @@ class PluginSource(BaseSource):
         self.enricher = Enricher(live=True) if config.fmt != "laurel" else None
         self.error_log = open_error_log(config.parse_error_log, config.max_bytes,
                                         config.generations)
+        # Each exec's live facts read as it is read, its event built later (capture.py).
+        self.capture = ExecCapture(self.enricher) if self.enricher is not None else None
         self.pipeline = audit_pipeline(config.fmt, sink, enricher=self.enricher,
                                        error_log=self.error_log,
                                        keep_exec_attempts=config.keep_exec_attempts,
-                                       capture=True)
-        self.input = PipeInput(fd, self.pipeline)
+                                       captured=self.capture)
+        self.input = PipeInput(fd, self.pipeline, self.capture)
 
     def open(self) -> None:
         enlarge_pipe(self.input.fd)
@@ -122,14 +125,17 @@ class PluginSource(BaseSource):
         return [self.error_log.path]
 
     def tick(self) -> None:
+        self.input.waiting.feed()  # before the decoder's timeouts: the older lines first
         self.pipeline.tick()
 
     def done(self) -> bool:
         return self.input.eof
 
     def finish(self) -> None:
-        self.input.drain_after_stop()
+        self.input.drain_after_stop()  # ends with the lines fed (PipeInput.end)
         self.pipeline.close()
+        if self.capture is not None:
+            self.capture.close()
 
     def close(self) -> None:
         self.error_log.close()

@@ -123,7 +123,7 @@ class Record:
             if fields is not None:
                 raw = fields.get(_key_bytes(key))
             else:
-                raw = _find_field(plain, _key_bytes(key))
+                raw = find_field(plain, _key_bytes(key))
             return default if raw is None else field_value(self.rtype, key, raw, self.raw)
         for k, v in self.body:
             if k == key:
@@ -226,7 +226,7 @@ def parse(line: bytes, fast: bool = True) -> Record:
         head = line.split(b" ", 2)  # b"type=NAME", b"msg=audit(STAMP):", body
         if len(head) == 3:
             rtype = _SPLIT_TYPES.get(head[0])
-            stamp = _stamp_token(head[1]) if rtype is not None else None
+            stamp = stamp_token(head[1]) if rtype is not None else None
             if stamp is not None:
                 plain = head[2].rstrip(b"\r\n")
                 if b"\x1d" in plain:
@@ -269,7 +269,7 @@ _STAMP = re.compile(rb"msg=audit\((\d{1,11})\.(\d{1,3}):(\d{1,20})\):")
 
 
 @functools.lru_cache(maxsize=256)
-def _stamp_token(token: bytes) -> tuple[int, int, int] | None:
+def stamp_token(token: bytes) -> tuple[int, int, int] | None:
     """``msg=audit(SEC.MSEC:SERIAL):`` as numbers; remembered, as every record of an event
     repeats it."""
     match = _STAMP.fullmatch(token)
@@ -306,7 +306,7 @@ def _split_plain(body: bytes) -> tuple[bytes, ...] | None:
 _plain_parts = functools.lru_cache(maxsize=4096)(_split_plain)
 
 
-def _find_field(plain: bytes, key: bytes) -> bytes | None:
+def find_field(plain: bytes, key: bytes) -> bytes | None:
     """The text of the first field ``key`` of a plain body. A plain value holds no space, so
     ``key=`` at the start or after a space begins a field, never the inside of a value."""
     if plain.startswith(key) and plain[len(key):len(key) + 1] == b"=":

@@ -10,7 +10,7 @@ from sensor_linux.audit.netlink import AuditNetlinkError, AuditSocket
 from common.pipeline import Pipeline
 from sensor_linux.audit.pipeline import AuditDecoder, audit_pipeline, open_error_log
 from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession, choose_session
-from sensor_linux.batching import BUILD_SECONDS, Gather, build_if_due
+from sensor_linux.audit.capture import ExecCapture, WaitingLines
 from sensor_linux.enrich import Enricher
 from sensor_linux.runner import BaseSource, RunConfig, SourceError
 
@@ -24,19 +24,20 @@ class NetlinkInput:
     kernel could not deliver because our receive buffer was full) are counted in the
     pipeline's stats."""
 
-    def __init__(self, records: AuditSocket, pipeline: Pipeline) -> None:
+    def __init__(self, records: AuditSocket, pipeline: Pipeline,
+                 capture: ExecCapture | None = None) -> None:
         self.records = records
         self.pipeline = pipeline
         self.decoder: AuditDecoder = pipeline.decoder  # type: ignore[assignment]
-        self.builds = Gather(BUILD_SECONDS)
+        self.waiting = WaitingLines(pipeline, capture)
         records.sock.setblocking(False)
 
     def fileno(self) -> int:
         return self.records.sock.fileno()
 
     def due_in(self) -> float | None:
-        """Read when the socket is readable; due when events wait to be built."""
-        return self.builds.due_in() if self.pipeline.held else None
+        """Read when the socket is readable; due when lines wait to be built."""
+        return self.waiting.due_in()
 
     def drain(self) -> bool:
         """Read until the socket is empty, or at most DRAIN_DATAGRAMS; True if more waits.
@@ -44,7 +45,7 @@ class NetlinkInput:
         must still see a stop, flush its outputs and time out events. Then build what waits,
         if it is due."""
         more = self._read()
-        build_if_due(self.pipeline, self.builds)
+        self.waiting.feed_if_due()
         return more
 
     def _read(self) -> bool:
@@ -57,7 +58,7 @@ class NetlinkInput:
             self.decoder.stats.socket_overflows += lost
             read += max(len(lines), 1)
             for line in lines:
-                self.pipeline.feed(line)
+                self.waiting.add(line)
             if not more:
                 return False  # a batch that did not fill took what was waiting
         return True
@@ -84,10 +85,13 @@ class AuditSource(BaseSource):
         self.enricher = Enricher() if config.fmt != "laurel" else None
         self.error_log = open_error_log(config.parse_error_log, config.max_bytes,
                                         config.generations)
+        # Each exec's live facts read as it is read, its event built later (capture.py).
+        self.capture = ExecCapture(self.enricher) if self.enricher is not None else None
         self.pipeline = audit_pipeline(config.fmt, sink, enricher=self.enricher,
                                        error_log=self.error_log,
                                        keep_exec_attempts=config.keep_exec_attempts,
-                                       capture=True)
+                                       captured=self.capture)
+        self.input: NetlinkInput | None = None
         self.session: UnicastSession | None = None
         self.name = config.source
 
@@ -109,12 +113,15 @@ class AuditSource(BaseSource):
 
     def inputs(self) -> list[NetlinkInput]:
         assert self.session is not None and self.session.records is not None
-        return [NetlinkInput(self.session.records, self.pipeline)]
+        self.input = NetlinkInput(self.session.records, self.pipeline, self.capture)
+        return [self.input]
 
     def files(self) -> list[str]:
         return [self.config.state_file, self.error_log.path]
 
     def tick(self) -> None:
+        if self.input is not None:
+            self.input.waiting.feed()  # before the decoder's timeouts: the older lines first
         self.pipeline.tick()
 
     def lost(self) -> int:
@@ -129,7 +136,11 @@ class AuditSource(BaseSource):
             self.session.close()
 
     def finish(self) -> None:
+        if self.input is not None:
+            self.input.waiting.feed()
         self.pipeline.close()
+        if self.capture is not None:
+            self.capture.close()
 
     def close(self) -> None:
         self.error_log.close()

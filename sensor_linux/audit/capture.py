@@ -1,0 +1,114 @@
+"""Read now, build later: the live audit sources' first look at each exec.
+
+The live sources read their records every 20 ms but build the events every 100 ms
+(sensor_linux/batching.py: on these VMs work after a pause runs slower, so larger batches cost
+less per event). What only a live process shows cannot wait that long: a process of a few
+milliseconds takes its ``/proc/PID/exe`` (and a memfd image with it), its cgroup and, when it
+was a parent nobody saw start, its own facts. So as each line is read, the SYSCALL record of an
+exec is recognized from its text alone (``events.exec_head``, no parse) and those facts are read
+at once (``Enricher.capture``); the lines wait, and the event builder takes the facts by the
+event's key when it builds it. Everything else in the event comes from the records as before.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from common.pipeline import Pipeline
+from sensor_linux.audit.events import exec_head
+from sensor_linux.batching import BUILD_SECONDS, Gather
+from sensor_linux.enrich import Enricher
+from sensor_linux.procfs import LiveFacts
+
+EventKey = tuple[bytes | None, int, int, int]  # node, seconds, milliseconds, serial
+# Execs read and not built yet at most: a bound on what lines that never become an event (a
+# record the parser refuses) can leave behind, and on the image descriptors held open.
+MAX_CAPTURED = 4096
+# Lines waiting to be parsed at most (then they are, at once): a bound on memory when execs come
+# faster than a build's worth.
+MAX_WAITING = 4096
+
+
+class ExecCapture:
+    """The live facts of the execs read and not built yet, by event key."""
+
+    def __init__(self, enricher: Enricher, limit: int = MAX_CAPTURED) -> None:
+        self.enricher = enricher
+        self.limit = limit
+        self._facts: OrderedDict[EventKey, LiveFacts] = OrderedDict()
+        self._pending: dict[int, int] = {}  # their pids, with how many (a parent not to read)
+
+    def scan(self, line: bytes) -> None:
+        """Read the live facts now if ``line`` is the SYSCALL record of an exec."""
+        head = exec_head(line)
+        if head is None:
+            return
+        key, pid, ppid, executable = head
+        if key in self._facts:
+            return  # the record again (a duplicate): the first look stands
+        start = key[1] + key[2] / 1000
+        self._facts[key] = self.enricher.capture(pid, ppid, executable, start, self._pending)
+        self._pending[pid] = self._pending.get(pid, 0) + 1
+        if len(self._facts) > self.limit:
+            self._forget(self._facts.popitem(last=False)[1]).close()
+
+    def take(self, key: EventKey) -> LiveFacts | None:
+        """The facts read for the event ``key`` (the builder closes them), or None."""
+        facts = self._facts.pop(key, None)
+        return None if facts is None else self._forget(facts)
+
+    def _forget(self, facts: LiveFacts) -> LiveFacts:
+        left = self._pending.get(facts.pid, 0) - 1
+        if left > 0:
+            self._pending[facts.pid] = left
+        else:
+            self._pending.pop(facts.pid, None)
+        return facts
+
+    def __len__(self) -> int:
+        return len(self._facts)
+
+    def close(self) -> None:
+        """Close what no event took (the source is stopping)."""
+        while self._facts:
+            self._forget(self._facts.popitem()[1]).close()
+
+
+class WaitingLines:
+    """Lines read and not parsed yet: each looked at for an exec as it comes (``capture``),
+    all fed to ``pipeline`` when a build is due (every ``seconds``), when MAX_WAITING wait,
+    at a tick and at the stop. Without a capture every line is fed as it comes."""
+
+    def __init__(self, pipeline: Pipeline, capture: ExecCapture | None,
+                 seconds: float = BUILD_SECONDS) -> None:
+        self.pipeline = pipeline
+        self.capture = capture
+        self.builds = Gather(seconds)
+        self.lines: list[bytes] = []
+
+    def add(self, line: bytes) -> None:
+        if self.capture is None:
+            self.pipeline.feed(line)
+            return
+        self.capture.scan(line)
+        self.lines.append(line)
+        if len(self.lines) >= MAX_WAITING:
+            self.feed()
+
+    def due_in(self) -> float | None:
+        """Seconds until the waiting lines are due (None: none waits)."""
+        return self.builds.due_in() if self.lines else None
+
+    def due(self) -> bool:
+        return bool(self.lines) and self.builds.due_in() == 0
+
+    def feed_if_due(self) -> None:
+        if self.due():
+            self.feed()
+
+    def feed(self) -> None:
+        """Parse and build what waits, now."""
+        lines, self.lines = self.lines, []
+        self.builds.read()
+        for line in lines:
+            self.pipeline.feed(line)
