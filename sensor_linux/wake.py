@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +25,6 @@ import click
 from common import ecs
 from common.bench import Row, print_table
 from common.schema import Event
-from common.sinks import TextOutput
 from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.enrich import Enricher
 
@@ -39,7 +38,7 @@ class Collected:
     """An output that renders each event as an ECS line, as the sensor's does, and keeps the
     events (for the reference) instead of writing the lines."""
 
-    events: list[Event]
+    events: list[Event] = field(default_factory=list)
 
     def prepare(self, event: Event) -> str | None:
         return ecs.render(event)
@@ -109,7 +108,7 @@ def wake_costs(groups: list[list[bytes]], gap: float, sizes: tuple[int, ...] = B
         raise click.ClickException(
             f"the log holds {len(groups):,} events and this run feeds {want:,} (record more "
             "with --execs, give a longer --audit-log, or fewer --batches/--continuous)")
-    collected = Collected([])
+    collected = Collected()
     pipeline = audit_pipeline("ecs", collected,  # type: ignore[arg-type]
                               enricher=Enricher(live=False, host_files=True))
 

@@ -25,7 +25,7 @@ from sensor_linux.audit.session import process_name
 from tests.conftest import require, ttpsensor_command
 from tests.live import (Sensor, assert_complete, captured, kill_leftovers, registered,
                         stop_all)
-from tests.workload import run_execs
+from tests.workload import run_execs, run_memfd_images
 
 pytestmark = pytest.mark.kernel
 
@@ -148,26 +148,13 @@ def test_short_lived_memfd_images_are_hashed_though_events_are_built_later(
     hashed while its process lives (or through a descriptor opened then): each exec's image
     is opened when its records are read (AuditEventBuilder.capture). Five copies of sleep,
     each a new image (no digest cached), living 40 ms: each event has that image's digest."""
-    import hashlib
     sensor = Sensor(tmp_path, "memfd", "--source", "audit")
     images: dict[str, str] = {}
     try:
         sensor.wait_for(lambda: registered(sensor), "registration")
         # Reading: what a process of 40 ms shows is gone before a sensor still starting reads.
         sensor.wait_for(lambda: "running as ttpsensor" in sensor.stderr, "privilege drop")
-        data = Path("/usr/bin/sleep").read_bytes()
-        for number in range(5):
-            image = data + os.urandom(8)
-            marker = f"memfd-{os.getpid()}-{number}"
-            images[marker] = hashlib.sha256(image).hexdigest().upper()
-            fd = os.memfd_create(marker, 0)
-            try:
-                os.write(fd, image)
-                subprocess.run([marker, "0.04"], executable=f"/proc/self/fd/{fd}",
-                               pass_fds=(fd,), check=True)
-            finally:
-                os.close(fd)
-            time.sleep(0.13)
+        images = run_memfd_images(5)
 
         def by_marker(marker: str) -> list[dict]:
             return [e for e in sensor.events() if e["event"]["action"] == "process_create"

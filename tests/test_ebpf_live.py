@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import mmap
 import os
@@ -11,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +17,7 @@ from common import ttphash
 from tests.live import (Sensor, assert_complete, captured, ebpf_and_audit, probes_loaded,
                         registered, require_bcc, stop_all, summary)
 from tests.test_audit_live import audit_guard  # noqa: F401  (the fixture)
-from tests.workload import run_execs
+from tests.workload import run_execs, run_memfd_images
 
 pytestmark = pytest.mark.kernel
 
@@ -219,19 +217,7 @@ def test_a_short_lived_memfd_image_is_hashed_though_the_ring_gathers(busy_machin
     try:
         sensor.wait_for(lambda: "running as" in sensor.stderr or "staying root"
                         in sensor.stderr, "the sensor to run", timeout=120)
-        data = Path("/usr/bin/sleep").read_bytes()
-        for number in range(5):
-            image = data + os.urandom(8)
-            marker = f"memfd-{os.getpid()}-{number}"
-            images[marker] = hashlib.sha256(image).hexdigest().upper()
-            fd = os.memfd_create(marker, 0)
-            try:
-                os.write(fd, image)
-                subprocess.run([marker, "0.04"], executable=f"/proc/self/fd/{fd}",
-                               pass_fds=(fd,), check=True)
-            finally:
-                os.close(fd)
-            time.sleep(0.13)
+        images = run_memfd_images(5)
         sensor.wait_for(lambda: all(any(e["process"].get("args", [None])[0] == marker
                                         for e in sensor.events() if "process" in e)
                                     for marker in images), "the memfd execs", timeout=60)

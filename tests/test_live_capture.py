@@ -23,33 +23,11 @@ from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.audit.plugin import PipeInput
 from sensor_linux.audit.source import NetlinkInput
 from sensor_linux.batching import BUILD_SECONDS
+from sensor_linux.wake import Collected  # an output that keeps the events
 from sensor_linux.audit.plugin import PipeInput
 from sensor_linux.audit.source import NetlinkInput
 from sensor_linux.batching import BUILD_SECONDS
 from sensor_linux.enrich import Enricher
-
-
-class Collected:
-    """An output that keeps the events."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def prepare(self, event: Event) -> None:
-        return None
-
-    def write_event(self, event: Event, prepared: Any) -> bool:
-        self.events.append(event)
-        return True
-
-    def write(self, line: str) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _exec_lines(serial: int, pid: int, ppid: int, exe: str, argv0: str) -> list[bytes]:
@@ -229,9 +207,10 @@ def test_a_first_look_keeps_what_no_event_takes_within_bounds_and_closes_it() ->
     rest. A second copy of a record does not look again."""
     capture = ExecCapture(Enricher(), limit=2)
     looks = []
+    syscalls = {serial: _exec_lines(serial, os.getpid(), 1, "/usr/bin/python3", "x")[0]
+                for serial in (5, 6, 7)}
     for serial in (5, 6, 6, 7):
-        [syscall] = _exec_lines(serial, os.getpid(), 1, "/usr/bin/python3", "x")[:1]
-        capture.scan(syscall)
+        capture.scan(syscalls[serial])
         facts = capture._facts[next(reversed(capture._facts))]
         if all(facts is not seen for seen in looks):
             if facts.image_fd is None:

@@ -24,3 +24,28 @@ def run_execs(count: int, program: str = "/bin/true") -> tuple[str, dict[int, li
         os.waitpid(pid, 0)
         spawned[pid] = argv
     return token, spawned
+
+
+def run_memfd_images(count: int, seconds: float = 0.04, gap: float = 0.13) -> dict[str, str]:
+    """Run ``count`` copies of sleep, each from a memfd of its own with a new image (no
+    digest cached anywhere), living ``seconds``, ``gap`` apart; returns each one's marker (its
+    argv[0] and memfd name) and the SHA-256 of its image, as the events' hash shows it."""
+    import hashlib
+    import subprocess
+    import time
+
+    data = open("/usr/bin/sleep", "rb").read()
+    images = {}
+    for number in range(count):
+        image = data + os.urandom(8)
+        marker = f"memfd-{os.getpid()}-{number}"
+        images[marker] = hashlib.sha256(image).hexdigest().upper()
+        fd = os.memfd_create(marker, 0)
+        try:
+            os.write(fd, image)
+            subprocess.run([marker, f"{seconds:g}"], executable=f"/proc/self/fd/{fd}",
+                           pass_fds=(fd,), check=True)
+        finally:
+            os.close(fd)
+        time.sleep(gap)
+    return images
