@@ -267,3 +267,32 @@ def test_the_audit_inputs_are_due_when_lines_wait_and_build_them_without_reading
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_the_plugin_source_builds_what_waits_at_a_tick_and_at_the_stop(tmp_path) -> None:
+    """Lines read and not due yet are parsed and built by the source's tick (before the
+    decoder's own timeouts) and by its finish; the readings left are closed at the stop."""
+    from sensor_linux.audit.plugin import PluginSource
+    from sensor_linux.runner import RunConfig
+
+    read_end, write_end = os.pipe()
+    out = Collected()
+    source = PluginSource(RunConfig(source="audisp", parse_error_log=str(tmp_path / "e.log")),
+                          out, print, fd=read_end)  # type: ignore[arg-type]
+    try:
+        os.write(write_end, b"".join(_exec_lines(9, 4_000_002, 1, "/usr/bin/true", "true")))
+        source.input.drain()
+        assert out.events == [] and len(source.input.waiting.lines) == 5  # read, not due
+        source.tick()
+        assert len(out.events) == 1 and source.input.waiting.lines == []
+        os.write(write_end, b"".join(_exec_lines(10, 4_000_003, 1, "/usr/bin/true", "true")))
+        source.input.drain()
+        assert len(out.events) == 1 and len(source.capture) == 1
+        os.close(write_end)
+        write_end = -1
+        source.finish()  # reads to the end of the pipe, then builds what waits
+        assert len(out.events) == 2 and len(source.capture) == 0
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
