@@ -152,7 +152,7 @@ class Pipeline:
                     event = self.builder.build(item)
             except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream
                 reason = f"internal error {type(exc).__name__}: {exc}"
-                self._internal_error(reason, self.decoder.originals(item, reason))
+                self.internal_error(reason, self.decoder.originals(item, reason))
                 continue
             if self.builder is None:
                 self.sink.write(line)
@@ -169,7 +169,7 @@ class Pipeline:
                 prepared = self.sink.prepare(event)
             except Exception as exc:  # noqa: BLE001
                 kept = get_path(event, "audit.records") or []
-                self._internal_error(f"internal error {type(exc).__name__}: {exc}",
+                self.internal_error(f"internal error {type(exc).__name__}: {exc}",
                                      [r for r in kept if isinstance(r, (str, bytes))])
                 continue
             # Writing is not ours to forgive: a full disk or a closed pipe is the run's.
@@ -180,6 +180,6 @@ class Pipeline:
             if self.observe is not None:
                 self.observe(event)
 
-    def _internal_error(self, reason: str, originals: list[bytes | str]) -> None:
+    def internal_error(self, reason: str, originals: list[bytes | str]) -> None:
         self.stats.internal_errors += 1
         self.keeper.keep(reason, originals, self.stats.internal_errors)

@@ -296,3 +296,23 @@ def test_the_plugin_source_builds_what_waits_at_a_tick_and_at_the_stop(tmp_path)
         os.close(read_end)
         if write_end >= 0:
             os.close(write_end)
+
+
+def test_a_failing_first_look_is_counted_and_kept_and_the_event_still_built(
+        monkeypatch) -> None:
+    """A bug in the first look must not stop the stream: the line is kept as an internal
+    error, and its event is built all the same (reading /proc at the build, as before)."""
+    from sensor_linux.audit import capture as capture_module
+
+    def broken(line: bytes) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(capture_module, "exec_head", broken)
+    capture, out, pipeline = _capturing(Enricher())
+    input_ = NetlinkInput(_Quiet(), pipeline, capture)  # type: ignore[arg-type]
+    lines = _exec_lines(11, 4_000_004, 1, "/usr/bin/true", "true")
+    for line in lines:
+        input_.waiting.add(line)
+    input_.waiting.feed()
+    assert len(out.events) == 1
+    assert pipeline.stats.internal_errors == len(lines)

@@ -90,7 +90,12 @@ class WaitingLines:
         if self.capture is None:
             self.pipeline.feed(line)
             return
-        self.capture.scan(line)
+        try:
+            self.capture.scan(line)
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream
+            # Counted and kept; the event is still built, reading /proc at the build.
+            self.pipeline.internal_error(
+                f"internal error in the first look {type(exc).__name__}: {exc}", [line])
         self.lines.append(line)
         if len(self.lines) >= MAX_WAITING:
             self.feed()
