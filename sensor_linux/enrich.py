@@ -262,14 +262,21 @@ class Enricher:
         entry = self.table.parent_of(ppid, child_start)
         return parent_context(entry, True) if entry is not None else None
 
+    def exe_and_container(self, pid: int, executable: str | bytes | None
+                          ) -> tuple[tuple[str | bytes | None, bool], str | None]:
+        """``/proc/PID/exe`` (read_exe's answer) and the container of ``pid`` if it still runs
+        ``executable``: the link is read once, as both need it."""
+        link = read_exe(pid, self.proc)
+        return link, live_container_id(pid, executable, self.proc, link)
+
     def capture(self, pid: int, ppid: int | None, executable: str | bytes | None,
                 start_time: float | None, pending: Container[int]) -> LiveFacts:
         """What only the live process ``pid`` shows, read now for an event built later: the
         image link, the container, the image itself when it has no path (deleted, memfd), and
         a parent that neither the table nor an exec still ``pending`` (not built yet) knows.
         The same reads the build makes otherwise (sensor_linux/audit/events.py)."""
-        link = read_exe(pid, self.proc)
-        live = LiveFacts(pid, link, live_container_id(pid, executable, self.proc, link))
+        live = LiveFacts(pid, *self.exe_and_container(pid, executable))
+        link = live.exe_link
         if link[1] and link[0] is not None and link[0] == executable:
             live.image_fd = open_image(pid, self.proc)
         if ppid and ppid not in pending and self.table.parent_of(ppid, start_time) is None:

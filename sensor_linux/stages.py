@@ -174,6 +174,20 @@ def read_audit_log(path: Path) -> list[bytes]:
         return f.read().splitlines(keepends=True)
 
 
+def audit_log_or_record(audit_log: Path | None, execs: int, directory: str) -> Path:
+    """``audit_log``, or else ``execs`` execs recorded through audit netlink into
+    ``directory`` (root only: a clear error otherwise)."""
+    if audit_log is not None:
+        return audit_log
+    if os.geteuid() != 0:
+        raise click.ClickException("recording audit needs root; or give --audit-log")
+    from sensor_linux.audit.bench import record
+    recording = Path(directory) / "recording.log"
+    click.echo(f"recording {execs:,} execs through audit netlink …", err=True)
+    record(recording, execs)
+    return recording
+
+
 @click.command("stages")
 @click.option("--audit-log", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Audit records to replay (auditd's log format). Without it, this many "
@@ -190,12 +204,7 @@ def bench_stages(audit_log: Path | None, execs: int, ebpf_stream: Path | None,
     """µs per event of each stage (decode, build, facts, enrich, fingerprint, render, sink)
     on the audit and eBPF paths, against json.dumps of the same events in the same run."""
     with tempfile.TemporaryDirectory(prefix="ttpsensor-stages-") as directory:
-        if audit_log is None:
-            if os.geteuid() != 0:
-                raise click.ClickException("recording audit needs root; or give --audit-log")
-            from sensor_linux.audit.bench import record
-            audit_log = Path(directory) / "recording.log"
-            record(audit_log, execs)
+        audit_log = audit_log_or_record(audit_log, execs, directory)
         count, stages = audit_stages(read_audit_log(audit_log), directory)
         print_table(stages, f"audit path ({audit_log.name}): {count} exec events, median of "
                             f"{ROUNDS}")

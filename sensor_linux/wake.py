@@ -14,7 +14,7 @@ took its caches), not the pipeline's.
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from common.bench import Row, print_table
 from common.schema import Event
 from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.enrich import Enricher
+from sensor_linux.stages import audit_log_or_record, read_audit_log
 
 BATCH_SIZES = (1, 2, 5, 20)
 WARM_EXECS = 1000  # fed first, untimed: the per-binary caches fill, as in a running sensor
@@ -118,22 +119,20 @@ def wake_costs(groups: list[list[bytes]], gap: float, sizes: tuple[int, ...] = B
                 pipeline.feed(line)
 
     feed(groups[:warm])
-    pipeline_rows: list[tuple[str, float]] = []
-    at = warm
-    pipeline_rows.append(("no pause", _cpu_us(feed, [groups[at:at + continuous]], 0.0)))
-    at += continuous
+    at = warm + continuous
+    no_pause = _cpu_us(feed, [groups[warm:at]], 0.0)
+    batched = {}
     for size in sizes:
-        pipeline_rows.append((f"{size} a batch", _cpu_us(feed, _slices(groups, at, size,
-                                                                       batches), gap)))
+        batched[size] = _cpu_us(feed, _slices(groups, at, size, batches), gap)
         at += size * batches
     pipeline.close()
     built = len(collected.events)
 
     safe = [ecs.to_json_safe(event) for event in collected.events]
-    reference = [("no pause", _cpu_us(_dumps, [safe[:continuous]], 0.0))]
-    reference += [(f"{size} a batch", _cpu_us(_dumps, _slices(safe, 0, size, batches), gap))
-                  for size in sizes]
-    return built, _rows("pipeline", pipeline_rows) + _rows("json.dumps", reference)
+    reference = {size: _cpu_us(_dumps, _slices(safe, 0, size, batches), gap)
+                 for size in sizes}
+    return built, (_rows("pipeline", no_pause, batched)
+                   + _rows("json.dumps", _cpu_us(_dumps, [safe[:continuous]], 0.0), reference))
 
 
 def _dumps(events: list[dict[str, Any]]) -> None:
@@ -141,14 +140,12 @@ def _dumps(events: list[dict[str, Any]]) -> None:
         json.dumps(event)
 
 
-def _rows(what: str, figures: list[tuple[str, float]]) -> list[Row]:
-    """The figures as rows, each batch's against the figure without pauses; the wake's cost
-    is the extra per exec times the execs of a batch."""
-    base = figures[0][1]
-    rows = [Row(f"{what}, {figures[0][0]}", base)]
-    for name, us in figures[1:]:
-        size = int(name.split()[0])
-        rows.append(Row(f"{what}, {name}: a wake {(us - base) * size:+,.0f} µs", us,
+def _rows(what: str, base: float, batched: dict[int, float]) -> list[Row]:
+    """The figure without pauses, then each batch size's against it; the wake's cost is the
+    extra per exec times the execs of a batch."""
+    rows = [Row(f"{what}, no pause", base)]
+    for size, us in batched.items():
+        rows.append(Row(f"{what}, {size} a batch: a wake {(us - base) * size:+,.0f} µs", us,
                         "no pause", us / base if base > 0 else 0.0))
     return rows
 
@@ -177,17 +174,9 @@ def bench_wake(audit_log: Path | None, execs: int, gap_ms: float, batches: int,
     if batches < 1 or continuous < 1 or warm < 0:
         raise click.BadParameter("--batches and --continuous take a positive number, "
                                  "--warm zero or more")
-    import tempfile
     with tempfile.TemporaryDirectory(prefix="ttpsensor-wake-") as directory:
-        if audit_log is None:
-            if os.geteuid() != 0:
-                raise click.ClickException("recording audit needs root; or give --audit-log")
-            from sensor_linux.audit.bench import record
-            audit_log = Path(directory) / "recording.log"
-            click.echo(f"recording {execs} execs through audit netlink …", err=True)
-            record(audit_log, execs)
-        with open(audit_log, "rb") as f:
-            groups = group_events(f.read().splitlines(keepends=True))
+        audit_log = audit_log_or_record(audit_log, execs, directory)
+        groups = group_events(read_audit_log(audit_log))
         built, rows = wake_costs(groups, gap_ms / 1000, batches=batches,
                                  continuous=continuous, warm=warm)
     print_table(rows, f"CPU per event, batches {gap_ms:g} ms apart ({audit_log.name}: "

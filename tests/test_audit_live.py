@@ -146,7 +146,7 @@ def test_short_lived_memfd_images_are_hashed_though_events_are_built_later(
         audit_guard, busy_machine, tmp_path) -> None:
     """The audit sources build their events every 100 ms, and a memfd image can only be
     hashed while its process lives (or through a descriptor opened then): each exec's image
-    is opened when its records are read (AuditEventBuilder.capture). Five copies of sleep,
+    is opened when its records are read (sensor_linux/audit/capture.py). Five copies of sleep,
     each a new image (no digest cached), living 40 ms: each event has that image's digest."""
     sensor = Sensor(tmp_path, "memfd", "--source", "audit")
     images: dict[str, str] = {}

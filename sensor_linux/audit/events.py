@@ -20,8 +20,7 @@ from sensor_linux.audit.decode import execve_argv, sockaddr
 from sensor_linux.audit.records import (CWD, EXECVE, PATH, SOCKADDR, SYSCALL, ParseError,
                                         Record, Value, field_value, find_field, stamp_token)
 from sensor_linux.enrich import Enricher
-from sensor_linux.procfs import (LiveFacts, ProcessFacts, kernel_tty_name, live_container_id,
-                                 read_exe)
+from sensor_linux.procfs import LiveFacts, ProcessFacts, kernel_tty_name
 
 _DELETED = b" (deleted)"
 # A PATH record's (device, inode) and name; up to MAX_PATHS of them remembered.
@@ -66,14 +65,18 @@ MAX_STABLE = 4096
 StableFacts = tuple[Any, bool, Any, "str | None", "int | None", "int | None", Any, Any]
 
 
+def _executable(exe: Value) -> tuple[str | bytes | None, bool]:
+    """SYSCALL's ``exe`` as a path, and whether the image was deleted while it ran: d_path()
+    marks it so; the path is what the eBPF source reports, and on_disk says the rest."""
+    if isinstance(exe, bytes) and exe.endswith(_DELETED):
+        return _text(exe[:-len(_DELETED)]), True
+    return _text(exe), False
+
+
 def _stable_facts(values: list[Value]) -> StableFacts:
     """The facts of _STABLE_FACTS' values, typed as ProcessFacts holds them."""
     exe, comm, tty, auid, ses, uid, euid, suid, fsuid, gid, egid, sgid, fsgid = values
-    executable, deleted = _text(exe), False
-    if isinstance(exe, bytes) and exe.endswith(_DELETED):
-        # d_path() marks an image deleted while it ran; the path is what the eBPF source
-        # reports, and on_disk says the rest.
-        executable, deleted = _text(exe[:-len(_DELETED)]), True
+    executable, deleted = _executable(exe)
     ids = (_int(uid), _int(euid), _int(suid), _int(fsuid))
     gids = (_int(gid), _int(egid), _int(sgid), _int(fsgid))
     return (executable, deleted, _text(comm), _tty(tty), _int(auid), _int(ses),
@@ -129,9 +132,7 @@ def exec_head(line: bytes) -> ExecHead | None:
         exe = None if raw is None else field_value(SYSCALL, "exe", raw, line)
     except ParseError:
         exe = None
-    if isinstance(exe, bytes) and exe.endswith(_DELETED):
-        exe = exe[:-len(_DELETED)]
-    return (node, *stamp), int(pid), int(ppid) or None, _text(exe)
+    return (node, *stamp), int(pid), int(ppid) or None, _executable(exe)[0]
 
 
 def _succeeded(syscall: Record, head: tuple[bytes, ...] | None) -> bool:
@@ -289,13 +290,9 @@ class AuditEventBuilder:
         facts.image_inodes = frozenset(inodes) if inodes else None
         if self.enricher.live:
             live = facts.live = audit.live
-            if live is not None:  # read when the exec was read (capture)
-                facts.exe_link, facts.container_id = live.exe_link, live.container_id
-            else:
-                # Read once: the container id and the image's identity both check it.
-                facts.exe_link = read_exe(facts.pid, self.enricher.proc)
-                facts.container_id = live_container_id(facts.pid, facts.executable,
-                                                       self.enricher.proc, facts.exe_link)
+            facts.exe_link, facts.container_id = (
+                (live.exe_link, live.container_id) if live is not None  # read at the first look
+                else self.enricher.exe_and_container(facts.pid, facts.executable))
         if success and facts.image_inodes is not None and self.enricher.host_files \
                 and not facts.exe_deleted and facts.executable is not None:
             # The file at the kernel's path, if it is the one the exec touched: its version
