@@ -215,7 +215,7 @@ def audisp(file: str | None, fmt: str, outputs: tuple[str, ...], max_bytes: int,
         summary = runner.run(PluginSource(config, sink, say), sink, config, stop,
                              written=[], periodic=[], say=say)
     else:
-        summary = replay(file, config, sink, stop, from_this_host)
+        summary = replay(file, config, sink, stop, from_this_host, then_exit=True)
     click.echo(f"ttpsensor audisp: {json.dumps(summary)}", err=True)
 
 

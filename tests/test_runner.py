@@ -21,7 +21,7 @@ from common.sinks import OutputError, emit
 from sensor_linux import app
 from sensor_linux.runner import BaseSource, RunConfig
 from sensor_linux.sources import SOURCES, SourceEntry
-from tests.conftest import require
+from tests.conftest import SHARED, require
 
 
 class PipeLines:
@@ -223,4 +223,30 @@ def test_the_read_loop_runs_with_a_steadier_collector_and_puts_it_back() -> None
             raise RuntimeError("the loop failed")
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+def test_a_replay_that_exits_leaves_the_collector_tuned(tmp_path: Path) -> None:
+    """Putting the thresholds back starts a full collection of everything the replay built;
+    a replay the process exits after (the CLI's) skips it, any other puts them back."""
+    import gc
+
+    import io
+
+    from common.sinks import StreamSink
+    from sensor_linux.audit.replay import replay
+    from sensor_linux.runner import GC_YOUNG_CONTAINERS, SignalStop
+    log = SHARED / "corpus" / "laurel" / "proc-trace-dpkg-l.txt"
+    before = gc.get_threshold()
+    config = RunConfig(source="audisp", fmt="laurel", parse_error_log=str(tmp_path / "e.log"))
+    try:
+        replay(str(log), config, StreamSink(io.StringIO()), SignalStop())
+        assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+        summary = replay(str(log), config, StreamSink(io.StringIO()), SignalStop(),
+                         then_exit=True)
+        assert summary["events"] > 0
+        assert gc.get_threshold()[0] == GC_YOUNG_CONTAINERS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 

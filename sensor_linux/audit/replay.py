@@ -20,8 +20,10 @@ from sensor_linux.runner import RunConfig, steady_collector
 
 
 def replay(path: str, config: RunConfig, sink: Output, stop: StopFlag,
-           from_this_host: bool = False) -> dict[str, object]:
-    """Feed every line of ``path``; return the pipeline's summary. The sink is closed."""
+           from_this_host: bool = False, then_exit: bool = False) -> dict[str, object]:
+    """Feed every line of ``path``; return the pipeline's summary. The sink is closed.
+    ``then_exit``: the process ends after this, so the garbage collector is left as the
+    replay tuned it (runner.steady_collector)."""
     enricher = Enricher(live=False, host_files=from_this_host) \
         if config.fmt != "laurel" else None
     error_log = open_error_log(config.parse_error_log, config.max_bytes, config.generations)
@@ -29,7 +31,7 @@ def replay(path: str, config: RunConfig, sink: Output, stop: StopFlag,
                               keep_exec_attempts=config.keep_exec_attempts)
     try:
         # A long replay keeps tables as a live sensor does: the collector as in its loop.
-        with open(path, "rb") as f, steady_collector():
+        with open(path, "rb") as f, steady_collector(restore=not then_exit):
             for line in read_lines(f):
                 pipeline.feed(line)
                 if stop.is_set():
