@@ -4,9 +4,15 @@
    of N real execs on this kernel into a file, exactly as they came from netlink.
 2. Replay the same file, each engine in a child process, and take each child's CPU time
    (user + system) and peak RSS from ``wait4``: LAUREL (Debian's laurel 0.5.1, enrichment off
-   as in its goldens), ``ttpsensor audisp --format laurel`` (the same output), and our default
-   pipeline (``ecs`` with enrichment and TTPHash). Then again on the same records as auditd
-   writes them to disk, without EOE records (each engine against LAUREL on that input).
+   as in its goldens; it reads stdin only), ``ttpsensor audisp --format laurel FILE`` (the same
+   output) and ``ttpsensor audisp FILE`` (``ecs`` with enrichment and TTPHash), our replay
+   command. Then again on the same records as auditd writes them to disk, without EOE records
+   (each engine against LAUREL on that input). For reference, ``ecs`` also as auditd's plugin
+   runs: the records on stdin, each exec's /proc looked at as it is read (here the log's
+   processes are gone, so each look finds nothing).
+   Our engines run from bytecode compiled once into the work directory, as an installed
+   package runs (its postinst compiles it); a source tree with PYTHONDONTWRITEBYTECODE would
+   compile every module at each start.
 3. Memory: the recording repeated with renumbered event ids up to ``--memory-events``, replayed
    through the default pipeline, peak RSS printed.
 
@@ -105,16 +111,26 @@ def strip_eoe(source: Path, target: Path) -> None:
         out.writelines(line for line in fin if not line.startswith(b"type=EOE "))
 
 
-def run_child(engine: str, argv: list[str], stdin: Path, stdout: Path | None) -> Result:
+def compiled_env(work: Path) -> dict[str, str]:
+    """The environment for our engines: bytecode written once to a cache in ``work`` and read
+    from there, as an installed package's is."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(work / "bytecode")
+    return env
+
+
+def run_child(engine: str, argv: list[str], stdin: Path, stdout: Path | None,
+              env: dict[str, str] | None = None, work: Path | None = None) -> Result:
     """Run one engine and take its CPU time and peak RSS from wait4.
 
     posix_spawn, not fork: a forked child counts its parent's memory in its peak RSS until it
     execs, and this process can be large (it holds outputs to compare).
     """
-    err_path = stdin.with_name(f"{stdin.stem}.{os.getpid()}.stderr")
+    err_path = (work or stdin.parent) / f"{engine.split()[0]}.{os.getpid()}.stderr"
     with open(stdin, "rb") as fin, open(stdout or os.devnull, "wb") as fout, \
             open(err_path, "wb") as ferr:
-        pid = os.posix_spawnp(argv[0], argv, dict(os.environ), file_actions=[
+        pid = os.posix_spawnp(argv[0], argv, env or dict(os.environ), file_actions=[
             (os.POSIX_SPAWN_DUP2, fin.fileno(), 0), (os.POSIX_SPAWN_DUP2, fout.fileno(), 1),
             (os.POSIX_SPAWN_DUP2, ferr.fileno(), 2)])
         _, status, usage = os.wait4(pid, 0)
@@ -167,25 +183,37 @@ def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
                   f"in {recording}")
     no_eoe = work / "recording-no-eoe.log"
     strip_eoe(recording, no_eoe)
+    env = compiled_env(work)
+    errors = ["--parse-error-log", str(work / "errors.log")]
+    with console.status("compiling our modules once, as an installed package has them"):
+        head = work / "head.log"
+        with open(recording, "rb") as fin:
+            head.write_bytes(b"".join(line for _, line in zip(range(2000), fin)))
+        for fmt in ("laurel", "ecs"):
+            run_child("warm-up", [*ours, "audisp", "--format", fmt, *errors, str(head)],
+                      Path(os.devnull), None, env, work)
     results: list[tuple[Result, Result]] = []  # (engine, LAUREL on the same input)
     for label, tag, source in (("", "", recording), (" (no EOE)", "-no-eoe", no_eoe)):
         laurel_dir = work / f"laurel{tag}"
         laurel_dir.mkdir(exist_ok=True)
         config = laurel_dir.with_suffix(".toml")
         config.write_text(PEER_CONFIG.format(directory=laurel_dir))
-        engines = [
-            ("LAUREL 0.5.1", [laurel, "--config", str(config)], None),
-            ("ttpsensor audisp --format laurel",
-             [*ours, "audisp", "--format", "laurel", "--parse-error-log",
-              str(work / "errors.log")], work / f"ours-laurel{tag}.jsonl"),
-            ("ttpsensor audisp (ecs + TTPHash)",
-             [*ours, "audisp", "--parse-error-log", str(work / "errors.log")],
-             work / f"ours-ecs{tag}.jsonl"),
+        # (name, argv, stdin, output, environment)
+        engines: list[tuple[str, list[str], Path, Path | None, dict[str, str] | None]] = [
+            ("LAUREL 0.5.1", [laurel, "--config", str(config)], source, None, None),
+            ("ttpsensor audisp --format laurel FILE",
+             [*ours, "audisp", "--format", "laurel", *errors, str(source)], Path(os.devnull),
+             work / f"ours-laurel{tag}.jsonl", env),
+            ("ttpsensor audisp FILE (ecs + TTPHash)", [*ours, "audisp", *errors, str(source)],
+             Path(os.devnull), work / f"ours-ecs{tag}.jsonl", env),
         ]
+        if not tag:
+            engines.append(("ttpsensor audisp (ecs) as the plugin, on stdin",
+                            [*ours, "audisp", *errors], source, work / "ours-plugin.jsonl", env))
         peer: Result | None = None
-        for name, argv, out in engines:
+        for name, argv, stdin, out, engine_env in engines:
             with console.status(f"replaying{label} through {name}"):
-                result = run_child(name + label, argv, source, out)
+                result = run_child(name + label, argv, stdin, out, engine_env, work)
             result.events = seen
             result.output_lines = _count_lines(out or laurel_dir / "laurel.log")
             peer = peer or result
@@ -193,8 +221,8 @@ def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
     memory_file = work / "memory.log"
     repeat(recording, memory_file, memory_events)
     with console.status(f"replaying {memory_events} exec events for peak memory"):
-        memory = run_child("memory", [*ours, "audisp", "--parse-error-log",
-                                      str(work / "errors.log")], memory_file, None)
+        memory = run_child("memory", [*ours, "audisp", *errors, str(memory_file)],
+                           Path(os.devnull), None, env, work)
     # Compared last: loading the outputs makes this process large, and a child forked from a
     # large parent reports the parent's size as its own peak RSS until it execs.
     # Same input, same output content: LAUREL's and our laurel lines describe the same events.
@@ -213,7 +241,7 @@ def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
         table.add_row(r.engine, f"{r.cpu_seconds:.2f}", f"{r.cpu_seconds / seen * 1e4:.2f}",
                       f"{r.cpu_seconds / peer.cpu_seconds:.2f}×", f"{r.peak_rss_mib:.0f}",
                       str(r.output_lines))
-    Console(width=110).print(table)
+    Console(width=132).print(table)
     Console().print(f"LAUREL and ttpsensor laurel output describe the same events: "
                     f"{'yes' if same else 'NO'}")
     Console().print(f"ttpsensor laurel output without EOE records is byte-identical: "
