@@ -250,3 +250,37 @@ def test_syscall_name_and_outcome_read_from_the_head_are_those_of_the_record() -
     assert builder._names
     assert {read_from_fields(parse(v)) for v in variants} >= {
         "execve", "clone", "frobnicate", None}
+
+
+def test_the_kernels_syscall_layout_is_checked_by_its_own_pattern_and_split_alike() -> None:
+    """A SYSCALL body in the kernel's layout is checked by records._KERNEL_SYSCALL instead of
+    _PLAIN. It must take the usual records (RAW and ENRICHED, from the corpus and from the
+    kernel's layouts above), and whatever it takes, _PLAIN must take with the same parts:
+    checked on those bodies and on random changes of them."""
+    from sensor_linux.audit.fuzz import parsers_disagree
+    from sensor_linux.audit.records import _KERNEL_SYSCALL, _split_plain, _split_syscall
+    bodies = [line.split(b"): ", 1)[1].rstrip(b"\r\n").replace(b"\x1d", b" ")
+              for line in _syscall_lines() if b"): " in line]
+    taken = [body for body in bodies if _KERNEL_SYSCALL.fullmatch(body)]
+    assert len(taken) >= 20 and any(b" ARCH=" in body for body in taken)
+    rng = random.Random(314)
+    odd = [b" ", b"  ", b'"', b"'", b"{", b"}", b"\t", b"\n", b"=", b"subj=", b"SADDR=", b"a",
+           b"Z", b"-", b"(", b"\x1d", b"\x00", b"\xff", b"[1]", b"0"]
+    changed = 0
+    for _ in range(20000):
+        body = bytearray(rng.choice(taken))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(body) + 1)
+            if rng.random() < 0.3 and at < len(body):
+                del body[at:at + rng.randint(1, 4)]
+            else:
+                body[at:at] = rng.choice(odd)
+        body = bytes(body)
+        if _KERNEL_SYSCALL.fullmatch(body):
+            changed += 1
+            assert _split_plain(body) == _split_syscall(body) == tuple(body.split()), body
+            line = b"type=SYSCALL msg=audit(1.002:3): " + body
+            assert parsers_disagree(line) is None, line
+        else:
+            assert _split_syscall(body) == _split_plain(body), body
+    assert changed > 400  # the changes it still takes were compared, not only the declined

@@ -234,7 +234,7 @@ def parse(line: bytes, fast: bool = True) -> Record:
                     # never inside a plain value: it would become a space there).
                     plain = plain.replace(b"\x1d", b" ")
                 # A SYSCALL body is never seen twice (pid, arguments): not worth remembering.
-                parts = _plain_parts(plain) if rtype != SYSCALL else _split_plain(plain)
+                parts = _plain_parts(plain) if rtype != SYSCALL else _split_syscall(plain)
                 if parts is not None:
                     record = Record(None, rtype, stamp[0], stamp[1], stamp[2], None, line,
                                     plain, parts)
@@ -299,6 +299,28 @@ def _split_plain(body: bytes) -> tuple[bytes, ...] | None:
     if _PLAIN.fullmatch(body) is None:
         return None
     return tuple(body.split())
+
+
+# A SYSCALL body as the kernel writes it (audit_log_exit: these fields in this order; the
+# ENRICHED names auditd appends after them). One pattern without a choice per field checks
+# it in a third of _PLAIN's time, and a SYSCALL body is never seen twice (pid, arguments).
+# Everything it takes, _PLAIN takes (the same quoted values; hex, digits and names are bare
+# values), so the parts are the same; a body it declines (subj=, another layout) goes to _PLAIN.
+_KERNEL_TEXT = rb'(?:"[^" \t-\r\x1d\'{]*"|[0-9A-F]+|\(null\))'
+_KERNEL_SYSCALL = re.compile(
+    rb"arch=[0-9a-f]+ syscall=[0-9]+ (?:success=(?:yes|no) exit=-?[0-9]+ )?"
+    rb"a0=[0-9a-f]+ a1=[0-9a-f]+ a2=[0-9a-f]+ a3=[0-9a-f]+ items=[0-9]+ ppid=[0-9]+ "
+    rb"pid=[0-9]+ auid=[0-9]+ uid=[0-9]+ gid=[0-9]+ euid=[0-9]+ suid=[0-9]+ fsuid=[0-9]+ "
+    rb"egid=[0-9]+ sgid=[0-9]+ fsgid=[0-9]+ tty=[A-Za-z0-9()/]+ ses=[0-9]+ "
+    rb"comm=%s exe=%s key=%s"
+    rb'(?: [A-Z][A-Z_]*=(?:"[^" \t-\r\x1d\'{]*"|[0-9a-z_]+))*' % ((_KERNEL_TEXT,) * 3))
+
+
+def _split_syscall(body: bytes) -> tuple[bytes, ...] | None:
+    """_split_plain of a SYSCALL body, checked by _KERNEL_SYSCALL first."""
+    if _KERNEL_SYSCALL.fullmatch(body) is not None:
+        return tuple(body.split(b" "))
+    return _split_plain(body)
 
 
 # Most bodies of an exec's records repeat from one exec of a binary to the next (PATH, CWD,
