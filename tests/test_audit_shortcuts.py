@@ -48,9 +48,9 @@ def test_whole_arguments_read_as_the_general_argv_reader_reads_them() -> None:
 
 
 def test_the_usual_execve_renders_as_the_general_laurel_code_renders_it(monkeypatch) -> None:
-    shortcut = [laurel._execve([_execve(body)]) for body in EXECVE_BODIES]
+    shortcut = [laurel.LaurelRenderer()._execve([_execve(body)]) for body in EXECVE_BODIES]
     monkeypatch.setattr(laurel, "whole_args", lambda body: None)
-    general = [laurel._execve([_execve(body)]) for body in EXECVE_BODIES]
+    general = [laurel.LaurelRenderer()._execve([_execve(body)]) for body in EXECVE_BODIES]
     assert shortcut == general
     assert shortcut[0] == ['"argc":3', '"ARGV":["ls","-l","/tmp"]']
 
@@ -284,3 +284,66 @@ def test_the_kernels_syscall_layout_is_checked_by_its_own_pattern_and_split_alik
         else:
             assert _split_syscall(body) == _split_plain(body), body
     assert changed > 400  # the changes it still takes were compared, not only the declined
+
+
+def test_syscall_arguments_and_a_proctitle_of_the_execs_arguments_render_as_in_general(
+        monkeypatch) -> None:
+    """Two shortcuts of the LAUREL renderer: SYSCALL's a0-a3 taken at their places in the
+    kernel's layout (and remembered), and PROCTITLE's ARGV taken from the EXECVE arguments it
+    joins. Every event of the corpus, of the kernel layouts above, and of records changed
+    where the shortcuts could go wrong (an argument after the head or out of place, an empty
+    argument, a title that differs by a byte, a PROCTITLE before its EXECVE, one renderer for
+    the whole stream) renders as with both shortcuts off."""
+    from sensor_linux.audit.assemble import Assembler
+    from tests.test_audit_corpus import CORPUS
+    streams = [path.read_bytes() for path in sorted(CORPUS.rglob("*.txt"))]
+    execs = []
+    for n, (args, title) in enumerate([
+            ([b"ls", b"-l"], b"ls\0-l"), ([b"ls", b""], b"ls\0"), ([b"ls", b"-l"], b"ls\0-L"),
+            ([b"", b"x"], b"\0x"), ([b"a"], b"a\0"), ([b"a b", b"c"], b"a b\0c"),
+            ([b"x"] * 3, b"x\0x\0x"), ([b"ls"], b"ls")]):
+        stamp = b"msg=audit(1.%03d:%d): " % (n, n + 1)
+        head = (b"arch=c000003e syscall=59 success=yes exit=0 a0=%x a1=55d2 a2=55d3 a3=8 "
+                b"items=1 ppid=1 pid=%d " % (n % 3, n))
+        tails = [b"", b"a4=9 ", b"a0=77 "]
+        execve = b"argc=%d " % len(args) + b" ".join(  # quoted as the kernel does, or hex
+            b"a%d=%s" % (i, a.hex().upper().encode() if b" " in a else b'"%s"' % a)
+            for i, a in enumerate(args))
+        records = [b"type=SYSCALL " + stamp + head + tails[n % 3] + b'comm="x" exe="/x" key=(null)',
+                   b"type=EXECVE " + stamp + execve,
+                   b"type=PROCTITLE " + stamp + b"proctitle=" + title.hex().upper().encode(),
+                   b"type=EOE " + stamp]
+        if n in (2, 7):
+            records[1], records[2] = records[2], records[1]  # PROCTITLE first
+        execs.append(b"\n".join(records) + b"\n")
+    moved = execs[0].replace(b"arch=c000003e syscall=59", b"syscall=59 arch=c000003e")
+    streams += [b"".join(execs), moved]
+
+    def rendered(stream: bytes, renderer) -> list[str]:
+        assembler = Assembler()
+        events = [e for line in stream.splitlines(keepends=True) if line.strip()
+                  for e in _added(assembler, line)] + assembler.flush()
+        return [renderer(event) for event in events]
+
+    shared = laurel.LaurelRenderer()  # one renderer for every stream, as a long replay has
+    with_shortcuts = [rendered(stream, shared) for stream in streams]
+    original = laurel.LaurelRenderer._execve
+
+    def execve_forgetting(self, records):  # noqa: ANN001, ANN202
+        members = original(self, records)
+        self._argv = ([None], [])  # no title takes the arguments' strings
+        return members
+    monkeypatch.setattr(laurel.LaurelRenderer, "_execve", execve_forgetting)
+    monkeypatch.setattr(laurel, "SYSCALL_HEAD", (b"\0",) * 11)  # no record has this head
+    general = laurel.LaurelRenderer()
+    without = [rendered(stream, general) for stream in streams]
+    assert with_shortcuts == without
+    assert sum(map(len, without)) > 100
+
+
+def _added(assembler, line: bytes) -> list:
+    from sensor_linux.audit.records import ParseError
+    try:
+        return assembler.add(parse(line))
+    except ParseError:
+        return []

@@ -17,8 +17,9 @@ from common.schema import Event, new_event
 from sensor_linux.audit import syscalls
 from sensor_linux.audit.assemble import AuditEvent
 from sensor_linux.audit.decode import execve_argv, sockaddr
-from sensor_linux.audit.records import (CWD, EXECVE, PATH, SOCKADDR, SYSCALL, ParseError,
-                                        Record, Value, field_value, find_field, stamp_token)
+from sensor_linux.audit.records import (CWD, EXECVE, PATH, SOCKADDR, SYSCALL, SYSCALL_HEAD,
+                                        ParseError, Record, Value, field_value, find_field,
+                                        stamp_token)
 from sensor_linux.enrich import Enricher
 from sensor_linux.procfs import LiveFacts, ProcessFacts, kernel_tty_name
 
@@ -53,11 +54,6 @@ def _device(value: Value) -> int | None:
         return None
 
 
-# SYSCALL's first fields as the kernel writes them (audit_log_exit): what differs from one exec
-# to the next (arguments, caller, new pid) comes before the ids, terminal, session, comm and
-# exe, which repeat for every run of a binary by one user.
-_SYSCALL_HEAD = (b"arch=", b"syscall=", b"success=", b"exit=", b"a0=", b"a1=", b"a2=", b"a3=",
-                 b"items=", b"ppid=", b"pid=")
 _PPID, _PID = 9, 10
 _STABLE_FACTS = _SYSCALL_FACTS[2:]
 MAX_STABLE = 4096
@@ -85,10 +81,10 @@ def _stable_facts(values: list[Value]) -> StableFacts:
 
 def _kernel_head(syscall: Record) -> tuple[bytes, ...] | None:
     """A plain SYSCALL record's parts when they start as the kernel writes them
-    (_SYSCALL_HEAD; not with ``per=``, or without an outcome), else None. Checked once per
+    (SYSCALL_HEAD; not with ``per=``, or without an outcome), else None. Checked once per
     event: the name, the outcome and the facts read their fields at these places."""
     parts = syscall.plain_parts()
-    if len(parts) > len(_SYSCALL_HEAD) and all(map(bytes.startswith, parts, _SYSCALL_HEAD)):
+    if len(parts) > len(SYSCALL_HEAD) and all(map(bytes.startswith, parts, SYSCALL_HEAD)):
         return parts
     return None
 
@@ -103,7 +99,7 @@ ExecHead = tuple["tuple[bytes | None, int, int, int]", int, "int | None", "str |
 
 
 def exec_head(line: bytes) -> ExecHead | None:
-    """For the SYSCALL record of an exec as the kernel writes it (its head: _SYSCALL_HEAD),
+    """For the SYSCALL record of an exec as the kernel writes it (its head: SYSCALL_HEAD),
     read from its text alone: the event's key (node, seconds, milliseconds, serial), pid, ppid
     and executable; else None (another record, another call, another layout). Made for the
     live sources' first look at a record, before it is parsed (capture.py)."""
@@ -114,7 +110,7 @@ def exec_head(line: bytes) -> ExecHead | None:
     if not line.startswith(b"type=SYSCALL "):
         return None
     parts = line.split(b" ", 13)
-    if len(parts) < 14 or not all(map(bytes.startswith, parts[2:13], _SYSCALL_HEAD)):
+    if len(parts) < 14 or not all(map(bytes.startswith, parts[2:13], SYSCALL_HEAD)):
         return None
     stamp = stamp_token(parts[1])
     arch, number, ppid, pid = parts[2][5:], parts[3][8:], parts[11][5:], parts[12][4:]
@@ -232,7 +228,7 @@ class AuditEventBuilder:
         if head is not None:
             # The kernel's layout: none of the ids, terminal, session, comm or exe is in the
             # head, so their values are a function of the fields after it (remembered).
-            tail = head[len(_SYSCALL_HEAD):]
+            tail = head[len(SYSCALL_HEAD):]
             stable = self._stable.get(tail)
             if stable is None:
                 stable = _stable_facts(syscall.values(_STABLE_FACTS))

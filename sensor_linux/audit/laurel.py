@@ -20,9 +20,9 @@ import re
 from sensor_linux.audit import fields
 from sensor_linux.audit.assemble import AuditEvent
 from sensor_linux.audit.decode import execve_argv, is_execve_arg_key, whole_args
-from sensor_linux.audit.records import (CWD, EXECVE, PROCTITLE, SYSCALL, Hex, Oct, Record,
-                                        Value, field_value, is_multipart, plain_key,
-                                        type_name)
+from sensor_linux.audit.records import (CWD, EXECVE, PROCTITLE, SYSCALL, SYSCALL_ARGUMENTS,
+                                        SYSCALL_HEAD, Hex, Oct, Record, Value, field_value,
+                                        is_multipart, plain_key, type_name)
 
 _SINGLE = frozenset({SYSCALL, EXECVE, PROCTITLE, CWD})
 
@@ -182,8 +182,14 @@ class LaurelRenderer:
     def __init__(self) -> None:
         self._members: dict[bytes, str] = {}
         self._syscall_members: dict[bytes, str] = {}  # "" for a0-a3, which go to ARGV
+        # SYSCALL's a0-a3 in the kernel's layout, as ARGV items: a caller that execs in a loop
+        # passes the same pointers.
+        self._arguments: dict[bytes, str] = {}
         # A plain record's object by its parts: PATH, CWD, BPRM_FCAPS of a binary run again.
         self._records: dict[tuple[bytes, ...], str] = {}
+        # The last usual EXECVE's arguments and their strings: PROCTITLE is most often the
+        # same arguments joined by NULs, and then their strings are the same.
+        self._argv: tuple[list[Value], list[str]] = ([None], [])
 
     def __call__(self, event: AuditEvent) -> str:
         return self.render(event)
@@ -215,9 +221,9 @@ class LaurelRenderer:
         if rtype == SYSCALL:
             members = self._syscall(records)
         elif rtype == EXECVE:
-            members = _execve(records)
+            members = self._execve(records)
         elif rtype == PROCTITLE:
-            members = _proctitle(records)
+            members = self._proctitle(records)
         elif len(records) == 1:
             record = records[0]
             if not record.is_plain or len(record.raw) > REMEMBER_RECORD:
@@ -258,6 +264,15 @@ class LaurelRenderer:
                         out.append(_member(key, value))
                 continue
             parts = record.plain_parts()
+            if len(parts) > SYSCALL_ARGUMENTS.stop and all(
+                    map(bytes.startswith, parts, SYSCALL_HEAD[:SYSCALL_ARGUMENTS.stop])):
+                # The kernel's layout: a0-a3 are its fifth to eighth fields, and nothing
+                # before them is an argument; one that follows still goes by _fill, after.
+                items = list(map(self._arguments.get, parts[SYSCALL_ARGUMENTS]))
+                if None in items:
+                    self._fill_arguments(items, parts[SYSCALL_ARGUMENTS], record.raw)
+                argv.extend(items)
+                parts = parts[:SYSCALL_ARGUMENTS.start] + parts[SYSCALL_ARGUMENTS.stop:]
             members = list(map(self._syscall_members.get, parts))
             if None in members:
                 argv.extend(self._fill(members, parts, record, self._syscall_members))
@@ -266,6 +281,51 @@ class LaurelRenderer:
             v if type(v) is str else '"0x%x"' % v if type(v) is Hex else _value(v)
             for v in argv))
         return out
+
+    def _fill_arguments(self, items: list[str | None], parts: tuple[bytes, ...],
+                        line: bytes) -> None:
+        """The ARGV items of SYSCALL arguments not remembered, remembered if short."""
+        for i, item in enumerate(items):
+            if item is None:
+                part = parts[i]
+                items[i] = _syscall_arg(part, line)
+                if len(part) <= REMEMBER_PART:
+                    if len(self._arguments) >= MAX_REMEMBERED:
+                        self._arguments.clear()
+                    self._arguments[part] = items[i]  # type: ignore[assignment]
+
+    def _execve(self, records: list[Record]) -> list[str]:
+        """EXECVE's members, its arguments (split over continuation records) as ``ARGV``."""
+        args = whole_args(records[0].body) if len(records) == 1 else None
+        if args is not None:  # the usual record: argc and every argument whole, in order
+            strings = [laurel_string(value) if value is not None else '""'  # type: ignore[arg-type]
+                       for value in args]
+            self._argv = (args, strings)
+            return ['"argc":%d' % len(args), '"ARGV":[%s]' % ",".join(strings)]
+        pairs = [pair for record in records for pair in record.body]
+        parts = [_member(key, value) for key, value in pairs if not is_execve_arg_key(key)]
+        args, _ = execve_argv(pairs)
+        parts.append('"ARGV":[%s]' % ",".join(_value(a) for a in args))
+        return parts
+
+    def _proctitle(self, records: list[Record]) -> list[str]:
+        title: Value = None
+        parts: list[str] = []
+        for record in records:
+            for key, value in record.body:
+                if key == "proctitle":
+                    title = value
+                else:
+                    parts.append(_member(key, value))
+        args, strings = self._argv
+        # The title is the last usual EXECVE's arguments joined, none of them empty: LAUREL's
+        # split of it gives them back, so their strings are the title's (whichever event they
+        # came from: they are a function of the arguments).
+        if type(title) is not bytes or None in args or b"" in args \
+                or title != b"\0".join(args):  # type: ignore[arg-type]
+            strings = [laurel_string(a) for a in laurel_proctitle_argv(title)]
+        parts.append('"ARGV":[%s]' % ",".join(strings))
+        return parts
 
     def _fill(self, members: list[str | None], parts: tuple[bytes, ...], record: Record,
               known: dict[bytes, str]) -> list[str]:
@@ -288,34 +348,6 @@ class LaurelRenderer:
                     known.clear()  # a new generation; the common fields come back at once
                 known[part] = member
         return argv
-
-
-def _execve(records: list[Record]) -> list[str]:
-    """EXECVE's members, its arguments (split over continuation records) as ``ARGV``."""
-    args = whole_args(records[0].body) if len(records) == 1 else None
-    if args is not None:  # the usual record: argc and every argument whole, in order
-        return ['"argc":%d' % len(args), '"ARGV":[%s]' % ",".join(
-            laurel_string(value) if value is not None else '""'  # type: ignore[arg-type]
-            for value in args)]
-    pairs = [pair for record in records for pair in record.body]
-    parts = [_member(key, value) for key, value in pairs if not is_execve_arg_key(key)]
-    args, _ = execve_argv(pairs)
-    parts.append('"ARGV":[%s]' % ",".join(_value(a) for a in args))
-    return parts
-
-
-def _proctitle(records: list[Record]) -> list[str]:
-    title: Value = None
-    parts: list[str] = []
-    for record in records:
-        for key, value in record.body:
-            if key == "proctitle":
-                title = value
-            else:
-                parts.append(_member(key, value))
-    parts.append('"ARGV":[%s]' % ",".join(laurel_string(a)
-                                          for a in laurel_proctitle_argv(title)))
-    return parts
 
 
 def render(event: AuditEvent) -> str:

@@ -301,6 +301,14 @@ def _split_plain(body: bytes) -> tuple[bytes, ...] | None:
     return tuple(body.split())
 
 
+# SYSCALL's first fields as the kernel writes them (audit_log_exit): what differs from one exec
+# to the next (arguments, caller, new pid) comes before the ids, terminal, session, comm and
+# exe, which repeat for every run of a binary by one user. Its arguments are at ARGUMENTS.
+SYSCALL_HEAD = (b"arch=", b"syscall=", b"success=", b"exit=", b"a0=", b"a1=", b"a2=", b"a3=",
+                b"items=", b"ppid=", b"pid=")
+SYSCALL_ARGUMENTS = slice(4, 8)
+
+
 # A SYSCALL body as the kernel writes it (audit_log_exit: these fields in this order; the
 # ENRICHED names auditd appends after them). One pattern without a choice per field checks
 # it in a third of _PLAIN's time, and a SYSCALL body is never seen twice (pid, arguments).
