@@ -120,7 +120,9 @@ class Pipeline:
         self.stats = PipelineStats()
 
     def feed(self, raw: Any) -> None:
-        self._build(self.decoder.decode(raw))
+        items = self.decoder.decode(raw)
+        if items:  # most audit lines complete no event
+            self._build(items)
 
     def tick(self) -> None:
         """Periodic: what waited too long in the decoder and the folder."""

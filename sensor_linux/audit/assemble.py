@@ -31,7 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sensor_linux.audit.records import EOE, PROCTITLE, SYSCALL, Record, is_multipart
+from sensor_linux.audit.records import EOE, MULTIPART, PROCTITLE, SYSCALL, Record
 
 DEFAULT_TIMEOUT_MS = 5_000
 DEFAULT_WALL_TIMEOUT = 5.0
@@ -128,7 +128,10 @@ class Assembler:
 
     def add(self, record: Record, now: float | None = None) -> list[AuditEvent]:
         """Take one record; return the events it completed or that timed out meanwhile."""
-        return self._release(self._add(record, now))
+        done = self._add(record, now)
+        if not done and not self._ready:
+            return done  # most records: nothing completed, nothing held
+        return self._release(done)
 
     def _add(self, record: Record, now: float | None) -> list[AuditEvent]:
         out: list[AuditEvent] = []
@@ -136,7 +139,7 @@ class Assembler:
         key = (record.node, record.sec, record.msec, record.serial)
         last = self._last
         if last is not None and key == self._last_key and rtype != EOE and rtype != PROCTITLE \
-                and len(last.records) < MAX_RECORDS_PER_EVENT and is_multipart(rtype):
+                and len(last.records) < MAX_RECORDS_PER_EVENT and rtype in MULTIPART:
             # The next record of the open event the last record went to: nothing else to do
             # (same time, same serial), and most records come this way.
             last.records.append(record)
@@ -164,7 +167,7 @@ class Assembler:
             self.stats.completed_by_eoe += 1
             self._finish(key, event, out)
             return out
-        if not is_multipart(rtype):
+        if rtype not in MULTIPART:
             if key in self._done_user:
                 self._reject("duplicate event id", record)
                 return out

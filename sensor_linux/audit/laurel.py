@@ -21,8 +21,8 @@ from sensor_linux.audit import fields
 from sensor_linux.audit.assemble import AuditEvent
 from sensor_linux.audit.decode import execve_argv, is_execve_arg_key, whole_args
 from sensor_linux.audit.records import (CWD, EXECVE, PROCTITLE, SYSCALL, SYSCALL_ARGUMENTS,
-                                        SYSCALL_HEAD, Hex, Oct, Record, Value, field_value,
-                                        is_multipart, plain_key, type_name)
+                                        SYSCALL_HEAD, MULTIPART, Hex, Oct, Record, Value,
+                                        field_value, plain_key, type_name)
 
 _SINGLE = frozenset({SYSCALL, EXECVE, PROCTITLE, CWD})
 
@@ -173,6 +173,13 @@ REMEMBER_RECORD = 1024
 MAX_RECORDS = 4096
 
 
+@functools.lru_cache(maxsize=1024)
+def _group_head(rtype: int) -> tuple[str, bool]:
+    """A record type's ``"NAME":`` and whether its records are a list (other kernel records
+    of multi-record events) rather than one object."""
+    return '"%s":' % type_name(rtype), rtype not in _SINGLE and rtype in MULTIPART
+
+
 class LaurelRenderer:
     """Renders assembled audit events as LAUREL lines. It remembers the member text of short
     fields: most fields repeat from one event to the next (arch, ids, comm, exe, key, and the
@@ -209,11 +216,11 @@ class LaurelRenderer:
         if event.node is not None:
             out.append('"NODE":' + laurel_string(event.node))
         for rtype, records in groups.items():
-            name = type_name(rtype)
-            if rtype in _SINGLE or not is_multipart(rtype):
-                out.append('"%s":%s' % (name, self._object(records)))
+            prefix, listed = _group_head(rtype)
+            if listed:
+                out.append(prefix + "[" + ",".join(self._object([r]) for r in records) + "]")
             else:
-                out.append('"%s":[%s]' % (name, ",".join(self._object([r]) for r in records)))
+                out.append(prefix + self._object(records))
         return ",".join(out) + "}"
 
     def _object(self, records: list[Record]) -> str:

@@ -189,6 +189,10 @@ def is_multipart(rtype: int) -> bool:
     return 1300 <= rtype < 2100 or rtype == LOGIN
 
 
+# The same as a set, for the hot paths (a look-up instead of a call).
+MULTIPART = frozenset(range(1300, 2100)) | {LOGIN}
+
+
 # Numbers are bounded in length everywhere (20 digits hold any 64-bit value): a longer one is
 # not a number the kernel wrote, and Python refuses int() of over 4,300 digits anyway. The
 # kernel writes milliseconds as three digits; eleven digits of seconds reach the year 5138,
