@@ -16,7 +16,8 @@
 3. Memory: the recording repeated with renumbered event ids up to ``--memory-events``, replayed
    through the default pipeline, peak RSS printed.
 
-CPU is reported per 10,000 exec events with the ratio to LAUREL measured in the same run.
+CPU is reported per 10,000 exec events with the ratio to LAUREL measured in the same run: each
+engine replays ``--rounds`` times, every engine once a round in turn, and the medians compare.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ from sensor_linux.audit.session import UnicastSession
 
 
 _ID = re.compile(rb"msg=audit\((\d+)\.(\d+):(\d+)\)")
+
+
+# An engine to replay through: name, argv, stdin, output (None: LAUREL's own log), environment
+# (None: this one's).
+Engine = tuple[str, list[str], Path, Path | None, dict[str, str] | None]
 
 
 @dataclass
@@ -141,6 +147,14 @@ def run_child(engine: str, argv: list[str], stdin: Path, stdout: Path | None,
     return Result(engine, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, 0, 0)
 
 
+def _median(results: list[Result]) -> Result:
+    """The run of median CPU time, with the largest peak RSS of all the runs."""
+    ordered = sorted(results, key=lambda r: r.cpu_seconds)
+    middle = ordered[len(ordered) // 2]
+    return Result(middle.engine, middle.cpu_seconds, max(r.peak_rss_mib for r in results),
+                  middle.events, middle.output_lines)
+
+
 def _count_lines(path: Path) -> int:
     with open(path, "rb") as f:
         return sum(1 for _ in f)
@@ -162,7 +176,9 @@ def _laurel_ids(path: Path) -> dict[str, dict]:
               help="Exec events in the memory replay (the recording, repeated).")
 @click.option("--keep", type=click.Path(file_okay=False), default=None,
               help="Keep the recording and the outputs in this directory.")
-def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 50),
+              help="Replays of each engine, in turn; the median of each is reported.")
+def bench_audit(execs: int, memory_events: int, keep: str | None, rounds: int) -> None:
     """Audit replay: CPU per 10,000 exec events, ours against LAUREL, and peak memory.
 
     Needs root (it records through audit netlink) and Debian's laurel package.
@@ -192,14 +208,13 @@ def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
         for fmt in ("laurel", "ecs"):
             run_child("warm-up", [*ours, "audisp", "--format", fmt, *errors, str(head)],
                       Path(os.devnull), None, env, work)
-    results: list[tuple[Result, Result]] = []  # (engine, LAUREL on the same input)
+    inputs: list[tuple[str, Path, list[Engine]]] = []
     for label, tag, source in (("", "", recording), (" (no EOE)", "-no-eoe", no_eoe)):
         laurel_dir = work / f"laurel{tag}"
         laurel_dir.mkdir(exist_ok=True)
         config = laurel_dir.with_suffix(".toml")
         config.write_text(PEER_CONFIG.format(directory=laurel_dir))
-        # (name, argv, stdin, output, environment)
-        engines: list[tuple[str, list[str], Path, Path | None, dict[str, str] | None]] = [
+        engines: list[Engine] = [
             ("LAUREL 0.5.1", [laurel, "--config", str(config)], source, None, None),
             ("ttpsensor audisp --format laurel FILE",
              [*ours, "audisp", "--format", "laurel", *errors, str(source)], Path(os.devnull),
@@ -210,14 +225,28 @@ def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
         if not tag:
             engines.append(("ttpsensor audisp (ecs) as the plugin, on stdin",
                             [*ours, "audisp", *errors], source, work / "ours-plugin.jsonl", env))
-        peer: Result | None = None
-        for name, argv, stdin, out, engine_env in engines:
-            with console.status(f"replaying{label} through {name}"):
-                result = run_child(name + label, argv, stdin, out, engine_env, work)
-            result.events = seen
-            result.output_lines = _count_lines(out or laurel_dir / "laurel.log")
-            peer = peer or result
-            results.append((result, peer))
+        inputs.append((label, laurel_dir, engines))
+    # Rounds in turn, every engine once a round: a busy machine's slow minute falls on all of
+    # them, and the median of each is compared with LAUREL's.
+    runs: dict[str, list[Result]] = {}
+    for n in range(rounds):
+        for label, laurel_dir, engines in inputs:
+            for name, argv, stdin, out, engine_env in engines:
+                if out is None:  # LAUREL appends to its log: each run writes a new one
+                    for old in laurel_dir.glob("laurel.log*"):
+                        old.unlink()
+                with console.status(f"round {n + 1} of {rounds}: replaying{label} through "
+                                    f"{name}"):
+                    result = run_child(name + label, argv, stdin, out, engine_env, work)
+                result.events = seen
+                result.output_lines = _count_lines(out or laurel_dir / "laurel.log")
+                runs.setdefault(name + label, []).append(result)
+    results: list[tuple[Result, Result, list[float]]] = []  # (median, LAUREL's, all CPU s)
+    for label, _, engines in inputs:
+        peer = _median(runs["LAUREL 0.5.1" + label])
+        for name, *_ in engines:
+            results.append((_median(runs[name + label]), peer,
+                            [r.cpu_seconds for r in runs[name + label]]))
     memory_file = work / "memory.log"
     repeat(recording, memory_file, memory_events)
     with console.status(f"replaying {memory_events} exec events for peak memory"):
@@ -233,12 +262,14 @@ def bench_audit(execs: int, memory_events: int, keep: str | None) -> None:
     # Without EOE records our output must not change at all.
     same_no_eoe = (work / "ours-laurel.jsonl").read_bytes() == (
         work / "ours-laurel-no-eoe.jsonl").read_bytes()
-    table = Table(title=f"audit replay of {seen} recorded exec events (same input for all)")
-    for column in ("engine", "CPU s", "CPU s / 10k events", "vs LAUREL", "peak RSS MiB",
-                   "output lines"):
+    table = Table(title=f"audit replay of {seen} recorded exec events (same input for all; "
+                        f"median of {rounds} rounds)")
+    for column in ("engine", "CPU s", "each round", "CPU s / 10k events", "vs LAUREL",
+                   "peak RSS MiB", "output lines"):
         table.add_column(column, justify="left" if column == "engine" else "right")
-    for r, peer in results:
-        table.add_row(r.engine, f"{r.cpu_seconds:.2f}", f"{r.cpu_seconds / seen * 1e4:.2f}",
+    for r, peer, each in results:
+        table.add_row(r.engine, f"{r.cpu_seconds:.2f}", " ".join(f"{c:.2f}" for c in each),
+                      f"{r.cpu_seconds / seen * 1e4:.2f}",
                       f"{r.cpu_seconds / peer.cpu_seconds:.2f}×", f"{r.peak_rss_mib:.0f}",
                       str(r.output_lines))
     Console(width=132).print(table)
