@@ -317,7 +317,7 @@ def test_syscall_arguments_and_a_proctitle_of_the_execs_arguments_render_as_in_g
             records[1], records[2] = records[2], records[1]  # PROCTITLE first
         execs.append(b"\n".join(records) + b"\n")
     moved = execs[0].replace(b"arch=c000003e syscall=59", b"syscall=59 arch=c000003e")
-    streams += [b"".join(execs), moved]
+    streams += [b"".join(execs), moved, b"\n".join(_syscall_lines()) + b"\n"]
 
     def rendered(stream: bytes, renderer) -> list[str]:
         assembler = Assembler()

@@ -307,7 +307,7 @@ def _split_plain(body: bytes) -> tuple[bytes, ...] | None:
 
 # SYSCALL's first fields as the kernel writes them (audit_log_exit): what differs from one exec
 # to the next (arguments, caller, new pid) comes before the ids, terminal, session, comm and
-# exe, which repeat for every run of a binary by one user. Its arguments are at ARGUMENTS.
+# exe, which repeat for every run of a binary by one user. a0-a3 are at SYSCALL_ARGUMENTS.
 SYSCALL_HEAD = (b"arch=", b"syscall=", b"success=", b"exit=", b"a0=", b"a1=", b"a2=", b"a3=",
                 b"items=", b"ppid=", b"pid=")
 SYSCALL_ARGUMENTS = slice(4, 8)
