@@ -19,6 +19,7 @@ from common.sinks import Output, emit
 from sensor_linux.audit.netlink import AuditNetlinkError
 from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
 from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession
+from sensor_linux.audit.capture import WaitingLines
 from sensor_linux.audit.source import NetlinkInput, audit_error
 from sensor_linux.batching import Gather
 from sensor_linux.crosscheck import CrossCheck
@@ -95,7 +96,8 @@ class CombinedSource(BaseSource):
     def inputs(self) -> list[Input]:
         assert self.audit.records is not None
         ring = RingInput(self.probes, Gather())
-        return [ring, RingFirst(NetlinkInput(self.audit.records, self.audit_pipeline), ring)]
+        return [ring, RingFirst(NetlinkInput(self.audit.records,
+                                                 WaitingLines(self.audit_pipeline)), ring)]
 
     def files(self) -> list[str]:
         return [self.config.state_file, self.error_log.path]

@@ -331,10 +331,10 @@ def test_syscall_arguments_and_a_proctitle_of_the_execs_arguments_render_as_in_g
 
     def execve_forgetting(self, records):  # noqa: ANN001, ANN202
         members = original(self, records)
-        self._argv = ([None], [])  # no title takes the arguments' strings
+        self._argv = None  # no title takes the arguments' strings
         return members
     monkeypatch.setattr(laurel.LaurelRenderer, "_execve", execve_forgetting)
-    monkeypatch.setattr(laurel, "SYSCALL_HEAD", (b"\0",) * 11)  # no record has this head
+    monkeypatch.setattr(laurel, "in_kernel_layout", lambda parts: False)
     general = laurel.LaurelRenderer()
     without = [rendered(stream, general) for stream in streams]
     assert with_shortcuts == without

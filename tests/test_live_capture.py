@@ -6,7 +6,6 @@ ran."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import time
@@ -17,17 +16,19 @@ import pytest
 
 from common.schema import Event
 from sensor_linux import enrich
-from sensor_linux.audit.capture import ExecCapture
+from sensor_linux.audit.capture import ExecCapture, WaitingLines
 from sensor_linux.audit.events import AuditEventBuilder, exec_head
 from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.audit.plugin import PipeInput
 from sensor_linux.audit.source import NetlinkInput
-from sensor_linux.batching import BUILD_SECONDS
-from sensor_linux.wake import Collected  # an output that keeps the events
-from sensor_linux.audit.plugin import PipeInput
-from sensor_linux.audit.source import NetlinkInput
-from sensor_linux.batching import BUILD_SECONDS
+from sensor_linux.batching import BUILD_SECONDS, Gather
 from sensor_linux.enrich import Enricher
+from sensor_linux.wake import Collected  # an output that keeps the events
+from tests.workload import memfd_image
+
+# Pids no process can have (the kernel's limit is 4,194,304, PID_MAX_LIMIT): the records
+# written for them name processes that are surely not running, on any machine.
+GONE = 1 << 22
 
 
 def _exec_lines(serial: int, pid: int, ppid: int, exe: str, argv0: str) -> list[bytes]:
@@ -59,22 +60,19 @@ def _wait_for_exe(pid: int, prefix: str) -> None:
 
 def _memfd_sleep(marker: str) -> tuple[subprocess.Popen[bytes], str]:
     """A sleep run from a memfd of its own (a new image: no digest cached); its sha256."""
-    image = open("/usr/bin/sleep", "rb").read() + os.urandom(8)
-    fd = os.memfd_create(marker, 0)
+    fd, digest = memfd_image(marker)
     try:
-        os.write(fd, image)
         proc = subprocess.Popen([marker, "30"], executable=f"/proc/self/fd/{fd}",
                                 pass_fds=(fd,))
     finally:
         os.close(fd)
     _wait_for_exe(proc.pid, "/memfd:")
-    return proc, hashlib.sha256(image).hexdigest().upper()
+    return proc, digest
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.kill()
     proc.wait()
-
 
 
 def _capturing(enricher: Enricher) -> tuple[ExecCapture, Collected, Any]:
@@ -124,7 +122,7 @@ def test_an_unknown_parent_read_at_the_first_look_is_the_parent_after_it_exited(
     _wait_for_exe(parent.pid, "/")
     enricher = Enricher()
     capture, out, pipeline = _capturing(enricher)
-    lines = _exec_lines(2, 4_000_000, parent.pid, "/usr/bin/true", "true")
+    lines = _exec_lines(2, GONE, parent.pid, "/usr/bin/true", "true")
     try:
         if looked:
             for line in lines:
@@ -151,8 +149,8 @@ def test_a_parent_whose_exec_waits_is_not_read_from_proc() -> None:
     def run(looked: bool) -> tuple[list[Event], int]:
         enricher = Enricher()
         capture, out, pipeline = _capturing(enricher)
-        lines = (_exec_lines(3, 3_999_998, 1, "/usr/bin/env", "env")
-                 + _exec_lines(4, 3_999_999, 3_999_998, "/usr/bin/true", "true"))
+        lines = (_exec_lines(3, GONE + 1, 1, "/usr/bin/env", "env")
+                 + _exec_lines(4, GONE + 2, GONE + 1, "/usr/bin/true", "true"))
         for line in lines:
             if looked:
                 capture.scan(line)
@@ -169,7 +167,7 @@ def test_a_parent_whose_exec_waits_is_not_read_from_proc() -> None:
         return [(e["process"]["parent"]["pid"], e["process"]["parent"].get("executable"))
                 for e in events]
     assert parents(looked) == parents(at_once)
-    assert parents(looked)[1] == (3_999_998, "/usr/bin/env")
+    assert parents(looked)[1] == (GONE + 1, "/usr/bin/env")
     assert [e["ttphash"]["value"] for e in looked] == [e["ttphash"]["value"] for e in at_once]
 
 
@@ -224,6 +222,23 @@ def test_a_first_look_keeps_what_no_event_takes_within_bounds_and_closes_it() ->
     assert len(capture) == 0 and capture._pending == {}
 
 
+class _Clock:
+    """The time the tests say: a build is due when they move it, not when a slow machine
+    took long."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _waiting(pipeline, capture: ExecCapture | None, clock: _Clock) -> WaitingLines:  # noqa: ANN001
+    waiting = WaitingLines(pipeline, capture)
+    waiting.builds = Gather(BUILD_SECONDS, clock)
+    return waiting
+
+
 class _Quiet:
     """An audit record socket with nothing waiting."""
 
@@ -238,29 +253,29 @@ def test_the_audit_inputs_are_due_when_lines_wait_and_build_them_without_reading
     """Both audit inputs: not due while nothing waits; due BUILD_SECONDS after their last
     build while lines wait; a drain when due parses and builds them, and on an empty pipe does
     not block (the runner drains a due input whose descriptor is quiet)."""
-    lines = _exec_lines(8, 4_000_001, 1, "/usr/bin/true", "true")
+    lines = _exec_lines(8, GONE + 3, 1, "/usr/bin/true", "true")
     read_end, write_end = os.pipe()
     # A read of the empty pipe raises instead of hanging: a drain must not read it when due.
     os.set_blocking(read_end, False)
     try:
-        for make in (lambda p, c: NetlinkInput(_Quiet(), p, c),  # type: ignore[arg-type]
-                     lambda p, c: PipeInput(read_end, p, c)):  # type: ignore[arg-type]
+        for make in (lambda w: NetlinkInput(_Quiet(), w),  # type: ignore[arg-type]
+                     lambda w: PipeInput(read_end, w)):
             capture, out, pipeline = _capturing(Enricher())
-            item = make(pipeline, capture)
+            clock = _Clock()
+            item = make(_waiting(pipeline, capture, clock))
             assert item.due_in() is None
             for line in lines:
                 item.waiting.add(line)
-            item.waiting.builds.read()  # as after a build: the next is BUILD_SECONDS away
-            assert 0 < item.due_in() <= BUILD_SECONDS
+            assert item.due_in() == BUILD_SECONDS  # BUILD_SECONDS after the last build
             if isinstance(item, NetlinkInput):  # (a pipe is drained only when readable)
                 assert item.drain() is False and out.events == []  # not due: waits
-            item.waiting.builds._last_read -= BUILD_SECONDS  # the time has come
+            clock.now += BUILD_SECONDS  # the time has come
             assert item.due_in() == 0
             assert item.drain() is False  # the empty pipe was not read
             assert len(out.events) == 1 and item.due_in() is None
         os.write(write_end, b"".join(lines))
         capture, out, pipeline = _capturing(Enricher())
-        piped = PipeInput(read_end, pipeline, capture)  # type: ignore[arg-type]
+        piped = PipeInput(read_end, _waiting(pipeline, capture, _Clock()))
         piped.drain()
         assert piped.waiting.lines == lines and out.events == []  # read, waiting: not due
         assert len(capture) == 1  # and looked at
@@ -279,19 +294,24 @@ def test_the_plugin_source_builds_what_waits_at_a_tick_and_at_the_stop(tmp_path)
     out = Collected()
     source = PluginSource(RunConfig(source="audisp", parse_error_log=str(tmp_path / "e.log")),
                           out, print, fd=read_end)  # type: ignore[arg-type]
+    source.waiting.builds = Gather(BUILD_SECONDS, _Clock())  # never due: the tick builds
     try:
-        os.write(write_end, b"".join(_exec_lines(9, 4_000_002, 1, "/usr/bin/true", "true")))
+        os.write(write_end, b"".join(_exec_lines(9, GONE + 4, 1, "/usr/bin/true", "true")))
         source.input.drain()
         assert out.events == [] and len(source.input.waiting.lines) == 5  # read, not due
         source.tick()
         assert len(out.events) == 1 and source.input.waiting.lines == []
-        os.write(write_end, b"".join(_exec_lines(10, 4_000_003, 1, "/usr/bin/true", "true")))
+        os.write(write_end, b"".join(_exec_lines(10, GONE + 5, 1, "/usr/bin/true", "true")))
+        # An exec's SYSCALL record the parser refuses (a word that is no field at its end):
+        # looked at, but no event ever takes its reading.
+        refused = _exec_lines(12, GONE + 7, 1, "/usr/bin/true", "true")[0]
+        os.write(write_end, refused.rstrip(b"\n") + b" garbage\n")
         source.input.drain()
-        assert len(out.events) == 1 and len(source.capture) == 1
+        assert len(out.events) == 1 and len(source.waiting.capture) == 2
         os.close(write_end)
         write_end = -1
         source.finish()  # reads to the end of the pipe, then builds what waits
-        assert len(out.events) == 2 and len(source.capture) == 0
+        assert len(out.events) == 2 and len(source.waiting.capture) == 0
     finally:
         os.close(read_end)
         if write_end >= 0:
@@ -309,8 +329,8 @@ def test_a_failing_first_look_is_counted_and_kept_and_the_event_still_built(
 
     monkeypatch.setattr(capture_module, "exec_head", broken)
     capture, out, pipeline = _capturing(Enricher())
-    input_ = NetlinkInput(_Quiet(), pipeline, capture)  # type: ignore[arg-type]
-    lines = _exec_lines(11, 4_000_004, 1, "/usr/bin/true", "true")
+    input_ = NetlinkInput(_Quiet(), WaitingLines(pipeline, capture))  # type: ignore[arg-type]
+    lines = _exec_lines(11, GONE + 6, 1, "/usr/bin/true", "true")
     for line in lines:
         input_.waiting.add(line)
     input_.waiting.feed()

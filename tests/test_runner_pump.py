@@ -12,6 +12,7 @@ import time
 from types import SimpleNamespace
 
 from sensor_linux.audit import source as audit_source
+from sensor_linux.audit.capture import WaitingLines
 from sensor_linux.audit.source import NetlinkInput
 from sensor_linux.batching import BATCH_SECONDS
 from sensor_linux.runner import BaseSource, pump
@@ -64,13 +65,13 @@ class Sink:
 
 def test_a_netlink_drain_reads_a_bounded_batch_and_says_more_is_waiting() -> None:
     records, pipeline = EndlessRecords(), Counting()
-    assert NetlinkInput(records, pipeline).drain() is True       # type: ignore[arg-type]
+    assert NetlinkInput(records, WaitingLines(pipeline)).drain() is True       # type: ignore[arg-type]
     assert records.reads == pipeline.fed == audit_source.DRAIN_DATAGRAMS
 
 
 def test_the_read_loop_stops_ticks_and_flushes_while_records_never_stop() -> None:
     records, pipeline = EndlessRecords(), Counting()
-    source, sink, stop = Flooded(NetlinkInput(records, pipeline)), Sink(), threading.Event()
+    source, sink, stop = Flooded(NetlinkInput(records, WaitingLines(pipeline))), Sink(), threading.Event()
     loop = threading.Thread(target=pump, args=(source, sink, stop), daemon=True)
     loop.start()
     time.sleep(0.5)

@@ -26,23 +26,31 @@ def run_execs(count: int, program: str = "/bin/true") -> tuple[str, dict[int, li
     return token, spawned
 
 
-def run_memfd_images(count: int, seconds: float = 0.04, gap: float = 0.13) -> dict[str, str]:
-    """Run ``count`` copies of sleep, each from a memfd of its own with a new image (no
-    digest cached anywhere), living ``seconds``, ``gap`` apart; returns each one's marker (its
-    argv[0] and memfd name) and the SHA-256 of its image, as the events' hash shows it."""
+def memfd_image(name: str, program: str = "/usr/bin/sleep") -> tuple[int, str]:
+    """A memfd named ``name`` holding a copy of ``program`` made new (eight random bytes at
+    its end: no digest of it is cached anywhere), and its SHA-256 as the events' hash shows
+    it. The caller closes the descriptor (run it as /proc/self/fd/FD)."""
     import hashlib
+
+    with open(program, "rb") as f:
+        image = f.read() + os.urandom(8)
+    fd = os.memfd_create(name, 0)
+    os.write(fd, image)
+    return fd, hashlib.sha256(image).hexdigest().upper()
+
+
+def run_memfd_images(count: int, seconds: float = 0.04, gap: float = 0.13) -> dict[str, str]:
+    """Run ``count`` copies of sleep, each from a memfd image of its own (memfd_image), living
+    ``seconds``, ``gap`` apart; returns each one's marker (its argv[0] and memfd name) and the
+    SHA-256 of its image."""
     import subprocess
     import time
 
-    data = open("/usr/bin/sleep", "rb").read()
     images = {}
     for number in range(count):
-        image = data + os.urandom(8)
         marker = f"memfd-{os.getpid()}-{number}"
-        images[marker] = hashlib.sha256(image).hexdigest().upper()
-        fd = os.memfd_create(marker, 0)
+        fd, images[marker] = memfd_image(marker)
         try:
-            os.write(fd, image)
             subprocess.run([marker, f"{seconds:g}"], executable=f"/proc/self/fd/{fd}",
                            pass_fds=(fd,), check=True)
         finally:

@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from common.pipeline import Pipeline
+from common.sinks import Output, Sink
+from sensor_linux.audit.assemble import EventKey
 from sensor_linux.audit.events import exec_head
+from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.batching import BUILD_SECONDS, Gather
 from sensor_linux.enrich import Enricher
 from sensor_linux.procfs import LiveFacts
-
-EventKey = tuple[bytes | None, int, int, int]  # node, seconds, milliseconds, serial
 # Execs read and not built yet at most: a bound on what lines that never become an event (a
 # record the parser refuses) can leave behind, and on the image descriptors held open.
 MAX_CAPTURED = 4096
@@ -77,9 +78,10 @@ class ExecCapture:
 class WaitingLines:
     """Lines read and not parsed yet: each looked at for an exec as it comes (``capture``),
     all fed to ``pipeline`` when a build is due (every ``seconds``), when MAX_WAITING wait,
-    at a tick and at the stop. Without a capture every line is fed as it comes."""
+    at a tick and at the stop. Without a capture every line is fed as it comes. A live audit
+    source owns one, and through it its pipeline (:func:`live_audit`)."""
 
-    def __init__(self, pipeline: Pipeline, capture: ExecCapture | None,
+    def __init__(self, pipeline: Pipeline, capture: ExecCapture | None = None,
                  seconds: float = BUILD_SECONDS) -> None:
         self.pipeline = pipeline
         self.capture = capture
@@ -117,3 +119,29 @@ class WaitingLines:
         self.builds.read()
         for line in lines:
             self.pipeline.feed(line)
+
+    def tick(self) -> None:
+        """The source's periodic work: what waits first, then the decoder's timeouts (the
+        older lines before what timed out after them)."""
+        self.feed()
+        self.pipeline.tick()
+
+    def close(self) -> None:
+        """The stop: what waits, then everything the pipeline holds; the readings no event
+        took are closed."""
+        self.feed()
+        self.pipeline.close()
+        if self.capture is not None:
+            self.capture.close()
+
+
+def live_audit(fmt: str, sink: Output, enricher: Enricher | None, error_log: Sink,
+               keep_exec_attempts: bool) -> WaitingLines:
+    """A live audit source's pipeline (audit_pipeline in ``fmt``) behind its waiting lines;
+    with an enricher (not the laurel format), each exec's live facts are read at the first
+    look and its event built later."""
+    capture = ExecCapture(enricher) if enricher is not None else None
+    pipeline = audit_pipeline(fmt, sink, enricher=enricher, error_log=error_log,
+                              keep_exec_attempts=keep_exec_attempts, captured=capture)
+    return WaitingLines(pipeline, capture)
+

@@ -15,11 +15,11 @@ from common.percent import as_text, to_bytes
 from common.proctable import Entry
 from common.schema import Event, new_event
 from sensor_linux.audit import syscalls
-from sensor_linux.audit.assemble import AuditEvent
+from sensor_linux.audit.assemble import AuditEvent, EventKey
 from sensor_linux.audit.decode import execve_argv, sockaddr
 from sensor_linux.audit.records import (CWD, EXECVE, PATH, SOCKADDR, SYSCALL, SYSCALL_HEAD,
                                         ParseError, Record, Value, field_value, find_field,
-                                        stamp_token)
+                                        in_kernel_layout, stamp_token)
 from sensor_linux.enrich import Enricher
 from sensor_linux.procfs import LiveFacts, ProcessFacts, kernel_tty_name
 
@@ -84,18 +84,16 @@ def _kernel_head(syscall: Record) -> tuple[bytes, ...] | None:
     (SYSCALL_HEAD; not with ``per=``, or without an outcome), else None. Checked once per
     event: the name, the outcome and the facts read their fields at these places."""
     parts = syscall.plain_parts()
-    if len(parts) > len(SYSCALL_HEAD) and all(map(bytes.startswith, parts, SYSCALL_HEAD)):
-        return parts
-    return None
+    return parts if in_kernel_layout(parts) else None
 
 
 class Captured(Protocol):
     """The live facts read of execs before they are built (sensor_linux/audit/capture.py)."""
 
-    def take(self, key: tuple[bytes | None, int, int, int]) -> LiveFacts | None: ...
+    def take(self, key: EventKey) -> LiveFacts | None: ...
 
 
-ExecHead = tuple["tuple[bytes | None, int, int, int]", int, "int | None", "str | bytes | None"]
+ExecHead = tuple[EventKey, int, "int | None", "str | bytes | None"]  # key, pid, ppid, exe
 
 
 def exec_head(line: bytes) -> ExecHead | None:
@@ -110,7 +108,7 @@ def exec_head(line: bytes) -> ExecHead | None:
     if not line.startswith(b"type=SYSCALL "):
         return None
     parts = line.split(b" ", 13)
-    if len(parts) < 14 or not all(map(bytes.startswith, parts[2:13], SYSCALL_HEAD)):
+    if len(parts) < 14 or not in_kernel_layout(parts[2:]):
         return None
     stamp = stamp_token(parts[1])
     arch, number, ppid, pid = parts[2][5:], parts[3][8:], parts[11][5:], parts[12][4:]

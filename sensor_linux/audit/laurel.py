@@ -20,9 +20,9 @@ import re
 from sensor_linux.audit import fields
 from sensor_linux.audit.assemble import AuditEvent
 from sensor_linux.audit.decode import execve_argv, is_execve_arg_key, whole_args
-from sensor_linux.audit.records import (CWD, EXECVE, PROCTITLE, SYSCALL, SYSCALL_ARGUMENTS,
-                                        SYSCALL_HEAD, MULTIPART, Hex, Oct, Record, Value,
-                                        field_value, plain_key, type_name)
+from sensor_linux.audit.records import (CWD, EXECVE, MULTIPART, PROCTITLE, SYSCALL,
+                                        SYSCALL_ARGUMENTS, Hex, Oct, Record, Value,
+                                        field_value, in_kernel_layout, plain_key, type_name)
 
 _SINGLE = frozenset({SYSCALL, EXECVE, PROCTITLE, CWD})
 
@@ -196,7 +196,7 @@ class LaurelRenderer:
         self._records: dict[tuple[bytes, ...], str] = {}
         # The last usual EXECVE's arguments and their strings: PROCTITLE is most often the
         # same arguments joined by NULs, and then their strings are the same.
-        self._argv: tuple[list[Value], list[str]] = ([None], [])
+        self._argv: tuple[list[Value], list[str]] | None = None
 
     def __call__(self, event: AuditEvent) -> str:
         return self.render(event)
@@ -271,10 +271,9 @@ class LaurelRenderer:
                         out.append(_member(key, value))
                 continue
             parts = record.plain_parts()
-            if len(parts) > SYSCALL_ARGUMENTS.stop and all(
-                    map(bytes.startswith, parts, SYSCALL_HEAD[:SYSCALL_ARGUMENTS.stop])):
-                # The kernel's layout: a0-a3 are its fifth to eighth fields, and nothing
-                # before them is an argument; one that follows still goes by _fill, after.
+            if in_kernel_layout(parts):
+                # a0-a3 are the fifth to eighth fields, and nothing before them is an
+                # argument; one that follows still goes by _fill, after.
                 items = list(map(self._arguments.get, parts[SYSCALL_ARGUMENTS]))
                 if None in items:
                     self._fill_arguments(items, parts[SYSCALL_ARGUMENTS], record.raw)
@@ -324,12 +323,14 @@ class LaurelRenderer:
                     title = value
                 else:
                     parts.append(_member(key, value))
-        args, strings = self._argv
         # The title is the last usual EXECVE's arguments joined, none of them empty: LAUREL's
         # split of it gives them back, so their strings are the title's (whichever event they
         # came from: they are a function of the arguments).
-        if type(title) is not bytes or None in args or b"" in args \
-                or title != b"\0".join(args):  # type: ignore[arg-type]
+        last = self._argv
+        if last is not None and type(title) is bytes and None not in last[0] \
+                and b"" not in last[0] and title == b"\0".join(last[0]):  # type: ignore[arg-type]
+            strings = last[1]
+        else:
             strings = [laurel_string(a) for a in laurel_proctitle_argv(title)]
         parts.append('"ARGV":[%s]' % ",".join(strings))
         return parts

@@ -17,9 +17,8 @@ from typing import Callable
 
 from common.sinks import Output
 from sensor_linux.audit.lines import LineSplitter
-from common.pipeline import Pipeline
-from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
-from sensor_linux.audit.capture import ExecCapture, WaitingLines
+from sensor_linux.audit.pipeline import open_error_log
+from sensor_linux.audit.capture import WaitingLines, live_audit
 from sensor_linux.enrich import Enricher
 from sensor_linux.runner import BaseSource, RunConfig
 
@@ -41,12 +40,11 @@ def enlarge_pipe(fd: int) -> None:
 class PipeInput:
     """Lines from a pipe, split on ``\\n`` only (sensor_linux/audit/lines.py)."""
 
-    def __init__(self, fd: int, pipeline: Pipeline, capture: ExecCapture | None = None) -> None:
+    def __init__(self, fd: int, waiting: WaitingLines) -> None:
         self.fd = fd
-        self.pipeline = pipeline
+        self.waiting = waiting
         self.splitter = LineSplitter()
         self.eof = False
-        self.waiting = WaitingLines(pipeline, capture)
 
     def fileno(self) -> int:
         return self.fd
@@ -108,12 +106,9 @@ class PluginSource(BaseSource):
         self.error_log = open_error_log(config.parse_error_log, config.max_bytes,
                                         config.generations)
         # Each exec's live facts read as it is read, its event built later (capture.py).
-        self.capture = ExecCapture(self.enricher) if self.enricher is not None else None
-        self.pipeline = audit_pipeline(config.fmt, sink, enricher=self.enricher,
-                                       error_log=self.error_log,
-                                       keep_exec_attempts=config.keep_exec_attempts,
-                                       captured=self.capture)
-        self.input = PipeInput(fd, self.pipeline, self.capture)
+        self.waiting = live_audit(config.fmt, sink, self.enricher, self.error_log,
+                                  config.keep_exec_attempts)
+        self.input = PipeInput(fd, self.waiting)
 
     def open(self) -> None:
         enlarge_pipe(self.input.fd)
@@ -125,23 +120,20 @@ class PluginSource(BaseSource):
         return [self.error_log.path]
 
     def tick(self) -> None:
-        self.input.waiting.feed()  # before the decoder's timeouts: the older lines first
-        self.pipeline.tick()
+        self.waiting.tick()
 
     def done(self) -> bool:
         return self.input.eof
 
     def finish(self) -> None:
-        self.input.drain_after_stop()  # ends with the lines fed (PipeInput.end)
-        self.pipeline.close()
-        if self.capture is not None:
-            self.capture.close()
+        self.input.drain_after_stop()
+        self.waiting.close()
 
     def close(self) -> None:
         self.error_log.close()
 
     def summary(self) -> dict[str, object]:
-        out = self.pipeline.summary()
+        out = self.waiting.pipeline.summary()
         if self.error_log.opened:
             out["parse_error_log"] = self.error_log.path
         return out

@@ -19,7 +19,7 @@ import functools
 import re
 from itertools import repeat
 from operator import methodcaller
-from typing import Union
+from typing import Sequence, Union
 
 from sensor_linux.audit import fields
 from sensor_linux.audit.msgtypes import NAMES, NUMBERS
@@ -184,12 +184,8 @@ def type_name(rtype: int) -> str:
     return name if name is not None else f"UNKNOWN[{rtype}]"
 
 
-def is_multipart(rtype: int) -> bool:
-    """Kernel records that belong to multi-record events and wait for EOE (as auparse does)."""
-    return 1300 <= rtype < 2100 or rtype == LOGIN
-
-
-# The same as a set, for the hot paths (a look-up instead of a call).
+# Kernel records that belong to multi-record events and wait for EOE (as auparse does); a set,
+# for the hot paths (a look-up instead of a call).
 MULTIPART = frozenset(range(1300, 2100)) | {LOGIN}
 
 
@@ -311,6 +307,12 @@ def _split_plain(body: bytes) -> tuple[bytes, ...] | None:
 SYSCALL_HEAD = (b"arch=", b"syscall=", b"success=", b"exit=", b"a0=", b"a1=", b"a2=", b"a3=",
                 b"items=", b"ppid=", b"pid=")
 SYSCALL_ARGUMENTS = slice(4, 8)
+
+
+def in_kernel_layout(parts: Sequence[bytes]) -> bool:
+    """Whether a SYSCALL record's ``key=value`` parts start as the kernel writes them
+    (SYSCALL_HEAD, with more fields after it): its fields can then be read at their places."""
+    return len(parts) > len(SYSCALL_HEAD) and all(map(bytes.startswith, parts, SYSCALL_HEAD))
 
 
 # A SYSCALL body as the kernel writes it (audit_log_exit: these fields in this order; the

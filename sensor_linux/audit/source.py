@@ -7,10 +7,9 @@ from typing import Callable
 
 from common.sinks import Output
 from sensor_linux.audit.netlink import AuditNetlinkError, AuditSocket
-from common.pipeline import Pipeline
-from sensor_linux.audit.pipeline import AuditDecoder, audit_pipeline, open_error_log
+from sensor_linux.audit.pipeline import AuditDecoder, open_error_log
 from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession, choose_session
-from sensor_linux.audit.capture import ExecCapture, WaitingLines
+from sensor_linux.audit.capture import WaitingLines, live_audit
 from sensor_linux.enrich import Enricher
 from sensor_linux.runner import BaseSource, RunConfig, SourceError
 
@@ -24,12 +23,10 @@ class NetlinkInput:
     kernel could not deliver because our receive buffer was full) are counted in the
     pipeline's stats."""
 
-    def __init__(self, records: AuditSocket, pipeline: Pipeline,
-                 capture: ExecCapture | None = None) -> None:
+    def __init__(self, records: AuditSocket, waiting: WaitingLines) -> None:
         self.records = records
-        self.pipeline = pipeline
-        self.decoder: AuditDecoder = pipeline.decoder  # type: ignore[assignment]
-        self.waiting = WaitingLines(pipeline, capture)
+        self.waiting = waiting
+        self.decoder: AuditDecoder = waiting.pipeline.decoder  # type: ignore[assignment]
         records.sock.setblocking(False)
 
     def fileno(self) -> int:
@@ -86,12 +83,8 @@ class AuditSource(BaseSource):
         self.error_log = open_error_log(config.parse_error_log, config.max_bytes,
                                         config.generations)
         # Each exec's live facts read as it is read, its event built later (capture.py).
-        self.capture = ExecCapture(self.enricher) if self.enricher is not None else None
-        self.pipeline = audit_pipeline(config.fmt, sink, enricher=self.enricher,
-                                       error_log=self.error_log,
-                                       keep_exec_attempts=config.keep_exec_attempts,
-                                       captured=self.capture)
-        self.input: NetlinkInput | None = None
+        self.waiting = live_audit(config.fmt, sink, self.enricher, self.error_log,
+                                  config.keep_exec_attempts)
         self.session: UnicastSession | None = None
         self.name = config.source
 
@@ -113,16 +106,13 @@ class AuditSource(BaseSource):
 
     def inputs(self) -> list[NetlinkInput]:
         assert self.session is not None and self.session.records is not None
-        self.input = NetlinkInput(self.session.records, self.pipeline, self.capture)
-        return [self.input]
+        return [NetlinkInput(self.session.records, self.waiting)]
 
     def files(self) -> list[str]:
         return [self.config.state_file, self.error_log.path]
 
     def tick(self) -> None:
-        if self.input is not None:
-            self.input.waiting.feed()  # before the decoder's timeouts: the older lines first
-        self.pipeline.tick()
+        self.waiting.tick()
 
     def lost(self) -> int:
         return self.session.lost() if self.session is not None else 0
@@ -136,14 +126,10 @@ class AuditSource(BaseSource):
             self.session.close()
 
     def finish(self) -> None:
-        if self.input is not None:
-            self.input.waiting.feed()
-        self.pipeline.close()
-        if self.capture is not None:
-            self.capture.close()
+        self.waiting.close()
 
     def close(self) -> None:
         self.error_log.close()
 
     def summary(self) -> dict[str, object]:
-        return self.pipeline.summary()
+        return self.waiting.pipeline.summary()
