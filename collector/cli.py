@@ -274,7 +274,8 @@ def collect(listen: str, cert: str | None, key: str | None, ca: str | None, stor
         if console is not None:
             console.should_exit = True
     click.echo("ttpsensor collect: stopped: " + json.dumps(
-        asdict(collector.stats) | asdict(collector.admitted) | _sigma_summary(rules)), err=True)
+        asdict(collector.stats) | asdict(collector.writer.stats) | asdict(collector.admitted)
+        | _sigma_summary(rules)), err=True)
 
 
 def _consume(url: str, durable: str, store: Any) -> None:
@@ -286,7 +287,8 @@ def _consume(url: str, durable: str, store: Any) -> None:
     from dataclasses import asdict
 
     from collector.admit import AdmitCounts, Identity, Refused, SpoolOwners, admit
-    from collector.consume import consume
+    from collector.consume import Delivered, consume
+    from collector.store import Incoming
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -294,16 +296,33 @@ def _consume(url: str, durable: str, store: Any) -> None:
     admitted = AdmitCounts()
     owners = SpoolOwners(store)
 
-    def ingest(spool: str, sensor: str, first_seq: int, events: list) -> None:
+    def admitted_frame(frame: Delivered) -> Incoming:
+        spool, sensor = frame.spool, frame.sensor
         if not sensor or not 0 < len(spool) <= 64:
             raise Refused(f"no sensor in the subject or no spool id ({sensor!r}, {spool!r})")
         identity = Identity(sensor, frozenset({sensor.casefold()}))
         owners.claim(identity, spool, admitted)
-        admit(identity, first_seq, len(events), events, admitted)
-        result = store.ingest(spool, first_seq, events, sensor)
-        counts["frames"] += 1
-        counts["new"] += result.new
-        counts["duplicates"] += result.duplicates
+        admit(identity, frame.first_seq, len(frame.events), frame.events, admitted)
+        return Incoming(spool, frame.first_seq, frame.events, sensor)
+
+    def ingest(frames: list[Delivered]) -> list[Exception | None]:
+        """A set of frames: each admitted (or refused), those admitted stored together."""
+        outcomes: list[Exception | None] = [None] * len(frames)
+        passed: list[tuple[int, Incoming]] = []
+        for index, frame in enumerate(frames):
+            try:
+                passed.append((index, admitted_frame(frame)))
+            except Exception as exc:  # noqa: BLE001 - refused, terminated by the consumer
+                outcomes[index] = exc
+        results = store.ingest_frames([incoming for _, incoming in passed]) if passed else []
+        for (index, _), result in zip(passed, results):
+            if isinstance(result, Exception):
+                outcomes[index] = result
+                continue
+            counts["frames"] += 1
+            counts["new"] += result.new
+            counts["duplicates"] += result.duplicates
+        return outcomes
 
     click.echo(f"ttpsensor collect: consuming {url} as {durable}", err=True)
     asyncio.run(consume(url, durable, ingest, stop.is_set,

@@ -1,27 +1,42 @@
 """The collector's JetStream consumer: frames out of the stream, into the store.
 
 A durable pull consumer (collector workers share it); a message is acknowledged only after the
-store committed its frame, and the store's (spool, seq) keys make a redelivery harmless.
+store committed its frame, and the store's (spool, seq) keys make a redelivery harmless. The
+frames of a fetch are committed together, in sets (collector.store.Store.ingest_frames).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, NamedTuple
 
+from collector.store import commit_sets
 from common.jetstream import STREAM, SUBJECT_PREFIX, SUBJECTS, ensure_stream
+from common.schema import Event
 from common.spool import decode_frame
 
 ACK_WAIT = 5.0            # a killed consumer's unacknowledged frames come back this soon
+FETCH = 100               # messages asked for at once; stored in sets (store.COMMIT_EVENTS)
 
 
-async def consume(url: str, durable: str, ingest: Callable[[str, str, int, list], Any],
+class Delivered(NamedTuple):
+    """A frame out of the stream: its spool (a header), its sensor (the subject's last part),
+    and its events."""
+    spool: str
+    sensor: str
+    first_seq: int
+    events: list[Event]
+
+
+async def consume(url: str, durable: str,
+                  ingest: Callable[[list[Delivered]], list[Exception | None]],
                   stop: Callable[[], bool], log: Callable[[str], None]) -> None:
-    """Feed every frame of the stream to ``ingest(spool, sensor, first_seq, events)`` and
-    acknowledge it after; a frame that does not decode, or that ``ingest`` refuses (raises),
-    is terminated (never redelivered) and logged. ``sensor`` is the subject's last part, which
-    NATS permissions can bind to a NATS user (the ``Ttpsensor-Sensor`` header is only what the
-    publisher says)."""
+    """Feed every frame of the stream to ``ingest`` and acknowledge it after. ``ingest``
+    takes a set of frames (of up to COMMIT_EVENTS events: one transaction) and gives each
+    one's outcome, None or why it was refused. A frame that does not decode, or that
+    ``ingest`` refuses, is terminated (never redelivered) and logged. A frame's sensor is the
+    subject's last part, which NATS permissions can bind to a NATS user (the
+    ``Ttpsensor-Sensor`` header is only what the publisher says)."""
     import nats
     nc = await nats.connect(url, max_reconnect_attempts=-1, connect_timeout=5)
     js = nc.jetstream(timeout=10)
@@ -32,30 +47,62 @@ async def consume(url: str, durable: str, ingest: Callable[[str, str, int, list]
     try:
         while not stop():
             try:
-                messages = await subscription.fetch(100, timeout=1)
+                messages = await subscription.fetch(FETCH, timeout=1)
             except asyncio.TimeoutError:
                 continue
             except Exception as exc:  # noqa: BLE001 - nats raises its own TimeoutError too
                 if "timeout" in type(exc).__name__.lower():
                     continue
                 raise
-            for message in messages:
-                headers = message.headers or {}
-                try:
-                    frame = decode_frame(message.data)
-                    events = frame.events()
-                except Exception as exc:  # noqa: BLE001 - any undecodable frame
-                    log(f"terminating an undecodable message: {exc}")
-                    await message.term()
-                    continue
-                try:
-                    ingest(headers.get("Ttpsensor-Spool", ""),
-                           message.subject[len(SUBJECT_PREFIX):], frame.first_seq, events)
-                except Exception as exc:  # noqa: BLE001 - a poison frame, not a stuck stream
+            undecodable: list[tuple[Any, Exception]] = []
+            # Decoded a set at a time (a fetch's frames could be 50,000 events), and each set
+            # acknowledged once it is committed, before the next is stored: a fetch's frames
+            # do not all wait ACK_WAIT out.
+            for chunk in commit_sets(_decoded(messages, undecodable),
+                                     lambda item: len(item[1].events)):
+                for (message, _), refusal in zip(chunk, _outcomes(ingest, chunk)):
+                    if refusal is None:
+                        await message.ack_sync()
+                        continue
+                    # A poison frame, not a stuck stream.
                     log(f"terminating a message the collector refused: "
-                        f"{type(exc).__name__}: {exc}")
+                        f"{type(refusal).__name__}: {refusal}")
                     await message.term()
-                    continue
-                await message.ack_sync()
+            for message, exc in undecodable:
+                log(f"terminating an undecodable message: {exc}")
+                await message.term()
     finally:
         await nc.drain()
+
+
+def _decoded(messages: list[Any], undecodable: list[tuple[Any, Exception]]
+             ) -> Iterator[tuple[Any, Delivered]]:
+    """Each message with its frame, as it is reached; those that do not decode go to
+    ``undecodable``."""
+    for message in messages:
+        headers = message.headers or {}
+        try:
+            frame = decode_frame(message.data)
+            events = frame.events()
+        except Exception as exc:  # noqa: BLE001 - any undecodable frame
+            undecodable.append((message, exc))
+            continue
+        yield message, Delivered(headers.get("Ttpsensor-Spool", ""),
+                                 message.subject[len(SUBJECT_PREFIX):], frame.first_seq, events)
+
+
+def _outcomes(ingest: Callable[[list[Delivered]], list[Exception | None]],
+              chunk: list[tuple[Any, Delivered]]) -> list[Exception | None]:
+    """``ingest`` of a set; should it raise, of each frame alone, so that one frame's
+    failure stays its own."""
+    try:
+        return ingest([delivered for _, delivered in chunk])
+    except Exception:  # noqa: BLE001 - tried again frame by frame
+        pass
+    outcomes: list[Exception | None] = []
+    for _, delivered in chunk:
+        try:
+            outcomes.extend(ingest([delivered]))
+        except Exception as exc:  # noqa: BLE001 - this frame's refusal
+            outcomes.append(exc)
+    return outcomes

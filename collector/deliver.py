@@ -7,8 +7,9 @@ works on one machine with no other setup; fleets use the forwarder and a collect
 
 from __future__ import annotations
 
-from collector.store import Store
-from common.spool import Spool
+from collector.store import Incoming, Store, commit_sets
+from common.schema import Event
+from common.spool import Frame, Spool
 
 
 class LocalDelivery:
@@ -20,16 +21,32 @@ class LocalDelivery:
         self.duplicates = 0
 
     def deliver(self) -> int:
-        """Everything spooled and not yet acknowledged; returns the events now stored."""
+        """Everything spooled and not yet acknowledged; returns the events now stored.
+        Frames go in sets of up to COMMIT_EVENTS events, one transaction each; the spool is
+        acknowledged up to the last frame stored, also when a later one is refused (its error
+        is raised)."""
         self.spool.flush()
-        acked = self.spool.acked()
         new = 0
-        for frame, events in self.spool.read(acked):
-            result = self.store.ingest(self.spool.spool_id, frame.first_seq, events, self.sensor)
-            new += result.new
-            self.duplicates += result.duplicates
-            acked = frame.first_seq + frame.count
-        if acked != self.spool.acked():
-            self.spool.ack(acked)
-        self.delivered += new
+        for frames in commit_sets(self.spool.read(self.spool.acked()),
+                                  lambda item: len(item[1])):
+            new += self._store(frames)
+        return new
+
+    def _store(self, frames: list[tuple[Frame, list[Event]]]) -> int:
+        """One set of frames in one transaction, acknowledged up to the last one stored."""
+        results = self.store.ingest_frames([Incoming(self.spool.spool_id, frame.first_seq,
+                                                     events, self.sensor)
+                                            for frame, events in frames])
+        new, acked = 0, None
+        try:
+            for (frame, _), result in zip(frames, results):
+                if isinstance(result, Exception):
+                    raise result
+                new += result.new
+                self.duplicates += result.duplicates
+                acked = frame.first_seq + frame.count
+        finally:
+            if acked is not None:
+                self.spool.ack(acked)
+            self.delivered += new
         return new

@@ -1,8 +1,9 @@
 """``ttpsensor collect``: receive spool frames from forwarders over mutual TLS and store them.
 
 One thread per connection, blocking TLS sockets: the handshake happens where its failure can be
-logged and counted (plain TCP, no client certificate, a certificate from another CA). Writes to
-the store are serialized; a frame is acknowledged after its transaction committed.
+logged and counted (plain TCP, no client certificate, a certificate from another CA). One
+writer thread stores the frames of every connection, those that wait committed together
+(collector/writer.py); a frame is acknowledged after its transaction committed.
 
 Nobody can tie it up without a certificate: a connection has :data:`HANDSHAKE_SECONDS` in all
 to complete TLS and say hello (a slow sender gains nothing by trickling bytes); at most
@@ -27,7 +28,8 @@ from typing import Callable, TextIO
 
 from collector.admit import (AdmitCounts, Identity, Refused, SpoolOwners, admit,
                             certificate_identity)
-from collector.store import Store
+from collector.store import Incoming, IngestResult, Store
+from collector.writer import FrameWriter
 from common import transport
 from common.spool import claimed_first_seq, decode_frame
 
@@ -64,7 +66,8 @@ class Collector:
         self.stats = CollectorStats()
         self.admitted = AdmitCounts()   # TTPHash checks, refused frames and spools
         self.owners = SpoolOwners(store)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()   # the stats, the pending connections, the store
+        self.writer = FrameWriter(store, self._lock, self._stored)
         self._server: socketserver.ThreadingTCPServer | None = None
         # Connections before their hello, oldest first: socket -> deadline (monotonic).
         self._pending: OrderedDict[socket.socket, float] = OrderedDict()
@@ -186,27 +189,28 @@ class Collector:
         except Exception as exc:  # noqa: BLE001 - any undecodable or refused frame
             self._refuse(sock, sensor, first, str(exc))
             return
-        with self._lock:
-            try:
-                result = self.store.ingest(spool_id, frame.first_seq, events, sensor)
-            except Exception as exc:  # noqa: BLE001 - refused, never a silent resend loop
-                self._refuse(sock, sensor, first, f"the store refused it: "
-                             f"{type(exc).__name__}: {exc}", locked=True)
-                return
-            self.stats.frames += 1
-            self.stats.events_new += result.new
-            self.stats.events_duplicate += result.duplicates
-            self.stats.by_sensor[sensor] = self.stats.by_sensor.get(sensor, 0) + result.new
+        try:
+            result = self.writer.store_frame(Incoming(spool_id, frame.first_seq, events, sensor))
+        except Exception as exc:  # noqa: BLE001 - refused, never a silent resend loop
+            self._refuse(sock, sensor, first, f"the store refused it: "
+                         f"{type(exc).__name__}: {exc}")
+            return
         transport.send(sock, b"A", transport.ACK.pack(frame.first_seq, frame.count, result.new))
 
-    def _refuse(self, sock: ssl.SSLSocket, sensor: str, first: int, reason: str,
-                locked: bool = False) -> None:
+    def _stored(self, frame: Incoming, outcome: IngestResult | Exception) -> None:
+        """The writer's report of each frame it stored (under the lock)."""
+        if isinstance(outcome, Exception):
+            return  # counted by _refuse, which answers the sender
+        self.stats.frames += 1
+        self.stats.events_new += outcome.new
+        self.stats.events_duplicate += outcome.duplicates
+        self.stats.by_sensor[frame.sensor] = (self.stats.by_sensor.get(frame.sensor, 0)
+                                              + outcome.new)
+
+    def _refuse(self, sock: ssl.SSLSocket, sensor: str, first: int, reason: str) -> None:
         """NACK a frame (the forwarder skips it, counted on both sides) and log why."""
-        if locked:
+        with self._lock:
             self.stats.bad_frames += 1
-        else:
-            with self._lock:
-                self.stats.bad_frames += 1
         transport.send(sock, b"N", (first & (2**64 - 1)).to_bytes(8, "big")
                        + reason[:1000].encode("utf-8", "replace"))
         self.log(f"refused a frame from {sensor}: {reason[:300]}")
@@ -236,6 +240,7 @@ class Collector:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        self.writer.close()
 
 
 def _drain_and_close(raw: socket.socket, seconds: float = 2.0) -> None:

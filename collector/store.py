@@ -31,7 +31,8 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import (Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Protocol,
+                    Sequence, TypeVar)
 
 from common import ttphash, wire
 from common.ownership import open_private
@@ -88,6 +89,28 @@ CREATE INDEX IF NOT EXISTS sigma_matches_hash ON sigma_matches (ttphash, ts);
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+T = TypeVar("T")
+
+# The most events one transaction of Store.ingest_frames is given (16 frames of 500): past a
+# few frames the pages they share are already written once, and a set stays one bounded
+# piece of memory and of WAL.
+COMMIT_EVENTS = 8000
+
+
+def commit_sets(items: Iterable[T], size: Callable[[T], int]) -> Iterator[list[T]]:
+    """Consecutive ``items`` in sets of at most COMMIT_EVENTS events (``size`` of each; one
+    larger than that is a set of its own)."""
+    chunk: list[T] = []
+    count = 0
+    for item in items:
+        events = size(item)
+        if chunk and count + events > COMMIT_EVENTS:
+            yield chunk
+            chunk, count = [], 0
+        chunk.append(item)
+        count += events
+    if chunk:
+        yield chunk
 
 
 def process_key(process: Mapping[str, Any]) -> str | None:
@@ -127,6 +150,14 @@ def _member(event: Event, name: str) -> Mapping[str, Any]:
     """``event[name]`` if it is a map, else an empty one (events from a wire are untrusted)."""
     value = event.get(name)
     return value if isinstance(value, dict) else _EMPTY
+
+
+class Incoming(NamedTuple):
+    """A frame for :meth:`Store.ingest_frames`: ``ingest``'s arguments."""
+    spool: str
+    first_seq: int
+    events: Sequence[Event]
+    sensor: str
 
 
 @dataclass
@@ -313,8 +344,13 @@ class Store:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
         if self.postgres:
-            with self.db.transaction():
-                yield
+            try:
+                with self.db.transaction():
+                    yield
+            except BaseException:
+                # A staging table created in a transaction that failed is gone with it.
+                self._staging = False
+                raise
         else:
             with self.db:
                 yield
@@ -332,9 +368,38 @@ class Store:
                sensor: str) -> IngestResult:
         """Store a frame's events in one transaction; return how many were new.
 
-        One batched insert per frame (PostgreSQL: a pipeline returning the new sequence
-        numbers), and the baseline updated once per TTPHash per frame, not once per event:
-        round trips, not rows, are what a networked store pays for."""
+        One batched insert per frame (PostgreSQL: a COPY and one insert of what is new), and
+        the baseline updated once per TTPHash per frame, not once per event: round trips, not
+        rows, are what a networked store pays for."""
+        with self._transaction():
+            return self._ingest(spool, first_seq, events, sensor)
+
+    def ingest_frames(self, frames: Sequence[Incoming]) -> list[IngestResult | Exception]:
+        """Store several frames in one transaction: each frame's result, in order.
+
+        A commit writes every page the transaction dirtied, and the frames of a fleet dirty
+        the same index pages (TTPHash, host, process): committed together, those pages are
+        written once (the fleet mix into a store of 200,000 events: 16-19 against 28-38 µs per
+        event for the commit alone, 16 frames a commit against one). If the set fails, each
+        frame is stored again in a transaction of its own, so that only a frame the store
+        refuses gets its exception (in its place in the list); the others still go in."""
+        if len(frames) == 1:
+            return [self._alone(frames[0])]
+        try:
+            with self._transaction():
+                return [self._ingest(*frame) for frame in frames]
+        except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike; retried alone
+            return [self._alone(frame) for frame in frames]
+
+    def _alone(self, frame: Incoming) -> IngestResult | Exception:
+        try:
+            return self.ingest(*frame)
+        except Exception as exc:  # noqa: BLE001 - handed to the frame's sender
+            return exc
+
+    def _ingest(self, spool: str, first_seq: int, events: Iterable[Event],
+                sensor: str) -> IngestResult:
+        """A frame's events, inside the caller's transaction."""
         result = IngestResult()
         rows = []
         for offset, event in enumerate(events):
@@ -348,29 +413,27 @@ class Store:
                          None if complete is None else int(bool(complete)),
                          wire.pack_event(event), fingerprint.get("check"),
                          process_key(process), process_key(_member(process, "parent")), event))
-        with self._transaction():
-            new = self._insert_new(rows)
-            result.new, result.duplicates = len(new), len(rows) - len(new)
-            groups: dict[str, dict[str, Any]] = {}
-            for row in rows:
-                if row[1] not in new:
-                    continue
-                event, action, value = row[_EVENT_FIELDS], row[5], row[6]
-                if action == ACTION_PROCESS_CREATE and value:
-                    ts = row[4] or utc_timestamp()
-                    group = groups.setdefault(value, {"first": ts, "last": ts, "count": 0,
-                                                      "hosts": set(), "sample": event})
-                    group["first"], group["last"] = min(group["first"], ts), max(group["last"],
-                                                                                  ts)
-                    group["count"] += 1
-                    group["hosts"].add(row[3] or sensor)
-                elif action == "spool_gap":
-                    self._gap(spool, sensor, event)
-                    result.gaps += 1
-            if groups:
-                self._baseline(groups)
-            if self.rules is not None and result.new:
-                result.matches = self._match(spool, sensor, new, rows)
+        new = self._insert_new(rows)
+        result.new, result.duplicates = len(new), len(rows) - len(new)
+        groups: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            if row[1] not in new:
+                continue
+            event, action, value = row[_EVENT_FIELDS], row[5], row[6]
+            if action == ACTION_PROCESS_CREATE and value:
+                ts = row[4] or utc_timestamp()
+                group = groups.setdefault(value, {"first": ts, "last": ts, "count": 0,
+                                                  "hosts": set(), "sample": event})
+                group["first"], group["last"] = min(group["first"], ts), max(group["last"], ts)
+                group["count"] += 1
+                group["hosts"].add(row[3] or sensor)
+            elif action == "spool_gap":
+                self._gap(spool, sensor, event)
+                result.gaps += 1
+        if groups:
+            self._baseline(groups)
+        if self.rules is not None and result.new:
+            result.matches = self._match(spool, sensor, new, rows)
         return result
 
     def _match(self, spool: str, sensor: str, new: set[int],
@@ -407,8 +470,8 @@ class Store:
         return {int(seq) for (seq,) in inserted}
 
     def _copy_new(self, rows: list[tuple[Any, ...]]) -> set[int]:
-        """PostgreSQL: the frame goes in with one COPY into a session's staging table (emptied
-        at commit), then one INSERT of what is not stored yet: two statements a frame, where
+        """PostgreSQL: the frame goes in with one COPY into a session's staging table, then
+        one INSERT of what is not stored yet: two statements a frame, where
         a pipelined insert per row made the server parse and plan each one."""
         cursor = self.db.cursor()
         if not self._staging:
@@ -420,8 +483,11 @@ class Store:
             copy.set_types(_EVENT_TYPES)
             for row in rows:
                 copy.write_row(row[:_EVENT_FIELDS])
-        cursor.execute(f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} "
-                       "FROM events_in ON CONFLICT DO NOTHING RETURNING seq")
+        # The staging rows are taken out as they are inserted: the next frame of the same
+        # transaction (Store.ingest_frames) finds the table empty.
+        cursor.execute(f"WITH staged AS (DELETE FROM events_in RETURNING {_EVENT_COLUMNS}) "
+                       f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} "
+                       "FROM staged ON CONFLICT DO NOTHING RETURNING seq")
         return {int(seq) for (seq,) in cursor.fetchall()}
 
     def _many(self, sql: str, params: list[tuple[Any, ...]], returning: bool = False) -> Any:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
+import time
+
+import pytest
 
 from collector.deliver import LocalDelivery
-from collector.store import Store
+from collector.store import Incoming, IngestResult, Store
+from collector.writer import FrameWriter
 from common import ttphash
 from common.spool import Spool
 from tests.conftest import run_cli
@@ -67,6 +72,110 @@ def test_local_delivery_from_spool_acks_and_keeps_gaps(tmp_path, store_location)
     delivery.deliver()
     [gap] = store.gaps()
     assert (gap["first_seq"], gap["end_seq"], gap["events"]) == (12, 20, 8)
+
+
+def _events(host: str, first: int, count: int) -> list[dict]:
+    return [_exec(host, f"/bin/p{i % 3}", ["p", str(i % 2)], f"2026-11-0{1 + i % 9}T00:00:00Z")
+            for i in range(first, first + count)]
+
+
+# Past what a 64-bit column holds: the store refuses the frame (sqlite3 and psycopg alike).
+_TOO_FAR = 2**63
+
+
+def test_frames_stored_together_are_stored_as_frames_stored_alone(
+        store_location, request, tmp_path) -> None:
+    other = (request.getfixturevalue("postgres_server")() if store_location.startswith(
+        "postgresql") else str(tmp_path / "alone.sqlite"))
+    frames = [Incoming("spool-a", 0, _events("a", 0, 4), "a"),
+              Incoming("spool-b", 0, _events("b", 0, 4), "b"),
+              Incoming("spool-a", 0, _events("a", 0, 4), "a"),  # sent again, in the same set
+              Incoming("spool-a", 4, _events("a", 4, 4), "a")]
+    together, alone = Store(store_location), Store(other)
+    results = together.ingest_frames(frames)
+    assert results == [alone.ingest(*frame) for frame in frames]
+    assert [r.new for r in results] == [4, 4, 0, 4]  # type: ignore[union-attr]
+    for spool in ("spool-a", "spool-b"):
+        assert together.events_of(spool) == alone.events_of(spool)
+    assert together.top(50) == alone.top(50) and len(together.top(50)) == 6
+    assert sum(row["count"] for row in together.top(50)) == 12
+
+
+def test_a_frame_the_store_refuses_is_refused_alone(store_location) -> None:
+    """The set is undone and stored again frame by frame: only the frame the store refuses
+    gets its error (on a new PostgreSQL store, the staging table the undone set created
+    is made again)."""
+    store = Store(store_location)
+    outcomes = store.ingest_frames([Incoming("s", 0, _events("h", 0, 3), "h"),
+                                    Incoming("s", _TOO_FAR, _events("h", 3, 3), "h"),
+                                    Incoming("s", 3, _events("h", 3, 3), "h")])
+    assert isinstance(outcomes[1], Exception)
+    assert outcomes[0] == outcomes[2] == IngestResult(new=3)
+    assert store.seqs() == list(range(6))
+
+
+class _RefusingStore:
+    """A store that refuses the frame starting at ``refuse`` (having stored the whole set:
+    what the delivery acknowledges is the point)."""
+
+    def __init__(self, store: Store, refuse: int | None) -> None:
+        self.store, self.refuse = store, refuse
+
+    def ingest_frames(self, frames):
+        results = self.store.ingest_frames(frames)
+        return [ValueError("refused") if frame.first_seq == self.refuse else result
+                for frame, result in zip(frames, results)]
+
+
+def test_local_delivery_acks_up_to_a_refused_frame(tmp_path) -> None:
+    spool = Spool(str(tmp_path / "spool"), batch_events=5, max_bytes=1 << 30)
+    store = Store(str(tmp_path / "store.sqlite"))
+    refusing = _RefusingStore(store, refuse=5)
+    delivery = LocalDelivery(spool, refusing, "h")  # type: ignore[arg-type]
+    for event in _events("h", 0, 15):
+        spool.append(event)
+    with pytest.raises(ValueError, match="refused"):
+        delivery.deliver()
+    assert spool.acked() == 5 and delivery.delivered == 5
+    refusing.refuse = None
+    # Sent again from the refused frame on (this store had kept both: nothing new).
+    assert delivery.deliver() == 0 and delivery.duplicates == 10
+    assert spool.acked() == 15 and store.count_events() == 15
+
+
+def test_the_writer_commits_the_frames_that_waited_together(tmp_path) -> None:
+    store = Store(str(tmp_path / "store.sqlite"))
+    lock = threading.Lock()
+    reported: list[tuple[int, object]] = []
+    writer = FrameWriter(store, lock, lambda frame, outcome: reported.append(
+        (frame.first_seq, outcome)))
+    frames = [Incoming("s", i * 4, _events("h", i * 4, 4), "h") for i in range(3)]
+    frames.append(Incoming("s", _TOO_FAR, _events("h", 12, 4), "h"))
+    answers: dict[int, object] = {}
+
+    def send(frame: Incoming) -> None:
+        try:
+            answers[frame.first_seq] = writer.store_frame(frame)
+        except Exception as exc:  # noqa: BLE001 - the refused frame's answer
+            answers[frame.first_seq] = exc
+
+    senders = [threading.Thread(target=send, args=(frame,)) for frame in frames]
+    with lock:  # the store is busy: the writer takes one frame, the others wait behind it
+        for sender in senders:
+            sender.start()
+        deadline = time.monotonic() + 30
+        while writer.waiting() < len(frames) - 1:
+            assert time.monotonic() < deadline, f"{writer.waiting()} frames waiting"
+            time.sleep(0.01)
+    for sender in senders:
+        sender.join(30)
+    assert (writer.stats.commits, writer.stats.committed_frames) == (1, 4)
+    assert [answers[i * 4] for i in range(3)] == [IngestResult(new=4)] * 3
+    assert isinstance(answers[_TOO_FAR], Exception) and store.count_events() == 12
+    assert sorted(seq for seq, _ in reported) == [0, 4, 8, _TOO_FAR]
+    writer.close()
+    with pytest.raises(RuntimeError, match="stopping"):
+        writer.store_frame(frames[0])
 
 
 def test_run_then_hunt_works_with_no_other_setup(tmp_path) -> None:
