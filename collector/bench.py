@@ -10,11 +10,12 @@ from typing import Any
 import click
 
 from collector.admit import AdmitCounts, Identity, admit
-from collector.store import Store
+from collector.store import COMMIT_EVENTS, Incoming, Store
 from common import bench
 
 
 FLEET_HASHES = 2000
+PER_COMMIT = COMMIT_EVENTS // 500  # frames of 500 in one transaction
 
 
 def fleet_events(count: int, seed: int = 11) -> list[dict]:
@@ -70,12 +71,20 @@ def _sigma_as_sql(directory: str, frames: list[list[dict]]) -> tuple[float, int]
               help="A postgresql:// URL of a scratch database, to measure PostgreSQL too "
                    "(its tables are emptied before each round and filled; use a database "
                    "of its own).")
-def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None) -> None:
+@click.option("--prefill", default=0, show_default=True,
+              help="Events of the fleet stored in each store before it is timed: a store "
+                   "that has run a while has larger indexes, and each commit writes more of "
+                   "them (e.g. 200000).")
+def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
+                 prefill: int) -> None:
     """Collector ingest per event, from frames of 500, into SQLite (and PostgreSQL), and what
     admitting a remote sensor's frame adds (its TTPHashes recomputed); with --sigma, what
-    evaluating Sigma rules at ingest adds.
+    evaluating Sigma rules at ingest adds. A fleet's frames are measured one a commit (one
+    sensor) and 16 a commit (frames that waited together: many sensors, a JetStream fetch, a
+    local backlog).
 
     \b
+      ttpsensor bench ingest --prefill 200000
       ttpsensor sigma generate /tmp/rules --count 200
       ttpsensor bench ingest --sigma /tmp/rules
     """
@@ -83,15 +92,20 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None) -> Non
     if sigma_dir:
         from collector.sigma.rules import load_rule_set
         rules = load_rule_set([sigma_dir], lambda m: click.echo(m, err=True))
+    if prefill:
+        click.echo(f"(each store is first filled with {prefill:,} events of the fleet, "
+                   "untimed)", err=True)
+    prefilled = fleet_events(prefill, seed=12) if prefill else []
     events = bench.varied_events(count)
     batches = [events[i:i + 500] for i in range(0, len(events), 500)]
     fleet = fleet_events(count)
     fleet_batches = [fleet[i:i + 500] for i in range(0, len(fleet), 500)]
 
     def timed(location: str, frames: list[list[dict]] = batches,
-              with_rules: Any = None) -> float:
-        """Median of three rounds, each into an empty store: a store that already holds the
-        baseline of the round before would measure the cheaper path of known TTPHashes."""
+              with_rules: Any = None, per_commit: int = 1) -> float:
+        """Median of three rounds, each into a store that holds only the --prefill events: a
+        store that also held the baseline of the round before would measure the cheaper path
+        of known TTPHashes. ``per_commit``: frames a transaction (Store.ingest_frames)."""
         rounds = iter(range(3))
 
         def empty_store() -> Store:
@@ -102,12 +116,17 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None) -> Non
                 with store.db.transaction():
                     store.db.execute("TRUNCATE events, baseline, baseline_hosts, spools, gaps, "
                                      "sigma_matches")
+            for n in range(0, len(prefilled), 500):
+                store.ingest("prefill", n, prefilled[n:n + 500], "bench")
             return store
 
         def ingest(store: Store) -> None:
             spool = os.urandom(8).hex()
-            for n, batch in enumerate(frames):
-                store.ingest(spool, n * 500, batch, "bench")
+            incoming = [Incoming(spool, n * 500, batch, "bench") for n, batch in enumerate(frames)]
+            for start in range(0, len(incoming), per_commit):
+                for result in store.ingest_frames(incoming[start:start + per_commit]):
+                    if isinstance(result, Exception):
+                        raise click.ClickException(f"the store refused a frame: {result}")
             store.close()
         return bench.median_us_fresh(empty_store, ingest, sum(map(len, frames)), repeats=3)
 
@@ -131,11 +150,15 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None) -> Non
     with tempfile.TemporaryDirectory(prefix="ttpsensor-bench-") as directory:
         sqlite = timed(os.path.join(directory, "bench.sqlite"))
         sqlite_fleet = timed(os.path.join(directory, "fleet.sqlite"), fleet_batches)
+        sqlite_sets = timed(os.path.join(directory, "sets.sqlite"), fleet_batches,
+                            per_commit=PER_COMMIT)
     rows = [bench.Row("collector admission (hosts, TTPHash recomputed)", admission,
                       "SQLite ingest", admission / sqlite),
             bench.Row("collector ingest, SQLite (frames of 500, every TTPHash new)", sqlite),
             bench.Row(f"collector ingest, SQLite (a fleet: {FLEET_HASHES} TTPHashes repeat)",
-                      sqlite_fleet, "every TTPHash new", sqlite_fleet / sqlite)]
+                      sqlite_fleet, "every TTPHash new", sqlite_fleet / sqlite),
+            bench.Row(f"collector ingest, SQLite, a fleet, {PER_COMMIT} frames a commit",
+                      sqlite_sets, "one a commit", sqlite_sets / sqlite_fleet)]
     if rules is not None:
         matched = sum(len(rules.match(e)) for e in fleet)
         alone = bench._median_us(lambda: [rules.match(e) for e in fleet], len(fleet),
@@ -161,4 +184,7 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None) -> Non
         pg_fleet = timed(postgres, fleet_batches)
         rows.append(bench.Row("collector ingest, PostgreSQL (a fleet)", pg_fleet,
                               "SQLite, a fleet", pg_fleet / sqlite_fleet))
+        pg_sets = timed(postgres, fleet_batches, per_commit=PER_COMMIT)
+        rows.append(bench.Row(f"collector ingest, PostgreSQL, a fleet, {PER_COMMIT} frames "
+                              "a commit", pg_sets, "one a commit", pg_sets / pg_fleet))
     bench.print_table(rows)
