@@ -152,6 +152,24 @@ def _member(event: Event, name: str) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else _EMPTY
 
 
+def event_rows(spool: str, first_seq: int, events: Iterable[Event],
+               sensor: str) -> list[tuple[Any, ...]]:
+    """A frame's rows of the events table (EVENT_COLUMNS), each followed by its event."""
+    rows = []
+    for offset, event in enumerate(events):
+        # The columns, read with plain look-ups (get_path per field was a fifth of ingest).
+        fingerprint, host, header = (_member(event, "ttphash"), _member(event, "host"),
+                                     _member(event, "event"))
+        process = _member(event, "process")
+        complete = fingerprint.get("complete")
+        rows.append((spool, first_seq + offset, sensor, host.get("name"),
+                     event.get("@timestamp"), header.get("action"), fingerprint.get("value"),
+                     None if complete is None else int(bool(complete)),
+                     wire.pack_event(event), fingerprint.get("check"),
+                     process_key(process), process_key(_member(process, "parent")), event))
+    return rows
+
+
 class Incoming(NamedTuple):
     """A frame for :meth:`Store.ingest_frames`: ``ingest``'s arguments."""
     spool: str
@@ -186,16 +204,16 @@ class Matcher(Protocol):
 
 
 # For the statements read back with RETURNING: which parameter is the key returned.
-_EVENT_COLUMNS = ("spool, seq, sensor, host, ts, action, ttphash, complete, doc, ttphash_check, "
+EVENT_COLUMNS = ("spool, seq, sensor, host, ts, action, ttphash, complete, doc, ttphash_check, "
                   "proc, parent")
-_INSERT_EVENTS = (f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) "
+_INSERT_EVENTS = (f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) "
                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?) RETURNING seq")
 _INSERT_HOSTS = "INSERT OR IGNORE INTO baseline_hosts VALUES (?,?) RETURNING ttphash"
 _KEY_INDEX = {_INSERT_EVENTS: 1, _INSERT_HOSTS: 0}
 # Their PostgreSQL types, for a binary COPY (the documents go as they are, not as hex text).
 _EVENT_TYPES = ["text", "int8", "text", "text", "text", "text", "text", "int8", "bytea", "text",
                 "text", "text"]
-_EVENT_FIELDS = 12   # a row's columns; the event itself follows them
+EVENT_FIELDS = 12   # a row's columns; the event itself follows them
 _BASELINE_COLUMNS = ("ttphash, first_seen, last_seen, count, hosts, sample, canonical, "
                      "executable, command_line, user_name, os")
 
@@ -401,25 +419,14 @@ class Store:
                 sensor: str) -> IngestResult:
         """A frame's events, inside the caller's transaction."""
         result = IngestResult()
-        rows = []
-        for offset, event in enumerate(events):
-            # The columns, read with plain look-ups (get_path per field was a fifth of ingest).
-            fingerprint, host, header = (_member(event, "ttphash"), _member(event, "host"),
-                                         _member(event, "event"))
-            process = _member(event, "process")
-            complete = fingerprint.get("complete")
-            rows.append((spool, first_seq + offset, sensor, host.get("name"),
-                         event.get("@timestamp"), header.get("action"), fingerprint.get("value"),
-                         None if complete is None else int(bool(complete)),
-                         wire.pack_event(event), fingerprint.get("check"),
-                         process_key(process), process_key(_member(process, "parent")), event))
+        rows = event_rows(spool, first_seq, events, sensor)
         new = self._insert_new(rows)
         result.new, result.duplicates = len(new), len(rows) - len(new)
         groups: dict[str, dict[str, Any]] = {}
         for row in rows:
             if row[1] not in new:
                 continue
-            event, action, value = row[_EVENT_FIELDS], row[5], row[6]
+            event, action, value = row[EVENT_FIELDS], row[5], row[6]
             if action == ACTION_PROCESS_CREATE and value:
                 ts = row[4] or utc_timestamp()
                 group = groups.setdefault(value, {"first": ts, "last": ts, "count": 0,
@@ -445,7 +452,7 @@ class Store:
         found = []
         for row in rows:
             if row[1] in new and row[5] == ACTION_PROCESS_CREATE:
-                for rule in self.rules.match(row[_EVENT_FIELDS]):
+                for rule in self.rules.match(row[EVENT_FIELDS]):
                     found.append((row, rule))
         if not found:
             return 0
@@ -466,7 +473,7 @@ class Store:
         """Insert the rows that are not stored yet; return their sequence numbers."""
         if self.postgres:
             return self._copy_new(rows)
-        inserted = self._many(_INSERT_EVENTS, [r[:_EVENT_FIELDS] for r in rows], returning=True)
+        inserted = self._many(_INSERT_EVENTS, [r[:EVENT_FIELDS] for r in rows], returning=True)
         return {int(seq) for (seq,) in inserted}
 
     def _copy_new(self, rows: list[tuple[Any, ...]]) -> set[int]:
@@ -478,15 +485,15 @@ class Store:
             cursor.execute("CREATE TEMP TABLE IF NOT EXISTS events_in (LIKE events) "
                            "ON COMMIT DELETE ROWS")
             self._staging = True
-        with cursor.copy(f"COPY events_in ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)") \
+        with cursor.copy(f"COPY events_in ({EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)") \
                 as copy:
             copy.set_types(_EVENT_TYPES)
             for row in rows:
-                copy.write_row(row[:_EVENT_FIELDS])
+                copy.write_row(row[:EVENT_FIELDS])
         # The staging rows are taken out as they are inserted: the next frame of the same
         # transaction (Store.ingest_frames) finds the table empty.
-        cursor.execute(f"WITH staged AS (DELETE FROM events_in RETURNING {_EVENT_COLUMNS}) "
-                       f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} "
+        cursor.execute(f"WITH staged AS (DELETE FROM events_in RETURNING {EVENT_COLUMNS}) "
+                       f"INSERT INTO events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} "
                        "FROM staged ON CONFLICT DO NOTHING RETURNING seq")
         return {int(seq) for (seq,) in cursor.fetchall()}
 

@@ -13,7 +13,8 @@ from tests.conftest import run_cli
 @pytest.mark.parametrize("args", [["encode", "--events", "50"],
                                   ["filehash", "--files", "5", "--rounds", "1"],
                                   ["spool", "--events", "600"],
-                                  ["ingest", "--events", "600"]])
+                                  ["ingest", "--events", "600"],
+                                  ["ingest", "--events", "600", "--prefill", "1000"]])
 def test_bench_command_runs(args) -> None:
     result = run_cli("bench", *args)
     assert result.returncode == 0, result.stderr
