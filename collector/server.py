@@ -29,7 +29,7 @@ from typing import Callable, TextIO
 from collector.admit import (AdmitCounts, Identity, Refused, SpoolOwners, admit,
                             certificate_identity)
 from collector.store import Incoming, IngestResult, Store
-from collector.writer import FrameWriter
+from collector.writer import FrameWriter, WriterClosed
 from common import transport
 from common.spool import claimed_first_seq, decode_frame
 
@@ -191,6 +191,8 @@ class Collector:
             return
         try:
             result = self.writer.store_frame(Incoming(spool_id, frame.first_seq, events, sensor))
+        except WriterClosed:
+            raise  # no answer: the connection closes, the forwarder sends the frame again
         except Exception as exc:  # noqa: BLE001 - refused, never a silent resend loop
             self._refuse(sock, sensor, first, f"the store refused it: "
                          f"{type(exc).__name__}: {exc}")

@@ -18,6 +18,11 @@ from typing import Callable
 from collector.store import COMMIT_EVENTS, Incoming, IngestResult, Store
 
 
+class WriterClosed(ConnectionError):
+    """The collector is stopping: the frame was not stored and must not be answered (the
+    forwarder sends it again after it reconnects; a refusal would make it skip the frame)."""
+
+
 @dataclass
 class _Pending:
     """A frame handed to the writer, and its outcome once the writer has stored it."""
@@ -57,7 +62,7 @@ class FrameWriter:
         pending = _Pending(frame)
         with self._gate:
             if self._closed:
-                raise RuntimeError("the collector is stopping")
+                raise WriterClosed("the collector is stopping")
             self._queue.put(pending)
         pending.done.wait()
         if isinstance(pending.outcome, Exception):

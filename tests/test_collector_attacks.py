@@ -4,15 +4,20 @@ resend loop, and the collector keeps serving the next frame."""
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import ssl
 import struct
+import threading
+import time
 
 import google_crc32c
 import pytest
 import zstandard
 
+from collector.server import Collector
+from collector.store import Store
 from common import transport, wire
 from common.spool import MAGIC, encode_frame
 from tests.conftest import free_port
@@ -108,8 +113,6 @@ def test_idle_and_slow_connections_cannot_lock_a_sensor_out(lab) -> None:
     """1,000 idle TCP connections and 100 slow-loris TLS handshakes, all kept open, while a
     sensor with a certificate connects and sends frames: each of them is stored."""
     import resource
-    import threading
-    import time
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
@@ -160,3 +163,32 @@ def test_idle_and_slow_connections_cannot_lock_a_sensor_out(lab) -> None:
     assert _stored(store) == stored == 50
     stats = collector.stopped()
     assert stats["evicted"] >= 1000 - 128  # pushed out by newer ones, or timed out
+
+
+def test_a_frame_that_meets_a_stopping_collector_is_not_refused(lab) -> None:
+    """A refusal makes the forwarder skip the frame; a frame the stopping collector did not
+    store gets no answer at all (the connection closes, the forwarder sends it again)."""
+    tmp, issued = lab
+    c = issued["collector"]
+    log = io.StringIO()
+    collector = Collector(Store(str(tmp / "store.sqlite")),
+                          transport.server_context(c.cert, c.key, issued["ca"].cert), log)
+    port = free_port()
+    threading.Thread(target=collector.serve, args=("127.0.0.1", port), daemon=True).start()
+    deadline = time.monotonic() + 30
+    while "listening on" not in log.getvalue():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    try:
+        with _connect(issued, port) as tls:
+            transport.send(tls, b"H", json.dumps({"spool": "s-4", "version": 1}).encode())
+            transport.send(tls, b"F", encode_frame(0, _events(2))[0])
+            assert transport.receive(tls)[0] == b"A"
+            collector.writer.close()  # as the shutdown does, while this sensor is connected
+            transport.send(tls, b"F", encode_frame(2, _events(2, 2))[0])
+            with pytest.raises((transport.ProtocolError, OSError)):
+                transport.receive(tls)
+    finally:
+        collector.shutdown()
+    assert collector.stats.bad_frames == 0 and collector.stats.frames == 1
+    assert "refused a frame" not in log.getvalue() and "stopping" in log.getvalue()

@@ -12,7 +12,7 @@ import pytest
 
 from collector.deliver import LocalDelivery
 from collector.store import Incoming, IngestResult, Store
-from collector.writer import FrameWriter
+from collector.writer import FrameWriter, WriterClosed
 from common import ttphash
 from common.spool import Spool
 from tests.conftest import run_cli
@@ -174,7 +174,7 @@ def test_the_writer_commits_the_frames_that_waited_together(tmp_path) -> None:
     assert isinstance(answers[_TOO_FAR], Exception) and store.count_events() == 12
     assert sorted(seq for seq, _ in reported) == [0, 4, 8, _TOO_FAR]
     writer.close()
-    with pytest.raises(RuntimeError, match="stopping"):
+    with pytest.raises(WriterClosed, match="stopping"):
         writer.store_frame(frames[0])
 
 
