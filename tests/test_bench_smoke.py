@@ -14,7 +14,8 @@ from tests.conftest import run_cli
                                   ["filehash", "--files", "5", "--rounds", "1"],
                                   ["spool", "--events", "600"],
                                   ["ingest", "--events", "600"],
-                                  ["ingest", "--events", "600", "--prefill", "1000"]])
+                                  ["ingest", "--events", "600", "--prefill", "1000"],
+                                  ["collect", "--sensors", "2", "--frames", "1"]])
 def test_bench_command_runs(args) -> None:
     result = run_cli("bench", *args)
     assert result.returncode == 0, result.stderr
