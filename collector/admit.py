@@ -111,9 +111,10 @@ def check_hosts(identity: Identity, events: list[Event]) -> None:
                           f"(it names {', '.join(sorted(identity.hosts))})")
 
 
-def check_ttphash(event: Event) -> str | None:
+def check_ttphash(event: Event, memo: ttphash.Memo | None = None) -> str | None:
     """Recompute the event's TTPHash (see the module's docstring); return the check, or None
-    for an event that carries no TTPHash."""
+    for an event that carries no TTPHash. ``memo``: hashes remembered by the values they come
+    from (a fleet runs the same commands again and again); it gives what compute() gives."""
     claimed = event.get("ttphash")
     if claimed is None:
         return None
@@ -123,7 +124,7 @@ def check_ttphash(event: Event) -> str | None:
     try:
         if claimed.get("version") not in (None, ttphash.VERSION):
             raise ttphash.TTPHashError(f"version {claimed.get('version')!r}")
-        result = ttphash.compute(event)
+        result = memo.compute(event) if memo is not None else ttphash.compute(event)
     except ttphash.TTPHashError:
         event["ttphash"] = {"claimed": claimed.get("value"), "version": claimed.get("version"),
                             "check": UNVERIFIABLE}
@@ -138,9 +139,10 @@ def check_ttphash(event: Event) -> str | None:
 
 
 def admit(identity: Identity, first_seq: int, count: int, events: list,
-          counts: AdmitCounts) -> None:
-    """Check a frame from ``identity`` and recompute its TTPHashes in place; raise
-    :class:`Refused` for a frame the store must not see."""
+          counts: AdmitCounts, memo: ttphash.Memo | None = None) -> None:
+    """Check a frame from ``identity`` and recompute its TTPHashes in place (through
+    ``memo``, if given: one thread at a time); raise :class:`Refused` for a frame the store
+    must not see."""
     try:
         check_frame(first_seq, count, events)
         check_hosts(identity, events)
@@ -148,7 +150,7 @@ def admit(identity: Identity, first_seq: int, count: int, events: list,
         counts.refused_frames += 1
         raise
     for event in events:
-        check = check_ttphash(event)
+        check = check_ttphash(event, memo)
         if check is not None:
             counts.add(check)
 

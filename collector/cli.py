@@ -289,12 +289,14 @@ def _consume(url: str, durable: str, store: Any) -> None:
     from collector.admit import AdmitCounts, Identity, Refused, SpoolOwners, admit
     from collector.consume import Delivered, consume
     from collector.store import Incoming
+    from common import ttphash
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     counts = {"frames": 0, "new": 0, "duplicates": 0}
     admitted = AdmitCounts()
     owners = SpoolOwners(store)
+    memo = ttphash.Memo()  # a fleet's commands repeat: TTPHashes recomputed once
 
     def admitted_frame(frame: Delivered) -> Incoming:
         spool, sensor = frame.spool, frame.sensor
@@ -302,7 +304,7 @@ def _consume(url: str, durable: str, store: Any) -> None:
             raise Refused(f"no sensor in the subject or no spool id ({sensor!r}, {spool!r})")
         identity = Identity(sensor, frozenset({sensor.casefold()}))
         owners.claim(identity, spool, admitted)
-        admit(identity, frame.first_seq, len(frame.events), frame.events, admitted)
+        admit(identity, frame.first_seq, len(frame.events), frame.events, admitted, memo)
         return Incoming(spool, frame.first_seq, frame.events, sensor)
 
     def ingest(frames: list[Delivered]) -> list[Exception | None]:

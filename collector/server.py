@@ -30,7 +30,7 @@ from collector.admit import (AdmitCounts, Identity, Refused, SpoolOwners, admit,
                             certificate_identity)
 from collector.store import Incoming, IngestResult, Store
 from collector.writer import FrameWriter, WriterClosed
-from common import transport
+from common import transport, ttphash
 from common.spool import claimed_first_seq, decode_frame
 
 
@@ -68,6 +68,10 @@ class Collector:
         self.owners = SpoolOwners(store)
         self._lock = threading.Lock()   # the stats, the pending connections, the store
         self.writer = FrameWriter(store, self._lock, self._stored)
+        # TTPHashes recomputed at admission, remembered across sensors: a fleet's commands
+        # repeat (one thread at a time uses it).
+        self.memo = ttphash.Memo()
+        self._memo_lock = threading.Lock()
         self._server: socketserver.ThreadingTCPServer | None = None
         # Connections before their hello, oldest first: socket -> deadline (monotonic).
         self._pending: OrderedDict[socket.socket, float] = OrderedDict()
@@ -185,7 +189,8 @@ class Collector:
         try:
             frame = decode_frame(data)
             events = frame.events()
-            admit(identity, frame.first_seq, frame.count, events, self.admitted)
+            with self._memo_lock:
+                admit(identity, frame.first_seq, frame.count, events, self.admitted, self.memo)
         except Exception as exc:  # noqa: BLE001 - any undecodable or refused frame
             self._refuse(sock, sensor, first, str(exc))
             return

@@ -168,6 +168,10 @@ def test_the_collector_recomputes_every_ttphash(fleet, store_location) -> None:
             _hello(tls, "spool-a", HOST)
             transport.send(tls, b"F", encode_frame(0, events)[0])
             assert transport.receive(tls)[0] == b"A"
+            # The same executions again: the collector's memo answers now, with the same
+            # checks.
+            transport.send(tls, b"F", encode_frame(4, events)[0])
+            assert transport.receive(tls)[0] == b"A"
     finally:
         collector.stop()
     with Store(store_location, readonly=True) as store:
@@ -175,15 +179,17 @@ def test_the_collector_recomputes_every_ttphash(fleet, store_location) -> None:
         checks = [e["ttphash_check"] for e in stored]
         docs = [e["event"]["ttphash"] for e in stored]
         baseline = {row["ttphash"]: row["count"] for row in store.top(100)}
+    assert checks[4:] == checks[:4] and docs[4:] == docs[:4]
+    checks, docs = checks[:4], docs[:4]
     assert checks == ["verified", "recomputed", "recomputed", "unverifiable"]
     assert docs[0]["value"] == genuine and "claimed" not in docs[0]
     assert docs[1]["value"] == ttphash.compute(events[1]).value != allowed
     assert docs[1]["claimed"] == allowed
     assert docs[2]["complete"] is complete and docs[2]["claimed"] == docs[2]["value"]
     assert "value" not in docs[3] and docs[3]["version"] == 7
-    assert allowed not in baseline and sum(baseline.values()) == 3  # unverifiable: left out
+    assert allowed not in baseline and sum(baseline.values()) == 6  # unverifiable: left out
     stats = collector.stopped()
-    assert (stats["verified"], stats["recomputed"], stats["unverifiable"]) == (1, 2, 1)
+    assert (stats["verified"], stats["recomputed"], stats["unverifiable"]) == (2, 4, 2)
 
 
 def test_jetstream_binds_spools_and_hosts_to_the_subject(tmp_path, nats_server) -> None:
