@@ -205,7 +205,7 @@ class Matcher(Protocol):
 
 # For the statements read back with RETURNING: which parameter is the key returned.
 EVENT_COLUMNS = ("spool, seq, sensor, host, ts, action, ttphash, complete, doc, ttphash_check, "
-                  "proc, parent")
+                 "proc, parent")
 _INSERT_EVENTS = (f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) "
                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?) RETURNING seq")
 _INSERT_HOSTS = "INSERT OR IGNORE INTO baseline_hosts VALUES (?,?) RETURNING ttphash"
