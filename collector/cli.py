@@ -286,51 +286,17 @@ def _consume(url: str, durable: str, store: Any) -> None:
     import threading
     from dataclasses import asdict
 
-    from collector.admit import AdmitCounts, Identity, Refused, SpoolOwners, admit
-    from collector.consume import Delivered, consume
-    from collector.store import Incoming
-    from common import ttphash
+    from collector.consume import StreamIngest, consume
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    counts = {"frames": 0, "new": 0, "duplicates": 0}
-    admitted = AdmitCounts()
-    owners = SpoolOwners(store)
-    memo = ttphash.Memo()  # a fleet's commands repeat: TTPHashes recomputed once
-
-    def admitted_frame(frame: Delivered) -> Incoming:
-        spool, sensor = frame.spool, frame.sensor
-        if not sensor or not 0 < len(spool) <= 64:
-            raise Refused(f"no sensor in the subject or no spool id ({sensor!r}, {spool!r})")
-        identity = Identity(sensor, frozenset({sensor.casefold()}))
-        owners.claim(identity, spool, admitted)
-        admit(identity, frame.first_seq, len(frame.events), frame.events, admitted, memo)
-        return Incoming(spool, frame.first_seq, frame.events, sensor)
-
-    def ingest(frames: list[Delivered]) -> list[Exception | None]:
-        """A set of frames: each admitted (or refused), those admitted stored together."""
-        outcomes: list[Exception | None] = [None] * len(frames)
-        passed: list[tuple[int, Incoming]] = []
-        for index, frame in enumerate(frames):
-            try:
-                passed.append((index, admitted_frame(frame)))
-            except Exception as exc:  # noqa: BLE001 - refused, terminated by the consumer
-                outcomes[index] = exc
-        results = store.ingest_frames([incoming for _, incoming in passed]) if passed else []
-        for (index, _), result in zip(passed, results):
-            if isinstance(result, Exception):
-                outcomes[index] = result
-                continue
-            counts["frames"] += 1
-            counts["new"] += result.new
-            counts["duplicates"] += result.duplicates
-        return outcomes
+    ingest = StreamIngest(store)
 
     click.echo(f"ttpsensor collect: consuming {url} as {durable}", err=True)
     asyncio.run(consume(url, durable, ingest, stop.is_set,
                         lambda m: click.echo(f"ttpsensor collect: {m}", err=True)))
     click.echo("ttpsensor collect: stopped: " + json.dumps(
-        counts | asdict(admitted) | _sigma_summary(store.rules)), err=True)
+        asdict(ingest.counts) | asdict(ingest.admitted) | _sigma_summary(store.rules)), err=True)
 
 
 def _sigma_summary(rules: Any) -> dict[str, Any]:

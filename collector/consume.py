@@ -8,15 +8,25 @@ frames of a fetch are committed together, in sets (collector.store.Store.ingest_
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, NamedTuple
 
-from collector.store import commit_sets
+from collector.admit import AdmitCounts, Identity, Refused, SpoolOwners, admit
+from collector.store import Incoming, Store, commit_sets
+from common import ttphash
 from common.jetstream import STREAM, SUBJECT_PREFIX, SUBJECTS, ensure_stream
 from common.schema import Event
 from common.spool import decode_frame
 
 ACK_WAIT = 5.0            # a killed consumer's unacknowledged frames come back this soon
 FETCH = 100               # messages asked for at once; stored in sets (store.COMMIT_EVENTS)
+
+
+@dataclass
+class StreamCounts:
+    frames: int = 0
+    new: int = 0
+    duplicates: int = 0
 
 
 class Delivered(NamedTuple):
@@ -26,6 +36,49 @@ class Delivered(NamedTuple):
     sensor: str
     first_seq: int
     events: list[Event]
+
+
+class StreamIngest:
+    """What the consumer does with a set of frames: each admitted as its subject's sensor
+    (its spools and host names bound to it as over TLS, its TTPHashes recomputed through a
+    memo: collector/admit.py), those admitted stored in one transaction. Called with a set,
+    it gives each frame's outcome: None, or why it was refused."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.counts = StreamCounts()
+        self.admitted = AdmitCounts()
+        self.owners = SpoolOwners(store)
+        self.memo = ttphash.Memo()  # a fleet's commands repeat: TTPHashes recomputed once
+
+    def __call__(self, frames: list[Delivered]) -> list[Exception | None]:
+        outcomes: list[Exception | None] = [None] * len(frames)
+        passed: list[tuple[int, Incoming]] = []
+        for index, frame in enumerate(frames):
+            try:
+                passed.append((index, self._admitted(frame)))
+            except Exception as exc:  # noqa: BLE001 - refused, terminated by the consumer
+                outcomes[index] = exc
+        results = self.store.ingest_frames([incoming for _, incoming in passed]) \
+            if passed else []
+        for (index, _), result in zip(passed, results):
+            if isinstance(result, Exception):
+                outcomes[index] = result
+                continue
+            self.counts.frames += 1
+            self.counts.new += result.new
+            self.counts.duplicates += result.duplicates
+        return outcomes
+
+    def _admitted(self, frame: Delivered) -> Incoming:
+        spool, sensor = frame.spool, frame.sensor
+        if not sensor or not 0 < len(spool) <= 64:
+            raise Refused(f"no sensor in the subject or no spool id ({sensor!r}, {spool!r})")
+        identity = Identity(sensor, frozenset({sensor.casefold()}))
+        self.owners.claim(identity, spool, self.admitted)
+        admit(identity, frame.first_seq, len(frame.events), frame.events, self.admitted,
+              self.memo)
+        return Incoming(spool, frame.first_seq, frame.events, sensor)
 
 
 async def consume(url: str, durable: str,

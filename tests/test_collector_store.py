@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from collector.consume import Delivered, StreamCounts, StreamIngest
 from collector.deliver import LocalDelivery
 from collector.store import Incoming, IngestResult, Store
 from collector.writer import FrameWriter, WriterClosed
@@ -121,6 +122,9 @@ class _RefusingStore:
     def __init__(self, store: Store, refuse: int | None) -> None:
         self.store, self.refuse = store, refuse
 
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
     def ingest_frames(self, frames):
         results = self.store.ingest_frames(frames)
         return [ValueError("refused") if frame.first_seq == self.refuse else result
@@ -141,6 +145,25 @@ def test_local_delivery_acks_up_to_a_refused_frame(tmp_path) -> None:
     # Sent again from the refused frame on (this store had kept both: nothing new).
     assert delivery.deliver() == 0 and delivery.duplicates == 10
     assert spool.acked() == 15 and store.count_events() == 15
+
+
+def test_the_stream_consumer_refuses_only_the_frames_it_must(tmp_path) -> None:
+    """A set of frames out of JetStream: each admitted as its subject's sensor or refused,
+    the others stored together; a frame the store refuses is that frame's refusal alone."""
+    store = Store(str(tmp_path / "store.sqlite"))
+    refusing = _RefusingStore(store, refuse=9)
+    ingest = StreamIngest(refusing)  # type: ignore[arg-type]
+    outcomes = ingest([Delivered("spool-a", "a", 0, _events("a", 0, 3)),
+                       Delivered("", "a", 3, _events("a", 3, 3)),         # no spool id
+                       Delivered("spool-a", "b", 3, _events("b", 3, 3)),  # a's spool
+                       Delivered("spool-b", "b", 0, _events("a", 0, 3)),  # a's host
+                       Delivered("spool-b", "b", 3, _events("b", 3, 3)),
+                       Delivered("spool-a", "a", 9, _events("a", 9, 3))])  # the store refuses
+    assert [type(o).__name__ for o in outcomes] == [
+        "NoneType", "Refused", "Refused", "Refused", "NoneType", "ValueError"]
+    assert "belongs to sensor 'a'" in str(outcomes[2]) and "names host 'a'" in str(outcomes[3])
+    assert ingest.counts == StreamCounts(frames=2, new=6)
+    assert (ingest.admitted.refused_spools, ingest.admitted.refused_frames) == (1, 1)
 
 
 def test_the_writer_commits_the_frames_that_waited_together(tmp_path) -> None:
