@@ -3,9 +3,9 @@
 The collector serves each sensor on a thread of its own, and each forwarder waits for one
 frame's acknowledgement before it sends the next. With many sensors, frames arrive while a
 commit runs; the writer stores all that waited by then in one transaction
-(:meth:`collector.store.Store.ingest_frames`, about COMMIT_EVENTS events at most), and each sender is
-answered after that commit, as before: an acknowledged frame is always a committed one. With
-one sensor nothing waits, and each frame is its own transaction.
+(:meth:`collector.store.Store.ingest_frames`, about COMMIT_EVENTS events at most), and each
+sender is answered after that commit, as before: an acknowledged frame is always a committed
+one. With one sensor nothing waits, and each frame is its own transaction.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class WriterStats:
 
 
 class FrameWriter:
-    """Stores frames handed to :meth:`store` from any thread. ``lock`` is the lock that
+    """Stores frames handed to :meth:`store_frame` from any thread. ``lock`` is the lock that
     serializes every use of the store (the collector's: connection threads also claim spools
     through it); ``stored`` is called under it with each frame and its outcome (the
     collector's counts)."""
@@ -100,7 +100,10 @@ class FrameWriter:
                 self.stats.committed_frames += len(batch)
                 for pending, outcome in zip(batch, outcomes):
                     pending.outcome = outcome
-                    self.stored(pending.frame, outcome)
+                    try:
+                        self.stored(pending.frame, outcome)
+                    except Exception:  # noqa: BLE001 - a count, never the writer's end
+                        pass
             for pending in batch:
                 pending.done.set()
             if end:
