@@ -390,7 +390,11 @@ class Store:
         the baseline updated once per TTPHash per frame, not once per event: round trips, not
         rows, are what a networked store pays for."""
         with self._transaction():
-            return self._ingest(spool, first_seq, events, sensor)
+            groups: dict[str, dict[str, Any]] = {}
+            result = self._ingest(spool, first_seq, events, sensor, groups)
+            if groups:
+                self._baseline(groups)
+            return result
 
     def ingest_frames(self, frames: Sequence[Incoming]) -> list[IngestResult | Exception]:
         """Store several frames in one transaction: each frame's result, in order.
@@ -405,7 +409,14 @@ class Store:
             return [self._alone(frames[0])]
         try:
             with self._transaction():
-                return [self._ingest(*frame) for frame in frames]
+                # The baseline once for the whole set: a TTPHash the set's frames share is
+                # one statement, not one per frame.
+                groups: dict[str, dict[str, Any]] = {}
+                results: list[IngestResult | Exception] = [
+                    self._ingest(*frame, groups) for frame in frames]
+                if groups:
+                    self._baseline(groups)
+                return results
         except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike; retried alone
             return [self._alone(frame) for frame in frames]
 
@@ -415,14 +426,15 @@ class Store:
         except Exception as exc:  # noqa: BLE001 - handed to the frame's sender
             return exc
 
-    def _ingest(self, spool: str, first_seq: int, events: Iterable[Event],
-                sensor: str) -> IngestResult:
-        """A frame's events, inside the caller's transaction."""
+    def _ingest(self, spool: str, first_seq: int, events: Iterable[Event], sensor: str,
+                groups: dict[str, dict[str, Any]]) -> IngestResult:
+        """A frame's events, inside the caller's transaction; its new executions are folded
+        into ``groups`` (by TTPHash: first and last seen, count, hosts, a sample), which the
+        caller gives to _baseline."""
         result = IngestResult()
         rows = event_rows(spool, first_seq, events, sensor)
         new = self._insert_new(rows)
         result.new, result.duplicates = len(new), len(rows) - len(new)
-        groups: dict[str, dict[str, Any]] = {}
         for row in rows:
             if row[1] not in new:
                 continue
@@ -437,8 +449,6 @@ class Store:
             elif action == "spool_gap":
                 self._gap(spool, sensor, event)
                 result.gaps += 1
-        if groups:
-            self._baseline(groups)
         if self.rules is not None and result.new:
             result.matches = self._match(spool, sensor, new, rows)
         return result
