@@ -177,7 +177,7 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
         sqlite_fleet = timed(os.path.join(directory, "fleet.sqlite"), fleet_batches)
         sqlite_sets = timed(os.path.join(directory, "sets.sqlite"), fleet_batches,
                             per_commit=PER_COMMIT)
-        sqlite_floor = timed(os.path.join(directory, "floor.sqlite"), floor=True)
+        sqlite_floor = timed(os.path.join(directory, "floor.sqlite"), fleet_batches, floor=True)
     rows = [bench.Row("collector admission (hosts, TTPHash recomputed)", admission,
                       "SQLite ingest", admission / sqlite),
             bench.Row("collector admission, a fleet (TTPHashes through the collector's memo)",
