@@ -347,3 +347,28 @@ def _added(assembler, line: bytes) -> list:
         return assembler.add(parse(line))
     except ParseError:
         return []
+
+
+def test_the_laurel_renderers_memories_stay_bounded_and_render_as_without_limits(
+        monkeypatch) -> None:
+    """Every memory of the renderer (members, SYSCALL members and arguments, whole records)
+    starts a new generation when full: with tiny limits over the whole corpus, none holds
+    more than its limit and every line is what a renderer with the usual limits writes."""
+    from sensor_linux.audit.assemble import Assembler
+    from tests.test_audit_corpus import CORPUS
+    events = []
+    for path in sorted(CORPUS.rglob("*.txt")):
+        assembler = Assembler()
+        events += [e for line in path.read_bytes().splitlines(keepends=True) if line.strip()
+                   for e in _added(assembler, line)] + assembler.flush()
+    usual = laurel.LaurelRenderer()
+    expected = [usual(event) for event in events]
+    monkeypatch.setattr(laurel, "MAX_REMEMBERED", 3)
+    monkeypatch.setattr(laurel, "MAX_RECORDS", 2)
+    bounded, lines = laurel.LaurelRenderer(), []
+    for event in events:
+        lines.append(bounded(event))
+        assert len(bounded._members) <= 3 and len(bounded._syscall_members) <= 3
+        assert len(bounded._arguments) <= 3 and len(bounded._records) <= 2
+    assert lines == expected and len(events) > 100
+    assert len(usual._members) > 3 and len(usual._records) > 2  # the limits were reached

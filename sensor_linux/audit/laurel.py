@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Any
 
 from sensor_linux.audit import fields
 from sensor_linux.audit.assemble import AuditEvent
@@ -173,6 +174,14 @@ REMEMBER_RECORD = 1024
 MAX_RECORDS = 4096
 
 
+def _remember(known: dict[Any, str], key: Any, text: str, limit: int) -> None:
+    """Keep ``text`` under ``key``; a full memory starts a new generation (emptied: the
+    common fields and records come back at once)."""
+    if len(known) >= limit:
+        known.clear()
+    known[key] = text
+
+
 @functools.lru_cache(maxsize=1024)
 def _group_head(rtype: int) -> tuple[str, bool]:
     """A record type's ``"NAME":`` and whether its records are a list (other kernel records
@@ -239,9 +248,7 @@ class LaurelRenderer:
             text = self._records.get(parts)
             if text is None:
                 text = "{" + ",".join(self._plain(record)) + "}"
-                if len(self._records) >= MAX_RECORDS:
-                    self._records.clear()  # a new generation, as for the members
-                self._records[parts] = text
+                _remember(self._records, parts, text, MAX_RECORDS)
             return text
         else:
             members = [member for record in records for member in self._plain(record)]
@@ -294,11 +301,9 @@ class LaurelRenderer:
         for i, item in enumerate(items):
             if item is None:
                 part = parts[i]
-                items[i] = _syscall_arg(part, line)
+                text = items[i] = _syscall_arg(part, line)
                 if len(part) <= REMEMBER_PART:
-                    if len(self._arguments) >= MAX_REMEMBERED:
-                        self._arguments.clear()
-                    self._arguments[part] = items[i]  # type: ignore[assignment]
+                    _remember(self._arguments, part, text, MAX_REMEMBERED)
 
     def _execve(self, records: list[Record]) -> list[str]:
         """EXECVE's members, its arguments (split over continuation records) as ``ARGV``."""
@@ -352,9 +357,7 @@ class LaurelRenderer:
                 continue
             member = members[i] = _plain_member(part, record.raw, record.rtype)
             if len(part) <= REMEMBER_PART:
-                if len(known) >= MAX_REMEMBERED:
-                    known.clear()  # a new generation; the common fields come back at once
-                known[part] = member
+                _remember(known, part, member, MAX_REMEMBERED)
         return argv
 
 
