@@ -16,10 +16,10 @@ from typing import Callable
 
 from common.schema import ACTION_PROCESS_CREATE, Event, get_path
 from common.sinks import Output, emit
+from sensor_linux.audit.capture import WaitingLines
 from sensor_linux.audit.netlink import AuditNetlinkError
 from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
 from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession
-from sensor_linux.audit.capture import WaitingLines
 from sensor_linux.audit.source import NetlinkInput, audit_error
 from sensor_linux.batching import Gather
 from sensor_linux.crosscheck import CrossCheck

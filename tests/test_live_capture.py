@@ -234,9 +234,7 @@ class _Clock:
 
 
 def _waiting(pipeline, capture: ExecCapture | None, clock: _Clock) -> WaitingLines:  # noqa: ANN001
-    waiting = WaitingLines(pipeline, capture)
-    waiting.builds = Gather(BUILD_SECONDS, clock)
-    return waiting
+    return WaitingLines(pipeline, capture, clock=clock)
 
 
 class _Quiet:

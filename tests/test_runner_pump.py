@@ -65,13 +65,15 @@ class Sink:
 
 def test_a_netlink_drain_reads_a_bounded_batch_and_says_more_is_waiting() -> None:
     records, pipeline = EndlessRecords(), Counting()
-    assert NetlinkInput(records, WaitingLines(pipeline)).drain() is True       # type: ignore[arg-type]
+    netlink = NetlinkInput(records, WaitingLines(pipeline))  # type: ignore[arg-type]
+    assert netlink.drain() is True
     assert records.reads == pipeline.fed == audit_source.DRAIN_DATAGRAMS
 
 
 def test_the_read_loop_stops_ticks_and_flushes_while_records_never_stop() -> None:
     records, pipeline = EndlessRecords(), Counting()
-    source, sink, stop = Flooded(NetlinkInput(records, WaitingLines(pipeline))), Sink(), threading.Event()
+    netlink = NetlinkInput(records, WaitingLines(pipeline))  # type: ignore[arg-type]
+    source, sink, stop = Flooded(netlink), Sink(), threading.Event()
     loop = threading.Thread(target=pump, args=(source, sink, stop), daemon=True)
     loop.start()
     time.sleep(0.5)

@@ -12,7 +12,9 @@ event's key when it builds it. Everything else in the event comes from the recor
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from typing import Callable
 
 from common.pipeline import Pipeline
 from common.sinks import Output, Sink
@@ -22,6 +24,7 @@ from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.batching import BUILD_SECONDS, Gather
 from sensor_linux.enrich import Enricher
 from sensor_linux.procfs import LiveFacts
+
 # Execs read and not built yet at most: a bound on what lines that never become an event (a
 # record the parser refuses) can leave behind, and on the image descriptors held open.
 MAX_CAPTURED = 4096
@@ -82,10 +85,11 @@ class WaitingLines:
     source owns one, and through it its pipeline (:func:`live_audit`)."""
 
     def __init__(self, pipeline: Pipeline, capture: ExecCapture | None = None,
-                 seconds: float = BUILD_SECONDS) -> None:
+                 seconds: float = BUILD_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.pipeline = pipeline
         self.capture = capture
-        self.builds = Gather(seconds)
+        self.builds = Gather(seconds, clock)
         self.lines: list[bytes] = []
 
     def add(self, line: bytes) -> None:
@@ -144,4 +148,3 @@ def live_audit(fmt: str, sink: Output, enricher: Enricher | None, error_log: Sin
     pipeline = audit_pipeline(fmt, sink, enricher=enricher, error_log=error_log,
                               keep_exec_attempts=keep_exec_attempts, captured=capture)
     return WaitingLines(pipeline, capture)
-
