@@ -10,9 +10,10 @@ from typing import Any
 import click
 
 from collector.admit import AdmitCounts, Identity, admit
+from collector.documents import TRAIN_DOCUMENTS, Documents, train
 from collector.store import (COMMIT_EVENTS, EVENT_COLUMNS, EVENT_FIELDS, Incoming, Store,
                              event_rows)
-from common import bench, ttphash
+from common import bench, ttphash, wire
 
 
 FLEET_HASHES = 2000
@@ -35,6 +36,13 @@ def fleet_events(count: int, seed: int = 11) -> list[dict]:
         event["@timestamp"] = f"2026-11-29T11:{i // 6000 % 60:02d}:{i // 100 % 60:02d}.{i:06d}Z"
         out.append(event)
     return out
+
+
+def _dictionary(samples: list[bytes]) -> bytes:
+    dictionary = train(samples, 1)
+    if dictionary is None:
+        raise click.ClickException("zstd could not train a dictionary on the fleet's events")
+    return dictionary
 
 
 def _sigma_as_sql(directory: str, frames: list[list[dict]]) -> tuple[float, int] | None:
@@ -104,24 +112,33 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
     fleet = fleet_events(count)
     fleet_batches = [fleet[i:i + 500] for i in range(0, len(fleet), 500)]
 
+    # The documents' dictionary a store trains on its first events, trained beforehand
+    # (untimed) on another sample of the fleet: each round measures a store that has one.
+    training = [wire.pack_event(e) for e in fleet_events(TRAIN_DOCUMENTS, seed=13)]
+
     def timed(location: str, frames: list[list[dict]] = batches,
-              with_rules: Any = None, per_commit: int = 1, floor: bool = False) -> float:
+              with_rules: Any = None, per_commit: int = 1, floor: bool = False,
+              compress: bool = True) -> float:
         """Median of three rounds, each into a store that holds only the --prefill events: a
         store that also held the baseline of the round before would measure the cheaper path
         of known TTPHashes. ``per_commit``: frames a transaction (Store.ingest_frames).
         ``floor``: SQLite alone, each frame's rows of the events table built beforehand
         (untimed) and stored by one executemany and a commit: no baseline, no Python of ours
-        per event; what ingest cannot go below with this schema."""
+        per event; what ingest cannot go below with this schema. ``compress``: documents
+        compressed with the store's dictionary (else plain msgpack)."""
         rounds = iter(range(3))
 
         def empty_store() -> Store:
             round_ = next(rounds)
             postgres = location.startswith("postgresql")
-            store = Store(location if postgres else f"{location}.{round_}", rules=with_rules)
+            store = Store(location if postgres else f"{location}.{round_}", rules=with_rules,
+                          compress_documents=compress)
             if store.postgres:
                 with store.db.transaction():
                     store.db.execute("TRUNCATE events, baseline, baseline_hosts, spools, gaps, "
-                                     "sigma_matches")
+                                     "sigma_matches, doc_dictionaries")
+            if compress:
+                store.train_dictionary(training)
             for n in range(0, len(prefilled), 500):
                 store.ingest("prefill", n, prefilled[n:n + 500], "bench")
             return store
@@ -170,13 +187,19 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
     admission = admission_of(batches, memo=False)
     fleet_plain = admission_of(fleet_batches, memo=False)
     fleet_admission = admission_of(fleet_batches, memo=True)
-    floor_rows = [[row[:EVENT_FIELDS] for row in event_rows("floor", n * 500, batch, "bench")]
+    packer = Documents(lambda: [(1, _dictionary(training))])
+    floor_rows = [[row[:EVENT_FIELDS] for row in event_rows("floor", n * 500, batch, "bench",
+                                                            packer.pack)]
                   for n, batch in enumerate(fleet_batches)]
+    plain_bytes = sum(len(wire.pack_event(e)) for e in fleet) / len(fleet)
+    packed_bytes = sum(len(r[8]) for rows in floor_rows for r in rows) / len(fleet)
     with tempfile.TemporaryDirectory(prefix="ttpsensor-bench-") as directory:
         sqlite = timed(os.path.join(directory, "bench.sqlite"))
         sqlite_fleet = timed(os.path.join(directory, "fleet.sqlite"), fleet_batches)
         sqlite_sets = timed(os.path.join(directory, "sets.sqlite"), fleet_batches,
                             per_commit=PER_COMMIT)
+        sqlite_plain = timed(os.path.join(directory, "plain.sqlite"), fleet_batches,
+                             per_commit=PER_COMMIT, compress=False)
         sqlite_floor = timed(os.path.join(directory, "floor.sqlite"), fleet_batches, floor=True)
     rows = [bench.Row("collector admission (hosts, TTPHash recomputed)", admission,
                       "SQLite ingest", admission / sqlite),
@@ -187,6 +210,9 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
                       sqlite_fleet, "every TTPHash new", sqlite_fleet / sqlite),
             bench.Row(f"collector ingest, SQLite, a fleet, {PER_COMMIT} frames a commit",
                       sqlite_sets, "one a commit", sqlite_sets / sqlite_fleet),
+            bench.Row(f"the same, documents plain msgpack ({plain_bytes:,.0f} bytes each; "
+                      f"compressed with the store's dictionary: {packed_bytes:,.0f})",
+                      sqlite_plain, "compressed", sqlite_plain / sqlite_sets),
             bench.Row("SQLite alone: the fleet's event rows built beforehand, one executemany "
                       "and commit a frame (the floor)", sqlite_floor, "our ingest, a fleet",
                       sqlite_floor / sqlite_fleet)]
@@ -218,4 +244,7 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
         pg_sets = timed(postgres, fleet_batches, per_commit=PER_COMMIT)
         rows.append(bench.Row(f"collector ingest, PostgreSQL, a fleet, {PER_COMMIT} frames "
                               "a commit", pg_sets, "one a commit", pg_sets / pg_fleet))
+        pg_plain = timed(postgres, fleet_batches, per_commit=PER_COMMIT, compress=False)
+        rows.append(bench.Row("the same, documents plain msgpack", pg_plain, "compressed",
+                              pg_plain / pg_sets))
     bench.print_table(rows, "per event, median of 3 rounds (each into a fresh store)")

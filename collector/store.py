@@ -20,6 +20,9 @@ Tables::
     sigma_matches(spool, seq, rule, title, level, tags, host, ts, ttphash, allowed)
                                           key (spool, seq, rule): a Sigma rule an event matched
                                           at ingest; allowed: its TTPHash was allow-listed then
+    doc_dictionaries(id, dictionary, samples, trained)
+                                          the zstd dictionaries of the events' documents
+                                          (collector/documents.py)
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from types import MappingProxyType
 from typing import (Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Protocol,
                     Sequence, TypeVar)
 
+from collector.documents import TRAIN_DOCUMENTS, ZSTD_MAGIC, Documents
+from collector.documents import train as documents_train
 from common import ttphash, wire
 from common.ownership import open_private
 from common.percent import percent_encode
@@ -64,6 +69,9 @@ CREATE TABLE IF NOT EXISTS sigma_matches (
     spool TEXT NOT NULL, seq INTEGER NOT NULL, rule TEXT NOT NULL, title TEXT NOT NULL,
     level TEXT, tags TEXT, host TEXT, ts TEXT, ttphash TEXT, allowed INTEGER NOT NULL,
     PRIMARY KEY (spool, seq, rule));
+CREATE TABLE IF NOT EXISTS doc_dictionaries (
+    id INTEGER PRIMARY KEY, dictionary BLOB NOT NULL, samples INTEGER NOT NULL,
+    trained TEXT NOT NULL);
 """
 
 # Columns and indexes that came after the first stores (the console's questions): added to a
@@ -152,9 +160,10 @@ def _member(event: Event, name: str) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else _EMPTY
 
 
-def event_rows(spool: str, first_seq: int, events: Iterable[Event],
-               sensor: str) -> list[tuple[Any, ...]]:
-    """A frame's rows of the events table (EVENT_COLUMNS), each followed by its event."""
+def event_rows(spool: str, first_seq: int, events: Iterable[Event], sensor: str,
+               pack: Callable[[Event], bytes] = wire.pack_event) -> list[tuple[Any, ...]]:
+    """A frame's rows of the events table (EVENT_COLUMNS), each followed by its event;
+    ``pack`` makes an event's document (Documents.pack: compressed)."""
     rows = []
     for offset, event in enumerate(events):
         # The columns, read with plain look-ups (get_path per field was a fifth of ingest).
@@ -165,7 +174,7 @@ def event_rows(spool: str, first_seq: int, events: Iterable[Event],
         rows.append((spool, first_seq + offset, sensor, host.get("name"),
                      event.get("@timestamp"), header.get("action"), fingerprint.get("value"),
                      None if complete is None else int(bool(complete)),
-                     wire.pack_event(event), fingerprint.get("check"),
+                     pack(event), fingerprint.get("check"),
                      process_key(process), process_key(_member(process, "parent")), event))
     return rows
 
@@ -250,12 +259,23 @@ class Store:
     migration, a SQLite file opened read-only)."""
 
     def __init__(self, location: str, readonly: bool = False,
-                 rules: Matcher | None = None) -> None:
+                 rules: Matcher | None = None, compress_documents: bool = True) -> None:
+        """``compress_documents``: once the store holds TRAIN_DOCUMENTS plain documents, train
+        a zstd dictionary on them and compress every document stored after it
+        (collector/documents.py); off, documents are stored as plain msgpack. Either way,
+        documents of both kinds are read back."""
         self.path = location
         self.readonly = readonly
         self.rules = rules
         self.postgres = location.startswith(("postgresql://", "postgres://"))
         self._staging = False   # PostgreSQL: the session's COPY staging table exists
+        self._open(location, readonly)
+        self.documents = Documents(self._dictionaries,
+                                   compress=compress_documents and not readonly)
+        # Plain documents stored, counted up to TRAIN_DOCUMENTS (None: not counted yet).
+        self._plain_documents: int | None = None
+
+    def _open(self, location: str, readonly: bool) -> None:
         if self.postgres:
             import psycopg
             self.db: Any = psycopg.connect(location, autocommit=True)
@@ -394,7 +414,8 @@ class Store:
             result = self._ingest(spool, first_seq, events, sensor, groups)
             if groups:
                 self._baseline(groups)
-            return result
+        self._stored_documents(result.new)
+        return result
 
     def ingest_frames(self, frames: Sequence[Incoming]) -> list[IngestResult | Exception]:
         """Store several frames in one transaction: each frame's result, in order.
@@ -416,9 +437,10 @@ class Store:
                     self._ingest(*frame, groups) for frame in frames]
                 if groups:
                     self._baseline(groups)
-                return results
         except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike; retried alone
             return [self._alone(frame) for frame in frames]
+        self._stored_documents(sum(r.new for r in results if isinstance(r, IngestResult)))
+        return results
 
     def _alone(self, frame: Incoming) -> IngestResult | Exception:
         try:
@@ -432,7 +454,7 @@ class Store:
         into ``groups`` (by TTPHash: first and last seen, count, hosts, a sample), which the
         caller gives to _baseline."""
         result = IngestResult()
-        rows = event_rows(spool, first_seq, events, sensor)
+        rows = event_rows(spool, first_seq, events, sensor, self.documents.pack)
         new = self._insert_new(rows)
         result.new, result.duplicates = len(new), len(rows) - len(new)
         for row in rows:
@@ -623,6 +645,57 @@ class Store:
                        "WHERE b.ttphash = v.h", ("bigint", "text"),
                        [(n, value) for value, n in counts.items()])
 
+    # --- documents ----------------------------------------------------------------------------
+
+    def _dictionaries(self) -> list[tuple[int, bytes]]:
+        """The store's document dictionaries (none in a store from before them)."""
+        if self.readonly and not self._answers("SELECT id FROM doc_dictionaries WHERE 0 = 1"):
+            return []
+        return [(int(i), bytes(d)) for i, d in self._execute(
+            "SELECT id, dictionary FROM doc_dictionaries ORDER BY id").fetchall()]
+
+    def _stored_documents(self, new: int) -> None:
+        """Count ``new`` plain documents just committed; at TRAIN_DOCUMENTS, train the
+        store's dictionary on them (once: a store trains one dictionary, about 0.2 s)."""
+        documents = self.documents
+        if not documents.compress or documents.dictionary_id is not None or not new:
+            return
+        if self._plain_documents is None:
+            # Counted without reading the whole table of an old store: at most a bound's worth.
+            self._plain_documents = int(self._execute(
+                "SELECT count(*) FROM (SELECT 1 FROM events LIMIT ?) AS t",
+                (TRAIN_DOCUMENTS,)).fetchone()[0])
+        else:
+            self._plain_documents += new
+        if self._plain_documents >= TRAIN_DOCUMENTS:
+            self.train_dictionary()
+
+    def train_dictionary(self, samples: Sequence[bytes] | None = None) -> int | None:
+        """Train a dictionary on ``samples`` (msgpack events; by default up to
+        TRAIN_DOCUMENTS of the store's plain documents) and compress the documents stored
+        from now on with it; its id, or None when the samples are too few, or too alike, to
+        train on (the store tries again after as many more)."""
+        if samples is None:
+            samples = [bytes(doc) for (doc,) in self._execute(
+                "SELECT doc FROM events LIMIT ?", (TRAIN_DOCUMENTS,)).fetchall()]
+        samples = [doc for doc in samples if doc[:4] != ZSTD_MAGIC]
+        with self._transaction():
+            last = self._execute("SELECT max(id) FROM doc_dictionaries").fetchone()[0]
+            dict_id = int(last or 0) + 1
+            dictionary = documents_train(samples, dict_id)
+            if dictionary is None:
+                self._plain_documents = 0
+                return None
+            self._execute("INSERT INTO doc_dictionaries VALUES (?,?,?,?)",
+                          (dict_id, dictionary, len(samples), utc_timestamp(time.time())))
+        self.documents.add(dict_id, dictionary)
+        return dict_id
+
+    def event_doc(self, document: bytes) -> Event:
+        """A stored document's event (plain or compressed); documents.DocumentError if it
+        cannot be read."""
+        return self.documents.unpack(bytes(document))
+
     def _gap(self, spool: str, sensor: str, event: Event) -> None:
         gap = get_path(event, "ttpsensor.spool_gap") or {}
         self._execute("INSERT OR IGNORE INTO gaps VALUES (?,?,?,?,?,?,?)",
@@ -728,7 +801,7 @@ class Store:
         rows = self._rows("SELECT spool, seq, sensor, host, ts, ttphash_check, doc FROM events "
                           "WHERE spool = ? ORDER BY seq", (spool,))
         for row in rows:
-            row["event"] = wire.unpack_event(bytes(row.pop("doc")))
+            row["event"] = self.event_doc(row.pop("doc"))
         return rows
 
     def count_events(self) -> int:

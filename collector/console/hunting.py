@@ -197,7 +197,7 @@ class Hunt:
         for r in self._rows("SELECT host, ts, doc FROM events WHERE ttphash = ? "
                             "ORDER BY ts DESC LIMIT ?", (value, SAMPLES)):
             samples.append({"host": r["host"], "ts": r["ts"],
-                            "event": wire.unpack_event(bytes(r["doc"]))})
+                            "event": self.store.event_doc(r["doc"])})
         if not samples:
             samples.append({"host": None, "ts": row["first_seen"], "event": sample})
         recent = ("SELECT host, proc, parent FROM events WHERE ttphash = ? "
@@ -238,7 +238,7 @@ class Hunt:
         spools = set()
         for r in rows:
             spools.add(r["spool"])
-            event = wire.unpack_event(bytes(r["doc"]))
+            event = self.store.event_doc(r["doc"])
             if r["action"] == "sensor_status":
                 status.append({"ts": r["ts"], "event": event})
                 continue

@@ -1,0 +1,108 @@
+"""The events table's documents: each event as msgpack, compressed with a zstd dictionary
+that the store trained on its own first documents.
+
+An event's fields repeat from one event to the next (the key names, the host, the parent, the
+images of a few hundred binaries), so a dictionary trained on a store's first few thousand
+events makes each document a small zstd frame. Measured on a 5,000-exec audit replay (ECS
+events from the 5,000 execs recorded for the lab): 2,944 bytes of msgpack per event, 1,392
+compressed alone, 183 with a dictionary trained on the first 4,000; the collector bench's
+fleet mix 1,615 to 231 bytes, for 3.3 µs of compression. A smaller row is a cheaper insert,
+commit and index page on SQLite and PostgreSQL alike.
+
+A stored document is either plain msgpack (a map: its first byte is 0x80-0x8f, 0xde or 0xdf)
+or a zstd frame (its first four bytes are zstd's magic number) whose header carries the id of
+its dictionary; the store's ``doc_dictionaries`` table holds each dictionary under that id.
+Documents stored before the store had a dictionary stay plain, and stay readable.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import zstandard
+
+from common import wire
+from common.schema import Event
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+DICTIONARY_BYTES = 64 * 1024
+TRAIN_DOCUMENTS = 4000   # plain documents a store holds before it trains its dictionary
+LEVEL = 1                # level 3 gave 1 % smaller frames for 75 % more time
+
+
+class DocumentError(ValueError):
+    """A stored document that cannot be read back (corrupt, or of an unknown dictionary)."""
+
+
+def train(samples: Sequence[bytes], dict_id: int) -> bytes | None:
+    """A dictionary for documents like ``samples``, under ``dict_id`` (the id each frame it
+    compresses carries); None when the samples are too few or too alike to train on."""
+    try:
+        return zstandard.train_dictionary(DICTIONARY_BYTES, list(samples),
+                                          dict_id=dict_id).as_bytes()
+    except zstandard.ZstdError:
+        return None
+
+
+class Documents:
+    """Packs events for the store and reads stored documents back.
+
+    ``load`` gives the store's dictionaries as ``(id, dictionary)``; it is called at the start
+    and again when a document names a dictionary not loaded yet (a reader opened before the
+    writer trained one). ``compress``: pack with the newest dictionary, once there is one."""
+
+    def __init__(self, load: Callable[[], Iterable[tuple[int, bytes]]],
+                 compress: bool = True) -> None:
+        self._load = load
+        self.compress = compress
+        self._readers: dict[int, zstandard.ZstdDecompressor] = {}
+        self._packer: zstandard.ZstdCompressor | None = None
+        self.dictionary_id: int | None = None   # the dictionary new documents are packed with
+        self.reload()
+
+    def reload(self) -> None:
+        for dict_id, data in self._load():
+            if dict_id not in self._readers:
+                self._add(dict_id, bytes(data))
+
+    def _add(self, dict_id: int, data: bytes) -> None:
+        dictionary = zstandard.ZstdCompressionDict(data)
+        self._readers[dict_id] = zstandard.ZstdDecompressor(dict_data=dictionary)
+        if self.compress and (self.dictionary_id is None or dict_id > self.dictionary_id):
+            self.dictionary_id = dict_id
+            self._packer = zstandard.ZstdCompressor(level=LEVEL, dict_data=dictionary)
+
+    def add(self, dict_id: int, data: bytes) -> None:
+        """A dictionary the store has just stored: new documents are packed with it."""
+        self._add(dict_id, data)
+
+    def pack(self, event: Event) -> bytes:
+        packed = wire.pack_event(event)
+        packer = self._packer
+        return packed if packer is None else packer.compress(packed)
+
+    def unpack(self, document: bytes) -> Event:
+        """A stored document's event; DocumentError if it cannot be read."""
+        if document[:4] == ZSTD_MAGIC:
+            document = self._decompress(document)
+        try:
+            return wire.unpack_event(document)
+        except ValueError as exc:   # wire.WireError, and msgpack's own errors
+            raise DocumentError(f"stored document is not an event: {exc}") from exc
+
+    def _decompress(self, frame: bytes) -> bytes:
+        try:
+            dict_id = zstandard.get_frame_parameters(frame).dict_id
+        except zstandard.ZstdError as exc:
+            raise DocumentError(f"stored document has a bad zstd header: {exc}") from exc
+        reader = self._readers.get(dict_id)
+        if reader is None:
+            self.reload()
+            reader = self._readers.get(dict_id)
+        if reader is None:
+            raise DocumentError(f"stored document is compressed with dictionary {dict_id}, "
+                                "which the store does not hold")
+        try:
+            return reader.decompress(frame)
+        except zstandard.ZstdError as exc:
+            raise DocumentError(f"stored document does not decompress: {exc}") from exc

@@ -1,0 +1,158 @@
+"""The events' documents: plain msgpack until the store has TRAIN_DOCUMENTS of them, then
+compressed with a zstd dictionary trained on them; both kinds read back exactly, on SQLite and
+PostgreSQL, by the writer and by readers opened before or after the dictionary."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import zstandard
+
+from collector import documents
+from collector.bench import fleet_events
+from collector.console.hunting import Hunt
+from collector.documents import TRAIN_DOCUMENTS, ZSTD_MAGIC, DocumentError
+from collector.store import Incoming, Store
+from common import wire
+
+EVENTS = TRAIN_DOCUMENTS + 1000
+
+
+def _stored(store: Store) -> list[bytes]:
+    return [bytes(doc) for (doc,) in store._execute(
+        "SELECT doc FROM events ORDER BY seq").fetchall()]
+
+
+def _ingest(store: Store, events: list, start: int = 0) -> None:
+    """``events`` in frames of 500, the first numbered ``start``."""
+    for first in range(0, len(events), 500):
+        store.ingest("sp", start + first, events[first:first + 500], "s1")
+
+
+def test_documents_are_compressed_once_the_store_has_trained(store_location) -> None:
+    events = fleet_events(EVENTS, seed=21)
+    reader_before = None
+    with Store(store_location) as store:
+        _ingest(store, events[:500])
+        # A reader opened before the dictionary exists reads documents packed with it later.
+        reader_before = Store(store_location, readonly=True)
+        _ingest(store, events[500:TRAIN_DOCUMENTS], start=500)
+        assert store.documents.dictionary_id is not None  # trained at TRAIN_DOCUMENTS
+        (row,) = store._execute("SELECT id, samples FROM doc_dictionaries").fetchall()
+        assert row[1] == TRAIN_DOCUMENTS
+        store.ingest("sp", TRAIN_DOCUMENTS, events[TRAIN_DOCUMENTS:], "s1")
+        docs = _stored(store)
+        plain, packed = docs[:TRAIN_DOCUMENTS], docs[TRAIN_DOCUMENTS:]
+        assert plain == [wire.pack_event(e) for e in events[:TRAIN_DOCUMENTS]]
+        assert all(d[:4] == ZSTD_MAGIC for d in packed)
+        assert all(zstandard.get_frame_parameters(d).dict_id == row[0] for d in packed)
+        # A tenth of the size or less on the fleet mix (1,615 bytes a document plain).
+        assert sum(map(len, packed)) * 5 < sum(len(wire.pack_event(e))
+                                               for e in events[TRAIN_DOCUMENTS:])
+        assert [r["event"] for r in store.events_of("sp")] == events
+    try:
+        assert [r["event"] for r in reader_before.events_of("sp")] == events
+    finally:
+        reader_before.close()
+    with Store(store_location, readonly=True) as reader:
+        assert [r["event"] for r in reader.events_of("sp")] == events
+        assert reader.documents.dictionary_id is None  # a reader never packs
+
+
+def test_a_reopened_writer_packs_with_the_stored_dictionary(store_location) -> None:
+    events = fleet_events(EVENTS, seed=22)
+    with Store(store_location) as store:
+        _ingest(store, events[:TRAIN_DOCUMENTS])
+        trained = store.documents.dictionary_id
+    with Store(store_location) as store:
+        assert store.documents.dictionary_id == trained
+        store.ingest_frames([Incoming("sp", TRAIN_DOCUMENTS, events[TRAIN_DOCUMENTS:], "s1")])
+        assert all(d[:4] == ZSTD_MAGIC for d in _stored(store)[TRAIN_DOCUMENTS:])
+        # Training happened once: a reopened store does not train again.
+        assert store._execute("SELECT count(*) FROM doc_dictionaries").fetchone()[0] == 1
+        assert [r["event"] for r in store.events_of("sp")] == events
+
+
+def test_frames_stored_together_count_towards_training(tmp_path) -> None:
+    events = fleet_events(TRAIN_DOCUMENTS, seed=23)
+    with Store(str(tmp_path / "s.sqlite")) as store:
+        frames = [Incoming("sp", k, events[k:k + 500], "s1")
+                  for k in range(0, TRAIN_DOCUMENTS, 500)]
+        store.ingest_frames(frames[:4])
+        assert store.documents.dictionary_id is None
+        store.ingest_frames(frames[4:])
+        assert store.documents.dictionary_id is not None
+
+
+def test_plain_documents_when_asked(tmp_path) -> None:
+    events = fleet_events(EVENTS, seed=24)
+    path = str(tmp_path / "s.sqlite")
+    with Store(path, compress_documents=False) as store:
+        _ingest(store, events)
+        assert store.documents.dictionary_id is None
+        assert _stored(store) == [wire.pack_event(e) for e in events]
+        assert store._execute("SELECT count(*) FROM doc_dictionaries").fetchone()[0] == 0
+
+
+def test_duplicates_do_not_count_towards_training(tmp_path) -> None:
+    events = fleet_events(1000, seed=25)
+    with Store(str(tmp_path / "s.sqlite")) as store:
+        for _ in range(TRAIN_DOCUMENTS // 500):
+            _ingest(store, events)      # the same 1,000 events again and again
+        assert store.documents.dictionary_id is None
+
+
+def test_samples_too_few_to_train_leave_documents_plain(tmp_path, monkeypatch) -> None:
+    assert documents.train([b"\x81\xa1a\x01"] * 5, 1) is None
+    monkeypatch.setattr("collector.store.TRAIN_DOCUMENTS", 5)
+    events = fleet_events(5, seed=26)
+    with Store(str(tmp_path / "s.sqlite")) as store:
+        _ingest(store, events)
+        assert store.documents.dictionary_id is None   # tried, and refused by zstd
+        assert store._execute("SELECT count(*) FROM doc_dictionaries").fetchone()[0] == 0
+        assert store._plain_documents == 0              # tried again after as many more
+        assert [r["event"] for r in store.events_of("sp")] == events
+
+
+def test_a_store_from_before_dictionaries_reads_read_only(tmp_path) -> None:
+    path = str(tmp_path / "old.sqlite")
+    events = fleet_events(100, seed=27)
+    with Store(path) as store:
+        _ingest(store, events)
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE doc_dictionaries")
+    db.commit()
+    db.close()
+    with Store(path, readonly=True) as reader:
+        assert [r["event"] for r in reader.events_of("sp")] == events
+    with Store(path) as store:      # opened for writing, it gains the table
+        assert store._execute("SELECT count(*) FROM doc_dictionaries").fetchone()[0] == 0
+
+
+def test_unreadable_documents_raise_a_clear_error(tmp_path) -> None:
+    events = fleet_events(EVENTS, seed=28)
+    with Store(str(tmp_path / "s.sqlite")) as store:
+        _ingest(store, events)
+        packed = store.documents.pack(events[0])
+        assert packed[:4] == ZSTD_MAGIC and store.event_doc(packed) == events[0]
+        with pytest.raises(DocumentError, match="does not decompress"):
+            store.event_doc(packed[:-6] + b"\0" * 6)
+        foreign = zstandard.ZstdCompressor(dict_data=zstandard.ZstdCompressionDict(
+            documents.train([wire.pack_event(e) for e in events], 99))).compress(
+                wire.pack_event(events[0]))
+        with pytest.raises(DocumentError, match="dictionary 99, which the store does not hold"):
+            store.event_doc(foreign)
+        with pytest.raises(DocumentError, match="bad zstd header"):
+            store.event_doc(ZSTD_MAGIC + b"\xff")
+        with pytest.raises(DocumentError, match="not an event"):
+            store.event_doc(b"\x91\x01")   # a msgpack array
+        # The console's pages read documents through the store (the newest of this hash is
+        # compressed).
+        value = events[-1]["ttphash"]["value"]
+        newest = store._execute("SELECT doc FROM events WHERE ttphash = ? ORDER BY ts DESC "
+                                "LIMIT 1", (value,)).fetchone()[0]
+        assert bytes(newest)[:4] == ZSTD_MAGIC
+        detail = Hunt(store).detail(value)
+        assert detail is not None and detail.samples
+        assert all(s["event"]["ttphash"]["value"] == value for s in detail.samples)
