@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 from collector.admit import AdmitCounts, Identity, Refused, SpoolOwners, admit
 from collector.store import Incoming, Store, commit_sets
 from common import ttphash
+from common.gcpolicy import steady_gc
 from common.jetstream import STREAM, SUBJECT_PREFIX, SUBJECTS, ensure_stream
 from common.schema import Event
 from common.spool import decode_frame
@@ -98,32 +99,35 @@ async def consume(url: str, durable: str,
     subscription = await js.pull_subscribe(SUBJECTS, durable=durable, stream=STREAM,
                                            config=ConsumerConfig(ack_wait=ACK_WAIT))
     try:
-        while not stop():
-            try:
-                messages = await subscription.fetch(FETCH, timeout=1)
-            except asyncio.TimeoutError:
-                continue
-            except Exception as exc:  # noqa: BLE001 - nats raises its own TimeoutError too
-                if "timeout" in type(exc).__name__.lower():
+        # Frames of decoded events are what the worker holds: Python's cyclic collector
+        # would walk them all again and again (common/gcpolicy.py).
+        with steady_gc():
+            while not stop():
+                try:
+                    messages = await subscription.fetch(FETCH, timeout=1)
+                except asyncio.TimeoutError:
                     continue
-                raise
-            undecodable: list[tuple[Any, Exception]] = []
-            # Decoded a set at a time (a fetch's frames could be 50,000 events), and each set
-            # acknowledged once it is committed, before the next is stored: a fetch's frames
-            # do not all wait ACK_WAIT out.
-            for chunk in commit_sets(_decoded(messages, undecodable),
-                                     lambda item: len(item[1].events)):
-                for (message, _), refusal in zip(chunk, _outcomes(ingest, chunk)):
-                    if refusal is None:
-                        await message.ack_sync()
+                except Exception as exc:  # noqa: BLE001 - nats raises its own TimeoutError too
+                    if "timeout" in type(exc).__name__.lower():
                         continue
-                    # A poison frame, not a stuck stream.
-                    log(f"terminating a message the collector refused: "
-                        f"{type(refusal).__name__}: {refusal}")
+                    raise
+                undecodable: list[tuple[Any, Exception]] = []
+                # Decoded a set at a time (a fetch's frames could be 50,000 events), and each set
+                # acknowledged once it is committed, before the next is stored: a fetch's frames
+                # do not all wait ACK_WAIT out.
+                for chunk in commit_sets(_decoded(messages, undecodable),
+                                         lambda item: len(item[1].events)):
+                    for (message, _), refusal in zip(chunk, _outcomes(ingest, chunk)):
+                        if refusal is None:
+                            await message.ack_sync()
+                            continue
+                        # A poison frame, not a stuck stream.
+                        log(f"terminating a message the collector refused: "
+                            f"{type(refusal).__name__}: {refusal}")
+                        await message.term()
+                for message, exc in undecodable:
+                    log(f"terminating an undecodable message: {exc}")
                     await message.term()
-            for message, exc in undecodable:
-                log(f"terminating an undecodable message: {exc}")
-                await message.term()
     finally:
         await nc.drain()
 

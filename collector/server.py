@@ -31,6 +31,7 @@ from collector.admit import (AdmitCounts, Identity, Refused, SpoolOwners, admit,
 from collector.store import Incoming, IngestResult, Store
 from collector.writer import FrameWriter, WriterClosed
 from common import transport, ttphash
+from common.gcpolicy import steady_gc
 from common.spool import claimed_first_seq, decode_frame
 
 
@@ -237,10 +238,13 @@ class Collector:
         self._server = Server((host, port), Handler)
         threading.Thread(target=self._reap, name="reaper", daemon=True).start()
         bound = self._server.server_address[1]
-        self.log(f"listening on {host}:{bound}")
-        if ready is not None:
-            ready(bound)
-        self._server.serve_forever(poll_interval=0.2)
+        # Frames of decoded events are what the process holds: Python's cyclic collector
+        # would walk them all again and again (common/gcpolicy.py).
+        with steady_gc():
+            self.log(f"listening on {host}:{bound}")
+            if ready is not None:
+                ready(bound)
+            self._server.serve_forever(poll_interval=0.2)
 
     def shutdown(self) -> None:
         self._reaper_stop.set()

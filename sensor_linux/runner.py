@@ -15,8 +15,6 @@ input that is due. After a drain of a readable descriptor the loop lets events g
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import select
 import signal
 import threading
@@ -24,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
+from common.gcpolicy import steady_gc
 from common.sinks import DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, Output
 from sensor_linux.batching import BATCH_SECONDS, StopFlag
 
@@ -222,7 +221,7 @@ def run(source: Source, sink: Output, config: RunConfig, stop: StopFlag, *,
                                      f"{config.user}), or pass --user root")
             reporter = StatusReporter(source, sink, config.status_file, config.status_interval)
         ticks = ([reporter.tick] if reporter is not None else []) + periodic
-        with steady_collector():
+        with steady_gc():
             pump(source, sink, stop, on_tick=lambda: _tick(ticks, say))
     except BrokenPipeError:
         # The reader went away (`ttpsensor run | head`): stop quietly, like other filters.
@@ -244,34 +243,6 @@ def run(source: Source, sink: Output, config: RunConfig, stop: StopFlag, *,
         if reporter is not None:
             reporter.final(summary)
     return summary
-
-
-# Python's cyclic collector runs after every 700 new containers by default: a few dozen
-# events. An event is a tree of dicts and lists, freed by reference counting alone, so those
-# runs find nothing, while each one walks what survived (the process table's entries) and
-# every tenth walks more. Measured on the eBPF sensor at 1000 execs/s: the collector cost about
-# a tenth of the sensor's CPU with the default; at this setting the sensor costs what it does
-# with the collector disabled.
-GC_YOUNG_CONTAINERS = 20_000
-GC_OLDER_RUNS = 20
-
-
-@contextlib.contextmanager
-def steady_collector(restore: bool = True) -> Iterator[None]:
-    """The read loop with what startup made (modules, probes, a seeded process table) moved
-    out of the collector's walks (gc.freeze), and the collector run less often; as before
-    when the loop ends, unless ``restore`` is False: for a process that exits with the loop
-    (a replay), where the old thresholds would start a full collection of everything the run
-    built just before the exit (0.1 s, 4 % of a 20,000-exec replay)."""
-    before = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_CONTAINERS, GC_OLDER_RUNS, GC_OLDER_RUNS)
-    try:
-        yield
-    finally:
-        if restore:
-            gc.set_threshold(*before)
-            gc.unfreeze()
 
 
 def _tick(functions: list[Callable[[], None]], say: Callable[[str], None]) -> None:

@@ -192,3 +192,31 @@ def test_a_frame_that_meets_a_stopping_collector_is_not_refused(lab) -> None:
         collector.shutdown()
     assert collector.stats.bad_frames == 0 and collector.stats.frames == 1
     assert "refused a frame" not in log.getvalue() and "stopping" in log.getvalue()
+
+
+def test_the_collector_serves_with_the_steady_garbage_collector(lab) -> None:
+    """While it serves, startup's objects are frozen out of the cyclic collector and it runs
+    every GC_YOUNG_CONTAINERS new containers (the frames it holds made the default's walks a
+    fifth of its CPU, common/gcpolicy.py); afterwards both are as they were."""
+    import gc
+
+    from common.gcpolicy import GC_YOUNG_CONTAINERS
+    tmp, issued = lab
+    c = issued["collector"]
+    log = io.StringIO()
+    collector = Collector(Store(str(tmp / "store.sqlite")),
+                          transport.server_context(c.cert, c.key, issued["ca"].cert), log)
+    before = gc.get_threshold()
+    serving = threading.Thread(target=collector.serve, args=("127.0.0.1", free_port()))
+    serving.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "listening on" not in log.getvalue():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert gc.get_threshold()[0] == GC_YOUNG_CONTAINERS
+        assert gc.get_freeze_count() > 0
+    finally:
+        collector.shutdown()
+        serving.join(30)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0

@@ -214,10 +214,10 @@ def test_the_read_loop_runs_with_a_steadier_collector_and_puts_it_back() -> None
     less often while the loop runs; afterwards both are as they were, even after a failure."""
     import gc
 
-    from sensor_linux.runner import GC_YOUNG_CONTAINERS, steady_collector
+    from common.gcpolicy import GC_YOUNG_CONTAINERS, steady_gc
     before, frozen = gc.get_threshold(), gc.get_freeze_count()
     with pytest.raises(RuntimeError):
-        with steady_collector():
+        with steady_gc():
             assert gc.get_threshold()[0] == GC_YOUNG_CONTAINERS
             assert gc.get_freeze_count() >= frozen + 1
             raise RuntimeError("the loop failed")
@@ -234,7 +234,8 @@ def test_a_replay_that_exits_leaves_the_collector_tuned(tmp_path: Path) -> None:
 
     from common.sinks import StreamSink
     from sensor_linux.audit.replay import replay
-    from sensor_linux.runner import GC_YOUNG_CONTAINERS, SignalStop
+    from common.gcpolicy import GC_YOUNG_CONTAINERS
+    from sensor_linux.runner import SignalStop
     log = SHARED / "corpus" / "laurel" / "proc-trace-dpkg-l.txt"
     before = gc.get_threshold()
     config = RunConfig(source="audisp", fmt="laurel", parse_error_log=str(tmp_path / "e.log"))

@@ -11,27 +11,29 @@ from __future__ import annotations
 import os
 import sys
 
+from common.gcpolicy import steady_gc
 from common.sinks import Output
 from sensor_linux.audit.lines import read_lines
 from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
 from sensor_linux.batching import StopFlag
 from sensor_linux.enrich import Enricher
-from sensor_linux.runner import RunConfig, steady_collector
+from sensor_linux.runner import RunConfig
 
 
 def replay(path: str, config: RunConfig, sink: Output, stop: StopFlag,
            from_this_host: bool = False, then_exit: bool = False) -> dict[str, object]:
     """Feed every line of ``path``; return the pipeline's summary. The sink is closed.
     ``then_exit``: the process ends after this, so the garbage collector is left as the
-    replay tuned it (runner.steady_collector)."""
+    replay tuned it (common/gcpolicy.py)."""
     enricher = Enricher(live=False, host_files=from_this_host) \
         if config.fmt != "laurel" else None
     error_log = open_error_log(config.parse_error_log, config.max_bytes, config.generations)
     pipeline = audit_pipeline(config.fmt, sink, enricher=enricher, error_log=error_log,
                               keep_exec_attempts=config.keep_exec_attempts)
     try:
-        # A long replay keeps tables as a live sensor does: the collector as in its loop.
-        with open(path, "rb") as f, steady_collector(restore=not then_exit):
+        # A long replay keeps tables as a live sensor does: the garbage collector as in its
+        # loop.
+        with open(path, "rb") as f, steady_gc(restore=not then_exit):
             for line in read_lines(f):
                 pipeline.feed(line)
                 if stop.is_set():
