@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any, Callable, TextIO
 
+from common.gcpolicy import steady_gc
 from common.sinks import Output, Sink
 from sensor_windows.enrich import CachedInspector, FileSource, ProcessInspector, WindowsEnricher
 from sensor_windows.etw_source import SESSION_NAME, EtwProcessSource
@@ -87,7 +88,8 @@ def run_sensor(stop: threading.Event, sink: Output, host: dict[str, Any], *,
     reporter = threading.Thread(target=report, name="status", daemon=True)
     reporter.start()
     try:
-        drain(pipeline, source.events, halt)
+        with steady_gc():  # as the Linux sensor's loop (common/gcpolicy.py)
+            drain(pipeline, source.events, halt)
     finally:
         source.stop()
         # Events that arrived between the last get and the stop are still handled.

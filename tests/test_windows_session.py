@@ -9,14 +9,17 @@ described world, PE facts of real files, TTPHash, rendering, error log and count
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import shutil
 import threading
+import time
 import types
 from typing import Any
 
 import pytest
 
+from common.gcpolicy import GC_YOUNG_CONTAINERS
 from common.render import line_renderer
 from common.sinks import TextOutput
 from sensor_windows import etw_source, service, win32
@@ -183,11 +186,19 @@ def test_run_sensor_end_to_end_with_rejects_kept_and_counters(tmp_path) -> None:
         {"name": "testpc", "os": {"type": "windows"}},
         world=WindowsWorld(world, world, lambda: {"\\Device\\HarddiskVolume2": "C:"}),
         etw_module=etw, error_log=errors, status_interval=0.05, messages=messages)))
+    before = gc.get_threshold()
     worker.start()
     assert etw.delivered.wait(10)
+    deadline = time.monotonic() + 10
+    while not sink.lines:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # The queue loop runs with the sensor's garbage-collector setting, put back after.
+    assert gc.get_threshold()[0] == GC_YOUNG_CONTAINERS
     stop.set()
     worker.join(30)
     assert not worker.is_alive()
+    assert gc.get_threshold() == before
 
     assert len(sink.lines) == 1
     doc = json.loads(sink.lines[0])
