@@ -668,7 +668,13 @@ class Store:
         else:
             self._plain_documents += new
         if self._plain_documents >= TRAIN_DOCUMENTS:
-            self.train_dictionary()
+            try:
+                self.train_dictionary()
+            except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike
+                # The frames are committed; training waits for as many more. Most likely
+                # another writer (a JetStream worker) stored a dictionary first: use it.
+                self._plain_documents = 0
+                self.documents.reload()
 
     def train_dictionary(self, samples: Sequence[bytes] | None = None) -> int | None:
         """Train a dictionary on ``samples`` (msgpack events; by default up to

@@ -156,3 +156,26 @@ def test_unreadable_documents_raise_a_clear_error(tmp_path) -> None:
         detail = Hunt(store).detail(value)
         assert detail is not None and detail.samples
         assert all(s["event"]["ttphash"]["value"] == value for s in detail.samples)
+
+
+def test_a_writer_that_cannot_train_keeps_storing_and_takes_another_writers_dictionary(
+        tmp_path, monkeypatch) -> None:
+    """Two writers of one store (JetStream workers): the one whose training fails (the other
+    stored a dictionary first) still stores its frames, and packs with the other's."""
+    path = str(tmp_path / "s.sqlite")
+    events = fleet_events(EVENTS, seed=29)
+    with Store(path) as first, Store(path) as second:
+        trained = second.train_dictionary([wire.pack_event(e) for e in events[:TRAIN_DOCUMENTS]])
+        assert trained is not None and first.documents.dictionary_id is None
+
+        def locked(*_: object) -> None:
+            raise sqlite3.OperationalError("database is locked")
+        monkeypatch.setattr(first, "train_dictionary", locked)
+        _ingest(first, events[:TRAIN_DOCUMENTS])    # reaches the count, and training fails
+        assert first.documents.dictionary_id == trained
+        first.ingest("sp", TRAIN_DOCUMENTS, events[TRAIN_DOCUMENTS:], "s1")
+        docs = _stored(first)
+        assert all(d[:4] != ZSTD_MAGIC for d in docs[:TRAIN_DOCUMENTS])
+        assert all(zstandard.get_frame_parameters(d).dict_id == trained
+                   for d in docs[TRAIN_DOCUMENTS:])
+        assert [r["event"] for r in first.events_of("sp")] == events
