@@ -156,6 +156,9 @@ def test_unreadable_documents_raise_a_clear_error(tmp_path) -> None:
         detail = Hunt(store).detail(value)
         assert detail is not None and detail.samples
         assert all(s["event"]["ttphash"]["value"] == value for s in detail.samples)
+        last = events[-1]
+        view = Hunt(store).host(last["host"]["name"], last["@timestamp"], "9999")
+        assert view.events >= 1 and last in [node.event for node in view.roots]
 
 
 def test_a_writer_that_cannot_train_keeps_storing_and_takes_another_writers_dictionary(
