@@ -16,20 +16,21 @@ idle connections cannot lock a real sensor out (its handshake takes milliseconds
 from __future__ import annotations
 
 import json
+import select
 import socket
 import socketserver
 import ssl
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from collector.admit import (AdmitCounts, Identity, Refused, SpoolOwners, admit,
                             certificate_identity)
 from collector.store import Incoming, IngestResult, Store
-from collector.writer import FrameWriter, WriterClosed
+from collector.writer import FrameWriter, Pending
 from common import transport, ttphash
 from common.gcpolicy import steady_gc
 from common.spool import claimed_first_seq, decode_frame
@@ -37,6 +38,8 @@ from common.spool import claimed_first_seq, decode_frame
 
 HANDSHAKE_SECONDS = 10.0
 IDLE_SECONDS = 600.0
+IN_FLIGHT = 4          # a connection's frames handed to the writer before the first is answered
+WRITER_FRAMES = 64     # frames handed to the writer and not yet stored, all connections together
 MAX_PENDING = 128
 MAX_SENSORS = 1024
 LISTEN_BACKLOG = 1024
@@ -60,7 +63,7 @@ class CollectorStats:
 
 class Collector:
     def __init__(self, store: Store, context: ssl.SSLContext,
-                 log: TextIO | None = None) -> None:
+                 log: TextIO | None = None, writer_frames: int = WRITER_FRAMES) -> None:
         self.store = store
         self.context = context
         self.log_stream = log if log is not None else sys.stderr
@@ -69,6 +72,9 @@ class Collector:
         self.owners = SpoolOwners(store)
         self._lock = threading.Lock()   # the stats, the pending connections, the store
         self.writer = FrameWriter(store, self._lock, self._stored)
+        # Decoded frames waiting for the writer, all connections together: bounded, as each
+        # connection may hand over several (about 5 MB each, decoded).
+        self._writer_slots = threading.Semaphore(writer_frames)
         # TTPHashes recomputed at admission, remembered across sensors: a fleet's commands
         # repeat (one thread at a time uses it).
         self.memo = ttphash.Memo()
@@ -146,11 +152,7 @@ class Collector:
                 return
             sock.settimeout(IDLE_SECONDS)
             self.log(f"{identity.name} connected from {peer[0]} (spool {spool_id})")
-            while True:
-                kind, body = transport.receive(sock)
-                if kind != b"F":
-                    raise transport.ProtocolError(f"unexpected message {kind!r}")
-                self._frame(sock, identity, spool_id, body)
+            self._frames(sock, identity, spool_id)
         except Refused as exc:
             with self._lock:
                 self.stats.refused += 1
@@ -183,27 +185,59 @@ class Collector:
             return str(exc)
         return None
 
-    def _frame(self, sock: ssl.SSLSocket, identity: Identity, spool_id: str,
-               data: bytes) -> None:
-        first = claimed_first_seq(data)
-        sensor = identity.name
+    def _frames(self, sock: ssl.SSLSocket, identity: Identity, spool_id: str) -> None:
+        """Store a connection's frames and answer each, in order. A forwarder may send
+        several frames before it reads an answer: while frames keep coming, up to IN_FLIGHT
+        of them are handed to the writer before the first is answered, so that one is
+        decoded and admitted while the one before it commits, and frames that wait together
+        are committed together. A frame is still answered only after its commit; when
+        nothing more is there to read, every frame handed over is answered (a forwarder that
+        waits for each answer gets it)."""
+        handed: deque[Pending] = deque()
+        while True:
+            while handed and (len(handed) >= IN_FLIGHT or not _more_to_read(sock)):
+                self._answer(sock, identity.name, handed.popleft())
+            kind, body = transport.receive(sock)
+            if kind != b"F":
+                raise transport.ProtocolError(f"unexpected message {kind!r}")
+            first = claimed_first_seq(body)
+            try:
+                frame = decode_frame(body)
+                events = frame.events()
+                with self._memo_lock:
+                    admit(identity, frame.first_seq, frame.count, events, self.admitted,
+                          self.memo)
+            except Exception as exc:  # noqa: BLE001 - any undecodable or refused frame
+                while handed:  # answers go in the order of their frames
+                    self._answer(sock, identity.name, handed.popleft())
+                self._refuse(sock, identity.name, first, str(exc))
+                continue
+            # A slot of the writer's, all connections together: when none is free, this
+            # connection's oldest frame is answered first (or, with none handed over, the
+            # writer's next commit awaited).
+            while not self._writer_slots.acquire(blocking=not handed):
+                self._answer(sock, identity.name, handed.popleft())
+            try:
+                handed.append(self.writer.submit(
+                    Incoming(spool_id, frame.first_seq, events, identity.name),
+                    stored=self._writer_slots.release))
+            except BaseException:
+                # WriterClosed: no answer, the connection closes, and the forwarder sends the
+                # frames it has no answer for again.
+                self._writer_slots.release()
+                raise
+
+    def _answer(self, sock: ssl.SSLSocket, sensor: str, pending: Pending) -> None:
+        """ACK a frame once it is committed, or NACK the one the store refused."""
+        frame = pending.frame
         try:
-            frame = decode_frame(data)
-            events = frame.events()
-            with self._memo_lock:
-                admit(identity, frame.first_seq, frame.count, events, self.admitted, self.memo)
-        except Exception as exc:  # noqa: BLE001 - any undecodable or refused frame
-            self._refuse(sock, sensor, first, str(exc))
-            return
-        try:
-            result = self.writer.store_frame(Incoming(spool_id, frame.first_seq, events, sensor))
-        except WriterClosed:
-            raise  # no answer: the connection closes, the forwarder sends the frame again
+            result = pending.result()
         except Exception as exc:  # noqa: BLE001 - refused, never a silent resend loop
-            self._refuse(sock, sensor, first, f"the store refused it: "
+            self._refuse(sock, sensor, frame.first_seq, f"the store refused it: "
                          f"{type(exc).__name__}: {exc}")
             return
-        transport.send(sock, b"A", transport.ACK.pack(frame.first_seq, frame.count, result.new))
+        transport.send(sock, b"A", transport.ACK.pack(frame.first_seq, len(frame.events),
+                                                      result.new))
 
     def _stored(self, frame: Incoming, outcome: IngestResult | Exception) -> None:
         """The writer's report of each frame it stored (under the lock)."""
@@ -252,6 +286,12 @@ class Collector:
             self._server.shutdown()
             self._server.server_close()
         self.writer.close()
+
+
+def _more_to_read(sock: ssl.SSLSocket) -> bool:
+    """Whether a message has begun to arrive (decrypted and waiting, or bytes on the socket):
+    reading it will not wait on a peer that waits for an answer."""
+    return sock.pending() > 0 or bool(select.select([sock], [], [], 0)[0])
 
 
 def _drain_and_close(raw: socket.socket, seconds: float = 2.0) -> None:

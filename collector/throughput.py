@@ -5,7 +5,7 @@ each frame, recomputes every TTPHash (collector/admit.py) and answers each frame
 many sensors, frames that arrive while a commit runs are committed together
 (collector/writer.py). This runs a real ``ttpsensor collect`` (its own process, a fresh SQLite
 store and a throw-away PKI) and sensor processes that send frames of 500 fleet events as a
-forwarder does (each waits for a frame's acknowledgement before it sends the next), first one
+forwarder does (up to its window of frames before it reads the first answer), first one
 sensor, then ``--sensors`` at once, each round against a fresh collector (and a store with
 its documents' dictionary already trained).
 """
@@ -29,6 +29,7 @@ from collector.documents import TRAIN_DOCUMENTS
 from collector.store import Store
 from common import bench, pki, transport, wire
 from common.cli import self_command
+from common.forward import WINDOW
 from common.spool import encode_frame
 
 FRAME_EVENTS = 500
@@ -61,19 +62,30 @@ def _process_cpu(pid: int) -> float:
 
 def _sensor(issued: Any, name: str, port: int, spool: str, frames: list[bytes],
             go: Any) -> None:
-    """One sensor process: connect, say hello, wait for the start, send every frame and
-    wait for each acknowledgement (a refusal or anything else exits non-zero)."""
+    """One sensor process: connect, say hello, wait for the start, send every frame as the
+    forwarder does (up to its WINDOW before reading the first answer) and read every
+    acknowledgement (a refusal or anything else exits non-zero)."""
     files = issued[name]
     context = transport.client_context(files.cert, files.key, issued["ca"].cert)
     with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=120),
                              server_hostname="localhost") as tls:
         transport.send(tls, b"H", json.dumps({"spool": spool, "version": 1}).encode())
         go.wait()
+        unanswered = 0
         for frame in frames:
             transport.send(tls, b"F", frame)
-            kind, body = transport.receive(tls)
-            if kind != b"A":
-                raise SystemExit(f"{name}: the collector answered {kind!r}: {body[:200]!r}")
+            unanswered += 1
+            if unanswered == WINDOW:
+                _acknowledged(tls, name)
+                unanswered -= 1
+        for _ in range(unanswered):
+            _acknowledged(tls, name)
+
+
+def _acknowledged(tls: Any, name: str) -> None:
+    kind, body = transport.receive(tls)
+    if kind != b"A":
+        raise SystemExit(f"{name}: the collector answered {kind!r}: {body[:200]!r}")
 
 
 def _round(directory: str, issued: Any, names: list[str], frames: list[bytes],

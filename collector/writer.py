@@ -1,11 +1,11 @@
 """One thread that writes the frames of every connection, committing those that wait together.
 
-The collector serves each sensor on a thread of its own, and each forwarder waits for one
-frame's acknowledgement before it sends the next. With many sensors, frames arrive while a
-commit runs; the writer stores all that waited by then in one transaction
+The collector serves each sensor on a thread of its own, which hands the writer a few of its
+frames before it answers the first (collector/server.py). Frames arrive while a commit runs;
+the writer stores all that waited by then in one transaction
 (:meth:`collector.store.Store.ingest_frames`, about COMMIT_EVENTS events at most), and each
 sender is answered after that commit, as before: an acknowledged frame is always a committed
-one. With one sensor nothing waits, and each frame is its own transaction.
+one.
 """
 
 from __future__ import annotations
@@ -24,12 +24,22 @@ class WriterClosed(ConnectionError):
 
 
 @dataclass
-class _Pending:
+class Pending:
     """A frame handed to the writer, and its outcome once the writer has stored it."""
 
     frame: Incoming
     done: threading.Event = field(default_factory=threading.Event)
     outcome: IngestResult | Exception | None = None
+    stored: Callable[[], None] | None = None   # called once the writer is done with it
+
+    def result(self) -> IngestResult:
+        """The frame's result once it is committed; raise what the store raised for it (the
+        set it was in is then stored frame by frame)."""
+        self.done.wait()
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        assert self.outcome is not None
+        return self.outcome
 
 
 @dataclass
@@ -50,7 +60,7 @@ class FrameWriter:
         self.lock = lock
         self.stored = stored
         self.stats = WriterStats()
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._closed = False
         self._gate = threading.Lock()  # nothing is handed over after the close
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
@@ -59,16 +69,18 @@ class FrameWriter:
     def store_frame(self, frame: Incoming) -> IngestResult:
         """Store ``frame`` and return its result once it is committed; raise what the store
         raised for it (the set it was in is then stored frame by frame)."""
-        pending = _Pending(frame)
+        return self.submit(frame).result()
+
+    def submit(self, frame: Incoming, stored: Callable[[], None] | None = None) -> Pending:
+        """Hand ``frame`` over without waiting: its Pending gives the result. ``stored`` is
+        called once the writer is done with the frame (stored or refused), whether or not
+        anyone waits for it."""
+        pending = Pending(frame, stored=stored)
         with self._gate:
             if self._closed:
                 raise WriterClosed("the collector is stopping")
             self._queue.put(pending)
-        pending.done.wait()
-        if isinstance(pending.outcome, Exception):
-            raise pending.outcome
-        assert pending.outcome is not None
-        return pending.outcome
+        return pending
 
     def waiting(self) -> int:
         """Frames handed over and not taken yet."""
@@ -106,10 +118,15 @@ class FrameWriter:
                         pass
             for pending in batch:
                 pending.done.set()
+                if pending.stored is not None:
+                    try:
+                        pending.stored()
+                    except Exception:  # noqa: BLE001 - never the writer's end
+                        pass
             if end:
                 return
 
-    def _gather(self, first: _Pending) -> tuple[list[_Pending], bool]:
+    def _gather(self, first: Pending) -> tuple[list[Pending], bool]:
         """``first`` and the frames waiting behind it, until COMMIT_EVENTS events are reached;
         whether the close came among them."""
         batch, events = [first], len(first.frame.events)

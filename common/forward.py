@@ -1,4 +1,4 @@
-"""The forwarder: spool frames to a collector over mutual TLS, acknowledged one by one.
+"""The forwarder: spool frames to a collector over mutual TLS, each acknowledged as stored.
 
 Reads the spool read-only beside the live writer, from its cursor. Each frame goes to the first
 collector that answers (in the order given: failover), and the cursor moves only when that
@@ -14,15 +14,20 @@ import json
 import socket
 import ssl
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
 from common import transport
-from common.spool import Spool, SpoolError
+from common.spool import Frame, Spool, SpoolError
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 IO_TIMEOUT = 30.0
+# Frames sent before the first answer is read. Each is at most a spool frame (about 64 KB
+# compressed), so the window fits the socket buffers of both sides: neither side's send can
+# wait on the other's.
+WINDOW = 4
 
 
 @dataclass
@@ -79,35 +84,51 @@ class Forwarder:
             self._sock = None
 
     def forward_once(self) -> int:
-        """Send everything spooled and unacknowledged; returns the events acknowledged."""
+        """Send everything spooled and unacknowledged; returns the events acknowledged.
+
+        Up to WINDOW frames are sent before the first answer is read (answers come in the
+        order of the frames): the collector decodes the next frame while it commits the one
+        before, instead of waiting for this side's next send. The cursor still moves only
+        past answered frames, in order."""
         spool = Spool(self.spool_dir, readonly=True)
         acked_before = spool.acked()
         acked = acked_before
+        in_flight: deque[Frame] = deque()
         for frame in spool.read_frames(acked):
             if self._sock is None:
                 self._sock = self._connect(spool.spool_id)
             transport.send(self._sock, b"F", frame.raw())
             self.stats.frames_sent += 1
-            kind, body = transport.receive(self._sock)
-            if kind == b"A":
-                first, count, _new = transport.ACK.unpack(body)
-                if first != frame.first_seq or count != frame.count:
-                    raise transport.ProtocolError("ack for another frame")
-            elif kind == b"R":
-                self.stats.refusals += 1
-                raise transport.RefusedError(
-                    f"the collector refused this sensor: {body.decode('utf-8', 'replace')}")
-            elif kind == b"N":
-                # The collector refused the frame (it says why); keeping it would block every
-                # frame behind it forever, so it is skipped and counted.
-                self.stats.nacks += 1
-                self.log(f"collector refused frame {frame.first_seq}: {body[8:].decode()}")
-            else:
-                raise transport.ProtocolError(f"unexpected message {kind!r}")
-            spool.ack(frame.first_seq + frame.count)
-            self.stats.events_acked += frame.first_seq + frame.count - acked
-            acked = frame.first_seq + frame.count
+            in_flight.append(frame)
+            if len(in_flight) >= WINDOW:
+                acked = self._answered(spool, in_flight.popleft(), acked)
+        while in_flight:
+            acked = self._answered(spool, in_flight.popleft(), acked)
         return acked - acked_before
+
+    def _answered(self, spool: Spool, frame: Frame, acked: int) -> int:
+        """Read the answer for ``frame`` (the oldest one in flight) and move the cursor past
+        it; returns the new cursor."""
+        assert self._sock is not None
+        kind, body = transport.receive(self._sock)
+        if kind == b"A":
+            first, count, _new = transport.ACK.unpack(body)
+            if first != frame.first_seq or count != frame.count:
+                raise transport.ProtocolError("ack for another frame")
+        elif kind == b"R":
+            self.stats.refusals += 1
+            raise transport.RefusedError(
+                f"the collector refused this sensor: {body.decode('utf-8', 'replace')}")
+        elif kind == b"N":
+            # The collector refused the frame (it says why); keeping it would block every
+            # frame behind it forever, so it is skipped and counted.
+            self.stats.nacks += 1
+            self.log(f"collector refused frame {frame.first_seq}: {body[8:].decode()}")
+        else:
+            raise transport.ProtocolError(f"unexpected message {kind!r}")
+        spool.ack(frame.first_seq + frame.count)
+        self.stats.events_acked += frame.first_seq + frame.count - acked
+        return frame.first_seq + frame.count
 
     def run(self, stop: Callable[[], bool], idle: float = 0.2) -> None:
         backoff = BACKOFF_FIRST
