@@ -685,13 +685,15 @@ class Store:
             samples = [bytes(doc) for (doc,) in self._execute(
                 "SELECT doc FROM events LIMIT ?", (TRAIN_DOCUMENTS,)).fetchall()]
         samples = [doc for doc in samples if doc[:4] != ZSTD_MAGIC]
+        last = self._execute("SELECT max(id) FROM doc_dictionaries").fetchone()[0]
+        dict_id = int(last or 0) + 1
+        # Trained outside any transaction (it takes a fraction of a second); another writer
+        # that stored this id meanwhile makes the insert fail on the key.
+        dictionary = documents_train(samples, dict_id)
+        if dictionary is None:
+            self._plain_documents = 0
+            return None
         with self._transaction():
-            last = self._execute("SELECT max(id) FROM doc_dictionaries").fetchone()[0]
-            dict_id = int(last or 0) + 1
-            dictionary = documents_train(samples, dict_id)
-            if dictionary is None:
-                self._plain_documents = 0
-                return None
             self._execute("INSERT INTO doc_dictionaries VALUES (?,?,?,?)",
                           (dict_id, dictionary, len(samples), utc_timestamp(time.time())))
         self.documents.add(dict_id, dictionary)
