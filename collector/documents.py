@@ -76,6 +76,15 @@ class Documents:
         """A dictionary the store has just stored: new documents are packed with it."""
         self._add(dict_id, data)
 
+    def compress_plain(self, document: bytes) -> bytes:
+        """A plain stored document compressed with the newest dictionary (as it is: the
+        msgpack is not decoded); one that is compressed already, or with no dictionary to
+        use, comes back unchanged."""
+        packer = self._packer
+        if packer is None or document[:4] == ZSTD_MAGIC:
+            return document
+        return packer.compress(document)
+
     def pack(self, event: Event) -> bytes:
         packed = wire.pack_event(event)
         packer = self._packer

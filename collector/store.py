@@ -699,6 +699,47 @@ class Store:
         self.documents.add(dict_id, dictionary)
         return dict_id
 
+    def compress_stored(self, batch: int = 5000,
+                        progress: Callable[[int, int], None] | None = None
+                        ) -> tuple[int, int, int]:
+        """Compress the documents stored plain (before the store had its dictionary, or by
+        ``--plain-documents``) with the newest dictionary, training one first if there is
+        none; ``batch`` documents a transaction, so that a collector can go on writing
+        beside it. Returns (documents compressed, their bytes before, after); ``progress``
+        is told the documents looked at and compressed so far. Raises StoreError when the
+        store has too few documents to train on."""
+        documents = self.documents
+        if documents.dictionary_id is None:
+            documents.compress = True
+            if self.train_dictionary() is None:
+                raise StoreError(f"{self.path} has too few documents, or too alike, to train "
+                                 "a dictionary on")
+        seen = compressed = before = after = 0
+        last: tuple[str, int] = ("", -1)
+        while True:
+            rows = self._execute("SELECT spool, seq, doc FROM events WHERE (spool, seq) > (?, ?) "
+                                 "ORDER BY spool, seq LIMIT ?", (*last, batch)).fetchall()
+            if not rows:
+                return compressed, before, after
+            last = (rows[-1][0], int(rows[-1][1]))
+            seen += len(rows)
+            changed = []
+            for spool, seq, doc in rows:
+                doc = bytes(doc)
+                packed = documents.compress_plain(doc)
+                if packed is not doc:
+                    changed.append((packed, spool, seq))
+                    before, after = before + len(doc), after + len(packed)
+            if changed:
+                with self._transaction():
+                    self._each("UPDATE events SET doc = ? WHERE spool = ? AND seq = ?",
+                               "UPDATE events AS e SET doc = v.d FROM {rows} AS v(d, s, q) "
+                               "WHERE e.spool = v.s AND e.seq = v.q",
+                               ("bytea", "text", "int8"), changed)
+                compressed += len(changed)
+            if progress is not None:
+                progress(seen, compressed)
+
     def event_doc(self, document: bytes) -> Event:
         """A stored document's event (plain or compressed); documents.DocumentError if it
         cannot be read."""

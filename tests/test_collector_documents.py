@@ -4,6 +4,7 @@ PostgreSQL, by the writer and by readers opened before or after the dictionary."
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -15,6 +16,7 @@ from collector.console.hunting import Hunt
 from collector.documents import TRAIN_DOCUMENTS, ZSTD_MAGIC, DocumentError
 from collector.store import Incoming, Store
 from common import wire
+from tests.conftest import run_cli
 
 EVENTS = TRAIN_DOCUMENTS + 1000
 
@@ -182,3 +184,33 @@ def test_a_writer_that_cannot_train_keeps_storing_and_takes_another_writers_dict
         assert all(zstandard.get_frame_parameters(d).dict_id == trained
                    for d in docs[TRAIN_DOCUMENTS:])
         assert [r["event"] for r in first.events_of("sp")] == events
+
+
+def test_store_compress_compresses_what_was_stored_plain(store_location) -> None:
+    """`ttpsensor store compress` on a store written with plain documents: a dictionary is
+    trained, every document compressed (read back the same), and a second run finds none."""
+    events = fleet_events(EVENTS, seed=30)
+    with Store(store_location, compress_documents=False) as store:
+        _ingest(store, events)
+    done = run_cli("store", "compress", "--store", store_location, "--batch", "1500")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["compressed"] == EVENTS and report["dictionary"] == 1
+    assert report["bytes_after"] * 5 < report["bytes_before"]
+    assert f"{EVENTS:,} documents looked at, {EVENTS:,} compressed" in done.stderr
+    with Store(store_location, readonly=True) as reader:
+        assert [r["event"] for r in reader.events_of("sp")] == events
+        assert all(d[:4] == ZSTD_MAGIC for d in _stored(reader))
+    again = run_cli("store", "compress", "--store", store_location)
+    assert again.returncode == 0 and json.loads(again.stdout)["compressed"] == 0
+
+
+def test_store_compress_says_why_when_it_cannot(tmp_path) -> None:
+    path = str(tmp_path / "small.sqlite")
+    with Store(path) as store:
+        _ingest(store, fleet_events(3, seed=31))
+    done = run_cli("store", "compress", "--store", path)
+    assert done.returncode == 1
+    assert "too few documents, or too alike, to train a dictionary on" in done.stderr
+    missing = run_cli("store", "compress", "--store", str(tmp_path / "none.sqlite"))
+    assert missing.returncode == 1 and "no store at" in missing.stderr
