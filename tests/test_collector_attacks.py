@@ -4,6 +4,7 @@ resend loop, and the collector keeps serving the next frame."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -11,6 +12,7 @@ import ssl
 import struct
 import threading
 import time
+from typing import Iterator
 
 import google_crc32c
 import pytest
@@ -31,6 +33,29 @@ def _connect(issued, port: int, sensor: str = "sensor-a") -> ssl.SSLSocket:
     context = transport.client_context(s.cert, s.key, issued["ca"].cert)
     raw = socket.create_connection(("127.0.0.1", port), timeout=30)
     return context.wrap_socket(raw, server_hostname="localhost")
+
+
+@contextlib.contextmanager
+def serving(tmp, issued, **options) -> Iterator[tuple[Collector, int, io.StringIO]]:
+    """An in-process collector over the lab's PKI, serving on a free port until the block
+    ends: (collector, port, its log)."""
+    c = issued["collector"]
+    log = io.StringIO()
+    collector = Collector(Store(str(tmp / "store.sqlite")),
+                          transport.server_context(c.cert, c.key, issued["ca"].cert), log,
+                          **options)
+    port = free_port()
+    serving = threading.Thread(target=collector.serve, args=("127.0.0.1", port))
+    serving.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "listening on" not in log.getvalue():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        yield collector, port, log
+    finally:
+        collector.shutdown()
+        serving.join(30)
 
 
 def _frame(first_seq: int, events: list, count: int | None = None, payload: bytes | None = None
@@ -169,27 +194,14 @@ def test_a_frame_that_meets_a_stopping_collector_is_not_refused(lab) -> None:
     """A refusal makes the forwarder skip the frame; a frame the stopping collector did not
     store gets no answer at all (the connection closes, the forwarder sends it again)."""
     tmp, issued = lab
-    c = issued["collector"]
-    log = io.StringIO()
-    collector = Collector(Store(str(tmp / "store.sqlite")),
-                          transport.server_context(c.cert, c.key, issued["ca"].cert), log)
-    port = free_port()
-    threading.Thread(target=collector.serve, args=("127.0.0.1", port), daemon=True).start()
-    deadline = time.monotonic() + 30
-    while "listening on" not in log.getvalue():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    try:
-        with _connect(issued, port) as tls:
-            transport.send(tls, b"H", json.dumps({"spool": "s-4", "version": 1}).encode())
-            transport.send(tls, b"F", encode_frame(0, _events(2))[0])
-            assert transport.receive(tls)[0] == b"A"
-            collector.writer.close()  # as the shutdown does, while this sensor is connected
-            transport.send(tls, b"F", encode_frame(2, _events(2, 2))[0])
-            with pytest.raises((transport.ProtocolError, OSError)):
-                transport.receive(tls)
-    finally:
-        collector.shutdown()
+    with serving(tmp, issued) as (collector, port, log), _connect(issued, port) as tls:
+        transport.send(tls, b"H", json.dumps({"spool": "s-4", "version": 1}).encode())
+        transport.send(tls, b"F", encode_frame(0, _events(2))[0])
+        assert transport.receive(tls)[0] == b"A"
+        collector.writer.close()  # as the shutdown does, while this sensor is connected
+        transport.send(tls, b"F", encode_frame(2, _events(2, 2))[0])
+        with pytest.raises((transport.ProtocolError, OSError)):
+            transport.receive(tls)
     assert collector.stats.bad_frames == 0 and collector.stats.frames == 1
     assert "refused a frame" not in log.getvalue() and "stopping" in log.getvalue()
 
@@ -202,21 +214,8 @@ def test_the_collector_serves_with_the_steady_garbage_collector(lab) -> None:
 
     from common.gcpolicy import GC_YOUNG_CONTAINERS
     tmp, issued = lab
-    c = issued["collector"]
-    log = io.StringIO()
-    collector = Collector(Store(str(tmp / "store.sqlite")),
-                          transport.server_context(c.cert, c.key, issued["ca"].cert), log)
     before = gc.get_threshold()
-    serving = threading.Thread(target=collector.serve, args=("127.0.0.1", free_port()))
-    serving.start()
-    try:
-        deadline = time.monotonic() + 30
-        while "listening on" not in log.getvalue():
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+    with serving(tmp, issued):
         assert gc.get_threshold()[0] == GC_YOUNG_CONTAINERS
         assert gc.get_freeze_count() > 0
-    finally:
-        collector.shutdown()
-        serving.join(30)
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0

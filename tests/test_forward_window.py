@@ -4,26 +4,29 @@ the first; answers stay in the order of the frames, and each comes after its com
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import struct
 import threading
 import time
 
-from collector.server import IN_FLIGHT, Collector
-from collector.store import Store
+from collector.server import IN_FLIGHT
 from common import transport
 from common.forward import WINDOW, Forwarder
 from common.spool import Spool, decode_frame, encode_frame
-from tests.conftest import free_port
-from tests.test_collector_attacks import _connect
+from tests.test_collector_attacks import _connect, serving
 from tests.test_forward_collect import _events, lab  # noqa: F401
 
 
 def _message(kind: bytes, body: bytes) -> bytes:
     """What transport.send writes: length, kind, body."""
     return struct.pack(">I", len(body) + 1) + kind + body
+
+
+def _frames(firsts) -> bytes:
+    """Frames of two events each, numbered from each of ``firsts``, as one write."""
+    return b"".join(_message(b"F", encode_frame(first, _events(2, first))[0])
+                    for first in firsts)
 
 
 def _wait(condition, what: str, seconds: float = 30.0) -> None:
@@ -37,27 +40,16 @@ def test_a_connections_frames_are_handed_over_before_the_first_is_answered(lab) 
     """With the store busy (its lock held), frames sent back to back all reach the writer,
     which then commits them together; their answers come in order."""
     tmp, issued = lab
-    c = issued["collector"]
-    log = io.StringIO()
-    collector = Collector(Store(str(tmp / "store.sqlite")),
-                          transport.server_context(c.cert, c.key, issued["ca"].cert), log)
-    port = free_port()
-    threading.Thread(target=collector.serve, args=("127.0.0.1", port), daemon=True).start()
-    _wait(lambda: "listening on" in log.getvalue(), "the collector")
-    try:
-        with _connect(issued, port) as tls:
-            transport.send(tls, b"H", json.dumps({"spool": "s-w", "version": 1}).encode())
-            _wait(lambda: "connected from" in log.getvalue(), "the hello")
-            with collector._lock:      # the store is busy: the writer waits for it
-                # Sent in one write, so that each next frame is there to be read when the
-                # collector has handed over the one before.
-                tls.sendall(b"".join(_message(b"F", encode_frame(2 * n, _events(2, 2 * n))[0])
-                                     for n in range(IN_FLIGHT)))
-                # The writer took the first and waits for the store; the rest wait for it.
-                _wait(lambda: collector.writer.waiting() == IN_FLIGHT - 1, "frames handed over")
-            answers = [transport.receive(tls) for _ in range(IN_FLIGHT)]
-    finally:
-        collector.shutdown()
+    with serving(tmp, issued) as (collector, port, log), _connect(issued, port) as tls:
+        transport.send(tls, b"H", json.dumps({"spool": "s-w", "version": 1}).encode())
+        _wait(lambda: "connected from" in log.getvalue(), "the hello")
+        with collector._lock:      # the store is busy: the writer waits for it
+            # Sent in one write, so that each next frame is there to be read when the
+            # collector has handed over the one before.
+            tls.sendall(_frames(range(0, 2 * IN_FLIGHT, 2)))
+            # The writer took the first and waits for the store; the rest wait for it.
+            _wait(lambda: collector.writer.waiting() == IN_FLIGHT - 1, "frames handed over")
+        answers = [transport.receive(tls) for _ in range(IN_FLIGHT)]
     assert [kind for kind, _ in answers] == [b"A"] * IN_FLIGHT
     assert [transport.ACK.unpack(body)[:2] for _, body in answers] == [
         (2 * n, 2) for n in range(IN_FLIGHT)]
@@ -96,8 +88,8 @@ def test_the_forwarder_sends_a_window_of_frames_before_it_reads_an_answer(lab) -
                 for first, count in batch:
                     transport.send(tls, b"A", transport.ACK.pack(first, count, count))
 
-    serving = threading.Thread(target=collector, daemon=True)
-    serving.start()
+    answering = threading.Thread(target=collector, daemon=True)
+    answering.start()
     try:
         context = transport.client_context(issued["sensor-a"].cert, issued["sensor-a"].key,
                                            issued["ca"].cert)
@@ -106,7 +98,7 @@ def test_the_forwarder_sends_a_window_of_frames_before_it_reads_an_answer(lab) -
         assert forwarder.forward_once() == 2 * (WINDOW + 2)
     finally:
         forwarder._close()
-        serving.join(10)
+        answering.join(10)
         listener.close()
     assert received == [(2 * n, 2) for n in range(WINDOW + 2)]
     assert Spool(str(tmp / "spool"), readonly=True).acked() == 2 * (WINDOW + 2)
@@ -117,24 +109,12 @@ def test_a_refused_frame_among_handed_ones_is_answered_in_its_place(lab) -> None
     """A frame that does not decode, sent between two good ones: the good one before it is
     answered first, then the refusal, then the one after."""
     tmp, issued = lab
-    c = issued["collector"]
-    log = io.StringIO()
-    collector = Collector(Store(str(tmp / "store.sqlite")),
-                          transport.server_context(c.cert, c.key, issued["ca"].cert), log)
-    port = free_port()
-    threading.Thread(target=collector.serve, args=("127.0.0.1", port), daemon=True).start()
-    _wait(lambda: "listening on" in log.getvalue(), "the collector")
     damaged = bytearray(encode_frame(2, _events(2, 2))[0])
     damaged[-1] ^= 0xFF                                    # its checksum no longer holds
-    try:
-        with _connect(issued, port) as tls:
-            transport.send(tls, b"H", json.dumps({"spool": "s-n", "version": 1}).encode())
-            tls.sendall(_message(b"F", encode_frame(0, _events(2))[0])
-                        + _message(b"F", bytes(damaged))
-                        + _message(b"F", encode_frame(4, _events(2, 4))[0]))
-            answers = [transport.receive(tls) for _ in range(3)]
-    finally:
-        collector.shutdown()
+    with serving(tmp, issued) as (collector, port, _), _connect(issued, port) as tls:
+        transport.send(tls, b"H", json.dumps({"spool": "s-n", "version": 1}).encode())
+        tls.sendall(_frames([0]) + _message(b"F", bytes(damaged)) + _frames([4]))
+        answers = [transport.receive(tls) for _ in range(3)]
     assert [kind for kind, _ in answers] == [b"A", b"N", b"A"]
     assert transport.ACK.unpack(answers[0][1])[:2] == (0, 2)
     assert transport.ACK.unpack(answers[2][1])[:2] == (4, 2)
@@ -145,27 +125,16 @@ def test_frames_handed_to_the_writer_are_bounded_for_all_connections(lab) -> Non
     """With two writer slots, a connection that sent four frames hands over two while the
     store is busy, and gets every answer, in order, once it is free."""
     tmp, issued = lab
-    c = issued["collector"]
-    log = io.StringIO()
-    collector = Collector(Store(str(tmp / "store.sqlite")),
-                          transport.server_context(c.cert, c.key, issued["ca"].cert), log,
-                          writer_frames=2)
-    port = free_port()
-    threading.Thread(target=collector.serve, args=("127.0.0.1", port), daemon=True).start()
-    _wait(lambda: "listening on" in log.getvalue(), "the collector")
-    try:
-        with _connect(issued, port) as tls:
-            transport.send(tls, b"H", json.dumps({"spool": "s-b", "version": 1}).encode())
-            _wait(lambda: "connected from" in log.getvalue(), "the hello")
-            with collector._lock:
-                tls.sendall(b"".join(_message(b"F", encode_frame(2 * n, _events(2, 2 * n))[0])
-                                     for n in range(4)))
-                _wait(lambda: collector.writer.waiting() == 1, "frames handed over")
-                time.sleep(0.3)   # room for a third frame to be handed over, were it allowed
-                assert collector.writer.waiting() == 1
-            answers = [transport.receive(tls) for _ in range(4)]
-    finally:
-        collector.shutdown()
+    with serving(tmp, issued, writer_frames=2) as (collector, port, log), \
+            _connect(issued, port) as tls:
+        transport.send(tls, b"H", json.dumps({"spool": "s-b", "version": 1}).encode())
+        _wait(lambda: "connected from" in log.getvalue(), "the hello")
+        with collector._lock:
+            tls.sendall(_frames(range(0, 8, 2)))
+            _wait(lambda: collector.writer.waiting() == 1, "frames handed over")
+            time.sleep(0.3)   # room for a third frame to be handed over, were it allowed
+            assert collector.writer.waiting() == 1
+        answers = [transport.receive(tls) for _ in range(4)]
     assert [transport.ACK.unpack(body)[:2] for _, body in answers] == [
         (2 * n, 2) for n in range(4)]
     assert collector.writer.stats.commits >= 2 and collector.stats.events_new == 8
