@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Protocol
 
 from common.gcpolicy import steady_gc
 from common.sinks import DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, Output
