@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common import ttphash
-from common.schema import Event
+from common.schema import Event, get_steps
 
 MAX_SEQ = 2**63 - 1                    # what the stores' 64-bit integer columns hold
 _TEXT_FIELDS = ("@timestamp", "event.action", "event.id", "host.name", "ttphash.value")
@@ -34,16 +34,6 @@ _TEXT_FIELDS = ("@timestamp", "event.action", "event.id", "host.name", "ttphash.
 # five of them for each of its events.
 _TEXT_STEPS = tuple((path, tuple(path.split("."))) for path in _TEXT_FIELDS)
 _HOST_STEPS = ("host", "name")
-
-
-def _field(event: Event, steps: tuple[str, ...]) -> Any:
-    """get_path of a path split into ``steps`` (None when a step is missing)."""
-    node: Any = event
-    for key in steps:
-        if not isinstance(node, dict):
-            return None
-        node = node.get(key)
-    return node
 
 VERIFIED, RECOMPUTED, UNVERIFIABLE = "verified", "recomputed", "unverifiable"
 
@@ -110,7 +100,7 @@ def check_frame(first_seq: int, count: int, events: list) -> None:
         if not isinstance(event, dict):
             raise Refused(f"event {index} is not a map")
         for path, steps in _TEXT_STEPS:
-            node = _field(event, steps)
+            node = get_steps(event, steps)
             if node is not None and not isinstance(node, str):
                 raise Refused(f"event {index}: {path} is a {type(node).__name__}, not text")
 
@@ -119,7 +109,7 @@ def check_hosts(identity: Identity, events: list[Event]) -> None:
     """Refuse a frame with an event of a host the identity does not speak for."""
     allowed = None  # the last host name allowed: a sensor's frame names its host again and again
     for index, event in enumerate(events):
-        host = _field(event, _HOST_STEPS)
+        host = get_steps(event, _HOST_STEPS)
         if host is None or host == allowed:
             continue
         if identity.speaks_for(host):

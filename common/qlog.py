@@ -12,8 +12,8 @@ import datetime as _dt
 from typing import Any
 
 from common.percent import percent_encode
-from common.schema import (ACTION_PROCESS_CREATE, Event, SchemaError, get_path, new_event,
-                           set_path, utc_timestamp)
+from common.schema import (ACTION_PROCESS_CREATE, Event, SchemaError, get_path, get_steps,
+                           new_event, set_path, utc_timestamp)
 
 QEVENT_PROCESS_CREATE = 100
 QTYPE_PROCESS_CREATE = "Process Create"
@@ -39,6 +39,9 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("Signed", "code_signature.status"),
     ("AuthenticodeHash", "code_signature.digest"),
 )
+
+# FIELDS with each path split once: two processes an event render every field.
+_FIELD_STEPS = tuple((qname, tuple(path.split("."))) for qname, path in FIELDS)
 
 # QLOG signature objects and ours (snake case, ECS-like).
 SIGNATURE_FIELDS: tuple[tuple[str, str], ...] = (
@@ -164,8 +167,8 @@ def _render_process(process: dict[str, Any], *, event_guid: Any, start: Any) -> 
         "QType": QTYPE_PROCESS_CREATE,
         "Username": username,
     }
-    for qname, path in FIELDS:
-        doc[qname] = _qlog_value(get_path(process, path))
+    for qname, steps in _FIELD_STEPS:
+        doc[qname] = _qlog_value(get_steps(process, steps))
     # QLOG's order puts TTPHash after Modulecount; keep it for readers who diff by eye.
     ordered: dict[str, Any] = {}
     for key, value in doc.items():
