@@ -30,7 +30,7 @@ from typing import Callable, TextIO
 from collector.admit import (AdmitCounts, Identity, Refused, SpoolOwners, admit,
                             certificate_identity)
 from collector.store import Incoming, IngestResult, Store
-from collector.writer import FrameWriter, Pending
+from collector.writer import CAPACITY, FrameWriter, Pending
 from common import transport, ttphash
 from common.gcpolicy import steady_gc
 from common.spool import claimed_first_seq, decode_frame
@@ -39,7 +39,6 @@ from common.spool import claimed_first_seq, decode_frame
 HANDSHAKE_SECONDS = 10.0
 IDLE_SECONDS = 600.0
 IN_FLIGHT = 4          # a connection's frames handed to the writer before the first is answered
-WRITER_FRAMES = 64     # frames handed to the writer and not yet stored, all connections together
 MAX_PENDING = 128
 MAX_SENSORS = 1024
 LISTEN_BACKLOG = 1024
@@ -63,7 +62,7 @@ class CollectorStats:
 
 class Collector:
     def __init__(self, store: Store, context: ssl.SSLContext,
-                 log: TextIO | None = None, writer_frames: int = WRITER_FRAMES) -> None:
+                 log: TextIO | None = None, writer_frames: int = CAPACITY) -> None:
         self.store = store
         self.context = context
         self.log_stream = log if log is not None else sys.stderr
@@ -71,10 +70,7 @@ class Collector:
         self.admitted = AdmitCounts()   # TTPHash checks, refused frames and spools
         self.owners = SpoolOwners(store)
         self._lock = threading.Lock()   # the stats, the pending connections, the store
-        self.writer = FrameWriter(store, self._lock, self._stored)
-        # Decoded frames waiting for the writer, all connections together: bounded, as each
-        # connection may hand over several (about 5 MB each, decoded).
-        self._writer_slots = threading.Semaphore(writer_frames)
+        self.writer = FrameWriter(store, self._lock, self._stored, writer_frames)
         # TTPHashes recomputed at admission, remembered across sensors: a fleet's commands
         # repeat (one thread at a time uses it).
         self.memo = ttphash.Memo()
@@ -212,20 +208,11 @@ class Collector:
                     self._answer(sock, identity.name, handed.popleft())
                 self._refuse(sock, identity.name, first, str(exc))
                 continue
-            # A slot of the writer's, all connections together: when none is free, this
-            # connection's oldest frame is answered first (or, with none handed over, the
-            # writer's next commit awaited).
-            while not self._writer_slots.acquire(blocking=not handed):
-                self._answer(sock, identity.name, handed.popleft())
-            try:
-                handed.append(self.writer.submit(
-                    Incoming(spool_id, frame.first_seq, events, identity.name),
-                    stored=self._writer_slots.release))
-            except BaseException:
-                # WriterClosed: no answer, the connection closes, and the forwarder sends the
-                # frames it has no answer for again.
-                self._writer_slots.release()
-                raise
+            # With the writer full (all connections together) this waits for room.
+            # WriterClosed goes up: no answer, the connection closes, and the forwarder sends
+            # the frames it has no answer for again.
+            handed.append(self.writer.submit(Incoming(spool_id, frame.first_seq, events,
+                                                      identity.name)))
 
     def _answer(self, sock: ssl.SSLSocket, sensor: str, pending: Pending) -> None:
         """ACK a frame once it is committed, or NACK the one the store refused."""

@@ -17,6 +17,10 @@ from typing import Callable
 
 from collector.store import COMMIT_EVENTS, Incoming, IngestResult, Store
 
+# Frames handed over and not yet stored, from all senders together: a connection may hand over
+# several (collector/server.py), and a decoded frame is a few MB.
+CAPACITY = 64
+
 
 class WriterClosed(ConnectionError):
     """The collector is stopping: the frame was not stored and must not be answered (the
@@ -30,7 +34,6 @@ class Pending:
     frame: Incoming
     done: threading.Event = field(default_factory=threading.Event)
     outcome: IngestResult | Exception | None = None
-    stored: Callable[[], None] | None = None   # called once the writer is done with it
 
     def result(self) -> IngestResult:
         """The frame's result once it is committed; raise what the store raised for it (the
@@ -52,14 +55,16 @@ class FrameWriter:
     """Stores frames handed to :meth:`store_frame` from any thread. ``lock`` is the lock that
     serializes every use of the store (the collector's: connection threads also claim spools
     through it); ``stored`` is called under it with each frame and its outcome (the
-    collector's counts)."""
+    collector's counts). At most ``capacity`` frames are handed over and not yet stored."""
 
     def __init__(self, store: Store, lock: threading.Lock,
-                 stored: Callable[[Incoming, IngestResult | Exception], None]) -> None:
+                 stored: Callable[[Incoming, IngestResult | Exception], None],
+                 capacity: int = CAPACITY) -> None:
         self.store = store
         self.lock = lock
         self.stored = stored
         self.stats = WriterStats()
+        self._room = threading.Semaphore(capacity)
         self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._closed = False
         self._gate = threading.Lock()  # nothing is handed over after the close
@@ -71,13 +76,14 @@ class FrameWriter:
         raised for it (the set it was in is then stored frame by frame)."""
         return self.submit(frame).result()
 
-    def submit(self, frame: Incoming, stored: Callable[[], None] | None = None) -> Pending:
-        """Hand ``frame`` over without waiting: its Pending gives the result. ``stored`` is
-        called once the writer is done with the frame (stored or refused), whether or not
-        anyone waits for it."""
-        pending = Pending(frame, stored=stored)
+    def submit(self, frame: Incoming) -> Pending:
+        """Hand ``frame`` over without waiting for its commit (only for room, when the writer
+        is full): its Pending gives the result."""
+        self._room.acquire()
+        pending = Pending(frame)
         with self._gate:
             if self._closed:
+                self._room.release()
                 raise WriterClosed("the collector is stopping")
             self._queue.put(pending)
         return pending
@@ -118,11 +124,7 @@ class FrameWriter:
                         pass
             for pending in batch:
                 pending.done.set()
-                if pending.stored is not None:
-                    try:
-                        pending.stored()
-                    except Exception:  # noqa: BLE001 - never the writer's end
-                        pass
+                self._room.release()
             if end:
                 return
 
