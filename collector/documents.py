@@ -55,6 +55,7 @@ class Documents:
                  compress: bool = True) -> None:
         self._load = load
         self.compress = compress
+        self._dictionaries: dict[int, zstandard.ZstdCompressionDict] = {}
         self._readers: dict[int, zstandard.ZstdDecompressor] = {}
         self._packer: zstandard.ZstdCompressor | None = None
         self.dictionary_id: int | None = None   # the dictionary new documents are packed with
@@ -63,18 +64,28 @@ class Documents:
     def reload(self) -> None:
         for dict_id, data in self._load():
             if dict_id not in self._readers:
-                self._add(dict_id, bytes(data))
-
-    def _add(self, dict_id: int, data: bytes) -> None:
-        dictionary = zstandard.ZstdCompressionDict(data)
-        self._readers[dict_id] = zstandard.ZstdDecompressor(dict_data=dictionary)
-        if self.compress and (self.dictionary_id is None or dict_id > self.dictionary_id):
-            self.dictionary_id = dict_id
-            self._packer = zstandard.ZstdCompressor(level=LEVEL, dict_data=dictionary)
+                self.add(dict_id, bytes(data))
 
     def add(self, dict_id: int, data: bytes) -> None:
-        """A dictionary the store has just stored: new documents are packed with it."""
-        self._add(dict_id, data)
+        """A dictionary of the store's: documents that name it are read with it, and new
+        ones are packed with the newest (when compressing)."""
+        dictionary = zstandard.ZstdCompressionDict(data)
+        self._dictionaries[dict_id] = dictionary
+        self._readers[dict_id] = zstandard.ZstdDecompressor(dict_data=dictionary)
+        if self.compress:
+            self._pack_with_newest()
+
+    def start_compressing(self) -> None:
+        """Pack with the newest dictionary from now on (a store opened with plain documents
+        that is asked to compress them)."""
+        self.compress = True
+        self._pack_with_newest()
+
+    def _pack_with_newest(self) -> None:
+        if self._dictionaries and max(self._dictionaries) != self.dictionary_id:
+            self.dictionary_id = max(self._dictionaries)
+            self._packer = zstandard.ZstdCompressor(
+                level=LEVEL, dict_data=self._dictionaries[self.dictionary_id])
 
     def compress_plain(self, document: bytes) -> bytes:
         """A plain stored document compressed with the newest dictionary (as it is: the

@@ -709,8 +709,8 @@ class Store:
         is told the documents looked at and compressed so far. Raises StoreError when the
         store has too few documents to train on."""
         documents = self.documents
+        documents.start_compressing()   # with the store's newest dictionary, if it has one
         if documents.dictionary_id is None:
-            documents.compress = True
             if self.train_dictionary() is None:
                 raise StoreError(f"{self.path} has too few documents, or too alike, to train "
                                  "a dictionary on")

@@ -214,3 +214,19 @@ def test_store_compress_says_why_when_it_cannot(tmp_path) -> None:
     assert "too few documents, or too alike, to train a dictionary on" in done.stderr
     missing = run_cli("store", "compress", "--store", str(tmp_path / "none.sqlite"))
     assert missing.returncode == 1 and "no store at" in missing.stderr
+
+
+def test_compressing_a_plain_store_uses_the_dictionary_it_holds(tmp_path) -> None:
+    """A store opened with plain documents, holding a dictionary another writer trained:
+    compressing what it stored uses that dictionary, and trains none of its own."""
+    path = str(tmp_path / "s.sqlite")
+    events = fleet_events(EVENTS, seed=32)
+    with Store(path) as trainer:
+        trained = trainer.train_dictionary([wire.pack_event(e) for e in events])
+    with Store(path, compress_documents=False) as store:
+        _ingest(store, events)
+        assert store.documents.dictionary_id is None
+        assert store.compress_stored()[0] == EVENTS
+        assert store.documents.dictionary_id == trained
+        assert store._execute("SELECT count(*) FROM doc_dictionaries").fetchone()[0] == 1
+        assert [r["event"] for r in store.events_of("sp")] == events
