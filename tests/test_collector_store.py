@@ -115,33 +115,29 @@ def test_a_frame_the_store_refuses_is_refused_alone(store_location) -> None:
     assert store.seqs() == list(range(6))
 
 
-class _RefusingStore:
+class _RefusingStore(Store):
     """A store that refuses the frame starting at ``refuse`` (having stored the whole set:
     what the delivery acknowledges is the point)."""
 
-    def __init__(self, store: Store, refuse: int | None) -> None:
-        self.store, self.refuse = store, refuse
-
-    def __getattr__(self, name: str):
-        return getattr(self.store, name)
+    refuse: int | None = None
 
     def ingest_frames(self, frames):
-        results = self.store.ingest_frames(frames)
+        results = super().ingest_frames(frames)
         return [ValueError("refused") if frame.first_seq == self.refuse else result
                 for frame, result in zip(frames, results)]
 
 
 def test_local_delivery_acks_up_to_a_refused_frame(tmp_path) -> None:
     spool = Spool(str(tmp_path / "spool"), batch_events=5, max_bytes=1 << 30)
-    store = Store(str(tmp_path / "store.sqlite"))
-    refusing = _RefusingStore(store, refuse=5)
-    delivery = LocalDelivery(spool, refusing, "h")  # type: ignore[arg-type]
+    store = _RefusingStore(str(tmp_path / "store.sqlite"))
+    store.refuse = 5
+    delivery = LocalDelivery(spool, store, "h")
     for event in _events("h", 0, 15):
         spool.append(event)
     with pytest.raises(ValueError, match="refused"):
         delivery.deliver()
     assert spool.acked() == 5 and delivery.delivered == 5
-    refusing.refuse = None
+    store.refuse = None
     # Sent again from the refused frame on (this store had kept both: nothing new).
     assert delivery.deliver() == 0 and delivery.duplicates == 10
     assert spool.acked() == 15 and store.count_events() == 15
@@ -150,9 +146,9 @@ def test_local_delivery_acks_up_to_a_refused_frame(tmp_path) -> None:
 def test_the_stream_consumer_refuses_only_the_frames_it_must(tmp_path) -> None:
     """A set of frames out of JetStream: each admitted as its subject's sensor or refused,
     the others stored together; a frame the store refuses is that frame's refusal alone."""
-    store = Store(str(tmp_path / "store.sqlite"))
-    refusing = _RefusingStore(store, refuse=9)
-    ingest = StreamIngest(refusing)  # type: ignore[arg-type]
+    store = _RefusingStore(str(tmp_path / "store.sqlite"))
+    store.refuse = 9
+    ingest = StreamIngest(store)
     outcomes = ingest([Delivered("spool-a", "a", 0, _events("a", 0, 3)),
                        Delivered("", "a", 3, _events("a", 3, 3)),         # no spool id
                        Delivered("spool-a", "b", 3, _events("b", 3, 3)),  # a's spool
