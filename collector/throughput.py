@@ -47,12 +47,6 @@ class Round:
     frames: int
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _process_cpu(pid: int) -> float:
     """User and system CPU seconds of a process, from /proc (Linux)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -94,7 +88,7 @@ def _round(directory: str, issued: Any, names: list[str], frames: list[bytes],
     but for the documents' dictionary, trained beforehand on ``training``: a store trains one
     on its first 4,000 events, once (0.2 s, which a round of 40,000 events would otherwise
     count as 5 µs an event)."""
-    port = _free_port()
+    port = bench.free_port()
     store = os.path.join(directory, f"store-{len(names)}.sqlite")
     with Store(store) as prepared:
         prepared.train_dictionary(training)

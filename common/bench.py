@@ -12,6 +12,7 @@ import gc
 import hashlib
 import json
 import os
+import socket
 import statistics
 import time
 from dataclasses import dataclass
@@ -255,3 +256,11 @@ def spool(count: int, directory: str) -> list[Row]:
                 f"{stats.bytes_written / stats.events_written:.0f} B/event)", written,
                 "packb only", written / reference)]
 
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a benchmark or a
+    test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

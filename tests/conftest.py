@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from common.bench import free_port  # noqa: F401 - the tests' helper too
 from common.cli import self_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,14 +78,6 @@ def _audit_snapshot() -> tuple[str, str] | None:
             if line.split(" ")[0] in ("enabled", "failure", "pid", "rate_limit",
                                       "backlog_limit", "backlog_wait_time")]
     return "\n".join(keep), rules.stdout
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def not_listening(port: int, server: subprocess.Popen, timeout: float = 30) -> str | None:

@@ -34,7 +34,6 @@ def _ingest(store: Store, events: list, start: int = 0) -> None:
 
 def test_documents_are_compressed_once_the_store_has_trained(store_location) -> None:
     events = fleet_events(EVENTS, seed=21)
-    reader_before = None
     with Store(store_location) as store:
         _ingest(store, events[:500])
         # A reader opened before the dictionary exists reads documents packed with it later.

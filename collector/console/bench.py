@@ -21,6 +21,7 @@ import click
 
 from collector.bench import fleet_events
 from collector.store import Store
+from common import bench
 from common.cli import self_command
 
 HOSTS = 50
@@ -73,12 +74,6 @@ def _stamp(n: int) -> str:
     return f"2026-11-{20 + day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{n % 1_000_000:06d}Z"
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pages(store: Store) -> list[tuple[str, str]]:
     """The pages measured: (name, path) with values taken from the store itself."""
     frequent = store._execute("SELECT ttphash FROM baseline ORDER BY count DESC LIMIT 1"
@@ -117,7 +112,7 @@ def bench_console(events: int, keep: str | None, count: int) -> None:
     measured = pages(store)
     stored = store.count_events()
     store.close()
-    port = _port()
+    port = bench.free_port()
     server = subprocess.Popen(self_command() + ["console", "--store", path, "--listen",
                                                 f"127.0.0.1:{port}", "--token-file",
                                                 os.path.join(directory, "token")],
