@@ -94,7 +94,10 @@ def run_sensor(stop: threading.Event, sink: Output, host: dict[str, Any], *,
         source.stop()
         # Events that arrived between the last get and the stop are still handled.
         drain(pipeline, source.events, None)
+        # Joined, not only told: a status line written after the summary would make the
+        # summary no longer the last line, and two threads writing one stream can interleave.
         reporter_stop.set()
+        reporter.join()
         sink.flush()
     final = counters()
     final["session_gone"] = source.session_gone

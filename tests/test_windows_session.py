@@ -45,6 +45,19 @@ class ListSink:
         pass
 
 
+SLOW_STATUS_WRITE = 0.1   # seconds a status line takes to write in SlowStatusSink
+
+
+class SlowStatusSink(ListSink):
+    """A status stream slow to take a status line, as a full disk or a slow pipe is: the
+    reporter thread is then usually in the middle of a write when the run stops."""
+
+    def write(self, line: str) -> None:
+        if line.startswith('{"status"'):
+            time.sleep(SLOW_STATUS_WRITE)
+        super().write(line)
+
+
 class EVENT_TRACE_PROPERTIES(ctypes.Structure):
     """The members of evntrace.h's EVENT_TRACE_PROPERTIES the sensor touches, at their C types
     (a value that does not fit fails here as it would there)."""
@@ -177,7 +190,7 @@ def test_run_sensor_end_to_end_with_rejects_kept_and_counters(tmp_path) -> None:
     script = [_start(701, 700, "\\Device\\HarddiskVolume2\\Tools\\child.exe", creator=4),
               malformed, ("2", {"ProcessID": "701"})]
     etw = fake_pywintrace(script, events_lost=1)
-    sink, errors, messages = ListSink(), ListSink(), ListSink()
+    sink, errors, messages = ListSink(), ListSink(), SlowStatusSink()
     stop = threading.Event()
 
     result: dict[str, Any] = {}
@@ -217,6 +230,9 @@ def test_run_sensor_end_to_end_with_rejects_kept_and_counters(tmp_path) -> None:
                              "other_events": 1, "lost_by_etw": 1}
     assert result["pipeline"]["events"] == 1 and result["pipeline"]["rejected"] == 1
     assert etw.calls["sessions"][0].stopped
+    # The summary is the last line, even when a status line was being written at the stop:
+    # a late status write would land within a slow write's time after the run returned.
+    time.sleep(3 * SLOW_STATUS_WRITE)
     reports = [json.loads(line) for line in "".join(messages.lines).splitlines()]
     assert "summary" in reports[-1] and reports[-1]["summary"] == result
 
