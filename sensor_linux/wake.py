@@ -115,8 +115,7 @@ def wake_costs(groups: list[list[bytes]], gap: float, sizes: tuple[int, ...] = B
 
     def feed(batch: list[list[bytes]]) -> None:
         for group in batch:
-            for line in group:
-                pipeline.feed(line)
+            pipeline.feed_many(group)
 
     feed(groups[:warm])
     at = warm + continuous

@@ -40,6 +40,9 @@ class Counting:
     def feed(self, line: bytes) -> None:
         self.fed += 1
 
+    def feed_many(self, lines: list[bytes]) -> None:
+        self.fed += len(lines)
+
 
 class Flooded(BaseSource):
     tick_seconds = 0.05

@@ -106,6 +106,14 @@ class WaitingLines:
         if len(self.lines) >= MAX_WAITING:
             self.feed()
 
+    def add_many(self, lines: list[bytes]) -> None:
+        """``add`` of each of ``lines``, fed in one loop when there is no capture."""
+        if self.capture is None:
+            self.pipeline.feed_many(lines)
+            return
+        for line in lines:
+            self.add(line)
+
     def due_in(self) -> float | None:
         """Seconds until the waiting lines are due (None: none waits)."""
         return self.builds.due_in() if self.lines else None
@@ -121,8 +129,7 @@ class WaitingLines:
         """Parse and build what waits, now."""
         lines, self.lines = self.lines, []
         self.builds.read()
-        for line in lines:
-            self.pipeline.feed(line)
+        self.pipeline.feed_many(lines)
 
     def tick(self) -> None:
         """The source's periodic work: what waits first, then the decoder's timeouts (the

@@ -58,12 +58,14 @@ class LineSplitter:
         return line[:self.max_line + 1]
 
 
-def read_lines(stream: BinaryIO, max_line: int = MAX_LINE) -> Iterator[bytes]:
-    """The lines of a file, each at most ``max_line + 1`` bytes (see :class:`LineSplitter`)."""
+def read_line_batches(stream: BinaryIO, max_line: int = MAX_LINE) -> Iterator[list[bytes]]:
+    """The lines of a file, each at most ``max_line + 1`` bytes (see :class:`LineSplitter`),
+    in lists of those each read of READ_BYTES completes."""
     splitter = LineSplitter(max_line)
     while True:
         chunk = stream.read(READ_BYTES)
         if not chunk:
             break
-        yield from splitter.feed(chunk)
-    yield from splitter.finish()
+        yield splitter.feed(chunk)
+    yield splitter.finish()
+

@@ -68,16 +68,14 @@ class PipeInput:
         if not chunk:
             self.end()
             return False
-        for line in self.splitter.feed(chunk):
-            self.waiting.add(line)
+        self.waiting.add_many(self.splitter.feed(chunk))
         # A full read means more is waiting: a plugin that is behind must not pause.
         return len(chunk) == READ_BYTES
 
     def end(self) -> None:
         if not self.eof:
             self.eof = True
-            for line in self.splitter.finish():
-                self.waiting.add(line)
+            self.waiting.add_many(self.splitter.finish())
             self.waiting.feed()
 
     def drain_after_stop(self) -> None:

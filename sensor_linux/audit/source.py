@@ -54,8 +54,7 @@ class NetlinkInput:
                 return False  # read until empty: nothing is waiting
             self.decoder.stats.socket_overflows += lost
             read += max(len(lines), 1)
-            for line in lines:
-                self.waiting.add(line)
+            self.waiting.add_many(lines)
             if not more:
                 return False  # a batch that did not fill took what was waiting
         return True
