@@ -22,7 +22,8 @@ from sensor_linux.audit import fields
 from sensor_linux.audit.assemble import AuditEvent
 from sensor_linux.audit.decode import execve_argv, is_execve_arg_key, whole_args
 from sensor_linux.audit.records import (CWD, EXECVE, MULTIPART, PROCTITLE, SYSCALL,
-                                        SYSCALL_ARGUMENTS, Hex, Oct, Record, Value,
+                                        SYSCALL_ARGUMENTS, SYSCALL_TAIL, Hex, Oct, Record,
+                                        Value,
                                         field_value, in_kernel_layout, plain_key, type_name)
 
 _SINGLE = frozenset({SYSCALL, EXECVE, PROCTITLE, CWD})
@@ -203,6 +204,9 @@ class LaurelRenderer:
         self._arguments: dict[bytes, str] = {}
         # A plain record's object by its parts: PATH, CWD, BPRM_FCAPS of a binary run again.
         self._records: dict[tuple[bytes, ...], str] = {}
+        # SYSCALL's members after pid in the kernel's layout (ids, terminal, session, comm,
+        # exe, key), joined: they repeat for every run of a binary by one user.
+        self._syscall_tails: dict[tuple[bytes, ...], str] = {}
         # The last usual EXECVE's arguments and their strings: PROCTITLE is most often the
         # same arguments joined by NULs, and then their strings are the same.
         self._argv: tuple[list[Value], list[str]] | None = None
@@ -278,18 +282,33 @@ class LaurelRenderer:
                         out.append(_member(key, value))
                 continue
             parts = record.plain_parts()
+            tail = None
             if in_kernel_layout(parts):
                 # a0-a3 are the fifth to eighth fields, and nothing before them is an
-                # argument; one that follows still goes by _fill, after.
+                # argument; one that follows (in the tail) still goes by _fill, after.
                 items = list(map(self._arguments.get, parts[SYSCALL_ARGUMENTS]))
                 if None in items:
                     self._fill_arguments(items, parts[SYSCALL_ARGUMENTS], record.raw)
                 argv.extend(items)
-                parts = parts[:SYSCALL_ARGUMENTS.start] + parts[SYSCALL_ARGUMENTS.stop:]
+                tail = parts[SYSCALL_TAIL]
+                parts = parts[:SYSCALL_ARGUMENTS.start] + \
+                    parts[SYSCALL_ARGUMENTS.stop:SYSCALL_TAIL.start]
             members = list(map(self._syscall_members.get, parts))
             if None in members:
                 argv.extend(self._fill(members, parts, record, self._syscall_members))
             out.extend(filter(None, members))  # the arguments' places are ""
+            if tail:
+                text = self._syscall_tails.get(tail)
+                if text is None:
+                    members = list(map(self._syscall_members.get, tail))
+                    arguments = self._fill(members, tail, record, self._syscall_members) \
+                        if None in members else []
+                    argv.extend(arguments)
+                    text = ",".join(filter(None, members))
+                    if not arguments and len(text) <= REMEMBER_RECORD:  # no ARGV item in it
+                        _remember(self._syscall_tails, tail, text, MAX_RECORDS)
+                if text:
+                    out.append(text)
         out.append('"ARGV":[%s]' % ",".join(
             v if type(v) is str else '"0x%x"' % v if type(v) is Hex else _value(v)
             for v in argv))

@@ -307,6 +307,7 @@ def _split_plain(body: bytes) -> tuple[bytes, ...] | None:
 SYSCALL_HEAD = (b"arch=", b"syscall=", b"success=", b"exit=", b"a0=", b"a1=", b"a2=", b"a3=",
                 b"items=", b"ppid=", b"pid=")
 SYSCALL_ARGUMENTS = slice(4, 8)
+SYSCALL_TAIL = slice(len(SYSCALL_HEAD), None)   # what follows pid=
 
 
 def in_kernel_layout(parts: Sequence[bytes]) -> bool:
