@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . packaging/dev/apt.sh
-apt_install dpkg-dev rpm wixl msitools gzip
+apt_install dpkg-dev rpm wixl msitools gzip gcc python3.11-dev   # gcc, headers: the C split path
 
 python=.venv/bin/python
 [ -x "$python" ] || { echo "build: run 'bash packaging/dev/bootstrap.sh setup' first" >&2; exit 1; }
@@ -23,7 +23,9 @@ pip_quiet() { "$python" -m pip --disable-pip-version-check "$@" > "$work/pip.log
                 { cat "$work/pip.log" >&2; echo "build: pip failed" >&2; exit 1; }; }
 
 step "wheel of ttpsensor $version"
-pip_quiet wheel --no-deps -w "$work/wheel" .
+# Pure Python, for every platform: the C split path of the audit parser (setup.py) is compiled
+# for the Linux packages below, and Windows runs its pure-Python twin.
+TTPSENSOR_PURE_PYTHON=1 pip_quiet wheel --no-deps -w "$work/wheel" .
 wheel=$(ls "$work"/wheel/ttpsensor-*.whl)
 
 # --- Linux tree (shared by the .deb and the .rpm) ----------------------------------------------
@@ -35,6 +37,14 @@ pip_quiet install --no-compile --only-binary=:all: --target "$site" \
   --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 "$wheel"
 rm -rf "$site/bin"                       # console scripts with this machine's interpreter path
+# The audit parser's C split path, for the distribution's CPython 3.11 (Debian's hardening
+# flags). A host whose C library cannot load it runs the pure-Python path, with the same
+# results (sensor_linux/audit/records.py).
+split_so="$site/sensor_linux/audit/_split$(/usr/bin/python3.11 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
+# shellcheck disable=SC2046 # the flags are words
+gcc $(dpkg-buildflags --get CPPFLAGS) $(dpkg-buildflags --get CFLAGS) -fPIC -shared \
+  -I/usr/include/python3.11 $(dpkg-buildflags --get LDFLAGS) \
+  -o "$split_so" sensor_linux/audit/_split.c
 # PyYAML's wheel (pySigma's YAML) links a copy of libyaml into its optional C accelerator;
 # without it PyYAML uses its pure-Python parser (rules are read once), and the package embeds
 # no library Debian ships (lintian: embedded-library).

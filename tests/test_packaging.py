@@ -61,6 +61,8 @@ def test_deb_metadata_and_contents(packages) -> None:
                  "/lib/systemd/system/ttpsensor-collector.service",
                  "/etc/ttpsensor/config.toml", "/etc/audit/plugins.d/ttpsensor.conf",
                  "/usr/lib/ttpsensor/site-packages/common/cli.py",
+                 "/usr/lib/ttpsensor/site-packages/sensor_linux/audit/"
+                 "_split.cpython-311-x86_64-linux-gnu.so",     # the C split path
                  "/usr/share/doc/ttpsensor/copyright"):
         assert path in entries, path
     assert all(" root/root " in line for line in listing)
@@ -215,6 +217,12 @@ def test_deb_installs_into_a_fresh_debian_root_runs_and_purges_clean(packages, t
     assert events and any(e.get("event", {}).get("action") == "process_create" for e in events)
     assert all(len(e["ttphash"]["value"]) == 64 for e in events
                if e.get("event", {}).get("action") == "process_create")
+    # The C split path loads on the distribution's Python (else the pure-Python one runs).
+    (root / "tmp" / "split.py").write_text(
+        "import sys\nsys.path.insert(0, '/usr/lib/ttpsensor/site-packages')\n"
+        "from sensor_linux.audit import records\nprint(records.split_record)\n")
+    split = chroot("python3.11 /tmp/split.py")
+    assert "built-in function split_record" in split.stdout, split.stdout + split.stderr
     plugin = chroot("/usr/bin/ttpsensor-audisp --help")
     assert plugin.returncode == 0 and "--config" in plugin.stdout
     assert chroot("test -d /usr/lib/ttpsensor/site-packages/common/__pycache__").returncode == 0

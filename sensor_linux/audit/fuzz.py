@@ -34,7 +34,8 @@ from common.pipeline import Pipeline
 from common.render import RENDERERS
 from common.sinks import StreamSink, TextOutput
 from sensor_linux.audit.lines import LineSplitter
-from sensor_linux.audit.records import ParseError, parse
+from sensor_linux.audit.records import (SPLIT_TYPES, ParseError, parse, split_record_c,
+                                        split_record_python)
 from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.enrich import Enricher
 
@@ -206,7 +207,13 @@ def _parsed(line: bytes, fast: bool) -> object:
 
 
 def parsers_disagree(line: bytes) -> str | None:
-    """Why the split path and the general parser read ``line`` differently, or None."""
+    """Why the split path and the general parser read ``line`` differently, or the split
+    path in C and its pure-Python reference (where the C one is built); None if they agree."""
+    if split_record_c is not None:
+        compiled = split_record_c(line, SPLIT_TYPES)
+        python = split_record_python(line, SPLIT_TYPES)
+        if compiled != python:
+            return f"split paths disagree: C {compiled!r} != Python {python!r}"
     fast, general = _parsed(line, True), _parsed(line, False)
     return None if fast == general else f"parsers disagree: {fast!r} != {general!r}"
 

@@ -16,10 +16,11 @@ Duplicated keys are kept, in order. A line that is not a record raises :class:`P
 from __future__ import annotations
 
 import functools
+import os
 import re
 from itertools import repeat
 from operator import methodcaller
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 from sensor_linux.audit import fields
 from sensor_linux.audit.msgtypes import NAMES, NUMBERS
@@ -218,29 +219,18 @@ _INT64 = 1 << 63
 def parse(line: bytes, fast: bool = True) -> Record:
     """Parse one record line (with or without its trailing newline). ``fast``: a plain record
     (``type=NAME msg=audit(STAMP): `` and a body :data:`_PLAIN` matches whole, ``\\x1d`` read
-    as a space) is split once and checked by one pattern (a body seen before is remembered),
-    its fields typed when first needed; it gives the same record as the general parser, which
-    takes everything else (``False`` forces it; the tests compare the two). Hot path: written
-    out in one function, as each call costs."""
+    as a space) takes the split path (:func:`split_record`), its fields typed when first
+    needed; it gives the same record as the general parser, which takes everything else
+    (``False`` forces it; the tests compare the two). Hot path: written out in one function,
+    as each call costs."""
     if fast:
-        head = line.split(b" ", 2)  # b"type=NAME", b"msg=audit(STAMP):", body
-        if len(head) == 3:
-            rtype = _SPLIT_TYPES.get(head[0])
-            stamp = stamp_token(head[1]) if rtype is not None else None
-            if stamp is not None:
-                plain = head[2].rstrip(b"\r\n")
-                if b"\x1d" in plain:
-                    # auditd's ENRICHED part follows \x1d, a separator as a space is (and
-                    # never inside a plain value: it would become a space there).
-                    plain = plain.replace(b"\x1d", b" ")
-                # A SYSCALL body is never seen twice (pid, arguments): not worth remembering.
-                parts = _plain_parts(plain) if rtype != SYSCALL else _split_syscall(plain)
-                if parts is not None:
-                    record = Record(None, rtype, stamp[0], stamp[1], stamp[2], None, line,
-                                    plain, parts)
-                    if rtype == EXECVE:
-                        record.body  # typed now: a bad argument is a parse error of this line
-                    return record
+        split = split_record(line, SPLIT_TYPES)
+        if split is not None:
+            rtype, sec, msec, serial, plain, parts = split
+            record = Record(None, rtype, sec, msec, serial, None, line, plain, parts)
+            if rtype == EXECVE:
+                record.body  # typed now: a bad argument is a parse error of this line
+            return record
     end = len(line)
     while end and line[end - 1] in b"\r\n":
         end -= 1
@@ -284,8 +274,8 @@ def stamp_token(token: bytes) -> tuple[int, int, int] | None:
 # the record types whose body starts with free text (AVC, TTY, MAC_POLICY_LOAD, netlabel:).
 _SPECIAL_START = frozenset((AVC, TTY, MAC_POLICY_LOAD))
 # The split path's first token, "type=NAME", of the types it takes.
-_SPLIT_TYPES = {b"type=" + name.encode("ascii"): number for name, number in NUMBERS.items()
-                if number not in _SPECIAL_START}
+SPLIT_TYPES = {b"type=" + name.encode("ascii"): number for name, number in NUMBERS.items()
+               if number not in _SPECIAL_START}
 _PAIR = (rb'(?!subj=|SADDR=)[A-Za-z][A-Za-z0-9_-]*(?:\[[0-9]+\])?='
          rb'(?:"[^" \t-\r\x1d\'{]*"|(?!")[^ \t-\r\x1d\'{]*)')
 # No possessive quantifiers: they would make the match a third cheaper, but Python 3.11.2
@@ -341,6 +331,51 @@ def _split_syscall(body: bytes) -> tuple[bytes, ...] | None:
 # Most bodies of an exec's records repeat from one exec of a binary to the next (PATH, CWD,
 # BPRM_FCAPS, EOE's empty one, often EXECVE and PROCTITLE): one look-up instead of the match.
 _plain_parts = functools.lru_cache(maxsize=4096)(_split_plain)
+
+Split = tuple[int, int, int, int, bytes, tuple[bytes, ...]]  # rtype, sec, msec, serial, plain, parts
+
+
+def split_record_python(line: bytes, types: dict[bytes, int]) -> Split | None:
+    """The split path: ``type=NAME msg=audit(STAMP): BODY`` (split at its first two spaces,
+    NAME looked up in ``types``) with a plain body, as ``(rtype, sec, msec, serial, plain,
+    parts)``: ``plain`` is the body without its line end, \\x1d read as a space, ``parts`` its
+    ``key=value`` fields; None for a line the general parser takes. The reference for the C
+    version (sensor_linux/audit/_split.c), and what runs where it is not built."""
+    head = line.split(b" ", 2)  # b"type=NAME", b"msg=audit(STAMP):", body
+    if len(head) != 3:
+        return None
+    rtype = types.get(head[0])
+    if rtype is None:
+        return None
+    stamp = stamp_token(head[1])
+    if stamp is None:
+        return None
+    plain = head[2].rstrip(b"\r\n")
+    if b"\x1d" in plain:
+        # auditd's ENRICHED part follows \x1d, a separator as a space is (and never inside a
+        # plain value: it would become a space there).
+        plain = plain.replace(b"\x1d", b" ")
+    # A SYSCALL body is never seen twice (pid, arguments): not worth remembering.
+    parts = _plain_parts(plain) if rtype != SYSCALL else _split_syscall(plain)
+    if parts is None:
+        return None
+    return rtype, stamp[0], stamp[1], stamp[2], plain, parts
+
+
+def _compiled_split() -> Callable[[bytes, dict[bytes, int]], Split | None] | None:
+    """The C split path, unless it is not built or TTPSENSOR_PURE_PYTHON is set (to run and
+    test the pure-Python path on a host that has both)."""
+    if os.environ.get("TTPSENSOR_PURE_PYTHON"):
+        return None
+    try:
+        from sensor_linux.audit._split import split_record as compiled
+    except ImportError:
+        return None
+    return compiled  # type: ignore[no-any-return]
+
+
+split_record_c = _compiled_split()
+split_record = split_record_c or split_record_python
 
 
 def find_field(plain: bytes, key: bytes) -> bytes | None:

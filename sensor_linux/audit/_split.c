@@ -1,0 +1,261 @@
+/* The split path of sensor_linux/audit/records.py's parse(), in C: the one narrow step of the
+ * audit hot path that pays for hand-written code (docs/audit.md has the figures).
+ *
+ * split_record(line, types) gives what parse()'s pure-Python fast path computes before it
+ * makes the Record, or None where that path declines the line (the general parser takes it):
+ *
+ *     (rtype, sec, msec, serial, plain, parts)
+ *
+ * - line is "type=NAME msg=audit(SEC.MSEC:SERIAL): BODY", split at its first two spaces;
+ *   ``types`` maps b"type=NAME" to the record number (records.SPLIT_TYPES);
+ * - the stamp has 1-11, 1-3 and 1-20 decimal digits (records._STAMP);
+ * - ``plain`` is BODY without trailing CR and LF, with auditd's ENRICHED separator \x1d
+ *   read as a space;
+ * - ``parts`` are its key=value fields, taken only if records._PLAIN matches the whole body:
+ *   fields one or more spaces apart, a key [A-Za-z][A-Za-z0-9_-]* with an optional [digits]
+ *   and neither "subj" nor "SADDR", a value either "quoted" or bare, neither holding a space,
+ *   a byte from \t to \r, \x1d, ' or {, and a bare one not starting with a quote.
+ *
+ * The pure-Python path stays, for platforms without a compiler and as the reference: the tests
+ * compare the two on every corpus line and on fuzzed ones (tests/test_audit_split.py).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+static int is_letter(unsigned char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+static int is_key_char(unsigned char c) {
+    return is_letter(c) || (c >= '0' && c <= '9') || c == '_' || c == '-';
+}
+
+/* A byte no plain value holds (the separator \x1d is a space by then). */
+static int is_value_stop(unsigned char c) {
+    return c == ' ' || (c >= '\t' && c <= '\r') || c == 0x1d || c == '\'' || c == '{';
+}
+
+/* Digits from *pos up to ``end`` (at least one, at most ``most``); a Python int, or NULL
+ * without an exception when they are not there. */
+static PyObject *read_number(const char *s, Py_ssize_t *pos, Py_ssize_t end, int most) {
+    char digits[24];
+    Py_ssize_t start = *pos, i = start;
+    while (i < end && s[i] >= '0' && s[i] <= '9' && i - start < most)
+        i++;
+    if (i == start || (i < end && s[i] >= '0' && s[i] <= '9'))
+        return NULL;  /* none, or more than ``most`` */
+    memcpy(digits, s + start, (size_t)(i - start));
+    digits[i - start] = '\0';
+    *pos = i;
+    return PyLong_FromString(digits, NULL, 10);
+}
+
+/* The stamp token "msg=audit(SEC.MSEC:SERIAL):" filling s[start:end] exactly. Returns 1 with
+ * the three numbers set, 0 when it is not one, -1 on an error. */
+static int read_stamp(const char *s, Py_ssize_t start, Py_ssize_t end, PyObject *out[3]) {
+    static const char open[] = "msg=audit(";
+    static const char seps[3] = {'.', ':', ')'};
+    static const int most[3] = {11, 3, 20};
+    Py_ssize_t pos = start;
+    int i;
+    if (end - start < (Py_ssize_t)sizeof(open) - 1 || memcmp(s + start, open, sizeof(open) - 1))
+        return 0;
+    pos += sizeof(open) - 1;
+    for (i = 0; i < 3; i++) {
+        out[i] = read_number(s, &pos, end, most[i]);
+        if (out[i] == NULL || pos >= end || s[pos] != seps[i]) {
+            int failed = PyErr_Occurred() != NULL;
+            while (i >= 0) {
+                Py_XDECREF(out[i]);
+                out[i--] = NULL;
+            }
+            return failed ? -1 : 0;
+        }
+        pos++;
+    }
+    if (pos + 1 != end || s[pos] != ':') {
+        Py_CLEAR(out[0]);
+        Py_CLEAR(out[1]);
+        Py_CLEAR(out[2]);
+        return 0;
+    }
+    return 1;
+}
+
+/* One field from body[*pos]: its end, or -1 if it is not a plain field. */
+static Py_ssize_t field_end(const unsigned char *b, Py_ssize_t pos, Py_ssize_t end) {
+    Py_ssize_t key = pos;
+    if (pos >= end || !is_letter(b[pos]))
+        return -1;
+    pos++;
+    while (pos < end && is_key_char(b[pos]))
+        pos++;
+    if (pos < end && b[pos] == '=' &&
+        ((pos - key == 4 && memcmp(b + key, "subj", 4) == 0) ||
+         (pos - key == 5 && memcmp(b + key, "SADDR", 5) == 0)))
+        return -1;  /* "subj=" and "SADDR=" are read specially by the general parser */
+    if (pos < end && b[pos] == '[') {
+        Py_ssize_t digits = ++pos;
+        while (pos < end && b[pos] >= '0' && b[pos] <= '9')
+            pos++;
+        if (pos == digits || pos >= end || b[pos] != ']')
+            return -1;
+        pos++;
+    }
+    if (pos >= end || b[pos] != '=')
+        return -1;
+    pos++;
+    if (pos < end && b[pos] == '"') {
+        pos++;
+        while (pos < end && b[pos] != '"' && !is_value_stop(b[pos]))
+            pos++;
+        if (pos >= end || b[pos] != '"')
+            return -1;
+        pos++;
+    } else {
+        while (pos < end && !is_value_stop(b[pos]))
+            pos++;
+    }
+    if (pos < end && b[pos] != ' ')
+        return -1;  /* a value running into a byte no plain value holds */
+    return pos;
+}
+
+/* The fields of body[0:end] (\x1d already a space), or Py_None (new reference) when the
+ * body is not plain. */
+static PyObject *split_body(const unsigned char *b, Py_ssize_t end) {
+    PyObject *parts[64];
+    PyObject **many = parts, *tuple = NULL;
+    Py_ssize_t count = 0, room = 64, pos = 0, i;
+    while (1) {
+        Py_ssize_t stop;
+        while (pos < end && b[pos] == ' ')
+            pos++;
+        if (pos >= end)
+            break;
+        stop = field_end(b, pos, end);
+        if (stop < 0) {
+            tuple = Py_None;
+            Py_INCREF(tuple);
+            goto done;
+        }
+        if (count == room) {
+            PyObject **bigger = PyMem_Malloc(sizeof(PyObject *) * (size_t)room * 2);
+            if (bigger == NULL) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            memcpy(bigger, many, sizeof(PyObject *) * (size_t)count);
+            if (many != parts)
+                PyMem_Free(many);
+            many = bigger;
+            room *= 2;
+        }
+        many[count] = PyBytes_FromStringAndSize((const char *)b + pos, stop - pos);
+        if (many[count] == NULL)
+            goto done;
+        count++;
+        pos = stop;
+    }
+    tuple = PyTuple_New(count);
+    if (tuple != NULL) {
+        for (i = 0; i < count; i++)
+            PyTuple_SET_ITEM(tuple, i, many[i]);
+        count = 0;  /* the tuple holds them now */
+    }
+done:
+    for (i = 0; i < count; i++)
+        Py_DECREF(many[i]);
+    if (many != parts)
+        PyMem_Free(many);
+    return tuple;
+}
+
+static PyObject *split_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    const char *s;
+    Py_ssize_t length, first, second, end, i;
+    PyObject *name, *rtype, *stamp[3] = {NULL, NULL, NULL}, *plain = NULL, *parts = NULL;
+    PyObject *result = NULL;
+    int found;
+    (void)module;
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "split_record(line: bytes, types: dict)");
+        return NULL;
+    }
+    s = PyBytes_AS_STRING(args[0]);
+    length = PyBytes_GET_SIZE(args[0]);
+    for (first = 0; first < length && s[first] != ' '; first++)
+        ;
+    for (second = first + 1; second < length && s[second] != ' '; second++)
+        ;
+    if (first >= length || second >= length)
+        Py_RETURN_NONE;
+    name = PyBytes_FromStringAndSize(s, first);
+    if (name == NULL)
+        return NULL;
+    rtype = PyDict_GetItemWithError(args[1], name);  /* borrowed */
+    Py_DECREF(name);
+    if (rtype == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    found = read_stamp(s, first + 1, second, stamp);
+    if (found < 0)
+        return NULL;
+    if (found == 0)
+        Py_RETURN_NONE;
+    end = length;
+    while (end > second + 1 && (s[end - 1] == '\r' || s[end - 1] == '\n'))
+        end--;
+    if (memchr(s + second + 1, 0x1d, (size_t)(end - second - 1)) == NULL) {
+        plain = PyBytes_FromStringAndSize(s + second + 1, end - second - 1);
+    } else {
+        /* Made with no text, then filled: only then is it an object of its own (a one-byte
+         * bytes made from text is the interpreter's shared one, never to be changed). */
+        plain = PyBytes_FromStringAndSize(NULL, end - second - 1);
+        if (plain != NULL) {
+            char *text = PyBytes_AS_STRING(plain);
+            memcpy(text, s + second + 1, (size_t)(end - second - 1));
+            for (i = 0; i < end - second - 1; i++)
+                if (text[i] == 0x1d)
+                    text[i] = ' ';
+        }
+    }
+    if (plain == NULL)
+        goto done;
+    parts = split_body((const unsigned char *)PyBytes_AS_STRING(plain),
+                       PyBytes_GET_SIZE(plain));
+    if (parts == NULL)
+        goto done;
+    if (parts == Py_None) {
+        result = parts;
+        parts = NULL;
+        goto done;
+    }
+    result = PyTuple_Pack(6, rtype, stamp[0], stamp[1], stamp[2], plain, parts);
+done:
+    Py_XDECREF(stamp[0]);
+    Py_XDECREF(stamp[1]);
+    Py_XDECREF(stamp[2]);
+    Py_XDECREF(plain);
+    Py_XDECREF(parts);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"split_record", (PyCFunction)(void (*)(void))split_record, METH_FASTCALL,
+     "split_record(line, types) -> (rtype, sec, msec, serial, plain, parts) or None: the split "
+     "path of records.parse (see the module's source)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_split", "The split path of audit record parsing, in C.", 0, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__split(void) {
+    return PyModule_Create(&module);
+}

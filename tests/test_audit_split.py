@@ -1,0 +1,162 @@
+"""The audit parser's split path in C (sensor_linux/audit/_split.c) against its pure-Python
+reference (records.split_record_python), both ways: the same tuple for every corpus line, for
+hostile shapes and for mutated lines, and the same LAUREL output from either.
+
+The corpus and mutation checks in test_audit_hostile.py also compare the two (through
+fuzz.parsers_disagree); these add a mutation engine aimed at the bytes the split path decides
+on, and the end-to-end runs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sensor_linux.audit import laurel, records
+from sensor_linux.audit.records import SPLIT_TYPES, split_record_c, split_record_python
+from tests.compare_outputs import renumber
+from tests.conftest import require, ttpsensor_command
+from tests.test_audit_corpus import ALL_TXT, GOLDEN, assemble_file
+
+# The bytes the split path decides on: separators, quotes, braces, brackets, the enriched
+# separator, whitespace it declines, NUL, high bytes, and what keys and stamps are made of.
+DECISIVE = b" \"'=[]{}\x1d\t\r\n\x0b\x0c\x1c\x00\x80\xffaZ09_-.:()"
+
+
+def _built() -> None:
+    require(split_record_c is not None,
+            "the C split path is not built (pip install -e . compiles setup.py's extension: "
+            "it needs gcc and python3-dev)")
+
+
+def _corpus_lines() -> list[bytes]:
+    return [line for path in ALL_TXT for line in path.read_bytes().splitlines(keepends=True)]
+
+
+def test_the_c_split_path_is_built_and_parse_uses_it() -> None:
+    _built()
+    if not os.environ.get("TTPSENSOR_PURE_PYTHON"):
+        assert records.split_record is split_record_c
+
+
+def test_both_split_paths_agree_on_every_corpus_line() -> None:
+    _built()
+    lines = _corpus_lines()
+    assert len(lines) > 500
+    taken = 0
+    for line in lines:
+        got = split_record_c(line, SPLIT_TYPES)  # type: ignore[misc]
+        assert got == split_record_python(line, SPLIT_TYPES), line
+        taken += got is not None
+    assert taken > len(lines) // 2  # most real records take the split path
+
+
+def test_both_split_paths_agree_on_mutated_lines() -> None:
+    _built()
+    lines = _corpus_lines()
+    rng = random.Random(24)
+    taken = declined = 0
+    for _ in range(60000):
+        line = bytearray(rng.choice(lines))
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(line) + 1)
+            roll = rng.random()
+            if roll < 0.4:
+                line[at:at] = bytes([rng.choice(DECISIVE)])
+            elif at < len(line):
+                if roll < 0.7:
+                    del line[at]
+                else:
+                    line[at] = rng.choice(DECISIVE)
+        got = split_record_c(bytes(line), SPLIT_TYPES)  # type: ignore[misc]
+        assert got == split_record_python(bytes(line), SPLIT_TYPES), bytes(line)
+        taken += got is not None
+        declined += got is None
+    assert taken > 3000 and declined > 10000  # both outcomes were exercised
+
+
+@pytest.mark.parametrize("line", [
+    b"type=EOE msg=audit(1.002:3): ",
+    b"type=EOE msg=audit(1.002:3):",
+    b"type=EOE msg=audit(1.002:3):  ",
+    b"type=CWD msg=audit(1.002:3): cwd=\"/\"\x1d",
+    b"type=CWD msg=audit(1.002:3):  cwd=\"/\"   \r\n",
+    b"type=PATH msg=audit(12345678901.123:99999999999999999999): item=0",
+    b"type=PATH msg=audit(123456789012.123:1): item=0",     # 12 digits of seconds
+    b"type=PATH msg=audit(1.1234:1): item=0",               # 4 of milliseconds
+    b"type=PATH msg=audit(1.1:123456789012345678901): item=0",
+    b"type=PATH msg=audit(1.1:1):x item=0",
+    b"type=PATH msg=audit(.1:1): item=0",
+    b"type=PATH msg=audit(1.1:1) item=0",
+    b"type=NOPE msg=audit(1.1:1): item=0",
+    b"type=AVC msg=audit(1.1:1): avc:  denied  { read } for pid=1",
+    b"node=h type=PATH msg=audit(1.1:1): item=0",
+    b"type=PATH msg=audit(1.1:1): subj=x item=0",
+    b"type=PATH msg=audit(1.1:1): subj[1]=x SADDR[2]=y subject=z",
+    b"type=PATH msg=audit(1.1:1): SADDR=unknown family(0)",
+    b"type=PATH msg=audit(1.1:1): a=\"b c\"",
+    b"type=PATH msg=audit(1.1:1): a=\"b\"c",
+    b"type=PATH msg=audit(1.1:1): a=b\"c\" d=",
+    b"type=PATH msg=audit(1.1:1): a='b'",
+    b"type=PATH msg=audit(1.1:1): a={ b }",
+    b"type=PATH msg=audit(1.1:1): a[]=1",
+    b"type=PATH msg=audit(1.1:1): a[12]=1 9a=2",
+    b"type=PATH msg=audit(1.1:1): a=\x00\x80\xff\x1c",
+    b"type=PATH msg=audit(1.1:1): a=1\tb=2",
+    b"type=PATH msg=audit(1.1:1): " + b" ".join(b"k%d=v" % i for i in range(300)),
+])
+def test_both_split_paths_agree_on_the_edges(line: bytes) -> None:
+    _built()
+    assert split_record_c(line, SPLIT_TYPES) == split_record_python(line, SPLIT_TYPES)  # type: ignore[misc]
+
+
+def test_a_one_byte_body_leaves_the_interpreters_shared_bytes_alone() -> None:
+    """A one-byte bytes object made from text is the interpreter's shared one: a body of just
+    the separator \\x1d, read as a space, must come out as a new object, not by changing that
+    one (it did, and every b"\\x1d" of the process read b" " after it)."""
+    _built()
+    got = split_record_c(b"type=EOE msg=audit(1.002:3): \x1d", SPLIT_TYPES)  # type: ignore[misc]
+    assert got is not None and got[4] == b" " and got[5] == ()
+    # bytes([n]) is that shared object: its byte must still be 0x1d.
+    assert bytes([0x1D])[0] == 0x1D and b"a\x1db".count(bytes([0x1D])) == 1
+
+
+def test_the_c_split_path_refuses_what_is_not_bytes_and_a_dict() -> None:
+    _built()
+    for args in (("type=EOE", SPLIT_TYPES), (b"type=EOE", []), (b"type=EOE",)):
+        with pytest.raises(TypeError):
+            split_record_c(*args)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
+def test_the_pure_python_path_matches_laurels_golden_files(path: Path, monkeypatch) -> None:
+    """The corpus goldens (test_audit_corpus.py runs them with the C path) through the
+    pure-Python one, as a host without a compiler runs it."""
+    monkeypatch.setattr(records, "split_record", split_record_python)
+    events, assembler, errors = assemble_file(path)
+    assert errors == [] and assembler.rejected == []
+    want = path.with_suffix(".json").read_bytes().decode("utf-8").splitlines()
+    assert [laurel.render(e) for e in events] == want
+
+
+@pytest.mark.parametrize("fmt", ["laurel", "ecs", "qlog"])
+def test_audisp_writes_the_same_bytes_with_either_path(fmt: str, tmp_path: Path) -> None:
+    """The whole replay, as a user runs it, with TTPSENSOR_PURE_PYTHON set and without (the
+    ecs and qlog event ids are random: renumbered in order of appearance on both sides)."""
+    _built()
+    log = tmp_path / "corpus.log"
+    log.write_bytes(b"\n".join(path.read_bytes() for path in ALL_TXT))
+    outputs = []
+    for pure in ("", "1"):
+        env = dict(os.environ, TTPSENSOR_PURE_PYTHON=pure)
+        done = subprocess.run(
+            ttpsensor_command() + ["audisp", "--format", fmt, "--parse-error-log",
+                                   str(tmp_path / f"errors{pure}.log"), str(log)],
+            capture_output=True, env=env, timeout=300, check=True)
+        outputs.append(renumber(done.stdout))
+    assert outputs[0].count(b"\n") > 40
+    assert outputs[0] == outputs[1]
