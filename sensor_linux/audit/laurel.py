@@ -210,6 +210,8 @@ class LaurelRenderer:
         # The last usual EXECVE's arguments and their strings: PROCTITLE is most often the
         # same arguments joined by NULs, and then their strings are the same.
         self._argv: tuple[list[Value], list[str]] | None = None
+        # Those arguments as a PROCTITLE's hex text (_title_hex), for the arguments it was of.
+        self._title: tuple[list[Value], bytes | None] | None = None
 
     def __call__(self, event: AuditEvent) -> str:
         return self.render(event)
@@ -272,12 +274,12 @@ class LaurelRenderer:
         """SYSCALL's members with ``a0``-``a3`` gathered into ``ARGV`` (of every SYSCALL
         record of the event: a second one merges into the first, as LAUREL merges them)."""
         out: list[str] = []
-        argv: list[Value] = []
+        argv: list[str] = []  # the ARGV items' text
         for record in records:
             if not record.is_plain:
                 for key, value in record.body:
                     if len(key) == 2 and key[0] == "a" and key[1].isdigit():
-                        argv.append(value)
+                        argv.append('"0x%x"' % value if type(value) is Hex else _value(value))
                     else:
                         out.append(_member(key, value))
                 continue
@@ -289,7 +291,7 @@ class LaurelRenderer:
                 items = list(map(self._arguments.get, parts[SYSCALL_ARGUMENTS]))
                 if None in items:
                     self._fill_arguments(items, parts[SYSCALL_ARGUMENTS], record.raw)
-                argv.extend(items)
+                argv.extend(items)  # type: ignore[arg-type] # none is None after the fill
                 tail = parts[SYSCALL_TAIL]
                 parts = parts[:SYSCALL_ARGUMENTS.start] + \
                     parts[SYSCALL_ARGUMENTS.stop:SYSCALL_TAIL.start]
@@ -309,9 +311,7 @@ class LaurelRenderer:
                         _remember(self._syscall_tails, tail, text, MAX_RECORDS)
                 if text:
                     out.append(text)
-        out.append('"ARGV":[%s]' % ",".join(
-            v if type(v) is str else '"0x%x"' % v if type(v) is Hex else _value(v)
-            for v in argv))
+        out.append('"ARGV":[' + ",".join(argv) + "]")
         return out
 
     def _fill_arguments(self, items: list[str | None], parts: tuple[bytes, ...],
@@ -339,6 +339,15 @@ class LaurelRenderer:
         return parts
 
     def _proctitle(self, records: list[Record]) -> list[str]:
+        last = self._argv
+        if last is not None and len(records) == 1:
+            parts = records[0].plain_parts()
+            # The kernel's form, "proctitle=HEX": compared as text with the last usual
+            # EXECVE's arguments joined, none of them empty, in the kernel's upper-case hex
+            # (equal text is an equal title; anything else is typed below).
+            if len(parts) == 1 and parts[0][:10] == b"proctitle=" \
+                    and parts[0][10:] == self._title_hex(last[0]):
+                return ['"ARGV":[%s]' % ",".join(last[1])]
         title: Value = None
         parts: list[str] = []
         for record in records:
@@ -350,7 +359,6 @@ class LaurelRenderer:
         # The title is the last usual EXECVE's arguments joined, none of them empty: LAUREL's
         # split of it gives them back, so their strings are the title's (whichever event they
         # came from: they are a function of the arguments).
-        last = self._argv
         if last is not None and type(title) is bytes and None not in last[0] \
                 and b"" not in last[0] and title == b"\0".join(last[0]):  # type: ignore[arg-type]
             strings = last[1]
@@ -358,6 +366,17 @@ class LaurelRenderer:
             strings = [laurel_string(a) for a in laurel_proctitle_argv(title)]
         parts.append('"ARGV":[%s]' % ",".join(strings))
         return parts
+
+    def _title_hex(self, args: list[Value]) -> bytes | None:
+        """``args`` joined by NULs as the kernel writes a title (upper-case hex), once per
+        EXECVE; None where the title could not be them (an argument empty or missing)."""
+        known = self._title
+        if known is not None and known[0] is args:
+            return known[1]
+        text = None if None in args or b"" in args else \
+            b"\0".join(args).hex().upper().encode("ascii")  # type: ignore[arg-type]
+        self._title = (args, text)
+        return text
 
     def _fill(self, members: list[str | None], parts: tuple[bytes, ...], record: Record,
               known: dict[bytes, str]) -> list[str]:
