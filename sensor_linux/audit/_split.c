@@ -23,31 +23,45 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-static int is_letter(unsigned char c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+/* Bodies of at most REMEMBER_BODY bytes -> their parts, up to REMEMBERED_BODIES of them (as
+ * the pure-Python path's lru_cache of 4,096). Made at import; the module's only state. */
+#define REMEMBER_BODY 4096
+#define REMEMBERED_BODIES 4096
+static PyObject *remembered;
+
+/* Character classes, one table look-up a byte (filled at import). */
+enum { LETTER = 1, KEY = 2, VALUE_STOP = 4 };
+static unsigned char classes[256];
+
+static void fill_classes(void) {
+    int c;
+    for (c = 0; c < 256; c++) {
+        int letter = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+        classes[c] = (unsigned char)((letter ? LETTER : 0) |
+            ((letter || (c >= '0' && c <= '9') || c == '_' || c == '-') ? KEY : 0) |
+            /* A byte no plain value holds (the separator \x1d is a space by then). */
+            ((c == ' ' || (c >= '\t' && c <= '\r') || c == 0x1d || c == '\'' || c == '{')
+             ? VALUE_STOP : 0));
+    }
 }
 
-static int is_key_char(unsigned char c) {
-    return is_letter(c) || (c >= '0' && c <= '9') || c == '_' || c == '-';
-}
-
-/* A byte no plain value holds (the separator \x1d is a space by then). */
-static int is_value_stop(unsigned char c) {
-    return c == ' ' || (c >= '\t' && c <= '\r') || c == 0x1d || c == '\'' || c == '{';
-}
+#define IS(c, class) (classes[(unsigned char)(c)] & (class))
 
 /* Digits from *pos up to ``end`` (at least one, at most ``most``); a Python int, or NULL
  * without an exception when they are not there. */
 static PyObject *read_number(const char *s, Py_ssize_t *pos, Py_ssize_t end, int most) {
     char digits[24];
+    unsigned long long value = 0;
     Py_ssize_t start = *pos, i = start;
     while (i < end && s[i] >= '0' && s[i] <= '9' && i - start < most)
-        i++;
+        value = value * 10 + (unsigned long long)(s[i++] - '0');
     if (i == start || (i < end && s[i] >= '0' && s[i] <= '9'))
         return NULL;  /* none, or more than ``most`` */
+    *pos = i;
+    if (i - start <= 19)  /* below 10**19: the value did not wrap */
+        return PyLong_FromUnsignedLongLong(value);
     memcpy(digits, s + start, (size_t)(i - start));
     digits[i - start] = '\0';
-    *pos = i;
     return PyLong_FromString(digits, NULL, 10);
 }
 
@@ -86,10 +100,10 @@ static int read_stamp(const char *s, Py_ssize_t start, Py_ssize_t end, PyObject 
 /* One field from body[*pos]: its end, or -1 if it is not a plain field. */
 static Py_ssize_t field_end(const unsigned char *b, Py_ssize_t pos, Py_ssize_t end) {
     Py_ssize_t key = pos;
-    if (pos >= end || !is_letter(b[pos]))
+    if (pos >= end || !IS(b[pos], LETTER))
         return -1;
     pos++;
-    while (pos < end && is_key_char(b[pos]))
+    while (pos < end && IS(b[pos], KEY))
         pos++;
     if (pos < end && b[pos] == '=' &&
         ((pos - key == 4 && memcmp(b + key, "subj", 4) == 0) ||
@@ -108,13 +122,13 @@ static Py_ssize_t field_end(const unsigned char *b, Py_ssize_t pos, Py_ssize_t e
     pos++;
     if (pos < end && b[pos] == '"') {
         pos++;
-        while (pos < end && b[pos] != '"' && !is_value_stop(b[pos]))
+        while (pos < end && b[pos] != '"' && !IS(b[pos], VALUE_STOP))
             pos++;
         if (pos >= end || b[pos] != '"')
             return -1;
         pos++;
     } else {
-        while (pos < end && !is_value_stop(b[pos]))
+        while (pos < end && !IS(b[pos], VALUE_STOP))
             pos++;
     }
     if (pos < end && b[pos] != ' ')
@@ -225,10 +239,25 @@ static PyObject *split_record(PyObject *module, PyObject *const *args, Py_ssize_
     }
     if (plain == NULL)
         goto done;
-    parts = split_body((const unsigned char *)PyBytes_AS_STRING(plain),
-                       PyBytes_GET_SIZE(plain));
-    if (parts == NULL)
-        goto done;
+    /* Most bodies of an exec's records repeat (PATH, CWD, BPRM_FCAPS, EOE's empty one): their
+     * parts are looked up (and shared between records: no one changes a tuple of bytes). */
+    parts = PyDict_GetItemWithError(remembered, plain);
+    if (parts != NULL) {
+        Py_INCREF(parts);
+    } else {
+        if (PyErr_Occurred())
+            goto done;
+        parts = split_body((const unsigned char *)PyBytes_AS_STRING(plain),
+                           PyBytes_GET_SIZE(plain));
+        if (parts == NULL)
+            goto done;
+        if (parts != Py_None && PyBytes_GET_SIZE(plain) <= REMEMBER_BODY) {
+            if (PyDict_GET_SIZE(remembered) >= REMEMBERED_BODIES)
+                PyDict_Clear(remembered);  /* a new generation: the common ones come back */
+            if (PyDict_SetItem(remembered, plain, parts) < 0)
+                goto done;
+        }
+    }
     if (parts == Py_None) {
         result = parts;
         parts = NULL;
@@ -257,5 +286,8 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__split(void) {
+    fill_classes();
+    if (remembered == NULL && (remembered = PyDict_New()) == NULL)
+        return NULL;
     return PyModule_Create(&module);
 }
