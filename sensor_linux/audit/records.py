@@ -91,7 +91,8 @@ class Record:
         body = self._body
         if body is None:
             try:
-                body = self._body = list(map(_typed_pair, repeat(self.rtype), self._parts))
+                body = self._body = _typed_execve(self._parts) if self.rtype == EXECVE \
+                    else list(map(_typed_pair, repeat(self.rtype), self._parts))
             except _BadField as exc:
                 raise ParseError(exc.kind, self.raw) from None
         return body
@@ -501,6 +502,39 @@ def _parse_body(line: bytes, pos: int, end: int, rtype: int) -> list[tuple[str, 
     if trailer is not None:
         body.append(trailer)
     return body
+
+
+def _typed_execve(parts: tuple[bytes, ...]) -> list[tuple[str, Value]]:
+    """An EXECVE record's plain parts typed, as _typed_pair types them. Its arguments differ
+    from one exec to the next, so the usual ones (a whole argument, quoted or hex) are typed
+    here at once, without the remembered pairs' look-up and the calls of the general way."""
+    out: list[tuple[str, Value]] = []
+    for part in parts:
+        key, _, raw = part.partition(b"=")
+        name = _whole_argument(key)
+        if name is not None:
+            # _encoded's first two forms, in its order.
+            if raw[:1] == b"\"" and raw[-1:] == b"\"" and len(raw) >= 2 \
+                    and _SAFE_QUOTED.fullmatch(raw, 1, len(raw) - 1):
+                out.append((name, raw[1:-1]))
+                continue
+            if _HEX_PAIRS.fullmatch(raw):
+                out.append((name, bytes.fromhex(raw.decode("ascii"))))
+                continue
+        out.append(_typed_pair(EXECVE, part))
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _whole_argument(key: bytes) -> str | None:
+    """The name of an EXECVE key whose value is an encoded argument (``aN``, ``aN[i]``),
+    else None (``argc``, ``aN_len``, other keys)."""
+    try:
+        name = key.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    match = _EXECVE_ARG.fullmatch(name)
+    return name if match is not None and not match.group(3) else None
 
 
 def _execve_value(key: str, raw: bytes) -> Value:
