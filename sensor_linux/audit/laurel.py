@@ -232,8 +232,8 @@ class LaurelRenderer:
             out.append('"NODE":' + laurel_string(event.node))
         for rtype, records in groups.items():
             prefix, listed = _group_head(rtype)
-            if listed:
-                out.append(prefix + "[" + ",".join(self._object([r]) for r in records) + "]")
+            if listed:  # never SYSCALL, EXECVE or PROCTITLE: each record an object
+                out.append(prefix + "[" + ",".join(map(self._single, records)) + "]")
             else:
                 out.append(prefix + self._object(records))
         return ",".join(out) + "}"
@@ -247,18 +247,22 @@ class LaurelRenderer:
         elif rtype == PROCTITLE:
             members = self._proctitle(records)
         elif len(records) == 1:
-            record = records[0]
-            if not record.is_plain or len(record.raw) > REMEMBER_RECORD:
-                return "{" + ",".join(self._plain(record)) + "}"
-            parts = record.plain_parts()
-            text = self._records.get(parts)
-            if text is None:
-                text = "{" + ",".join(self._plain(record)) + "}"
-                _remember(self._records, parts, text, MAX_RECORDS)
-            return text
+            return self._single(records[0])
         else:
             members = [member for record in records for member in self._plain(record)]
         return "{" + ",".join(members) + "}"
+
+    def _single(self, record: Record) -> str:
+        """The object of one record without special members (remembered whole if plain and
+        short: PATH, CWD, BPRM_FCAPS of a binary run again)."""
+        if not record.is_plain or len(record.raw) > REMEMBER_RECORD:
+            return "{" + ",".join(self._plain(record)) + "}"
+        parts = record.plain_parts()
+        text = self._records.get(parts)
+        if text is None:
+            text = "{" + ",".join(self._plain(record)) + "}"
+            _remember(self._records, parts, text, MAX_RECORDS)
+        return text
 
     def _plain(self, record: Record) -> list[str]:
         """``"key":value`` of each field of a record without special members."""
