@@ -14,7 +14,9 @@
  * - ``parts`` are its key=value fields, taken only if records._PLAIN matches the whole body:
  *   fields one or more spaces apart, a key [A-Za-z][A-Za-z0-9_-]* with an optional [digits]
  *   and neither "subj" nor "SADDR", a value either "quoted" or bare, neither holding a space,
- *   a byte from \t to \r, \x1d, ' or {, and a bare one not starting with a quote.
+ *   a byte from \t to \r, \x1d, ' or {, and a bare one not starting with a quote. The
+ *   parts of a body seen before are the same tuple (the last 4,096 bodies are remembered, as
+ *   the Python twin's lru_cache does).
  *
  * The pure-Python path stays, for platforms without a compiler and as the reference: the tests
  * compare the two on every corpus line and on fuzzed ones (tests/test_audit_split.py).

@@ -222,8 +222,7 @@ def parse(line: bytes, fast: bool = True) -> Record:
     (``type=NAME msg=audit(STAMP): `` and a body :data:`_PLAIN` matches whole, ``\\x1d`` read
     as a space) takes the split path (:func:`split_record`), its fields typed when first
     needed; it gives the same record as the general parser, which takes everything else
-    (``False`` forces it; the tests compare the two). Hot path: written out in one function,
-    as each call costs."""
+    (``False`` forces it; the tests compare the two)."""
     if fast:
         split = split_record(line, SPLIT_TYPES)
         if split is not None:
@@ -333,7 +332,8 @@ def _split_syscall(body: bytes) -> tuple[bytes, ...] | None:
 # BPRM_FCAPS, EOE's empty one, often EXECVE and PROCTITLE): one look-up instead of the match.
 _plain_parts = functools.lru_cache(maxsize=4096)(_split_plain)
 
-Split = tuple[int, int, int, int, bytes, tuple[bytes, ...]]  # rtype, sec, msec, serial, plain, parts
+# What the split path gives: rtype, sec, msec, serial, plain (the body), parts.
+Split = tuple[int, int, int, int, bytes, tuple[bytes, ...]]
 
 
 def split_record_python(line: bytes, types: dict[bytes, int]) -> Split | None:
