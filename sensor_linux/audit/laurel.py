@@ -23,8 +23,8 @@ from sensor_linux.audit.assemble import AuditEvent
 from sensor_linux.audit.decode import execve_argv, is_execve_arg_key, whole_args
 from sensor_linux.audit.records import (CWD, EXECVE, MULTIPART, PROCTITLE, SYSCALL,
                                         SYSCALL_ARGUMENTS, SYSCALL_TAIL, Hex, Oct, Record,
-                                        Value,
-                                        field_value, in_kernel_layout, plain_key, type_name)
+                                        Value, field_value, in_kernel_layout, plain_key,
+                                        type_name)
 
 _SINGLE = frozenset({SYSCALL, EXECVE, PROCTITLE, CWD})
 
@@ -345,12 +345,12 @@ class LaurelRenderer:
     def _proctitle(self, records: list[Record]) -> list[str]:
         last = self._argv
         if last is not None and len(records) == 1:
-            parts = records[0].plain_parts()
+            own = records[0].plain_parts()
             # The kernel's form, "proctitle=HEX": compared as text with the last usual
             # EXECVE's arguments joined, none of them empty, in the kernel's upper-case hex
             # (equal text is an equal title; anything else is typed below).
-            if len(parts) == 1 and parts[0][:10] == b"proctitle=" \
-                    and parts[0][10:] == self._title_hex(last[0]):
+            if len(own) == 1 and own[0][:10] == b"proctitle=" \
+                    and own[0][10:] == self._title_hex(last[0]):
                 return ['"ARGV":[%s]' % ",".join(last[1])]
         title: Value = None
         parts: list[str] = []

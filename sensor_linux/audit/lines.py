@@ -68,4 +68,3 @@ def read_line_batches(stream: BinaryIO, max_line: int = MAX_LINE) -> Iterator[li
             break
         yield splitter.feed(chunk)
     yield splitter.finish()
-
