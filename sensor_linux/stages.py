@@ -30,7 +30,7 @@ from common.sinks import RotatingFileSink
 from sensor_linux.audit.assemble import AuditEvent
 from sensor_linux.audit.events import AuditEventBuilder
 from sensor_linux.audit.pipeline import AuditDecoder
-from sensor_linux.audit.records import EXECVE, SYSCALL, Record
+from sensor_linux.audit.records import EXECVE, SYSCALL, Record, split_path
 from sensor_linux.ebpf.events import EbpfEventBuilder
 from sensor_linux.ebpf.probes import ExecRecord, decode
 from sensor_linux.enrich import Enricher
@@ -207,7 +207,7 @@ def bench_stages(audit_log: Path | None, execs: int, ebpf_stream: Path | None,
         audit_log = audit_log_or_record(audit_log, execs, directory)
         count, stages = audit_stages(read_audit_log(audit_log), directory)
         print_table(stages, f"audit path ({audit_log.name}): {count} exec events, median of "
-                            f"{ROUNDS}")
+                            f"{ROUNDS}, split path: {split_path()}")
         if ebpf_stream is None:
             click.echo("eBPF path: no recording (give --ebpf-stream)", err=True)
             return

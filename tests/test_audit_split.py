@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,16 @@ def _corpus_lines() -> list[bytes]:
 def test_the_c_split_path_is_built_and_parse_uses_it() -> None:
     _built()
     if not os.environ.get("TTPSENSOR_PURE_PYTHON"):
-        assert records.split_record is split_record_c
+        assert records.split_record is split_record_c and records.split_path() == "C"
+    # TTPSENSOR_PURE_PYTHON turns it off for a process, and the benchmarks say so.
+    for pure, path in (("1", "pure Python"), ("", "C")):
+        said = subprocess.run(
+            [sys.executable, "-c", "from sensor_linux.audit import records; "
+             "print(records.split_path(), records.split_record.__name__)"],
+            capture_output=True, text=True, check=True, timeout=60,
+            env=dict(os.environ, TTPSENSOR_PURE_PYTHON=pure)).stdout.split()
+        assert said[:-1] == path.split()
+        assert said[-1] == ("split_record_python" if pure else "split_record")
 
 
 def test_both_split_paths_agree_on_every_corpus_line() -> None:

@@ -37,6 +37,7 @@ import click
 from common.cli import self_command
 from sensor_linux.audit.laurel import PEER_CONFIG
 from sensor_linux.audit.netlink import default_exec_rules
+from sensor_linux.audit.records import split_path
 from sensor_linux.audit.session import UnicastSession
 
 
@@ -263,7 +264,7 @@ def bench_audit(execs: int, memory_events: int, keep: str | None, rounds: int) -
     same_no_eoe = (work / "ours-laurel.jsonl").read_bytes() == (
         work / "ours-laurel-no-eoe.jsonl").read_bytes()
     table = Table(title=f"audit replay of {seen} recorded exec events (same input for all; "
-                        f"median of {rounds} rounds)")
+                        f"median of {rounds} rounds; split path: {split_path()})")
     for column in ("engine", "CPU s", "each round", "CPU s / 10k events", "vs LAUREL",
                    "peak RSS MiB", "output lines"):
         table.add_column(column, justify="left" if column == "engine" else "right")

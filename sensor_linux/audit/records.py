@@ -379,6 +379,12 @@ split_record_c = _compiled_split()
 split_record = split_record_c or split_record_python
 
 
+def split_path() -> str:
+    """Which split path parse() takes, for the benchmarks to say what they measured."""
+    return "C" if split_record_c is not None and split_record is split_record_c \
+        else "pure Python"
+
+
 def find_field(plain: bytes, key: bytes) -> bytes | None:
     """The text of the first field ``key`` of a plain body. A plain value holds no space, so
     ``key=`` at the start or after a space begins a field, never the inside of a value."""
