@@ -9,6 +9,7 @@ on, and the end-to-end runs.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -169,6 +170,9 @@ def test_audisp_writes_the_same_bytes_with_either_path(fmt: str, tmp_path: Path)
                                    str(tmp_path / f"errors{pure}.log"), str(log)],
             capture_output=True, env=env, timeout=300, check=True)
         outputs.append(renumber(done.stdout))
+        # The run's summary says which path parsed.
+        summary = json.loads(done.stderr.decode().splitlines()[-1].split(": ", 1)[1])
+        assert summary["split_path"] == ("pure Python" if pure else "C")
     assert outputs[0].count(b"\n") > 40
     assert outputs[0] == outputs[1]
 
