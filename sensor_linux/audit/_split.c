@@ -210,18 +210,23 @@ static PyObject *split_record(PyObject *module, PyObject *const *args, Py_ssize_
     name = PyBytes_FromStringAndSize(s, first);
     if (name == NULL)
         return NULL;
-    rtype = PyDict_GetItemWithError(args[1], name);  /* borrowed */
+    rtype = PyDict_GetItemWithError(args[1], name);
     Py_DECREF(name);
     if (rtype == NULL) {
         if (PyErr_Occurred())
             return NULL;
         Py_RETURN_NONE;
     }
+    /* Held, not borrowed: the allocations below may run a garbage collection, and with it
+     * code that could change the caller's dict. */
+    Py_INCREF(rtype);
     found = read_stamp(s, first + 1, second, stamp);
-    if (found < 0)
-        return NULL;
-    if (found == 0)
+    if (found <= 0) {
+        Py_DECREF(rtype);
+        if (found < 0)
+            return NULL;
         Py_RETURN_NONE;
+    }
     end = length;
     while (end > second + 1 && (s[end - 1] == '\r' || s[end - 1] == '\n'))
         end--;
@@ -267,6 +272,7 @@ static PyObject *split_record(PyObject *module, PyObject *const *args, Py_ssize_
     }
     result = PyTuple_Pack(6, rtype, stamp[0], stamp[1], stamp[2], plain, parts);
 done:
+    Py_DECREF(rtype);
     Py_XDECREF(stamp[0]);
     Py_XDECREF(stamp[1]);
     Py_XDECREF(stamp[2]);
