@@ -118,6 +118,9 @@ def strip_eoe(source: Path, target: Path) -> None:
         out.writelines(line for line in fin if not line.startswith(b"type=EOE "))
 
 
+PURE_ENGINE = "ttpsensor audisp --format laurel FILE, pure-Python split path"
+
+
 def compiled_env(work: Path) -> dict[str, str]:
     """The environment for our engines: bytecode written once to a cache in ``work`` and read
     from there, as an installed package's is."""
@@ -226,6 +229,12 @@ def bench_audit(execs: int, memory_events: int, keep: str | None, rounds: int) -
         if not tag:
             engines.append(("ttpsensor audisp (ecs) as the plugin, on stdin",
                             [*ours, "audisp", *errors], source, work / "ours-plugin.jsonl", env))
+            if split_path() == "C":
+                # The C split path's gain, measured beside it (and its output compared below).
+                engines.append((PURE_ENGINE, [*ours, "audisp", "--format", "laurel", *errors,
+                                              str(source)], Path(os.devnull),
+                                work / "ours-laurel-pure.jsonl",
+                                {**env, "TTPSENSOR_PURE_PYTHON": "1"}))
         inputs.append((label, laurel_dir, engines))
     # Rounds in turn, every engine once a round: a busy machine's slow minute falls on all of
     # them, and the median of each is compared with LAUREL's.
@@ -260,9 +269,11 @@ def bench_audit(execs: int, memory_events: int, keep: str | None, rounds: int) -
         work / "ours-laurel.jsonl")
     same = theirs.keys() == mine.keys() and all(
         theirs[k].get(t) == mine[k].get(t) for k in theirs for t in ("EXECVE", "PATH", "CWD"))
-    # Without EOE records our output must not change at all.
-    same_no_eoe = (work / "ours-laurel.jsonl").read_bytes() == (
-        work / "ours-laurel-no-eoe.jsonl").read_bytes()
+    # Without EOE records our output must not change at all, nor with the pure-Python split.
+    laurel_bytes = (work / "ours-laurel.jsonl").read_bytes()
+    same_no_eoe = laurel_bytes == (work / "ours-laurel-no-eoe.jsonl").read_bytes()
+    pure = work / "ours-laurel-pure.jsonl"
+    same_pure = not pure.exists() or laurel_bytes == pure.read_bytes()
     table = Table(title=f"audit replay of {seen} recorded exec events (same input for all; "
                         f"median of {rounds} rounds; split path: {split_path()})")
     for column in ("engine", "CPU s", "each round", "CPU s / 10k events", "vs LAUREL",
@@ -278,6 +289,9 @@ def bench_audit(execs: int, memory_events: int, keep: str | None, rounds: int) -
                     f"{'yes' if same else 'NO'}")
     Console().print(f"ttpsensor laurel output without EOE records is byte-identical: "
                     f"{'yes' if same_no_eoe else 'NO'}")
+    if pure.exists():
+        Console().print(f"ttpsensor laurel output with the pure-Python split path is "
+                        f"byte-identical: {'yes' if same_pure else 'NO'}")
     Console().print(f"peak RSS over a {memory_events}-event replay (ecs + TTPHash): "
                     f"{memory.peak_rss_mib:.0f} MiB, CPU {memory.cpu_seconds:.1f} s")
     if not keep:
@@ -286,4 +300,6 @@ def bench_audit(execs: int, memory_events: int, keep: str | None, rounds: int) -
         raise click.ClickException("the two laurel outputs differ")
     if not same_no_eoe:
         raise click.ClickException("our laurel output changes without EOE records")
+    if not same_pure:
+        raise click.ClickException("our laurel output differs with the pure-Python split path")
 
