@@ -512,22 +512,19 @@ def _parse_body(line: bytes, pos: int, end: int, rtype: int) -> list[tuple[str, 
 
 def _typed_execve(parts: tuple[bytes, ...]) -> list[tuple[str, Value]]:
     """An EXECVE record's plain parts typed, as _typed_pair types them. Its arguments differ
-    from one exec to the next, so the usual ones (a whole argument, quoted or hex) are typed
-    here at once, without the remembered pairs' look-up and the calls of the general way."""
+    from one exec to the next, so a whole argument is decoded at once (_encoded), without the
+    remembered pairs' look-up and the key's pattern for each."""
     out: list[tuple[str, Value]] = []
     for part in parts:
         key, _, raw = part.partition(b"=")
         name = _whole_argument(key)
-        if name is not None:
-            # _encoded's first two forms, in its order.
-            if raw[:1] == b"\"" and raw[-1:] == b"\"" and len(raw) >= 2 \
-                    and _SAFE_QUOTED.fullmatch(raw, 1, len(raw) - 1):
-                out.append((name, raw[1:-1]))
-                continue
-            if _HEX_PAIRS.fullmatch(raw):
-                out.append((name, bytes.fromhex(raw.decode("ascii"))))
-                continue
-        out.append(_typed_pair(EXECVE, part))
+        if name is None:
+            out.append(_typed_pair(EXECVE, part))
+            continue
+        value = _encoded(raw)
+        if value is _NOT_ENCODED:
+            raise _BadField("bad execve argument")  # as _execve_value refuses it
+        out.append((name, value))  # type: ignore[arg-type]
     return out
 
 
