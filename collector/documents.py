@@ -82,10 +82,11 @@ class Documents:
         self._pack_with_newest()
 
     def _pack_with_newest(self) -> None:
-        if self._dictionaries and max(self._dictionaries) != self.dictionary_id:
-            self.dictionary_id = max(self._dictionaries)
-            self._packer = zstandard.ZstdCompressor(
-                level=LEVEL, dict_data=self._dictionaries[self.dictionary_id])
+        newest = max(self._dictionaries, default=None)
+        if newest is not None and newest != self.dictionary_id:
+            self.dictionary_id = newest
+            self._packer = zstandard.ZstdCompressor(level=LEVEL,
+                                                    dict_data=self._dictionaries[newest])
 
     def compress_plain(self, document: bytes) -> bytes:
         """A plain stored document compressed with the newest dictionary (as it is: the

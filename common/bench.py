@@ -257,7 +257,6 @@ def spool(count: int, directory: str) -> list[Row]:
                 "packb only", written / reference)]
 
 
-
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (for a server a benchmark or a
     test starts)."""

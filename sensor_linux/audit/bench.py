@@ -118,9 +118,6 @@ def strip_eoe(source: Path, target: Path) -> None:
         out.writelines(line for line in fin if not line.startswith(b"type=EOE "))
 
 
-PURE_ENGINE = "ttpsensor audisp --format laurel FILE, pure-Python split path"
-
-
 def compiled_env(work: Path) -> dict[str, str]:
     """The environment for our engines: bytecode written once to a cache in ``work`` and read
     from there, as an installed package's is."""
@@ -231,8 +228,9 @@ def bench_audit(execs: int, memory_events: int, keep: str | None, rounds: int) -
                             [*ours, "audisp", *errors], source, work / "ours-plugin.jsonl", env))
             if split_path() == "C":
                 # The C split path's gain, measured beside it (and its output compared below).
-                engines.append((PURE_ENGINE, [*ours, "audisp", "--format", "laurel", *errors,
-                                              str(source)], Path(os.devnull),
+                engines.append(("ttpsensor audisp --format laurel FILE, pure-Python split path",
+                                [*ours, "audisp", "--format", "laurel", *errors, str(source)],
+                                Path(os.devnull),
                                 work / "ours-laurel-pure.jsonl",
                                 {**env, "TTPSENSOR_PURE_PYTHON": "1"}))
         inputs.append((label, laurel_dir, engines))
