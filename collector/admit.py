@@ -148,20 +148,44 @@ def check_ttphash(event: Event, memo: ttphash.Memo | None = None) -> str | None:
 
 
 def admit(identity: Identity, first_seq: int, count: int, events: list,
-          counts: AdmitCounts, memo: ttphash.Memo | None = None) -> None:
+          counts: AdmitCounts, memo: ttphash.Memo | None = None) -> list[int]:
     """Check a frame from ``identity`` and recompute its TTPHashes in place (through
     ``memo``, if given: one thread at a time); raise :class:`Refused` for a frame the store
-    must not see."""
+    must not see. Returns the indexes of the events whose ``ttphash`` field was replaced
+    (recomputed or unverifiable) or carried a check of the sensor's own: their bytes as
+    received are no longer the event. Any other verified event only gains
+    ``ttphash.check``, which the store keeps in a column of its own (Store.event_doc puts
+    it back)."""
     try:
         check_frame(first_seq, count, events)
         check_hosts(identity, events)
     except Refused:
         counts.refused_frames += 1
         raise
-    for event in events:
+    replaced = []
+    for index, event in enumerate(events):
+        claimed = event.get("ttphash")
+        # A check the sensor wrote itself is overwritten: that event is stored as admitted,
+        # so that no stored document carries the sensor's word for the collector's.
+        own_check = isinstance(claimed, dict) and "check" in claimed
         check = check_ttphash(event, memo)
         if check is not None:
             counts.add(check)
+            if check != VERIFIED or own_check:
+                replaced.append(index)
+    return replaced
+
+
+def received_documents(documents: list[Any] | None, replaced: list[int]
+                       ) -> list[Any] | None:
+    """A frame's events as received (wire.unpack_batch_documents), with None for each event
+    whose TTPHash admission replaced (:func:`admit`): the store encodes those again."""
+    if documents is None or not replaced:
+        return documents
+    kept: list[Any] = list(documents)
+    for index in replaced:
+        kept[index] = None
+    return kept
 
 
 class SpoolOwners:

@@ -11,7 +11,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, NamedTuple
 
-from collector.admit import AdmitCounts, Identity, Refused, SpoolOwners, admit
+from collector.admit import (AdmitCounts, Identity, Refused, SpoolOwners, admit,
+                            received_documents)
 from collector.store import Incoming, Store, commit_sets
 from common import ttphash
 from common.gcpolicy import steady_gc
@@ -32,11 +33,12 @@ class StreamCounts:
 
 class Delivered(NamedTuple):
     """A frame out of the stream: its spool (a header), its sensor (the subject's last part),
-    and its events."""
+    and its events, with each event's bytes as received (Frame.events_and_documents)."""
     spool: str
     sensor: str
     first_seq: int
     events: list[Event]
+    documents: list[Any] | None = None
 
 
 class StreamIngest:
@@ -77,9 +79,10 @@ class StreamIngest:
             raise Refused(f"no sensor in the subject or no spool id ({sensor!r}, {spool!r})")
         identity = Identity(sensor, frozenset({sensor.casefold()}))
         self.owners.claim(identity, spool, self.admitted)
-        admit(identity, frame.first_seq, len(frame.events), frame.events, self.admitted,
-              self.memo)
-        return Incoming(spool, frame.first_seq, frame.events, sensor)
+        replaced = admit(identity, frame.first_seq, len(frame.events), frame.events,
+                         self.admitted, self.memo)
+        return Incoming(spool, frame.first_seq, frame.events, sensor,
+                        received_documents(frame.documents, replaced))
 
 
 async def consume(url: str, durable: str,
@@ -140,12 +143,13 @@ def _decoded(messages: list[Any], undecodable: list[tuple[Any, Exception]]
         headers = message.headers or {}
         try:
             frame = decode_frame(message.data)
-            events = frame.events()
+            events, documents = frame.events_and_documents()
         except Exception as exc:  # noqa: BLE001 - any undecodable frame
             undecodable.append((message, exc))
             continue
         yield message, Delivered(headers.get("Ttpsensor-Spool", ""),
-                                 message.subject[len(SUBJECT_PREFIX):], frame.first_seq, events)
+                                 message.subject[len(SUBJECT_PREFIX):], frame.first_seq, events,
+                                 documents)
 
 
 def _outcomes(ingest: Callable[[list[Delivered]], list[Exception | None]],

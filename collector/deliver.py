@@ -7,6 +7,8 @@ works on one machine with no other setup; fleets use the forwarder and a collect
 
 from __future__ import annotations
 
+from typing import Any
+
 from collector.store import Incoming, Store, commit_sets
 from common.schema import Event
 from common.spool import Frame, Spool
@@ -27,19 +29,20 @@ class LocalDelivery:
         is raised)."""
         self.spool.flush()
         new = 0
-        for frames in commit_sets(self.spool.read(self.spool.acked()),
+        for frames in commit_sets(self.spool.read_with_documents(self.spool.acked()),
                                   lambda item: len(item[1])):
             new += self._store(frames)
         return new
 
-    def _store(self, frames: list[tuple[Frame, list[Event]]]) -> int:
-        """One set of frames in one transaction, acknowledged up to the last one stored."""
+    def _store(self, frames: list[tuple[Frame, list[Event], list[Any] | None]]) -> int:
+        """One set of frames in one transaction, acknowledged up to the last one stored (each
+        event's document is its bytes in the spool)."""
         results = self.store.ingest_frames([Incoming(self.spool.spool_id, frame.first_seq,
-                                                     events, self.sensor)
-                                            for frame, events in frames])
+                                                     events, self.sensor, documents)
+                                            for frame, events, documents in frames])
         new, acked = 0, None
         try:
-            for (frame, _), result in zip(frames, results):
+            for (frame, _, _), result in zip(frames, results):
                 if isinstance(result, Exception):
                     raise result
                 new += result.new

@@ -17,7 +17,7 @@ Documents stored before the store had a dictionary stay plain, and stay readable
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import zstandard
 
@@ -97,10 +97,16 @@ class Documents:
             return document
         return packer.compress(document)
 
-    def pack(self, event: Event) -> bytes:
-        packed = wire.pack_event(event)
+    def pack(self, event: Event, received: Any = None) -> bytes:
+        """The document of ``event``: compressed with the newest dictionary, when there is
+        one. ``received``: the event's msgpack as it came (wire.unpack_batch_documents, any
+        buffer), stored instead of encoding the event again (4 µs an event of the collector
+        bench's fleet)."""
         packer = self._packer
-        return packed if packer is None else packer.compress(packed)
+        if received is None:
+            packed = wire.pack_event(event)
+            return packed if packer is None else packer.compress(packed)
+        return bytes(received) if packer is None else packer.compress(received)
 
     def unpack(self, document: bytes) -> Event:
         """A stored document's event; DocumentError if it cannot be read."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from collector.admit import (AdmitCounts, Identity, Refused, SpoolOwners, admit,
-                            certificate_identity)
+                            certificate_identity, received_documents)
 from collector.store import Incoming, IngestResult, Store
 from collector.writer import CAPACITY, FrameWriter, Pending
 from common import transport, ttphash
@@ -199,10 +199,10 @@ class Collector:
             first = claimed_first_seq(body)
             try:
                 frame = decode_frame(body)
-                events = frame.events()
+                events, documents = frame.events_and_documents()
                 with self._memo_lock:
-                    admit(identity, frame.first_seq, frame.count, events, self.admitted,
-                          self.memo)
+                    replaced = admit(identity, frame.first_seq, frame.count, events,
+                                     self.admitted, self.memo)
             except Exception as exc:  # noqa: BLE001 - any undecodable or refused frame
                 while handed:  # answers go in the order of their frames
                     self._answer(sock, identity.name, handed.popleft())
@@ -211,8 +211,9 @@ class Collector:
             # With the writer full (all connections together) this waits for room.
             # WriterClosed goes up: no answer, the connection closes, and the forwarder sends
             # the frames it has no answer for again.
-            handed.append(self.writer.submit(Incoming(spool_id, frame.first_seq, events,
-                                                      identity.name)))
+            handed.append(self.writer.submit(Incoming(
+                spool_id, frame.first_seq, events, identity.name,
+                received_documents(documents, replaced))))
 
     def _answer(self, sock: ssl.SSLSocket, sensor: str, pending: Pending) -> None:
         """ACK a frame once it is committed, or NACK the one the store refused."""

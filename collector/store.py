@@ -160,22 +160,38 @@ def _member(event: Event, name: str) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else _EMPTY
 
 
-def event_rows(spool: str, first_seq: int, events: Iterable[Event], sensor: str,
-               pack: Callable[[Event], bytes] = wire.pack_event) -> list[tuple[Any, ...]]:
-    """A frame's rows of the events table (EVENT_COLUMNS), each followed by its event;
-    ``pack`` makes an event's document (Documents.pack: compressed)."""
+def event_rows(spool: str, first_seq: int, events: Sequence[Event], sensor: str,
+               pack: Callable[[Event, Any], bytes],
+               documents: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    """A frame's rows of the events table (EVENT_COLUMNS), each followed by its event.
+    ``pack(event, received)`` makes an event's document (Documents.pack) from the event's
+    bytes as received, ``documents[i]`` (None: encoded again)."""
+    if documents is None:
+        documents = (None,) * len(events)
+    elif len(documents) != len(events):
+        raise ValueError(f"{len(documents)} documents for {len(events)} events")
     rows = []
-    for offset, event in enumerate(events):
+    seq = first_seq
+    for event, document in zip(events, documents):
         # The columns, read with plain look-ups (get_path per field was a fifth of ingest).
-        fingerprint, host, header = (_member(event, "ttphash"), _member(event, "host"),
-                                     _member(event, "event"))
-        process = _member(event, "process")
+        fingerprint, host, header, process = (event.get("ttphash"), event.get("host"),
+                                              event.get("event"), event.get("process"))
+        if not isinstance(fingerprint, dict):
+            fingerprint = _EMPTY
+        if not isinstance(process, dict):
+            process = _EMPTY
+        parent = process.get("parent")
         complete = fingerprint.get("complete")
-        rows.append((spool, first_seq + offset, sensor, host.get("name"),
-                     event.get("@timestamp"), header.get("action"), fingerprint.get("value"),
+        rows.append((spool, seq, sensor,
+                     host.get("name") if isinstance(host, dict) else None,
+                     event.get("@timestamp"),
+                     header.get("action") if isinstance(header, dict) else None,
+                     fingerprint.get("value"),
                      None if complete is None else int(bool(complete)),
-                     pack(event), fingerprint.get("check"),
-                     process_key(process), process_key(_member(process, "parent")), event))
+                     pack(event, document), fingerprint.get("check"),
+                     process_key(process),
+                     process_key(parent) if isinstance(parent, dict) else None, event))
+        seq += 1
     return rows
 
 
@@ -185,6 +201,7 @@ class Incoming(NamedTuple):
     first_seq: int
     events: Sequence[Event]
     sensor: str
+    documents: Sequence[Any] | None = None
 
 
 @dataclass
@@ -402,16 +419,18 @@ class Store:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def ingest(self, spool: str, first_seq: int, events: Iterable[Event],
-               sensor: str) -> IngestResult:
+    def ingest(self, spool: str, first_seq: int, events: Sequence[Event],
+               sensor: str, documents: Sequence[Any] | None = None) -> IngestResult:
         """Store a frame's events in one transaction; return how many were new.
 
         One batched insert per frame (PostgreSQL: a COPY and one insert of what is new), and
         the baseline updated once per TTPHash per frame, not once per event: round trips, not
-        rows, are what a networked store pays for."""
+        rows, are what a networked store pays for. ``documents``: each event's msgpack as
+        it was received (None for one that was changed since), stored as its document
+        instead of encoding the event again."""
         with self._transaction():
             groups: dict[str, dict[str, Any]] = {}
-            result = self._ingest(spool, first_seq, events, sensor, groups)
+            result = self._ingest(spool, first_seq, events, sensor, groups, documents)
             if groups:
                 self._baseline(groups)
         self._stored_documents(result.new)
@@ -434,7 +453,8 @@ class Store:
                 # one statement, not one per frame.
                 groups: dict[str, dict[str, Any]] = {}
                 results: list[IngestResult | Exception] = [
-                    self._ingest(*frame, groups) for frame in frames]
+                    self._ingest(frame.spool, frame.first_seq, frame.events, frame.sensor,
+                                 groups, frame.documents) for frame in frames]
                 if groups:
                     self._baseline(groups)
         except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike; retried alone
@@ -448,13 +468,14 @@ class Store:
         except Exception as exc:  # noqa: BLE001 - handed to the frame's sender
             return exc
 
-    def _ingest(self, spool: str, first_seq: int, events: Iterable[Event], sensor: str,
-                groups: dict[str, dict[str, Any]]) -> IngestResult:
+    def _ingest(self, spool: str, first_seq: int, events: Sequence[Event], sensor: str,
+                groups: dict[str, dict[str, Any]],
+                documents: Sequence[Any] | None) -> IngestResult:
         """A frame's events, inside the caller's transaction; its new executions are folded
         into ``groups`` (by TTPHash: first and last seen, count, hosts, a sample), which the
         caller gives to _baseline."""
         result = IngestResult()
-        rows = event_rows(spool, first_seq, events, sensor, self.documents.pack)
+        rows = event_rows(spool, first_seq, events, sensor, self.documents.pack, documents)
         new = self._insert_new(rows)
         result.new, result.duplicates = len(new), len(rows) - len(new)
         for row in rows:
@@ -740,10 +761,15 @@ class Store:
             if progress is not None:
                 progress(seen, compressed)
 
-    def event_doc(self, document: bytes) -> Event:
+    def event_doc(self, document: bytes, check: str | None = None) -> Event:
         """A stored document's event (plain or compressed); documents.DocumentError if it
-        cannot be read."""
-        return self.documents.unpack(bytes(document))
+        cannot be read. ``check``: the row's ``ttphash_check``, put back into the event's
+        ``ttphash`` (a document stored as the sensor sent it does not carry it)."""
+        event = self.documents.unpack(bytes(document))
+        fingerprint = event.get("ttphash")
+        if check is not None and isinstance(fingerprint, dict):
+            fingerprint["check"] = check
+        return event
 
     def _gap(self, spool: str, sensor: str, event: Event) -> None:
         gap = get_path(event, "ttpsensor.spool_gap") or {}
@@ -850,7 +876,7 @@ class Store:
         rows = self._rows("SELECT spool, seq, sensor, host, ts, ttphash_check, doc FROM events "
                           "WHERE spool = ? ORDER BY seq", (spool,))
         for row in rows:
-            row["event"] = self.event_doc(row.pop("doc"))
+            row["event"] = self.event_doc(row.pop("doc"), row["ttphash_check"])
         return rows
 
     def count_events(self) -> int:

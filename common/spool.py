@@ -30,7 +30,7 @@ import struct
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import google_crc32c
 import zstandard
@@ -71,11 +71,20 @@ class Frame:
     def events(self, limit: int = MAX_DECOMPRESSED) -> list[Event]:
         """The frame's events. Decompression stops at ``limit`` bytes: a small frame must not
         be able to claim gigabytes (SpoolError)."""
+        return wire.unpack_batch(self._decompressed(limit))
+
+    def events_and_documents(self, limit: int = MAX_DECOMPRESSED
+                             ) -> tuple[list[Event], list[Any] | None]:
+        """The frame's events and each one's own bytes (wire.unpack_batch_documents), for a
+        store that keeps them as they came."""
+        return wire.unpack_batch_documents(self._decompressed(limit))
+
+    def _decompressed(self, limit: int) -> bytes:
         with zstandard.ZstdDecompressor().stream_reader(self.payload) as reader:
             data = reader.read(limit + 1)
         if len(data) > limit:
             raise SpoolError(27, f"frame decompresses to more than {limit} bytes")
-        return wire.unpack_batch(data)
+        return data
 
     def raw(self) -> bytes:
         """The frame as it is on disk (and on the wire)."""
@@ -614,17 +623,31 @@ class Spool:
         """Frames with their events, as :meth:`read_frames`. A frame that passes its CRC but
         does not decode, or holds another number of events than its header says (its events
         cannot be given sequence numbers), is counted as corrupt and its range as missing."""
+        for frame, (events, _) in self._decoded(from_seq, lambda f: (f.events(), None)):
+            yield frame, events
+
+    def read_with_documents(self, from_seq: int | None = None
+                            ) -> Iterator[tuple[Frame, list[Event], list[Any] | None]]:
+        """As :meth:`read`, with each event's own bytes (Frame.events_and_documents): the
+        local delivery stores them as they are."""
+        for frame, (events, documents) in self._decoded(from_seq,
+                                                        Frame.events_and_documents):
+            yield frame, events, documents
+
+    def _decoded(self, from_seq: int | None,
+                 decode: Callable[[Frame], tuple[list[Event], Any]]
+                 ) -> Iterator[tuple[Frame, tuple[list[Event], Any]]]:
         for frame in self.read_frames(from_seq):
             try:
-                events = frame.events()
+                decoded: tuple[list[Event], Any] | None = decode(frame)
             except (zstandard.ZstdError, wire.WireError, SpoolError):
-                events = None  # undecodable, or past the decompression cap
-            if events is None or len(events) != frame.count:
+                decoded = None  # undecodable, or past the decompression cap
+            if decoded is None or len(decoded[0]) != frame.count:
                 self.stats.corrupt_frames += 1
-                held = max(frame.count, len(events or ()))
+                held = max(frame.count, len(decoded[0]) if decoded else 0)
                 self._missing(frame.first_seq, frame.first_seq + held)
                 continue
-            yield frame, events
+            yield frame, decoded
 
     def summary(self) -> dict[str, Any]:
         out = asdict(self.stats)

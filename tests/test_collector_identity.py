@@ -16,7 +16,7 @@ import pytest
 
 from collector.admit import certificate_identity
 from collector.store import Store, StoreError
-from common import pki, transport, ttphash
+from common import pki, transport, ttphash, wire
 from common.spool import Spool, encode_frame
 from tests.conftest import free_port, run_cli
 from tests.test_collector_attacks import _connect
@@ -179,6 +179,12 @@ def test_the_collector_recomputes_every_ttphash(fleet, store_location) -> None:
         checks = [e["ttphash_check"] for e in stored]
         docs = [e["event"]["ttphash"] for e in stored]
         baseline = {row["ttphash"]: row["count"] for row in store.top(100)}
+        # The verified event is stored as the forwarder sent it; the replaced ones as
+        # admitted (the check is the row's, put back when read).
+        kept = [bytes(d) for (d,) in store._execute(
+            "SELECT doc FROM events WHERE spool = 'spool-a' ORDER BY seq").fetchall()]
+    assert kept[0] == wire.pack_event(events[0]) and docs[0]["check"] == "verified"
+    assert "check" in wire.unpack_event(kept[1])["ttphash"]
     assert checks[4:] == checks[:4] and docs[4:] == docs[:4]
     checks, docs = checks[:4], docs[:4]
     assert checks == ["verified", "recomputed", "recomputed", "unverifiable"]

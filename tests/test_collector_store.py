@@ -8,13 +8,15 @@ import stat
 import threading
 import time
 
+import msgpack
 import pytest
 
 from collector.consume import Delivered, StreamCounts, StreamIngest
 from collector.deliver import LocalDelivery
+from collector.documents import Documents
 from collector.store import Incoming, IngestResult, Store
 from collector.writer import FrameWriter, WriterClosed
-from common import ttphash
+from common import ttphash, wire
 from common.spool import Spool
 from tests.conftest import run_cli
 
@@ -160,6 +162,52 @@ def test_the_stream_consumer_refuses_only_the_frames_it_must(tmp_path) -> None:
     assert "belongs to sensor 'a'" in str(outcomes[2]) and "names host 'a'" in str(outcomes[3])
     assert ingest.counts == StreamCounts(frames=2, new=6)
     assert (ingest.admitted.refused_spools, ingest.admitted.refused_frames) == (1, 1)
+
+
+def test_admitted_events_are_stored_as_the_bytes_that_came(tmp_path) -> None:
+    """A frame's events are stored as the bytes they came in, not encoded again; an event
+    whose TTPHash admission replaced, or that carried a check of its own, is stored as
+    admitted. Reading puts the row's check back into the event."""
+    store = Store(str(tmp_path / "store.sqlite"))
+    events = _events("a", 0, 4)
+    events[2]["ttphash"]["value"] = "0" * 64        # a hash its fields do not give
+    events[3]["ttphash"]["check"] = "verified"      # the sensor's word for the collector's
+    # Each event's bytes with its keys in another order: what a fresh encoding of the
+    # admitted event is not.
+    received = [msgpack.packb(dict(reversed(list(e.items()))), use_bin_type=True)
+                for e in events]
+    ingest = StreamIngest(store)
+    assert ingest([Delivered("spool-a", "a", 0, events, received)]) == [None]
+    docs = [bytes(d) for (d,) in store._execute("SELECT doc FROM events ORDER BY seq")]
+    assert docs[:2] == received[:2]
+    assert docs[2] == wire.pack_event(events[2]) != received[2]
+    assert docs[3] == wire.pack_event(events[3]) != received[3]
+    stored = store.events_of("spool-a")
+    assert [r["ttphash_check"] for r in stored] == ["verified", "verified", "recomputed",
+                                                    "verified"]
+    assert [r["event"] for r in stored] == events    # as admitted: each with its check
+    assert "check" not in wire.unpack_event(docs[0])["ttphash"]
+
+
+def test_local_delivery_stores_the_spools_bytes(tmp_path, monkeypatch) -> None:
+    """The sensor's own spool into its store: every document is the event's bytes in the
+    spool, none is encoded again."""
+    packed_again = []
+    pack = Documents.pack
+
+    def watched(self, event, received=None):  # noqa: ANN001, ANN202
+        packed_again.append(received is None)
+        return pack(self, event, received)
+    monkeypatch.setattr(Documents, "pack", watched)
+    spool = Spool(str(tmp_path / "spool"), batch_events=5, max_bytes=1 << 30)
+    store = Store(str(tmp_path / "store.sqlite"))
+    events = _events("h", 0, 12)
+    for event in events:
+        spool.append(event)
+    assert LocalDelivery(spool, store, "h").deliver() == 12
+    assert packed_again == [False] * 12
+    docs = [bytes(d) for (d,) in store._execute("SELECT doc FROM events ORDER BY seq")]
+    assert docs == [wire.pack_event(e) for e in events]
 
 
 def test_the_writer_commits_the_frames_that_waited_together(tmp_path) -> None:

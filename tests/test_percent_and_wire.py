@@ -125,6 +125,39 @@ def test_wire_encoder_writes_what_msgpack_python_writes(event: dict) -> None:
     assert wire.unpack_event(wire.pack_event(event)) == event
 
 
+# {"a": 1, "b": b"z"} written in wider forms than an encoder would choose (str 8 keys, an
+# int 64, a bin 16): valid msgpack whose fresh encoding is other bytes.
+_WIDE = b"\x82\xd9\x01a\xd3" + (1).to_bytes(8, "big") + b"\xd9\x01b\xc5\x00\x01z"
+
+
+@settings(max_examples=300)
+@given(st.lists(st.dictionaries(st.text(max_size=12), _VALUES, max_size=8), max_size=20),
+       st.integers(min_value=0, max_value=20))
+def test_a_batchs_documents_are_its_events_own_bytes(events: list, at: int) -> None:
+    """The collector stores each event of a frame as the bytes it came in (not encoded
+    again): each document is exactly its event's slice of the batch and reads back as the
+    event. The batch is written by msgpack-python (a peer), with one event in wide forms
+    among them, whose fresh encoding would be other bytes."""
+    import msgpack
+    at = min(at, len(events))
+    parts = [msgpack.packb(e, use_bin_type=True) for e in events]
+    parts.insert(at, _WIDE)
+    events = events[:at] + [{"a": 1, "b": b"z"}] + events[at:]
+    header = bytes([0x90 + len(parts)]) if len(parts) < 16 else b"\xdc" + len(parts).to_bytes(
+        2, "big")
+    decoded, documents = wire.unpack_batch_documents(header + b"".join(parts))
+    assert decoded == events and documents is not None
+    assert [bytes(d) for d in documents] == parts
+    assert [wire.unpack_event(bytes(d)) for d in documents] == events
+    assert wire.pack_event(events[at]) != _WIDE
+
+
+@pytest.mark.parametrize("data", [b"", b"\xc1", b"\x92\x01", b"\x91\x81\xa1a", b"\x91\x01"])
+def test_a_batch_that_does_not_decode_gives_no_documents_but_an_error(data: bytes) -> None:
+    with pytest.raises(wire.WireError):
+        wire.unpack_batch_documents(data)
+
+
 def test_wire_encoder_matches_msgpack_python_on_real_events() -> None:
     import msgpack
 

@@ -194,10 +194,10 @@ class Hunt:
         hosts = [str(r["host"]) for r in self._rows(
             "SELECT host FROM baseline_hosts WHERE ttphash = ? ORDER BY host", (value,))]
         samples = []
-        for r in self._rows("SELECT host, ts, doc FROM events WHERE ttphash = ? "
-                            "ORDER BY ts DESC LIMIT ?", (value, SAMPLES)):
+        for r in self._rows("SELECT host, ts, doc, ttphash_check FROM events "
+                            "WHERE ttphash = ? ORDER BY ts DESC LIMIT ?", (value, SAMPLES)):
             samples.append({"host": r["host"], "ts": r["ts"],
-                            "event": self.store.event_doc(r["doc"])})
+                            "event": self.store.event_doc(r["doc"], r["ttphash_check"])})
         if not samples:
             samples.append({"host": None, "ts": row["first_seen"], "event": sample})
         recent = ("SELECT host, proc, parent FROM events WHERE ttphash = ? "
@@ -227,7 +227,8 @@ class Hunt:
     def host(self, name: str, since: str, until: str) -> HostView:
         """The host's process tree over the window: each exec under the exec of its parent
         when that is in the window too, else at the top."""
-        rows = self._rows("SELECT ts, action, ttphash, proc, parent, doc, spool FROM events "
+        rows = self._rows("SELECT ts, action, ttphash, proc, parent, doc, ttphash_check, "
+                          "spool FROM events "
                           "WHERE host = ? AND ts >= ? AND ts < ? ORDER BY ts LIMIT ?",
                           (name, since, until, TREE_EVENTS + 1))
         truncated = len(rows) > TREE_EVENTS
@@ -238,7 +239,7 @@ class Hunt:
         spools = set()
         for r in rows:
             spools.add(r["spool"])
-            event = self.store.event_doc(r["doc"])
+            event = self.store.event_doc(r["doc"], r["ttphash_check"])
             if r["action"] == "sensor_status":
                 status.append({"ts": r["ts"], "event": event})
                 continue
