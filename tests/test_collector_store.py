@@ -210,6 +210,25 @@ def test_local_delivery_stores_the_spools_bytes(tmp_path, monkeypatch) -> None:
     assert docs == [wire.pack_event(e) for e in events]
 
 
+def test_a_new_store_has_8k_pages_and_an_old_one_keeps_its_own(tmp_path) -> None:
+    """New SQLite stores are made with 8 KiB pages (cheaper ingest); a store made before,
+    with SQLite's 4 KiB, keeps its pages and goes on storing."""
+    import sqlite3
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as made:  # as a store of before: SQLite's default pages
+        made.execute("PRAGMA journal_mode=WAL")
+        made.execute("CREATE TABLE spools (spool TEXT PRIMARY KEY, sensor TEXT NOT NULL, "
+                     "since TEXT NOT NULL)")
+    made.close()
+    for path, pages in ((tmp_path / "new.sqlite", 8192), (old, 4096)):
+        with Store(str(path)) as store:
+            assert store.ingest("s", 0, _events("h", 0, 3), "h").new == 3
+        with Store(str(path), readonly=True) as reader:
+            assert reader.db.execute("PRAGMA page_size").fetchone()[0] == pages
+            assert [r["event"]["event"]["id"] for r in reader.events_of("s")] == [
+                e["event"]["id"] for e in _events("h", 0, 3)]
+
+
 def test_the_writer_commits_the_frames_that_waited_together(tmp_path) -> None:
     store = Store(str(tmp_path / "store.sqlite"))
     lock = threading.Lock()
