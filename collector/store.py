@@ -492,9 +492,15 @@ class Store:
             event, action, value = row[EVENT_FIELDS], row[5], row[6]
             if action == ACTION_PROCESS_CREATE and value:
                 ts = row[4] or utc_timestamp()
-                group = groups.setdefault(value, {"first": ts, "last": ts, "count": 0,
-                                                  "hosts": set(), "sample": event})
-                group["first"], group["last"] = min(group["first"], ts), max(group["last"], ts)
+                group = groups.get(value)
+                if group is None:  # (a group made only when it is new: a fleet repeats)
+                    groups[value] = {"first": ts, "last": ts, "count": 1,
+                                     "hosts": {row[3] or sensor}, "sample": event}
+                    continue
+                if ts < group["first"]:
+                    group["first"] = ts
+                elif ts > group["last"]:
+                    group["last"] = ts
                 group["count"] += 1
                 group["hosts"].add(row[3] or sensor)
             elif action == "spool_gap":
