@@ -52,8 +52,19 @@ def test_documents_are_compressed_once_the_store_has_trained(store_location) -> 
         assert sum(map(len, packed)) * 5 < sum(len(wire.pack_event(e))
                                                for e in events[TRAIN_DOCUMENTS:])
         assert [r["event"] for r in store.events_of("sp")] == events
+        # A TTPHash first seen after the training keeps its sample compressed too; both
+        # kinds read back, by the writer and by a reader.
+        samples = dict(store._execute("SELECT ttphash, sample FROM baseline").fetchall())
+        kinds = {bytes(sample)[:4] == ZSTD_MAGIC for sample in samples.values()}
+        assert kinds == {True, False}
+        first = {}
+        for event in events:
+            first.setdefault(event["ttphash"]["value"], event)
+        for value in samples:
+            assert store.show(value)["sample"] == first[value]
     try:
         assert [r["event"] for r in reader_before.events_of("sp")] == events
+        assert all(reader_before.show(value)["sample"] == first[value] for value in samples)
     finally:
         reader_before.close()
     with Store(store_location, readonly=True) as reader:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector.store import Store, display_columns
-from common import ttphash, wire
+from common import ttphash
 
 PAGE_ROWS = 50
 TREE_EVENTS = 2000            # a host's process tree: at most this many events of the window
@@ -129,7 +129,7 @@ class Hunt:
             sample = row.pop("sample", None)
             if row.get("executable") is None and sample is not None:
                 try:
-                    event = wire.unpack_event(bytes(sample))
+                    event = self.store.event_doc(sample)
                 except ValueError:
                     continue
                 row["executable"], row["command_line"], row["user_name"], row["os"] = \
@@ -183,7 +183,7 @@ class Hunt:
         if not rows:
             return None
         row = rows[0]
-        sample = wire.unpack_event(bytes(row["sample"]))
+        sample = self.store.event_doc(row["sample"])
         canonical = row.pop("canonical")
         row = self._display([row])[0]
         if canonical is None:
