@@ -120,10 +120,12 @@ def check_hosts(identity: Identity, events: list[Event]) -> None:
                           f"(it names {', '.join(sorted(identity.hosts))})")
 
 
-def check_ttphash(event: Event, memo: ttphash.Memo | None = None) -> str | None:
+def check_ttphash(event: Event, memo: ttphash.Memo | None = None,
+                  canonical: dict[str, bytes] | None = None) -> str | None:
     """Recompute the event's TTPHash (see the module's docstring); return the check, or None
     for an event that carries no TTPHash. ``memo``: hashes remembered by the values they come
-    from (a fleet runs the same commands again and again); it gives what compute() gives."""
+    from (a fleet runs the same commands again and again); it gives what compute() gives.
+    ``canonical``: where the canonical input of a hash computed here is put, by its value."""
     claimed = event.get("ttphash")
     if claimed is None:
         return None
@@ -139,6 +141,8 @@ def check_ttphash(event: Event, memo: ttphash.Memo | None = None) -> str | None:
                             "check": UNVERIFIABLE}
         return UNVERIFIABLE
     fresh = result.as_field()
+    if canonical is not None:
+        canonical[result.value] = result.canonical
     if claimed.get("value") == fresh["value"] and claimed.get("complete") == fresh["complete"]:
         claimed["check"] = VERIFIED
         return VERIFIED
@@ -147,39 +151,50 @@ def check_ttphash(event: Event, memo: ttphash.Memo | None = None) -> str | None:
     return RECOMPUTED
 
 
+@dataclass
+class Admission:
+    """What admitting a frame found, beyond the changes it made to the events in place.
+
+    ``replaced``: the indexes of the events whose ``ttphash`` field was replaced (recomputed
+    or unverifiable) or carried a check of the sensor's own: their bytes as received are no
+    longer the event. Any other verified event only gains ``ttphash.check``, which the store
+    keeps in a column of its own (Store.event_doc puts it back). ``canonical``: the canonical
+    input of each TTPHash computed, by value, which the store keeps for a TTPHash it has not
+    seen (Incoming.canonical) instead of computing it a second time."""
+
+    replaced: list[int]
+    canonical: dict[str, bytes]
+
+
 def admit(identity: Identity, first_seq: int, count: int, events: list,
-          counts: AdmitCounts, memo: ttphash.Memo | None = None) -> list[int]:
+          counts: AdmitCounts, memo: ttphash.Memo | None = None) -> Admission:
     """Check a frame from ``identity`` and recompute its TTPHashes in place (through
     ``memo``, if given: one thread at a time); raise :class:`Refused` for a frame the store
-    must not see. Returns the indexes of the events whose ``ttphash`` field was replaced
-    (recomputed or unverifiable) or carried a check of the sensor's own: their bytes as
-    received are no longer the event. Any other verified event only gains
-    ``ttphash.check``, which the store keeps in a column of its own (Store.event_doc puts
-    it back)."""
+    must not see."""
     try:
         check_frame(first_seq, count, events)
         check_hosts(identity, events)
     except Refused:
         counts.refused_frames += 1
         raise
-    replaced = []
+    admission = Admission([], {})
     for index, event in enumerate(events):
         claimed = event.get("ttphash")
         # A check the sensor wrote itself is overwritten: that event is stored as admitted,
         # so that no stored document carries the sensor's word for the collector's.
         own_check = isinstance(claimed, dict) and "check" in claimed
-        check = check_ttphash(event, memo)
+        check = check_ttphash(event, memo, admission.canonical)
         if check is not None:
             counts.add(check)
             if check != VERIFIED or own_check:
-                replaced.append(index)
-    return replaced
+                admission.replaced.append(index)
+    return admission
 
 
 def received_documents(documents: list[Any] | None, replaced: list[int]
                        ) -> list[Any] | None:
     """A frame's events as received (wire.unpack_batch_documents), with None for each event
-    whose TTPHash admission replaced (:func:`admit`): the store encodes those again."""
+    whose TTPHash admission replaced (Admission.replaced): the store encodes those again."""
     if documents is None or not replaced:
         return documents
     kept: list[Any] = list(documents)

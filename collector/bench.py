@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from collector.admit import AdmitCounts, Identity, admit
+from collector.admit import AdmitCounts, Identity, admit, received_documents
 from collector.documents import TRAIN_DOCUMENTS, Documents, train
 from collector.store import (COMMIT_EVENTS, EVENT_COLUMNS, EVENT_FIELDS, Incoming, Store,
                              event_rows)
@@ -151,17 +151,13 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
                 store.close()
                 return
             spool = os.urandom(8).hex()
-            incoming = [Incoming(spool, n * 500, batch, "bench", received[id(batch)])
+            incoming = [Incoming(spool, n * 500, batch, "bench", *arrived(batch))
                         for n, batch in enumerate(frames)]
             for start in range(0, len(incoming), per_commit):
                 for result in store.ingest_frames(incoming[start:start + per_commit]):
                     if isinstance(result, Exception):
                         raise click.ClickException(f"the store refused a frame: {result}")
             store.close()
-        # Each event's bytes as a collector receives them in a frame (found untimed, as the
-        # decoding is: collector/throughput.py measures the whole path).
-        received = {id(batch): wire.unpack_batch_documents(wire.pack_batch(batch))[1]
-                    for batch in frames}
         return bench.median_us_fresh(empty_store, ingest, sum(map(len, frames)), repeats=3)
 
     def admission_of(frames: list[list[dict]], memo: bool) -> float:
@@ -189,6 +185,23 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
     admission = admission_of(batches, memo=False)
     fleet_plain = admission_of(fleet_batches, memo=False)
     fleet_admission = admission_of(fleet_batches, memo=True)
+    arrivals: dict[int, tuple[list[Any] | None, dict[str, bytes]]] = {}
+    identity = Identity("bench", frozenset({events[0]["host"]["name"].casefold()}))
+    memo = ttphash.Memo()
+
+    def arrived(batch: list[dict]) -> tuple[list[Any] | None, dict[str, bytes]]:
+        """A frame as the store gets it from a remote sensor, made once and untimed (the
+        admission rows above and collector/throughput.py measure what comes before the
+        store): its events' bytes as they came, then the frame admitted in place (each
+        TTPHash recomputed; ``ttphash.check`` added), with the canonical inputs admission
+        computed."""
+        if id(batch) not in arrivals:
+            documents = wire.unpack_batch_documents(wire.pack_batch(batch))[1]
+            admission = admit(identity, 0, len(batch), batch, AdmitCounts(), memo)
+            arrivals[id(batch)] = (received_documents(documents, admission.replaced),
+                                   admission.canonical)
+        return arrivals[id(batch)]
+
     packer = Documents(lambda: [(1, _dictionary(training))])
     floor_rows = [[row[:EVENT_FIELDS] for row in event_rows("floor", n * 500, batch, "bench",
                                                             packer.pack)]

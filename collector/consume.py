@@ -79,10 +79,11 @@ class StreamIngest:
             raise Refused(f"no sensor in the subject or no spool id ({sensor!r}, {spool!r})")
         identity = Identity(sensor, frozenset({sensor.casefold()}))
         self.owners.claim(identity, spool, self.admitted)
-        replaced = admit(identity, frame.first_seq, len(frame.events), frame.events,
-                         self.admitted, self.memo)
+        admission = admit(identity, frame.first_seq, len(frame.events), frame.events,
+                          self.admitted, self.memo)
         return Incoming(spool, frame.first_seq, frame.events, sensor,
-                        received_documents(frame.documents, replaced))
+                        received_documents(frame.documents, admission.replaced),
+                        admission.canonical)
 
 
 async def consume(url: str, durable: str,

@@ -201,8 +201,8 @@ class Collector:
                 frame = decode_frame(body)
                 events, documents = frame.events_and_documents()
                 with self._memo_lock:
-                    replaced = admit(identity, frame.first_seq, frame.count, events,
-                                     self.admitted, self.memo)
+                    admission = admit(identity, frame.first_seq, frame.count, events,
+                                      self.admitted, self.memo)
             except Exception as exc:  # noqa: BLE001 - any undecodable or refused frame
                 while handed:  # answers go in the order of their frames
                     self._answer(sock, identity.name, handed.popleft())
@@ -213,7 +213,7 @@ class Collector:
             # the frames it has no answer for again.
             handed.append(self.writer.submit(Incoming(
                 spool_id, frame.first_seq, events, identity.name,
-                received_documents(documents, replaced))))
+                received_documents(documents, admission.replaced), admission.canonical)))
 
     def _answer(self, sock: ssl.SSLSocket, sensor: str, pending: Pending) -> None:
         """ACK a frame once it is committed, or NACK the one the store refused."""

@@ -203,6 +203,7 @@ class Incoming(NamedTuple):
     events: Sequence[Event]
     sensor: str
     documents: Sequence[Any] | None = None
+    canonical: Mapping[str, bytes] | None = None
 
 
 @dataclass
@@ -429,17 +430,21 @@ class Store:
         self.close()
 
     def ingest(self, spool: str, first_seq: int, events: Sequence[Event],
-               sensor: str, documents: Sequence[Any] | None = None) -> IngestResult:
+               sensor: str, documents: Sequence[Any] | None = None,
+               canonical: Mapping[str, bytes] | None = None) -> IngestResult:
         """Store a frame's events in one transaction; return how many were new.
 
         One batched insert per frame (PostgreSQL: a COPY and one insert of what is new), and
         the baseline updated once per TTPHash per frame, not once per event: round trips, not
         rows, are what a networked store pays for. ``documents``: each event's msgpack as
         it was received (None for one that was changed since), stored as its document
-        instead of encoding the event again."""
+        instead of encoding the event again. ``canonical``: TTPHashes' canonical input as
+        admission computed them (collector.admit.Admission), stored for a new TTPHash
+        instead of computing it again."""
         with self._transaction():
             groups: dict[str, dict[str, Any]] = {}
-            result = self._ingest(spool, first_seq, events, sensor, groups, documents)
+            result = self._ingest(Incoming(spool, first_seq, events, sensor, documents,
+                                           canonical), groups)
             if groups:
                 self._baseline(groups)
         self._stored_documents(result.new)
@@ -462,8 +467,7 @@ class Store:
                 # one statement, not one per frame.
                 groups: dict[str, dict[str, Any]] = {}
                 results: list[IngestResult | Exception] = [
-                    self._ingest(frame.spool, frame.first_seq, frame.events, frame.sensor,
-                                 groups, frame.documents) for frame in frames]
+                    self._ingest(frame, groups) for frame in frames]
                 if groups:
                     self._baseline(groups)
         except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike; retried alone
@@ -477,14 +481,14 @@ class Store:
         except Exception as exc:  # noqa: BLE001 - handed to the frame's sender
             return exc
 
-    def _ingest(self, spool: str, first_seq: int, events: Sequence[Event], sensor: str,
-                groups: dict[str, dict[str, Any]],
-                documents: Sequence[Any] | None) -> IngestResult:
+    def _ingest(self, frame: Incoming, groups: dict[str, dict[str, Any]]) -> IngestResult:
         """A frame's events, inside the caller's transaction; its new executions are folded
         into ``groups`` (by TTPHash: first and last seen, count, hosts, a sample), which the
-        caller gives to _baseline."""
+        caller gives to _baseline (with the canonical input admission gave, if any)."""
+        spool, sensor, known = frame.spool, frame.sensor, frame.canonical or _EMPTY
         result = IngestResult()
-        rows = event_rows(spool, first_seq, events, sensor, self.documents.pack, documents)
+        rows = event_rows(spool, frame.first_seq, frame.events, sensor, self.documents.pack,
+                          frame.documents)
         new = self._insert_new(rows)
         result.new, result.duplicates = len(new), len(rows) - len(new)
         for row in rows:
@@ -496,7 +500,8 @@ class Store:
                 group = groups.get(value)
                 if group is None:  # (a group made only when it is new: a fleet repeats)
                     groups[value] = {"first": ts, "last": ts, "count": 1,
-                                     "hosts": {row[3] or sensor}, "sample": event}
+                                     "hosts": {row[3] or sensor}, "sample": event,
+                                     "canonical": known.get(value)}
                     continue
                 if ts < group["first"]:
                     group["first"] = ts
@@ -663,7 +668,10 @@ class Store:
                 continue
             group = groups[value]
             try:
-                canonical = ttphash.compute(group["sample"]).canonical.decode("utf-8")
+                # As admission computed it, or computed now (the local delivery: a sensor's
+                # own events are not admitted).
+                canonical = (group["canonical"] or ttphash.compute(group["sample"]).canonical
+                             ).decode("utf-8")
             except ttphash.TTPHashError:
                 canonical = None
             # The sample packed as the events' documents are (compressed once the store has

@@ -189,6 +189,35 @@ def test_admitted_events_are_stored_as_the_bytes_that_came(tmp_path) -> None:
     assert "check" not in wire.unpack_event(docs[0])["ttphash"]
 
 
+def test_a_new_ttphash_keeps_the_canonical_input_admission_computed(tmp_path,
+                                                                    monkeypatch) -> None:
+    """The baseline row of a TTPHash first seen in an admitted frame holds the canonical
+    input admission computed (the store computes none again); a frame not admitted (the
+    local delivery) has it computed by the store, and both are what compute() gives."""
+    computed: list[str] = []
+    compute = ttphash.compute
+
+    def watched(event, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        computed.append(event["event"]["id"])
+        return compute(event, *args, **kwargs)
+    store = Store(str(tmp_path / "store.sqlite"))
+    events = _events("a", 0, 3)
+    events[1]["process"]["args"] = ["other", "command"]   # two distinct TTPHashes
+    ttphash.attach(events[1])
+    monkeypatch.setattr(ttphash, "compute", watched)
+    assert StreamIngest(store)([Delivered("spool-a", "a", 0, events)]) == [None]
+    assert computed == []
+    local = _events("b", 0, 1)
+    local[0]["process"]["args"] = ["local", "only"]
+    ttphash.attach(local[0])
+    computed.clear()
+    store.ingest("spool-b", 0, local, "b")
+    assert computed == [local[0]["event"]["id"]]
+    for event in (events[0], events[1], local[0]):
+        shown = store.show(event["ttphash"]["value"])
+        assert shown["canonical"] == compute(event).canonical.decode()
+
+
 def test_local_delivery_stores_the_spools_bytes(tmp_path, monkeypatch) -> None:
     """The sensor's own spool into its store: every document is the event's bytes in the
     spool, none is encoded again."""
