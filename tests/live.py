@@ -56,7 +56,26 @@ class Sensor:
                             f"{what}: {self.stderr}")
             time.sleep(0.1)
         pytest.fail(f"timed out after {timeout:g} s waiting for {what} from the {self.name} "
-                    f"sensor: {self.stderr[-8000:]}")
+                    f"sensor ({self.written()}): {self.stderr[-8000:]}")
+
+    def written(self) -> str:
+        """What the sensor had written and the kernel's audit state, for a timeout's message
+        (a live test that times out once in many runs needs to say where the event stopped)."""
+        actions: dict[str, int] = {}
+        keys: set[str] = set()
+        try:
+            for event in self.events():
+                action = str(event.get("event", {}).get("action"))
+                actions[action] = actions.get(action, 0) + 1
+                key = event.get("audit", {}).get("key")
+                if key:
+                    keys.add(str(key))
+            status = AuditSocket().status()
+            state = (f"audit pid {status.pid} (the sensor's {self.proc.pid}), "
+                     f"lost {status.lost}, backlog {status.backlog}")
+        except Exception as exc:  # noqa: BLE001 - a message, never a second failure
+            return f"could not tell what it wrote: {exc!r}"
+        return f"events by action {actions}, audit keys {sorted(keys)}, {state}"
 
     def events(self) -> list[dict]:
         """Every event written so far, the rotated files' (FILE.N ... FILE.1) first."""
