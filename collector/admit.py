@@ -23,7 +23,7 @@ process trusting itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from common import ttphash
 from common.schema import Event, get_steps
@@ -165,6 +165,16 @@ class Admission:
     replaced: list[int]
     canonical: dict[str, bytes]
 
+    def received(self, documents: Sequence[Any] | None) -> Sequence[Any] | None:
+        """The frame's events as received (wire.unpack_batch_documents), with None for each
+        event whose TTPHash was replaced: the store encodes those again."""
+        if documents is None or not self.replaced:
+            return documents
+        kept: list[Any] = list(documents)
+        for index in self.replaced:
+            kept[index] = None
+        return kept
+
 
 def admit(identity: Identity, first_seq: int, count: int, events: list,
           counts: AdmitCounts, memo: ttphash.Memo | None = None) -> Admission:
@@ -189,18 +199,6 @@ def admit(identity: Identity, first_seq: int, count: int, events: list,
             if check != VERIFIED or own_check:
                 admission.replaced.append(index)
     return admission
-
-
-def received_documents(documents: list[Any] | None, replaced: list[int]
-                       ) -> list[Any] | None:
-    """A frame's events as received (wire.unpack_batch_documents), with None for each event
-    whose TTPHash admission replaced (Admission.replaced): the store encodes those again."""
-    if documents is None or not replaced:
-        return documents
-    kept: list[Any] = list(documents)
-    for index in replaced:
-        kept[index] = None
-    return kept
 
 
 class SpoolOwners:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
-from typing import Any
+from typing import Any, Sequence
 
 import click
 
-from collector.admit import AdmitCounts, Identity, admit, received_documents
+from collector.admit import AdmitCounts, Identity, admit
 from collector.documents import TRAIN_DOCUMENTS, Documents, train
 from collector.store import (COMMIT_EVENTS, EVENT_COLUMNS, EVENT_FIELDS, Incoming, Store,
                              event_rows)
@@ -71,6 +71,21 @@ def _sigma_as_sql(directory: str, frames: list[list[dict]]) -> tuple[float, int]
             for sql in queries:
                 found[0] += len(sqlpath.selected(db, sql))
     return bench._median_us(run, sum(map(len, frames)), repeats=3), found[0]
+
+
+def _remote_identity(frames: list[list[dict]]) -> Identity:
+    """What the bench's remote sensor is admitted as: the host its frames name."""
+    return Identity("bench", frozenset({frames[0][0]["host"]["name"].casefold()}))
+
+
+def _arrival(batch: list[dict], memo: ttphash.Memo
+             ) -> tuple[Sequence[Any] | None, dict[str, bytes]]:
+    """A frame as the store gets it from a remote sensor: its events' bytes as they came,
+    then the frame admitted in place (each TTPHash recomputed, ``ttphash.check`` added),
+    with the canonical inputs admission computed."""
+    documents = wire.unpack_batch_documents(wire.pack_batch(batch))[1]
+    admission = admit(_remote_identity([batch]), 0, len(batch), batch, AdmitCounts(), memo)
+    return admission.received(documents), admission.canonical
 
 
 @click.command("ingest")
@@ -151,7 +166,7 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
                 store.close()
                 return
             spool = os.urandom(8).hex()
-            incoming = [Incoming(spool, n * 500, batch, "bench", *arrived(batch))
+            incoming = [Incoming(spool, n * 500, batch, "bench", *arrivals[id(batch)])
                         for n, batch in enumerate(frames)]
             for start in range(0, len(incoming), per_commit):
                 for result in store.ingest_frames(incoming[start:start + per_commit]):
@@ -165,8 +180,7 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
         its certificate, every TTPHash recomputed (collector/admit.py; with ``memo``, through
         a memo that starts empty each round, as the collector's does). Each round admits
         copies of the frames made before it, untimed (admission changes events in place)."""
-        host = frames[0][0]["host"]["name"]
-        identity = Identity("bench", frozenset({host.casefold()}))
+        identity = _remote_identity(frames)
         total = sum(map(len, frames))
 
         def copies() -> list[list[dict]]:
@@ -185,23 +199,11 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
     admission = admission_of(batches, memo=False)
     fleet_plain = admission_of(fleet_batches, memo=False)
     fleet_admission = admission_of(fleet_batches, memo=True)
-    arrivals: dict[int, tuple[list[Any] | None, dict[str, bytes]]] = {}
-    identity = Identity("bench", frozenset({events[0]["host"]["name"].casefold()}))
+    # Each frame as the store gets it from a remote sensor, made once, untimed, before the
+    # rounds (the admission rows above and collector/throughput.py measure what comes
+    # before the store).
     memo = ttphash.Memo()
-
-    def arrived(batch: list[dict]) -> tuple[list[Any] | None, dict[str, bytes]]:
-        """A frame as the store gets it from a remote sensor, made once and untimed (the
-        admission rows above and collector/throughput.py measure what comes before the
-        store): its events' bytes as they came, then the frame admitted in place (each
-        TTPHash recomputed; ``ttphash.check`` added), with the canonical inputs admission
-        computed."""
-        if id(batch) not in arrivals:
-            documents = wire.unpack_batch_documents(wire.pack_batch(batch))[1]
-            admission = admit(identity, 0, len(batch), batch, AdmitCounts(), memo)
-            arrivals[id(batch)] = (received_documents(documents, admission.replaced),
-                                   admission.canonical)
-        return arrivals[id(batch)]
-
+    arrivals = {id(batch): _arrival(batch, memo) for batch in batches + fleet_batches}
     packer = Documents(lambda: [(1, _dictionary(training))])
     floor_rows = [[row[:EVENT_FIELDS] for row in event_rows("floor", n * 500, batch, "bench",
                                                             packer.pack)]

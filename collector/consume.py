@@ -11,8 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, NamedTuple
 
-from collector.admit import (AdmitCounts, Identity, Refused, SpoolOwners, admit,
-                            received_documents)
+from collector.admit import AdmitCounts, Identity, Refused, SpoolOwners, admit
 from collector.store import Incoming, Store, commit_sets
 from common import ttphash
 from common.gcpolicy import steady_gc
@@ -82,7 +81,7 @@ class StreamIngest:
         admission = admit(identity, frame.first_seq, len(frame.events), frame.events,
                           self.admitted, self.memo)
         return Incoming(spool, frame.first_seq, frame.events, sensor,
-                        received_documents(frame.documents, admission.replaced),
+                        admission.received(frame.documents),
                         admission.canonical)
 
 

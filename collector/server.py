@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from collector.admit import (AdmitCounts, Identity, Refused, SpoolOwners, admit,
-                            certificate_identity, received_documents)
+                            certificate_identity)
 from collector.store import Incoming, IngestResult, Store
 from collector.writer import CAPACITY, FrameWriter, Pending
 from common import transport, ttphash
@@ -213,7 +213,7 @@ class Collector:
             # the frames it has no answer for again.
             handed.append(self.writer.submit(Incoming(
                 spool_id, frame.first_seq, events, identity.name,
-                received_documents(documents, admission.replaced), admission.canonical)))
+                admission.received(documents), admission.canonical)))
 
     def _answer(self, sock: ssl.SSLSocket, sensor: str, pending: Pending) -> None:
         """ACK a frame once it is committed, or NACK the one the store refused."""

@@ -201,9 +201,7 @@ def test_a_new_ttphash_keeps_the_canonical_input_admission_computed(tmp_path,
         computed.append(event["event"]["id"])
         return compute(event, *args, **kwargs)
     store = Store(str(tmp_path / "store.sqlite"))
-    events = _events("a", 0, 3)
-    events[1]["process"]["args"] = ["other", "command"]   # two distinct TTPHashes
-    ttphash.attach(events[1])
+    events = _events("a", 0, 3)   # three executables: three TTPHashes
     monkeypatch.setattr(ttphash, "compute", watched)
     assert StreamIngest(store)([Delivered("spool-a", "a", 0, events)]) == [None]
     assert computed == []
@@ -213,7 +211,7 @@ def test_a_new_ttphash_keeps_the_canonical_input_admission_computed(tmp_path,
     computed.clear()
     store.ingest("spool-b", 0, local, "b")
     assert computed == [local[0]["event"]["id"]]
-    for event in (events[0], events[1], local[0]):
+    for event in (*events, local[0]):
         shown = store.show(event["ttphash"]["value"])
         assert shown["canonical"] == compute(event).canonical.decode()
 
