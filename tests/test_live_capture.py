@@ -282,6 +282,38 @@ def test_the_audit_inputs_are_due_when_lines_wait_and_build_them_without_reading
         os.close(write_end)
 
 
+def test_the_plugin_pipe_reads_through_one_buffer_and_says_when_more_waits(monkeypatch) -> None:
+    """The pipe is read into one buffer: a read that fills it says more is waiting (the
+    plugin must not pause when behind), lines cut between reads come out whole and the
+    buffer's old bytes never show up in a later, shorter read; EOF ends the input."""
+    from sensor_linux.audit import plugin
+
+    monkeypatch.setattr(plugin, "READ_BYTES", 64)
+    lines = _exec_lines(10, GONE + 5, 1, "/usr/bin/true", "true")
+    data = b"".join(lines)
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, data)
+        os.close(write_end)
+        write_end = -1
+        capture, out, pipeline = _capturing(Enricher())
+        piped = PipeInput(read_end, _waiting(pipeline, capture, _Clock()))
+        fills = []
+        while not piped.eof:
+            fills.append(piped._read())
+        assert fills[:-2] == [True] * (len(data) // 64) and fills[-1] is False
+        # Built at EOF: each line whole, none with a former read's bytes (the EOE closes
+        # the event and is not one of its records).
+        assert [event["audit"]["records"] for event in out.events] == [
+            [line.decode().rstrip("\n") for line in lines[:-1]]]
+        assert pipeline.decoder.stats.lines == len(lines)  # and no other line
+        assert pipeline.decoder.stats.parse_errors == 0
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+
+
 def test_the_plugin_source_builds_what_waits_at_a_tick_and_at_the_stop(tmp_path) -> None:
     """Lines read and not due yet are parsed and built by the source's tick (before the
     decoder's own timeouts) and by its finish; the readings left are closed at the stop."""
