@@ -111,11 +111,24 @@ def list_pids(proc: str = PROC) -> list[int]:
 
 
 def _read(path: str) -> bytes | None:
+    """A file's bytes (None: it cannot be read). Plain descriptor reads, not a Python file
+    object: the live audit sources read each exec's cgroup at once, and a file object costs
+    4-5 us a read more (10 against 14-16 us for /proc/PID/cgroup, measured alone)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        chunks = []
+        while True:  # to the end: a /proc file may come in pieces (cmdline, a page a read)
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def read_exe(pid: int, proc: str = PROC) -> tuple[str | bytes | None, bool]:

@@ -81,3 +81,23 @@ def test_run_in_qlog_format_and_stops_on_sigterm(tmp_path) -> None:
     assert all(d["QType"] == "Process Create" and len(d["TTPHash"]) == 64 for d in docs)
     assert late.pid in {d["PID"] for d in docs}
     assert "stopped" in err
+
+
+def test_a_command_line_longer_than_one_read_comes_whole() -> None:
+    """/proc files are read with plain descriptor reads of 64 KiB (procfs._read): a command
+    line of 200,000 bytes comes in pieces, and every piece is kept, as the kernel has it."""
+    from sensor_linux.procfs import read_process
+
+    require(os.path.exists("/proc/self/exe"), "a Linux /proc is needed")
+    argv = [b"sh", b"-c", b"sleep 30; :", b"a" * 100_000, b"b" * 100_000]  # 128 KiB each at most
+    child = subprocess.Popen(argv, executable="/usr/bin/dash")
+    try:
+        for _ in range(200):  # until the child runs dash and shows its arguments
+            facts = read_process(child.pid)
+            if facts is not None and facts.executable == "/usr/bin/dash" and facts.args:
+                break
+            time.sleep(0.01)
+        assert facts is not None and facts.args == [a.decode() for a in argv]
+    finally:
+        child.kill()
+        child.wait()
