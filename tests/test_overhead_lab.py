@@ -15,7 +15,7 @@ from sensor_linux.lab import measure
 from sensor_linux.lab.loadgen import _latencies_us, generate
 from sensor_linux.lab.modes import MarkerCounter, all_modes
 from sensor_linux.lab.overhead import Measurement
-from sensor_linux.lab.report import ratios, rows
+from sensor_linux.lab.report import markdown, processes, ratios, rows
 from tests.conftest import require, run_cli
 
 
@@ -100,6 +100,16 @@ def test_report_derives_totals_from_the_baseline_and_ratios_between_modes() -> N
     assert compared[0]["total_ratio"] == pytest.approx(7 / 12)
     # Steady: collectors, kauditd and BPF, without the workload excess.
     assert compared[0]["steady_ratio"] == pytest.approx(5.5 / 6)
+    # Each collector process per exec: 3 % of a CPU at 499 execs/s is 60 µs an exec.
+    laurel.collectors = {"laurel": {"user": 3.0, "system": 1.0},
+                         "auditd": {"user": 1.0, "system": 4.0}}
+    per_process = processes(rows(results))
+    assert [(p["mode"], p["process"]) for p in per_process] == [
+        ("auditd+laurel", "auditd"), ("auditd+laurel", "laurel")]  # no other row names any
+    assert per_process[1]["user_us_per_exec"] == pytest.approx(3.0 * 1e4 / 499)
+    assert per_process[1]["us_per_exec"] == pytest.approx(4.0 * 1e4 / 499)
+    assert "| auditd+laurel | 500 | laurel | 60.1 | 20.0 | 80.2 |" in markdown(
+        rows(results), [], per_process)
 
 
 @pytest.mark.kernel
@@ -141,6 +151,13 @@ def test_quick_lab_runs_every_mode_end_to_end_and_restores_state(tmp_path) -> No
         "our eBPF mode vs auditd alone", "our hybrid mode vs auditd alone",
         "our plugin vs LAUREL (both behind auditd)",
         "our netlink mode vs auditd with LAUREL"}
+    # Every collector process of every mode, per exec (auditd's own share behind a plugin).
+    assert {(p["mode"], p["rate"], p["process"]) for p in doc["processes"]} == {
+        (r["mode"], r["rate"], name) for r in doc["results"] for name in r["collectors"]}
+    for row in doc["results"]:
+        mine = [p["us_per_exec"] for p in doc["processes"]
+                if (p["mode"], p["rate"]) == (row["mode"], row["rate"])]
+        assert sum(mine) == pytest.approx(row["collector_cpu_pct"] * 1e4 / row["achieved_rate"])
     with open(out / "results.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == len(doc["results"])
     assert (out / "results.md").read_text().count("\n| ") >= len(doc["results"])
