@@ -34,6 +34,10 @@ def fleet_events(count: int, seed: int = 11) -> list[dict]:
         event = copy.deepcopy(kind)
         event["event"]["id"] = f"{rng.getrandbits(128):032x}"
         event["@timestamp"] = f"2026-11-29T11:{i // 6000 % 60:02d}:{i // 100 % 60:02d}.{i:06d}Z"
+        # Each exec a process of its own, as on a real host: its key ("PID@START", indexed
+        # for the console) is new with every event, and lands anywhere in the index.
+        event["process"]["pid"] = rng.randrange(300, 1 << 22)
+        event["process"]["start"] = event["@timestamp"]
         out.append(event)
     return out
 

@@ -240,3 +240,16 @@ def test_compressing_a_plain_store_uses_the_dictionary_it_holds(tmp_path) -> Non
         assert store.documents.dictionary_id == trained
         assert store._execute("SELECT count(*) FROM doc_dictionaries").fetchone()[0] == 1
         assert [r["event"] for r in store.events_of("sp")] == events
+
+
+def test_the_benchs_fleet_is_a_process_per_event_with_the_kinds_ttphashes() -> None:
+    """bench ingest's fleet repeats a few thousand executions, but each event is a process of
+    its own (its own key, as on a real host, for the index that links processes), and each
+    still carries the TTPHash its canonical input gives (pid and start are not part of it)."""
+    from collector.store import process_key
+    from common import ttphash
+
+    events = fleet_events(3000, seed=5)
+    assert len({process_key(e["process"]) for e in events}) == len(events)
+    assert len({e["ttphash"]["value"] for e in events}) < len(events) / 2  # kinds repeat
+    assert all(ttphash.compute(e).value == e["ttphash"]["value"] for e in events[:300])
