@@ -303,3 +303,33 @@ def test_run_then_hunt_works_with_no_other_setup(tmp_path) -> None:
     assert show.returncode == 0 and "canonical" in show.stdout
     missing = run_cli("hunt", "--store", f"{tmp_path}/none.sqlite", "top")
     assert missing.returncode == 1 and "no store" in missing.stderr
+
+
+def test_a_new_postgresql_store_keys_processes_by_hash_and_an_old_one_keeps_its_b_trees(
+        postgres_server) -> None:
+    """PostgreSQL: a new store indexes the process keys (proc, parent) by hash, which the
+    look-up of a process's parent uses; a store made with the B-trees on (host, proc) keeps
+    them and goes on storing."""
+    def indexes(store: Store) -> dict[str, str]:
+        return {name: definition for name, definition in store._execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events' "
+            "AND indexname IN ('events_proc', 'events_parent')").fetchall()}
+
+    new, old = postgres_server(), postgres_server()
+    with Store(old) as made:  # as a store of before: B-trees led by the host
+        made._execute("DROP INDEX events_proc")
+        made._execute("DROP INDEX events_parent")
+        made._execute("CREATE INDEX events_proc ON events (host, proc)")
+        made._execute("CREATE INDEX events_parent ON events (host, parent)")
+    for location, method in ((new, "hash"), (old, "btree")):
+        with Store(location) as store:
+            assert store.ingest("s", 0, _events("h", 0, 3), "h").new == 3
+            found = indexes(store)
+            assert sorted(found) == ["events_parent", "events_proc"]
+            assert all(f"USING {method} " in d for d in found.values()), found
+            if method == "hash":  # the console's join of a child to its parent uses it
+                store._execute("SET enable_seqscan = off")
+                plan = "\n".join(row[0] for row in store._execute(
+                    "EXPLAIN SELECT p.ttphash FROM events p WHERE p.host = 'h' "
+                    "AND p.proc = '7@x'").fetchall())
+                assert "events_proc" in plan, plan
