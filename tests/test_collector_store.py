@@ -305,31 +305,72 @@ def test_run_then_hunt_works_with_no_other_setup(tmp_path) -> None:
     assert missing.returncode == 1 and "no store" in missing.stderr
 
 
-def test_a_new_postgresql_store_keys_processes_by_hash_and_an_old_one_keeps_its_b_trees(
-        postgres_server) -> None:
-    """PostgreSQL: a new store indexes the process keys (proc, parent) by hash, which the
-    look-up of a process's parent uses; a store made with the B-trees on (host, proc) keeps
-    them and goes on storing."""
-    def indexes(store: Store) -> dict[str, str]:
-        return {name: definition for name, definition in store._execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events' "
-            "AND indexname IN ('events_proc', 'events_parent')").fetchall()}
+def _family(host: str) -> list[dict]:
+    """A shell and two children of it on ``host`` (the children name it as their parent)."""
+    import copy
+    from common import bench
+    shell = copy.deepcopy(bench.varied_events(1, seed=6)[0])
+    shell["host"]["name"] = host
+    shell["process"].update(pid=7000, executable="/usr/bin/bash", start=shell["@timestamp"])
+    ttphash.attach(shell)
+    family = [shell]
+    for n, tool in enumerate(("/usr/bin/curl", "/usr/bin/tar")):
+        child = copy.deepcopy(bench.varied_events(1, seed=10 + n)[0])
+        child["host"]["name"] = host
+        child["process"].update(pid=7001 + n, executable=tool)
+        child["process"]["parent"].update(pid=7000, start=shell["@timestamp"])
+        ttphash.attach(child)
+        family.append(child)
+    return family
 
-    new, old = postgres_server(), postgres_server()
+
+def _process_indexes(store: Store) -> dict[str, str]:
+    query = ("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'"
+             if store.postgres else
+             "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'")
+    return {name: definition for name, definition in store._execute(query).fetchall()
+            if name in ("events_proc", "events_parent")}
+
+
+def test_process_keys_are_indexed_for_new_stores_and_old_stores_keep_theirs(
+        store_location, request) -> None:
+    """A new store indexes the process keys that link an exec to its parent in an order
+    cheap to insert: SQLite by (host, start, key), PostgreSQL by hash; the console's join of
+    a child to its parent uses the index. A store made with B-trees on (host, key) keeps
+    them, and the console finds the same parents and children in it."""
+    from collector.console.hunting import Hunt
+    from collector.store import same_process
+
+    old = (request.getfixturevalue("postgres_server")() if store_location.startswith(
+        "postgresql") else store_location + ".old")
     with Store(old) as made:  # as a store of before: B-trees led by the host
-        made._execute("DROP INDEX events_proc")
-        made._execute("DROP INDEX events_parent")
-        made._execute("CREATE INDEX events_proc ON events (host, proc)")
-        made._execute("CREATE INDEX events_parent ON events (host, parent)")
-    for location, method in ((new, "hash"), (old, "btree")):
+        for name, column in (("events_proc", "proc"), ("events_parent", "parent")):
+            made._execute(f"DROP INDEX {name}")
+            made._execute(f"CREATE INDEX {name} ON events (host, {column})")
+        if not made.postgres:
+            made.db.commit()
+    postgres = store_location.startswith("postgresql")
+    expected = {"new": "USING hash " if postgres else "ltrim(proc, '0123456789')",
+                "old": "USING btree (host, proc)" if postgres else "(host, proc)"}
+    for location, age in ((store_location, "new"), (old, "old")):
         with Store(location) as store:
-            assert store.ingest("s", 0, _events("h", 0, 3), "h").new == 3
-            found = indexes(store)
+            assert store.ingest("s", 0, _family("alpha") + _family("beta"), "h").new == 6
+            found = _process_indexes(store)
             assert sorted(found) == ["events_parent", "events_proc"]
-            assert all(f"USING {method} " in d for d in found.values()), found
-            if method == "hash":  # the console's join of a child to its parent uses it
-                store._execute("SET enable_seqscan = off")
-                plan = "\n".join(row[0] for row in store._execute(
-                    "EXPLAIN SELECT p.ttphash FROM events p WHERE p.host = 'h' "
-                    "AND p.proc = '7@x'").fetchall())
-                assert "events_proc" in plan, plan
+            assert expected[age] in found["events_proc"], found
+            shell = _family("alpha")[0]["ttphash"]["value"]
+            detail = Hunt(store).detail(shell)
+            assert [c["n"] for c in detail.children] == [2, 2]  # each child on both hosts
+            child = Hunt(store).detail(detail.children[0]["ttphash"])
+            assert [(p["ttphash"], p["n"]) for p in child.parents] == [(shell, 2)]
+            if age == "new":  # the child-to-parent join takes the index
+                if postgres:
+                    store._execute("SET enable_seqscan = off")
+                explain = "EXPLAIN" if postgres else "EXPLAIN QUERY PLAN"
+                plan = " ".join(str(row) for row in store._execute(
+                    f"{explain} SELECT p.ttphash FROM events c JOIN events p "
+                    f"ON p.host = c.host AND {same_process('p.proc', 'c.parent')} "
+                    "WHERE c.seq = 1").fetchall())
+                # SQLite: all three of its columns, not only the host.
+                assert ("events_proc" if postgres
+                        else "events_proc (host=? AND <expr>=? AND proc=?)") in plan, plan

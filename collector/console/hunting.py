@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.store import Store, display_columns
+from collector.store import Store, display_columns, same_process
 from common import ttphash
 
 PAGE_ROWS = 50
@@ -204,11 +204,13 @@ class Hunt:
                   "ORDER BY ts DESC LIMIT ?")
         parents = self._rows(
             f"SELECT p.ttphash, count(*) AS n FROM ({recent}) c JOIN events p "
-            "ON p.host = c.host AND p.proc = c.parent WHERE p.ttphash IS NOT NULL "
+            f"ON p.host = c.host AND {same_process('p.proc', 'c.parent')} "
+            "WHERE p.ttphash IS NOT NULL "
             "GROUP BY p.ttphash ORDER BY n DESC, p.ttphash", (value, RELATIVES_FROM))
         children = self._rows(
             f"SELECT c.ttphash, count(*) AS n FROM ({recent}) p JOIN events c "
-            "ON c.host = p.host AND c.parent = p.proc WHERE c.ttphash IS NOT NULL "
+            f"ON c.host = p.host AND {same_process('c.parent', 'p.proc')} "
+            "WHERE c.ttphash IS NOT NULL "
             "GROUP BY c.ttphash ORDER BY n DESC, c.ttphash", (value, RELATIVES_FROM))
         log = self._rows("SELECT action, reason, who, ts FROM allow_log WHERE ttphash = ? "
                          "ORDER BY ts DESC", (value,))
