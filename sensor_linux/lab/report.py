@@ -132,21 +132,26 @@ def markdown(table: list[dict[str, Any]], compared: list[dict[str, Any]],
             continue
         lines.append("| " + " | ".join(_cell(row[key]) for key, _ in COLUMNS) + " |")
     if compared:
-        lines += ["", "| comparison | rate/s | total % | peer total % | total ratio | "
-                  "collector ratio | steady ratio |", "|---|---|---|---|---|---|---|"]
-        for c in compared:
-            lines.append(f"| {c['comparison']} | {c['rate']} | {_cell(c['total_pct'])} | "
-                         f"{_cell(c['peer_total_pct'])} | {_ratio_cell(c['total_ratio'])} | "
-                         f"{_ratio_cell(c['collector_ratio'])} | "
-                         f"{_ratio_cell(c['steady_ratio'])} |")
+        lines += _table(["comparison", "rate/s", "total %", "peer total %", "total ratio",
+                         "collector ratio", "steady ratio"],
+                        [[c["comparison"], str(c["rate"]), _cell(c["total_pct"]),
+                          _cell(c["peer_total_pct"]), _ratio_cell(c["total_ratio"]),
+                          _ratio_cell(c["collector_ratio"]), _ratio_cell(c["steady_ratio"])]
+                         for c in compared])
     if per_process:
-        lines += ["", "| mode | rate/s | process | user µs/exec | system µs/exec | µs/exec | "
-                  "saturated |", "|---|---|---|---|---|---|---|"]
-        for p in per_process:
-            lines.append(f"| {p['mode']} | {p['rate']} | {p['process']} | "
-                         f"{_cell(p['user_us_per_exec'])} | {_cell(p['system_us_per_exec'])} | "
-                         f"{_cell(p['us_per_exec'])} | {_cell(p['saturated'])} |")
+        lines += _table(["mode", "rate/s", "process", "user µs/exec", "system µs/exec",
+                         "µs/exec", "saturated"],
+                        [[p["mode"], str(p["rate"]), p["process"],
+                          _cell(p["user_us_per_exec"]), _cell(p["system_us_per_exec"]),
+                          _cell(p["us_per_exec"]), _cell(p["saturated"])]
+                         for p in per_process])
     return "\n".join(lines) + "\n"
+
+
+def _table(titles: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines, after a blank line."""
+    return ["", "| " + " | ".join(titles) + " |", "|" + "---|" * len(titles),
+            *("| " + " | ".join(row) + " |" for row in rows)]
 
 
 def _ratio_cell(value: float | None) -> str:
