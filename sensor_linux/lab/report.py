@@ -221,6 +221,7 @@ def write_report(out: Path, results: list[Measurement], command: str,
                                          "results": table, "ratios": compared,
                                          "processes": per_process}, indent=1))
     write_csv(paths["csv"], table)
-    paths["markdown"].write_text(f"Command: `{command}`\n\n" + markdown(table, compared, per_process))
+    paths["markdown"].write_text(f"Command: `{command}`\n\n"
+                                 + markdown(table, compared, per_process))
     plot(paths["png"], table)
     return paths
