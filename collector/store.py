@@ -84,8 +84,6 @@ ADDED_COLUMNS = (("events", "proc", "TEXT"), ("events", "parent", "TEXT"),
 INDEXES = """
 CREATE INDEX IF NOT EXISTS events_host_ts ON events (host, ts);
 CREATE INDEX IF NOT EXISTS events_hash_ts ON events (ttphash, ts);
-CREATE INDEX IF NOT EXISTS events_proc ON events (host, ltrim(proc, '0123456789'), proc);
-CREATE INDEX IF NOT EXISTS events_parent ON events (host, ltrim(parent, '0123456789'), parent);
 CREATE INDEX IF NOT EXISTS baseline_first ON baseline (first_seen);
 CREATE INDEX IF NOT EXISTS baseline_last ON baseline (last_seen);
 CREATE INDEX IF NOT EXISTS baseline_count ON baseline (count);
@@ -102,12 +100,15 @@ CREATE INDEX IF NOT EXISTS sigma_matches_hash ON sigma_matches (ttphash, ts);
 # so (same_process). PostgreSQL takes hash indexes of the key alone, a quarter of the size:
 # the console only asks for equality (host is checked on the rows). A store made before
 # keeps the B-trees it has (same names), which the same joins use.
-POSTGRES_INDEXES = {
-    "CREATE INDEX IF NOT EXISTS events_proc ON events (host, ltrim(proc, '0123456789'), proc)":
+PROCESS_KEY_INDEXES = {
+    "sqlite": (
+        "CREATE INDEX IF NOT EXISTS events_proc ON events "
+        "(host, ltrim(proc, '0123456789'), proc)",
+        "CREATE INDEX IF NOT EXISTS events_parent ON events "
+        "(host, ltrim(parent, '0123456789'), parent)"),
+    "postgresql": (
         "CREATE INDEX IF NOT EXISTS events_proc ON events USING hash (proc)",
-    "CREATE INDEX IF NOT EXISTS events_parent ON events "
-    "(host, ltrim(parent, '0123456789'), parent)":
-        "CREATE INDEX IF NOT EXISTS events_parent ON events USING hash (parent)",
+        "CREATE INDEX IF NOT EXISTS events_parent ON events USING hash (parent)"),
 }
 
 
@@ -376,10 +377,10 @@ class Store:
         for table, column, kind in ADDED_COLUMNS:
             if not self._answers(f"SELECT {column} FROM {table} WHERE 0 = 1"):
                 self._execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        for statement in INDEXES.split(";"):
+        backend = "postgresql" if self.postgres else "sqlite"
+        for statement in (*INDEXES.split(";"), *PROCESS_KEY_INDEXES[backend]):
             if statement.strip():
-                self._execute(POSTGRES_INDEXES.get(statement.strip(), statement)
-                              if self.postgres else statement)
+                self._execute(statement)
         # (ttphash, ts) serves every look-up by TTPHash: one index less to keep at ingest.
         self._execute("DROP INDEX IF EXISTS events_ttphash")
         if not self.postgres:

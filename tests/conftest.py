@@ -127,6 +127,27 @@ def no_sensor_outlives_its_test():
     assert not left, f"sensors left running by the test, killed: {left}"
 
 
+def process_family(host: str) -> list[dict]:
+    """A shell and two children of it on ``host`` (the children name it as their parent):
+    what the console links by process keys."""
+    import copy
+
+    from common import bench, ttphash
+    shell = copy.deepcopy(bench.varied_events(1, seed=6)[0])
+    shell["host"]["name"] = host
+    shell["process"].update(pid=7000, executable="/usr/bin/bash", start=shell["@timestamp"])
+    ttphash.attach(shell)
+    family = [shell]
+    for n, tool in enumerate(("/usr/bin/curl", "/usr/bin/tar")):
+        child = copy.deepcopy(bench.varied_events(1, seed=10 + n)[0])
+        child["host"]["name"] = host
+        child["process"].update(pid=7001 + n, executable=tool)
+        child["process"]["parent"].update(pid=7000, start=shell["@timestamp"])
+        ttphash.attach(child)
+        family.append(child)
+    return family
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     """A private PostgreSQL cluster for the test run, on a free loopback port; stopped after.

@@ -18,7 +18,7 @@ from collector.store import Incoming, IngestResult, Store
 from collector.writer import FrameWriter, WriterClosed
 from common import ttphash, wire
 from common.spool import Spool
-from tests.conftest import run_cli
+from tests.conftest import process_family, run_cli
 
 
 def _exec(host: str, exe: str, args: list[str], ts: str) -> dict:
@@ -305,25 +305,6 @@ def test_run_then_hunt_works_with_no_other_setup(tmp_path) -> None:
     assert missing.returncode == 1 and "no store" in missing.stderr
 
 
-def _family(host: str) -> list[dict]:
-    """A shell and two children of it on ``host`` (the children name it as their parent)."""
-    import copy
-    from common import bench
-    shell = copy.deepcopy(bench.varied_events(1, seed=6)[0])
-    shell["host"]["name"] = host
-    shell["process"].update(pid=7000, executable="/usr/bin/bash", start=shell["@timestamp"])
-    ttphash.attach(shell)
-    family = [shell]
-    for n, tool in enumerate(("/usr/bin/curl", "/usr/bin/tar")):
-        child = copy.deepcopy(bench.varied_events(1, seed=10 + n)[0])
-        child["host"]["name"] = host
-        child["process"].update(pid=7001 + n, executable=tool)
-        child["process"]["parent"].update(pid=7000, start=shell["@timestamp"])
-        ttphash.attach(child)
-        family.append(child)
-    return family
-
-
 def _process_indexes(store: Store) -> dict[str, str]:
     query = ("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'"
              if store.postgres else
@@ -354,11 +335,11 @@ def test_process_keys_are_indexed_for_new_stores_and_old_stores_keep_theirs(
                 "old": "USING btree (host, proc)" if postgres else "(host, proc)"}
     for location, age in ((store_location, "new"), (old, "old")):
         with Store(location) as store:
-            assert store.ingest("s", 0, _family("alpha") + _family("beta"), "h").new == 6
+            assert store.ingest("s", 0, process_family("alpha") + process_family("beta"), "h").new == 6
             found = _process_indexes(store)
             assert sorted(found) == ["events_parent", "events_proc"]
             assert expected[age] in found["events_proc"], found
-            shell = _family("alpha")[0]["ttphash"]["value"]
+            shell = process_family("alpha")[0]["ttphash"]["value"]
             detail = Hunt(store).detail(shell)
             assert [c["n"] for c in detail.children] == [2, 2]  # each child on both hosts
             child = Hunt(store).detail(detail.children[0]["ttphash"])

@@ -21,8 +21,8 @@ from collector.deliver import LocalDelivery
 from collector.store import Store
 from common import bench, qlog, ttphash
 from common.spool import Spool
-from tests.conftest import (ROOT, free_port, not_listening, require, seed_qlog_example,
-                            ttpsensor_command)
+from tests.conftest import (ROOT, free_port, not_listening, process_family, require,
+                            seed_qlog_example, ttpsensor_command)
 from tests.sigma_rules import rule_yaml, selection, write_rules
 
 CORPUS = ROOT.parent / "shared" / "corpus" / "laurel" / "proc-trace-dpkg-l.txt"
@@ -53,18 +53,7 @@ def _generated() -> list[dict]:
     for i, event in enumerate(bench.varied_events(60, seed=5)):
         event["host"]["name"] = "alpha" if i % 2 else "beta"
         events.append(event)
-    shell = copy.deepcopy(bench.varied_events(1, seed=6)[0])
-    shell["host"]["name"] = "alpha"
-    shell["process"].update(pid=7000, executable="/usr/bin/bash", start=shell["@timestamp"])
-    ttphash.attach(shell)
-    events.append(shell)
-    for n, tool in enumerate(("/usr/bin/curl", "/usr/bin/tar")):
-        child = copy.deepcopy(bench.varied_events(1, seed=10 + n)[0])
-        child["host"]["name"] = "alpha"
-        child["process"].update(pid=7001 + n, executable=tool)
-        child["process"]["parent"].update(pid=7000, start=shell["@timestamp"])
-        ttphash.attach(child)
-        events.append(child)
+    events += process_family("alpha")
     windows = qlog.read_event(json.loads(seed_qlog_example()))
     windows["host"] = {"name": "winbox", "os": {"type": "windows"}}
     ttphash.attach(windows)
