@@ -189,11 +189,24 @@ def event_rows(spool: str, first_seq: int, events: Sequence[Event], sensor: str,
     """A frame's rows of the events table (EVENT_COLUMNS), each followed by its event.
     ``pack(event, received)`` makes an event's document (Documents.pack) from the event's
     bytes as received, ``documents[i]`` (None: encoded again)."""
+    return list(iter_event_rows(spool, first_seq, events, sensor, pack, documents))
+
+
+def iter_event_rows(spool: str, first_seq: int, events: Sequence[Event], sensor: str,
+                    pack: Callable[[Event, Any], bytes],
+                    documents: Sequence[Any] | None = None) -> Iterator[tuple[Any, ...]]:
+    """event_rows one at a time, each made when it is asked for (the arguments are checked
+    at once)."""
     if documents is None:
         documents = (None,) * len(events)
     elif len(documents) != len(events):
         raise ValueError(f"{len(documents)} documents for {len(events)} events")
-    rows = []
+    return _rows_of(spool, first_seq, events, sensor, pack, documents)
+
+
+def _rows_of(spool: str, first_seq: int, events: Sequence[Event], sensor: str,
+             pack: Callable[[Event, Any], bytes],
+             documents: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
     seq = first_seq
     for event, document in zip(events, documents):
         # The columns, read with plain look-ups (get_path per field was a fifth of ingest).
@@ -205,17 +218,16 @@ def event_rows(spool: str, first_seq: int, events: Sequence[Event], sensor: str,
             process = _EMPTY
         parent = process.get("parent")
         complete = fingerprint.get("complete")
-        rows.append((spool, seq, sensor,
-                     host.get("name") if isinstance(host, dict) else None,
-                     event.get("@timestamp"),
-                     header.get("action") if isinstance(header, dict) else None,
-                     fingerprint.get("value"),
-                     None if complete is None else int(bool(complete)),
-                     pack(event, document), fingerprint.get("check"),
-                     process_key(process),
-                     process_key(parent) if isinstance(parent, dict) else None, event))
+        yield (spool, seq, sensor,
+               host.get("name") if isinstance(host, dict) else None,
+               event.get("@timestamp"),
+               header.get("action") if isinstance(header, dict) else None,
+               fingerprint.get("value"),
+               None if complete is None else int(bool(complete)),
+               pack(event, document), fingerprint.get("check"),
+               process_key(process),
+               process_key(parent) if isinstance(parent, dict) else None, event)
         seq += 1
-    return rows
 
 
 class Incoming(NamedTuple):
@@ -489,8 +501,11 @@ class Store:
                 # The baseline once for the whole set: a TTPHash the set's frames share is
                 # one statement, not one per frame.
                 groups: dict[str, dict[str, Any]] = {}
+                inserted = self._copy_set(frames) if self.postgres else None
                 results: list[IngestResult | Exception] = [
-                    self._ingest(frame, groups) for frame in frames]
+                    self._ingest(frame, groups) for frame in frames] if inserted is None else [
+                    self._fold(frame, rows, new, groups)
+                    for frame, (rows, new) in zip(frames, inserted)]
                 if groups:
                     self._baseline(groups)
         except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike; retried alone
@@ -508,11 +523,17 @@ class Store:
         """A frame's events, inside the caller's transaction; its new executions are folded
         into ``groups`` (by TTPHash: first and last seen, count, hosts, a sample), which the
         caller gives to _baseline (with the canonical input admission gave, if any)."""
+        rows = event_rows(frame.spool, frame.first_seq, frame.events, frame.sensor,
+                          self.documents.pack, frame.documents)
+        return self._fold(frame, rows, self._insert_new(rows), groups)
+
+    def _fold(self, frame: Incoming, rows: list[tuple[Any, ...]], new: set[int],
+              groups: dict[str, dict[str, Any]]) -> IngestResult:
+        """A frame's result once its rows are stored (``new``: the sequence numbers that were
+        not stored before): its new executions folded into ``groups``, its gaps recorded,
+        the Sigma rules evaluated on what is new."""
         spool, sensor, known = frame.spool, frame.sensor, frame.canonical or _EMPTY
         result = IngestResult()
-        rows = event_rows(spool, frame.first_seq, frame.events, sensor, self.documents.pack,
-                          frame.documents)
-        new = self._insert_new(rows)
         result.new, result.duplicates = len(new), len(rows) - len(new)
         for row in rows:
             if row[1] not in new:
@@ -601,8 +622,36 @@ class Store:
                        "FROM staged ON CONFLICT DO NOTHING RETURNING seq")
         return {int(seq) for (seq,) in cursor.fetchall()}
 
+    def _copy_set(self, frames: Sequence[Incoming]
+                  ) -> list[tuple[list[tuple[Any, ...]], set[int]]] | None:
+        """PostgreSQL: the frames of a set by one COPY, each row made as the COPY takes it;
+        each frame's rows and the sequence numbers stored (all of them). None when a row was
+        stored before (a frame sent again): nothing of the set is stored, and its frames go
+        one by one (_copy_new).
+
+        A binary COPY stores its rows 1,000 at a time, the last ones when it ends: a COPY
+        per frame of 500 left the server idle while the frame's rows were made, and the
+        rows waiting while it stored them. In one COPY the server stores the first thousand
+        while the next are made (their documents compressed), on the other core."""
+        import psycopg
+        taken: list[list[tuple[Any, ...]]] = [[] for _ in frames]
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            for frame, kept in zip(frames, taken):
+                for row in iter_event_rows(frame.spool, frame.first_seq, frame.events,
+                                           frame.sensor, self.documents.pack,
+                                           frame.documents):
+                    kept.append(row)
+                    yield row
+        try:
+            with self.db.transaction():  # a savepoint: a failed COPY leaves nothing behind
+                self._copy_rows(self.db.cursor(), "events", rows())
+        except psycopg.errors.UniqueViolation:
+            return None
+        return [(kept, {row[1] for row in kept}) for kept in taken]
+
     @staticmethod
-    def _copy_rows(cursor: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+    def _copy_rows(cursor: Any, table: str, rows: Iterable[tuple[Any, ...]]) -> None:
         """PostgreSQL: the rows' event columns into ``table`` by one binary COPY."""
         with cursor.copy(f"COPY {table} ({EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_EVENT_TYPES)

@@ -104,6 +104,40 @@ def test_frames_stored_together_are_stored_as_frames_stored_alone(
     assert sum(row["count"] for row in together.top(50)) == 12
 
 
+class _CopyCountingStore(Store):
+    """A store that lists the tables its COPYs went to (PostgreSQL)."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.copies: list[str] = []
+
+    def _copy_rows(self, cursor, table, rows) -> None:  # type: ignore[override]
+        self.copies.append(table)
+        Store._copy_rows(cursor, table, rows)
+
+
+def test_postgres_stores_a_set_of_new_frames_by_one_copy(postgres_server) -> None:
+    """The frames of a set go in by one COPY, which the server stores while the next rows
+    are made; the set is stored as the frames stored alone are. With a frame sent again,
+    the set's COPY is undone and each frame is copied on its own."""
+    frames = [Incoming("spool-a", 0, _events("a", 0, 4), "a"),
+              Incoming("spool-b", 0, _events("b", 0, 4), "b"),
+              Incoming("spool-a", 4, _events("a", 4, 4), "a")]
+    together, alone = _CopyCountingStore(postgres_server()), Store(postgres_server())
+    results = together.ingest_frames(frames)
+    assert together.copies == ["events"]
+    assert results == [alone.ingest(*frame) for frame in frames]
+    for spool in ("spool-a", "spool-b"):
+        assert together.events_of(spool) == alone.events_of(spool)
+    assert together.top(50) == alone.top(50)
+
+    together.copies.clear()
+    again = [Incoming("spool-b", 4, _events("b", 4, 4), "b"), frames[0]]
+    assert [r.new for r in together.ingest_frames(again)] == [4, 0]  # type: ignore[union-attr]
+    assert together.copies == ["events", "events", "events", "events_in"]
+    assert len(together.events_of("spool-b")) == 8 and len(together.events_of("spool-a")) == 8
+
+
 def test_a_frame_the_store_refuses_is_refused_alone(store_location) -> None:
     """The set is undone and stored again frame by frame: only the frame the store refuses
     gets its error (on a new PostgreSQL store, the staging table the undone set created
