@@ -273,7 +273,7 @@ _INSERT_EVENTS = (f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) "
 _INSERT_HOSTS = "INSERT OR IGNORE INTO baseline_hosts VALUES (?,?) RETURNING ttphash"
 _KEY_INDEX = {_INSERT_EVENTS: 1, _INSERT_HOSTS: 0}
 # Their PostgreSQL types, for a binary COPY (the documents go as they are, not as hex text).
-_EVENT_TYPES = ["text", "int8", "text", "text", "text", "text", "text", "int8", "bytea", "text",
+EVENT_TYPES = ["text", "int8", "text", "text", "text", "text", "text", "int8", "bytea", "text",
                 "text", "text"]
 EVENT_FIELDS = 12   # a row's columns; the event itself follows them
 _BASELINE_COLUMNS = ("ttphash, first_seen, last_seen, count, hosts, sample, canonical, "
@@ -654,7 +654,7 @@ class Store:
     def _copy_rows(cursor: Any, table: str, rows: Iterable[tuple[Any, ...]]) -> None:
         """PostgreSQL: the rows' event columns into ``table`` by one binary COPY."""
         with cursor.copy(f"COPY {table} ({EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(_EVENT_TYPES)
+            copy.set_types(EVENT_TYPES)
             for row in rows:
                 copy.write_row(row[:EVENT_FIELDS])
 

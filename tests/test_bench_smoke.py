@@ -103,3 +103,20 @@ def test_bench_wake_feeds_every_batch_and_compares_with_no_pause(tmp_path) -> No
             assert re.search(rf"{what}, {size} a batch: a wake [+-][\d,]+ µs", result.stdout)
     too_many = run_cli("bench", "wake", "--audit-log", str(log), "--batches", "1000")
     assert too_many.returncode != 0 and "this run feeds" in too_many.stderr
+
+
+def test_bench_ingest_measures_postgresql_and_its_floor(postgres_server) -> None:
+    """Every PostgreSQL row is printed, the floor last; the floor's COPY stored every event of
+    the fleet (it is the last thing the bench does to the database)."""
+    import psycopg
+    url = postgres_server()
+    result = run_cli("bench", "ingest", "--events", "1000", "--postgres", url,
+                     env={**os.environ, "COLUMNS": "250"})
+    assert result.returncode == 0, result.stderr
+    for row in ("collector ingest, PostgreSQL (every TTPHash new)",
+                "collector ingest, PostgreSQL, a fleet, 16 frames a commit",
+                "PostgreSQL alone: the fleet's event rows built beforehand"):
+        assert row in result.stdout, result.stdout
+    with psycopg.connect(url) as db:
+        assert db.execute("SELECT spool, count(*) FROM events GROUP BY spool").fetchall() == [
+            ("floor", 1000)]
