@@ -274,7 +274,7 @@ _INSERT_HOSTS = "INSERT OR IGNORE INTO baseline_hosts VALUES (?,?) RETURNING ttp
 _KEY_INDEX = {_INSERT_EVENTS: 1, _INSERT_HOSTS: 0}
 # Their PostgreSQL types, for a binary COPY (the documents go as they are, not as hex text).
 EVENT_TYPES = ["text", "int8", "text", "text", "text", "text", "text", "int8", "bytea", "text",
-                "text", "text"]
+               "text", "text"]
 EVENT_FIELDS = 12   # a row's columns; the event itself follows them
 _BASELINE_COLUMNS = ("ttphash, first_seen, last_seen, count, hosts, sample, canonical, "
                      "executable, command_line, user_name, os")
@@ -630,9 +630,9 @@ class Store:
         one by one (_copy_new).
 
         A binary COPY stores its rows 1,000 at a time, the last ones when it ends: a COPY
-        per frame of 500 left the server idle while the frame's rows were made, and the
-        rows waiting while it stored them. In one COPY the server stores the first thousand
-        while the next are made (their documents compressed), on the other core."""
+        per frame of 500 left the server idle while the frame's rows were made, then us
+        idle while it stored them. In one COPY the server stores a thousand while the next
+        are made (their documents compressed), on the other core."""
         import psycopg
         taken: list[list[tuple[Any, ...]]] = [[] for _ in frames]
 
