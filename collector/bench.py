@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import tempfile
 from typing import Any, Sequence
@@ -11,8 +12,8 @@ import click
 
 from collector.admit import AdmitCounts, Identity, admit
 from collector.documents import TRAIN_DOCUMENTS, Documents, train
-from collector.store import (COMMIT_EVENTS, EVENT_COLUMNS, EVENT_FIELDS, EVENT_TYPES,
-                             Incoming, Store, event_rows)
+from collector.store import (COMMIT_EVENTS, EVENT_COLUMNS, EVENT_FIELDS, Incoming, Store,
+                             event_rows)
 from common import bench, ttphash, wire
 
 
@@ -40,18 +41,6 @@ def fleet_events(count: int, seed: int = 11) -> list[dict]:
         event["process"]["start"] = event["@timestamp"]
         out.append(event)
     return out
-
-
-def _copy_floor(store: Store, frames: list[list[tuple[Any, ...]]]) -> None:
-    """PostgreSQL's floor: the frames' event rows, made beforehand, by one binary COPY (its
-    own transaction: the store's connection is in autocommit), as Store._copy_set sends a
-    set, without the baseline and our Python per event."""
-    with store.db.cursor().copy(f"COPY events ({EVENT_COLUMNS}) FROM STDIN "
-                                "(FORMAT BINARY)") as copy:
-        copy.set_types(EVENT_TYPES)
-        for rows in frames:
-            for row in rows:
-                copy.write_row(row)
 
 
 def _dictionary(samples: list[bytes]) -> bytes:
@@ -177,8 +166,11 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
 
         def ingest(store: Store) -> None:
             if floor and store.postgres:
+                # One COPY a set, as Store._copy_set sends it (each its own transaction: the
+                # store's connection is in autocommit).
                 for start in range(0, len(floor_rows), per_commit):
-                    _copy_floor(store, floor_rows[start:start + per_commit])
+                    Store.copy_rows(store.db.cursor(), "events",
+                                    itertools.chain(*floor_rows[start:start + per_commit]))
                 store.close()
                 return
             if floor:

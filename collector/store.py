@@ -195,18 +195,11 @@ def event_rows(spool: str, first_seq: int, events: Sequence[Event], sensor: str,
 def iter_event_rows(spool: str, first_seq: int, events: Sequence[Event], sensor: str,
                     pack: Callable[[Event, Any], bytes],
                     documents: Sequence[Any] | None = None) -> Iterator[tuple[Any, ...]]:
-    """event_rows one at a time, each made when it is asked for (the arguments are checked
-    at once)."""
+    """event_rows one at a time, each made when it is asked for."""
     if documents is None:
         documents = (None,) * len(events)
     elif len(documents) != len(events):
         raise ValueError(f"{len(documents)} documents for {len(events)} events")
-    return _rows_of(spool, first_seq, events, sensor, pack, documents)
-
-
-def _rows_of(spool: str, first_seq: int, events: Sequence[Event], sensor: str,
-             pack: Callable[[Event, Any], bytes],
-             documents: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
     seq = first_seq
     for event, document in zip(events, documents):
         # The columns, read with plain look-ups (get_path per field was a fifth of ingest).
@@ -273,8 +266,8 @@ _INSERT_EVENTS = (f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) "
 _INSERT_HOSTS = "INSERT OR IGNORE INTO baseline_hosts VALUES (?,?) RETURNING ttphash"
 _KEY_INDEX = {_INSERT_EVENTS: 1, _INSERT_HOSTS: 0}
 # Their PostgreSQL types, for a binary COPY (the documents go as they are, not as hex text).
-EVENT_TYPES = ["text", "int8", "text", "text", "text", "text", "text", "int8", "bytea", "text",
-               "text", "text"]
+_EVENT_TYPES = ["text", "int8", "text", "text", "text", "text", "text", "int8", "bytea", "text",
+                "text", "text"]
 EVENT_FIELDS = 12   # a row's columns; the event itself follows them
 _BASELINE_COLUMNS = ("ttphash, first_seen, last_seen, count, hosts, sample, canonical, "
                      "executable, command_line, user_name, os")
@@ -501,11 +494,13 @@ class Store:
                 # The baseline once for the whole set: a TTPHash the set's frames share is
                 # one statement, not one per frame.
                 groups: dict[str, dict[str, Any]] = {}
+                results: list[IngestResult | Exception]
                 inserted = self._copy_set(frames) if self.postgres else None
-                results: list[IngestResult | Exception] = [
-                    self._ingest(frame, groups) for frame in frames] if inserted is None else [
-                    self._fold(frame, rows, new, groups)
-                    for frame, (rows, new) in zip(frames, inserted)]
+                if inserted is None:
+                    results = [self._ingest(frame, groups) for frame in frames]
+                else:
+                    results = [self._fold(frame, rows, new, groups)
+                               for frame, (rows, new) in zip(frames, inserted)]
                 if groups:
                     self._baseline(groups)
         except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike; retried alone
@@ -598,23 +593,18 @@ class Store:
         of it is stored already, into a session's staging table and then by one INSERT of
         what is not stored yet: where a pipelined insert per row made the server parse and
         plan each one."""
-        import psycopg
         cursor = self.db.cursor()
         # Most frames are new: copied straight into the table. A frame sent again (a resend
         # after a lost acknowledgement) breaks the primary key; then it takes the staging
         # table. Fleet mix into an empty store: 67-78 against 82-85 µs/event (wall) through
         # the staging table alone.
-        try:
-            with self.db.transaction():  # a savepoint: a failed COPY leaves nothing behind
-                self._copy_rows(cursor, "events", rows)
+        if self._copied_if_new(rows):
             return {row[1] for row in rows}
-        except psycopg.errors.UniqueViolation:
-            pass
         if not self._staging:
             cursor.execute("CREATE TEMP TABLE IF NOT EXISTS events_in (LIKE events) "
                            "ON COMMIT DELETE ROWS")
             self._staging = True
-        self._copy_rows(cursor, "events_in", rows)
+        self.copy_rows(cursor, "events_in", rows)
         # The staging rows are taken out as they are inserted: the next frame of the same
         # transaction (Store.ingest_frames) finds the table empty.
         cursor.execute(f"WITH staged AS (DELETE FROM events_in RETURNING {EVENT_COLUMNS}) "
@@ -633,7 +623,6 @@ class Store:
         per frame of 500 left the server idle while the frame's rows were made, then us
         idle while it stored them. In one COPY the server stores a thousand while the next
         are made (their documents compressed), on the other core."""
-        import psycopg
         taken: list[list[tuple[Any, ...]]] = [[] for _ in frames]
 
         def rows() -> Iterator[tuple[Any, ...]]:
@@ -643,18 +632,27 @@ class Store:
                                            frame.documents):
                     kept.append(row)
                     yield row
-        try:
-            with self.db.transaction():  # a savepoint: a failed COPY leaves nothing behind
-                self._copy_rows(self.db.cursor(), "events", rows())
-        except psycopg.errors.UniqueViolation:
+        if not self._copied_if_new(rows()):
             return None
         return [(kept, {row[1] for row in kept}) for kept in taken]
 
+    def _copied_if_new(self, rows: Iterable[tuple[Any, ...]]) -> bool:
+        """PostgreSQL: ``rows`` copied straight into the events table in a savepoint; False,
+        and nothing of them stored, when one was stored before (the primary key)."""
+        import psycopg
+        try:
+            with self.db.transaction():  # a savepoint: a failed COPY leaves nothing behind
+                self.copy_rows(self.db.cursor(), "events", rows)
+        except psycopg.errors.UniqueViolation:
+            return False
+        return True
+
     @staticmethod
-    def _copy_rows(cursor: Any, table: str, rows: Iterable[tuple[Any, ...]]) -> None:
-        """PostgreSQL: the rows' event columns into ``table`` by one binary COPY."""
+    def copy_rows(cursor: Any, table: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        """PostgreSQL: the rows' event columns (EVENT_FIELDS of each; the event may follow)
+        into ``table`` by one binary COPY."""
         with cursor.copy(f"COPY {table} ({EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(EVENT_TYPES)
+            copy.set_types(_EVENT_TYPES)
             for row in rows:
                 copy.write_row(row[:EVENT_FIELDS])
 

@@ -111,9 +111,9 @@ class _CopyCountingStore(Store):
         super().__init__(location)
         self.copies: list[str] = []
 
-    def _copy_rows(self, cursor, table, rows) -> None:  # type: ignore[override]
+    def copy_rows(self, cursor, table, rows) -> None:  # type: ignore[override]
         self.copies.append(table)
-        Store._copy_rows(cursor, table, rows)
+        Store.copy_rows(cursor, table, rows)
 
 
 def test_postgres_stores_a_set_of_new_frames_by_one_copy(postgres_server) -> None:
@@ -369,7 +369,8 @@ def test_process_keys_are_indexed_for_new_stores_and_old_stores_keep_theirs(
                 "old": "USING btree (host, proc)" if postgres else "(host, proc)"}
     for location, age in ((store_location, "new"), (old, "old")):
         with Store(location) as store:
-            assert store.ingest("s", 0, process_family("alpha") + process_family("beta"), "h").new == 6
+            family = process_family("alpha") + process_family("beta")
+            assert store.ingest("s", 0, family, "h").new == 6
             found = _process_indexes(store)
             assert sorted(found) == ["events_parent", "events_proc"]
             assert expected[age] in found["events_proc"], found

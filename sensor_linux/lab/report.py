@@ -123,34 +123,30 @@ def _cell(value: Any) -> str:
 
 def markdown(table: list[dict[str, Any]], compared: list[dict[str, Any]],
              per_process: list[dict[str, Any]] | None = None) -> str:
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
-    for row in table:
-        if row["error"]:
-            lines.append(f"| {row['mode']} | {row['rate']} | failed: "
-                         f"{row['error'].splitlines()[0][:120]} |")
-            continue
-        lines.append("| " + " | ".join(_cell(row[key]) for key, _ in COLUMNS) + " |")
+    lines = _table([title for _, title in COLUMNS],
+                   [[row["mode"], str(row["rate"]),
+                     f"failed: {row['error'].splitlines()[0][:120]}"] if row["error"] else
+                    [_cell(row[key]) for key, _ in COLUMNS] for row in table])
     if compared:
-        lines += _table(["comparison", "rate/s", "total %", "peer total %", "total ratio",
+        lines += ["", *_table(["comparison", "rate/s", "total %", "peer total %", "total ratio",
                          "collector ratio", "steady ratio"],
                         [[c["comparison"], str(c["rate"]), _cell(c["total_pct"]),
                           _cell(c["peer_total_pct"]), _ratio_cell(c["total_ratio"]),
                           _ratio_cell(c["collector_ratio"]), _ratio_cell(c["steady_ratio"])]
-                         for c in compared])
+                         for c in compared])]
     if per_process:
-        lines += _table(["mode", "rate/s", "process", "user µs/exec", "system µs/exec",
+        lines += ["", *_table(["mode", "rate/s", "process", "user µs/exec", "system µs/exec",
                          "µs/exec", "saturated"],
                         [[p["mode"], str(p["rate"]), p["process"],
                           _cell(p["user_us_per_exec"]), _cell(p["system_us_per_exec"]),
                           _cell(p["us_per_exec"]), _cell(p["saturated"])]
-                         for p in per_process])
+                         for p in per_process])]
     return "\n".join(lines) + "\n"
 
 
 def _table(titles: list[str], rows: list[list[str]]) -> list[str]:
-    """A Markdown table's lines, after a blank line."""
-    return ["", "| " + " | ".join(titles) + " |", "|" + "---|" * len(titles),
+    """A Markdown table's lines (a failed run's row has fewer cells)."""
+    return ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles),
             *("| " + " | ".join(row) + " |" for row in rows)]
 
 
