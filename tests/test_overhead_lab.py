@@ -162,3 +162,76 @@ def test_quick_lab_runs_every_mode_end_to_end_and_restores_state(tmp_path) -> No
         assert len(list(csv.DictReader(f))) == len(doc["results"])
     assert (out / "results.md").read_text().count("\n| ") >= len(doc["results"])
     assert (out / "cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rounds_alternate_their_order_and_are_judged_on_their_median() -> None:
+    from sensor_linux.lab.modes import all_modes as modes_by_name
+    from sensor_linux.lab.overhead import round_order
+    from sensor_linux.lab.report import summary
+
+    modes = list(modes_by_name().values())[:3]
+    assert round_order(modes, 1) == modes
+    assert round_order(modes, 2) == modes[::-1]
+    assert round_order(modes, 3) == modes
+
+    def m(mode: str, round_: int, collectors: float, workload: float) -> Measurement:
+        return Measurement(mode, 500, mode == "ebpf", started=100, received=100,
+                           achieved_rate=500.0, collector_cpu_pct=collectors,
+                           workload_cpu_pct=workload, round=round_)
+    # Round 2's baseline is higher: each round's totals are against its own.
+    results = [m("none", 1, 0, 50), m("auditd-raw", 1, 10, 50), m("ebpf", 1, 4, 50),
+               m("none", 2, 0, 60), m("auditd-raw", 2, 10, 60), m("ebpf", 2, 6, 61),
+               m("none", 3, 0, 50), m("auditd-raw", 3, 10, 50), m("ebpf", 3, 8, 50)]
+    table = rows(results)
+    assert [r["total_cpu_pct"] for r in table if r["mode"] == "ebpf"] == [4, 7, 8]
+    compared = ratios(table)
+    assert [(c["round"], c["total_ratio"]) for c in compared] == [
+        (1, pytest.approx(0.4)), (2, pytest.approx(0.7)), (3, pytest.approx(0.8))]
+    [ebpf] = [s for s in summary(compared) if s["comparison"].startswith("our eBPF")]
+    assert ebpf["rounds"] == 3 and ebpf["goal"] == 0.5
+    assert ebpf["total_median"] == pytest.approx(0.7)
+    assert (ebpf["total_min"], ebpf["total_max"]) == (pytest.approx(0.4), pytest.approx(0.8))
+    assert ebpf["steady_median"] == pytest.approx(0.6)
+    assert ebpf["within_goal"] is False   # one round under the goal is not the median
+    text = markdown(table, compared, processes(table), summary(compared))
+    assert "| round | mode |" in text
+    assert "| our eBPF mode vs auditd alone | 500 | 3 | 0.70× | 0.40–0.80× | 0.60× | " \
+           "0.40–0.80× | ≤ 0.50× | no |" in text
+    # One round: no round column and no summary table (its median is its only figure).
+    single = rows(results[:3])
+    assert "| round |" not in markdown(single, ratios(single), None,
+                                       summary(ratios(single)))
+    assert "median within goal" not in markdown(single, ratios(single), None,
+                                                summary(ratios(single)))
+
+
+@pytest.mark.kernel
+def test_lab_rounds_run_every_mode_again_in_the_other_order(tmp_path) -> None:
+    require(os.geteuid() == 0, "the lab needs root")
+    require(shutil.which("auditd") is not None, "auditd is needed")
+    out = tmp_path / "report"
+    done = run_cli("bench", "overhead", "--quick", "--rounds", "2", "--modes",
+                   "none,auditd-raw,ebpf", "--out", str(out), timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    assert [(r["round"], r["mode"], r["rate"]) for r in doc["results"]] == [
+        (1, "none", 100), (1, "none", 500), (1, "auditd-raw", 100), (1, "auditd-raw", 500),
+        (1, "ebpf", 100), (1, "ebpf", 500),
+        (2, "ebpf", 100), (2, "ebpf", 500), (2, "auditd-raw", 100), (2, "auditd-raw", 500),
+        (2, "none", 100), (2, "none", 500)]
+    for row in doc["results"]:
+        assert row["error"] is None, row
+        if row["mode"] != "none":
+            assert row["received"] == row["started"], row
+    # Each round's comparison is of that round's runs; the summary counts the rounds that
+    # gave a figure (a round whose total came out below zero gives none).
+    rounds = {(c["round"], c["rate"]) for c in doc["ratios"]
+              if c["comparison"] == "our eBPF mode vs auditd alone"
+              and c["total_ratio"] is not None}
+    for item in doc["summary"]:
+        if item["comparison"] == "our eBPF mode vs auditd alone":
+            assert item["rounds"] == len({r for r, rate in rounds if rate == item["rate"]})
+            if item["rounds"]:
+                assert item["total_min"] <= item["total_median"] <= item["total_max"]
+    assert "median within goal" in (out / "results.md").read_text()
+    assert (out / "cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -40,11 +40,16 @@ def _rates(text: str) -> list[int]:
               type=click.Path(file_okay=False), help="Where the report files are written.")
 @click.option("--program", default=DEFAULT_PROGRAM, show_default=True,
               help="The program the load generator spawns.")
+@click.option("--rounds", default=1, show_default=True, type=click.IntRange(1, 20),
+              help="Run every mode this many times, each round in the opposite order to the "
+                   "one before; the report adds each comparison's median over the rounds. "
+                   "On a shared machine one run of a pair moves by a fifth or more: judge a "
+                   "ratio on 3 rounds or more.")
 @click.option("--quick", is_flag=True,
               help=f"Check the lab end to end: rates {QUICK_RATES[0]} and {QUICK_RATES[1]}, "
                    f"{QUICK_SECONDS:g} s each.")
 def bench_overhead(rates: str, duration: float, mode_names: str, out: str, program: str,
-                   quick: bool) -> None:
+                   rounds: int, quick: bool) -> None:
     """What each way of collecting costs on this machine, side by side.
 
     Runs each mode in turn (nothing; auditd alone with RAW and ENRICHED logs; auditd with
@@ -56,13 +61,17 @@ def bench_overhead(rates: str, duration: float, mode_names: str, out: str, progr
 
     Needs root and no other audit daemon running; audit and BPF settings are restored
     afterwards. The exit code is 1 when a mode failed or a ttpsensor mode lost events.
+
+    \b
+      ttpsensor bench overhead --rates 500,1000 --rounds 3   # the cost goals, judged
+      ttpsensor bench overhead --modes none,auditd-raw,ebpf --rates 500 --duration 20
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from sensor_linux.lab.modes import ModeError
-    from sensor_linux.lab.overhead import LabSettings, run_lab
-    from sensor_linux.lab.report import markdown, ratios, rows, write_report
+    from sensor_linux.lab.overhead import LabSettings, Measurement, run_lab
+    from sensor_linux.lab.report import markdown, processes, ratios, rows, summary, write_report
 
     if importlib.util.find_spec("matplotlib") is None:
         raise click.ClickException("the plot needs matplotlib: pip install 'ttpsensor[lab]'")
@@ -78,31 +87,37 @@ def bench_overhead(rates: str, duration: float, mode_names: str, out: str, progr
         raise click.BadParameter("must be positive", param_hint="--duration")
     settings = LabSettings(rate_list, seconds, warmup=min(2.0, seconds / 3), program=program)
     console = Console(stderr=True)
-    console.print(f"overhead lab: {len(names)} modes x {len(rate_list)} rates, "
-                  f"{seconds:g} s each; work files in {settings.work}")
+    console.print(f"overhead lab: {len(names)} modes x {len(rate_list)} rates"
+                  + (f" x {rounds} rounds" if rounds > 1 else "")
+                  + f", {seconds:g} s each; work files in {settings.work}")
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
             "{task.completed}/{task.total}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("starting", total=len(names) * len(rate_list))
+        task = bar.add_task("starting", total=len(names) * len(rate_list) * rounds)
 
         def progress(text: str, done: int) -> None:
             bar.update(task, description=text, advance=done)
 
         try:
-            results = run_lab([known[n] for n in names], settings, progress)
+            results = run_lab([known[n] for n in names], settings, progress, rounds)
         except ModeError as exc:
             raise click.ClickException(str(exc)) from exc
     paths = write_report(Path(out), results, shlex.join(["ttpsensor", *sys.argv[1:]]), {
         "rates": rate_list, "duration": seconds, "modes": names, "program": program,
+        "rounds": rounds,
         "kernel": platform.release(), "cpus": os.cpu_count()})
     table = rows(results)
-    click.echo(markdown(table, ratios(table)))
+    compared = ratios(table)
+    click.echo(markdown(table, compared, processes(table), summary(compared)))
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
     failed = [r for r in results if r.error]
     lossy = [r for r in results if r.ours and not r.error and r.lost]
+    def which(r: Measurement) -> str:
+        return f"{r.mode} at {r.rate}/s" + (f" (round {r.round})" if rounds > 1 else "")
+
     for r in failed:
-        console.print(f"[red]{r.mode} at {r.rate}/s failed: {r.error}")
+        console.print(f"[red]{which(r)} failed: {r.error}")
     for r in lossy:
-        console.print(f"[red]{r.mode} at {r.rate}/s lost {r.lost} of {r.started} execs")
+        console.print(f"[red]{which(r)} lost {r.lost} of {r.started} execs")
     if failed or lossy:
         sys.exit(1)
 

@@ -8,6 +8,11 @@ counter; the load generator reports its own CPU, its children's (where kernel-si
 and its exec latency. CPU is given as a percentage of one CPU over the load's duration, so the
 cost of draining a backlog after the load ends is counted too.
 
+With several rounds the whole sequence runs again, each round in the opposite order to the one
+before (a mode that runs early in one round runs late in the next): on a shared machine the same
+mode moves by a fifth or more between runs, so a comparison is judged on its rounds' median, each
+round's pair measured minutes apart at most (report.py).
+
 The audit state (enabled flag, rules, settings, registered pid) is saved before the first mode
 and restored after every mode, and ``kernel.bpf_stats_enabled`` is put back, even on failure.
 """
@@ -56,6 +61,7 @@ class Measurement:
     latency_p99_us: float = 0.0
     drain_s: float = 0.0             # after the load, until the last event arrived
     error: str | None = None
+    round: int = 1                   # which pass over the modes (run_lab's rounds)
 
     @property
     def lost(self) -> int | None:
@@ -132,8 +138,8 @@ def _cpu_of(pids: dict[str, int]) -> dict[str, measure.Cpu]:
 
 
 def measure_rate(mode: Mode, rate: int, settings: LabSettings,
-                 control: AuditSocket) -> Measurement:
-    result = Measurement(mode.name, rate, mode.ours)
+                 control: AuditSocket, round_: int = 1) -> Measurement:
+    result = Measurement(mode.name, rate, mode.ours, round=round_)
     run_load(rate, settings.warmup, f"warm{secrets.token_hex(4)}", settings.program)
     token = f"{mode.name.replace('+', '-')}-{rate}-{secrets.token_hex(4)}"
     kauditd = {f"kauditd/{pid}": pid for pid in measure.pids_named("kauditd")}
@@ -185,35 +191,55 @@ def preflight(control: AuditSocket) -> SavedState:
     return SavedState(os.getpid(), status.as_dict(), control.list_rules())
 
 
+def round_order(modes: list[Mode], round_: int) -> list[Mode]:
+    """The modes in the order round ``round_`` (from 1) runs them: as given, then reversed,
+    alternately, so that no mode always runs at the same point of the sequence."""
+    return list(modes) if round_ % 2 else list(reversed(modes))
+
+
 def run_lab(modes: list[Mode], settings: LabSettings,
-            progress: Callable[[str, int], None]) -> list[Measurement]:
-    """Every mode at every rate; ``progress(text, steps_done)`` is called as it goes."""
+            progress: Callable[[str, int], None], rounds: int = 1) -> list[Measurement]:
+    """Every mode at every rate, ``rounds`` times (:func:`round_order`); ``progress(text,
+    steps_done)`` is called as it goes."""
     control = AuditSocket()
     saved = preflight(control)
     stats_before = measure.read_bpf_stats_enabled()
     results: list[Measurement] = []
     try:
         measure.write_bpf_stats_enabled("1")
-        for mode in modes:
-            progress(f"{mode.name}: starting", 0)
-            try:
-                mode.start(settings.work / mode.name.replace("+", "-"))
-                wait_until_ready(mode, settings.program)
-                for rate in settings.rates:
-                    progress(f"{mode.name}: {rate} execs/s for {settings.duration:g} s", 0)
-                    results.append(measure_rate(mode, rate, settings, control))
-                    progress(f"{mode.name}: {rate} execs/s done", 1)
-            except (ModeError, OSError, subprocess.SubprocessError) as exc:
-                done_rates = {r.rate for r in results if r.mode == mode.name}
-                for rate in settings.rates:
-                    if rate not in done_rates:
-                        results.append(Measurement(mode.name, rate, mode.ours, error=str(exc)))
-                        progress(f"{mode.name}: failed", 1)
-            finally:
-                mode.stop()
-                restore(control, saved)
+        for round_ in range(1, rounds + 1):
+            for mode in round_order(modes, round_):
+                results += _run_mode(mode, settings, control, saved, progress, round_, rounds)
     finally:
         measure.write_bpf_stats_enabled(stats_before)
+        restore(control, saved)
+    return results
+
+
+def _run_mode(mode: Mode, settings: LabSettings, control: AuditSocket, saved: SavedState,
+              progress: Callable[[str, int], None], round_: int, rounds: int
+              ) -> list[Measurement]:
+    """One mode started, measured at every rate and stopped; a failure is its rates' rows."""
+    label = f"round {round_}/{rounds}: {mode.name}" if rounds > 1 else mode.name
+    work = mode.name.replace("+", "-") + (f"-round{round_}" if round_ > 1 else "")
+    results: list[Measurement] = []
+    progress(f"{label}: starting", 0)
+    try:
+        mode.start(settings.work / work)
+        wait_until_ready(mode, settings.program)
+        for rate in settings.rates:
+            progress(f"{label}: {rate} execs/s for {settings.duration:g} s", 0)
+            results.append(measure_rate(mode, rate, settings, control, round_))
+            progress(f"{label}: {rate} execs/s done", 1)
+    except (ModeError, OSError, subprocess.SubprocessError) as exc:
+        done_rates = {r.rate for r in results}
+        for rate in settings.rates:
+            if rate not in done_rates:
+                results.append(Measurement(mode.name, rate, mode.ours, error=str(exc),
+                                           round=round_))
+                progress(f"{label}: failed", 1)
+    finally:
+        mode.stop()
         restore(control, saved)
     return results
 
