@@ -148,3 +148,45 @@ def test_a_part_is_not_kept_for_an_image_not_hashed_or_not_at_its_path(tmp_path)
     for pid in (4003, 4004):
         assert enricher.process_map(_facts(path, elsewhere, pid=pid))["on_disk"] is False
     assert not enricher._stable                      # nothing kept
+
+
+def test_a_build_pass_looks_at_each_path_once_and_the_next_pass_looks_again(
+        tmp_path, monkeypatch) -> None:
+    """identity_at: without a pass every exec stats its path; within a pass the first look
+    answers for the pass's other execs of the path (a file changed in between is seen at the
+    next pass), found or not; an inode the exec did not touch is still no answer."""
+    from sensor_linux import image
+
+    path = tmp_path / "tool"
+    path.write_bytes(b"one")
+    st = os.stat(path)
+    inodes = frozenset({(st.st_dev, st.st_ino)})
+    stats: list[bytes] = []
+    real_stat = os.stat
+
+    def counted(target, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if isinstance(target, bytes):  # identity_at's (the test's own take text)
+            stats.append(target)
+        return real_stat(target, *args, **kwargs)
+
+    monkeypatch.setattr(image.os, "stat", counted)
+    looks = RecentLooks(clock=Clock())
+    raw = str(path).encode()
+    first = looks.identity_at(raw, inodes)
+    assert first is not None and first.key == _identity(str(path)).key
+    assert looks.identity_at(raw, inodes) == first and len(stats) == 2  # no pass: each
+    looks.new_pass()
+    assert [looks.identity_at(raw, inodes) for _ in range(3)] == [first] * 3
+    assert len(stats) == 3 and looks.shared == 2
+    assert looks.identity_at(raw, frozenset({(st.st_dev, st.st_ino + 1)})) is None
+    with open(path, "r+b") as f:        # rewritten in place: the inode stays
+        f.write(b"two!")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert looks.identity_at(raw, inodes) == first     # the pass's look still answers
+    looks.new_pass()
+    second = looks.identity_at(raw, inodes)
+    assert second is not None and second.key != first.key
+    assert second.key == _identity(str(path)).key and len(stats) == 4
+    missing = str(tmp_path / "gone").encode()
+    assert looks.identity_at(missing, inodes) is None
+    assert looks.identity_at(missing, inodes) is None and len(stats) == 5  # None shared too

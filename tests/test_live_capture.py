@@ -366,3 +366,48 @@ def test_a_failing_first_look_is_counted_and_kept_and_the_event_still_built(
     input_.waiting.feed()
     assert len(out.events) == 1
     assert pipeline.stats.internal_errors == len(lines)
+
+
+def test_the_execs_built_together_share_one_look_at_their_file(tmp_path) -> None:
+    """The live audit sources start a build pass at each build (live_audit wires
+    RecentLooks.new_pass): three execs of one binary built together take one look at its
+    file, and the next build looks again, so a file rewritten in place between two builds
+    gives the later execs its new digests."""
+    import hashlib
+
+    from sensor_linux.audit.capture import live_audit
+
+    tool = tmp_path / "tool"
+    tool.write_bytes(b"\x7fELF one")
+    st = os.stat(tool)
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+
+    def execs(first: int) -> list[bytes]:
+        lines = []
+        for serial in range(first, first + 3):
+            exec_lines = _exec_lines(serial, GONE + serial, 1, str(tool), "tool")
+            stamp = exec_lines[1].split(b": ", 1)[0].split(b" ", 1)[1].decode()
+            path = (f'type=PATH {stamp}: item=0 name="{tool}" inode={st.st_ino} dev={device} '
+                    "mode=0100755 ouid=0 ogid=0 rdev=00:00 nametype=NORMAL cap_fp=0 cap_fi=0 "
+                    "cap_fe=0 cap_fver=0 cap_frootid=0\n").encode()
+            lines += [*exec_lines[:3], path, *exec_lines[3:]]
+        return lines
+
+    enricher = Enricher()
+    out = Collected()
+    waiting = live_audit("ecs", out, enricher, out, keep_exec_attempts=False)
+    assert waiting.new_pass == enricher.looks.new_pass
+    for line in execs(1):
+        waiting.add(line)
+    waiting.feed()
+    for line in execs(4):
+        waiting.add(line)
+    with open(tool, "r+b") as f:  # rewritten in place before the second build: same inode
+        f.write(b"\x7fELF two!")
+    os.utime(tool, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    waiting.feed()
+    digests = [e["process"].get("hash", {}).get("sha256") for e in out.events]
+    one = hashlib.sha256(b"\x7fELF one").hexdigest().upper()
+    two = hashlib.sha256(b"\x7fELF two!").hexdigest().upper()
+    assert digests == [one] * 3 + [two] * 3
+    assert enricher.looks.shared == 4  # two of each build's three execs shared its look

@@ -86,11 +86,14 @@ class WaitingLines:
 
     def __init__(self, pipeline: Pipeline, capture: ExecCapture | None = None,
                  seconds: float = BUILD_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 new_pass: Callable[[], None] | None = None) -> None:
         self.pipeline = pipeline
         self.capture = capture
         self.builds = Gather(seconds, clock)
         self.lines: list[bytes] = []
+        # Called before each build pass (RecentLooks.new_pass: one look at a file a pass).
+        self.new_pass = new_pass
 
     def add(self, line: bytes) -> None:
         if self.capture is None:
@@ -129,6 +132,8 @@ class WaitingLines:
         """Parse and build what waits, now."""
         lines, self.lines = self.lines, []
         self.builds.read()
+        if self.new_pass is not None:
+            self.new_pass()
         self.pipeline.feed_many(lines)
 
     def tick(self) -> None:
@@ -150,8 +155,10 @@ def live_audit(fmt: str, sink: Output, enricher: Enricher | None, error_log: Sin
                keep_exec_attempts: bool) -> WaitingLines:
     """A live audit source's pipeline (audit_pipeline in ``fmt``) behind its waiting lines;
     with an enricher (not the laurel format), each exec's live facts are read at the first
-    look and its event built later."""
+    look and its event built later, the execs of a build pass sharing one look at each
+    executable's file (RecentLooks.new_pass)."""
     capture = ExecCapture(enricher) if enricher is not None else None
     pipeline = audit_pipeline(fmt, sink, enricher=enricher, error_log=error_log,
                               keep_exec_attempts=keep_exec_attempts, captured=capture)
-    return WaitingLines(pipeline, capture)
+    return WaitingLines(pipeline, capture,
+                        new_pass=enricher.looks.new_pass if enricher is not None else None)
