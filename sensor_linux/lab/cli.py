@@ -111,6 +111,7 @@ def bench_overhead(rates: str, duration: float, mode_names: str, out: str, progr
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
     failed = [r for r in results if r.error]
     lossy = [r for r in results if r.ours and not r.error and r.lost]
+
     def which(r: Measurement) -> str:
         return f"{r.mode} at {r.rate}/s" + (f" (round {r.round})" if rounds > 1 else "")
 

@@ -98,7 +98,7 @@ def summary(compared: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per compared pair and rate, over the rounds that gave a figure: the median, lowest and
     highest total and steady ratio, the goal, and whether each median is within it (the
     total is the goal's measure; the steady ratio leaves out the workload excess, which
-    moves the total by tens of points between rounds, see the module's docstring)."""
+    moves a total ratio by tenths between rounds, see the module's docstring)."""
     found = []
     for label, _, _, goal in RATIOS:
         for rate in sorted({c["rate"] for c in compared if c["comparison"] == label}):
