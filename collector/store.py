@@ -223,6 +223,11 @@ def iter_event_rows(spool: str, first_seq: int, events: Sequence[Event], sensor:
         seq += 1
 
 
+def _packed(event: Event, document: bytes) -> bytes:
+    """The ``pack`` of event_rows for documents packed beforehand (Documents.pack_many)."""
+    return document
+
+
 class Incoming(NamedTuple):
     """A frame for :meth:`Store.ingest_frames`: ``ingest``'s arguments."""
     spool: str
@@ -519,7 +524,7 @@ class Store:
         into ``groups`` (by TTPHash: first and last seen, count, hosts, a sample), which the
         caller gives to _baseline (with the canonical input admission gave, if any)."""
         rows = event_rows(frame.spool, frame.first_seq, frame.events, frame.sensor,
-                          self.documents.pack, frame.documents)
+                          _packed, self.documents.pack_many(frame.events, frame.documents))
         return self._fold(frame, rows, self._insert_new(rows), groups)
 
     def _fold(self, frame: Incoming, rows: list[tuple[Any, ...]], new: set[int],
@@ -627,9 +632,9 @@ class Store:
 
         def rows() -> Iterator[tuple[Any, ...]]:
             for frame, kept in zip(frames, taken):
+                packed = self.documents.pack_many(frame.events, frame.documents)
                 for row in iter_event_rows(frame.spool, frame.first_seq, frame.events,
-                                           frame.sensor, self.documents.pack,
-                                           frame.documents):
+                                           frame.sensor, _packed, packed):
                     kept.append(row)
                     yield row
         if not self._copied_if_new(rows()):

@@ -253,3 +253,24 @@ def test_the_benchs_fleet_is_a_process_per_event_with_the_kinds_ttphashes() -> N
     assert len({process_key(e["process"]) for e in events}) == len(events)
     assert len({e["ttphash"]["value"] for e in events}) < len(events) / 2  # kinds repeat
     assert all(ttphash.compute(e).value == e["ttphash"]["value"] for e in events[:300])
+
+
+def test_a_frame_packed_in_one_call_is_what_each_event_packed_alone_gives() -> None:
+    """Documents.pack_many (the store's path) against pack (one call an event): the same
+    bytes, compressed and plain, for events sent with their received bytes and without; an
+    empty frame is an empty list. Each document reads back as its event."""
+    events = fleet_events(300, seed=5)
+    received = [wire.pack_event(e) if i % 3 else None for i, e in enumerate(events)]
+    dictionary = documents.train([wire.pack_event(e) for e in fleet_events(TRAIN_DOCUMENTS,
+                                                                            seed=6)], 1)
+    assert dictionary is not None
+    compressing = documents.Documents(lambda: [(1, dictionary)])
+    plain = documents.Documents(lambda: [(1, dictionary)], compress=False)
+    for packer, compressed in ((compressing, True), (plain, False)):
+        many = packer.pack_many(events, received)
+        assert many == [packer.pack(e, r) for e, r in zip(events, received)]
+        assert all((d[:4] == ZSTD_MAGIC) is compressed for d in many)
+        assert [packer.unpack(d) for d in many] == [wire.unpack_event(wire.pack_event(e))
+                                                    for e in events]
+        assert packer.pack_many(events) == [packer.pack(e) for e in events]
+        assert packer.pack_many([], []) == []

@@ -254,19 +254,20 @@ def test_local_delivery_stores_the_spools_bytes(tmp_path, monkeypatch) -> None:
     """The sensor's own spool into its store: every document is the event's bytes in the
     spool, none is encoded again."""
     packed_again: list[bool] = []
-    pack = Documents.pack
+    pack_many = Documents.pack_many
 
-    def watched(self, event, received=None):  # noqa: ANN001, ANN202
-        packed_again.append(received is None)
-        return pack(self, event, received)
-    monkeypatch.setattr(Documents, "pack", watched)
+    def watched(self, events, received=None):  # noqa: ANN001, ANN202
+        packed_again.extend([True] * len(events) if received is None
+                            else [got is None for got in received])
+        return pack_many(self, events, received)
+    monkeypatch.setattr(Documents, "pack_many", watched)
     spool = Spool(str(tmp_path / "spool"), batch_events=5, max_bytes=1 << 30)
     store = Store(str(tmp_path / "store.sqlite"))
     events = _events("h", 0, 12)
     for event in events:
         spool.append(event)
     assert LocalDelivery(spool, store, "h").deliver() == 12
-    assert packed_again.count(False) == 12   # (the baseline's samples are packed anew)
+    assert packed_again == [False] * 12   # (the baseline's samples go through pack, anew)
     docs = [bytes(d) for (d,) in store._execute("SELECT doc FROM events ORDER BY seq")]
     assert docs == [wire.pack_event(e) for e in events]
 
