@@ -117,6 +117,8 @@ class Documents:
         than they save)."""
         if received is None:
             received = (None,) * len(events)
+        elif len(received) != len(events):
+            raise ValueError(f"{len(received)} documents for {len(events)} events")
         plain = [wire.pack_event(event) if got is None else got
                  for event, got in zip(events, received)]
         packer = self._packer

@@ -274,3 +274,5 @@ def test_a_frame_packed_in_one_call_is_what_each_event_packed_alone_gives() -> N
                                                     for e in events]
         assert packer.pack_many(events) == [packer.pack(e) for e in events]
         assert packer.pack_many([], []) == []
+        with pytest.raises(ValueError, match="299 documents for 300 events"):
+            packer.pack_many(events, received[1:])
