@@ -220,7 +220,7 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
     arrivals = {id(batch): _arrival(batch, memo) for batch in batches + fleet_batches}
     packer = Documents(lambda: [(1, _dictionary(training))])
     floor_rows = [[row[:EVENT_FIELDS] for row in event_rows("floor", n * 500, batch, "bench",
-                                                            packer.pack)]
+                                                            packer.pack_many(batch))]
                   for n, batch in enumerate(fleet_batches)]
     plain_bytes = sum(len(wire.pack_event(e)) for e in fleet) / len(fleet)
     packed_bytes = sum(len(r[8]) for rows in floor_rows for r in rows) / len(fleet)

@@ -184,24 +184,17 @@ def _member(event: Event, name: str) -> Mapping[str, Any]:
 
 
 def event_rows(spool: str, first_seq: int, events: Sequence[Event], sensor: str,
-               pack: Callable[[Event, Any], bytes],
-               documents: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+               documents: Sequence[bytes]) -> list[tuple[Any, ...]]:
     """A frame's rows of the events table (EVENT_COLUMNS), each followed by its event.
-    ``pack(event, received)`` makes an event's document (Documents.pack) from the event's
-    bytes as received, ``documents[i]`` (None: encoded again)."""
-    return list(iter_event_rows(spool, first_seq, events, sensor, pack, documents))
+    ``documents``: each event's stored document (Documents.pack_many)."""
+    return list(iter_event_rows(spool, first_seq, events, sensor, documents))
 
 
 def iter_event_rows(spool: str, first_seq: int, events: Sequence[Event], sensor: str,
-                    pack: Callable[[Event, Any], bytes],
-                    documents: Sequence[Any] | None = None) -> Iterator[tuple[Any, ...]]:
+                    documents: Sequence[bytes]) -> Iterator[tuple[Any, ...]]:
     """event_rows one at a time, each made when it is asked for."""
-    if documents is None:
-        documents = (None,) * len(events)
-    elif len(documents) != len(events):
-        raise ValueError(f"{len(documents)} documents for {len(events)} events")
     seq = first_seq
-    for event, document in zip(events, documents):
+    for event, document in zip(events, documents, strict=True):
         # The columns, read with plain look-ups (get_path per field was a fifth of ingest).
         fingerprint, host, header, process = (event.get("ttphash"), event.get("host"),
                                               event.get("event"), event.get("process"))
@@ -217,15 +210,10 @@ def iter_event_rows(spool: str, first_seq: int, events: Sequence[Event], sensor:
                header.get("action") if isinstance(header, dict) else None,
                fingerprint.get("value"),
                None if complete is None else int(bool(complete)),
-               pack(event, document), fingerprint.get("check"),
+               document, fingerprint.get("check"),
                process_key(process),
                process_key(parent) if isinstance(parent, dict) else None, event)
         seq += 1
-
-
-def _packed(event: Event, document: bytes) -> bytes:
-    """The ``pack`` of event_rows for documents packed beforehand (Documents.pack_many)."""
-    return document
 
 
 class Incoming(NamedTuple):
@@ -524,7 +512,7 @@ class Store:
         into ``groups`` (by TTPHash: first and last seen, count, hosts, a sample), which the
         caller gives to _baseline (with the canonical input admission gave, if any)."""
         rows = event_rows(frame.spool, frame.first_seq, frame.events, frame.sensor,
-                          _packed, self.documents.pack_many(frame.events, frame.documents))
+                          self.documents.pack_many(frame.events, frame.documents))
         return self._fold(frame, rows, self._insert_new(rows), groups)
 
     def _fold(self, frame: Incoming, rows: list[tuple[Any, ...]], new: set[int],
@@ -634,7 +622,7 @@ class Store:
             for frame, kept in zip(frames, taken):
                 packed = self.documents.pack_many(frame.events, frame.documents)
                 for row in iter_event_rows(frame.spool, frame.first_seq, frame.events,
-                                           frame.sensor, _packed, packed):
+                                           frame.sensor, packed):
                     kept.append(row)
                     yield row
         if not self._copied_if_new(rows()):

@@ -76,6 +76,10 @@ def _hash_if_same(path: str | bytes, identity: FileIdentity,
 LOOK_REUSE_SECONDS = 1.0
 
 
+# What identity_at finds for a path not looked at in the pass (None is a look's answer).
+_NOT_LOOKED = FileIdentity(-1, -1, -1, -1, -1, -1)
+
+
 class RecentLooks:
     """Paths lately seen holding a file version, so that the execs of one binary in a burst
     share one stat(). Only a look that found the file is kept; the version (device, inode,
@@ -89,9 +93,9 @@ class RecentLooks:
         self._clock = clock
         self._found: OrderedDict[tuple[bytes, FileKey], float] = OrderedDict()
         self.reused = 0
-        # The current build pass (:meth:`new_pass`; None: none, every exec is looked at) and
+        # Whether a build pass (:meth:`new_pass`) is on (else every exec is looked at), and
         # what each path's look in it found: a regular file's version, or None.
-        self._pass: int | None = None
+        self._passing = False
         self._in_pass: dict[bytes, FileIdentity | None] = {}
         self.shared = 0  # execs answered by a look taken for another exec of the same pass
 
@@ -104,7 +108,7 @@ class RecentLooks:
         between the exec and the build, which is 100 ms). One stat() a binary a pass instead
         of one an exec: 2.4 µs an exec on a warm CPU, more in the lab (docs/audit.md). Without
         a pass (a replay, a test) every exec is looked at."""
-        self._pass = 0 if self._pass is None else self._pass + 1
+        self._passing = True
         self._in_pass.clear()
 
     def still_there(self, path: bytes, identity: FileIdentity) -> bool:
@@ -140,12 +144,12 @@ class RecentLooks:
         kernel, so that audit execs of a known binary share its enrichment as theirs do. Taken
         at every exec (a file rewritten in place keeps its inode, not its version), and kept
         as a look for :meth:`still_there`."""
-        if self._pass is not None and path in self._in_pass:
+        identity = self._in_pass.get(path, _NOT_LOOKED) if self._passing else _NOT_LOOKED
+        if identity is not _NOT_LOOKED:
             self.shared += 1
-            identity = self._in_pass[path]
         else:
             identity = self._look(path)
-            if self._pass is not None:
+            if self._passing:
                 if len(self._in_pass) >= self.max_entries:
                     self._in_pass.clear()
                 self._in_pass[path] = identity

@@ -230,6 +230,8 @@ def test_lab_rounds_run_every_mode_again_in_the_other_order(tmp_path) -> None:
     rounds = {(c["round"], c["rate"]) for c in doc["ratios"]
               if c["comparison"] == "our eBPF mode vs auditd alone"
               and c["total_ratio"] is not None}
+    assert {s["rate"] for s in doc["summary"]
+            if s["comparison"] == "our eBPF mode vs auditd alone"} == {100, 500}
     for item in doc["summary"]:
         if item["comparison"] == "our eBPF mode vs auditd alone":
             assert item["rounds"] == len({r for r, rate in rounds if rate == item["rate"]})

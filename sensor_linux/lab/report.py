@@ -103,19 +103,16 @@ def summary(compared: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for label, _, _, goal in RATIOS:
         for rate in sorted({c["rate"] for c in compared if c["comparison"] == label}):
             mine = [c for c in compared if c["comparison"] == label and c["rate"] == rate]
-            total = [c["total_ratio"] for c in mine if c["total_ratio"] is not None]
-            steady = [c["steady_ratio"] for c in mine if c["steady_ratio"] is not None]
-            median = statistics.median(total) if total else None
-            steady_median = statistics.median(steady) if steady else None
-            found.append({"comparison": label, "rate": rate, "rounds": len(total),
-                          "total_median": median, "total_min": min(total, default=None),
-                          "total_max": max(total, default=None),
-                          "steady_median": steady_median,
-                          "steady_min": min(steady, default=None),
-                          "steady_max": max(steady, default=None), "goal": goal,
-                          "total_within_goal": None if median is None else median <= goal,
-                          "steady_within_goal": None if steady_median is None
-                          else steady_median <= goal})
+            item: dict[str, Any] = {"comparison": label, "rate": rate, "goal": goal}
+            for kind in ("total", "steady"):
+                values = [c[f"{kind}_ratio"] for c in mine if c[f"{kind}_ratio"] is not None]
+                median = statistics.median(values) if values else None
+                item.update({f"{kind}_median": median, f"{kind}_min": min(values, default=None),
+                             f"{kind}_max": max(values, default=None),
+                             f"{kind}_within_goal": None if median is None else median <= goal})
+                if kind == "total":
+                    item["rounds"] = len(values)
+            found.append(item)
     return found
 
 
