@@ -28,9 +28,11 @@ from sensor_linux.procfs import LiveFacts
 # Execs read and not built yet at most: a bound on what lines that never become an event (a
 # record the parser refuses) can leave behind, and on the image descriptors held open.
 MAX_CAPTURED = 4096
-# Lines waiting to be parsed at most (then they are, at once): a bound on memory when execs come
-# faster than a build's worth.
+# Lines waiting to be parsed at most, beyond one read's (then they are, at once): a bound on
+# memory when execs come faster than a build's worth.
 MAX_WAITING = 4096
+# How a record line that may be an exec's SYSCALL record starts (with the node name or without).
+_MAY_BE_EXEC = (b"type=SYSCALL ", b"node=")
 
 
 class ExecCapture:
@@ -96,26 +98,30 @@ class WaitingLines:
         self.new_pass = new_pass
 
     def add(self, line: bytes) -> None:
-        if self.capture is None:
-            self.pipeline.feed(line)
-            return
-        try:
-            self.capture.scan(line)
-        except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream
-            # Counted and kept; the event is still built, reading /proc at the build.
-            self.pipeline.internal_error(
-                f"internal error in the first look {type(exc).__name__}: {exc}", [line])
-        self.lines.append(line)
-        if len(self.lines) >= MAX_WAITING:
-            self.feed()
+        self.add_many([line])
 
     def add_many(self, lines: list[bytes]) -> None:
-        """``add`` of each of ``lines``, fed in one loop when there is no capture."""
+        """Lines as they are read: each that may be an exec's SYSCALL record looked at now
+        (with a capture), all kept for the next build; fed at once when MAX_WAITING wait, and
+        without a capture."""
         if self.capture is None:
             self.pipeline.feed_many(lines)
             return
+        scan = self.capture.scan
         for line in lines:
-            self.add(line)
+            # Only a SYSCALL record can be an exec (exec_head says which): the other seven of
+            # an exec's eight records are passed by one test, not a call each.
+            if line.startswith(_MAY_BE_EXEC):
+                try:
+                    scan(line)
+                except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream
+                    # Counted and kept; the event is still built, reading /proc at the build.
+                    self.pipeline.internal_error(
+                        f"internal error in the first look {type(exc).__name__}: {exc}",
+                        [line])
+        self.lines.extend(lines)
+        if len(self.lines) >= MAX_WAITING:
+            self.feed()
 
     def due_in(self) -> float | None:
         """Seconds until the waiting lines are due (None: none waits)."""

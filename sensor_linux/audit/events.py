@@ -8,6 +8,7 @@ a generic event. Every event keeps its original records, losslessly, in ``audit.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Protocol
 
@@ -100,7 +101,9 @@ def exec_head(line: bytes) -> ExecHead | None:
     """For the SYSCALL record of an exec as the kernel writes it (its head: SYSCALL_HEAD),
     read from its text alone: the event's key (node, seconds, milliseconds, serial), pid, ppid
     and executable; else None (another record, another call, another layout). Made for the
-    live sources' first look at a record, before it is parsed (capture.py)."""
+    live sources' first look at a record, before it is parsed (capture.py): it reads every
+    record, so what repeats from one exec to the next (the call, the text after the pid) is
+    read once (_exec_call, _tail_executable)."""
     node = None
     if line.startswith(b"node="):
         first, _, line = line.partition(b" ")
@@ -108,25 +111,44 @@ def exec_head(line: bytes) -> ExecHead | None:
     if not line.startswith(b"type=SYSCALL "):
         return None
     parts = line.split(b" ", 13)
-    if len(parts) < 14 or not in_kernel_layout(parts[2:]):
+    if len(parts) < 14 or not _exec_call(parts[2], parts[3]):
         return None
+    # Only the fields read are checked at their places: another layout puts others there.
+    ppid, pid = parts[11], parts[12]
+    if not (ppid.startswith(b"ppid=") and pid.startswith(b"pid=")):
+        return None
+    ppid, pid = ppid[5:], pid[4:]
     stamp = stamp_token(parts[1])
-    arch, number, ppid, pid = parts[2][5:], parts[3][8:], parts[11][5:], parts[12][4:]
-    if stamp is None or not (pid.isdigit() and ppid.isdigit() and number.isdigit()) \
-            or len(arch) > 8 or len(number) > 4 or len(pid) > 10 or len(ppid) > 10:
+    if stamp is None or not (pid.isdigit() and ppid.isdigit()) or len(pid) > 10 \
+            or len(ppid) > 10:
         return None
+    return (node, *stamp), int(pid), int(ppid) or None, _tail_executable(parts[13])
+
+
+@functools.lru_cache(maxsize=256)
+def _exec_call(arch: bytes, number: bytes) -> bool:
+    """Whether a SYSCALL record's ``arch=`` and ``syscall=`` parts name an exec."""
+    if not (arch.startswith(b"arch=") and number.startswith(b"syscall=")):
+        return False
+    arch, number = arch[5:], number[8:]
+    if len(arch) > 8 or len(number) > 4 or not number.isdigit():
+        return False
     try:
-        name = syscalls.syscall_name(int(arch, 16), int(number))
+        return syscalls.syscall_name(int(arch, 16), int(number)) in syscalls.EXEC
     except ValueError:
-        return None
-    if name not in syscalls.EXEC:
-        return None
-    raw = find_field(parts[13].replace(b"\x1d", b" "), b"exe")
+        return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _tail_executable(tail: bytes) -> str | bytes | None:
+    """The executable named by a SYSCALL record's text after its pid (ids, terminal, comm,
+    exe, key, auditd's ENRICHED names): the same for each run of a command by one user."""
+    raw = find_field(tail.replace(b"\x1d", b" "), b"exe")
     try:
-        exe = None if raw is None else field_value(SYSCALL, "exe", raw, line)
+        exe = None if raw is None else field_value(SYSCALL, "exe", raw, tail)
     except ParseError:
         exe = None
-    return (node, *stamp), int(pid), int(ppid) or None, _executable(exe)[0]
+    return _executable(exe)[0]
 
 
 def _succeeded(syscall: Record, head: tuple[bytes, ...] | None) -> bool:
