@@ -1,0 +1,112 @@
+"""``ttpsensor bench plugin``: our auditd plugin and LAUREL fed the same recorded events at a
+rate. The events as written (fresh ids, this process as parent), the feed itself with the real
+plugins (every event written out, rounds in alternating order, CPU taken), a plugin that loses
+events caught, the summary's medians, and bad options refused."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from sensor_linux.audit import paced
+from sensor_linux.audit.records import parse
+from tests.conftest import require, run_cli
+from tests.test_audit_corpus import LAUREL_DIR
+
+# Real kernel records of ``dpkg -l`` (LAUREL's corpus): execs, clones and others.
+RECORDING = LAUREL_DIR / "proc-trace-dpkg-l.txt"
+
+
+def _events() -> list[paced.Template]:
+    require(RECORDING.exists(), f"{RECORDING} (the shared corpus) is missing")
+    return paced.templates(RECORDING.read_bytes().splitlines(keepends=True), os.getpid())
+
+
+def test_each_event_is_written_with_a_fresh_id_and_this_process_as_its_parent() -> None:
+    lines = RECORDING.read_bytes().splitlines(keepends=True) if RECORDING.exists() else []
+    events = _events()
+    lines = [line for line in lines if b"msg=audit(" in line]  # not its comments
+    ids = {(r.node, r.sec, r.msec, r.serial) for r in map(parse, lines)}
+    assert len(events) == len(ids) > 1
+    new = paced.event_id(77, 1_800_000_000.25)
+    assert new == b"1800000000.250:77"
+    for template in events:
+        text = new.join(template)
+        records = [parse(line) for line in text.splitlines(keepends=True)]
+        assert len(records) == len(template) - 1
+        assert {(r.sec, r.msec, r.serial) for r in records} == {(1_800_000_000, 250, 77)}
+        for record in records:
+            if record.get("ppid") is not None:
+                assert record.get("ppid") == os.getpid()
+    # Every record of the recording is written, in its order, nothing else.
+    stamped = b"".join(b"".join(t) for t in events)
+    assert stamped.count(b"\n") == len(lines)
+
+
+def _plugins_or_skip() -> None:
+    require(shutil.which("laurel") is not None, "LAUREL (apt-get install laurel) is missing")
+
+
+def test_both_plugins_write_every_event_fed_round_after_round(tmp_path: Path) -> None:
+    _plugins_or_skip()
+    runs = paced.measure(_events(), [200], rounds=2, seconds=1.5, warmup=0.5,
+                         plugins=paced.engines(tmp_path), work=tmp_path)
+    assert [(r.round, r.engine) for r in runs] == [
+        (1, paced.OURS), (1, paced.PEER), (2, paced.PEER), (2, paced.OURS)]
+    for run in runs:
+        assert run.fed > 200 and run.output == run.fed, run
+        assert 0 < run.window_events <= run.fed and run.cpu_seconds > 0, run
+        assert 150 < run.achieved_rate < 250, run
+    assert paced.lost(runs) == []
+    (row,) = paced.summary(runs)
+    assert row["rate"] == 200 and row["ratio"] > 0 and row["lowest"] <= row["highest"]
+
+
+def test_a_plugin_that_loses_events_is_caught(tmp_path: Path) -> None:
+    out = tmp_path / "kept.txt"
+
+    def keeps_five(run: paced.Run) -> tuple[list[str], None, Path]:
+        # Reads everything (no broken pipe) and keeps the first five lines.
+        return ["sh", "-c", f"awk 'NR <= 5' > {out}"], None, out
+
+    def writes_each(run: paced.Run) -> tuple[list[str], None, Path]:
+        return ["sh", "-c", f"cat > {tmp_path}/all.txt"], None, tmp_path / "all.txt"
+
+    events = [[b"type=EOE msg=audit(", b"): \n"]]
+    runs = paced.measure(events, [100], rounds=1, seconds=0.5, warmup=0.1,
+                         plugins={"short": keeps_five, "whole": writes_each}, work=tmp_path)
+    assert [r.engine for r in paced.lost(runs)] == ["short"]
+    assert runs[0].output == 5 and runs[1].output == runs[1].fed > 5
+
+
+def test_the_summary_takes_the_median_of_the_rounds_ratios() -> None:
+    def run(engine: str, number: int, cpu: float) -> paced.Run:
+        return paced.Run(engine, 500, number, fed=1000, window_events=1000,
+                         window_seconds=2.0, cpu_seconds=cpu, output=1000)
+
+    runs = [run(paced.OURS, 1, 0.10), run(paced.PEER, 1, 0.05),
+            run(paced.OURS, 2, 0.12), run(paced.PEER, 2, 0.10),
+            run(paced.OURS, 3, 0.09), run(paced.PEER, 3, 0.06)]
+    (row,) = paced.summary(runs)
+    assert (row["ours_us"], row["peer_us"]) == pytest.approx((100.0, 60.0))
+    assert (row["lowest"], row["ratio"], row["highest"]) == pytest.approx((1.2, 1.5, 2.0))
+
+
+def test_bench_plugin_prints_both_tables_and_refuses_bad_options() -> None:
+    _plugins_or_skip()
+    require(RECORDING.exists(), f"{RECORDING} (the shared corpus) is missing")
+    started = time.monotonic()
+    done = run_cli("bench", "plugin", "--audit-log", str(RECORDING), "--rates", "150",
+                   "--seconds", "1", "--rounds", "1")
+    assert done.returncode == 0, done.stderr
+    assert "ttpsensor-audisp against LAUREL" in done.stdout and "lost" in done.stdout
+    assert time.monotonic() - started < 120
+    for option, value, message in (("--rates", "fast", "not a list of numbers"),
+                                   ("--rates", "0", "positive rates"),
+                                   ("--seconds", "0", "positive number of seconds")):
+        refused = run_cli("bench", "plugin", "--audit-log", str(RECORDING), option, value)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
