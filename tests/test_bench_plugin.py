@@ -83,6 +83,18 @@ def test_a_plugin_that_loses_events_is_caught(tmp_path: Path) -> None:
     assert runs[0].output == 5 and runs[1].output == runs[1].fed > 5
 
 
+def test_a_plugin_that_stops_while_fed_is_a_clear_error(tmp_path: Path) -> None:
+    import click
+
+    def stops(run: paced.Run) -> tuple[list[str], None, Path]:
+        return ["sh", "-c", "echo 'no configuration' >&2; exit 3"], None, tmp_path / "none"
+
+    events = [[b"type=EOE msg=audit(", b"): \n"]]
+    with pytest.raises(click.ClickException, match="stops stopped while fed: no configuration"):
+        paced.measure(events, [100], rounds=1, seconds=2.0, warmup=0.1,
+                      plugins={"stops": stops}, work=tmp_path)
+
+
 def test_the_summary_takes_the_median_of_the_rounds_ratios() -> None:
     def run(engine: str, number: int, cpu: float) -> paced.Run:
         return paced.Run(engine, 500, number, fed=1000, window_events=1000,

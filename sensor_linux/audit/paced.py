@@ -123,6 +123,7 @@ def feed(argv: list[str], env: dict[str, str] | None, events: list[Template], ru
     window = start + warmup
     end = window + seconds
     cpu_start = serial_start = None
+    said = None
     try:
         while True:
             now = time.monotonic()
@@ -133,16 +134,21 @@ def feed(argv: list[str], env: dict[str, str] | None, events: list[Template], ru
                 run.window_seconds = now - window
                 run.window_events = run.fed - (serial_start or 0)
                 break
+            due = int((now - start) * run.rate)
+            try:
+                while run.fed < due:
+                    template = events[run.fed % len(events)]
+                    run.fed += 1
+                    os.write(fd, event_id(run.fed, time.time()).join(template))
+            except BrokenPipeError:
+                child.wait()
             if child.poll() is not None:
                 raise click.ClickException(f"{run.engine} stopped while fed: "
                                            f"{stderr.read_text(errors='replace')[-2000:]}")
-            due = int((now - start) * run.rate)
-            while run.fed < due:
-                template = events[run.fed % len(events)]
-                run.fed += 1
-                os.write(fd, event_id(run.fed, time.time()).join(template))
-            progress(f"{run.engine}, {run.rate} events/s, round {run.round}: "
-                     f"{max(0.0, end - now):.0f} s left")
+            left = f"{max(0.0, end - now):.0f}"
+            if left != said:  # once a second, not at each of the thousand turns
+                progress(f"{run.engine}, {run.rate} events/s, round {run.round}: {left} s left")
+                said = left
             time.sleep(0.001)
     finally:
         child.stdin.close()
