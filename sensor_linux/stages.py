@@ -188,12 +188,24 @@ def audit_log_or_record(audit_log: Path | None, execs: int, directory: str) -> P
     return recording
 
 
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def recording_options(records: str, execs: int = 5000) -> Decorator:
+    """The ``--audit-log`` and ``--execs`` options of a bench that takes an audit recording
+    (given, or made by :func:`audit_log_or_record`); ``records`` says what the file is for."""
+    def add(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option("--execs", default=execs, show_default=True,
+                               help="Execs to record when no --audit-log is given.")(command)
+        return click.option(
+            "--audit-log", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help=f"{records} Without it, --execs execs are recorded through audit netlink "
+                 f"first (needs root).")(command)
+    return add
+
+
 @click.command("stages")
-@click.option("--audit-log", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Audit records to replay (auditd's log format). Without it, this many "
-                   "execs are recorded through audit netlink first (--execs; needs root).")
-@click.option("--execs", default=5000, show_default=True,
-              help="Execs to record when no --audit-log is given.")
+@recording_options("Audit records to replay (auditd's log format).")
 @click.option("--ebpf-stream", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=DEFAULT_EBPF_STREAM if DEFAULT_EBPF_STREAM.exists() else None,
               show_default=True,

@@ -27,7 +27,7 @@ from common.bench import Row, print_table
 from common.schema import Event
 from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.enrich import Enricher
-from sensor_linux.stages import audit_log_or_record, read_audit_log
+from sensor_linux.stages import audit_log_or_record, read_audit_log, recording_options
 
 BATCH_SIZES = (1, 2, 5, 20)
 WARM_EXECS = 1000  # fed first, untimed: the per-binary caches fill, as in a running sensor
@@ -150,12 +150,8 @@ def _rows(what: str, base: float, batched: dict[int, float]) -> list[Row]:
 
 
 @click.command("wake")
-@click.option("--audit-log", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Audit records to replay (auditd's log format, each event's records "
-                   "together). Without it, --execs execs are recorded through audit netlink "
-                   "first (needs root).")
-@click.option("--execs", default=6000, show_default=True,
-              help="Execs to record when no --audit-log is given.")
+@recording_options("Audit records to replay (auditd's log format, each event's records "
+                   "together).", execs=6000)
 @click.option("--gap-ms", default=20.0, show_default=True,
               help="The pause between batches (the live audit sources wait 20 ms).")
 @click.option("--batches", default=BATCHES, show_default=True,

@@ -35,7 +35,7 @@ import click
 from common.cli import self_command
 from sensor_linux.audit.bench import compiled_env
 from sensor_linux.audit.laurel import PEER_CONFIG
-from sensor_linux.stages import audit_log_or_record
+from sensor_linux.stages import audit_log_or_record, recording_options
 
 OURS = "ttpsensor-audisp"
 PEER = "LAUREL"
@@ -248,11 +248,7 @@ def summary(runs: list[Run]) -> list[dict[str, float | int]]:
 
 
 @click.command("plugin")
-@click.option("--audit-log", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Audit records to feed (auditd's log format). Without it, --execs execs "
-                   "are recorded through audit netlink first (needs root).")
-@click.option("--execs", default=5000, show_default=True,
-              help="Execs to record when no --audit-log is given.")
+@recording_options("Audit records to feed (auditd's log format).")
 @click.option("--rates", default="500,1000", show_default=True,
               help="Events a second to feed, comma-separated (the lab's rates).")
 @click.option("--seconds", default=15.0, show_default=True,
