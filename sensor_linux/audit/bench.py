@@ -159,7 +159,10 @@ def _median(results: list[Result]) -> Result:
                   middle.events, middle.output_lines)
 
 
-def _count_lines(path: Path) -> int:
+def count_lines(path: Path) -> int:
+    """Lines in the file at ``path`` (0 when there is none: an engine that wrote nothing)."""
+    if not path.exists():
+        return 0
     with open(path, "rb") as f:
         return sum(1 for _ in f)
 
@@ -258,7 +261,7 @@ def bench_audit(execs: int, memory_events: int, keep: str | None, rounds: int) -
                                     f"{name}"):
                     result = run_child(name + label, argv, stdin, out, engine_env, work)
                 result.events = seen
-                result.output_lines = _count_lines(out or laurel_dir / "laurel.log")
+                result.output_lines = count_lines(out or laurel_dir / "laurel.log")
                 runs.setdefault(name + label, []).append(result)
     results: list[tuple[Result, Result, list[float]]] = []  # (median, LAUREL's, all CPU s)
     for label, _, engines in inputs:

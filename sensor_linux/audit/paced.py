@@ -33,8 +33,9 @@ from typing import Callable
 import click
 
 from common.cli import self_command
-from sensor_linux.audit.bench import compiled_env
+from sensor_linux.audit.bench import compiled_env, count_lines
 from sensor_linux.audit.laurel import PEER_CONFIG
+from sensor_linux.lab.modes import plugin_settings
 from sensor_linux.stages import audit_log_or_record, recording_options
 
 OURS = "ttpsensor-audisp"
@@ -122,17 +123,17 @@ def feed(argv: list[str], env: dict[str, str] | None, events: list[Template], ru
     start = time.monotonic()
     window = start + warmup
     end = window + seconds
-    cpu_start = serial_start = None
+    cpu_start = fed_at_window = None
     said = None
     try:
         while True:
             now = time.monotonic()
             if cpu_start is None and now >= window:
-                cpu_start, serial_start, window = cpu_seconds(child.pid), run.fed, now
+                cpu_start, fed_at_window, window = cpu_seconds(child.pid), run.fed, now
             if now >= end:
                 run.cpu_seconds = cpu_seconds(child.pid) - (cpu_start or 0.0)
                 run.window_seconds = now - window
-                run.window_events = run.fed - (serial_start or 0)
+                run.window_events = run.fed - (fed_at_window or 0)
                 break
             due = int((now - start) * run.rate)
             try:
@@ -164,13 +165,6 @@ def feed(argv: list[str], env: dict[str, str] | None, events: list[Template], ru
                                    f"{stderr.read_text(errors='replace')[-2000:]}")
 
 
-def count_lines(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with open(path, "rb") as f:
-        return sum(1 for _ in f)
-
-
 # How to start a plugin for a run: its argv, environment (None: this one's) and the file its
 # events go to (made fresh for the run).
 Engine = Callable[[Run], tuple[list[str], "dict[str, str] | None", Path]]
@@ -189,10 +183,7 @@ def engines(work: Path) -> dict[str, Engine]:
         tag = f"{run.rate}-{run.round}"
         output = work / f"ours-{tag}.jsonl"
         config = work / f"ours-{tag}.toml"
-        # The lab's settings (sensor_linux/lab/modes.py): ECS with enrichment and TTPHash.
-        config.write_text(f'format = "ecs"\noutputs = ["jsonl:{output}"]\n'
-                          f'max-bytes = {1 << 40}\ngenerations = 1\n'
-                          f'parse-error-log = "{work}/errors-{tag}.log"\n')
+        config.write_text(plugin_settings(output, work / f"errors-{tag}.log"))
         script = shutil.which(OURS, path=str(Path(ours[0]).parent))
         argv = [script] if script else [*ours, "audisp"]
         return [*argv, "--config", str(config)], env, output

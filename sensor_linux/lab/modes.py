@@ -27,6 +27,13 @@ from sensor_linux.lab.measure import children, comm
 START_TIMEOUT = 180.0        # BCC compiles the probe at start: tens of seconds on a busy host
 OUTPUT_BYTES = 1 << 40       # outputs are never rotated during a run: the lab counts them
 
+def plugin_settings(output: Path, errors: Path) -> str:
+    """The settings file of ``ttpsensor-audisp`` as the lab runs it (also ``bench plugin``):
+    ECS with enrichment and TTPHash into ``output``, never rotated, bad records to ``errors``."""
+    return (f'format = "ecs"\noutputs = ["jsonl:{output}"]\nmax-bytes = {OUTPUT_BYTES}\n'
+            f'generations = 1\nparse-error-log = "{errors}"\n')
+
+
 AUDITD_CONF = """\
 local_events = yes
 write_logs = yes
@@ -182,10 +189,8 @@ class Auditd:
             plugin = Path(sys.executable).with_name("ttpsensor-audisp")
             if not plugin.exists():
                 raise ModeError(f"{plugin} is missing: install ttpsensor (pip install -e .)")
-            (work / "audisp.toml").write_text(
-                f'format = "ecs"\noutputs = ["jsonl:{work}/ttpsensor.jsonl"]\n'
-                f'max-bytes = {OUTPUT_BYTES}\ngenerations = 1\n'
-                f'parse-error-log = "{work}/parse-errors.log"\n')
+            (work / "audisp.toml").write_text(plugin_settings(work / "ttpsensor.jsonl",
+                                                              work / "parse-errors.log"))
             (plugins / "ttpsensor.conf").write_text(PLUGIN_CONF.format(
                 path=plugin, args=f"--config {work}/audisp.toml"))
         for conf in [work / "auditd.conf", *plugins.iterdir()]:
