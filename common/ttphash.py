@@ -244,7 +244,10 @@ RawInput = tuple[str, CompiledTable, CompiledTable, list[Any], "list[Any] | None
 def _sides(event: Event) -> tuple[str, CompiledTable, CompiledTable, dict[str, Any],
                                   dict[str, Any] | None]:
     """The OS, its two tables, the process map and its parent map (None when it has none)."""
-    os_type = get_path(event, "host.os.type")
+    try:
+        os_type = event["host"]["os"]["type"]
+    except (KeyError, TypeError):  # (get_path's answer where a step is missing)
+        os_type = get_path(event, "host.os.type")
     tables = _TABLES.get(os_type) if isinstance(os_type, str) else None
     if tables is None:
         raise TTPHashError(f"host.os.type must be 'linux' or 'windows', not {os_type!r}")
@@ -378,16 +381,15 @@ class Memo:
         exactly what that entry gives: its values are not read again."""
         os_type, own_table, par, process, parent_map = _sides(event)  # raises as compute()
         parent_raw, parent_key = _parent_values(parent_map, par, os_type, parent_cache)
-        own_raw = _raw(process, own_table)
-        raw: RawInput = (os_type, own_table, par, own_raw, parent_raw)
+        own_raw, own_key = _raw_and_key(process, own_table)
         context = (os_type, tuple(sorted(device_map.items())) if device_map else None)
-        own_key = _values_key(own_raw)
         key = None if own_key is None or parent_key is None else (context, own_key, parent_key)
         if key is not None:
             found = self._known.get(key)
             if found is not None:
                 self.hits += 1
                 return found
+        raw: RawInput = (os_type, own_table, par, own_raw, parent_raw)
         # A miss reads no field again: a known rest (it holds the parent's part) takes Argv
         # alone; otherwise the parent is normalized only if it is new.
         rest_key = None
@@ -472,8 +474,7 @@ def _parent_values(parent: dict[str, Any] | None, table: CompiledTable, os_type:
         return None, ()
     found = cache.get(os_type) if cache is not None else None
     if found is None:
-        values = _raw(parent, table)
-        found = (values, _values_key(values))
+        found = _raw_and_key(parent, table)
         if cache is not None:
             cache[os_type] = found
     return found
@@ -494,20 +495,51 @@ def _flat_complete(part: dict[str, Any]) -> bool:
     return True
 
 
-def _values_key(values: list[Any]) -> tuple[Any, ...] | None:
-    """Raw values with their types (``True`` and ``1`` normalize differently), or None when
-    one cannot be part of a key (a map where text was expected)."""
-    parts: list[Any] = []
-    for value in values:
-        kind = type(value)
-        if kind is list:
-            types = tuple(map(type, value))
-            # Over the few distinct types (an argv's are all str), not every item.
-            if any(issubclass(item, (dict, list)) for item in set(types)):
-                return None
-            parts.append((kind, tuple(value), types))
-        elif kind is dict:
+# The types of an argv's items that need no further look (the usual case: all text).
+_PLAIN_ITEMS = frozenset((str, bytes, type(None)))
+
+
+def _value_key(value: Any) -> tuple[Any, ...] | None:
+    """A raw value other than text or null with its type, for a memo key (the tuple cannot
+    be mistaken for a value: a value that is a tuple has no key); None for a map, a tuple,
+    or a list holding a map or list."""
+    kind = type(value)
+    if kind is list:
+        types = tuple(map(type, value))
+        kinds = set(types)
+        # Over the few distinct types (an argv's are all str), not every item.
+        if not kinds <= _PLAIN_ITEMS and any(issubclass(item, (dict, list)) for item in kinds):
             return None
-        else:
-            parts.append((kind, value))
-    return tuple(parts)
+        return (kind, tuple(value), types)
+    if kind is dict or kind is tuple:
+        return None
+    return (kind, value)
+
+
+def _raw_and_key(process: dict[str, Any], table: CompiledTable
+                 ) -> tuple[list[Any], tuple[Any, ...] | None]:
+    """:func:`_raw` and the memo key of its values (:func:`_value_key`) in one pass: on a remembered hash this is
+    most of its cost (every event pays it)."""
+    out: list[Any] = []
+    parts: list[Any] | None = []
+    for _, paths, _ in table:
+        node: Any = None
+        for keys in paths:
+            node = process
+            for key in keys:
+                node = node.get(key) if isinstance(node, dict) else None
+                if node is None:
+                    break
+            if node is not None:
+                break
+        out.append(node)
+        if parts is not None:
+            if node is None or type(node) is str:
+                parts.append(node)  # equal only to itself: no type needed
+                continue
+            part = _value_key(node)
+            if part is None:
+                parts = None
+            else:
+                parts.append(part)
+    return out, tuple(parts) if parts is not None else None

@@ -215,8 +215,12 @@ def test_the_memo_gives_what_compute_gives_and_tells_values_of_another_type_apar
     memo = ttphash.Memo()
     base = events[0]
     variants = []
+    # Text and null stand in the key as themselves, other values with their type; a tuple
+    # (which a typed part would look like) has no key at all.
     for change in ({"on_disk": 1}, {"on_disk": True}, {"args": [1]}, {"args": [True]},
-                   {"args": ["1"]}, {"pid": 99}):
+                   {"args": ["1"]}, {"pid": 99}, {"executable": "/usr/bin/x"},
+                   {"executable": b"/usr/bin/x"}, {"executable": None},
+                   {"on_disk": (bool, True)}, {"args": ("a",)}, {"args": [None, b"a"]}):
         event = copy.deepcopy(base)
         event["process"].update(change)
         variants.append(event)
