@@ -251,3 +251,36 @@ def test_a_replay_that_exits_leaves_the_collector_tuned(tmp_path: Path) -> None:
         gc.set_threshold(*before)
         gc.unfreeze()
 
+
+
+def test_the_stop_flag_ends_a_wait_when_set_by_another_thread_or_by_a_signal() -> None:
+    """The loops wait on the stop flag after every read: a wait must end when the flag is
+    set, from another thread or by SIGTERM arriving in the middle of it (as auditd stops its
+    plugin), and must last its timeout otherwise. The waits are of a minute: one that ends
+    early ended because of the flag."""
+    import signal
+    import time
+
+    from sensor_linux.runner import SignalStop, install_stop_handlers
+    flag = SignalStop()
+    assert flag.wait(0) is False and flag.wait(-1.0) is False and not flag.is_set()
+    started = time.monotonic()
+    assert flag.wait(0.05) is False
+    assert time.monotonic() - started >= 0.04  # a timeout is waited, not skipped
+    threading.Timer(0.2, flag.set).start()
+    started = time.monotonic()
+    assert flag.wait(60) is True and time.monotonic() - started < 30
+    assert flag.wait(60) is True and flag.is_set()  # set stays set; later waits end at once
+
+    before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    try:
+        stop = install_stop_handlers()
+        main = threading.main_thread().ident
+        assert main == threading.get_ident()
+        # To the main thread, as a single-threaded sensor receives it.
+        threading.Timer(0.2, signal.pthread_kill, (main, signal.SIGTERM)).start()
+        started = time.monotonic()
+        assert stop.wait(60) is True and time.monotonic() - started < 30
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGINT, before[1])
