@@ -14,7 +14,7 @@ from sensor_linux.audit import laurel
 from sensor_linux.audit.decode import execve_argv, whole_args
 from sensor_linux.audit.events import AuditEventBuilder
 from sensor_linux.audit.pipeline import AuditDecoder
-from sensor_linux.audit.records import EXECVE, SYSCALL, Hex, field_value, parse
+from sensor_linux.audit.records import EXECVE, SYSCALL, Hex, ParseError, field_value, parse
 from sensor_linux.enrich import Enricher
 
 EXECVE_BODIES = [
@@ -250,6 +250,51 @@ def test_syscall_name_and_outcome_read_from_the_head_are_those_of_the_record() -
     assert builder._names
     assert {read_from_fields(parse(v)) for v in variants} >= {
         "execve", "clone", "frobnicate", None}
+
+
+def test_rule_key_and_exit_read_from_the_head_are_those_of_the_record() -> None:
+    """The audit map's rule key is remembered by the text after the kernel's head, and an
+    exec's exit code read at its place in the head: both must be what reading the field
+    gives, for every SYSCALL record of the corpus and for keys and exit codes written other
+    ways (quoted, hex, null, absent; negative, large), the first time and when remembered."""
+    from common.percent import as_text
+    from sensor_linux.audit.events import _EXIT, _head_decimal, _kernel_head
+
+    def key_of(record) -> str | None:  # noqa: ANN001 - what _rule_key stands in for
+        key = record.get("key")
+        return as_text(key) if isinstance(key, bytes) else None
+
+    variants = []
+    for line in _syscall_lines():
+        variants.append(line)
+        for old, new in ((b"key=(null)", b'key="software_mgmt"'), (b"key=(null)", b"key=6B6579"),
+                         (b"key=(null)", b""), (b"exit=0 ", b"exit=-2 "),
+                         (b"exit=0 ", b"exit=1234567890123456789 ")):
+            if old in line:
+                variants.append(line.replace(old, new))
+    # (a variant of a made-up line may not parse: "key=(null)1" becomes garbage)
+    variants = [v for v in variants if _parses(v)]
+    builder = AuditEventBuilder(Enricher(live=False))
+    heads = 0
+    for _ in range(2):  # the second time remembered
+        for line in variants:
+            record = parse(line)
+            head = _kernel_head(record)
+            assert builder._rule_key(record, head) == key_of(record), line
+            if head is not None:
+                heads += 1
+                assert _head_decimal(head[_EXIT], record) == record.get("exit"), line
+    assert heads and builder._keys
+    assert {key_of(parse(v)) for v in variants} >= {"software_mgmt", "key", None}
+    assert {parse(v).get("exit") for v in variants} >= {0, -2, 1234567890123456789}
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        parse(line).get("exit")
+    except ParseError:
+        return False
+    return True
 
 
 def test_the_kernels_syscall_layout_is_checked_by_its_own_pattern_and_split_alike() -> None:

@@ -55,7 +55,8 @@ def _device(value: Value) -> int | None:
         return None
 
 
-_PPID, _PID = 9, 10
+_EXIT, _PPID, _PID = 3, 9, 10
+_UNKNOWN = object()  # not remembered yet (None is a remembered answer: no key)
 _STABLE_FACTS = _SYSCALL_FACTS[2:]
 MAX_STABLE = 4096
 # executable, exe_deleted, comm, tty, login_uid, session, uids, gids
@@ -199,6 +200,7 @@ class AuditEventBuilder:
         # SYSCALL's facts after its head, by their text (see _facts).
         self._stable: dict[tuple[bytes, ...], StableFacts] = {}
         self._names: dict[tuple[bytes, ...], str] = {}  # by arch and syscall (see _name)
+        self._keys: dict[tuple[bytes, ...], str | None] = {}  # rule keys (see _rule_key)
         self.process_events = 0
         self.generic_events = 0
 
@@ -226,7 +228,7 @@ class AuditEventBuilder:
                 self._record_exit(syscall)
             event = self._generic_event(audit, syscall, name)
             self.generic_events += 1
-        event.setdefault("audit", {}).update(self._audit_map(audit, syscall, name))
+        event.setdefault("audit", {}).update(self._audit_map(audit, syscall, name, head))
         return event
 
     def _name(self, syscall: Record, head: tuple[bytes, ...] | None) -> str | None:
@@ -272,7 +274,8 @@ class AuditEventBuilder:
             facts, "auditd", original_id=audit.id, timestamp=facts.start_time,
             record=success)
         event["event"]["outcome"] = "success" if success else "failure"
-        exit_code = _int(syscall.get("exit"))
+        exit_code = _int(_head_decimal(head[_EXIT], syscall) if head is not None
+                         else syscall.get("exit"))
         if exit_code is not None:
             event["process"]["exit_code"] = exit_code
         if name == "execveat":
@@ -389,9 +392,8 @@ class AuditEventBuilder:
             event.setdefault("audit", {})["sockaddr"] = address
         return event
 
-    @staticmethod
-    def _audit_map(audit: AuditEvent, syscall: Record | None,
-                   name: str | None) -> dict[str, Any]:
+    def _audit_map(self, audit: AuditEvent, syscall: Record | None, name: str | None,
+                   head: tuple[bytes, ...] | None) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": audit.id,
             "complete": audit.complete,
@@ -402,7 +404,22 @@ class AuditEventBuilder:
         if syscall is not None:
             if name is not None:
                 out["syscall"] = name
-            key = syscall.get("key")
-            if isinstance(key, bytes):
-                out["key"] = as_text(key)
+            key = self._rule_key(syscall, head)
+            if key is not None:
+                out["key"] = key
         return out
+
+    def _rule_key(self, syscall: Record, head: tuple[bytes, ...] | None) -> str | None:
+        """The audit rule's ``key`` as text; remembered by the text after the kernel's
+        ``head`` (where it is, with the ids and names that repeat from one exec to the
+        next)."""
+        if head is None:
+            key = syscall.get("key")
+            return as_text(key) if isinstance(key, bytes) else None
+        tail = head[len(SYSCALL_HEAD):]
+        found = self._keys.get(tail, _UNKNOWN)
+        if found is _UNKNOWN:
+            key = syscall.get("key")
+            found = as_text(key) if isinstance(key, bytes) else None
+            _keep(self._keys, tail, found, MAX_STABLE)
+        return found  # type: ignore[return-value]
