@@ -138,10 +138,12 @@ class Assembler:
         rtype = record.rtype
         key = (record.node, record.sec, record.msec, record.serial)
         last = self._last
-        if last is not None and key == self._last_key and rtype != EOE and rtype != PROCTITLE \
+        if last is not None and key == self._last_key and rtype != EOE \
+                and (rtype != PROCTITLE or self._eoe_seen) \
                 and len(last.records) < MAX_RECORDS_PER_EVENT and rtype in MULTIPART:
             # The next record of the open event the last record went to: nothing else to do
-            # (same time, same serial), and most records come this way.
+            # (same time, same serial), and most records come this way. A PROCTITLE too,
+            # once EOE records are known to come (without them it completes the event).
             last.records.append(record)
             return out
         ts = record.sec * 1000 + record.msec
