@@ -518,8 +518,8 @@ def _value_key(value: Any) -> tuple[Any, ...] | None:
 
 def _raw_and_key(process: dict[str, Any], table: CompiledTable
                  ) -> tuple[list[Any], tuple[Any, ...] | None]:
-    """:func:`_raw` and the memo key of its values (:func:`_value_key`) in one pass: on a remembered hash this is
-    most of its cost (every event pays it)."""
+    """:func:`_raw` and the memo key of its values (:func:`_value_key`) in one pass: on a
+    remembered hash this is most of its cost (every event pays it)."""
     out: list[Any] = []
     parts: list[Any] | None = []
     for _, paths, _ in table:
