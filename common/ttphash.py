@@ -213,21 +213,8 @@ _TABLES = {"linux": (_compile(LINUX_PROCESS), _compile(LINUX_PARENT)),
 
 def _raw(process: dict[str, Any], table: CompiledTable) -> list[Any]:
     """The value of each field of ``table`` as the event has it (before normalization): for
-    each, the value at the first of its paths that has one (get_path, written out in one
-    loop: this runs for every event, also when its hash is remembered)."""
-    out: list[Any] = []
-    for _, paths, _ in table:
-        node: Any = None
-        for keys in paths:
-            node = process
-            for key in keys:
-                node = node.get(key) if isinstance(node, dict) else None
-                if node is None:
-                    break
-            if node is not None:
-                break
-        out.append(node)
-    return out
+    each, the value at the first of its paths that has one (see :func:`_raw_and_key`)."""
+    return _raw_and_key(process, table)[0]
 
 
 def _normalized(raw: list[Any], table: CompiledTable,
@@ -518,8 +505,9 @@ def _value_key(value: Any) -> tuple[Any, ...] | None:
 
 def _raw_and_key(process: dict[str, Any], table: CompiledTable
                  ) -> tuple[list[Any], tuple[Any, ...] | None]:
-    """:func:`_raw` and the memo key of its values (:func:`_value_key`) in one pass: on a
-    remembered hash this is most of its cost (every event pays it)."""
+    """:func:`_raw` and the memo key of its values (:func:`_value_key`) in one pass (get_path
+    of each field, written out in one loop): on a remembered hash this is most of its cost,
+    and every event pays it."""
     out: list[Any] = []
     parts: list[Any] | None = []
     for _, paths, _ in table:
