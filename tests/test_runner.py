@@ -252,7 +252,6 @@ def test_a_replay_that_exits_leaves_the_collector_tuned(tmp_path: Path) -> None:
         gc.unfreeze()
 
 
-
 def test_the_stop_flag_ends_a_wait_when_set_by_another_thread_or_by_a_signal() -> None:
     """The loops wait on the stop flag after every read: a wait must end when the flag is
     set, from another thread or by SIGTERM arriving in the middle of it (as auditd stops its

@@ -18,7 +18,7 @@ from common.schema import Event, new_event
 from sensor_linux.audit import syscalls
 from sensor_linux.audit.assemble import AuditEvent, EventKey
 from sensor_linux.audit.decode import execve_argv, sockaddr
-from sensor_linux.audit.records import (CWD, EXECVE, PATH, SOCKADDR, SYSCALL, SYSCALL_HEAD,
+from sensor_linux.audit.records import (CWD, EXECVE, PATH, SOCKADDR, SYSCALL, SYSCALL_TAIL,
                                         ParseError, Record, Value, field_value, find_field,
                                         in_kernel_layout, stamp_token)
 from sensor_linux.enrich import Enricher
@@ -250,7 +250,7 @@ class AuditEventBuilder:
         if head is not None:
             # The kernel's layout: none of the ids, terminal, session, comm or exe is in the
             # head, so their values are a function of the fields after it (remembered).
-            tail = head[len(SYSCALL_HEAD):]
+            tail = head[SYSCALL_TAIL]
             stable = self._stable.get(tail)
             if stable is None:
                 stable = _stable_facts(syscall.values(_STABLE_FACTS))
@@ -416,7 +416,7 @@ class AuditEventBuilder:
         if head is None:
             key = syscall.get("key")
             return as_text(key) if isinstance(key, bytes) else None
-        tail = head[len(SYSCALL_HEAD):]
+        tail = head[SYSCALL_TAIL]
         found = self._keys.get(tail, _UNKNOWN)
         if found is _UNKNOWN:
             key = syscall.get("key")

@@ -35,6 +35,7 @@ import click
 from common.cli import self_command
 from sensor_linux.audit.bench import compiled_env, count_lines
 from sensor_linux.audit.laurel import PEER_CONFIG
+from sensor_linux.lab.measure import task_cpu_seconds
 from sensor_linux.lab.modes import plugin_settings
 from sensor_linux.stages import audit_log_or_record, recording_options
 
@@ -93,22 +94,6 @@ def event_id(serial: int, now: float) -> bytes:
     return b"%d.%03d:%d" % (whole, int((now - whole) * 1000), serial)
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of all the threads of ``pid`` so far (0 once it is gone)."""
-    total = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return 0.0
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # a thread that ended meanwhile: its time is in no file any more
-    return total / 1e9
-
-
 def feed(argv: list[str], env: dict[str, str] | None, events: list[Template], run: Run,
          seconds: float, warmup: float, stderr: Path,
          progress: Callable[[str], None] = lambda _: None) -> None:
@@ -129,9 +114,9 @@ def feed(argv: list[str], env: dict[str, str] | None, events: list[Template], ru
         while True:
             now = time.monotonic()
             if cpu_start is None and now >= window:
-                cpu_start, fed_at_window, window = cpu_seconds(child.pid), run.fed, now
+                cpu_start, fed_at_window, window = task_cpu_seconds(child.pid), run.fed, now
             if now >= end:
-                run.cpu_seconds = cpu_seconds(child.pid) - (cpu_start or 0.0)
+                run.cpu_seconds = task_cpu_seconds(child.pid) - (cpu_start or 0.0)
                 run.window_seconds = now - window
                 run.window_events = run.fed - (fed_at_window or 0)
                 break
