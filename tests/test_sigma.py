@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from collector.sigma.rules import Glob, RuleSet, load
 from common import bench, qlog
 from tests.conftest import run_cli, seed_qlog_example
-from tests.sigma_rules import rule_yaml
+from tests.sigma_rules import rule_id, rule_yaml
 
 
 def linux(executable: str, args: list, parent: str = "/usr/bin/bash", **process) -> dict:
@@ -187,3 +187,65 @@ def test_a_regular_expressions_required_literal_is_in_every_match(pieces, text,
     pattern = "".join(pieces) + ("|c" if alternation else "")
     if re.search(pattern, text):
         assert required_literal(pattern) in text
+
+
+def _filter_yaml(title: str, names: str, condition: str) -> str:
+    return (f"title: {title}\nid: {rule_id(title)}\nlogsource:\n    category: process_creation\n"
+            f"    product: linux\nfilter:\n    rules:\n{names}    admin:\n"
+            f"        User: admin\n    condition: {condition}\n")
+
+
+def _correlation_yaml(title: str, base: str, generate: bool) -> str:
+    return (f"title: {title}\nid: {rule_id(title)}\nstatus: test\ncorrelation:\n"
+            f"    type: event_count\n    rules:\n        - {rule_id(base)}\n"
+            f"    generate: {'true' if generate else 'false'}\n    group-by:\n        - User\n"
+            "    timespan: 1h\n    condition:\n        gte: 10\n")
+
+
+def test_a_filter_in_its_own_file_applies_to_the_rule_it_names(tmp_path) -> None:
+    """SigmaHQ keeps filters apart from the rules they tune: read across files, applied."""
+    curl = rule(tmp_path, "curl", "    sel:\n        Image|endswith: /curl\n    condition: sel")
+    rule(tmp_path, "wget", "    sel:\n        Image|endswith: /wget\n    condition: sel")
+    (tmp_path / "not-admin.yml").write_text(_filter_yaml(
+        "not admin", f"        - {rule_id('curl')}\n", "not admin"))
+    loaded = load([str(tmp_path)])
+    assert not loaded.problems, loaded.problems
+    rules = RuleSet(loaded.rules)
+    by_admin = linux("/usr/bin/curl", ["curl"], user={"id": "0", "name": "admin"})
+    by_other = linux("/usr/bin/curl", ["curl"], user={"id": "1000", "name": "alice"})
+    assert [r.path for r in rules.match(by_other)] == [curl]
+    assert rules.match(by_admin) == []                    # the filter holds for curl ...
+    wget = linux("/usr/bin/wget", ["wget"], user={"id": "0", "name": "admin"})
+    assert [r.title for r in rules.match(wget)] == ["wget"]  # ... and for no other rule
+
+
+def test_a_filter_that_names_no_rule_loaded_is_reported(tmp_path) -> None:
+    rule(tmp_path, "curl", "    sel:\n        Image|endswith: /curl\n    condition: sel")
+    (tmp_path / "stray.yml").write_text(_filter_yaml(
+        "stray", f"        - {rule_id('elsewhere')}\n", "not admin"))
+    loaded = load([str(tmp_path)])
+    assert [r.title for r in loaded.rules] == ["curl"]
+    [problem] = loaded.problems
+    assert problem.path.endswith("stray.yml") and rule_id("elsewhere") in problem.why
+
+
+@pytest.mark.parametrize("generate", [False, True])
+def test_correlation_rules_are_reported_not_evaluated_and_their_parts_follow_generate(
+        tmp_path, generate: bool) -> None:
+    """A correlation counts or orders several events, and each event is matched alone: it is
+    told, never a crash. The rule it names is evaluated alone only when it says
+    ``generate: true`` (Sigma's default keeps such a rule a part of the correlation)."""
+    base = rule(tmp_path, "whoami", "    sel:\n        Image|endswith: /whoami\n"
+                "    condition: sel")
+    with open(base, "a") as f:
+        f.write("---\n" + _correlation_yaml("many whoami", "whoami", generate))
+    loaded = load([base])
+    why = {p.rule: p.why for p in loaded.problems}
+    assert "correlation rule" in why[rule_id("many whoami")]
+    if generate:
+        assert [r.title for r in loaded.rules] == ["whoami"] and len(why) == 1
+    else:
+        assert loaded.rules == [] and rule_id("many whoami") in why[rule_id("whoami")]
+    result = run_cli("sigma", "check", base)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{len(loaded.rules)} rules to evaluate" in result.stderr

@@ -15,7 +15,8 @@ microseconds per rule and event (`ttpsensor bench ingest --sigma` measures it).
 Only `category: process_creation` rules for `product: windows` or `linux` are kept. A rule
 that cannot be evaluated faithfully (a field outside collector/sigma/fields.py, a value type we
 do not evaluate) is reported with its file, id, title and why, never silently dropped; a file
-with a YAML or Sigma error does not stop the others.
+with a YAML or Sigma error does not stop the others. Filters (``filter:``) are applied to the
+rules they name across files; correlation rules are reported, not evaluated (see :func:`load`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ import yaml
 from sigma import conditions as sc
 from sigma import types as st
 from sigma.collection import SigmaCollection
+from sigma.correlations import SigmaCorrelationRule
 from sigma.exceptions import SigmaError
+from sigma.filters import SigmaFilter
 from sigma.rule import SigmaRule
 
 from collector.sigma.fields import FIELDS
@@ -187,34 +190,109 @@ def rule_files(paths: list[str]) -> list[str]:
 
 
 def load(paths: list[str]) -> Loaded:
+    """The rules of ``paths`` compiled, with what cannot be evaluated told in ``problems``.
+
+    Read across all files, as SigmaHQ keeps them apart: a filter (Sigma's ``filter:``) is
+    applied to the rules it names, wherever they are; a correlation rule (``correlation:``,
+    a count or order over several events) is not evaluated, since each event is matched
+    alone, and nor are the rules it names unless it says ``generate: true`` (Sigma's
+    default: such rules are only parts of the correlation)."""
     loaded = Loaded()
+    rules: list[tuple[str, SigmaRule]] = []
+    filters: list[tuple[str, SigmaFilter]] = []
+    correlations: list[tuple[str, SigmaCorrelationRule]] = []
     for path in rule_files(paths):
-        try:
-            with open(path, "rb") as f:
-                collection = SigmaCollection.from_yaml(f.read(), collect_errors=True)
-        except (OSError, SigmaError, ValueError, yaml.YAMLError) as exc:
-            loaded.problems.append(Problem(path, "", f"{type(exc).__name__}: {exc}"))
+        collection = _read(path, loaded)
+        if collection is None:
             continue
-        # pySigma lists a rule's error with the rule and again with the file: told once,
-        # with the rule's name.
-        of_rules = {str(e) for rule in collection.rules for e in rule.errors}
-        for error in collection.errors:
-            if str(error) not in of_rules:
-                loaded.problems.append(Problem(path, "", str(error)))
+        filters += [(path, f) for f in collection.filters if not f.errors]
         for rule in collection.rules:
-            name = str(rule.id or rule.title)
             if rule.errors:
-                loaded.problems += [Problem(path, name, str(e)) for e in rule.errors]
-                continue
-            source = rule.logsource
-            if source.category != "process_creation" or source.product not in PRODUCTS:
-                loaded.skipped += 1
-                continue
-            try:
-                loaded.rules.append(compile_rule(rule, path))
-            except (Unsupported, SigmaError) as exc:
-                loaded.problems.append(Problem(path, name, str(exc)))
+                loaded.problems += [Problem(path, _name(rule), str(e)) for e in rule.errors]
+            elif isinstance(rule, SigmaCorrelationRule):
+                correlations.append((path, rule))
+            else:
+                rules.append((path, rule))
+    parts = _correlation_parts(correlations, loaded)
+    _apply_filters(rules, filters, loaded)
+    for path, rule in rules:
+        correlation = parts.get(str(rule.id)) or (parts.get(rule.name) if rule.name else None)
+        if correlation is not None:
+            loaded.problems.append(Problem(path, _name(rule), (
+                f"part of correlation rule {correlation} only (it does not say generate: "
+                "true), which is not evaluated")))
+            continue
+        source = rule.logsource
+        if source.category != "process_creation" or source.product not in PRODUCTS:
+            loaded.skipped += 1
+            continue
+        try:
+            loaded.rules.append(compile_rule(rule, path))
+        except (Unsupported, SigmaError) as exc:
+            loaded.problems.append(Problem(path, _name(rule), str(exc)))
     return loaded
+
+
+def _name(rule: SigmaRule | SigmaCorrelationRule | SigmaFilter) -> str:
+    return str(rule.id or rule.title)
+
+
+def _read(path: str, loaded: Loaded) -> SigmaCollection | None:
+    """One file's rules, filters and correlations, nothing applied or resolved yet (that is
+    done across files); what cannot be read is told in ``loaded.problems``."""
+    try:
+        with open(path, "rb") as f:
+            collection = SigmaCollection.from_yaml(f.read(), collect_errors=True,
+                                                   collect_filters=True,
+                                                   resolve_references=False)
+    except (OSError, SigmaError, ValueError, yaml.YAMLError) as exc:
+        loaded.problems.append(Problem(path, "", f"{type(exc).__name__}: {exc}"))
+        return None
+    # pySigma lists a rule's error with the rule and again with the file: told once, with
+    # the rule's name (a filter's with the file).
+    of_rules = {str(e) for rule in collection.rules for e in rule.errors}
+    for error in collection.errors:
+        if str(error) not in of_rules:
+            loaded.problems.append(Problem(path, "", str(error)))
+    return collection
+
+
+def _correlation_parts(correlations: list[tuple[str, SigmaCorrelationRule]],
+                       loaded: Loaded) -> dict[str, str]:
+    """Each correlation rule told as not evaluated; the rules only they use (by id or
+    name) -> the correlation's name."""
+    parts: dict[str, str] = {}
+    for path, correlation in correlations:
+        loaded.problems.append(Problem(path, _name(correlation), (
+            f"a correlation rule ({correlation.type}: over several events) is not evaluated; "
+            "each event is matched alone")))
+        if not correlation.generate:
+            for reference in correlation.rules:
+                parts[str(reference.reference)] = _name(correlation)
+    return parts
+
+
+def _apply_filters(rules: list[tuple[str, SigmaRule]], filters: list[tuple[str, SigmaFilter]],
+                   loaded: Loaded) -> None:
+    """Each filter applied to the rules it names (pySigma rewrites their condition); one that
+    names none of the rules loaded is told, not dropped silently."""
+    for path, sigma_filter in filters:
+        applied = False
+        for _, rule in rules:
+            before = list(rule.detection.condition)
+            sigma_filter.apply_on_rule(rule)
+            applied |= rule.detection.condition != before
+        if not applied:
+            loaded.problems.append(Problem(path, _name(sigma_filter), (
+                "a filter that applies to none of the rules loaded (it names "
+                f"{_filter_targets(sigma_filter)})")))
+
+
+def _filter_targets(sigma_filter: SigmaFilter) -> str:
+    targets = sigma_filter.filter.rules
+    if isinstance(targets, str):
+        return f"{targets} rule of its log source"
+    return ", ".join(str(t.reference) for t in targets) or "no rule"
 
 
 def load_rule_set(paths: list[str], say: Callable[[str], None]) -> RuleSet:
