@@ -21,7 +21,7 @@ import pytest
 from common.filehash import FileHasher
 from sensor_linux.audit.datagrams import DatagramBatch
 from sensor_linux.audit.netlink import AUDIT_NLGRP_READLOG, AuditNetlinkError, AuditSocket
-from sensor_linux.audit.session import process_name
+from sensor_linux.audit.session import older_processes_warning, process_name
 from tests.conftest import require, ttpsensor_command
 from tests.live import (Sensor, assert_complete, captured, kill_leftovers, registered,
                         stop_all)
@@ -109,6 +109,11 @@ def test_unicast_captures_2000_execs_exactly_and_restores_state(audit_guard, tmp
     assert summary["parse_errors"] == 0 and summary["internal_errors"] == 0
     assert auditctl_state() == audit_guard  # restored exactly
     assert not state_file.exists()
+    # Turning audit on for a kernel booted without audit=1, the sensor says that processes
+    # older than audit go unaudited; where audit was on already, it says nothing of it.
+    said = "processes already running are not audited" in sensor.stderr
+    assert said == (older_processes_warning(int(audit_guard[0]["enabled"]),
+                                            Path("/proc/cmdline").read_text()) is not None)
     final = json.loads(status_file.read_text())
     assert final["running"] is False and final["events"] >= 2000
     assert final["kernel_lost"] == 0 and final["assembly"]["serial_gaps"] == 0
@@ -185,6 +190,15 @@ def test_after_sigkill_the_next_start_repairs_the_stale_state(audit_guard, tmp_p
     finally:
         assert second.stop() == 0, second.stderr
     assert auditctl_state() == audit_guard
+
+
+def test_turning_audit_on_warns_of_older_processes_unless_booted_with_audit() -> None:
+    assert older_processes_warning(1, "quiet") is None            # already on
+    assert older_processes_warning(0, "ro quiet audit=1") is None  # every task has a context
+    assert older_processes_warning(0, "audit=On ro") is None
+    for cmdline in ("ro quiet", "audit=0", "loglevel=audit=1", ""):
+        warning = older_processes_warning(0, cmdline)
+        assert warning and "audit=1" in warning and "not audited" in warning
 
 
 def test_a_request_the_kernel_never_answers_ends_in_an_error_not_a_hang() -> None:

@@ -193,7 +193,11 @@ def test_hybrid_takes_exec_from_ebpf_and_the_rest_from_audit(audit_guard, busy_m
         loaded = subprocess.run(["auditctl", "-l"], capture_output=True, text=True).stdout
         assert "ttp-watch" in loaded and "should-be-removed" not in loaded
         token, spawned = run_execs(100)
-        watched.write_text("changed")
+        # Written by a new process: one created before audit was first enabled on this boot
+        # (this pytest, on a machine booted without audit=1) is never audited at all
+        # (docs/audit.md, "Processes older than audit").
+        subprocess.run(["/bin/sh", "-c", 'echo changed > "$1"', "sh", str(watched)],
+                       check=True)
         sensor.wait_for(lambda: any(e.get("audit", {}).get("key") == "ttp-watch"
                                     for e in sensor.events()), "the file watch event")
         sensor.wait_for(lambda: len(captured(sensor.events(), token)) == 100, "the execs")

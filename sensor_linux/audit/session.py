@@ -92,6 +92,30 @@ def repair_stale_state(control: AuditSocket, state_file: str) -> bool:
     return True
 
 
+def kernel_command_line() -> str:
+    try:
+        with open("/proc/cmdline") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def older_processes_warning(enabled: int, cmdline: str) -> str | None:
+    """What to say when the sensor turns audit on (``enabled`` was 0) on a kernel not booted
+    with ``audit=1`` (or ``audit=on``, which the kernel takes alike): the kernel gives a task its audit context when the task is created, and
+    only once audit has been enabled on this boot (kernel/auditsc.c, ``audit_alloc``), so a
+    process that has run since before then is never audited, neither its own execve nor what
+    its syscall rules would match; the processes it starts are."""
+    booted_on = any(word.lower() in ("audit=1", "audit=on") for word in cmdline.split())
+    if enabled or booted_on:
+        return None
+    return ("audit was off when the sensor started, and the kernel was not booted with "
+            "audit=1: if audit has not been enabled since boot, processes already running are "
+            "not audited at all (their own execve, the files they write), only what they start "
+            "from now on; boot with audit=1 to audit every process (docs/audit.md, "
+            "\"Processes older than audit\"; the eBPF exec probes have no such gap)")
+
+
 class UnicastSession:
     """Be the audit daemon until :meth:`close`: enable audit, load rules, register."""
 
@@ -111,6 +135,7 @@ class UnicastSession:
         self.saved: SavedState | None = None
         self.repaired = False
         self.lost_at_start = 0
+        self.warnings: list[str] = []
 
     def open(self) -> None:
         control = AuditSocket()
@@ -127,6 +152,9 @@ class UnicastSession:
                 f"another audit daemon is registered: {name} (pid {status.pid}). Use "
                 f"--source audit-multicast to listen beside it, or run 'ttpsensor audisp' as "
                 f"its plugin (packaging/audit/ttpsensor.conf), or stop it first.")
+        warning = older_processes_warning(status.enabled, kernel_command_line())
+        if warning:
+            self.warnings.append(warning)
         self.saved = SavedState(os.getpid(), status.as_dict(), control.list_rules())
         self.saved.dump(self.state_file)  # before anything changes
         records = AuditSocket()
