@@ -102,10 +102,11 @@ def kernel_command_line() -> str:
 
 def older_processes_warning(enabled: int, cmdline: str) -> str | None:
     """What to say when the sensor turns audit on (``enabled`` was 0) on a kernel not booted
-    with ``audit=1`` (or ``audit=on``, which the kernel takes alike): the kernel gives a task its audit context when the task is created, and
-    only once audit has been enabled on this boot (kernel/auditsc.c, ``audit_alloc``), so a
-    process that has run since before then is never audited, neither its own execve nor what
-    its syscall rules would match; the processes it starts are."""
+    with ``audit=1`` (or ``audit=on``, which the kernel takes alike): the kernel gives a task
+    its audit context when the task is created, and only once audit has been enabled on this
+    boot (kernel/auditsc.c, ``audit_alloc``), so a process that has run since before then is
+    never audited, neither its own execve nor what its syscall rules would match; the
+    processes it starts are."""
     booted_on = any(word.lower() in ("audit=1", "audit=on") for word in cmdline.split())
     if enabled or booted_on:
         return None
