@@ -106,6 +106,11 @@ def boot_time(proc: str = PROC) -> float:
     raise OSError("no btime in /proc/stat")
 
 
+def kernel_command_line(proc: str = PROC) -> str:
+    """The kernel's boot parameters ("" when they cannot be read)."""
+    return (_read(f"{proc}/cmdline") or b"").decode("utf-8", "replace")
+
+
 def list_pids(proc: str = PROC) -> list[int]:
     return sorted(int(name) for name in os.listdir(proc) if name.isdigit())
 

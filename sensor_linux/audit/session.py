@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from sensor_linux.audit import netlink
 from sensor_linux.audit.netlink import AuditNetlinkError, AuditSocket, AuditStatus
+from sensor_linux.procfs import kernel_command_line
 
 DEFAULT_STATE_FILE = "/run/ttpsensor/audit-state.json"
 DEFAULT_BACKLOG_LIMIT = 8192
@@ -90,14 +91,6 @@ def repair_stale_state(control: AuditSocket, state_file: str) -> bool:
     restore(control, saved)
     os.unlink(state_file)
     return True
-
-
-def kernel_command_line() -> str:
-    try:
-        with open("/proc/cmdline") as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 def older_processes_warning(enabled: int, cmdline: str) -> str | None:

@@ -100,7 +100,7 @@ class AuditSource(BaseSource):
         self.session, self.name = session, session.mode
         if getattr(session, "repaired", False):
             self.say("restored the audit state left by a sensor that did not exit cleanly")
-        for warning in getattr(session, "warnings", []):
+        for warning in session.warnings:
             self.say(f"warning: {warning}")
 
     def inputs(self) -> list[NetlinkInput]:
