@@ -251,6 +251,26 @@ def test_self_check_refuses_offsets_that_read_the_wrong_member(monkeypatch) -> N
     assert loaded.bpf is None  # detached again
 
 
+def test_self_check_refuses_a_task_start_read_from_the_wrong_member(monkeypatch) -> None:
+    """The exec'ing task's creation time (which the cross-check compares with its start) is
+    checked against the self-check child's fork, as the ids are."""
+    require_bcc()
+    from sensor_linux.ebpf import probes
+
+    real = probes.kernel_offsets
+
+    def shifted(btf):  # one member back (one on would be start_boottime: the same value on
+        offsets = real(btf)  # a machine never suspended)
+        offsets["OFF_TASK_START_TIME"] -= 8
+        return offsets
+
+    monkeypatch.setattr(probes, "kernel_offsets", shifted)
+    loaded = probes.ExecProbes(on_exec=lambda record: None, ringbuf_pages=8)
+    with pytest.raises(probes.PrerequisiteError, match="task_start: expected"):
+        loaded.load()
+    assert loaded.bpf is None
+
+
 def test_a_failing_output_stops_the_poll_instead_of_losing_every_event() -> None:
     """What on_exec raises (an output that cannot be written) comes out of poll(): ctypes
     would print it and carry on, each later event lost the same way."""

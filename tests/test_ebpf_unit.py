@@ -15,7 +15,7 @@ import pytest
 from sensor_linux.ebpf import probes
 from sensor_linux.ebpf.btf import VMLINUX, Btf, BtfError
 from sensor_linux.procfs import kernel_tty_name
-from sensor_linux.ebpf.offsets import REQUIRED, kernel_offsets
+from sensor_linux.ebpf.offsets import OPTIONAL, REQUIRED, kernel_offsets
 from tests.conftest import require
 
 
@@ -26,11 +26,12 @@ def _components(path: bytes) -> bytes:
 
 def _record(*, args: bytes = b"", argc: int = 0, flags: int = 0, retval: int = 0,
             exe: bytes = b"/usr/bin/x", cwd: bytes = b"/home/u", name: bytes = b"",
-            fault_mask: int = 0, ctime_nsec: int = 7) -> bytes:
+            fault_mask: int = 0, ctime_nsec: int = 7,
+            task_start: int = 4_000_000_000) -> bytes:
     exe_blob, cwd_blob = _components(exe), _components(cwd)
     head = struct.pack(
-        "=QQQqqqIIIIIIII8IIIiIIIIIII16s32s",
-        5_000_000_000, 77, 1234, 4096, 1700000000, 1700000001, 5, ctime_nsec,
+        "=QQQQqqqIIIIIIII8IIIiIIIIIII16s32s",
+        5_000_000_000, 77, task_start, 1234, 4096, 1700000000, 1700000001, 5, ctime_nsec,
         (8 << 20) | 1, 1, 10, 11, 9, 9, 1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007,
         1000, 3, retval, argc, flags | probes.FLAG_CREATOR_KNOWN, fault_mask, len(exe_blob),
         len(cwd_blob), len(name), len(args), b"x", b"pts3")
@@ -49,6 +50,31 @@ def test_decode_a_successful_exec() -> None:
     assert ident is not None and ident.dev == os.makedev(8, 1) and ident.ino == 1234
     assert (ident.mtime_ns, ident.ctime_ns) == (1700000000_000000005, 1700000001_000000007)
     assert record.filename is None and not record.truncated and record.arg_faults == 0
+
+
+def test_a_task_without_an_audit_context_is_unaudited_only_when_read_reliably() -> None:
+    record = probes.decode(_record(args=b"x\0", argc=1, flags=probes.FLAG_UNAUDITED,
+                                   task_start=123))
+    assert record.unaudited and record.task_start == 123
+    assert not probes.decode(_record(args=b"x\0", argc=1)).unaudited
+    # A failed kernel read leaves the context pointer null too: that says nothing.
+    faulted = probes.decode(_record(args=b"x\0", argc=1,
+                                    flags=probes.FLAG_UNAUDITED | probes.FLAG_FACT_FAULT))
+    assert not faulted.unaudited
+
+
+def test_only_sources_running_audit_mark_an_unaudited_exec() -> None:
+    from sensor_linux.ebpf.events import EbpfEventBuilder
+    from sensor_linux.enrich import Enricher
+
+    record = probes.decode(_record(args=b"x\0", argc=1, flags=probes.FLAG_UNAUDITED,
+                                   task_start=4_000_000_000))
+    plain = EbpfEventBuilder(Enricher(live=False)).build(record)
+    assert "unaudited_task" not in plain.get("ttpsensor", {})
+    builder = EbpfEventBuilder(Enricher(live=False), mark_unaudited=True)
+    builder._epoch_offset = 1_700_000_000.0
+    marked = builder.build(record)["ttpsensor"]
+    assert marked == {"unaudited_task": True, "task_start": "2023-11-14T22:13:24.000000Z"}
 
 
 def test_multigrain_flag_in_ctime_nanoseconds_is_not_time() -> None:
@@ -135,7 +161,7 @@ def test_offsets_agree_with_pahole_on_the_running_kernel() -> None:
     require(shutil.which("pahole") is not None, "pahole (Debian package dwarves) is needed")
     btf = Btf.load()
     offsets = kernel_offsets(btf)
-    for macro, struct_name, path in REQUIRED:
+    for macro, struct_name, path in REQUIRED + OPTIONAL:
         assert offsets[macro] == _pahole_offset(struct_name, path), (macro, struct_name, path)
     inode = _pahole_members("inode")
     seconds = next(m for m in ("i_mtime_sec", "__i_mtime", "i_mtime") if m in inode)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from common.percent import as_text
-from common.schema import Event
+from common.schema import Event, utc_timestamp
 from sensor_linux.cgroups import CgroupNames
 from sensor_linux.ebpf.probes import FLAG_EXECVEAT, FLAG_NO_ENTRY, ExecRecord
 from sensor_linux.enrich import Enricher
@@ -22,9 +22,14 @@ from sensor_linux.procfs import ProcessFacts, kernel_tty_name
 
 
 class EbpfEventBuilder:
-    def __init__(self, enricher: Enricher, cgroups: CgroupNames | None = None) -> None:
+    """``mark_unaudited``: say on an exec whose task syscall audit does not record (the
+    sources that run audit beside the probes; docs/ebpf.md, "Execs audit cannot see")."""
+
+    def __init__(self, enricher: Enricher, cgroups: CgroupNames | None = None,
+                 mark_unaudited: bool = False) -> None:
         self.enricher = enricher
         self.cgroups = cgroups if cgroups is not None else CgroupNames()
+        self.mark_unaudited = mark_unaudited
         # bpf_ktime_get_ns is CLOCK_MONOTONIC; this turns it into wall-clock time.
         self._epoch_offset = time.time() - time.monotonic()
 
@@ -71,6 +76,12 @@ class EbpfEventBuilder:
             # No execve syscall began it: the kernel's own exec (a usermode helper such as
             # modprobe), which syscall audit rules cannot see.
             event.setdefault("ttpsensor", {})["kernel_exec"] = True
+        if self.mark_unaudited and record.unaudited:
+            # The task has no audit context: no audit rule can see this exec or anything else
+            # the task does. When it was created says why (crosscheck.py).
+            extra = event.setdefault("ttpsensor", {})
+            extra["unaudited_task"] = True
+            extra["task_start"] = utc_timestamp(record.task_start / 1e9 + self._epoch_offset)
         parent = process.get("parent")
         if record.creator is not None and record.creator != record.ppid and parent:
             # Its creator had exited before the exec: the kernel's parent is an adopter.

@@ -19,6 +19,8 @@
 #define FLAG_FAILED         1024  // a failed exec (retval < 0), reported at syscall exit
 #define FLAG_NO_ENTRY       2048  // no execve/execveat entry was seen: the kernel's own exec
                                   // (usermode helper), or one that began before we attached
+#define FLAG_UNAUDITED      4096  // the exec'ing task has no audit context: syscall audit
+                                  // records nothing of it (OFF_TASK_AUDIT_CONTEXT kernels only)
 
 #define CHUNK 4096               // argument area read in chunks: a fault loses one chunk only
 #define NAME_BYTES 4096          // a failed exec's file name (PATH_MAX)
@@ -28,6 +30,8 @@
 struct exec_event {
     u64 ktime;          // bpf_ktime_get_ns() at the exec
     u64 cgroup_id;      // cgroup v2 id of the process
+    u64 task_start;     // task_struct.start_time (CLOCK_MONOTONIC ns): when the exec'ing
+                        // task was created (after de_thread, its thread group leader's)
     u64 ino;            // the executable as the kernel opened it: inode number,
     s64 size;           // size,
     s64 mtime_sec;      // modification and change times,
@@ -187,6 +191,15 @@ static __always_inline void *task_facts(struct exec_event *e) {
     void *tty = read_ptr(signal, OFF_SIGNAL_TTY, &flags);
     if (tty)
         bpf_probe_read_kernel_str(&e->tty, sizeof(e->tty), tty + OFF_TTY_NAME);
+    if (bpf_probe_read_kernel(&e->task_start, sizeof(e->task_start),
+                              task + OFF_TASK_START_TIME) != 0)
+        flags |= FLAG_FACT_FAULT;
+#ifdef OFF_TASK_AUDIT_CONTEXT
+    // The kernel gives a task an audit context when it is created, and none when audit had
+    // never been enabled on this boot yet or a task,never rule excluded it (audit_alloc).
+    if (!read_ptr(task, OFF_TASK_AUDIT_CONTEXT, &flags))
+        e->flags |= FLAG_UNAUDITED;
+#endif
     e->flags |= flags;
     return task;
 }

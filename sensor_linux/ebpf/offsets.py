@@ -21,6 +21,7 @@ REQUIRED: tuple[tuple[str, str, str], ...] = (
     ("OFF_TASK_LOGINUID", "task_struct", "loginuid"),
     ("OFF_TASK_SESSIONID", "task_struct", "sessionid"),
     ("OFF_TASK_SIGNAL", "task_struct", "signal"),
+    ("OFF_TASK_START_TIME", "task_struct", "start_time"),
     ("OFF_SIGNAL_TTY", "signal_struct", "tty"),
     ("OFF_TTY_NAME", "tty_struct", "name"),
     ("OFF_MM_ARG_START", "mm_struct", "arg_start"),
@@ -55,6 +56,13 @@ REQUIRED: tuple[tuple[str, str, str], ...] = (
     ("OFF_BPRM_ARGC", "linux_binprm", "argc"),
 )
 
+# Members only some kernels have: (macro, struct, member path). task_struct.audit_context
+# exists with CONFIG_AUDITSYSCALL; without it the probes cannot say whether audit records a
+# task (and syscall audit does not exist there anyway).
+OPTIONAL: tuple[tuple[str, str, str], ...] = (
+    ("OFF_TASK_AUDIT_CONTEXT", "task_struct", "audit_context"),
+)
+
 # Inode times have had three layouts: timespec64 i_mtime/i_ctime (up to 6.5), i_mtime and
 # __i_ctime (6.6), __i_mtime/__i_ctime (6.7-6.10), and split seconds and nanoseconds (6.11+).
 # Each candidate is (seconds member, nanoseconds member), first match wins.
@@ -66,7 +74,8 @@ _TIMES = {
 }
 
 # Sizes the probes assume (they read these members into variables of this many bytes).
-_SIZES = {"OFF_TASK_PID": 4, "OFF_TASK_TGID": 4, "OFF_TASK_LOGINUID": 4, "OFF_TASK_SESSIONID": 4,
+_SIZES = {"OFF_TASK_START_TIME": 8, "OFF_TASK_AUDIT_CONTEXT": 8,
+          "OFF_TASK_PID": 4, "OFF_TASK_TGID": 4, "OFF_TASK_LOGINUID": 4, "OFF_TASK_SESSIONID": 4,
           "OFF_DENTRY_NAME_LEN": 4, "OFF_INODE_INO": 8, "OFF_INODE_SIZE": 8,
           "OFF_INODE_NLINK": 4, "OFF_SB_DEV": 4, "OFF_BPRM_ARGC": 4,
           "OFF_CRED_UID": 4, "OFF_CRED_EUID": 4, "OFF_CRED_GID": 4}
@@ -75,14 +84,10 @@ _SIZES = {"OFF_TASK_PID": 4, "OFF_TASK_TGID": 4, "OFF_TASK_LOGINUID": 4, "OFF_TA
 def kernel_offsets(btf: Btf) -> dict[str, int]:
     """``{macro: byte offset}`` for every member the probes read; :class:`BtfError` names the
     first one this kernel lacks or lays out differently than the probes expect."""
-    out: dict[str, int] = {}
-    for macro, struct_name, path in REQUIRED:
-        member = btf.member(struct_name, path)
-        want = _SIZES.get(macro)
-        if want is not None and member.size != want:
-            raise BtfError(f"{struct_name}.{path} is {member.size} bytes in this kernel, the "
-                           f"probes read {want}")
-        out[macro] = member.offset
+    out = {macro: _offset(btf, macro, struct_name, path)
+           for macro, struct_name, path in REQUIRED}
+    out.update({macro: _offset(btf, macro, struct_name, path)
+                for macro, struct_name, path in OPTIONAL if btf.has_member(struct_name, path)})
     # The probes read the eight ids of struct cred in one go, in this order.
     ids = ("OFF_CRED_UID", "OFF_CRED_GID", "OFF_CRED_SUID", "OFF_CRED_SGID", "OFF_CRED_EUID",
            "OFF_CRED_EGID", "OFF_CRED_FSUID", "OFF_CRED_FSGID")
@@ -98,6 +103,15 @@ def kernel_offsets(btf: Btf) -> dict[str, int]:
         else:
             raise BtfError(f"struct inode has none of the known {name.lower()} layouts")
     return out
+
+
+def _offset(btf: Btf, macro: str, struct_name: str, path: str) -> int:
+    member = btf.member(struct_name, path)
+    want = _SIZES.get(macro)
+    if want is not None and member.size != want:
+        raise BtfError(f"{struct_name}.{path} is {member.size} bytes in this kernel, the "
+                       f"probes read {want}")
+    return member.offset
 
 
 def cflags(offsets: dict[str, int]) -> list[str]:

@@ -45,6 +45,7 @@ FLAG_NO_EXE = 256
 FLAG_NAME_TRUNC = 512
 FLAG_FAILED = 1024
 FLAG_NO_ENTRY = 2048
+FLAG_UNAUDITED = 4096
 
 CHUNK = 4096
 NAME_BYTES = 4096
@@ -56,7 +57,7 @@ DEFAULT_RINGBUF_PAGES = 1024      # 4 MiB shared by all CPUs
 DEFAULT_PENDING_MAX = 1024        # threads between syscall entry and exec/exit, all CPUs
 
 # struct exec_event up to data (see execsnoop.c)
-_HEAD = struct.Struct("=QQQqqqIIIIIIII8IIIiIIIIIII16s32s")
+_HEAD = struct.Struct("=QQQQqqqIIIIIIII8IIIiIIIIIII16s32s")
 
 
 class PrerequisiteError(RuntimeError):
@@ -88,6 +89,7 @@ class ExecRecord:
     identity: FileIdentity | None
     cgroup_id: int
     arg_faults: int = 0             # arguments lost to read faults (null elements in args)
+    task_start: int = 0             # the exec'ing task's creation, CLOCK_MONOTONIC ns
 
     @property
     def truncated(self) -> bool:
@@ -96,6 +98,12 @@ class ExecRecord:
     @property
     def failed(self) -> bool:
         return self.retval < 0
+
+    @property
+    def unaudited(self) -> bool:
+        """The exec'ing task had no audit context: syscall audit could not record this exec
+        (always False on kernels without task_struct.audit_context)."""
+        return self.flags & (FLAG_UNAUDITED | FLAG_FACT_FAULT) == FLAG_UNAUDITED
 
 
 def _join_components(blob: bytes) -> bytes:
@@ -140,8 +148,9 @@ def _kernel_dev(dev: int) -> int:
 
 def decode(data: bytes) -> ExecRecord:
     """A ring-buffer record (bytes) as an :class:`ExecRecord`."""
-    (ktime, cgroup_id, ino, size, mtime_sec, ctime_sec, mtime_nsec, ctime_nsec, dev, nlink,
-     pid, tid, ppid, creator, uid, gid, suid, sgid, euid, egid, fsuid, fsgid, login_uid,
+    (ktime, cgroup_id, task_start, ino, size, mtime_sec, ctime_sec, mtime_nsec, ctime_nsec,
+     dev, nlink, pid, tid, ppid, creator, uid, gid, suid, sgid, euid, egid, fsuid, fsgid,
+     login_uid,
      session, retval, argc, flags, fault_mask, exe_size, cwd_size, name_size, args_size,
      comm, tty) = _HEAD.unpack_from(data)
     pos = _HEAD.size
@@ -177,7 +186,7 @@ def decode(data: bytes) -> ExecRecord:
         login_uid=login_uid, session=session, retval=retval, argc=argc, args=args,
         flags=flags, comm=comm.split(b"\0", 1)[0], tty=tty_name, executable=executable,
         cwd=cwd, filename=name.split(b"\0", 1)[0] if failed and name_size else None,
-        identity=identity, cgroup_id=cgroup_id, arg_faults=faulted)
+        identity=identity, cgroup_id=cgroup_id, arg_faults=faulted, task_start=task_start)
 
 
 def check_prerequisites() -> None:
@@ -338,10 +347,12 @@ class ExecProbes:
         try:
             with tempfile.TemporaryDirectory(prefix="ttpsensor-check-") as cwd:
                 os.chmod(cwd, 0o755)
+                forked = time.monotonic_ns()
                 child = subprocess.Popen([true, marker], cwd=cwd, preexec_fn=_check_child_ids,
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)
                 child.wait()
+                reaped = time.monotonic_ns()
                 record = self._check_record(child.pid)
                 expected = _expected(child.pid, true, marker, cwd)
         finally:
@@ -360,6 +371,9 @@ class ExecProbes:
             ident.dev, ident.ino, ident.size, ident.mtime_ns, ident.ctime_ns)
         wrong = [f"{name}: expected {expected[name]!r}, read {got[name]!r}"
                  for name in expected if expected[name] != got[name]]
+        if not forked <= record.task_start <= reaped:
+            wrong.append(f"task_start: expected between {forked} and {reaped} (monotonic ns), "
+                         f"read {record.task_start}")
         if wrong:
             raise PrerequisiteError(
                 "the exec probes read wrong facts on this kernel (offsets from its BTF do not "

@@ -52,9 +52,12 @@ class ExecRecords:
 
 
 def ebpf_pipeline(enricher: Enricher, sink: Output, keep_exec_attempts: bool,
-                  observe: Callable[[Event], None] | None = None) -> Pipeline:
-    """Probe records -> events -> ``sink``; PATH-walk misses folded."""
-    return Pipeline(ExecRecords(), sink, builder=EbpfEventBuilder(enricher),
+                  observe: Callable[[Event], None] | None = None,
+                  mark_unaudited: bool = False) -> Pipeline:
+    """Probe records -> events -> ``sink``; PATH-walk misses folded; with
+    ``mark_unaudited``, execs that syscall audit cannot record say so."""
+    builder = EbpfEventBuilder(enricher, mark_unaudited=mark_unaudited)
+    return Pipeline(ExecRecords(), sink, builder=builder,
                     folder=AttemptFolder(keep_all=keep_exec_attempts), observe=observe)
 
 
