@@ -61,8 +61,10 @@ class CombinedSource(BaseSource):
         self.say = say
         self.enricher = Enricher()
         hybrid = self.mode == "hybrid"
+        # Both modes run syscall audit beside the probes: an exec it cannot record says so.
         self.ebpf_pipeline = ebpf_pipeline(self.enricher, sink, config.keep_exec_attempts,
-                                           observe=None if hybrid else self._from_ebpf)
+                                           observe=None if hybrid else self._from_ebpf,
+                                           mark_unaudited=True)
         self.probes = ExecProbes(on_exec=self.ebpf_pipeline.feed,
                                  argv_size=config.ebpf_argv_bytes,
                                  ringbuf_pages=config.ebpf_ringbuf_pages)
@@ -91,7 +93,8 @@ class CombinedSource(BaseSource):
                  f"{self.probes.load_seconds:.2f} s) and audit netlink unicast")
         if self.mode == "cross-check":
             # Both sources listen from now on: a miss of an earlier exec is no miss.
-            self.crosscheck = CrossCheck(self.enricher.host, start=time.time())
+            self.crosscheck = CrossCheck(self.enricher.host, start=time.time(),
+                                         audit_at_boot=self.audit.audit_at_boot)
 
     def inputs(self) -> list[Input]:
         assert self.audit.records is not None

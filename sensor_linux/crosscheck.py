@@ -13,6 +13,16 @@ listening (``start``), and execs the kernel makes itself (usermode helpers call 
 which is what audit's rules match); they are counted, not reported. At shutdown, execs still
 within their window are counted as unsettled rather than reported: their twin may be in
 flight.
+
+Audit records nothing of a task that has no audit context, which the probes see at each exec
+(``ttpsensor.unaudited_task``). The kernel gives none to a task created before audit was first
+enabled on this boot, or one a ``task,never`` rule excluded when it was created. A task created
+before both sources listened is counted (``unaudited_before_start``), as its exec is no sign
+of anything done since: on a machine booted without ``audit=1`` that is every process older
+than audit, such as a shell that ``exec``s a program. Any other such exec is reported at once
+(its twin cannot come) with the reason ``excluded_by_task_rule``: audit was on when the task
+was created (the sensor had turned it on, or the kernel was booted with it), so only a task
+rule can have hidden the task from audit.
 """
 
 from __future__ import annotations
@@ -46,9 +56,11 @@ class CrossCheck:
     host: dict[str, Any]
     window: float = DEFAULT_WINDOW
     start: float | None = None      # wall-clock time from which both sources listen
+    audit_at_boot: bool = False     # the kernel was booted with audit=1 (session.audit_at_boot)
     matched: int = 0
     unmatched: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SOURCES})
     before_start: int = 0
+    unaudited_before_start: int = 0
     kernel_execs: int = 0
     unsettled: int = 0
     _start_cutoff: str | None = None  # process.start form of start + START_MARGIN
@@ -66,6 +78,8 @@ class CrossCheck:
         if event.get("ttpsensor", {}).get("kernel_exec"):
             self.kernel_execs += 1
             return self.expire(now)
+        if event.get("ttpsensor", {}).get("unaudited_task"):
+            return self._unaudited(event) + self.expire(now)
         other = SOURCES[1] if source == SOURCES[0] else SOURCES[0]
         key = exec_key(event)
         if self._pending[other].pop(key, None) is not None:
@@ -77,6 +91,15 @@ class CrossCheck:
                 _, oldest = pending.popitem(last=False)
                 return self._settle(source, oldest) + self.expire(now)
         return self.expire(now)
+
+    def _unaudited(self, event: Event) -> list[Event]:
+        """An exec by a task audit does not record (see the module's docstring)."""
+        created = event["ttpsensor"].get("task_start")
+        if self._start_cutoff is not None and not self.audit_at_boot and (
+                not isinstance(created, str) or created < self._start_cutoff):
+            self.unaudited_before_start += 1
+            return []
+        return [self._unmatched("ebpf", event, reason="excluded_by_task_rule")]
 
     def _near_start(self, event: Event) -> bool:
         """Began before both sources listened, or so close to it that one of them may have
@@ -114,7 +137,7 @@ class CrossCheck:
             pending.clear()
         return out
 
-    def _unmatched(self, source: str, event: Event) -> Event:
+    def _unmatched(self, source: str, event: Event, reason: str | None = None) -> Event:
         self.unmatched[source] += 1
         missed_by = SOURCES[1] if source == SOURCES[0] else SOURCES[0]
         report = new_event("exec_unmatched", "ttpsensor", host=self.host)
@@ -124,11 +147,14 @@ class CrossCheck:
         report["ttpsensor"] = {"crosscheck": {
             "seen_by": source, "missed_by": missed_by, "event_id": event["event"]["id"],
             "matched": self.matched, "unmatched": dict(self.unmatched)}}
+        if reason is not None:
+            report["ttpsensor"]["crosscheck"]["reason"] = reason
         return report
 
     def summary(self) -> dict[str, Any]:
         return {"matched": self.matched, "unmatched": dict(self.unmatched),
                 "before_start": self.before_start, "kernel_execs": self.kernel_execs,
+                "unaudited_before_start": self.unaudited_before_start,
                 "unsettled_at_stop": self.unsettled,
                 "pending": {s: len(p) for s, p in self._pending.items()}}
 

@@ -99,3 +99,43 @@ def test_cross_check_does_not_report_what_one_source_cannot_see() -> None:
     # At shutdown what is still inside its window is counted, not reported.
     check.add("auditd", _exec(8, "/usr/bin/true", args=["true"], start=start + 20), now=11)
     assert check.finish(now=12) == [] and check.summary()["unsettled_at_stop"] == 1
+
+
+def _unaudited(pid: int, start: float, task_start: float) -> dict:
+    """An eBPF exec by a task without an audit context (events.py: mark_unaudited)."""
+    event = _exec(pid, "/usr/bin/true", args=["true", str(pid)], start=start)
+    event["ttpsensor"] = {"unaudited_task": True, "task_start": utc_timestamp(task_start)}
+    return event
+
+
+def test_cross_check_counts_unaudited_old_tasks_and_reports_tasks_a_rule_hid() -> None:
+    start = 1_800_000_000.0
+    check = CrossCheck({"name": "h"}, window=5.0, start=start)
+    # A shell older than the sensor exec'ing now: on a machine booted without audit=1 it may
+    # predate audit itself. Counted, not reported, and not left waiting for a twin.
+    assert check.add("ebpf", _unaudited(5, start + 30, start - 600), now=0) == []
+    # A task created after both sources listened, without an audit context: audit was on
+    # when it was created, so a task rule hid it. Reported at once: its twin cannot come.
+    [report] = check.add("ebpf", _unaudited(6, start + 30, start + 20), now=0)
+    assert report["process"]["pid"] == 6
+    assert report["ttpsensor"]["crosscheck"]["missed_by"] == "auditd"
+    assert report["ttpsensor"]["crosscheck"]["reason"] == "excluded_by_task_rule"
+    assert check.expire(now=100) == []
+    summary = check.summary()
+    assert summary["unaudited_before_start"] == 1
+    assert summary["unmatched"] == {"auditd": 0, "ebpf": 1}
+    assert summary["pending"] == {"auditd": 0, "ebpf": 0}
+    # An ordinary miss carries no reason.
+    check.add("ebpf", _exec(7, "/usr/bin/true", args=["true"], start=start + 40), now=100)
+    [plain] = check.expire(now=200)
+    assert "reason" not in plain["ttpsensor"]["crosscheck"]
+
+
+def test_cross_check_with_audit_from_boot_reports_even_an_old_unaudited_task() -> None:
+    """Booted with audit=1, every task has had an audit context since boot unless a task rule
+    excluded it: an old task without one is no gap of audit's start, and is reported."""
+    start = 1_800_000_000.0
+    check = CrossCheck({"name": "h"}, window=5.0, start=start, audit_at_boot=True)
+    [report] = check.add("ebpf", _unaudited(5, start + 30, start - 600), now=0)
+    assert report["ttpsensor"]["crosscheck"]["reason"] == "excluded_by_task_rule"
+    assert check.summary()["unaudited_before_start"] == 0

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from common import ttphash
+from common.schema import utc_timestamp
 from tests.live import (Sensor, assert_complete, captured, ebpf_and_audit, probes_loaded,
                         registered, require_bcc, stop_all, summary)
 from tests.test_audit_live import audit_guard  # noqa: F401  (the fixture)
@@ -176,6 +177,56 @@ def test_cross_check_is_silent_on_a_busy_machine_and_reports_what_audit_missed(
 
 def unmatched(sensor: Sensor) -> list[dict]:
     return [e for e in sensor.events() if e["event"]["action"] == "exec_unmatched"]
+
+
+NOBODY = 65534
+
+
+def test_cross_check_says_a_task_rule_hid_an_exec_from_audit(audit_guard, busy_machine,
+                                                              tmp_path) -> None:
+    """A ``task,never`` rule leaves the tasks it matches without an audit context
+    (kernel/auditsc.c, audit_alloc): audit records nothing of them, eBPF sees their execs. The
+    probes read that at the exec; the exec's event says so, and the cross-check reports it at
+    once with its reason. The root execs of the same run are audited and match."""
+    require_bcc()
+    sensor = Sensor(tmp_path, "unaudited", "--source", "cross-check", "--state-file",
+                    str(tmp_path / "ttpsensor-files" / "state.json"))
+    rule = ["task,never", "-F", f"uid={NOBODY}"]
+    hidden = f"ttp-hidden-{os.urandom(6).hex()}"
+    try:
+        sensor.wait_for(lambda: registered(sensor), "registration", timeout=120)
+        # The cross-check counts, without a report, tasks created within a second of its
+        # start (they may predate audit): the hidden task must be created after that.
+        time.sleep(2)
+        subprocess.run(["auditctl", "-a", *rule], check=True, capture_output=True)
+        created = time.time()
+        # sh is forked by this (root) process, so it is audited; as nobody it forks the
+        # /bin/true task, which the rule excludes (the "; true" keeps sh from exec'ing it
+        # in place).
+        subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                        "/bin/sh", "-c", f"/bin/true {hidden}; true"], check=True)
+        token, spawned = run_execs(50)
+        sensor.wait_for(lambda: any(hidden in (r["process"].get("args") or [])
+                                    for r in unmatched(sensor)), "the report", timeout=60)
+        sensor.wait_for(lambda: len(captured(sensor.events(), token)) == 50, "the root execs")
+        time.sleep(6)  # past the matching window: a miss of the root execs would show now
+    finally:
+        subprocess.run(["auditctl", "-d", *rule], capture_output=True)
+        assert sensor.stop() == 0, sensor.stderr
+    [report] = [r for r in unmatched(sensor) if hidden in (r["process"].get("args") or [])]
+    assert report["ttpsensor"]["crosscheck"]["missed_by"] == "auditd"
+    assert report["ttpsensor"]["crosscheck"]["reason"] == "excluded_by_task_rule"
+    execs = [e for e in sensor.events() if e["event"]["action"] == "process_create"]
+    [event] = [e for e in execs if hidden in (e["process"].get("args") or [])]
+    assert event["ttpsensor"]["unaudited_task"] is True
+    task_start = event["ttpsensor"]["task_start"]
+    assert utc_timestamp(created - 1) < task_start < utc_timestamp(time.time())
+    # The sh that started it was created by root before the rule mattered: audited.
+    [shell] = [e for e in execs if e["process"].get("args") == [
+        "/bin/sh", "-c", f"/bin/true {hidden}; true"]]
+    assert "unaudited_task" not in shell.get("ttpsensor", {})
+    assert captured(unmatched(sensor), token) == {}
+    assert_complete(sensor.events(), token, spawned)
 
 
 def test_hybrid_takes_exec_from_ebpf_and_the_rest_from_audit(audit_guard, busy_machine,

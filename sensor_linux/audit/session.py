@@ -93,6 +93,13 @@ def repair_stale_state(control: AuditSocket, state_file: str) -> bool:
     return True
 
 
+def audit_at_boot(cmdline: str) -> bool:
+    """Whether the kernel command line enables audit from boot (``audit=1`` or ``audit=on``,
+    which the kernel takes alike): then every task gets an audit context unless a task rule
+    excludes it."""
+    return any(word.lower() in ("audit=1", "audit=on") for word in cmdline.split())
+
+
 def older_processes_warning(enabled: int, cmdline: str) -> str | None:
     """What to say when the sensor turns audit on (``enabled`` was 0) on a kernel not booted
     with ``audit=1`` (or ``audit=on``, which the kernel takes alike): the kernel gives a task
@@ -100,8 +107,7 @@ def older_processes_warning(enabled: int, cmdline: str) -> str | None:
     boot (kernel/auditsc.c, ``audit_alloc``), so a process that has run since before then is
     never audited, neither its own execve nor what its syscall rules would match; the
     processes it starts are."""
-    booted_on = any(word.lower() in ("audit=1", "audit=on") for word in cmdline.split())
-    if enabled or booted_on:
+    if enabled or audit_at_boot(cmdline):
         return None
     return ("audit was off when the sensor started, and the kernel was not booted with "
             "audit=1: if audit has not been enabled since boot, processes already running are "
@@ -130,6 +136,9 @@ class UnicastSession:
         self.repaired = False
         self.lost_at_start = 0
         self.warnings: list[str] = []
+        # Whether the kernel had audit on from boot: then a task without an audit context was
+        # excluded by a task rule, whenever it was created (crosscheck.py).
+        self.audit_at_boot = False
 
     def open(self) -> None:
         control = AuditSocket()
@@ -146,7 +155,9 @@ class UnicastSession:
                 f"another audit daemon is registered: {name} (pid {status.pid}). Use "
                 f"--source audit-multicast to listen beside it, or run 'ttpsensor audisp' as "
                 f"its plugin (packaging/audit/ttpsensor.conf), or stop it first.")
-        warning = older_processes_warning(status.enabled, kernel_command_line())
+        cmdline = kernel_command_line()
+        self.audit_at_boot = audit_at_boot(cmdline)
+        warning = older_processes_warning(status.enabled, cmdline)
         if warning:
             self.warnings.append(warning)
         self.saved = SavedState(os.getpid(), status.as_dict(), control.list_rules())
