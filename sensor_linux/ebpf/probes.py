@@ -150,9 +150,8 @@ def decode(data: bytes) -> ExecRecord:
     """A ring-buffer record (bytes) as an :class:`ExecRecord`."""
     (ktime, cgroup_id, task_start, ino, size, mtime_sec, ctime_sec, mtime_nsec, ctime_nsec,
      dev, nlink, pid, tid, ppid, creator, uid, gid, suid, sgid, euid, egid, fsuid, fsgid,
-     login_uid,
-     session, retval, argc, flags, fault_mask, exe_size, cwd_size, name_size, args_size,
-     comm, tty) = _HEAD.unpack_from(data)
+     login_uid, session, retval, argc, flags, fault_mask, exe_size, cwd_size, name_size,
+     args_size, comm, tty) = _HEAD.unpack_from(data)
     pos = _HEAD.size
     exe_blob = data[pos:pos + exe_size]
     pos += exe_size
