@@ -221,7 +221,7 @@ def test_cross_check_says_a_task_rule_hid_an_exec_from_audit(audit_guard, busy_m
     assert event["ttpsensor"]["unaudited_task"] is True
     task_start = event["ttpsensor"]["task_start"]
     assert utc_timestamp(created - 1) < task_start < utc_timestamp(time.time())
-    # The sh that started it was created by root before the rule mattered: audited.
+    # The sh that started it was forked by root (the rule matches nobody's tasks): audited.
     [shell] = [e for e in execs if e["process"].get("args") == [
         "/bin/sh", "-c", f"/bin/true {hidden}; true"]]
     assert "unaudited_task" not in shell.get("ttpsensor", {})
