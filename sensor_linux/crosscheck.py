@@ -75,11 +75,12 @@ class CrossCheck:
     def add(self, source: str, event: Event, now: float | None = None) -> list[Event]:
         """Take a successful exec event from ``source``; return unmatched-exec events due."""
         now = time.monotonic() if now is None else now
-        if event.get("ttpsensor", {}).get("kernel_exec"):
+        marks = event.get("ttpsensor", {})
+        if marks.get("kernel_exec"):
             self.kernel_execs += 1
             return self.expire(now)
-        if event.get("ttpsensor", {}).get("unaudited_task"):
-            return self._unaudited(event) + self.expire(now)
+        if marks.get("unaudited_task"):
+            return self._unaudited(source, event) + self.expire(now)
         other = SOURCES[1] if source == SOURCES[0] else SOURCES[0]
         key = exec_key(event)
         if self._pending[other].pop(key, None) is not None:
@@ -92,23 +93,25 @@ class CrossCheck:
                 return self._settle(source, oldest) + self.expire(now)
         return self.expire(now)
 
-    def _unaudited(self, event: Event) -> list[Event]:
+    def _unaudited(self, source: str, event: Event) -> list[Event]:
         """An exec by a task audit does not record (see the module's docstring)."""
         created = event["ttpsensor"].get("task_start")
         if self._start_cutoff is not None and not self.audit_at_boot and (
-                not isinstance(created, str) or created < self._start_cutoff):
+                not isinstance(created, str) or self._before_cutoff(created)):
             self.unaudited_before_start += 1
             return []
-        return [self._unmatched("ebpf", event, reason="excluded_by_task_rule")]
+        return [self._unmatched(source, event, reason="excluded_by_task_rule")]
 
     def _near_start(self, event: Event) -> bool:
         """Began before both sources listened, or so close to it that one of them may have
         missed it for that reason alone."""
-        if self._start_cutoff is None:
-            return False
-        started = (event.get("process") or {}).get("start")
-        # process.start is ISO 8601 UTC with a fixed width: it sorts as text.
-        return isinstance(started, str) and started < self._start_cutoff
+        return self._before_cutoff((event.get("process") or {}).get("start"))
+
+    def _before_cutoff(self, when: object) -> bool:
+        """``when`` (a timestamp as the events write it) is before start + START_MARGIN."""
+        # ISO 8601 UTC with a fixed width: it sorts as text.
+        return (self._start_cutoff is not None and isinstance(when, str)
+                and when < self._start_cutoff)
 
     def expire(self, now: float | None = None) -> list[Event]:
         now = time.monotonic() if now is None else now

@@ -22,6 +22,7 @@ from common.filehash import FileHasher
 from sensor_linux.audit.datagrams import DatagramBatch
 from sensor_linux.audit.netlink import AUDIT_NLGRP_READLOG, AuditNetlinkError, AuditSocket
 from sensor_linux.audit.session import older_processes_warning, process_name
+from sensor_linux.procfs import kernel_command_line
 from tests.conftest import require, ttpsensor_command
 from tests.live import (Sensor, assert_complete, captured, kill_leftovers, registered,
                         stop_all)
@@ -113,7 +114,7 @@ def test_unicast_captures_2000_execs_exactly_and_restores_state(audit_guard, tmp
     # older than audit go unaudited; where audit was on already, it says nothing of it.
     said = "processes already running are not audited" in sensor.stderr
     assert said == (older_processes_warning(int(audit_guard[0]["enabled"]),
-                                            Path("/proc/cmdline").read_text()) is not None)
+                                            kernel_command_line()) is not None)
     final = json.loads(status_file.read_text())
     assert final["running"] is False and final["events"] >= 2000
     assert final["kernel_lost"] == 0 and final["assembly"]["serial_gaps"] == 0
