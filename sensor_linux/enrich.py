@@ -23,9 +23,9 @@ from common.proctable import Entry, ProcessTable, parent_context
 from common.schema import Event, utc_timestamp
 from sensor_linux.image import RecentLooks, image_facts
 from sensor_linux.packages import UNPACKAGED_FIELD, PackageIndex
-from sensor_linux.procfs import (PROC, UNSET_ID, LiveFacts, ProcessFacts, boot_time,
-                                 exe_identity, live_container_id, open_image, read_exe,
-                                 read_process)
+from sensor_linux.procfs import (PROC, UNSET_ID, LiveFacts, PinnedProcess, ProcessFacts,
+                                 boot_time, exe_identity, live_container_id, open_image,
+                                 read_exe, read_process)
 from sensor_linux.users import UserNames
 
 
@@ -50,6 +50,9 @@ def _remember(kept: OrderedDict[Any, Any], key: Any, value: Any) -> None:
     if len(kept) > STABLE_ENTRIES:
         kept.popitem(last=False)
 
+
+# read_exe's answer and the container of a process that has exited: nothing.
+_EXITED: tuple[tuple[str | bytes | None, bool], str | None] = ((None, False), None)
 
 # What shlex.quote leaves as it is, but "%" (percent form writes it as %25): an argument of
 # only these needs neither.
@@ -265,7 +268,20 @@ class Enricher:
     def exe_and_container(self, pid: int, executable: str | bytes | None
                           ) -> tuple[tuple[str | bytes | None, bool], str | None]:
         """``/proc/PID/exe`` (read_exe's answer) and the container of ``pid`` if it still runs
-        ``executable``: the link is read once, as both need it."""
+        ``executable``: the link is read once, as both need it. Nothing is read of a process
+        that has exited (there is nothing to read, and the look-up costs: PinnedProcess), and
+        nothing is kept of one that exited while it was read (its number may have gone to
+        another process before the reads)."""
+        if self.proc != PROC:  # a /proc of a test: its pids are not the kernel's
+            return self._exe_and_container(pid, executable)
+        with PinnedProcess(pid) as process:
+            if process.exited():
+                return _EXITED
+            found = self._exe_and_container(pid, executable)
+            return _EXITED if process.exited() else found
+
+    def _exe_and_container(self, pid: int, executable: str | bytes | None
+                           ) -> tuple[tuple[str | bytes | None, bool], str | None]:
         link = read_exe(pid, self.proc)
         return link, live_container_id(pid, executable, self.proc, link)
 

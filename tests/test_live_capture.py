@@ -23,6 +23,7 @@ from sensor_linux.audit.plugin import PipeInput
 from sensor_linux.audit.source import NetlinkInput
 from sensor_linux.batching import BUILD_SECONDS, Gather
 from sensor_linux.enrich import Enricher
+from sensor_linux.procfs import PinnedProcess
 from sensor_linux.wake import Collected  # an output that keeps the events
 from tests.workload import memfd_image
 
@@ -415,3 +416,78 @@ def test_the_execs_built_together_share_one_look_at_their_file(tmp_path) -> None
     two = hashlib.sha256(b"\x7fELF two!").hexdigest().upper()
     assert digests == [one] * 3 + [two] * 3
     assert enricher.looks.shared == 4  # two of each build's three execs shared its look
+
+
+def _exited_child() -> int:
+    """A child that has exited and is not reaped yet (a zombie: its pid still names it)."""
+    pid = os.posix_spawn("/bin/true", ["/bin/true"], {})
+    for _ in range(500):
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return pid
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never exited")
+
+
+def test_a_pinned_process_says_whether_it_has_exited() -> None:
+    """Running, exited and not reaped (its /proc directory is still there), reaped: the
+    kernel's answer through the pidfd, which no pid reuse changes."""
+    running = subprocess.Popen(["/bin/sleep", "30"])
+    zombie = _exited_child()
+    try:
+        with PinnedProcess(running.pid) as process:
+            assert not process.unknown and not process.exited()
+        with PinnedProcess(zombie) as process:
+            assert os.path.isdir(f"/proc/{zombie}") and process.exited()
+    finally:
+        _stop(running)
+        os.waitpid(zombie, 0)
+    with PinnedProcess(GONE + 1) as process:
+        assert process.exited()
+
+
+def test_the_first_look_reads_nothing_of_a_process_that_has_exited(monkeypatch) -> None:
+    """An exec whose process has exited by the first look: no /proc read is made for it (the
+    answer would be empty, and the look-up costs), while a running one is read."""
+    read: list[int] = []
+    real = enrich.read_exe
+
+    def counted(pid: int, proc: str = "/proc") -> tuple[Any, bool]:
+        read.append(pid)
+        return real(pid, proc)
+    monkeypatch.setattr(enrich, "read_exe", counted)
+    enricher = Enricher()
+    running = subprocess.Popen(["/bin/sleep", "30"])
+    zombie = _exited_child()
+    try:
+        _wait_for_exe(running.pid, "/usr/bin/sleep")
+        assert enricher.exe_and_container(zombie, "/usr/bin/true") == ((None, False), None)
+        assert read == []
+        link, _ = enricher.exe_and_container(running.pid, "/usr/bin/sleep")
+        assert link == ("/usr/bin/sleep", False) and read == [running.pid]
+    finally:
+        _stop(running)
+        os.waitpid(zombie, 0)
+
+
+def test_what_was_read_of_a_process_that_exited_meanwhile_is_not_kept(monkeypatch) -> None:
+    """The process exits while its link is read (its number could have gone to another
+    process before the read): the link read is dropped. The control, a process that stays,
+    keeps it."""
+    real = enrich.read_exe
+    for exits in (False, True):
+        running = subprocess.Popen(["/bin/sleep", "30"])
+        _wait_for_exe(running.pid, "/usr/bin/sleep")
+
+        def exiting_while_read(pid: int, proc: str = "/proc") -> tuple[Any, bool]:
+            found = real(pid, proc)
+            if exits:
+                running.kill()
+                os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+            return found
+        monkeypatch.setattr(enrich, "read_exe", exiting_while_read)
+        try:
+            link, _ = Enricher().exe_and_container(running.pid, "/usr/bin/sleep")
+        finally:
+            _stop(running)
+        assert link == ((None, False) if exits else ("/usr/bin/sleep", False))
