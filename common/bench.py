@@ -213,11 +213,12 @@ def _seed_like_qlog() -> dict:
                 "isOndisk": True, "isRunning": True, "AuthenticodeHash": "E" * 64}}
 
 
-def print_table(rows: list[Row], title: str | None = None) -> None:
+def print_table(rows: list[Row], title: str | None = None, item: str = "event") -> None:
+    """``rows`` as a table of µs per ``item``, ``item``s a second and ratio."""
     table = Table(title=title or "per event, median of %d runs" % REPEATS)
     table.add_column("what")
-    table.add_column("µs/event", justify="right")
-    table.add_column("events/s", justify="right")
+    table.add_column(f"µs/{item}", justify="right")
+    table.add_column(f"{item}s/s", justify="right")
     table.add_column("ratio", justify="right")
     for row in rows:
         ratio = f"{row.ratio:.2f}× {row.reference}" if row.ratio is not None else ""

@@ -9,11 +9,20 @@ a pause, and the CPU each exec took (the thread's, not the pause's) is set again
 pipeline fed without pauses. The reference is ``json.dumps`` of the same events under the same
 pattern: a pause that slows a C function too is the machine's (what ran on the core meanwhile
 took its caches), not the pipeline's.
+
+A last table measures the host alone: the CPU a read of one byte in each of a few thousand
+pages costs right after a pause, against the same reads without one, in 4 KiB pages and in
+2 MiB ones (transparent huge pages, asked for by madvise). On a VM the first touch of a page
+after a pause can need the guest's and the host's page tables walked again from memory; where
+that costs microseconds a page, a process pays for each page of its working set it touches
+after each sleep, which a Python process has many of (docs/overhead.md, 2026-12-06, later).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,6 +41,8 @@ from sensor_linux.stages import audit_log_or_record, read_audit_log, recording_o
 BATCH_SIZES = (1, 2, 5, 20)
 WARM_EXECS = 1000  # fed first, untimed: the per-binary caches fill, as in a running sensor
 BATCHES = 100  # per batch size
+TOUCHED_PAGES = 2000  # 8 MiB at one byte a 4 KiB page: more than the caches hold
+HUGE_PAGE = 2 << 20
 
 
 @dataclass
@@ -149,6 +160,59 @@ def _rows(what: str, base: float, batched: dict[int, float]) -> list[Row]:
     return rows
 
 
+def page_touch_rows(gap: float, pages: int = TOUCHED_PAGES, rounds: int = 10) -> list[Row]:
+    """µs per page of reading one byte in each of ``pages`` 4 KiB pages, without a pause and
+    after ``gap`` seconds of sleep, in memory of 4 KiB pages and in memory asked for in 2 MiB
+    pages; the median of ``rounds``. The huge-page rows say whether the kernel gave any."""
+    rows = []
+    for huge in (False, True):
+        size = pages * mmap.PAGESIZE + HUGE_PAGE  # room to start at a 2 MiB boundary
+        memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        anchor = ctypes.c_char.from_buffer(memory)
+        start = -ctypes.addressof(anchor) % HUGE_PAGE
+        del anchor  # (the mapping cannot close while a ctypes object holds it)
+        if huge:
+            memory.madvise(mmap.MADV_HUGEPAGE if hasattr(mmap, "MADV_HUGEPAGE") else 14)
+        memory.write(b"\1" * size)  # every page there before the first timed read
+        offsets = range(start, start + pages * mmap.PAGESIZE, mmap.PAGESIZE)
+        kind = "2 MiB pages" if huge else "4 KiB pages"
+        if huge:
+            kind += " (given)" if _anon_huge_kib() else " (asked for, not given)"
+        no_pause = _touch_us(memory, offsets, 0.0, rounds)
+        paused = _touch_us(memory, offsets, gap, rounds)
+        memory.close()
+        rows.append(Row(f"{kind}, no pause", no_pause))
+        rows.append(Row(f"{kind}, after a {gap * 1000:g} ms pause", paused, "no pause",
+                        paused / no_pause if no_pause > 0 else 0.0))
+    return rows
+
+
+def _touch_us(memory: mmap.mmap, offsets: range, gap: float, rounds: int) -> float:
+    """The thread's CPU per page of one read in each page at ``offsets``, each round after
+    ``gap`` seconds of sleep (a round after no sleep follows the one before at once)."""
+    times = []
+    for _ in range(rounds):
+        if gap:
+            time.sleep(gap)
+        start = time.thread_time()
+        for offset in offsets:
+            memory[offset]
+        times.append(time.thread_time() - start)
+    return sorted(times)[len(times) // 2] / len(offsets) * 1e6
+
+
+def _anon_huge_kib() -> int:
+    """This process's anonymous memory in transparent huge pages, KiB (0 where unknown)."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 @click.command("wake")
 @recording_options("Audit records to replay (auditd's log format, each event's records "
                    "together).", execs=6000)
@@ -176,3 +240,6 @@ def bench_wake(audit_log: Path | None, execs: int, gap_ms: float, batches: int,
                                  continuous=continuous, warm=warm)
     print_table(rows, f"CPU per event, batches {gap_ms:g} ms apart ({audit_log.name}: "
                       f"{built:,} events built)")
+    print_table(page_touch_rows(gap_ms / 1000),
+                f"the host: CPU per page of one read in each of {TOUCHED_PAGES:,} pages, "
+                f"median of 10 rounds", item="page")

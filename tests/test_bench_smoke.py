@@ -82,7 +82,7 @@ def test_a_figure_at_zero_is_printed_not_divided_by(capsys) -> None:
 def test_bench_wake_feeds_every_batch_and_compares_with_no_pause(tmp_path) -> None:
     """A corpus trace repeated into 400 execs: every event of the warm-up, the run without
     pauses and each batch is built (one event per record group here), and each batch size has
-    its row for the pipeline and for the json.dumps reference."""
+    its row for the pipeline and for the json.dumps reference; then the host's page reads."""
     from sensor_linux.audit.bench import repeat
     from tests.test_audit_corpus import LAUREL_DIR
     clean = tmp_path / "trace.log"  # the corpus file's comments are no audit records
@@ -101,6 +101,10 @@ def test_bench_wake_feeds_every_batch_and_compares_with_no_pause(tmp_path) -> No
         assert f"{what}, no pause" in result.stdout
         for size in (1, 2, 5, 20):
             assert re.search(rf"{what}, {size} a batch: a wake [+-][\d,]+ µs", result.stdout)
+    # The host's own table: each page size without and after the pause, set against each other.
+    for kind in ("4 KiB pages", r"2 MiB pages \((given|asked for, not given)\)"):
+        assert re.search(rf"{kind}, no pause +│ +[\d.]+", result.stdout), result.stdout
+        assert re.search(rf"{kind}, after a 1 ms pause +│ +[\d.]+ .*no pause", result.stdout)
     too_many = run_cli("bench", "wake", "--audit-log", str(log), "--batches", "1000")
     assert too_many.returncode != 0 and "this run feeds" in too_many.stderr
 
