@@ -172,12 +172,13 @@ def page_touch_rows(gap: float, pages: int = TOUCHED_PAGES, rounds: int = 10) ->
         start = -ctypes.addressof(anchor) % HUGE_PAGE
         del anchor  # (the mapping cannot close while a ctypes object holds it)
         if huge:
-            memory.madvise(mmap.MADV_HUGEPAGE if hasattr(mmap, "MADV_HUGEPAGE") else 14)
+            memory.madvise(mmap.MADV_HUGEPAGE)
+        before = _anon_huge_kib()
         memory.write(b"\1" * size)  # every page there before the first timed read
         offsets = range(start, start + pages * mmap.PAGESIZE, mmap.PAGESIZE)
         kind = "2 MiB pages" if huge else "4 KiB pages"
         if huge:
-            kind += " (given)" if _anon_huge_kib() else " (asked for, not given)"
+            kind += " (given)" if _anon_huge_kib() > before else " (asked for, not given)"
         no_pause = _touch_us(memory, offsets, 0.0, rounds)
         paused = _touch_us(memory, offsets, gap, rounds)
         memory.close()
