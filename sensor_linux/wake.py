@@ -160,11 +160,26 @@ def _rows(what: str, base: float, batched: dict[int, float]) -> list[Row]:
     return rows
 
 
-def page_touch_rows(gap: float, pages: int = TOUCHED_PAGES, rounds: int = 10) -> list[Row]:
-    """µs per page of reading one byte in each of ``pages`` 4 KiB pages, without a pause and
-    after ``gap`` seconds of sleep, in memory of 4 KiB pages and in memory asked for in 2 MiB
-    pages; the median of ``rounds``. The huge-page rows say whether the kernel gave any."""
-    rows = []
+@dataclass
+class PageCosts:
+    """µs of the thread's CPU per page, one read in each of ``pages`` pages: without a pause
+    and after ``pause_s`` seconds of sleep, in 4 KiB pages (small) and in memory asked for in
+    2 MiB pages (huge; ``huge_given``: whether the kernel gave that region any)."""
+
+    pause_s: float
+    pages: int
+    small_no_pause_us: float
+    small_paused_us: float
+    huge_no_pause_us: float
+    huge_paused_us: float
+    huge_given: bool
+
+
+def page_costs(gap: float, pages: int = TOUCHED_PAGES, rounds: int = 10) -> PageCosts:
+    """The host's cost of a page read after a ``gap``-second pause; each figure the median
+    of ``rounds``."""
+    found: dict[bool, tuple[float, float]] = {}
+    given = False
     for huge in (False, True):
         size = pages * mmap.PAGESIZE + HUGE_PAGE  # room to start at a 2 MiB boundary
         memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -175,17 +190,36 @@ def page_touch_rows(gap: float, pages: int = TOUCHED_PAGES, rounds: int = 10) ->
             memory.madvise(mmap.MADV_HUGEPAGE)
         before = _anon_huge_kib()
         memory.write(b"\1" * size)  # every page there before the first timed read
-        offsets = range(start, start + pages * mmap.PAGESIZE, mmap.PAGESIZE)
-        kind = "2 MiB pages" if huge else "4 KiB pages"
         if huge:
-            kind += " (given)" if _anon_huge_kib() > before else " (asked for, not given)"
-        no_pause = _touch_us(memory, offsets, 0.0, rounds)
-        paused = _touch_us(memory, offsets, gap, rounds)
+            given = _anon_huge_kib() > before
+        offsets = range(start, start + pages * mmap.PAGESIZE, mmap.PAGESIZE)
+        found[huge] = (_touch_us(memory, offsets, 0.0, rounds),
+                       _touch_us(memory, offsets, gap, rounds))
         memory.close()
+    return PageCosts(gap, pages, *found[False], *found[True], given)
+
+
+def page_touch_rows(costs: PageCosts) -> list[Row]:
+    """``costs`` as rows: each page size without the pause, then after it against that."""
+    rows = []
+    huge = "2 MiB pages " + ("(given)" if costs.huge_given else "(asked for, not given)")
+    for kind, no_pause, paused in (
+            ("4 KiB pages", costs.small_no_pause_us, costs.small_paused_us),
+            (huge, costs.huge_no_pause_us, costs.huge_paused_us)):
         rows.append(Row(f"{kind}, no pause", no_pause))
-        rows.append(Row(f"{kind}, after a {gap * 1000:g} ms pause", paused, "no pause",
-                        paused / no_pause if no_pause > 0 else 0.0))
+        rows.append(Row(f"{kind}, after a {costs.pause_s * 1000:g} ms pause", paused,
+                        "no pause", paused / no_pause if no_pause > 0 else 0.0))
     return rows
+
+
+def page_costs_line(costs: PageCosts) -> str:
+    """One sentence of ``costs``, for reports made on the host (the overhead lab's)."""
+    huge = "in 2 MiB pages" if costs.huge_given else "2 MiB pages asked for, not given:"
+    return (f"The host: a 4 KiB page first read after a {costs.pause_s * 1000:g} ms pause "
+            f"costs {costs.small_paused_us:.2f} µs of CPU ({costs.small_no_pause_us:.2f} "
+            f"without the pause; {huge} {costs.huge_paused_us:.2f}). Where it costs "
+            "microseconds, a process pays for every page it touches after each sleep "
+            "(`ttpsensor bench wake`, docs/overhead.md).")
 
 
 def _touch_us(memory: mmap.mmap, offsets: range, gap: float, rounds: int) -> float:
@@ -241,6 +275,6 @@ def bench_wake(audit_log: Path | None, execs: int, gap_ms: float, batches: int,
                                  continuous=continuous, warm=warm)
     print_table(rows, f"CPU per event, batches {gap_ms:g} ms apart ({audit_log.name}: "
                       f"{built:,} events built)")
-    print_table(page_touch_rows(gap_ms / 1000),
+    print_table(page_touch_rows(page_costs(gap_ms / 1000)),
                 f"the host: CPU per page of one read in each of {TOUCHED_PAGES:,} pages, "
                 f"median of 10 rounds", item="page")

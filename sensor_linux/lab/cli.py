@@ -7,6 +7,7 @@ import os
 import platform
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -17,6 +18,7 @@ from sensor_linux.lab.modes import all_modes
 DEFAULT_RATES = "100,500,1000,2000"
 QUICK_RATES = [100, 500]
 QUICK_SECONDS = 3.0
+HOST_PAUSE_SECONDS = 0.2  # the eBPF sources' read interval (sensor_linux/batching.py)
 
 
 def _rates(text: str) -> list[int]:
@@ -72,6 +74,7 @@ def bench_overhead(rates: str, duration: float, mode_names: str, out: str, progr
     from sensor_linux.lab.modes import ModeError
     from sensor_linux.lab.overhead import LabSettings, Measurement, run_lab
     from sensor_linux.lab.report import markdown, processes, ratios, rows, summary, write_report
+    from sensor_linux.wake import page_costs, page_costs_line
 
     if importlib.util.find_spec("matplotlib") is None:
         raise click.ClickException("the plot needs matplotlib: pip install 'ttpsensor[lab]'")
@@ -87,6 +90,10 @@ def bench_overhead(rates: str, duration: float, mode_names: str, out: str, progr
         raise click.BadParameter("must be positive", param_hint="--duration")
     settings = LabSettings(rate_list, seconds, warmup=min(2.0, seconds / 3), program=program)
     console = Console(stderr=True)
+    # What kind of host this is: on some VMs a page touched after a pause costs microseconds,
+    # which multiplies what every collector that sleeps pays (docs/overhead.md).
+    console.print("measuring the host's page reads after a pause …")
+    host = page_costs(HOST_PAUSE_SECONDS, rounds=5)
     console.print(f"overhead lab: {len(names)} modes x {len(rate_list)} rates"
                   + (f" x {rounds} rounds" if rounds > 1 else "")
                   + f", {seconds:g} s each; work files in {settings.work}")
@@ -104,10 +111,12 @@ def bench_overhead(rates: str, duration: float, mode_names: str, out: str, progr
     paths = write_report(Path(out), results, shlex.join(["ttpsensor", *sys.argv[1:]]), {
         "rates": rate_list, "duration": seconds, "modes": names, "program": program,
         "rounds": rounds,
-        "kernel": platform.release(), "cpus": os.cpu_count()})
+        "kernel": platform.release(), "cpus": os.cpu_count(), "host_pages": asdict(host)},
+        host=page_costs_line(host))
     table = rows(results)
     compared = ratios(table)
     click.echo(markdown(table, compared, processes(table), summary(compared)))
+    click.echo(page_costs_line(host))
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
     failed = [r for r in results if r.error]
     lossy = [r for r in results if r.ours and not r.error and r.lost]

@@ -277,8 +277,9 @@ def plot(path: Path, table: list[dict[str, Any]]) -> None:
 
 
 def write_report(out: Path, results: list[Measurement], command: str,
-                 settings: dict[str, Any]) -> dict[str, Path]:
-    """results.json, results.csv, results.md and cpu.png in ``out``; returns their paths."""
+                 settings: dict[str, Any], host: str = "") -> dict[str, Path]:
+    """results.json, results.csv, results.md and cpu.png in ``out``; returns their paths.
+    ``host``: a sentence on the host, for results.md."""
     out.mkdir(parents=True, exist_ok=True)
     table = rows(results)
     compared = ratios(table)
@@ -292,6 +293,7 @@ def write_report(out: Path, results: list[Measurement], command: str,
                                         indent=1))
     write_csv(paths["csv"], table)
     paths["markdown"].write_text(f"Command: `{command}`\n\n"
+                                 + (f"{host}\n\n" if host else "")
                                  + markdown(table, compared, per_process, summed))
     plot(paths["png"], table)
     return paths
