@@ -106,13 +106,17 @@ class PinnedProcess:
     def __init__(self, pid: int) -> None:
         self.fd: int | None = None
         self.gone = False
-        self.unknown = False
         try:
             self.fd = os.pidfd_open(pid)
         except ProcessLookupError:
             self.gone = True  # exited and reaped
         except (OSError, AttributeError):  # ENOSYS, EPERM (seccomp), EMFILE; Python < 3.9
-            self.unknown = True
+            pass
+
+    @property
+    def unknown(self) -> bool:
+        """The kernel could not pin the process (nor said it was gone)."""
+        return self.fd is None and not self.gone
 
     def exited(self) -> bool:
         """Whether the process has exited (a zombie, or reaped): its pidfd is readable."""
@@ -151,6 +155,15 @@ def boot_time(proc: str = PROC) -> float:
             if line.startswith(b"btime "):
                 return float(line.split()[1])
     raise OSError("no btime in /proc/stat")
+
+
+def anon_huge_pages_kib(pid: int | str = "self", proc: str = PROC) -> int:
+    """The anonymous memory of ``pid`` in transparent huge pages, KiB (0 where unknown)."""
+    rollup = _read(f"{proc}/{pid}/smaps_rollup") or b""
+    for line in rollup.splitlines():
+        if line.startswith(b"AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
 
 
 def kernel_command_line(proc: str = PROC) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import json
 import mmap
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from common.bench import Row, print_table
 from common.schema import Event
 from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.enrich import Enricher
+from sensor_linux.procfs import anon_huge_pages_kib
 from sensor_linux.stages import audit_log_or_record, read_audit_log, recording_options
 
 BATCH_SIZES = (1, 2, 5, 20)
@@ -178,25 +180,31 @@ class PageCosts:
 def page_costs(gap: float, pages: int = TOUCHED_PAGES, rounds: int = 10) -> PageCosts:
     """The host's cost of a page read after a ``gap``-second pause; each figure the median
     of ``rounds``."""
-    found: dict[bool, tuple[float, float]] = {}
-    given = False
-    for huge in (False, True):
-        size = pages * mmap.PAGESIZE + HUGE_PAGE  # room to start at a 2 MiB boundary
-        memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    small_no_pause, small_paused, _ = _page_reads(False, pages, gap, rounds)
+    huge_no_pause, huge_paused, given = _page_reads(True, pages, gap, rounds)
+    return PageCosts(gap, pages, small_no_pause, small_paused, huge_no_pause, huge_paused,
+                     given)
+
+
+def _page_reads(huge: bool, pages: int, gap: float, rounds: int) -> tuple[float, float, bool]:
+    """µs per page without a pause and after ``gap`` in a fresh region (asked for in 2 MiB
+    pages when ``huge``), and whether the region got any huge page."""
+    size = pages * mmap.PAGESIZE + HUGE_PAGE  # room to start at a 2 MiB boundary
+    memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
         anchor = ctypes.c_char.from_buffer(memory)
         start = -ctypes.addressof(anchor) % HUGE_PAGE
         del anchor  # (the mapping cannot close while a ctypes object holds it)
         if huge:
             memory.madvise(mmap.MADV_HUGEPAGE)
-        before = _anon_huge_kib()
+        before = anon_huge_pages_kib()
         memory.write(b"\1" * size)  # every page there before the first timed read
-        if huge:
-            given = _anon_huge_kib() > before
+        given = anon_huge_pages_kib() > before
         offsets = range(start, start + pages * mmap.PAGESIZE, mmap.PAGESIZE)
-        found[huge] = (_touch_us(memory, offsets, 0.0, rounds),
-                       _touch_us(memory, offsets, gap, rounds))
+        return (_touch_us(memory, offsets, 0.0, rounds), _touch_us(memory, offsets, gap, rounds),
+                given)
+    finally:
         memory.close()
-    return PageCosts(gap, pages, *found[False], *found[True], given)
 
 
 def page_touch_rows(costs: PageCosts) -> list[Row]:
@@ -233,19 +241,7 @@ def _touch_us(memory: mmap.mmap, offsets: range, gap: float, rounds: int) -> flo
         for offset in offsets:
             memory[offset]
         times.append(time.thread_time() - start)
-    return sorted(times)[len(times) // 2] / len(offsets) * 1e6
-
-
-def _anon_huge_kib() -> int:
-    """This process's anonymous memory in transparent huge pages, KiB (0 where unknown)."""
-    try:
-        with open("/proc/self/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("AnonHugePages:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return statistics.median(times) / len(offsets) * 1e6
 
 
 @click.command("wake")

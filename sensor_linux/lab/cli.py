@@ -94,6 +94,7 @@ def bench_overhead(rates: str, duration: float, mode_names: str, out: str, progr
     # which multiplies what every collector that sleeps pays (docs/overhead.md).
     console.print("measuring the host's page reads after a pause …")
     host = page_costs(HOST_PAUSE_SECONDS, rounds=5)
+    host_line = page_costs_line(host)
     console.print(f"overhead lab: {len(names)} modes x {len(rate_list)} rates"
                   + (f" x {rounds} rounds" if rounds > 1 else "")
                   + f", {seconds:g} s each; work files in {settings.work}")
@@ -112,11 +113,11 @@ def bench_overhead(rates: str, duration: float, mode_names: str, out: str, progr
         "rates": rate_list, "duration": seconds, "modes": names, "program": program,
         "rounds": rounds,
         "kernel": platform.release(), "cpus": os.cpu_count(), "host_pages": asdict(host)},
-        host=page_costs_line(host))
+        host=host_line)
     table = rows(results)
     compared = ratios(table)
     click.echo(markdown(table, compared, processes(table), summary(compared)))
-    click.echo(page_costs_line(host))
+    click.echo(host_line)
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
     failed = [r for r in results if r.error]
     lossy = [r for r in results if r.ours and not r.error and r.lost]
