@@ -220,14 +220,18 @@ def page_touch_rows(costs: PageCosts) -> list[Row]:
     return rows
 
 
-def page_costs_line(costs: PageCosts) -> str:
-    """One sentence of ``costs``, for reports made on the host (the overhead lab's)."""
+def page_costs_line(costs: PageCosts, after: PageCosts | None = None) -> str:
+    """A sentence of ``costs``, for reports made on the host (the overhead lab's); with
+    ``after``, what the same reads cost when the lab's modes had run."""
     huge = "in 2 MiB pages" if costs.huge_given else "2 MiB pages asked for, not given:"
-    return (f"The host: a 4 KiB page first read after a {costs.pause_s * 1000:g} ms pause "
+    line = (f"The host: a 4 KiB page first read after a {costs.pause_s * 1000:g} ms pause "
             f"costs {costs.small_paused_us:.2f} µs of CPU ({costs.small_no_pause_us:.2f} "
-            f"without the pause; {huge} {costs.huge_paused_us:.2f}). Where it costs "
-            "microseconds, a process pays for every page it touches after each sleep "
-            "(`ttpsensor bench wake`, docs/overhead.md).")
+            f"without the pause; {huge} {costs.huge_paused_us:.2f})")
+    if after is not None:
+        line += (f", and {after.small_paused_us:.2f} µs ({after.small_no_pause_us:.2f}) "
+                 "measured again after the modes")
+    return (line + ". Where it costs microseconds, a process pays for every page it touches "
+            "after each sleep (`ttpsensor bench wake`, docs/overhead.md).")
 
 
 def _touch_us(memory: mmap.mmap, offsets: range, gap: float, rounds: int) -> float:

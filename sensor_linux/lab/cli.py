@@ -94,7 +94,6 @@ def bench_overhead(rates: str, duration: float, mode_names: str, out: str, progr
     # which multiplies what every collector that sleeps pays (docs/overhead.md).
     console.print("measuring the host's page reads after a pause …")
     host = page_costs(HOST_PAUSE_SECONDS, rounds=5)
-    host_line = page_costs_line(host)
     console.print(f"overhead lab: {len(names)} modes x {len(rate_list)} rates"
                   + (f" x {rounds} rounds" if rounds > 1 else "")
                   + f", {seconds:g} s each; work files in {settings.work}")
@@ -109,10 +108,15 @@ def bench_overhead(rates: str, duration: float, mode_names: str, out: str, progr
             results = run_lab([known[n] for n in names], settings, progress, rounds)
         except ModeError as exc:
             raise click.ClickException(str(exc)) from exc
+    # And again after the modes: a shared host's cost moves within a run (doubled in forty
+    # minutes once, with every sleeping collector's), and a run whose host moved says so.
+    console.print("measuring the host's page reads again …")
+    host_after = page_costs(HOST_PAUSE_SECONDS, rounds=5)
+    host_line = page_costs_line(host, host_after)
     paths = write_report(Path(out), results, shlex.join(["ttpsensor", *sys.argv[1:]]), {
         "rates": rate_list, "duration": seconds, "modes": names, "program": program,
-        "rounds": rounds,
-        "kernel": platform.release(), "cpus": os.cpu_count(), "host_pages": asdict(host)},
+        "rounds": rounds, "kernel": platform.release(), "cpus": os.cpu_count(),
+        "host_pages": asdict(host), "host_pages_after": asdict(host_after)},
         host=host_line)
     table = rows(results)
     compared = ratios(table)
