@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sensor_linux.audit import paced
+from sensor_linux.audit.bench import count_lines
 from sensor_linux.audit.records import parse
 from tests.conftest import require, run_cli
 from tests.test_audit_corpus import LAUREL_DIR
@@ -63,6 +64,36 @@ def test_both_plugins_write_every_event_fed_round_after_round(tmp_path: Path) ->
     assert paced.lost(runs) == []
     (row,) = paced.summary(runs)
     assert row["rate"] == 200 and row["ratio"] > 0 and row["lowest"] <= row["highest"]
+
+
+# Real kernel records (auditd's log, this project's VMs): a PATH walk, seven failed execs of
+# one process (ENOENT) and the one that found the program.
+PATH_WALK = Path(__file__).parent / "data" / "audit-path-walk.log"
+
+
+def test_failed_execs_folded_into_the_next_exec_count_as_written(tmp_path: Path) -> None:
+    """Ours folds a PATH walk's misses into the exec that follows them (one line for eight
+    events), LAUREL writes each: both wrote every event fed."""
+    _plugins_or_skip()
+    events = paced.templates(PATH_WALK.read_bytes().splitlines(keepends=True), os.getpid())
+    assert len(events) == 8
+    runs = paced.measure(events, [80], rounds=1, seconds=1.0, warmup=0.2,
+                         plugins=paced.engines(tmp_path), work=tmp_path)
+    assert paced.lost(runs) == []
+    for run in runs:
+        assert run.output == run.fed > 8, run
+    lines = count_lines(tmp_path / "ours-80-1.jsonl")
+    assert lines < runs[0].fed / 4  # folded: the count above is not one a line
+
+
+def test_an_output_counts_a_line_an_event_and_ours_its_folded_attempts(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"process": {"pid": 1, "exec_attempts": {"count": 3, "errors": {}}}}\n'
+                   # the name elsewhere (LAUREL's text, another map) counts one line
+                   '{"process": {"pid": 2}, "labels": {"exec_attempts": {"count": 9}}}\n'
+                   '{"event": {"kind": "metric"}}\n')
+    assert paced.count_events(out) == 6
+    assert paced.count_events(tmp_path / "none.jsonl") == 0
 
 
 def test_a_plugin_that_loses_events_is_caught(tmp_path: Path) -> None:

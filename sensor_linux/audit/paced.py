@@ -14,11 +14,13 @@ sees a duplicate) and this process as the parent (it runs, as the lab's load gen
 its process is gone, as a short command's is when auditd hands its records over. After a
 warm-up, each plugin's CPU (all its threads, from ``/proc/PID/task/*/schedstat``, in
 nanoseconds) is taken over the window; then its input is closed and its output counted: one
-line an event, none lost. Rounds alternate which plugin goes first, and the medians compare.
+line an event (ours also counts the failed PATH-walk execs it folds into the exec that
+follows them), none lost. Rounds alternate which plugin goes first, and the medians compare.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -33,7 +35,7 @@ from typing import Callable
 import click
 
 from common.cli import self_command
-from sensor_linux.audit.bench import compiled_env, count_lines
+from sensor_linux.audit.bench import compiled_env
 from sensor_linux.audit.laurel import PEER_CONFIG
 from sensor_linux.lab.measure import task_cpu_seconds
 from sensor_linux.lab.modes import plugin_settings
@@ -196,9 +198,27 @@ def measure(events: list[Template], rates: list[int], rounds: int, seconds: floa
                 argv, env, output = plugins[name](run)
                 feed(argv, env, events, run, seconds, warmup,
                      work / f"{name}-{rate}-{number}.stderr", progress)
-                run.output = count_lines(output)
+                run.output = count_events(output)
                 runs.append(run)
     return runs
+
+
+def count_events(path: Path) -> int:
+    """The events in a plugin's output: one a line, and in ours also the failed execs of a
+    PATH walk folded into the exec that followed them (``process.exec_attempts.count``),
+    which LAUREL writes as events of their own (sensor_linux/attempts.py)."""
+    if not path.exists():
+        return 0
+    count = 0
+    with open(path, "rb") as f:
+        for line in f:
+            count += 1
+            if b'"exec_attempts"' in line:  # parsed only then: most lines carry none
+                process = json.loads(line).get("process")
+                attempts = process.get("exec_attempts") if isinstance(process, dict) else None
+                if isinstance(attempts, dict) and isinstance(attempts.get("count"), int):
+                    count += attempts["count"]
+    return count
 
 
 def lost(runs: list[Run]) -> list[Run]:
