@@ -91,8 +91,9 @@ def test_an_output_counts_a_line_an_event_and_ours_its_folded_attempts(tmp_path:
     out.write_text('{"process": {"pid": 1, "exec_attempts": {"count": 3, "errors": {}}}}\n'
                    # the name elsewhere (LAUREL's text, another map) counts one line
                    '{"process": {"pid": 2}, "labels": {"exec_attempts": {"count": 9}}}\n'
-                   '{"event": {"kind": "metric"}}\n')
-    assert paced.count_events(out) == 6
+                   '{"event": {"kind": "metric"}}\n'
+                   '{"process": {"exec_attempts": {"cou')  # cut while written
+    assert paced.count_events(out) == 7
     assert paced.count_events(tmp_path / "none.jsonl") == 0
 
 

@@ -214,7 +214,10 @@ def count_events(path: Path) -> int:
         for line in f:
             count += 1
             if b'"exec_attempts"' in line:  # parsed only then: most lines carry none
-                process = json.loads(line).get("process")
+                try:
+                    process = json.loads(line).get("process")
+                except (ValueError, AttributeError):
+                    continue  # a cut last line, or not a map: one line, one event
                 attempts = process.get("exec_attempts") if isinstance(process, dict) else None
                 if isinstance(attempts, dict) and isinstance(attempts.get("count"), int):
                     count += attempts["count"]
