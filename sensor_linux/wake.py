@@ -45,6 +45,7 @@ WARM_EXECS = 1000  # fed first, untimed: the per-binary caches fill, as in a run
 BATCHES = 100  # per batch size
 TOUCHED_PAGES = 2000  # 8 MiB at one byte a 4 KiB page: more than the caches hold
 HUGE_PAGE = 2 << 20
+PAGE_ROUNDS = 10  # each page figure is the median of this many rounds
 
 
 @dataclass
@@ -177,7 +178,7 @@ class PageCosts:
     huge_given: bool
 
 
-def page_costs(gap: float, pages: int = TOUCHED_PAGES, rounds: int = 10) -> PageCosts:
+def page_costs(gap: float, pages: int = TOUCHED_PAGES, rounds: int = PAGE_ROUNDS) -> PageCosts:
     """The host's cost of a page read after a ``gap``-second pause; each figure the median
     of ``rounds``."""
     small_no_pause, small_paused, _ = _page_reads(False, pages, gap, rounds)
@@ -277,4 +278,4 @@ def bench_wake(audit_log: Path | None, execs: int, gap_ms: float, batches: int,
                       f"{built:,} events built)")
     print_table(page_touch_rows(page_costs(gap_ms / 1000)),
                 f"the host: CPU per page of one read in each of {TOUCHED_PAGES:,} pages, "
-                f"median of 10 rounds", item="page")
+                f"median of {PAGE_ROUNDS} rounds", item="page")
