@@ -3,7 +3,7 @@
 1. Record: this sensor's unicast session (audit state restored afterwards) captures the records
    of N real execs on this kernel into a file, exactly as they came from netlink.
 2. Replay the same file, each engine in a child process, and take each child's CPU time
-   (user + system) and peak RSS from ``wait4``: LAUREL (Debian's laurel 0.5.1, enrichment off
+   (user + system) and its own peak RSS (under GNU time): LAUREL (Debian's laurel 0.5.1, enrichment off
    as in its goldens; it reads stdin only), ``ttpsensor audisp --format laurel FILE`` (the same
    output) and ``ttpsensor audisp FILE`` (``ecs`` with enrichment and TTPHash), our replay
    command. Then again on the same records as auditd writes them to disk, without EOE records
@@ -130,25 +130,61 @@ def compiled_env(work: Path) -> dict[str, str]:
     return env
 
 
+TIME = "/usr/bin/time"
+
+
+@dataclass
+class Usage:
+    """What a child took: its exit code, CPU seconds (user + system) and its own peak RSS."""
+    exit_code: int
+    cpu_seconds: float
+    peak_rss_mib: float
+
+
+def spawn_measured(argv: list[str], stdin: int, stdout: int, stderr: int,
+                   env: dict[str, str]) -> Usage:
+    """Run ``argv`` (looked up in PATH) with these descriptors as its 0, 1 and 2, wait, and
+    measure it.
+
+    Its peak RSS comes from GNU time, not from our own wait4: a process keeps the peak RSS of
+    the memory it had before its exec as its own (the kernel folds the old mm's high-water mark
+    into the process's maxrss at exec), and a child spawned by posix_spawn (vfork) had ours,
+    a forked one a copy of it, so wait4 would give this process's peak whenever that is the
+    larger. time is a few hundred KiB when it forks. The CPU time is our wait4's: it holds
+    time's and, time having waited for it, the command's.
+    """
+    if not os.access(TIME, os.X_OK):
+        raise click.ClickException(f"{TIME} not found: the peak RSS of a child is measured with "
+                                   f"GNU time (apt-get install time)")
+    with tempfile.TemporaryDirectory(prefix="ttpsensor-usage-") as private:
+        report = os.path.join(private, "usage")
+        pid = os.posix_spawn(TIME, [TIME, "--quiet", "--output", report, "--format", "%M",
+                                    *argv], env, file_actions=[
+            (os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1),
+            (os.POSIX_SPAWN_DUP2, stderr, 2)])
+        _, status, usage = os.wait4(pid, 0)
+        try:
+            with open(report) as f:
+                peak_kib = int(f.read().split()[-1])
+        except (OSError, ValueError, IndexError):
+            peak_kib = 0  # time could not start the command (its message is on stderr)
+    return Usage(os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime,
+                 peak_kib / 1024)
+
+
 def run_child(engine: str, argv: list[str], stdin: Path, stdout: Path | None,
               env: dict[str, str] | None = None, work: Path | None = None) -> Result:
-    """Run one engine and take its CPU time and peak RSS from wait4.
-
-    posix_spawn, not fork: a forked child counts its parent's memory in its peak RSS until it
-    execs, and this process can be large (it holds outputs to compare).
-    """
+    """Run one engine and take its CPU time and peak RSS (:func:`spawn_measured`)."""
     err_path = (work or stdin.parent) / f"{engine.split()[0]}.{os.getpid()}.stderr"
     with open(stdin, "rb") as fin, open(stdout or os.devnull, "wb") as fout, \
             open(err_path, "wb") as ferr:
-        pid = os.posix_spawnp(argv[0], argv, env or dict(os.environ), file_actions=[
-            (os.POSIX_SPAWN_DUP2, fin.fileno(), 0), (os.POSIX_SPAWN_DUP2, fout.fileno(), 1),
-            (os.POSIX_SPAWN_DUP2, ferr.fileno(), 2)])
-        _, status, usage = os.wait4(pid, 0)
+        usage = spawn_measured(argv, fin.fileno(), fout.fileno(), ferr.fileno(),
+                               env or dict(os.environ))
     err = err_path.read_text(errors="replace")
     err_path.unlink()
-    if os.waitstatus_to_exitcode(status) != 0:
+    if usage.exit_code != 0:
         raise click.ClickException(f"{engine} failed: {err[-2000:]}")
-    return Result(engine, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, 0, 0)
+    return Result(engine, usage.cpu_seconds, usage.peak_rss_mib, 0, 0)
 
 
 def _median(results: list[Result]) -> Result:
@@ -188,11 +224,15 @@ def _laurel_ids(path: Path) -> dict[str, dict]:
 def bench_audit(execs: int, memory_events: int, keep: str | None, rounds: int) -> None:
     """Audit replay: CPU per 10,000 exec events, ours against LAUREL, and peak memory.
 
-    Needs root (it records through audit netlink) and Debian's laurel package.
+    Needs root (it records through audit netlink) and Debian's laurel and time packages
+    (LAUREL is the peer; GNU time measures each engine's own peak memory).
     """
     laurel = shutil.which("laurel")
     if laurel is None:
         raise click.ClickException("LAUREL is needed as the peer: apt-get install laurel")
+    if not os.access(TIME, os.X_OK):
+        raise click.ClickException(f"{TIME} is needed to measure peak memory: "
+                                   f"apt-get install time")
     ours = self_command()
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="ttpsensor-bench-"))
     work.mkdir(parents=True, exist_ok=True)
