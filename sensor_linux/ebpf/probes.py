@@ -302,7 +302,7 @@ class ExecProbes:
                            debug=int(os.environ.get("TTPSENSOR_BPF_DEBUG", "0")))
         except Exception as exc:  # BCC raises plain Exception for compile and load errors
             raise PrerequisiteError(f"the exec probes did not compile or load: {exc}") from exc
-        events = self.bpf["events"]
+        events = self.bpf[b"events"]
         try:
             self._wake = RingWake(events.map_fd)
             if IN_PLACE:
@@ -341,7 +341,7 @@ class ExecProbes:
         probes make of it; refuse to run when any differs (wrong offsets read wrong values)."""
         true = os.path.realpath(shutil.which("true") or "/bin/true").encode()
         marker = f"ttpsensor-self-check-{secrets.token_hex(4)}".encode()
-        table = self.bpf["check_parent"]  # type: ignore[index]
+        table = self.bpf[b"check_parent"]  # type: ignore[index]
         table[table.Key(0)] = table.Leaf(os.getpid())
         try:
             with tempfile.TemporaryDirectory(prefix="ttpsensor-check-") as cwd:
@@ -382,7 +382,7 @@ class ExecProbes:
     def _check_record(self, pid: int) -> ExecRecord | None:
         """The record the program kept of the check child's exec (it is written before the
         child's execve returns, so it is there once the child has exited)."""
-        table = self.bpf["check_record"]  # type: ignore[index]
+        table = self.bpf[b"check_record"]  # type: ignore[index]
         value = table[table.Key(0)]
         raw = ctypes.string_at(ctypes.addressof(value), ctypes.sizeof(value))
         record = decode(raw)
@@ -401,7 +401,7 @@ class ExecProbes:
             # libbpf's own wait (ring_buffer_poll) hears only wake-ups, which the probes
             # leave out for most records: wait on the ring itself, then take all it holds.
             waiter = select.poll()
-            waiter.register(self.bpf["events"].map_fd, select.POLLIN)  # type: ignore[index]
+            waiter.register(self.bpf[b"events"].map_fd, select.POLLIN)  # type: ignore[index]
             waiter.poll(timeout_ms)
         self.bpf.ring_buffer_consume()  # type: ignore[attr-defined]
         self._taken(self._consumed)
@@ -428,7 +428,7 @@ class ExecProbes:
 
     def drops(self) -> dict[str, int]:
         """Counters of what the probes could not deliver (summed over CPUs)."""
-        table = self.bpf["drops"]  # type: ignore[index]
+        table = self.bpf[b"drops"]  # type: ignore[index]
         names = ("ringbuf_full", "pending_full")
         return {name: int(sum(table[table.Key(i)])) for i, name in enumerate(names)}
 
