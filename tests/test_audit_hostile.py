@@ -64,7 +64,9 @@ def test_memory_follows_what_arrived_not_what_a_line_claims(tmp_path) -> None:
         usage = spawn_measured(ttpsensor_command() + [
             "audisp", str(log), "--parse-error-log", str(tmp_path / "claims-errors.log")],
             null.fileno(), null.fileno(), null.fileno(), dict(os.environ))
-    assert usage.exit_code == 0 and 0 < usage.peak_rss_mib < 400, usage
+    # About 25 MiB (the interpreter and its modules are 23): the 40 MB line is cut as it
+    # arrives, never held whole, and no claim is allocated for.
+    assert usage.exit_code == 0 and 0 < usage.peak_rss_mib < 64, usage
     done, summary, events = _audisp(tmp_path, data)
     assert done.returncode == 0
     execs = [e for e in events if e["event"]["action"] == "process_create"]
