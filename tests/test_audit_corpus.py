@@ -165,6 +165,32 @@ def test_duplicate_records_are_rejected_not_merged() -> None:
     assert [r for r, _ in assembler.take_rejected()] == ["duplicate event id"]
 
 
+def _exec_lines(serial: int) -> list[bytes]:
+    stamp = b"msg=audit(100.000:%d):" % serial
+    return [b"type=SYSCALL " + stamp + b" arch=c000003e syscall=59 success=yes exit=0 a0=1 "
+            b"a1=2 a2=3 a3=4 items=0 ppid=1 pid=2 key=(null)\n", b"type=EOE " + stamp + b" \n"]
+
+
+def test_remembered_ids_stay_within_their_bound_at_any_rate() -> None:
+    # Every event in the same millisecond: the time window (120 s of audit time) forgets
+    # none of them, so only the count bounds what is held.
+    assembler = Assembler(max_done=100)
+    for serial in range(1, 1001):
+        for line in _exec_lines(serial):
+            assembler.add(parse(line))
+        assembler.add(parse(b"type=USER_END msg=audit(100.000:%d): pid=1 uid=0 "
+                            b"msg='op=x res=success'\n" % (10_000 + serial)))
+        assert assembler.remembered <= 2 * (100 + 100 // 8)
+    assert assembler.stats.events == 2000 and assembler.stats.duplicates == 0
+    # The newest ids are still known; the oldest are forgotten, and come back as new events.
+    assembler.add(parse(_exec_lines(1000)[0]))
+    assert [r for r, _ in assembler.take_rejected()] == ["duplicate event id"]
+    assembler.add(parse(_exec_lines(1)[0]))
+    assert assembler.take_rejected() == [] and assembler.inflight == 1
+    with pytest.raises(ValueError):
+        Assembler(max_done=0)
+
+
 @pytest.mark.parametrize("line, kind", [
     (b"garbage\n", "cannot parse header"),
     (b"type=SYSCALL msg=audit(1.2:3\n", "cannot parse header"),

@@ -5,7 +5,9 @@ records are events of their own. Events whose EOE never comes (auditd over the n
 them, some types have none, input may be cut) are flushed when the audit clock has moved
 ``timeout_ms`` past them, or when they have waited ``wall_timeout`` seconds of real time (so an
 idle system still flushes), or at the end of input. Records may arrive interleaved and in any
-order. Completed ids are remembered for ``done_ms`` of audit time to reject duplicates.
+order. Completed ids are remembered for ``done_ms`` of audit time to reject duplicates, the
+last ``max_done`` of them at most (kernel and user-space ids each), so that memory does not
+follow the event rate.
 
 A log as auditd writes it to disk carries no EOE records. Until the stream has shown an EOE, a
 PROCTITLE closes its event once its SYSCALL is there: at syscall exit the kernel writes SYSCALL,
@@ -26,6 +28,7 @@ Problems never stop assembly: a duplicate record or an EOE for no open event is 
 from __future__ import annotations
 
 import heapq
+import itertools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -36,6 +39,11 @@ from sensor_linux.audit.records import EOE, MULTIPART, PROCTITLE, SYSCALL, Recor
 DEFAULT_TIMEOUT_MS = 5_000
 DEFAULT_WALL_TIMEOUT = 5.0
 DEFAULT_DONE_MS = 120_000
+# Completed event ids remembered for duplicate detection at most (each of the two sets), the
+# oldest forgotten first: at 1000 events a second the window is 50 s instead of 120, and memory
+# stays bounded whatever the rate (about 230 bytes an id; before, 80,000 execs stamped within
+# 80 s held 80,000 ids, 18 MiB).
+DEFAULT_MAX_DONE = 50_000
 DEFAULT_MAX_INFLIGHT = 100_000
 MAX_TRACKED_GAP = 1000
 # More records than any kernel event has (an argv at the kernel's limit is a few hundred
@@ -89,10 +97,17 @@ class AssemblyStats:
 class Assembler:
     def __init__(self, timeout_ms: int = DEFAULT_TIMEOUT_MS,
                  wall_timeout: float = DEFAULT_WALL_TIMEOUT, done_ms: int = DEFAULT_DONE_MS,
-                 max_inflight: int = DEFAULT_MAX_INFLIGHT, ordered: bool = True) -> None:
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT, ordered: bool = True,
+                 max_done: int = DEFAULT_MAX_DONE) -> None:
+        if max_done <= 0:
+            raise ValueError("max_done must be positive")
         self.timeout_ms = timeout_ms
         self.wall_timeout = wall_timeout
         self.done_ms = done_ms
+        self.max_done = max_done
+        # Trimmed back to max_done when an eighth over it: one pass from the front of the
+        # dict per trim (a dict's front is slow to pop one at a time).
+        self._done_ceiling = max_done + max(1, max_done // 8)
         self.max_inflight = max_inflight
         self.ordered = ordered
         self._ready: list[tuple[tuple[int, int, int, bytes], int, AuditEvent]] = []  # heap
@@ -173,7 +188,7 @@ class Assembler:
             if key in self._done_user:
                 self._reject("duplicate event id", record)
                 return out
-            self._done_user[key] = self._clock_ms
+            self._remember(self._done_user, key)
             self.stats.events += 1
             out.append(AuditEvent(record.node, record.sec, record.msec, record.serial, [record],
                                   complete=True))
@@ -304,9 +319,22 @@ class Assembler:
     def _finish(self, key: EventKey, event: AuditEvent, out: list[AuditEvent]) -> None:
         if event is self._last:
             self._last = None
-        self._done[key] = self._clock_ms
+        self._remember(self._done, key)
         self.stats.events += 1
         out.append(event)
+
+    def _remember(self, done: dict[EventKey, int], key: EventKey) -> None:
+        """Remember a completed id (with the audit time, for the time window), within
+        max_done."""
+        done[key] = self._clock_ms
+        if len(done) > self._done_ceiling:
+            for old in list(itertools.islice(done, len(done) - self.max_done)):
+                del done[old]
+
+    @property
+    def remembered(self) -> int:
+        """Completed event ids held for duplicate detection."""
+        return len(self._done) + len(self._done_user)
 
     def _reject(self, reason: str, record: Record) -> None:
         if reason.startswith("duplicate"):
