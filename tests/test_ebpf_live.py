@@ -510,6 +510,60 @@ def test_an_exec_of_a_file_on_disk_gathers_without_a_wake_up() -> None:
         loaded.close()
 
 
+# Run in a process of its own: its memory is the load's alone. Loads twice, so that the
+# second compile runs through the code pages the first load gave back.
+_RELEASE = r"""
+import json, os, re, subprocess, sys, time
+from sensor_linux.ebpf.probes import ExecProbes
+
+def memory():
+    found, rss = {}, {"compiler code": 0}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                found[line.split(":")[0]] = int(line.split()[1]) / 1024
+    name = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+$", head[0]):
+                name = head[5] if len(head) > 5 and head[1] == "r-xp" else None
+            elif line.startswith("Rss:") and name and re.search(r"/lib(LLVM|clang)", name):
+                rss["compiler code"] += int(head[1]) / 1024
+    return {**found, **rss}
+
+out = {}
+for n in (1, 2):
+    marker = f"released-{os.getpid()}-{n}"
+    seen = []
+    probes = ExecProbes(on_exec=seen.append, ringbuf_pages=8)
+    probes.load()
+    out[n] = {**memory(), "released MiB": probes.released.code_bytes / 2**20}
+    subprocess.run(["/bin/true", marker])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(
+            r.args[-1:] == [marker.encode()] for r in seen):
+        probes.poll(100)
+    out[n]["delivered"] = any(r.args[-1:] == [marker.encode()] for r in seen)
+    probes.close()
+print(json.dumps(out))
+"""
+
+
+def test_the_load_gives_back_the_compilers_memory() -> None:
+    require_bcc()
+    done = subprocess.run([sys.executable, "-c", _RELEASE], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loads = json.loads(done.stdout)
+    for load in loads.values():
+        assert load["delivered"], loads                      # the probes work after it
+        assert load["released MiB"] > 10, loads              # libLLVM's code is tens of MiB
+        assert load["compiler code"] < 4, loads              # none of it stays resident
+        # The compile's peak (well over 100 MiB) is not what the sensor keeps.
+        assert load["VmRSS"] < load["VmHWM"] - 40, loads
+
+
 @pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "bcc-callback"])
 def test_a_ring_filling_up_wakes_the_reader_and_a_read_resets_it(monkeypatch,
                                                                   in_place: bool) -> None:

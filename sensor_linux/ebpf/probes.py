@@ -25,6 +25,7 @@ from typing import Callable
 
 from sensor_linux.batching import EARLY_FILL
 from sensor_linux.ebpf.btf import Btf, BtfError
+from sensor_linux.ebpf.memory import Released, release_compiler_memory
 from sensor_linux.ebpf.offsets import cflags as offset_cflags
 from sensor_linux.ebpf.offsets import kernel_offsets
 from sensor_linux.ebpf.ring import IN_PLACE, RingReader, RingWake
@@ -266,6 +267,7 @@ class ExecProbes:
     path_bytes: int = DEFAULT_PATH_BYTES
     path_depth: int = DEFAULT_PATH_DEPTH
     load_seconds: float = 0.0
+    released: Released | None = None   # what the load gave back (sensor_linux/ebpf/memory.py)
     received: int = 0
     offsets: dict[str, int] = field(default_factory=dict)
     bpf: object = field(default=None, repr=False)
@@ -314,6 +316,8 @@ class ExecProbes:
             self.close()
             raise
         self.load_seconds = time.monotonic() - started
+        # The compile is over: its heap and the compiler's code pages need not stay resident.
+        self.released = release_compiler_memory()
 
     def _callback(self, _ctx: int, data: int, size: int) -> int:
         # An exception must not reach ctypes, which prints it and goes on: a failed output

@@ -72,6 +72,8 @@ def probe_summary(pipeline: Pipeline, enricher: Enricher,
     if probes.bpf is not None:
         out["probe_drops"] = probes.drops()
         out["probe_load_seconds"] = round(probes.load_seconds, 3)
+        if probes.released is not None:
+            out["compiler_code_released_mib"] = round(probes.released.code_bytes / 2**20, 1)
     return out
 
 
