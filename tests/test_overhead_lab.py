@@ -103,13 +103,20 @@ def test_report_derives_totals_from_the_baseline_and_ratios_between_modes() -> N
     # Each collector process per exec: 3 % of a CPU at 499 execs/s is 60 µs an exec.
     laurel.collectors = {"laurel": {"user": 3.0, "system": 1.0},
                          "auditd": {"user": 1.0, "system": 4.0}}
+    laurel.memory_mib = {"laurel": {"rss": 11.0, "peak": 12.5},
+                         "auditd": {"rss": 3.0, "peak": 3.0}}
     per_process = processes(rows(results))
     assert [(p["mode"], p["process"]) for p in per_process] == [
         ("auditd+laurel", "auditd"), ("auditd+laurel", "laurel")]  # no other row names any
     assert per_process[1]["user_us_per_exec"] == pytest.approx(3.0 * 1e4 / 499)
     assert per_process[1]["us_per_exec"] == pytest.approx(4.0 * 1e4 / 499)
-    assert "| auditd+laurel | 500 | laurel | 60.1 | 20.0 | 80.2 |" in markdown(
+    assert (per_process[1]["rss_mib"], per_process[1]["peak_rss_mib"]) == (11.0, 12.5)
+    assert "| auditd+laurel | 500 | laurel | 60.1 | 20.0 | 80.2 | 11.0 | 12.5 |" in markdown(
         rows(results), [], per_process)
+    # Results written before the lab read memory show none.
+    old_row = dict(rows(results)[-1])
+    old_row.pop("memory_mib")
+    assert processes([old_row])[0]["peak_rss_mib"] is None
 
 
 @pytest.mark.kernel
@@ -158,6 +165,13 @@ def test_quick_lab_runs_every_mode_end_to_end_and_restores_state(tmp_path) -> No
         mine = [p["us_per_exec"] for p in doc["processes"]
                 if (p["mode"], p["rate"]) == (row["mode"], row["rate"])]
         assert sum(mine) == pytest.approx(row["collector_cpu_pct"] * 1e4 / row["achieved_rate"])
+    # Each collector's own memory, read while it ran: a process of a few MiB (auditd) to an
+    # interpreter with its tables (ours), never the lab's own size.
+    for p in doc["processes"]:
+        assert 0.5 < p["rss_mib"] <= p["peak_rss_mib"] < 400, p
+        if p["mode"] == "ebpf":
+            # The compile's heap and the compiler's code were given back after the load.
+            assert p["rss_mib"] < p["peak_rss_mib"] - 40, p
     with open(out / "results.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == len(doc["results"])
     assert (out / "results.md").read_text().count("\n| ") >= len(doc["results"])

@@ -1,4 +1,5 @@
-"""What the overhead lab reads from the kernel: process CPU, BPF program run time, audit loss.
+"""What the overhead lab reads from the kernel: process CPU and peak memory, BPF program run
+time, audit loss.
 
 CPU comes from ``/proc/PID/stat`` (utime and stime, all threads of the process including those
 that already exited, in clock ticks); the fields are read after the last ``)`` so a command name
@@ -62,6 +63,23 @@ def task_cpu_seconds(pid: int) -> float:
         except (FileNotFoundError, ProcessLookupError):
             continue  # a thread that ended meanwhile: its time is in no file any more
     return total / 1e9
+
+
+def memory_mib(pid: int) -> dict[str, float] | None:
+    """The process's resident memory now and its peak so far, in MiB (``VmRSS`` and ``VmHWM``
+    of /proc/PID/status: its own since its exec, unlike a spawned child's ``wait4`` figure);
+    None once it is gone, or for a kernel thread, which has no memory of its own."""
+    found = {}
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    found["rss"] = int(line.split()[1]) / 1024
+                elif line.startswith(b"VmHWM:"):
+                    found["peak"] = int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return found if len(found) == 2 else None
 
 
 def comm(pid: int) -> str | None:

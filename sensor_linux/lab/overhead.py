@@ -51,6 +51,9 @@ class Measurement:
     audit_lost: int = 0
     window_s: float = 0.0
     collectors: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> user/system %
+    # name -> the collector's resident memory in MiB after this rate's load ("rss") and its
+    # peak so far ("peak": the mode's earlier rates and its start included)
+    memory_mib: dict[str, dict[str, float]] = field(default_factory=dict)
     collector_cpu_pct: float = 0.0
     kauditd_cpu_pct: float = 0.0
     bpf_run_pct: float = 0.0         # in the exec'ing tasks: also inside workload_cpu_pct
@@ -166,6 +169,10 @@ def measure_rate(mode: Mode, rate: int, settings: LabSettings,
         else:
             result.collectors[name] = {"user": pct(delta.user_s), "system": pct(delta.system_s)}
             result.collector_cpu_pct += pct(delta.total_s)
+    for name, pid in mode.collectors().items():
+        memory = measure.memory_mib(pid)
+        if name in result.collectors and memory is not None:
+            result.memory_mib[name] = memory
     runs = bpf_after.run_cnt - bpf_before.run_cnt
     result.bpf_run_pct = pct((bpf_after.run_time_ns - bpf_before.run_time_ns) / 1e9)
     result.bpf_ns_per_run = (bpf_after.run_time_ns - bpf_before.run_time_ns) / runs \

@@ -118,18 +118,23 @@ def summary(compared: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def processes(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per measured row and collector process: its user and system CPU in microseconds per
-    exec the load generator achieved (a CPU percentage times 10,000 over the rate)."""
+    exec the load generator achieved (a CPU percentage times 10,000 over the rate), and its
+    resident memory after the load and at its peak so far (None in results written before the
+    lab read memory)."""
     found = []
     for row in table:
         if row["error"] or not row["achieved_rate"]:
             continue
         per_exec = 1e4 / row["achieved_rate"]
         for name, cpu in sorted(row["collectors"].items()):
+            memory = row.get("memory_mib", {}).get(name, {})
             user, system = cpu["user"] * per_exec, cpu["system"] * per_exec
             found.append({"mode": row["mode"], "round": row["round"], "rate": row["rate"],
                           "process": name,
                           "user_us_per_exec": user, "system_us_per_exec": system,
-                          "us_per_exec": user + system, "saturated": row["saturated"]})
+                          "us_per_exec": user + system,
+                          "rss_mib": memory.get("rss"), "peak_rss_mib": memory.get("peak"),
+                          "saturated": row["saturated"]})
     return found
 
 
@@ -180,11 +185,15 @@ def markdown(table: list[dict[str, Any]], compared: list[dict[str, Any]],
                                for c in compared])]
     if per_process:
         lines += ["", *_table(head + ["mode", "rate/s", "process", "user µs/exec",
-                                      "system µs/exec", "µs/exec", "saturated"],
+                                      "system µs/exec", "µs/exec", "RSS MiB",
+                                      "peak RSS MiB", "saturated"],
                               [first(p) + [p["mode"], str(p["rate"]), p["process"],
                                            _cell(p["user_us_per_exec"]),
                                            _cell(p["system_us_per_exec"]),
-                                           _cell(p["us_per_exec"]), _cell(p["saturated"])]
+                                           _cell(p["us_per_exec"]),
+                                           _cell(p.get("rss_mib")),
+                                           _cell(p.get("peak_rss_mib")),
+                                           _cell(p["saturated"])]
                                for p in per_process])]
     if summed and rounds:
         lines += ["", *_table(["comparison", "rate/s", "rounds", "total ratio: median",
@@ -222,12 +231,13 @@ def _range_cell(low: float | None, high: float | None) -> str:
 
 def write_csv(path: Path, table: list[dict[str, Any]]) -> None:
     keys = ["round", *(key for key, _ in COLUMNS), "window_s", "workload_cpu_pct",
-            "loadgen_cpu_pct", "ours", "error", "collectors"]
+            "loadgen_cpu_pct", "ours", "error", "collectors", "memory_mib"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         for row in table:
-            writer.writerow(dict(row, collectors=json.dumps(row["collectors"])))
+            writer.writerow(dict(row, collectors=json.dumps(row["collectors"]),
+                                 memory_mib=json.dumps(row.get("memory_mib", {}))))
 
 
 def plot(path: Path, table: list[dict[str, Any]]) -> None:
