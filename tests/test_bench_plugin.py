@@ -61,6 +61,8 @@ def test_both_plugins_write_every_event_fed_round_after_round(tmp_path: Path) ->
         assert run.fed > 200 and run.output == run.fed, run
         assert 0 < run.window_events <= run.fed and run.cpu_seconds > 0, run
         assert run.achieved_rate <= 200 * 1.1, run  # never ahead of its schedule
+        # Its own memory, read while it ran: LAUREL a few MiB, ours an interpreter's tens.
+        assert 0.5 < run.rss_mib <= run.peak_rss_mib < 400, run
     assert paced.lost(runs) == []
     (row,) = paced.summary(runs)
     assert row["rate"] == 200 and row["ratio"] > 0 and row["lowest"] <= row["highest"]

@@ -37,7 +37,7 @@ import click
 from common.cli import self_command
 from sensor_linux.audit.bench import compiled_env
 from sensor_linux.audit.laurel import PEER_CONFIG
-from sensor_linux.lab.measure import task_cpu_seconds
+from sensor_linux.lab.measure import memory_mib, task_cpu_seconds
 from sensor_linux.lab.modes import plugin_settings
 from sensor_linux.stages import audit_log_or_record, recording_options
 
@@ -64,6 +64,8 @@ class Run:
     window_seconds: float = 0.0
     cpu_seconds: float = 0.0     # the plugin's CPU within the window
     output: int = 0              # events it wrote out
+    rss_mib: float = 0.0         # its resident memory at the window's end (0: not read)
+    peak_rss_mib: float = 0.0    # and its peak so far
 
     @property
     def us_per_event(self) -> float:
@@ -119,6 +121,9 @@ def feed(argv: list[str], env: dict[str, str] | None, events: list[Template], ru
                 cpu_start, fed_at_window, window = task_cpu_seconds(child.pid), run.fed, now
             if now >= end:
                 run.cpu_seconds = task_cpu_seconds(child.pid) - (cpu_start or 0.0)
+                memory = memory_mib(child.pid)
+                if memory is not None:
+                    run.rss_mib, run.peak_rss_mib = memory["rss"], memory["peak"]
                 run.window_seconds = now - window
                 run.window_events = run.fed - (fed_at_window or 0)
                 break
@@ -259,7 +264,8 @@ def summary(runs: list[Run]) -> list[dict[str, float | int]]:
 def bench_plugin(audit_log: Path | None, execs: int, rates: str, seconds: float, rounds: int,
                  keep: Path | None) -> None:
     """The auditd plugin against LAUREL, both fed the same recorded execs at a steady rate on
-    their stdin (no auditd, no kernel): CPU µs an event of each, and the ratio.
+    their stdin (no auditd, no kernel): CPU µs an event of each, the ratio, and each one's
+    resident memory.
 
     \b
         ttpsensor bench plugin --audit-log recording.log --rates 500,1000 --rounds 3
@@ -296,14 +302,15 @@ def bench_plugin(audit_log: Path | None, execs: int, rates: str, seconds: float,
             shutil.rmtree(work, ignore_errors=True)
     table = Table(title=f"plugins fed {len(events):,} recorded events in a cycle "
                         f"({recording.name}), {seconds:.0f} s windows")
-    for column in ("round", "rate/s", "plugin", "achieved/s", "CPU µs/event", "fed", "written",
-                   "lost"):
+    for column in ("round", "rate/s", "plugin", "achieved/s", "CPU µs/event", "RSS MiB",
+                   "peak MiB", "fed", "written", "lost"):
         table.add_column(column, justify="left" if column == "plugin" else "right")
     for run in runs:
         table.add_row(str(run.round), str(run.rate), run.engine, f"{run.achieved_rate:,.0f}",
-                      f"{run.us_per_event:.1f}", f"{run.fed:,}", f"{run.output:,}",
+                      f"{run.us_per_event:.1f}", f"{run.rss_mib:.1f}",
+                      f"{run.peak_rss_mib:.1f}", f"{run.fed:,}", f"{run.output:,}",
                       f"{run.fed - run.output:,}")
-    Console(width=max(Console().width, 100)).print(table)
+    Console(width=max(Console().width, 120)).print(table)
     totals = Table(title=f"{OURS} against {PEER}, medians of {rounds} round(s)")
     for column in ("rate/s", f"{OURS} µs/event", f"{PEER} µs/event", "ratio (range)"):
         totals.add_column(column, justify="right")
