@@ -2,18 +2,17 @@
 
 1. Record: this sensor's unicast session (audit state restored afterwards) captures the records
    of N real execs on this kernel into a file, exactly as they came from netlink.
-2. Replay the same file, each engine in a child process, and take each child's CPU time
-   (user + system) and its own peak RSS (under GNU time): LAUREL (Debian's laurel 0.5.1, enrichment off
-   as in its goldens; it reads stdin only), ``ttpsensor audisp --format laurel FILE`` (the same
-   output) and ``ttpsensor audisp FILE`` (``ecs`` with enrichment and TTPHash), our replay
-   command. Then again on the same records as auditd writes them to disk, without EOE records
-   (each engine against LAUREL on that input). For reference, ``ecs`` also as auditd's plugin
-   runs: the records on stdin, each exec's /proc looked at as it is read (here the log's
-   processes are gone, so each look finds nothing), and on the recording's first half: the
-   difference is its cost beyond its start (process table seeding, the package index).
-   Our engines run from bytecode compiled once into the work directory, as an installed
-   package runs (its postinst compiles it); a source tree with PYTHONDONTWRITEBYTECODE would
-   compile every module at each start.
+2. Replay the same file, each engine in a child process, and take each child's CPU time (user +
+   system) and its own peak RSS (under GNU time): LAUREL (Debian's laurel 0.5.1, enrichment off as
+   in its goldens; it reads stdin only), ``ttpsensor audisp --format laurel FILE`` (the same
+   output) and ``ttpsensor audisp FILE`` (``ecs`` with enrichment and TTPHash), our replay command.
+   Then again on the same records as auditd writes them to disk, without EOE records (each engine
+   against LAUREL on that input). For reference, ``ecs`` also as auditd's plugin runs: the records
+   on stdin, each exec's /proc looked at as it is read (here the log's processes are gone, so each
+   look finds nothing), and on the recording's first half: the difference is its cost beyond its
+   start (process table seeding, the package index). Our engines run from bytecode compiled once
+   into the work directory, as an installed package runs (its postinst compiles it); a source tree
+   with PYTHONDONTWRITEBYTECODE would compile every module at each start.
 3. Memory: the recording repeated with renumbered event ids up to ``--memory-events``, replayed
    through the default pipeline, peak RSS printed.
 
@@ -150,7 +149,7 @@ def spawn_measured(argv: list[str], stdin: int, stdout: int, stderr: int,
     the memory it had before its exec as its own (the kernel folds the old mm's high-water mark
     into the process's maxrss at exec), and a child spawned by posix_spawn (vfork) had ours,
     a forked one a copy of it, so wait4 would give this process's peak whenever that is the
-    larger. time is a few hundred KiB when it forks. The CPU time is our wait4's: it holds
+    larger. time is about 1 MiB when it forks. The CPU time is our wait4's: it holds
     time's and, time having waited for it, the command's.
     """
     if not os.access(TIME, os.X_OK):

@@ -1,5 +1,5 @@
-"""What the overhead lab reads from the kernel: process CPU and peak memory, BPF program run
-time, audit loss.
+"""What the overhead lab reads from the kernel: process CPU and resident memory, BPF program
+run time, audit loss.
 
 CPU comes from ``/proc/PID/stat`` (utime and stime, all threads of the process including those
 that already exited, in clock ticks); the fields are read after the last ``)`` so a command name

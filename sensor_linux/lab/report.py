@@ -191,8 +191,7 @@ def markdown(table: list[dict[str, Any]], compared: list[dict[str, Any]],
                                            _cell(p["user_us_per_exec"]),
                                            _cell(p["system_us_per_exec"]),
                                            _cell(p["us_per_exec"]),
-                                           _cell(p.get("rss_mib")),
-                                           _cell(p.get("peak_rss_mib")),
+                                           _cell(p["rss_mib"]), _cell(p["peak_rss_mib"]),
                                            _cell(p["saturated"])]
                                for p in per_process])]
     if summed and rounds:
