@@ -515,13 +515,11 @@ def test_an_exec_of_a_file_on_disk_gathers_without_a_wake_up() -> None:
 _RELEASE = r"""
 import json, os, re, subprocess, time
 from sensor_linux.ebpf.probes import ExecProbes
+from sensor_linux.lab.measure import memory_mib
 
 def memory():
-    found, rss = {}, {"compiler code": 0}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                found[line.split(":")[0]] = int(line.split()[1]) / 1024
+    now = memory_mib(os.getpid())
+    found, rss = {"VmRSS": now["rss"], "VmHWM": now["peak"]}, {"compiler code": 0}
     name = None
     with open("/proc/self/smaps") as f:
         for line in f:

@@ -140,6 +140,13 @@ class Usage:
     peak_rss_mib: float
 
 
+def require_gnu_time() -> None:
+    """A clear error when GNU time, which measures a child's own peak memory, is missing."""
+    if not os.access(TIME, os.X_OK):
+        raise click.ClickException(f"{TIME} is needed to measure a child's own peak memory: "
+                                   f"apt-get install time")
+
+
 def spawn_measured(argv: list[str], stdin: int, stdout: int, stderr: int,
                    env: dict[str, str]) -> Usage:
     """Run ``argv`` (looked up in PATH) with these descriptors as its 0, 1 and 2, wait, and
@@ -152,9 +159,7 @@ def spawn_measured(argv: list[str], stdin: int, stdout: int, stderr: int,
     larger. time is about 1 MiB when it forks. The CPU time is our wait4's: it holds
     time's and, time having waited for it, the command's.
     """
-    if not os.access(TIME, os.X_OK):
-        raise click.ClickException(f"{TIME} not found: the peak RSS of a child is measured with "
-                                   f"GNU time (apt-get install time)")
+    require_gnu_time()
     with tempfile.TemporaryDirectory(prefix="ttpsensor-usage-") as private:
         report = os.path.join(private, "usage")
         pid = os.posix_spawn(TIME, [TIME, "--quiet", "--output", report, "--format", "%M",
@@ -229,9 +234,7 @@ def bench_audit(execs: int, memory_events: int, keep: str | None, rounds: int) -
     laurel = shutil.which("laurel")
     if laurel is None:
         raise click.ClickException("LAUREL is needed as the peer: apt-get install laurel")
-    if not os.access(TIME, os.X_OK):
-        raise click.ClickException(f"{TIME} is needed to measure peak memory: "
-                                   f"apt-get install time")
+    require_gnu_time()  # before the recording, not after it
     ours = self_command()
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="ttpsensor-bench-"))
     work.mkdir(parents=True, exist_ok=True)

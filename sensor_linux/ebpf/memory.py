@@ -28,7 +28,6 @@ COMPILER_LIBRARY = re.compile(r"/lib(LLVM|clang)[^/]*\.so[^/]*$")
 @dataclass
 class Released:
     """What :func:`release_compiler_memory` did."""
-    heap_trimmed: bool = False
     code_mappings: int = 0
     code_bytes: int = 0           # the mappings' size, not only their resident part
     errors: int = 0               # madvise calls the kernel refused
@@ -55,7 +54,6 @@ def release_compiler_memory(maps_path: str = "/proc/self/maps") -> Released:
     if trim is not None:
         trim.argtypes = [ctypes.c_size_t]
         trim(0)
-        done.heap_trimmed = True
     madvise = libc.madvise
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     madvise.restype = ctypes.c_int

@@ -154,7 +154,8 @@ def measure_rate(mode: Mode, rate: int, settings: LabSettings,
     load_done = time.monotonic()
     result.received = wait_drained(mode, events, load["started"])
     result.drain_s = time.monotonic() - load_done
-    cpu_after = _cpu_of({**mode.collectors(), **kauditd})
+    collectors_after = mode.collectors()
+    cpu_after = _cpu_of({**collectors_after, **kauditd})
     bpf_after = measure.bpf_total(mode.bpf_pid())
     result.audit_lost = max(0, control.status().lost - lost_before)
 
@@ -169,7 +170,7 @@ def measure_rate(mode: Mode, rate: int, settings: LabSettings,
         else:
             result.collectors[name] = {"user": pct(delta.user_s), "system": pct(delta.system_s)}
             result.collector_cpu_pct += pct(delta.total_s)
-    for name, pid in mode.collectors().items():
+    for name, pid in collectors_after.items():
         memory = measure.memory_mib(pid)
         if name in result.collectors and memory is not None:
             result.memory_mib[name] = memory
