@@ -369,24 +369,33 @@ def test_an_output_the_unprivileged_sensor_could_not_rotate_is_refused_at_start(
 
 
 def _loaded_with_reader(monkeypatch, in_place: bool, on_exec,  # noqa: ANN001
-                        ringbuf_pages: int):  # noqa: ANN202
+                        ringbuf_pages: int, on_execs=None):  # noqa: ANN001, ANN202
     """The probes loaded with the in-place reader or BCC's callback."""
     require_bcc()
     from sensor_linux.ebpf import probes
 
     monkeypatch.setattr(probes, "IN_PLACE", in_place)
-    loaded = probes.ExecProbes(on_exec=on_exec, ringbuf_pages=ringbuf_pages)
+    loaded = probes.ExecProbes(on_exec=on_exec, on_execs=on_execs, ringbuf_pages=ringbuf_pages)
     loaded.load()
     return loaded
 
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "bcc-callback"])
+@pytest.mark.parametrize("batched", [False, True], ids=["each", "batched"])
 def test_both_ring_readers_deliver_the_same_exec_whole(monkeypatch, tmp_path,
-                                                       in_place: bool) -> None:
+                                                       in_place: bool, batched: bool) -> None:
     """The ring is read through BCC's callback, or in place when asked for: both must
-    deliver our own execs with their facts, and a failed delivery must come out of poll()."""
+    deliver our own execs with their facts, one by one or a poll's records in one call (as
+    the sources take them), and a failed delivery must come out of poll()."""
     seen: list = []
-    loaded = _loaded_with_reader(monkeypatch, in_place, seen.append, ringbuf_pages=8)
+    polls: list[int] = []
+
+    def each_poll(records: list) -> None:
+        polls.append(len(records))
+        seen.extend(records)
+
+    loaded = _loaded_with_reader(monkeypatch, in_place, seen.append, ringbuf_pages=8,
+                                 on_execs=each_poll if batched else None)
     try:
         assert (loaded._ring is not None) is in_place
         marker = f"ring-{in_place}-{os.getpid()}"
@@ -400,11 +409,16 @@ def test_both_ring_readers_deliver_the_same_exec_whole(monkeypatch, tmp_path,
             mine = [r for r in seen if r.pid == child.pid and r.args == want]
         assert len(mine) == 1
         assert mine[0].cwd == str(tmp_path).encode() and mine[0].ppid == os.getpid()
+        # Batched: every record came in a poll's one call, none empty; else none that way.
+        assert (sum(polls) == len(seen) and 0 not in polls) if batched else not polls
 
         def full_disk(record) -> None:  # noqa: ANN001
             raise OSError(28, "No space left on device")
 
-        loaded.on_exec = full_disk
+        if batched:
+            loaded.on_execs = full_disk
+        else:
+            loaded.on_exec = full_disk
         with pytest.raises(OSError, match="No space left"):
             while time.monotonic() < deadline + 30:
                 subprocess.run(["/bin/true"], check=True)

@@ -258,9 +258,12 @@ def _expected(pid: int, true: bytes, marker: bytes, cwd: str) -> dict[str, objec
 
 @dataclass
 class ExecProbes:
-    """The loaded program. ``poll`` delivers :class:`ExecRecord` objects to ``on_exec``."""
+    """The loaded program. ``poll`` delivers :class:`ExecRecord` objects to ``on_exec``, or,
+    when ``on_execs`` is given, the records of each poll in one call to it."""
 
     on_exec: Callable[[ExecRecord], None]
+    # A poll's records in one list (a pipeline's feed_many: built in runs, common/pipeline.py).
+    on_execs: Callable[[list[ExecRecord]], None] | None = None
     argv_size: int = DEFAULT_ARGV_SIZE
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
     pending_max: int = DEFAULT_PENDING_MAX
@@ -277,6 +280,7 @@ class ExecProbes:
     _wake: RingWake | None = field(default=None, repr=False)
     _consumed: int = field(default=0, repr=False)   # bytes BCC's reader took from the ring
     _reported: int = field(default=0, repr=False)   # what the probes were last told of it
+    _batch: list[ExecRecord] | None = field(default=None, repr=False)  # a poll's, for on_execs
 
     def load(self) -> None:
         """Compile with this kernel's offsets, attach, and run the self-check."""
@@ -338,7 +342,10 @@ class ExecProbes:
             self._check_exec = None  # the self-check's own exec: no event of the host
             return
         self.received += 1
-        self.on_exec(record)
+        if self._batch is not None:
+            self._batch.append(record)
+        else:
+            self.on_exec(record)
 
     def _self_check(self) -> None:
         """Exec a child whose facts this process knows and compare them with the record the
@@ -394,7 +401,21 @@ class ExecProbes:
 
     def poll(self, timeout_ms: int) -> None:
         """Deliver what the ring holds (waiting up to ``timeout_ms`` for something); what
-        ``on_exec`` raised is raised here (its record counts as read, as with libbpf)."""
+        ``on_exec`` raised is raised here (its record counts as read, as with libbpf). With
+        ``on_execs``, the records read are delivered together after the read, also when it
+        failed part way (those before the failure)."""
+        if self.on_execs is None:
+            self._read(timeout_ms)
+            return
+        self._batch = []
+        try:
+            self._read(timeout_ms)
+        finally:
+            batch, self._batch = self._batch, None
+            if batch:
+                self.on_execs(batch)
+
+    def _read(self, timeout_ms: int) -> None:
         if self._ring is not None:
             try:
                 self._ring.read(self._deliver, timeout_ms)
