@@ -206,3 +206,61 @@ def test_missing_headers_and_tracefs_are_explained(monkeypatch, tmp_path) -> Non
     (tmp_path / "lib/modules/0.0.0-no-such-kernel/build").mkdir(parents=True)
     with pytest.raises(probes.PrerequisiteError, match="mount -t tracefs"):
         probes.check_prerequisites()
+
+
+class _Ring:
+    """Stands in for the ring reader: delivers ``count`` records, failing after ``fail_at``."""
+
+    def __init__(self, count: int, fail_at: int | None = None) -> None:
+        self.count, self.fail_at = count, fail_at
+        self.position = 0
+
+    def read(self, deliver, timeout_ms: int = 0) -> int:  # noqa: ANN001
+        for i in range(self.count):
+            if i == self.fail_at:
+                raise ValueError("a record that cannot be decoded")
+            deliver(_record(args=b"/usr/bin/x\0%d\0" % i, argc=2))
+            self.position += 1
+        return self.count
+
+
+def _batched(ring: _Ring, handed: list[list]) -> probes.ExecProbes:
+    loaded = probes.ExecProbes(on_exec=lambda record: None, on_execs=handed.append)
+    loaded._ring = ring
+    loaded._taken = lambda position: None  # no BPF table to tell
+    return loaded
+
+
+def test_a_polls_records_are_handed_over_in_bounded_lists_in_order() -> None:
+    """With on_execs, a poll hands its records over together, at most HANDOVER_RECORDS in a
+    list (a full ring is not held whole), the rest after the read."""
+    handed: list[list] = []
+    count = 2 * probes.HANDOVER_RECORDS + 7
+    _batched(_Ring(count), handed).poll(0)
+    assert [len(batch) for batch in handed] == [probes.HANDOVER_RECORDS] * 2 + [7]
+    assert [r.args[1] for batch in handed for r in batch] == [b"%d" % i for i in range(count)]
+    handed.clear()
+    _batched(_Ring(0), handed).poll(0)
+    assert handed == []  # an empty read hands over nothing
+
+
+def test_a_read_that_fails_part_way_hands_over_what_came_before_and_raises() -> None:
+    handed: list[list] = []
+    with pytest.raises(ValueError, match="cannot be decoded"):
+        _batched(_Ring(10, fail_at=6), handed).poll(0)
+    assert [[r.args[1] for r in batch] for batch in handed] == [[b"%d" % i for i in range(6)]]
+
+
+def test_a_handover_that_fails_is_raised_once_and_nothing_after_it_is_handed() -> None:
+    calls: list[int] = []
+
+    def full_disk(batch: list) -> None:
+        calls.append(len(batch))
+        raise OSError(28, "No space left on device")
+
+    loaded = probes.ExecProbes(on_exec=lambda record: None, on_execs=full_disk)
+    loaded._ring = _Ring(probes.HANDOVER_RECORDS + 5)
+    loaded._taken = lambda position: None
+    with pytest.raises(OSError, match="No space left"):
+        loaded.poll(0)
+    assert calls == [probes.HANDOVER_RECORDS]

@@ -56,6 +56,9 @@ DEFAULT_PATH_BYTES = 4096         # per path (executable, working directory)
 DEFAULT_PATH_DEPTH = 64           # components and mount crossings per path
 DEFAULT_RINGBUF_PAGES = 1024      # 4 MiB shared by all CPUs
 DEFAULT_PENDING_MAX = 1024        # threads between syscall entry and exec/exit, all CPUs
+# With on_execs, records are handed over at the end of a poll or when this many were read: a
+# ring of 4 MiB holds up to about 15,000 short records.
+HANDOVER_RECORDS = 512
 
 # struct exec_event up to data (see execsnoop.c)
 _HEAD = struct.Struct("=QQQQqqqIIIIIIII8IIIiIIIIIII16s32s")
@@ -342,10 +345,14 @@ class ExecProbes:
             self._check_exec = None  # the self-check's own exec: no event of the host
             return
         self.received += 1
-        if self._batch is not None:
-            self._batch.append(record)
-        else:
+        batch = self._batch
+        if batch is None:
             self.on_exec(record)
+            return
+        batch.append(record)
+        if len(batch) >= HANDOVER_RECORDS:  # a full ring is not held whole (memory)
+            self._batch = []
+            self.on_execs(batch)  # type: ignore[misc] # set: there is a batch
 
     def _self_check(self) -> None:
         """Exec a child whose facts this process knows and compare them with the record the
@@ -402,8 +409,9 @@ class ExecProbes:
     def poll(self, timeout_ms: int) -> None:
         """Deliver what the ring holds (waiting up to ``timeout_ms`` for something); what
         ``on_exec`` raised is raised here (its record counts as read, as with libbpf). With
-        ``on_execs``, the records read are delivered together after the read, also when it
-        failed part way (those before the failure)."""
+        ``on_execs``, the records read are delivered together, HANDOVER_RECORDS at most at a
+        time, the last of them after the read, also when it failed part way (those before
+        the failure)."""
         if self.on_execs is None:
             self._read(timeout_ms)
             return
