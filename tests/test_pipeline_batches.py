@@ -17,6 +17,7 @@ from common.sinks import StreamSink, TextOutput
 from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.enrich import Enricher
 from tests.compare_outputs import inputs, renumber
+from tests.test_windows_session import ListSink
 
 
 class Logged:
@@ -42,23 +43,9 @@ class Logged:
         return {}
 
 
-class Lines:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def write(self, line: str) -> None:
-        self.lines.append(line)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _logged_pipeline(fail_on: int | None = None) -> tuple[Pipeline, list, Lines, Lines]:
+def _logged_pipeline(fail_on: int | None = None) -> tuple[Pipeline, list, ListSink, ListSink]:
     log: list[tuple[str, Any]] = []
-    out, errors = Lines(), Lines()
+    out, errors = ListSink(), ListSink()
 
     def render(item: int) -> str:
         if item == fail_on:
