@@ -65,8 +65,7 @@ class CombinedSource(BaseSource):
         self.ebpf_pipeline = ebpf_pipeline(self.enricher, sink, config.keep_exec_attempts,
                                            observe=None if hybrid else self._from_ebpf,
                                            mark_unaudited=True)
-        self.probes = ExecProbes(on_exec=self.ebpf_pipeline.feed,
-                                 on_execs=self.ebpf_pipeline.feed_many,
+        self.probes = ExecProbes(on_execs=self.ebpf_pipeline.feed_many,
                                  argv_size=config.ebpf_argv_bytes,
                                  ringbuf_pages=config.ebpf_ringbuf_pages)
         # hybrid: only the user's rules, exec rules removed; cross-check: audit's exec rules too.

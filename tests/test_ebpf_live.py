@@ -394,8 +394,8 @@ def test_both_ring_readers_deliver_the_same_exec_whole(monkeypatch, tmp_path,
         polls.append(len(records))
         seen.extend(records)
 
-    loaded = _loaded_with_reader(monkeypatch, in_place, seen.append, ringbuf_pages=8,
-                                 on_execs=each_poll if batched else None)
+    loaded = _loaded_with_reader(monkeypatch, in_place, None if batched else seen.append,
+                                 ringbuf_pages=8, on_execs=each_poll if batched else None)
     try:
         assert (loaded._ring is not None) is in_place
         marker = f"ring-{in_place}-{os.getpid()}"

@@ -224,8 +224,8 @@ class _Ring:
         return self.count
 
 
-def _batched(ring: _Ring, handed: list[list]) -> probes.ExecProbes:
-    loaded = probes.ExecProbes(on_exec=lambda record: None, on_execs=handed.append)
+def _batched(ring: _Ring, on_execs) -> probes.ExecProbes:  # noqa: ANN001
+    loaded = probes.ExecProbes(on_execs=on_execs)
     loaded._ring = ring
     loaded._taken = lambda position: None  # no BPF table to tell
     return loaded
@@ -236,18 +236,18 @@ def test_a_polls_records_are_handed_over_in_bounded_lists_in_order() -> None:
     list (a full ring is not held whole), the rest after the read."""
     handed: list[list] = []
     count = 2 * probes.HANDOVER_RECORDS + 7
-    _batched(_Ring(count), handed).poll(0)
+    _batched(_Ring(count), handed.append).poll(0)
     assert [len(batch) for batch in handed] == [probes.HANDOVER_RECORDS] * 2 + [7]
     assert [r.args[1] for batch in handed for r in batch] == [b"%d" % i for i in range(count)]
     handed.clear()
-    _batched(_Ring(0), handed).poll(0)
+    _batched(_Ring(0), handed.append).poll(0)
     assert handed == []  # an empty read hands over nothing
 
 
 def test_a_read_that_fails_part_way_hands_over_what_came_before_and_raises() -> None:
     handed: list[list] = []
     with pytest.raises(ValueError, match="cannot be decoded"):
-        _batched(_Ring(10, fail_at=6), handed).poll(0)
+        _batched(_Ring(10, fail_at=6), handed.append).poll(0)
     assert [[r.args[1] for r in batch] for batch in handed] == [[b"%d" % i for i in range(6)]]
 
 
@@ -258,9 +258,13 @@ def test_a_handover_that_fails_is_raised_once_and_nothing_after_it_is_handed() -
         calls.append(len(batch))
         raise OSError(28, "No space left on device")
 
-    loaded = probes.ExecProbes(on_exec=lambda record: None, on_execs=full_disk)
-    loaded._ring = _Ring(probes.HANDOVER_RECORDS + 5)
-    loaded._taken = lambda position: None
     with pytest.raises(OSError, match="No space left"):
-        loaded.poll(0)
+        _batched(_Ring(probes.HANDOVER_RECORDS + 5), full_disk).poll(0)
     assert calls == [probes.HANDOVER_RECORDS]
+
+
+def test_the_probes_deliver_one_way_and_say_so_otherwise() -> None:
+    with pytest.raises(ValueError, match="one of them"):
+        probes.ExecProbes()
+    with pytest.raises(ValueError, match="one of them"):
+        probes.ExecProbes(on_exec=lambda record: None, on_execs=lambda records: None)

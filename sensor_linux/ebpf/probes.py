@@ -261,11 +261,11 @@ def _expected(pid: int, true: bytes, marker: bytes, cwd: str) -> dict[str, objec
 
 @dataclass
 class ExecProbes:
-    """The loaded program. ``poll`` delivers :class:`ExecRecord` objects to ``on_exec``, or,
-    when ``on_execs`` is given, the records of each poll in one call to it."""
+    """The loaded program. ``poll`` delivers :class:`ExecRecord` objects one by one to
+    ``on_exec``, or, when ``on_execs`` is given instead, a poll's records together (a
+    pipeline's feed_many, which builds them in runs: common/pipeline.py)."""
 
-    on_exec: Callable[[ExecRecord], None]
-    # A poll's records in one list (a pipeline's feed_many: built in runs, common/pipeline.py).
+    on_exec: Callable[[ExecRecord], None] | None = None
     on_execs: Callable[[list[ExecRecord]], None] | None = None
     argv_size: int = DEFAULT_ARGV_SIZE
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
@@ -284,6 +284,10 @@ class ExecProbes:
     _consumed: int = field(default=0, repr=False)   # bytes BCC's reader took from the ring
     _reported: int = field(default=0, repr=False)   # what the probes were last told of it
     _batch: list[ExecRecord] | None = field(default=None, repr=False)  # a poll's, for on_execs
+
+    def __post_init__(self) -> None:
+        if (self.on_exec is None) == (self.on_execs is None):
+            raise ValueError("the probes deliver to on_exec or to on_execs, one of them")
 
     def load(self) -> None:
         """Compile with this kernel's offsets, attach, and run the self-check."""
@@ -347,7 +351,7 @@ class ExecProbes:
         self.received += 1
         batch = self._batch
         if batch is None:
-            self.on_exec(record)
+            self.on_exec(record)  # type: ignore[misc] # set: there is no batch
             return
         batch.append(record)
         if len(batch) >= HANDOVER_RECORDS:  # a full ring is not held whole (memory)

@@ -126,7 +126,7 @@ class EbpfSource(BaseSource):
         self.say = say
         self.enricher = Enricher()
         self.pipeline = ebpf_pipeline(self.enricher, sink, config.keep_exec_attempts)
-        self.probes = ExecProbes(on_exec=self.pipeline.feed, on_execs=self.pipeline.feed_many,
+        self.probes = ExecProbes(on_execs=self.pipeline.feed_many,
                                  argv_size=config.ebpf_argv_bytes,
                                  ringbuf_pages=config.ebpf_ringbuf_pages)
 

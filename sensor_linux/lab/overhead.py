@@ -170,10 +170,9 @@ def measure_rate(mode: Mode, rate: int, settings: LabSettings,
         else:
             result.collectors[name] = {"user": pct(delta.user_s), "system": pct(delta.system_s)}
             result.collector_cpu_pct += pct(delta.total_s)
-    for name, pid in collectors_after.items():
-        memory = measure.memory_mib(pid)
-        if name in result.collectors and memory is not None:
-            result.memory_mib[name] = memory
+            memory = measure.memory_mib(collectors_after[name])
+            if memory is not None:
+                result.memory_mib[name] = memory
     runs = bpf_after.run_cnt - bpf_before.run_cnt
     result.bpf_run_pct = pct((bpf_after.run_time_ns - bpf_before.run_time_ns) / 1e9)
     result.bpf_ns_per_run = (bpf_after.run_time_ns - bpf_before.run_time_ns) / runs \
