@@ -1,4 +1,5 @@
-"""The one compiled module: the audit parser's split path in C (sensor_linux/audit/_split.c).
+"""The one compiled module: the audit parser's split path and EXECVE typing in C
+(sensor_linux/audit/_split.c).
 
 Optional: where it cannot be built (no compiler or Python headers), the install goes on and
 the pure-Python path runs, with the same results. TTPSENSOR_PURE_PYTHON=1 leaves it out of

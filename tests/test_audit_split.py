@@ -212,3 +212,132 @@ def test_the_c_split_path_holds_no_memory_per_call() -> None:
         split_record_c(b"type=PATH msg=audit(x.1:1): item=0", SPLIT_TYPES)  # refused stamp
         split_record_c(b"type=PATH msg=audit(1.1:1): item=0", SPLIT_TYPES)  # taken
     assert sys.getrefcount(number) == held
+
+
+# EXECVE typing in C (typed_execve in _split.c) against records.typed_execve_python.
+
+def _typed_both(parts: tuple[bytes, ...]) -> tuple[object, object]:
+    """What each path makes of ``parts``: the typed list, or the error raised (the parse
+    error's kind; a key no split path gives, not ASCII, fails alike on both)."""
+    results: list[object] = []
+    for typed in (records._typed_execve_compiled, records.typed_execve_python):
+        try:
+            results.append(typed(parts))
+        except records._BadField as exc:
+            results.append(("refused", exc.kind))
+        except UnicodeDecodeError as exc:
+            results.append(("not ASCII", str(exc)))
+    return results[0], results[1]
+
+
+def _execve_parts(lines: list[bytes]) -> list[tuple[bytes, ...]]:
+    out = []
+    for line in lines:
+        split = split_record_python(line, SPLIT_TYPES)
+        if split is not None and split[0] == records.EXECVE:
+            out.append(split[5])
+    return out
+
+
+def test_both_execve_typings_agree_on_every_corpus_record() -> None:
+    _built()
+    every = _execve_parts(_corpus_lines())
+    assert len(every) > 40
+    for parts in every:
+        compiled, python = _typed_both(parts)
+        assert compiled == python, parts
+        assert [type(value) for _, value in compiled] == [type(value) for _, value in python]
+
+
+# What an argument's decoding decides on: quotes, hex digits of both cases, what is neither,
+# the bytes either side of the quoted range, brackets, digits and the "_len" of keys.
+EXECVE_DECISIVE = b"\"09afAFgG !~\x7f\x00\x80\xff()?[]_=ln"
+
+
+def test_both_execve_typings_agree_on_mutated_records() -> None:
+    """EXECVE lines mutated, then split (only what the split path takes is ever typed this
+    way: its keys start with a letter and are ASCII)."""
+    _built()
+    lines = [line for line in _corpus_lines() if line.startswith(b"type=EXECVE ")] + [
+        b'type=EXECVE msg=audit(1.1:1): argc=4 a0="/bin/sh" a1=2D63 a2=(null) a3=?',
+        b'type=EXECVE msg=audit(1.1:1): argc=2 a0_len=12 a0[0]="abc" a0[1]=646566 a1=""',
+    ]
+    rng = random.Random(25)
+    typed = refused = 0
+    for _ in range(40000):
+        line = bytearray(rng.choice(lines))
+        body = line.index(b"): ") + 3
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(body, len(line) + 1)
+            roll = rng.random()
+            if roll < 0.4:
+                line[at:at] = bytes([rng.choice(EXECVE_DECISIVE)])
+            elif at < len(line):
+                if roll < 0.7:
+                    del line[at]
+                else:
+                    line[at] = rng.choice(EXECVE_DECISIVE)
+        split = split_record_python(bytes(line), SPLIT_TYPES)
+        if split is None:
+            continue
+        compiled, python = _typed_both(split[5])
+        assert compiled == python, bytes(line)
+        if isinstance(python, list):
+            typed += 1
+            assert [type(v) for _, v in compiled] == [type(v) for _, v in python]  # type: ignore
+        else:
+            refused += 1
+    assert typed > 5000 and refused > 5000  # both outcomes were exercised
+
+
+@pytest.mark.parametrize("part", [
+    b"a0=\"\"", b"a0=\"", b"a0=\"\"\"", b"a0=\"a b\"", b"a0=\"a\x7f\"", b"a0=\"~!#\"",
+    b"a0=(null)", b"a0=?", b"a0=", b"a0", b"a0==", b"a1=ABC", b"a1=abcd", b"a1=aBcD",
+    b"a1=0g", b"a1=00", b"a01=\"x\"", b"a00=\"x\"", b"a255=\"x\"", b"a256=\"x\"",
+    b"a999999999=\"x\"", b"a1234567890=\"x\"", b"a1[2]=\"x\"", b"a1[]=\"x\"",
+    b"a1[1234567890]=\"x\"", b"a1[2]x=\"x\"", b"a1_len=3", b"a1_len=x", b"a=\"x\"",
+    b"b1=\"x\"", b"argc=x", b"argc=3", b"A1=\"x\"", b"a\xff=\"x\"", b"a1=\"\xff\"",
+])
+def test_both_execve_typings_agree_on_the_edges(part: bytes) -> None:
+    _built()
+    compiled, python = _typed_both((b"argc=1", part))
+    assert compiled == python
+    assert repr(compiled) == repr(python)  # the same types too: bytes, None, text, numbers
+
+
+def test_execve_typing_in_c_refuses_what_is_not_a_tuple_of_bytes() -> None:
+    _built()
+    other = records._typed_execve_other
+    for args in (([b"a0=\"x\""], other), ((b"a0=\"x\"",), None), ((1, b"a0"), other),
+                 ((b"a0=\"x\"",),)):
+        with pytest.raises(TypeError):
+            records.typed_execve_c(*args)  # type: ignore[misc]
+
+
+def test_execve_typing_in_c_holds_no_memory_per_call() -> None:
+    """As for the split path: typed, refused, named beyond the kept names, an error of the
+    Python part in between; the heap where it was after the first pass."""
+    import tracemalloc
+    _built()
+    samples = _execve_parts(_corpus_lines())[:100] + [
+        (b"argc=2", b"a0=\"x\"", b"a1=zz"),                  # refused at its second argument
+        (b"argc=2", b"a0_len=x", b"a0[0]=\"x\""),            # the Python part raises
+        (b"argc=1", b"a300=414243", b"a1[7]=\"y\"", b"a01=(null)"),
+    ]
+
+    def run() -> None:
+        for parts in samples:
+            try:
+                records._typed_execve_compiled(parts)
+            except records._BadField:
+                pass
+    run()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(100):
+            run()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024, f"{grown} bytes held after {100 * len(samples)} calls"

@@ -1,5 +1,6 @@
-/* The split path of sensor_linux/audit/records.py's parse(), in C: the one narrow step of the
- * audit hot path that pays for hand-written code (docs/audit.md has the figures).
+/* The split path of sensor_linux/audit/records.py's parse(), and the typing of an EXECVE
+ * record's arguments, in C: the two narrow steps of the audit hot path that pay for
+ * hand-written code (docs/audit.md has the figures).
  *
  * split_record(line, types) gives what parse()'s pure-Python fast path computes before it
  * makes the Record, or None where that path declines the line (the general parser takes it):
@@ -18,6 +19,11 @@
  *   parts of a body seen before are the same tuple (the last 4,096 bodies are remembered, as
  *   the Python twin's lru_cache does).
  *
+ * typed_execve(parts, other) gives what records.typed_execve_python gives for an EXECVE
+ * record's parts: [(name, value)], an argument "aN" or "aN[i]" decoded from its "quoted",
+ * hex, (null) or ? form, every other part typed by ``other``; None where an argument is in
+ * none of those forms (the caller raises the line's parse error).
+ *
  * The pure-Python path stays, for platforms without a compiler and as the reference: the tests
  * compare the two on every corpus line and on fuzzed ones (tests/test_audit_split.py).
  */
@@ -26,7 +32,8 @@
 #include <Python.h>
 
 /* Bodies of at most REMEMBER_BODY bytes -> their parts, up to REMEMBERED_BODIES of them (as
- * the pure-Python path's lru_cache of 4,096). Made at import; the module's only state. */
+ * the pure-Python path's lru_cache of 4,096). Made at import; with kept_names (below), the
+ * module's only state. */
 #define REMEMBER_BODY 4096
 #define REMEMBERED_BODIES 4096
 static PyObject *remembered;
@@ -281,15 +288,169 @@ done:
     return result;
 }
 
+/* The name of an EXECVE key whose value is a whole encoded argument, "aN" or "aN[i]" (1-9
+ * digits each; records._EXECVE_ARG without its "_len" form), as 1; else 0. */
+static int whole_argument(const char *k, Py_ssize_t n) {
+    Py_ssize_t pos = 1, digits;
+    if (n < 2 || k[0] != 'a')
+        return 0;
+    while (pos < n && k[pos] >= '0' && k[pos] <= '9')
+        pos++;
+    if (pos == 1 || pos - 1 > 9)
+        return 0;
+    if (pos == n)
+        return 1;
+    if (k[pos] != '[')
+        return 0;
+    digits = ++pos;
+    while (pos < n && k[pos] >= '0' && k[pos] <= '9')
+        pos++;
+    return pos > digits && pos - digits <= 9 && pos + 1 == n && k[pos] == ']';
+}
+
+static int hex_digit(unsigned char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* An argument's encoded forms (records._encoded): "quoted" printable ASCII but the quote,
+ * pairs of hex digits, (null) or ?. A new reference, or NULL: with an exception set on an
+ * error, without one when the value is none of these. */
+static PyObject *encoded_argument(const unsigned char *v, Py_ssize_t n) {
+    Py_ssize_t i;
+    if (n >= 2 && v[0] == '"' && v[n - 1] == '"') {
+        for (i = 1; i < n - 1; i++)
+            if (v[i] < '!' || v[i] > '~' || v[i] == '"')
+                break;
+        if (i == n - 1)
+            return PyBytes_FromStringAndSize((const char *)v + 1, n - 2);
+    }
+    if (n >= 2 && n % 2 == 0) {
+        for (i = 0; i < n; i++)
+            if (hex_digit(v[i]) < 0)
+                break;
+        if (i == n) {
+            /* Made with no text, then filled: a new object even for one byte (see
+             * split_record on the interpreter's shared one-byte objects). */
+            PyObject *out = PyBytes_FromStringAndSize(NULL, n / 2);
+            if (out != NULL) {
+                unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+                for (i = 0; i < n; i += 2)
+                    o[i / 2] = (unsigned char)(hex_digit(v[i]) << 4 | hex_digit(v[i + 1]));
+            }
+            return out;
+        }
+    }
+    if ((n == 6 && memcmp(v, "(null)", 6) == 0) || (n == 1 && v[0] == '?'))
+        Py_RETURN_NONE;
+    return NULL;
+}
+
+/* The name of a whole argument's key k[0:n] as text: "a0" to "a255" made once and kept (an
+ * exec's names repeat), others made each time. A new reference. */
+#define KEPT_NAMES 256
+static PyObject *kept_names[KEPT_NAMES];
+
+static PyObject *argument_name(const char *k, Py_ssize_t n) {
+    int index = 0;
+    Py_ssize_t i;
+    if (n > 4 || (n > 2 && k[1] == '0'))  /* "aN[i]", past a255, or a leading zero */
+        return PyUnicode_DecodeASCII(k, n, NULL);
+    for (i = 1; i < n; i++)
+        index = index * 10 + (k[i] - '0');
+    if (index >= KEPT_NAMES)
+        return PyUnicode_DecodeASCII(k, n, NULL);
+    if (kept_names[index] == NULL)
+        kept_names[index] = PyUnicode_DecodeASCII(k, n, NULL);
+    if (kept_names[index] == NULL)
+        return NULL;
+    Py_INCREF(kept_names[index]);
+    return kept_names[index];
+}
+
+/* typed_execve(parts, other): records._typed_execve's list of (name, value) for an EXECVE
+ * record's plain parts; ``other(part)`` types a part that is not a whole argument (argc,
+ * aN_len), its exceptions passed on. None when an argument is in none of the encoded forms
+ * (the caller raises the parse error): at that part, after the parts before it, as the
+ * Python twin raises. */
+static PyObject *typed_execve(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *parts, *other, *out;
+    Py_ssize_t i, count;
+    (void)module;
+    if (nargs != 2 || !PyTuple_Check(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "typed_execve(parts: tuple, other: callable)");
+        return NULL;
+    }
+    parts = args[0];
+    other = args[1];
+    count = PyTuple_GET_SIZE(parts);
+    out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    for (i = 0; i < count; i++) {
+        PyObject *part = PyTuple_GET_ITEM(parts, i), *typed, *name, *value;
+        const char *s;
+        const char *eq;
+        Py_ssize_t n, key;
+        if (!PyBytes_Check(part)) {
+            PyErr_SetString(PyExc_TypeError, "typed_execve: a part is not bytes");
+            goto failed;
+        }
+        s = PyBytes_AS_STRING(part);
+        n = PyBytes_GET_SIZE(part);
+        eq = memchr(s, '=', (size_t)n);
+        key = eq != NULL ? eq - s : n;
+        if (!whole_argument(s, key)) {
+            typed = PyObject_CallOneArg(other, part);
+            if (typed == NULL)
+                goto failed;
+            PyList_SET_ITEM(out, i, typed);
+            continue;
+        }
+        value = eq != NULL ? encoded_argument((const unsigned char *)eq + 1, n - key - 1)
+                           : NULL;
+        if (value == NULL) {
+            if (PyErr_Occurred())
+                goto failed;
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
+        name = argument_name(s, key);
+        if (name == NULL) {
+            Py_DECREF(value);
+            goto failed;
+        }
+        typed = PyTuple_Pack(2, name, value);
+        Py_DECREF(name);
+        Py_DECREF(value);
+        if (typed == NULL)
+            goto failed;
+        PyList_SET_ITEM(out, i, typed);
+    }
+    return out;
+failed:
+    Py_DECREF(out);  /* the items not set yet are NULL, which a list's deallocation skips */
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"split_record", (PyCFunction)(void (*)(void))split_record, METH_FASTCALL,
      "split_record(line, types) -> (rtype, sec, msec, serial, plain, parts) or None: the split "
      "path of records.parse (see the module's source)."},
+    {"typed_execve", (PyCFunction)(void (*)(void))typed_execve, METH_FASTCALL,
+     "typed_execve(parts, other) -> [(name, value)] or None: records._typed_execve (see the "
+     "module's source)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_split", "The split path of audit record parsing, in C.", 0, methods,
+    PyModuleDef_HEAD_INIT, "_split", "The split path of audit record parsing and EXECVE typing, "
+    "in C.", 0, methods,
     NULL, NULL, NULL, NULL,
 };
 

@@ -20,7 +20,7 @@ import os
 import re
 from itertools import repeat
 from operator import methodcaller
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 from sensor_linux.audit import fields
 from sensor_linux.audit.msgtypes import NAMES, NUMBERS
@@ -363,20 +363,27 @@ def split_record_python(line: bytes, types: dict[bytes, int]) -> Split | None:
     return rtype, stamp[0], stamp[1], stamp[2], plain, parts
 
 
-def _compiled_split() -> Callable[[bytes, dict[bytes, int]], Split | None] | None:
-    """The C split path, unless it is not built or TTPSENSOR_PURE_PYTHON is set (to run and
-    test the pure-Python path on a host that has both)."""
+def _compiled() -> Any:
+    """The C module (split path and EXECVE typing), unless it is not built or
+    TTPSENSOR_PURE_PYTHON is set (to run and test the pure-Python path on a host that has
+    both)."""
     if os.environ.get("TTPSENSOR_PURE_PYTHON"):
         return None
     try:
-        from sensor_linux.audit._split import split_record as compiled
+        from sensor_linux.audit import _split
     except ImportError:
         return None
-    return compiled  # type: ignore[no-any-return]
+    return _split
 
 
-split_record_c = _compiled_split()
+_C = _compiled()
+split_record_c: Callable[[bytes, dict[bytes, int]], Split | None] | None = \
+    _C.split_record if _C is not None else None
 split_record = split_record_c or split_record_python
+# (parts, other) -> typed parts, or None for a bad argument: _typed_execve_python's twin.
+typed_execve_c: Callable[[tuple[bytes, ...], Callable[[bytes], tuple[str, Value]]],
+                         list[tuple[str, Value]] | None] | None = \
+    _C.typed_execve if _C is not None else None
 
 
 def split_path() -> str:
@@ -510,10 +517,11 @@ def _parse_body(line: bytes, pos: int, end: int, rtype: int) -> list[tuple[str, 
     return body
 
 
-def _typed_execve(parts: tuple[bytes, ...]) -> list[tuple[str, Value]]:
+def typed_execve_python(parts: tuple[bytes, ...]) -> list[tuple[str, Value]]:
     """An EXECVE record's plain parts typed, as _typed_pair types them. Its arguments differ
     from one exec to the next, so a whole argument is decoded at once (_encoded), without the
-    remembered pairs' look-up and the key's pattern for each."""
+    remembered pairs' look-up and the key's pattern for each. The reference for the C
+    version (typed_execve in _split.c), and what runs where it is not built."""
     out: list[tuple[str, Value]] = []
     for part in parts:
         key, _, raw = part.partition(b"=")
@@ -526,6 +534,19 @@ def _typed_execve(parts: tuple[bytes, ...]) -> list[tuple[str, Value]]:
             raise _BadField("bad execve argument")  # as _execve_value refuses it
         out.append((name, value))  # type: ignore[arg-type]
     return out
+
+
+def _typed_execve_compiled(parts: tuple[bytes, ...]) -> list[tuple[str, Value]]:
+    """typed_execve_python in C: an EXECVE record is typed when it is parsed, and its
+    arguments were a tenth of a replay's CPU in Python (docs/audit.md)."""
+    typed = typed_execve_c(parts, _typed_execve_other)  # type: ignore[misc]
+    if typed is None:
+        raise _BadField("bad execve argument")
+    return typed
+
+
+_typed_execve_other = functools.partial(_typed_pair, EXECVE)
+_typed_execve = _typed_execve_compiled if typed_execve_c is not None else typed_execve_python
 
 
 @functools.lru_cache(maxsize=1024)
