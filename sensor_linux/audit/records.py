@@ -380,7 +380,7 @@ _C = _compiled()
 split_record_c: Callable[[bytes, dict[bytes, int]], Split | None] | None = \
     _C.split_record if _C is not None else None
 split_record = split_record_c or split_record_python
-# (parts, other) -> typed parts, or None for a bad argument: _typed_execve_python's twin.
+# (parts, other) -> typed parts, or None for a bad argument: typed_execve_python's twin.
 typed_execve_c: Callable[[tuple[bytes, ...], Callable[[bytes], tuple[str, Value]]],
                          list[tuple[str, Value]] | None] | None = \
     _C.typed_execve if _C is not None else None
