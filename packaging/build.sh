@@ -37,14 +37,16 @@ pip_quiet install --no-compile --only-binary=:all: --target "$site" \
   --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 "$wheel"
 rm -rf "$site/bin"                       # console scripts with this machine's interpreter path
-# The audit parser's C split path, for the distribution's CPython 3.11 (Debian's hardening
-# flags). A host whose C library cannot load it runs the pure-Python path, with the same
-# results (sensor_linux/audit/records.py).
-split_so="$site/sensor_linux/audit/_split$(/usr/bin/python3.11 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
-# shellcheck disable=SC2046 # the flags are words
-gcc $(dpkg-buildflags --get CPPFLAGS) $(dpkg-buildflags --get CFLAGS) -fPIC -shared \
-  -I/usr/include/python3.11 $(dpkg-buildflags --get LDFLAGS) \
-  -o "$split_so" sensor_linux/audit/_split.c
+# The compiled modules (the audit parser's split path, the eBPF record decoding), for the
+# distribution's CPython 3.11 (Debian's hardening flags). A host whose C library cannot load
+# them runs the pure-Python paths, with the same results (setup.py).
+suffix="$(/usr/bin/python3.11 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
+for module in sensor_linux/audit/_split sensor_linux/ebpf/_decode; do
+  # shellcheck disable=SC2046 # the flags are words
+  gcc $(dpkg-buildflags --get CPPFLAGS) $(dpkg-buildflags --get CFLAGS) -fPIC -shared \
+    -I/usr/include/python3.11 $(dpkg-buildflags --get LDFLAGS) \
+    -o "$site/$module$suffix" "$module.c"
+done
 # PyYAML's wheel (pySigma's YAML) links a copy of libyaml into its optional C accelerator;
 # without it PyYAML uses its pure-Python parser (rules are read once), and the package embeds
 # no library Debian ships (lintian: embedded-library).

@@ -32,7 +32,7 @@ from sensor_linux.audit.events import AuditEventBuilder
 from sensor_linux.audit.pipeline import AuditDecoder
 from sensor_linux.audit.records import EXECVE, SYSCALL, Record, split_path
 from sensor_linux.ebpf.events import EbpfEventBuilder
-from sensor_linux.ebpf.probes import ExecRecord, decode
+from sensor_linux.ebpf.probes import ExecRecord, decode, decode_path
 from sensor_linux.enrich import Enricher
 
 ROUNDS = 3
@@ -225,4 +225,4 @@ def bench_stages(audit_log: Path | None, execs: int, ebpf_stream: Path | None,
             return
         count, stages = ebpf_stages(read_ebpf_stream(ebpf_stream, ebpf_events), directory)
         print_table(stages, f"eBPF path ({ebpf_stream.name}): {count} exec events, median of "
-                            f"{ROUNDS}")
+                            f"{ROUNDS}, decoding: {decode_path()}")

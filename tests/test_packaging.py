@@ -63,6 +63,8 @@ def test_deb_metadata_and_contents(packages) -> None:
                  "/usr/lib/ttpsensor/site-packages/common/cli.py",
                  "/usr/lib/ttpsensor/site-packages/sensor_linux/audit/"
                  "_split.cpython-311-x86_64-linux-gnu.so",     # the C split path
+                 "/usr/lib/ttpsensor/site-packages/sensor_linux/ebpf/"
+                 "_decode.cpython-311-x86_64-linux-gnu.so",    # the eBPF record decoding
                  "/usr/share/doc/ttpsensor/copyright"):
         assert path in entries, path
     assert all(" root/root " in line for line in listing)

@@ -64,9 +64,10 @@ fi
 # visible so that Debian's python3-bpfcc (BCC) can be imported by the eBPF source.
 extra=""
 [ "$mode" = test ] && extra="[test,lab]"
-# The install also builds the audit parser's C split path (setup.py): it is redone when its
-# source changes.
-want="$(cat pyproject.toml setup.py sensor_linux/audit/_split.c | sha256sum | cut -c1-16)$extra"
+# The install also builds the compiled modules (setup.py): it is redone when their sources
+# change.
+want="$(cat pyproject.toml setup.py sensor_linux/audit/_split.c sensor_linux/ebpf/_decode.c |
+  sha256sum | cut -c1-16)$extra"
 if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv" >&2
   /usr/bin/python3 -m venv --system-site-packages .venv

@@ -150,8 +150,9 @@ def _kernel_dev(dev: int) -> int:
     return os.makedev(dev >> 20, dev & 0xFFFFF)
 
 
-def decode(data: bytes) -> ExecRecord:
-    """A ring-buffer record (bytes) as an :class:`ExecRecord`."""
+def decode_python(data: bytes) -> ExecRecord:
+    """A ring-buffer record (bytes) as an :class:`ExecRecord`. The reference for the C
+    version (sensor_linux/ebpf/_decode.c), and what runs where it is not built."""
     (ktime, cgroup_id, task_start, ino, size, mtime_sec, ctime_sec, mtime_nsec, ctime_nsec,
      dev, nlink, pid, tid, ppid, creator, uid, gid, suid, sgid, euid, egid, fsuid, fsgid,
      login_uid, session, retval, argc, flags, fault_mask, exe_size, cwd_size, name_size,
@@ -190,6 +191,37 @@ def decode(data: bytes) -> ExecRecord:
         flags=flags, comm=comm.split(b"\0", 1)[0], tty=tty_name, executable=executable,
         cwd=cwd, filename=name.split(b"\0", 1)[0] if failed and name_size else None,
         identity=identity, cgroup_id=cgroup_id, arg_faults=faulted, task_start=task_start)
+
+
+def _compiled_decode() -> Callable[[bytes, type, type], ExecRecord | None] | None:
+    """The C decoding, unless it is not built or TTPSENSOR_PURE_PYTHON is set (to run and
+    test the pure-Python path on a host that has both)."""
+    if os.environ.get("TTPSENSOR_PURE_PYTHON"):
+        return None
+    try:
+        from sensor_linux.ebpf._decode import decode as compiled
+    except ImportError:
+        return None
+    return compiled  # type: ignore[no-any-return]
+
+
+decode_c = _compiled_decode()
+
+
+def decode_path() -> str:
+    """Which decoding :func:`decode` takes, for the benchmarks to say what they measured."""
+    return "C" if decode_c is not None else "pure Python"
+
+
+def decode(data: bytes) -> ExecRecord:
+    """A ring-buffer record (bytes) as an :class:`ExecRecord`: by the C decoding where it is
+    built, which leaves the rare records (arguments the probes could not read, a record
+    shorter than its head) to :func:`decode_python`, as it does everywhere else."""
+    if decode_c is not None:
+        record = decode_c(data, ExecRecord, FileIdentity)
+        if record is not None:
+            return record
+    return decode_python(data)
 
 
 def check_prerequisites() -> None:
