@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -34,6 +35,21 @@ def require(condition: bool, reason: str) -> None:
 
 def ttpsensor_command() -> list[str]:
     return self_command()
+
+
+def heap_growth(run: Callable[[], object], times: int) -> int:
+    """Bytes the Python heap grew by over ``times`` calls of ``run``, after a first call has
+    filled what it remembers: how the C modules' tests catch a reference leaked per call."""
+    import tracemalloc
+    run()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(times):
+            run()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
 
 
 def run_cli(*args: str, input: bytes | str | None = None,

@@ -21,7 +21,7 @@ import pytest
 from sensor_linux.audit import laurel, records
 from sensor_linux.audit.records import SPLIT_TYPES, split_record_c, split_record_python
 from tests.compare_outputs import renumber
-from tests.conftest import require, ttpsensor_command
+from tests.conftest import heap_growth, require, ttpsensor_command
 from tests.test_audit_corpus import ALL_TXT, GOLDEN, assemble_file
 
 # The bytes the split path decides on: separators, quotes, braces, brackets, the enriched
@@ -182,7 +182,6 @@ def test_the_c_split_path_holds_no_memory_per_call() -> None:
     body, a declined line's objects) would grow the heap with every record. Many calls over a
     fixed set of lines (bodies remembered, bodies not plain, stamps refused, 20-digit serials)
     must end with the heap where it was after the first pass."""
-    import tracemalloc
     _built()
     lines = _corpus_lines()[:200] + [
         b"type=PATH msg=audit(1.1:123456789012345678901): item=0",
@@ -192,17 +191,10 @@ def test_the_c_split_path_holds_no_memory_per_call() -> None:
         b"type=NOPE msg=audit(1.1:1): item=0",
         b"type=PATH msg=audit(x.1:1): item=0",
     ]
-    for line in lines:  # the first pass fills what the module remembers
-        split_record_c(line, SPLIT_TYPES)  # type: ignore[misc]
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(100):
-            for line in lines:
-                split_record_c(line, SPLIT_TYPES)  # type: ignore[misc]
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    def run() -> None:
+        for line in lines:
+            split_record_c(line, SPLIT_TYPES)  # type: ignore[misc]
+    grown = heap_growth(run, 100)  # after a first pass fills what the module remembers
     assert grown < 64 * 1024, f"{grown} bytes held after {100 * len(lines)} calls"
     # A reference to a record type's number held per call costs no memory to see: counted.
     number = SPLIT_TYPES[b"type=PATH"]
@@ -317,7 +309,6 @@ def test_execve_typing_in_c_refuses_what_is_not_a_tuple_of_bytes() -> None:
 def test_execve_typing_in_c_holds_no_memory_per_call() -> None:
     """As for the split path: typed, refused, named beyond the kept names, an error of the
     Python part in between; the heap where it was after the first pass."""
-    import tracemalloc
     _built()
     samples = _execve_parts(_corpus_lines())[:100] + [
         (b"argc=2", b"a0=\"x\"", b"a1=zz"),                  # refused at its second argument
@@ -331,13 +322,5 @@ def test_execve_typing_in_c_holds_no_memory_per_call() -> None:
                 records._typed_execve_compiled(parts)
             except records._BadField:
                 pass
-    run()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(100):
-            run()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    grown = heap_growth(run, 100)
     assert grown < 64 * 1024, f"{grown} bytes held after {100 * len(samples)} calls"

@@ -17,7 +17,7 @@ import pytest
 
 from sensor_linux.ebpf import probes
 from sensor_linux.image import FileIdentity
-from tests.conftest import require
+from tests.conftest import heap_growth, require
 from tests.test_ebpf_unit import _record
 
 STREAM = Path(__file__).parent / "data" / "ebpf-stream.jsonl"
@@ -196,7 +196,6 @@ def test_the_c_decoding_refuses_wrong_arguments() -> None:
 def test_the_c_decoding_holds_no_memory_per_call() -> None:
     """Reference counting in C is by hand: a reference leaked per call (a field, the
     identity, an argument, a record left to Python) would grow the heap with every exec."""
-    import tracemalloc
     _built()
     samples = _recorded()[:40] + [
         _record(flags=probes.FLAG_FAILED, retval=-2, name=b"/x\0"),
@@ -207,13 +206,5 @@ def test_the_c_decoding_holds_no_memory_per_call() -> None:
     def run() -> None:
         for data in samples:
             probes.decode_c(data, probes.ExecRecord, FileIdentity)  # type: ignore[misc]
-    run()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(200):
-            run()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    grown = heap_growth(run, 200)
     assert grown < 64 * 1024, f"{grown} bytes held after {200 * len(samples)} calls"
