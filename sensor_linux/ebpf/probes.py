@@ -216,7 +216,8 @@ def decode_path() -> str:
 def decode(data: bytes) -> ExecRecord:
     """A ring-buffer record (bytes) as an :class:`ExecRecord`: by the C decoding where it is
     built, which leaves the rare records (arguments the probes could not read, a record
-    shorter than its head) to :func:`decode_python`, as it does everywhere else."""
+    shorter than its head, file times past 64 bits of nanoseconds) to :func:`decode_python`,
+    as it does everywhere else."""
     if decode_c is not None:
         record = decode_c(data, ExecRecord, FileIdentity)
         if record is not None:
