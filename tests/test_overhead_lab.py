@@ -264,3 +264,17 @@ def test_lab_rounds_run_every_mode_again_in_the_other_order(tmp_path) -> None:
                 assert item["total_min"] <= item["total_median"] <= item["total_max"]
     assert "median within goal" in (out / "results.md").read_text()
     assert (out / "cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_our_plugin_mode_refuses_pythonpath_which_auditd_would_not_pass_on(tmp_path,
+                                                                          monkeypatch) -> None:
+    """auditd starts its plugins with an empty environment: under PYTHONPATH the plugin would
+    run the installed code while the lab's other modes ran PYTHONPATH's (a lab of 2026-12-06
+    measured an older plugin so). The mode says why before anything starts."""
+    from sensor_linux.lab.modes import ModeError
+    require(shutil.which("auditd") is not None, "auditd is needed")
+    mode = all_modes()["auditd+ttpsensor"]
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with pytest.raises(ModeError, match="PYTHONPATH"):
+        mode.start(tmp_path / "work")
+    assert mode.proc is None  # type: ignore[attr-defined] # no auditd was started

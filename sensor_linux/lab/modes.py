@@ -10,6 +10,7 @@ auditd runs with a private configuration directory (``auditd -c DIR``), never th
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -189,6 +190,12 @@ class Auditd:
             plugin = Path(sys.executable).with_name("ttpsensor-audisp")
             if not plugin.exists():
                 raise ModeError(f"{plugin} is missing: install ttpsensor (pip install -e .)")
+            if os.environ.get("PYTHONPATH"):
+                # auditd starts its plugins with an empty environment: the plugin would run
+                # the installed code while the lab's other modes ran PYTHONPATH's.
+                raise ModeError("PYTHONPATH does not reach a plugin auditd starts: run the "
+                                "lab from an installation of the code to measure "
+                                "(pip install -e .), without PYTHONPATH")
             (work / "audisp.toml").write_text(plugin_settings(work / "ttpsensor.jsonl",
                                                               work / "parse-errors.log"))
             (plugins / "ttpsensor.conf").write_text(PLUGIN_CONF.format(
