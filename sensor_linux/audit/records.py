@@ -16,14 +16,14 @@ Duplicated keys are kept, in order. A line that is not a record raises :class:`P
 from __future__ import annotations
 
 import functools
-import os
 import re
 from itertools import repeat
 from operator import methodcaller
-from typing import Any, Callable, Sequence, Union
+from typing import Callable, Sequence, Union
 
 from sensor_linux.audit import fields
 from sensor_linux.audit.msgtypes import NAMES, NUMBERS
+from sensor_linux.compiled import compiled
 
 
 class Hex(int):
@@ -363,20 +363,7 @@ def split_record_python(line: bytes, types: dict[bytes, int]) -> Split | None:
     return rtype, stamp[0], stamp[1], stamp[2], plain, parts
 
 
-def _compiled() -> Any:
-    """The C module (split path and EXECVE typing), unless it is not built or
-    TTPSENSOR_PURE_PYTHON is set (to run and test the pure-Python path on a host that has
-    both)."""
-    if os.environ.get("TTPSENSOR_PURE_PYTHON"):
-        return None
-    try:
-        from sensor_linux.audit import _split
-    except ImportError:
-        return None
-    return _split
-
-
-_C = _compiled()
+_C = compiled("sensor_linux.audit._split")
 split_record_c: Callable[[bytes, dict[bytes, int]], Split | None] | None = \
     _C.split_record if _C is not None else None
 split_record = split_record_c or split_record_python

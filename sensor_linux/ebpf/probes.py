@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from sensor_linux.batching import EARLY_FILL
+from sensor_linux.compiled import compiled
 from sensor_linux.ebpf.btf import Btf, BtfError
 from sensor_linux.ebpf.memory import Released, release_compiler_memory
 from sensor_linux.ebpf.offsets import cflags as offset_cflags
@@ -193,19 +194,10 @@ def decode_python(data: bytes) -> ExecRecord:
         identity=identity, cgroup_id=cgroup_id, arg_faults=faulted, task_start=task_start)
 
 
-def _compiled_decode() -> Callable[[bytes, type, type], ExecRecord | None] | None:
-    """The C decoding, unless it is not built or TTPSENSOR_PURE_PYTHON is set (to run and
-    test the pure-Python path on a host that has both)."""
-    if os.environ.get("TTPSENSOR_PURE_PYTHON"):
-        return None
-    try:
-        from sensor_linux.ebpf._decode import decode as compiled
-    except ImportError:
-        return None
-    return compiled  # type: ignore[no-any-return]
-
-
-decode_c = _compiled_decode()
+_DECODE = compiled("sensor_linux.ebpf._decode")
+# (data, record type, identity type) -> the record, or None for what decode_python takes.
+decode_c: Callable[[bytes, type, type], ExecRecord | None] | None = \
+    _DECODE.decode if _DECODE is not None else None
 
 
 def decode_path() -> str:
