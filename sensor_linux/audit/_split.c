@@ -373,8 +373,8 @@ static PyObject *argument_name(const char *k, Py_ssize_t n) {
     return kept_names[index];
 }
 
-/* typed_execve(parts, other): records._typed_execve's list of (name, value) for an EXECVE
- * record's plain parts; ``other(part)`` types a part that is not a whole argument (argc,
+/* typed_execve(parts, other): records.typed_execve_python's list of (name, value) for an
+ * EXECVE record's plain parts; ``other(part)`` types a part that is not a whole argument (argc,
  * aN_len), its exceptions passed on. None when an argument is in none of the encoded forms
  * (the caller raises the parse error): at that part, after the parts before it, as the
  * Python twin raises. */
@@ -443,8 +443,8 @@ static PyMethodDef methods[] = {
      "split_record(line, types) -> (rtype, sec, msec, serial, plain, parts) or None: the split "
      "path of records.parse (see the module's source)."},
     {"typed_execve", (PyCFunction)(void (*)(void))typed_execve, METH_FASTCALL,
-     "typed_execve(parts, other) -> [(name, value)] or None: records._typed_execve (see the "
-     "module's source)."},
+     "typed_execve(parts, other) -> [(name, value)] or None: records.typed_execve_python "
+     "(see the module's source)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -21,7 +21,15 @@
 #include <string.h>
 #include <sys/sysmacros.h>
 
-#define HEAD_SIZE 208
+/* Where each field of the head is (struct exec_event in execsnoop.c; probes._HEAD). */
+enum {
+    KTIME = 0, CGROUP_ID = 8, TASK_START = 16, INO = 24, SIZE = 32, MTIME_SEC = 40,
+    CTIME_SEC = 48, MTIME_NSEC = 56, CTIME_NSEC = 60, DEV = 64, NLINK = 68, PID = 72, TID = 76,
+    PPID = 80, CREATOR = 84, UID = 88, GID = 92, SUID = 96, SGID = 100, EUID = 104, EGID = 108,
+    FSUID = 112, FSGID = 116, LOGIN_UID = 120, SESSION = 124, RETVAL = 128, ARGC = 132,
+    FLAGS = 136, FAULT_MASK = 140, EXE_SIZE = 144, CWD_SIZE = 148, NAME_SIZE = 152,
+    ARGS_SIZE = 156, COMM = 160, TTY = 176, HEAD_SIZE = 208
+};
 /* probes.FLAG_* */
 enum {
     TRUNC_ARGS = 1, ARG_FAULT = 8, CREATOR_KNOWN = 16, EXE_TRUNC = 32, CWD_TRUNC = 64,
@@ -140,91 +148,85 @@ static PyObject *decode(PyObject *module, PyObject *const *args, Py_ssize_t narg
         Py_RETURN_NONE;
     s = PyBytes_AS_STRING(args[0]);
     length = PyBytes_GET_SIZE(args[0]);
-    flags = u32_at(s, 136);
-    fault_mask = u32_at(s, 140);
+    flags = u32_at(s, FLAGS);
+    fault_mask = u32_at(s, FAULT_MASK);
     failed = (flags & FAILED) != 0;
     unreliable = (flags & FACT_FAULT) != 0;
-    mtime_sec = s64_at(s, 40);
-    ctime_sec = s64_at(s, 48);
+    mtime_sec = s64_at(s, MTIME_SEC);
+    ctime_sec = s64_at(s, CTIME_SEC);
     if ((!failed && (flags & ARG_FAULT) && fault_mask) || mtime_sec > SECONDS_HELD ||
         mtime_sec < -SECONDS_HELD || ctime_sec > SECONDS_HELD || ctime_sec < -SECONDS_HELD)
         Py_RETURN_NONE;
-    piece(length, &pos, u32_at(s, 144), &exe[0], &exe[1]);
-    piece(length, &pos, u32_at(s, 148), &cwd[0], &cwd[1]);
-    piece(length, &pos, u32_at(s, 152), &name[0], &name[1]);
-    piece(length, &pos, u32_at(s, 156), &area[0], &area[1]);
+    piece(length, &pos, u32_at(s, EXE_SIZE), &exe[0], &exe[1]);
+    piece(length, &pos, u32_at(s, CWD_SIZE), &cwd[0], &cwd[1]);
+    piece(length, &pos, u32_at(s, NAME_SIZE), &name[0], &name[1]);
+    piece(length, &pos, u32_at(s, ARGS_SIZE), &area[0], &area[1]);
 
-    field[0] = PyLong_FromUnsignedLongLong(u64_at(s, 0));                 /* ktime */
-    field[1] = PyLong_FromUnsignedLong(u32_at(s, 72));                     /* pid */
-    field[2] = PyLong_FromUnsignedLong(u32_at(s, 76));                     /* tid */
-    field[3] = PyLong_FromUnsignedLong(u32_at(s, 80));                     /* ppid */
+    field[0] = PyLong_FromUnsignedLongLong(u64_at(s, KTIME));
+    field[1] = PyLong_FromUnsignedLong(u32_at(s, PID));
+    field[2] = PyLong_FromUnsignedLong(u32_at(s, TID));
+    field[3] = PyLong_FromUnsignedLong(u32_at(s, PPID));
     if (flags & CREATOR_KNOWN) {
-        field[4] = PyLong_FromUnsignedLong(u32_at(s, 84));                 /* creator */
+        field[4] = PyLong_FromUnsignedLong(u32_at(s, CREATOR));
     } else {
-        field[4] = Py_None;
-        Py_INCREF(Py_None);
+        field[4] = Py_NewRef(Py_None);
     }
-    /* uids: real, effective, saved, filesystem (the head holds uid, gid, suid, sgid, euid,
-     * egid, fsuid, fsgid from 88 on). */
-    field[5] = Py_BuildValue("(kkkk)", (unsigned long)u32_at(s, 88), (unsigned long)u32_at(s, 104),
-                             (unsigned long)u32_at(s, 96), (unsigned long)u32_at(s, 112));
-    field[6] = Py_BuildValue("(kkkk)", (unsigned long)u32_at(s, 92), (unsigned long)u32_at(s, 108),
-                             (unsigned long)u32_at(s, 100), (unsigned long)u32_at(s, 116));
-    field[7] = PyLong_FromUnsignedLong(u32_at(s, 120));                    /* login_uid */
-    field[8] = PyLong_FromUnsignedLong(u32_at(s, 124));                    /* session */
-    field[9] = PyLong_FromLong((long)(int32_t)u32_at(s, 128));             /* retval */
-    field[10] = PyLong_FromUnsignedLong(u32_at(s, 132));                   /* argc */
+    /* uids and gids: real, effective, saved, filesystem (the head has struct cred's order) */
+    field[5] = Py_BuildValue("(kkkk)", (unsigned long)u32_at(s, UID),
+                             (unsigned long)u32_at(s, EUID), (unsigned long)u32_at(s, SUID),
+                             (unsigned long)u32_at(s, FSUID));
+    field[6] = Py_BuildValue("(kkkk)", (unsigned long)u32_at(s, GID),
+                             (unsigned long)u32_at(s, EGID), (unsigned long)u32_at(s, SGID),
+                             (unsigned long)u32_at(s, FSGID));
+    field[7] = PyLong_FromUnsignedLong(u32_at(s, LOGIN_UID));
+    field[8] = PyLong_FromUnsignedLong(u32_at(s, SESSION));
+    field[9] = PyLong_FromLong((long)(int32_t)u32_at(s, RETVAL));
+    field[10] = PyLong_FromUnsignedLong(u32_at(s, ARGC));
     if (!failed) {
         field[11] = argument_list(s + area[0], area[1] - area[0], (flags & TRUNC_ARGS) != 0);
     } else {
-        field[11] = Py_None;
-        Py_INCREF(Py_None);
+        field[11] = Py_NewRef(Py_None);
     }
     field[12] = PyLong_FromUnsignedLong(flags);
-    field[13] = before_nul(s + 160, 16);                                   /* comm */
-    field[14] = before_nul(s + 176, 32);                                   /* tty, or None */
+    field[13] = before_nul(s + COMM, TTY - COMM);
+    field[14] = before_nul(s + TTY, HEAD_SIZE - TTY);  /* None when empty */
     if (field[14] != NULL && PyBytes_GET_SIZE(field[14]) == 0) {
         Py_DECREF(field[14]);
-        field[14] = Py_None;
-        Py_INCREF(Py_None);
+        field[14] = Py_NewRef(Py_None);
     }
     if (!failed && !(flags & (EXE_TRUNC | NO_EXE)) && !unreliable) {
-        field[15] = joined_path(s + exe[0], exe[1] - exe[0]);              /* executable */
-        dev = u32_at(s, 64);
+        field[15] = joined_path(s + exe[0], exe[1] - exe[0]);
+        dev = u32_at(s, DEV);
         identity[0] = PyLong_FromUnsignedLongLong(
             (unsigned long long)makedev(dev >> 20, dev & 0xFFFFF));
-        identity[1] = PyLong_FromUnsignedLongLong(u64_at(s, 24));          /* ino */
-        identity[2] = PyLong_FromLongLong(s64_at(s, 32));                  /* size */
+        identity[1] = PyLong_FromUnsignedLongLong(u64_at(s, INO));
+        identity[2] = PyLong_FromLongLong(s64_at(s, SIZE));
         identity[3] = PyLong_FromLongLong(mtime_sec * 1000000000LL +
-                                          (int64_t)(u32_at(s, 56) & NSEC_MASK));
+                                          (int64_t)(u32_at(s, MTIME_NSEC) & NSEC_MASK));
         identity[4] = PyLong_FromLongLong(ctime_sec * 1000000000LL +
-                                          (int64_t)(u32_at(s, 60) & NSEC_MASK));
-        identity[5] = PyLong_FromUnsignedLong(u32_at(s, 68));              /* nlink */
+                                          (int64_t)(u32_at(s, CTIME_NSEC) & NSEC_MASK));
+        identity[5] = PyLong_FromUnsignedLong(u32_at(s, NLINK));
         for (i = 0; i < 6; i++)
             if (identity[i] == NULL)
                 goto done;
         field[18] = PyObject_Vectorcall(args[2], identity, 6, NULL);
     } else {
-        field[15] = Py_None;
-        Py_INCREF(Py_None);
-        field[18] = Py_None;
-        Py_INCREF(Py_None);
+        field[15] = Py_NewRef(Py_None);
+        field[18] = Py_NewRef(Py_None);
     }
     if ((flags & CWD_TRUNC) || unreliable) {
-        field[16] = Py_None;
-        Py_INCREF(Py_None);
+        field[16] = Py_NewRef(Py_None);
     } else {
         field[16] = joined_path(s + cwd[0], cwd[1] - cwd[0]);
     }
-    if (failed && u32_at(s, 152)) {
-        field[17] = before_nul(s + name[0], name[1] - name[0]);           /* filename */
+    if (failed && u32_at(s, NAME_SIZE)) {
+        field[17] = before_nul(s + name[0], name[1] - name[0]);
     } else {
-        field[17] = Py_None;
-        Py_INCREF(Py_None);
+        field[17] = Py_NewRef(Py_None);
     }
-    field[19] = PyLong_FromUnsignedLongLong(u64_at(s, 8));                 /* cgroup_id */
-    field[20] = PyLong_FromLong(0);                                        /* arg_faults */
-    field[21] = PyLong_FromUnsignedLongLong(u64_at(s, 16));                /* task_start */
+    field[19] = PyLong_FromUnsignedLongLong(u64_at(s, CGROUP_ID));
+    field[20] = PyLong_FromLong(0);  /* arg_faults: the faulted records are Python's */
+    field[21] = PyLong_FromUnsignedLongLong(u64_at(s, TASK_START));
     for (i = 0; i < FIELDS; i++)
         if (field[i] == NULL)
             goto done;
