@@ -37,6 +37,16 @@ def ttpsensor_command() -> list[str]:
     return self_command()
 
 
+def pure_python_says(code: str, pure: bool) -> str:
+    """What ``python -c code`` prints, with TTPSENSOR_PURE_PYTHON set or not: how the tests of
+    the compiled modules see which path a fresh process takes (sensor_linux/compiled.py)."""
+    import sys
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60,
+                          env=dict(os.environ, TTPSENSOR_PURE_PYTHON="1" if pure else "")
+                          ).stdout.strip()
+
+
 def heap_growth(run: Callable[[], object], times: int) -> int:
     """Bytes the Python heap grew by over ``times`` calls of ``run``, after a first call has
     filled what it remembers: how the C modules' tests catch a reference leaked per call."""

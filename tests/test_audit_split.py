@@ -21,7 +21,7 @@ import pytest
 from sensor_linux.audit import laurel, records
 from sensor_linux.audit.records import SPLIT_TYPES, split_record_c, split_record_python
 from tests.compare_outputs import renumber
-from tests.conftest import heap_growth, require, ttpsensor_command
+from tests.conftest import heap_growth, pure_python_says, require, ttpsensor_command
 from tests.test_audit_corpus import ALL_TXT, GOLDEN, assemble_file
 
 # The bytes the split path decides on: separators, quotes, braces, brackets, the enriched
@@ -44,12 +44,10 @@ def test_the_c_split_path_is_built_and_parse_uses_it() -> None:
     if not os.environ.get("TTPSENSOR_PURE_PYTHON"):
         assert records.split_record is split_record_c and records.split_path() == "C"
     # TTPSENSOR_PURE_PYTHON turns it off for a process, and the benchmarks say so.
-    for pure, path in (("1", "pure Python"), ("", "C")):
-        said = subprocess.run(
-            [sys.executable, "-c", "from sensor_linux.audit import records; "
-             "print(records.split_path(), records.split_record.__name__)"],
-            capture_output=True, text=True, check=True, timeout=60,
-            env=dict(os.environ, TTPSENSOR_PURE_PYTHON=pure)).stdout.split()
+    for pure, path in ((True, "pure Python"), (False, "C")):
+        said = pure_python_says("from sensor_linux.audit import records; "
+                                "print(records.split_path(), records.split_record.__name__)",
+                                pure).split()
         assert said[:-1] == path.split()
         assert said[-1] == ("split_record_python" if pure else "split_record")
 

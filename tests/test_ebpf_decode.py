@@ -9,15 +9,13 @@ import json
 import os
 import random
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from sensor_linux.ebpf import probes
 from sensor_linux.image import FileIdentity
-from tests.conftest import heap_growth, require
+from tests.conftest import heap_growth, pure_python_says, require
 from tests.test_ebpf_unit import _record
 
 STREAM = Path(__file__).parent / "data" / "ebpf-stream.jsonl"
@@ -65,13 +63,10 @@ def test_the_c_decoding_is_built_and_decode_uses_it() -> None:
     if not os.environ.get("TTPSENSOR_PURE_PYTHON"):
         assert probes.decode is not probes.decode_python and probes.decode_path() == "C"
     # TTPSENSOR_PURE_PYTHON turns it off for a process, and the benchmarks say so.
-    for pure, expected in (("1", "None pure Python"), ("", "decode C")):
-        said = subprocess.run(
-            [sys.executable, "-c", "from sensor_linux.ebpf import probes; "
-             "print(getattr(probes.decode_c, '__name__', None), probes.decode_path())"],
-            capture_output=True, text=True, check=True, timeout=60,
-            env=dict(os.environ, TTPSENSOR_PURE_PYTHON=pure)).stdout.strip()
-        assert said == expected
+    for pure, expected in ((True, "None pure Python"), (False, "decode C")):
+        assert pure_python_says("from sensor_linux.ebpf import probes; print(getattr("
+                                "probes.decode_c, '__name__', None), probes.decode_path())",
+                                pure) == expected
 
 
 def test_both_decodings_agree_on_every_recorded_record() -> None:
