@@ -49,10 +49,14 @@ def _exec_lines(serial: int, pid: int, ppid: int, exe: str, argv0: str) -> list[
 
 
 def _wait_for_exe(pid: int, prefix: str) -> None:
+    """Until ``pid`` runs an image under ``prefix`` and its exec is done: the kernel switches
+    the image link before it lays out the arguments, so ``cmdline`` is empty in between."""
     for _ in range(500):
         try:
             if os.readlink(f"/proc/{pid}/exe").startswith(prefix):
-                return
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read():
+                        return
         except OSError:
             pass
         time.sleep(0.01)
@@ -120,7 +124,7 @@ def test_an_unknown_parent_read_at_the_first_look_is_the_parent_after_it_exited(
     """A parent the table does not know is read from /proc at the child's first look. Built
     after the parent exited without that look (the control), the event has the pid alone."""
     parent = subprocess.Popen(["/bin/sleep", "30"])
-    _wait_for_exe(parent.pid, "/")
+    _wait_for_exe(parent.pid, os.path.realpath("/bin/sleep"))  # not the Python forked before
     enricher = Enricher()
     capture, out, pipeline = _capturing(enricher)
     lines = _exec_lines(2, GONE, parent.pid, "/usr/bin/true", "true")
