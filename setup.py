@@ -1,19 +1,41 @@
-"""The two compiled modules, each for one narrow step of a hot path, each with a pure-Python
-twin that gives the same results: the audit parser's split path and EXECVE typing
-(sensor_linux/audit/_split.c), and the eBPF exec record's decoding
-(sensor_linux/ebpf/_decode.c).
+"""The compiled modules.
 
-Optional: where they cannot be built (no compiler or Python headers), the install goes on and
-the pure-Python paths run. TTPSENSOR_PURE_PYTHON=1 leaves them out of the build
-(packaging/build.sh makes a wheel for every platform that way, and compiles them for the Linux
-packages itself). Everything else is in pyproject.toml.
+Two are C, each for one narrow step of a hot path, each with a pure-Python twin that gives the
+same results: the audit parser's split path and EXECVE typing (sensor_linux/audit/_split.c),
+and the eBPF exec record's decoding (sensor_linux/ebpf/_decode.c).
+
+On request only (TTPSENSOR_CYTHON=1, with Cython installed and no build isolation:
+packaging/dev/bootstrap.sh does both), the hot paths' own Python modules too, compiled by
+Cython as they are written (common/compiled.py lists them): the same source, run without the
+interpreter's dispatch. Not by default: issue 14 allows compiled code for one narrow step.
+
+Optional: where they cannot be built (no compiler, no Python headers), the install goes on and
+the source runs. TTPSENSOR_PURE_PYTHON=1 leaves them all out of the build (packaging/build.sh
+makes a wheel for every platform that way, and compiles the C ones for the Linux packages
+itself). Everything else is in pyproject.toml.
 """
 
 import os
+import runpy
 
 from setuptools import Extension, setup
 
 SPLIT = Extension("sensor_linux.audit._split", ["sensor_linux/audit/_split.c"], optional=True)
 DECODE = Extension("sensor_linux.ebpf._decode", ["sensor_linux/ebpf/_decode.c"], optional=True)
 
-setup(ext_modules=[] if os.environ.get("TTPSENSOR_PURE_PYTHON") else [SPLIT, DECODE])
+
+def cython_modules() -> list[Extension]:
+    """common/compiled.py's modules as extensions, when TTPSENSOR_CYTHON=1 asks for them."""
+    if os.environ.get("TTPSENSOR_CYTHON") != "1":
+        return []
+    from Cython.Build import cythonize  # asked for: an ImportError says what is missing
+    listed = runpy.run_path(os.path.join("common", "compiled.py"))
+    modules = [Extension(name, [listed["source_path"](name)], optional=True)
+               for name in listed["CYTHON_MODULES"]]
+    # The generated C goes to build/, out of the tree.
+    return cythonize(modules, compiler_directives=listed["CYTHON_DIRECTIVES"],
+                     build_dir=os.path.join("build", "cython"), quiet=True)
+
+
+setup(ext_modules=[] if os.environ.get("TTPSENSOR_PURE_PYTHON")
+      else [SPLIT, DECODE, *cython_modules()])

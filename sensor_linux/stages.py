@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import click
 
-from common import ecs, ttphash
+from common import compiled, ecs, ttphash
 from common.bench import Row, median_us_fresh, print_table
 from common.pipeline import Keeper
 from common.schema import ACTION_PROCESS_CREATE, Event
@@ -219,10 +219,12 @@ def bench_stages(audit_log: Path | None, execs: int, ebpf_stream: Path | None,
         audit_log = audit_log_or_record(audit_log, execs, directory)
         count, stages = audit_stages(read_audit_log(audit_log), directory)
         print_table(stages, f"audit path ({audit_log.name}): {count} exec events, median of "
-                            f"{ROUNDS}, split path: {split_path()}")
+                            f"{ROUNDS}, split path: {split_path()}, compiled modules: "
+                            f"{compiled.summary()}")
         if ebpf_stream is None:
             click.echo("eBPF path: no recording (give --ebpf-stream)", err=True)
             return
         count, stages = ebpf_stages(read_ebpf_stream(ebpf_stream, ebpf_events), directory)
         print_table(stages, f"eBPF path ({ebpf_stream.name}): {count} exec events, median of "
-                            f"{ROUNDS}, decoding: {decode_path()}")
+                            f"{ROUNDS}, decoding: {decode_path()}, compiled modules: "
+                            f"{compiled.summary()}")

@@ -25,6 +25,17 @@ SEED = SHARED / "seed" / "threathunters-posts.txt"
 IN_CI = os.environ.get("CI") == "true"
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """No test runs code older than the tree: a compiled module built from an older source
+    would be imported instead of the source beside it (common/compiled.py)."""
+    from common.compiled import module_state
+    stale = module_state()["stale"]
+    if stale:
+        pytest.exit(f"compiled modules older than their sources: {', '.join(stale)}; rebuild "
+                    f"them (bash packaging/dev/bootstrap.sh setup, or pip install -e .)",
+                    returncode=3)
+
+
 def require(condition: bool, reason: str) -> None:
     if condition:
         return

@@ -65,9 +65,21 @@ fi
 extra=""
 [ "$mode" = test ] && extra="[test,lab]"
 # The install also builds the compiled modules (setup.py): it is redone when their sources
-# change.
-want="$(cat pyproject.toml setup.py sensor_linux/audit/_split.c sensor_linux/ebpf/_decode.c |
-  sha256sum | cut -c1-16)$extra"
+# change. TTPSENSOR_CYTHON=1 asks for the hot paths' Python modules compiled too
+# (common/compiled.py; not the default): Cython is then installed first and the build sees it
+# (no build isolation), and every source it compiles is in the hash, as an extension built from
+# an older source would run instead of the source.
+cython="${TTPSENSOR_CYTHON:-0}"
+cythonized=$(/usr/bin/python3 -c 'import runpy; m = runpy.run_path("common/compiled.py")
+print(" ".join(m["source_path"](n) for n in m["CYTHON_MODULES"]))')
+if [ "$cython" != 1 ]; then
+  # Built by an earlier TTPSENSOR_CYTHON=1: they would still be imported before the sources.
+  for source in $cythonized; do rm -f "${source%.py}".*.so; done
+  cythonized=""
+fi
+# shellcheck disable=SC2086 # the paths are words
+want="$(cat pyproject.toml setup.py sensor_linux/audit/_split.c sensor_linux/ebpf/_decode.c \
+  $cythonized | sha256sum | cut -c1-16)-cython$cython$extra"
 if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv" >&2
   /usr/bin/python3 -m venv --system-site-packages .venv
@@ -76,13 +88,22 @@ installed=$(cat .venv/.installed 2>/dev/null || true)
 # run and setup need no extras: an environment set up for the tests already serves them.
 if [ "$installed" != "$want" ] && ! { [ "$mode" != test ] && [ "${installed%%\[*}" = "$want" ]; }; then
   echo "bootstrap: pip install -e .$extra" >&2
+  build=()
+  [ "$cython" = 1 ] && build=(--no-build-isolation)
   # pip's build warnings go to a log, shown only when the install fails.
   if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
-         .venv/bin/python -m pip install --disable-pip-version-check -e ".$extra"; } \
-       > .venv/pip.log 2>&1; then
+         { [ "$cython" != 1 ] || .venv/bin/python -m pip install --disable-pip-version-check \
+             "Cython>=3.0" "setuptools>=77" wheel; } &&
+         TTPSENSOR_CYTHON="$cython" .venv/bin/python -m pip install \
+           --disable-pip-version-check "${build[@]}" -e ".$extra"; } > .venv/pip.log 2>&1; then
     cat .venv/pip.log >&2
     echo "bootstrap: pip install failed (log above, also in .venv/pip.log)" >&2
     exit 1
+  fi
+  if [ "$cython" = 1 ]; then
+    .venv/bin/python -c 'import sys; from common.compiled import module_state
+left = module_state()["source"]
+sys.exit("bootstrap: not compiled: " + " ".join(left) if left else 0)'
   fi
   echo "$want" > .venv/.installed
 fi

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from common import compiled
 from common.pipeline import Pipeline
 from common.schema import Event
 from common.sinks import Output
@@ -68,6 +69,7 @@ def probe_summary(pipeline: Pipeline, enricher: Enricher,
     records: RecordStats = pipeline.decoder.stats  # type: ignore[attr-defined]
     execs = max(records.received - records.failed_execs, 1)
     out["proc_reads"] = enricher.proc_reads
+    out["compiled_modules"] = compiled.summary()  # common/compiled.py
     out["proc_reads_per_exec"] = round(enricher.proc_reads / execs, 4)
     if probes.bpf is not None:
         out["probe_drops"] = probes.drops()
