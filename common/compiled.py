@@ -1,16 +1,19 @@
-"""The hot paths' modules that the build compiles with Cython, as they are written.
+"""The hot paths' modules that Cython compiles on request, as they are written.
 
-Each stays the Python you read and test: Cython turns the same source into a C extension that
-does the same steps without the interpreter's dispatch between them (a quarter less CPU on the
-eBPF path, a sixth on the audit path: docs/overhead.md). No second implementation is kept in
-step; where a module is not built (no compiler, Windows, an install with
-``TTPSENSOR_PURE_PYTHON=1``), Python runs its source, and ``tests/test_compiled_modules.py``
-checks that both give the same bytes on every recorded input.
+``TTPSENSOR_CYTHON=1`` at install (setup.py, packaging/dev/bootstrap.sh) asks for them; it is
+not the default, as issue 14 allows compiled code for one narrow step (docs/overhead.md has
+what it buys: a quarter of the eBPF pipeline's CPU, a sixth of the audit path's). Each stays
+the Python you read and test: Cython turns the same source into a C extension that does the
+same steps without the interpreter's dispatch between them, so no second implementation is
+kept in step. Where they are not built (the default, no compiler, Windows), Python runs the
+sources, and ``tests/test_compiled_modules.py`` builds them as the request does and checks that
+both give the same bytes on every recorded input.
 
 Python imports an extension module before a source file of the same name, so an extension
 built from an older source would hide an edit: :func:`module_state` names those *stale*, the
 test suite refuses to start while there is one (``tests/conftest.py``), and
-``packaging/dev/bootstrap.sh`` rebuilds whenever one of these sources changes.
+``packaging/dev/bootstrap.sh`` rebuilds whenever one of these sources changes (and removes
+them when they are not asked for).
 
 This module imports nothing of the project: ``setup.py`` and the build scripts read the list
 with ``runpy`` before anything is installed.

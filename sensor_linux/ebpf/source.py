@@ -69,8 +69,8 @@ def probe_summary(pipeline: Pipeline, enricher: Enricher,
     records: RecordStats = pipeline.decoder.stats  # type: ignore[attr-defined]
     execs = max(records.received - records.failed_execs, 1)
     out["proc_reads"] = enricher.proc_reads
-    out["compiled_modules"] = compiled.summary()  # common/compiled.py
     out["proc_reads_per_exec"] = round(enricher.proc_reads / execs, 4)
+    out["compiled_modules"] = compiled.summary()  # common/compiled.py
     if probes.bpf is not None:
         out["probe_drops"] = probes.drops()
         out["probe_load_seconds"] = round(probes.load_seconds, 3)
