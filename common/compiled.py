@@ -1,13 +1,18 @@
-"""The hot paths' modules that Cython compiles on request, as they are written.
+"""Which compiled code runs: the C modules beside their pure-Python twins, and the hot paths'
+modules that Cython compiles on request, as they are written.
 
-``TTPSENSOR_CYTHON=1`` at install (setup.py, packaging/dev/bootstrap.sh) asks for them; it is
-not the default, as issue 14 allows compiled code for one narrow step (docs/overhead.md has
-what it buys: a quarter of the eBPF pipeline's CPU, a sixth of the audit path's). Each stays
-the Python you read and test: Cython turns the same source into a C extension that does the
-same steps without the interpreter's dispatch between them, so no second implementation is
-kept in step. Where they are not built (the default, no compiler, Windows), Python runs the
-sources, and ``tests/test_compiled_modules.py`` builds them as the request does and checks that
-both give the same bytes on every recorded input.
+The C modules (setup.py: the audit parser's split path, the eBPF record decoding) are used
+where they were built, unless TTPSENSOR_PURE_PYTHON is set (to run and test the pure-Python
+twins on a host that has both; the benchmarks say which path they measured): :func:`compiled`.
+
+``TTPSENSOR_CYTHON=1`` at install (setup.py, packaging/dev/bootstrap.sh) asks for the hot
+modules (:data:`CYTHON_MODULES`); it is not the default, as issue 14 allows compiled code for
+one narrow step (docs/overhead.md has what it buys: a quarter of the eBPF pipeline's CPU, a
+sixth of the audit path's). Each stays the Python you read and test: Cython turns the same
+source into a C extension that does the same steps without the interpreter's dispatch between
+them, so no second implementation is kept in step. Where they are not built (the default, no
+compiler, Windows), Python runs the sources, and ``tests/test_compiled_modules.py`` builds them
+as the request does and checks that both give the same bytes on every recorded input.
 
 Python imports an extension module before a source file of the same name, so an extension
 built from an older source would hide an edit: :func:`module_state` names those *stale*, the
@@ -21,9 +26,22 @@ with ``runpy`` before anything is installed.
 
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
 import importlib.util
 import os
+from types import ModuleType
+
+
+def compiled(name: str) -> ModuleType | None:
+    """The C module ``name``, or None where it is not built or TTPSENSOR_PURE_PYTHON is set."""
+    if os.environ.get("TTPSENSOR_PURE_PYTHON"):
+        return None
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
 
 # The modules of the hot paths (sources, assembly, enrichment, fingerprint, renderers, sinks),
 # by import name. The CLI, the collector and the Windows twin stay source: they are not per

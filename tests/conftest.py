@@ -50,7 +50,7 @@ def ttpsensor_command() -> list[str]:
 
 def pure_python_says(code: str, pure: bool) -> str:
     """What ``python -c code`` prints, with TTPSENSOR_PURE_PYTHON set or not: how the tests of
-    the compiled modules see which path a fresh process takes (sensor_linux/compiled.py)."""
+    the compiled modules see which path a fresh process takes (common/compiled.py)."""
     import sys
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=60,

@@ -23,7 +23,7 @@ from typing import Callable, Sequence, Union
 
 from sensor_linux.audit import fields
 from sensor_linux.audit.msgtypes import NAMES, NUMBERS
-from sensor_linux.compiled import compiled
+from common.compiled import compiled
 
 
 class Hex(int):

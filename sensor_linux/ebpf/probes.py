@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from sensor_linux.batching import EARLY_FILL
-from sensor_linux.compiled import compiled
+from common.compiled import compiled
 from sensor_linux.ebpf.btf import Btf, BtfError
 from sensor_linux.ebpf.memory import Released, release_compiler_memory
 from sensor_linux.ebpf.offsets import cflags as offset_cflags
