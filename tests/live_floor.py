@@ -28,6 +28,8 @@ from pathlib import Path
 
 import click
 
+from sensor_linux.lab.measure import process_cpu
+
 # The sensor, with what is handed to the pipeline counted and dropped in the "reading" mode
 # (the summary's "events": items handed over, none built). The sources hand the pipeline's
 # bound feed_many to their readers when they are built, after this patch.
@@ -44,14 +46,6 @@ common.cli.main()
 """
 MODES = ("whole", "reading")
 WARM_SECONDS = 3.0
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a process (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
 
 def _wait_for(path: Path, sensor: subprocess.Popen[bytes], timeout: float) -> None:
@@ -82,9 +76,9 @@ def one_run(mode: str, source: str, rate: int, seconds: float,
             [sys.executable, "-m", "sensor_linux.lab.loadgen", str(rate),
              str(WARM_SECONDS + seconds), "livefloor"], stdout=subprocess.PIPE)
         time.sleep(WARM_SECONDS)
-        user0, system0 = _cpu(sensor.pid)
+        before = process_cpu(sensor.pid)
         time.sleep(seconds)
-        user1, system1 = _cpu(sensor.pid)
+        after = process_cpu(sensor.pid)
         out, _ = load.communicate(timeout=seconds + 60)
         achieved = json.loads(out)["achieved_rate"]
     finally:
@@ -95,7 +89,10 @@ def one_run(mode: str, source: str, rate: int, seconds: float,
     stopped = [line for line in (work / f"{mode}-sensor.err").read_text().splitlines()
                if "stopped: " in line]
     summary = json.loads(stopped[-1].split("stopped: ", 1)[1]) if stopped else {}
-    return {"user": (user1 - user0) * 1e6 / execs, "system": (system1 - system0) * 1e6 / execs,
+    if before is None or after is None:
+        raise click.ClickException(f"the sensor ({mode}) exited while it was measured")
+    used = after - before
+    return {"user": used.user_s * 1e6 / execs, "system": used.system_s * 1e6 / execs,
             "lines": float(summary.get("output_lines", -1)),
             "handed": float(summary.get("events", -1))}
 
