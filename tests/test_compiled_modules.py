@@ -25,45 +25,34 @@ from pathlib import Path
 import pytest
 
 from common.compiled import CYTHON_MODULES, module_state
-from tests.compare_outputs import EBPF_STREAM, inputs, renumber
+from sensor_linux.audit.fuzz import _mutate
+from tests.compare_outputs import EBPF_REPLAYS, inputs, renumber, replay_ebpf
 from tests.conftest import ROOT, require
 
-# Replays everything into OUT (argv[1]): one file per replay, and modules.json naming the file
-# each hot module was imported from. Run with PYTHONPATH set to the tree under test.
+# Replays the audit logs (argv[2]) into OUT (argv[1]), in one process (a process a replay, as
+# compare_outputs.replay runs them, would take minutes): one file per replay, and modules.json
+# naming the file each hot module was imported from. Run with PYTHONPATH set to the tree.
 _REPLAY_ALL = r"""
 import json, sys, threading
 from pathlib import Path
 from common.compiled import CYTHON_MODULES
-from common.render import line_renderer
-from common.sinks import StreamSink, TextOutput, open_outputs
+from common.sinks import open_outputs
 from sensor_linux.audit.replay import replay
-from sensor_linux.ebpf.probes import decode
-from sensor_linux.ebpf.source import ebpf_pipeline
-from sensor_linux.enrich import Enricher
 from sensor_linux.runner import RunConfig
-out, logs, stream = Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+out, logs = Path(sys.argv[1]), json.loads(sys.argv[2])
 for number, log in enumerate(logs):
     for fmt, here in (("ecs", False), ("qlog", False), ("laurel", False), ("ecs", True)):
         name = f"{number}-{fmt}-{'here' if here else 'elsewhere'}"
         config = RunConfig(source="audisp", fmt=fmt, parse_error_log=str(out / f"{name}.errors"))
         sink = open_outputs((str(out / f"{name}.jsonl"),), fmt, 1 << 30, 1).output
         replay(log, config, sink, threading.Event(), here)
-for fmt, host in (("ecs", False), ("qlog", False), ("ecs", True)):
-    with open(out / f"ebpf-{fmt}-{host}.jsonl", "w") as f:
-        pipeline = ebpf_pipeline(Enricher(live=False, host_files=host),
-                                 TextOutput(StreamSink(f), line_renderer(fmt)), False)
-        pipeline.builder._epoch_offset = 1_700_000_000.0  # the same wall times on both sides
-        for _ in range(2 if host else 1):
-            for line in open(stream):
-                pipeline.feed(decode(bytes.fromhex(json.loads(line)["record"])))
-        pipeline.close()
 modules = {}
 for name in CYTHON_MODULES:
     __import__(name)
     modules[name] = sys.modules[name].__file__
 (out / "modules.json").write_text(json.dumps(modules))
 """
-MUTATED_LINES = 6000
+MUTATED_RUNS = 300  # about 6,000 lines
 
 
 def test_this_tree_runs_all_or_none_compiled_and_none_stale() -> None:
@@ -93,32 +82,28 @@ def test_a_stale_or_missing_extension_is_named(tmp_path: Path, monkeypatch) -> N
 
 
 def _mutated_log(path: Path, logs: list[Path]) -> None:
-    """Corpus lines with bytes flipped, inserted or cut, mixed among whole ones (seeded)."""
+    """Corpus records mutated as ``ttpsensor bench fuzz`` mutates them (seeded), in runs of
+    twenty lines, as test_audit_hostile.py takes them."""
+    lines = [line for log in logs for line in log.read_bytes().splitlines() if line.strip()]
+    seeds = [b"\n".join(lines[i:i + 20]) for i in range(0, len(lines), 20)]
     rng = random.Random(14)
-    lines = [line for log in logs for line in log.read_bytes().splitlines(keepends=True)]
-    out = []
-    for _ in range(MUTATED_LINES):
-        line = bytearray(rng.choice(lines))
-        action = rng.randrange(4)
-        at = rng.randrange(len(line) or 1)
-        if action == 0 and line:
-            line[at] = rng.choice(b' ="\'\\x1d(){}:0aZ\xff\n')
-        elif action == 1:
-            line[at:at] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4)))
-        elif action == 2:
-            del line[at:]
-            line += b"\n"
-        out.append(bytes(line))
-    path.write_bytes(b"".join(out))
+    path.write_bytes(b"\n".join(_mutate(rng.choice(seeds), seeds, rng)
+                                for _ in range(MUTATED_RUNS)) + b"\n")
 
 
-def _replay_all(tree: Path, out: Path, logs: list[Path], pure: bool) -> dict[str, str]:
+def _replay_all(tree: Path, out: Path, logs: list[Path], pure: bool,
+                monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Every replay with the code in ``tree`` into ``out``: the audit logs (_REPLAY_ALL) and
+    the recorded eBPF stream (compare_outputs.replay_ebpf); what modules.json says."""
     out.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(tree), TTPSENSOR_PURE_PYTHON="1" if pure else "")
+    monkeypatch.setenv("TTPSENSOR_PURE_PYTHON", "1" if pure else "")
+    env = dict(os.environ, PYTHONPATH=str(tree))
     done = subprocess.run([sys.executable, "-c", _REPLAY_ALL, str(out),
-                           json.dumps([str(log) for log in logs]), str(EBPF_STREAM)],
+                           json.dumps([str(log) for log in logs])],
                           cwd=out, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+    for fmt, files in EBPF_REPLAYS:
+        (out / f"ebpf-{fmt}-{files}.jsonl").write_bytes(replay_ebpf(tree, fmt, files, out))
     return json.loads((out / "modules.json").read_text())
 
 
@@ -143,7 +128,8 @@ def _compiled_copy(target: Path) -> Path:
 
 
 @pytest.mark.timeout(1200)
-def test_compiled_and_source_write_the_same_bytes(tmp_path: Path) -> None:
+def test_compiled_and_source_write_the_same_bytes(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     require(importlib.util.find_spec("Cython") is not None, "Cython (the test extra)")
     logs = inputs()
     require(bool(logs), "the corpus (shared/corpus) is needed")
@@ -151,8 +137,9 @@ def test_compiled_and_source_write_the_same_bytes(tmp_path: Path) -> None:
     _mutated_log(mutated, logs)
     logs = [*logs, mutated]
     compiled = _replay_all(_compiled_copy(tmp_path / "built"), tmp_path / "compiled", logs,
-                           pure=False)
-    source = _replay_all(_source_copy(tmp_path / "tree"), tmp_path / "source", logs, pure=True)
+                           False, monkeypatch)
+    source = _replay_all(_source_copy(tmp_path / "tree"), tmp_path / "source", logs, True,
+                         monkeypatch)
     # Each side ran what it should: extensions on one, sources on the other.
     assert all(not path.endswith(".py") for path in compiled.values()), compiled
     assert all(path.endswith(".py") for path in source.values()), source
