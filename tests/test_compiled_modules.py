@@ -5,9 +5,9 @@ bytes their sources give.
 The sources are what every other test reads and what an install without the request runs, so
 this builds a copy of the packages as ``TTPSENSOR_CYTHON=1`` builds them (setup.py, the C modules
 too) and compares it with a copy of the sources alone (TTPSENSOR_PURE_PYTHON=1) on everything
-recorded: every audit log of the corpus in each format (and ecs with this host's files), the
-same logs with thousands of lines mutated or cut (what the parse-error log keeps is compared
-too), and the recorded eBPF stream.
+recorded: every audit log of the corpus in each format (and ecs with this host's files), about
+6,000 of their lines mutated as the fuzzer mutates them (what the parse-error log keeps is
+compared too), and the recorded eBPF stream.
 """
 
 from __future__ import annotations
