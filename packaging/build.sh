@@ -7,6 +7,10 @@
 # /usr/bin/python3.11 (see packaging/README.md for why not a virtual environment or the
 # distribution's own Python packages). Windows: the same for win_amd64 and CPython 3.12, plus
 # NSSM as the service executable, into an .msi made with wixl.
+#
+# TTPSENSOR_CYTHON=1 (after `TTPSENSOR_CYTHON=1 bash packaging/dev/bootstrap.sh setup`, which
+# installs Cython): the .deb and .rpm alone, into dist/compiled/, with the hot paths' modules
+# compiled by Cython (common/compiled.py; not the default, see docs/overhead.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . packaging/dev/apt.sh
@@ -17,7 +21,17 @@ python=.venv/bin/python
 version=$("$python" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 work=build/packages
 rm -rf "$work"
-mkdir -p "$work" dist
+# TTPSENSOR_CYTHON=1: the Linux packages with the hot paths' modules compiled (below), into
+# dist/compiled/ so that they are never taken for the default ones; the .msi is not built.
+cython="${TTPSENSOR_CYTHON:-0}"
+dist=dist
+if [ "$cython" = 1 ]; then
+  dist=dist/compiled
+  "$python" -c 'import Cython' 2>/dev/null || {
+    echo "build: TTPSENSOR_CYTHON=1 needs Cython in .venv: run" \
+         "'TTPSENSOR_CYTHON=1 bash packaging/dev/bootstrap.sh setup' first" >&2; exit 1; }
+fi
+mkdir -p "$work" "$dist"
 step() { echo "build: $*" >&2; }
 pip_quiet() { "$python" -m pip --disable-pip-version-check "$@" > "$work/pip.log" 2>&1 ||
                 { cat "$work/pip.log" >&2; echo "build: pip failed" >&2; exit 1; }; }
@@ -47,6 +61,25 @@ for module in sensor_linux/audit/_split sensor_linux/ebpf/_decode; do
     -I/usr/include/python3.11 $(dpkg-buildflags --get LDFLAGS) \
     -o "$site/$module$suffix" "$module.c"
 done
+if [ "$cython" = 1 ]; then
+  # The hot paths' modules (common/compiled.py) compiled by Cython as they are written, for
+  # the same Python with the same flags; each source stays beside its extension (Python
+  # imports the extension first), so a traceback still shows the lines.
+  read -r directives modules < <("$python" -c 'import runpy
+listed = runpy.run_path("common/compiled.py")
+print(",".join(f"{k}={v}" for k, v in listed["CYTHON_DIRECTIVES"].items()),
+      *map(listed["source_path"], listed["CYTHON_MODULES"]))')
+  step "the hot modules compiled by Cython: $(wc -w <<< "$modules") of them"
+  for source in $modules; do
+    module=${source%.py}
+    mkdir -p "$work/cython/$(dirname "$module")"
+    "$python" -m cython --directive "$directives" -o "$work/cython/$module.c" "$source"
+    # shellcheck disable=SC2046 # the flags are words
+    gcc $(dpkg-buildflags --get CPPFLAGS) $(dpkg-buildflags --get CFLAGS) -fPIC -shared \
+      -I/usr/include/python3.11 $(dpkg-buildflags --get LDFLAGS) \
+      -o "$site/$module$suffix" "$work/cython/$module.c"
+  done
+fi
 # PyYAML's wheel (pySigma's YAML) links a copy of libyaml into its optional C accelerator;
 # without it PyYAML uses its pure-Python parser (rules are read once), and the package embeds
 # no library Debian ships (lintian: embedded-library).
@@ -101,7 +134,7 @@ done
 (cd "$deb" && find . -path ./DEBIAN -prune -o -type f -print0 | sort -z |
    xargs -0 md5sum | sed 's|  \./|  |') > "$deb/DEBIAN/md5sums"
 find "$deb" -type d -exec chmod 0755 {} +
-dpkg-deb --root-owner-group -Zxz --build "$deb" "dist/ttpsensor_${version}_amd64.deb" >/dev/null
+dpkg-deb --root-owner-group -Zxz --build "$deb" "$dist/ttpsensor_${version}_amd64.deb" >/dev/null
 
 # --- .rpm --------------------------------------------------------------------------------------
 step "rpm"
@@ -111,7 +144,11 @@ install -D -m 0644 LICENSE "$rpmstage/usr/share/licenses/ttpsensor/LICENSE"
 rpmbuild -bb --quiet --define "_topdir $PWD/$work/rpmbuild" --define "version $version" \
   --define "stage $PWD/$rpmstage" packaging/rpm/ttpsensor.spec > "$work/rpmbuild.log" 2>&1 ||
   { cat "$work/rpmbuild.log" >&2; exit 1; }
-cp "$work"/rpmbuild/RPMS/x86_64/ttpsensor-"$version"-1.x86_64.rpm "dist/ttpsensor-$version.x86_64.rpm"
+cp "$work"/rpmbuild/RPMS/x86_64/ttpsensor-"$version"-1.x86_64.rpm "$dist/ttpsensor-$version.x86_64.rpm"
+if [ "$cython" = 1 ]; then
+  step "done: $(ls "$dist/ttpsensor_${version}_amd64.deb" "$dist/ttpsensor-$version.x86_64.rpm" | tr '\n' ' ')"
+  exit 0   # the .msi ships the sources whatever is asked: the default build's is the one
+fi
 
 # --- .msi --------------------------------------------------------------------------------------
 step "Windows dependencies: CPython 3.12 win_amd64 wheels"

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from common.compiled import CYTHON_MODULES
+from tests.compare_outputs import renumber
 from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,31 +185,44 @@ def test_msi_tables_service_and_files(packages) -> None:
     assert not any(n.endswith(".so") for n in names)
 
 
-def test_deb_installs_into_a_fresh_debian_root_runs_and_purges_clean(packages, tmp_path) -> None:
+class DebianRoot:
+    """A minimal Debian 12 root with the .deb's dependencies (mmdebstrap), made once for the
+    module: each test installs a package into it, uses it and purges it again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def chroot(self, command: str) -> subprocess.CompletedProcess:
+        # A private mount namespace: /proc is mounted for the command and gone with it.
+        return _run("unshare", "--mount", "--fork", "sh", "-c",
+                    f"mount -t proc proc {self.path}/proc && chroot {self.path} sh -c '{command}'",
+                    timeout=600)
+
+    def files(self) -> set[str]:
+        return {str(p.relative_to(self.path)) for p in self.path.rglob("*")
+                # /run is a tmpfs on a booted system (adduser leaves its lock there).
+                if not str(p.relative_to(self.path)).startswith(("proc/", "dev/", "sys/",
+                                                                 "tmp/", "run/"))}
+
+
+@pytest.fixture(scope="module")
+def debian_root(packages, tmp_path_factory) -> DebianRoot:
     require(shutil.which("mmdebstrap") is not None, "mmdebstrap is needed")
-    root = tmp_path / "root"
+    root = tmp_path_factory.mktemp("debian") / "root"
     depends = _run("dpkg-deb", "-f", str(packages["deb"]), "Depends", check=True).stdout
     include = ",".join(d.split("(")[0].strip() for d in depends.split(","))
     strap = _run("mmdebstrap", "--variant=minbase", f"--include={include}", "--quiet",
                  "--skip=cleanup/apt/lists", "bookworm", str(root), timeout=1200)
     assert strap.returncode == 0, strap.stderr[-3000:]
+    return DebianRoot(root)
 
-    def files() -> set[str]:
-        return {str(p.relative_to(root)) for p in root.rglob("*")
-                # /run is a tmpfs on a booted system (adduser leaves its lock there).
-                if not str(p.relative_to(root)).startswith(("proc/", "dev/", "sys/", "tmp/",
-                                                            "run/"))}
 
-    before = files()
+def test_deb_installs_into_a_fresh_debian_root_runs_and_purges_clean(packages,
+                                                                     debian_root) -> None:
+    root, chroot = debian_root.path, debian_root.chroot
+    before = debian_root.files()
     shutil.copy(packages["deb"], root / "tmp" / "ttpsensor.deb")
     shutil.copy(CORPUS, root / "tmp" / "corpus.log")
-
-    def chroot(command: str) -> subprocess.CompletedProcess:
-        # A private mount namespace: /proc is mounted for the command and gone with it.
-        return _run("unshare", "--mount", "--fork", "sh", "-c",
-                    f"mount -t proc proc {root}/proc && chroot {root} sh -c '{command}'",
-                    timeout=600)
-
     installed = chroot("dpkg -i /tmp/ttpsensor.deb")
     assert installed.returncode == 0, installed.stdout + installed.stderr
     assert _run("chroot", str(root), "getent", "passwd", "ttpsensor").returncode == 0
@@ -231,7 +246,7 @@ def test_deb_installs_into_a_fresh_debian_root_runs_and_purges_clean(packages, t
 
     purged = chroot("dpkg --purge ttpsensor")
     assert purged.returncode == 0, purged.stdout + purged.stderr
-    left = sorted(files() - before - {"tmp/ttpsensor.deb", "tmp/corpus.log", "tmp/errors.log"})
+    left = sorted(debian_root.files() - before)
     # What policy allows to stay: the system user (and the backups of the files naming it),
     # dpkg's own records and logs, debconf's cache (adduser asks debconf).
     allowed = ("etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "var/lib/dpkg/",
@@ -239,3 +254,66 @@ def test_deb_installs_into_a_fresh_debian_root_runs_and_purges_clean(packages, t
     assert [p for p in left if not p.startswith(allowed)] == []
     assert not (root / "usr" / "lib" / "ttpsensor").exists()
     assert not (root / "etc" / "ttpsensor").exists()
+
+
+COMPILED_DEB = ROOT / "dist" / "compiled" / f"ttpsensor_{VERSION}_amd64.deb"
+COMPILED_RPM = ROOT / "dist" / "compiled" / f"ttpsensor-{VERSION}.x86_64.rpm"
+SITE = "/usr/lib/ttpsensor/site-packages"
+
+
+def _replays(root: DebianRoot, deb: Path) -> dict[str, str]:
+    """The .deb installed into ``root``; ``ttpsensor audisp`` of the corpus log in each
+    format there (stdout, and the summary it says last), then purged again."""
+    shutil.copy(deb, root.path / "tmp" / "ttpsensor.deb")
+    installed = root.chroot("dpkg -i /tmp/ttpsensor.deb")
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    out = {}
+    try:
+        for fmt in ("ecs", "qlog", "laurel"):
+            done = root.chroot(f"ttpsensor audisp /tmp/all.log --format {fmt} "
+                               "--parse-error-log /tmp/errors.log")
+            assert done.returncode == 0, done.stderr
+            out[fmt] = renumber(done.stdout.encode()).decode()
+            out[f"{fmt} summary"] = done.stderr.strip().splitlines()[-1]
+    finally:
+        purged = root.chroot("dpkg --purge ttpsensor")
+        assert purged.returncode == 0, purged.stdout + purged.stderr
+    return out
+
+
+def test_compiled_packages_on_request_run_the_hot_modules_compiled_alike(
+        packages, debian_root) -> None:
+    """TTPSENSOR_CYTHON=1 packaging/build.sh: a .deb and an .rpm in dist/compiled/ whose hot
+    modules (common/compiled.py) are extensions beside their sources, built with the
+    distribution's hardening flags, lint-clean; installed, the sensor runs them all and writes
+    what the default package writes, in every format, on every log of the LAUREL corpus."""
+    for old in (COMPILED_DEB, COMPILED_RPM):
+        old.unlink(missing_ok=True)
+    built = _run("bash", "packaging/build.sh", cwd=ROOT, timeout=1800,
+                 env=dict(os.environ, TTPSENSOR_CYTHON="1"))
+    assert built.returncode == 0, built.stderr[-4000:]
+    assert COMPILED_DEB.is_file() and COMPILED_RPM.is_file()
+    assert packages["deb"].is_file() and packages["msi"].is_file()   # left as they were
+
+    suffix = ".cpython-311-x86_64-linux-gnu.so"
+    listing = {line.split()[-1].lstrip(".") for line in
+               _run("dpkg-deb", "-c", str(COMPILED_DEB), check=True).stdout.splitlines()}
+    rpm_files = set(_run("rpm", "-qlp", str(COMPILED_RPM), check=True).stdout.split())
+    for module in CYTHON_MODULES:
+        path = f"{SITE}/{module.replace('.', '/')}"
+        for files in (listing, rpm_files):
+            assert {path + ".py", path + suffix} <= files, module
+    lint = _run("lintian", "--fail-on", "error", str(COMPILED_DEB), timeout=900)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+    logs = sorted((CORPUS.parent).glob("*.txt"))
+    assert len(logs) > 20
+    (debian_root.path / "tmp" / "all.log").write_bytes(b"".join(p.read_bytes() for p in logs))
+    compiled = _replays(debian_root, COMPILED_DEB)
+    default = _replays(debian_root, packages["deb"])
+    for fmt in ("ecs", "qlog", "laurel"):
+        assert '"compiled_modules": "21 of 21"' in compiled[f"{fmt} summary"], compiled
+        assert '"compiled_modules": "0 of 21"' in default[f"{fmt} summary"], default
+        # (qlog has the process creations alone: 28 of them)
+        assert compiled[fmt].count("\n") >= 28, compiled[fmt][:2000]
+        assert compiled[fmt] == default[fmt], fmt
