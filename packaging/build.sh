@@ -69,6 +69,7 @@ if [ "$cython" = 1 ]; then
 listed = runpy.run_path("common/compiled.py")
 print(",".join(f"{k}={v}" for k, v in listed["CYTHON_DIRECTIVES"].items()),
       *map(listed["source_path"], listed["CYTHON_MODULES"]))')
+  [ -n "$modules" ] || { echo "build: no module list in common/compiled.py" >&2; exit 1; }
   step "the hot modules compiled by Cython: $(wc -w <<< "$modules") of them"
   for source in $modules; do
     module=${source%.py}
