@@ -305,6 +305,9 @@ def test_compiled_packages_on_request_run_the_hot_modules_compiled_alike(
             assert {path + ".py", path + suffix} <= files, module
     lint = _run("lintian", "--fail-on", "error", str(COMPILED_DEB), timeout=900)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+    rpmlint = _run("rpmlint", "-r", str(ROOT / "packaging" / "rpm" / "rpmlintrc"),
+                   str(COMPILED_RPM), timeout=900)
+    assert " 0 errors" in rpmlint.stdout, rpmlint.stdout
 
     logs = sorted(CORPUS.parent.glob("*.txt"))
     assert len(logs) > 20
