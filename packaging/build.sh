@@ -51,36 +51,37 @@ pip_quiet install --no-compile --only-binary=:all: --target "$site" \
   --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 "$wheel"
 rm -rf "$site/bin"                       # console scripts with this machine's interpreter path
-# The compiled modules (the audit parser's split path, the eBPF record decoding), for the
-# distribution's CPython 3.11 (Debian's hardening flags). A host whose C library cannot load
-# them runs the pure-Python paths, with the same results (setup.py).
-suffix="$(/usr/bin/python3.11 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
-for module in sensor_linux/audit/_split sensor_linux/ebpf/_decode; do
-  # shellcheck disable=SC2046 # the flags are words
-  gcc $(dpkg-buildflags --get CPPFLAGS) $(dpkg-buildflags --get CFLAGS) -fPIC -shared \
-    -I/usr/include/python3.11 $(dpkg-buildflags --get LDFLAGS) \
-    -o "$site/$module$suffix" "$module.c"
-done
-if [ "$cython" = 1 ]; then
-  # The hot paths' modules (common/compiled.py) compiled by Cython as they are written, for
-  # the same Python with the same flags; each source stays beside its extension (Python
-  # imports the extension first), so a traceback still shows the lines.
-  read -r directives modules < <("$python" -c 'import runpy
-listed = runpy.run_path("common/compiled.py")
-print(",".join(f"{k}={v}" for k, v in listed["CYTHON_DIRECTIVES"].items()),
-      *map(listed["source_path"], listed["CYTHON_MODULES"]))')
-  [ -n "$modules" ] || { echo "build: no module list in common/compiled.py" >&2; exit 1; }
-  step "the hot modules compiled by Cython: $(wc -w <<< "$modules") of them"
-  for source in $modules; do
-    module=${source%.py}
-    mkdir -p "$work/cython/$(dirname "$module")"
-    "$python" -m cython --directive "$directives" -o "$work/cython/$module.c" "$source"
-    # shellcheck disable=SC2046 # the flags are words
-    gcc $(dpkg-buildflags --get CPPFLAGS) $(dpkg-buildflags --get CFLAGS) -fPIC -shared \
-      -I/usr/include/python3.11 $(dpkg-buildflags --get LDFLAGS) \
-      -o "$site/$module$suffix" "$work/cython/$module.c"
-  done
-fi
+# The compiled modules, built by setup.py as a development install builds them: the audit
+# parser's split path and the eBPF record decoding, and with TTPSENSOR_CYTHON=1 the hot paths'
+# modules too (common/compiled.py; each extension beside its source: Python loads the
+# extension, a traceback through it shows the source's lines). For the distribution's CPython
+# 3.11, with Debian's hardening flags added to Python's own. A host whose C library cannot load
+# them runs the sources, with the same results. Built in a copy of the sources and setup.py
+# alone (as tests/test_compiled_modules.py builds): the build needs no metadata, the
+# environment's setuptools may be older than pyproject.toml's format (pip builds with its own),
+# and the generated C stays out of the tree.
+step "the compiled modules (setup.py build_ext$([ "$cython" = 1 ] && echo ", the hot modules by Cython"))"
+mkdir -p "$work/src"
+cp -r common sensor_linux setup.py "$work/src/"
+find "$work/src" \( -name '*.so' -o -name __pycache__ \) -prune -exec rm -rf {} +
+top=$PWD
+(cd "$work/src" && CPPFLAGS="$(dpkg-buildflags --get CPPFLAGS)" \
+   CFLAGS="$(dpkg-buildflags --get CFLAGS)" LDFLAGS="$(dpkg-buildflags --get LDFLAGS)" \
+   TTPSENSOR_CYTHON="$cython" "$top/$python" setup.py -q build_ext -j "$(nproc)" \
+     --build-lib "$top/$site" --build-temp temp) > "$work/build_ext.log" 2>&1 ||
+  { cat "$work/build_ext.log" >&2; echo "build: build_ext failed" >&2; exit 1; }
+# setup.py's extensions are optional (an install goes on without them); a package has each one.
+# (-B: the check imports the packages it looks into, and a package ships no byte code.)
+/usr/bin/python3.11 -I -B - "$site" "$cython" <<'PY' || { cat "$work/build_ext.log" >&2; exit 1; }
+import sys
+sys.path.insert(0, sys.argv[1])
+from common.compiled import CYTHON_MODULES, module_state
+wanted = ("sensor_linux.audit._split", "sensor_linux.ebpf._decode",
+          *(CYTHON_MODULES if sys.argv[2] == "1" else ()))
+missing = module_state(wanted)["source"]
+if missing:
+    sys.exit("build: not compiled: " + " ".join(missing))
+PY
 # PyYAML's wheel (pySigma's YAML) links a copy of libyaml into its optional C accelerator;
 # without it PyYAML uses its pure-Python parser (rules are read once), and the package embeds
 # no library Debian ships (lintian: embedded-library).
