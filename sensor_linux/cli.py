@@ -12,12 +12,10 @@ from typing import Any
 import click
 
 from common.config import config_option
-from common.filehash import FileHasher
 from common.render import RENDERERS
 from common.sinks import DEFAULT_GENERATIONS, DEFAULT_MAX_BYTES, OutputError, open_outputs
-from sensor_linux import app, runner
+from sensor_linux import runner
 from sensor_linux.audit.pipeline import DEFAULT_ERROR_LOG
-from sensor_linux.privileges import PrivilegeError
 from sensor_linux.runner import RunConfig, SourceError, install_stop_handlers
 from sensor_linux.sources import SOURCES, sources_help
 
@@ -97,6 +95,10 @@ def run(source: str, fmt: str, outputs: tuple[str, ...], max_bytes: int, generat
     # A sensor that stops answering can be asked where it is: SIGABRT (or a crash) writes
     # every thread's Python stack to stderr before it dies.
     faulthandler.enable(all_threads=True)
+    # Imported by the command that needs them, so that a replay or a short command starts
+    # without them.
+    from sensor_linux import app
+    from sensor_linux.privileges import PrivilegeError
     config = RunConfig(source=source, fmt=fmt, rules_file=rules_file, state_file=state_file,
                        parse_error_log=parse_error_log, max_bytes=max_bytes,
                        generations=generations, status_file=status_file,
@@ -141,6 +143,7 @@ def whatis(paths: tuple[str, ...], root: str, as_json: bool) -> None:
     package owns the path.
     Exit code 1 when a file could not be read.
     """
+    from common.filehash import FileHasher
     from sensor_linux.packages import PackageIndex, describe_file
 
     index = PackageIndex(root)
@@ -201,7 +204,6 @@ def audisp(file: str | None, fmt: str, outputs: tuple[str, ...], max_bytes: int,
     Unparseable lines are kept verbatim in the parse-error log and reported on stderr; they
     never stop the stream. A summary goes to stderr at the end.
     """
-    from sensor_linux.audit.plugin import PluginSource
     from sensor_linux.audit.replay import replay
 
     config = RunConfig(source="audisp", fmt=fmt, parse_error_log=parse_error_log,
@@ -211,6 +213,7 @@ def audisp(file: str | None, fmt: str, outputs: tuple[str, ...], max_bytes: int,
     stop = install_stop_handlers()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # auditd may send it on reconfiguration
     if file is None:
+        from sensor_linux.audit.plugin import PluginSource  # the plugin's path only
         say = lambda message: click.echo(f"ttpsensor audisp: {message}", err=True)  # noqa
         summary = runner.run(PluginSource(config, sink, say), sink, config, stop,
                              written=[], periodic=[], say=say)

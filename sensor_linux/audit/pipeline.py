@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Callable, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
 
 from common import compiled
 from common.pipeline import Keeper, Pipeline
@@ -20,10 +20,12 @@ from common.sinks import LazySink, Output, RotatingFileSink, Sink
 from sensor_linux.attempts import AttemptFolder
 from sensor_linux.audit import laurel
 from sensor_linux.audit.assemble import Assembler, AuditEvent
-from sensor_linux.audit.events import AuditEventBuilder, Captured
 from sensor_linux.audit.lines import MAX_LINE
 from sensor_linux.audit.records import ParseError, parse, split_path
-from sensor_linux.enrich import Enricher
+
+if TYPE_CHECKING:  # imported where the ecs and qlog formats are built (audit_pipeline)
+    from sensor_linux.audit.events import Captured
+    from sensor_linux.enrich import Enricher
 
 FORMATS = ("ecs", "laurel", "qlog")
 DEFAULT_ERROR_LOG = "/var/log/ttpsensor/parse-errors.log"
@@ -113,6 +115,10 @@ def audit_pipeline(fmt: str, sink: Output, *, enricher: Enricher | None = None,
     decoder = AuditDecoder(keeper, assembler)
     if fmt == "laurel":
         return Pipeline(decoder, sink, render_item=laurel.LaurelRenderer(), keeper=keeper)
+    # Only these formats enrich: a laurel replay does not pay for importing enrichment and
+    # the TTPHash (a sixth of its start).
+    from sensor_linux.audit.events import AuditEventBuilder
+    from sensor_linux.enrich import Enricher
     return Pipeline(decoder, sink, keeper=keeper,
                     builder=AuditEventBuilder(enricher or Enricher(), captured),
                     folder=AttemptFolder(keep_all=keep_exec_attempts), route=route)

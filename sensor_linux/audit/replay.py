@@ -16,7 +16,6 @@ from common.sinks import Output
 from sensor_linux.audit.lines import read_line_batches
 from sensor_linux.audit.pipeline import audit_pipeline, open_error_log
 from sensor_linux.batching import StopFlag
-from sensor_linux.enrich import Enricher
 from sensor_linux.runner import RunConfig
 
 
@@ -25,8 +24,10 @@ def replay(path: str, config: RunConfig, sink: Output, stop: StopFlag,
     """Feed every line of ``path``; return the pipeline's summary. The sink is closed.
     ``then_exit``: the process ends after this, so the garbage collector is left as the
     replay tuned it (common/gcpolicy.py)."""
-    enricher = Enricher(live=False, host_files=from_this_host) \
-        if config.fmt != "laurel" else None
+    enricher = None
+    if config.fmt != "laurel":  # laurel does not enrich, nor import what does
+        from sensor_linux.enrich import Enricher
+        enricher = Enricher(live=False, host_files=from_this_host)
     error_log = open_error_log(config.parse_error_log, config.max_bytes, config.generations)
     pipeline = audit_pipeline(config.fmt, sink, enricher=enricher, error_log=error_log,
                               keep_exec_attempts=config.keep_exec_attempts)
