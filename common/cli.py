@@ -44,9 +44,10 @@ def _own_plugin(group: str, name: str) -> Callable[[], Any] | None:
     code's own version); None when it has no such entry or is not installed.
 
     Why by hand: importing importlib.metadata (its email parser) and scanning every installed
-    distribution was a fifth of a command's start, 20 ms on the development VMs and 29 ms in
-    the .deb, paid again by every replay and every short command. Another distribution's
-    commands are still found, through _plugins, when ours has no entry of that name.
+    distribution cost every command about 13 ms of CPU in a development install and 29 ms in
+    the .deb (docs/overhead.md, ninth session), paid again by every replay and every short
+    command. Another distribution's commands are still found, through _plugins, when ours has
+    no entry of that name.
     """
     dist_info = f"ttpsensor-{__version__}.dist-info"
     for entry in sys.path:
