@@ -10,8 +10,9 @@ Windows. ``ttpsensor bench`` does the same with ``ttpsensor.bench``.
 from __future__ import annotations
 
 import configparser
-import importlib
+import functools
 import os
+import pkgutil
 import sys
 from typing import Any, Callable
 
@@ -49,28 +50,20 @@ def _own_plugin(group: str, name: str) -> Callable[[], Any] | None:
     command. Another distribution's commands are still found, through _plugins, when ours has
     no entry of that name.
     """
-    dist_info = f"ttpsensor-{__version__}.dist-info"
-    for entry in sys.path:
-        parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
-        parser.optionxform = str  # type: ignore[assignment,method-assign]  # names keep case
-        try:
-            if not parser.read(os.path.join(entry or ".", dist_info, "entry_points.txt"),
-                               encoding="utf-8"):
-                continue
-        except configparser.Error:
-            return None  # unreadable: let importlib.metadata judge it
-        target = parser.get(group, name, fallback=None)
-        return (lambda: _load(target)) if target else None
-    return None
-
-
-def _load(target: str) -> Any:
-    """An entry point's object: ``module:attr.attr`` (extras, ``[...]``, are not ours)."""
-    module, _, attrs = target.strip().partition(":")
-    found: Any = importlib.import_module(module.strip())
-    for attr in filter(None, attrs.strip().split(".")):
-        found = getattr(found, attr)
-    return found
+    dist_info = os.path.join(f"ttpsensor-{__version__}.dist-info", "entry_points.txt")
+    found = next((path for path in (os.path.join(entry or ".", dist_info) for entry in sys.path)
+                  if os.path.isfile(path)), None)
+    if found is None:
+        return None
+    parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # names keep case
+    try:
+        parser.read(found, encoding="utf-8")
+    except configparser.Error:
+        return None  # unreadable: let importlib.metadata judge it
+    target = parser.get(group, name, fallback=None)
+    # "module:attr", as an entry point's value is written (resolved as importlib.metadata does)
+    return functools.partial(pkgutil.resolve_name, target.strip()) if target else None
 
 
 class PluginGroup(click.Group):
