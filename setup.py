@@ -20,22 +20,27 @@ import runpy
 
 from setuptools import Extension, setup
 
-SPLIT = Extension("sensor_linux.audit._split", ["sensor_linux/audit/_split.c"], optional=True)
-DECODE = Extension("sensor_linux.ebpf._decode", ["sensor_linux/ebpf/_decode.c"], optional=True)
+# common/compiled.py lists the compiled modules (it imports nothing of the project).
+LISTED = runpy.run_path(os.path.join("common", "compiled.py"))
+
+
+def c_modules() -> list[Extension]:
+    """The C modules, each from the ``.c`` file of its name."""
+    return [Extension(name, [LISTED["source_path"](name, ".c")], optional=True)
+            for name in LISTED["C_MODULES"]]
 
 
 def cython_modules() -> list[Extension]:
-    """common/compiled.py's modules as extensions, when TTPSENSOR_CYTHON=1 asks for them."""
+    """common/compiled.py's hot modules as extensions, when TTPSENSOR_CYTHON=1 asks for them."""
     if os.environ.get("TTPSENSOR_CYTHON") != "1":
         return []
     from Cython.Build import cythonize  # asked for: an ImportError says what is missing
-    listed = runpy.run_path(os.path.join("common", "compiled.py"))
-    modules = [Extension(name, [listed["source_path"](name)], optional=True)
-               for name in listed["CYTHON_MODULES"]]
+    modules = [Extension(name, [LISTED["source_path"](name)], optional=True)
+               for name in LISTED["CYTHON_MODULES"]]
     # The generated C goes to build/, out of the tree.
-    return cythonize(modules, compiler_directives=listed["CYTHON_DIRECTIVES"],
+    return cythonize(modules, compiler_directives=LISTED["CYTHON_DIRECTIVES"],
                      build_dir=os.path.join("build", "cython"), quiet=True)
 
 
 setup(ext_modules=[] if os.environ.get("TTPSENSOR_PURE_PYTHON")
-      else [SPLIT, DECODE, *cython_modules()])
+      else [*c_modules(), *cython_modules()])

@@ -43,6 +43,11 @@ def compiled(name: str) -> ModuleType | None:
         return None
 
 
+# The C modules, each a narrow step with a pure-Python twin (setup.py builds them from the
+# ``.c`` file of the same name): the audit parser's split path and EXECVE typing, the eBPF
+# record's decoding.
+C_MODULES: tuple[str, ...] = ("sensor_linux.audit._split", "sensor_linux.ebpf._decode")
+
 # The modules of the hot paths (sources, assembly, enrichment, fingerprint, renderers, sinks),
 # by import name. The CLI, the collector and the Windows twin stay source: they are not per
 # event on Linux, or the MSI ships source anyway.
@@ -75,9 +80,9 @@ CYTHON_MODULES: tuple[str, ...] = (
 CYTHON_DIRECTIVES: dict[str, object] = {"language_level": 3, "annotation_typing": False}
 
 
-def source_path(module: str) -> str:
-    """The source file of ``module`` relative to the project's root."""
-    return module.replace(".", "/") + ".py"
+def source_path(module: str, suffix: str = ".py") -> str:
+    """The source file of ``module`` relative to the project's root (``.c`` for a C module)."""
+    return module.replace(".", "/") + suffix
 
 
 def module_state(modules: tuple[str, ...] = CYTHON_MODULES) -> dict[str, list[str]]:

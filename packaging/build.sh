@@ -75,9 +75,8 @@ top=$PWD
 /usr/bin/python3.11 -I -B - "$site" "$cython" <<'PY' || { cat "$work/build_ext.log" >&2; exit 1; }
 import sys
 sys.path.insert(0, sys.argv[1])
-from common.compiled import CYTHON_MODULES, module_state
-wanted = ("sensor_linux.audit._split", "sensor_linux.ebpf._decode",
-          *(CYTHON_MODULES if sys.argv[2] == "1" else ()))
+from common.compiled import C_MODULES, CYTHON_MODULES, module_state
+wanted = (*C_MODULES, *(CYTHON_MODULES if sys.argv[2] == "1" else ()))
 missing = module_state(wanted)["source"]
 if missing:
     sys.exit("build: not compiled: " + " ".join(missing))
