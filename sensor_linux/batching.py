@@ -20,8 +20,12 @@ after a pause runs slower, whoever's it is): ``ttpsensor bench wake``, docs/over
 So the audit sources split the work: at every read (20 ms) each exec's SYSCALL record is
 recognized from its text and what only the live process shows is read at once (its image
 link, container, the image itself when it has no path, an unknown parent); the records are
-parsed and the events built every 100 ms (``BUILD_SECONDS``), in batches five times larger
-(sensor_linux/audit/capture.py).
+parsed and the events built every 500 ms (``BUILD_SECONDS``), in batches 25 times larger
+(sensor_linux/audit/capture.py). A build after a pause pays to bring its code and tables back
+into the caches, whatever its size: fed 1000 execs/s, the plugin spent 124–139 µs an event
+building every 500 ms (or 400) against 128–141 every 100 ms, and 123–139 against 143–157 at
+500/s (``ttpsensor bench plugin``, docs/overhead.md). Events wait no longer to be seen than
+they did at a low rate: the output is flushed at each tick (1 s), which builds what waits.
 """
 
 import time
@@ -31,7 +35,7 @@ BATCH_SECONDS = 0.02
 GATHER_SECONDS = 0.2
 # The audit sources build the events they read every BUILD_SECONDS, having read what only a live
 # process shows at every read (sensor_linux/audit/capture.py).
-BUILD_SECONDS = 0.1
+BUILD_SECONDS = 0.5
 # How full the ring may be before the probes wake their reader early: at its 4 MiB,
 # 256 KiB, with the rest free while the reader comes.
 EARLY_FILL = 1 / 16

@@ -101,11 +101,11 @@ class RecentLooks:
 
     def new_pass(self) -> None:
         """A build pass starts: the events of a batch are built together (the live audit
-        sources build every 100 ms, sensor_linux/batching.py), each looking at its file as it
+        sources build every 500 ms, sensor_linux/batching.py), each looking at its file as it
         is at the build, not at its exec. Within one pass, :meth:`identity_at` looks at a path
         once and the pass's other execs of it share that look: the answer is the same one a
         few hundred microseconds apart (the file could change between the looks as well as
-        between the exec and the build, which is 100 ms). One stat() a binary a pass instead
+        between the exec and the build, up to 500 ms). One stat() a binary a pass instead
         of one an exec: 2.4 µs an exec on a warm CPU, more in the lab (docs/audit.md). Without
         a pass (a replay, a test) every exec is looked at."""
         self._passing = True
