@@ -1,5 +1,5 @@
 """The live audit sources read what only a live process shows as soon as they read its exec's
-SYSCALL record, and parse and build later (every 100 ms: sensor_linux/audit/capture.py). Real
+SYSCALL record, and parse and build later (every 500 ms: sensor_linux/audit/capture.py). Real
 processes and the real /proc here, audit records written for them (no audit subsystem needed):
 an event built after its process or its parent is gone still has what was read while they
 ran."""
@@ -16,7 +16,8 @@ import pytest
 
 from common.schema import Event
 from sensor_linux import enrich
-from sensor_linux.audit.capture import ExecCapture, WaitingLines
+from sensor_linux.audit.capture import (MAX_WAITING, MAX_WAITING_BYTES, ExecCapture,
+                                         WaitingLines)
 from sensor_linux.audit.events import AuditEventBuilder, exec_head
 from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.audit.plugin import PipeInput
@@ -285,6 +286,38 @@ def test_the_audit_inputs_are_due_when_lines_wait_and_build_them_without_reading
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_what_waits_for_a_build_is_bounded_in_lines_and_in_bytes() -> None:
+    """Lines wait for the build (every BUILD_SECONDS) only up to MAX_WAITING of them or
+    MAX_WAITING_BYTES: then the read that passes either bound is built at once, and nothing
+    is lost. The clock never moves, so no build falls due on its own."""
+    def execs(first: int, count: int, argv0: str) -> list[bytes]:
+        return [line for n in range(first, first + count)
+                for line in _exec_lines(n, GONE + n, 1, "/usr/bin/true", argv0)]
+
+    # Short lines: the count is the bound. Five lines an exec.
+    capture, out, pipeline = _capturing(Enricher())
+    waiting = _waiting(pipeline, capture, _Clock())
+    below = MAX_WAITING // 5
+    waiting.add_many(execs(0, below, "true"))
+    assert len(waiting.lines) == below * 5 < MAX_WAITING and out.events == []
+    waiting.add_many(execs(below, 1, "true"))
+    assert waiting.lines == [] and waiting.waiting_bytes == 0
+    assert len(out.events) == below + 1
+
+    # Long lines (an argument of 8,000 bytes, in EXECVE and PROCTITLE): the bytes are.
+    capture, out, pipeline = _capturing(Enricher())
+    waiting = _waiting(pipeline, capture, _Clock())
+    added = 0
+    while not out.events:
+        assert len(waiting.lines) == added * 5 and waiting.waiting_bytes < MAX_WAITING_BYTES
+        before, batch = waiting.waiting_bytes, execs(added, 1, "x" * 8000)
+        waiting.add_many(batch)
+        added += 1
+    assert waiting.lines == [] and len(out.events) == added
+    assert before < MAX_WAITING_BYTES <= before + sum(map(len, batch))
+    assert added * 5 < MAX_WAITING  # the lines' count was not what fed them
 
 
 def test_the_plugin_pipe_reads_through_one_buffer_and_says_when_more_waits(monkeypatch) -> None:

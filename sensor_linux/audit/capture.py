@@ -30,8 +30,10 @@ from sensor_linux.procfs import LiveFacts
 MAX_CAPTURED = 4096
 # Lines waiting to be parsed at most, beyond one read's (then they are, at once): a bound on
 # memory when execs come faster than a build's worth. An exec is about eight lines of some
-# 300 bytes, so this keeps the 500 ms cadence up to about 2,000 execs/s in some 3 MB.
+# 160 bytes, so this keeps the 500 ms cadence up to about 2,000 execs/s in under 2 MB. Lines
+# can be 9 KB (long command lines), so their bytes are bounded too.
 MAX_WAITING = 8192
+MAX_WAITING_BYTES = 4 << 20
 # How a record line that may be an exec's SYSCALL record starts (with the node name or without).
 _MAY_BE_EXEC = (b"type=SYSCALL ", b"node=")
 
@@ -83,9 +85,9 @@ class ExecCapture:
 
 class WaitingLines:
     """Lines read and not parsed yet: each looked at for an exec as it comes (``capture``),
-    all fed to ``pipeline`` when a build is due (every ``seconds``), when MAX_WAITING wait,
-    at a tick and at the stop. Without a capture every line is fed as it comes. A live audit
-    source owns one, and through it its pipeline (:func:`live_audit`)."""
+    all fed to ``pipeline`` when a build is due (every ``seconds``), when MAX_WAITING lines or
+    MAX_WAITING_BYTES wait, at a tick and at the stop. Without a capture every line is fed as
+    it comes. A live audit source owns one, and through it its pipeline (:func:`live_audit`)."""
 
     def __init__(self, pipeline: Pipeline, capture: ExecCapture | None = None,
                  seconds: float = BUILD_SECONDS,
@@ -95,6 +97,7 @@ class WaitingLines:
         self.capture = capture
         self.builds = Gather(seconds, clock)
         self.lines: list[bytes] = []
+        self.waiting_bytes = 0
         # Called before each build pass (RecentLooks.new_pass: one look at a file a pass).
         self.new_pass = new_pass
 
@@ -103,8 +106,8 @@ class WaitingLines:
 
     def add_many(self, lines: list[bytes]) -> None:
         """Lines as they are read: each that may be an exec's SYSCALL record looked at now
-        (with a capture), all kept for the next build; fed at once when MAX_WAITING wait, and
-        without a capture."""
+        (with a capture), all kept for the next build; fed at once when MAX_WAITING lines or
+        MAX_WAITING_BYTES wait, and without a capture."""
         if self.capture is None:
             self.pipeline.feed_many(lines)
             return
@@ -121,7 +124,8 @@ class WaitingLines:
                         f"internal error in the first look {type(exc).__name__}: {exc}",
                         [line])
         self.lines.extend(lines)
-        if len(self.lines) >= MAX_WAITING:
+        self.waiting_bytes += sum(map(len, lines))
+        if len(self.lines) >= MAX_WAITING or self.waiting_bytes >= MAX_WAITING_BYTES:
             self.feed()
 
     def due_in(self) -> float | None:
@@ -137,7 +141,7 @@ class WaitingLines:
 
     def feed(self) -> None:
         """Parse and build what waits, now."""
-        lines, self.lines = self.lines, []
+        lines, self.lines, self.waiting_bytes = self.lines, [], 0
         self.builds.read()
         if self.new_pass is not None:
             self.new_pass()
