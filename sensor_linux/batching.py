@@ -22,10 +22,12 @@ recognized from its text and what only the live process shows is read at once (i
 link, container, the image itself when it has no path, an unknown parent); the records are
 parsed and the events built every 500 ms (``BUILD_SECONDS``), in batches 25 times larger
 (sensor_linux/audit/capture.py). A build after a pause pays to bring its code and tables back
-into the caches, whatever its size: fed 1000 execs/s, the plugin spent 124–139 µs an event
-building every 500 ms (or 400) against 128–141 every 100 ms, and 123–139 against 143–157 at
-500/s (``ttpsensor bench plugin``, docs/overhead.md). Events wait no longer to be seen than
-they did at a low rate: the output is flushed at each tick (1 s), which builds what waits.
+into the caches, whatever its size, so fewer builds pay it less often: in six lab runs
+alternating 100 and 500 ms, the plugin's ratio to LAUREL (both behind auditd) fell in every
+pair, 1.03-1.15x to 0.88-1.11x, and the netlink sensor's with it (docs/overhead.md, tenth
+session). A second brought nothing more in ``ttpsensor bench plugin``. Events wait no longer
+to be seen than they did at a low rate: the output is flushed at each tick (1 s), which builds
+what waits.
 """
 
 import time
