@@ -231,7 +231,7 @@ def print_table(rows: list[Row], title: str | None = None, item: str = "event") 
 
 def spool(count: int, directory: str) -> list[Row]:
     """Spool write rate and compression on realistic events; the reference is msgpack alone."""
-    from common.spool import Spool
+    from common.spool import LEVEL, Spool
     events = varied_events(count)
 
     def pack_only() -> None:
@@ -253,7 +253,7 @@ def spool(count: int, directory: str) -> list[Row]:
     stats = spools[-1].stats
     ratio = stats.uncompressed_bytes / max(1, stats.bytes_written)
     return [Row("msgpack-python packb only (reference)", reference),
-            Row(f"spool append (500/frame, zstd 3, fsync/frame; ratio {ratio:.1f}x, "
+            Row(f"spool append (500/frame, zstd {LEVEL}, fsync/frame; ratio {ratio:.1f}x, "
                 f"{stats.bytes_written / stats.events_written:.0f} B/event)", written,
                 "packb only", written / reference)]
 

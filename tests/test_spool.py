@@ -48,6 +48,30 @@ def test_round_trip_survives_reopen_with_contiguous_sequence_numbers(tmp_path) -
             assert os.stat(tmp_path / name).st_mode & 0o777 == 0o600
 
 
+def test_a_spool_written_at_an_older_zstd_level_reads_on_after_the_level_changed(
+        tmp_path, monkeypatch) -> None:
+    """Frames were zstd level 3 until the writer moved to common.spool.LEVEL: a spool left
+    on disk by the older writer, appended to by the newer one, reads back whole and in
+    order."""
+    import common.spool
+    monkeypatch.setattr(common.spool, "LEVEL", 3)
+    old = Spool(str(tmp_path), batch_events=100)
+    sent = _events(250)
+    for event in sent:
+        old.append(event)
+    old.close()
+    monkeypatch.undo()
+    assert common.spool.LEVEL != 3
+    new = Spool(str(tmp_path), batch_events=100)
+    more = _events(250, start=250)
+    for event in more:
+        new.append(event)
+    new.close()
+    got = _read_all(Spool(str(tmp_path)))
+    assert [e for _, e in got] == sent + more
+    assert [s for s, _ in got] == list(range(500))
+
+
 def test_ack_moves_the_cursor_and_deletes_acknowledged_segments(tmp_path) -> None:
     spool = Spool(str(tmp_path), batch_events=50, segment_bytes=4096)
     for event in _events(600):
