@@ -16,8 +16,8 @@ import pytest
 
 from common.schema import Event
 from sensor_linux import enrich
-from sensor_linux.audit.capture import (MAX_WAITING, MAX_WAITING_BYTES, ExecCapture,
-                                         WaitingLines)
+from sensor_linux.audit.capture import (CHUNK_LINES, MAX_WAITING, MAX_WAITING_BYTES,
+                                         ExecCapture, WaitingLines)
 from sensor_linux.audit.events import AuditEventBuilder, exec_head
 from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.audit.plugin import PipeInput
@@ -318,6 +318,75 @@ def test_what_waits_for_a_build_is_bounded_in_lines_and_in_bytes() -> None:
     assert waiting.lines == [] and len(out.events) == added
     assert before < MAX_WAITING_BYTES <= before + sum(map(len, batch))
     assert added * 5 < MAX_WAITING  # the lines' count was not what fed them
+
+
+def test_a_build_reads_its_input_between_chunks_and_what_it_reads_waits(monkeypatch) -> None:
+    """With ``read_between``, a build parses and builds CHUNK_LINES at a time and calls it
+    between chunks (not before the first, not after the last); what it reads waits for the
+    next build, in order, and passing a bound meanwhile starts no build inside the build."""
+    from sensor_linux.audit import capture as capture_module
+
+    def execs(first: int, count: int) -> list[bytes]:
+        return [line for n in range(first, first + count)
+                for line in _exec_lines(n, GONE + n, 1, "/usr/bin/true", f"true-{n}")]
+
+    capture, out, pipeline = _capturing(Enricher())
+    waiting = _waiting(pipeline, capture, _Clock())
+    built_at_each_read: list[int] = []
+    arrived = iter(range(1000, 1003))
+
+    def read_between() -> None:
+        built_at_each_read.append(len(out.events))
+        waiting.add_many(execs(next(arrived), 1))
+
+    waiting.read_between = read_between
+    count = (CHUNK_LINES * 5 // 2) // 5          # two and a half chunks of five-line execs
+    waiting.add_many(execs(0, count))
+    monkeypatch.setattr(capture_module, "MAX_WAITING", 1)  # any read passes the bound
+    waiting.feed()
+    assert len(built_at_each_read) == 2           # between three chunks
+    assert 0 < built_at_each_read[0] < built_at_each_read[1] < count
+    assert len(out.events) == count and len(waiting.lines) == 2 * 5
+    monkeypatch.undo()
+    waiting.feed()
+    names = [event["process"]["args"][0] for event in out.events]
+    assert names == [f"true-{n}" for n in range(count)] + ["true-1000", "true-1001"]
+
+
+def test_a_build_leaves_no_full_socket_behind_it(tmp_path) -> None:
+    """auditd hands records to its plugins over a UNIX stream socket (socketpair), which
+    holds a few hundred of its writes: a build that does not read lets it fill, and auditd's
+    dispatcher waits. The plugin reads between the chunks of a build, so a socket full before
+    the build has room after it, and what was read waits for the next build."""
+    import socket
+
+    from sensor_linux.audit.plugin import PluginSource
+    from sensor_linux.runner import RunConfig
+
+    auditd_end, plugin_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        out = Collected()
+        source = PluginSource(RunConfig(source="audisp", parse_error_log=str(tmp_path / "e.log")),
+                              out, print, fd=plugin_end.fileno())  # type: ignore[arg-type]
+        source.waiting.builds = Gather(BUILD_SECONDS, _Clock())  # never due on its own
+        count = CHUNK_LINES * 3 // 5
+        source.waiting.add_many([line for n in range(count) for line in _exec_lines(
+            n, GONE + n, 1, "/usr/bin/true", "true")])
+        # auditd's writes, one record each, until the socket takes no more.
+        auditd_end.setblocking(False)
+        record = _exec_lines(5000, GONE + 5000, 1, "/usr/bin/true", "true")[1]
+        written = 0
+        with pytest.raises(BlockingIOError):
+            while True:
+                auditd_end.send(record)
+                written += 1
+        source.waiting.feed()
+        assert len(out.events) == count
+        auditd_end.send(record)                     # room again
+        assert 0 < len(source.waiting.lines) <= written
+    finally:
+        auditd_end.close()
+        plugin_end.close()
 
 
 def test_the_plugin_pipe_reads_through_one_buffer_and_says_when_more_waits(monkeypatch) -> None:

@@ -34,6 +34,12 @@ MAX_CAPTURED = 4096
 # can be 9 KB (long command lines), so their bytes are bounded too.
 MAX_WAITING = 8192
 MAX_WAITING_BYTES = 4 << 20
+# Lines parsed and built between two looks at the input while a build runs (``read_between``):
+# about 128 execs, some 10 ms of building. auditd hands its records to a plugin over a UNIX
+# socket that holds only 278 of its writes (one record each, 44 KB of exec records: about 35
+# execs), so a build of 500 ms of execs at 1000/s (35-50 ms) filled it, and auditd's dispatcher
+# sat blocked in the socket's send 42 % of the time (LAUREL, which reads as records come: never).
+CHUNK_LINES = 1024
 # How a record line that may be an exec's SYSCALL record starts (with the node name or without).
 _MAY_BE_EXEC = (b"type=SYSCALL ", b"node=")
 
@@ -100,6 +106,11 @@ class WaitingLines:
         self.waiting_bytes = 0
         # Called before each build pass (RecentLooks.new_pass: one look at a file a pass).
         self.new_pass = new_pass
+        # Called between chunks of a build (CHUNK_LINES) to read what has come meanwhile: the
+        # plugin's, whose input holds little (see CHUNK_LINES). What it reads waits for the
+        # next build, past the bounds above by at most one read (1 MiB) a chunk.
+        self.read_between: Callable[[], None] | None = None
+        self._feeding = False
 
     def add(self, line: bytes) -> None:
         self.add_many([line])
@@ -125,7 +136,8 @@ class WaitingLines:
                         [line])
         self.lines.extend(lines)
         self.waiting_bytes += sum(map(len, lines))
-        if len(self.lines) >= MAX_WAITING or self.waiting_bytes >= MAX_WAITING_BYTES:
+        if (len(self.lines) >= MAX_WAITING or self.waiting_bytes >= MAX_WAITING_BYTES) \
+                and not self._feeding:
             self.feed()
 
     def due_in(self) -> float | None:
@@ -140,12 +152,26 @@ class WaitingLines:
             self.feed()
 
     def feed(self) -> None:
-        """Parse and build what waits, now."""
+        """Parse and build what waits, now; with ``read_between``, CHUNK_LINES at a time, the
+        input read between them. (Called while a build runs, by a read between its chunks
+        that found the end of the input, it does nothing: the stop builds what is left.)"""
+        if self._feeding:
+            return
         lines, self.lines, self.waiting_bytes = self.lines, [], 0
         self.builds.read()
         if self.new_pass is not None:
             self.new_pass()
-        self.pipeline.feed_many(lines)
+        if self.read_between is None or len(lines) <= CHUNK_LINES:
+            self.pipeline.feed_many(lines)
+            return
+        self._feeding = True
+        try:
+            for start in range(0, len(lines), CHUNK_LINES):
+                if start:
+                    self.read_between()
+                self.pipeline.feed_many(lines[start:start + CHUNK_LINES])
+        finally:
+            self._feeding = False
 
     def tick(self) -> None:
         """The source's periodic work: what waits first, then the decoder's timeouts (the

@@ -3,7 +3,12 @@ in its string format, as a live source for the runner.
 
 auditd starts the plugin as root and owns the audit session; the plugin holds no kernel
 handle, so it drops nothing and reports no status of its own (auditd's is the kernel's).
-On SIGTERM (auditd sends it before closing the pipe) whatever is already in the pipe is still
+auditd 3 hands the records over a UNIX stream socket (``socketpair``), which holds only about
+35 execs' records: the plugin reads it every 20 ms and between the chunks of each build
+(``capture.CHUNK_LINES``), so that auditd's dispatcher, which serves every plugin on the host,
+does not wait for it. Given a pipe instead (a plugin started by hand), it enlarges it.
+
+On SIGTERM (auditd sends it before closing the socket) whatever is already in it is still
 read, until EOF or until it stays empty for a moment: records auditd has handed over are never
 dropped on shutdown.
 """
@@ -29,16 +34,18 @@ READ_BYTES = 1 << 20
 
 
 def enlarge_pipe(fd: int) -> None:
-    """Room for a batch of auditd's events while the plugin waits (see batching.py)."""
+    """Room for a batch of events in a pipe while the plugin waits (see batching.py). auditd 3
+    gives its plugins a socket, which the reader cannot enlarge: read_if_ready keeps it from
+    filling."""
     import fcntl
     try:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     except OSError:
-        pass  # not a pipe (a file, a terminal): nothing to enlarge
+        pass  # not a pipe (auditd's socket, a file, a terminal): nothing to enlarge
 
 
 class PipeInput:
-    """Lines from a pipe, split on ``\\n`` only (sensor_linux/audit/lines.py)."""
+    """Lines from auditd's socket (or a pipe), split on ``\\n`` only (audit/lines.py)."""
 
     def __init__(self, fd: int, waiting: WaitingLines) -> None:
         self.fd = fd
@@ -67,6 +74,11 @@ class PipeInput:
             more = self._read()
         self.waiting.feed_if_due()
         return more
+
+    def read_if_ready(self) -> None:
+        """Read what has come, if anything has (between the chunks of a build)."""
+        if not self.eof and _readable(self.fd):
+            self._read()
 
     def _read(self) -> bool:
         if self._buffer is None:
@@ -114,6 +126,7 @@ class PluginSource(BaseSource):
         self.waiting = live_audit(config.fmt, sink, self.enricher, self.error_log,
                                   config.keep_exec_attempts)
         self.input = PipeInput(fd, self.waiting)
+        self.waiting.read_between = self.input.read_if_ready
 
     def open(self) -> None:
         enlarge_pipe(self.input.fd)
