@@ -6,7 +6,9 @@ import os
 import subprocess
 
 import pytest
+import zstandard
 
+from common import wire
 from common.spool import SEGMENT_PREFIX, Spool
 from tests.conftest import require
 
@@ -54,22 +56,33 @@ def test_a_spool_written_at_an_older_zstd_level_reads_on_after_the_level_changed
     on disk by the older writer, appended to by the newer one, reads back whole and in
     order."""
     import common.spool
+    from common.bench import varied_events
+    # Events that differ as real ones do: the tiny ones above compress to the same bytes at
+    # either level.
+    sent, more = varied_events(250, seed=1), varied_events(250, seed=2)
     monkeypatch.setattr(common.spool, "LEVEL", 3)
     old = Spool(str(tmp_path), batch_events=100)
-    sent = _events(250)
     for event in sent:
         old.append(event)
     old.close()
     monkeypatch.undo()
     assert common.spool.LEVEL != 3
     new = Spool(str(tmp_path), batch_events=100)
-    more = _events(250, start=250)
     for event in more:
         new.append(event)
     new.close()
     got = _read_all(Spool(str(tmp_path)))
     assert [e for _, e in got] == sent + more
     assert [s for s, _ in got] == list(range(500))
+    # Each writer compressed at the level it was given: the older frames at 3, the newer at
+    # LEVEL (each frame's payload is that level's compression of its events, and not the
+    # other level's).
+    for frame, events in Spool(str(tmp_path)).read():
+        level, other = (3, common.spool.LEVEL) if frame.first_seq < 250 else (
+            common.spool.LEVEL, 3)
+        raw = wire.pack_batch(events)
+        assert frame.payload == zstandard.ZstdCompressor(level=level).compress(raw)
+        assert frame.payload != zstandard.ZstdCompressor(level=other).compress(raw)
 
 
 def test_ack_moves_the_cursor_and_deletes_acknowledged_segments(tmp_path) -> None:

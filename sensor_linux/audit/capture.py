@@ -136,9 +136,8 @@ class WaitingLines:
                         [line])
         self.lines.extend(lines)
         self.waiting_bytes += sum(map(len, lines))
-        if (len(self.lines) >= MAX_WAITING or self.waiting_bytes >= MAX_WAITING_BYTES) \
-                and not self._feeding:
-            self.feed()
+        if len(self.lines) >= MAX_WAITING or self.waiting_bytes >= MAX_WAITING_BYTES:
+            self.feed()  # (does nothing during a build: the reads between its chunks)
 
     def due_in(self) -> float | None:
         """Seconds until the waiting lines are due (None: none waits)."""
