@@ -21,6 +21,19 @@ completes while an earlier event is still open waits for it (or for its timeout)
 follow processes need this: in a reordered stream a child's exec would otherwise be seen before
 the clone that created the child.
 
+Under load the kernel can hold an event's records back: when its backlog is full, a task
+writing the records of its syscall waits in ``audit_log_start`` (up to ``backlog_wait_time``,
+60 s by default) between its SYSCALL record and the next, while other tasks' records get in.
+auditd's log of 2,000 execs/s on two busy CPUs had execs whose EXECVE, CWD, PATH and PROCTITLE
+came up to 85,000 lines and 8.9 s of audit time after their SYSCALL. So an event that has its
+SYSCALL but not its PROCTITLE (the kernel's last record before the EOE), in a stream known to
+carry what completes events (EOE records, or PROCTITLE records that closed events before), does
+not time out after ``timeout_ms``: it *lingers*, for ``linger_ms`` of audit time or
+``linger_wall`` seconds more (whichever ends first), at most MAX_LINGERING of them. A lingering
+event no longer holds back the release of later events (it comes out late, out of id order,
+when its records come or its linger ends), and its records still join it. Before, they were
+rejected as a finished event's and the exec went out without its arguments.
+
 Problems never stop assembly: a duplicate record or an EOE for no open event is set aside in
 :attr:`Assembler.rejected` with its reason, and counted.
 """
@@ -39,6 +52,12 @@ from sensor_linux.audit.records import EOE, MULTIPART, PROCTITLE, SYSCALL, Recor
 DEFAULT_TIMEOUT_MS = 5_000
 DEFAULT_WALL_TIMEOUT = 5.0
 DEFAULT_DONE_MS = 120_000
+# The kernel's default backlog_wait_time: the longest one record of an event waits for room.
+DEFAULT_LINGER_MS = 60_000
+DEFAULT_LINGER_WALL = 60.0
+# Events lingering at most (the oldest times out first): memory stays bounded when the kernel
+# lost the rest of many events.
+MAX_LINGERING = 4096
 # Completed event ids remembered for duplicate detection at most (each of the two sets), the
 # oldest forgotten first: at 1000 events a second the window is 33 s instead of 120, and memory
 # stays bounded whatever the rate (about 230 bytes an id, 7.5 MiB at most a set; before,
@@ -87,6 +106,8 @@ class AssemblyStats:
     completed_by_proctitle: int = 0  # closed by their PROCTITLE in a stream without EOE
     late_eoe: int = 0               # the EOE of an event its PROCTITLE had closed
     timed_out: int = 0              # flushed by audit-time or wall-time timeout, without EOE
+    lingered: int = 0               # past the timeout with their SYSCALL, left to wait longer
+    completed_late: int = 0         # of those, completed by their EOE (or PROCTITLE) after all
     flushed_at_end: int = 0
     evicted: int = 0                # flushed early because too many events were open
     duplicates: int = 0
@@ -98,11 +119,16 @@ class Assembler:
     def __init__(self, timeout_ms: int = DEFAULT_TIMEOUT_MS,
                  wall_timeout: float = DEFAULT_WALL_TIMEOUT, done_ms: int = DEFAULT_DONE_MS,
                  max_inflight: int = DEFAULT_MAX_INFLIGHT, ordered: bool = True,
-                 max_done: int = DEFAULT_MAX_DONE) -> None:
+                 max_done: int = DEFAULT_MAX_DONE, linger_ms: int = DEFAULT_LINGER_MS,
+                 linger_wall: float = DEFAULT_LINGER_WALL) -> None:
+        """``linger_ms``/``linger_wall``: how much longer than the timeouts an event that has
+        its SYSCALL and not its PROCTITLE waits for the rest of its records (0: not at all)."""
         if max_done <= 0:
             raise ValueError("max_done must be positive")
         self.timeout_ms = timeout_ms
         self.wall_timeout = wall_timeout
+        self.linger_ms = linger_ms
+        self.linger_wall = linger_wall
         self.done_ms = done_ms
         self.max_done = max_done
         # Trimmed back to max_done when an eighth over it: one pass from the front of the
@@ -135,6 +161,9 @@ class Assembler:
         self._last: AuditEvent | None = None
         self._last_key: EventKey | None = None
         self._closed_early: OrderedDict[EventKey, None] = OrderedDict()
+        # Timed-out events still waiting for their records, in the order they began to linger
+        # (so their deadlines too): key -> (event, audit-time deadline ms, wall deadline).
+        self._lingering: OrderedDict[EventKey, tuple[AuditEvent, int, float]] = OrderedDict()
 
     @property
     def inflight(self) -> int:
@@ -165,10 +194,15 @@ class Assembler:
         if ts > self._clock_ms:
             self._clock_ms = ts
             if ts >= self._next_expire_ms:
-                self._expire_by_audit_time(out)
+                self._expire_by_audit_time(out, now)
                 self._next_expire_ms = ts + 1000
         self._track_serial(record.node, record.serial)
         self._last = None
+        if self._lingering and (rtype == EOE or rtype in MULTIPART):
+            lingering = self._lingering.get(key)
+            if lingering is not None:
+                self._add_late(key, lingering[0], record, out)
+                return out
         if rtype == EOE:
             self._eoe_seen = True
             event = self._inflight.pop(key, None)
@@ -224,6 +258,68 @@ class Assembler:
             self._last, self._last_key = event, key
         return out
 
+    def _add_late(self, key: EventKey, event: AuditEvent, record: Record,
+                  out: list[AuditEvent]) -> None:
+        """A record of a lingering event: it joins the event, and the record that completes
+        the event releases it."""
+        rtype = record.rtype
+        if rtype != EOE:
+            if len(event.records) >= MAX_RECORDS_PER_EVENT:
+                self._reject("too many records for one event", record)
+                return
+            event.records.append(record)
+            if rtype != PROCTITLE or self._eoe_seen:
+                return
+            self.stats.completed_by_proctitle += 1
+            self._closed_early[key] = None
+            if len(self._closed_early) > MAX_EARLY_CLOSED:
+                self._closed_early.popitem(last=False)
+        else:
+            self._eoe_seen = True
+            self.stats.completed_by_eoe += 1
+        del self._lingering[key]
+        event.complete = True
+        self.stats.completed_late += 1
+        self._finish(key, event, out)
+
+    def _time_out(self, key: EventKey, event: AuditEvent, out: list[AuditEvent],
+                  now: float | None) -> None:
+        """An open event past its timeout (already out of the open events): it lingers if it
+        has its SYSCALL but not yet its PROCTITLE, and the stream is known to carry the record
+        that would complete it; else it goes out incomplete (with its PROCTITLE, only its EOE
+        could still come: the kernel writes it next)."""
+        closers_seen = self._eoe_seen or self.stats.completed_by_proctitle
+        if self.linger_ms <= 0 or not closers_seen or not _awaits_records(event):
+            self.stats.timed_out += 1
+            self._finish(key, event, out)
+            return
+        if event is self._last:
+            self._last = None
+        now = time.monotonic() if now is None else now
+        self._lingering[key] = (event, self._clock_ms + self.linger_ms, now + self.linger_wall)
+        self.stats.lingered += 1
+        if len(self._lingering) > MAX_LINGERING:
+            oldest, (evicted, _, _) = self._lingering.popitem(last=False)
+            self.stats.timed_out += 1
+            self._finish(oldest, evicted, out)
+
+    def _expire_lingering(self, out: list[AuditEvent], now: float | None) -> None:
+        """Lingering events whose audit-time or (with ``now``) wall deadline has passed go out
+        incomplete, oldest first."""
+        lingering = self._lingering
+        while lingering:
+            key, (event, audit_deadline, wall_deadline) = next(iter(lingering.items()))
+            if audit_deadline > self._clock_ms and (now is None or wall_deadline > now):
+                return
+            del lingering[key]
+            self.stats.timed_out += 1
+            self._finish(key, event, out)
+
+    @property
+    def lingering(self) -> int:
+        """Timed-out events still waiting for the rest of their records."""
+        return len(self._lingering)
+
     def _oldest_open(self) -> EventKey | None:
         """The open event with the earliest (time, serial, node), skipping closed ones."""
         heap = self._open
@@ -245,17 +341,19 @@ class Assembler:
             stale.append(key)
         out: list[AuditEvent] = []
         for key in sorted(stale, key=_sort_key):
-            self.stats.timed_out += 1
-            self._finish(key, self._inflight.pop(key), out)
+            self._time_out(key, self._inflight.pop(key), out, now)
+        self._expire_lingering(out, now)
         return out
 
     def flush(self) -> list[AuditEvent]:
         """End of input: emit every open event, oldest first."""
         out: list[AuditEvent] = []
-        for key in sorted(self._inflight, key=_sort_key):
+        waiting = {**self._inflight, **{k: v[0] for k, v in self._lingering.items()}}
+        for key in sorted(waiting, key=_sort_key):
             self.stats.flushed_at_end += 1
-            self._finish(key, self._inflight[key], out)
+            self._finish(key, waiting[key], out)
         self._inflight.clear()
+        self._lingering.clear()
         return self._release(out)
 
     def _release(self, done: list[AuditEvent]) -> list[AuditEvent]:
@@ -297,14 +395,15 @@ class Assembler:
         rejected, self.rejected = self.rejected, []
         return rejected
 
-    def _expire_by_audit_time(self, out: list[AuditEvent]) -> None:
+    def _expire_by_audit_time(self, out: list[AuditEvent], now: float | None) -> None:
         limit = self._clock_ms - self.timeout_ms
         while True:
             key = self._oldest_open()
             if key is None or key[1] * 1000 + key[2] >= limit:
                 break
-            self.stats.timed_out += 1
-            self._finish(key, self._inflight.pop(key), out)
+            self._time_out(key, self._inflight.pop(key), out, now)
+        if self._lingering:
+            self._expire_lingering(out, None)
         done_limit = self._clock_ms - self.done_ms
         for done in (self._done, self._done_user):
             # Entries go in as the audit clock (which never goes back) stands: oldest first.
@@ -346,6 +445,13 @@ class Assembler:
 
 def _has_syscall(event: AuditEvent) -> bool:
     return any(record.rtype == SYSCALL for record in event.records)
+
+
+def _awaits_records(event: AuditEvent) -> bool:
+    """The event has its SYSCALL, and the kernel has more records of it to write (PROCTITLE,
+    its last before the EOE, has not come)."""
+    types = {record.rtype for record in event.records}
+    return SYSCALL in types and PROCTITLE not in types
 
 
 def _order(event: AuditEvent) -> tuple[int, int, int, bytes]:

@@ -88,7 +88,8 @@ class AuditDecoder:
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = asdict(self.stats)
-        out["assembly"] = dict(asdict(self.assembler.stats), open=self.assembler.inflight)
+        out["assembly"] = dict(asdict(self.assembler.stats), open=self.assembler.inflight,
+                               lingering=self.assembler.lingering)
         # Which split path parsed (records.split_path): "pure Python" on a host where the C
         # one was not built costs about a quarter more CPU, and says so here.
         out["split_path"] = split_path()
