@@ -67,6 +67,37 @@ class Gather:
         self._last_read = self.clock()
 
 
+class Pacing:
+    """How long a reader may pause after a read: BATCH_SECONDS, or less when, at the rate the
+    read found, more than ``lines`` lines or ``size`` bytes would come meanwhile.
+
+    For auditd's socket to its plugins, which holds a few hundred writes (one record each):
+    at 2,000 execs/s a 20 ms pause let it fill, each read took what it held, and the reads,
+    not the plugin's CPU, set the rate it could take (about 1,700 execs/s of the lab's);
+    auditd's queue behind the socket overflowed, and auditd dropped records for every plugin
+    (2026-12-07, docs/overhead.md). At 1,000 execs/s the pause stays BATCH_SECONDS."""
+
+    def __init__(self, lines: int, size: int, longest: float = BATCH_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if lines <= 0 or size <= 0:
+            raise ValueError("the room is a positive number of lines and of bytes")
+        self.lines = lines
+        self.size = size
+        self.longest = longest
+        self.clock = clock
+        self._last_read = clock()
+
+    def pause(self, lines: int, size: int) -> float:
+        """Seconds to pause after a read of ``lines`` lines in ``size`` bytes (0: read again
+        at once)."""
+        now = self.clock()
+        elapsed, self._last_read = now - self._last_read, now
+        fill = max(lines / self.lines, size / self.size)
+        if fill <= 0:
+            return self.longest
+        return max(0.0, min(self.longest, elapsed / fill))
+
+
 class StopFlag(Protocol):
     """What the read loops wait on between batches (set by SIGTERM/SIGINT)."""
 

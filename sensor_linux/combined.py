@@ -43,7 +43,7 @@ class RingFirst:
     def due_in(self) -> float | None:
         return None  # the ring input is due on its own
 
-    def drain(self) -> bool:
+    def drain(self) -> float:
         self.ring.read()
         return self.audit.drain()
 

@@ -10,7 +10,8 @@ turns what it reads into output itself. The runner owns the rest, the same for e
 
 The loop waits on the inputs' descriptors with ``select``, until the next tick or the first
 input that is due. After a drain of a readable descriptor the loop lets events gather for
-``BATCH_SECONDS``; an input that gathers longer is read when due or woken (see batching.py).
+``BATCH_SECONDS``, or the shorter time that input asks for; an input that gathers longer is
+read when due or woken (see batching.py).
 """
 
 from __future__ import annotations
@@ -99,13 +100,14 @@ class RunConfig:
 
 class Input(Protocol):
     """One thing a source reads: a descriptor to wait on (``fileno``). ``drain`` reads what
-    is ready without blocking and says whether more is waiting already (a full read: a
-    reader that is behind must not pause). ``due_in``: seconds until it is to be drained
-    even if its descriptor stays quiet (an input that gathers, read on a deadline and woken
-    early), or None."""
+    is ready without blocking and says how long the loop may let events gather before it
+    reads again: BATCH_SECONDS, less for an input that would fill meanwhile (batching.Pacing),
+    0 when more is waiting already (a full read: a reader that is behind must not pause).
+    ``due_in``: seconds until it is to be drained even if its descriptor stays quiet (an input
+    that gathers, read on a deadline and woken early), or None."""
 
     def fileno(self) -> int: ...
-    def drain(self) -> bool: ...
+    def drain(self) -> float: ...
     def due_in(self) -> float | None: ...
 
 
@@ -188,14 +190,14 @@ def pump(source: Source, sink: Output, stop: StopFlag,
             dues = [due for due in (i.due_in() for i in inputs.values()) if due is not None]
             timeout = min([max(0.0, next_tick - time.monotonic()), *dues])
             ready, _, _ = select.select(list(inputs), [], [], timeout)
-            behind = False
+            pause = BATCH_SECONDS
             for fd in ready:
-                behind |= inputs[fd].drain()
+                pause = min(pause, inputs[fd].drain())
             for fd, item in inputs.items():
                 if fd not in ready and item.due_in() == 0:
                     item.drain()  # quiet, but due (a gathering input's deadline)
-            if ready and not behind:
-                stop.wait(BATCH_SECONDS)
+            if ready and pause > 0:
+                stop.wait(pause)
         else:
             stop.wait(max(0.0, next_tick - time.monotonic()))
         if time.monotonic() >= next_tick:

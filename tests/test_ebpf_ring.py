@@ -16,6 +16,7 @@ import time
 import pytest
 
 from sensor_linux.ebpf.ring import RingReader
+from sensor_linux.batching import BATCH_SECONDS
 
 PAGE = mmap.PAGESIZE
 SIZE = PAGE  # one page of data: records wrap often
@@ -231,7 +232,7 @@ def test_a_ring_input_is_due_after_the_gather_time_and_a_read_takes_the_wake_up(
         assert ring.due_in() == pytest.approx(0.04)
         clock.now += 0.06
         assert ring.due_in() == 0                # late: due now, never negative
-        assert ring.drain() is False and probes.reads == 1
+        assert ring.drain() == BATCH_SECONDS and probes.reads == 1
         assert probes.calls == ["clear", "read"]   # the wake-up taken before the read
         assert ring.due_in() == pytest.approx(0.1)   # and the gather time starts again
     finally:
@@ -260,9 +261,9 @@ def test_the_hybrid_sources_read_the_gathering_ring_before_each_audit_batch() ->
         def fileno(self) -> int:
             return 7
 
-        def drain(self) -> bool:
+        def drain(self) -> float:
             order.append("audit")
-            return True
+            return 0.0
 
     clock = _Clock()
     probes = Probes()
@@ -270,7 +271,7 @@ def test_the_hybrid_sources_read_the_gathering_ring_before_each_audit_batch() ->
         ring = RingInput(probes, Gather(0.1, clock))  # type: ignore[arg-type]
         audit = RingFirst(Audit(), ring)  # type: ignore[arg-type]
         clock.now += 0.02                 # the ring is not due
-        assert audit.fileno() == 7 and audit.due_in() is None and audit.drain() is True
+        assert audit.fileno() == 7 and audit.due_in() is None and audit.drain() == 0.0
         assert order == ["ring", "audit"]
         assert ring.due_in() == pytest.approx(0.1)  # read: its gather time starts again
     finally:

@@ -22,7 +22,7 @@ from sensor_linux.audit.events import AuditEventBuilder, exec_head
 from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.audit.plugin import PipeInput
 from sensor_linux.audit.source import NetlinkInput
-from sensor_linux.batching import BUILD_SECONDS, Gather
+from sensor_linux.batching import BATCH_SECONDS, BUILD_SECONDS, Gather, Pacing
 from sensor_linux.enrich import Enricher
 from sensor_linux.procfs import PinnedProcess
 from sensor_linux.wake import Collected  # an output that keeps the events
@@ -272,10 +272,10 @@ def test_the_audit_inputs_are_due_when_lines_wait_and_build_them_without_reading
                 item.waiting.add(line)
             assert item.due_in() == BUILD_SECONDS  # BUILD_SECONDS after the last build
             if isinstance(item, NetlinkInput):  # (a pipe is drained only when readable)
-                assert item.drain() is False and out.events == []  # not due: waits
+                assert item.drain() == BATCH_SECONDS and out.events == []  # not due: waits
             clock.now += BUILD_SECONDS  # the time has come
             assert item.due_in() == 0
-            assert item.drain() is False  # the empty pipe was not read
+            assert item.drain() == BATCH_SECONDS  # the empty pipe was not read
             assert len(out.events) == 1 and item.due_in() is None
         os.write(write_end, b"".join(lines))
         capture, out, pipeline = _capturing(Enricher())
@@ -390,8 +390,8 @@ def test_a_build_leaves_no_full_socket_behind_it(tmp_path) -> None:
 
 
 def test_the_plugin_pipe_reads_through_one_buffer_and_says_when_more_waits(monkeypatch) -> None:
-    """The pipe is read into one buffer: a read that fills it says more is waiting (the
-    plugin must not pause when behind), lines cut between reads come out whole and the
+    """The pipe is read into one buffer: after a read that fills it the plugin does not
+    pause (more is waiting: it is behind), lines cut between reads come out whole and the
     buffer's old bytes never show up in a later, shorter read; EOF ends the input."""
     from sensor_linux.audit import plugin
 
@@ -405,10 +405,12 @@ def test_the_plugin_pipe_reads_through_one_buffer_and_says_when_more_waits(monke
         write_end = -1
         capture, out, pipeline = _capturing(Enricher())
         piped = PipeInput(read_end, _waiting(pipeline, capture, _Clock()))
-        fills = []
+        pauses = []
         while not piped.eof:
-            fills.append(piped._read())
-        assert fills[:-2] == [True] * (len(data) // 64) and fills[-1] is False
+            pauses.append(piped.drain())
+        full = len(data) // 64
+        assert pauses[:full] == [0.0] * full and len(pauses) == full + 2
+        assert 0 < pauses[-2] <= BATCH_SECONDS and pauses[-1] == BATCH_SECONDS  # short, EOF
         # Built at EOF: each line whole, none with a former read's bytes (the EOE closes
         # the event and is not one of its records).
         assert [event["audit"]["records"] for event in out.events] == [
@@ -419,6 +421,56 @@ def test_the_plugin_pipe_reads_through_one_buffer_and_says_when_more_waits(monke
         os.close(read_end)
         if write_end >= 0:
             os.close(write_end)
+
+
+def test_pacing_shortens_the_pause_when_the_input_fills_fast() -> None:
+    clock = _Clock()
+    pacing = Pacing(160, 48 << 10, BATCH_SECONDS, clock)
+    # 1,000 execs/s of eight records of 170 bytes: 160 lines, 27 KB in 20 ms: the whole pause.
+    clock.now += 0.02
+    assert pacing.pause(160, 160 * 170) == BATCH_SECONDS
+    # 2,000 execs/s: the room fills in 10 ms.
+    clock.now += 0.02
+    assert pacing.pause(320, 320 * 170) == pytest.approx(0.01)
+    # Long records: 96 KB in 50 lines in 20 ms, the bytes fill it in 10 ms.
+    clock.now += 0.02
+    assert pacing.pause(50, 96 << 10) == pytest.approx(0.01)
+    assert pacing.pause(0, 0) == BATCH_SECONDS  # nothing read: nothing learned
+    with pytest.raises(ValueError):
+        Pacing(0, 1)
+
+
+def test_the_plugin_reads_sooner_when_auditds_socket_fills_within_the_pause() -> None:
+    """At a high rate auditd's socket fills within BATCH_SECONDS (it holds some 44 KB): a
+    read that finds it full asks for a shorter pause, so that the reads do not cap the rate
+    (at 20 ms, about 1,700 execs/s of small records), and a trickle gets the whole pause."""
+    import socket
+
+    from sensor_linux.audit import plugin
+
+    auditd_end, plugin_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        clock = _Clock()
+        capture, out, pipeline = _capturing(Enricher())
+        piped = PipeInput(plugin_end.fileno(), _waiting(pipeline, capture, clock))
+        piped.pacing = Pacing(plugin.ROOM_LINES, plugin.ROOM_BYTES, BATCH_SECONDS, clock)
+        auditd_end.setblocking(False)
+        lines = _exec_lines(7, GONE + 7, 1, "/usr/bin/true", "true")
+        sent = 0
+        with pytest.raises(BlockingIOError):
+            while True:  # auditd's writes, one record each, for 20 ms: the socket fills
+                auditd_end.send(lines[sent % len(lines)])
+                sent += 1
+        clock.now += BATCH_SECONDS
+        pause = piped.drain()
+        assert 0 < pause < BATCH_SECONDS * 0.8
+        assert len(piped.waiting.lines) == sent  # all of it read
+        auditd_end.send(lines[0])               # a trickle: the whole pause
+        clock.now += BATCH_SECONDS
+        assert piped.drain() == BATCH_SECONDS
+    finally:
+        auditd_end.close()
+        plugin_end.close()
 
 
 def test_the_plugin_source_builds_what_waits_at_a_tick_and_at_the_stop(tmp_path) -> None:

@@ -19,6 +19,7 @@ from common import ttphash
 from common.schema import new_event
 from common.sinks import OutputError, emit
 from sensor_linux import app
+from sensor_linux.batching import BATCH_SECONDS
 from sensor_linux.runner import BaseSource, RunConfig
 from sensor_linux.sources import SOURCES, SourceEntry
 from tests.conftest import SHARED, require
@@ -36,12 +37,12 @@ class PipeLines:
     def due_in(self) -> None:
         return None
 
-    def drain(self) -> bool:
+    def drain(self) -> float:
         data = os.read(self.fd, 65536)
         self.eof = not data
         for word in data.decode().split():
             self.source.exec(word)
-        return False
+        return BATCH_SECONDS
 
 
 class ToySource(BaseSource):

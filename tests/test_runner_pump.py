@@ -69,7 +69,7 @@ class Sink:
 def test_a_netlink_drain_reads_a_bounded_batch_and_says_more_is_waiting() -> None:
     records, pipeline = EndlessRecords(), Counting()
     netlink = NetlinkInput(records, WaitingLines(pipeline))  # type: ignore[arg-type]
-    assert netlink.drain() is True
+    assert netlink.drain() == 0.0
     assert records.reads == pipeline.fed == audit_source.DRAIN_DATAGRAMS
 
 
@@ -91,9 +91,10 @@ def test_the_read_loop_stops_ticks_and_flushes_while_records_never_stop() -> Non
 class Trickle:
     """A descriptor with one record now and then: drained at once, never behind."""
 
-    def __init__(self) -> None:
+    def __init__(self, pause: float = BATCH_SECONDS) -> None:
         self.sock, self._peer = socket.socketpair()
         self._peer.send(b"x")      # never read: select() always says ready
+        self.pause = pause
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -101,8 +102,8 @@ class Trickle:
     def due_in(self) -> None:
         return None
 
-    def drain(self) -> bool:
-        return False
+    def drain(self) -> float:
+        return self.pause
 
 
 class Waits:
@@ -126,6 +127,14 @@ def test_the_read_loop_lets_events_gather_after_a_drain_that_is_not_behind() -> 
     assert stop.waits == [BATCH_SECONDS] * 3
 
 
+def test_the_read_loop_pauses_as_briefly_as_an_input_asks() -> None:
+    # (auditd's socket fills in less than BATCH_SECONDS at a high rate: batching.Pacing)
+    source = Flooded(Trickle(pause=0.007))  # type: ignore[arg-type]
+    stop = Waits()
+    pump(source, Sink(), stop)  # type: ignore[arg-type]
+    assert stop.waits == [0.007] * 3
+
+
 class _Gathering:
     """An input that gathers: its descriptor (a pipe) turns readable only when woken, and
     it is due ``due`` seconds after each drain."""
@@ -142,7 +151,7 @@ class _Gathering:
     def due_in(self) -> float:
         return max(0.0, self.last + self.due - time.monotonic())
 
-    def drain(self) -> bool:
+    def drain(self) -> float:
         woken = bool(select.select([self.read_end], [], [], 0)[0])
         if woken:
             os.read(self.read_end, 100)
@@ -150,7 +159,7 @@ class _Gathering:
         self.last = time.monotonic()
         if len(self.drains) >= self.drains_to_stop:
             self.stop.set()
-        return False
+        return BATCH_SECONDS
 
     def close(self) -> None:
         os.close(self.read_end)

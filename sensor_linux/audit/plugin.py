@@ -4,7 +4,8 @@ in its string format, as a live source for the runner.
 auditd starts the plugin as root and owns the audit session; the plugin holds no kernel
 handle, so it drops nothing and reports no status of its own (auditd's is the kernel's).
 auditd 3 hands the records over a UNIX stream socket (``socketpair``), which holds only about
-35 execs' records: the plugin reads it every 20 ms and between the chunks of each build
+35 execs' records: the plugin reads it every 20 ms, sooner when more than ROOM_LINES records (or
+ROOM_BYTES) would come in that time (batching.Pacing), and between the chunks of each build
 (``capture.CHUNK_LINES``), so that auditd's dispatcher, which serves every plugin on the host,
 does not wait for it. Given a pipe instead (a plugin started by hand), it enlarges it.
 
@@ -24,6 +25,7 @@ from common.sinks import Output
 from sensor_linux.audit.lines import LineSplitter
 from sensor_linux.audit.pipeline import open_error_log
 from sensor_linux.audit.capture import WaitingLines, live_audit
+from sensor_linux.batching import BATCH_SECONDS, Pacing
 from sensor_linux.enrich import Enricher
 from sensor_linux.runner import BaseSource, RunConfig
 
@@ -31,6 +33,13 @@ DRAIN_SECONDS = 2.0      # at most this long reading what is left after SIGTERM
 QUIET_SECONDS = 0.2      # ... and only while the pipe keeps delivering
 PIPE_BYTES = 1 << 20
 READ_BYTES = 1 << 20
+# What may gather in auditd's socket between two reads. The socket counts each write (one
+# record) at some 768 bytes up to 160 bytes of record, 1,280 up to 500, 2,300 for 1,000, against
+# the sender's 212,992 (net.core.wmem_default): 278, 167 and 93 writes, some 26 of the lab's
+# execs (eight records, four of them over 300 bytes). 160 records is what 20 ms brings at 1,000
+# execs/s; 48 KB half of what 1 KB records fill it with.
+ROOM_LINES = 160
+ROOM_BYTES = 48 << 10
 
 
 def enlarge_pipe(fd: int) -> None:
@@ -52,6 +61,7 @@ class PipeInput:
         self.waiting = waiting
         self.splitter = LineSplitter()
         self.eof = False
+        self.pacing = Pacing(ROOM_LINES, ROOM_BYTES)
         # Read into one buffer, made at the first read: os.read() of READ_BYTES allocates
         # that much for each read of a few tens of kilobytes, which the C library maps anew
         # each time (24-26 us more a read of 24 KB than through this buffer, measured alone;
@@ -65,31 +75,34 @@ class PipeInput:
         """Read when the pipe is readable; due when lines wait to be built."""
         return self.waiting.due_in()
 
-    def drain(self) -> bool:
+    def drain(self) -> float:
         """Read what the pipe holds (when it is readable: the runner also calls this when
         lines are due to be built, and a read of an empty pipe would block), then build what
-        waits if it is due."""
-        more = False
-        if not self.waiting.due() or _readable(self.fd):
-            more = self._read()
+        waits if it is due; the pause before the next read (batching.Pacing; none after a
+        read that filled the buffer: more is waiting)."""
+        if self.waiting.due() and not _readable(self.fd):
+            self.waiting.feed_if_due()
+            return BATCH_SECONDS
+        size, lines = self._read()
         self.waiting.feed_if_due()
-        return more
+        return 0.0 if size == READ_BYTES else self.pacing.pause(lines, size)
 
     def read_if_ready(self) -> None:
         """Read what has come, if anything has (between the chunks of a build)."""
         if not self.eof and _readable(self.fd):
             self._read()
 
-    def _read(self) -> bool:
+    def _read(self) -> tuple[int, int]:
+        """Read once; the bytes read (0: the end of the input) and the lines they ended."""
         if self._buffer is None:
             self._buffer = memoryview(bytearray(READ_BYTES))
         size = os.readv(self.fd, [self._buffer])
         if not size:
             self.end()
-            return False
-        self.waiting.add_many(self.splitter.feed(self._buffer[:size].tobytes()))
-        # A full read means more is waiting: a plugin that is behind must not pause.
-        return size == READ_BYTES
+            return 0, 0
+        lines = self.splitter.feed(self._buffer[:size].tobytes())
+        self.waiting.add_many(lines)
+        return size, len(lines)
 
     def end(self) -> None:
         if not self.eof:

@@ -10,6 +10,7 @@ from sensor_linux.audit.netlink import AuditNetlinkError, AuditSocket
 from sensor_linux.audit.pipeline import AuditDecoder, open_error_log
 from sensor_linux.audit.session import AuditBusy, AuditLocked, UnicastSession, choose_session
 from sensor_linux.audit.capture import WaitingLines, live_audit
+from sensor_linux.batching import BATCH_SECONDS
 from sensor_linux.enrich import Enricher
 from sensor_linux.runner import BaseSource, RunConfig, SourceError
 
@@ -36,14 +37,14 @@ class NetlinkInput:
         """Read when the socket is readable; due when lines wait to be built."""
         return self.waiting.due_in()
 
-    def drain(self) -> bool:
-        """Read until the socket is empty, or at most DRAIN_DATAGRAMS; True if more waits.
-        The bound keeps the runner's loop turning when execs come faster than we read: it
-        must still see a stop, flush its outputs and time out events. Then build what waits,
-        if it is due."""
+    def drain(self) -> float:
+        """Read until the socket is empty, or at most DRAIN_DATAGRAMS; no pause if more
+        waits. The bound keeps the runner's loop turning when execs come faster than we read:
+        it must still see a stop, flush its outputs and time out events. Then build what
+        waits, if it is due. (The socket holds 16 MiB: BATCH_SECONDS of any rate.)"""
         more = self._read()
         self.waiting.feed_if_due()
-        return more
+        return 0.0 if more else BATCH_SECONDS
 
     def _read(self) -> bool:
         read = 0

@@ -11,7 +11,7 @@ from common.pipeline import Pipeline
 from common.schema import Event
 from common.sinks import Output
 from sensor_linux.attempts import AttemptFolder
-from sensor_linux.batching import Gather
+from sensor_linux.batching import BATCH_SECONDS, Gather
 from sensor_linux.ebpf.events import EbpfEventBuilder
 from sensor_linux.ebpf.probes import FLAG_NO_ENTRY, ExecProbes, ExecRecord, PrerequisiteError
 from sensor_linux.enrich import Enricher
@@ -98,9 +98,9 @@ class RingInput:
     def due_in(self) -> float | None:
         return self.gather.due_in()
 
-    def drain(self) -> bool:
+    def drain(self) -> float:
         self.read()
-        return False
+        return BATCH_SECONDS
 
     def read(self) -> None:
         """Read what the ring holds now, due or not."""
