@@ -5,9 +5,10 @@ a socket write by auditd), and each wake-up costs a system call round trip and a
 loop. Waiting 20 ms after each drain turns thousands of wake-ups a second into fifty. The
 buffers in between are far larger than 20 ms of events at any exec rate this host can reach
 (the BPF ring buffer, 4 MiB by default; the netlink socket, 16 MiB), but for one: auditd's
-socket to its plugins holds some 35 execs' records (278 writes), about 35 ms at 1000 execs/s,
-so the plugin also reads between the chunks of a build (``capture.CHUNK_LINES``). The
-overhead lab (``ttpsensor bench overhead``) measures the effect.
+socket to its plugins holds some 26 of the lab's execs (a few hundred writes), about 26 ms at
+1000 execs/s, so the plugin also reads between the chunks of a build (``capture.CHUNK_LINES``)
+and pauses less when more would come meanwhile (:class:`Pacing`). The overhead lab
+(``ttpsensor bench overhead``) measures the effect.
 Larger batches cost less per event still: the eBPF sources read their ring every 200 ms, and
 the loop sleeps in between unless the probes wake it (an image with no link exec'd, the ring
 filling: ``RingInput`` in ``sensor_linux/ebpf/source.py``, docs/ebpf.md). Each read costs

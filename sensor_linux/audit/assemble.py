@@ -12,9 +12,10 @@ follow the event rate.
 A log as auditd writes it to disk carries no EOE records. Until the stream has shown an EOE, a
 PROCTITLE closes its event once its SYSCALL is there: at syscall exit the kernel writes SYSCALL,
 the auxiliary records and PROCTITLE last, just before the EOE (audit_log_exit), so nothing of
-that event can follow (records logged during the syscall, CONFIG_CHANGE or AVC, come before). Waiting for a timeout instead held every event for seconds
-(memory, and a slow release). An EOE that does come after such a close is absorbed, and from
-then on events wait for their EOE as usual.
+that event can follow (records logged during the syscall, CONFIG_CHANGE or AVC, come before).
+Waiting for a timeout instead held every event for seconds (memory, and a slow release). An
+EOE that does come after such a close is absorbed, and from then on events wait for their EOE
+as usual.
 
 With ``ordered`` (the default), completed events are released in event-id order: one that
 completes while an earlier event is still open waits for it (or for its timeout). Consumers that

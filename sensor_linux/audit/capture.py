@@ -36,9 +36,10 @@ MAX_WAITING = 8192
 MAX_WAITING_BYTES = 4 << 20
 # Lines parsed and built between two looks at the input while a build runs (``read_between``):
 # about 128 execs, some 10 ms of building. auditd hands its records to a plugin over a UNIX
-# socket that holds only 278 of its writes (one record each, 44 KB of exec records: about 35
-# execs), so a build of 500 ms of execs at 1000/s (35-50 ms) filled it, and auditd's dispatcher
-# sat blocked in the socket's send 42 % of the time (LAUREL, which reads as records come: never).
+# socket that holds only a few hundred of its writes (one record each: some 26 of the lab's
+# execs, plugin.ROOM_LINES), so a build of 500 ms of execs at 1000/s (35-50 ms) filled it, and
+# auditd's dispatcher sat blocked in the socket's send 42 % of the time (LAUREL, which reads as
+# records come: never).
 CHUNK_LINES = 1024
 # How a record line that may be an exec's SYSCALL record starts (with the node name or without).
 _MAY_BE_EXEC = (b"type=SYSCALL ", b"node=")

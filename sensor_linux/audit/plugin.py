@@ -3,8 +3,8 @@ in its string format, as a live source for the runner.
 
 auditd starts the plugin as root and owns the audit session; the plugin holds no kernel
 handle, so it drops nothing and reports no status of its own (auditd's is the kernel's).
-auditd 3 hands the records over a UNIX stream socket (``socketpair``), which holds only about
-35 execs' records: the plugin reads it every 20 ms, sooner when more than ROOM_LINES records (or
+auditd 3 hands the records over a UNIX stream socket (``socketpair``), which holds only some
+26 execs' records: the plugin reads it every 20 ms, sooner when more than ROOM_LINES records (or
 ROOM_BYTES) would come in that time (batching.Pacing), and between the chunks of each build
 (``capture.CHUNK_LINES``), so that auditd's dispatcher, which serves every plugin on the host,
 does not wait for it. Given a pipe instead (a plugin started by hand), it enlarges it.
