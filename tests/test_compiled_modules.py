@@ -155,5 +155,7 @@ def test_compiled_and_source_write_the_same_bytes(tmp_path: Path,
         lines += mine.count(b"\n")
         errors += mine.count(b"\n") if name.endswith(".errors") else 0
     assert not differ, differ
-    # Not an empty comparison: every log replayed, and the mutated one kept bad lines.
-    assert lines > 20_000 and errors > 1000, (lines, errors)
+    # Not an empty comparison: every log replayed, and the mutated one kept bad lines (some
+    # 19,500 lines in all since records of a lingering event join it instead of being kept
+    # as a finished event's duplicates; 20,000 and more before).
+    assert lines > 15_000 and errors > 1000, (lines, errors)
