@@ -88,9 +88,11 @@ class PipeInput:
         return 0.0 if size == READ_BYTES else self.pacing.pause(lines, size)
 
     def read_if_ready(self) -> None:
-        """Read what has come, if anything has (between the chunks of a build)."""
+        """Read what has come, if anything has (between the chunks of a build); the pacing
+        measures the rate from this read on."""
         if not self.eof and _readable(self.fd):
-            self._read()
+            size, lines = self._read()
+            self.pacing.pause(lines, size)
 
     def _read(self) -> tuple[int, int]:
         """Read once; the bytes read (0: the end of the input) and the lines they ended."""
