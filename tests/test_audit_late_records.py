@@ -80,6 +80,26 @@ def test_split_execs_come_out_whole_with_what_laurel_emits_in_two_parts(tmp_path
     assert assembly["timed_out"] == 0 and assembly["lingering"] == 0
 
 
+def test_an_exec_whose_execve_record_was_lost_before_us_is_counted(tmp_path: Path) -> None:
+    """auditd drops records from its queue to its plugins and tells only syslog: an exec
+    that lost its EXECVE record there still comes out, and the summary counts it."""
+    lines = SPLIT_LOG.read_bytes().splitlines(keepends=True)
+    lost = [line for line in lines if line.startswith(b"type=EXECVE ")][3]
+    log = tmp_path / "lost.log"
+    log.write_bytes(b"".join(line for line in lines if line is not lost))
+    counts = []
+    for path in (SPLIT_LOG, log):
+        done = subprocess.run([*ttpsensor_command(), "audisp", str(path), "--format", "ecs",
+                               "--parse-error-log", str(tmp_path / "errors.log")],
+                              capture_output=True, check=True, timeout=120)
+        summary = json.loads(done.stderr.decode().rsplit("ttpsensor audisp: ", 1)[1])
+        events = [json.loads(line) for line in done.stdout.splitlines()]
+        counts.append((summary["execs_without_args"],
+                       sum(1 for e in events if e["event"]["action"] == "process_create"
+                           and "args" not in e["process"])))
+    assert counts == [(0, 0), (1, 1)]
+
+
 def _line(kind: str, sec: int, serial: int, body: str) -> bytes:
     return f"type={kind} msg=audit({sec}.000:{serial}): {body}\n".encode()
 

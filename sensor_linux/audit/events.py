@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from common.percent import as_text, to_bytes
@@ -189,11 +190,22 @@ def _head_decimal(part: bytes, syscall: Record) -> Value:
     return field_value(SYSCALL, key.decode("ascii"), raw, syscall.raw)
 
 
+@dataclass
+class BuildCounts:
+    """What the builder counts for the source's summary (AuditDecoder.summary)."""
+
+    # Successful execs without their EXECVE record: records lost before us (auditd's queue to
+    # its plugins, which it reports only to syslog; the kernel's lost counter says its own).
+    execs_without_args: int = 0
+
+
 class AuditEventBuilder:
     """Turns :class:`AuditEvent` objects into common-schema events, one at a time, in order."""
 
-    def __init__(self, enricher: Enricher, captured: Captured | None = None) -> None:
+    def __init__(self, enricher: Enricher, captured: Captured | None = None,
+                 counts: BuildCounts | None = None) -> None:
         self.enricher = enricher
+        self.counts = BuildCounts() if counts is None else counts
         # What the live sources read of each exec as its SYSCALL record came in (capture.py).
         self.captured = captured
         self._paths: dict[tuple[bytes, ...], PathFacts] = {}
@@ -270,6 +282,8 @@ class AuditEventBuilder:
                     name: str) -> Event:
         success = _succeeded(syscall, head)
         facts = self._exec_facts(audit, syscall, head, success)
+        if success and facts.args is None:
+            self.counts.execs_without_args += 1
         event = self.enricher.process_event(
             facts, "auditd", original_id=audit.id, timestamp=facts.start_time,
             record=success)

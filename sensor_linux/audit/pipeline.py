@@ -24,7 +24,7 @@ from sensor_linux.audit.lines import MAX_LINE
 from sensor_linux.audit.records import ParseError, parse, split_path
 
 if TYPE_CHECKING:  # imported where the ecs and qlog formats are built (audit_pipeline)
-    from sensor_linux.audit.events import Captured
+    from sensor_linux.audit.events import BuildCounts, Captured
     from sensor_linux.enrich import Enricher
 
 FORMATS = ("ecs", "laurel", "qlog")
@@ -48,6 +48,9 @@ class AuditDecoder:
         self.keeper = keeper
         self.assembler = assembler or Assembler()
         self.stats = DecodeStats()
+        # The event builder's counts, reported with ours; none for the LAUREL format, which
+        # renders records without building events.
+        self.build_counts: BuildCounts | None = None
 
     def decode(self, line: bytes) -> list[AuditEvent]:
         """One line of auditd's plugin or log format."""
@@ -88,6 +91,8 @@ class AuditDecoder:
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = asdict(self.stats)
+        if self.build_counts is not None:
+            out.update(asdict(self.build_counts))
         out["assembly"] = dict(asdict(self.assembler.stats), open=self.assembler.inflight,
                                lingering=self.assembler.lingering)
         # Which split path parsed (records.split_path): "pure Python" on a host where the C
@@ -118,10 +123,12 @@ def audit_pipeline(fmt: str, sink: Output, *, enricher: Enricher | None = None,
         return Pipeline(decoder, sink, render_item=laurel.LaurelRenderer(), keeper=keeper)
     # Only these formats enrich: a laurel replay does not pay for importing enrichment and
     # the TTPHash (about 10 ms of CPU at its start).
-    from sensor_linux.audit.events import AuditEventBuilder
+    from sensor_linux.audit.events import AuditEventBuilder, BuildCounts
     from sensor_linux.enrich import Enricher
+    decoder.build_counts = BuildCounts()
     return Pipeline(decoder, sink, keeper=keeper,
-                    builder=AuditEventBuilder(enricher or Enricher(), captured),
+                    builder=AuditEventBuilder(enricher or Enricher(), captured,
+                                              decoder.build_counts),
                     folder=AttemptFolder(keep_all=keep_exec_attempts), route=route)
 
 
