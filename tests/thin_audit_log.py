@@ -35,10 +35,11 @@ def _stamps(lines: list[bytes]) -> list[tuple[int, int] | None]:
     return out
 
 
-def split_events(lines: list[bytes], gap_ms: int) -> list[tuple[int, int, int]]:
+def split_events(lines: list[bytes], stamps: list[tuple[int, int] | None],
+                 gap_ms: int) -> list[tuple[int, int, int]]:
     """(serial, first line, last line) of events whose next record after the SYSCALL came
-    when the audit clock stood more than ``gap_ms`` past the event's own time."""
-    stamps = _stamps(lines)
+    when the audit clock stood more than ``gap_ms`` past the event's own time (``stamps``:
+    each line's, from _stamps)."""
     seen: dict[int, tuple[int, int]] = {}        # serial -> (SYSCALL line, its time)
     clock = 0
     found: dict[int, tuple[int, int, int]] = {}
@@ -71,14 +72,14 @@ def split_events(lines: list[bytes], gap_ms: int) -> list[tuple[int, int, int]]:
 def main(log: Path, count: int, gap_ms: int, keep: int) -> None:
     """Print the thinned excerpt of LOG on stdout."""
     lines = log.read_bytes().splitlines(keepends=True)
-    chosen = split_events(lines, gap_ms)[:count]
+    stamps = _stamps(lines)
+    chosen = split_events(lines, stamps, gap_ms)[:count]
     if not chosen:
         raise click.ClickException(f"{log}: no event split by more than {gap_ms} ms")
     start = min(first for _, first, _ in chosen)
     end = max(last for _, _, last in chosen)
     # The rest of a split event's records follow its late one directly.
     serials = {serial for serial, _, _ in chosen}
-    stamps = _stamps(lines)
     while end + 1 < len(lines) and stamps[end + 1] and stamps[end + 1][1] in serials:
         end += 1
     out = sys.stdout.buffer

@@ -215,9 +215,7 @@ class Assembler:
                 self._reject("duplicate EOE" if key in self._done else "EOE for no open event",
                              record)
                 return out
-            event.complete = True
-            self.stats.completed_by_eoe += 1
-            self._finish(key, event, out)
+            self._complete_by_eoe(key, event, out)
             return out
         if rtype not in MULTIPART:
             if key in self._done_user:
@@ -248,40 +246,53 @@ class Assembler:
             return out
         event.records.append(record)
         if rtype == PROCTITLE and not self._eoe_seen and _has_syscall(event):
-            self.stats.completed_by_proctitle += 1
-            event.complete = True  # all its records are here, as surely as with an EOE
             del self._inflight[key]
-            self._finish(key, event, out)
-            self._closed_early[key] = None
-            if len(self._closed_early) > MAX_EARLY_CLOSED:
-                self._closed_early.popitem(last=False)  # O(1), unlike a dict's front
+            self._close_by_proctitle(key, event, out)
         elif key in self._inflight:
             self._last, self._last_key = event, key
         return out
 
+    def _complete_by_eoe(self, key: EventKey, event: AuditEvent,
+                         out: list[AuditEvent]) -> None:
+        event.complete = True
+        self.stats.completed_by_eoe += 1
+        self._finish(key, event, out)
+
+    def _close_by_proctitle(self, key: EventKey, event: AuditEvent,
+                            out: list[AuditEvent]) -> None:
+        """Its PROCTITLE closed the event (no EOE seen yet in the stream): all its records are
+        here, as surely as with an EOE, which may still come and is then absorbed."""
+        self.stats.completed_by_proctitle += 1
+        event.complete = True
+        self._finish(key, event, out)
+        self._closed_early[key] = None
+        if len(self._closed_early) > MAX_EARLY_CLOSED:
+            self._closed_early.popitem(last=False)  # O(1), unlike a dict's front
+
+    def _give_up(self, key: EventKey, event: AuditEvent, out: list[AuditEvent]) -> None:
+        """The event goes out without the record that would complete it."""
+        self.stats.timed_out += 1
+        self._finish(key, event, out)
+
     def _add_late(self, key: EventKey, event: AuditEvent, record: Record,
                   out: list[AuditEvent]) -> None:
         """A record of a lingering event: it joins the event, and the record that completes
-        the event releases it."""
+        the event releases it (out of id order: later events did not wait for it)."""
         rtype = record.rtype
-        if rtype != EOE:
-            if len(event.records) >= MAX_RECORDS_PER_EVENT:
-                self._reject("too many records for one event", record)
-                return
-            event.records.append(record)
-            if rtype != PROCTITLE or self._eoe_seen:
-                return
-            self.stats.completed_by_proctitle += 1
-            self._closed_early[key] = None
-            if len(self._closed_early) > MAX_EARLY_CLOSED:
-                self._closed_early.popitem(last=False)
-        else:
+        if rtype == EOE:
             self._eoe_seen = True
-            self.stats.completed_by_eoe += 1
-        del self._lingering[key]
-        event.complete = True
-        self.stats.completed_late += 1
-        self._finish(key, event, out)
+            del self._lingering[key]
+            self.stats.completed_late += 1
+            self._complete_by_eoe(key, event, out)
+            return
+        if len(event.records) >= MAX_RECORDS_PER_EVENT:
+            self._reject("too many records for one event", record)
+            return
+        event.records.append(record)
+        if rtype == PROCTITLE and not self._eoe_seen:
+            del self._lingering[key]
+            self.stats.completed_late += 1
+            self._close_by_proctitle(key, event, out)
 
     def _time_out(self, key: EventKey, event: AuditEvent, out: list[AuditEvent],
                   now: float | None) -> None:
@@ -291,8 +302,7 @@ class Assembler:
         could still come: the kernel writes it next)."""
         closers_seen = self._eoe_seen or self.stats.completed_by_proctitle
         if self.linger_ms <= 0 or not closers_seen or not _awaits_records(event):
-            self.stats.timed_out += 1
-            self._finish(key, event, out)
+            self._give_up(key, event, out)
             return
         if event is self._last:
             self._last = None
@@ -301,8 +311,7 @@ class Assembler:
         self.stats.lingered += 1
         if len(self._lingering) > MAX_LINGERING:
             oldest, (evicted, _, _) = self._lingering.popitem(last=False)
-            self.stats.timed_out += 1
-            self._finish(oldest, evicted, out)
+            self._give_up(oldest, evicted, out)
 
     def _expire_lingering(self, out: list[AuditEvent], now: float | None) -> None:
         """Lingering events whose audit-time or (with ``now``) wall deadline has passed go out
@@ -313,8 +322,7 @@ class Assembler:
             if audit_deadline > self._clock_ms and (now is None or wall_deadline > now):
                 return
             del lingering[key]
-            self.stats.timed_out += 1
-            self._finish(key, event, out)
+            self._give_up(key, event, out)
 
     @property
     def lingering(self) -> int:

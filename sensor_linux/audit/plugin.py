@@ -44,8 +44,8 @@ ROOM_BYTES = 48 << 10
 
 def enlarge_pipe(fd: int) -> None:
     """Room for a batch of events in a pipe while the plugin waits (see batching.py). auditd 3
-    gives its plugins a socket, which the reader cannot enlarge: read_if_ready keeps it from
-    filling."""
+    gives its plugins a socket, which the reader cannot enlarge: the pacing and read_if_ready
+    keep it from filling."""
     import fcntl
     try:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
@@ -85,7 +85,8 @@ class PipeInput:
             return BATCH_SECONDS
         size, lines = self._read()
         self.waiting.feed_if_due()
-        return 0.0 if size == READ_BYTES else self.pacing.pause(lines, size)
+        pause = self.pacing.pause(lines, size)  # (measured from every read, a full one too)
+        return 0.0 if size == READ_BYTES else pause
 
     def read_if_ready(self) -> None:
         """Read what has come, if anything has (between the chunks of a build); the pacing
