@@ -80,24 +80,79 @@ def test_split_execs_come_out_whole_with_what_laurel_emits_in_two_parts(tmp_path
     assert assembly["timed_out"] == 0 and assembly["lingering"] == 0
 
 
-def test_an_exec_whose_execve_record_was_lost_before_us_is_counted(tmp_path: Path) -> None:
-    """auditd drops records from its queue to its plugins and tells only syslog: an exec
-    that lost its EXECVE record there still comes out, and the summary counts it."""
-    lines = SPLIT_LOG.read_bytes().splitlines(keepends=True)
-    lost = [line for line in lines if line.startswith(b"type=EXECVE ")][3]
+# What the thinned log loses below, by exec (its index among the log's successful execs): an
+# exec that lost several kinds of record counts once, and under each kind.
+LOSSES = {3: ("EXECVE",), 10: ("CWD",), 20: ("PATH",), 30: ("PROCTITLE",),
+          40: ("CWD", "PROCTITLE"), 45: ("EXECVE", "PATH")}
+EXPECTED_INCOMPLETE = {"execs": 6, "missing_execve": 2, "missing_cwd": 2, "missing_path": 2,
+                       "missing_proctitle": 2}
+
+
+def _event_id(line: bytes) -> bytes:
+    return line.split(b"msg=audit(", 1)[1].split(b")", 1)[0]
+
+
+def _lose_records(lines: list[bytes]) -> list[bytes]:
+    """``lines`` without the records of LOSSES, as auditd's queue to its plugins drops records
+    (of a PATH, the exec's last one: an exec of an ELF binary has two)."""
+    execs = [_event_id(line) for line in lines
+             if line.startswith(b"type=SYSCALL ") and b" syscall=59 success=yes " in line]
+    lost: set[int] = set()
+    for index, kinds in LOSSES.items():
+        for kind in kinds:
+            lost.add(max(n for n, line in enumerate(lines)
+                         if line.startswith(b"type=%s " % kind.encode())
+                         and _event_id(line) == execs[index]))
+    return [line for n, line in enumerate(lines) if n not in lost]
+
+
+def _incomplete_in_laurel(path: Path) -> dict[str, int]:
+    """The peer's view of the same input: LAUREL's successful execs (an event's lines merged)
+    that lack EXECVE, CWD or PROCTITLE, or a PATH item of those SYSCALL's items announces."""
+    counts = dict.fromkeys(EXPECTED_INCOMPLETE, 0)
+    for parts in _by_id(path).values():
+        event = _merged(parts)
+        syscall = event.get("SYSCALL", {})
+        if syscall.get("syscall") != 59 or syscall.get("success") != "yes":
+            continue
+        missing = [kind for kind in ("EXECVE", "CWD", "PROCTITLE") if kind not in event]
+        if len(event.get("PATH", [])) < syscall["items"]:
+            missing.append("PATH")
+        if missing:
+            counts["execs"] += 1
+            for kind in missing:
+                counts[f"missing_{kind.lower()}"] += 1
+    return counts
+
+
+def test_execs_that_lost_records_before_us_are_counted_by_kind_as_laurel_shows_them(
+        tmp_path: Path) -> None:
+    """auditd drops records from its queue to its plugins and tells only syslog: an exec that
+    lost some of its records still comes out, and the summary counts it, in every format, by
+    the kind of record it lacks; LAUREL's output of the same input lacks the same ones."""
+    require(shutil.which("laurel") is not None, "LAUREL (apt-get install laurel) is missing")
     log = tmp_path / "lost.log"
-    log.write_bytes(b"".join(line for line in lines if line is not lost))
-    counts = []
-    for path in (SPLIT_LOG, log):
-        done = subprocess.run([*ttpsensor_command(), "audisp", str(path), "--format", "ecs",
-                               "--parse-error-log", str(tmp_path / "errors.log")],
-                              capture_output=True, check=True, timeout=120)
-        summary = json.loads(done.stderr.decode().rsplit("ttpsensor audisp: ", 1)[1])
-        events = [json.loads(line) for line in done.stdout.splitlines()]
-        counts.append((summary["execs_without_args"],
-                       sum(1 for e in events if e["event"]["action"] == "process_create"
-                           and "args" not in e["process"])))
-    assert counts == [(0, 0), (1, 1)]
+    log.write_bytes(b"".join(_lose_records(SPLIT_LOG.read_bytes().splitlines(keepends=True))))
+    (tmp_path / "laurel").mkdir()
+    (tmp_path / "laurel.toml").write_text(PEER_CONFIG.format(directory=tmp_path / "laurel"))
+    with open(log, "rb") as stdin:
+        subprocess.run(["laurel", "--config", str(tmp_path / "laurel.toml")], stdin=stdin,
+                       capture_output=True, check=True, timeout=120)
+    assert _incomplete_in_laurel(tmp_path / "laurel" / "laurel.log") == EXPECTED_INCOMPLETE
+    for path, expected in ((SPLIT_LOG, dict.fromkeys(EXPECTED_INCOMPLETE, 0)),
+                           (log, EXPECTED_INCOMPLETE)):
+        for fmt in ("ecs", "qlog", "laurel"):
+            done = subprocess.run([*ttpsensor_command(), "audisp", str(path), "--format", fmt,
+                                   "--parse-error-log", str(tmp_path / "errors.log")],
+                                  capture_output=True, check=True, timeout=120)
+            summary = json.loads(done.stderr.decode().rsplit("ttpsensor audisp: ", 1)[1])
+            assert summary["execs_incomplete"] == expected, (path.name, fmt)
+            if fmt == "ecs":  # each exec still comes out; those that lost EXECVE, without args
+                events = [json.loads(line) for line in done.stdout.splitlines()]
+                execs = [e for e in events if e["event"]["action"] == "process_create"]
+                assert len(execs) == summary["assembly"]["events"]
+                assert sum("args" not in e["process"] for e in execs) == \
+                    expected["missing_execve"]
 
 
 def _line(kind: str, sec: int, serial: int, body: str) -> bytes:
@@ -204,3 +259,29 @@ def test_lingering_events_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert assembler.stats.lingered == 5 and assembler.stats.timed_out == 2
     flushed = [e.id for e in assembler.flush()]
     assert flushed == ["100.000:4", "100.000:5", "100.000:6", "106.000:9"]
+
+
+@pytest.mark.parametrize("body", [
+    # The kernel's layout, read at its places; and the same fields in another order (a
+    # forwarder that rewrote them), read by name.
+    "arch=c000003e syscall=59 success={ok} exit=0 a0=1 a1=2 a2=3 a3=4 items=2 ppid=1 pid=2 "
+    'comm="x" key=(null)',
+    'syscall=59 items=2 arch=c000003e success={ok} exit=0 pid=2 ppid=1 comm="x"',
+])
+def test_the_count_takes_only_successful_execs_and_the_paths_their_syscall_announced(
+        body: str) -> None:
+    from sensor_linux.audit.completeness import ExecCompleteness
+    from sensor_linux.audit.records import CWD, EXECVE, PROCTITLE
+    whole = (EXECVE, CWD, PROCTITLE)
+    counts = ExecCompleteness()
+    ok, failed = (parse(_line("SYSCALL", 1, n, body.format(ok=outcome)))
+                  for n, outcome in ((1, "yes"), (2, "no")))
+    other = parse(_line("SYSCALL", 1, 3, body.format(ok="yes").replace("syscall=59",
+                                                                        "syscall=2")))
+    counts.note(ok, whole, 2)                 # whole: not counted
+    counts.note(ok, (EXECVE, PROCTITLE), 2)   # no CWD
+    counts.note(ok, whole, 1)                 # one PATH of the two announced
+    counts.note(failed, (PROCTITLE,), 0)      # a failed exec writes fewer records
+    counts.note(other, (CWD, PROCTITLE), 1)   # open(2): no EXECVE to lose
+    assert (counts.execs, counts.missing_cwd, counts.missing_path, counts.missing_execve,
+            counts.missing_proctitle) == (2, 1, 1, 0, 0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from common.percent import as_text, to_bytes
@@ -18,10 +17,11 @@ from common.proctable import Entry
 from common.schema import Event, new_event
 from sensor_linux.audit import syscalls
 from sensor_linux.audit.assemble import AuditEvent, EventKey
+from sensor_linux.audit.completeness import ExecCompleteness, announced_paths, exec_call
 from sensor_linux.audit.decode import execve_argv, sockaddr
-from sensor_linux.audit.records import (CWD, EXECVE, PATH, SOCKADDR, SYSCALL, SYSCALL_TAIL,
-                                        ParseError, Record, Value, field_value, find_field,
-                                        in_kernel_layout, stamp_token)
+from sensor_linux.audit.records import (CWD, EXECVE, PATH, PROCTITLE, SOCKADDR, SYSCALL,
+                                        SYSCALL_TAIL, ParseError, Record, Value, field_value,
+                                        find_field, in_kernel_layout, stamp_token)
 from sensor_linux.enrich import Enricher
 from sensor_linux.procfs import LiveFacts, ProcessFacts, kernel_tty_name
 
@@ -105,7 +105,7 @@ def exec_head(line: bytes) -> ExecHead | None:
     and executable; else None (another record, another call, another layout). Made for the
     live sources' first look at a record, before it is parsed (capture.py): it reads every
     record, so what repeats from one exec to the next (the call, the text after the pid) is
-    read once (_exec_call, _tail_executable)."""
+    read once (exec_call, _tail_executable)."""
     node = None
     if line.startswith(b"node="):
         first, _, line = line.partition(b" ")
@@ -113,7 +113,7 @@ def exec_head(line: bytes) -> ExecHead | None:
     if not line.startswith(b"type=SYSCALL "):
         return None
     parts = line.split(b" ", 13)
-    if len(parts) < 14 or not _exec_call(parts[2], parts[3]):
+    if len(parts) < 14 or not exec_call(parts[2], parts[3]):
         return None
     # Only the fields read are checked at their places: another layout puts others there.
     ppid, pid = parts[11], parts[12]
@@ -125,20 +125,6 @@ def exec_head(line: bytes) -> ExecHead | None:
             or len(ppid) > 10:
         return None
     return (node, *stamp), int(pid), int(ppid) or None, _tail_executable(parts[13])
-
-
-@functools.lru_cache(maxsize=256)
-def _exec_call(arch: bytes, number: bytes) -> bool:
-    """Whether a SYSCALL record's ``arch=`` and ``syscall=`` parts name an exec."""
-    if not (arch.startswith(b"arch=") and number.startswith(b"syscall=")):
-        return False
-    arch, number = arch[5:], number[8:]
-    if len(arch) > 8 or len(number) > 4 or not number.isdigit():
-        return False
-    try:
-        return syscalls.syscall_name(int(arch, 16), int(number)) in syscalls.EXEC
-    except ValueError:
-        return False
 
 
 @functools.lru_cache(maxsize=1024)
@@ -190,22 +176,14 @@ def _head_decimal(part: bytes, syscall: Record) -> Value:
     return field_value(SYSCALL, key.decode("ascii"), raw, syscall.raw)
 
 
-@dataclass
-class BuildCounts:
-    """What the builder counts for the source's summary (AuditDecoder.summary)."""
-
-    # Successful execs without their EXECVE record: records lost before us (auditd's queue to
-    # its plugins, which it reports only to syslog; the kernel's lost counter says its own).
-    execs_without_args: int = 0
-
-
 class AuditEventBuilder:
     """Turns :class:`AuditEvent` objects into common-schema events, one at a time, in order."""
 
     def __init__(self, enricher: Enricher, captured: Captured | None = None,
-                 counts: BuildCounts | None = None) -> None:
+                 completeness: ExecCompleteness | None = None) -> None:
         self.enricher = enricher
-        self.counts = BuildCounts() if counts is None else counts
+        # Successful execs missing a record lost before us (the source's summary reports it).
+        self.completeness = ExecCompleteness() if completeness is None else completeness
         # What the live sources read of each exec as its SYSCALL record came in (capture.py).
         self.captured = captured
         self._paths: dict[tuple[bytes, ...], PathFacts] = {}
@@ -282,8 +260,6 @@ class AuditEventBuilder:
                     name: str) -> Event:
         success = _succeeded(syscall, head)
         facts = self._exec_facts(audit, syscall, head, success)
-        if success and facts.args is None:
-            self.counts.execs_without_args += 1
         event = self.enricher.process_event(
             facts, "auditd", original_id=audit.id, timestamp=facts.start_time,
             record=success)
@@ -307,16 +283,25 @@ class AuditEventBuilder:
         execve: list[tuple[str, Value]] = []
         inodes: set[tuple[int, int]] = set()
         paths: list[Value] = []
+        has_execve = has_cwd = has_title = False  # (what a record lost before us leaves out)
         for record in audit.records:
             if record.rtype == EXECVE:
                 execve.extend(record.body)
+                has_execve = True
             elif record.rtype == CWD:
                 facts.cwd = _text(record.get("cwd"))
+                has_cwd = True
             elif record.rtype == PATH:
                 inode, name = self._path_facts(record)
                 if inode is not None:
                     inodes.add(inode)
                 paths.append(name)
+            elif record.rtype == PROCTITLE:
+                has_title = True
+        if success and not (has_execve and has_cwd and has_title and paths
+                            and len(paths) >= announced_paths(syscall)):
+            self.completeness.note(syscall, [record.rtype for record in audit.records],
+                                   len(paths))
         if execve:
             argv, _ = execve_argv(execve)
             facts.args = [None if a is None else as_text(a) for a in argv]  # type: ignore[misc]

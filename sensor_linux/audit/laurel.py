@@ -20,8 +20,9 @@ from typing import Any
 
 from sensor_linux.audit import fields
 from sensor_linux.audit.assemble import AuditEvent
+from sensor_linux.audit.completeness import ExecCompleteness, announced_paths
 from sensor_linux.audit.decode import execve_argv, is_execve_arg_key, whole_args
-from sensor_linux.audit.records import (CWD, EXECVE, MULTIPART, PROCTITLE, SYSCALL,
+from sensor_linux.audit.records import (CWD, EXECVE, MULTIPART, PATH, PROCTITLE, SYSCALL,
                                         SYSCALL_ARGUMENTS, SYSCALL_TAIL, Hex, Oct, Record,
                                         Value, field_value, in_kernel_layout, plain_key,
                                         type_name)
@@ -196,7 +197,9 @@ class LaurelRenderer:
     whole PATH, CWD and capability records of a binary run again), so a field costs a dict
     look-up, done in C over a record's fields. Only what was new is rendered in Python."""
 
-    def __init__(self) -> None:
+    def __init__(self, completeness: ExecCompleteness | None = None) -> None:
+        # Successful execs missing a record lost before us (sensor_linux/audit/completeness.py).
+        self.completeness = ExecCompleteness() if completeness is None else completeness
         self._members: dict[bytes, str] = {}
         self._syscall_members: dict[bytes, str] = {}  # "" for a0-a3, which go to ARGV
         # SYSCALL's a0-a3 in the kernel's layout, as ARGV items: a caller that execs in a loop
@@ -227,6 +230,12 @@ class LaurelRenderer:
                 groups[record.rtype] = [record]
             else:
                 same.append(record)
+        syscall, paths = groups.get(SYSCALL), groups.get(PATH)
+        if syscall is not None and not (
+                paths and EXECVE in groups and CWD in groups and PROCTITLE in groups
+                and len(paths) >= announced_paths(syscall[0])):
+            # (a non-exec call too, which the count tells from an exec that lost records)
+            self.completeness.note(syscall[0], groups, len(paths) if paths else 0)
         out = ['{"ID":"%s"' % event.id]
         if event.node is not None:
             out.append('"NODE":' + laurel_string(event.node))

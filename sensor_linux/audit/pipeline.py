@@ -20,11 +20,12 @@ from common.sinks import LazySink, Output, RotatingFileSink, Sink
 from sensor_linux.attempts import AttemptFolder
 from sensor_linux.audit import laurel
 from sensor_linux.audit.assemble import Assembler, AuditEvent
+from sensor_linux.audit.completeness import ExecCompleteness
 from sensor_linux.audit.lines import MAX_LINE
 from sensor_linux.audit.records import ParseError, parse, split_path
 
 if TYPE_CHECKING:  # imported where the ecs and qlog formats are built (audit_pipeline)
-    from sensor_linux.audit.events import BuildCounts, Captured
+    from sensor_linux.audit.events import Captured
     from sensor_linux.enrich import Enricher
 
 FORMATS = ("ecs", "laurel", "qlog")
@@ -48,9 +49,9 @@ class AuditDecoder:
         self.keeper = keeper
         self.assembler = assembler or Assembler()
         self.stats = DecodeStats()
-        # The event builder's counts, reported with ours; none for the LAUREL format, which
-        # renders records without building events.
-        self.build_counts: BuildCounts | None = None
+        # Successful execs missing a record lost before us, counted by the stage after us
+        # (the event builder, or the LAUREL renderer) and reported with our counts.
+        self.completeness = ExecCompleteness()
 
     def decode(self, line: bytes) -> list[AuditEvent]:
         """One line of auditd's plugin or log format."""
@@ -91,8 +92,7 @@ class AuditDecoder:
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = asdict(self.stats)
-        if self.build_counts is not None:
-            out.update(asdict(self.build_counts))
+        out["execs_incomplete"] = asdict(self.completeness)
         out["assembly"] = dict(asdict(self.assembler.stats), open=self.assembler.inflight,
                                lingering=self.assembler.lingering)
         # Which split path parsed (records.split_path): "pure Python" on a host where the C
@@ -120,15 +120,15 @@ def audit_pipeline(fmt: str, sink: Output, *, enricher: Enricher | None = None,
     keeper = Keeper(error_log, messages)
     decoder = AuditDecoder(keeper, assembler)
     if fmt == "laurel":
-        return Pipeline(decoder, sink, render_item=laurel.LaurelRenderer(), keeper=keeper)
+        return Pipeline(decoder, sink, render_item=laurel.LaurelRenderer(decoder.completeness),
+                        keeper=keeper)
     # Only these formats enrich: a laurel replay does not pay for importing enrichment and
     # the TTPHash (about 10 ms of CPU at its start).
-    from sensor_linux.audit.events import AuditEventBuilder, BuildCounts
+    from sensor_linux.audit.events import AuditEventBuilder
     from sensor_linux.enrich import Enricher
-    decoder.build_counts = BuildCounts()
     return Pipeline(decoder, sink, keeper=keeper,
                     builder=AuditEventBuilder(enricher or Enricher(), captured,
-                                              decoder.build_counts),
+                                              decoder.completeness),
                     folder=AttemptFolder(keep_all=keep_exec_attempts), route=route)
 
 

@@ -1,0 +1,98 @@
+"""Execs that came without a record the kernel always writes for one: records lost before us.
+
+The kernel writes a successful execve or execveat as SYSCALL, EXECVE, CWD, as many PATH
+records as the SYSCALL record's ``items`` says, and PROCTITLE. One of them missing from an exec
+we assembled was lost on the way: auditd drops records from its queue to its plugins
+(``q_depth``, ``overflow_action``) and says so only to syslog, five times at most; a record the
+kernel held back past the assembler's lingering never joins its exec. Neither reaches us as a
+count, so we count what arrived: each successful exec that lacks one of them, and by the kind
+it lacks (an exec may lack several). The event builder (ecs, qlog) and the LAUREL renderer
+count into one :class:`ExecCompleteness`, which the source's summary reports
+(``execs_incomplete``). Other records (EOE, an AVC) are not always written, and their loss is
+not counted here.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from collections.abc import Collection
+
+from sensor_linux.audit import syscalls
+from sensor_linux.audit.records import CWD, EXECVE, PROCTITLE, Record, in_kernel_layout
+
+# The records of a successful exec besides its SYSCALL and PATH, with their counters' names.
+# PATH records are counted against the SYSCALL record's ``items``: an ELF binary's exec has
+# two (the binary and its loader), and one of them lost leaves the other.
+_ONE_EACH: tuple[tuple[int, str], ...] = (
+    (EXECVE, "missing_execve"), (CWD, "missing_cwd"), (PROCTITLE, "missing_proctitle"))
+_ITEMS = 8   # ``items=`` among a SYSCALL record's parts in the kernel's layout (SYSCALL_HEAD)
+_USUAL_ITEMS = {b"items=%d" % n: n for n in range(8)}
+
+
+@dataclass
+class ExecCompleteness:
+    """Successful execs that lacked a record the kernel writes for one (``execs``), and how
+    many lacked each kind: EXECVE, CWD, PROCTITLE, or a PATH record of those their SYSCALL
+    record announced (``items``)."""
+
+    execs: int = 0
+    missing_execve: int = 0
+    missing_cwd: int = 0
+    missing_path: int = 0
+    missing_proctitle: int = 0
+
+    def note(self, syscall: Record, present: Collection[int], paths: int) -> None:
+        """Count the event of ``syscall`` (its records of the types ``present``, ``paths`` of
+        them PATH records) if it is a successful exec that lacks one of them. The callers
+        ask only of an event that may lack one (their own loop over its records has seen
+        which types came)."""
+        missing = [name for rtype, name in _ONE_EACH if rtype not in present]
+        if paths < max(announced_paths(syscall), 1):
+            missing.append("missing_path")
+        if not missing or not successful_exec(syscall):
+            return
+        self.execs += 1
+        for name in missing:
+            setattr(self, name, getattr(self, name) + 1)
+
+
+def announced_paths(syscall: Record) -> int:
+    """The PATH records a SYSCALL record announces (``items``; 0 when it does not say). Asked
+    of every exec: the usual counts by a look-up of their text."""
+    parts = syscall.plain_parts()
+    if len(parts) > _ITEMS:
+        known = _USUAL_ITEMS.get(parts[_ITEMS])
+        if known is not None:
+            return known
+        if parts[_ITEMS].startswith(b"items="):  # the kernel's layout
+            text = parts[_ITEMS][6:]
+            return int(text) if text.isdigit() and len(text) <= 6 else 0
+    items = syscall.get("items")
+    return items if isinstance(items, int) else 0
+
+
+@functools.lru_cache(maxsize=256)
+def exec_call(arch: bytes, number: bytes) -> bool:
+    """Whether a SYSCALL record's ``arch=`` and ``syscall=`` parts name an exec."""
+    if not (arch.startswith(b"arch=") and number.startswith(b"syscall=")):
+        return False
+    arch, number = arch[5:], number[8:]
+    if len(arch) > 8 or len(number) > 4 or not number.isdigit():
+        return False
+    try:
+        return syscalls.syscall_name(int(arch, 16), int(number)) in syscalls.EXEC
+    except ValueError:
+        return False
+
+
+def successful_exec(syscall: Record) -> bool:
+    """Whether a SYSCALL record is of an exec that succeeded: read at its places when the
+    record is in the kernel's layout, else from its fields."""
+    parts = syscall.plain_parts()
+    if parts and in_kernel_layout(parts):
+        return parts[2] == b"success=yes" and exec_call(parts[0], parts[1])
+    arch, number = syscall.get("arch"), syscall.get("syscall")
+    return (syscall.get("success") == b"yes" and isinstance(arch, int)
+            and isinstance(number, int)
+            and syscalls.syscall_name(arch, number) in syscalls.EXEC)
