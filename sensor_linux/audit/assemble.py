@@ -158,9 +158,8 @@ class Assembler:
         self._open: list[tuple[tuple[int, int, int, bytes], int, EventKey]] = []
         self._opened = 0
         self._eoe_seen = False
-        # The event the last record opened, while it stays open (see _add).
+        # The event the last record opened, while it stays open (see add).
         self._last: AuditEvent | None = None
-        self._last_key: EventKey | None = None
         self._closed_early: OrderedDict[EventKey, None] = OrderedDict()
         # Timed-out events still waiting for their records, in the order they began to linger
         # (so their deadlines too): key -> (event, audit-time deadline ms, wall deadline).
@@ -173,24 +172,27 @@ class Assembler:
 
     def add(self, record: Record, now: float | None = None) -> list[AuditEvent]:
         """Take one record; return the events it completed or that timed out meanwhile."""
+        last = self._last
+        if last is not None and record.serial == last.serial and record.msec == last.msec \
+                and record.sec == last.sec and record.node == last.node:
+            rtype = record.rtype
+            if rtype != EOE and (rtype != PROCTITLE or self._eoe_seen) \
+                    and len(last.records) < MAX_RECORDS_PER_EVENT and rtype in MULTIPART:
+                # The next record of the open event the last record went to: nothing else
+                # to do (same time, same serial, nothing completed, no open event changed to
+                # release a held one), and most records come this way. A PROCTITLE too, once
+                # EOE records are known to come (without them it completes the event).
+                last.records.append(record)
+                return []
         done = self._add(record, now)
         if not done and not self._ready:
-            return done  # most records: nothing completed, nothing held
+            return done  # most other records: nothing completed, nothing held
         return self._release(done)
 
     def _add(self, record: Record, now: float | None) -> list[AuditEvent]:
         out: list[AuditEvent] = []
         rtype = record.rtype
         key = (record.node, record.sec, record.msec, record.serial)
-        last = self._last
-        if last is not None and key == self._last_key and rtype != EOE \
-                and (rtype != PROCTITLE or self._eoe_seen) \
-                and len(last.records) < MAX_RECORDS_PER_EVENT and rtype in MULTIPART:
-            # The next record of the open event the last record went to: nothing else to do
-            # (same time, same serial), and most records come this way. A PROCTITLE too,
-            # once EOE records are known to come (without them it completes the event).
-            last.records.append(record)
-            return out
         ts = record.sec * 1000 + record.msec
         if ts > self._clock_ms:
             self._clock_ms = ts
@@ -249,7 +251,7 @@ class Assembler:
             del self._inflight[key]
             self._close_by_proctitle(key, event, out)
         elif key in self._inflight:
-            self._last, self._last_key = event, key
+            self._last = event
         return out
 
     def _complete_by_eoe(self, key: EventKey, event: AuditEvent,
@@ -453,7 +455,10 @@ class Assembler:
 
 
 def _has_syscall(event: AuditEvent) -> bool:
-    return any(record.rtype == SYSCALL for record in event.records)
+    for record in event.records:  # (SYSCALL comes first: no generator for the usual case)
+        if record.rtype == SYSCALL:
+            return True
+    return False
 
 
 def _awaits_records(event: AuditEvent) -> bool:
