@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sensor_linux.audit import laurel
+from sensor_linux.audit import assemble, laurel
 from sensor_linux.audit.assemble import Assembler, AuditEvent
 from sensor_linux.audit.records import PROCTITLE, SYSCALL, Hex, Oct, ParseError, parse
 from tests.conftest import SHARED, require
@@ -246,6 +248,50 @@ def test_serial_gaps_are_counted_and_late_records_fill_them() -> None:
     assert assembler.stats.serial_gaps == 4
     assembler.add(parse(b"type=EOE msg=audit(100.000:9): \n"))
     assert assembler.stats.serial_gaps == 4   # records of one event share a serial
+
+
+def _set_model(serials: list[int]) -> tuple[int, list[bool]]:
+    """The gap accounting as one set of missing serials (how the assembler kept it before
+    it kept runs): the count left, and whether each serial filled a gap."""
+    missing: set[int] = set()
+    highest, gaps, filled = None, 0, []
+    for serial in serials:
+        filled.append(False)
+        if highest is None or serial > highest:
+            if highest is not None and serial > highest + 1:
+                gaps += serial - highest - 1
+                if serial - highest - 1 <= assemble.MAX_TRACKED_GAP:
+                    missing.update(range(highest + 1, serial))
+            highest = serial
+        elif serial < highest and serial in missing:
+            missing.discard(serial)
+            gaps -= 1
+            filled[-1] = True
+        if len(missing) > 4 * assemble.MAX_TRACKED_GAP:
+            missing = {s for s in missing if s > highest - assemble.MAX_TRACKED_GAP}
+    return gaps, filled
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 15), st.integers(0, 60)), max_size=80))
+def test_missing_serials_kept_as_runs_count_as_a_set_of_them_would(
+        steps: list[tuple[int, int]]) -> None:
+    """Serials climbing by jumps past MAX_TRACKED_GAP (not tracked) and below it, late ones
+    anywhere below the highest (at the edge of what is forgotten too), through the assembler
+    and through the set model; the bound made small, so that forgetting happens often."""
+    from unittest import mock
+    serials, highest = [], 1
+    for jump, back in steps:
+        highest += jump
+        serials += [highest, max(1, highest - back)]
+    with mock.patch.object(assemble, "MAX_TRACKED_GAP", 10):
+        assembler = Assembler()
+        filled = []
+        for serial in serials:
+            before = assembler.stats.serial_gaps
+            assembler._track_serial(None, serial)
+            filled.append(assembler.stats.serial_gaps < before)
+        assert (assembler.stats.serial_gaps, filled) == _set_model(serials)
 
 
 def test_exec_rules_are_told_apart_from_watches_and_mixed_rules() -> None:

@@ -41,6 +41,7 @@ Problems never stop assembly: a duplicate record or an EOE for no open event is 
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import time
@@ -150,7 +151,7 @@ class Assembler:
         # Serial-gap accounting per node: the highest serial seen, and recent missing ones (a
         # late record fills its gap again).
         self._max_serial: dict[bytes | None, int] = {}
-        self._missing: dict[bytes | None, set[int]] = {}
+        self._missing: dict[bytes | None, _MissingSerials] = {}
         self._next_expire_ms = 0
         # Open events by (time, serial, node), oldest first, for expiry, eviction and ordered
         # release without scanning every open event per record (lazy: entries of events that
@@ -390,17 +391,17 @@ class Assembler:
                 gap = serial - highest - 1
                 self.stats.serial_gaps += gap
                 if gap <= MAX_TRACKED_GAP:
-                    self._missing.setdefault(node, set()).update(range(highest + 1, serial))
+                    missing = self._missing.get(node)
+                    if missing is None:
+                        missing = self._missing[node] = _MissingSerials()
+                    missing.add(highest + 1, serial)
+                    if missing.count > 4 * MAX_TRACKED_GAP:
+                        missing.forget_to(serial - MAX_TRACKED_GAP)
             self._max_serial[node] = serial
         elif serial < highest:
             missing = self._missing.get(node)
-            if missing and serial in missing:
-                missing.discard(serial)
+            if missing is not None and missing.fill(serial):
                 self.stats.serial_gaps -= 1
-        missing = self._missing.get(node)
-        if missing and len(missing) > 4 * MAX_TRACKED_GAP:
-            floor = self._max_serial[node] - MAX_TRACKED_GAP
-            self._missing[node] = {s for s in missing if s > floor}
 
     def take_rejected(self) -> list[tuple[str, Record]]:
         rejected, self.rejected = self.rejected, []
@@ -452,6 +453,52 @@ class Assembler:
         else:
             self.stats.spurious_eoe += 1
         self.rejected.append((reason, record))
+
+
+class _MissingSerials:
+    """A node's recent serial numbers never seen, as runs ``[start, end)`` in order: a gap
+    costs one entry, not one per serial (a kernel that numbers events it does not log, as on
+    the lab's host, leaves gaps of hundreds between two execs)."""
+
+    __slots__ = ("starts", "ends", "count")
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.count = 0
+
+    def add(self, start: int, end: int) -> None:
+        """A gap above every one held."""
+        self.starts.append(start)
+        self.ends.append(end)
+        self.count += end - start
+
+    def fill(self, serial: int) -> bool:
+        """``serial`` came after all: whether it was one of the gaps held."""
+        at = bisect.bisect_right(self.starts, serial) - 1
+        if at < 0 or serial >= self.ends[at]:
+            return False
+        start, end = self.starts[at], self.ends[at]
+        if start == serial:
+            self.starts[at] = serial + 1
+        elif serial == end - 1:
+            self.ends[at] = serial
+        else:
+            self.starts.insert(at + 1, serial + 1)
+            self.ends.insert(at + 1, end)
+            self.ends[at] = serial
+        if self.starts[at] == self.ends[at]:
+            del self.starts[at], self.ends[at]
+        self.count -= 1
+        return True
+
+    def forget_to(self, floor: int) -> None:
+        """Forget the serials up to ``floor``."""
+        keep = bisect.bisect_right(self.ends, floor + 1)
+        del self.starts[:keep], self.ends[:keep]
+        if self.starts and self.starts[0] <= floor:
+            self.starts[0] = floor + 1
+        self.count = sum(end - start for start, end in zip(self.starts, self.ends))
 
 
 def _has_syscall(event: AuditEvent) -> bool:
