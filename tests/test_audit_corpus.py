@@ -250,6 +250,30 @@ def test_serial_gaps_are_counted_and_late_records_fill_them() -> None:
     assert assembler.stats.serial_gaps == 4   # records of one event share a serial
 
 
+def test_auditds_own_serials_make_no_gap(tmp_path: Path) -> None:
+    """auditd numbers its own events (DAEMON_START, DAEMON_END) itself: the head and tail of
+    a real log of the lab (auditd 3.0.9) has them around the kernel's records, whose
+    serials only are measured (the excerpt leaves out 20,009 of them: the lab's execs)."""
+    import json
+    import re
+    import subprocess
+    from tests.conftest import ttpsensor_command
+    log = Path(__file__).parent / "data" / "audit-daemon-serials.log"
+    kernel, daemon = set(), set()
+    for line in log.read_bytes().splitlines():
+        serial = int(re.search(rb"msg=audit\(\d+\.\d+:(\d+)\)", line).group(1))
+        (daemon if line.startswith(b"type=DAEMON_") else kernel).add(serial)
+    ordered = sorted(kernel)
+    expected = sum(b - a - 1 for a, b in zip(ordered, ordered[1:]))
+    assert expected == 20009 and daemon and max(daemon) < min(kernel)
+    done = subprocess.run([*ttpsensor_command(), "audisp", str(log), "--format", "laurel",
+                           "--parse-error-log", str(tmp_path / "errors.log")],
+                          capture_output=True, check=True, timeout=120)
+    summary = json.loads(done.stderr.decode().rsplit("ttpsensor audisp: ", 1)[1])
+    assert summary["assembly"]["serial_gaps"] == expected
+    assert summary["parse_errors"] == summary["rejected"] == 0
+
+
 def _set_model(serials: list[int]) -> tuple[int, list[bool]]:
     """The gap accounting as one set of missing serials (how the assembler kept it before
     it kept runs): the count left, and whether each serial filled a gap."""
