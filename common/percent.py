@@ -13,6 +13,7 @@ Hot path (every argv element of every event), so it leans on the C UTF-8 decoder
 from __future__ import annotations
 
 import re
+from typing import Sequence
 
 # Any surrogate: U+DC80..U+DCFF are surrogate-escaped bytes; other lone surrogates can only come
 # from hostile JSON (``"\\ud800"``) and are escaped as the bytes Python would give them.
@@ -38,6 +39,15 @@ def as_text(value: bytes | str) -> bytes | str:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         return value
+
+
+def as_texts(values: Sequence[bytes | None]) -> list[bytes | str | None]:
+    """:func:`as_text` of each of ``values`` (None stays None): decoded in one pass when all of
+    them are UTF-8, the usual case (an event's records, its arguments), without a call each."""
+    try:
+        return [None if value is None else value.decode("utf-8") for value in values]
+    except UnicodeDecodeError:
+        return [None if value is None else as_text(value) for value in values]
 
 
 def to_bytes(value: bytes | str) -> bytes:

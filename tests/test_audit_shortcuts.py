@@ -417,3 +417,17 @@ def test_the_laurel_renderers_memories_stay_bounded_and_render_as_without_limits
         assert len(bounded._arguments) <= 3 and len(bounded._records) <= 2
     assert lines == expected and len(events) > 100
     assert len(usual._members) > 3 and len(usual._records) > 2  # the limits were reached
+
+
+def test_texts_decoded_together_are_each_as_text_alone() -> None:
+    """as_texts (an event's records and arguments in one pass) gives what as_text gives each,
+    also when one of them is not UTF-8 (then every one is looked at alone)."""
+    from common.percent import as_text, as_texts
+    rng = random.Random(7)
+    pieces = [b"", b"/bin/true", "é".encode(), b"\xff\xfe", b"a\x00b", "\udcff".encode(
+        "utf-8", "surrogatepass"), None]
+    for _ in range(2000):
+        values = [rng.choice(pieces) for _ in range(rng.randrange(0, 6))]
+        assert as_texts(values) == [None if v is None else as_text(v) for v in values]
+        assert [type(t) for t in as_texts(values)] == \
+            [type(None if v is None else as_text(v)) for v in values]

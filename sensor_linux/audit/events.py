@@ -12,7 +12,7 @@ import functools
 import os
 from typing import Any, Protocol
 
-from common.percent import as_text, to_bytes
+from common.percent import as_text, as_texts, to_bytes
 from common.proctable import Entry
 from common.schema import Event, new_event
 from sensor_linux.audit import syscalls
@@ -304,7 +304,7 @@ class AuditEventBuilder:
                                    len(paths))
         if execve:
             argv, _ = execve_argv(execve)
-            facts.args = [None if a is None else as_text(a) for a in argv]  # type: ignore[misc]
+            facts.args = as_texts(argv)  # type: ignore[assignment]
         facts.image_inodes = frozenset(inodes) if inodes else None
         if self.enricher.live:
             live = facts.live = audit.live
@@ -396,7 +396,7 @@ class AuditEventBuilder:
         out: dict[str, Any] = {
             "id": audit.id,
             "complete": audit.complete,
-            "records": [as_text(r.raw.rstrip(b"\n")) for r in audit.records],
+            "records": as_texts([r.raw.rstrip(b"\n") for r in audit.records]),
         }
         if audit.node is not None:
             out["node"] = as_text(audit.node)

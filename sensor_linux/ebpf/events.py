@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from common.percent import as_text
+from common.percent import as_text, as_texts
 from common.schema import Event, utc_timestamp
 from sensor_linux.cgroups import CgroupNames
 from sensor_linux.ebpf.probes import FLAG_EXECVEAT, FLAG_NO_ENTRY, ExecRecord
@@ -49,8 +49,8 @@ class EbpfEventBuilder:
             login_uid=record.login_uid, session=record.session,
             container_id=self.cgroups.container_id(record.cgroup_id))
         if success:
-            facts.args = [None if a is None else as_text(a)  # type: ignore[misc]
-                          for a in record.args or []] if record.args is not None else None
+            facts.args = (as_texts(record.args)  # type: ignore[assignment]
+                          if record.args is not None else None)
             facts.image_identity = record.identity
             facts.exe_deleted = record.identity is not None and record.identity.nlink == 0
         return facts
