@@ -22,6 +22,7 @@ if [ "$mode" = test ]; then
   # auditd: auditctl, the independent reader of audit state, and the daemon of the LAUREL
   # differential test; laurel: the peer that test and the audit benchmark compare with;
   # time: GNU time, which measures a benchmarked child's own peak memory.
+  # valgrind: counts the instructions of a replay (ttpsensor bench instructions).
   # postgresql, nats-server: the collector tests run private servers they start and stop.
   # osslsigncode, shim-signed: an independent Authenticode signer, a Microsoft-signed binary;
   # mingw-w64: compiles a PE with imports and a version resource the test chooses.
@@ -29,7 +30,7 @@ if [ "$mode" = test ]; then
   # chromium, chromium-driver: the real browser the console's tests drive (Selenium).
   # make, dpkg-dev, wixl, msitools: `make packages`; lintian, rpmlint, systemd (for
   # systemd-analyze) and mmdebstrap (a fresh Debian root to install the .deb into) check them.
-  apt_packages+=(rpm auditd laurel time postgresql nats-server osslsigncode shim-signed
+  apt_packages+=(rpm auditd laurel time valgrind postgresql nats-server osslsigncode shim-signed
                  gcc-mingw-w64-x86-64 binutils-mingw-w64-x86-64
                  make dpkg-dev wixl msitools lintian rpmlint systemd mmdebstrap dwarves
                  chromium chromium-driver)
