@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from collections.abc import Collection
 
 from sensor_linux.audit import syscalls
-from sensor_linux.audit.records import CWD, EXECVE, PROCTITLE, Record, in_kernel_layout
+from sensor_linux.audit.records import (CWD, EXECVE, PROCTITLE, ParseError, Record,
+                                        in_kernel_layout)
 
 # The records of a successful exec besides its SYSCALL and PATH, with their counters' names.
 # PATH records are counted against the SYSCALL record's ``items``: an ELF binary's exec has
@@ -68,7 +69,10 @@ def announced_paths(syscall: Record) -> int:
         if parts[_ITEMS].startswith(b"items="):  # the kernel's layout
             text = parts[_ITEMS][6:]
             return int(text) if text.isdigit() and len(text) <= 6 else 0
-    items = syscall.get("items")
+    try:
+        items = syscall.get("items")
+    except ParseError:  # a value the typing refuses: the LAUREL renderer shows it as text
+        return 0
     return items if isinstance(items, int) else 0
 
 
@@ -92,7 +96,10 @@ def successful_exec(syscall: Record) -> bool:
     parts = syscall.plain_parts()
     if parts and in_kernel_layout(parts):
         return parts[2] == b"success=yes" and exec_call(parts[0], parts[1])
-    arch, number = syscall.get("arch"), syscall.get("syscall")
-    return (syscall.get("success") == b"yes" and isinstance(arch, int)
-            and isinstance(number, int)
+    try:
+        arch, number = syscall.get("arch"), syscall.get("syscall")
+        success = syscall.get("success")
+    except ParseError:  # a value the typing refuses: not told an exec
+        return False
+    return (success == b"yes" and isinstance(arch, int) and isinstance(number, int)
             and syscalls.syscall_name(arch, number) in syscalls.EXEC)
