@@ -15,18 +15,13 @@ not counted here.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from collections.abc import Collection
+from dataclasses import dataclass
 
 from sensor_linux.audit import syscalls
 from sensor_linux.audit.records import (CWD, EXECVE, PROCTITLE, ParseError, Record,
                                         in_kernel_layout)
 
-# The records of a successful exec besides its SYSCALL and PATH, with their counters' names.
-# PATH records are counted against the SYSCALL record's ``items``: an ELF binary's exec has
-# two (the binary and its loader), and one of them lost leaves the other.
-_ONE_EACH: tuple[tuple[int, str], ...] = (
-    (EXECVE, "missing_execve"), (CWD, "missing_cwd"), (PROCTITLE, "missing_proctitle"))
 _ITEMS = 8   # ``items=`` among a SYSCALL record's parts in the kernel's layout (SYSCALL_HEAD)
 _USUAL_ITEMS = {b"items=%d" % n: n for n in range(8)}
 
@@ -35,7 +30,8 @@ _USUAL_ITEMS = {b"items=%d" % n: n for n in range(8)}
 class ExecCompleteness:
     """Successful execs that lacked a record the kernel writes for one (``execs``), and how
     many lacked each kind: EXECVE, CWD, PROCTITLE, or a PATH record of those their SYSCALL
-    record announced (``items``)."""
+    record announced (``items``: an ELF binary's exec has two, the binary and its loader, and
+    one of them lost leaves the other)."""
 
     execs: int = 0
     missing_execve: int = 0
@@ -48,14 +44,15 @@ class ExecCompleteness:
         them PATH records) if it is a successful exec that lacks one of them. The callers
         ask only of an event that may lack one (their own loop over its records has seen
         which types came)."""
-        missing = [name for rtype, name in _ONE_EACH if rtype not in present]
-        if paths < max(announced_paths(syscall), 1):
-            missing.append("missing_path")
-        if not missing or not successful_exec(syscall):
+        lacks = (EXECVE not in present, CWD not in present,
+                 paths < max(announced_paths(syscall), 1), PROCTITLE not in present)
+        if not any(lacks) or not successful_exec(syscall):
             return
         self.execs += 1
-        for name in missing:
-            setattr(self, name, getattr(self, name) + 1)
+        self.missing_execve += lacks[0]
+        self.missing_cwd += lacks[1]
+        self.missing_path += lacks[2]
+        self.missing_proctitle += lacks[3]
 
 
 def announced_paths(syscall: Record) -> int:
