@@ -431,3 +431,19 @@ def test_texts_decoded_together_are_each_as_text_alone() -> None:
         assert as_texts(values) == [None if v is None else as_text(v) for v in values]
         assert [type(t) for t in as_texts(values)] == \
             [type(None if v is None else as_text(v)) for v in values]
+
+
+def test_a_record_of_the_split_path_is_the_record_init_makes() -> None:
+    """parse's split path sets every slot as Record.__init__ does (a slot added to one and not
+    the other fails here)."""
+    from sensor_linux.audit.records import SPLIT_TYPES, Record, split_record_python
+    line = (b"type=SYSCALL msg=audit(1700000000.123:42): arch=c000003e syscall=59 "
+            b"success=yes exit=0 a0=1 a1=2 a2=3 a3=4 items=1 ppid=1 pid=2 comm=\"x\"\n")
+    split = split_record_python(line, SPLIT_TYPES)
+    assert split is not None
+    fast = parse(line)
+    rtype, sec, msec, serial, plain, parts = split
+    made = Record(None, rtype, sec, msec, serial, None, line, plain, parts)
+    for slot in Record.__slots__:
+        assert getattr(fast, slot) == getattr(made, slot), slot
+    assert fast.body == made.body and fast.get("pid") == 2
