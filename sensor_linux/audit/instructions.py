@@ -3,15 +3,14 @@
 CPU time on a shared VM moves by a tenth to a third within the hour, so a change of 1-3 % (most
 changes to a tuned path) cannot be seen in it. The instructions a replay executes move by a few
 in a hundred million (the time of day, a temporary file's name): valgrind's cachegrind counts
-them (``--cache-sim=no``: counting only, some 30 times slower than
-running). Each engine replays the first half of the log's execs and then the whole log, and
+them (``--cache-sim=no``: counting only, some 30 times slower than running). Each engine replays the first half of the log's execs and then the whole log, and
 the difference divided by the execs between is what one more exec costs: the start (imports,
 the package index, LAUREL's own) is the same in both runs and drops out. LAUREL replays the
 same two files, its instructions an exec beside ours.
 
 Instructions are not time: Rust code runs more of them per cycle than the interpreter does,
 so the ratio here is not the CPU ratio of ``ttpsensor bench audit`` and the lab. What it is
-for is seeing a change: the same replay before and after, to the instruction.
+for is seeing a change: the same replay before and after, within a few instructions.
 """
 
 from __future__ import annotations
@@ -135,8 +134,8 @@ def bench_instructions(audit_log: Path | None, execs: int, formats: tuple[str, .
         counts = []
         for name, argv, on_stdin in engines(formats, work, peer):
             click.echo(f"counting {name} (two replays under valgrind) …", err=True)
-            first, second = (counted(argv(log), log if on_stdin else None, env)
-                             for log in (half, whole))
+            first, second = (counted(argv(part), part if on_stdin else None, env)
+                             for part in (half, whole))
             counts.append(Count(name, first, second, (second - first) / between))
     if as_json:
         click.echo(json.dumps({"log": str(log), "execs_between": between,

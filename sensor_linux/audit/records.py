@@ -232,7 +232,7 @@ def parse(line: bytes, fast: bool = True) -> Record:
         if split is not None:
             # Record(None, rtype, sec, msec, serial, None, line, plain, parts), its slots set
             # here without the call of __init__ through the type: most lines come this way,
-            # and that call was some 800 instructions of each (6,500 an exec of the lab's
+            # and that call was some 800 instructions of each (6,700 an exec of the lab's
             # log, `bench instructions`). tests/test_audit_shortcuts.py checks every slot.
             record = _new_object(Record)
             record.rtype, record.sec, record.msec, record.serial, record._plain, \
