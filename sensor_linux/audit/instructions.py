@@ -3,10 +3,11 @@
 CPU time on a shared VM moves by a tenth to a third within the hour, so a change of 1-3 % (most
 changes to a tuned path) cannot be seen in it. The instructions a replay executes move by a few
 in a hundred million (the time of day, a temporary file's name): valgrind's cachegrind counts
-them (``--cache-sim=no``: counting only, some 30 times slower than running). Each engine replays the first half of the log's execs and then the whole log, and
-the difference divided by the execs between is what one more exec costs: the start (imports,
-the package index, LAUREL's own) is the same in both runs and drops out. LAUREL replays the
-same two files, its instructions an exec beside ours.
+them (``--cache-sim=no``: counting only, some 30 times slower than running). Each engine
+replays the first half of the log's execs and then the whole log, and the difference divided
+by the execs between is what one more exec costs: the start (imports, the package index,
+LAUREL's own) is the same in both runs and drops out. LAUREL replays the same two files, its
+instructions an exec beside ours.
 
 Instructions are not time: Rust code runs more of them per cycle than the interpreter does,
 so the ratio here is not the CPU ratio of ``ttpsensor bench audit`` and the lab. What it is
