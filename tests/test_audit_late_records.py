@@ -270,18 +270,23 @@ def test_lingering_events_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 ])
 def test_the_count_takes_only_successful_execs_and_the_paths_their_syscall_announced(
         body: str) -> None:
-    from sensor_linux.audit.completeness import ExecCompleteness
-    from sensor_linux.audit.records import CWD, EXECVE, PROCTITLE
-    whole = (EXECVE, CWD, PROCTITLE)
+    from sensor_linux.audit.completeness import ExecCompleteness, lacking, successful_exec
     counts = ExecCompleteness()
+
+    def note(syscall, execve: bool, cwd: bool, title: bool, paths: int) -> None:
+        """As the LAUREL renderer counts (the builder knows its event a successful exec)."""
+        lacks = lacking(syscall, execve, cwd, title, paths)
+        if lacks is not None and successful_exec(syscall):
+            counts.count(lacks)
+
     ok, failed = (parse(_line("SYSCALL", 1, n, body.format(ok=outcome)))
                   for n, outcome in ((1, "yes"), (2, "no")))
     other = parse(_line("SYSCALL", 1, 3, body.format(ok="yes").replace("syscall=59",
                                                                         "syscall=2")))
-    counts.note(ok, whole, 2)                 # whole: not counted
-    counts.note(ok, (EXECVE, PROCTITLE), 2)   # no CWD
-    counts.note(ok, whole, 1)                 # one PATH of the two announced
-    counts.note(failed, (PROCTITLE,), 0)      # a failed exec writes fewer records
-    counts.note(other, (CWD, PROCTITLE), 1)   # open(2): no EXECVE to lose
+    note(ok, True, True, True, 2)        # whole: not counted
+    note(ok, True, False, True, 2)       # no CWD
+    note(ok, True, True, True, 1)        # one PATH of the two announced
+    note(failed, False, False, True, 0)  # a failed exec writes fewer records
+    note(other, False, True, True, 1)    # open(2): no EXECVE to lose
     assert (counts.execs, counts.missing_cwd, counts.missing_path, counts.missing_execve,
             counts.missing_proctitle) == (2, 1, 1, 0, 0)

@@ -49,7 +49,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sensor_linux.audit.records import EOE, MULTIPART, PROCTITLE, SYSCALL, Record
+from sensor_linux.audit.records import DAEMON, EOE, MULTIPART, PROCTITLE, SYSCALL, Record
 
 DEFAULT_TIMEOUT_MS = 5_000
 DEFAULT_WALL_TIMEOUT = 5.0
@@ -67,10 +67,6 @@ MAX_LINGERING = 4096
 DEFAULT_MAX_DONE = 32_768
 DEFAULT_MAX_INFLIGHT = 100_000
 MAX_TRACKED_GAP = 1000
-# auditd's own events (DAEMON_START, DAEMON_END, ...: AUDIT_FIRST_DAEMON to LAST_DAEMON) carry
-# auditd's serial numbers, not the kernel's: no gap is measured against them (a log's
-# DAEMON_START then its first kernel record made a gap of millions "lost before us").
-DAEMON_FIRST, DAEMON_LAST = 1200, 1299
 # More records than any kernel event has (an argv at the kernel's limit is a few hundred
 # EXECVE records): the rest of a bigger one is rejected, counted and kept.
 MAX_RECORDS_PER_EVENT = 4096
@@ -204,7 +200,7 @@ class Assembler:
             if ts >= self._next_expire_ms:
                 self._expire_by_audit_time(out, now)
                 self._next_expire_ms = ts + 1000
-        if not DAEMON_FIRST <= rtype <= DAEMON_LAST:
+        if rtype not in DAEMON:  # auditd's numbers, not the kernel's: no gap against them
             self._track_serial(record.node, record.serial)
         self._last = None
         if self._lingering and (rtype == EOE or rtype in MULTIPART):

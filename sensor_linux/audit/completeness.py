@@ -15,15 +15,17 @@ not counted here.
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection
 from dataclasses import dataclass
 
 from sensor_linux.audit import syscalls
-from sensor_linux.audit.records import (CWD, EXECVE, PROCTITLE, ParseError, Record,
-                                        in_kernel_layout)
+from sensor_linux.audit.records import ParseError, Record, in_kernel_layout
 
 _ITEMS = 8   # ``items=`` among a SYSCALL record's parts in the kernel's layout (SYSCALL_HEAD)
 _USUAL_ITEMS = {b"items=%d" % n: n for n in range(8)}
+
+
+# What an exec's records lack: EXECVE, CWD, a PATH record its SYSCALL announced, PROCTITLE.
+Lacks = tuple[bool, bool, bool, bool]
 
 
 @dataclass
@@ -39,20 +41,24 @@ class ExecCompleteness:
     missing_path: int = 0
     missing_proctitle: int = 0
 
-    def note(self, syscall: Record, present: Collection[int], paths: int) -> None:
-        """Count the event of ``syscall`` (its records of the types ``present``, ``paths`` of
-        them PATH records) if it is a successful exec that lacks one of them. The callers
-        ask only of an event that may lack one (their own loop over its records has seen
-        which types came)."""
-        lacks = (EXECVE not in present, CWD not in present,
-                 paths < max(announced_paths(syscall), 1), PROCTITLE not in present)
-        if not any(lacks) or not successful_exec(syscall):
-            return
+    def count(self, lacks: Lacks) -> None:
+        """A successful exec that lacked what ``lacks`` says (:func:`lacking`)."""
         self.execs += 1
         self.missing_execve += lacks[0]
         self.missing_cwd += lacks[1]
         self.missing_path += lacks[2]
         self.missing_proctitle += lacks[3]
+
+
+def lacking(syscall: Record, execve: bool, cwd: bool, title: bool, paths: int) -> Lacks | None:
+    """What the event of ``syscall`` lacks of an exec's records, told whether it has EXECVE,
+    CWD and PROCTITLE records and how many PATH records; None when it lacks none (the usual
+    case: a few tests). The caller knows, or asks :func:`successful_exec`, whether the event
+    is a successful exec."""
+    path_lost = not paths or paths < announced_paths(syscall)
+    if path_lost or not (execve and cwd and title):
+        return (not execve, not cwd, path_lost, not title)
+    return None
 
 
 def announced_paths(syscall: Record) -> int:

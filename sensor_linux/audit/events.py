@@ -17,7 +17,7 @@ from common.proctable import Entry
 from common.schema import Event, new_event
 from sensor_linux.audit import syscalls
 from sensor_linux.audit.assemble import AuditEvent, EventKey
-from sensor_linux.audit.completeness import ExecCompleteness, announced_paths, exec_call
+from sensor_linux.audit.completeness import ExecCompleteness, exec_call, lacking
 from sensor_linux.audit.decode import execve_argv, sockaddr
 from sensor_linux.audit.records import (CWD, EXECVE, PATH, PROCTITLE, SOCKADDR, SYSCALL,
                                         SYSCALL_TAIL, ParseError, Record, Value, field_value,
@@ -298,10 +298,10 @@ class AuditEventBuilder:
                 paths.append(name)
             elif record.rtype == PROCTITLE:
                 has_title = True
-        if success and not (has_execve and has_cwd and has_title and paths
-                            and len(paths) >= announced_paths(syscall)):
-            self.completeness.note(syscall, [record.rtype for record in audit.records],
-                                   len(paths))
+        if success:
+            lacks = lacking(syscall, has_execve, has_cwd, has_title, len(paths))
+            if lacks is not None:
+                self.completeness.count(lacks)
         if execve:
             argv, _ = execve_argv(execve)
             facts.args = as_texts(argv)  # type: ignore[assignment]

@@ -31,11 +31,11 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli import self_command
+from sensor_linux.audit.events import exec_head
 from sensor_linux.audit.laurel import PEER_CONFIG
 from sensor_linux.stages import audit_log_or_record, recording_options
 
 _COUNT = re.compile(rb"I\s+refs:\s+([\d,]+)")
-_EXEC = re.compile(rb"^(?:node=\S+ )?type=SYSCALL .* syscall=(?:59|322) ")
 FORMATS = ("laurel", "ecs")
 
 
@@ -49,8 +49,9 @@ class Count:
 
 
 def exec_lines(lines: list[bytes]) -> list[int]:
-    """The indexes of the SYSCALL records of execs (x86_64 execve and execveat)."""
-    return [n for n, line in enumerate(lines) if _EXEC.match(line)]
+    """The indexes of the SYSCALL records of execs (as the live sources' first look tells
+    them, events.exec_head)."""
+    return [n for n, line in enumerate(lines) if exec_head(line) is not None]
 
 
 def split_log(log: Path, directory: Path) -> tuple[Path, Path, int]:
@@ -59,8 +60,8 @@ def split_log(log: Path, directory: Path) -> tuple[Path, Path, int]:
     lines = log.read_bytes().splitlines(keepends=True)
     execs = exec_lines(lines)
     if len(execs) < 20:
-        raise click.ClickException(f"{log} holds {len(execs)} exec records (x86_64 execve or "
-                                   "execveat); give a log of a few hundred at least")
+        raise click.ClickException(f"{log} holds {len(execs)} exec records; give a log of a "
+                                   "few hundred at least")
     middle = execs[len(execs) // 2]
     half, whole = directory / "half.log", directory / "whole.log"
     half.write_bytes(b"".join(lines[:middle]))

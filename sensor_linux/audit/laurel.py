@@ -20,7 +20,7 @@ from typing import Any
 
 from sensor_linux.audit import fields
 from sensor_linux.audit.assemble import AuditEvent
-from sensor_linux.audit.completeness import ExecCompleteness, announced_paths
+from sensor_linux.audit.completeness import ExecCompleteness, lacking, successful_exec
 from sensor_linux.audit.decode import execve_argv, is_execve_arg_key, whole_args
 from sensor_linux.audit.records import (CWD, EXECVE, MULTIPART, PATH, PROCTITLE, SYSCALL,
                                         SYSCALL_ARGUMENTS, SYSCALL_TAIL, Hex, Oct, Record,
@@ -230,12 +230,13 @@ class LaurelRenderer:
                 groups[record.rtype] = [record]
             else:
                 same.append(record)
-        syscall, paths = groups.get(SYSCALL), groups.get(PATH)
-        if syscall is not None and not (
-                paths and EXECVE in groups and CWD in groups and PROCTITLE in groups
-                and len(paths) >= announced_paths(syscall[0])):
-            # (a non-exec call too, which the count tells from an exec that lost records)
-            self.completeness.note(syscall[0], groups, len(paths) if paths else 0)
+        syscall = groups.get(SYSCALL)
+        if syscall is not None:
+            lacks = lacking(syscall[0], EXECVE in groups, CWD in groups, PROCTITLE in groups,
+                            len(groups.get(PATH, ())))
+            # (a non-exec call lacks them too: only a successful exec is counted)
+            if lacks is not None and successful_exec(syscall[0]):
+                self.completeness.count(lacks)
         out = ['{"ID":"%s"' % event.id]
         if event.node is not None:
             out.append('"NODE":' + laurel_string(event.node))

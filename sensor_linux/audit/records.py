@@ -193,6 +193,9 @@ def type_name(rtype: int) -> str:
 # Kernel records that belong to multi-record events and wait for EOE (as auparse does); a set,
 # for the hot paths (a look-up instead of a call).
 MULTIPART = frozenset(range(1300, 2100)) | {LOGIN}
+# auditd's own events (DAEMON_START, DAEMON_END, ...: AUDIT_FIRST_DAEMON to LAST_DAEMON), which
+# auditd numbers itself, not the kernel.
+DAEMON = frozenset(range(1200, 1300))
 
 
 # Numbers are bounded in length everywhere (20 digits hold any 64-bit value): a longer one is
