@@ -340,6 +340,53 @@ def test_run_then_hunt_works_with_no_other_setup(tmp_path) -> None:
     assert missing.returncode == 1 and "no store" in missing.stderr
 
 
+def _index_sql(store: Store, name: str) -> str:
+    query = ("SELECT indexdef FROM pg_indexes WHERE indexname = %s" if store.postgres else
+             "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?")
+    return str(store.db.execute(query, (name,)).fetchone()[0])
+
+
+def test_events_are_found_by_ttphash_prefix_and_old_stores_keep_their_index(
+        store_location, request) -> None:
+    """A new store indexes events by the TTPHash's first 16 characters (and time); the
+    console's look-up of a TTPHash's events takes that index, newest first without a sort,
+    and finds only that TTPHash's events when another shares its prefix. A store made with
+    the index on the whole TTPHash keeps it, and the console finds the same events in it."""
+    import copy
+
+    from collector.console.hunting import Hunt
+    from collector.store import same_ttphash
+
+    old = (request.getfixturevalue("postgres_server")() if store_location.startswith(
+        "postgresql") else store_location + ".old")
+    with Store(old) as made:  # as a store of before: the index on the whole value
+        made._execute("DROP INDEX events_hash_ts")
+        made._execute("CREATE INDEX events_hash_ts ON events (ttphash, ts)")
+        if not made.postgres:
+            made.db.commit()
+    family = process_family("alpha")
+    shell = family[0]["ttphash"]["value"]
+    twin = copy.deepcopy(family[0])   # the same first 16 characters, another TTPHash
+    twin["ttphash"]["value"] = shell[:16] + ("0" if shell[16] != "0" else "1") + shell[17:]
+    twin["host"]["name"] = "beta"
+    for location, age in ((store_location, "new"), (old, "old")):
+        with Store(location) as store:
+            assert store.ingest("s", 0, family + [twin], "h").new == 4
+            definition = _index_sql(store, "events_hash_ts")
+            assert ("substr(ttphash, 1, 16)" in definition) is (age == "new"), definition
+            hunt = Hunt(store)
+            assert [s["host"] for s in hunt.detail(shell).samples] == ["alpha"]
+            assert [s["host"] for s in hunt.detail(twin["ttphash"]["value"]).samples] == ["beta"]
+            if store.postgres:
+                store._execute("SET enable_seqscan = off")
+            explain = "EXPLAIN" if store.postgres else "EXPLAIN QUERY PLAN"
+            plan = " ".join(str(row) for row in store._execute(
+                f"{explain} SELECT doc FROM events WHERE {same_ttphash('ttphash', store.postgres)} "
+                "ORDER BY ts DESC LIMIT 5", (shell, shell)).fetchall())
+            assert "events_hash_ts" in plan, plan
+            assert "TEMP B-TREE" not in plan and "Sort" not in plan, plan
+
+
 def _process_indexes(store: Store) -> dict[str, str]:
     query = ("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'"
              if store.postgres else
