@@ -270,15 +270,9 @@ def test_lingering_events_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 ])
 def test_the_count_takes_only_successful_execs_and_the_paths_their_syscall_announced(
         body: str) -> None:
-    from sensor_linux.audit.completeness import ExecCompleteness, lacking, successful_exec
+    from sensor_linux.audit.completeness import ExecCompleteness
     counts = ExecCompleteness()
-
-    def note(syscall, execve: bool, cwd: bool, title: bool, paths: int) -> None:
-        """As the LAUREL renderer counts (the builder knows its event a successful exec)."""
-        lacks = lacking(syscall, execve, cwd, title, paths)
-        if lacks is not None and successful_exec(syscall):
-            counts.count(lacks)
-
+    note = counts.note   # as the LAUREL renderer counts (the builder knows its exec succeeded)
     ok, failed = (parse(_line("SYSCALL", 1, n, body.format(ok=outcome)))
                   for n, outcome in ((1, "yes"), (2, "no")))
     other = parse(_line("SYSCALL", 1, 3, body.format(ok="yes").replace("syscall=59",

@@ -340,12 +340,6 @@ def test_run_then_hunt_works_with_no_other_setup(tmp_path) -> None:
     assert missing.returncode == 1 and "no store" in missing.stderr
 
 
-def _index_sql(store: Store, name: str) -> str:
-    query = ("SELECT indexdef FROM pg_indexes WHERE indexname = %s" if store.postgres else
-             "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?")
-    return str(store.db.execute(query, (name,)).fetchone()[0])
-
-
 def test_events_are_found_by_ttphash_prefix_and_old_stores_keep_their_index(
         store_location, request) -> None:
     """A new store indexes events by the TTPHash's first 16 characters (and time); the
@@ -372,7 +366,7 @@ def test_events_are_found_by_ttphash_prefix_and_old_stores_keep_their_index(
     for location, age in ((store_location, "new"), (old, "old")):
         with Store(location) as store:
             assert store.ingest("s", 0, family + [twin], "h").new == 4
-            definition = _index_sql(store, "events_hash_ts")
+            definition = _event_indexes(store)["events_hash_ts"]
             assert ("substr(ttphash, 1, 16)" in definition) is (age == "new"), definition
             hunt = Hunt(store)
             assert [s["host"] for s in hunt.detail(shell).samples] == ["alpha"]
@@ -387,11 +381,16 @@ def test_events_are_found_by_ttphash_prefix_and_old_stores_keep_their_index(
             assert "TEMP B-TREE" not in plan and "Sort" not in plan, plan
 
 
-def _process_indexes(store: Store) -> dict[str, str]:
+def _event_indexes(store: Store) -> dict[str, str]:
+    """The events table's indexes, each by name with its definition."""
     query = ("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'"
              if store.postgres else
              "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'")
-    return {name: definition for name, definition in store._execute(query).fetchall()
+    return {name: str(definition) for name, definition in store._execute(query).fetchall()}
+
+
+def _process_indexes(store: Store) -> dict[str, str]:
+    return {name: definition for name, definition in _event_indexes(store).items()
             if name in ("events_proc", "events_parent")}
 
 

@@ -49,6 +49,14 @@ class ExecCompleteness:
         self.missing_path += lacks[2]
         self.missing_proctitle += lacks[3]
 
+    def note(self, syscall: Record, execve: bool, cwd: bool, title: bool, paths: int) -> None:
+        """Count the event of ``syscall`` if it is a successful exec that lacks one of an
+        exec's records (:func:`lacking`'s arguments): for a caller that has not asked whether
+        the event is one (the LAUREL renderer; a non-exec call lacks them too)."""
+        lacks = lacking(syscall, execve, cwd, title, paths)
+        if lacks is not None and successful_exec(syscall):
+            self.count(lacks)
+
 
 def lacking(syscall: Record, execve: bool, cwd: bool, title: bool, paths: int) -> Lacks | None:
     """What the event of ``syscall`` lacks of an exec's records, told whether it has EXECVE,

@@ -20,7 +20,7 @@ from typing import Any
 
 from sensor_linux.audit import fields
 from sensor_linux.audit.assemble import AuditEvent
-from sensor_linux.audit.completeness import ExecCompleteness, lacking, successful_exec
+from sensor_linux.audit.completeness import ExecCompleteness
 from sensor_linux.audit.decode import execve_argv, is_execve_arg_key, whole_args
 from sensor_linux.audit.records import (CWD, EXECVE, MULTIPART, PATH, PROCTITLE, SYSCALL,
                                         SYSCALL_ARGUMENTS, SYSCALL_TAIL, Hex, Oct, Record,
@@ -232,11 +232,8 @@ class LaurelRenderer:
                 same.append(record)
         syscall = groups.get(SYSCALL)
         if syscall is not None:
-            lacks = lacking(syscall[0], EXECVE in groups, CWD in groups, PROCTITLE in groups,
-                            len(groups.get(PATH, ())))
-            # (a non-exec call lacks them too: only a successful exec is counted)
-            if lacks is not None and successful_exec(syscall[0]):
-                self.completeness.count(lacks)
+            self.completeness.note(syscall[0], EXECVE in groups, CWD in groups,
+                                   PROCTITLE in groups, len(groups.get(PATH, ())))
         out = ['{"ID":"%s"' % event.id]
         if event.node is not None:
             out.append('"NODE":' + laurel_string(event.node))
