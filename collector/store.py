@@ -9,11 +9,13 @@ only when it was new.
 
 Tables::
 
-    events(spool, seq, sensor, host, ts, action, ttphash, complete, doc, ttphash_check)
-                                                                          key (spool, seq)
+    events(spool, seq, sensor, host, ts, action, ttphash, complete, doc, ttphash_check,
+           proc, parent)                                                  key (spool, seq)
+                                          a new SQLite store's also (id, prev): see "chained"
     spools(spool, sensor, since)      which sensor (certificate name) owns each spool id
-    baseline(ttphash, first_seen, last_seen, count, hosts, sample, canonical)
-                                          sample: a document, as events.doc
+    baseline(ttphash, first_seen, last_seen, count, hosts, sample, canonical, executable,
+             command_line, user_name, os)  sample: a document, as events.doc
+                                          a chained store's also last_event
     baseline_hosts(ttphash, host)
     gaps(spool, sensor, first_seq, end_seq, events, reason, ts)
     allow(ttphash, reason, added)
@@ -24,6 +26,14 @@ Tables::
     doc_dictionaries(id, dictionary, samples, trained)
                                           the zstd dictionaries of the events' documents
                                           (collector/documents.py)
+
+A new SQLite store is *chained*: its events have an integer ``id`` (the insertion order) and
+each execution stored links to the one stored before it with the same TTPHash (``prev``), the
+newest being the baseline's ``last_event``. That chain, not an index by TTPHash, finds a
+TTPHash's latest events (``ttphash_events``). An index led by the TTPHash has its entries at as
+many places as a commit has TTPHashes, and a commit rewrote one of its pages for each: in a
+store of 300,000 events, that was a third of ingest. A store made before, and PostgreSQL,
+keep the index ``events_hash_ts`` and find events through it.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import os
 import re
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import (Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Protocol,
                     Sequence, TypeVar)
@@ -73,6 +83,17 @@ CREATE TABLE IF NOT EXISTS sigma_matches (
 CREATE TABLE IF NOT EXISTS doc_dictionaries (
     id INTEGER PRIMARY KEY, dictionary BLOB NOT NULL, samples INTEGER NOT NULL,
     trained TEXT NOT NULL);
+"""
+
+# A new SQLite store's events table (created before SCHEMA's, which then leaves it alone): the
+# same columns, with proc and parent from the start, and the chain's id and prev (see the
+# module's docstring). id is an INTEGER PRIMARY KEY, which VACUUM keeps (a plain rowid it may
+# renumber).
+CHAINED_EVENTS = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, spool TEXT NOT NULL, seq INTEGER NOT NULL, sensor TEXT NOT NULL,
+    host TEXT, ts TEXT, action TEXT, ttphash TEXT, complete INTEGER, doc BLOB NOT NULL,
+    ttphash_check TEXT, proc TEXT, parent TEXT, prev INTEGER, UNIQUE (spool, seq));
 """
 
 # Columns and indexes that came after the first stores (the console's questions): added to a
@@ -248,6 +269,16 @@ class Incoming(NamedTuple):
 
 
 @dataclass
+class _Chain:
+    """A transaction's links of events by TTPHash, in a chained store: the id the next event
+    stored gets, each TTPHash's newest event so far (None: it has none stored), and which of
+    them have a baseline row."""
+    next_id: int
+    heads: dict[str, int | None] = field(default_factory=dict)
+    known: set[str] = field(default_factory=set)
+
+
+@dataclass
 class IngestResult:
     new: int = 0
     duplicates: int = 0
@@ -277,6 +308,8 @@ EVENT_COLUMNS = ("spool, seq, sensor, host, ts, action, ttphash, complete, doc, 
                  "proc, parent")
 _INSERT_EVENTS = (f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) "
                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?) RETURNING seq")
+_INSERT_CHAINED = (f"INSERT OR IGNORE INTO events (id, prev, {EVENT_COLUMNS}) "
+                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 _INSERT_HOSTS = "INSERT OR IGNORE INTO baseline_hosts VALUES (?,?) RETURNING ttphash"
 _KEY_INDEX = {_INSERT_EVENTS: 1, _INSERT_HOSTS: 0}
 # Their PostgreSQL types, for a binary COPY (the documents go as they are, not as hex text).
@@ -329,6 +362,7 @@ class Store:
         self.rules = rules
         self.postgres = location.startswith(("postgresql://", "postgres://"))
         self._staging = False   # PostgreSQL: the session's COPY staging table exists
+        self.chained = False    # SQLite: its events are linked by TTPHash (the docstring)
         self._open(location, readonly)
         self.documents = Documents(self._dictionaries,
                                    compress=compress_documents and not readonly)
@@ -356,6 +390,7 @@ class Store:
             self.db = sqlite3.connect(f"file:{_uri_path(location)}?mode=ro", uri=True,
                                       timeout=30, check_same_thread=False)
             self._check_store()
+            self.chained = self._answers("SELECT id, prev FROM events WHERE 0 = 1")
             return
         directory = os.path.dirname(os.path.abspath(location))
         os.makedirs(directory, mode=0o750, exist_ok=True)
@@ -382,12 +417,13 @@ class Store:
             # µs/event, alternating.
             self.db.execute("PRAGMA wal_autocheckpoint=10000")
             migrate = self._needs_migration()
-            self.db.executescript(SCHEMA)
+            self.db.executescript(CHAINED_EVENTS + SCHEMA)
         except sqlite3.DatabaseError as exc:
             self.db.close()
             raise StoreError(f"{location} is not a ttpsensor store: {exc}") from exc
         if migrate:
             self._migrate()
+        self.chained = self._answers("SELECT id, prev FROM events WHERE 0 = 1")
         self._add_columns_and_indexes()
 
     def _add_columns_and_indexes(self) -> None:
@@ -396,9 +432,12 @@ class Store:
         for table, column, kind in ADDED_COLUMNS:
             if not self._answers(f"SELECT {column} FROM {table} WHERE 0 = 1"):
                 self._execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        if self.chained and not self._answers("SELECT last_event FROM baseline WHERE 0 = 1"):
+            self._execute("ALTER TABLE baseline ADD COLUMN last_event INTEGER")
         backend = "postgresql" if self.postgres else "sqlite"
         for statement in (*INDEXES.split(";"), *PROCESS_KEY_INDEXES[backend]):
-            if statement.strip():
+            # A chained store finds a TTPHash's events by its chain, without the index.
+            if statement.strip() and not (self.chained and " events_hash_ts " in statement):
                 self._execute(statement)
         # (ttphash, ts) serves every look-up by TTPHash: one index less to keep at ingest.
         self._execute("DROP INDEX IF EXISTS events_ttphash")
@@ -485,10 +524,11 @@ class Store:
         instead of computing it again."""
         with self._transaction():
             groups: dict[str, dict[str, Any]] = {}
+            chain = self._start_chain()
             result = self._ingest(Incoming(spool, first_seq, events, sensor, documents,
-                                           canonical), groups)
+                                           canonical), groups, chain)
             if groups:
-                self._baseline(groups)
+                self._baseline(groups, chain)
         self._stored_documents(result.new)
         return result
 
@@ -510,13 +550,14 @@ class Store:
                 groups: dict[str, dict[str, Any]] = {}
                 results: list[IngestResult | Exception]
                 inserted = self._copy_set(frames) if self.postgres else None
+                chain = self._start_chain()
                 if inserted is None:
-                    results = [self._ingest(frame, groups) for frame in frames]
+                    results = [self._ingest(frame, groups, chain) for frame in frames]
                 else:
                     results = [self._fold(frame, rows, new, groups)
                                for frame, (rows, new) in zip(frames, inserted)]
                 if groups:
-                    self._baseline(groups)
+                    self._baseline(groups, chain)
         except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike; retried alone
             return [self._alone(frame) for frame in frames]
         self._stored_documents(sum(r.new for r in results if isinstance(r, IngestResult)))
@@ -528,13 +569,16 @@ class Store:
         except Exception as exc:  # noqa: BLE001 - handed to the frame's sender
             return exc
 
-    def _ingest(self, frame: Incoming, groups: dict[str, dict[str, Any]]) -> IngestResult:
-        """A frame's events, inside the caller's transaction; its new executions are folded
-        into ``groups`` (by TTPHash: first and last seen, count, hosts, a sample), which the
-        caller gives to _baseline (with the canonical input admission gave, if any)."""
+    def _ingest(self, frame: Incoming, groups: dict[str, dict[str, Any]],
+                chain: _Chain | None) -> IngestResult:
+        """A frame's events, inside the caller's transaction (linked in ``chain``, in a
+        chained store); its new executions are folded into ``groups`` (by TTPHash: first and
+        last seen, count, hosts, a sample), which the caller gives to _baseline (with the
+        canonical input admission gave, if any)."""
         rows = event_rows(frame.spool, frame.first_seq, frame.events, frame.sensor,
                           self.documents.pack_many(frame.events, frame.documents))
-        return self._fold(frame, rows, self._insert_new(rows), groups)
+        new = self._insert_new(rows) if chain is None else self._insert_chained(rows, chain)
+        return self._fold(frame, rows, new, groups)
 
     def _fold(self, frame: Incoming, rows: list[tuple[Any, ...]], new: set[int],
               groups: dict[str, dict[str, Any]]) -> IngestResult:
@@ -601,6 +645,67 @@ class Store:
             return self._copy_new(rows)
         inserted = self._many(_INSERT_EVENTS, [r[:EVENT_FIELDS] for r in rows], returning=True)
         return {int(seq) for (seq,) in inserted}
+
+    def _start_chain(self) -> _Chain | None:
+        """A chained store's links for the transaction begun now (None in any other store).
+        The transaction takes the write lock first (BEGIN IMMEDIATE), so that the ids given
+        from the largest one stored are nobody else's."""
+        if not self.chained:
+            return None
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+        last = self.db.execute("SELECT max(id) FROM events").fetchone()[0]
+        return _Chain(int(last or 0) + 1)
+
+    def _insert_chained(self, rows: list[tuple[Any, ...]], chain: _Chain) -> set[int]:
+        """A chained store: insert the rows not stored yet, each with the next id and, for an
+        execution, a link to the newest stored before it with its TTPHash; return their
+        sequence numbers. As _many, the whole frame goes in at once unless some of it was
+        stored before; then the frame is undone and each row tried alone."""
+        heads = chain.heads
+        unseen = tuple({row[6] for row in rows
+                        if row[6] and row[5] == ACTION_PROCESS_CREATE and row[6] not in heads})
+        if unseen:
+            for value in unseen:
+                heads[value] = None
+            for value, last in self.db.execute(
+                    "SELECT ttphash, last_event FROM baseline WHERE ttphash IN "
+                    f"({','.join('?' * len(unseen))})", unseen).fetchall():
+                heads[value] = last
+                chain.known.add(value)
+        before: dict[str, int | None] = {}   # the heads this frame moves, as they were
+        params = []
+        next_id = chain.next_id
+        for row in rows:
+            prev, value = None, row[6]
+            if value and row[5] == ACTION_PROCESS_CREATE:
+                prev = heads[value]
+                before.setdefault(value, prev)
+                heads[value] = next_id
+            params.append((next_id, prev, *row[:EVENT_FIELDS]))
+            next_id += 1
+        if self._all_or_none(_INSERT_CHAINED, params):
+            chain.next_id = next_id
+            return {row[1] for row in rows}
+        heads.update(before)
+        new = set()
+        for row in rows:
+            prev, value = None, row[6]
+            linked = bool(value) and row[5] == ACTION_PROCESS_CREATE
+            if linked:
+                prev = heads[value]
+            if self.db.execute(_INSERT_CHAINED, (chain.next_id, prev, *row[:EVENT_FIELDS])
+                               ).rowcount:
+                if linked:
+                    heads[value] = chain.next_id
+                chain.next_id += 1
+                new.add(row[1])
+            elif self.db.execute("SELECT 1 FROM events WHERE spool = ? AND seq = ?",
+                                 row[:2]).fetchone() is None:
+                # Ignored, yet not stored before: only an id taken by another writer could
+                # do it, which the write lock rules out. Never dropped in silence.
+                raise StoreError(f"event {row[0]}:{row[1]} was not stored (id {chain.next_id})")
+        return new
 
     def _copy_new(self, rows: list[tuple[Any, ...]]) -> set[int]:
         """PostgreSQL: the frame goes in with one COPY, straight into the table or, when some
@@ -683,17 +788,24 @@ class Store:
         # is tried alone, to learn which ones were new.
         plain = sql.rsplit(" RETURNING ", 1)[0]
         key = _KEY_INDEX[sql]
+        if self._all_or_none(plain, params):
+            return [(p[key],) for p in params]
+        return [(p[key],) for p in params if self.db.execute(plain, p).rowcount]
+
+    def _all_or_none(self, sql: str, params: list[tuple[Any, ...]]) -> bool:
+        """SQLite: ``sql`` (an INSERT OR IGNORE) for each of ``params`` by one executemany;
+        whether every row went in. If one did not, none did: the batch is undone."""
         if not self.db.in_transaction:
             self.db.execute("BEGIN")  # else the savepoint's release would commit the frame
         before = self.db.total_changes
         self.db.execute("SAVEPOINT batch")
-        self.db.executemany(plain, params)
+        self.db.executemany(sql, params)
         if self.db.total_changes - before == len(params):
             self.db.execute("RELEASE batch")
-            return [(p[key],) for p in params]
+            return True
         self.db.execute("ROLLBACK TO batch")
         self.db.execute("RELEASE batch")
-        return [(p[key],) for p in params if self.db.execute(plain, p).rowcount]
+        return False
 
     def _each(self, sqlite_sql: str, postgres_sql: str, types: tuple[str, ...],
               rows: list[tuple[Any, ...]], returning: bool = False) -> Any:
@@ -710,13 +822,15 @@ class Store:
                                  [list(column) for column in zip(*rows)])
         return cursor.fetchall() if returning else None
 
-    def _baseline(self, groups: dict[str, dict[str, Any]]) -> None:
+    def _baseline(self, groups: dict[str, dict[str, Any]], chain: _Chain | None) -> None:
         """Fold a frame's new executions into the baseline: one insert of the (TTPHash,
         host) pairs not stored yet, then one batch of updates for the TTPHashes it knows
         (most of them, on a fleet) and one batch of upserts with sample and canonical input
-        for the new ones, each with the hosts its pairs added; each one batch."""
+        for the new ones, each with the hosts its pairs added; each one batch. In a chained
+        store each also takes its newest event (``chain``, which knows the baseline rows
+        already: it looked them up)."""
         values = list(groups)
-        known = {value for (value,) in self._execute(
+        known = chain.known if chain is not None else {value for (value,) in self._execute(
             f"SELECT ttphash FROM baseline WHERE ttphash IN ({','.join('?' * len(values))})",
             tuple(values)).fetchall()}
         # (TTPHash, host) pairs already stored are not inserted again: on a fleet, nearly all.
@@ -735,7 +849,13 @@ class Store:
         for (value,) in added:
             hosts[value] = hosts.get(value, 0) + 1
         least, greatest = ("LEAST", "GREATEST") if self.postgres else ("min", "max")
-        if known:
+        if chain is not None:  # (SQLite alone)
+            self._many("UPDATE baseline SET first_seen = min(first_seen, ?), "
+                       "last_seen = max(last_seen, ?), count = count + ?, hosts = hosts + ?, "
+                       "last_event = ? WHERE ttphash = ?",
+                       [(groups[v]["first"], groups[v]["last"], groups[v]["count"],
+                         hosts.get(v, 0), chain.heads[v], v) for v in values if v in known])
+        elif known:
             self._each(
                 f"UPDATE baseline SET first_seen = {least}(first_seen, ?), "
                 f"last_seen = {greatest}(last_seen, ?), count = count + ?, hosts = hosts + ? "
@@ -764,8 +884,13 @@ class Store:
             # took half the time).
             entries.append((value, group["first"], group["last"], group["count"],
                             hosts.get(value, 0), self.documents.pack(group["sample"]),
-                            canonical, *display_columns(group["sample"])))
-        if entries:
+                            canonical, *display_columns(group["sample"]))
+                           + ((chain.heads[value],) if chain is not None else ()))
+        if entries and chain is not None:
+            # The write lock is held since the look-up (_start_chain): these rows are new.
+            self._many(f"INSERT INTO baseline ({_BASELINE_COLUMNS}, last_event) "
+                       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", entries)
+        elif entries:
             # An upsert still: another connection may have added one since the look-up.
             update = (f"ON CONFLICT (ttphash) DO UPDATE "
                       f"SET first_seen = {least}(baseline.first_seen, excluded.first_seen), "
@@ -899,6 +1024,21 @@ class Store:
     _SUMMARY = ("SELECT b.ttphash, b.first_seen, b.last_seen, b.count, b.hosts, "
                 "a.reason AS allowed FROM baseline b LEFT JOIN allow a USING (ttphash)")
 
+    def ttphash_events(self, value: str, limit: int) -> tuple[str, tuple[Any, ...]]:
+        """SQL that selects the events table's columns of TTPHash ``value``'s latest
+        ``limit`` events, and its parameters, to be used as a subquery. A chained store
+        follows the TTPHash's chain from its newest event (the latest stored: a few hundred
+        look-ups by id); any other store takes events_hash_ts (the latest by time)."""
+        if self.chained:
+            return ("WITH RECURSIVE chain(id, n) AS ("
+                    "SELECT last_event, 1 FROM baseline WHERE ttphash = ? "
+                    "AND last_event IS NOT NULL UNION ALL "
+                    "SELECT e.prev, c.n + 1 FROM chain c JOIN events e ON e.id = c.id "
+                    "WHERE e.prev IS NOT NULL AND c.n < ?) "
+                    "SELECT e.* FROM chain c JOIN events e ON e.id = c.id", (value, limit))
+        return (f"SELECT * FROM events WHERE {same_ttphash('ttphash', self.postgres)} "
+                "ORDER BY ts DESC LIMIT ?", (value, value, limit))
+
     def new_since(self, since: str) -> list[dict[str, Any]]:
         return self._rows(self._SUMMARY + " WHERE b.first_seen >= ? ORDER BY b.first_seen",
                           (since,))
@@ -918,6 +1058,7 @@ class Store:
         if not rows:
             return None
         row = rows[0]
+        row.pop("last_event", None)   # (a chained store's link, not the baseline's content)
         row["sample"] = self.documents.unpack(bytes(row["sample"]))
         row["host_names"] = [r["host"] for r in self._rows(
             "SELECT host FROM baseline_hosts WHERE ttphash = ? ORDER BY host", (row["ttphash"],))]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
 import threading
 import time
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -340,20 +342,24 @@ def test_run_then_hunt_works_with_no_other_setup(tmp_path) -> None:
     assert missing.returncode == 1 and "no store" in missing.stderr
 
 
-def test_events_are_found_by_ttphash_prefix_and_old_stores_keep_their_index(
-        store_location, request) -> None:
-    """A new store indexes events by the TTPHash's first 16 characters (and time); the
-    console's look-up of a TTPHash's events takes that index, newest first without a sort,
-    and finds only that TTPHash's events when another shares its prefix. A store made with
-    the index on the whole TTPHash keeps it, and the console finds the same events in it."""
+def test_a_ttphash_events_are_found_by_its_chain_or_an_index(store_location, request) -> None:
+    """A new SQLite store links each TTPHash's events and has no index by TTPHash; a new
+    PostgreSQL store indexes events by the TTPHash's first 16 characters (and time), and the
+    console's look-up takes that index, newest first without a sort. A store made before
+    (SQLite: its events unlinked; either: the index on the whole value) keeps its index. In
+    each, the console finds only a TTPHash's own events when another shares its prefix."""
     import copy
 
     from collector.console.hunting import Hunt
-    from collector.store import same_ttphash
+    from collector.store import SCHEMA
 
-    old = (request.getfixturevalue("postgres_server")() if store_location.startswith(
-        "postgresql") else store_location + ".old")
-    with Store(old) as made:  # as a store of before: the index on the whole value
+    postgres = store_location.startswith("postgresql")
+    old = request.getfixturevalue("postgres_server")() if postgres else store_location + ".old"
+    if not postgres:  # a store of before: the events table as it was made then
+        with sqlite3.connect(old) as made:
+            made.executescript(SCHEMA)
+    with Store(old) as made:  # and the index on the whole value
+        assert not made.chained
         made._execute("DROP INDEX events_hash_ts")
         made._execute("CREATE INDEX events_hash_ts ON events (ttphash, ts)")
         if not made.postgres:
@@ -365,20 +371,72 @@ def test_events_are_found_by_ttphash_prefix_and_old_stores_keep_their_index(
     twin["host"]["name"] = "beta"
     for location, age in ((store_location, "new"), (old, "old")):
         with Store(location) as store:
+            assert store.chained is (age == "new" and not postgres)
             assert store.ingest("s", 0, family + [twin], "h").new == 4
-            definition = _event_indexes(store)["events_hash_ts"]
-            assert ("substr(ttphash, 1, 16)" in definition) is (age == "new"), definition
             hunt = Hunt(store)
             assert [s["host"] for s in hunt.detail(shell).samples] == ["alpha"]
             assert [s["host"] for s in hunt.detail(twin["ttphash"]["value"]).samples] == ["beta"]
+            recent, args = store.ttphash_events(shell, 5)
             if store.postgres:
                 store._execute("SET enable_seqscan = off")
             explain = "EXPLAIN" if store.postgres else "EXPLAIN QUERY PLAN"
             plan = " ".join(str(row) for row in store._execute(
-                f"{explain} SELECT doc FROM events WHERE {same_ttphash('ttphash', store.postgres)} "
-                "ORDER BY ts DESC LIMIT 5", (shell, shell)).fetchall())
+                f"{explain} SELECT doc FROM ({recent}) AS r", args).fetchall())
+            indexes = _event_indexes(store)
+            if store.chained:
+                assert "events_hash_ts" not in indexes, indexes
+                # Each step of the chain a look-up by id; nothing scans the events.
+                assert "INTEGER PRIMARY KEY" in plan and "SCAN e " not in plan, plan
+                continue
+            assert ("substr(ttphash, 1, 16)" in indexes["events_hash_ts"]) is (age == "new")
             assert "events_hash_ts" in plan, plan
             assert "TEMP B-TREE" not in plan and "Sort" not in plan, plan
+
+
+def test_a_chained_store_links_each_ttphash_events_newest_first(tmp_path) -> None:
+    """Frames stored alone and together, sent again whole and in part (each row then tried
+    alone), and a store opened again: each TTPHash's chain holds exactly its stored
+    executions (found by a scan of the table), newest stored first, and stops at the limit."""
+    def chain(store: Store, value: str, limit: int = 1000) -> list[tuple[str, int]]:
+        recent, args = store.ttphash_events(value, limit)
+        return [(r[0], int(r[1])) for r in store._execute(
+            f"SELECT spool, seq FROM ({recent}) AS r", args).fetchall()]
+
+    location = str(tmp_path / "store.sqlite")
+    with Store(location) as store:
+        assert store.ingest("a", 0, _events("a", 0, 6), "a").new == 6
+        results = store.ingest_frames([
+            Incoming("b", 0, _events("b", 0, 6), "b"),
+            Incoming("a", 3, _events("a", 3, 6), "a"),       # half of it stored before
+            Incoming("a", 0, _events("a", 0, 3), "a"),       # all of it stored before
+            Incoming("b", 6, _events("b", 6, 4), "b")])
+        assert [r.new for r in results] == [6, 3, 0, 4]  # type: ignore[union-attr]
+    with Store(location) as store:  # the next writer goes on from the heads it stored
+        assert store.ingest("c", 0, _events("c", 0, 5), "c").new == 5
+        assert store.ingest("c", 3, _events("c", 3, 4), "c").new == 2
+        status = [{"event": {"action": "sensor_status"}, "@timestamp": "2026-11-01T00:00:00Z"}]
+        assert store.ingest("c", 7, status, "c").new == 1
+        values = [r["ttphash"] for r in store.top(50)]
+        assert len(values) == 6   # (i % 6 of each frame: every TTPHash in every frame)
+        for value in values:
+            stored = [(r[0], int(r[1])) for r in store._execute(
+                "SELECT spool, seq FROM events WHERE ttphash = ? ORDER BY id DESC",
+                (value,)).fetchall()]
+            assert chain(store, value) == stored and len(stored) >= 3
+            assert chain(store, value, 3) == stored[:3]
+            assert store.show(value)["count"] == len(stored)
+            assert "last_event" not in store.show(value)
+        assert sum(len(chain(store, v)) for v in values) == store.count_events() - 1
+        assert chain(store, "AB" * 32) == []
+        before = {value: chain(store, value) for value in values}
+        store.db.execute("VACUUM")   # (store compress --vacuum: the ids stay)
+        assert {value: chain(store, value) for value in values} == before
+        # The hunter's SQL of docs/architecture.md finds the same events.
+        text = (Path(__file__).parent.parent / "docs/architecture.md").read_text()
+        hunter = text.split("```sql\n", 1)[1].split("```", 1)[0]
+        for value in values:
+            assert [(r[1], int(r[2])) for r in store.db.execute(
+                hunter, {"h": value}).fetchall()] == before[value]
 
 
 def _event_indexes(store: Store) -> dict[str, str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.store import Store, display_columns, same_process, same_ttphash
+from collector.store import Store, display_columns, same_process
 from common import ttphash
 
 PAGE_ROWS = 50
@@ -194,24 +194,24 @@ class Hunt:
         hosts = [str(r["host"]) for r in self._rows(
             "SELECT host FROM baseline_hosts WHERE ttphash = ? ORDER BY host", (value,))]
         samples = []
-        of_hash = same_ttphash("ttphash", self.store.postgres)
-        for r in self._rows("SELECT host, ts, doc, ttphash_check FROM events "
-                            f"WHERE {of_hash} ORDER BY ts DESC LIMIT ?", (value, value, SAMPLES)):
+        # Its latest events (store.ttphash_events): the samples are the newest of them.
+        recent, args = self.store.ttphash_events(value, RELATIVES_FROM)
+        for r in self._rows("SELECT host, ts, doc, ttphash_check FROM "
+                            f"({recent}) AS r ORDER BY ts DESC LIMIT ?", (*args, SAMPLES)):
             samples.append({"host": r["host"], "ts": r["ts"],
                             "event": self.store.event_doc(r["doc"], r["ttphash_check"])})
         if not samples:
             samples.append({"host": None, "ts": row["first_seen"], "event": sample})
-        recent = f"SELECT host, proc, parent FROM events WHERE {of_hash} ORDER BY ts DESC LIMIT ?"
         parents = self._rows(
             f"SELECT p.ttphash, count(*) AS n FROM ({recent}) c JOIN events p "
             f"ON p.host = c.host AND {same_process('p.proc', 'c.parent')} "
             "WHERE p.ttphash IS NOT NULL "
-            "GROUP BY p.ttphash ORDER BY n DESC, p.ttphash", (value, value, RELATIVES_FROM))
+            "GROUP BY p.ttphash ORDER BY n DESC, p.ttphash", args)
         children = self._rows(
             f"SELECT c.ttphash, count(*) AS n FROM ({recent}) p JOIN events c "
             f"ON c.host = p.host AND {same_process('c.parent', 'p.proc')} "
             "WHERE c.ttphash IS NOT NULL "
-            "GROUP BY c.ttphash ORDER BY n DESC, c.ttphash", (value, value, RELATIVES_FROM))
+            "GROUP BY c.ttphash ORDER BY n DESC, c.ttphash", args)
         log = self._rows("SELECT action, reason, who, ts FROM allow_log WHERE ttphash = ? "
                          "ORDER BY ts DESC", (value,))
         sigma = self._rows("SELECT title, level, rule, count(*) AS n, max(ts) AS last "
