@@ -164,6 +164,9 @@ def same_process(key: str, other: str) -> str:
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 T = TypeVar("T")
 
+# How much of a SQLite store the writer maps (SQLite takes at most its build's limit).
+MMAP_BYTES = 2 << 30
+
 # The most events one transaction of Store.ingest_frames is given (16 frames of 500): past a
 # few frames the pages they share are already written once, and a set stays one bounded
 # piece of memory and of WAL.
@@ -416,6 +419,13 @@ class Store:
             # every fourth commit a checkpoint. Ingest of the fleet mix: 54-57 against 47-50
             # µs/event, alternating.
             self.db.execute("PRAGMA wal_autocheckpoint=10000")
+            # Pages the cache lacks read from a map of the file instead of a read() each: a
+            # store larger than the cache reads index pages at every commit. The fleet mix
+            # into a chained store of 300,000 events (207 MiB), 16 frames a commit, three
+            # rounds in turn: 27.9 against 34.4 µs an event (CPU 23.0 against 30.0); into a
+            # fresh store no difference. SQLite caps the map (2 GiB in Debian's build); it is
+            # the page cache's memory, shared and given back under pressure, not the heap's.
+            self.db.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
             migrate = self._needs_migration()
             self.db.executescript(CHAINED_EVENTS + SCHEMA)
         except sqlite3.DatabaseError as exc:
