@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import stat
+import sys
 import threading
 import time
 from pathlib import Path
@@ -437,6 +438,47 @@ def test_a_chained_store_links_each_ttphash_events_newest_first(tmp_path) -> Non
         for value in values:
             assert [(r[1], int(r[2])) for r in store.db.execute(
                 hunter, {"h": value}).fetchall()] == before[value]
+
+
+def test_writers_sharing_a_chained_store_keep_its_chains_whole(tmp_path) -> None:
+    """Collector workers may share one SQLite file: each writer's transaction takes the write
+    lock before it numbers its events, so writers at the same time give no id twice and
+    every chain still holds exactly its TTPHash's executions."""
+    location = str(tmp_path / "store.sqlite")
+    Store(location).close()
+    failures: list[BaseException] = []
+
+    def writer(name: str) -> None:
+        try:
+            with Store(location) as store:
+                for n in range(100):
+                    frames = [Incoming(f"{name}-{k}", n * 5, _events(name, n * 5, 5), name)
+                              for k in range(2)]
+                    for result in store.ingest_frames(frames):
+                        assert isinstance(result, IngestResult) and result.new == 5, result
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in ("w1", "w2", "w3", "w4")]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # the threads taking turns often, as processes would
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failures, failures
+    with Store(location, readonly=True) as store:
+        assert store.chained and store.count_events() == 4 * 100 * 2 * 5
+        for value in [r["ttphash"] for r in store.top(50)]:
+            recent, args = store.ttphash_events(value, 10_000)
+            chained = [int(r[0]) for r in store._execute(
+                f"SELECT id FROM ({recent}) AS r", args).fetchall()]
+            stored = [int(r[0]) for r in store._execute(
+                "SELECT id FROM events WHERE ttphash = ? ORDER BY id DESC", (value,)).fetchall()]
+            assert chained == stored and store.show(value)["count"] == len(stored)
 
 
 def _event_indexes(store: Store) -> dict[str, str]:
