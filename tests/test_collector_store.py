@@ -497,9 +497,10 @@ def _process_indexes(store: Store) -> dict[str, str]:
 def test_process_keys_are_indexed_for_new_stores_and_old_stores_keep_theirs(
         store_location, request) -> None:
     """A new store indexes the process keys that link an exec to its parent in an order
-    cheap to insert: SQLite by (host, start, key), PostgreSQL by hash; the console's join of
-    a child to its parent uses the index. A store made with B-trees on (host, key) keeps
-    them, and the console finds the same parents and children in it."""
+    cheap to insert: SQLite by (host, start, key), PostgreSQL the process's key by hash and
+    the parent's (a key many children share) by a B-tree; the console's joins of a child to
+    its parent and of a parent to its children use them. A store made with B-trees on
+    (host, key) keeps them, and the console finds the same parents and children in it."""
     from collector.console.hunting import Hunt
     from collector.store import same_process
 
@@ -514,6 +515,8 @@ def test_process_keys_are_indexed_for_new_stores_and_old_stores_keep_theirs(
     postgres = store_location.startswith("postgresql")
     expected = {"new": "USING hash " if postgres else "ltrim(proc, '0123456789')",
                 "old": "USING btree (host, proc)" if postgres else "(host, proc)"}
+    of_parent = {"new": "USING btree (parent)" if postgres else "ltrim(parent, '0123456789')",
+                 "old": "USING btree (host, parent)" if postgres else "(host, parent)"}
     for location, age in ((store_location, "new"), (old, "old")):
         with Store(location) as store:
             family = process_family("alpha") + process_family("beta")
@@ -521,6 +524,7 @@ def test_process_keys_are_indexed_for_new_stores_and_old_stores_keep_theirs(
             found = _process_indexes(store)
             assert sorted(found) == ["events_parent", "events_proc"]
             assert expected[age] in found["events_proc"], found
+            assert of_parent[age] in found["events_parent"], found
             shell = process_family("alpha")[0]["ttphash"]["value"]
             detail = Hunt(store).detail(shell)
             assert [c["n"] for c in detail.children] == [2, 2]  # each child on both hosts
@@ -537,3 +541,9 @@ def test_process_keys_are_indexed_for_new_stores_and_old_stores_keep_theirs(
                 # SQLite: all three of its columns, not only the host.
                 assert ("events_proc" if postgres
                         else "events_proc (host=? AND <expr>=? AND proc=?)") in plan, plan
+                plan = " ".join(str(row) for row in store._execute(
+                    f"{explain} SELECT c.ttphash FROM events p JOIN events c "
+                    f"ON c.host = p.host AND {same_process('c.parent', 'p.proc')} "
+                    "WHERE p.seq = 0").fetchall())
+                assert ("events_parent" if postgres
+                        else "events_parent (host=? AND <expr>=? AND parent=?)") in plan, plan
