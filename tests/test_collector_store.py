@@ -530,20 +530,19 @@ def test_process_keys_are_indexed_for_new_stores_and_old_stores_keep_theirs(
             assert [c["n"] for c in detail.children] == [2, 2]  # each child on both hosts
             child = Hunt(store).detail(detail.children[0]["ttphash"])
             assert [(p["ttphash"], p["n"]) for p in child.parents] == [(shell, 2)]
-            if age == "new":  # the child-to-parent join takes the index
+            if age == "new":  # the joins child to parent and parent to children: the indexes
                 if postgres:
                     store._execute("SET enable_seqscan = off")
                 explain = "EXPLAIN" if postgres else "EXPLAIN QUERY PLAN"
-                plan = " ".join(str(row) for row in store._execute(
-                    f"{explain} SELECT p.ttphash FROM events c JOIN events p "
-                    f"ON p.host = c.host AND {same_process('p.proc', 'c.parent')} "
-                    "WHERE c.seq = 1").fetchall())
-                # SQLite: all three of its columns, not only the host.
-                assert ("events_proc" if postgres
-                        else "events_proc (host=? AND <expr>=? AND proc=?)") in plan, plan
-                plan = " ".join(str(row) for row in store._execute(
-                    f"{explain} SELECT c.ttphash FROM events p JOIN events c "
-                    f"ON c.host = p.host AND {same_process('c.parent', 'p.proc')} "
-                    "WHERE p.seq = 0").fetchall())
-                assert ("events_parent" if postgres
-                        else "events_parent (host=? AND <expr>=? AND parent=?)") in plan, plan
+                for found_by, seq, key, other in (("p", 1, "p.proc", "c.parent"),
+                                                  ("c", 0, "c.parent", "p.proc")):
+                    given = "c" if found_by == "p" else "p"
+                    plan = " ".join(str(row) for row in store._execute(
+                        f"{explain} SELECT {found_by}.ttphash FROM events {given} "
+                        f"JOIN events {found_by} ON {found_by}.host = {given}.host AND "
+                        f"{same_process(key, other)} WHERE {given}.seq = {seq}").fetchall())
+                    index, column = ("events_proc", "proc") if found_by == "p" else (
+                        "events_parent", "parent")
+                    # SQLite: all three of its columns, not only the host.
+                    assert (index if postgres else
+                            f"{index} (host=? AND <expr>=? AND {column}=?)") in plan, plan
