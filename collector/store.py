@@ -863,23 +863,24 @@ class Store:
         for (value,) in added:
             hosts[value] = hosts.get(value, 0) + 1
         least, greatest = ("LEAST", "GREATEST") if self.postgres else ("min", "max")
-        if chain is not None:  # (SQLite alone)
-            self._many("UPDATE baseline SET first_seen = min(first_seen, ?), "
-                       "last_seen = max(last_seen, ?), count = count + ?, hosts = hosts + ?, "
-                       "last_event = ? WHERE ttphash = ?",
-                       [(groups[v]["first"], groups[v]["last"], groups[v]["count"],
-                         hosts.get(v, 0), chain.heads[v], v) for v in values if v in known])
-        elif known:
+        # A chained store's rows also take their newest event (SQLite alone: PostgreSQL
+        # stores are not chained, so its statements never have the column).
+        column, assign = (", last_event", ", last_event = ?") if chain is not None else ("", "")
+
+        def link(value: str) -> tuple[Any, ...]:
+            return (chain.heads[value],) if chain is not None else ()
+
+        if known:
             self._each(
                 f"UPDATE baseline SET first_seen = {least}(first_seen, ?), "
-                f"last_seen = {greatest}(last_seen, ?), count = count + ?, hosts = hosts + ? "
-                "WHERE ttphash = ?",
+                f"last_seen = {greatest}(last_seen, ?), count = count + ?, hosts = hosts + ?"
+                f"{assign} WHERE ttphash = ?",
                 "UPDATE baseline AS b SET first_seen = LEAST(b.first_seen, v.f), "
                 "last_seen = GREATEST(b.last_seen, v.l), count = b.count + v.c, "
                 "hosts = b.hosts + v.n FROM {rows} AS v(f, l, c, n, h) WHERE b.ttphash = v.h",
                 ("text", "text", "bigint", "bigint", "text"),
-                [(groups[v]["first"], groups[v]["last"], groups[v]["count"], hosts.get(v, 0), v)
-                 for v in values if v in known])
+                [(groups[v]["first"], groups[v]["last"], groups[v]["count"], hosts.get(v, 0),
+                  *link(v), v) for v in values if v in known])
         entries = []
         for value in values:
             if value in known:
@@ -898,21 +899,17 @@ class Store:
             # took half the time).
             entries.append((value, group["first"], group["last"], group["count"],
                             hosts.get(value, 0), self.documents.pack(group["sample"]),
-                            canonical, *display_columns(group["sample"]))
-                           + ((chain.heads[value],) if chain is not None else ()))
-        if entries and chain is not None:
-            # The write lock is held since the look-up (_start_chain): these rows are new.
-            self._many(f"INSERT INTO baseline ({_BASELINE_COLUMNS}, last_event) "
-                       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", entries)
-        elif entries:
-            # An upsert still: another connection may have added one since the look-up.
+                            canonical, *display_columns(group["sample"]), *link(value)))
+        if entries:
+            # An upsert still: another connection may have added one since the look-up (not
+            # to a chained store, whose writer holds the lock since then: harmless there).
             update = (f"ON CONFLICT (ttphash) DO UPDATE "
                       f"SET first_seen = {least}(baseline.first_seen, excluded.first_seen), "
                       f"last_seen = {greatest}(baseline.last_seen, excluded.last_seen), "
                       "count = baseline.count + excluded.count, "
                       "hosts = baseline.hosts + excluded.hosts")
-            self._each(f"INSERT INTO baseline ({_BASELINE_COLUMNS}) "
-                       "VALUES (?,?,?,?,?,?,?,?,?,?,?) " + update,
+            self._each(f"INSERT INTO baseline ({_BASELINE_COLUMNS}{column}) "
+                       f"VALUES ({','.join('?' * len(entries[0]))}) " + update,
                        f"INSERT INTO baseline ({_BASELINE_COLUMNS}) SELECT * FROM {{rows}} "
                        + update, ("text", "text", "text", "bigint", "bigint", "bytea", "text",
                                   "text", "text", "text", "text"), entries)
