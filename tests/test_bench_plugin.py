@@ -60,6 +60,7 @@ def test_both_plugins_write_every_event_fed_round_after_round(tmp_path: Path) ->
     for run in runs:
         assert run.fed > 200 and run.output == run.fed, run
         assert 0 < run.window_events <= run.fed and run.cpu_seconds > 0, run
+        assert run.slices > 0 and run.slices_per_second > 0, run  # it woke to read
         assert run.achieved_rate <= 200 * 1.1, run  # never ahead of its schedule
         # Its own memory, read while it ran: LAUREL a few MiB, ours an interpreter's tens.
         assert 0.5 < run.rss_mib <= run.peak_rss_mib < 400, run

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -71,6 +72,31 @@ def test_cpu_of_a_process_whose_name_has_parentheses_and_spaces(tmp_path) -> Non
         proc.kill()
         proc.wait()
     assert measure.process_cpu(proc.pid) is None
+
+
+def test_task_runs_counts_the_cpu_and_wakes_of_every_live_thread() -> None:
+    """Each wake from a sleep puts a thread on a CPU once more (preemption on a busy machine
+    only adds to it): two threads that nap twenty times each give forty at least, both
+    counted; a process that is gone gives zero."""
+    code = ("import threading, time\n"
+            "def naps():\n"
+            "    for _ in range(20):\n"
+            "        time.sleep(0.01)\n"
+            "other = threading.Thread(target=lambda: (naps(), time.sleep(60)), daemon=True)\n"
+            "other.start(); naps(); sum(range(3_000_000))\n"
+            "time.sleep(0.5); print('done', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "done\n"
+        runs = measure.task_runs(proc.pid)
+        assert len(os.listdir(f"/proc/{proc.pid}/task")) == 2
+        # A second of life: forty naps and a few preemptions, not thousands of anything.
+        assert 40 <= runs.slices < 5000 and 0.01 < runs.cpu_seconds < 5, runs
+        assert (runs - measure.TaskRuns(0.01, 40)).slices == runs.slices - 40
+    finally:
+        proc.kill()
+        proc.wait()
+    assert measure.task_runs(proc.pid) == measure.TaskRuns()
 
 
 def test_report_derives_totals_from_the_baseline_and_ratios_between_modes() -> None:

@@ -13,9 +13,12 @@ with a fresh event id (the time of the write and a serial counting up, so that n
 sees a duplicate) and this process as the parent (it runs, as the lab's load generator does);
 its process is gone, as a short command's is when auditd hands its records over. After a
 warm-up, each plugin's CPU (all its threads, from ``/proc/PID/task/*/schedstat``, in
-nanoseconds) is taken over the window; then its input is closed and its output counted: one
-line an event (ours also counts the failed PATH-walk execs it folds into the exec that
-follows them), none lost. Rounds alternate which plugin goes first, and the medians compare.
+nanoseconds) is taken over the window, and how many times the scheduler put it on a CPU
+(``runs/s``: its wakes, and its returns after being preempted; on these VMs the audit
+pipeline does some 400 µs more work for each wake, ``ttpsensor bench wake``, and that
+decides our plugin's CPU, docs/overhead.md); then its input is closed and its output
+counted: one line an event (ours also counts the failed PATH-walk execs it folds into the
+exec that follows them), none lost. Rounds alternate which plugin goes first, and the medians compare.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import click
 from common.cli import self_command
 from sensor_linux.audit.bench import compiled_env
 from sensor_linux.audit.laurel import PEER_CONFIG
-from sensor_linux.lab.measure import memory_mib, task_cpu_seconds
+from sensor_linux.lab.measure import TaskRuns, memory_mib, task_runs
 from sensor_linux.lab.modes import plugin_settings
 from sensor_linux.stages import audit_log_or_record, recording_options
 
@@ -63,6 +66,7 @@ class Run:
     window_events: int = 0       # events written within the window
     window_seconds: float = 0.0
     cpu_seconds: float = 0.0     # the plugin's CPU within the window
+    slices: int = 0              # times it was put on a CPU within the window (its wakes)
     output: int = 0              # events it wrote out
     rss_mib: float = 0.0         # its resident memory at the window's end (0: not read)
     peak_rss_mib: float = 0.0    # and its peak so far
@@ -70,6 +74,10 @@ class Run:
     @property
     def us_per_event(self) -> float:
         return self.cpu_seconds / self.window_events * 1e6 if self.window_events else 0.0
+
+    @property
+    def slices_per_second(self) -> float:
+        return self.slices / self.window_seconds if self.window_seconds else 0.0
 
     @property
     def achieved_rate(self) -> float:
@@ -112,15 +120,17 @@ def feed(argv: list[str], env: dict[str, str] | None, events: list[Template], ru
     start = time.monotonic()
     window = start + warmup
     end = window + seconds
-    cpu_start = fed_at_window = None
+    at_window: TaskRuns | None = None
+    fed_at_window = None
     said = None
     try:
         while True:
             now = time.monotonic()
-            if cpu_start is None and now >= window:
-                cpu_start, fed_at_window, window = task_cpu_seconds(child.pid), run.fed, now
+            if at_window is None and now >= window:
+                at_window, fed_at_window, window = task_runs(child.pid), run.fed, now
             if now >= end:
-                run.cpu_seconds = task_cpu_seconds(child.pid) - (cpu_start or 0.0)
+                spent = task_runs(child.pid) - (at_window or TaskRuns())
+                run.cpu_seconds, run.slices = spent.cpu_seconds, spent.slices
                 memory = memory_mib(child.pid)
                 if memory is not None:
                     run.rss_mib, run.peak_rss_mib = memory["rss"], memory["peak"]
@@ -271,7 +281,8 @@ def bench_plugin(audit_log: Path | None, execs: int, rates: str, seconds: float,
         ttpsensor bench plugin --audit-log recording.log --rates 500,1000 --rounds 3
 
     Each event is written in one write with a fresh id; the plugins' own reads, wake-ups and
-    builds are in the figure, auditd's and kauditd's are not (the lab has those). Needs
+    builds are in the figure, auditd's and kauditd's are not (the lab has those). ``runs/s``:
+    how often the scheduler put each plugin on a CPU in the window (its wakes, mostly). Needs
     Debian's laurel package.
     """
     try:
@@ -302,15 +313,16 @@ def bench_plugin(audit_log: Path | None, execs: int, rates: str, seconds: float,
             shutil.rmtree(work, ignore_errors=True)
     table = Table(title=f"plugins fed {len(events):,} recorded events in a cycle "
                         f"({recording.name}), {seconds:.0f} s windows")
-    for column in ("round", "rate/s", "plugin", "achieved/s", "CPU µs/event", "RSS MiB",
-                   "peak MiB", "fed", "written", "lost"):
+    for column in ("round", "rate/s", "plugin", "achieved/s", "CPU µs/event", "runs/s",
+                   "RSS MiB", "peak MiB", "fed", "written", "lost"):
         table.add_column(column, justify="left" if column == "plugin" else "right")
     for run in runs:
         table.add_row(str(run.round), str(run.rate), run.engine, f"{run.achieved_rate:,.0f}",
-                      f"{run.us_per_event:.1f}", f"{run.rss_mib:.1f}",
+                      f"{run.us_per_event:.1f}", f"{run.slices_per_second:,.0f}",
+                      f"{run.rss_mib:.1f}",
                       f"{run.peak_rss_mib:.1f}", f"{run.fed:,}", f"{run.output:,}",
                       f"{run.fed - run.output:,}")
-    Console(width=max(Console().width, 120)).print(table)
+    Console(width=max(Console().width, 132)).print(table)
     totals = Table(title=f"{OURS} against {PEER}, medians of {rounds} round(s)")
     for column in ("rate/s", f"{OURS} µs/event", f"{PEER} µs/event", "ratio (range)"):
         totals.add_column(column, justify="right")

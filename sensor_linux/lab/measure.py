@@ -47,22 +47,38 @@ def process_cpu(pid: int) -> Cpu | None:
     return Cpu(int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS)
 
 
-def task_cpu_seconds(pid: int) -> float:
-    """CPU seconds of all the live threads of ``pid`` so far (0 once it is gone), from the
-    nanoseconds of ``/proc/PID/task/*/schedstat``: finer than :func:`process_cpu`'s clock
-    ticks, for windows of a few seconds (``bench plugin``)."""
-    total = 0
+@dataclass(frozen=True)
+class TaskRuns:
+    """What the scheduler counted for a process's threads: CPU seconds, and how many times
+    they were put on a CPU (``slices``: each wake from a sleep is one, and so is each return
+    after being preempted). On a VM where work after a pause runs slower, the second says
+    how often a collector pays for coming back (docs/overhead.md)."""
+    cpu_seconds: float = 0.0
+    slices: int = 0
+
+    def __sub__(self, other: "TaskRuns") -> "TaskRuns":
+        return TaskRuns(self.cpu_seconds - other.cpu_seconds, self.slices - other.slices)
+
+
+def task_runs(pid: int) -> TaskRuns:
+    """:class:`TaskRuns` of all the live threads of ``pid`` so far (zero once it is gone), from
+    ``/proc/PID/task/*/schedstat`` (nanoseconds on a CPU, then time waiting for one, then
+    slices): finer than :func:`process_cpu`'s clock ticks, for windows of a few seconds
+    (``bench plugin``)."""
+    nanoseconds = slices = 0
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
-        return 0.0
+        return TaskRuns()
     for task in tasks:
         try:
             with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
+                fields = f.read().split()
         except (FileNotFoundError, ProcessLookupError):
             continue  # a thread that ended meanwhile: its time is in no file any more
-    return total / 1e9
+        nanoseconds += int(fields[0])
+        slices += int(fields[2])
+    return TaskRuns(nanoseconds / 1e9, slices)
 
 
 def memory_mib(pid: int) -> dict[str, float] | None:
