@@ -534,15 +534,14 @@ def test_process_keys_are_indexed_for_new_stores_and_old_stores_keep_theirs(
                 if postgres:
                     store._execute("SET enable_seqscan = off")
                 explain = "EXPLAIN" if postgres else "EXPLAIN QUERY PLAN"
-                for found_by, seq, key, other in (("p", 1, "p.proc", "c.parent"),
-                                                  ("c", 0, "c.parent", "p.proc")):
-                    given = "c" if found_by == "p" else "p"
+                # (found, from the row, its seq, the key matched, to what, by which index)
+                for found_by, given, seq, key, other, index, column in (
+                        ("p", "c", 1, "p.proc", "c.parent", "events_proc", "proc"),
+                        ("c", "p", 0, "c.parent", "p.proc", "events_parent", "parent")):
                     plan = " ".join(str(row) for row in store._execute(
                         f"{explain} SELECT {found_by}.ttphash FROM events {given} "
                         f"JOIN events {found_by} ON {found_by}.host = {given}.host AND "
                         f"{same_process(key, other)} WHERE {given}.seq = {seq}").fetchall())
-                    index, column = ("events_proc", "proc") if found_by == "p" else (
-                        "events_parent", "parent")
                     # SQLite: all three of its columns, not only the host.
                     assert (index if postgres else
                             f"{index} (host=? AND <expr>=? AND {column}=?)") in plan, plan
