@@ -17,7 +17,7 @@ import pytest
 from collector.consume import Delivered, StreamCounts, StreamIngest
 from collector.deliver import LocalDelivery
 from collector.documents import Documents
-from collector.store import Incoming, IngestResult, Store
+from collector.store import Incoming, IngestResult, KnownBaseline, Store
 from collector.writer import FrameWriter, WriterClosed
 from common import ttphash, wire
 from common.spool import Spool
@@ -139,6 +139,89 @@ def test_postgres_stores_a_set_of_new_frames_by_one_copy(postgres_server) -> Non
     assert [r.new for r in together.ingest_frames(again)] == [4, 0]  # type: ignore[union-attr]
     assert together.copies == ["events", "events", "events", "events_in"]
     assert len(together.events_of("spool-b")) == 8 and len(together.events_of("spool-a")) == 8
+
+
+class _Forgetful(KnownBaseline):
+    """Remembers nothing: every set looks its baseline rows up (as before the cache)."""
+
+    def keep(self) -> None:
+        self.drop()
+
+
+class _AskingStore(Store):
+    """A store that lists the values each baseline look-up asked for; its baseline fails
+    once when ``fail`` is set (after learning what it stored)."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.asked: list[set[str]] = []
+        self.fail = False
+
+    def _stored_in(self, select, values):  # type: ignore[override]
+        self.asked.append(set(values))
+        return super()._stored_in(select, values)
+
+    def _baseline(self, groups, chain) -> None:  # type: ignore[override]
+        super()._baseline(groups, chain)
+        if self.fail:
+            self.fail = False
+            raise RuntimeError("the baseline failed")
+
+
+def _baseline_of(store: Store) -> list[tuple]:
+    return sorted((row["ttphash"], row["count"], row["hosts"], row["first_seen"],
+                   row["last_seen"], tuple(store.show(row["ttphash"])["host_names"]))
+                  for row in store.top(100))
+
+
+def test_the_store_looks_up_only_the_baseline_rows_it_has_not_committed(
+        store_location, request, tmp_path) -> None:
+    """What a set committed to the baseline is not looked up again; what an undone
+    transaction stored is; rows another writer added are found; and the baseline is the
+    one a store that looks everything up every time builds."""
+    other = (request.getfixturevalue("postgres_server")() if store_location.startswith(
+        "postgresql") else str(tmp_path / "forgetful.sqlite"))
+    cached, forgetful = _AskingStore(store_location), Store(other)
+    forgetful.known = _Forgetful()
+    first = [Incoming("spool-a", 0, _events("a", 0, 6), "a"),
+             Incoming("spool-b", 0, _events("b", 0, 6), "b")]
+    hashes = {e["ttphash"]["value"] for f in first for e in f.events}
+    for store in (cached, forgetful):
+        store.ingest_frames(first)
+    assert cached.known.hashes == hashes and len(hashes) == 6
+    assert cached.known.pairs == {(h, host) for h in hashes for host in "ab"}
+
+    # Again from both hosts, a new host and a new command: only the new ones are asked for.
+    new = _exec("c", "/bin/new", ["new"], "2026-11-20T00:00:00Z")
+    second = [Incoming("spool-a", 6, _events("a", 6, 6), "a"),
+              Incoming("spool-c", 0, [*_events("c", 0, 2), new], "c")]
+    cached.asked.clear()
+    for store in (cached, forgetful):
+        store.ingest_frames(second)
+    asked = set().union(*cached.asked)
+    assert new["ttphash"]["value"] in asked
+    assert asked <= {new["ttphash"]["value"], *{e["ttphash"]["value"]
+                                                for e in _events("c", 0, 2)}}
+    assert _baseline_of(cached) == _baseline_of(forgetful)
+
+    # An undone transaction: what it stored is gone, and not taken as known.
+    cached.fail = True
+    undone = _exec("a", "/bin/undone", ["undone"], "2026-11-21T00:00:00Z")
+    with pytest.raises(RuntimeError, match="the baseline failed"):
+        cached.ingest("spool-a", 12, [undone], "a")
+    assert undone["ttphash"]["value"] not in cached.known.hashes
+    for store in (cached, forgetful):
+        store.ingest("spool-a", 12, [undone], "a")
+    assert _baseline_of(cached) == _baseline_of(forgetful)
+
+    # Another writer of the same store adds a host to known rows: found, not counted twice.
+    writer = Store(store_location)
+    writer.ingest("spool-d", 0, _events("d", 0, 3), "d")
+    forgetful.ingest("spool-d", 0, _events("d", 0, 3), "d")
+    for store in (cached, forgetful):
+        store.ingest("spool-d", 3, _events("d", 3, 3), "d")
+    assert _baseline_of(cached) == _baseline_of(forgetful)
+    assert max(row["hosts"] for row in cached.top(100)) == 4
 
 
 def test_a_frame_the_store_refuses_is_refused_alone(store_location) -> None:
