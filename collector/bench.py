@@ -13,7 +13,7 @@ import click
 from collector.admit import AdmitCounts, Identity, admit
 from collector.documents import TRAIN_DOCUMENTS, Documents, train
 from collector.store import (COMMIT_EVENTS, EVENT_COLUMNS, EVENT_FIELDS, Incoming, Store,
-                             event_rows)
+                             StoreError, event_rows)
 from common import bench, ttphash, wire
 
 
@@ -95,6 +95,18 @@ def _arrival(batch: list[dict], memo: ttphash.Memo
     return admission.received(documents), admission.canonical
 
 
+def _reachable(url: str) -> None:
+    """A clear error now, not after the SQLite rounds, when ``url`` is no PostgreSQL store
+    this can open."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise click.BadParameter(f"{url!r} is not a postgresql:// URL",
+                                 param_hint="--postgres")
+    try:
+        Store(url).close()
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.command("ingest")
 @click.option("--events", "count", default=20000, show_default=True)
 @click.option("--sigma", "sigma_dir", default=None, type=click.Path(exists=True),
@@ -121,6 +133,8 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
       ttpsensor sigma generate /tmp/rules --count 200
       ttpsensor bench ingest --sigma /tmp/rules
     """
+    if postgres:
+        _reachable(postgres)
     rules = None
     if sigma_dir:
         from collector.sigma.rules import load_rule_set

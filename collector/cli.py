@@ -28,6 +28,16 @@ def _open(path: str, write: bool = False):  # type: ignore[no-untyped-def]
         raise click.ClickException(str(exc)) from exc
 
 
+def _writable(path: str, rules: Any, compress_documents: bool) -> Any:
+    """The collector's store, made if new, or a clear error (a file that is not a store, a
+    PostgreSQL server that cannot be reached)."""
+    from collector.store import Store, StoreError
+    try:
+        return Store(path, rules=rules, compress_documents=compress_documents)
+    except (StoreError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def _utc_time(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """An ISO 8601 time as the store writes times (UTC, microseconds, Z), so that comparing
     text compares moments: '2026-12-01T10:00:01Z' would sort after '...10:00:01.5Z'. A time
@@ -241,7 +251,6 @@ def collect(listen: str, cert: str | None, key: str | None, ca: str | None, stor
     from dataclasses import asdict
 
     from collector.server import Collector
-    from collector.store import Store
     from common.transport import server_context
     if not nats_url and not (cert and key and ca):
         raise click.UsageError("give --cert, --key and --ca (or --nats)")
@@ -250,21 +259,20 @@ def collect(listen: str, cert: str | None, key: str | None, ca: str | None, stor
         from collector.sigma.rules import load_rule_set
         rules = load_rule_set(list(sigma_rules),
                               lambda m: click.echo(f"ttpsensor collect: {m}", err=True))
+    opened = _writable(store, rules, not plain_documents)
     console = None
     if console_listen:
         from collector.console.cli import serve_beside
         console = serve_beside(store, console_listen)
     if nats_url:
         try:
-            _consume(nats_url, durable, Store(store, rules=rules,
-                                              compress_documents=not plain_documents))
+            _consume(nats_url, durable, opened)
         finally:
             if console is not None:
                 console.should_exit = True
         return
     host, _, port = listen.rpartition(":")
-    collector = Collector(Store(store, rules=rules, compress_documents=not plain_documents),
-                          server_context(cert, key, ca))
+    collector = Collector(opened, server_context(cert, key, ca))
     stopping = threading.Event()
 
     def stop(*_: object) -> None:

@@ -388,6 +388,22 @@ def _postgres_sql(sql: str) -> str:
 SIGMA_LEVELS = ["informational", "low", "medium", "high", "critical"]
 
 
+def shown_location(location: str) -> str:
+    """A store's location as it may be shown in a message: a URL without its password
+    (given in the URL's user part or as a ``password`` parameter)."""
+    from urllib.parse import parse_qsl, urlsplit
+    if "://" not in location:
+        return location
+    parts = urlsplit(location)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = "&".join(f"{k}=***" if k == "password" else f"{k}={v}"
+                     for k, v in parse_qsl(parts.query, keep_blank_values=True))
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
 class StoreError(Exception):
     """The store cannot be opened as asked (not a ttpsensor store, not a database)."""
 
@@ -419,7 +435,11 @@ class Store:
     def _open(self, location: str, readonly: bool) -> None:
         if self.postgres:
             import psycopg
-            self.db: Any = psycopg.connect(location, autocommit=True)
+            try:
+                self.db: Any = psycopg.connect(location, autocommit=True)
+            except psycopg.OperationalError as exc:
+                raise StoreError(f"cannot open the PostgreSQL store "
+                                 f"{shown_location(location)}: {exc}") from exc
             if readonly:
                 self.db.read_only = True
             else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Callable, Sequence
 
-from common.sinks import Outputs, is_spool_target, open_outputs
+from common.sinks import OutputError, Outputs, is_spool_target, open_outputs
 from sensor_linux import runner
 from sensor_linux.runner import RunConfig
 from sensor_linux.sources import SOURCES, SourceEntry
@@ -28,12 +28,16 @@ def local_collector(outputs: Outputs, store: str, sigma: Sequence[str] = (),
     if not store or not outputs.spools:
         return None
     from collector.deliver import LocalDelivery
-    from collector.store import Store
+    from collector.store import Store, StoreError
     rules = None
     if sigma:
         from collector.sigma.rules import load_rule_set
         rules = load_rule_set(list(sigma), say)
-    return LocalDelivery(outputs.spools[0], Store(store, rules=rules), socket.gethostname())
+    try:
+        opened = Store(store, rules=rules)
+    except StoreError as exc:
+        raise OutputError(f"--store: {exc}") from exc
+    return LocalDelivery(outputs.spools[0], opened, socket.gethostname())
 
 
 def run_sensor(config: RunConfig, outputs: tuple[str, ...] | list[str], store: str,

@@ -298,6 +298,31 @@ def test_hunt_only_reads_and_refuses_what_is_not_a_store(tmp_path) -> None:
     assert text.read_text() == "not a database\n" * 100
 
 
+def test_every_command_says_why_it_cannot_open_a_store(postgres_server, tmp_path) -> None:
+    """A PostgreSQL store that cannot be opened (here: a database that does not exist, on a
+    real server) is a one-line error naming the store, its password hidden, from each
+    command that opens one; so is a file that is not a store, for the writers."""
+    real = postgres_server()
+    missing = real.replace("postgresql://postgres@", "postgresql://postgres:s3cret@"
+                           ).rsplit("/", 1)[0] + "/no_such_database"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n")
+    for args, why in [
+            (("hunt", "--store", missing, "top"), "does not exist"),
+            (("collect", "--nats", "nats://127.0.0.1:1", "--store", missing), "does not exist"),
+            (("bench", "ingest", "--events", "500", "--postgres", missing), "does not exist"),
+            (("bench", "ingest", "--events", "500", "--postgres", str(notes)),
+             "is not a postgresql:// URL"),
+            (("collect", "--nats", "nats://127.0.0.1:1", "--store", str(notes)),
+             "not a ttpsensor store")]:
+        done = run_cli(*args)
+        assert done.returncode in (1, 2) and why in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr and "s3cret" not in done.stderr, done.stderr
+        if missing in args:
+            assert "postgres:***@" in done.stderr, done.stderr
+    assert notes.read_text() == "not a database\n"
+
+
 def test_the_store_is_our_own_private_file(tmp_path) -> None:
     wide = tmp_path / "wide.sqlite"
     Store(str(wide)).close()
