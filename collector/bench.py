@@ -107,6 +107,66 @@ def _reachable(url: str) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+def _row(name: str, timing: bench.Timing, reference: str = "",
+         against: bench.Timing | None = None) -> bench.Row:
+    """A row of store rounds: their wall time, set against ``against``'s, and their CPU."""
+    ratio = timing.wall_us / against.wall_us if against is not None else None
+    return bench.Row(name, timing.wall_us, reference, ratio, cpu_us=timing.cpu_us)
+
+
+class ServerCpu:
+    """The CPU a store's PostgreSQL server backend spends in a bench round, read from
+    ``/proc`` when the server runs on this host (a Unix socket or loopback connection): a
+    round's wall time on a shared machine moves with the neighbours' load, CPU much less.
+    A SQLite store has no server: nothing to add."""
+
+    def __init__(self) -> None:
+        self._started: dict[int, tuple[int, float] | None] = {}
+        self._spent: dict[int, float | None] = {}
+
+    def start(self, store: Store) -> None:
+        """The round into ``store`` begins (before the timed part)."""
+        self._started[id(store)] = _backend_cpu(store) if store.postgres else (0, 0.0)
+
+    def stop_and_close(self, store: Store) -> None:
+        """The round's work is done: the backend's CPU read, then the store closed (which
+        ends the backend)."""
+        started = self._started.pop(id(store), None)
+        if not store.postgres:
+            self._spent[id(store)] = 0.0
+        elif started is None:
+            self._spent[id(store)] = None
+        else:
+            now = _proc_cpu(started[0])
+            self._spent[id(store)] = None if now is None else now - started[1]
+        store.close()
+
+    def spent(self, store: Store) -> float | None:
+        """Seconds the server spent on the round into ``store`` (None: not known)."""
+        return self._spent.pop(id(store), None)
+
+
+def _backend_cpu(store: Store) -> tuple[int, float] | None:
+    """The pid of the backend serving ``store`` and the CPU seconds it has spent, when it runs
+    on this host; else None (a remote server's pid means nothing here)."""
+    host = store.db.info.host
+    if not (host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")):
+        return None
+    pid = int(store.db.execute("SELECT pg_backend_pid()").fetchone()[0])
+    spent = _proc_cpu(pid)
+    return None if spent is None else (pid, spent)
+
+
+def _proc_cpu(pid: int) -> float | None:
+    """User and system CPU seconds of a process of this host (None: gone or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @click.command("ingest")
 @click.option("--events", "count", default=20000, show_default=True)
 @click.option("--sigma", "sigma_dir", default=None, type=click.Path(exists=True),
@@ -126,7 +186,9 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
     admitting a remote sensor's frame adds (its TTPHashes recomputed); with --sigma, what
     evaluating Sigma rules at ingest adds. A fleet's frames are measured one a commit (one
     sensor) and 16 a commit (frames that waited together: many sensors, a JetStream fetch, a
-    local backlog).
+    local backlog). Each store's row has its wall time and its CPU: this process's, and the
+    PostgreSQL server backend's when the server runs on this host (on a shared machine wall
+    time moves with the neighbours' load, CPU much less).
 
     \b
       ttpsensor bench ingest --prefill 200000
@@ -158,7 +220,7 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
 
     def timed(location: str, frames: list[list[dict]] = batches,
               with_rules: Any = None, per_commit: int = 1, floor: bool = False,
-              compress: bool = True) -> float:
+              compress: bool = True) -> bench.Timing:
         """Median of three rounds, each into a store that holds only the --prefill events: a
         store that also held the baseline of the round before would measure the cheaper path
         of known TTPHashes. ``per_commit``: frames a transaction (Store.ingest_frames).
@@ -166,8 +228,10 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
         beforehand (untimed) and stored by one executemany and a commit (PostgreSQL: one
         COPY and a commit per ``per_commit`` frames): no baseline, no Python of ours per
         event; what ingest cannot go below with this schema. ``compress``: documents
-        compressed with the store's dictionary (else plain msgpack)."""
+        compressed with the store's dictionary (else plain msgpack). Its CPU: ours, and a
+        PostgreSQL server backend's when it runs on this host (ServerCpu)."""
         rounds = iter(range(3))
+        server = ServerCpu()
 
         def empty_store() -> Store:
             round_ = next(rounds)
@@ -188,6 +252,7 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
                 # checkpoint of the prefill depends on that (into a store of 100,000 events,
                 # rounds of the same code read 26-37 µs an event).
                 store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            server.start(store)
             return store
 
         def ingest(store: Store) -> None:
@@ -197,13 +262,13 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
                 for start in range(0, len(floor_rows), per_commit):
                     Store.copy_rows(store.db.cursor(), "events",
                                     itertools.chain(*floor_rows[start:start + per_commit]))
-                store.close()
+                server.stop_and_close(store)
                 return
             if floor:
                 for rows in floor_rows:
                     store.db.executemany(_FLOOR_INSERT, rows)
                     store.db.commit()
-                store.close()
+                server.stop_and_close(store)
                 return
             spool = os.urandom(8).hex()
             incoming = [Incoming(spool, n * 500, batch, "bench", *arrivals[id(batch)])
@@ -212,8 +277,9 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
                 for result in store.ingest_frames(incoming[start:start + per_commit]):
                     if isinstance(result, Exception):
                         raise click.ClickException(f"the store refused a frame: {result}")
-            store.close()
-        return bench.median_us_fresh(empty_store, ingest, sum(map(len, frames)), repeats=3)
+            server.stop_and_close(store)
+        return bench.timing_fresh(empty_store, ingest, sum(map(len, frames)), repeats=3,
+                                  other_cpu=server.spent)
 
     def admission_of(frames: list[list[dict]], memo: bool) -> float:
         """What a remote sensor's frame costs before the store: host names checked against
@@ -259,27 +325,27 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
                              per_commit=PER_COMMIT, compress=False)
         sqlite_floor = timed(os.path.join(directory, "floor.sqlite"), fleet_batches, floor=True)
     rows = [bench.Row("collector admission (hosts, TTPHash recomputed)", admission,
-                      "SQLite ingest", admission / sqlite),
+                      "SQLite ingest", admission / sqlite.wall_us),
             bench.Row("collector admission, a fleet (TTPHashes through the collector's memo)",
                       fleet_admission, "the same without it", fleet_admission / fleet_plain),
-            bench.Row("collector ingest, SQLite (frames of 500, every TTPHash new)", sqlite),
-            bench.Row(f"collector ingest, SQLite (a fleet: {FLEET_HASHES} TTPHashes repeat)",
-                      sqlite_fleet, "every TTPHash new", sqlite_fleet / sqlite),
-            bench.Row(f"collector ingest, SQLite, a fleet, {PER_COMMIT} frames a commit",
-                      sqlite_sets, "one a commit", sqlite_sets / sqlite_fleet),
-            bench.Row(f"the same, documents plain msgpack ({plain_bytes:,.0f} bytes each; "
-                      f"compressed with the store's dictionary: {packed_bytes:,.0f})",
-                      sqlite_plain, "compressed", sqlite_plain / sqlite_sets),
-            bench.Row("SQLite alone: the fleet's event rows built beforehand, one executemany "
-                      "and commit a frame (the floor)", sqlite_floor, "our ingest, a fleet",
-                      sqlite_floor / sqlite_fleet)]
+            _row("collector ingest, SQLite (frames of 500, every TTPHash new)", sqlite),
+            _row(f"collector ingest, SQLite (a fleet: {FLEET_HASHES} TTPHashes repeat)",
+                 sqlite_fleet, "every TTPHash new", sqlite),
+            _row(f"collector ingest, SQLite, a fleet, {PER_COMMIT} frames a commit",
+                 sqlite_sets, "one a commit", sqlite_fleet),
+            _row(f"the same, documents plain msgpack ({plain_bytes:,.0f} bytes each; "
+                 f"compressed with the store's dictionary: {packed_bytes:,.0f})",
+                 sqlite_plain, "compressed", sqlite_sets),
+            _row("SQLite alone: the fleet's event rows built beforehand, one executemany "
+                 "and commit a frame (the floor)", sqlite_floor, "our ingest, a fleet",
+                 sqlite_fleet)]
     if rules is not None:
         matched = sum(len(rules.match(e)) for e in fleet)
         alone = bench._median_us(lambda: [rules.match(e) for e in fleet], len(fleet),
                                  repeats=3)
         rows.append(bench.Row(f"Sigma: {len(rules)} rules evaluated alone ({matched} matches "
                               f"in {len(fleet)} events)", alone, "SQLite, a fleet",
-                              alone / sqlite_fleet))
+                              alone / sqlite_fleet.wall_us))
         by_sql = _sigma_as_sql(sigma_dir, fleet_batches)
         if by_sql is not None:
             rows.append(bench.Row(f"Sigma as SQL (pySigma SQLite backend, each frame a table; "
@@ -289,24 +355,23 @@ def bench_ingest(count: int, postgres: str | None, sigma_dir: str | None,
             # Measured again beside it: the ratio is of two figures of the same minute.
             plain = timed(os.path.join(directory, "plain.sqlite"), fleet_batches)
             sigma = timed(os.path.join(directory, "sigma.sqlite"), fleet_batches, rules)
-        rows.append(bench.Row(f"collector ingest, SQLite, a fleet, with {len(rules)} Sigma "
-                              "rules", sigma, "the same without rules", sigma / plain))
+        rows.append(_row(f"collector ingest, SQLite, a fleet, with {len(rules)} Sigma rules",
+                         sigma, "the same without rules", plain))
     if postgres:
         pg = timed(postgres)
-        rows.append(bench.Row("collector ingest, PostgreSQL (every TTPHash new)", pg,
-                              "SQLite", pg / sqlite))
+        rows.append(_row("collector ingest, PostgreSQL (every TTPHash new)", pg, "SQLite",
+                         sqlite))
         pg_fleet = timed(postgres, fleet_batches)
-        rows.append(bench.Row("collector ingest, PostgreSQL (a fleet)", pg_fleet,
-                              "SQLite, a fleet", pg_fleet / sqlite_fleet))
+        rows.append(_row("collector ingest, PostgreSQL (a fleet)", pg_fleet, "SQLite, a fleet",
+                         sqlite_fleet))
         pg_sets = timed(postgres, fleet_batches, per_commit=PER_COMMIT)
-        rows.append(bench.Row(f"collector ingest, PostgreSQL, a fleet, {PER_COMMIT} frames "
-                              "a commit", pg_sets, "one a commit", pg_sets / pg_fleet))
+        rows.append(_row(f"collector ingest, PostgreSQL, a fleet, {PER_COMMIT} frames a commit",
+                         pg_sets, "one a commit", pg_fleet))
         pg_plain = timed(postgres, fleet_batches, per_commit=PER_COMMIT, compress=False)
-        rows.append(bench.Row("the same, documents plain msgpack", pg_plain, "compressed",
-                              pg_plain / pg_sets))
+        rows.append(_row("the same, documents plain msgpack", pg_plain, "compressed", pg_sets))
         pg_floor = timed(postgres, fleet_batches, per_commit=PER_COMMIT, floor=True)
-        rows.append(bench.Row(f"PostgreSQL alone: the fleet's event rows built beforehand, "
-                              f"one COPY and commit per {PER_COMMIT} frames (the floor)",
-                              pg_floor, f"our ingest, {PER_COMMIT} a commit",
-                              pg_floor / pg_sets))
-    bench.print_table(rows, "per event, median of 3 rounds (each into a fresh store)")
+        rows.append(_row(f"PostgreSQL alone: the fleet's event rows built beforehand, one COPY "
+                         f"and commit per {PER_COMMIT} frames (the floor)", pg_floor,
+                         f"our ingest, {PER_COMMIT} a commit", pg_sets))
+    bench.print_table(rows, "per event, median of 3 rounds (each into a fresh store); CPU: "
+                      "this process's, and a PostgreSQL server's backend on this host")

@@ -289,15 +289,15 @@ class _Chain:
 # about 25 MB when full: a pair is some 250 bytes of Python objects).
 MAX_KNOWN = 100_000
 
+
 class KnownBaseline:
     """What this store has committed to the baseline: TTPHashes with a row, and (TTPHash,
     host) pairs in ``baseline_hosts``. A fleet's frame sets repeat nearly all of both, and
     looking them up again at every set was a fifth of PostgreSQL's baseline time (1,500
     values an ``IN`` list; a tenth of its ingest of frames one a commit, docs/overhead.md).
-    Neither table loses rows, so what is known once stays true, and
-    other writers only add; each set is bounded and forgotten whole when full (a miss costs
-    a look-up). What a transaction learns counts only once it commits (``learn``, then
-    ``keep`` or ``drop``)."""
+    Neither table loses rows, so what is known once stays true, and other writers only add;
+    each set is bounded and forgotten whole when full (a miss costs a look-up). What a
+    transaction learns counts only once it commits (``learn``, then ``keep`` or ``drop``)."""
 
     def __init__(self, limit: int = MAX_KNOWN) -> None:
         self.limit = limit
@@ -991,8 +991,8 @@ class Store:
         array parameter in PostgreSQL, which parsed and planned an ``IN`` list of 1,500
         placeholders in some 3 ms. Never a prepared statement: its generic plan, made while
         the table was small (a store just made, a bench's round), went on scanning the whole
-        table once it was not (a round into a store of 100,000 events: 278 against 81-116 µs an
-        event)."""
+        table once it was not (a round into a store of 100,000 events: 278 against 81-116 µs
+        an event)."""
         if not values:
             return []
         if self.postgres:

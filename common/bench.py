@@ -36,6 +36,16 @@ class Row:
     per_item_us: float
     reference: str = ""
     ratio: float | None = None
+    # CPU per item, where a bench measures it (time is wall time: on a shared machine it
+    # moves with the neighbours' load, CPU much less).
+    cpu_us: float | None = None
+
+
+@dataclass
+class Timing:
+    """A median over rounds: wall µs per item, and CPU µs per item (None: not measured)."""
+    wall_us: float
+    cpu_us: float | None
 
 
 def _median_us(func: Callable[[], object], items: int, repeats: int = REPEATS) -> float:
@@ -46,7 +56,18 @@ def median_us_fresh(prepare: Callable[[], T], run: Callable[[T], object], items:
                     repeats: int = REPEATS) -> float:
     """µs per item of ``run``, median of ``repeats`` rounds, each on what an untimed
     ``prepare`` made for it (a fresh store, records no earlier round has cached into)."""
-    times = []
+    return timing_fresh(prepare, run, items, repeats).wall_us
+
+
+def timing_fresh(prepare: Callable[[], T], run: Callable[[T], object], items: int,
+                 repeats: int = REPEATS,
+                 other_cpu: Callable[[T], float | None] | None = None) -> Timing:
+    """As :func:`median_us_fresh`, with the CPU of each round: this process's, and what
+    ``other_cpu(prepared)`` says another process spent on it (seconds: a database server's
+    backend), read after the round; no CPU figure when it says None."""
+    times: list[float] = []
+    cpus: list[float] = []
+    known = True  # every round's CPU is known
     for _ in range(repeats):
         prepared = prepare()
         # As timeit does: no cyclic collection inside a timed round. A harness holds every
@@ -57,12 +78,21 @@ def median_us_fresh(prepare: Callable[[], T], run: Callable[[T], object], items:
         gc.collect()
         gc.disable()
         try:
-            start = time.perf_counter()
+            cpu, start = time.process_time(), time.perf_counter()
             run(prepared)
             times.append(time.perf_counter() - start)
+            cpus.append(time.process_time() - cpu)
         finally:
             gc.enable()
-    return statistics.median(times) / max(items, 1) * 1e6
+        if other_cpu is not None:
+            other = other_cpu(prepared)
+            if other is None:
+                known = False
+            else:
+                cpus[-1] += other
+    scale = 1e6 / max(items, 1)
+    return Timing(statistics.median(times) * scale,
+                  statistics.median(cpus) * scale if known else None)
 
 
 def sample_linux_event() -> dict:
@@ -216,8 +246,11 @@ def _seed_like_qlog() -> dict:
 def print_table(rows: list[Row], title: str | None = None, item: str = "event") -> None:
     """``rows`` as a table of µs per ``item``, ``item``s a second and ratio."""
     table = Table(title=title or "per event, median of %d runs" % REPEATS)
+    cpu = any(row.cpu_us is not None for row in rows)
     table.add_column("what")
     table.add_column(f"µs/{item}", justify="right")
+    if cpu:
+        table.add_column(f"CPU µs/{item}", justify="right")
     table.add_column(f"{item}s/s", justify="right")
     table.add_column("ratio", justify="right")
     for row in rows:
@@ -225,7 +258,10 @@ def print_table(rows: list[Row], title: str | None = None, item: str = "event") 
         # A figure that is a difference of two timings (admission: with and without) can come
         # out at zero on a noisy machine: below what the run resolves, not infinitely fast.
         rate = f"{1e6 / row.per_item_us:,.0f}" if row.per_item_us > 0 else "–"
-        table.add_row(row.name, f"{row.per_item_us:.2f}", rate, ratio)
+        cells = [row.name, f"{row.per_item_us:.2f}"]
+        if cpu:
+            cells.append(f"{row.cpu_us:.2f}" if row.cpu_us is not None else "–")
+        table.add_row(*cells, rate, ratio)
     Console().print(table)
 
 

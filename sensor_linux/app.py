@@ -57,7 +57,11 @@ def run_sensor(config: RunConfig, outputs: tuple[str, ...] | list[str], store: s
                            f"not --format {config.fmt}")
     opened = open_outputs(outputs, config.fmt, config.max_bytes, config.generations)
     sink = opened.output
-    collector = local_collector(opened, store, sigma, say)
+    try:
+        collector = local_collector(opened, store, sigma, say)
+    except BaseException:
+        sink.close()  # (a store that cannot be opened: the outputs opened are closed)
+        raise
     written = opened.files + ([collector.store.path] if collector else [])
     try:
         try:

@@ -79,6 +79,41 @@ def test_a_figure_at_zero_is_printed_not_divided_by(capsys) -> None:
     assert re.search(r"0\.00 .*–", out)
 
 
+def test_the_cpu_column_is_printed_where_a_bench_measured_cpu(capsys) -> None:
+    """A table with CPU figures has their column, "–" where a row has none (a remote
+    server); a table without any has no such column."""
+    from common.bench import Row, print_table, timing_fresh
+    timing = timing_fresh(lambda: None, lambda _: sum(range(200_000)), 1000, repeats=3,
+                          other_cpu=lambda _: 0.5)
+    assert timing.cpu_us is not None and timing.cpu_us >= 500.0  # 0.5 s over 1,000 items
+    unknown = timing_fresh(lambda: None, lambda _: None, 10, repeats=2,
+                           other_cpu=lambda _: None)
+    assert unknown.cpu_us is None
+    print_table([Row("with", 2.0, cpu_us=timing.cpu_us), Row("without", 4.0)])
+    out = capsys.readouterr().out
+    assert "CPU µs/event" in out and re.search(r"without +│ +4\.00 +│ +– ", out), out
+    print_table([Row("plain", 2.0)])
+    assert "CPU" not in capsys.readouterr().out
+
+
+def test_the_server_backend_cpu_of_a_round_is_counted(postgres_server) -> None:
+    """bench ingest adds the PostgreSQL backend's CPU on this host to its own: a query that
+    keeps the server busy shows there, not in this process's CPU."""
+    import time
+
+    from collector.bench import ServerCpu
+    from collector.store import Store
+    store, server = Store(postgres_server()), ServerCpu()
+    server.start(store)
+    ours = time.process_time()
+    store.db.execute("SELECT count(*) FROM generate_series(1, 5000000)").fetchone()
+    ours = time.process_time() - ours
+    server.stop_and_close(store)
+    spent = server.spent(store)
+    assert spent is not None and spent >= 0.2 and spent > 5 * ours, (spent, ours)
+    assert server.spent(store) is None  # read once
+
+
 def test_bench_wake_feeds_every_batch_and_compares_with_no_pause(tmp_path) -> None:
     """A corpus trace repeated into 400 execs: every event of the warm-up, the run without
     pauses and each batch is built (one event per record group here), and each batch size has
@@ -121,6 +156,9 @@ def test_bench_ingest_measures_postgresql_and_its_floor(postgres_server) -> None
                 "collector ingest, PostgreSQL, a fleet, 16 frames a commit",
                 "PostgreSQL alone: the fleet's event rows built beforehand"):
         assert row in result.stdout, result.stdout
+        # Its CPU (ours and the local server backend's) is a figure, not "–".
+        line = next(li for li in result.stdout.splitlines() if row in li)
+        assert re.search(r"│ +[\d.]+ +│ +[\d.]+ +│", line), line
     with psycopg.connect(url) as db:
         assert db.execute("SELECT spool, count(*) FROM events GROUP BY spool").fetchall() == [
             ("floor", 1000)]
