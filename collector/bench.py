@@ -148,11 +148,18 @@ class ServerCpu:
 
 def _backend_cpu(store: Store) -> tuple[int, float] | None:
     """The pid of the backend serving ``store`` and the CPU seconds it has spent, when it runs
-    on this host; else None (a remote server's pid means nothing here)."""
+    on this host; else None (a remote server's pid means nothing here, nor does one of a
+    server in a container of its own: that pid here is some other process, or none)."""
     host = store.db.info.host
     if not (host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")):
         return None
     pid = int(store.db.execute("SELECT pg_backend_pid()").fetchone()[0])
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            if f.read().strip() != b"postgres":
+                return None
+    except OSError:
+        return None
     spent = _proc_cpu(pid)
     return None if spent is None else (pid, spent)
 
