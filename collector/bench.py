@@ -126,19 +126,20 @@ class ServerCpu:
 
     def start(self, store: Store) -> None:
         """The round into ``store`` begins (before the timed part)."""
-        self._started[id(store)] = _backend_cpu(store) if store.postgres else (0, 0.0)
+        if store.postgres:
+            self._started[id(store)] = _backend_cpu(store)
 
     def stop_and_close(self, store: Store) -> None:
         """The round's work is done: the backend's CPU read, then the store closed (which
         ends the backend)."""
-        started = self._started.pop(id(store), None)
-        if not store.postgres:
-            self._spent[id(store)] = 0.0
-        elif started is None:
-            self._spent[id(store)] = None
-        else:
-            now = _proc_cpu(started[0])
-            self._spent[id(store)] = None if now is None else now - started[1]
+        spent: float | None = 0.0  # (SQLite: no server)
+        if store.postgres:
+            spent = None
+            started = self._started.pop(id(store), None)
+            if started is not None:
+                now = bench.process_cpu_seconds(started[0])
+                spent = None if now is None else now - started[1]
+        self._spent[id(store)] = spent
         store.close()
 
     def spent(self, store: Store) -> float | None:
@@ -160,18 +161,8 @@ def _backend_cpu(store: Store) -> tuple[int, float] | None:
                 return None
     except OSError:
         return None
-    spent = _proc_cpu(pid)
+    spent = bench.process_cpu_seconds(pid)
     return None if spent is None else (pid, spent)
-
-
-def _proc_cpu(pid: int) -> float | None:
-    """User and system CPU seconds of a process of this host (None: gone or unreadable)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @click.command("ingest")

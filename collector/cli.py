@@ -18,22 +18,18 @@ def _open(path: str, write: bool = False):  # type: ignore[no-untyped-def]
     """The store, read-only unless ``write`` (the allow-list), or a clear error."""
     import os
 
-    from collector.store import Store, StoreError
     if "://" not in path and not os.path.exists(path):
         raise click.ClickException(f"no store at {path} (run the sensor or a collector first, "
                                    "or give --store)")
-    try:
-        return Store(path, readonly=not write)
-    except (StoreError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    return _store(path, readonly=not write)
 
 
-def _writable(path: str, rules: Any, compress_documents: bool) -> Any:
-    """The collector's store, made if new, or a clear error (a file that is not a store, a
-    PostgreSQL server that cannot be reached)."""
+def _store(path: str, **options: Any) -> Any:
+    """Store(path, **options), or a clear error (a file that is not a store, a PostgreSQL
+    server that cannot be reached). The collector's store is made if new."""
     from collector.store import Store, StoreError
     try:
-        return Store(path, rules=rules, compress_documents=compress_documents)
+        return Store(path, **options)
     except (StoreError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -259,7 +255,7 @@ def collect(listen: str, cert: str | None, key: str | None, ca: str | None, stor
         from collector.sigma.rules import load_rule_set
         rules = load_rule_set(list(sigma_rules),
                               lambda m: click.echo(f"ttpsensor collect: {m}", err=True))
-    opened = _writable(store, rules, not plain_documents)
+    opened = _store(store, rules=rules, compress_documents=not plain_documents)
     console = None
     if console_listen:
         from collector.console.cli import serve_beside

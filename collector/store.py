@@ -297,7 +297,8 @@ class KnownBaseline:
     values an ``IN`` list; a tenth of its ingest of frames one a commit, docs/overhead.md).
     Neither table loses rows, so what is known once stays true, and other writers only add;
     each set is bounded and forgotten whole when full (a miss costs a look-up). What a
-    transaction learns counts only once it commits (``learn``, then ``keep`` or ``drop``)."""
+    transaction learns counts only once it commits (``learn``; Store._transaction then
+    ``keep``s or ``drop``s it)."""
 
     def __init__(self, limit: int = MAX_KNOWN) -> None:
         self.limit = limit
@@ -426,12 +427,12 @@ class Store:
         self.postgres = location.startswith(("postgresql://", "postgres://"))
         self._staging = False   # PostgreSQL: the session's COPY staging table exists
         self.chained = False    # SQLite: its events are linked by TTPHash (the docstring)
+        self.known = KnownBaseline()  # (before _open: a migration is a transaction)
         self._open(location, readonly)
         self.documents = Documents(self._dictionaries,
                                    compress=compress_documents and not readonly)
         # Plain documents stored, counted up to TRAIN_DOCUMENTS (None: not counted yet).
         self._plain_documents: int | None = None
-        self.known = KnownBaseline()
 
     def _open(self, location: str, readonly: bool) -> None:
         if self.postgres:
@@ -564,17 +565,23 @@ class Store:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        if self.postgres:
-            try:
-                with self.db.transaction():
+        """One transaction (never nested); what it taught ``known`` counts once it commits."""
+        try:
+            if self.postgres:
+                try:
+                    with self.db.transaction():
+                        yield
+                except BaseException:
+                    # A staging table created in a transaction that failed is gone with it.
+                    self._staging = False
+                    raise
+            else:
+                with self.db:
                     yield
-            except BaseException:
-                # A staging table created in a transaction that failed is gone with it.
-                self._staging = False
-                raise
-        else:
-            with self.db:
-                yield
+        except BaseException:
+            self.known.drop()
+            raise
+        self.known.keep()
 
     def close(self) -> None:
         self.db.close()
@@ -597,7 +604,6 @@ class Store:
         instead of encoding the event again. ``canonical``: TTPHashes' canonical input as
         admission computed them (collector.admit.Admission), stored for a new TTPHash
         instead of computing it again."""
-        self.known.drop()
         with self._transaction():
             groups: dict[str, dict[str, Any]] = {}
             chain = self._start_chain()
@@ -605,7 +611,6 @@ class Store:
                                            canonical), groups, chain)
             if groups:
                 self._baseline(groups, chain)
-        self.known.keep()
         self._stored_documents(result.new)
         return result
 
@@ -620,7 +625,6 @@ class Store:
         refuses gets its exception (in its place in the list); the others still go in."""
         if len(frames) == 1:
             return [self._alone(frames[0])]
-        self.known.drop()
         try:
             with self._transaction():
                 # The baseline once for the whole set: a TTPHash the set's frames share is
@@ -638,7 +642,6 @@ class Store:
                     self._baseline(groups, chain)
         except Exception:  # noqa: BLE001 - sqlite3's and psycopg's errors alike; retried alone
             return [self._alone(frame) for frame in frames]
-        self.known.keep()
         self._stored_documents(sum(r.new for r in results if isinstance(r, IngestResult)))
         return results
 

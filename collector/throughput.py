@@ -48,10 +48,11 @@ class Round:
 
 
 def _process_cpu(pid: int) -> float:
-    """User and system CPU seconds of a process, from /proc (Linux)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """The collector process's CPU seconds so far (bench.process_cpu_seconds); it must run."""
+    spent = bench.process_cpu_seconds(pid)
+    if spent is None:
+        raise click.ClickException(f"the collector (pid {pid}) is gone")
+    return spent
 
 
 def _sensor(issued: Any, name: str, port: int, spool: str, frames: list[bytes],

@@ -48,6 +48,17 @@ class Timing:
     cpu_us: float | None
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User and system CPU seconds of a process of this host so far, from ``/proc/PID/stat``
+    (read after the command name's last ``)``); None once it is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _median_us(func: Callable[[], object], items: int, repeats: int = REPEATS) -> float:
     return median_us_fresh(lambda: None, lambda _: func(), items, repeats)
 

@@ -18,7 +18,8 @@ nanoseconds) is taken over the window, and how many times the scheduler put it o
 pipeline does some 400 µs more work for each wake, ``ttpsensor bench wake``, and that
 decides our plugin's CPU, docs/overhead.md); then its input is closed and its output
 counted: one line an event (ours also counts the failed PATH-walk execs it folds into the
-exec that follows them), none lost. Rounds alternate which plugin goes first, and the medians compare.
+exec that follows them), none lost. Rounds alternate which plugin goes first, and the
+medians compare.
 """
 
 from __future__ import annotations
