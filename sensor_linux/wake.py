@@ -10,12 +10,14 @@ pipeline fed without pauses. The reference is ``json.dumps`` of the same events 
 pattern: a pause that slows a C function too is the machine's (what ran on the core meanwhile
 took its caches), not the pipeline's.
 
-A last table measures the host alone: the CPU a read of one byte in each of a few thousand
-pages costs right after a pause, against the same reads without one, in 4 KiB pages and in
-2 MiB ones (transparent huge pages, asked for by madvise). On a VM the first touch of a page
+Two last tables measure the host alone. First the CPU a read of one byte in each of a few
+thousand pages costs right after a pause, against the same reads without one, in 4 KiB pages
+and in 2 MiB ones (transparent huge pages, asked for by madvise). On a VM the first touch of a page
 after a pause can need the guest's and the host's page tables walked again from memory; where
 that costs microseconds a page, a process pays for each page of its working set it touches
 after each sleep, which a Python process has many of (docs/overhead.md, 2026-12-06, later).
+Then how fast the interpreter runs two fixed pieces of work (``interpreter_costs``): a host
+slower at them moves every ratio of ours against a C or Rust peer.
 """
 
 from __future__ import annotations
@@ -235,6 +237,98 @@ def page_costs_line(costs: PageCosts, after: PageCosts | None = None) -> str:
             "after each sleep (`ttpsensor bench wake`, docs/overhead.md).")
 
 
+# The interpreter's speed on this host, with work fixed here rather than our pipeline's (a
+# change of ours must not move it). Our sensors are Python and their peers C and Rust, so a
+# host that runs Python slower moves every ratio against a peer, and the page reads above do
+# not show it: on the eighteenth session's VM json.dumps of the stage bench's events took 2.2
+# times as long as on the VMs before, its pages cost less, and the eBPF modes' ratio to auditd
+# went from 0.43x to 0.6x (docs/overhead.md).
+_REFERENCE_EVENT: dict[str, Any] = {
+    "@timestamp": "2026-12-07T22:00:00.123456Z",
+    "event": {"kind": "event", "category": ["process"], "type": ["start"],
+              "action": "process_create", "outcome": "success"},
+    "host": {"name": "host-01", "id": "5d41402abc4b2a76b9719d911017c592"},
+    "process": {"pid": 41234, "executable": "/usr/bin/true", "name": "true",
+                "args": ["/usr/bin/true", "ttplab-0123456789", "--flag", "value 17"],
+                "command_line": "/usr/bin/true ttplab-0123456789 --flag 'value 17'",
+                "working_directory": "/root", "user": {"id": "0", "name": "root"},
+                "hash": {"sha256": "0f" * 32},
+                "parent": {"pid": 41200, "executable": "/usr/bin/python3.11",
+                           "name": "python3", "args": ["python3", "-m", "loadgen"]}},
+    "ttphash": {"value": "ab" * 32, "complete": True},
+}
+_REFERENCE_RECORD = (
+    b'type=SYSCALL msg=audit(1796680000.123:45865): arch=c000003e syscall=59 success=yes '
+    b'exit=0 a0=55d0c1a2b3c0 a1=55d0c1a2b400 a2=7ffd3c1e9a80 a3=0 items=2 ppid=41200 '
+    b'pid=41234 auid=0 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=pts0 '
+    b'ses=3 comm="true" exe="/usr/bin/true" subj=unconfined key="ttpsensor-exec"')
+INTERPRETER_ITEMS = 2000
+
+
+@dataclass
+class InterpreterCosts:
+    """µs of the thread's CPU an item, each the median of ``rounds`` runs of ``items``:
+    ``json.dumps`` of a fixed process event (the C encoder walking a dict, as every renderer's
+    reference does) and a fixed SYSCALL record's fields split into a dict by a Python loop
+    (the interpreter's own bytecode)."""
+
+    items: int
+    rounds: int
+    dumps_us: float
+    parse_us: float
+
+
+def interpreter_costs(items: int = INTERPRETER_ITEMS,
+                      rounds: int = PAGE_ROUNDS) -> InterpreterCosts:
+    """This host's speed at two fixed pieces of interpreter work (no pause between them)."""
+    def dumps() -> None:
+        for _ in range(items):
+            json.dumps(_REFERENCE_EVENT)
+
+    def parse() -> None:
+        for _ in range(items):
+            _reference_fields(_REFERENCE_RECORD)
+
+    return InterpreterCosts(items, rounds, _median_us(dumps, items, rounds),
+                            _median_us(parse, items, rounds))
+
+
+def _reference_fields(record: bytes) -> dict[bytes, bytes]:
+    """A record's ``key=value`` fields, quotes taken off: deliberately plain Python."""
+    fields = {}
+    for part in record.split(b" "):
+        key, sep, value = part.partition(b"=")
+        if sep:
+            fields[key] = value.strip(b'"')
+    return fields
+
+
+def _median_us(run: Callable[[], None], items: int, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.thread_time()
+        run()
+        times.append(time.thread_time() - start)
+    return statistics.median(times) / items * 1e6
+
+
+def interpreter_rows(costs: InterpreterCosts) -> list[Row]:
+    return [Row("json.dumps of a fixed process event", costs.dumps_us),
+            Row("a fixed SYSCALL record's fields, split by a Python loop", costs.parse_us)]
+
+
+def interpreter_line(costs: InterpreterCosts, after: InterpreterCosts | None = None) -> str:
+    """A sentence of ``costs`` for the lab's report; with ``after``, the same measured again
+    when the modes had run."""
+    line = (f"The interpreter: json.dumps of a fixed process event {costs.dumps_us:.2f} µs, "
+            f"a fixed audit record split by a Python loop {costs.parse_us:.2f} µs")
+    if after is not None:
+        line += (f"; {after.dumps_us:.2f} and {after.parse_us:.2f} µs measured again after "
+                 "the modes")
+    return (line + ". Our sensors are Python and their peers C and Rust: on a host that runs "
+            "these slower, every ratio against a peer is higher (docs/overhead.md).")
+
+
 def _touch_us(memory: mmap.mmap, offsets: range, gap: float, rounds: int) -> float:
     """The thread's CPU per page of one read in each page at ``offsets``, each round after
     ``gap`` seconds of sleep (a round after no sleep follows the one before at once)."""
@@ -279,3 +373,6 @@ def bench_wake(audit_log: Path | None, execs: int, gap_ms: float, batches: int,
     print_table(page_touch_rows(page_costs(gap_ms / 1000)),
                 f"the host: CPU per page of one read in each of {TOUCHED_PAGES:,} pages, "
                 f"median of {PAGE_ROUNDS} rounds", item="page")
+    print_table(interpreter_rows(interpreter_costs()),
+                f"the host's interpreter: CPU per item, {INTERPRETER_ITEMS:,} items, median of "
+                f"{PAGE_ROUNDS} rounds", item="item")

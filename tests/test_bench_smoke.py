@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -140,8 +141,29 @@ def test_bench_wake_feeds_every_batch_and_compares_with_no_pause(tmp_path) -> No
     for kind in ("4 KiB pages", r"2 MiB pages \((given|asked for, not given)\)"):
         assert re.search(rf"{kind}, no pause +│ +[\d.]+", result.stdout), result.stdout
         assert re.search(rf"{kind}, after a 1 ms pause +│ +[\d.]+ .*no pause", result.stdout)
+    # And its interpreter, at fixed work: each figure a positive number of µs an item.
+    for what in ("json.dumps of a fixed process event",
+                 "a fixed SYSCALL record's fields, split by a Python loop"):
+        found = re.search(rf"{re.escape(what)} +│ +([\d.]+) ", result.stdout)
+        assert found and float(found.group(1)) > 0, result.stdout
     too_many = run_cli("bench", "wake", "--audit-log", str(log), "--batches", "1000")
     assert too_many.returncode != 0 and "this run feeds" in too_many.stderr
+
+
+def test_the_interpreter_reference_does_real_work_and_times_it() -> None:
+    """The fixed record is split into all its fields (the loop is the work timed, not a
+    shortcut), the event is one JSON can encode, and each figure is a time per item."""
+    from sensor_linux import wake
+    fields = wake._reference_fields(wake._REFERENCE_RECORD)
+    assert len(fields) == 28 and fields[b"exe"] == b"/usr/bin/true" and fields[b"ses"] == b"3"
+    assert fields[b"key"] == b"ttpsensor-exec" and b"type" in fields
+    assert json.loads(json.dumps(wake._REFERENCE_EVENT)) == wake._REFERENCE_EVENT
+    few, many = wake.interpreter_costs(items=50, rounds=3), wake.interpreter_costs(rounds=3)
+    for costs in (few, many):
+        assert costs.dumps_us > 0 and costs.parse_us > 0
+    assert (few.items, many.items) == (50, wake.INTERPRETER_ITEMS)
+    line = wake.interpreter_line(few, many)
+    assert f"event {few.dumps_us:.2f} µs" in line and f"; {many.dumps_us:.2f} and" in line
 
 
 def test_bench_ingest_measures_postgresql_and_its_floor(postgres_server) -> None:

@@ -213,6 +213,14 @@ def test_quick_lab_runs_every_mode_end_to_end_and_restores_state(tmp_path) -> No
     assert f"costs {host['small_paused_us']:.2f} µs" in said
     assert (f"and {after['small_paused_us']:.2f} µs ({after['small_no_pause_us']:.2f}) "
             "measured again after the modes") in said
+    # And how fast its interpreter ran fixed work, before and after the modes.
+    speed, speed_after = (doc["settings"]["host_interpreter"],
+                          doc["settings"]["host_interpreter_after"])
+    for measured in (speed, speed_after):
+        assert measured["items"] == 2000 and measured["dumps_us"] > 0 < measured["parse_us"]
+    assert (f"json.dumps of a fixed process event {speed['dumps_us']:.2f} µs, a fixed audit "
+            f"record split by a Python loop {speed['parse_us']:.2f} µs; "
+            f"{speed_after['dumps_us']:.2f} and {speed_after['parse_us']:.2f} µs") in said
 
 
 def test_rounds_alternate_their_order_and_are_judged_on_their_median() -> None:

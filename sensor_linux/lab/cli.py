@@ -74,7 +74,8 @@ def bench_overhead(rates: str, duration: float, mode_names: str, out: str, progr
     from sensor_linux.lab.modes import ModeError
     from sensor_linux.lab.overhead import LabSettings, Measurement, run_lab
     from sensor_linux.lab.report import markdown, processes, ratios, rows, summary, write_report
-    from sensor_linux.wake import page_costs, page_costs_line
+    from sensor_linux.wake import (interpreter_costs, interpreter_line, page_costs,
+                                   page_costs_line)
 
     if importlib.util.find_spec("matplotlib") is None:
         raise click.ClickException("the plot needs matplotlib: pip install 'ttpsensor[lab]'")
@@ -92,8 +93,10 @@ def bench_overhead(rates: str, duration: float, mode_names: str, out: str, progr
     console = Console(stderr=True)
     # What kind of host this is: on some VMs a page touched after a pause costs microseconds,
     # which multiplies what every collector that sleeps pays (docs/overhead.md).
-    console.print("measuring the host's page reads after a pause …")
+    # And how fast it runs an interpreter's work: our sensors are Python, their peers are not.
+    console.print("measuring the host's page reads after a pause and its interpreter …")
     host = page_costs(HOST_PAUSE_SECONDS, rounds=5)
+    interpreter = interpreter_costs()
     console.print(f"overhead lab: {len(names)} modes x {len(rate_list)} rates"
                   + (f" x {rounds} rounds" if rounds > 1 else "")
                   + f", {seconds:g} s each; work files in {settings.work}")
@@ -110,13 +113,17 @@ def bench_overhead(rates: str, duration: float, mode_names: str, out: str, progr
             raise click.ClickException(str(exc)) from exc
     # And again after the modes: a shared host's cost moves within a run (doubled in forty
     # minutes once, with every sleeping collector's), and a run whose host moved says so.
-    console.print("measuring the host's page reads again …")
+    console.print("measuring the host's page reads and its interpreter again …")
     host_after = page_costs(HOST_PAUSE_SECONDS, rounds=5)
-    host_line = page_costs_line(host, host_after)
+    interpreter_after = interpreter_costs()
+    host_line = (page_costs_line(host, host_after) + "\n\n"
+                 + interpreter_line(interpreter, interpreter_after))
     paths = write_report(Path(out), results, shlex.join(["ttpsensor", *sys.argv[1:]]), {
         "rates": rate_list, "duration": seconds, "modes": names, "program": program,
         "rounds": rounds, "kernel": platform.release(), "cpus": os.cpu_count(),
-        "host_pages": asdict(host), "host_pages_after": asdict(host_after)},
+        "host_pages": asdict(host), "host_pages_after": asdict(host_after),
+        "host_interpreter": asdict(interpreter),
+        "host_interpreter_after": asdict(interpreter_after)},
         host=host_line)
     table = rows(results)
     compared = ratios(table)

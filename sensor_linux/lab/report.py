@@ -288,7 +288,7 @@ def plot(path: Path, table: list[dict[str, Any]]) -> None:
 def write_report(out: Path, results: list[Measurement], command: str,
                  settings: dict[str, Any], host: str = "") -> dict[str, Path]:
     """results.json, results.csv, results.md and cpu.png in ``out``; returns their paths.
-    ``host``: a sentence on the host, for results.md."""
+    ``host``: what was measured of the host (its pages, its interpreter), for results.md."""
     out.mkdir(parents=True, exist_ok=True)
     table = rows(results)
     compared = ratios(table)
