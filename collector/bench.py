@@ -155,11 +155,7 @@ def _backend_cpu(store: Store) -> tuple[int, float] | None:
     if not (host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")):
         return None
     pid = int(store.db.execute("SELECT pg_backend_pid()").fetchone()[0])
-    try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            if f.read().strip() != b"postgres":
-                return None
-    except OSError:
+    if bench.comm(pid) != "postgres":
         return None
     spent = bench.process_cpu_seconds(pid)
     return None if spent is None else (pid, spent)

@@ -48,13 +48,31 @@ class Timing:
     cpu_us: float | None
 
 
-def process_cpu_seconds(pid: int) -> float | None:
-    """User and system CPU seconds of a process of this host so far, from ``/proc/PID/stat``
-    (read after the command name's last ``)``); None once it is gone or unreadable."""
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (field 3 is index 0), read
+    after its last ``)`` so that a name with spaces or parentheses cannot shift them; None
+    once the process is gone or unreadable. (The lab's and the collector benches' reader.)"""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
+            data = f.read()
     except OSError:
+        return None
+    return data[data.rindex(b")") + 2:].decode().split()
+
+
+def comm(pid: int) -> str | None:
+    """A process's command name (``/proc/PID/comm``), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User and system CPU seconds of a process of this host so far (None: gone)."""
+    fields = stat_fields(pid)
+    if fields is None:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 

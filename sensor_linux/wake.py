@@ -35,7 +35,7 @@ from typing import Any, Callable
 import click
 
 from common import ecs
-from common.bench import Row, print_table
+from common.bench import Row, print_table, timing_fresh
 from common.schema import Event
 from sensor_linux.audit.pipeline import audit_pipeline
 from sensor_linux.enrich import Enricher
@@ -242,7 +242,8 @@ def page_costs_line(costs: PageCosts, after: PageCosts | None = None) -> str:
 # host that runs Python slower moves every ratio against a peer, and the page reads above do
 # not show it: on the eighteenth session's VM json.dumps of the stage bench's events took 2.2
 # times as long as on the VMs before, its pages cost less, and the eBPF modes' ratio to auditd
-# went from 0.43x to 0.6x (docs/overhead.md).
+# went from 0.43x to 0.6x (docs/overhead.md). Not common.bench.sample_linux_event: our schema
+# and TTPHash code build that one, and it changes with them.
 _REFERENCE_EVENT: dict[str, Any] = {
     "@timestamp": "2026-12-07T22:00:00.123456Z",
     "event": {"kind": "event", "category": ["process"], "type": ["start"],
@@ -267,7 +268,8 @@ INTERPRETER_ITEMS = 2000
 
 @dataclass
 class InterpreterCosts:
-    """µs of the thread's CPU an item, each the median of ``rounds`` runs of ``items``:
+    """µs of the process's CPU an item, each the median of ``rounds`` runs of ``items``
+    (common.bench.timing_fresh, no cyclic collection inside a run):
     ``json.dumps`` of a fixed process event (the C encoder walking a dict, as every renderer's
     reference does) and a fixed SYSCALL record's fields split into a dict by a Python loop
     (the interpreter's own bytecode)."""
@@ -289,8 +291,12 @@ def interpreter_costs(items: int = INTERPRETER_ITEMS,
         for _ in range(items):
             _reference_fields(_REFERENCE_RECORD)
 
-    return InterpreterCosts(items, rounds, _median_us(dumps, items, rounds),
-                            _median_us(parse, items, rounds))
+    def cpu_us(run: Callable[[], None]) -> float:
+        spent = timing_fresh(lambda: None, lambda _: run(), items, rounds).cpu_us
+        assert spent is not None  # (None only when another process's CPU is asked for)
+        return spent
+
+    return InterpreterCosts(items, rounds, cpu_us(dumps), cpu_us(parse))
 
 
 def _reference_fields(record: bytes) -> dict[bytes, bytes]:
@@ -301,15 +307,6 @@ def _reference_fields(record: bytes) -> dict[bytes, bytes]:
         if sep:
             fields[key] = value.strip(b'"')
     return fields
-
-
-def _median_us(run: Callable[[], None], items: int, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.thread_time()
-        run()
-        times.append(time.thread_time() - start)
-    return statistics.median(times) / items * 1e6
 
 
 def interpreter_rows(costs: InterpreterCosts) -> list[Row]:

@@ -2,16 +2,19 @@
 run time, audit loss.
 
 CPU comes from ``/proc/PID/stat`` (utime and stime, all threads of the process including those
-that already exited, in clock ticks); the fields are read after the last ``)`` so a command name
-with spaces or parentheses cannot shift them. BPF run time comes from the ``fdinfo`` of the
-collector's BPF program descriptors (``run_time_ns`` and ``run_cnt``, present while
-``kernel.bpf_stats_enabled`` is 1), so only our programs are counted, not systemd's.
+that already exited, in clock ticks; ``common.bench.stat_fields`` reads the fields after the
+last ``)``, so a command name with spaces or parentheses cannot shift them). BPF run time comes
+from the ``fdinfo`` of the collector's BPF program descriptors (``run_time_ns`` and
+``run_cnt``, present while ``kernel.bpf_stats_enabled`` is 1), so only our programs are
+counted, not systemd's.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+from common.bench import comm, stat_fields  # the readers of /proc/PID/stat and comm
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BPF_STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
@@ -28,16 +31,6 @@ class Cpu:
 
     def __sub__(self, other: "Cpu") -> "Cpu":
         return Cpu(self.user_s - other.user_s, self.system_s - other.system_s)
-
-
-def stat_fields(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (field 3 is index 0)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2:].decode().split()
 
 
 def process_cpu(pid: int) -> Cpu | None:
@@ -96,14 +89,6 @@ def memory_mib(pid: int) -> dict[str, float] | None:
     except OSError:
         return None
     return found if len(found) == 2 else None
-
-
-def comm(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def pids_named(name: str) -> list[int]:
