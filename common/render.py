@@ -41,6 +41,13 @@ def _none(event: Event) -> None:
     return None  # LAUREL lines are rendered from audit records, never from our events
 
 
+def file_line_renderer(fmt: str) -> Callable[[Event], "bytes | None"] | None:
+    """:func:`line_renderer` for a file (common/sinks.py's LineFileOutput) where a format has
+    one: the line as the file's bytes, newline included. ECS, the sensor's default and hot
+    path; the other formats go through text (:class:`common.sinks.TextOutput`)."""
+    return ecs.render_line if fmt == "ecs" else None
+
+
 def line_renderer(fmt: str) -> LineRenderer:
     """The renderer of an output in ``fmt`` (ecs, qlog or laurel)."""
     if fmt == "laurel":

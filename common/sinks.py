@@ -130,7 +130,10 @@ class RotatingFileSink:
         return os.fdopen(open_private(self.path), "ab", buffering=OUTPUT_BUFFER)
 
     def write(self, line: str) -> None:
-        data = line.encode("utf-8", "surrogateescape") + b"\n"
+        self.write_bytes(line.encode("utf-8", "surrogateescape") + b"\n")
+
+    def write_bytes(self, data: bytes) -> None:
+        """A line already encoded, its newline included (:class:`LineFileOutput`)."""
         if self._size and self._size + len(data) > self.max_bytes:
             self.rotate()
         self._file.write(data)
@@ -157,6 +160,36 @@ class RotatingFileSink:
     def close(self) -> None:
         self._file.flush()
         self._file.close()
+
+
+class LineFileOutput:
+    """Events as lines of one format into a rotating file, rendered straight to the bytes the
+    file takes (``render_line``: :func:`common.ecs.render_line`); the same bytes as a
+    :class:`TextOutput` writes, without the text in between. ``render`` is the renderer's
+    identity for :class:`FanOut`."""
+
+    def __init__(self, sink: RotatingFileSink,
+                 render_line: Callable[[Event], bytes | None]) -> None:
+        self.sink = sink
+        self.render = render_line
+
+    def prepare(self, event: Event) -> bytes | None:
+        return self.render(event)
+
+    def write_event(self, event: Event, prepared: bytes | None) -> bool:
+        if prepared is None:
+            return False
+        self.sink.write_bytes(prepared)
+        return True
+
+    def write(self, line: str) -> None:
+        self.sink.write(line)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def close(self) -> None:
+        self.sink.close()
 
 
 class FanOut:
@@ -250,17 +283,23 @@ def open_outputs(targets: list[str] | tuple[str, ...], fmt: str = "ecs",
     render events in ``fmt``, a spool stores every event of our schema whatever ``fmt`` is.
     A LAUREL stream has no events for a spool (its lines are rendered from audit records).
     OutputError says what is wrong."""
-    from common.render import line_renderer
+    from common.render import file_line_renderer, line_renderer
     targets = list(targets or ["-"])
     if fmt == "laurel" and any(map(is_spool_target, targets)):
         raise OutputError("a spool stores events, and --format laurel writes audit records: "
                           "use --format ecs or qlog with a spool output")
     render = line_renderer(fmt)
+    render_line = file_line_renderer(fmt)
     outputs: list[Output] = []
     try:
         for target in targets:
             sink = open_sink(target, max_bytes, generations)
-            outputs.append(sink if hasattr(sink, "spool") else TextOutput(sink, render))
+            if hasattr(sink, "spool"):
+                outputs.append(sink)  # type: ignore[arg-type]
+            elif render_line is not None and isinstance(sink, RotatingFileSink):
+                outputs.append(LineFileOutput(sink, render_line))
+            else:
+                outputs.append(TextOutput(sink, render))
     except (OSError, ValueError) as exc:
         for output in outputs:
             output.close()

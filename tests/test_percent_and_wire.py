@@ -238,3 +238,15 @@ def test_command_line_is_the_quoted_percent_form_of_each_argument(args) -> None:
         "/bin/true ttplab-x --flag v=1,2:3@4+5"
     assert command_line(["ls", ""]) == "ls ''"
     assert command_line(["echo", "100%"]) == "echo 100%25"
+
+
+def test_a_file_line_is_the_text_line_encoded_for_every_event() -> None:
+    """ecs.render_line (what a file output writes) is render's text as the line sink encoded
+    it, newline included: for a plain event (orjson's bytes as they are) and for one with
+    bytes that are not UTF-8 and a lone surrogate (the standard library's path)."""
+    plain = _event(["ls", "-l"])
+    hostile = _event([as_text(a) if isinstance(a, bytes) else a for a in HOSTILE_ARGV])
+    escaped = _event(["\udcff", "ok"])
+    for event in (plain, hostile, escaped):
+        line = ecs.render(event)
+        assert ecs.render_line(event) == line.encode("utf-8", "surrogateescape") + b"\n"
