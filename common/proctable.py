@@ -19,6 +19,8 @@ from typing import Any, Callable
 # kept as parents of late events. Bounded so that a fork-bomb or a long replay stays small.
 DEFAULT_MAX_ENTRIES = 16384
 START_TOLERANCE = 1.0
+# Layouts of process maps remembered (a handful per source: failed execs, scripts, Windows).
+MAX_LAYOUTS = 256
 
 # Fields of a process map that describe the process itself and are copied into a child's parent.
 PARENT_FIELDS = ("pid", "name", "executable", "args", "command_line", "working_directory",
@@ -27,7 +29,7 @@ PARENT_FIELDS = ("pid", "name", "executable", "args", "command_line", "working_d
                  "integrity_level", "kernel_image_name")
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     pid: int
     start_key: float | None     # start, seconds since the epoch; None when unknown
@@ -46,6 +48,8 @@ class ProcessTable:
         self.max_entries = max_entries
         self._entries: OrderedDict[int, Entry] = OrderedDict()
         self.evicted = 0
+        # The PARENT_FIELDS of a process map by the layout of its keys (_parent_fields).
+        self._layouts: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.reuse_rejected = 0
         self.pruned = 0
 
@@ -60,12 +64,25 @@ class ProcessTable:
 
         Only the fields a child's ``process.parent`` uses are kept: an entry must not pin the
         whole event (and through it its own parent's) in memory."""
-        entry.process = {k: entry.process[k] for k in PARENT_FIELDS if k in entry.process}
-        self._entries[entry.pid] = entry
-        self._entries.move_to_end(entry.pid)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        entry.process = self._parent_fields(entry.process)
+        entries = self._entries
+        entries[entry.pid] = entry
+        entries.move_to_end(entry.pid)
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
             self.evicted += 1
+
+    def _parent_fields(self, process: dict[str, Any]) -> dict[str, Any]:
+        """A copy of the PARENT_FIELDS of ``process``, in their order. Which of them a map
+        has, and where, is found once per layout of its keys (a source builds its maps in
+        one order): the copy is then made in C, not by a test of each field per event."""
+        layout = tuple(process)
+        names = self._layouts.get(layout)
+        if names is None:
+            names = tuple(k for k in PARENT_FIELDS if k in process)
+            if len(self._layouts) < MAX_LAYOUTS:
+                self._layouts[layout] = names
+        return dict(zip(names, map(process.__getitem__, names)))
 
     def get(self, pid: int) -> Entry | None:
         return self._entries.get(pid)

@@ -53,6 +53,8 @@ Event = dict[str, Any]
 
 def utc_timestamp(when: float | _dt.datetime | None = None) -> str:
     """ISO 8601 UTC with microseconds, e.g. ``2026-11-29T20:51:22.123456Z``."""
+    if type(when) is float:  # seconds from a record: the case of every event, tested first
+        return _from_seconds(when)
     if when is None:
         moment = _dt.datetime.now(_dt.timezone.utc)
     elif isinstance(when, _dt.datetime):
@@ -75,7 +77,7 @@ def _from_seconds(when: float) -> str:
         whole, micros = whole + 1, micros - 1_000_000
     elif micros < 0:
         whole, micros = whole - 1, micros + 1_000_000
-    return "%s.%06dZ" % (_second_text(int(whole)), micros)
+    return f"{_second_text(int(whole))}.{micros:06d}Z"
 
 
 @functools.lru_cache(maxsize=64)

@@ -197,13 +197,19 @@ WINDOWS_PARENT: FieldTable = (
 )
 
 
-# The tables with each source path split into its keys once, not per event.
-CompiledTable = tuple[tuple[str, tuple[tuple[str, ...], ...], Normalizer], ...]
+# The tables with each source path split into its keys once, not per event: its first key
+# (looked up in the process map) and the rest (in the maps below it; mostly none).
+CompiledTable = tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...], Normalizer], ...]
 
 
 def _compile(table: FieldTable) -> CompiledTable:
-    return tuple((name, tuple(tuple(path.split(".")) for path in paths), normalize)
+    return tuple((name, tuple(_split_path(path) for path in paths), normalize)
                  for name, paths, normalize in table)
+
+
+def _split_path(path: str) -> tuple[str, tuple[str, ...]]:
+    first, *rest = path.split(".")
+    return first, tuple(rest)
 
 
 # The process's and its parent's table, by OS.
@@ -484,6 +490,7 @@ def _flat_complete(part: dict[str, Any]) -> bool:
 
 # The types of an argv's items that need no further look (the usual case: all text).
 _PLAIN_ITEMS = frozenset((str, bytes, type(None)))
+_TEXT = frozenset((str,))
 
 
 def _value_key(value: Any) -> tuple[Any, ...] | None:
@@ -492,6 +499,8 @@ def _value_key(value: Any) -> tuple[Any, ...] | None:
     or a list holding a map or list."""
     kind = type(value)
     if kind is list:
+        if set(map(type, value)) <= _TEXT:
+            return (kind, tuple(value))  # all text (an argv): the items say their type
         types = tuple(map(type, value))
         kinds = set(types)
         # Over the few distinct types (an argv's are all str), not every item.
@@ -505,29 +514,29 @@ def _value_key(value: Any) -> tuple[Any, ...] | None:
 
 def _raw_and_key(process: dict[str, Any], table: CompiledTable
                  ) -> tuple[list[Any], tuple[Any, ...] | None]:
-    """:func:`_raw` and the memo key of its values (:func:`_value_key`) in one pass (get_path
-    of each field, written out in one loop): on a remembered hash this is most of its cost,
-    and every event pays it."""
+    """:func:`_raw` and the memo key of its values (:func:`_value_key`): get_path of each
+    field, written out in one loop (``process`` is a map: its key needs no check). On a
+    remembered hash this is most of its cost, and every event pays it."""
     out: list[Any] = []
-    parts: list[Any] | None = []
     for _, paths, _ in table:
         node: Any = None
-        for keys in paths:
-            node = process
-            for key in keys:
-                node = node.get(key) if isinstance(node, dict) else None
-                if node is None:
+        for first, rest in paths:
+            node = process.get(first)
+            for key in rest:
+                if not isinstance(node, dict):
+                    node = None
                     break
+                node = node.get(key)
             if node is not None:
                 break
         out.append(node)
-        if parts is not None:
-            if node is None or type(node) is str:
-                parts.append(node)  # equal only to itself: no type needed
-                continue
-            part = _value_key(node)
-            if part is None:
-                parts = None
-            else:
-                parts.append(part)
-    return out, tuple(parts) if parts is not None else None
+    parts: list[Any] = []
+    for node in out:
+        if node is None or type(node) is str:
+            parts.append(node)  # equal only to itself: no type needed
+            continue
+        part = _value_key(node)
+        if part is None:
+            return out, None
+        parts.append(part)
+    return out, tuple(parts)

@@ -27,7 +27,7 @@ _CONTAINER_ID = re.compile(rb"[0-9a-f]{64}")
 UNSET_ID = 4294967295  # (uid_t)-1: loginuid and sessionid of processes outside a login session
 
 
-@dataclass
+@dataclass(slots=True)
 class ProcessFacts:
     """What a source knows about one process; every field may be unknown (``None``).
 

@@ -127,3 +127,54 @@ def test_an_output_is_never_written_through_a_link_nor_into_another_users_file(t
     os.chown(theirs, 65534, 65534)
     with pytest.raises(OSError, match="belongs to uid 65534"):
         RotatingFileSink(str(theirs))
+
+
+def test_a_file_output_writes_the_bytes_a_text_output_writes_and_rotates(tmp_path) -> None:
+    """open_outputs gives an ECS file the bytes path (LineFileOutput): the file holds what a
+    TextOutput over the same sink kind writes, line for line, rotation included; a LAUREL
+    line (text, not an event) goes through as before."""
+    from common import ecs
+    from common.schema import new_event
+    from common.sinks import LineFileOutput, TextOutput, emit, open_outputs
+    events = []
+    for n in range(40):
+        event = new_event("process_create", "ebpf", host={"name": "h"}, timestamp=1.0 * n)
+        event["process"] = {"pid": n, "args": ["x" * n, "\udcff" if n % 7 == 0 else "é"]}
+        events.append(event)
+    fast = open_outputs([f"jsonl:{tmp_path / 'fast.jsonl'}"], "ecs", max_bytes=4000,
+                        generations=3)
+    assert isinstance(fast.output, LineFileOutput)
+    slow = TextOutput(RotatingFileSink(str(tmp_path / "slow.jsonl"), 4000, 3), ecs.render)
+    for output in (fast.output, slow):
+        for event in events:
+            assert emit(output, event)
+        output.write("type=SYSCALL msg=audit(1.0:1): laurel's own line")
+        output.close()
+    fast_files = sorted(p.name[4:] for p in tmp_path.glob("fast.jsonl*"))
+    assert fast_files == sorted(p.name[4:] for p in tmp_path.glob("slow.jsonl*"))
+    assert fast_files == [".jsonl", ".jsonl.1", ".jsonl.2"]  # rotated twice
+    for suffix in fast_files:
+        assert (tmp_path / f"fast{suffix}").read_bytes() == \
+            (tmp_path / f"slow{suffix}").read_bytes(), suffix
+    assert (tmp_path / "fast.jsonl.1").stat().st_size <= 4000
+    # Other formats, and stdout, keep the text path.
+    assert isinstance(open_outputs(["-"], "ecs").output, TextOutput)
+    qlog = open_outputs([f"jsonl:{tmp_path / 'q.jsonl'}"], "qlog")
+    assert isinstance(qlog.output, TextOutput)
+    qlog.close()
+
+
+def test_the_parent_fields_of_a_map_keep_their_order_whatever_its_layout() -> None:
+    """record() keeps a map's PARENT_FIELDS in their order, found once per layout of its
+    keys: maps of one layout, of others, and more layouts than are remembered."""
+    from common.proctable import MAX_LAYOUTS, PARENT_FIELDS, Entry, ProcessTable
+    table = ProcessTable()
+    wanted = [k for k in PARENT_FIELDS if k not in ("tty", "pe")]
+    layouts = [wanted[::-1] + ["args_count", "parent"], ["exit_code"] + wanted, wanted[:3]]
+    layouts += [[f"extra{n}", "pid", "name"] for n in range(MAX_LAYOUTS + 5)]
+    for pid, keys in enumerate(layouts * 2, start=1):
+        process = {key: f"{key}-{pid}" for key in keys}
+        table.record(Entry(pid, None, process))
+        kept = table.get(pid).process
+        assert list(kept) == [k for k in PARENT_FIELDS if k in process]
+        assert all(kept[k] == process[k] for k in kept)

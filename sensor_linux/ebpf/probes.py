@@ -69,7 +69,7 @@ class PrerequisiteError(RuntimeError):
     """Something the eBPF source needs is missing; the message says what to do."""
 
 
-@dataclass
+@dataclass(slots=True)
 class ExecRecord:
     """One exec as the kernel saw it. Every fact that could not be read exactly is None."""
 
