@@ -50,3 +50,50 @@ def test_the_counts_repeat_to_the_instruction_and_laurel_is_counted_beside_them(
     # Both turn the same records into the same lines: the same order of magnitude an exec
     # (the lab's VM: ours 1.16x LAUREL's on its 2,000/s log).
     assert 0.3 < ours["per_exec"] / laurel["per_exec"] < 5
+
+
+EBPF_STREAM = Path(__file__).parent / "data" / "ebpf-stream.jsonl"
+
+
+def test_the_ebpf_replay_writes_the_events_of_the_records_it_is_given(tmp_path: Path) -> None:
+    """``python -m sensor_linux.ebpf.replay``: what bench instructions counts builds the
+    records' events into an ECS file, the first RECORDS of them when told; bad input gets a
+    clear error, not a traceback."""
+    from sensor_linux.ebpf import replay
+    from sensor_linux.stages import read_ebpf_stream
+    records = len(read_ebpf_stream(EBPF_STREAM, 0))
+    lines = {}
+    for count in (None, 10):
+        out = tmp_path / f"events-{count}.jsonl"
+        argv = [str(EBPF_STREAM), str(out)] + ([] if count is None else [str(count)])
+        assert replay.main(argv) == 0
+        events = [json.loads(line) for line in out.read_text().splitlines()]
+        assert events and all(e["event"]["provider"] == "ebpf" for e in events)
+        lines[count] = len(events)
+    assert records == 66 and lines[10] < lines[None] <= records
+    assert replay.main([str(tmp_path / "missing.jsonl"), str(tmp_path / "x")]) == 1
+    assert replay.main([str(EBPF_STREAM)]) == 2
+    assert replay.main([str(EBPF_STREAM), str(tmp_path / "x"), "ten"]) == 2
+
+
+def test_the_ebpf_pipeline_counts_repeat_to_the_instruction() -> None:
+    """``--ebpf-stream``: the eBPF pipeline's instructions a record, the same in two runs
+    (where CPU time moves by a tenth), and of the size the pipeline's work has."""
+    require(shutil.which("valgrind") is not None, "valgrind (apt-get install valgrind)")
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([*ttpsensor_command(), "bench", "instructions", "--ebpf-stream",
+                               str(EBPF_STREAM), "--ebpf-records", "400", "--json"],
+                              capture_output=True, check=True, timeout=900)
+        runs.append(json.loads(done.stdout))
+    assert runs[0]["records_between"] == 200
+    first, again = runs[0]["counts"][0], runs[1]["counts"][0]
+    assert first["engine"] == "ttpsensor eBPF pipeline (ecs file)"
+    for key in ("half", "whole"):
+        assert abs(again[key] - first[key]) <= 1e-5 * first[key], key
+    # The few thousand instructions the time of day and the directory's name move the
+    # totals by, over 200 records: a hundredth of a percent (CPU time: a tenth).
+    assert abs(again["per_exec"] - first["per_exec"]) <= 1e-4 * first["per_exec"]
+    # An event built, fingerprinted and written: tens to hundreds of thousands (about
+    # 190,000 on the eighteenth session's VM), far from the start's hundreds of millions.
+    assert 20_000 < first["per_exec"] < 2_000_000 and first["whole"] > first["half"] > 0

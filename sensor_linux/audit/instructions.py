@@ -12,6 +12,12 @@ instructions an exec beside ours.
 Instructions are not time: Rust code runs more of them per cycle than the interpreter does,
 so the ratio here is not the CPU ratio of ``ttpsensor bench audit`` and the lab. What it is
 for is seeing a change: the same replay before and after, within a few instructions.
+
+``--ebpf-stream`` counts the eBPF sensor's pipeline the same way, on a recording of the
+probes' raw records (``tests/record_ebpf.py``) replayed into an ECS events file
+(``sensor_linux/ebpf/replay.py``): the first half of the records, then all of them (both
+replays read the whole recording, so its reading drops out too). It has no peer: what the
+eBPF mode is measured against, auditd, is not a replay.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +40,7 @@ from rich.table import Table
 from common.cli import self_command
 from sensor_linux.audit.events import exec_head
 from sensor_linux.audit.laurel import PEER_CONFIG
-from sensor_linux.stages import audit_log_or_record, recording_options
+from sensor_linux.stages import audit_log_or_record, read_ebpf_stream, recording_options
 
 _COUNT = re.compile(rb"I\s+refs:\s+([\d,]+)")
 FORMATS = ("laurel", "ecs")
@@ -67,6 +74,15 @@ def split_log(log: Path, directory: Path) -> tuple[Path, Path, int]:
     half.write_bytes(b"".join(lines[:middle]))
     whole.write_bytes(b"".join(lines))
     return half, whole, len(execs) - len(execs) // 2
+
+
+def repeat_stream(stream: Path, records: int, directory: Path) -> tuple[Path, int]:
+    """An eBPF recording repeated to at least ``records`` records, as a recording in
+    ``directory``; and how many records it holds."""
+    raw = read_ebpf_stream(stream, records)
+    repeated = directory / "records.jsonl"
+    repeated.write_text("".join(json.dumps({"record": data.hex()}) + "\n" for data in raw))
+    return repeated, len(raw)
 
 
 def counted(argv: list[str], stdin: Path | None, env: dict[str, str]) -> int:
@@ -111,24 +127,34 @@ def engines(formats: tuple[str, ...], work: Path, laurel: bool) -> list[Engine]:
               default=FORMATS, show_default=True, help="Our formats to count (repeat).")
 @click.option("--peer/--no-peer", default=True, show_default=True,
               help="Count LAUREL too (Debian's laurel package).")
+@click.option("--ebpf-stream", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Count the eBPF sensor's pipeline instead, on this recording of raw probe "
+                   "records (tests/record_ebpf.py; no peer).")
+@click.option("--ebpf-records", type=click.IntRange(min=40), default=4000, show_default=True,
+              help="Records of the eBPF replay at least (the recording repeated).")
 @click.option("--json", "as_json", is_flag=True, help="The counts as JSON.")
 def bench_instructions(audit_log: Path | None, execs: int, formats: tuple[str, ...],
-                       peer: bool, as_json: bool) -> None:
+                       peer: bool, ebpf_stream: Path | None, ebpf_records: int,
+                       as_json: bool) -> None:
     """Instructions an exec of our replay, and LAUREL's, counted by valgrind (deterministic:
     for seeing a change of 1 % on a noisy host, where CPU time cannot).
 
     \b
       ttpsensor bench instructions --audit-log recording.log
       ttpsensor bench instructions --audit-log recording.log --format ecs --no-peer
+      ttpsensor bench instructions --ebpf-stream tests/data/ebpf-stream.jsonl
     """
     if shutil.which("valgrind") is None:
         raise click.ClickException("valgrind is not installed (apt-get install valgrind)")
-    if peer and shutil.which("laurel") is None:
-        raise click.ClickException("LAUREL is not installed (apt-get install laurel), or "
-                                   "give --no-peer")
     # The same bytecode (compiled or not) and the same hashes in both runs: only the execs
     # between them differ.
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
+    if ebpf_stream is not None:
+        _count_ebpf(ebpf_stream, ebpf_records, env, as_json)
+        return
+    if peer and shutil.which("laurel") is None:
+        raise click.ClickException("LAUREL is not installed (apt-get install laurel), or "
+                                   "give --no-peer")
     with tempfile.TemporaryDirectory(prefix="ttpsensor-instructions-") as directory:
         work = Path(directory)
         log = audit_log_or_record(audit_log, execs, directory)
@@ -151,4 +177,31 @@ def bench_instructions(audit_log: Path | None, execs: int, formats: tuple[str, .
     for c in counts:
         ratio = f"{c.per_exec / laurel:.3f}× LAUREL" if laurel and c.engine != "LAUREL" else ""
         table.add_row(c.engine, f"{c.per_exec:,.0f}", ratio)
+    Console().print(table)
+
+
+def _count_ebpf(stream: Path, records: int, env: dict[str, str], as_json: bool) -> None:
+    """``--ebpf-stream``: the eBPF pipeline's instructions a record, by two replays."""
+    name = "ttpsensor eBPF pipeline (ecs file)"
+    with tempfile.TemporaryDirectory(prefix="ttpsensor-instructions-") as directory:
+        work = Path(directory)
+        repeated, total = repeat_stream(stream, records, work)
+        between = total - total // 2
+        click.echo(f"counting {name} (two replays under valgrind) …", err=True)
+        # Both read the whole file; the first builds its first half of the records. -P: the
+        # installed code, not a checkout in the working directory.
+        first, second = (counted([sys.executable, "-P", "-m", "sensor_linux.ebpf.replay",
+                                  str(repeated), str(work / f"events-{part}.jsonl"),
+                                  str(part)], None, env)
+                         for part in (total // 2, total))
+    count = Count(name, first, second, (second - first) / between)
+    if as_json:
+        click.echo(json.dumps({"ebpf_stream": str(stream), "records_between": between,
+                               "counts": [asdict(count)]}))
+        return
+    table = Table(title=f"instructions a record, counted ({between:,} records between the "
+                        f"two replays of {stream.name})")
+    table.add_column("engine")
+    table.add_column("instructions/record", justify="right")
+    table.add_row(count.engine, f"{count.per_exec:,.0f}")
     Console().print(table)
