@@ -2,11 +2,16 @@
 two versions of the code (tests/compare_outputs.py) on the same kernel input.
 
     python -m tests.record_ebpf tests/data/ebpf-stream.jsonl     # as root, on a real kernel
+    python -m tests.record_ebpf --lab 1000 4 lab-stream.jsonl    # the overhead lab's load
 
 Runs a workload that covers the shapes that matter (a script, a relative path, a PATH walk
 with misses, a failed exec, hostile arguments, a shell pipeline) while the probes load, and
 keeps every record that arrives (other processes of the machine included: it is a recording
 of a real, busy host). One JSON line per record: ``{"record": "<hex of the raw bytes>"}``.
+
+With ``--lab RATE SECONDS``, the workload is the overhead lab's load generator instead (the
+same program exec'd RATE times a second from one parent): what ``ttpsensor bench instructions
+--ebpf-stream`` counts to compare the eBPF sensor's cost in the lab before and after a change.
 """
 
 from __future__ import annotations
@@ -45,10 +50,21 @@ def _workload() -> None:
         subprocess.run(["sh", "-c", f"{tmp}/missing 2>/dev/null; true"], check=True)
 
 
+def _lab_load(probes: ExecProbes, rate: str, seconds: str) -> None:
+    """The lab's load generator (sensor_linux/lab/loadgen.py), the ring read as it runs."""
+    load = subprocess.Popen([sys.executable, "-m", "sensor_linux.lab.loadgen", rate, seconds,
+                             "recorded"], stdout=subprocess.DEVNULL)
+    while load.poll() is None:
+        probes.poll(100)
+
+
 def main() -> int:
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    lab = args[:1] == ["--lab"]
+    if len(args) != (4 if lab else 1) or (lab and not (args[1].isdigit() and args[2].isdigit())):
         print(__doc__, file=sys.stderr)
         return 2
+    out = args[-1]
     raw: list[bytes] = []
     arriving: list[bytes] = [b""]
 
@@ -62,15 +78,18 @@ def main() -> int:
     probes = Recording(on_exec=lambda record: raw.append(arriving[0]))
     probes.load()
     try:
-        _workload()
+        if lab:
+            _lab_load(probes, args[1], args[2])
+        else:
+            _workload()
         probes.poll(500)
         probes.poll(0)
     finally:
         probes.close()
-    with open(sys.argv[1], "w") as f:
+    with open(out, "w") as f:
         for data in raw:
             f.write(json.dumps({"record": data.hex()}) + "\n")
-    print(f"{len(raw)} records in {sys.argv[1]}", file=sys.stderr)
+    print(f"{len(raw)} records in {out}", file=sys.stderr)
     return 0
 
 
