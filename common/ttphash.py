@@ -532,8 +532,12 @@ def _raw_and_key(process: dict[str, Any], table: CompiledTable
         out.append(node)
     parts: list[Any] = []
     for node in out:
-        if node is None or type(node) is str:
+        kind = type(node)
+        if node is None or kind is str:
             parts.append(node)  # equal only to itself: no type needed
+            continue
+        if kind is bool:
+            parts.append((kind, node))  # as _value_key keys it, without the call
             continue
         part = _value_key(node)
         if part is None:

@@ -42,9 +42,11 @@ class AttemptFolder:
 
     def take(self, event: Event, now: float | None = None) -> list[Event]:
         """The events to write now, in order, for one more ``event`` of the stream."""
+        ev = event.get("event") or {}
+        if not self._held and ev.get("outcome") != "failure":
+            return [event]  # the usual event: nothing held, nothing to hold
         # The clock is read only when something is or will be held (the usual event is not).
         out = self.expire(now) if self._held else []
-        ev = event.get("event") or {}
         process = event.get("process")
         if self.keep_all or ev.get("action") != ACTION_PROCESS_CREATE or not process:
             out.append(event)
