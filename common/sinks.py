@@ -162,34 +162,19 @@ class RotatingFileSink:
         self._file.close()
 
 
-class LineFileOutput:
+class LineFileOutput(TextOutput):
     """Events as lines of one format into a rotating file, rendered straight to the bytes the
-    file takes (``render_line``: :func:`common.ecs.render_line`); the same bytes as a
-    :class:`TextOutput` writes, without the text in between. ``render`` is the renderer's
-    identity for :class:`FanOut`."""
+    file takes (its renderer: :func:`common.ecs.render_line`): the same bytes as a
+    :class:`TextOutput` writes, without the text in between. Other lines (LAUREL's) go
+    through as text."""
 
-    def __init__(self, sink: RotatingFileSink,
-                 render_line: Callable[[Event], bytes | None]) -> None:
-        self.sink = sink
-        self.render = render_line
+    sink: RotatingFileSink
 
-    def prepare(self, event: Event) -> bytes | None:
-        return self.render(event)
-
-    def write_event(self, event: Event, prepared: bytes | None) -> bool:
+    def write_event(self, event: Event, prepared: bytes | None) -> bool:  # type: ignore[override]
         if prepared is None:
             return False
         self.sink.write_bytes(prepared)
         return True
-
-    def write(self, line: str) -> None:
-        self.sink.write(line)
-
-    def flush(self) -> None:
-        self.sink.flush()
-
-    def close(self) -> None:
-        self.sink.close()
 
 
 class FanOut:

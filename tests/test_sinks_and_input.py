@@ -157,10 +157,18 @@ def test_a_file_output_writes_the_bytes_a_text_output_writes_and_rotates(tmp_pat
         assert (tmp_path / f"fast{suffix}").read_bytes() == \
             (tmp_path / f"slow{suffix}").read_bytes(), suffix
     assert (tmp_path / "fast.jsonl.1").stat().st_size <= 4000
+    # Two files: one rendering for both (FanOut), the same bytes in each.
+    both = open_outputs([f"jsonl:{tmp_path / 'a.jsonl'}", f"jsonl:{tmp_path / 'b.jsonl'}"],
+                        "ecs")
+    for event in events[:5]:
+        assert emit(both.output, event)
+    both.close()
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes() == \
+        b"".join(ecs.render(e).encode("utf-8", "surrogateescape") + b"\n" for e in events[:5])
     # Other formats, and stdout, keep the text path.
-    assert isinstance(open_outputs(["-"], "ecs").output, TextOutput)
+    assert type(open_outputs(["-"], "ecs").output) is TextOutput
     qlog = open_outputs([f"jsonl:{tmp_path / 'q.jsonl'}"], "qlog")
-    assert isinstance(qlog.output, TextOutput)
+    assert type(qlog.output) is TextOutput
     qlog.close()
 
 
