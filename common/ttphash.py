@@ -499,14 +499,13 @@ def _value_key(value: Any) -> tuple[Any, ...] | None:
     or a list holding a map or list."""
     kind = type(value)
     if kind is list:
-        if set(map(type, value)) <= _TEXT:
+        kinds = set(map(type, value))
+        if kinds <= _TEXT:
             return (kind, tuple(value))  # all text (an argv): the items say their type
-        types = tuple(map(type, value))
-        kinds = set(types)
-        # Over the few distinct types (an argv's are all str), not every item.
+        # Over the few distinct types, not every item.
         if not kinds <= _PLAIN_ITEMS and any(issubclass(item, (dict, list)) for item in kinds):
             return None
-        return (kind, tuple(value), types)
+        return (kind, tuple(value), tuple(map(type, value)))
     if kind is dict or kind is tuple:
         return None
     return (kind, value)

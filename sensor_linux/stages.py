@@ -169,6 +169,13 @@ def read_ebpf_stream(path: Path, events: int) -> list[bytes]:
     return [records[i % len(records)] for i in range(max(events, len(records)))]
 
 
+def write_ebpf_stream(path: Path, records: list[bytes]) -> None:
+    """Raw records as a recording :func:`read_ebpf_stream` reads: a JSON line each,
+    ``{"record": "<hex of the raw bytes>"}``."""
+    with open(path, "w") as f:
+        f.writelines(json.dumps({"record": data.hex()}) + "\n" for data in records)
+
+
 def read_audit_log(path: Path) -> list[bytes]:
     with open(path, "rb") as f:
         return f.read().splitlines(keepends=True)

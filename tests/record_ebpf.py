@@ -16,14 +16,20 @@ same program exec'd RATE times a second from one parent): what ``ttpsensor bench
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Iterator
 
 from sensor_linux.ebpf.probes import ExecProbes, ExecRecord, decode
+from sensor_linux.lab.loadgen import DEFAULT_PROGRAM
+from sensor_linux.lab.overhead import run_load
+from sensor_linux.stages import write_ebpf_stream
 from tests.workload import run_execs
 
 
@@ -50,21 +56,22 @@ def _workload() -> None:
         subprocess.run(["sh", "-c", f"{tmp}/missing 2>/dev/null; true"], check=True)
 
 
-def _lab_load(probes: ExecProbes, rate: str, seconds: str) -> None:
-    """The lab's load generator (sensor_linux/lab/loadgen.py), the ring read as it runs."""
-    load = subprocess.Popen([sys.executable, "-m", "sensor_linux.lab.loadgen", rate, seconds,
-                             "recorded"], stdout=subprocess.DEVNULL)
-    while load.poll() is None:
-        probes.poll(100)
+def _lab_load(probes: ExecProbes, rate: int, seconds: int) -> None:
+    """The lab's load generator, as the lab runs it (sensor_linux/lab/overhead.py), the ring
+    read while it runs; its failure is raised."""
+    with ThreadPoolExecutor(1) as pool:
+        load = pool.submit(run_load, rate, seconds, "recorded", DEFAULT_PROGRAM)
+        while not load.done():
+            probes.poll(100)
+        load.result()
 
 
 def main() -> int:
-    args = sys.argv[1:]
-    lab = args[:1] == ["--lab"]
-    if len(args) != (4 if lab else 1) or (lab and not (args[1].isdigit() and args[2].isdigit())):
-        print(__doc__, file=sys.stderr)
-        return 2
-    out = args[-1]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lab", nargs=2, type=int, metavar=("RATE", "SECONDS"),
+                        help="record the overhead lab's load instead of the shapes' workload")
+    parser.add_argument("out", help="the recording to write (JSON lines)")
+    args = parser.parse_args()
     raw: list[bytes] = []
     arriving: list[bytes] = [b""]
 
@@ -78,18 +85,16 @@ def main() -> int:
     probes = Recording(on_exec=lambda record: raw.append(arriving[0]))
     probes.load()
     try:
-        if lab:
-            _lab_load(probes, args[1], args[2])
+        if args.lab:
+            _lab_load(probes, *args.lab)
         else:
             _workload()
         probes.poll(500)
         probes.poll(0)
     finally:
         probes.close()
-    with open(out, "w") as f:
-        for data in raw:
-            f.write(json.dumps({"record": data.hex()}) + "\n")
-    print(f"{len(raw)} records in {out}", file=sys.stderr)
+    write_ebpf_stream(Path(args.out), raw)
+    print(f"{len(raw)} records in {args.out}", file=sys.stderr)
     return 0
 
 

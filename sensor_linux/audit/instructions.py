@@ -40,7 +40,8 @@ from rich.table import Table
 from common.cli import self_command
 from sensor_linux.audit.events import exec_head
 from sensor_linux.audit.laurel import PEER_CONFIG
-from sensor_linux.stages import audit_log_or_record, read_ebpf_stream, recording_options
+from sensor_linux.stages import (audit_log_or_record, read_ebpf_stream, recording_options,
+                                 write_ebpf_stream)
 
 _COUNT = re.compile(rb"I\s+refs:\s+([\d,]+)")
 FORMATS = ("laurel", "ecs")
@@ -81,7 +82,7 @@ def repeat_stream(stream: Path, records: int, directory: Path) -> tuple[Path, in
     ``directory``; and how many records it holds."""
     raw = read_ebpf_stream(stream, records)
     repeated = directory / "records.jsonl"
-    repeated.write_text("".join(json.dumps({"record": data.hex()}) + "\n" for data in raw))
+    write_ebpf_stream(repeated, raw)
     return repeated, len(raw)
 
 
