@@ -15,6 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import msgpack
 import orjson
 
 
@@ -212,15 +213,54 @@ def _split_path(path: str) -> tuple[str, tuple[str, ...]]:
     return first, tuple(rest)
 
 
+def _first_keys(table: CompiledTable, leave_out: str | None = None) -> tuple[str, ...]:
+    """The keys of the process map where the paths of ``table``'s fields (but ``leave_out``)
+    begin, each once: what :class:`Memo` keys a process map by."""
+    return tuple(dict.fromkeys(first for name, paths, _ in table if name != leave_out
+                               for first, _ in paths))
+
+
 # The process's and its parent's table, by OS.
 _TABLES = {"linux": (_compile(LINUX_PROCESS), _compile(LINUX_PARENT)),
            "windows": (_compile(WINDOWS_PROCESS), _compile(WINDOWS_PARENT))}
 
 
+@dataclass(frozen=True)
+class _MemoKeys:
+    """The process map's keys that the hash of one OS reads: of the process, of its parent,
+    and of the process but for Argv (None where the OS has no Argv)."""
+
+    own: tuple[str, ...]
+    parent: tuple[str, ...]
+    own_but_argv: tuple[str, ...] | None
+
+
+_MEMO_KEYS = {
+    "linux": _MemoKeys(_first_keys(_TABLES["linux"][0]), _first_keys(_TABLES["linux"][1]),
+                       _first_keys(_TABLES["linux"][0], leave_out="Argv")),
+    "windows": _MemoKeys(_first_keys(_TABLES["windows"][0]),
+                         _first_keys(_TABLES["windows"][1]), None),
+}
+
+
 def _raw(process: dict[str, Any], table: CompiledTable) -> list[Any]:
     """The value of each field of ``table`` as the event has it (before normalization): for
-    each, the value at the first of its paths that has one (see :func:`_raw_and_key`)."""
-    return _raw_and_key(process, table)[0]
+    each, the value at the first of its paths that has one. get_path of each path, written
+    out (``process`` is a map: its key needs no check)."""
+    out: list[Any] = []
+    for _, paths, _ in table:
+        node: Any = None
+        for first, rest in paths:
+            node = process.get(first)
+            for key in rest:
+                if not isinstance(node, dict):
+                    node = None
+                    break
+                node = node.get(key)
+            if node is not None:
+                break
+        out.append(node)
+    return out
 
 
 def _normalized(raw: list[Any], table: CompiledTable,
@@ -354,10 +394,22 @@ class Memo:
     spawner) still finds the parent's part normalized, and whether it is complete; and a new
     command line of a known binary, user and parent (on Linux) finds everything but its Argv
     normalized and serialized (Argv sorts first in the canonical form, so the rest is one
-    remembered tail). Bounded: the oldest entry goes first, in each of the three."""
+    remembered tail). Bounded: the oldest entry goes first, in each of the three.
+
+    A process map is keyed by the values at the keys its fields' paths begin with (whole:
+    ``real_user`` for ``real_user.name``), packed by msgpack with exact types: one C call
+    instead of a walk of each path in Python, the largest part of a remembered hash's cost.
+    Equal bytes are equal values of equal types (text is not bytes, true is not 1, 1 is not
+    1.0, a list is not a tuple: msgpack's ``strict_types`` leaves a tuple or a subclass
+    unpacked), so the values the hash reads are equal too; a value it cannot pack (a tuple,
+    a lone surrogate, an int past 64 bits) leaves the event unkeyed, hashed in full. The one
+    equality wider than Python's: a ``bytearray`` or ``memoryview`` packs as the bytes it
+    holds (no event of ours carries either)."""
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
+        # Each memo its own packer: a packer is not to be shared between threads.
+        self._pack = msgpack.Packer(strict_types=True, autoreset=True).pack
         # OrderedDicts: a plain dict emptied from the front makes each next(iter()) walk
         # the removed slots (2 us an eviction at 4,096 entries, against 0.13).
         self._known: OrderedDict[tuple[Any, ...], TTPHash] = OrderedDict()
@@ -373,8 +425,10 @@ class Memo:
         the children of one parent read them once. Pass it only when ``process.parent`` is
         exactly what that entry gives: its values are not read again."""
         os_type, own_table, par, process, parent_map = _sides(event)  # raises as compute()
-        parent_raw, parent_key = _parent_values(parent_map, par, os_type, parent_cache)
-        own_raw, own_key = _raw_and_key(process, own_table)
+        keys = _MEMO_KEYS[os_type]
+        parent_raw, parent_key = self._parent_values(parent_map, par, keys.parent, os_type,
+                                                     parent_cache)
+        own_key = self._key(process, keys.own)
         context = (os_type, tuple(sorted(device_map.items())) if device_map else None)
         key = None if own_key is None or parent_key is None else (context, own_key, parent_key)
         if key is not None:
@@ -382,13 +436,15 @@ class Memo:
             if found is not None:
                 self.hits += 1
                 return found
+        own_raw = _raw(process, own_table)
         raw: RawInput = (os_type, own_table, par, own_raw, parent_raw)
-        # A miss reads no field again: a known rest (it holds the parent's part) takes Argv
-        # alone; otherwise the parent is normalized only if it is new.
+        # A known rest (it holds the parent's part) takes Argv alone; otherwise the parent is
+        # normalized only if it is new.
         rest_key = None
-        if key is not None and own_table is _LINUX_OWN:
-            rest_key = (context, own_key[:_ARGV] + own_key[_ARGV + 1:], parent_key)
-            rest = self._rests.get(rest_key)
+        if key is not None and keys.own_but_argv is not None:
+            rest_own = self._key(process, keys.own_but_argv)
+            rest_key = None if rest_own is None else (context, rest_own, parent_key)
+            rest = self._rests.get(rest_key) if rest_key is not None else None
             if rest is not None:
                 result = _with_argv(rest, own_raw[_ARGV])
                 _remember(self._known, key, result, self.max_entries)
@@ -406,8 +462,29 @@ class Memo:
                       self.max_entries)
         return result
 
+    def _key(self, process: dict[str, Any], keys: tuple[str, ...]) -> bytes | None:
+        """The memo key of ``process``'s values at ``keys`` (see the class), or None."""
+        try:
+            return self._pack(list(map(process.get, keys)))
+        except (TypeError, ValueError, OverflowError):  # msgpack's "cannot pack this"
+            return None
+
+    def _parent_values(self, parent: dict[str, Any] | None, table: CompiledTable,
+                       keys: tuple[str, ...], os_type: str, cache: dict[Any, Any] | None
+                       ) -> tuple[list[Any] | None, bytes | tuple[()] | None]:
+        """The parent's raw values and their memo key (``()`` for no parent), from ``cache``
+        when it holds them for ``os_type`` (kept there when it does not)."""
+        if parent is None:
+            return None, ()
+        found = cache.get(os_type) if cache is not None else None
+        if found is None:
+            found = (_raw(parent, table), self._key(parent, keys))
+            if cache is not None:
+                cache[os_type] = found
+        return found
+
     def _parent(self, raw: RawInput, context: tuple[Any, ...],
-                parent_key: tuple[Any, ...] | None, device_map: dict[str, str] | None
+                parent_key: bytes | tuple[()] | None, device_map: dict[str, str] | None
                 ) -> tuple[dict[str, Any] | None, bool]:
         """The normalized parent part and whether it is complete (False for no parent)."""
         key = None if parent_key is None else (context, parent_key)
@@ -430,8 +507,7 @@ class _Rest:
     complete: bool
 
 
-# Linux's process table, and where Argv is in it (its raw value, its key part).
-_LINUX_OWN = _TABLES["linux"][0]
+# Where Argv is in Linux's process table (its raw value).
 _ARGV = [name for name, _, _ in LINUX_PROCESS].index("Argv")
 
 
@@ -458,21 +534,6 @@ def _with_argv(rest: _Rest, raw_argv: Any) -> TTPHash:
                    complete=rest.complete and argv is not None and None not in argv)
 
 
-def _parent_values(parent: dict[str, Any] | None, table: CompiledTable, os_type: str,
-                   cache: dict[Any, Any] | None
-                   ) -> tuple[list[Any] | None, tuple[Any, ...] | None]:
-    """The parent's raw values and their memo key (``()`` for no parent), from ``cache`` when
-    it holds them for ``os_type`` (kept there when it does not)."""
-    if parent is None:
-        return None, ()
-    found = cache.get(os_type) if cache is not None else None
-    if found is None:
-        found = _raw_and_key(parent, table)
-        if cache is not None:
-            cache[os_type] = found
-    return found
-
-
 def _remember(known: OrderedDict[Any, Any], key: Any, value: Any, max_entries: int) -> None:
     known[key] = value
     if len(known) > max_entries:
@@ -486,60 +547,3 @@ def _flat_complete(part: dict[str, Any]) -> bool:
         if value is None or (type(value) is list and None in value):
             return False
     return True
-
-
-# The types of an argv's items that need no further look (the usual case: all text).
-_PLAIN_ITEMS = frozenset((str, bytes, type(None)))
-_TEXT = frozenset((str,))
-
-
-def _value_key(value: Any) -> tuple[Any, ...] | None:
-    """A raw value other than text or null with its type, for a memo key (the tuple cannot
-    be mistaken for a value: a value that is a tuple has no key); None for a map, a tuple,
-    or a list holding a map or list."""
-    kind = type(value)
-    if kind is list:
-        kinds = set(map(type, value))
-        if kinds <= _TEXT:
-            return (kind, tuple(value))  # all text (an argv): the items say their type
-        # Over the few distinct types, not every item.
-        if not kinds <= _PLAIN_ITEMS and any(issubclass(item, (dict, list)) for item in kinds):
-            return None
-        return (kind, tuple(value), tuple(map(type, value)))
-    if kind is dict or kind is tuple:
-        return None
-    return (kind, value)
-
-
-def _raw_and_key(process: dict[str, Any], table: CompiledTable
-                 ) -> tuple[list[Any], tuple[Any, ...] | None]:
-    """:func:`_raw` and the memo key of its values (:func:`_value_key`): get_path of each
-    field, written out in one loop (``process`` is a map: its key needs no check). On a
-    remembered hash this is most of its cost, and every event pays it."""
-    out: list[Any] = []
-    for _, paths, _ in table:
-        node: Any = None
-        for first, rest in paths:
-            node = process.get(first)
-            for key in rest:
-                if not isinstance(node, dict):
-                    node = None
-                    break
-                node = node.get(key)
-            if node is not None:
-                break
-        out.append(node)
-    parts: list[Any] = []
-    for node in out:
-        kind = type(node)
-        if node is None or kind is str:
-            parts.append(node)  # equal only to itself: no type needed
-            continue
-        if kind is bool:
-            parts.append((kind, node))  # as _value_key keys it, without the call
-            continue
-        part = _value_key(node)
-        if part is None:
-            return out, None
-        parts.append(part)
-    return out, tuple(parts)

@@ -228,6 +228,45 @@ def test_the_memo_gives_what_compute_gives_and_tells_values_of_another_type_apar
         _assert_memo_agrees(memo, event)
 
 
+def test_the_memo_keys_nested_values_by_type_as_compute_reads_them() -> None:
+    """The memo keys a process map by whole values packed with their types (real_user, not
+    real_user.name): values a packer could confuse (0, 0.0, False and "0"; NaN and null; text
+    and bytes; a str subclass; an int past 64 bits; a lone surrogate; the same map in
+    another order) must each get compute()'s answer or its error, in either order, for the
+    process and for its parent."""
+    from common.bench import varied_events
+    base = varied_events(1)[0]
+    values = (0, 0.0, False, "0", None, float("nan"), 2 ** 70, -1, "\ud800",
+              type("Text", (str,), {})("root"), "root", b"root", ["root"], ("root",))
+    places = (("real_user", "id"), ("real_user", "name"), ("hash", "sha256"),
+              ("package", "name"))
+    variants = []
+    for where in ("process", "parent"):
+        for outer, inner in places:
+            for value in values:
+                event = copy.deepcopy(base)
+                process = event["process"]
+                target = process if where == "process" else process.setdefault("parent", {})
+                target[outer] = dict(target.get(outer) or {}, **{inner: value})
+                variants.append(event)
+        for args in (["a", "b"], ("a", "b"), ["a", b"b"], [type("Text", (str,), {})("a"), "b"]):
+            event = copy.deepcopy(base)
+            process = event["process"]
+            target = process if where == "process" else process.setdefault("parent", {})
+            target["args"] = args
+            variants.append(event)
+        reordered = copy.deepcopy(base)
+        process = reordered["process"]
+        target = process if where == "process" else process.setdefault("parent", {})
+        target["real_user"] = dict(reversed(list((target.get("real_user") or {"id": 1,
+                                                                          "name": "x"}).items())))
+        variants.append(reordered)
+    for order in (variants, variants[::-1]):
+        memo = ttphash.Memo()
+        for event in order + order:
+            _assert_memo_agrees(memo, event)
+
+
 def _assert_memo_agrees(memo: ttphash.Memo, event: dict) -> None:
     """The memo's answer for ``event`` is compute()'s, or the same error."""
     import pytest
