@@ -104,17 +104,23 @@ _VERSION_4 = bytes(b & 0x0F | 0x40 for b in range(256))
 _VARIANT = bytes(b & 0x3F | 0x80 for b in range(256))
 
 
+# Where the 32 hex digits of a UUID stand in its text (8-4-4-4-12, the dashes between).
+_DIGIT_COLUMNS = tuple(at for at in range(36) if at not in (8, 13, 18, 23))
+
+
 def _made_ids(count: int) -> list[str]:
-    """``count`` random (version 4) UUIDs as text, as ``str(uuid.uuid4())`` writes them."""
+    """``count`` random (version 4) UUIDs as text, as ``str(uuid.uuid4())`` writes them.
+    Written column by column for the whole batch (a slice assignment per digit's place, in
+    C) instead of a formatting per id: ids were a twentieth of an eBPF event's bytecodes."""
     data = bytearray(os.urandom(16 * count))
     data[6::16] = data[6::16].translate(_VERSION_4)
     data[8::16] = data[8::16].translate(_VARIANT)
-    made = []
-    whole = data.hex()
-    for at in range(0, 32 * count, 32):
-        text = whole[at:at + 32]
-        made.append(f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}")
-    return made
+    digits = data.hex().encode("ascii")
+    text = bytearray(b"-" * (37 * count))  # each id's 36 characters, then a space
+    for digit, column in enumerate(_DIGIT_COLUMNS):
+        text[column::37] = digits[digit::32]
+    text[36::37] = b" " * count
+    return text.decode("ascii").split()
 
 
 def new_event_id() -> str:

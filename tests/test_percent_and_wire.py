@@ -177,6 +177,21 @@ def test_event_ids_are_version_4_uuids_written_as_uuid_writes_them() -> None:
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
 
 
+def test_a_batch_of_event_ids_is_the_random_bytes_as_uuid_writes_them(monkeypatch) -> None:
+    """A batch is written column by column: each id must be uuid's text of its own 16 bytes
+    with the version and variant set, in order."""
+    import uuid
+
+    from common import schema
+    data = bytes(range(256)) * 3 + bytes(255 - b for b in range(256)) * 2
+    monkeypatch.setattr(schema.os, "urandom", lambda n: data[:n])
+    made = schema._made_ids(80)
+    assert len(made) == 80
+    for number, text in enumerate(made):
+        want = uuid.UUID(bytes=data[16 * number:16 * number + 16], version=4)
+        assert text == str(want)
+
+
 def test_a_forked_child_does_not_repeat_its_parents_event_ids() -> None:
     """Ids are made in batches; a child forked with part of a batch left must not hand out
     the ids its parent hands out next."""
