@@ -167,22 +167,45 @@ class Pipeline:
         return out
 
     def _build(self, items: list[Any]) -> None:
+        if self.builder is None:
+            self._render(items)
+            return
+        # Built, then output together: one output call a batch, not one an event. Output
+        # order is build order; the build of an item writes nothing (errors go to the keeper).
+        build = self.builder.build
+        take = self.folder.take if self.folder is not None else None
+        ready: list[Event] = []
+        built = 0
+        try:
+            for item in items:
+                built += 1
+                try:
+                    event = build(item)
+                except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream
+                    reason = f"internal error {type(exc).__name__}: {exc}"
+                    self.internal_error(reason, self.decoder.originals(item, reason))
+                    continue
+                if take is None:
+                    ready.append(event)
+                else:
+                    ready += take(event)
+        finally:
+            self.stats.events += built
+        self._output(ready)
+
+    def _render(self, items: list[Any]) -> None:
+        """Lines of the items as they are (LAUREL), without events."""
+        render = self.render_item
         for item in items:
             self.stats.events += 1
             try:
-                if self.builder is None:  # rendered as they are (LAUREL)
-                    line = self.render_item(item)  # type: ignore[misc]
-                else:
-                    event = self.builder.build(item)
+                line = render(item)  # type: ignore[misc]
             except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream
                 reason = f"internal error {type(exc).__name__}: {exc}"
                 self.internal_error(reason, self.decoder.originals(item, reason))
                 continue
-            if self.builder is None:
-                self.sink.write(line)
-                self.stats.output_lines += 1
-                continue
-            self._output(self.folder.take(event) if self.folder is not None else [event])
+            self.sink.write(line)
+            self.stats.output_lines += 1
 
     def _output(self, events: list[Event]) -> None:
         for event in events:
