@@ -124,18 +124,20 @@ class Enricher:
     def process_map(self, facts: ProcessFacts, ran: bool = True) -> dict[str, Any]:
         """The ``process`` map (without parent) for ``facts``. ``ran`` is false for a failed
         exec: its file never became the process's image, so /proc cannot show it."""
-        process: dict[str, Any] = {"pid": facts.pid}
-        if facts.executable is not None:
-            exe = facts.executable
-            name = exe.rsplit(b"/" if isinstance(exe, bytes) else "/", 1)[-1]
-            process["executable"] = exe
-            process["name"] = name
+        exe = facts.executable
+        process: dict[str, Any]
+        if exe is not None:
+            process = {"pid": facts.pid, "executable": exe,
+                       "name": exe.rsplit(b"/" if isinstance(exe, bytes) else "/", 1)[-1]}
         elif facts.comm is not None:
-            process["name"] = facts.comm
-        if facts.args is not None:
-            process["args"] = facts.args
-            process["args_count"] = len(facts.args)
-            process["command_line"] = command_line(facts.args)
+            process = {"pid": facts.pid, "name": facts.comm}
+        else:
+            process = {"pid": facts.pid}
+        args = facts.args
+        if args is not None:
+            process["args"] = args
+            process["args_count"] = len(args)
+            process["command_line"] = command_line(args)
         if facts.cwd is not None:
             process["working_directory"] = facts.cwd
         if facts.start_time is not None:

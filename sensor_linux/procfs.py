@@ -11,7 +11,7 @@ import os
 import re
 import select
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from common.filehash import FileDigests, FileHasher, file_key
@@ -60,7 +60,6 @@ class ProcessFacts:
     exe_link: tuple[str | bytes | None, bool] | None = None
     # What was read from /proc as soon as the exec was read, for an event built later.
     live: LiveFacts | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass

@@ -16,9 +16,13 @@ import time
 from common.percent import as_text, as_texts
 from common.schema import Event, utc_timestamp
 from sensor_linux.cgroups import CgroupNames
-from sensor_linux.ebpf.probes import FLAG_EXECVEAT, FLAG_NO_ENTRY, ExecRecord
+from sensor_linux.ebpf.probes import FLAG_EXECVEAT, FLAG_NO_ENTRY, FLAG_TRUNC_ARGS, ExecRecord
 from sensor_linux.enrich import Enricher
 from sensor_linux.procfs import ProcessFacts, kernel_tty_name
+
+
+# The flags that add fields after the arguments' (build(): an exec without them returns early).
+_RARE_FLAGS = FLAG_EXECVEAT | FLAG_NO_ENTRY
 
 
 class EbpfEventBuilder:
@@ -35,16 +39,17 @@ class EbpfEventBuilder:
 
     def facts(self, record: ExecRecord) -> ProcessFacts:
         """What the record says about the new process (before enrichment)."""
-        success = not record.failed
+        success = record.retval >= 0  # not record.failed, without the property's call
         # A failed exec ran nothing: the event is about the file it tried, named as passed
         # (audit's PATH record says the same).
         executable = record.executable if success else record.filename
+        cwd = record.cwd
         facts = ProcessFacts(
             pid=record.pid, ppid=record.ppid or None,
             start_time=record.ktime / 1e9 + self._epoch_offset,
             executable=as_text(executable) if executable is not None else None,
             comm=as_text(record.comm),
-            cwd=as_text(record.cwd) if record.cwd is not None else None,
+            cwd=as_text(cwd) if cwd is not None else None,
             uids=record.uids, gids=record.gids, tty=kernel_tty_name(record.tty),
             login_uid=record.login_uid, session=record.session,
             container_id=self.cgroups.container_id(record.cgroup_id))
@@ -56,23 +61,28 @@ class EbpfEventBuilder:
         return facts
 
     def build(self, record: ExecRecord) -> Event:
-        success = not record.failed
+        success = record.retval >= 0
         facts = self.facts(record)
         event = self.enricher.process_event(facts, "ebpf", timestamp=facts.start_time,
                                             record=success)
         process = event["process"]
         event["event"]["outcome"] = "success" if success else "failure"
         process["exit_code"] = record.retval
+        flags = record.flags
         if success:
             process["args_count"] = record.argc
-            if record.truncated:
+            if flags & FLAG_TRUNC_ARGS:
                 process["args_truncated"] = True
             if record.arg_faults:
                 # Arguments the probe could not read are null elements, never "".
                 process["args_faulted"] = record.arg_faults
-        if record.flags & FLAG_EXECVEAT:
+        creator = record.creator
+        if (not flags & _RARE_FLAGS and not self.mark_unaudited
+                and (creator is None or creator == record.ppid)):
+            return event  # the usual exec: nothing below applies
+        if flags & FLAG_EXECVEAT:
             process["execveat"] = True
-        if record.flags & FLAG_NO_ENTRY:
+        if flags & FLAG_NO_ENTRY:
             # No execve syscall began it: the kernel's own exec (a usermode helper such as
             # modprobe), which syscall audit rules cannot see.
             event.setdefault("ttpsensor", {})["kernel_exec"] = True
@@ -83,7 +93,7 @@ class EbpfEventBuilder:
             extra["unaudited_task"] = True
             extra["task_start"] = utc_timestamp(record.task_start / 1e9 + self._epoch_offset)
         parent = process.get("parent")
-        if record.creator is not None and record.creator != record.ppid and parent:
+        if creator is not None and creator != record.ppid and parent:
             # Its creator had exited before the exec: the kernel's parent is an adopter.
             parent["adopted"] = True
             process["creator"] = {"pid": record.creator}

@@ -33,10 +33,13 @@ class ExecRecords:
         self.stats = RecordStats()
 
     def decode(self, record: ExecRecord) -> list[ExecRecord]:
-        self.stats.received += 1
-        self.stats.failed_execs += record.failed
-        self.stats.arg_faults += record.arg_faults
-        self.stats.kernel_execs += bool(record.flags & FLAG_NO_ENTRY)
+        stats = self.stats
+        stats.received += 1
+        # The rest only counts the unusual exec: tested at once, not a counter at a time.
+        if record.retval < 0 or record.arg_faults or record.flags & FLAG_NO_ENTRY:
+            stats.failed_execs += record.failed
+            stats.arg_faults += record.arg_faults
+            stats.kernel_execs += bool(record.flags & FLAG_NO_ENTRY)
         return [record]
 
     def tick(self) -> list[ExecRecord]:
