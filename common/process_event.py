@@ -55,8 +55,7 @@ def process_create(table: ProcessTable, host: dict[str, Any], provider: str,
     image), with its TTPHash (through the platform's ``memo``). ``parent_fields`` are set on
     any parent found, whichever way it was found (a platform's fixed values)."""
     event = new_event(ACTION_PROCESS_CREATE, provider, host=host, timestamp=timestamp,
-                      original_id=original_id)
-    event["event"]["kind"] = kind
+                      original_id=original_id, kind=kind)
     parent, parent_cache = parent_map(table, ppid, start_key, parents)
     if parent is not None and parent_fields:
         parent.update(parent_fields)

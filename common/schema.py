@@ -134,24 +134,18 @@ def new_event_id() -> str:
 
 def new_event(action: str, provider: str, *, host: dict[str, Any],
               timestamp: float | _dt.datetime | None = None,
-              original_id: str | None = None, event_id: str | None = None) -> Event:
+              original_id: str | None = None, event_id: str | None = None,
+              kind: str = "event") -> Event:
     """The header every event carries; sources fill in the rest."""
-    event: Event = {
-        "schema": SCHEMA_VERSION,
-        "@timestamp": utc_timestamp(timestamp),
-        "event": {
-            "id": event_id or new_event_id(),
-            "action": action,
-            "kind": "event",
-            "provider": provider,
-        },
-        "host": host,
-    }
+    header = {"id": event_id or new_event_id(), "action": action, "kind": kind,
+              "provider": provider}
+    event: Event = {"schema": SCHEMA_VERSION, "@timestamp": utc_timestamp(timestamp),
+                    "event": header, "host": host}
     if original_id is not None:
-        event["event"]["original_id"] = original_id
+        header["original_id"] = original_id
     if action == ACTION_PROCESS_CREATE:
-        event["event"]["category"] = ["process"]
-        event["event"]["type"] = ["start"]
+        header["category"] = ["process"]
+        header["type"] = ["start"]
     return event
 
 

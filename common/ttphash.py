@@ -281,14 +281,16 @@ def _sides(event: Event) -> tuple[str, CompiledTable, CompiledTable, dict[str, A
         os_type = event["host"]["os"]["type"]
     except (KeyError, TypeError):  # (get_path's answer where a step is missing)
         os_type = get_path(event, "host.os.type")
-    tables = _TABLES.get(os_type) if isinstance(os_type, str) else None
-    if tables is None:
-        raise TTPHashError(f"host.os.type must be 'linux' or 'windows', not {os_type!r}")
+    try:
+        own, par = _TABLES[os_type]
+    except (KeyError, TypeError):  # another name, or no text (a map is no key)
+        raise TTPHashError(f"host.os.type must be 'linux' or 'windows', not {os_type!r}"
+                           ) from None
     process = event.get("process")
     if not isinstance(process, dict):
         raise TTPHashError("the event has no 'process' map")
     parent = process.get("parent")
-    return os_type, tables[0], tables[1], process, parent if isinstance(parent, dict) else None
+    return os_type, own, par, process, parent if isinstance(parent, dict) else None
 
 
 def _raw_input(event: Event) -> RawInput:
