@@ -74,15 +74,17 @@ class ProcessTable:
 
     def _parent_fields(self, process: dict[str, Any]) -> dict[str, Any]:
         """A copy of the PARENT_FIELDS of ``process``, in their order. Which of them a map
-        has, and where, is found once per layout of its keys (a source builds its maps in
-        one order): the copy is then made in C, not by a test of each field per event."""
+        has is found once per layout of its keys (a source builds its maps in one order),
+        not by a test of each field per event. A comprehension copies them: fewer
+        instructions than ``dict(zip(names, map(process.__getitem__, names)))``, whose
+        method-wrapper call per name costs more than the loop (1 % of an eBPF event)."""
         layout = tuple(process)
         names = self._layouts.get(layout)
         if names is None:
             names = tuple(k for k in PARENT_FIELDS if k in process)
             if len(self._layouts) < MAX_LAYOUTS:
                 self._layouts[layout] = names
-        return dict(zip(names, map(process.__getitem__, names)))
+        return {name: process[name] for name in names}
 
     def get(self, pid: int) -> Entry | None:
         return self._entries.get(pid)
