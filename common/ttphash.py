@@ -410,7 +410,8 @@ class Memo:
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
-        # Each memo its own packer: a packer is not to be shared between threads.
+        # Each memo its own packer, whose buffer is used by one call at a time (the
+        # collector's connections share their memo under a lock).
         self._pack = msgpack.Packer(strict_types=True, autoreset=True).pack
         # OrderedDicts: a plain dict emptied from the front makes each next(iter()) walk
         # the removed slots (2 us an eviction at 4,096 entries, against 0.13).
