@@ -104,8 +104,10 @@ _VERSION_4 = bytes(b & 0x0F | 0x40 for b in range(256))
 _VARIANT = bytes(b & 0x3F | 0x80 for b in range(256))
 
 
-# Where the 32 hex digits of a UUID stand in its text (8-4-4-4-12, the dashes between).
+# Where the 32 hex digits of a UUID stand in its text (8-4-4-4-12, the dashes between), and
+# the text of one id in a batch: its dashes, its digits to fill, a space after it.
 _DIGIT_COLUMNS = tuple(at for at in range(36) if at not in (8, 13, 18, 23))
+_ID_TEMPLATE = b"00000000-0000-0000-0000-000000000000 "
 
 
 def _made_ids(count: int) -> list[str]:
@@ -115,11 +117,12 @@ def _made_ids(count: int) -> list[str]:
     data = bytearray(os.urandom(16 * count))
     data[6::16] = data[6::16].translate(_VERSION_4)
     data[8::16] = data[8::16].translate(_VARIANT)
-    digits = data.hex().encode("ascii")
-    text = bytearray(b"-" * (37 * count))  # each id's 36 characters, then a space
+    # A bytearray on both sides: compiled by Cython (common/compiled.py), a bytearray's
+    # slice takes only a bytearray.
+    digits = bytearray(data.hex(), "ascii")
+    text = bytearray(_ID_TEMPLATE * count)
     for digit, column in enumerate(_DIGIT_COLUMNS):
         text[column::37] = digits[digit::32]
-    text[36::37] = b" " * count
     return text.decode("ascii").split()
 
 
