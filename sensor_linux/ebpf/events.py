@@ -30,12 +30,14 @@ class EbpfEventBuilder:
     sources that run audit beside the probes; docs/ebpf.md, "Execs audit cannot see")."""
 
     def __init__(self, enricher: Enricher, cgroups: CgroupNames | None = None,
-                 mark_unaudited: bool = False) -> None:
+                 mark_unaudited: bool = False, epoch_offset: float | None = None) -> None:
         self.enricher = enricher
         self.cgroups = cgroups if cgroups is not None else CgroupNames()
         self.mark_unaudited = mark_unaudited
-        # bpf_ktime_get_ns is CLOCK_MONOTONIC; this turns it into wall-clock time.
-        self._epoch_offset = time.time() - time.monotonic()
+        # bpf_ktime_get_ns is CLOCK_MONOTONIC; this turns it into wall-clock time. A replay
+        # of another boot's records may fix it (its times then repeat from run to run).
+        self._epoch_offset = (time.time() - time.monotonic() if epoch_offset is None
+                              else epoch_offset)
 
     def facts(self, record: ExecRecord) -> ProcessFacts:
         """What the record says about the new process (before enrichment)."""

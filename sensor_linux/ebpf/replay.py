@@ -31,6 +31,11 @@ from sensor_linux.stages import read_ebpf_stream
 # Records handed to the pipeline at a time, as the ring reader hands them over at most
 # (probes.HANDOVER_RECORDS) and about what one read holds at 1000 execs/s.
 BATCH = 200
+# The records' monotonic times (another boot's) turned into wall-clock time by a fixed
+# offset, not this boot's: the seconds an event's time is formatted in, and so the
+# instructions that formatting takes, are then the same in every run (as
+# tests/compare_outputs.py fixes them).
+EPOCH_OFFSET = 1_700_000_000.0
 
 
 def replay(records: list[bytes], events_file: Path) -> int:
@@ -38,7 +43,7 @@ def replay(records: list[bytes], events_file: Path) -> int:
     lines were written."""
     outputs = open_outputs([f"jsonl:{events_file}"], "ecs", max_bytes=1 << 40, generations=1)
     pipeline = ebpf_pipeline(Enricher(live=False, host_files=True), outputs.output,
-                             keep_exec_attempts=False)
+                             keep_exec_attempts=False, epoch_offset=EPOCH_OFFSET)
     with steady_gc(restore=False):  # as the sensor's loop runs
         for at in range(0, len(records), BATCH):
             pipeline.feed_many([decode(data) for data in records[at:at + BATCH]])

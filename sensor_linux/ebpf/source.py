@@ -57,10 +57,13 @@ class ExecRecords:
 
 def ebpf_pipeline(enricher: Enricher, sink: Output, keep_exec_attempts: bool,
                   observe: Callable[[Event], None] | None = None,
-                  mark_unaudited: bool = False) -> Pipeline:
+                  mark_unaudited: bool = False,
+                  epoch_offset: float | None = None) -> Pipeline:
     """Probe records -> events -> ``sink``; PATH-walk misses folded; with
-    ``mark_unaudited``, execs that syscall audit cannot record say so."""
-    builder = EbpfEventBuilder(enricher, mark_unaudited=mark_unaudited)
+    ``mark_unaudited``, execs that syscall audit cannot record say so. ``epoch_offset``:
+    see :class:`EbpfEventBuilder` (a replay's)."""
+    builder = EbpfEventBuilder(enricher, mark_unaudited=mark_unaudited,
+                               epoch_offset=epoch_offset)
     return Pipeline(ExecRecords(), sink, builder=builder,
                     folder=AttemptFolder(keep_all=keep_exec_attempts), observe=observe)
 
