@@ -451,8 +451,7 @@ class Spool:
     def _record_gap(self, start: int, end: int, reason: str, spool: bool = True) -> None:
         """A ``spool_gap`` event with the exact range and count of events lost."""
         self.stats.events_dropped += end - start
-        gap = new_event("spool_gap", "ttpsensor", host=self.host)
-        gap["event"]["kind"] = "alert"
+        gap = new_event("spool_gap", "ttpsensor", host=self.host, kind="alert")
         # The running total makes the newest gap event exact on its own, even when a later
         # drop takes older gap events with it.
         gap["ttpsensor"] = {"spool_gap": {"spool": self.spool_id, "first_seq": start,

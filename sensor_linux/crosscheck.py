@@ -143,8 +143,7 @@ class CrossCheck:
     def _unmatched(self, source: str, event: Event, reason: str | None = None) -> Event:
         self.unmatched[source] += 1
         missed_by = SOURCES[1] if source == SOURCES[0] else SOURCES[0]
-        report = new_event("exec_unmatched", "ttpsensor", host=self.host)
-        report["event"]["kind"] = "alert"
+        report = new_event("exec_unmatched", "ttpsensor", host=self.host, kind="alert")
         report["process"] = {k: event["process"][k] for k in
                              ("pid", "executable", "args", "parent") if k in event["process"]}
         report["ttpsensor"] = {"crosscheck": {

@@ -73,8 +73,8 @@ class StatusReporter:
             self.enricher.table.prune(lambda pid: os.path.exists(f"{proc}/{pid}"))
         stats = self.snapshot()
         self.write_file(stats)
-        event = new_event("sensor_status", "ttpsensor", host=getattr(self.enricher, "host", {}))
-        event["event"]["kind"] = "metric"
+        event = new_event("sensor_status", "ttpsensor", host=getattr(self.enricher, "host", {}),
+                          kind="metric")
         event["ttpsensor"] = {"status": stats}
         emit(self.sink, event)
 

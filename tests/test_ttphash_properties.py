@@ -244,27 +244,29 @@ def test_the_memo_keys_nested_values_by_type_as_compute_reads_them() -> None:
     for where in ("process", "parent"):
         for outer, inner in places:
             for value in values:
-                event = copy.deepcopy(base)
-                process = event["process"]
-                target = process if where == "process" else process.setdefault("parent", {})
+                event, target = _copy_with_side(base, where)
                 target[outer] = dict(target.get(outer) or {}, **{inner: value})
                 variants.append(event)
         for args in (["a", "b"], ("a", "b"), ["a", b"b"], [type("Text", (str,), {})("a"), "b"]):
-            event = copy.deepcopy(base)
-            process = event["process"]
-            target = process if where == "process" else process.setdefault("parent", {})
+            event, target = _copy_with_side(base, where)
             target["args"] = args
             variants.append(event)
-        reordered = copy.deepcopy(base)
-        process = reordered["process"]
-        target = process if where == "process" else process.setdefault("parent", {})
+        event, target = _copy_with_side(base, where)
         target["real_user"] = dict(reversed(list((target.get("real_user") or {"id": 1,
                                                                           "name": "x"}).items())))
-        variants.append(reordered)
+        variants.append(event)
     for order in (variants, variants[::-1]):
         memo = ttphash.Memo()
         for event in order + order:
             _assert_memo_agrees(memo, event)
+
+
+def _copy_with_side(event: dict, where: str) -> tuple[dict, dict]:
+    """A deep copy of ``event`` and, in it, its process map or (``where == "parent"``) its
+    parent map, made when it has none."""
+    copied = copy.deepcopy(event)
+    process = copied["process"]
+    return copied, process if where == "process" else process.setdefault("parent", {})
 
 
 def _assert_memo_agrees(memo: ttphash.Memo, event: dict) -> None:
